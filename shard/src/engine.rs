@@ -1,0 +1,865 @@
+//! One replica: recovery, and the participant operations, each durable
+//! before it answers.
+//!
+//! Every mutation follows one shape: take the state lock, check, append the
+//! record to the log (which gives it its LSN), apply it, release the lock,
+//! then wait until the record is durable before answering. Appending under
+//! the lock makes LSN order equal apply order; waiting outside it lets many
+//! operations share one `fdatasync`.
+//!
+//! Readers never see a value before it is durable: a value's version is the
+//! LSN that wrote it, so a read that finds a version above the durable LSN
+//! waits for it.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, TxnId, slot_of};
+
+use crate::metrics::Metrics;
+use crate::record::*;
+use crate::snapshot;
+use crate::state::{Check, KeyView, Misuse, Outcome, Refused, State, StateGuard, TxnRecord};
+use crate::wal::{self, Wal, WalError};
+
+/// A snapshot is taken once this many bytes were logged since the last one.
+/// Bounds recovery time: at most this much log is replayed after the
+/// snapshot.
+pub const SNAPSHOT_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// How often the background task checks whether a snapshot is due.
+pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+const LOCK_FILE: &str = "LOCK";
+const META_FILE: &str = "shard.meta";
+
+/// How a replica is set up.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub data_dir: PathBuf,
+    pub group_id: GroupId,
+    /// Slot ownership until the coordinator hands out slot maps.
+    pub map_epoch: MapEpoch,
+    pub slots: SlotSet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("key of slot {slot} is not owned by group {group} under map epoch {map_epoch}")]
+    WrongShard {
+        key: Key,
+        slot: u32,
+        group: GroupId,
+        map_epoch: MapEpoch,
+    },
+    #[error("request routed with map epoch {got}, but this shard knows only epoch {map_epoch}")]
+    StaleMap { got: MapEpoch, map_epoch: MapEpoch },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("cannot open data directory {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+}
+
+impl From<Misuse> for ShardError {
+    fn from(m: Misuse) -> Self {
+        ShardError::Invalid(m.0)
+    }
+}
+
+struct SlotConfig {
+    map_epoch: MapEpoch,
+    slots: SlotSet,
+}
+
+/// A prepare's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    Yes,
+    No(Refused),
+    /// Already finalized here: the outcome.
+    Finalized(Outcome),
+}
+
+/// A snapshot of a replica's counters for status reports.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub group_id: GroupId,
+    pub map_epoch: MapEpoch,
+    pub slots_owned: u32,
+    pub last_lsn: Lsn,
+    pub durable_lsn: Lsn,
+    pub keys: u64,
+    pub prepared: u64,
+    pub txn_records: u64,
+}
+
+/// What recovery did, for the start-up log line and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub snapshot_lsn: Lsn,
+    pub replayed: u64,
+    pub last_lsn: Lsn,
+    pub torn_bytes: u64,
+    pub took: Duration,
+}
+
+pub struct Shard {
+    config: ShardConfig,
+    state: State,
+    wal: Wal,
+    slots: RwLock<SlotConfig>,
+    metrics: Arc<Metrics>,
+    snapshot_running: AtomicBool,
+    /// `metrics.append_bytes` when the last snapshot was taken.
+    snapshot_mark_bytes: AtomicU64,
+    recovery: Recovery,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn open_err(path: &Path, detail: impl std::fmt::Display) -> ShardError {
+    ShardError::Open {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+impl Shard {
+    /// Opens (or creates) the replica in `config.data_dir`: loads the newest
+    /// snapshot, replays the log after it, cuts a torn tail, and starts the
+    /// log writer. Refuses to start on corruption, naming file and offset.
+    pub fn open(config: ShardConfig, metrics: Arc<Metrics>) -> Result<Arc<Shard>, ShardError> {
+        let started = std::time::Instant::now();
+        let dir = &config.data_dir;
+        fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| open_err(dir, e))?;
+        lock.try_lock().map_err(|_| {
+            open_err(
+                dir,
+                "another process holds its LOCK file (is a shard already running on it?)",
+            )
+        })?;
+        check_meta(dir, config.group_id)?;
+
+        let state = State::default();
+        let now = Instant::now();
+        let mut recovery = Recovery::default();
+        if let Some((lsn, path)) = snapshot::list(dir)?.into_iter().next() {
+            let capture = snapshot::read(&path)?;
+            state
+                .lock()
+                .restore(capture, now)
+                .map_err(|e| open_err(&path, format!("snapshot cannot be loaded: {e}")))?;
+            recovery.snapshot_lsn = lsn;
+        }
+        let replay = {
+            let mut guard = state.lock();
+            wal::replay(dir, recovery.snapshot_lsn, |raw| {
+                let record = Record::decode(raw.kind, &raw.payload)?;
+                guard.apply(raw.lsn, &record, now)
+            })?
+        };
+        recovery.replayed = replay.records;
+        recovery.last_lsn = replay.last_lsn;
+        recovery.torn_bytes = replay.torn_bytes;
+        recovery.took = started.elapsed();
+
+        metrics
+            .keys
+            .store(state.index.len() as u64, Ordering::Relaxed);
+        metrics
+            .prepared
+            .store(state.lock().core().prepared.len() as u64, Ordering::Relaxed);
+        let wal = Wal::open(dir, replay.last_lsn, metrics.clone())?;
+        let slots = RwLock::new(SlotConfig {
+            map_epoch: config.map_epoch,
+            slots: config.slots.clone(),
+        });
+        Ok(Arc::new(Shard {
+            config,
+            state,
+            wal,
+            slots,
+            metrics,
+            snapshot_running: AtomicBool::new(false),
+            snapshot_mark_bytes: AtomicU64::new(0),
+            recovery,
+            _lock: lock,
+        }))
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn group_id(&self) -> GroupId {
+        self.config.group_id
+    }
+
+    /// Checks that every key belongs to a slot this shard owns under the
+    /// epoch the request was routed with.
+    pub fn check_owned<'a>(
+        &self,
+        map_epoch: MapEpoch,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ShardError> {
+        let slots = self.slots.read().expect("slot config lock poisoned");
+        if map_epoch > slots.map_epoch {
+            return Err(ShardError::StaleMap {
+                got: map_epoch,
+                map_epoch: slots.map_epoch,
+            });
+        }
+        for key in keys {
+            let slot = slot_of(key);
+            if !slots.slots.contains(slot) {
+                self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                return Err(ShardError::WrongShard {
+                    key: key.to_vec(),
+                    slot,
+                    group: self.config.group_id,
+                    map_epoch: slots.map_epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a newer slot map. Older or equal epochs are ignored.
+    pub fn set_slots(&self, map_epoch: MapEpoch, slots: SlotSet) -> bool {
+        let mut config = self.slots.write().expect("slot config lock poisoned");
+        if map_epoch <= config.map_epoch {
+            return false;
+        }
+        *config = SlotConfig { map_epoch, slots };
+        true
+    }
+
+    /// Appends `record` and applies it, under the state lock the caller
+    /// holds. Returns its LSN; the caller waits for durability after
+    /// releasing the lock.
+    fn log(&self, guard: &mut StateGuard<'_>, record: &Record) -> Result<Lsn, ShardError> {
+        let payload = record.encode();
+        let lsn = self.wal.append(record.kind(), &payload)?;
+        if let Err(detail) = guard.apply(lsn, record, Instant::now()) {
+            // The record was checked before it was logged; failing here is a
+            // bug, and continuing would let memory and log disagree.
+            panic!("state machine refused record {lsn} it was just given: {detail}");
+        }
+        Ok(lsn)
+    }
+
+    fn after_write(&self) {
+        self.metrics
+            .keys
+            .store(self.state.index.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Reads keys: the committed value and version of each, and the write
+    /// lock of a prepared transaction if one holds the key. Waits until
+    /// what it returns is durable.
+    pub async fn read(&self, keys: &[Key]) -> Result<Vec<KeyView>, ShardError> {
+        let views: Vec<KeyView> = keys.iter().map(|k| self.state.view(k)).collect();
+        self.metrics
+            .reads
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let newest = views
+            .iter()
+            .filter_map(|v| v.entry.as_ref().map(|e| e.version))
+            .max()
+            .unwrap_or(0);
+        if newest > self.wal.durable_lsn() {
+            self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
+            self.wal.wait_durable(newest).await?;
+        }
+        Ok(views)
+    }
+
+    /// Keys starting with `prefix`, in key order, at most `limit`. Returns
+    /// whether more matched. Scans the whole index: O(keys).
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
+        let mut keys: Vec<Key> = self
+            .state
+            .index
+            .iter()
+            .filter(|e| e.key().starts_with(prefix) && e.value().value.is_some())
+            .map(|e| e.key().to_vec())
+            .chain(
+                self.state
+                    .locks
+                    .iter()
+                    .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
+                    .map(|l| l.key().to_vec()),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let truncated = keys.len() > limit;
+        keys.truncate(limit);
+        let views = self.read(&keys).await?;
+        Ok((keys.into_iter().zip(views).collect(), truncated))
+    }
+
+    /// One-phase commit: validate every read version, refuse locked keys,
+    /// append one record, apply, answer once durable. Idempotent by `txn`.
+    pub async fn commit_local(
+        &self,
+        txn: TxnId,
+        reads: Vec<ReadRec>,
+        writes: Vec<WriteRec>,
+    ) -> Result<Outcome, ShardError> {
+        self.wal.reserve().await?;
+        let outcome = {
+            let mut guard = self.state.lock();
+            match guard.check_commit_local(&txn, &reads, &writes)? {
+                Check::Proceed => {
+                    let record = Record::CommitLocal(CommitLocalRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        writes,
+                    });
+                    self.log(&mut guard, &record)?;
+                    self.metrics.commits_local.fetch_add(1, Ordering::Relaxed);
+                    guard
+                        .outcome(&txn)
+                        .cloned()
+                        .expect("apply records the outcome")
+                }
+                Check::Done(outcome) => outcome,
+                Check::Refused(refused) => {
+                    self.count_refusal(&refused);
+                    guard.remember_refusal(txn, refused.clone());
+                    Outcome::Aborted { refused, lsn: 0 }
+                }
+                Check::AlreadyPrepared { .. } => {
+                    unreachable!("commit_local never answers AlreadyPrepared")
+                }
+            }
+        };
+        self.after_write();
+        self.wal.wait_durable(outcome.lsn()).await?;
+        Ok(outcome)
+    }
+
+    fn count_refusal(&self, refused: &Refused) {
+        let counter = match refused.reason {
+            crate::state::Refusal::Conflict => &self.metrics.refusals_conflict,
+            _ => &self.metrics.refusals_locked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// 2PC prepare: validate, lock, append a PREPARE record, vote YES once
+    /// it is durable. Idempotent by transaction id.
+    pub async fn prepare(&self, rec: PrepareRec) -> Result<Vote, ShardError> {
+        let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        self.wal.reserve().await?;
+        let (vote, lsn) = {
+            let mut guard = self.state.lock();
+            match guard.check_prepare(&txn, &rec.reads, &rec.writes) {
+                Check::Proceed => {
+                    let lsn = self.log(&mut guard, &Record::Prepare(rec))?;
+                    self.metrics.prepares.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .prepared
+                        .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+                    (Vote::Yes, lsn)
+                }
+                Check::AlreadyPrepared { lsn } => (Vote::Yes, lsn),
+                Check::Done(outcome) => {
+                    let lsn = outcome.lsn();
+                    (Vote::Finalized(outcome), lsn)
+                }
+                Check::Refused(refused) => {
+                    self.count_refusal(&refused);
+                    (Vote::No(refused), 0)
+                }
+            }
+        };
+        self.wal.wait_durable(lsn).await?;
+        Ok(vote)
+    }
+
+    /// Records the decision at the anchor unless one exists; returns the
+    /// recorded decision (true = commit) once durable.
+    pub async fn decide(
+        &self,
+        txn: TxnId,
+        commit: bool,
+        participants: Vec<GroupId>,
+    ) -> Result<bool, ShardError> {
+        self.wal.reserve().await?;
+        let (commit, lsn) = {
+            let mut guard = self.state.lock();
+            match guard.record(&txn) {
+                Some(record) => (record.commit, record.lsn),
+                None => {
+                    if commit && guard.records_full() {
+                        return Err(ShardError::Busy(format!(
+                            "TXN_RECORDS_MAX ({}) transaction records are held at this anchor",
+                            crate::state::TXN_RECORDS_MAX
+                        )));
+                    }
+                    let record = Record::Decide(DecideRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit,
+                        participants,
+                    });
+                    let lsn = self.log(&mut guard, &record)?;
+                    self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+                    (commit, lsn)
+                }
+            }
+        };
+        self.wal.wait_durable(lsn).await?;
+        Ok(commit)
+    }
+
+    /// The anchor's answer for an in-doubt transaction: the recorded
+    /// decision, or a durable ABORT if none exists (presumed abort).
+    pub async fn resolve(&self, txn: TxnId) -> Result<TxnRecord, ShardError> {
+        self.decide(txn, false, Vec::new()).await?;
+        let guard = self.state.lock();
+        Ok(guard.record(&txn).cloned().expect("decide leaves a record"))
+    }
+
+    /// Applies (commit) or discards (abort) a prepared transaction and
+    /// releases its locks. `None` when nothing is known of it here (never
+    /// prepared, or forgotten long ago) and the decision is commit.
+    pub async fn finalize(&self, txn: TxnId, commit: bool) -> Result<Option<Outcome>, ShardError> {
+        self.wal.reserve().await?;
+        let outcome = {
+            let mut guard = self.state.lock();
+            if let Some(outcome) = guard.outcome(&txn).cloned() {
+                Some(outcome)
+            } else if guard.prepared(&txn).is_some() || !commit {
+                let record = Record::Finalize(FinalizeRec {
+                    txn_id: txn.as_bytes().to_vec(),
+                    commit,
+                });
+                self.log(&mut guard, &record)?;
+                self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .prepared
+                    .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+                guard.outcome(&txn).cloned()
+            } else {
+                None
+            }
+        };
+        self.after_write();
+        if let Some(outcome) = &outcome {
+            self.wal.wait_durable(outcome.lsn()).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Drops transaction records (every participant has finalized).
+    pub async fn forget(&self, txns: Vec<TxnId>) -> Result<u32, ShardError> {
+        self.wal.reserve().await?;
+        let (count, lsn) = {
+            let mut guard = self.state.lock();
+            let known: Vec<TxnId> = txns
+                .into_iter()
+                .filter(|t| guard.record(t).is_some())
+                .collect();
+            if known.is_empty() {
+                return Ok(0);
+            }
+            let record = Record::Forget(ForgetRec {
+                txn_ids: known.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            });
+            (known.len() as u32, self.log(&mut guard, &record)?)
+        };
+        self.wal.wait_durable(lsn).await?;
+        Ok(count)
+    }
+
+    /// Prepared transactions at least `older_than` old, oldest first.
+    pub fn list_prepared(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Vec<(TxnId, PrepareRec, Duration)> {
+        let now = Instant::now();
+        let guard = self.state.lock();
+        let mut out: Vec<_> = guard
+            .core()
+            .prepared
+            .iter()
+            .map(|(txn, p)| (*txn, p.rec.clone(), now.saturating_duration_since(p.since)))
+            .filter(|(_, _, age)| *age >= older_than)
+            .collect();
+        out.sort_by(|a, b| b.2.cmp(&a.2));
+        out.truncate(limit);
+        out
+    }
+
+    pub fn status(&self) -> ShardStatus {
+        let slots = self.slots.read().expect("slot config lock poisoned");
+        let guard = self.state.lock();
+        ShardStatus {
+            group_id: self.config.group_id,
+            map_epoch: slots.map_epoch,
+            slots_owned: slots.slots.len(),
+            last_lsn: self.wal.last_lsn(),
+            durable_lsn: self.wal.durable_lsn(),
+            keys: self.state.index.len() as u64,
+            prepared: guard.core().prepared.len() as u64,
+            txn_records: guard.core().records.len() as u64,
+        }
+    }
+
+    /// Writes a snapshot of the current state, then deletes older snapshots
+    /// and the log segments it covers. Returns the snapshot's LSN, or
+    /// `None` if one is already being written.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<Option<Lsn>, ShardError> {
+        if self.snapshot_running.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let result = self.snapshot_inner().await;
+        self.snapshot_running.store(false, Ordering::Release);
+        result.map(Some)
+    }
+
+    async fn snapshot_inner(self: &Arc<Self>) -> Result<Lsn, ShardError> {
+        let mark = self.metrics.append_bytes.load(Ordering::Relaxed);
+        let capture = self.state.lock().capture();
+        let lsn = capture.lsn;
+        // Never put in a snapshot what the log could still lose.
+        self.wal.wait_durable(lsn).await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ShardError> {
+            let dir = &this.config.data_dir;
+            snapshot::write(dir, &capture)?;
+            snapshot::delete_older(dir, lsn)?;
+            this.wal.delete_through(lsn)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ShardError::Invalid(format!("snapshot task failed: {e}")))??;
+        self.snapshot_mark_bytes.store(mark, Ordering::Relaxed);
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(lsn, "snapshot written");
+        Ok(lsn)
+    }
+
+    /// Runs forever: takes a snapshot whenever [`SNAPSHOT_LOG_BYTES`] were
+    /// logged since the last one.
+    pub async fn snapshot_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            let logged = self.metrics.append_bytes.load(Ordering::Relaxed);
+            if logged.saturating_sub(self.snapshot_mark_bytes.load(Ordering::Relaxed))
+                >= SNAPSHOT_LOG_BYTES
+                && let Err(err) = self.snapshot().await
+            {
+                tracing::error!(%err, "snapshot failed; the log keeps growing until one succeeds");
+            }
+        }
+    }
+
+    /// Makes everything pending durable and stops the log writer.
+    pub fn shutdown(&self) {
+        self.wal.shutdown();
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.wal.durable_lsn()
+    }
+}
+
+/// Records which group a data directory belongs to, and refuses to open it
+/// as another group's.
+fn check_meta(dir: &Path, group_id: GroupId) -> Result<(), ShardError> {
+    let path = dir.join(META_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let found = text
+                .lines()
+                .find_map(|l| l.strip_prefix("group_id="))
+                .and_then(|v| v.trim().parse::<GroupId>().ok())
+                .ok_or_else(|| open_err(&path, "unreadable shard.meta"))?;
+            if found != group_id {
+                return Err(open_err(
+                    dir,
+                    format!(
+                        "it holds group {found}'s data, not group {group_id}'s; pass --group {found} or use another directory"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("shard.meta.tmp");
+            fs::write(&tmp, format!("group_id={group_id}\n"))
+                .and_then(|()| File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(|e| open_err(&path, e))?;
+            wal::sync_dir(dir)?;
+            Ok(())
+        }
+        Err(e) => Err(open_err(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> ShardConfig {
+        ShardConfig {
+            data_dir: dir.to_path_buf(),
+            group_id: 1,
+            map_epoch: 1,
+            slots: SlotSet::all(),
+        }
+    }
+
+    fn put(k: &str, v: &str) -> WriteRec {
+        WriteRec {
+            key: k.into(),
+            value: Some(v.into()),
+        }
+    }
+
+    fn txn(n: u32) -> TxnId {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        TxnId(id)
+    }
+
+    async fn value_of(shard: &Shard, key: &str) -> Option<(Vec<u8>, u64)> {
+        let views = shard.read(&[key.as_bytes().to_vec()]).await.expect("read");
+        views[0]
+            .entry
+            .as_ref()
+            .and_then(|e| e.value.as_ref().map(|v| (v.to_vec(), e.version)))
+    }
+
+    #[tokio::test]
+    async fn snapshot_plus_replay_equals_live_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        for i in 0..200u32 {
+            let w = if i % 10 == 9 {
+                WriteRec {
+                    key: format!("k{}", i % 50).into(),
+                    value: None,
+                }
+            } else {
+                put(&format!("k{}", i % 50), &format!("v{i}"))
+            };
+            shard
+                .commit_local(txn(i), vec![], vec![w])
+                .await
+                .expect("commit");
+            if i == 120 {
+                assert!(shard.snapshot().await.expect("snapshot").is_some());
+            }
+        }
+        let prepared = PrepareRec {
+            txn_id: txn(1000).0.to_vec(),
+            reads: vec![ReadRec {
+                key: b"k1".to_vec(),
+                version: value_of(&shard, "k1").await.map_or(0, |v| v.1),
+            }],
+            writes: vec![put("k2", "prepared")],
+            anchor: 1,
+            participants: vec![1, 2],
+        };
+        assert_eq!(shard.prepare(prepared).await.expect("prepare"), Vote::Yes);
+        let mut live = Vec::new();
+        for i in 0..50 {
+            live.push(value_of(&shard, &format!("k{i}")).await);
+        }
+        let live_status = shard.status();
+        shard.shutdown();
+        drop(shard);
+
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
+        assert!(shard.recovery().snapshot_lsn > 0);
+        assert!(shard.recovery().replayed > 0 && shard.recovery().replayed < 200);
+        for (i, expected) in live.iter().enumerate() {
+            assert_eq!(&value_of(&shard, &format!("k{i}")).await, expected, "k{i}");
+        }
+        let status = shard.status();
+        assert_eq!(
+            (status.last_lsn, status.prepared, status.keys),
+            (live_status.last_lsn, 1, live_status.keys)
+        );
+        let view = shard.read(&[b"k2".to_vec()]).await.expect("read");
+        assert_eq!(
+            view[0].lock.as_ref().expect("lock survived restart").txn,
+            txn(1000)
+        );
+    }
+
+    #[tokio::test]
+    async fn commit_local_is_idempotent_and_conflicts_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let first = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .await
+            .expect("commit");
+        let again = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .await
+            .expect("retry");
+        assert_eq!(first, again);
+        assert_eq!(shard.status().last_lsn, 1, "a retry logs nothing");
+        let stale = vec![ReadRec {
+            key: b"a".to_vec(),
+            version: 0,
+        }];
+        match shard
+            .commit_local(txn(2), stale, vec![put("a", "2")])
+            .await
+            .expect("commit")
+        {
+            Outcome::Aborted { refused, .. } => assert_eq!(refused.keys, vec![b"a".to_vec()]),
+            other => panic!("stale read committed: {other:?}"),
+        }
+        shard.shutdown();
+        drop(shard);
+        // After a restart the retry still returns the first outcome.
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
+        let after = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .await
+            .expect("retry");
+        assert_eq!(first, after);
+    }
+
+    #[tokio::test]
+    async fn two_phase_participant_flow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let rec = PrepareRec {
+            txn_id: txn(7).0.to_vec(),
+            reads: vec![],
+            writes: vec![put("x", "1")],
+            anchor: 1,
+            participants: vec![1, 2],
+        };
+        assert_eq!(
+            shard.prepare(rec.clone()).await.expect("prepare"),
+            Vote::Yes
+        );
+        assert_eq!(
+            shard.prepare(rec.clone()).await.expect("again"),
+            Vote::Yes,
+            "idempotent"
+        );
+        // A 1PC on the locked key is refused.
+        match shard
+            .commit_local(txn(8), vec![], vec![put("x", "2")])
+            .await
+            .expect("commit")
+        {
+            Outcome::Aborted { refused, .. } => {
+                assert_eq!(refused.reason, crate::state::Refusal::Locked)
+            }
+            other => panic!("locked key written: {other:?}"),
+        }
+        assert!(
+            shard
+                .decide(txn(7), true, vec![1, 2])
+                .await
+                .expect("decide")
+        );
+        assert!(
+            shard
+                .decide(txn(7), false, vec![])
+                .await
+                .expect("decide again"),
+            "first decision wins"
+        );
+        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
+        let outcome = shard
+            .finalize(txn(7), true)
+            .await
+            .expect("finalize")
+            .expect("known");
+        assert!(matches!(outcome, Outcome::Committed { .. }));
+        assert_eq!(value_of(&shard, "x").await.expect("applied").0, b"1");
+        assert_eq!(
+            shard.finalize(txn(7), true).await.expect("again"),
+            Some(outcome)
+        );
+        // Resolve of an unknown transaction records ABORT: presumed abort.
+        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
+        assert!(
+            !shard
+                .decide(txn(9), true, vec![])
+                .await
+                .expect("late decide")
+        );
+        assert_eq!(shard.forget(vec![txn(7), txn(9)]).await.expect("forget"), 2);
+        assert_eq!(shard.finalize(txn(99), true).await.expect("unknown"), None);
+    }
+
+    #[tokio::test]
+    async fn ownership_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        cfg.slots = SlotSet::parse(&slot_of(b"mine").to_string()).expect("slots");
+        let shard = Shard::open(cfg, Arc::new(Metrics::default())).expect("open");
+        shard.check_owned(1, [&b"mine"[..]]).expect("owned");
+        let other = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| slot_of(k.as_bytes()) != slot_of(b"mine"))
+            .expect("some key");
+        assert!(matches!(
+            shard.check_owned(1, [other.as_bytes()]),
+            Err(ShardError::WrongShard { .. })
+        ));
+        assert!(matches!(
+            shard.check_owned(2, [&b"mine"[..]]),
+            Err(ShardError::StaleMap { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn data_dir_is_locked_and_bound_to_its_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let err =
+            Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect_err("locked");
+        assert!(err.to_string().contains("LOCK"), "{err}");
+        shard.shutdown();
+        drop(shard);
+        let mut other = config(dir.path());
+        other.group_id = 2;
+        let err = Shard::open(other, Arc::new(Metrics::default())).expect_err("wrong group");
+        assert!(err.to_string().contains("group 1"), "{err}");
+    }
+}

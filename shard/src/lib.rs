@@ -1,0 +1,26 @@
+//! One Trellis shard replica: it stores a group's data durably and takes
+//! part in transactions as the coordinator asks.
+//!
+//! # Layout
+//! - [`wal`]: write-ahead log segments, framing, group commit, torn tails.
+//! - [`record`]: what the log and snapshots hold (prost messages).
+//! - [`state`]: the state machine: index, lock table, transaction records,
+//!   outcome memory. No IO, no clock.
+//! - [`snapshot`]: writing and reading snapshots.
+//! - [`engine`]: recovery and the participant operations, each durable
+//!   before it answers.
+//! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//!
+//! This crate never talks to the catalog's database, and never decides a
+//! transaction's outcome on its own except by presumed abort at the anchor.
+
+pub mod engine;
+pub mod metrics;
+pub mod record;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod wal;
+
+pub use engine::{Shard, ShardConfig, ShardError};

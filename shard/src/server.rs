@@ -1,0 +1,482 @@
+//! The shard's gRPC edge: converts wire types to domain types (in one
+//! place), validates input against the limits, calls the engine, and builds
+//! every gRPC `Status` in one place ([`status_of`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+use trellis_proto::shard::v1 as pb;
+use trellis_proto::shard::v1::shard_server::{Shard as ShardService, ShardServer};
+use trellis_types::limits::{GET_KEYS_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
+use trellis_types::{TxnId, validate};
+
+use crate::engine::{Shard, ShardError, Vote};
+use crate::record::{PrepareRec, ReadRec, WriteRec};
+use crate::state::{KeyView, Outcome, Refusal, Refused};
+
+/// Most transactions one ListPrepared returns.
+pub const LIST_PREPARED_MAX: u32 = 10_000;
+/// Most transaction ids one Forget may name.
+pub const FORGET_TXNS_MAX: usize = 10_000;
+/// HTTP/2 keep-alive: a connection that answers no ping within the timeout
+/// is dropped (needed where TCP itself never notices, e.g. the simulator).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most concurrent streams (in-flight requests) per connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// Builds the gRPC status for an engine error: the code callers branch on,
+/// a message naming the limit or fault, and an `ErrorDetail` in `details`.
+pub fn status_of(err: ShardError) -> Status {
+    let (code, kind, map_epoch, key) = match &err {
+        ShardError::WrongShard { key, map_epoch, .. } => (
+            tonic::Code::FailedPrecondition,
+            pb::error_detail::Kind::WrongShard,
+            *map_epoch,
+            key.clone(),
+        ),
+        ShardError::StaleMap { map_epoch, .. } => (
+            tonic::Code::FailedPrecondition,
+            pb::error_detail::Kind::StaleMap,
+            *map_epoch,
+            Vec::new(),
+        ),
+        ShardError::Invalid(_) => (
+            tonic::Code::InvalidArgument,
+            pb::error_detail::Kind::InvalidArgument,
+            0,
+            Vec::new(),
+        ),
+        ShardError::Busy(_) => (
+            tonic::Code::ResourceExhausted,
+            pb::error_detail::Kind::Unspecified,
+            0,
+            Vec::new(),
+        ),
+        ShardError::Wal(_) | ShardError::Open { .. } => (
+            tonic::Code::Unavailable,
+            pb::error_detail::Kind::StorageFailed,
+            0,
+            Vec::new(),
+        ),
+    };
+    let detail = pb::ErrorDetail {
+        kind: kind as i32,
+        map_epoch,
+        key,
+    };
+    Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+}
+
+fn invalid(err: impl std::fmt::Display) -> Status {
+    status_of(ShardError::Invalid(err.to_string()))
+}
+
+fn txn_id(bytes: &[u8]) -> Result<TxnId, Status> {
+    TxnId::from_bytes(bytes).map_err(invalid)
+}
+
+fn refusal_pb(r: Refusal) -> pb::Refusal {
+    match r {
+        Refusal::Conflict => pb::Refusal::Conflict,
+        Refusal::Locked | Refusal::Busy => pb::Refusal::Locked,
+        Refusal::AlreadyAborted => pb::Refusal::AlreadyAborted,
+    }
+}
+
+fn refused_pb(r: Refused) -> pb::Refused {
+    pb::Refused {
+        reason: refusal_pb(r.reason) as i32,
+        keys: r.keys,
+        message: r.message,
+    }
+}
+
+fn finalized_pb(outcome: Outcome) -> pb::Finalized {
+    match outcome {
+        Outcome::Committed { written, .. } => pb::Finalized {
+            decision: pb::Decision::Commit as i32,
+            written: written
+                .into_iter()
+                .map(|(key, version)| pb::KeyValue {
+                    key,
+                    value: Vec::new(),
+                    version,
+                })
+                .collect(),
+        },
+        Outcome::Aborted { .. } => pb::Finalized {
+            decision: pb::Decision::Abort as i32,
+            written: Vec::new(),
+        },
+    }
+}
+
+fn view_pb(key: Vec<u8>, view: KeyView) -> pb::ReadResult {
+    let now = tokio::time::Instant::now();
+    let (value, version) = match view.entry {
+        Some(entry) => (
+            entry
+                .value
+                .as_deref()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            entry.visible_version(),
+        ),
+        None => (Vec::new(), 0),
+    };
+    pb::ReadResult {
+        key,
+        value,
+        version,
+        lock: view.lock.map(|l| pb::Lock {
+            txn_id: l.txn.as_bytes().to_vec(),
+            anchor_group: l.anchor,
+            age_ms: now.saturating_duration_since(l.since).as_millis() as u64,
+        }),
+    }
+}
+
+/// Converts and validates the reads and writes of a commit or prepare.
+fn txn_body(
+    reads: Vec<pb::ReadVersion>,
+    writes: Vec<pb::WriteOp>,
+) -> Result<(Vec<ReadRec>, Vec<WriteRec>), Status> {
+    for w in &writes {
+        if w.delete && !w.value.is_empty() {
+            return Err(invalid("a write cannot both delete and carry a value"));
+        }
+    }
+    validate::txn(
+        reads.iter().map(|r| r.key.as_slice()),
+        writes
+            .iter()
+            .map(|w| (w.key.as_slice(), (!w.delete).then_some(w.value.as_slice()))),
+    )
+    .map_err(invalid)?;
+    let reads = reads
+        .into_iter()
+        .map(|r| ReadRec {
+            key: r.key,
+            version: r.version,
+        })
+        .collect();
+    let writes = writes
+        .into_iter()
+        .map(|w| WriteRec {
+            key: w.key,
+            value: (!w.delete).then_some(w.value),
+        })
+        .collect();
+    Ok((reads, writes))
+}
+
+fn decision(value: i32) -> Result<bool, Status> {
+    match pb::Decision::try_from(value) {
+        Ok(pb::Decision::Commit) => Ok(true),
+        Ok(pb::Decision::Abort) => Ok(false),
+        _ => Err(invalid("decision must be COMMIT or ABORT")),
+    }
+}
+
+fn decision_pb(commit: bool) -> i32 {
+    if commit {
+        pb::Decision::Commit as i32
+    } else {
+        pb::Decision::Abort as i32
+    }
+}
+
+/// The tonic service over one replica.
+#[derive(Clone)]
+pub struct ShardApi {
+    shard: Arc<Shard>,
+}
+
+impl ShardApi {
+    pub fn new(shard: Arc<Shard>) -> Self {
+        ShardApi { shard }
+    }
+
+    /// The tonic service with message limits set.
+    pub fn into_service(self) -> ShardServer<ShardApi> {
+        ShardServer::new(self)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl ShardService for ShardApi {
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let req = request.into_inner();
+        if req.keys.len() > GET_KEYS_MAX {
+            return Err(invalid(validate::InputError::TooManyGetKeys {
+                got: req.keys.len(),
+            }));
+        }
+        for key in &req.keys {
+            validate::key(key).map_err(invalid)?;
+        }
+        self.shard
+            .check_owned(req.map_epoch, req.keys.iter().map(Vec::as_slice))
+            .map_err(status_of)?;
+        let views = self.shard.read(&req.keys).await.map_err(status_of)?;
+        Ok(Response::new(pb::ReadResponse {
+            results: req
+                .keys
+                .into_iter()
+                .zip(views)
+                .map(|(k, v)| view_pb(k, v))
+                .collect(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let req = request.into_inner();
+        if req.limit > SCAN_LIMIT_MAX {
+            return Err(invalid(validate::InputError::ScanLimit { got: req.limit }));
+        }
+        let limit = if req.limit == 0 {
+            SCAN_LIMIT_MAX
+        } else {
+            req.limit
+        };
+        self.shard
+            .check_owned(req.map_epoch, [])
+            .map_err(status_of)?;
+        let (items, truncated) = self
+            .shard
+            .scan(&req.prefix, limit as usize)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ScanResponse {
+            results: items.into_iter().map(|(k, v)| view_pb(k, v)).collect(),
+            truncated,
+        }))
+    }
+
+    async fn commit_local(
+        &self,
+        request: Request<pb::CommitLocalRequest>,
+    ) -> Result<Response<pb::CommitLocalResponse>, Status> {
+        let req = request.into_inner();
+        let txn = txn_id(&req.txn_id)?;
+        let (reads, writes) = txn_body(req.reads, req.writes)?;
+        self.shard
+            .check_owned(
+                req.map_epoch,
+                reads
+                    .iter()
+                    .map(|r| r.key.as_slice())
+                    .chain(writes.iter().map(|w| w.key.as_slice())),
+            )
+            .map_err(status_of)?;
+        let outcome = self
+            .shard
+            .commit_local(txn, reads, writes)
+            .await
+            .map_err(status_of)?;
+        let outcome = match outcome {
+            Outcome::Committed { written, .. } => {
+                pb::commit_local_response::Outcome::Committed(pb::Written {
+                    written: written
+                        .into_iter()
+                        .map(|(key, version)| pb::KeyValue {
+                            key,
+                            value: Vec::new(),
+                            version,
+                        })
+                        .collect(),
+                })
+            }
+            Outcome::Aborted { refused, .. } => {
+                pb::commit_local_response::Outcome::Refused(refused_pb(refused))
+            }
+        };
+        Ok(Response::new(pb::CommitLocalResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let req = request.into_inner();
+        txn_id(&req.txn_id)?;
+        let (reads, writes) = txn_body(req.reads, req.writes)?;
+        if req.participants.is_empty() || !req.participants.contains(&req.anchor_group) {
+            return Err(invalid(
+                "participants must be non-empty and include the anchor group",
+            ));
+        }
+        self.shard
+            .check_owned(
+                req.map_epoch,
+                reads
+                    .iter()
+                    .map(|r| r.key.as_slice())
+                    .chain(writes.iter().map(|w| w.key.as_slice())),
+            )
+            .map_err(status_of)?;
+        let vote = self
+            .shard
+            .prepare(PrepareRec {
+                txn_id: req.txn_id,
+                reads,
+                writes,
+                anchor: req.anchor_group,
+                participants: req.participants,
+            })
+            .await
+            .map_err(status_of)?;
+        let vote = match vote {
+            Vote::Yes => pb::prepare_response::Vote::Yes(pb::Empty {}),
+            Vote::No(refused) => pb::prepare_response::Vote::No(refused_pb(refused)),
+            Vote::Finalized(outcome) => {
+                pb::prepare_response::Vote::Finalized(finalized_pb(outcome))
+            }
+        };
+        Ok(Response::new(pb::PrepareResponse { vote: Some(vote) }))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        let req = request.into_inner();
+        let txn = txn_id(&req.txn_id)?;
+        let commit = decision(req.decision)?;
+        let recorded = self
+            .shard
+            .decide(txn, commit, req.participants)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::DecideResponse {
+            decision: decision_pb(recorded),
+        }))
+    }
+
+    async fn finalize(
+        &self,
+        request: Request<pb::FinalizeRequest>,
+    ) -> Result<Response<pb::FinalizeResponse>, Status> {
+        let req = request.into_inner();
+        let txn = txn_id(&req.txn_id)?;
+        let commit = decision(req.decision)?;
+        let outcome = self.shard.finalize(txn, commit).await.map_err(status_of)?;
+        let outcome = match outcome {
+            Some(outcome) => pb::finalize_response::Outcome::Finalized(finalized_pb(outcome)),
+            None => pb::finalize_response::Outcome::Unknown(pb::Empty {}),
+        };
+        Ok(Response::new(pb::FinalizeResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let txn = txn_id(&request.into_inner().txn_id)?;
+        let record = self.shard.resolve(txn).await.map_err(status_of)?;
+        Ok(Response::new(pb::ResolveResponse {
+            decision: decision_pb(record.commit),
+            participants: record.participants,
+        }))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let req = request.into_inner();
+        if req.txn_ids.len() > FORGET_TXNS_MAX {
+            return Err(invalid(format!(
+                "Forget of {} transactions is over FORGET_TXNS_MAX ({FORGET_TXNS_MAX})",
+                req.txn_ids.len()
+            )));
+        }
+        let txns = req
+            .txn_ids
+            .iter()
+            .map(|t| txn_id(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let forgotten = self.shard.forget(txns).await.map_err(status_of)?;
+        Ok(Response::new(pb::ForgetResponse { forgotten }))
+    }
+
+    async fn list_prepared(
+        &self,
+        request: Request<pb::ListPreparedRequest>,
+    ) -> Result<Response<pb::ListPreparedResponse>, Status> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            LIST_PREPARED_MAX
+        } else {
+            req.limit.min(LIST_PREPARED_MAX)
+        };
+        let txns = self
+            .shard
+            .list_prepared(Duration::from_millis(req.older_than_ms), limit as usize)
+            .into_iter()
+            .map(|(txn, rec, age)| pb::PreparedTxn {
+                txn_id: txn.as_bytes().to_vec(),
+                anchor_group: rec.anchor,
+                participants: rec.participants,
+                age_ms: age.as_millis() as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPreparedResponse { txns }))
+    }
+
+    async fn shard_status(
+        &self,
+        _request: Request<pb::ShardStatusRequest>,
+    ) -> Result<Response<pb::ShardStatusResponse>, Status> {
+        let s = self.shard.status();
+        Ok(Response::new(pb::ShardStatusResponse {
+            group_id: s.group_id,
+            map_epoch: s.map_epoch,
+            slots_owned: s.slots_owned,
+            last_lsn: s.last_lsn,
+            durable_lsn: s.durable_lsn,
+            keys: s.keys,
+            prepared: s.prepared,
+            txn_records: s.txn_records,
+            pid: std::process::id(),
+        }))
+    }
+}
+
+/// Serves the shard service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    shard: Arc<Shard>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .add_service(ShardApi::new(shard).into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Binds the gRPC listener; the address is what the process reports.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::net::TcpListener)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok((listener.local_addr()?, listener))
+}

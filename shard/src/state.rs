@@ -1,0 +1,901 @@
+//! The state machine of one replica: the index of committed values, the lock
+//! table of prepared transactions, transaction records (at the anchor) and
+//! the bounded memory of recent outcomes.
+//!
+//! No IO and no clock here: callers pass `now`. Checks (`check_*`) look at the
+//! state and say whether an operation may proceed; [`StateGuard::apply`]
+//! performs one logged [`Record`]. Live operation and recovery call the same
+//! `apply`, which is what makes replay rebuild exactly the live state.
+//!
+//! Readers use the index and lock table (`DashMap`s) without the state lock;
+//! every mutation happens under it, so check-then-apply is atomic.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+use trellis_types::{GroupId, Key, Lsn, TxnId, Version};
+
+use crate::record::*;
+
+/// Most transactions prepared (holding locks) at once on one replica; more
+/// prepares are refused until some finalize.
+pub const PREPARED_MAX: usize = 100_000;
+/// Most transaction records kept at an anchor. New COMMIT decisions are
+/// refused past it (presumed-abort records are always accepted).
+pub const TXN_RECORDS_MAX: usize = 1_000_000;
+/// Most remembered outcomes (for idempotent retries of Commit and Finalize).
+/// The oldest are forgotten first; a retry older than that re-validates.
+pub const OUTCOMES_MAX: usize = 65_536;
+/// Most bytes of keys held by remembered outcomes.
+pub const OUTCOMES_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A committed value (or tombstone) and its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// LSN of the record that wrote it.
+    pub version: Version,
+    /// `None`: deleted. Tombstones keep the version so readers can wait for
+    /// the delete to be durable; snapshots drop durable ones.
+    pub value: Option<Arc<[u8]>>,
+}
+
+impl Entry {
+    /// The version a client sees: 0 for absent.
+    pub fn visible_version(&self) -> Version {
+        if self.value.is_some() {
+            self.version
+        } else {
+            0
+        }
+    }
+}
+
+/// The write lock a prepared transaction holds on a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteLock {
+    pub txn: TxnId,
+    pub anchor: GroupId,
+    pub since: Instant,
+}
+
+/// Locks on one key: at most one writer, any number of readers.
+#[derive(Clone, Debug, Default)]
+pub struct KeyLock {
+    pub writer: Option<WriteLock>,
+    pub readers: Vec<TxnId>,
+}
+
+/// A transaction prepared here: it holds locks until finalized.
+#[derive(Clone, Debug)]
+pub struct PreparedTxn {
+    pub rec: PrepareRec,
+    pub lsn: Lsn,
+    pub since: Instant,
+}
+
+/// The outcome at the anchor, decided once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnRecord {
+    pub commit: bool,
+    pub participants: Vec<GroupId>,
+    pub lsn: Lsn,
+}
+
+/// Why an operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A read version is no longer current.
+    Conflict,
+    /// A key is locked by another prepared transaction.
+    Locked,
+    /// The transaction was already decided ABORT (prepare after resolve).
+    AlreadyAborted,
+    /// A bound of this replica ([`PREPARED_MAX`], [`TXN_RECORDS_MAX`]).
+    Busy,
+}
+
+/// A refusal with the keys at fault and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: Refusal,
+    pub keys: Vec<Key>,
+    pub message: String,
+}
+
+/// What happened to a transaction here, remembered for retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written keys and their new versions. `lsn` is the applying record.
+    Committed {
+        written: Vec<(Key, Version)>,
+        lsn: Lsn,
+    },
+    /// Refused (1PC) or finalized ABORT (2PC). `lsn` is 0 when nothing was
+    /// logged.
+    Aborted { refused: Refused, lsn: Lsn },
+}
+
+impl Outcome {
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            Outcome::Committed { lsn, .. } | Outcome::Aborted { lsn, .. } => *lsn,
+        }
+    }
+
+    fn key_bytes(&self) -> usize {
+        match self {
+            Outcome::Committed { written, .. } => written.iter().map(|(k, _)| k.len() + 8).sum(),
+            Outcome::Aborted { refused, .. } => {
+                refused.keys.iter().map(Vec::len).sum::<usize>() + refused.message.len()
+            }
+        }
+    }
+}
+
+/// Bounded FIFO memory of outcomes.
+#[derive(Default)]
+pub struct Outcomes {
+    map: HashMap<TxnId, Outcome>,
+    order: VecDeque<TxnId>,
+    bytes: usize,
+}
+
+impl Outcomes {
+    pub fn get(&self, txn: &TxnId) -> Option<&Outcome> {
+        self.map.get(txn)
+    }
+
+    pub fn insert(&mut self, txn: TxnId, outcome: Outcome) {
+        self.bytes += outcome.key_bytes();
+        if let Some(old) = self.map.insert(txn, outcome) {
+            self.bytes -= old.key_bytes();
+        } else {
+            self.order.push_back(txn);
+        }
+        while self.map.len() > OUTCOMES_MAX || self.bytes > OUTCOMES_BYTES_MAX {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.map.remove(&oldest) {
+                self.bytes -= old.key_bytes();
+            }
+        }
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&TxnId, &Outcome)> {
+        self.order
+            .iter()
+            .filter_map(|t| self.map.get(t).map(|o| (t, o)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The part of the state only touched under the state lock.
+#[derive(Default)]
+pub struct Core {
+    pub prepared: BTreeMap<TxnId, PreparedTxn>,
+    pub records: BTreeMap<TxnId, TxnRecord>,
+    pub outcomes: Outcomes,
+    /// LSN of the last applied record.
+    pub applied_lsn: Lsn,
+}
+
+/// The whole state of a replica.
+#[derive(Default)]
+pub struct State {
+    pub index: DashMap<Box<[u8]>, Entry>,
+    pub locks: DashMap<Box<[u8]>, KeyLock>,
+    core: Mutex<Core>,
+}
+
+/// What a read of one key sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyView {
+    pub entry: Option<Entry>,
+    pub lock: Option<WriteLock>,
+}
+
+/// Result of checking a one-phase commit or prepare.
+#[derive(Debug)]
+pub enum Check {
+    /// May proceed: log the record and apply it.
+    Proceed,
+    /// Already done (a retry): answer this.
+    Done(Outcome),
+    /// Prepare only: already prepared here (a retry): vote YES again.
+    AlreadyPrepared { lsn: Lsn },
+    /// Refused.
+    Refused(Refused),
+}
+
+/// Misuse by the caller (not a conflict): answered as INVALID_ARGUMENT or
+/// FAILED_PRECONDITION.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Misuse(pub String);
+
+impl State {
+    /// Takes the state lock. Never hold it across an `.await`.
+    pub fn lock(&self) -> StateGuard<'_> {
+        StateGuard {
+            state: self,
+            core: self.core.lock().expect("state lock poisoned"),
+        }
+    }
+
+    /// Reads one key without the state lock: the lock first, then the entry,
+    /// so a finalize that lands in between is seen as either still locked
+    /// or already applied, never as neither.
+    pub fn view(&self, key: &[u8]) -> KeyView {
+        let lock = self.locks.get(key).and_then(|l| l.writer.clone());
+        let entry = self.index.get(key).map(|e| e.clone());
+        KeyView { entry, lock }
+    }
+}
+
+pub struct StateGuard<'a> {
+    state: &'a State,
+    core: MutexGuard<'a, Core>,
+}
+
+fn parse_txn(bytes: &[u8]) -> Result<TxnId, String> {
+    TxnId::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+impl StateGuard<'_> {
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn current_version(&self, key: &[u8]) -> Version {
+        self.state
+            .index
+            .get(key)
+            .map(|e| e.visible_version())
+            .unwrap_or(0)
+    }
+
+    /// Validates reads and locks for a transaction that will write `writes`:
+    /// every read version is current and not write-locked by another
+    /// transaction; no written key is locked by another transaction.
+    fn validate(&self, txn: &TxnId, reads: &[ReadRec], writes: &[WriteRec]) -> Result<(), Refused> {
+        let mut conflicts = Vec::new();
+        let mut locked = Vec::new();
+        for read in reads {
+            if let Some(lock) = self.state.locks.get(read.key.as_slice())
+                && lock.writer.as_ref().is_some_and(|w| w.txn != *txn)
+            {
+                locked.push(read.key.clone());
+                continue;
+            }
+            if self.current_version(&read.key) != read.version {
+                conflicts.push(read.key.clone());
+            }
+        }
+        for write in writes {
+            if let Some(lock) = self.state.locks.get(write.key.as_slice()) {
+                let other_writer = lock.writer.as_ref().is_some_and(|w| w.txn != *txn);
+                let other_reader = lock.readers.iter().any(|r| r != txn);
+                if other_writer || other_reader {
+                    locked.push(write.key.clone());
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(Refused {
+                reason: Refusal::Conflict,
+                message: format!(
+                    "{} read version(s) are no longer current; re-read and retry the transaction",
+                    conflicts.len()
+                ),
+                keys: conflicts,
+            });
+        }
+        if !locked.is_empty() {
+            locked.sort();
+            locked.dedup();
+            return Err(Refused {
+                reason: Refusal::Locked,
+                message: format!(
+                    "{} key(s) are locked by another transaction being committed; retry",
+                    locked.len()
+                ),
+                keys: locked,
+            });
+        }
+        Ok(())
+    }
+
+    /// May this one-phase commit proceed?
+    pub fn check_commit_local(
+        &self,
+        txn: &TxnId,
+        reads: &[ReadRec],
+        writes: &[WriteRec],
+    ) -> Result<Check, Misuse> {
+        if let Some(outcome) = self.core.outcomes.get(txn) {
+            return Ok(Check::Done(outcome.clone()));
+        }
+        if self.core.prepared.contains_key(txn) {
+            return Err(Misuse(format!(
+                "transaction {txn} is prepared here by two-phase commit; it cannot also commit in one phase"
+            )));
+        }
+        Ok(match self.validate(txn, reads, writes) {
+            Ok(()) => Check::Proceed,
+            Err(refused) => Check::Refused(refused),
+        })
+    }
+
+    /// Remembers a refusal (in memory only) so a retry answers the same.
+    pub fn remember_refusal(&mut self, txn: TxnId, refused: Refused) {
+        self.core
+            .outcomes
+            .insert(txn, Outcome::Aborted { refused, lsn: 0 });
+    }
+
+    /// May this prepare proceed?
+    pub fn check_prepare(&self, txn: &TxnId, reads: &[ReadRec], writes: &[WriteRec]) -> Check {
+        if let Some(prepared) = self.core.prepared.get(txn) {
+            return Check::AlreadyPrepared { lsn: prepared.lsn };
+        }
+        if let Some(outcome) = self.core.outcomes.get(txn) {
+            return Check::Done(outcome.clone());
+        }
+        if self.core.records.get(txn).is_some_and(|r| !r.commit) {
+            return Check::Refused(Refused {
+                reason: Refusal::AlreadyAborted,
+                keys: Vec::new(),
+                message: format!("transaction {txn} was already decided ABORT"),
+            });
+        }
+        if self.core.prepared.len() >= PREPARED_MAX {
+            return Check::Refused(Refused {
+                reason: Refusal::Busy,
+                keys: Vec::new(),
+                message: format!(
+                    "PREPARED_MAX ({PREPARED_MAX}) transactions are already prepared here"
+                ),
+            });
+        }
+        match self.validate(txn, reads, writes) {
+            Ok(()) => Check::Proceed,
+            Err(refused) => Check::Refused(refused),
+        }
+    }
+
+    /// The recorded decision, if any.
+    pub fn record(&self, txn: &TxnId) -> Option<&TxnRecord> {
+        self.core.records.get(txn)
+    }
+
+    /// May a COMMIT decision be recorded? (ABORT always may.)
+    pub fn records_full(&self) -> bool {
+        self.core.records.len() >= TXN_RECORDS_MAX
+    }
+
+    pub fn prepared(&self, txn: &TxnId) -> Option<&PreparedTxn> {
+        self.core.prepared.get(txn)
+    }
+
+    pub fn outcome(&self, txn: &TxnId) -> Option<&Outcome> {
+        self.core.outcomes.get(txn)
+    }
+
+    /// Applies one logged record. `lsn` must be the next LSN. Records were
+    /// checked before they were logged; applying never refuses, and an
+    /// error here means the log holds something this code cannot have
+    /// written.
+    pub fn apply(&mut self, lsn: Lsn, record: &Record, now: Instant) -> Result<(), String> {
+        if self.core.applied_lsn != 0 && lsn != self.core.applied_lsn + 1 {
+            return Err(format!(
+                "record {lsn} applied after {} (LSNs must follow each other)",
+                self.core.applied_lsn
+            ));
+        }
+        match record {
+            Record::CommitLocal(rec) => {
+                let txn = parse_txn(&rec.txn_id)?;
+                let written = self.write_all(&rec.writes, lsn);
+                self.core
+                    .outcomes
+                    .insert(txn, Outcome::Committed { written, lsn });
+            }
+            Record::Prepare(rec) => {
+                let txn = parse_txn(&rec.txn_id)?;
+                for read in &rec.reads {
+                    self.state
+                        .locks
+                        .entry(read.key.clone().into_boxed_slice())
+                        .or_default()
+                        .readers
+                        .push(txn);
+                }
+                for write in &rec.writes {
+                    self.state
+                        .locks
+                        .entry(write.key.clone().into_boxed_slice())
+                        .or_default()
+                        .writer = Some(WriteLock {
+                        txn,
+                        anchor: rec.anchor,
+                        since: now,
+                    });
+                }
+                self.core.prepared.insert(
+                    txn,
+                    PreparedTxn {
+                        rec: rec.clone(),
+                        lsn,
+                        since: now,
+                    },
+                );
+            }
+            Record::Decide(rec) => {
+                let txn = parse_txn(&rec.txn_id)?;
+                // First decision wins, in replay as live.
+                self.core.records.entry(txn).or_insert(TxnRecord {
+                    commit: rec.commit,
+                    participants: rec.participants.clone(),
+                    lsn,
+                });
+            }
+            Record::Finalize(rec) => {
+                let txn = parse_txn(&rec.txn_id)?;
+                if let Some(prepared) = self.core.prepared.remove(&txn) {
+                    let outcome = if rec.commit {
+                        // Apply before unlocking: a reader checks the lock
+                        // first, then the value.
+                        let written = self.write_all(&prepared.rec.writes, lsn);
+                        Outcome::Committed { written, lsn }
+                    } else {
+                        Outcome::Aborted {
+                            refused: Refused {
+                                reason: Refusal::AlreadyAborted,
+                                keys: Vec::new(),
+                                message: format!("transaction {txn} was aborted"),
+                            },
+                            lsn,
+                        }
+                    };
+                    self.unlock(&txn, &prepared.rec);
+                    self.core.outcomes.insert(txn, outcome);
+                } else if !rec.commit {
+                    // Abort of a transaction never prepared here: remember
+                    // it so a late prepare is refused.
+                    self.core.outcomes.insert(
+                        txn,
+                        Outcome::Aborted {
+                            refused: Refused {
+                                reason: Refusal::AlreadyAborted,
+                                keys: Vec::new(),
+                                message: format!("transaction {txn} was aborted"),
+                            },
+                            lsn,
+                        },
+                    );
+                }
+            }
+            Record::Forget(rec) => {
+                for txn in &rec.txn_ids {
+                    let txn = parse_txn(txn)?;
+                    self.core.records.remove(&txn);
+                }
+            }
+        }
+        self.core.applied_lsn = lsn;
+        Ok(())
+    }
+
+    fn write_all(&mut self, writes: &[WriteRec], lsn: Lsn) -> Vec<(Key, Version)> {
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            let entry = Entry {
+                version: lsn,
+                value: write.value.as_deref().map(Arc::from),
+            };
+            self.state
+                .index
+                .insert(write.key.clone().into_boxed_slice(), entry);
+            written.push((write.key.clone(), lsn));
+        }
+        written
+    }
+
+    fn unlock(&mut self, txn: &TxnId, rec: &PrepareRec) {
+        let keys = rec
+            .reads
+            .iter()
+            .map(|r| &r.key)
+            .chain(rec.writes.iter().map(|w| &w.key));
+        for key in keys {
+            let now_empty = match self.state.locks.get_mut(key.as_slice()) {
+                Some(mut lock) => {
+                    lock.readers.retain(|r| r != txn);
+                    if lock.writer.as_ref().is_some_and(|w| w.txn == *txn) {
+                        lock.writer = None;
+                    }
+                    lock.writer.is_none() && lock.readers.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.state.locks.remove_if(key.as_slice(), |_, l| {
+                    l.writer.is_none() && l.readers.is_empty()
+                });
+            }
+        }
+    }
+
+    /// A consistent copy of everything a snapshot needs, as of the last
+    /// applied LSN. Values are shared (`Arc`), not copied.
+    pub fn capture(&self) -> Capture {
+        let mut entries: Vec<(Box<[u8]>, Entry)> = self
+            .state
+            .index
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Capture {
+            lsn: self.core.applied_lsn,
+            entries,
+            prepared: self
+                .core
+                .prepared
+                .values()
+                .map(|p| SnapPrepared {
+                    rec: Some(p.rec.clone()),
+                    lsn: p.lsn,
+                })
+                .collect(),
+            decisions: self
+                .core
+                .records
+                .iter()
+                .map(|(txn, r)| SnapDecision {
+                    rec: Some(DecideRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit: r.commit,
+                        participants: r.participants.clone(),
+                    }),
+                    lsn: r.lsn,
+                })
+                .collect(),
+            outcomes: self
+                .core
+                .outcomes
+                .iter()
+                .map(|(txn, outcome)| outcome_to_snap(txn, outcome))
+                .collect(),
+        }
+    }
+
+    /// Loads a snapshot's contents into an empty state.
+    pub fn restore(&mut self, capture: Capture, now: Instant) -> Result<(), String> {
+        for (key, entry) in capture.entries {
+            self.state.index.insert(key, entry);
+        }
+        for p in capture.prepared {
+            let rec = p.rec.ok_or("prepared entry without its record")?;
+            self.core.applied_lsn = p.lsn - 1;
+            self.apply(p.lsn, &Record::Prepare(rec), now)?;
+        }
+        for d in capture.decisions {
+            let rec = d.rec.ok_or("decision entry without its record")?;
+            let txn = parse_txn(&rec.txn_id)?;
+            self.core.records.insert(
+                txn,
+                TxnRecord {
+                    commit: rec.commit,
+                    participants: rec.participants,
+                    lsn: d.lsn,
+                },
+            );
+        }
+        for o in capture.outcomes {
+            let (txn, outcome) = outcome_from_snap(o)?;
+            self.core.outcomes.insert(txn, outcome);
+        }
+        self.core.applied_lsn = capture.lsn;
+        Ok(())
+    }
+}
+
+/// What a snapshot holds.
+#[derive(Default, Debug)]
+pub struct Capture {
+    pub lsn: Lsn,
+    pub entries: Vec<(Box<[u8]>, Entry)>,
+    pub prepared: Vec<SnapPrepared>,
+    pub decisions: Vec<SnapDecision>,
+    pub outcomes: Vec<SnapOutcome>,
+}
+
+fn refusal_code(r: Refusal) -> i32 {
+    match r {
+        Refusal::Conflict => 1,
+        Refusal::Locked => 2,
+        Refusal::AlreadyAborted => 3,
+        Refusal::Busy => 4,
+    }
+}
+
+fn refusal_from_code(code: i32) -> Refusal {
+    match code {
+        1 => Refusal::Conflict,
+        2 => Refusal::Locked,
+        4 => Refusal::Busy,
+        _ => Refusal::AlreadyAborted,
+    }
+}
+
+fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
+    match outcome {
+        Outcome::Committed { written, lsn } => SnapOutcome {
+            txn_id: txn.as_bytes().to_vec(),
+            commit: true,
+            keys: written
+                .iter()
+                .map(|(k, v)| ReadRec {
+                    key: k.clone(),
+                    version: *v,
+                })
+                .collect(),
+            lsn: *lsn,
+            refusal: 0,
+            message: String::new(),
+        },
+        Outcome::Aborted { refused, lsn } => SnapOutcome {
+            txn_id: txn.as_bytes().to_vec(),
+            commit: false,
+            keys: refused
+                .keys
+                .iter()
+                .map(|k| ReadRec {
+                    key: k.clone(),
+                    version: 0,
+                })
+                .collect(),
+            lsn: *lsn,
+            refusal: refusal_code(refused.reason),
+            message: refused.message.clone(),
+        },
+    }
+}
+
+fn outcome_from_snap(o: SnapOutcome) -> Result<(TxnId, Outcome), String> {
+    let txn = parse_txn(&o.txn_id)?;
+    let outcome = if o.commit {
+        Outcome::Committed {
+            written: o.keys.into_iter().map(|r| (r.key, r.version)).collect(),
+            lsn: o.lsn,
+        }
+    } else {
+        Outcome::Aborted {
+            refused: Refused {
+                reason: refusal_from_code(o.refusal),
+                keys: o.keys.into_iter().map(|r| r.key).collect(),
+                message: o.message,
+            },
+            lsn: o.lsn,
+        }
+    };
+    Ok((txn, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(n: u8) -> TxnId {
+        TxnId([n; 16])
+    }
+    fn put(k: &str, v: &str) -> WriteRec {
+        WriteRec {
+            key: k.into(),
+            value: Some(v.into()),
+        }
+    }
+    fn read(k: &str, version: u64) -> ReadRec {
+        ReadRec {
+            key: k.into(),
+            version,
+        }
+    }
+    fn prepare(t: TxnId, reads: Vec<ReadRec>, writes: Vec<WriteRec>) -> Record {
+        Record::Prepare(PrepareRec {
+            txn_id: t.0.to_vec(),
+            reads,
+            writes,
+            anchor: 1,
+            participants: vec![1, 2],
+        })
+    }
+
+    #[test]
+    fn one_phase_commit_validates_versions_and_is_idempotent() {
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        assert!(matches!(
+            g.check_commit_local(&txn(1), &[read("a", 0)], &[put("a", "1")]),
+            Ok(Check::Proceed)
+        ));
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("a", "1")],
+            }),
+            now,
+        )
+        .expect("apply");
+        assert_eq!(state.view(b"a").entry.expect("written").version, 1);
+        // The same transaction again: the first outcome.
+        match g.check_commit_local(&txn(1), &[read("a", 0)], &[put("a", "1")]) {
+            Ok(Check::Done(Outcome::Committed { written, lsn: 1 })) => {
+                assert_eq!(written, vec![(b"a".to_vec(), 1)])
+            }
+            other => panic!("expected the first outcome, got {other:?}"),
+        }
+        // Another transaction that read the old version conflicts.
+        match g.check_commit_local(&txn(2), &[read("a", 0)], &[put("a", "2")]) {
+            Ok(Check::Refused(r)) => {
+                assert_eq!(r.reason, Refusal::Conflict);
+                assert_eq!(r.keys, vec![b"a".to_vec()]);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepared_locks_conflict_and_release_on_finalize() {
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        assert!(matches!(
+            g.check_prepare(&txn(1), &[read("r", 0)], &[put("w", "1")]),
+            Check::Proceed
+        ));
+        g.apply(
+            1,
+            &prepare(txn(1), vec![read("r", 0)], vec![put("w", "1")]),
+            now,
+        )
+        .expect("apply");
+        assert!(matches!(
+            g.check_prepare(&txn(1), &[], &[]),
+            Check::AlreadyPrepared { lsn: 1 }
+        ));
+
+        // Writing a key another transaction read-locked: LOCKED.
+        let Ok(Check::Refused(r)) = g.check_commit_local(&txn(2), &[], &[put("r", "x")]) else {
+            panic!("read lock ignored")
+        };
+        assert_eq!((r.reason, r.keys), (Refusal::Locked, vec![b"r".to_vec()]));
+        // Reading a write-locked key: LOCKED. Reading a read-locked key: fine.
+        let Check::Refused(r) = g.check_prepare(&txn(3), &[read("w", 0)], &[]) else {
+            panic!("write lock ignored")
+        };
+        assert_eq!(r.reason, Refusal::Locked);
+        assert!(matches!(
+            g.check_prepare(&txn(4), &[read("r", 0)], &[]),
+            Check::Proceed
+        ));
+        assert_eq!(state.view(b"w").lock.expect("locked").txn, txn(1));
+        assert!(
+            state.view(b"w").entry.is_none(),
+            "a prepared write is not visible"
+        );
+
+        g.apply(
+            2,
+            &Record::Finalize(FinalizeRec {
+                txn_id: txn(1).0.to_vec(),
+                commit: true,
+            }),
+            now,
+        )
+        .expect("apply");
+        let view = state.view(b"w");
+        assert!(view.lock.is_none());
+        assert_eq!(view.entry.expect("applied").version, 2);
+        assert!(state.locks.is_empty(), "every lock released");
+        assert!(matches!(
+            g.check_commit_local(&txn(2), &[], &[put("r", "x")]),
+            Ok(Check::Proceed)
+        ));
+        // A late prepare of a finalized transaction returns its outcome.
+        assert!(matches!(
+            g.check_prepare(&txn(1), &[], &[]),
+            Check::Done(Outcome::Committed { .. })
+        ));
+    }
+
+    #[test]
+    fn abort_discards_and_late_prepare_after_abort_is_refused() {
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        g.apply(1, &prepare(txn(1), vec![], vec![put("w", "1")]), now)
+            .expect("apply");
+        g.apply(
+            2,
+            &Record::Finalize(FinalizeRec {
+                txn_id: txn(1).0.to_vec(),
+                commit: false,
+            }),
+            now,
+        )
+        .expect("apply");
+        assert!(state.view(b"w").entry.is_none() && state.view(b"w").lock.is_none());
+        // Anchor presumed abort, then the coordinator's prepare arrives late.
+        g.apply(
+            3,
+            &Record::Decide(DecideRec {
+                txn_id: txn(5).0.to_vec(),
+                commit: false,
+                participants: vec![],
+            }),
+            now,
+        )
+        .expect("apply");
+        let Check::Refused(r) = g.check_prepare(&txn(5), &[], &[put("z", "1")]) else {
+            panic!("late prepare accepted")
+        };
+        assert_eq!(r.reason, Refusal::AlreadyAborted);
+        // First decision wins, even in replay.
+        g.apply(
+            4,
+            &Record::Decide(DecideRec {
+                txn_id: txn(5).0.to_vec(),
+                commit: true,
+                participants: vec![],
+            }),
+            now,
+        )
+        .expect("apply");
+        assert!(!g.record(&txn(5)).expect("recorded").commit);
+    }
+
+    #[test]
+    fn outcomes_are_bounded() {
+        let mut outcomes = Outcomes::default();
+        for i in 0..(OUTCOMES_MAX + 10) {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            outcomes.insert(
+                TxnId(id),
+                Outcome::Committed {
+                    written: vec![(b"k".to_vec(), 1)],
+                    lsn: 1,
+                },
+            );
+        }
+        assert_eq!(outcomes.len(), OUTCOMES_MAX);
+        assert!(
+            outcomes.get(&TxnId([0; 16])).is_none(),
+            "oldest forgotten first"
+        );
+    }
+
+    #[test]
+    fn apply_refuses_lsn_gaps() {
+        let state = State::default();
+        let mut g = state.lock();
+        let rec = Record::Forget(ForgetRec { txn_ids: vec![] });
+        g.apply(1, &rec, Instant::now()).expect("first");
+        assert!(g.apply(3, &rec, Instant::now()).is_err());
+    }
+}
