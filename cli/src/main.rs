@@ -1,1 +1,52 @@
-fn main() {}
+//! The single `trellis` binary: wiring only, no logic of its own.
+//!
+//! # Layout
+//! - `shard`: run one shard replica (`trellis shard`).
+//! - `bench`: storage benchmarks (`trellis bench storage`).
+
+mod bench;
+mod shard;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Trellis: a sharded, replicated key-value store with serializable
+/// multi-key transactions.
+#[derive(Parser)]
+#[command(name = "trellis", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one shard replica: its storage engine and gRPC server.
+    Shard(shard::Args),
+    /// Measure the storage engine on this machine's disk.
+    Bench(bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Shard(args) => shard::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -516,7 +516,7 @@ impl Shard {
             .map(|(txn, p)| (*txn, p.rec.clone(), now.saturating_duration_since(p.since)))
             .filter(|(_, _, age)| *age >= older_than)
             .collect();
-        out.sort_by(|a, b| b.2.cmp(&a.2));
+        out.sort_by_key(|t| std::cmp::Reverse(t.2));
         out.truncate(limit);
         out
     }

@@ -56,7 +56,7 @@ pub fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalError> {
             out.push((lsn, entry.path()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|t| std::cmp::Reverse(t.0));
     Ok(out)
 }
 

@@ -1,0 +1,209 @@
+//! Starting and stopping real `trellis` processes for tests.
+//!
+//! Every process a test starts is owned by a [`Proc`]: dropping it kills the
+//! process (by its PID, which we started) so a failing test leaves nothing
+//! behind. Nothing here sends traffic anywhere but loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use trellis_proto::shard::v1::shard_client::ShardClient;
+
+/// How long a process may take to print its READY line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of every RPC a test sends.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for a process to exit after a signal.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `trellis` binary of this build profile, built first if needed.
+///
+/// `cargo test` does not build other packages' binaries, so the harness runs
+/// `cargo build -p trellis` once per test process (a no-op when up to date).
+/// Set `TRELLIS_BIN` to use another binary.
+pub fn trellis_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("TRELLIS_BIN") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "trellis", "--bin", "trellis"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the trellis binary");
+        assert!(status.success(), "cargo build of the trellis binary failed");
+        let bin = profile_dir.join("trellis");
+        assert!(bin.exists(), "no trellis binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A running `trellis` process and what it printed on its READY line.
+pub struct Proc {
+    child: Option<Child>,
+    pub pid: u32,
+    /// `key=value` fields of the READY line.
+    pub ready: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `trellis <args>` and waits for its READY line.
+    pub fn start(args: &[&str]) -> anyhow::Result<Proc> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(trellis_bin())
+            .args(&args)
+            .env(
+                "TRELLIS_LOG",
+                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    let _ = tx.send(rest.to_string());
+                    break;
+                }
+            }
+            // Keep draining so the process never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut proc = Proc {
+            child: Some(child),
+            pid,
+            ready: Vec::new(),
+            args,
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => {
+                proc.ready = line
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Ok(proc)
+            }
+            Err(_) => {
+                let status = proc
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                anyhow::bail!(
+                    "trellis {:?} printed no READY line (exit status {status:?})",
+                    proc.args
+                )
+            }
+        }
+    }
+
+    /// A field of the READY line, e.g. `grpc`.
+    pub fn field(&self, key: &str) -> &str {
+        self.ready
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("READY line has no {key}= field: {:?}", self.ready))
+    }
+
+    /// Sends `signal` to the process (which we started).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: libc::kill on our own child's PID.
+        let rc = unsafe_kill(self.pid, signal);
+        assert!(
+            rc == 0 || signal == libc::SIGKILL,
+            "kill({}, {signal}) failed",
+            self.pid
+        );
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+    }
+
+    /// SIGTERM; returns whether it exited successfully in time.
+    pub fn terminate(mut self) -> bool {
+        self.signal(libc::SIGTERM);
+        self.wait_exit().is_some_and(|s| s.success())
+    }
+
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: u32, signal: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; the PID is one of
+    // our own children that has not been reaped yet.
+    unsafe { libc::kill(pid as libc::pid_t, signal) }
+}
+
+/// A gRPC channel to `addr` with connect and request deadlines.
+pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect()
+        .await?)
+}
+
+/// A shard client for the process's gRPC address.
+pub async fn shard_client(proc: &Proc) -> anyhow::Result<ShardClient<Channel>> {
+    Ok(ShardClient::new(channel(proc.field("grpc")).await?))
+}
+
+/// A fresh 16-byte transaction id.
+pub fn txn_id() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
