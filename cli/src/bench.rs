@@ -194,10 +194,34 @@ async fn replay_and_memory(dir: &Path, keys: u64) -> anyhow::Result<(u64, Durati
     let shard = Shard::open(config, Arc::new(Metrics::default()))?;
     let took = started.elapsed();
     let records = shard.recovery().replayed;
+    // Pages freed during replay (old hash tables, read buffers) stay
+    // resident until the allocator's decay purges them; purge now so RSS
+    // measures what the index holds.
+    purge_allocator();
     let alloc = allocated().saturating_sub(alloc_before);
     let rss = rss_bytes().saturating_sub(rss_before);
     shard.shutdown();
     Ok((records, took, alloc, rss))
+}
+
+/// Returns every unused dirty page of every jemalloc arena to the OS.
+#[allow(unsafe_code)]
+fn purge_allocator() {
+    let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
+    for arena in 0..arenas {
+        let name = format!("arena.{arena}.purge\0");
+        // SAFETY: `arena.<i>.purge` is a void mallctl: it reads and writes
+        // nothing, so the pointer-free call below is what it expects.
+        let _ = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+    }
 }
 
 fn allocated() -> u64 {

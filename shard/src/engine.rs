@@ -174,7 +174,7 @@ impl Shard {
         let replay = {
             let mut guard = state.lock();
             wal::replay(dir, recovery.snapshot_lsn, |raw| {
-                let record = Record::decode(raw.kind, &raw.payload)?;
+                let record = Record::decode(raw.kind, raw.payload)?;
                 guard.apply(raw.lsn, &record, now)
             })?
         };
@@ -288,7 +288,7 @@ impl Shard {
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let newest = views
             .iter()
-            .filter_map(|v| v.entry.as_ref().map(|e| e.version))
+            .filter_map(|v| v.entry.as_ref().map(|e| e.version()))
             .max()
             .unwrap_or(0);
         if newest > self.wal.durable_lsn() {
@@ -309,7 +309,7 @@ impl Shard {
             .state
             .index
             .iter()
-            .filter(|e| e.key().starts_with(prefix) && e.value().value.is_some())
+            .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
             .map(|e| e.key().to_vec())
             .chain(
                 self.state
@@ -355,7 +355,10 @@ impl Shard {
                 Check::Refused(refused) => {
                     self.count_refusal(&refused);
                     guard.remember_refusal(txn, refused.clone());
-                    Outcome::Aborted { refused, lsn: 0 }
+                    Outcome::Aborted {
+                        refused: Box::new(refused),
+                        lsn: 0,
+                    }
                 }
                 Check::AlreadyPrepared { .. } => {
                     unreachable!("commit_local never answers AlreadyPrepared")
@@ -661,7 +664,7 @@ mod tests {
         views[0]
             .entry
             .as_ref()
-            .and_then(|e| e.value.as_ref().map(|v| (v.to_vec(), e.version)))
+            .and_then(|e| e.value().map(|v| (v.to_vec(), e.version())))
     }
 
     #[tokio::test]

@@ -168,7 +168,7 @@ pub struct SnapOutcome {
     pub txn_id: Vec<u8>,
     #[prost(bool, tag = "2")]
     pub commit: bool,
-    /// Committed: the versions written. Aborted: the keys at fault.
+    /// Aborted: the keys at fault.
     #[prost(message, repeated, tag = "3")]
     pub keys: Vec<ReadRec>,
     #[prost(uint64, tag = "4")]
@@ -177,6 +177,9 @@ pub struct SnapOutcome {
     pub refusal: i32,
     #[prost(string, tag = "6")]
     pub message: String,
+    /// Committed: digest of the written keys.
+    #[prost(uint64, tag = "7")]
+    pub digest: u64,
 }
 
 /// Last chunk of a snapshot: without it the snapshot is incomplete.

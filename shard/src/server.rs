@@ -97,20 +97,13 @@ fn refused_pb(r: Refused) -> pb::Refused {
 
 fn finalized_pb(outcome: Outcome) -> pb::Finalized {
     match outcome {
-        Outcome::Committed { written, .. } => pb::Finalized {
+        Outcome::Committed { lsn, .. } => pb::Finalized {
             decision: pb::Decision::Commit as i32,
-            written: written
-                .into_iter()
-                .map(|(key, version)| pb::KeyValue {
-                    key,
-                    value: Vec::new(),
-                    version,
-                })
-                .collect(),
+            version: lsn,
         },
         Outcome::Aborted { .. } => pb::Finalized {
             decision: pb::Decision::Abort as i32,
-            written: Vec::new(),
+            version: 0,
         },
     }
 }
@@ -119,11 +112,7 @@ fn view_pb(key: Vec<u8>, view: KeyView) -> pb::ReadResult {
     let now = tokio::time::Instant::now();
     let (value, version) = match view.entry {
         Some(entry) => (
-            entry
-                .value
-                .as_deref()
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
+            entry.value().map(<[u8]>::to_vec).unwrap_or_default(),
             entry.visible_version(),
         ),
         None => (Vec::new(), 0),
@@ -281,26 +270,28 @@ impl ShardService for ShardApi {
                     .chain(writes.iter().map(|w| w.key.as_slice())),
             )
             .map_err(status_of)?;
+        let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
         let outcome = self
             .shard
             .commit_local(txn, reads, writes)
             .await
             .map_err(status_of)?;
         let outcome = match outcome {
-            Outcome::Committed { written, .. } => {
+            Outcome::Committed { lsn, .. } => {
                 pb::commit_local_response::Outcome::Committed(pb::Written {
-                    written: written
+                    written: keys
                         .into_iter()
-                        .map(|(key, version)| pb::KeyValue {
+                        .map(|key| pb::KeyValue {
                             key,
                             value: Vec::new(),
-                            version,
+                            version: lsn,
                         })
                         .collect(),
+                    version: lsn,
                 })
             }
             Outcome::Aborted { refused, .. } => {
-                pb::commit_local_response::Outcome::Refused(refused_pb(refused))
+                pb::commit_local_response::Outcome::Refused(refused_pb(*refused))
             }
         };
         Ok(Response::new(pb::CommitLocalResponse {

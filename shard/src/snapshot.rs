@@ -13,7 +13,6 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use prost::Message;
 use trellis_types::Lsn;
@@ -82,8 +81,8 @@ pub fn write(dir: &Path, capture: &Capture) -> Result<PathBuf, WalError> {
                     .iter()
                     .map(|(key, entry)| SnapEntry {
                         key: key.to_vec(),
-                        value: entry.value.as_deref().map(<[u8]>::to_vec),
-                        version: entry.version,
+                        value: entry.value().map(<[u8]>::to_vec),
+                        version: entry.version(),
                     })
                     .collect(),
                 ..SnapChunk::default()
@@ -184,10 +183,7 @@ pub fn read(path: &Path) -> Result<Capture, WalError> {
         for e in chunk.entries {
             capture.entries.push((
                 e.key.into_boxed_slice(),
-                Entry {
-                    version: e.version,
-                    value: e.value.map(Arc::from),
-                },
+                Entry::new(e.version, e.value.as_deref()),
             ));
         }
         capture.prepared.extend(chunk.prepared);
@@ -224,10 +220,10 @@ mod tests {
                 .map(|i| {
                     (
                         format!("k{i:05}").into_bytes().into_boxed_slice(),
-                        Entry {
-                            version: i as u64 + 1,
-                            value: (i % 7 != 0).then(|| Arc::from(format!("v{i}").as_bytes())),
-                        },
+                        Entry::new(
+                            i as u64 + 1,
+                            (i % 7 != 0).then_some(format!("v{i}").as_bytes()),
+                        ),
                     )
                 })
                 .collect(),

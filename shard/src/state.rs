@@ -11,7 +11,9 @@
 //! every mutation happens under it, so check-then-apply is atomic.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+
+use triomphe::ThinArc;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
@@ -31,25 +33,81 @@ pub const OUTCOMES_MAX: usize = 65_536;
 /// Most bytes of keys held by remembered outcomes.
 pub const OUTCOMES_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// A committed value (or tombstone) and its version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// LSN of the record that wrote it.
-    pub version: Version,
-    /// `None`: deleted. Tombstones keep the version so readers can wait for
-    /// the delete to be durable; snapshots drop durable ones.
-    pub value: Option<Arc<[u8]>>,
-}
+/// Marks a tombstone in the version word of an [`Entry`]. Versions are LSNs
+/// and stay far below 2^63.
+const TOMBSTONE_BIT: u64 = 1 << 63;
+
+/// A committed value (or tombstone) and its version, in one allocation
+/// behind a thin, reference-counted pointer (8 bytes in the index): the
+/// index is most of a replica's memory, so its entries are kept small.
+/// Cloning shares the bytes.
+#[derive(Clone)]
+pub struct Entry(ThinArc<u64, u8>);
 
 impl Entry {
+    /// A value (`Some`) or a tombstone (`None`) written at `version`.
+    pub fn new(version: Version, value: Option<&[u8]>) -> Entry {
+        debug_assert!(version < TOMBSTONE_BIT);
+        match value {
+            Some(value) => Entry(ThinArc::from_header_and_slice(version, value)),
+            None => Entry(ThinArc::from_header_and_slice(version | TOMBSTONE_BIT, &[])),
+        }
+    }
+
+    /// The LSN of the record that wrote it (tombstones included).
+    pub fn version(&self) -> Version {
+        self.0.header.header & !TOMBSTONE_BIT
+    }
+
+    /// The value; `None` for a tombstone. Tombstones keep their version so
+    /// readers can wait for the delete to be durable; snapshots drop them.
+    pub fn value(&self) -> Option<&[u8]> {
+        if self.0.header.header & TOMBSTONE_BIT != 0 {
+            None
+        } else {
+            Some(&self.0.slice)
+        }
+    }
+
     /// The version a client sees: 0 for absent.
     pub fn visible_version(&self) -> Version {
-        if self.value.is_some() {
-            self.version
+        if self.value().is_some() {
+            self.version()
         } else {
             0
         }
     }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.version() == other.version() && self.value() == other.value()
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("version", &self.version())
+            .field("value_bytes", &self.value().map(<[u8]>::len))
+            .finish()
+    }
+}
+
+/// Hasher of the index, lock table and outcome memory: fast, seeded per
+/// process. Nothing iterates these maps where order matters (snapshots and
+/// scans sort).
+pub type FastHash = foldhash::fast::RandomState;
+
+/// A digest of a transaction's written keys: a retry under the same id must
+/// write the same keys.
+pub fn writes_digest(writes: &[WriteRec]) -> u64 {
+    writes.iter().fold(writes.len() as u64, |digest, write| {
+        (digest.rotate_left(23) ^ xxhash_rust::xxh3::xxh3_64(&write.key))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    })
 }
 
 /// The write lock a prepared transaction holds on a key.
@@ -107,14 +165,12 @@ pub struct Refused {
 /// What happened to a transaction here, remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written keys and their new versions. `lsn` is the applying record.
-    Committed {
-        written: Vec<(Key, Version)>,
-        lsn: Lsn,
-    },
+    /// Committed by the record at `lsn`: every written key's new version is
+    /// `lsn`. `digest` is [`writes_digest`] of the writes.
+    Committed { lsn: Lsn, digest: u64 },
     /// Refused (1PC) or finalized ABORT (2PC). `lsn` is 0 when nothing was
     /// logged.
-    Aborted { refused: Refused, lsn: Lsn },
+    Aborted { refused: Box<Refused>, lsn: Lsn },
 }
 
 impl Outcome {
@@ -126,7 +182,7 @@ impl Outcome {
 
     fn key_bytes(&self) -> usize {
         match self {
-            Outcome::Committed { written, .. } => written.iter().map(|(k, _)| k.len() + 8).sum(),
+            Outcome::Committed { .. } => 0,
             Outcome::Aborted { refused, .. } => {
                 refused.keys.iter().map(Vec::len).sum::<usize>() + refused.message.len()
             }
@@ -137,7 +193,7 @@ impl Outcome {
 /// Bounded FIFO memory of outcomes.
 #[derive(Default)]
 pub struct Outcomes {
-    map: HashMap<TxnId, Outcome>,
+    map: HashMap<TxnId, Outcome, FastHash>,
     order: VecDeque<TxnId>,
     bytes: usize,
 }
@@ -193,8 +249,8 @@ pub struct Core {
 /// The whole state of a replica.
 #[derive(Default)]
 pub struct State {
-    pub index: DashMap<Box<[u8]>, Entry>,
-    pub locks: DashMap<Box<[u8]>, KeyLock>,
+    pub index: DashMap<Box<[u8]>, Entry, FastHash>,
+    pub locks: DashMap<Box<[u8]>, KeyLock, FastHash>,
     core: Mutex<Core>,
 }
 
@@ -324,6 +380,13 @@ impl StateGuard<'_> {
         writes: &[WriteRec],
     ) -> Result<Check, Misuse> {
         if let Some(outcome) = self.core.outcomes.get(txn) {
+            if let Outcome::Committed { digest, .. } = outcome
+                && *digest != writes_digest(writes)
+            {
+                return Err(Misuse(format!(
+                    "transaction id {txn} was already committed with other writes; use a fresh id per transaction"
+                )));
+            }
             return Ok(Check::Done(outcome.clone()));
         }
         if self.core.prepared.contains_key(txn) {
@@ -339,9 +402,13 @@ impl StateGuard<'_> {
 
     /// Remembers a refusal (in memory only) so a retry answers the same.
     pub fn remember_refusal(&mut self, txn: TxnId, refused: Refused) {
-        self.core
-            .outcomes
-            .insert(txn, Outcome::Aborted { refused, lsn: 0 });
+        self.core.outcomes.insert(
+            txn,
+            Outcome::Aborted {
+                refused: Box::new(refused),
+                lsn: 0,
+            },
+        );
     }
 
     /// May this prepare proceed?
@@ -406,10 +473,11 @@ impl StateGuard<'_> {
         match record {
             Record::CommitLocal(rec) => {
                 let txn = parse_txn(&rec.txn_id)?;
-                let written = self.write_all(&rec.writes, lsn);
+                self.write_all(&rec.writes, lsn);
+                let digest = writes_digest(&rec.writes);
                 self.core
                     .outcomes
-                    .insert(txn, Outcome::Committed { written, lsn });
+                    .insert(txn, Outcome::Committed { lsn, digest });
             }
             Record::Prepare(rec) => {
                 let txn = parse_txn(&rec.txn_id)?;
@@ -456,34 +524,18 @@ impl StateGuard<'_> {
                     let outcome = if rec.commit {
                         // Apply before unlocking: a reader checks the lock
                         // first, then the value.
-                        let written = self.write_all(&prepared.rec.writes, lsn);
-                        Outcome::Committed { written, lsn }
+                        self.write_all(&prepared.rec.writes, lsn);
+                        let digest = writes_digest(&prepared.rec.writes);
+                        Outcome::Committed { lsn, digest }
                     } else {
-                        Outcome::Aborted {
-                            refused: Refused {
-                                reason: Refusal::AlreadyAborted,
-                                keys: Vec::new(),
-                                message: format!("transaction {txn} was aborted"),
-                            },
-                            lsn,
-                        }
+                        aborted(&txn, lsn)
                     };
                     self.unlock(&txn, &prepared.rec);
                     self.core.outcomes.insert(txn, outcome);
                 } else if !rec.commit {
                     // Abort of a transaction never prepared here: remember
                     // it so a late prepare is refused.
-                    self.core.outcomes.insert(
-                        txn,
-                        Outcome::Aborted {
-                            refused: Refused {
-                                reason: Refusal::AlreadyAborted,
-                                keys: Vec::new(),
-                                message: format!("transaction {txn} was aborted"),
-                            },
-                            lsn,
-                        },
-                    );
+                    self.core.outcomes.insert(txn, aborted(&txn, lsn));
                 }
             }
             Record::Forget(rec) => {
@@ -497,19 +549,13 @@ impl StateGuard<'_> {
         Ok(())
     }
 
-    fn write_all(&mut self, writes: &[WriteRec], lsn: Lsn) -> Vec<(Key, Version)> {
-        let mut written = Vec::with_capacity(writes.len());
+    fn write_all(&mut self, writes: &[WriteRec], lsn: Lsn) {
         for write in writes {
-            let entry = Entry {
-                version: lsn,
-                value: write.value.as_deref().map(Arc::from),
-            };
+            let entry = Entry::new(lsn, write.value.as_deref());
             self.state
                 .index
-                .insert(write.key.clone().into_boxed_slice(), entry);
-            written.push((write.key.clone(), lsn));
+                .insert(Box::from(write.key.as_slice()), entry);
         }
-        written
     }
 
     fn unlock(&mut self, txn: &TxnId, rec: &PrepareRec) {
@@ -622,6 +668,18 @@ pub struct Capture {
     pub outcomes: Vec<SnapOutcome>,
 }
 
+/// The outcome of a transaction finalized ABORT here at `lsn`.
+fn aborted(txn: &TxnId, lsn: Lsn) -> Outcome {
+    Outcome::Aborted {
+        refused: Box::new(Refused {
+            reason: Refusal::AlreadyAborted,
+            keys: Vec::new(),
+            message: format!("transaction {txn} was aborted"),
+        }),
+        lsn,
+    }
+}
+
 fn refusal_code(r: Refusal) -> i32 {
     match r {
         Refusal::Conflict => 1,
@@ -642,19 +700,14 @@ fn refusal_from_code(code: i32) -> Refusal {
 
 fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
     match outcome {
-        Outcome::Committed { written, lsn } => SnapOutcome {
+        Outcome::Committed { lsn, digest } => SnapOutcome {
             txn_id: txn.as_bytes().to_vec(),
             commit: true,
-            keys: written
-                .iter()
-                .map(|(k, v)| ReadRec {
-                    key: k.clone(),
-                    version: *v,
-                })
-                .collect(),
+            keys: Vec::new(),
             lsn: *lsn,
             refusal: 0,
             message: String::new(),
+            digest: *digest,
         },
         Outcome::Aborted { refused, lsn } => SnapOutcome {
             txn_id: txn.as_bytes().to_vec(),
@@ -670,6 +723,7 @@ fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
             lsn: *lsn,
             refusal: refusal_code(refused.reason),
             message: refused.message.clone(),
+            digest: 0,
         },
     }
 }
@@ -678,16 +732,16 @@ fn outcome_from_snap(o: SnapOutcome) -> Result<(TxnId, Outcome), String> {
     let txn = parse_txn(&o.txn_id)?;
     let outcome = if o.commit {
         Outcome::Committed {
-            written: o.keys.into_iter().map(|r| (r.key, r.version)).collect(),
             lsn: o.lsn,
+            digest: o.digest,
         }
     } else {
         Outcome::Aborted {
-            refused: Refused {
+            refused: Box::new(Refused {
                 reason: refusal_from_code(o.refusal),
                 keys: o.keys.into_iter().map(|r| r.key).collect(),
                 message: o.message,
-            },
+            }),
             lsn: o.lsn,
         }
     };
@@ -741,14 +795,17 @@ mod tests {
             now,
         )
         .expect("apply");
-        assert_eq!(state.view(b"a").entry.expect("written").version, 1);
+        assert_eq!(state.view(b"a").entry.expect("written").version(), 1);
         // The same transaction again: the first outcome.
         match g.check_commit_local(&txn(1), &[read("a", 0)], &[put("a", "1")]) {
-            Ok(Check::Done(Outcome::Committed { written, lsn: 1 })) => {
-                assert_eq!(written, vec![(b"a".to_vec(), 1)])
-            }
+            Ok(Check::Done(Outcome::Committed { lsn: 1, .. })) => {}
             other => panic!("expected the first outcome, got {other:?}"),
         }
+        // The same id with other writes is misuse, not a retry.
+        assert!(
+            g.check_commit_local(&txn(1), &[], &[put("b", "1")])
+                .is_err()
+        );
         // Another transaction that read the old version conflicts.
         match g.check_commit_local(&txn(2), &[read("a", 0)], &[put("a", "2")]) {
             Ok(Check::Refused(r)) => {
@@ -810,7 +867,7 @@ mod tests {
         .expect("apply");
         let view = state.view(b"w");
         assert!(view.lock.is_none());
-        assert_eq!(view.entry.expect("applied").version, 2);
+        assert_eq!(view.entry.expect("applied").version(), 2);
         assert!(state.locks.is_empty(), "every lock released");
         assert!(matches!(
             g.check_commit_local(&txn(2), &[], &[put("r", "x")]),
@@ -875,13 +932,7 @@ mod tests {
         for i in 0..(OUTCOMES_MAX + 10) {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            outcomes.insert(
-                TxnId(id),
-                Outcome::Committed {
-                    written: vec![(b"k".to_vec(), 1)],
-                    lsn: 1,
-                },
-            );
+            outcomes.insert(TxnId(id), Outcome::Committed { lsn: 1, digest: 0 });
         }
         assert_eq!(outcomes.len(), OUTCOMES_MAX);
         assert!(

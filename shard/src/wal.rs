@@ -89,12 +89,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     }
 }
 
-/// One record as read back from the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRecord {
+/// One record as read back from the log, borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
     pub lsn: Lsn,
     pub kind: u8,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 /// Encodes one frame onto `out`.
@@ -124,7 +124,7 @@ enum FrameFault {
 }
 
 /// Decodes the frame starting at `buf[0]`: the record and its total length.
-fn decode_frame(buf: &[u8]) -> Result<(RawRecord, usize), FrameFault> {
+fn decode_frame(buf: &[u8]) -> Result<(Frame<'_>, usize), FrameFault> {
     if buf.len() < FRAME_HEADER_BYTES {
         return Err(FrameFault::Short);
     }
@@ -144,10 +144,10 @@ fn decode_frame(buf: &[u8]) -> Result<(RawRecord, usize), FrameFault> {
     let kind = buf[8];
     let lsn = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes"));
     Ok((
-        RawRecord {
+        Frame {
             lsn,
             kind,
-            payload: buf[FRAME_HEADER_BYTES..total].to_vec(),
+            payload: &buf[FRAME_HEADER_BYTES..total],
         },
         total,
     ))
@@ -200,19 +200,19 @@ pub struct Replay {
     pub torn_bytes: u64,
 }
 
+/// Bytes replay reads from a segment at a time: bounds its memory.
+pub const REPLAY_READ_BYTES: usize = 4 * 1024 * 1024;
+
 /// Reads every record with LSN > `after`, in order, and hands each to
 /// `apply`. Cuts a torn tail off the last segment (truncating the file);
-/// refuses corruption anywhere else.
+/// refuses corruption anywhere else. Reads segments in chunks of
+/// [`REPLAY_READ_BYTES`], never whole.
 pub fn replay(
     dir: &Path,
     after: Lsn,
-    mut apply: impl FnMut(RawRecord) -> Result<(), String>,
+    mut apply: impl FnMut(Frame<'_>) -> Result<(), String>,
 ) -> Result<Replay, WalError> {
     let segments = list_segments(dir)?;
-    let mut out = Replay {
-        last_lsn: after,
-        ..Replay::default()
-    };
     if let Some(first) = segments.first()
         && first.first_lsn > after + 1
     {
@@ -226,94 +226,93 @@ pub fn replay(
             ),
         });
     }
+    let mut out = Replay {
+        last_lsn: after,
+        ..Replay::default()
+    };
     // The LSN the next record must carry, once we have seen one.
     let mut expected: Option<Lsn> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(REPLAY_READ_BYTES + FRAME_HEADER_BYTES);
     for (index, segment) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
-        let mut bytes = Vec::new();
-        File::open(&segment.path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(io_err(&segment.path))?;
-        if let Some(expected) = expected
-            && segment.first_lsn != expected
-            && !bytes.is_empty()
+        let path = &segment.path;
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        if let Some(want) = expected
+            && segment.first_lsn != want
+            && file_len > 0
         {
             return Err(WalError::Corrupt {
-                path: segment.path.clone(),
+                path: path.clone(),
                 offset: 0,
                 detail: format!(
-                    "segment starts at LSN {} but the previous one ended before LSN {expected} \
+                    "segment starts at LSN {} but the previous one ended before LSN {want} \
                      (a segment is missing)",
                     segment.first_lsn
                 ),
             });
         }
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            match decode_frame(&bytes[offset..]) {
-                Ok((record, len)) => {
+        buf.clear();
+        // File offset of buf[0], and our position within buf.
+        let mut buf_offset = 0u64;
+        let mut pos = 0usize;
+        let mut eof = false;
+        loop {
+            match decode_frame(&buf[pos..]) {
+                Ok((frame, len)) => {
+                    let offset = buf_offset + pos as u64;
                     let want = expected.unwrap_or(segment.first_lsn);
-                    if record.lsn != want {
+                    if frame.lsn != want {
                         return Err(WalError::Corrupt {
-                            path: segment.path.clone(),
-                            offset: offset as u64,
+                            path: path.clone(),
+                            offset,
                             detail: format!(
                                 "record has LSN {} where {want} was expected",
-                                record.lsn
+                                frame.lsn
                             ),
                         });
                     }
-                    expected = Some(record.lsn + 1);
-                    if record.lsn > after {
-                        let lsn = record.lsn;
-                        apply(record).map_err(|detail| WalError::Corrupt {
-                            path: segment.path.clone(),
-                            offset: offset as u64,
+                    expected = Some(frame.lsn + 1);
+                    if frame.lsn > after {
+                        let lsn = frame.lsn;
+                        apply(frame).map_err(|detail| WalError::Corrupt {
+                            path: path.clone(),
+                            offset,
                             detail: format!("record {lsn} cannot be applied: {detail}"),
                         })?;
                         out.records += 1;
                         out.last_lsn = lsn;
                     }
-                    offset += len;
+                    pos += len;
                 }
+                Err(FrameFault::Short) if !eof => {
+                    // Keep the partial frame, read the next chunk after it.
+                    buf.drain(..pos);
+                    buf_offset += pos as u64;
+                    pos = 0;
+                    let want = REPLAY_READ_BYTES.max(frame_len_hint(&buf));
+                    let read = (&mut file)
+                        .take(want as u64)
+                        .read_to_end(&mut buf)
+                        .map_err(io_err(path))?;
+                    eof = read == 0;
+                }
+                Err(FrameFault::Short) if pos == buf.len() => break,
                 Err(fault) => {
-                    let min_lsn = expected.unwrap_or(segment.first_lsn);
-                    let valid_after = is_last && find_valid_frame(&bytes[offset + 1..], min_lsn);
-                    if !is_last || valid_after {
-                        return Err(WalError::Corrupt {
-                            path: segment.path.clone(),
-                            offset: offset as u64,
-                            detail: format!(
-                                "{} with valid records after it",
-                                match fault {
-                                    FrameFault::Short => "a truncated record".to_string(),
-                                    FrameFault::BadLength(len) =>
-                                        format!("a record length of {len} bytes"),
-                                    FrameFault::BadCrc => "a checksum mismatch".to_string(),
-                                }
-                            ),
-                        });
-                    }
-                    // A torn tail: cut it off so new appends follow valid data.
-                    let torn = bytes.len() - offset;
-                    tracing::warn!(
-                        path = %segment.path.display(),
+                    let offset = buf_offset + pos as u64;
+                    cut_torn_tail(
+                        path,
                         offset,
-                        torn_bytes = torn,
-                        "cutting off a torn record at the tail of the log"
-                    );
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&segment.path)
-                        .map_err(io_err(&segment.path))?;
-                    file.set_len(offset as u64).map_err(io_err(&segment.path))?;
-                    file.sync_all().map_err(io_err(&segment.path))?;
-                    out.torn_bytes = torn as u64;
+                        fault,
+                        is_last,
+                        expected.unwrap_or(segment.first_lsn),
+                    )?;
+                    out.torn_bytes = file_len - offset;
                     break;
                 }
             }
         }
-        if expected.is_none() && bytes.is_empty() {
+        if expected.is_none() && file_len == 0 {
             // An empty segment (a crash right after it was created) names the
             // LSN the next record will carry.
             expected = Some(segment.first_lsn);
@@ -323,6 +322,58 @@ pub fn replay(
         out.last_lsn = out.last_lsn.max(expected - 1);
     }
     Ok(out)
+}
+
+/// Total length of the frame whose (possibly partial) bytes start `buf`, if
+/// its header is there: replay reads at least that much next.
+fn frame_len_hint(buf: &[u8]) -> usize {
+    if buf.len() < 4 {
+        return 0;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    FRAME_HEADER_BYTES + len.min(RECORD_BYTES_MAX)
+}
+
+/// A frame at `offset` of `path` does not check out. If it is in the last
+/// segment and nothing valid follows it, it is a torn tail: cut it off.
+/// Otherwise the log is corrupt.
+fn cut_torn_tail(
+    path: &Path,
+    offset: u64,
+    fault: FrameFault,
+    is_last: bool,
+    min_lsn: Lsn,
+) -> Result<(), WalError> {
+    let valid_after = is_last && {
+        let mut rest = Vec::new();
+        let mut file = File::open(path).map_err(io_err(path))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset + 1))
+            .map_err(io_err(path))?;
+        file.read_to_end(&mut rest).map_err(io_err(path))?;
+        find_valid_frame(&rest, min_lsn)
+    };
+    if !is_last || valid_after {
+        return Err(WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            detail: format!(
+                "{} with valid records after it",
+                match fault {
+                    FrameFault::Short => "a truncated record".to_string(),
+                    FrameFault::BadLength(len) => format!("a record length of {len} bytes"),
+                    FrameFault::BadCrc => "a checksum mismatch".to_string(),
+                }
+            ),
+        });
+    }
+    tracing::warn!(path = %path.display(), offset, "cutting off a torn record at the tail of the log");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(offset).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(())
 }
 
 /// Is there any valid frame at some offset of `bytes` with an LSN at least
@@ -651,10 +702,12 @@ mod tests {
         bytes
     }
 
-    fn read_all(dir: &Path) -> Result<(Vec<RawRecord>, Replay), WalError> {
+    type Records = Vec<(Lsn, Vec<u8>)>;
+
+    fn read_all(dir: &Path) -> Result<(Records, Replay), WalError> {
         let mut records = Vec::new();
         let replay = replay(dir, 0, |r| {
-            records.push(r);
+            records.push((r.lsn, r.payload.to_vec()));
             Ok(())
         })?;
         Ok((records, replay))
@@ -668,10 +721,10 @@ mod tests {
         assert_eq!(len, buf.len());
         assert_eq!(
             record,
-            RawRecord {
+            Frame {
                 lsn: 42,
                 kind: 7,
-                payload: b"hello".to_vec()
+                payload: b"hello"
             }
         );
         for i in 4..buf.len() {
