@@ -5,7 +5,9 @@
 //! - `bench`: storage benchmarks (`trellis bench storage`).
 
 mod bench;
+mod membership;
 mod shard;
+mod signals;
 
 use clap::{Parser, Subcommand};
 

@@ -44,6 +44,19 @@ pub struct Args {
     /// newer epoch are refused as STALE_MAP.
     #[arg(long, default_value_t = 1)]
     map_epoch: u64,
+    /// Coordinator to register with (`host:port`). The shard then owns no
+    /// slot until the coordinator assigns its group's slots; --slots and
+    /// --map-epoch are ignored.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Address to advertise to the coordinator (default: the bound --listen
+    /// address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Exit when the parent process goes away (used by `trellis dev` so a
+    /// killed dev cluster leaves no orphans).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -59,11 +72,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let (map_epoch, slots) = match &args.coordinator {
+        // Until the coordinator answers, own nothing under epoch 0.
+        Some(_) => (0, SlotSet::empty()),
+        None => (args.map_epoch, args.slots.clone()),
+    };
     let config = ShardConfig {
         data_dir: args.data_dir.clone(),
         group_id: args.group,
-        map_epoch: args.map_epoch,
-        slots: args.slots,
+        map_epoch,
+        slots,
     };
     let shard = tokio::task::spawn_blocking(move || Shard::open(config, metrics))
         .await
@@ -91,6 +109,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());
 
+    let register_task = args.coordinator.clone().map(|coordinator| {
+        let advertise = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string());
+        tokio::spawn(crate::membership::register(
+            shard.clone(),
+            coordinator,
+            args.group,
+            advertise,
+        ))
+    });
+
     println!(
         "READY grpc={grpc_addr} metrics={metrics_addr} group={}",
         args.group
@@ -104,7 +135,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tokio::pin!(serving);
     let served = tokio::select! {
         served = &mut serving => served,
-        () = shutdown_signal() => {
+        () = crate::signals::shutdown(args.exit_with_parent) => {
             let _ = stop_tx.send(());
             // In-flight requests get a grace period; idle client connections
             // that ignore GOAWAY must not hold the shutdown up.
@@ -119,18 +150,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     metrics_task.abort();
     snapshot_task.abort();
+    if let Some(task) = register_task {
+        task.abort();
+    }
     shard.shutdown();
     tracing::info!("shard stopped cleanly");
     served.context("serving gRPC")
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, TxnId, slot_of};
+use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, TxnId, Version, slot_of};
 
 use crate::metrics::Metrics;
 use crate::record::*;
@@ -81,7 +81,10 @@ struct SlotConfig {
 /// A prepare's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Vote {
-    Yes,
+    /// Prepared; if it commits, its writes here get this version.
+    Yes {
+        version: Version,
+    },
     No(Refused),
     /// Already finalized here: the outcome.
     Finalized(Outcome),
@@ -392,9 +395,9 @@ impl Shard {
                     self.metrics
                         .prepared
                         .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
-                    (Vote::Yes, lsn)
+                    (Vote::Yes { version: lsn }, lsn)
                 }
-                Check::AlreadyPrepared { lsn } => (Vote::Yes, lsn),
+                Check::AlreadyPrepared { lsn } => (Vote::Yes { version: lsn }, lsn),
                 Check::Done(outcome) => {
                     let lsn = outcome.lsn();
                     (Vote::Finalized(outcome), lsn)
@@ -522,6 +525,42 @@ impl Shard {
         out.sort_by_key(|t| std::cmp::Reverse(t.2));
         out.truncate(limit);
         out
+    }
+
+    /// What this replica knows of `txn`: (recorded decision as anchor,
+    /// remembered outcome, prepared here). Waits until what it reports is
+    /// durable.
+    pub async fn lookup(
+        &self,
+        txn: TxnId,
+    ) -> Result<(Option<bool>, Option<bool>, bool), ShardError> {
+        let (record, outcome, prepared, lsn) = {
+            let guard = self.state.lock();
+            let record = guard.record(&txn).map(|r| (r.commit, r.lsn));
+            let outcome = guard
+                .outcome(&txn)
+                .map(|o| (matches!(o, Outcome::Committed { .. }), o.lsn()));
+            let prepared = guard.prepared(&txn).map(|p| p.lsn);
+            let lsn = [record.map(|r| r.1), outcome.map(|o| o.1), prepared]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0);
+            (
+                record.map(|r| r.0),
+                outcome.map(|o| o.0),
+                prepared.is_some(),
+                lsn,
+            )
+        };
+        self.wal.wait_durable(lsn).await?;
+        Ok((record, outcome, prepared))
+    }
+
+    /// Read-only validation: every read version is current and not
+    /// write-locked by another transaction. Logs nothing.
+    pub fn validate_reads(&self, txn: TxnId, reads: &[ReadRec]) -> Result<(), Refused> {
+        self.state.lock().validate(&txn, reads, &[])
     }
 
     pub fn status(&self) -> ShardStatus {
@@ -698,7 +737,10 @@ mod tests {
             anchor: 1,
             participants: vec![1, 2],
         };
-        assert_eq!(shard.prepare(prepared).await.expect("prepare"), Vote::Yes);
+        assert!(matches!(
+            shard.prepare(prepared).await.expect("prepare"),
+            Vote::Yes { .. }
+        ));
         let mut live = Vec::new();
         for i in 0..50 {
             live.push(value_of(&shard, &format!("k{i}")).await);
@@ -773,13 +815,13 @@ mod tests {
             anchor: 1,
             participants: vec![1, 2],
         };
-        assert_eq!(
-            shard.prepare(rec.clone()).await.expect("prepare"),
-            Vote::Yes
-        );
+        let first = shard.prepare(rec.clone()).await.expect("prepare");
+        let Vote::Yes { version } = first else {
+            panic!("voted {first:?}")
+        };
         assert_eq!(
             shard.prepare(rec.clone()).await.expect("again"),
-            Vote::Yes,
+            first,
             "idempotent"
         );
         // A 1PC on the locked key is refused.
@@ -812,7 +854,7 @@ mod tests {
             .await
             .expect("finalize")
             .expect("known");
-        assert!(matches!(outcome, Outcome::Committed { .. }));
+        assert!(matches!(outcome, Outcome::Committed { version: v, .. } if v == version));
         assert_eq!(value_of(&shard, "x").await.expect("applied").0, b"1");
         assert_eq!(
             shard.finalize(txn(7), true).await.expect("again"),

@@ -180,6 +180,9 @@ pub struct SnapOutcome {
     /// Committed: digest of the written keys.
     #[prost(uint64, tag = "7")]
     pub digest: u64,
+    /// Committed: the version the writes got.
+    #[prost(uint64, tag = "8")]
+    pub version: u64,
 }
 
 /// Last chunk of a snapshot: without it the snapshot is incomplete.

@@ -15,7 +15,7 @@ use trellis_types::{TxnId, validate};
 
 use crate::engine::{Shard, ShardError, Vote};
 use crate::record::{PrepareRec, ReadRec, WriteRec};
-use crate::state::{KeyView, Outcome, Refusal, Refused};
+use crate::state::{KeyView, LockHolder, Outcome, Refusal, Refused};
 
 /// Most transactions one ListPrepared returns.
 pub const LIST_PREPARED_MAX: u32 = 10_000;
@@ -87,19 +87,29 @@ fn refusal_pb(r: Refusal) -> pb::Refusal {
     }
 }
 
+fn lock_pb(holder: &LockHolder, now: tokio::time::Instant) -> pb::Lock {
+    pb::Lock {
+        txn_id: holder.txn.as_bytes().to_vec(),
+        anchor_group: holder.anchor,
+        age_ms: now.saturating_duration_since(holder.since).as_millis() as u64,
+    }
+}
+
 fn refused_pb(r: Refused) -> pb::Refused {
+    let now = tokio::time::Instant::now();
     pb::Refused {
         reason: refusal_pb(r.reason) as i32,
         keys: r.keys,
         message: r.message,
+        holders: r.holders.iter().map(|h| lock_pb(h, now)).collect(),
     }
 }
 
 fn finalized_pb(outcome: Outcome) -> pb::Finalized {
     match outcome {
-        Outcome::Committed { lsn, .. } => pb::Finalized {
+        Outcome::Committed { version, .. } => pb::Finalized {
             decision: pb::Decision::Commit as i32,
-            version: lsn,
+            version,
         },
         Outcome::Aborted { .. } => pb::Finalized {
             decision: pb::Decision::Abort as i32,
@@ -121,11 +131,7 @@ fn view_pb(key: Vec<u8>, view: KeyView) -> pb::ReadResult {
         key,
         value,
         version,
-        lock: view.lock.map(|l| pb::Lock {
-            txn_id: l.txn.as_bytes().to_vec(),
-            anchor_group: l.anchor,
-            age_ms: now.saturating_duration_since(l.since).as_millis() as u64,
-        }),
+        lock: view.lock.as_ref().map(|l| lock_pb(l, now)),
     }
 }
 
@@ -277,7 +283,7 @@ impl ShardService for ShardApi {
             .await
             .map_err(status_of)?;
         let outcome = match outcome {
-            Outcome::Committed { lsn, .. } => {
+            Outcome::Committed { version: lsn, .. } => {
                 pb::commit_local_response::Outcome::Committed(pb::Written {
                     written: keys
                         .into_iter()
@@ -332,7 +338,7 @@ impl ShardService for ShardApi {
             .await
             .map_err(status_of)?;
         let vote = match vote {
-            Vote::Yes => pb::prepare_response::Vote::Yes(pb::Empty {}),
+            Vote::Yes { version } => pb::prepare_response::Vote::Yes(pb::Prepared { version }),
             Vote::No(refused) => pb::prepare_response::Vote::No(refused_pb(refused)),
             Vote::Finalized(outcome) => {
                 pb::prepare_response::Vote::Finalized(finalized_pb(outcome))
@@ -429,6 +435,34 @@ impl ShardService for ShardApi {
             })
             .collect();
         Ok(Response::new(pb::ListPreparedResponse { txns }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let txn = txn_id(&request.into_inner().txn_id)?;
+        let (record, outcome, prepared) = self.shard.lookup(txn).await.map_err(status_of)?;
+        let decision = |d: Option<bool>| d.map_or(pb::Decision::Unspecified as i32, decision_pb);
+        Ok(Response::new(pb::LookupResponse {
+            record: decision(record),
+            outcome: decision(outcome),
+            prepared,
+        }))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let req = request.into_inner();
+        let txn = txn_id(&req.txn_id)?;
+        let (reads, _) = txn_body(req.reads, Vec::new())?;
+        self.shard
+            .check_owned(req.map_epoch, reads.iter().map(|r| r.key.as_slice()))
+            .map_err(status_of)?;
+        let refused = self.shard.validate_reads(txn, &reads).err().map(refused_pb);
+        Ok(Response::new(pb::ValidateResponse { refused }))
     }
 
     async fn shard_status(

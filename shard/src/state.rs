@@ -110,9 +110,9 @@ pub fn writes_digest(writes: &[WriteRec]) -> u64 {
     })
 }
 
-/// The write lock a prepared transaction holds on a key.
+/// A prepared transaction's lock on a key, and where to ask about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteLock {
+pub struct LockHolder {
     pub txn: TxnId,
     pub anchor: GroupId,
     pub since: Instant,
@@ -121,8 +121,8 @@ pub struct WriteLock {
 /// Locks on one key: at most one writer, any number of readers.
 #[derive(Clone, Debug, Default)]
 pub struct KeyLock {
-    pub writer: Option<WriteLock>,
-    pub readers: Vec<TxnId>,
+    pub writer: Option<LockHolder>,
+    pub readers: Vec<LockHolder>,
 }
 
 /// A transaction prepared here: it holds locks until finalized.
@@ -160,14 +160,24 @@ pub struct Refused {
     pub reason: Refusal,
     pub keys: Vec<Key>,
     pub message: String,
+    /// With `Locked`: the transactions holding the locks (one entry each),
+    /// so the caller can resolve old ones through their anchors.
+    pub holders: Vec<LockHolder>,
 }
 
 /// What happened to a transaction here, remembered for retries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Committed by the record at `lsn`: every written key's new version is
-    /// `lsn`. `digest` is [`writes_digest`] of the writes.
-    Committed { lsn: Lsn, digest: u64 },
+    /// Committed by the record at `lsn`; every written key's new version is
+    /// `version`: the LSN of the one-phase commit record, or of the PREPARE
+    /// record of a two-phase commit (known when the participant votes, and
+    /// still above every earlier version of the keys, which were locked from
+    /// then on). `digest` is [`writes_digest`] of the writes.
+    Committed {
+        lsn: Lsn,
+        version: Version,
+        digest: u64,
+    },
     /// Refused (1PC) or finalized ABORT (2PC). `lsn` is 0 when nothing was
     /// logged.
     Aborted { refused: Box<Refused>, lsn: Lsn },
@@ -258,7 +268,7 @@ pub struct State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyView {
     pub entry: Option<Entry>,
-    pub lock: Option<WriteLock>,
+    pub lock: Option<LockHolder>,
 }
 
 /// Result of checking a one-phase commit or prepare.
@@ -324,13 +334,25 @@ impl StateGuard<'_> {
     /// Validates reads and locks for a transaction that will write `writes`:
     /// every read version is current and not write-locked by another
     /// transaction; no written key is locked by another transaction.
-    fn validate(&self, txn: &TxnId, reads: &[ReadRec], writes: &[WriteRec]) -> Result<(), Refused> {
+    pub fn validate(
+        &self,
+        txn: &TxnId,
+        reads: &[ReadRec],
+        writes: &[WriteRec],
+    ) -> Result<(), Refused> {
         let mut conflicts = Vec::new();
         let mut locked = Vec::new();
+        let mut holders: Vec<LockHolder> = Vec::new();
+        let mut note = |holder: &LockHolder| {
+            if !holders.iter().any(|h| h.txn == holder.txn) {
+                holders.push(holder.clone());
+            }
+        };
         for read in reads {
             if let Some(lock) = self.state.locks.get(read.key.as_slice())
-                && lock.writer.as_ref().is_some_and(|w| w.txn != *txn)
+                && let Some(writer) = lock.writer.as_ref().filter(|w| w.txn != *txn)
             {
+                note(writer);
                 locked.push(read.key.clone());
                 continue;
             }
@@ -340,9 +362,14 @@ impl StateGuard<'_> {
         }
         for write in writes {
             if let Some(lock) = self.state.locks.get(write.key.as_slice()) {
-                let other_writer = lock.writer.as_ref().is_some_and(|w| w.txn != *txn);
-                let other_reader = lock.readers.iter().any(|r| r != txn);
-                if other_writer || other_reader {
+                let others: Vec<&LockHolder> = lock
+                    .writer
+                    .iter()
+                    .chain(lock.readers.iter())
+                    .filter(|h| h.txn != *txn)
+                    .collect();
+                if !others.is_empty() {
+                    others.into_iter().for_each(&mut note);
                     locked.push(write.key.clone());
                 }
             }
@@ -355,6 +382,7 @@ impl StateGuard<'_> {
                     conflicts.len()
                 ),
                 keys: conflicts,
+                holders: Vec::new(),
             });
         }
         if !locked.is_empty() {
@@ -367,6 +395,7 @@ impl StateGuard<'_> {
                     locked.len()
                 ),
                 keys: locked,
+                holders,
             });
         }
         Ok(())
@@ -424,6 +453,7 @@ impl StateGuard<'_> {
                 reason: Refusal::AlreadyAborted,
                 keys: Vec::new(),
                 message: format!("transaction {txn} was already decided ABORT"),
+                holders: Vec::new(),
             });
         }
         if self.core.prepared.len() >= PREPARED_MAX {
@@ -433,6 +463,7 @@ impl StateGuard<'_> {
                 message: format!(
                     "PREPARED_MAX ({PREPARED_MAX}) transactions are already prepared here"
                 ),
+                holders: Vec::new(),
             });
         }
         match self.validate(txn, reads, writes) {
@@ -475,9 +506,14 @@ impl StateGuard<'_> {
                 let txn = parse_txn(&rec.txn_id)?;
                 self.write_all(&rec.writes, lsn);
                 let digest = writes_digest(&rec.writes);
-                self.core
-                    .outcomes
-                    .insert(txn, Outcome::Committed { lsn, digest });
+                self.core.outcomes.insert(
+                    txn,
+                    Outcome::Committed {
+                        lsn,
+                        version: lsn,
+                        digest,
+                    },
+                );
             }
             Record::Prepare(rec) => {
                 let txn = parse_txn(&rec.txn_id)?;
@@ -487,14 +523,18 @@ impl StateGuard<'_> {
                         .entry(read.key.clone().into_boxed_slice())
                         .or_default()
                         .readers
-                        .push(txn);
+                        .push(LockHolder {
+                            txn,
+                            anchor: rec.anchor,
+                            since: now,
+                        });
                 }
                 for write in &rec.writes {
                     self.state
                         .locks
                         .entry(write.key.clone().into_boxed_slice())
                         .or_default()
-                        .writer = Some(WriteLock {
+                        .writer = Some(LockHolder {
                         txn,
                         anchor: rec.anchor,
                         since: now,
@@ -524,9 +564,13 @@ impl StateGuard<'_> {
                     let outcome = if rec.commit {
                         // Apply before unlocking: a reader checks the lock
                         // first, then the value.
-                        self.write_all(&prepared.rec.writes, lsn);
+                        self.write_all(&prepared.rec.writes, prepared.lsn);
                         let digest = writes_digest(&prepared.rec.writes);
-                        Outcome::Committed { lsn, digest }
+                        Outcome::Committed {
+                            lsn,
+                            version: prepared.lsn,
+                            digest,
+                        }
                     } else {
                         aborted(&txn, lsn)
                     };
@@ -567,7 +611,7 @@ impl StateGuard<'_> {
         for key in keys {
             let now_empty = match self.state.locks.get_mut(key.as_slice()) {
                 Some(mut lock) => {
-                    lock.readers.retain(|r| r != txn);
+                    lock.readers.retain(|r| r.txn != *txn);
                     if lock.writer.as_ref().is_some_and(|w| w.txn == *txn) {
                         lock.writer = None;
                     }
@@ -675,6 +719,7 @@ fn aborted(txn: &TxnId, lsn: Lsn) -> Outcome {
             reason: Refusal::AlreadyAborted,
             keys: Vec::new(),
             message: format!("transaction {txn} was aborted"),
+            holders: Vec::new(),
         }),
         lsn,
     }
@@ -700,7 +745,11 @@ fn refusal_from_code(code: i32) -> Refusal {
 
 fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
     match outcome {
-        Outcome::Committed { lsn, digest } => SnapOutcome {
+        Outcome::Committed {
+            lsn,
+            version,
+            digest,
+        } => SnapOutcome {
             txn_id: txn.as_bytes().to_vec(),
             commit: true,
             keys: Vec::new(),
@@ -708,6 +757,7 @@ fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
             refusal: 0,
             message: String::new(),
             digest: *digest,
+            version: *version,
         },
         Outcome::Aborted { refused, lsn } => SnapOutcome {
             txn_id: txn.as_bytes().to_vec(),
@@ -724,6 +774,7 @@ fn outcome_to_snap(txn: &TxnId, outcome: &Outcome) -> SnapOutcome {
             refusal: refusal_code(refused.reason),
             message: refused.message.clone(),
             digest: 0,
+            version: 0,
         },
     }
 }
@@ -733,6 +784,7 @@ fn outcome_from_snap(o: SnapOutcome) -> Result<(TxnId, Outcome), String> {
     let outcome = if o.commit {
         Outcome::Committed {
             lsn: o.lsn,
+            version: o.version,
             digest: o.digest,
         }
     } else {
@@ -741,6 +793,7 @@ fn outcome_from_snap(o: SnapOutcome) -> Result<(TxnId, Outcome), String> {
                 reason: refusal_from_code(o.refusal),
                 keys: o.keys.into_iter().map(|r| r.key).collect(),
                 message: o.message,
+                holders: Vec::new(),
             }),
             lsn: o.lsn,
         }
@@ -867,7 +920,8 @@ mod tests {
         .expect("apply");
         let view = state.view(b"w");
         assert!(view.lock.is_none());
-        assert_eq!(view.entry.expect("applied").version(), 2);
+        // A two-phase write's version is its PREPARE record's LSN.
+        assert_eq!(view.entry.expect("applied").version(), 1);
         assert!(state.locks.is_empty(), "every lock released");
         assert!(matches!(
             g.check_commit_local(&txn(2), &[], &[put("r", "x")]),
@@ -932,7 +986,14 @@ mod tests {
         for i in 0..(OUTCOMES_MAX + 10) {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            outcomes.insert(TxnId(id), Outcome::Committed { lsn: 1, digest: 0 });
+            outcomes.insert(
+                TxnId(id),
+                Outcome::Committed {
+                    lsn: 1,
+                    version: 1,
+                    digest: 0,
+                },
+            );
         }
         assert_eq!(outcomes.len(), OUTCOMES_MAX);
         assert!(

@@ -115,6 +115,32 @@ impl SlotSet {
         self.len() == 0
     }
 
+    /// The bitmap as bytes: bit `s % 8` of byte `s / 8` is slot `s`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bits
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect()
+    }
+
+    /// The inverse of [`SlotSet::to_bytes`]; refuses a bitmap of the wrong
+    /// length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let want = (SLOTS as usize).div_ceil(8);
+        if bytes.len() != want {
+            return Err(format!(
+                "slot bitmap of {} bytes, expected {want}",
+                bytes.len()
+            ));
+        }
+        Ok(SlotSet {
+            bits: bytes
+                .chunks(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+                .collect(),
+        })
+    }
+
     /// Parses `all`, or a comma-separated list of slots and inclusive ranges
     /// such as `0-1023,2048,3000-3100`.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -199,6 +225,15 @@ mod tests {
         assert!(SlotSet::parse("4096").is_err());
         assert!(SlotSet::parse("x").is_err());
         assert!(SlotSet::parse("").is_err());
+    }
+
+    #[test]
+    fn slot_set_bytes_round_trip() {
+        let set = SlotSet::parse("1,7,8,100-200,4095").expect("valid");
+        let back = SlotSet::from_bytes(&set.to_bytes()).expect("round trip");
+        assert_eq!(back, set);
+        assert!(back.contains(8) && !back.contains(9));
+        assert!(SlotSet::from_bytes(&[0; 3]).is_err());
     }
 
     #[test]

@@ -1,0 +1,59 @@
+//! A shard's registration with its coordinator: tell it where we serve,
+//! learn which slots we own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_proto::shard::v1 as pb;
+use trellis_shard::Shard;
+use trellis_types::SlotSet;
+
+/// Deadline of one registration attempt.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff between attempts: from the first value, doubling up to the max.
+const REGISTER_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Registers until it succeeds (the coordinator may start after us), then
+/// installs the slots it assigns.
+pub async fn register(shard: Arc<Shard>, coordinator: String, group: u64, advertise: String) {
+    let mut backoff = REGISTER_BACKOFF_FIRST;
+    let mut attempts = 0u64;
+    loop {
+        attempts += 1;
+        match attempt(&coordinator, group, &advertise).await {
+            Ok((map_epoch, slots)) => {
+                let owned = slots.len();
+                shard.set_slots(map_epoch, slots);
+                tracing::info!(%coordinator, map_epoch, slots = owned, "registered with the coordinator");
+                return;
+            }
+            Err(err) => {
+                if attempts % 10 == 1 {
+                    tracing::warn!(%coordinator, attempts, %err, "cannot register with the coordinator yet; retrying");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(REGISTER_BACKOFF_MAX);
+    }
+}
+
+async fn attempt(coordinator: &str, group: u64, advertise: &str) -> anyhow::Result<(u64, SlotSet)> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}"))?
+        .connect_timeout(REGISTER_TIMEOUT)
+        .timeout(REGISTER_TIMEOUT)
+        .connect()
+        .await?;
+    let mut client = pb::membership_client::MembershipClient::new(channel);
+    let response = client
+        .register(pb::RegisterRequest {
+            group_id: group,
+            addr: advertise.to_string(),
+            pid: std::process::id(),
+        })
+        .await?
+        .into_inner();
+    let slots = SlotSet::from_bytes(&response.slots).map_err(anyhow::Error::msg)?;
+    Ok((response.map_epoch, slots))
+}
