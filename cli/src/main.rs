@@ -5,9 +5,12 @@
 //! - `bench`: storage benchmarks (`trellis bench storage`).
 
 mod bench;
+mod coordinator;
+mod dev;
 mod membership;
 mod shard;
 mod signals;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a whole local cluster (a coordinator and every shard) with one
+    /// command.
+    Dev(dev::Args),
+    /// Run a coordinator: the public transaction service.
+    Coordinator(coordinator::Args),
+    /// Show the cluster: groups, members, roles, LSNs, in-doubt transactions.
+    Status(status::Args),
     /// Run one shard replica: its storage engine and gRPC server.
     Shard(shard::Args),
     /// Measure the storage engine on this machine's disk.
@@ -41,6 +51,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Dev(args) => dev::run(args),
+        Command::Coordinator(args) => coordinator::run(args),
+        Command::Status(args) => status::run(args),
         Command::Shard(args) => shard::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -1,8 +1,64 @@
-//! The Trellis coordinator.
+//! The Trellis coordinator: stateless; routes keys to shard groups and
+//! commits transactions across them. Any number can run over one catalog.
 //!
 //! # Layout
 //! - [`map`]: the shard map and the consistent-hash ring.
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
+//! - [`router`]: the current map and channels to shards; classifies faults.
+//! - [`txn`]: reads, 1PC/2PC commits, status, in-doubt resolution.
+//! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
+//! - [`metrics`], [`failpoint`].
+//!
+//! The coordinator never holds state that must survive it: prepared locks
+//! and decisions live on the shards.
 
 pub mod catalog;
+pub mod failpoint;
 pub mod map;
+pub mod metrics;
+pub mod router;
+pub mod service;
+pub mod txn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Deadline for finishing one transaction's background finalization.
+pub const FINALIZE_DEADLINE: Duration = Duration::from_secs(10);
+/// Most in-doubt transactions one sweep asks each group for.
+pub const SWEEP_BATCH_MAX: u32 = 1000;
+/// Pause between sweeps for in-doubt transactions.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Deadline of one sweep.
+pub const SWEEP_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the coordinator re-reads the shard map and heartbeats.
+pub const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs forever: resolves transactions prepared longer than the in-doubt
+/// age, on every group.
+pub async fn sweeper(txns: Arc<txn::TxnManager>) {
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        let deadline = tokio::time::Instant::now() + SWEEP_DEADLINE;
+        let resolved = txns.sweep(deadline).await;
+        if resolved > 0 {
+            tracing::info!(resolved, "sweeper resolved in-doubt transactions");
+        }
+    }
+}
+
+/// Runs forever: re-reads the map (new members) and heartbeats this
+/// coordinator in the catalog.
+pub async fn refresher(txns: Arc<txn::TxnManager>, id: String, addr: String) {
+    loop {
+        tokio::time::sleep(MAP_REFRESH_INTERVAL).await;
+        let router = txns.router();
+        match router.catalog().load().await {
+            Ok(map) => router.install(map),
+            Err(err) => tracing::warn!(%err, "cannot re-read the shard map"),
+        }
+        if let Err(err) = router.catalog().register_coordinator(&id, &addr).await {
+            tracing::warn!(%err, "cannot heartbeat in the catalog");
+        }
+    }
+}

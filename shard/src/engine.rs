@@ -449,7 +449,27 @@ impl Shard {
 
     /// The anchor's answer for an in-doubt transaction: the recorded
     /// decision, or a durable ABORT if none exists (presumed abort).
+    ///
+    /// The anchor is always a participant (it owns the smallest written
+    /// key), so once its record is forgotten its own finalized outcome still
+    /// answers: a committed transaction is never presumed aborted while this
+    /// replica remembers it ([`crate::state::OUTCOMES_MAX`]).
     pub async fn resolve(&self, txn: TxnId) -> Result<TxnRecord, ShardError> {
+        let finalized = {
+            let guard = self.state.lock();
+            match (guard.record(&txn), guard.outcome(&txn)) {
+                (None, Some(Outcome::Committed { lsn, .. })) => Some(*lsn),
+                _ => None,
+            }
+        };
+        if let Some(lsn) = finalized {
+            self.wal.wait_durable(lsn).await?;
+            return Ok(TxnRecord {
+                commit: true,
+                participants: Vec::new(),
+                lsn,
+            });
+        }
         self.decide(txn, false, Vec::new()).await?;
         let guard = self.state.lock();
         Ok(guard.record(&txn).cloned().expect("decide leaves a record"))
@@ -870,6 +890,10 @@ mod tests {
         );
         assert_eq!(shard.forget(vec![txn(7), txn(9)]).await.expect("forget"), 2);
         assert_eq!(shard.finalize(txn(99), true).await.expect("unknown"), None);
+        // Its record forgotten, the anchor's own finalized outcome still
+        // answers COMMIT: a late resolve never presumes a commit aborted.
+        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
+        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
     }
 
     #[tokio::test]

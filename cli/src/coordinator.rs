@@ -1,0 +1,145 @@
+//! `trellis coordinator`: the stateless transaction coordinator, serving the
+//! public `Txn` and `Admin` services and the shards' `Membership` service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use trellis_coordinator::catalog::Catalog;
+use trellis_coordinator::metrics::Metrics;
+use trellis_coordinator::router::Router;
+use trellis_coordinator::txn::TxnManager;
+use trellis_coordinator::{refresher, service, sweeper};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive towards clients.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most concurrent requests per client connection.
+const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+The catalog holds the cluster's metadata: shard groups, their members, the
+slot map. `sqlite://PATH` keeps it in a local file (one coordinator);
+`postgres://USER@HOST:PORT/DB` lets several coordinators share it.
+
+The first coordinator creates the cluster with --groups N; later ones (and
+restarts) may omit it. Shards join with `trellis shard --coordinator ADDR`.
+Prints `READY grpc=ADDR metrics=ADDR` once it serves.
+
+Examples:
+  trellis coordinator --catalog sqlite://./data/catalog.db --groups 3
+  trellis coordinator --catalog postgres://postgres@db:5432/trellis --listen 0.0.0.0:50051")]
+pub struct Args {
+    /// Catalog URL: sqlite://PATH or postgres://...
+    #[arg(long, default_value = "sqlite://./trellis-data/catalog.db")]
+    catalog: String,
+    /// Address for the Txn, Admin and Membership gRPC services.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Address for Prometheus metrics at /metrics (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+    /// Create the cluster with this many shard groups if the catalog is
+    /// empty (must match if it is not).
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Address to advertise in the catalog (default: the bound --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Exit when the parent process goes away (used by `trellis dev`).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let catalog = Catalog::connect(&args.catalog)
+        .await
+        .with_context(|| format!("opening the catalog {}", args.catalog))?;
+    let map = match args.groups {
+        Some(groups) => catalog
+            .bootstrap(groups)
+            .await
+            .context("creating the cluster in the catalog")?,
+        None => catalog.load().await.context(
+            "reading the cluster from the catalog (start the first coordinator with --groups N)",
+        )?,
+    };
+    tracing::info!(
+        catalog = catalog.backend(),
+        map_epoch = map.map_epoch,
+        groups = map.groups.len(),
+        "catalog loaded"
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC on {}", args.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+    let id = format!("{advertise}/{}", std::process::id());
+    catalog
+        .register_coordinator(&id, &advertise)
+        .await
+        .context("registering this coordinator in the catalog")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let router = Arc::new(Router::new(catalog, map));
+    let txns = TxnManager::new(router, metrics.clone());
+
+    let (metrics_addr, metrics_listener) = trellis_metrics::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
+    let render = metrics.clone();
+    let metrics_task = tokio::spawn(trellis_metrics::serve(metrics_listener, move || {
+        render.render()
+    }));
+    let sweeper_task = tokio::spawn(sweeper(txns.clone()));
+    let refresher_task = tokio::spawn(refresher(txns.clone(), id, advertise));
+
+    let (txn_service, admin_service, membership_service) = service::services(txns);
+    println!("READY grpc={grpc_addr} metrics={metrics_addr}");
+    tracing::info!(%grpc_addr, %metrics_addr, "coordinator serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .add_service(txn_service)
+        .add_service(admin_service)
+        .add_service(membership_service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+    tokio::pin!(serving);
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = crate::signals::shutdown(args.exit_with_parent) => {
+            let _ = stop_tx.send(());
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await.unwrap_or(Ok(()))
+        }
+    };
+    metrics_task.abort();
+    sweeper_task.abort();
+    refresher_task.abort();
+    tracing::info!("coordinator stopped");
+    served.context("serving gRPC")
+}

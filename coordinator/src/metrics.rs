@@ -1,0 +1,178 @@
+//! Prometheus metrics of a coordinator.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use trellis_metrics::{Histogram, SECONDS_BOUNDS, counter, gauge};
+
+use crate::txn::{AbortReason, CommitOutcome, TxnError};
+
+/// Which commit path a transaction took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    OnePhase,
+    TwoPhase,
+    ReadOnly,
+}
+
+impl Path {
+    fn index(self) -> usize {
+        match self {
+            Path::OnePhase => 0,
+            Path::TwoPhase => 1,
+            Path::ReadOnly => 2,
+        }
+    }
+    const NAMES: [&'static str; 3] = ["1pc", "2pc", "read_only"];
+}
+
+const OUTCOMES: [&str; 4] = ["committed", "aborted", "unknown", "error"];
+const REASONS: [&str; 4] = [
+    "conflict",
+    "locked",
+    "resolved_abort",
+    "participant_unavailable",
+];
+
+pub struct Metrics {
+    /// [path][outcome]
+    commits: [[AtomicU64; 4]; 3],
+    aborts: [AtomicU64; 4],
+    latency: [Histogram; 3],
+    pub map_refreshes: AtomicU64,
+    pub read_lock_waits: AtomicU64,
+    pub finalizes: AtomicU64,
+    pub resolved_commit: AtomicU64,
+    pub resolved_abort: AtomicU64,
+    /// Prepared transactions older than the in-doubt age, as of the last sweep.
+    pub in_doubt: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            commits: Default::default(),
+            aborts: Default::default(),
+            latency: [
+                Histogram::new(SECONDS_BOUNDS),
+                Histogram::new(SECONDS_BOUNDS),
+                Histogram::new(SECONDS_BOUNDS),
+            ],
+            map_refreshes: AtomicU64::new(0),
+            read_lock_waits: AtomicU64::new(0),
+            finalizes: AtomicU64::new(0),
+            resolved_commit: AtomicU64::new(0),
+            resolved_abort: AtomicU64::new(0),
+            in_doubt: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_commit(
+        &self,
+        path: Path,
+        result: &Result<CommitOutcome, TxnError>,
+        took: Duration,
+    ) {
+        let outcome = match result {
+            Ok(CommitOutcome::Committed { .. }) => 0,
+            Ok(CommitOutcome::Aborted(abort)) => {
+                let reason = match abort.reason {
+                    AbortReason::Conflict => 0,
+                    AbortReason::Locked => 1,
+                    AbortReason::ResolvedAbort => 2,
+                    AbortReason::ParticipantUnavailable => 3,
+                };
+                self.aborts[reason].fetch_add(1, Relaxed);
+                1
+            }
+            Err(TxnError::OutcomeUnknown { .. }) => 2,
+            Err(_) => 3,
+        };
+        self.commits[path.index()][outcome].fetch_add(1, Relaxed);
+        self.latency[path.index()].observe(took.as_secs_f64());
+    }
+
+    /// Commits of one path and outcome (for tests and status).
+    pub fn commits(&self, path: Path, outcome: &str) -> u64 {
+        let o = OUTCOMES
+            .iter()
+            .position(|n| *n == outcome)
+            .expect("known outcome");
+        self.commits[path.index()][o].load(Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP trellis_coordinator_commits_total Commit requests by path and outcome.\n# TYPE trellis_coordinator_commits_total counter"
+        );
+        for (p, path) in Path::NAMES.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "trellis_coordinator_commits_total{{path=\"{path}\",outcome=\"{outcome}\"}} {}",
+                    self.commits[p][o].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trellis_coordinator_aborts_total Aborted commits by reason.\n# TYPE trellis_coordinator_aborts_total counter"
+        );
+        for (r, reason) in REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "trellis_coordinator_aborts_total{{reason=\"{reason}\"}} {}",
+                self.aborts[r].load(Relaxed)
+            );
+        }
+        for (p, path) in Path::NAMES.iter().enumerate() {
+            self.latency[p].render(
+                &mut out,
+                &format!("trellis_coordinator_commit_seconds_{path}"),
+                &format!("Commit latency of the {path} path."),
+            );
+        }
+        counter(
+            &mut out,
+            "trellis_coordinator_map_refreshes_total",
+            "Shard map reloads from the catalog.",
+            &self.map_refreshes,
+        );
+        counter(
+            &mut out,
+            "trellis_coordinator_read_lock_waits_total",
+            "Reads that waited on a prepared transaction's lock.",
+            &self.read_lock_waits,
+        );
+        counter(
+            &mut out,
+            "trellis_coordinator_finalizes_total",
+            "Participant finalizations sent.",
+            &self.finalizes,
+        );
+        counter(
+            &mut out,
+            "trellis_coordinator_resolved_commit_total",
+            "In-doubt transactions resolved as committed.",
+            &self.resolved_commit,
+        );
+        counter(
+            &mut out,
+            "trellis_coordinator_resolved_abort_total",
+            "In-doubt transactions resolved as aborted.",
+            &self.resolved_abort,
+        );
+        gauge(
+            &mut out,
+            "trellis_coordinator_in_doubt",
+            "Prepared transactions older than the in-doubt age at the last sweep.",
+            self.in_doubt.load(Relaxed),
+        );
+        out
+    }
+}

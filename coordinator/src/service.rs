@@ -1,0 +1,468 @@
+//! The coordinator's gRPC edge: the public `trellis.v1.Txn` and `Admin`
+//! services and the shard-facing `Membership` service. Wire types become
+//! domain types here, input is checked against the limits here, and every
+//! gRPC `Status` is built here ([`status_of`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use prost::Message;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use trellis_proto::shard::v1 as shard_pb;
+use trellis_proto::v1 as pb;
+use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
+use trellis_types::{TxnId, validate};
+
+use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
+
+/// Deadline of a request whose client set none (or a longer one).
+pub const REQUEST_DEADLINE_MAX: Duration = Duration::from_secs(30);
+/// Deadline of a request whose client set none.
+pub const REQUEST_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+/// Items a Scan returns when it asks for no limit.
+pub const SCAN_LIMIT_DEFAULT: u32 = 1000;
+/// Deadline of each shard status call behind Admin.Status.
+pub const STATUS_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builds the status for a transaction error, with an `ErrorDetail`.
+pub fn status_of(err: TxnError) -> Status {
+    let (code, reason, txn_id) = match &err {
+        TxnError::Invalid(_) => (
+            tonic::Code::InvalidArgument,
+            pb::error_detail::Reason::InvalidInput,
+            Vec::new(),
+        ),
+        TxnError::Unavailable(_) => (
+            tonic::Code::Unavailable,
+            pb::error_detail::Reason::Unavailable,
+            Vec::new(),
+        ),
+        TxnError::OutcomeUnknown { txn, .. } => (
+            tonic::Code::Unknown,
+            pb::error_detail::Reason::OutcomeUnknown,
+            txn.as_bytes().to_vec(),
+        ),
+        TxnError::Deadline(_) => (
+            tonic::Code::DeadlineExceeded,
+            pb::error_detail::Reason::Unavailable,
+            Vec::new(),
+        ),
+        TxnError::Internal(_) => (
+            tonic::Code::Internal,
+            pb::error_detail::Reason::Unspecified,
+            Vec::new(),
+        ),
+    };
+    let detail = pb::ErrorDetail {
+        reason: reason as i32,
+        txn_id,
+    };
+    Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+}
+
+fn invalid(message: impl std::fmt::Display) -> Status {
+    status_of(TxnError::Invalid(message.to_string()))
+}
+
+/// The request's deadline: the client's `grpc-timeout`, capped, or the
+/// default.
+fn deadline_of<T>(request: &Request<T>) -> Instant {
+    let asked = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    Instant::now()
+        + asked
+            .unwrap_or(REQUEST_DEADLINE_DEFAULT)
+            .min(REQUEST_DEADLINE_MAX)
+}
+
+/// Parses a `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn staleness(consistency: Option<&pb::Consistency>) -> Result<Option<Duration>, Status> {
+    match consistency {
+        None => Ok(None),
+        Some(c) => match pb::consistency::Level::try_from(c.level) {
+            Ok(pb::consistency::Level::Strong) => Ok(None),
+            Ok(pb::consistency::Level::Stale) => {
+                Ok(Some(Duration::from_millis(c.max_staleness_ms)))
+            }
+            Err(_) => Err(invalid(format!("unknown consistency level {}", c.level))),
+        },
+    }
+}
+
+/// Converts and checks a Commit request.
+fn commit_request(req: pb::CommitRequest) -> Result<CommitRequest, Status> {
+    let txn = TxnId::from_bytes(&req.txn_id).map_err(invalid)?;
+    let mut writes = Vec::with_capacity(req.writes.len());
+    for w in req.writes {
+        let value = match w.op {
+            Some(pb::write::Op::Put(value)) => Some(value),
+            Some(pb::write::Op::Delete(_)) => None,
+            None => return Err(invalid("a write must either put a value or delete")),
+        };
+        writes.push((w.key, value));
+    }
+    validate::txn(
+        req.reads.iter().map(|r| r.key.as_slice()),
+        writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+    )
+    .map_err(invalid)?;
+    Ok(CommitRequest {
+        txn,
+        reads: req.reads.into_iter().map(|r| (r.key, r.version)).collect(),
+        writes,
+    })
+}
+
+fn abort_reason_pb(reason: AbortReason) -> pb::AbortReason {
+    match reason {
+        AbortReason::Conflict => pb::AbortReason::Conflict,
+        AbortReason::Locked => pb::AbortReason::Locked,
+        AbortReason::ResolvedAbort => pb::AbortReason::ResolvedAbort,
+        AbortReason::ParticipantUnavailable => pb::AbortReason::ParticipantUnavailable,
+    }
+}
+
+/// The public transaction service.
+#[derive(Clone)]
+pub struct TxnApi {
+    txns: Arc<TxnManager>,
+}
+
+impl TxnApi {
+    pub fn new(txns: Arc<TxnManager>) -> Self {
+        TxnApi { txns }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::txn_server::Txn for TxnApi {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        if req.keys.len() > GET_KEYS_MAX {
+            return Err(invalid(validate::InputError::TooManyGetKeys {
+                got: req.keys.len(),
+            }));
+        }
+        for key in &req.keys {
+            validate::key(key).map_err(invalid)?;
+        }
+        let staleness = staleness(req.consistency.as_ref())?;
+        let items = self
+            .txns
+            .get(&req.keys, staleness, deadline)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::GetResponse {
+            items: items
+                .into_iter()
+                .map(|i| pb::Item {
+                    key: i.key,
+                    value: i.value,
+                    version: i.version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        if req.limit > SCAN_LIMIT_MAX {
+            return Err(invalid(validate::InputError::ScanLimit { got: req.limit }));
+        }
+        if req.prefix.len() > KEY_BYTES_MAX {
+            return Err(invalid(validate::InputError::KeyTooLong {
+                got: req.prefix.len(),
+            }));
+        }
+        staleness(req.consistency.as_ref())?;
+        let limit = if req.limit == 0 {
+            SCAN_LIMIT_DEFAULT
+        } else {
+            req.limit
+        };
+        let (items, truncated) = self
+            .txns
+            .scan(&req.prefix, limit, deadline)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ScanResponse {
+            items: items
+                .into_iter()
+                .map(|i| pb::Item {
+                    key: i.key,
+                    value: i.value,
+                    version: i.version,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let req = commit_request(request.into_inner())?;
+        let outcome = self.txns.commit(req, deadline).await.map_err(status_of)?;
+        let outcome = match outcome {
+            CommitOutcome::Committed { written } => {
+                pb::commit_response::Outcome::Committed(pb::Committed {
+                    written: written
+                        .into_iter()
+                        .map(|(key, version)| pb::Item {
+                            key,
+                            value: Vec::new(),
+                            version,
+                        })
+                        .collect(),
+                })
+            }
+            CommitOutcome::Aborted(abort) => pb::commit_response::Outcome::Aborted(pb::Aborted {
+                reason: abort_reason_pb(abort.reason) as i32,
+                keys: abort.keys,
+                message: abort.message,
+            }),
+        };
+        Ok(Response::new(pb::CommitResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn txn_status(
+        &self,
+        request: Request<pb::TxnStatusRequest>,
+    ) -> Result<Response<pb::TxnStatusResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let txn = TxnId::from_bytes(&request.into_inner().txn_id).map_err(invalid)?;
+        let state = match self.txns.status(txn, deadline).await.map_err(status_of)? {
+            TxnState::Committed => pb::TxnState::Committed,
+            TxnState::Aborted => pb::TxnState::Aborted,
+            TxnState::Unknown => pb::TxnState::Unknown,
+        };
+        Ok(Response::new(pb::TxnStatusResponse {
+            state: state as i32,
+        }))
+    }
+}
+
+/// The public admin service.
+#[derive(Clone)]
+pub struct AdminApi {
+    txns: Arc<TxnManager>,
+}
+
+impl AdminApi {
+    pub fn new(txns: Arc<TxnManager>) -> Self {
+        AdminApi { txns }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let router = self.txns.router();
+        let map = router.map();
+        let groups = map.groups.values().map(|group| {
+            let map = map.clone();
+            async move {
+                let mut member = pb::MemberStatus {
+                    address: group
+                        .members
+                        .first()
+                        .map(|m| m.addr.clone())
+                        .unwrap_or_default(),
+                    pid: group.members.first().map_or(0, |m| m.pid),
+                    role: "unregistered".into(),
+                    ..Default::default()
+                };
+                if let Ok(mut client) = router.client(&map, group.id) {
+                    let call = client.shard_status(shard_pb::ShardStatusRequest {});
+                    match tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
+                        Ok(Ok(s)) => {
+                            let s = s.into_inner();
+                            member.role = "primary".into();
+                            member.pid = s.pid;
+                            member.last_lsn = s.last_lsn;
+                            member.in_doubt = s.prepared;
+                            member.keys = s.keys;
+                            member.map_epoch = s.map_epoch;
+                        }
+                        _ => member.role = "unreachable".into(),
+                    }
+                }
+                pb::GroupStatus {
+                    group_id: group.id,
+                    slots_owned: map.slots_of(group.id).len(),
+                    members: vec![member],
+                }
+            }
+        });
+        let groups = join_all(groups).await;
+        let coordinators = router
+            .catalog()
+            .coordinators()
+            .await
+            .map(|list| {
+                list.into_iter()
+                    .map(|(id, addr, age)| pb::CoordinatorStatus {
+                        id,
+                        address: addr,
+                        heartbeat_age_s: age,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::StatusResponse {
+            map_epoch: map.map_epoch,
+            groups,
+            coordinators,
+            catalog: router.catalog().backend().to_string(),
+        }))
+    }
+}
+
+/// Where shards register.
+#[derive(Clone)]
+pub struct MembershipApi {
+    txns: Arc<TxnManager>,
+}
+
+impl MembershipApi {
+    pub fn new(txns: Arc<TxnManager>) -> Self {
+        MembershipApi { txns }
+    }
+}
+
+#[tonic::async_trait]
+impl shard_pb::membership_server::Membership for MembershipApi {
+    async fn register(
+        &self,
+        request: Request<shard_pb::RegisterRequest>,
+    ) -> Result<Response<shard_pb::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(invalid("register needs the shard's address"));
+        }
+        let router = self.txns.router();
+        let map = router
+            .catalog()
+            .register_member(req.group_id, &req.addr, req.pid)
+            .await
+            .map_err(|e| match e {
+                crate::catalog::CatalogError::Conflict => Status::aborted(e.to_string()),
+                other => Status::failed_precondition(other.to_string()),
+            })?;
+        let slots = map.slots_of(req.group_id);
+        let map_epoch = map.map_epoch;
+        router.install(map);
+        tracing::info!(group = req.group_id, addr = %req.addr, pid = req.pid, slots = slots.len(), "shard registered");
+        Ok(Response::new(shard_pb::RegisterResponse {
+            map_epoch,
+            slots: slots.to_bytes(),
+        }))
+    }
+}
+
+/// The three services with message limits set.
+pub fn services(
+    txns: Arc<TxnManager>,
+) -> (
+    pb::txn_server::TxnServer<TxnApi>,
+    pb::admin_server::AdminServer<AdminApi>,
+    shard_pb::membership_server::MembershipServer<MembershipApi>,
+) {
+    (
+        pb::txn_server::TxnServer::new(TxnApi::new(txns.clone()))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        pb::admin_server::AdminServer::new(AdminApi::new(txns.clone())),
+        shard_pb::membership_server::MembershipServer::new(MembershipApi::new(txns)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+
+    #[test]
+    fn commit_requests_are_checked() {
+        let ok = pb::CommitRequest {
+            txn_id: vec![1; 16],
+            reads: vec![pb::Read {
+                key: b"a".to_vec(),
+                version: 0,
+            }],
+            writes: vec![pb::Write {
+                key: b"b".to_vec(),
+                op: Some(pb::write::Op::Put(b"1".to_vec())),
+            }],
+            durability: 0,
+        };
+        assert!(commit_request(ok.clone()).is_ok());
+        let mut no_op = ok.clone();
+        no_op.writes[0].op = None;
+        assert_eq!(
+            commit_request(no_op).expect_err("no op").code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut dup = ok.clone();
+        dup.writes.push(dup.writes[0].clone());
+        assert!(
+            commit_request(dup)
+                .expect_err("dup")
+                .message()
+                .contains("twice")
+        );
+        let mut short = ok;
+        short.txn_id = vec![1; 3];
+        assert!(
+            commit_request(short)
+                .expect_err("short id")
+                .message()
+                .contains("16")
+        );
+    }
+}

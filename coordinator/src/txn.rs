@@ -1,0 +1,951 @@
+//! The transaction manager: reads, one-phase and two-phase commits, status,
+//! and in-doubt resolution. Stateless: everything that must survive a
+//! coordinator lives on the shards (prepared locks, the anchor's record).
+//!
+//! # Commit paths
+//! - One group: `CommitLocal` (validate + write in one record).
+//! - Several groups, no writes: `Validate` at each (nothing is logged).
+//! - Several groups with writes: two-phase commit. The anchor is the group of
+//!   the smallest written key. Prepare everywhere in parallel; decide at the
+//!   anchor (first decision wins); answer; finalize in the background; then
+//!   forget the anchor's record.
+//!
+//! Every shard operation is idempotent by transaction id, so a failed call is
+//! retried (bounded, with backoff, within the request's deadline). When the
+//! coordinator cannot tell whether a decision was recorded, it reports
+//! *outcome unknown*, never success or failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+use trellis_proto::shard::v1 as pb;
+use trellis_types::{GroupId, Key, TxnId, Value, Version};
+
+use crate::failpoint::failpoint;
+use crate::map::ClusterMap;
+use crate::metrics::{Metrics, Path};
+use crate::router::{Fault, Router};
+
+/// Most attempts of one shard call before giving up.
+pub const ATTEMPTS_MAX: u32 = 8;
+/// Backoff between attempts: starts here, doubles, capped.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A STRONG read that meets a prepared transaction's lock re-reads for at
+/// most this long before resolving the transaction through its anchor.
+pub const READ_LOCK_WAIT_MAX: Duration = Duration::from_millis(300);
+/// Pause between those re-reads.
+pub const READ_LOCK_POLL: Duration = Duration::from_millis(5);
+/// How many times one read meets a lock and resolves it before giving up.
+pub const READ_LOCK_ROUNDS_MAX: u32 = 4;
+/// A prepared transaction older than this is in doubt: whoever meets it (a
+/// commit refused by its lock, the sweeper) resolves it through its anchor.
+pub const IN_DOUBT_AGE: Duration = Duration::from_secs(2);
+/// Most background finalizations in flight; past it, commits finalize
+/// before answering (backpressure instead of an unbounded queue).
+pub const FINALIZE_INFLIGHT_MAX: usize = 1024;
+
+/// A transaction as the client sends it.
+#[derive(Clone, Debug)]
+pub struct CommitRequest {
+    pub txn: TxnId,
+    pub reads: Vec<(Key, Version)>,
+    /// `None` deletes.
+    pub writes: Vec<(Key, Option<Value>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    Conflict,
+    Locked,
+    ResolvedAbort,
+    ParticipantUnavailable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abort {
+    pub reason: AbortReason,
+    pub keys: Vec<Key>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Every written key with its new version.
+    Committed {
+        written: Vec<(Key, Version)>,
+    },
+    Aborted(Abort),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "outcome unknown: transaction {txn} may or may not have committed ({detail}); \
+         ask TxnStatus with its id"
+    )]
+    OutcomeUnknown { txn: TxnId, detail: String },
+    #[error("deadline exceeded: {0}")]
+    Deadline(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A transaction's state as TxnStatus reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    Committed,
+    Aborted,
+    Unknown,
+}
+
+/// One key as a read returns it: value and version (0 = absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub key: Key,
+    pub value: Value,
+    pub version: Version,
+}
+
+fn decision_pb(commit: bool) -> i32 {
+    if commit {
+        pb::Decision::Commit as i32
+    } else {
+        pb::Decision::Abort as i32
+    }
+}
+
+/// What a participant said to PREPARE.
+#[derive(Clone, Debug)]
+enum Vote {
+    Yes { version: Version },
+    No(pb::Refused),
+    Finalized { commit: bool, version: Version },
+}
+
+pub struct TxnManager {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    finalize_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl TxnManager {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Arc<TxnManager> {
+        Arc::new(TxnManager {
+            router,
+            metrics,
+            finalize_permits: Arc::new(tokio::sync::Semaphore::new(FINALIZE_INFLIGHT_MAX)),
+        })
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Calls `op` against `group`'s primary until it succeeds, retrying
+    /// route and availability faults with backoff, within `deadline`.
+    async fn call<T, F, Fut>(
+        &self,
+        group: GroupId,
+        deadline: Instant,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, TxnError>
+    where
+        F: FnMut(pb::shard_client::ShardClient<tonic::transport::Channel>, Arc<ClusterMap>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut backoff = BACKOFF_FIRST;
+        let mut map = self.router.map();
+        let mut last = String::new();
+        for _attempt in 0..ATTEMPTS_MAX {
+            let fault = match self.router.client(&map, group) {
+                Ok(client) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, op(client, map.clone())).await {
+                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Err(status)) => crate::router::classify(group, &status),
+                        Err(_) => {
+                            return Err(TxnError::Deadline(format!("{what} at group {group}")));
+                        }
+                    }
+                }
+                Err(fault) => fault,
+            };
+            match fault {
+                Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => {
+                    last = m;
+                    self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
+                    map = self.router.refresh(&map).await;
+                }
+                Fault::Invalid(m) => return Err(TxnError::Invalid(m)),
+                Fault::Other(m) => return Err(TxnError::Internal(m)),
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(TxnError::Deadline(format!("{what}: {last}")));
+            }
+            let jitter =
+                Duration::from_micros(rand::random::<u64>() % (backoff.as_micros() as u64 / 2 + 1));
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Err(TxnError::Unavailable(format!(
+            "{what}: {last} (gave up after {ATTEMPTS_MAX} attempts)"
+        )))
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads keys, one item per key in request order. STRONG reads never
+    /// return a value a decided commit overwrote: a key locked by a prepared
+    /// transaction is re-read until the lock goes (bounded), then the
+    /// transaction is resolved through its anchor. STALE reads return the
+    /// last committed value without waiting, unless the lock is older than
+    /// `max_staleness`.
+    pub async fn get(
+        &self,
+        keys: &[Key],
+        max_staleness: Option<Duration>,
+        deadline: Instant,
+    ) -> Result<Vec<Item>, TxnError> {
+        let map = self.router.map();
+        let mut by_group: BTreeMap<GroupId, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_group.entry(map.group_of(key)).or_default().push(i);
+        }
+        let reads = by_group.iter().map(|(group, idx)| {
+            let group_keys: Vec<Key> = idx.iter().map(|i| keys[*i].clone()).collect();
+            async move {
+                (
+                    *group,
+                    idx,
+                    self.read_group(*group, group_keys, max_staleness, deadline)
+                        .await,
+                )
+            }
+        });
+        let mut items: Vec<Option<Item>> = vec![None; keys.len()];
+        for (_, idx, result) in join_all(reads).await {
+            for (i, item) in idx.iter().zip(result?) {
+                items[*i] = Some(item);
+            }
+        }
+        Ok(items
+            .into_iter()
+            .map(|i| i.expect("every key read"))
+            .collect())
+    }
+
+    async fn read_group(
+        &self,
+        group: GroupId,
+        keys: Vec<Key>,
+        max_staleness: Option<Duration>,
+        deadline: Instant,
+    ) -> Result<Vec<Item>, TxnError> {
+        let mut items: Vec<Option<Item>> = vec![None; keys.len()];
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut waited = Duration::ZERO;
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            let ask: Vec<Key> = pending.iter().map(|i| keys[*i].clone()).collect();
+            let results = self
+                .call(group, deadline, "read", |mut client, map| {
+                    let ask = ask.clone();
+                    async move {
+                        client
+                            .read(pb::ReadRequest {
+                                map_epoch: map.map_epoch,
+                                keys: ask,
+                            })
+                            .await
+                            .map(|r| r.into_inner().results)
+                    }
+                })
+                .await?;
+            let mut still = Vec::new();
+            let mut to_resolve: BTreeMap<Vec<u8>, GroupId> = BTreeMap::new();
+            for (i, result) in pending.iter().zip(results) {
+                let stale_ok = match (&result.lock, max_staleness) {
+                    (Some(lock), Some(bound)) => Duration::from_millis(lock.age_ms) <= bound,
+                    _ => true,
+                };
+                match result.lock {
+                    Some(lock) if !(max_staleness.is_some() && stale_ok) => {
+                        still.push(*i);
+                        if waited >= READ_LOCK_WAIT_MAX {
+                            to_resolve.insert(lock.txn_id, lock.anchor_group);
+                        }
+                    }
+                    _ => {
+                        items[*i] = Some(Item {
+                            key: result.key,
+                            value: result.value,
+                            version: result.version,
+                        })
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if !to_resolve.is_empty() {
+                rounds += 1;
+                if rounds > READ_LOCK_ROUNDS_MAX {
+                    return Err(TxnError::Unavailable(format!(
+                        "keys at group {group} stayed locked by prepared transactions after {READ_LOCK_ROUNDS_MAX} resolutions"
+                    )));
+                }
+                for (txn, anchor) in to_resolve {
+                    let txn =
+                        TxnId::from_bytes(&txn).map_err(|e| TxnError::Internal(e.to_string()))?;
+                    self.resolve(txn, anchor, &[group], deadline).await?;
+                }
+                waited = Duration::ZERO;
+            } else {
+                self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(READ_LOCK_POLL).await;
+                waited += READ_LOCK_POLL;
+            }
+            if Instant::now() >= deadline {
+                return Err(TxnError::Deadline(format!(
+                    "read at group {group} waiting for locked keys"
+                )));
+            }
+        }
+        Ok(items
+            .into_iter()
+            .map(|i| i.expect("every key read"))
+            .collect())
+    }
+
+    /// Keys with `prefix` from every group, merged in key order, at most
+    /// `limit`. Returns whether more matched.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+        deadline: Instant,
+    ) -> Result<(Vec<Item>, bool), TxnError> {
+        let map = self.router.map();
+        let groups: Vec<GroupId> = map.groups.keys().copied().collect();
+        let scans = groups.iter().map(|group| {
+            let prefix = prefix.to_vec();
+            self.call(*group, deadline, "scan", move |mut client, map| {
+                let prefix = prefix.clone();
+                async move {
+                    client
+                        .scan(pb::ScanRequest {
+                            map_epoch: map.map_epoch,
+                            prefix,
+                            limit,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+        });
+        let mut all = Vec::new();
+        let mut truncated = false;
+        let mut locked = Vec::new();
+        for result in join_all(scans).await {
+            let response = result?;
+            truncated |= response.truncated;
+            for r in response.results {
+                if r.lock.is_some() {
+                    locked.push(r.key);
+                } else if r.version != 0 {
+                    all.push(Item {
+                        key: r.key,
+                        value: r.value,
+                        version: r.version,
+                    });
+                }
+            }
+        }
+        if !locked.is_empty() {
+            // Locked keys go through the read path: wait, then resolve.
+            for item in self.get(&locked, None, deadline).await? {
+                if item.version != 0 {
+                    all.push(item);
+                }
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        if all.len() > limit as usize {
+            all.truncate(limit as usize);
+            truncated = true;
+        }
+        Ok((all, truncated))
+    }
+
+    // -------------------------------------------------------------- commits
+
+    /// Commits a transaction. Idempotent by `txn`: a retry returns the first
+    /// outcome while the shards remember it.
+    pub async fn commit(
+        self: &Arc<Self>,
+        req: CommitRequest,
+        deadline: Instant,
+    ) -> Result<CommitOutcome, TxnError> {
+        let map = self.router.map();
+        let mut groups: BTreeSet<GroupId> = BTreeSet::new();
+        for (k, _) in &req.reads {
+            groups.insert(map.group_of(k));
+        }
+        for (k, _) in &req.writes {
+            groups.insert(map.group_of(k));
+        }
+        let started = Instant::now();
+        let (path, result) = if groups.len() == 1 {
+            let group = *groups.first().expect("one group");
+            (
+                Path::OnePhase,
+                self.commit_one_phase(group, &req, deadline).await,
+            )
+        } else if req.writes.is_empty() {
+            (
+                Path::ReadOnly,
+                self.validate_read_only(&map, &req, deadline).await,
+            )
+        } else {
+            (
+                Path::TwoPhase,
+                self.commit_two_phase(&map, &req, deadline).await,
+            )
+        };
+        self.metrics.record_commit(path, &result, started.elapsed());
+        result
+    }
+
+    async fn commit_one_phase(
+        &self,
+        group: GroupId,
+        req: &CommitRequest,
+        deadline: Instant,
+    ) -> Result<CommitOutcome, TxnError> {
+        let reads: Vec<pb::ReadVersion> = req
+            .reads
+            .iter()
+            .map(|(key, version)| pb::ReadVersion {
+                key: key.clone(),
+                version: *version,
+            })
+            .collect();
+        let writes = write_ops(&req.writes);
+        let mut resolved_once = false;
+        loop {
+            let result = self
+                .call(group, deadline, "one-phase commit", |mut client, map| {
+                    let request = pb::CommitLocalRequest {
+                        map_epoch: map.map_epoch,
+                        txn_id: req.txn.as_bytes().to_vec(),
+                        reads: reads.clone(),
+                        writes: writes.clone(),
+                    };
+                    async move { client.commit_local(request).await.map(|r| r.into_inner()) }
+                })
+                .await
+                .map_err(|e| unknown_if_ambiguous(req.txn, e))?;
+            match result.outcome {
+                Some(pb::commit_local_response::Outcome::Committed(w)) => {
+                    return Ok(CommitOutcome::Committed {
+                        written: req
+                            .writes
+                            .iter()
+                            .map(|(k, _)| (k.clone(), w.version))
+                            .collect(),
+                    });
+                }
+                Some(pb::commit_local_response::Outcome::Refused(refused)) => {
+                    // A lock held by a transaction in doubt: resolve it and
+                    // try once more, so a dead coordinator's locks do not
+                    // block writers until the sweeper comes by.
+                    if !resolved_once && self.resolve_old_holders(&refused, group, deadline).await?
+                    {
+                        resolved_once = true;
+                        continue;
+                    }
+                    return Ok(CommitOutcome::Aborted(abort_of(&refused)));
+                }
+                None => {
+                    return Err(TxnError::Internal(
+                        "shard answered CommitLocal with no outcome".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Resolves the in-doubt holders named in a LOCKED refusal. Returns
+    /// whether it resolved any.
+    async fn resolve_old_holders(
+        &self,
+        refused: &pb::Refused,
+        group: GroupId,
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        if refused.reason != pb::Refusal::Locked as i32 {
+            return Ok(false);
+        }
+        let mut any = false;
+        for holder in &refused.holders {
+            if Duration::from_millis(holder.age_ms) < IN_DOUBT_AGE {
+                continue;
+            }
+            let txn =
+                TxnId::from_bytes(&holder.txn_id).map_err(|e| TxnError::Internal(e.to_string()))?;
+            self.resolve(txn, holder.anchor_group, &[group], deadline)
+                .await?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    async fn validate_read_only(
+        &self,
+        map: &ClusterMap,
+        req: &CommitRequest,
+        deadline: Instant,
+    ) -> Result<CommitOutcome, TxnError> {
+        let mut by_group: BTreeMap<GroupId, Vec<pb::ReadVersion>> = BTreeMap::new();
+        for (key, version) in &req.reads {
+            by_group
+                .entry(map.group_of(key))
+                .or_default()
+                .push(pb::ReadVersion {
+                    key: key.clone(),
+                    version: *version,
+                });
+        }
+        let checks = by_group.into_iter().map(|(group, reads)| {
+            self.call(group, deadline, "validate", move |mut client, map| {
+                let request = pb::ValidateRequest {
+                    map_epoch: map.map_epoch,
+                    txn_id: req.txn.as_bytes().to_vec(),
+                    reads: reads.clone(),
+                };
+                async move { client.validate(request).await.map(|r| r.into_inner()) }
+            })
+        });
+        for result in join_all(checks).await {
+            if let Some(refused) = result?.refused {
+                return Ok(CommitOutcome::Aborted(abort_of(&refused)));
+            }
+        }
+        Ok(CommitOutcome::Committed {
+            written: Vec::new(),
+        })
+    }
+
+    async fn commit_two_phase(
+        self: &Arc<Self>,
+        map: &ClusterMap,
+        req: &CommitRequest,
+        deadline: Instant,
+    ) -> Result<CommitOutcome, TxnError> {
+        let txn = req.txn;
+        let anchor = req
+            .writes
+            .iter()
+            .map(|(k, _)| k)
+            .min()
+            .map(|k| map.group_of(k))
+            .expect("two-phase commit has writes");
+        let mut plan: BTreeMap<GroupId, (Vec<pb::ReadVersion>, Vec<pb::WriteOp>)> = BTreeMap::new();
+        for (key, version) in &req.reads {
+            plan.entry(map.group_of(key))
+                .or_default()
+                .0
+                .push(pb::ReadVersion {
+                    key: key.clone(),
+                    version: *version,
+                });
+        }
+        for (key, value) in &req.writes {
+            plan.entry(map.group_of(key))
+                .or_default()
+                .1
+                .extend(write_ops(&[(key.clone(), value.clone())]));
+        }
+        let participants: Vec<GroupId> = plan.keys().copied().collect();
+
+        // 1. Prepare everywhere in parallel.
+        let prepares = plan.iter().map(|(group, (reads, writes))| {
+            let participants = participants.clone();
+            async move {
+                let vote = self
+                    .call(*group, deadline, "prepare", |mut client, map| {
+                        let request = pb::PrepareRequest {
+                            map_epoch: map.map_epoch,
+                            txn_id: txn.as_bytes().to_vec(),
+                            reads: reads.clone(),
+                            writes: writes.clone(),
+                            anchor_group: anchor,
+                            participants: participants.clone(),
+                        };
+                        async move { client.prepare(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await
+                    .and_then(|r| match r.vote {
+                        Some(pb::prepare_response::Vote::Yes(p)) => {
+                            Ok(Vote::Yes { version: p.version })
+                        }
+                        Some(pb::prepare_response::Vote::No(refused)) => Ok(Vote::No(refused)),
+                        Some(pb::prepare_response::Vote::Finalized(f)) => Ok(Vote::Finalized {
+                            commit: f.decision == pb::Decision::Commit as i32,
+                            version: f.version,
+                        }),
+                        None => Err(TxnError::Internal("prepare answered no vote".into())),
+                    });
+                (*group, vote)
+            }
+        });
+        let votes: Vec<(GroupId, Result<Vote, TxnError>)> = join_all(prepares).await;
+        failpoint("after_prepare");
+
+        let mut want_commit = true;
+        let mut abort: Option<Abort> = None;
+        for (group, vote) in &votes {
+            match vote {
+                Ok(Vote::Yes { .. }) => {}
+                Ok(Vote::Finalized { commit, .. }) => want_commit &= *commit,
+                Ok(Vote::No(refused)) => {
+                    want_commit = false;
+                    let this = abort_of(refused);
+                    match &mut abort {
+                        Some(existing) if existing.reason == this.reason => {
+                            existing.keys.extend(this.keys)
+                        }
+                        Some(_) => {}
+                        None => abort = Some(this),
+                    }
+                }
+                Err(err) => {
+                    want_commit = false;
+                    abort.get_or_insert(Abort {
+                        reason: AbortReason::ParticipantUnavailable,
+                        keys: Vec::new(),
+                        message: format!("group {group} could not prepare: {err}"),
+                    });
+                }
+            }
+        }
+
+        // 2. Decide at the anchor: first decision wins.
+        let decided = self
+            .call(anchor, deadline, "decide", |mut client, _map| {
+                let request = pb::DecideRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                    decision: decision_pb(want_commit),
+                    participants: participants.clone(),
+                };
+                async move { client.decide(request).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        let commit = match decided {
+            Ok(d) => d.decision == pb::Decision::Commit as i32,
+            Err(err) => {
+                // Another execution of the same transaction (a client retry)
+                // could decide otherwise: we cannot say what happened.
+                return Err(TxnError::OutcomeUnknown {
+                    txn,
+                    detail: format!("deciding at anchor group {anchor}: {err}"),
+                });
+            }
+        };
+        failpoint("after_decide");
+
+        // 3. Answer; finalize and forget in the background.
+        let mut versions: BTreeMap<GroupId, Version> = BTreeMap::new();
+        for (group, vote) in &votes {
+            match vote {
+                Ok(Vote::Yes { version })
+                | Ok(Vote::Finalized {
+                    version,
+                    commit: true,
+                }) => {
+                    versions.insert(*group, *version);
+                }
+                _ => {}
+            }
+        }
+        if commit && versions.len() < participants.len() {
+            // We wanted abort but another execution decided commit: learn the
+            // versions by finalizing now.
+            for group in &participants {
+                if !versions.contains_key(group)
+                    && let Some(version) = self.finalize_one(*group, txn, true, deadline).await?
+                {
+                    versions.insert(*group, version);
+                }
+            }
+        }
+        self.spawn_finalize(txn, anchor, participants.clone(), commit);
+        if commit {
+            let written = req
+                .writes
+                .iter()
+                .map(|(k, _)| {
+                    (
+                        k.clone(),
+                        versions.get(&map.group_of(k)).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok(CommitOutcome::Committed { written })
+        } else {
+            Ok(CommitOutcome::Aborted(abort.unwrap_or_else(|| Abort {
+                reason: AbortReason::ResolvedAbort,
+                keys: Vec::new(),
+                message: format!(
+                    "transaction {txn} was aborted by an in-doubt resolution that came first"
+                ),
+            })))
+        }
+    }
+
+    /// Finalizes every participant, then forgets the anchor's record. Runs in
+    /// the background while permits last; past [`FINALIZE_INFLIGHT_MAX`],
+    /// the caller waits for a permit (backpressure, never an unbounded
+    /// queue).
+    fn spawn_finalize(
+        self: &Arc<Self>,
+        txn: TxnId,
+        anchor: GroupId,
+        participants: Vec<GroupId>,
+        commit: bool,
+    ) {
+        let this = self.clone();
+        let permits = self.finalize_permits.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
+            if this
+                .finalize_all(txn, &participants, commit, deadline)
+                .await
+            {
+                this.forget(anchor, txn, deadline).await;
+            }
+        });
+    }
+
+    /// Finalizes at every participant; true if all succeeded.
+    async fn finalize_all(
+        &self,
+        txn: TxnId,
+        participants: &[GroupId],
+        commit: bool,
+        deadline: Instant,
+    ) -> bool {
+        let mut all = true;
+        for (i, group) in participants.iter().enumerate() {
+            if i == 1 {
+                failpoint("during_finalize");
+            }
+            if let Err(err) = self.finalize_one(*group, txn, commit, deadline).await {
+                tracing::warn!(%txn, group, %err, "finalize failed; the in-doubt sweeper will finish it");
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Finalizes one participant; the version its writes got, if it
+    /// committed there.
+    async fn finalize_one(
+        &self,
+        group: GroupId,
+        txn: TxnId,
+        commit: bool,
+        deadline: Instant,
+    ) -> Result<Option<Version>, TxnError> {
+        let response = self
+            .call(group, deadline, "finalize", |mut client, _map| {
+                let request = pb::FinalizeRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                    decision: decision_pb(commit),
+                };
+                async move { client.finalize(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+        Ok(match response.outcome {
+            Some(pb::finalize_response::Outcome::Finalized(f))
+                if f.decision == pb::Decision::Commit as i32 =>
+            {
+                Some(f.version)
+            }
+            _ => None,
+        })
+    }
+
+    async fn forget(&self, anchor: GroupId, txn: TxnId, deadline: Instant) {
+        let result = self
+            .call(anchor, deadline, "forget", |mut client, _map| {
+                let request = pb::ForgetRequest {
+                    txn_ids: vec![txn.as_bytes().to_vec()],
+                };
+                async move { client.forget(request).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::debug!(%txn, anchor, %err, "forget failed; the record stays until TXN_RECORDS_MAX pressure or a later forget");
+        }
+    }
+
+    /// Settles an in-doubt transaction: asks its anchor (which records ABORT
+    /// if nothing was decided), then finalizes `participants` and any the
+    /// record names. Forgets the record once every participant it names has
+    /// finalized. Returns whether it committed.
+    pub async fn resolve(
+        &self,
+        txn: TxnId,
+        anchor: GroupId,
+        participants: &[GroupId],
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let record = self
+            .call(anchor, deadline, "resolve", |mut client, _map| {
+                let request = pb::ResolveRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                };
+                async move { client.resolve(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let commit = record.decision == pb::Decision::Commit as i32;
+        let mut all: BTreeSet<GroupId> = participants.iter().copied().collect();
+        all.extend(record.participants.iter().copied());
+        let all: Vec<GroupId> = all.into_iter().collect();
+        let finished = self.finalize_all(txn, &all, commit, deadline).await;
+        let complete = !record.participants.is_empty() || participants.len() > 1;
+        if finished && complete {
+            self.forget(anchor, txn, deadline).await;
+        }
+        let counter = if commit {
+            &self.metrics.resolved_commit
+        } else {
+            &self.metrics.resolved_abort
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%txn, anchor, commit, "resolved an in-doubt transaction");
+        Ok(commit)
+    }
+
+    /// COMMITTED, ABORTED or UNKNOWN, from the anchor's record or the
+    /// outcome the shards remember. "Not found" is UNKNOWN, never committed.
+    pub async fn status(&self, txn: TxnId, deadline: Instant) -> Result<TxnState, TxnError> {
+        let map = self.router.map();
+        let lookups = map.groups.keys().map(|group| {
+            self.call(*group, deadline, "lookup", move |mut client, _map| {
+                let request = pb::LookupRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                };
+                async move { client.lookup(request).await.map(|r| r.into_inner()) }
+            })
+        });
+        let mut record = None;
+        let mut outcome = None;
+        for result in join_all(lookups).await {
+            let r = result?;
+            if r.record != pb::Decision::Unspecified as i32 {
+                record = Some(r.record == pb::Decision::Commit as i32);
+            }
+            if r.outcome == pb::Decision::Commit as i32 {
+                outcome = Some(true);
+            } else if r.outcome == pb::Decision::Abort as i32 && outcome.is_none() {
+                outcome = Some(false);
+            }
+        }
+        Ok(match record.or(outcome) {
+            Some(true) => TxnState::Committed,
+            Some(false) => TxnState::Aborted,
+            None => TxnState::Unknown,
+        })
+    }
+
+    /// One sweep: every group's transactions prepared longer than
+    /// [`IN_DOUBT_AGE`] are resolved. Returns how many.
+    pub async fn sweep(&self, deadline: Instant) -> usize {
+        let map = self.router.map();
+        let mut resolved = 0;
+        let mut total_in_doubt = 0;
+        for group in map.groups.keys() {
+            let listed = self
+                .call(*group, deadline, "list prepared", |mut client, _map| {
+                    let request = pb::ListPreparedRequest {
+                        older_than_ms: IN_DOUBT_AGE.as_millis() as u64,
+                        limit: crate::SWEEP_BATCH_MAX,
+                    };
+                    async move { client.list_prepared(request).await.map(|r| r.into_inner()) }
+                })
+                .await;
+            let Ok(listed) = listed else { continue };
+            total_in_doubt += listed.txns.len();
+            for prepared in listed.txns {
+                let Ok(txn) = TxnId::from_bytes(&prepared.txn_id) else {
+                    continue;
+                };
+                match self
+                    .resolve(txn, prepared.anchor_group, &prepared.participants, deadline)
+                    .await
+                {
+                    Ok(_) => resolved += 1,
+                    Err(err) => {
+                        tracing::warn!(%txn, %err, "sweeper could not resolve an in-doubt transaction")
+                    }
+                }
+            }
+        }
+        self.metrics
+            .in_doubt
+            .store(total_in_doubt as u64, Ordering::Relaxed);
+        resolved
+    }
+}
+
+fn write_ops(writes: &[(Key, Option<Value>)]) -> Vec<pb::WriteOp> {
+    writes
+        .iter()
+        .map(|(key, value)| pb::WriteOp {
+            key: key.clone(),
+            value: value.clone().unwrap_or_default(),
+            delete: value.is_none(),
+        })
+        .collect()
+}
+
+fn abort_of(refused: &pb::Refused) -> Abort {
+    let reason = match pb::Refusal::try_from(refused.reason) {
+        Ok(pb::Refusal::Conflict) => AbortReason::Conflict,
+        Ok(pb::Refusal::Locked) => AbortReason::Locked,
+        _ => AbortReason::ResolvedAbort,
+    };
+    Abort {
+        reason,
+        keys: refused.keys.clone(),
+        message: refused.message.clone(),
+    }
+}
+
+/// A one-phase commit whose request may have reached the shard has an
+/// unknown outcome when we give up on it.
+fn unknown_if_ambiguous(txn: TxnId, err: TxnError) -> TxnError {
+    match err {
+        TxnError::Unavailable(detail) | TxnError::Deadline(detail) => {
+            TxnError::OutcomeUnknown { txn, detail }
+        }
+        other => other,
+    }
+}
