@@ -5,7 +5,7 @@
 //!
 //! Every change is a conditional update on a version column (or the map
 //! epoch), so two coordinators can never both win. Schema changes are sqlx
-//! migrations (`coordinator/migrations/<backend>/`), run on connect.
+//! migrations (`coordinator/catalog-migrations/<backend>/`), run on connect.
 //!
 //! The catalog never talks to shards and holds no transaction state.
 
@@ -31,8 +31,9 @@ pub const REGISTER_ATTEMPTS_MAX: u32 = 16;
 /// Most shard groups a cluster may have.
 pub const GROUPS_MAX: u32 = 1024;
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./catalog-migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("./catalog-migrations/postgres");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
