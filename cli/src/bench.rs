@@ -27,9 +27,13 @@ WAL appends/s with 1, 16 and 64 concurrent appenders of 128-byte records (and
 the ratio to the raw rate); replay speed on recovery; and memory per key at
 --keys keys of 16-byte keys and 100-byte values.")]
 pub struct Args {
-    /// What to measure (only `storage` so far).
-    #[arg(value_parser = ["storage"], default_value = "storage")]
+    /// What to measure: `storage` (the engine on a local disk) or `txn`
+    /// (1PC vs 2PC commits against a running cluster at --addr).
+    #[arg(value_parser = ["storage", "txn"], default_value = "storage")]
     what: String,
+    /// Coordinator address for `txn`.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
     /// Directory on the disk to measure; a fresh subdirectory is made and
     /// removed afterwards. Defaults to the current directory.
     #[arg(long, default_value = ".")]
@@ -51,6 +55,9 @@ impl Drop for Scratch {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.what == "txn" {
+        return crate::bench_txn::run(&args.addr, Duration::from_secs(args.seconds));
+    }
     let scratch = Scratch(
         args.dir
             .join(format!(".trellis-bench-{}", std::process::id())),

@@ -123,12 +123,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .add_service(txn_service)
         .add_service(admin_service)
         .add_service(membership_service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(trellis_shard::server::nodelay_incoming(listener), async {
+            let _ = stop_rx.await;
+        });
     tokio::pin!(serving);
     let served = tokio::select! {
         served = &mut serving => served,

@@ -5,6 +5,7 @@
 //! - `bench`: storage benchmarks (`trellis bench storage`).
 
 mod bench;
+mod bench_txn;
 mod coordinator;
 mod dev;
 mod membership;

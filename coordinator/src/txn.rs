@@ -45,9 +45,13 @@ pub const READ_LOCK_ROUNDS_MAX: u32 = 4;
 /// A prepared transaction older than this is in doubt: whoever meets it (a
 /// commit refused by its lock, the sweeper) resolves it through its anchor.
 pub const IN_DOUBT_AGE: Duration = Duration::from_secs(2);
-/// Most background finalizations in flight; past it, commits finalize
-/// before answering (backpressure instead of an unbounded queue).
-pub const FINALIZE_INFLIGHT_MAX: usize = 1024;
+/// Most decided transactions waiting to be finalized; past it, answering a
+/// commit waits for room (backpressure instead of an unbounded queue).
+pub const FINALIZE_QUEUE_MAX: usize = 4096;
+/// Most transactions finalized by one batch (one RPC per participant).
+pub const FINALIZE_BATCH_MAX: usize = 512;
+/// Most finalize batches in flight at once.
+pub const FINALIZE_BATCHES_INFLIGHT_MAX: usize = 8;
 
 /// A transaction as the client sends it.
 #[derive(Clone, Debug)]
@@ -131,19 +135,33 @@ enum Vote {
     Finalized { commit: bool, version: Version },
 }
 
+/// A decided transaction whose participants still have to apply or
+/// discard it.
+#[derive(Clone, Debug)]
+struct FinalizeJob {
+    txn: TxnId,
+    anchor: GroupId,
+    participants: Vec<GroupId>,
+    commit: bool,
+}
+
 pub struct TxnManager {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    finalize_permits: Arc<tokio::sync::Semaphore>,
+    finalize_queue: tokio::sync::mpsc::Sender<FinalizeJob>,
 }
 
 impl TxnManager {
+    /// Creates the manager and starts its background finalizer.
     pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Arc<TxnManager> {
-        Arc::new(TxnManager {
+        let (queue, jobs) = tokio::sync::mpsc::channel(FINALIZE_QUEUE_MAX);
+        let manager = Arc::new(TxnManager {
             router,
             metrics,
-            finalize_permits: Arc::new(tokio::sync::Semaphore::new(FINALIZE_INFLIGHT_MAX)),
-        })
+            finalize_queue: queue,
+        });
+        tokio::spawn(manager.clone().finalizer(jobs));
+        manager
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -690,7 +708,8 @@ impl TxnManager {
                 }
             }
         }
-        self.spawn_finalize(txn, anchor, participants.clone(), commit);
+        self.finalize_later(txn, anchor, participants.clone(), commit)
+            .await;
         if commit {
             let written = req
                 .writes
@@ -714,31 +733,117 @@ impl TxnManager {
         }
     }
 
-    /// Finalizes every participant, then forgets the anchor's record. Runs in
-    /// the background while permits last; past [`FINALIZE_INFLIGHT_MAX`],
-    /// the caller waits for a permit (backpressure, never an unbounded
-    /// queue).
-    fn spawn_finalize(
-        self: &Arc<Self>,
+    /// Queues a decided transaction for finalization and forgetting. Waits
+    /// only when [`FINALIZE_QUEUE_MAX`] transactions already wait.
+    async fn finalize_later(
+        &self,
         txn: TxnId,
         anchor: GroupId,
         participants: Vec<GroupId>,
         commit: bool,
     ) {
-        let this = self.clone();
-        let permits = self.finalize_permits.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
+        let job = FinalizeJob {
+            txn,
+            anchor,
+            participants,
+            commit,
+        };
+        if self.finalize_queue.send(job).await.is_err() {
+            tracing::warn!(%txn, "finalizer stopped; the in-doubt sweeper will finish this transaction");
+        }
+    }
+
+    /// Runs forever: takes whatever decided transactions are queued (up to
+    /// [`FINALIZE_BATCH_MAX`]) and finalizes them with one `FinalizeBatch`
+    /// per participant group, then forgets the anchors' records with one
+    /// `Forget` per anchor. Batches grow by themselves under load.
+    async fn finalizer(self: Arc<Self>, mut jobs: tokio::sync::mpsc::Receiver<FinalizeJob>) {
+        let inflight = Arc::new(tokio::sync::Semaphore::new(FINALIZE_BATCHES_INFLIGHT_MAX));
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < FINALIZE_BATCH_MAX {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
                 return;
             };
-            let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
-            if this
-                .finalize_all(txn, &participants, commit, deadline)
-                .await
-            {
-                this.forget(anchor, txn, deadline).await;
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.finalize_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn finalize_batch(&self, jobs: Vec<FinalizeJob>) {
+        let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
+        let mut by_group: BTreeMap<GroupId, Vec<pb::FinalizeRequest>> = BTreeMap::new();
+        for job in &jobs {
+            for group in &job.participants {
+                by_group
+                    .entry(*group)
+                    .or_default()
+                    .push(pb::FinalizeRequest {
+                        txn_id: job.txn.as_bytes().to_vec(),
+                        decision: decision_pb(job.commit),
+                    });
             }
-        });
+        }
+        let send = |group: GroupId, items: Vec<pb::FinalizeRequest>| async move {
+            let ok = self
+                .call(group, deadline, "finalize batch", |mut client, _map| {
+                    let request = pb::FinalizeBatchRequest {
+                        items: items.clone(),
+                    };
+                    async move { client.finalize_batch(request).await.map(|r| r.into_inner()) }
+                })
+                .await;
+            if let Err(err) = &ok {
+                tracing::warn!(group, %err, "finalize failed; the in-doubt sweeper will finish these transactions");
+            }
+            self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+            (group, ok.is_ok())
+        };
+        let mut groups = by_group.into_iter();
+        let mut done: BTreeMap<GroupId, bool> = BTreeMap::new();
+        // The first group alone, so a crash here leaves some participants
+        // finalized and others not.
+        if let Some((group, items)) = groups.next() {
+            let (group, ok) = send(group, items).await;
+            done.insert(group, ok);
+            failpoint("during_finalize");
+        }
+        for (group, ok) in join_all(groups.map(|(group, items)| send(group, items))).await {
+            done.insert(group, ok);
+        }
+        let mut forget: BTreeMap<GroupId, Vec<Vec<u8>>> = BTreeMap::new();
+        for job in &jobs {
+            if job
+                .participants
+                .iter()
+                .all(|g| done.get(g).copied().unwrap_or(false))
+            {
+                forget
+                    .entry(job.anchor)
+                    .or_default()
+                    .push(job.txn.as_bytes().to_vec());
+            }
+        }
+        join_all(forget.into_iter().map(|(anchor, txn_ids)| async move {
+            let result = self
+                .call(anchor, deadline, "forget", |mut client, _map| {
+                    let request = pb::ForgetRequest { txn_ids: txn_ids.clone() };
+                    async move { client.forget(request).await.map(|r| r.into_inner()) }
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::debug!(anchor, %err, "forget failed; the records stay until a later forget");
+            }
+        }))
+        .await;
     }
 
     /// Finalizes at every participant; true if all succeeded.

@@ -479,31 +479,50 @@ impl Shard {
     /// releases its locks. `None` when nothing is known of it here (never
     /// prepared, or forgotten long ago) and the decision is commit.
     pub async fn finalize(&self, txn: TxnId, commit: bool) -> Result<Option<Outcome>, ShardError> {
+        let mut outcomes = self.finalize_many(&[(txn, commit)]).await?;
+        Ok(outcomes.pop().expect("one outcome per transaction"))
+    }
+
+    /// [`Shard::finalize`] for many transactions at once: one pass under the
+    /// state lock and one wait for durability.
+    pub async fn finalize_many(
+        &self,
+        txns: &[(TxnId, bool)],
+    ) -> Result<Vec<Option<Outcome>>, ShardError> {
         self.wal.reserve().await?;
-        let outcome = {
+        let outcomes: Vec<Option<Outcome>> = {
             let mut guard = self.state.lock();
-            if let Some(outcome) = guard.outcome(&txn).cloned() {
-                Some(outcome)
-            } else if guard.prepared(&txn).is_some() || !commit {
-                let record = Record::Finalize(FinalizeRec {
-                    txn_id: txn.as_bytes().to_vec(),
-                    commit,
-                });
-                self.log(&mut guard, &record)?;
-                self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .prepared
-                    .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
-                guard.outcome(&txn).cloned()
-            } else {
-                None
+            let mut out = Vec::with_capacity(txns.len());
+            for (txn, commit) in txns {
+                let outcome = if let Some(outcome) = guard.outcome(txn).cloned() {
+                    Some(outcome)
+                } else if guard.prepared(txn).is_some() || !commit {
+                    let record = Record::Finalize(FinalizeRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit: *commit,
+                    });
+                    self.log(&mut guard, &record)?;
+                    self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+                    guard.outcome(txn).cloned()
+                } else {
+                    None
+                };
+                out.push(outcome);
             }
+            self.metrics
+                .prepared
+                .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+            out
         };
         self.after_write();
-        if let Some(outcome) = &outcome {
-            self.wal.wait_durable(outcome.lsn()).await?;
-        }
-        Ok(outcome)
+        let newest = outcomes
+            .iter()
+            .flatten()
+            .map(Outcome::lsn)
+            .max()
+            .unwrap_or(0);
+        self.wal.wait_durable(newest).await?;
+        Ok(outcomes)
     }
 
     /// Drops transaction records (every participant has finalized).

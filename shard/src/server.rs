@@ -19,6 +19,8 @@ use crate::state::{KeyView, LockHolder, Outcome, Refusal, Refused};
 
 /// Most transactions one ListPrepared returns.
 pub const LIST_PREPARED_MAX: u32 = 10_000;
+/// Most transactions one FinalizeBatch may name.
+pub const FINALIZE_BATCH_MAX: usize = 10_000;
 /// Most transaction ids one Forget may name.
 pub const FORGET_TXNS_MAX: usize = 10_000;
 /// HTTP/2 keep-alive: a connection that answers no ping within the timeout
@@ -381,6 +383,36 @@ impl ShardService for ShardApi {
         }))
     }
 
+    async fn finalize_batch(
+        &self,
+        request: Request<pb::FinalizeBatchRequest>,
+    ) -> Result<Response<pb::FinalizeBatchResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > FINALIZE_BATCH_MAX {
+            return Err(invalid(format!(
+                "FinalizeBatch of {} transactions is over FINALIZE_BATCH_MAX ({FINALIZE_BATCH_MAX})",
+                items.len()
+            )));
+        }
+        let txns = items
+            .iter()
+            .map(|item| Ok((txn_id(&item.txn_id)?, decision(item.decision)?)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let outcomes = self.shard.finalize_many(&txns).await.map_err(status_of)?;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| pb::FinalizeResponse {
+                outcome: Some(match outcome {
+                    Some(outcome) => {
+                        pb::finalize_response::Outcome::Finalized(finalized_pb(outcome))
+                    }
+                    None => pb::finalize_response::Outcome::Unknown(pb::Empty {}),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::FinalizeBatchResponse { results }))
+    }
+
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,
@@ -490,7 +522,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = nodelay_incoming(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -498,6 +530,19 @@ pub async fn serve(
         .add_service(ShardApi::new(shard).into_service())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: small responses must
+/// not wait for the peer's delayed ACK (tens of milliseconds per commit).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Binds the gRPC listener; the address is what the process reports.
