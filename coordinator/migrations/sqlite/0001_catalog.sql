@@ -1,25 +1,41 @@
--- The cluster: one row. The slot map is SLOTS comma-separated group ids.
+-- The catalog schema, SQLite dialect. Keep it equivalent to
+-- ../postgres/0001_catalog.sql: the two differ only in type names.
+-- Never edit a migration that has shipped (sqlx checks its checksum on
+-- every start); add a new numbered file instead.
+--
+-- STRICT tables: SQLite otherwise stores any value in any column, and a
+-- wrongly typed row must be refused on write, not discovered on read.
+
+-- The cluster: exactly one row once bootstrapped. `map_epoch` is the row's
+-- compare-and-swap column: every slot map change stores epoch + 1 only if
+-- the epoch is still the one the writer read. `slot_map` is SLOTS (4096)
+-- group ids as little-endian u32, 16384 bytes.
 CREATE TABLE cluster (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    map_epoch BIGINT NOT NULL,
-    slot_map TEXT NOT NULL,
-    version BIGINT NOT NULL
-);
--- Shard groups; `version` is bumped by every change (compare-and-swap).
+    map_epoch INTEGER NOT NULL CHECK (map_epoch >= 1),
+    slot_map BLOB NOT NULL CHECK (length(slot_map) = 16384)
+) STRICT;
+
+-- Shard groups. `version` is bumped by every change to the group or its
+-- members, by a conditional update on the version the writer read.
 CREATE TABLE shard_groups (
-    id BIGINT PRIMARY KEY,
-    version BIGINT NOT NULL
-);
--- Members of each group; position 0 is the primary.
+    id INTEGER PRIMARY KEY CHECK (id >= 1),
+    version INTEGER NOT NULL CHECK (version >= 1)
+) STRICT;
+
+-- Members of each group, in order: ordinal 0 is the primary.
 CREATE TABLE members (
-    group_id BIGINT NOT NULL REFERENCES shard_groups (id),
-    position BIGINT NOT NULL,
-    addr TEXT NOT NULL,
-    pid BIGINT NOT NULL,
-    PRIMARY KEY (group_id, position)
-);
+    group_id INTEGER NOT NULL REFERENCES shard_groups (id),
+    ordinal INTEGER NOT NULL CHECK (ordinal >= 0),
+    addr TEXT NOT NULL CHECK (addr <> ''),
+    pid INTEGER NOT NULL CHECK (pid BETWEEN 0 AND 4294967295),
+    PRIMARY KEY (group_id, ordinal)
+) STRICT;
+
+-- Coordinators and their last heartbeat, in milliseconds since the Unix
+-- epoch by the database's clock (the one clock all coordinators share).
 CREATE TABLE coordinators (
-    id TEXT PRIMARY KEY,
-    addr TEXT NOT NULL,
-    heartbeat_ms BIGINT NOT NULL
-);
+    id TEXT PRIMARY KEY CHECK (id <> ''),
+    addr TEXT NOT NULL CHECK (addr <> ''),
+    heartbeat_unix_ms INTEGER NOT NULL
+) STRICT;
