@@ -529,6 +529,12 @@ impl TxnManager {
         Ok(any)
     }
 
+    /// A read-only transaction over several groups: validate at every group
+    /// in parallel, each holding the keys against writers (in memory,
+    /// bounded in time), then release the holds. If every release finds its
+    /// holds still live, writers were kept off every key from its validation
+    /// until after the last validation: at that instant every read was
+    /// current — the commit point. Nothing is logged.
     async fn validate_read_only(
         &self,
         map: &ClusterMap,
@@ -545,20 +551,45 @@ impl TxnManager {
                     version: *version,
                 });
         }
-        let checks = by_group.into_iter().map(|(group, reads)| {
-            self.call(group, deadline, "validate", move |mut client, map| {
+        let checks = by_group.iter().map(|(group, reads)| {
+            self.call(*group, deadline, "validate", move |mut client, map| {
                 let request = pb::ValidateRequest {
                     map_epoch: map.map_epoch,
                     txn_id: req.txn.as_bytes().to_vec(),
                     reads: reads.clone(),
+                    hold: true,
                 };
                 async move { client.validate(request).await.map(|r| r.into_inner()) }
             })
         });
-        for result in join_all(checks).await {
+        let results = join_all(checks).await;
+        let releases = by_group.iter().map(|(group, reads)| {
+            let keys: Vec<Key> = reads.iter().map(|r| r.key.clone()).collect();
+            self.call(*group, deadline, "release", move |mut client, _map| {
+                let request = pb::ReleaseRequest {
+                    txn_id: req.txn.as_bytes().to_vec(),
+                    keys: keys.clone(),
+                };
+                async move { client.release(request).await.map(|r| r.into_inner().held) }
+            })
+        });
+        let released = join_all(releases).await;
+        for result in results {
             if let Some(refused) = result?.refused {
                 return Ok(CommitOutcome::Aborted(abort_of(&refused)));
             }
+        }
+        // A release that failed or found a hold gone (expired after
+        // READ_HOLD_MAX, or lost in a restart) leaves no common instant.
+        if !released.iter().all(|r| matches!(r, Ok(true))) {
+            return Ok(CommitOutcome::Aborted(Abort {
+                reason: AbortReason::Locked,
+                keys: Vec::new(),
+                message: format!(
+                    "a read hold lapsed before validation finished (READ_HOLD_MAX {:?}); retry the transaction",
+                    trellis_types::limits::READ_HOLD_MAX
+                ),
+            }));
         }
         Ok(CommitOutcome::Committed {
             written: Vec::new(),

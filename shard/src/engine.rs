@@ -340,7 +340,7 @@ impl Shard {
     ) -> Result<Outcome, ShardError> {
         self.wal.reserve().await?;
         let outcome = {
-            let mut guard = self.state.lock();
+            let mut guard = self.state.lock_at(Instant::now());
             match guard.check_commit_local(&txn, &reads, &writes)? {
                 Check::Proceed => {
                     let record = Record::CommitLocal(CommitLocalRec {
@@ -387,7 +387,7 @@ impl Shard {
         let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
         self.wal.reserve().await?;
         let (vote, lsn) = {
-            let mut guard = self.state.lock();
+            let mut guard = self.state.lock_at(Instant::now());
             match guard.check_prepare(&txn, &rec.reads, &rec.writes) {
                 Check::Proceed => {
                     let lsn = self.log(&mut guard, &Record::Prepare(rec))?;
@@ -598,8 +598,25 @@ impl Shard {
 
     /// Read-only validation: every read version is current and not
     /// write-locked by another transaction. Logs nothing.
-    pub fn validate_reads(&self, txn: TxnId, reads: &[ReadRec]) -> Result<(), Refused> {
-        self.state.lock().validate(&txn, reads, &[])
+    ///
+    /// With `hold`, the reads are also held against writers until
+    /// [`Shard::release_holds`] or [`trellis_types::limits::READ_HOLD_MAX`],
+    /// so a coordinator validating at several groups gets one instant at
+    /// which every read was current.
+    pub fn validate_reads(&self, txn: TxnId, reads: &[ReadRec], hold: bool) -> Result<(), Refused> {
+        let now = Instant::now();
+        let mut guard = self.state.lock_at(now);
+        if hold {
+            guard.hold_reads(&txn, reads, now)
+        } else {
+            guard.validate(&txn, reads, &[])
+        }
+    }
+
+    /// Drops the read holds `txn` took on `keys`; whether they were all
+    /// still held (see [`crate::state::StateGuard::release_holds`]).
+    pub fn release_holds(&self, txn: TxnId, keys: &[Key]) -> bool {
+        self.state.lock_at(Instant::now()).release_holds(&txn, keys)
     }
 
     pub fn status(&self) -> ShardStatus {
@@ -657,6 +674,10 @@ impl Shard {
         let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
         loop {
             tick.tick().await;
+            let purged = self.state.lock().purge_expired_holds(Instant::now());
+            if purged > 0 {
+                tracing::debug!(purged, "dropped expired read holds");
+            }
             let logged = self.metrics.append_bytes.load(Ordering::Relaxed);
             if logged.saturating_sub(self.snapshot_mark_bytes.load(Ordering::Relaxed))
                 >= SNAPSHOT_LOG_BYTES

@@ -493,8 +493,27 @@ impl ShardService for ShardApi {
         self.shard
             .check_owned(req.map_epoch, reads.iter().map(|r| r.key.as_slice()))
             .map_err(status_of)?;
-        let refused = self.shard.validate_reads(txn, &reads).err().map(refused_pb);
+        let refused = self
+            .shard
+            .validate_reads(txn, &reads, req.hold)
+            .err()
+            .map(refused_pb);
         Ok(Response::new(pb::ValidateResponse { refused }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let req = request.into_inner();
+        let txn = txn_id(&req.txn_id)?;
+        if req.keys.len() > GET_KEYS_MAX {
+            return Err(invalid(validate::InputError::TooManyGetKeys {
+                got: req.keys.len(),
+            }));
+        }
+        let held = self.shard.release_holds(txn, &req.keys);
+        Ok(Response::new(pb::ReleaseResponse { held }))
     }
 
     async fn shard_status(

@@ -118,11 +118,28 @@ pub struct LockHolder {
     pub since: Instant,
 }
 
-/// Locks on one key: at most one writer, any number of readers.
+/// A read hold: a read-only transaction over several groups, being
+/// validated, keeps writers off a key for at most
+/// [`trellis_types::limits::READ_HOLD_MAX`]. In memory only: holds protect
+/// no durable state, and a restart drops them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub txn: TxnId,
+    pub since: Instant,
+}
+
+/// Locks on one key: at most one writer, any number of readers and holds.
 #[derive(Clone, Debug, Default)]
 pub struct KeyLock {
     pub writer: Option<LockHolder>,
     pub readers: Vec<LockHolder>,
+    pub holds: Vec<Hold>,
+}
+
+impl KeyLock {
+    fn is_free(&self) -> bool {
+        self.writer.is_none() && self.readers.is_empty() && self.holds.is_empty()
+    }
 }
 
 /// A transaction prepared here: it holds locks until finalized.
@@ -291,11 +308,21 @@ pub enum Check {
 pub struct Misuse(pub String);
 
 impl State {
-    /// Takes the state lock. Never hold it across an `.await`.
+    /// Takes the state lock. Never hold it across an `.await`. Without a
+    /// time, read holds never expire (the conservative reading).
     pub fn lock(&self) -> StateGuard<'_> {
         StateGuard {
             state: self,
             core: self.core.lock().expect("state lock poisoned"),
+            now: None,
+        }
+    }
+
+    /// Takes the state lock at time `now`, against which read holds expire.
+    pub fn lock_at(&self, now: Instant) -> StateGuard<'_> {
+        StateGuard {
+            now: Some(now),
+            ..self.lock()
         }
     }
 
@@ -312,6 +339,7 @@ impl State {
 pub struct StateGuard<'a> {
     state: &'a State,
     core: MutexGuard<'a, Core>,
+    now: Option<Instant>,
 }
 
 fn parse_txn(bytes: &[u8]) -> Result<TxnId, String> {
@@ -321,6 +349,90 @@ fn parse_txn(bytes: &[u8]) -> Result<TxnId, String> {
 impl StateGuard<'_> {
     pub fn core(&self) -> &Core {
         &self.core
+    }
+
+    fn hold_live(&self, hold: &Hold) -> bool {
+        self.now.is_none_or(|now| {
+            now.saturating_duration_since(hold.since) < trellis_types::limits::READ_HOLD_MAX
+        })
+    }
+
+    /// Validates a read-only transaction's reads and, if they are current,
+    /// holds the keys against writers (in memory, see [`Hold`]).
+    pub fn hold_reads(
+        &mut self,
+        txn: &TxnId,
+        reads: &[ReadRec],
+        now: Instant,
+    ) -> Result<(), Refused> {
+        self.validate(txn, reads, &[])?;
+        for read in reads {
+            self.state
+                .locks
+                .entry(read.key.clone().into_boxed_slice())
+                .or_default()
+                .holds
+                .push(Hold {
+                    txn: *txn,
+                    since: now,
+                });
+        }
+        Ok(())
+    }
+
+    /// Drops `txn`'s read holds on `keys`. Returns whether every one of them
+    /// was still there and live: only then were writers kept off every key
+    /// from its validation until now (a restart or expiry loses holds).
+    pub fn release_holds(&mut self, txn: &TxnId, keys: &[Key]) -> bool {
+        let mut all_held = true;
+        for key in keys {
+            let free = match self.state.locks.get_mut(key.as_slice()) {
+                Some(mut lock) => {
+                    let live = lock
+                        .holds
+                        .iter()
+                        .any(|h| h.txn == *txn && self.hold_live(h));
+                    all_held &= live;
+                    lock.holds.retain(|h| h.txn != *txn);
+                    lock.is_free()
+                }
+                None => {
+                    all_held = false;
+                    false
+                }
+            };
+            if free {
+                self.state
+                    .locks
+                    .remove_if(key.as_slice(), |_, l| l.is_free());
+            }
+        }
+        all_held
+    }
+
+    /// Drops every expired read hold (left by a coordinator that never
+    /// released them). Returns how many.
+    pub fn purge_expired_holds(&mut self, now: Instant) -> usize {
+        let expired = |h: &Hold| {
+            now.saturating_duration_since(h.since) >= trellis_types::limits::READ_HOLD_MAX
+        };
+        let keys: Vec<Box<[u8]>> = self
+            .state
+            .locks
+            .iter()
+            .filter(|l| l.holds.iter().any(expired))
+            .map(|l| l.key().clone())
+            .collect();
+        let mut purged = 0;
+        for key in keys {
+            if let Some(mut lock) = self.state.locks.get_mut(&key) {
+                let before = lock.holds.len();
+                lock.holds.retain(|h| !expired(h));
+                purged += before - lock.holds.len();
+            }
+            self.state.locks.remove_if(&key, |_, l| l.is_free());
+        }
+        purged
     }
 
     fn current_version(&self, key: &[u8]) -> Version {
@@ -362,6 +474,13 @@ impl StateGuard<'_> {
         }
         for write in writes {
             if let Some(lock) = self.state.locks.get(write.key.as_slice()) {
+                if lock
+                    .holds
+                    .iter()
+                    .any(|h| h.txn != *txn && self.hold_live(h))
+                {
+                    locked.push(write.key.clone());
+                }
                 let others: Vec<&LockHolder> = lock
                     .writer
                     .iter()
@@ -615,14 +734,14 @@ impl StateGuard<'_> {
                     if lock.writer.as_ref().is_some_and(|w| w.txn == *txn) {
                         lock.writer = None;
                     }
-                    lock.writer.is_none() && lock.readers.is_empty()
+                    lock.is_free()
                 }
                 None => false,
             };
             if now_empty {
-                self.state.locks.remove_if(key.as_slice(), |_, l| {
-                    l.writer.is_none() && l.readers.is_empty()
-                });
+                self.state
+                    .locks
+                    .remove_if(key.as_slice(), |_, l| l.is_free());
             }
         }
     }
@@ -1000,6 +1119,69 @@ mod tests {
             outcomes.get(&TxnId([0; 16])).is_none(),
             "oldest forgotten first"
         );
+    }
+
+    #[test]
+    fn read_holds_block_writers_until_released_or_expired() {
+        let state = State::default();
+        let t0 = Instant::now();
+        let mut g = state.lock_at(t0);
+        g.hold_reads(&txn(1), &[read("h", 0)], t0).expect("hold");
+        let Ok(Check::Refused(r)) = g.check_commit_local(&txn(2), &[], &[put("h", "x")]) else {
+            panic!("a held key was written")
+        };
+        assert_eq!(r.reason, Refusal::Locked);
+        assert!(matches!(
+            g.check_prepare(&txn(3), &[], &[put("h", "x")]),
+            Check::Refused(_)
+        ));
+        // Reads are not blocked by a hold.
+        assert!(matches!(
+            g.check_prepare(&txn(3), &[read("h", 0)], &[]),
+            Check::Proceed
+        ));
+        assert!(
+            g.release_holds(&txn(1), &[b"h".to_vec()]),
+            "held until released"
+        );
+        assert!(state.locks.is_empty(), "released");
+        assert!(
+            !g.release_holds(&txn(1), &[b"h".to_vec()]),
+            "a hold released twice was not held"
+        );
+        drop(g);
+
+        let mut g = state.lock_at(t0);
+        g.hold_reads(&txn(4), &[read("h", 0)], t0).expect("hold");
+        drop(g);
+        let later = t0 + trellis_types::limits::READ_HOLD_MAX;
+        let mut g = state.lock_at(later);
+        assert!(
+            matches!(
+                g.check_commit_local(&txn(5), &[], &[put("h", "x")]),
+                Ok(Check::Proceed)
+            ),
+            "an expired hold no longer blocks writers"
+        );
+        g.hold_reads(&txn(8), &[read("h", 0)], t0)
+            .expect("an old hold, for the release check");
+        assert!(
+            !g.release_holds(&txn(8), &[b"h".to_vec()]),
+            "an expired hold does not count as held"
+        );
+        assert_eq!(g.purge_expired_holds(later), 1);
+        assert!(state.locks.is_empty());
+        // A stale read cannot be held.
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(6).0.to_vec(),
+                writes: vec![put("h", "1")],
+            }),
+            later,
+        )
+        .expect("apply");
+        assert!(g.hold_reads(&txn(7), &[read("h", 0)], later).is_err());
     }
 
     #[test]

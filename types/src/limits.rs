@@ -16,6 +16,10 @@ pub const TXN_ID_BYTES: usize = 16;
 pub const GET_KEYS_MAX: usize = TXN_KEYS_MAX;
 /// Most items one Scan may return.
 pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// How long a shard keeps the in-memory read hold a read-only transaction
+/// over several groups takes while it is validated. A hold older than this
+/// no longer blocks writers.
+pub const READ_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
