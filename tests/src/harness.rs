@@ -412,3 +412,19 @@ pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
     }
     false
 }
+
+/// A plain HTTP GET on loopback (for /metrics), with a deadline.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut out = String::new();
+    tokio::time::timeout(RPC_TIMEOUT, stream.read_to_string(&mut out))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    out
+}

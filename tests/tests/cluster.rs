@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::txn_client::TxnClient;
-use trellis_tests::harness::{Cluster, txn_id};
+use trellis_tests::harness::{Cluster, http_get, txn_id};
 use trellis_types::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 const ACCOUNTS: usize = 1000;
@@ -46,6 +46,20 @@ async fn get(client: &mut TxnClient<Channel>, keys: &[Vec<u8>]) -> Vec<pb::Item>
         .expect("get")
         .into_inner()
         .items
+}
+
+/// Commits blind writes that must succeed (setup steps).
+async fn must_commit(client: &mut TxnClient<Channel>, writes: Vec<pb::Write>) {
+    let request = pb::CommitRequest {
+        txn_id: txn_id(),
+        reads: vec![],
+        writes,
+        durability: 0,
+    };
+    match commit(client, request).await {
+        Ok(pb::commit_response::Outcome::Committed(_)) => {}
+        other => panic!("setup commit failed: {other:?}"),
+    }
 }
 
 async fn commit(
@@ -369,16 +383,7 @@ async fn coordinator_crash_at_each_step_of_two_phase_commit() {
         cluster.wait_registered(doomed).await.expect("registered");
         let mut healthy = cluster.txn(0).await.expect("client");
         let (a, b) = cross_group_pair(&cluster).await;
-        let request = pb::CommitRequest {
-            txn_id: txn_id(),
-            reads: vec![],
-            writes: vec![put(&a, b"100"), put(&b, b"100")],
-            durability: 0,
-        };
-        assert!(matches!(
-            commit(&mut healthy, request).await,
-            Ok(pb::commit_response::Outcome::Committed(_))
-        ));
+        must_commit(&mut healthy, vec![put(&a, b"100"), put(&b, b"100")]).await;
 
         let mut client = cluster.txn(doomed).await.expect("client");
         let request = transfer_request(&mut client, &a, &b, 30).await;
@@ -454,16 +459,11 @@ async fn commit_is_idempotent_by_transaction_id() {
         .map(account)
         .find(|k| *k != a && *k != b)
         .expect("a third account");
-    let setup = pb::CommitRequest {
-        txn_id: txn_id(),
-        reads: vec![],
-        writes: vec![put(&a, b"100"), put(&b, b"100"), put(&single, b"100")],
-        durability: 0,
-    };
-    assert!(matches!(
-        commit(&mut client, setup).await,
-        Ok(pb::commit_response::Outcome::Committed(_))
-    ));
+    must_commit(
+        &mut client,
+        vec![put(&a, b"100"), put(&b, b"100"), put(&single, b"100")],
+    )
+    .await;
 
     // Two-phase: the transfer, twice concurrently.
     let transfer = transfer_request(&mut client, &a, &b, 10).await;
@@ -750,23 +750,6 @@ fn hex_id() -> String {
         .collect()
 }
 
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect metrics");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
-        .await
-        .expect("metrics answered in time")
-        .expect("read");
-    out
-}
-
 /// A read-only transaction over two groups commits only while every read
 /// is current: a write to one of its keys in between aborts it as a
 /// conflict naming the key; with fresh versions it commits and leaves no
@@ -776,16 +759,7 @@ async fn read_only_validation_across_groups() {
     let cluster = Cluster::start(3).await.expect("cluster");
     let mut client = cluster.txn(0).await.expect("client");
     let (a, b) = cross_group_pair(&cluster).await;
-    let setup = pb::CommitRequest {
-        txn_id: txn_id(),
-        reads: vec![],
-        writes: vec![put(&a, b"1"), put(&b, b"1")],
-        durability: 0,
-    };
-    assert!(matches!(
-        commit(&mut client, setup).await,
-        Ok(pb::commit_response::Outcome::Committed(_))
-    ));
+    must_commit(&mut client, vec![put(&a, b"1"), put(&b, b"1")]).await;
     let read_only = |items: &[pb::Item]| pb::CommitRequest {
         txn_id: txn_id(),
         reads: items
@@ -799,16 +773,7 @@ async fn read_only_validation_across_groups() {
         durability: 0,
     };
     let seen = get(&mut client, &[a.clone(), b.clone()]).await;
-    let overwrite = pb::CommitRequest {
-        txn_id: txn_id(),
-        reads: vec![],
-        writes: vec![put(&b, b"2")],
-        durability: 0,
-    };
-    assert!(matches!(
-        commit(&mut client, overwrite).await,
-        Ok(pb::commit_response::Outcome::Committed(_))
-    ));
+    must_commit(&mut client, vec![put(&b, b"2")]).await;
     match commit(&mut client, read_only(&seen)).await.expect("commit") {
         pb::commit_response::Outcome::Aborted(abort) => {
             assert_eq!(abort.reason, pb::AbortReason::Conflict as i32);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prost::Message;
 use tonic::Code;
 use trellis_proto::shard::v1 as pb;
-use trellis_tests::harness::{Proc, shard_client, txn_id};
+use trellis_tests::harness::{Proc, http_get, shard_client, txn_id};
 use trellis_types::limits::{KEY_BYTES_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX, VALUE_BYTES_MAX};
 use trellis_types::slot_of;
 
@@ -513,21 +513,4 @@ async fn sigterm_is_clean_and_metrics_are_served() {
     for result in read(&mut client, &keys).await {
         assert_eq!(result.version, expected[&result.key]);
     }
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect metrics");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
-        .await
-        .expect("metrics answered in time")
-        .expect("read");
-    out
 }
