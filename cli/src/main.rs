@@ -11,6 +11,7 @@ mod dev;
 mod membership;
 mod shard;
 mod signals;
+mod sql;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Shard(shard::Args),
     /// Measure the storage engine on this machine's disk.
     Bench(bench::Args),
+    /// A psql-like SQL shell over the table kv(k, v): interactive, or
+    /// statements from -c, -f or standard input.
+    Sql(sql::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => status::run(args),
         Command::Shard(args) => shard::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sql(args) => sql::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

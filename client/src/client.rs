@@ -1,0 +1,411 @@
+//! The typed client: one connection to a coordinator, a deadline on every
+//! call.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use trellis_proto::v1 as pb;
+use trellis_proto::v1::txn_client::TxnClient;
+use trellis_types::limits::{
+    GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX, TXN_ID_BYTES, VALUE_BYTES_MAX,
+};
+
+use crate::error::{Error, Result};
+use crate::txn::Transaction;
+
+/// Default deadline of each RPC.
+pub const RPC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default deadline of establishing the connection.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How many times a Commit whose answer was lost in transport is sent again
+/// with the same transaction id (Commit is idempotent by id) before its
+/// outcome is reported unknown.
+pub const COMMIT_RESENDS_MAX: u32 = 3;
+
+/// A transaction id: 16 bytes the client chooses.
+pub type TxnId = [u8; TXN_ID_BYTES];
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Never returns a value that a decided commit overwrote.
+    #[default]
+    Strong,
+    /// May return data up to this old.
+    Stale(Duration),
+}
+
+impl Consistency {
+    fn to_pb(self) -> pb::Consistency {
+        match self {
+            Consistency::Strong => pb::Consistency {
+                level: pb::consistency::Level::Strong as i32,
+                max_staleness_ms: 0,
+            },
+            Consistency::Stale(d) => pb::Consistency {
+                level: pb::consistency::Level::Stale as i32,
+                max_staleness_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+}
+
+/// How durable a commit must be before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Sync,
+    SemiSync,
+    Async,
+}
+
+impl Durability {
+    fn to_pb(self) -> pb::Durability {
+        match self {
+            Durability::Sync => pb::Durability::Sync,
+            Durability::SemiSync => pb::Durability::SemiSync,
+            Durability::Async => pb::Durability::Async,
+        }
+    }
+}
+
+/// A key with its value and version (version 0: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+impl Item {
+    /// The value, or `None` when the key is absent.
+    pub fn value(&self) -> Option<&[u8]> {
+        (self.version != 0).then_some(self.value.as_slice())
+    }
+
+    fn from_pb(item: pb::Item) -> Item {
+        Item {
+            key: item.key,
+            value: item.value,
+            version: item.version,
+        }
+    }
+}
+
+/// Items of a scan, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct ScanResult {
+    pub items: Vec<Item>,
+    /// More items matched than the limit allowed.
+    pub truncated: bool,
+}
+
+/// One buffered write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// Everything one Commit carries.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    pub txn_id: TxnId,
+    /// Keys read and the version seen (0 = absent).
+    pub reads: Vec<(Vec<u8>, u64)>,
+    pub writes: Vec<(Vec<u8>, Write)>,
+    pub durability: Durability,
+}
+
+/// A committed transaction: its id and the new version of each written key.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub txn_id: TxnId,
+    pub written: Vec<Item>,
+}
+
+/// What `TxnStatus` knows of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    Committed,
+    Aborted,
+    /// Nothing is known (never committed, or forgotten long ago).
+    Unknown,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Deadline of every RPC.
+    pub rpc_timeout: Duration,
+    /// Deadline of connecting.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rpc_timeout: RPC_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// A client of one coordinator. Cloning is cheap (one shared connection).
+#[derive(Clone)]
+pub struct Client {
+    inner: TxnClient<Channel>,
+    addr: String,
+    options: Options,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.addr).finish()
+    }
+}
+
+/// A fresh random transaction id.
+pub fn new_txn_id() -> TxnId {
+    rand::random()
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a key must be 1 byte or more".into(),
+        ));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes is over KEY_BYTES_MAX ({KEY_BYTES_MAX})",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "value of {} bytes is over VALUE_BYTES_MAX ({VALUE_BYTES_MAX})",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects to the coordinator at `addr` (`host:port`) with the default
+    /// deadlines.
+    pub async fn connect(addr: &str) -> Result<Client> {
+        Self::connect_with(addr, Options::default()).await
+    }
+
+    /// Connects with explicit deadlines.
+    pub async fn connect_with(addr: &str, options: Options) -> Result<Client> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.rpc_timeout);
+        let channel = endpoint.connect().await.map_err(|e| {
+            Error::Unavailable(format!("cannot connect to {addr}: {}", source_text(&e)))
+        })?;
+        let inner = TxnClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        Ok(Client {
+            inner,
+            addr: addr.to_string(),
+            options,
+        })
+    }
+
+    /// The coordinator address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.options.rpc_timeout);
+        request
+    }
+
+    /// Reads `keys`: one item per key, in order (version 0 = absent).
+    pub async fn get(&self, keys: &[Vec<u8>], consistency: Consistency) -> Result<Vec<Item>> {
+        if keys.len() > GET_KEYS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "{} keys is over GET_KEYS_MAX ({GET_KEYS_MAX})",
+                keys.len()
+            )));
+        }
+        for key in keys {
+            check_key(key)?;
+        }
+        let response = self
+            .inner
+            .clone()
+            .get(self.request(pb::GetRequest {
+                keys: keys.to_vec(),
+                consistency: Some(consistency.to_pb()),
+            }))
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        if response.items.len() != keys.len() {
+            return Err(Error::Server {
+                code: tonic::Code::Internal,
+                message: format!(
+                    "asked for {} keys, got {} items",
+                    keys.len(),
+                    response.items.len()
+                ),
+            });
+        }
+        Ok(response.items.into_iter().map(Item::from_pb).collect())
+    }
+
+    /// Items whose key starts with `prefix`, in key order; `limit` 0 means
+    /// the server's default (1,000), at most `SCAN_LIMIT_MAX`.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<ScanResult> {
+        if limit > SCAN_LIMIT_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "scan limit {limit} is over SCAN_LIMIT_MAX ({SCAN_LIMIT_MAX})"
+            )));
+        }
+        let response = self
+            .inner
+            .clone()
+            .scan(self.request(pb::ScanRequest {
+                prefix: prefix.to_vec(),
+                limit,
+                consistency: Some(consistency.to_pb()),
+            }))
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        Ok(ScanResult {
+            items: response.items.into_iter().map(Item::from_pb).collect(),
+            truncated: response.truncated,
+        })
+    }
+
+    /// Sends one Commit. An answer lost in transport is asked for again with
+    /// the same id (at most [`COMMIT_RESENDS_MAX`] times); if it stays lost
+    /// and the transaction wrote something, the outcome is unknown.
+    pub async fn commit(&self, request: CommitRequest) -> Result<Committed> {
+        let has_writes = !request.writes.is_empty();
+        let message = pb::CommitRequest {
+            txn_id: request.txn_id.to_vec(),
+            reads: request
+                .reads
+                .into_iter()
+                .map(|(key, version)| pb::Read { key, version })
+                .collect(),
+            writes: request
+                .writes
+                .into_iter()
+                .map(|(key, write)| pb::Write {
+                    key,
+                    op: Some(match write {
+                        Write::Put(value) => pb::write::Op::Put(value),
+                        Write::Delete => pb::write::Op::Delete(pb::Empty {}),
+                    }),
+                })
+                .collect(),
+            durability: request.durability.to_pb() as i32,
+        };
+        let mut resends = 0;
+        loop {
+            match self
+                .inner
+                .clone()
+                .commit(self.request(message.clone()))
+                .await
+            {
+                Ok(response) => {
+                    return match response.into_inner().outcome {
+                        Some(pb::commit_response::Outcome::Committed(c)) => Ok(Committed {
+                            txn_id: request.txn_id,
+                            written: c.written.into_iter().map(Item::from_pb).collect(),
+                        }),
+                        Some(pb::commit_response::Outcome::Aborted(a)) => {
+                            Err(Error::from_aborted(a))
+                        }
+                        None => Err(Error::OutcomeUnknown {
+                            txn_id: request.txn_id,
+                            message: "the answer carried no outcome".into(),
+                        }),
+                    };
+                }
+                Err(status) => {
+                    let lost_in_transport = status.details().is_empty()
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::DeadlineExceeded
+                                | tonic::Code::Cancelled
+                                | tonic::Code::Unknown
+                        );
+                    if !lost_in_transport {
+                        return Err(Error::from_status(&status));
+                    }
+                    if resends < COMMIT_RESENDS_MAX {
+                        resends += 1;
+                        tokio::time::sleep(Duration::from_millis(50 << resends)).await;
+                        continue;
+                    }
+                    return Err(if has_writes {
+                        Error::OutcomeUnknown {
+                            txn_id: request.txn_id,
+                            message: status.message().to_string(),
+                        }
+                    } else {
+                        Error::Unavailable(status.message().to_string())
+                    });
+                }
+            }
+        }
+    }
+
+    /// What the cluster knows of transaction `txn_id`.
+    pub async fn txn_status(&self, txn_id: TxnId) -> Result<TxnState> {
+        let response = self
+            .inner
+            .clone()
+            .txn_status(self.request(pb::TxnStatusRequest {
+                txn_id: txn_id.to_vec(),
+            }))
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        Ok(match pb::TxnState::try_from(response.state) {
+            Ok(pb::TxnState::Committed) => TxnState::Committed,
+            Ok(pb::TxnState::Aborted) => TxnState::Aborted,
+            _ => TxnState::Unknown,
+        })
+    }
+
+    /// Starts a transaction: reads record the versions seen, writes are
+    /// buffered until [`Transaction::commit`].
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(self.clone())
+    }
+}
+
+fn source_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
