@@ -197,6 +197,8 @@ async fn replay_and_memory(dir: &Path, keys: u64) -> anyhow::Result<(u64, Durati
         group_id: 1,
         map_epoch: 1,
         slots: SlotSet::all(),
+        replicated: false,
+        feed_bytes_max: trellis_shard::repl::FEED_BYTES_MAX,
     };
     let shard = Shard::open(config, Arc::new(Metrics::default()))?;
     let took = started.elapsed();

@@ -22,19 +22,21 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(500);
 /// Most shard groups `trellis dev` starts.
 const DEV_GROUPS_MAX: u32 = 64;
+/// Most replicas per group.
+const DEV_REPLICAS_MAX: u32 = 5;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
-Starts one coordinator (SQLite catalog in the data directory) and one shard
-process per group, waits until every group has registered, and prints where
-to connect. Data is kept between runs: start it again with the same
+Starts one coordinator (SQLite catalog in the data directory) and --replicas
+shard processes per group (one primary, the rest backups), waits until every
+group has a primary, and prints where to connect. Data is kept between runs: start it again with the same
 --data-dir and everything is still there. Ctrl-C (or SIGTERM) stops every
 child cleanly; if `trellis dev` itself is killed, its children notice and
 exit.
 
 Examples:
   cargo run --release -- dev
-  trellis dev --groups 5 --data-dir /tmp/trellis --listen 127.0.0.1:7000")]
+  trellis dev --groups 5 --replicas 1 --data-dir /tmp/trellis --listen 127.0.0.1:7000")]
 pub struct Args {
     /// Where the catalog and every shard keep their data.
     #[arg(long, default_value = "./trellis-dev-data")]
@@ -42,8 +44,9 @@ pub struct Args {
     /// Number of shard groups (fixed when the cluster is first created).
     #[arg(long, default_value_t = 3)]
     groups: u32,
-    /// Replicas per group. Replication is not built yet: only 1 works.
-    #[arg(long, default_value_t = 1)]
+    /// Replicas per group: a primary and replicas - 1 backups. With 3, any
+    /// one replica of a group may fail without losing an acknowledged write.
+    #[arg(long, default_value_t = 3)]
     replicas: u32,
     /// Address of the coordinator's client-facing gRPC service.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -150,9 +153,9 @@ fn path_str(path: &Path) -> anyhow::Result<String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.replicas != 1 {
+    if args.replicas == 0 || args.replicas > DEV_REPLICAS_MAX {
         bail!(
-            "--replicas {}: replication is not built yet, so each group runs exactly one replica (use --replicas 1)",
+            "--replicas {}: a group has 1 to {DEV_REPLICAS_MAX} replicas",
             args.replicas
         );
     }
@@ -187,10 +190,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             coordinator.field("metrics")
         );
         kids.push(coordinator);
-        for group in 1..=args.groups {
-            let dir = data_dir.join(format!("group-{group}"));
+        for (group, replica) in
+            (1..=args.groups).flat_map(|g| (1..=args.replicas).map(move |r| (g, r)))
+        {
+            let dir = data_dir.join(format!("group-{group}-replica-{replica}"));
             let shard = start(
-                &format!("shard group {group}"),
+                &format!("shard group {group} replica {replica}"),
                 &[
                     "shard".into(),
                     "--data-dir".into(),
@@ -205,7 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ],
             )?;
             eprintln!(
-                "group {group:<5} pid {:<7} grpc {}  metrics http://{}/metrics",
+                "group {group:<2} r{replica:<2} pid {:<7} grpc {}  metrics http://{}/metrics",
                 shard.child.id(),
                 shard.field("grpc"),
                 shard.field("metrics")
@@ -223,11 +228,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = kids[0].field("grpc");
     println!("READY grpc={addr}");
     eprintln!(
-        "\nTrellis dev cluster is up: {} groups, data in {}\n  \
+        "\nTrellis dev cluster is up: {} groups of {} replicas, data in {}\n  \
          clients connect to {addr} (gRPC, trellis.v1.Txn)\n  \
          cluster status: trellis status --addr {addr}\n  \
          Ctrl-C stops everything; data stays for the next run.",
         args.groups,
+        args.replicas,
         data_dir.display()
     );
 

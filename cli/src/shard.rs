@@ -53,11 +53,18 @@ pub struct Args {
     /// address).
     #[arg(long)]
     advertise: Option<String>,
+    /// Bytes of recent log records kept in memory to stream to backups; a
+    /// backup further behind than this catches up by snapshot.
+    #[arg(long, default_value_t = trellis_shard::repl::FEED_BYTES_MAX)]
+    feed_bytes_max: usize,
     /// Exit when the parent process goes away (used by `trellis dev` so a
     /// killed dev cluster leaves no orphans).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
 }
+
+/// Where a replica started on port 0 remembers the port it got.
+const PORT_FILE: &str = "listen.port";
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -82,6 +89,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         group_id: args.group,
         map_epoch,
         slots,
+        replicated: args.coordinator.is_some(),
+        feed_bytes_max: args.feed_bytes_max,
     };
     let shard = tokio::task::spawn_blocking(move || Shard::open(config, metrics))
         .await
@@ -97,9 +106,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "recovered"
     );
 
-    let (grpc_addr, grpc_listener) = server::bind(args.listen)
-        .await
-        .with_context(|| format!("binding gRPC on {}", args.listen))?;
+    // A replica is known to its group by its address, so one started on
+    // port 0 keeps the port it first got across restarts.
+    let port_file = args.data_dir.join(PORT_FILE);
+    let mut listen = args.listen;
+    if listen.port() == 0
+        && let Ok(text) = std::fs::read_to_string(&port_file)
+        && let Ok(port) = text.trim().parse::<u16>()
+    {
+        listen.set_port(port);
+    }
+    let (grpc_addr, grpc_listener) = server::bind(listen).await.with_context(|| {
+        format!(
+            "binding gRPC on {listen} (the replica's address from its last run is kept in {})",
+            port_file.display()
+        )
+    })?;
+    if args.listen.port() == 0 {
+        std::fs::write(&port_file, format!("{}\n", grpc_addr.port()))
+            .with_context(|| format!("writing {}", port_file.display()))?;
+    }
     let (metrics_addr, metrics_listener) = metrics::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
@@ -114,12 +140,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .advertise
             .clone()
             .unwrap_or_else(|| grpc_addr.to_string());
-        tokio::spawn(crate::membership::register(
-            shard.clone(),
-            coordinator,
-            args.group,
-            advertise,
-        ))
+        shard.repl.set_me(&advertise);
+        let shard = shard.clone();
+        let group = args.group;
+        tokio::spawn(async move {
+            crate::membership::register(shard.clone(), coordinator.clone(), group, advertise).await;
+            trellis_shard::replica::run(shard, coordinator).await;
+        })
     });
 
     println!(

@@ -12,7 +12,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(clap::Args)]
 #[command(after_help = "\
 Shows the slot-map epoch, the catalog backend, every shard group with its
-member (address, process id, role, last LSN, keys, in-doubt transactions) and
+member (address, process id, role, epoch, lease, last LSN, lag, keys, in-doubt transactions) and
 the coordinators registered in the catalog.
 
 Examples:
@@ -67,7 +67,8 @@ pub fn table(status: &pb::StatusResponse) -> String {
         status.map_epoch, status.catalog
     );
     let header = [
-        "group", "slots", "address", "pid", "role", "last lsn", "keys", "in doubt",
+        "group", "slots", "address", "pid", "role", "epoch", "lease", "last lsn", "lag", "keys",
+        "in doubt",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for g in &status.groups {
@@ -77,8 +78,24 @@ pub fn table(status: &pb::StatusResponse) -> String {
                 g.slots_owned.to_string(),
                 m.address.clone(),
                 m.pid.to_string(),
-                m.role.clone(),
+                if m.in_sync || m.role == "primary" || m.role == "unregistered" {
+                    m.role.clone()
+                } else {
+                    format!("{} (not in sync)", m.role)
+                },
+                m.epoch.to_string(),
+                match (m.role.as_str(), m.lease_ms) {
+                    ("primary", u64::MAX) => "-".into(),
+                    ("primary", 0) => "LAPSED".into(),
+                    ("primary", ms) => format!("{ms} ms"),
+                    _ => String::new(),
+                },
                 m.last_lsn.to_string(),
+                if m.role == "primary" {
+                    String::new()
+                } else {
+                    format!("{} rec / {} ms", m.lag_records, m.lag_ms)
+                },
                 m.keys.to_string(),
                 m.in_doubt.to_string(),
             ]);
@@ -147,11 +164,16 @@ pub fn json(status: &pb::StatusResponse) -> String {
                 .iter()
                 .map(|m| {
                     format!(
-                        "{{\"address\":{},\"pid\":{},\"role\":{},\"last_lsn\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{}}}",
+                        "{{\"address\":{},\"pid\":{},\"role\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{}}}",
                         quote(&m.address),
                         m.pid,
                         quote(&m.role),
+                        m.in_sync,
+                        m.epoch,
+                        m.lease_ms,
                         m.last_lsn,
+                        m.lag_records,
+                        m.lag_ms,
                         m.keys,
                         m.in_doubt,
                         m.map_epoch
@@ -206,6 +228,7 @@ mod tests {
                     in_doubt: 0,
                     keys: 3,
                     map_epoch: 1,
+                    ..Default::default()
                 }],
             }],
             coordinators: vec![pb::CoordinatorStatus {

@@ -49,6 +49,8 @@ pub const MIGRATE_ATTEMPTS_MAX: u32 = 3;
 pub const GROUPS_MAX: u32 = 1024;
 /// Longest member or coordinator address (`host:port`), in bytes.
 pub const ADDR_BYTES_MAX: usize = 256;
+/// Most replicas one group may have.
+pub const MEMBERS_MAX: usize = 7;
 /// Longest coordinator id, in bytes.
 pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
 
@@ -250,14 +252,14 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), CatalogError> {
     Ok(())
 }
 
-/// One row of `members`: group id, ordinal, address, pid.
-type MemberRow = (i64, i64, String, i64);
+/// One row of `members`: group id, ordinal, address, pid, in sync.
+type MemberRow = (i64, i64, String, i64, i64);
 
 /// Builds and checks a map from the rows of one consistent read.
 fn build_map(
     epoch: i64,
     slot_map: &[u8],
-    group_rows: Vec<(i64, i64)>,
+    group_rows: Vec<(i64, i64, i64)>,
     member_rows: Vec<MemberRow>,
 ) -> Result<ClusterMap, CatalogError> {
     let map_epoch = to_u64(epoch, "the map epoch")?;
@@ -265,15 +267,17 @@ fn build_map(
         return Err(CatalogError::Corrupt("the map epoch is 0".into()));
     }
     let mut groups = BTreeMap::new();
-    for (id, version) in group_rows {
+    for (id, version, epoch) in group_rows {
         let id = to_u64(id, "a group id")?;
         let version = to_u64(version, &format!("the version of group {id}"))?;
+        let epoch = to_u64(epoch, &format!("the epoch of group {id}"))?;
         groups.insert(
             id,
             Group {
                 id,
                 members: Vec::new(),
                 version,
+                epoch,
             },
         );
     }
@@ -282,7 +286,7 @@ fn build_map(
             "the cluster exists but has no groups".into(),
         ));
     }
-    for (group, ordinal, addr, pid) in member_rows {
+    for (group, ordinal, addr, pid, in_sync) in member_rows {
         let group = to_u64(group, "a member's group id")?;
         let entry = groups.get_mut(&group).ok_or_else(|| {
             CatalogError::Corrupt(format!(
@@ -301,7 +305,11 @@ fn build_map(
                 "member {addr} of group {group} has pid {pid}, not a u32"
             ))
         })?;
-        entry.members.push(Member { addr, pid });
+        entry.members.push(Member {
+            addr,
+            pid,
+            in_sync: in_sync != 0,
+        });
     }
     let slots = decode_slots(slot_map)?;
     if let Some((slot, group)) = slots
@@ -434,13 +442,13 @@ impl Catalog {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db("reading the slot map"))?;
-            let group_rows: Vec<(i64, i64)> =
-                sqlx::query_as("SELECT id, version FROM shard_groups ORDER BY id")
+            let group_rows: Vec<(i64, i64, i64)> =
+                sqlx::query_as("SELECT id, version, epoch FROM shard_groups ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(db("reading the shard groups"))?;
             let member_rows: Vec<MemberRow> = sqlx::query_as(
-                "SELECT group_id, ordinal, addr, pid FROM members ORDER BY group_id, ordinal",
+                "SELECT group_id, ordinal, addr, pid, in_sync FROM members ORDER BY group_id, ordinal",
             )
             .fetch_all(&mut *tx)
             .await
@@ -453,10 +461,16 @@ impl Catalog {
     }
 
     /// Records that a replica of `group` serves at `addr` with process id
-    /// `pid`. A group has one member for now (its primary), so this replaces
-    /// the member list. A conditional update on the group's version, retried
-    /// up to [`REGISTER_ATTEMPTS_MAX`] times if another writer got in
-    /// between. Returns the map as it stands afterwards.
+    /// `pid`, and returns the map as it stands afterwards:
+    /// - a group without members gets it as primary, epoch + 1;
+    /// - its recorded primary (restarted) stays primary with epoch + 1, so
+    ///   everything its earlier incarnation sent is fenced off;
+    /// - a known backup keeps its place (only its pid changes);
+    /// - anyone else joins as a learner (not in sync) that the primary adds
+    ///   to the configuration once it has caught up.
+    ///
+    /// A conditional update on the group's version, retried up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times if another writer got in between.
     pub async fn register_member(
         &self,
         group: GroupId,
@@ -464,71 +478,137 @@ impl Catalog {
         pid: u32,
     ) -> Result<ClusterMap, CatalogError> {
         check_text("the member address", addr, ADDR_BYTES_MAX)?;
-        // An id beyond BIGINT cannot be stored, so it is simply unknown.
-        let Ok(id) = i64::try_from(group) else {
-            return Err(self.unknown_group(group).await);
-        };
-        let begin = self.dialect().begin_write;
-        // With one member the new list does not depend on the old one, but
-        // once groups have replicas it will (add one, keep the rest): the
-        // version read here is what makes that read-modify-write safe, and
-        // the protocol is the same now so nothing changes then.
         for _ in 0..REGISTER_ATTEMPTS_MAX {
-            let version: Option<i64> = with_pool!(self, pool => {
-                sqlx::query_scalar("SELECT version FROM shard_groups WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(db(format!("reading the version of group {group}")))?
-            });
-            let Some(version) = version else {
+            let map = self.load().await?;
+            let Some(current) = map.groups.get(&group) else {
                 return Err(self.unknown_group(group).await);
             };
-            let won = with_pool!(self, pool => {
-                let mut tx = pool
-                    .begin_with(begin)
-                    .await
-                    .map_err(db("starting a member registration"))?;
-                let won = sqlx::query(
-                    "UPDATE shard_groups SET version = version + 1 WHERE id = $1 AND version = $2",
-                )
-                .bind(id)
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(format!("bumping the version of group {group}")))?
-                .rows_affected()
-                    == 1;
-                if won {
-                    sqlx::query("DELETE FROM members WHERE group_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db(format!("removing the old members of group {group}")))?;
-                    sqlx::query(
-                        "INSERT INTO members (group_id, ordinal, addr, pid) VALUES ($1, 0, $2, $3)",
-                    )
-                    .bind(id)
-                    .bind(addr)
-                    .bind(i64::from(pid))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(format!("recording {addr} as the primary of group {group}")))?;
-                    tx.commit()
-                        .await
-                        .map_err(db(format!("committing the registration of {addr}")))?;
-                } else {
-                    tx.rollback()
-                        .await
-                        .map_err(db("rolling back a lost registration"))?;
+            let mut members = current.members.clone();
+            let mut epoch = current.epoch;
+            match members.iter().position(|m| m.addr == addr) {
+                None if members.is_empty() => {
+                    epoch += 1;
+                    members.push(Member {
+                        addr: addr.to_string(),
+                        pid,
+                        in_sync: true,
+                    });
                 }
-                won
-            });
-            if won {
+                None => members.push(Member {
+                    addr: addr.to_string(),
+                    pid,
+                    in_sync: false,
+                }),
+                Some(0) => {
+                    epoch += 1;
+                    members[0].pid = pid;
+                }
+                Some(i) => members[i].pid = pid,
+            }
+            if self
+                .cas_group(group, current.version, epoch, &members)
+                .await?
+            {
                 return self.load().await;
             }
         }
         Err(CatalogError::Conflict)
+    }
+
+    /// Replaces `group`'s epoch and members (the first is the primary) if
+    /// the group's version is still `expected_version`; bumps the version.
+    /// Returns whether this writer won. Refuses an epoch that goes back, an
+    /// empty member list, a duplicate address, or a primary not in sync.
+    pub async fn cas_group(
+        &self,
+        group: GroupId,
+        expected_version: u64,
+        epoch: u64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        if members.is_empty() {
+            return Err(CatalogError::Invalid(format!(
+                "refusing an empty configuration for group {group}"
+            )));
+        }
+        if !members[0].in_sync {
+            return Err(CatalogError::Invalid(format!(
+                "refusing group {group}'s configuration: its primary {} is not in sync",
+                members[0].addr
+            )));
+        }
+        if members.len() > MEMBERS_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "refusing {} members for group {group}: at most {MEMBERS_MAX}",
+                members.len()
+            )));
+        }
+        for (i, m) in members.iter().enumerate() {
+            check_text("the member address", &m.addr, ADDR_BYTES_MAX)?;
+            if members[..i].iter().any(|o| o.addr == m.addr) {
+                return Err(CatalogError::Invalid(format!(
+                    "refusing group {group}'s configuration: {} is listed twice",
+                    m.addr
+                )));
+            }
+        }
+        let Ok(id) = i64::try_from(group) else {
+            return Err(self.unknown_group(group).await);
+        };
+        let version = to_i64(expected_version, "group version")?;
+        let epoch_value = to_i64(epoch, "epoch")?;
+        let begin = self.dialect().begin_write;
+        let won = with_pool!(self, pool => {
+            let mut tx = pool
+                .begin_with(begin)
+                .await
+                .map_err(db("starting a configuration change"))?;
+            let won = sqlx::query(
+                "UPDATE shard_groups SET version = version + 1, epoch = $3 \
+                 WHERE id = $1 AND version = $2 AND epoch <= $3",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(epoch_value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("bumping the version of group {group}")))?
+            .rows_affected()
+                == 1;
+            if won {
+                sqlx::query("DELETE FROM members WHERE group_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("removing the old members of group {group}")))?;
+                for (ordinal, m) in members.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO members (group_id, ordinal, addr, pid, in_sync) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(ordinal as i64)
+                    .bind(&m.addr)
+                    .bind(i64::from(m.pid))
+                    .bind(i64::from(m.in_sync))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("recording {} in group {group}", m.addr)))?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(db(format!("committing group {group}'s configuration")))?;
+            } else {
+                tx.rollback()
+                    .await
+                    .map_err(db("rolling back a lost configuration change"))?;
+            }
+            won
+        });
+        if !won && !self.load().await?.groups.contains_key(&group) {
+            return Err(self.unknown_group(group).await);
+        }
+        Ok(won)
     }
 
     /// The error for a group that does not exist: names the valid range, or
@@ -965,8 +1045,13 @@ mod tests {
             let expected = vec![Member {
                 addr: "127.0.0.1:4000".into(),
                 pid: 42,
+                in_sync: true,
             }];
             assert_eq!(after.groups[&2].members, expected);
+            assert_eq!(
+                after.groups[&2].epoch, 1,
+                "the first member is primary at epoch 1"
+            );
             assert_eq!(
                 after.groups[&2].version,
                 map.groups[&2].version + 1,
@@ -978,20 +1063,103 @@ mod tests {
             assert_eq!((after.map_epoch, &after.slots), (map.map_epoch, &map.slots));
             assert_eq!(catalog.load().await.expect("load"), after);
 
-            // A restarted shard replaces its old address: still one member.
+            // Another replica joins as a learner behind the primary.
             let again = catalog
                 .register_member(2, "127.0.0.1:4001", 43)
                 .await
                 .expect("again");
             assert_eq!(
                 again.groups[&2].members,
-                vec![Member {
-                    addr: "127.0.0.1:4001".into(),
-                    pid: 43
-                }]
+                vec![
+                    expected[0].clone(),
+                    Member {
+                        addr: "127.0.0.1:4001".into(),
+                        pid: 43,
+                        in_sync: false,
+                    }
+                ]
             );
             assert_eq!(again.groups[&2].version, map.groups[&2].version + 2);
+            assert_eq!(again.groups[&2].epoch, 1, "no new primary");
             assert_eq!(catalog.load().await.expect("load"), again);
+
+            // The primary restarted: same place, a new epoch fences its old
+            // incarnation. A restarted learner keeps its place.
+            let restarted = catalog
+                .register_member(2, "127.0.0.1:4000", 44)
+                .await
+                .expect("restart");
+            assert_eq!(restarted.groups[&2].epoch, 2);
+            assert_eq!(restarted.groups[&2].members[0].pid, 44);
+            let learner = catalog
+                .register_member(2, "127.0.0.1:4001", 45)
+                .await
+                .expect("restart");
+            assert_eq!(learner.groups[&2].epoch, 2);
+            assert!(!learner.groups[&2].members[1].in_sync);
+        }
+
+        pub async fn cas_group_is_conditional_and_checked(place: &Place) {
+            let catalog = place.connect().await;
+            catalog.bootstrap(2).await.expect("bootstrap");
+            let map = catalog
+                .register_member(1, "127.0.0.1:5000", 1)
+                .await
+                .expect("register");
+            let group = &map.groups[&1];
+            let member = |addr: &str, in_sync| Member {
+                addr: addr.into(),
+                pid: 7,
+                in_sync,
+            };
+            let promoted = vec![
+                member("127.0.0.1:5001", true),
+                member("127.0.0.1:5000", false),
+            ];
+            assert!(
+                catalog
+                    .cas_group(1, group.version, group.epoch + 1, &promoted)
+                    .await
+                    .expect("cas")
+            );
+            // A second writer with the same expected version loses.
+            assert!(
+                !catalog
+                    .cas_group(
+                        1,
+                        group.version,
+                        group.epoch + 1,
+                        &[member("127.0.0.1:5000", true)]
+                    )
+                    .await
+                    .expect("cas")
+            );
+            let now = catalog.load().await.expect("load");
+            assert_eq!(now.groups[&1].members, promoted);
+            assert_eq!(now.groups[&1].epoch, group.epoch + 1);
+            assert_eq!(now.primary(1), Some("127.0.0.1:5001"));
+            // The epoch never goes back, even with the right version.
+            assert!(
+                !catalog
+                    .cas_group(1, now.groups[&1].version, 0, &promoted)
+                    .await
+                    .expect("cas")
+            );
+            for (what, members) in [
+                ("empty", vec![]),
+                ("learner primary", vec![member("a:1", false)]),
+                ("duplicate", vec![member("a:1", true), member("a:1", false)]),
+            ] {
+                let err = catalog
+                    .cas_group(1, now.groups[&1].version, 9, &members)
+                    .await
+                    .expect_err(what);
+                assert!(matches!(err, CatalogError::Invalid(_)), "{what}: {err:?}");
+            }
+            assert!(matches!(
+                catalog.cas_group(9, 1, 1, &promoted).await,
+                Err(CatalogError::UnknownGroup { .. })
+            ));
         }
 
         pub async fn register_unknown_group_or_bad_address_fails(place: &Place) {
@@ -1181,11 +1349,23 @@ mod tests {
                 map.groups[&1].version + u64::from(RACERS),
                 "each one landed once"
             );
-            assert_eq!(group.members.len(), 1, "still one member");
-            let member = &group.members[0];
-            assert!(
-                member.pid < RACERS && member.addr == format!("127.0.0.1:{}", 5000 + member.pid)
+            assert_eq!(
+                group.members.len(),
+                RACERS as usize,
+                "every one is a member"
             );
+            assert_eq!(
+                group.members.iter().filter(|m| m.in_sync).count(),
+                1,
+                "one primary, the rest learners"
+            );
+            assert_eq!(group.epoch, 1);
+            for member in &group.members {
+                assert!(
+                    member.pid < RACERS
+                        && member.addr == format!("127.0.0.1:{}", 5000 + member.pid)
+                );
+            }
             assert_eq!(loaded.groups[&2], map.groups[&2]);
         }
 
@@ -1288,6 +1468,7 @@ mod tests {
                     bootstrap_with_other_group_count_is_mismatch,
                     bootstrap_refuses_zero_or_too_many_groups,
                     register_member_shows_in_load,
+                    cas_group_is_conditional_and_checked,
                     register_unknown_group_or_bad_address_fails,
                     cas_slot_map_bumps_epoch_and_stale_loses,
                     cas_slot_map_refuses_bad_maps,
@@ -1386,28 +1567,31 @@ mod tests {
     #[test]
     fn build_map_refuses_broken_invariants() {
         let slots = encode_slots(&assign_slots(&[1, 2])).expect("encode");
-        let groups = || vec![(1, 1), (2, 1)];
+        let groups = || vec![(1, 1, 0), (2, 1, 0)];
         build_map(1, &slots, groups(), vec![]).expect("a whole map");
         let cases: Vec<(&str, Result<ClusterMap, CatalogError>)> = vec![
             ("epoch 0", build_map(0, &slots, groups(), vec![])),
             ("negative epoch", build_map(-1, &slots, groups(), vec![])),
             ("no groups", build_map(1, &slots, vec![], vec![])),
-            ("missing group", build_map(1, &slots, vec![(1, 1)], vec![])),
+            (
+                "missing group",
+                build_map(1, &slots, vec![(1, 1, 0)], vec![]),
+            ),
             (
                 "negative version",
-                build_map(1, &slots, vec![(1, -1), (2, 1)], vec![]),
+                build_map(1, &slots, vec![(1, -1, 0), (2, 1, 0)], vec![]),
             ),
             (
                 "member of unknown group",
-                build_map(1, &slots, groups(), vec![(7, 0, "a:1".into(), 1)]),
+                build_map(1, &slots, groups(), vec![(7, 0, "a:1".into(), 1, 1)]),
             ),
             (
                 "pid beyond u32",
-                build_map(1, &slots, groups(), vec![(1, 0, "a:1".into(), 1 << 40)]),
+                build_map(1, &slots, groups(), vec![(1, 0, "a:1".into(), 1 << 40, 1)]),
             ),
             (
                 "gap in ordinals",
-                build_map(1, &slots, groups(), vec![(1, 1, "a:1".into(), 1)]),
+                build_map(1, &slots, groups(), vec![(1, 1, "a:1".into(), 1, 1)]),
             ),
         ];
         for (what, result) in cases {

@@ -24,6 +24,9 @@ pub struct Member {
     pub addr: String,
     /// Process id it reported when it registered (for `trellis status`).
     pub pid: u32,
+    /// Part of the group's configuration (SYNC writes wait for it, it may be
+    /// promoted); `false` for a learner still catching up.
+    pub in_sync: bool,
 }
 
 /// A shard group.
@@ -34,6 +37,8 @@ pub struct Group {
     pub members: Vec<Member>,
     /// Version of this row in the catalog (compare-and-swap).
     pub version: u64,
+    /// Primary epoch: bumped whenever the primary changes (or restarts).
+    pub epoch: u64,
 }
 
 /// The whole shard map as one coordinator sees it.

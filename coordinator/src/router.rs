@@ -54,6 +54,7 @@ pub fn classify(group: GroupId, status: &tonic::Status) -> Fault {
     let text = format!("group {group}: {}", status.message());
     if kind == Some(pb::error_detail::Kind::WrongShard as i32)
         || kind == Some(pb::error_detail::Kind::StaleMap as i32)
+        || kind == Some(pb::error_detail::Kind::NotPrimary as i32)
     {
         return Fault::Route(text);
     }
@@ -121,6 +122,11 @@ impl Router {
         let addr = map.primary(group).ok_or_else(|| {
             Fault::Unavailable(format!("group {group} has no registered shard yet"))
         })?;
+        self.client_at(addr)
+    }
+
+    /// A client for the replica at `addr` (any member, e.g. for status).
+    pub fn client_at(&self, addr: &str) -> Result<ShardClient<Channel>, Fault> {
         let channel = {
             let mut channels = self.channels.lock().expect("channel map poisoned");
             match channels.get(addr) {

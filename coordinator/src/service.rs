@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
-use trellis_types::{TxnId, validate};
+use trellis_types::{GroupId, TxnId, validate};
+
+use crate::map::{ClusterMap, Member};
 
 use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
 
@@ -128,8 +130,18 @@ fn commit_request(req: pb::CommitRequest) -> Result<CommitRequest, Status> {
         writes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
     )
     .map_err(invalid)?;
+    let durability = u32::try_from(req.durability)
+        .ok()
+        .filter(|d| *d <= pb::Durability::Async as u32)
+        .ok_or_else(|| {
+            invalid(format!(
+                "unknown durability {}: SYNC (0), SEMI_SYNC (1) or ASYNC (2)",
+                req.durability
+            ))
+        })?;
     Ok(CommitRequest {
         txn,
+        durability,
         reads: req.reads.into_iter().map(|r| (r.key, r.version)).collect(),
         writes,
     })
@@ -299,35 +311,60 @@ impl pb::admin_server::Admin for AdminApi {
         let groups = map.groups.values().map(|group| {
             let map = map.clone();
             async move {
-                let mut member = pb::MemberStatus {
-                    address: group
-                        .members
-                        .first()
-                        .map(|m| m.addr.clone())
-                        .unwrap_or_default(),
-                    pid: group.members.first().map_or(0, |m| m.pid),
-                    role: "unregistered".into(),
-                    ..Default::default()
-                };
-                if let Ok(mut client) = router.client(&map, group.id) {
-                    let call = client.shard_status(shard_pb::ShardStatusRequest {});
-                    match tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
-                        Ok(Ok(s)) => {
+                let members = group.members.iter().map(|m| async {
+                    let mut member = pb::MemberStatus {
+                        address: m.addr.clone(),
+                        pid: m.pid,
+                        in_sync: m.in_sync,
+                        role: "unreachable".into(),
+                        ..Default::default()
+                    };
+                    if let Ok(mut client) = router.client_at(&m.addr) {
+                        let call = client.shard_status(shard_pb::ShardStatusRequest {});
+                        if let Ok(Ok(s)) = tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
                             let s = s.into_inner();
-                            member.role = "primary".into();
+                            member.role = s.role.to_lowercase();
                             member.pid = s.pid;
                             member.last_lsn = s.last_lsn;
                             member.in_doubt = s.prepared;
                             member.keys = s.keys;
                             member.map_epoch = s.map_epoch;
+                            member.epoch = s.epoch;
+                            member.lease_ms = s.lease_ms;
+                            return (member, s.replicas);
                         }
-                        _ => member.role = "unreachable".into(),
                     }
+                    (member, Vec::new())
+                });
+                let mut members = join_all(members).await;
+                // The primary knows how far behind each backup is.
+                let progress: Vec<shard_pb::ReplicaProgress> = members
+                    .iter()
+                    .find(|(m, _)| m.role == "primary")
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                let primary_lsn = members
+                    .iter()
+                    .find(|(m, _)| m.role == "primary")
+                    .map_or(0, |(m, _)| m.last_lsn);
+                for (member, _) in &mut members {
+                    if let Some(p) = progress.iter().find(|p| p.addr == member.address) {
+                        member.lag_records = primary_lsn.saturating_sub(p.acked_lsn);
+                        member.lag_ms = p.silent_ms;
+                    }
+                }
+                let mut members: Vec<pb::MemberStatus> =
+                    members.into_iter().map(|(m, _)| m).collect();
+                if members.is_empty() {
+                    members.push(pb::MemberStatus {
+                        role: "unregistered".into(),
+                        ..Default::default()
+                    });
                 }
                 pb::GroupStatus {
                     group_id: group.id,
                     slots_owned: map.slots_of(group.id).len(),
-                    members: vec![member],
+                    members,
                 }
             }
         });
@@ -395,6 +432,88 @@ impl shard_pb::membership_server::Membership for MembershipApi {
             slots: slots.to_bytes(),
         }))
     }
+
+    async fn get_group(
+        &self,
+        request: Request<shard_pb::GetGroupRequest>,
+    ) -> Result<Response<shard_pb::GroupConfig>, Status> {
+        let group = request.into_inner().group_id;
+        let router = self.txns.router();
+        let map = router.catalog().load().await.map_err(catalog_status)?;
+        let config = group_config(&map, group)?;
+        router.install(map);
+        Ok(Response::new(config))
+    }
+
+    async fn cas_group(
+        &self,
+        request: Request<shard_pb::CasGroupRequest>,
+    ) -> Result<Response<shard_pb::CasGroupResponse>, Status> {
+        let req = request.into_inner();
+        let members: Vec<Member> = req
+            .members
+            .iter()
+            .map(|m| Member {
+                addr: m.addr.clone(),
+                pid: m.pid,
+                in_sync: m.in_sync,
+            })
+            .collect();
+        let router = self.txns.router();
+        let won = router
+            .catalog()
+            .cas_group(req.group_id, req.expected_version, req.epoch, &members)
+            .await
+            .map_err(catalog_status)?;
+        let map = router.catalog().load().await.map_err(catalog_status)?;
+        let config = group_config(&map, req.group_id)?;
+        if won {
+            tracing::info!(
+                group = req.group_id,
+                epoch = config.epoch,
+                primary = %members[0].addr,
+                members = members.len(),
+                reason = %req.reason,
+                "group configuration changed"
+            );
+        }
+        router.install(map);
+        Ok(Response::new(shard_pb::CasGroupResponse {
+            won,
+            config: Some(config),
+        }))
+    }
+}
+
+fn catalog_status(e: crate::catalog::CatalogError) -> Status {
+    match e {
+        crate::catalog::CatalogError::Conflict => Status::aborted(e.to_string()),
+        crate::catalog::CatalogError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        crate::catalog::CatalogError::Database { .. } => Status::unavailable(e.to_string()),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+/// A group's configuration as the shard-internal message.
+fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfig, Status> {
+    let g = map
+        .groups
+        .get(&group)
+        .ok_or_else(|| Status::not_found(format!("group {group} does not exist")))?;
+    Ok(shard_pb::GroupConfig {
+        group_id: g.id,
+        version: g.version,
+        epoch: g.epoch,
+        members: g
+            .members
+            .iter()
+            .map(|m| shard_pb::MemberConfig {
+                addr: m.addr.clone(),
+                pid: m.pid,
+                in_sync: m.in_sync,
+            })
+            .collect(),
+    })
 }
 
 /// The three services with message limits set.

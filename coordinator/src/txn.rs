@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
 
 /// Most attempts of one shard call before giving up.
-pub const ATTEMPTS_MAX: u32 = 8;
+pub const ATTEMPTS_MAX: u32 = 12;
 /// Backoff between attempts: starts here, doubles, capped.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -57,6 +57,8 @@ pub const FINALIZE_BATCHES_INFLIGHT_MAX: usize = 8;
 #[derive(Clone, Debug)]
 pub struct CommitRequest {
     pub txn: TxnId,
+    /// `trellis.v1.Durability` as its number: 0 SYNC, 1 SEMI_SYNC, 2 ASYNC.
+    pub durability: u32,
     pub reads: Vec<(Key, Version)>,
     /// `None` deletes.
     pub writes: Vec<(Key, Option<Value>)>,
@@ -465,6 +467,7 @@ impl TxnManager {
             let result = self
                 .call(group, deadline, "one-phase commit", |mut client, map| {
                     let request = pb::CommitLocalRequest {
+                        durability: req.durability,
                         map_epoch: map.map_epoch,
                         txn_id: req.txn.as_bytes().to_vec(),
                         reads: reads.clone(),
@@ -603,6 +606,7 @@ impl TxnManager {
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let txn = req.txn;
+        let durability = req.durability;
         let anchor = req
             .writes
             .iter()
@@ -635,6 +639,7 @@ impl TxnManager {
                 let vote = self
                     .call(*group, deadline, "prepare", |mut client, map| {
                         let request = pb::PrepareRequest {
+                            durability,
                             map_epoch: map.map_epoch,
                             txn_id: txn.as_bytes().to_vec(),
                             reads: reads.clone(),
@@ -694,6 +699,7 @@ impl TxnManager {
         let decided = self
             .call(anchor, deadline, "decide", |mut client, _map| {
                 let request = pb::DecideRequest {
+                    durability,
                     txn_id: txn.as_bytes().to_vec(),
                     decision: decision_pb(want_commit),
                     participants: participants.clone(),

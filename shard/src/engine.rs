@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, TxnId, Version, slot_o
 
 use crate::metrics::Metrics;
 use crate::record::*;
+use crate::repl::{Level, Repl, Role};
 use crate::snapshot;
 use crate::state::{Check, KeyView, Misuse, Outcome, Refused, State, StateGuard, TxnRecord};
 use crate::wal::{self, Wal, WalError};
@@ -44,7 +46,20 @@ pub struct ShardConfig {
     /// Slot ownership until the coordinator hands out slot maps.
     pub map_epoch: MapEpoch,
     pub slots: SlotSet,
+    /// Part of a replicated group (started with a coordinator): serves only
+    /// as a primary with a lease. Otherwise a standalone replica that always
+    /// serves.
+    pub replicated: bool,
+    /// Bytes of recent records kept in memory for backups
+    /// ([`crate::repl::FEED_BYTES_MAX`] by default); a backup further
+    /// behind gets a snapshot.
+    pub feed_bytes_max: usize,
 }
+
+/// Longest a change waits for the durability it asked for before the
+/// caller is told the outcome is unknown here (a dead backup is taken out
+/// of the configuration well before this).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -65,6 +80,16 @@ pub enum ShardError {
     Busy(String),
     #[error("cannot open data directory {path}: {detail}")]
     Open { path: PathBuf, detail: String },
+    #[error(
+        "this replica is not the serving primary of group {group} (it is {role} at epoch {epoch}); ask the group's primary"
+    )]
+    NotPrimary {
+        group: GroupId,
+        role: &'static str,
+        epoch: u64,
+    },
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<Misuse> for ShardError {
@@ -116,7 +141,8 @@ pub struct Recovery {
 pub struct Shard {
     config: ShardConfig,
     state: State,
-    wal: Wal,
+    wal: RwLock<Wal>,
+    pub repl: Repl,
     slots: RwLock<SlotConfig>,
     metrics: Arc<Metrics>,
     snapshot_running: AtomicBool,
@@ -174,13 +200,20 @@ impl Shard {
                 .map_err(|e| open_err(&path, format!("snapshot cannot be loaded: {e}")))?;
             recovery.snapshot_lsn = lsn;
         }
+        let repl = Repl::new(!config.replicated, config.feed_bytes_max);
         let replay = {
             let mut guard = state.lock();
             wal::replay(dir, recovery.snapshot_lsn, |raw| {
                 let record = Record::decode(raw.kind, raw.payload)?;
-                guard.apply(raw.lsn, &record, now)
+                guard.apply(raw.lsn, &record, now)?;
+                // What backups may need next is what was logged last.
+                repl.feed.push(raw.lsn, raw.kind, raw.payload);
+                Ok(())
             })?
         };
+        if replay.last_lsn > 0 && replay.records == 0 {
+            repl.feed.reset(replay.last_lsn);
+        }
         recovery.replayed = replay.records;
         recovery.last_lsn = replay.last_lsn;
         recovery.torn_bytes = replay.torn_bytes;
@@ -200,7 +233,8 @@ impl Shard {
         Ok(Arc::new(Shard {
             config,
             state,
-            wal,
+            wal: RwLock::new(wal),
+            repl,
             slots,
             metrics,
             snapshot_running: AtomicBool::new(false),
@@ -208,6 +242,59 @@ impl Shard {
             recovery,
             _lock: lock,
         }))
+    }
+
+    /// The log (replaced when a backup installs a snapshot).
+    fn wal(&self) -> Wal {
+        self.wal.read().expect("wal lock poisoned").clone()
+    }
+
+    /// Refuses unless this replica may answer clients now (a primary with a
+    /// valid lease, or a standalone shard).
+    pub fn check_serving(&self) -> Result<(), ShardError> {
+        if self.repl.serving(Instant::now()) {
+            return Ok(());
+        }
+        let (role, epoch) = self.repl.role();
+        Err(ShardError::NotPrimary {
+            group: self.config.group_id,
+            role: role.name(),
+            epoch,
+        })
+    }
+
+    /// Waits until the change at `lsn` is durable at `level`, and checks
+    /// that this replica is still the serving primary it was.
+    async fn settle(&self, lsn: Lsn, level: Level) -> Result<(), ShardError> {
+        let mut marks = self.repl.subscribe_marks();
+        let generation = marks.borrow().generation;
+        self.wal().wait_durable(lsn).await?;
+        if level > Level::Local {
+            self.repl.recompute(self.wal().durable_lsn());
+            let waited = tokio::time::timeout(
+                SETTLE_TIMEOUT,
+                marks.wait_for(|m| m.generation != generation || m.at(level) >= lsn),
+            )
+            .await;
+            match waited {
+                Err(_) => {
+                    return Err(ShardError::Unavailable(format!(
+                        "record {lsn} was not replicated at {level:?} within {SETTLE_TIMEOUT:?}"
+                    )));
+                }
+                Ok(Err(_)) => return Err(ShardError::Unavailable("replication stopped".into())),
+                Ok(Ok(m)) if m.generation != generation => {
+                    let (role, epoch) = self.repl.role();
+                    return Err(ShardError::NotPrimary {
+                        group: self.config.group_id,
+                        role: role.name(),
+                        epoch,
+                    });
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.check_serving()
     }
 
     pub fn recovery(&self) -> &Recovery {
@@ -266,7 +353,8 @@ impl Shard {
     /// releasing the lock.
     fn log(&self, guard: &mut StateGuard<'_>, record: &Record) -> Result<Lsn, ShardError> {
         let payload = record.encode();
-        let lsn = self.wal.append(record.kind(), &payload)?;
+        let lsn = self.wal().append(record.kind(), &payload)?;
+        self.repl.feed.push(lsn, record.kind(), &payload);
         if let Err(detail) = guard.apply(lsn, record, Instant::now()) {
             // The record was checked before it was logged; failing here is a
             // bug, and continuing would let memory and log disagree.
@@ -294,10 +382,11 @@ impl Shard {
             .filter_map(|v| v.entry.as_ref().map(|e| e.version()))
             .max()
             .unwrap_or(0);
-        if newest > self.wal.durable_lsn() {
+        if newest > self.repl.marks().sync {
             self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
-            self.wal.wait_durable(newest).await?;
         }
+        // Never show a value a failover could lose.
+        self.settle(newest, Level::Sync).await?;
         Ok(views)
     }
 
@@ -337,8 +426,9 @@ impl Shard {
         txn: TxnId,
         reads: Vec<ReadRec>,
         writes: Vec<WriteRec>,
+        level: Level,
     ) -> Result<Outcome, ShardError> {
-        self.wal.reserve().await?;
+        self.wal().reserve().await?;
         let outcome = {
             let mut guard = self.state.lock_at(Instant::now());
             match guard.check_commit_local(&txn, &reads, &writes)? {
@@ -369,7 +459,7 @@ impl Shard {
             }
         };
         self.after_write();
-        self.wal.wait_durable(outcome.lsn()).await?;
+        self.settle(outcome.lsn(), level).await?;
         Ok(outcome)
     }
 
@@ -383,9 +473,9 @@ impl Shard {
 
     /// 2PC prepare: validate, lock, append a PREPARE record, vote YES once
     /// it is durable. Idempotent by transaction id.
-    pub async fn prepare(&self, rec: PrepareRec) -> Result<Vote, ShardError> {
+    pub async fn prepare(&self, rec: PrepareRec, level: Level) -> Result<Vote, ShardError> {
         let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
-        self.wal.reserve().await?;
+        self.wal().reserve().await?;
         let (vote, lsn) = {
             let mut guard = self.state.lock_at(Instant::now());
             match guard.check_prepare(&txn, &rec.reads, &rec.writes) {
@@ -408,7 +498,7 @@ impl Shard {
                 }
             }
         };
-        self.wal.wait_durable(lsn).await?;
+        self.settle(lsn, level.max(Level::Semi)).await?;
         Ok(vote)
     }
 
@@ -419,8 +509,9 @@ impl Shard {
         txn: TxnId,
         commit: bool,
         participants: Vec<GroupId>,
+        level: Level,
     ) -> Result<bool, ShardError> {
-        self.wal.reserve().await?;
+        self.wal().reserve().await?;
         let (commit, lsn) = {
             let mut guard = self.state.lock();
             match guard.record(&txn) {
@@ -443,7 +534,7 @@ impl Shard {
                 }
             }
         };
-        self.wal.wait_durable(lsn).await?;
+        self.settle(lsn, level.max(Level::Semi)).await?;
         Ok(commit)
     }
 
@@ -463,14 +554,14 @@ impl Shard {
             }
         };
         if let Some(lsn) = finalized {
-            self.wal.wait_durable(lsn).await?;
+            self.settle(lsn, Level::Sync).await?;
             return Ok(TxnRecord {
                 commit: true,
                 participants: Vec::new(),
                 lsn,
             });
         }
-        self.decide(txn, false, Vec::new()).await?;
+        self.decide(txn, false, Vec::new(), Level::Semi).await?;
         let guard = self.state.lock();
         Ok(guard.record(&txn).cloned().expect("decide leaves a record"))
     }
@@ -489,7 +580,7 @@ impl Shard {
         &self,
         txns: &[(TxnId, bool)],
     ) -> Result<Vec<Option<Outcome>>, ShardError> {
-        self.wal.reserve().await?;
+        self.wal().reserve().await?;
         let outcomes: Vec<Option<Outcome>> = {
             let mut guard = self.state.lock();
             let mut out = Vec::with_capacity(txns.len());
@@ -521,13 +612,13 @@ impl Shard {
             .map(Outcome::lsn)
             .max()
             .unwrap_or(0);
-        self.wal.wait_durable(newest).await?;
+        self.settle(newest, Level::Semi).await?;
         Ok(outcomes)
     }
 
     /// Drops transaction records (every participant has finalized).
     pub async fn forget(&self, txns: Vec<TxnId>) -> Result<u32, ShardError> {
-        self.wal.reserve().await?;
+        self.wal().reserve().await?;
         let (count, lsn) = {
             let mut guard = self.state.lock();
             let known: Vec<TxnId> = txns
@@ -542,7 +633,7 @@ impl Shard {
             });
             (known.len() as u32, self.log(&mut guard, &record)?)
         };
-        self.wal.wait_durable(lsn).await?;
+        self.settle(lsn, Level::Local).await?;
         Ok(count)
     }
 
@@ -592,7 +683,7 @@ impl Shard {
                 lsn,
             )
         };
-        self.wal.wait_durable(lsn).await?;
+        self.settle(lsn, Level::Sync).await?;
         Ok((record, outcome, prepared))
     }
 
@@ -626,8 +717,8 @@ impl Shard {
             group_id: self.config.group_id,
             map_epoch: slots.map_epoch,
             slots_owned: slots.slots.len(),
-            last_lsn: self.wal.last_lsn(),
-            durable_lsn: self.wal.durable_lsn(),
+            last_lsn: self.wal().last_lsn(),
+            durable_lsn: self.wal().durable_lsn(),
             keys: self.state.index.len() as u64,
             prepared: guard.core().prepared.len() as u64,
             txn_records: guard.core().records.len() as u64,
@@ -651,13 +742,13 @@ impl Shard {
         let capture = self.state.lock().capture();
         let lsn = capture.lsn;
         // Never put in a snapshot what the log could still lose.
-        self.wal.wait_durable(lsn).await?;
+        self.wal().wait_durable(lsn).await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || -> Result<(), ShardError> {
             let dir = &this.config.data_dir;
             snapshot::write(dir, &capture)?;
             snapshot::delete_older(dir, lsn)?;
-            this.wal.delete_through(lsn)?;
+            this.wal().delete_through(lsn)?;
             Ok(())
         })
         .await
@@ -690,11 +781,134 @@ impl Shard {
 
     /// Makes everything pending durable and stops the log writer.
     pub fn shutdown(&self) {
-        self.wal.shutdown();
+        self.wal().shutdown();
     }
 
     pub fn durable_lsn(&self) -> Lsn {
-        self.wal.durable_lsn()
+        self.wal().durable_lsn()
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.wal().last_lsn()
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// Where each primary epoch starts in this replica's log.
+    pub fn epochs(&self) -> Vec<(u64, Lsn)> {
+        self.state.lock().core().epochs.clone()
+    }
+
+    /// Becomes the group's primary at `epoch`: logs the epoch's start (so
+    /// backups can tell where their logs part from this one) and starts
+    /// serving once the backups grant a lease.
+    pub fn become_primary(
+        &self,
+        epoch: u64,
+        config: trellis_proto::shard::v1::GroupConfig,
+    ) -> Result<(), ShardError> {
+        let mut guard = self.state.lock();
+        // The role first, under the state lock: from here no record of the
+        // old primary is applied (see apply_replicated).
+        self.repl
+            .set_role(Role::Primary, epoch, Some(config), self.durable_lsn());
+        if guard.core().epochs.last().is_none_or(|(e, _)| *e < epoch) {
+            self.log(&mut guard, &Record::NewEpoch(NewEpochRec { epoch }))?;
+        }
+        drop(guard);
+        self.metrics.promotions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Backup: appends and applies records streamed by the primary, in
+    /// order. Returns the last LSN appended.
+    pub fn apply_replicated(
+        &self,
+        records: &[trellis_proto::shard::v1::ReplicaRecord],
+    ) -> Result<Lsn, ShardError> {
+        let wal = self.wal();
+        let mut guard = self.state.lock();
+        // Under the state lock: a replica that became primary (which it
+        // does under this lock) takes no more records from the old one.
+        let (role, _) = self.repl.role();
+        if !matches!(role, Role::Backup | Role::Learner) {
+            return Err(ShardError::Invalid(format!(
+                "a {} takes no replicated records",
+                role.name()
+            )));
+        }
+        let mut last = wal.last_lsn();
+        for r in records {
+            if r.lsn != last + 1 {
+                return Err(ShardError::Invalid(format!(
+                    "the primary sent record {} but this log ends at {last}",
+                    r.lsn
+                )));
+            }
+            let kind = u8::try_from(r.kind)
+                .map_err(|_| ShardError::Invalid(format!("record kind {} out of range", r.kind)))?;
+            let record = Record::decode(kind, &r.payload).map_err(ShardError::Invalid)?;
+            let lsn = wal.append(kind, &r.payload)?;
+            debug_assert_eq!(lsn, r.lsn, "appends happen only under the state lock");
+            if let Err(detail) = guard.apply(lsn, &record, Instant::now()) {
+                panic!("state machine refused replicated record {lsn}: {detail}");
+            }
+            self.repl.feed.push(lsn, kind, &r.payload);
+            last = lsn;
+        }
+        drop(guard);
+        self.after_write();
+        self.metrics.prepared.store(
+            self.state.lock().core().prepared.len() as u64,
+            Ordering::Relaxed,
+        );
+        Ok(last)
+    }
+
+    /// Backup: waits until `lsn` is durable here.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), ShardError> {
+        Ok(self.wal().wait_durable(lsn).await?)
+    }
+
+    /// The whole state, for a backup that needs a snapshot.
+    pub fn capture(&self) -> crate::state::Capture {
+        self.state.lock().capture()
+    }
+
+    /// Backup: replaces everything with the primary's snapshot. The old log
+    /// and snapshots are deleted first, then the new snapshot is written
+    /// and the log restarts after it. (A crash in between leaves an empty
+    /// replica, which catches up again; never a mix of old and new.)
+    pub fn install_snapshot(&self, capture: crate::state::Capture) -> Result<(), ShardError> {
+        let dir = self.config.data_dir.clone();
+        let lsn = capture.lsn;
+        let mut guard = self.state.lock();
+        let mut wal_slot = self.wal.write().expect("wal lock poisoned");
+        wal_slot.shutdown();
+        for segment in wal::list_segments(&dir)? {
+            fs::remove_file(&segment.path).map_err(|e| open_err(&segment.path, e))?;
+        }
+        for (_, path) in snapshot::list(&dir)? {
+            fs::remove_file(&path).map_err(|e| open_err(&path, e))?;
+        }
+        wal::sync_dir(&dir)?;
+        snapshot::write(&dir, &capture)?;
+        *wal_slot = Wal::open(&dir, lsn, self.metrics.clone())?;
+        drop(wal_slot);
+        guard.reset();
+        guard
+            .restore(capture, Instant::now())
+            .map_err(|e| ShardError::Invalid(format!("snapshot from the primary: {e}")))?;
+        self.repl.feed.reset(lsn);
+        drop(guard);
+        self.after_write();
+        self.metrics
+            .snapshot_installs
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(lsn, "installed a snapshot from the primary");
+        Ok(())
     }
 }
 
@@ -742,6 +956,8 @@ mod tests {
             group_id: 1,
             map_epoch: 1,
             slots: SlotSet::all(),
+            replicated: false,
+            feed_bytes_max: crate::repl::FEED_BYTES_MAX,
         }
     }
 
@@ -780,7 +996,7 @@ mod tests {
                 put(&format!("k{}", i % 50), &format!("v{i}"))
             };
             shard
-                .commit_local(txn(i), vec![], vec![w])
+                .commit_local(txn(i), vec![], vec![w], Level::Sync)
                 .await
                 .expect("commit");
             if i == 120 {
@@ -798,7 +1014,7 @@ mod tests {
             participants: vec![1, 2],
         };
         assert!(matches!(
-            shard.prepare(prepared).await.expect("prepare"),
+            shard.prepare(prepared, Level::Sync).await.expect("prepare"),
             Vote::Yes { .. }
         ));
         let mut live = Vec::new();
@@ -832,11 +1048,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
         let first = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("commit");
         let again = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("retry");
         assert_eq!(first, again);
@@ -846,7 +1062,7 @@ mod tests {
             version: 0,
         }];
         match shard
-            .commit_local(txn(2), stale, vec![put("a", "2")])
+            .commit_local(txn(2), stale, vec![put("a", "2")], Level::Sync)
             .await
             .expect("commit")
         {
@@ -858,7 +1074,7 @@ mod tests {
         // After a restart the retry still returns the first outcome.
         let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
         let after = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")])
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("retry");
         assert_eq!(first, after);
@@ -875,18 +1091,24 @@ mod tests {
             anchor: 1,
             participants: vec![1, 2],
         };
-        let first = shard.prepare(rec.clone()).await.expect("prepare");
+        let first = shard
+            .prepare(rec.clone(), Level::Sync)
+            .await
+            .expect("prepare");
         let Vote::Yes { version } = first else {
             panic!("voted {first:?}")
         };
         assert_eq!(
-            shard.prepare(rec.clone()).await.expect("again"),
+            shard
+                .prepare(rec.clone(), Level::Sync)
+                .await
+                .expect("again"),
             first,
             "idempotent"
         );
         // A 1PC on the locked key is refused.
         match shard
-            .commit_local(txn(8), vec![], vec![put("x", "2")])
+            .commit_local(txn(8), vec![], vec![put("x", "2")], Level::Sync)
             .await
             .expect("commit")
         {
@@ -897,13 +1119,13 @@ mod tests {
         }
         assert!(
             shard
-                .decide(txn(7), true, vec![1, 2])
+                .decide(txn(7), true, vec![1, 2], Level::Sync)
                 .await
                 .expect("decide")
         );
         assert!(
             shard
-                .decide(txn(7), false, vec![])
+                .decide(txn(7), false, vec![], Level::Sync)
                 .await
                 .expect("decide again"),
             "first decision wins"
@@ -924,7 +1146,7 @@ mod tests {
         assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
         assert!(
             !shard
-                .decide(txn(9), true, vec![])
+                .decide(txn(9), true, vec![], Level::Sync)
                 .await
                 .expect("late decide")
         );

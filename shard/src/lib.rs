@@ -18,6 +18,8 @@
 pub mod engine;
 pub mod metrics;
 pub mod record;
+pub mod repl;
+pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub snapshots: AtomicU64,
     pub keys: AtomicU64,
     pub prepared: AtomicU64,
+    pub promotions: AtomicU64,
+    pub snapshot_installs: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub backups_removed: AtomicU64,
+    pub backups_added: AtomicU64,
+    pub leases_lost: AtomicU64,
+    pub replicated_records: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -50,6 +57,13 @@ impl Default for Metrics {
             snapshots: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             prepared: AtomicU64::new(0),
+            promotions: AtomicU64::new(0),
+            snapshot_installs: AtomicU64::new(0),
+            snapshots_sent: AtomicU64::new(0),
+            backups_removed: AtomicU64::new(0),
+            backups_added: AtomicU64::new(0),
+            leases_lost: AtomicU64::new(0),
+            replicated_records: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +82,41 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: &[(&str, &str, &AtomicU64)] = &[
+            (
+                "trellis_repl_promotions_total",
+                "Times this replica became its group's primary (failovers and restarts).",
+                &self.promotions,
+            ),
+            (
+                "trellis_repl_snapshot_installs_total",
+                "Snapshots installed from the primary (catch-up past the primary's log feed, or a diverged log).",
+                &self.snapshot_installs,
+            ),
+            (
+                "trellis_repl_snapshots_sent_total",
+                "Snapshots sent to backups.",
+                &self.snapshots_sent,
+            ),
+            (
+                "trellis_repl_backups_removed_total",
+                "In-sync backups taken out of the configuration for silence.",
+                &self.backups_removed,
+            ),
+            (
+                "trellis_repl_backups_added_total",
+                "Learners added to the configuration once caught up.",
+                &self.backups_added,
+            ),
+            (
+                "trellis_repl_leases_lost_total",
+                "Times this primary's lease lapsed.",
+                &self.leases_lost,
+            ),
+            (
+                "trellis_repl_records_received_total",
+                "Log records received from the primary (backup).",
+                &self.replicated_records,
+            ),
             (
                 "trellis_wal_appends_total",
                 "Records appended to the write-ahead log.",

@@ -14,6 +14,7 @@ pub mod kind {
     pub const DECIDE: u8 = 3;
     pub const FINALIZE: u8 = 4;
     pub const FORGET: u8 = 5;
+    pub const NEW_EPOCH: u8 = 6;
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -84,6 +85,24 @@ pub struct ForgetRec {
     pub txn_ids: Vec<Vec<u8>>,
 }
 
+/// A primary starts its epoch here: every record after it (until the next
+/// one) was ordered by that primary. Changes nothing else; the list of
+/// these is how two replicas find where their logs part.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct NewEpochRec {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+}
+
+/// Where an epoch starts, in snapshots.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct SnapEpoch {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    #[prost(uint64, tag = "2")]
+    pub lsn: u64,
+}
+
 /// One state change of a replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -92,6 +111,7 @@ pub enum Record {
     Decide(DecideRec),
     Finalize(FinalizeRec),
     Forget(ForgetRec),
+    NewEpoch(NewEpochRec),
 }
 
 impl Record {
@@ -102,6 +122,7 @@ impl Record {
             Record::Decide(_) => kind::DECIDE,
             Record::Finalize(_) => kind::FINALIZE,
             Record::Forget(_) => kind::FORGET,
+            Record::NewEpoch(_) => kind::NEW_EPOCH,
         }
     }
 
@@ -112,6 +133,7 @@ impl Record {
             Record::Decide(r) => r.encode_to_vec(),
             Record::Finalize(r) => r.encode_to_vec(),
             Record::Forget(r) => r.encode_to_vec(),
+            Record::NewEpoch(r) => r.encode_to_vec(),
         }
     }
 
@@ -125,6 +147,7 @@ impl Record {
             kind::DECIDE => Record::Decide(DecideRec::decode(payload).map_err(err)?),
             kind::FINALIZE => Record::Finalize(FinalizeRec::decode(payload).map_err(err)?),
             kind::FORGET => Record::Forget(ForgetRec::decode(payload).map_err(err)?),
+            kind::NEW_EPOCH => Record::NewEpoch(NewEpochRec::decode(payload).map_err(err)?),
             other => {
                 return Err(format!(
                     "unknown record kind {other} (written by a newer Trellis?)"
@@ -192,6 +215,8 @@ pub struct SnapTrailer {
     pub lsn: u64,
     #[prost(uint64, tag = "2")]
     pub entries: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub epochs: Vec<SnapEpoch>,
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]

@@ -15,6 +15,7 @@ use trellis_types::{TxnId, validate};
 
 use crate::engine::{Shard, ShardError, Vote};
 use crate::record::{PrepareRec, ReadRec, WriteRec};
+use crate::repl::{Level, Role};
 use crate::state::{KeyView, LockHolder, Outcome, Refusal, Refused};
 
 /// Most transactions one ListPrepared returns.
@@ -54,6 +55,18 @@ pub fn status_of(err: ShardError) -> Status {
         ),
         ShardError::Busy(_) => (
             tonic::Code::ResourceExhausted,
+            pb::error_detail::Kind::Unspecified,
+            0,
+            Vec::new(),
+        ),
+        ShardError::NotPrimary { epoch, .. } => (
+            tonic::Code::Unavailable,
+            pb::error_detail::Kind::NotPrimary,
+            *epoch,
+            Vec::new(),
+        ),
+        ShardError::Unavailable(_) => (
+            tonic::Code::Unavailable,
             pb::error_detail::Kind::Unspecified,
             0,
             Vec::new(),
@@ -212,6 +225,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         if req.keys.len() > GET_KEYS_MAX {
             return Err(invalid(validate::InputError::TooManyGetKeys {
@@ -239,6 +253,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         if req.limit > SCAN_LIMIT_MAX {
             return Err(invalid(validate::InputError::ScanLimit { got: req.limit }));
@@ -266,6 +281,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::CommitLocalRequest>,
     ) -> Result<Response<pb::CommitLocalResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         let (reads, writes) = txn_body(req.reads, req.writes)?;
@@ -281,7 +297,7 @@ impl ShardService for ShardApi {
         let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
         let outcome = self
             .shard
-            .commit_local(txn, reads, writes)
+            .commit_local(txn, reads, writes, Level::from_durability(req.durability))
             .await
             .map_err(status_of)?;
         let outcome = match outcome {
@@ -311,6 +327,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         txn_id(&req.txn_id)?;
         let (reads, writes) = txn_body(req.reads, req.writes)?;
@@ -330,13 +347,16 @@ impl ShardService for ShardApi {
             .map_err(status_of)?;
         let vote = self
             .shard
-            .prepare(PrepareRec {
-                txn_id: req.txn_id,
-                reads,
-                writes,
-                anchor: req.anchor_group,
-                participants: req.participants,
-            })
+            .prepare(
+                PrepareRec {
+                    txn_id: req.txn_id,
+                    reads,
+                    writes,
+                    anchor: req.anchor_group,
+                    participants: req.participants,
+                },
+                Level::from_durability(req.durability),
+            )
             .await
             .map_err(status_of)?;
         let vote = match vote {
@@ -353,12 +373,18 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         let commit = decision(req.decision)?;
         let recorded = self
             .shard
-            .decide(txn, commit, req.participants)
+            .decide(
+                txn,
+                commit,
+                req.participants,
+                Level::from_durability(req.durability),
+            )
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::DecideResponse {
@@ -370,6 +396,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::FinalizeRequest>,
     ) -> Result<Response<pb::FinalizeResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         let commit = decision(req.decision)?;
@@ -387,6 +414,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::FinalizeBatchRequest>,
     ) -> Result<Response<pb::FinalizeBatchResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let items = request.into_inner().items;
         if items.len() > FINALIZE_BATCH_MAX {
             return Err(invalid(format!(
@@ -417,6 +445,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let txn = txn_id(&request.into_inner().txn_id)?;
         let record = self.shard.resolve(txn).await.map_err(status_of)?;
         Ok(Response::new(pb::ResolveResponse {
@@ -429,6 +458,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         if req.txn_ids.len() > FORGET_TXNS_MAX {
             return Err(invalid(format!(
@@ -449,6 +479,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ListPreparedRequest>,
     ) -> Result<Response<pb::ListPreparedResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let limit = if req.limit == 0 {
             LIST_PREPARED_MAX
@@ -473,6 +504,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let txn = txn_id(&request.into_inner().txn_id)?;
         let (record, outcome, prepared) = self.shard.lookup(txn).await.map_err(status_of)?;
         let decision = |d: Option<bool>| d.map_or(pb::Decision::Unspecified as i32, decision_pb);
@@ -487,6 +519,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         let (reads, _) = txn_body(req.reads, Vec::new())?;
@@ -498,6 +531,7 @@ impl ShardService for ShardApi {
             .validate_reads(txn, &reads, req.hold)
             .err()
             .map(refused_pb);
+        self.shard.check_serving().map_err(status_of)?;
         Ok(Response::new(pb::ValidateResponse { refused }))
     }
 
@@ -505,6 +539,7 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         if req.keys.len() > GET_KEYS_MAX {
@@ -512,8 +547,20 @@ impl ShardService for ShardApi {
                 got: req.keys.len(),
             }));
         }
-        let held = self.shard.release_holds(txn, &req.keys);
+        let held = self.shard.release_holds(txn, &req.keys) && self.shard.check_serving().is_ok();
         Ok(Response::new(pb::ReleaseResponse { held }))
+    }
+
+    type ReplicateStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ReplicaBatch, Status>>;
+
+    async fn replicate(
+        &self,
+        request: Request<tonic::Streaming<pb::ReplicaAck>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let rx = crate::replica::serve_stream(self.shard.clone(), request.into_inner()).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn shard_status(
@@ -521,7 +568,47 @@ impl ShardService for ShardApi {
         _request: Request<pb::ShardStatusRequest>,
     ) -> Result<Response<pb::ShardStatusResponse>, Status> {
         let s = self.shard.status();
+        let now = tokio::time::Instant::now();
+        let (role, epoch) = self.shard.repl.role();
+        let marks = self.shard.repl.marks();
+        let (replicas, at_risk) = {
+            let inner = self.shard.repl.lock();
+            let in_sync = |addr: &str| {
+                inner
+                    .config
+                    .as_ref()
+                    .is_some_and(|c| c.members.iter().any(|m| m.addr == addr && m.in_sync))
+            };
+            let replicas: Vec<pb::ReplicaProgress> = if role == Role::Primary {
+                let mut list: Vec<_> = inner
+                    .peers
+                    .iter()
+                    .map(|(addr, p)| pb::ReplicaProgress {
+                        addr: addr.clone(),
+                        acked_lsn: p.acked,
+                        in_sync: in_sync(addr),
+                        silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.addr.cmp(&b.addr));
+                list
+            } else {
+                Vec::new()
+            };
+            let best = replicas.iter().map(|r| r.acked_lsn).max();
+            let at_risk = match best {
+                Some(best) => s.durable_lsn.saturating_sub(best),
+                None => 0,
+            };
+            (replicas, at_risk)
+        };
         Ok(Response::new(pb::ShardStatusResponse {
+            role: role.name().to_string(),
+            epoch,
+            lease_ms: self.shard.repl.lease_left(now),
+            commit_lsn: marks.sync,
+            replicas,
+            at_risk_records: at_risk,
             group_id: s.group_id,
             map_epoch: s.map_epoch,
             slots_owned: s.slots_owned,

@@ -74,6 +74,20 @@ pub fn write(dir: &Path, capture: &Capture) -> Result<PathBuf, WalError> {
     let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let result = (|| -> std::io::Result<()> {
+        encode(&mut out, capture)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    })();
+    result.map_err(io_err(&tmp_path))?;
+    fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
+    sync_dir(dir)?;
+    Ok(final_path)
+}
+
+/// Writes the bytes of a snapshot of `capture` (the file format, also sent
+/// to a backup that needs a snapshot).
+pub fn encode(out: &mut impl Write, capture: &Capture) -> std::io::Result<()> {
+    {
         out.write_all(MAGIC)?;
         for batch in capture.entries.chunks(SNAPSHOT_CHUNK_ENTRIES) {
             let chunk = SnapChunk {
@@ -87,10 +101,10 @@ pub fn write(dir: &Path, capture: &Capture) -> Result<PathBuf, WalError> {
                     .collect(),
                 ..SnapChunk::default()
             };
-            write_chunk(&mut out, &chunk)?;
+            write_chunk(out, &chunk)?;
         }
         write_chunk(
-            &mut out,
+            out,
             &SnapChunk {
                 prepared: capture.prepared.clone(),
                 decisions: capture.decisions.clone(),
@@ -99,22 +113,25 @@ pub fn write(dir: &Path, capture: &Capture) -> Result<PathBuf, WalError> {
             },
         )?;
         write_chunk(
-            &mut out,
+            out,
             &SnapChunk {
                 trailer: Some(SnapTrailer {
                     lsn: capture.lsn,
                     entries: capture.entries.len() as u64,
+                    epochs: capture
+                        .epochs
+                        .iter()
+                        .map(|(epoch, lsn)| crate::record::SnapEpoch {
+                            epoch: *epoch,
+                            lsn: *lsn,
+                        })
+                        .collect(),
                 }),
                 ..SnapChunk::default()
             },
         )?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    })();
-    result.map_err(io_err(&tmp_path))?;
-    fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
-    sync_dir(dir)?;
-    Ok(final_path)
+    }
+    Ok(())
 }
 
 /// Deletes every snapshot older than `keep_lsn`, and stray temporary files.
@@ -155,6 +172,11 @@ pub fn read(path: &Path) -> Result<Capture, WalError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
+    decode(&bytes, path)
+}
+
+/// Decodes snapshot bytes; `path` names them in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Capture, WalError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(corrupt(path, 0, "not a Trellis snapshot (bad magic)"));
     }
@@ -206,6 +228,7 @@ pub fn read(path: &Path) -> Result<Capture, WalError> {
         ));
     }
     capture.lsn = trailer.lsn;
+    capture.epochs = trailer.epochs.iter().map(|e| (e.epoch, e.lsn)).collect();
     Ok(capture)
 }
 

@@ -271,6 +271,8 @@ pub struct Core {
     pub outcomes: Outcomes,
     /// LSN of the last applied record.
     pub applied_lsn: Lsn,
+    /// Where each primary epoch starts (its NEW_EPOCH record), ascending.
+    pub epochs: Vec<(u64, Lsn)>,
 }
 
 /// The whole state of a replica.
@@ -707,6 +709,21 @@ impl StateGuard<'_> {
                     self.core.records.remove(&txn);
                 }
             }
+            Record::NewEpoch(rec) => {
+                if self
+                    .core
+                    .epochs
+                    .last()
+                    .is_some_and(|(e, _)| *e >= rec.epoch)
+                {
+                    return Err(format!(
+                        "epoch {} starts at {lsn} after epoch {:?}",
+                        rec.epoch,
+                        self.core.epochs.last()
+                    ));
+                }
+                self.core.epochs.push((rec.epoch, lsn));
+            }
         }
         self.core.applied_lsn = lsn;
         Ok(())
@@ -758,6 +775,7 @@ impl StateGuard<'_> {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Capture {
             lsn: self.core.applied_lsn,
+            epochs: self.core.epochs.clone(),
             entries,
             prepared: self
                 .core
@@ -790,6 +808,13 @@ impl StateGuard<'_> {
         }
     }
 
+    /// Empties the state (before a snapshot from the primary replaces it).
+    pub fn reset(&mut self) {
+        self.state.index.clear();
+        self.state.locks.clear();
+        *self.core = Core::default();
+    }
+
     /// Loads a snapshot's contents into an empty state.
     pub fn restore(&mut self, capture: Capture, now: Instant) -> Result<(), String> {
         for (key, entry) in capture.entries {
@@ -817,6 +842,7 @@ impl StateGuard<'_> {
             self.core.outcomes.insert(txn, outcome);
         }
         self.core.applied_lsn = capture.lsn;
+        self.core.epochs = capture.epochs;
         Ok(())
     }
 }
@@ -825,6 +851,7 @@ impl StateGuard<'_> {
 #[derive(Default, Debug)]
 pub struct Capture {
     pub lsn: Lsn,
+    pub epochs: Vec<(u64, Lsn)>,
     pub entries: Vec<(Box<[u8]>, Entry)>,
     pub prepared: Vec<SnapPrepared>,
     pub decisions: Vec<SnapDecision>,

@@ -8,3 +8,4 @@
 //! Tests live in `tests/tests/*.rs`. Nothing here mocks the cluster.
 
 pub mod harness;
+pub mod replicated;

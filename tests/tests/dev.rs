@@ -154,12 +154,12 @@ fn dev_refuses_what_it_cannot_do() {
         .args([
             "dev",
             "--replicas",
-            "3",
+            "9",
             "--data-dir",
             "/nonexistent-never-created",
         ])
         .output()
         .expect("dev runs");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("replication is not built yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a group has 1 to 5 replicas"));
 }

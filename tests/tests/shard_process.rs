@@ -82,6 +82,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
                 attempted = i;
                 let value = i.to_string().into_bytes();
                 let request = pb::CommitLocalRequest {
+                    durability: 0,
                     map_epoch: 1,
                     txn_id: txn_id(),
                     reads: keys
@@ -167,6 +168,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
     for (txn, key) in [(&committed, b"pc".to_vec()), (&aborted, b"pa".to_vec())] {
         let vote = client
             .prepare(pb::PrepareRequest {
+                durability: 0,
                 map_epoch: 1,
                 txn_id: txn.clone(),
                 reads: vec![],
@@ -205,6 +207,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
     // A 1PC write to a locked key is refused as LOCKED.
     let refused = client
         .commit_local(pb::CommitLocalRequest {
+            durability: 0,
             map_epoch: 1,
             txn_id: txn_id(),
             reads: vec![],
@@ -224,6 +227,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
     // The anchor decides commit for one; resolve of the other presumes abort.
     let decided = client
         .decide(pb::DecideRequest {
+            durability: 0,
             txn_id: committed.clone(),
             decision: pb::Decision::Commit as i32,
             participants: vec![7, 8],
@@ -243,6 +247,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
     // A late COMMIT decision loses to the recorded ABORT.
     let late = client
         .decide(pb::DecideRequest {
+            durability: 0,
             txn_id: aborted.clone(),
             decision: pb::Decision::Commit as i32,
             participants: vec![7, 8],
@@ -300,6 +305,7 @@ async fn bad_input_is_refused_with_the_limit_named() {
     let shard = start_shard(dir.path(), &[]);
     let mut client = shard_client(&shard).await.expect("connect");
     let commit = |writes: Vec<pb::WriteOp>, txn: Vec<u8>| pb::CommitLocalRequest {
+        durability: 0,
         map_epoch: 1,
         txn_id: txn,
         reads: vec![],
@@ -371,6 +377,7 @@ async fn bad_input_is_refused_with_the_limit_named() {
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = client
         .decide(pb::DecideRequest {
+            durability: 0,
             txn_id: txn_id(),
             decision: 0,
             participants: vec![],
@@ -420,6 +427,7 @@ async fn slot_ownership_is_enforced() {
     let shard = start_shard(dir.path(), &["--slots", &slots, "--map-epoch", "3"]);
     let mut client = shard_client(&shard).await.expect("connect");
     let request = |key: &[u8], epoch| pb::CommitLocalRequest {
+        durability: 0,
         map_epoch: epoch,
         txn_id: txn_id(),
         reads: vec![],
@@ -477,6 +485,7 @@ async fn sigterm_is_clean_and_metrics_are_served() {
         let key = format!("k{i}").into_bytes();
         let response = client
             .commit_local(pb::CommitLocalRequest {
+                durability: 0,
                 map_epoch: 1,
                 txn_id: txn_id(),
                 reads: vec![],

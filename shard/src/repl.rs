@@ -1,0 +1,597 @@
+//! Replication state of one replica: its role in the group, the feed of
+//! recent log records a primary streams to backups, what each backup has
+//! acknowledged, the watermarks writes wait for, and the primary's lease.
+//!
+//! No IO here; [`crate::replica`] drives it (streams, catalog, failover).
+//!
+//! # Rules
+//! - Only a primary whose lease is valid serves anything. The lease is
+//!   granted by the in-sync backups: each acknowledges the newest batch it
+//!   got, and the lease runs [`LEASE`] from when the oldest of those
+//!   acknowledged batches was sent. With no in-sync backup the lease never
+//!   lapses (nobody else may be promoted).
+//! - A backup asks for promotion only after hearing nothing for [`GRACE`]
+//!   (longer than [`LEASE`]), so an old primary has stopped serving before
+//!   a new one starts.
+//! - `sync` watermark: durable on the primary and every in-sync backup.
+//!   `semi`: durable on the primary and at least one in-sync backup (or the
+//!   primary alone when it has none). Reads wait for `sync`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use trellis_proto::shard::v1 as pb;
+use trellis_types::Lsn;
+
+/// How often a primary sends a batch (empty if need be) to each backup.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long an acknowledged batch keeps the primary's lease.
+pub const LEASE: Duration = Duration::from_millis(1000);
+/// Silence after which a backup asks for a new primary. Longer than
+/// [`LEASE`] by a margin for clock rate differences.
+pub const GRACE: Duration = Duration::from_millis(2000);
+/// Silence after which a primary takes an in-sync backup out of the
+/// configuration, so SYNC writes and the lease stop waiting for it. Shorter
+/// than [`LEASE`], so a dead backup costs no lease.
+pub const BACKUP_SILENCE_MAX: Duration = Duration::from_millis(600);
+/// Bytes of recent records a replica keeps in memory to stream to backups;
+/// a backup further behind gets a snapshot.
+pub const FEED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes of records in one batch to a backup.
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Heartbeat send times a primary remembers (acknowledgements of older ones
+/// renew nothing).
+pub const HEARTBEATS_REMEMBERED: usize = 1024;
+
+/// What this replica is in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not configured yet (waiting for the catalog).
+    Idle,
+    /// A standalone shard (no coordinator): serves, never replicates.
+    Standalone,
+    Primary,
+    /// In the configuration, following the primary.
+    Backup,
+    /// Following the primary, not yet in the configuration.
+    Learner,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Idle => "IDLE",
+            Role::Standalone => "PRIMARY",
+            Role::Primary => "PRIMARY",
+            Role::Backup => "BACKUP",
+            Role::Learner => "LEARNER",
+        }
+    }
+}
+
+/// Durability a change waits for before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Durable on the primary (ASYNC).
+    Local,
+    /// And on at least one in-sync backup (SEMI_SYNC).
+    Semi,
+    /// And on every in-sync backup (SYNC).
+    Sync,
+}
+
+impl Level {
+    /// From `trellis.v1.Durability`'s number; unknown numbers are SYNC.
+    pub fn from_durability(d: u32) -> Level {
+        match d {
+            2 => Level::Local,
+            1 => Level::Semi,
+            _ => Level::Sync,
+        }
+    }
+}
+
+/// What waiting writes and reads watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Marks {
+    pub local: Lsn,
+    pub semi: Lsn,
+    pub sync: Lsn,
+    /// Bumped whenever the role or epoch changes: a waiter that sees a new
+    /// generation gives up (the answer is no longer this primary's).
+    pub generation: u64,
+}
+
+impl Marks {
+    pub fn at(&self, level: Level) -> Lsn {
+        match level {
+            Level::Local => self.local,
+            Level::Semi => self.semi,
+            Level::Sync => self.sync,
+        }
+    }
+}
+
+/// One record in the feed.
+#[derive(Clone, Debug)]
+pub struct FeedRecord {
+    pub lsn: Lsn,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct FeedInner {
+    records: VecDeque<FeedRecord>,
+    bytes: usize,
+}
+
+/// Recent records in LSN order, bounded in bytes (by default
+/// [`FEED_BYTES_MAX`]).
+pub struct Feed {
+    inner: Mutex<FeedInner>,
+    last: watch::Sender<Lsn>,
+    bytes_max: usize,
+}
+
+/// Why a backup cannot be fed from the feed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FeedGap {
+    /// The records it needs were dropped from memory: send a snapshot.
+    Trimmed,
+}
+
+impl Feed {
+    fn new(bytes_max: usize) -> Feed {
+        Feed {
+            inner: Mutex::new(FeedInner::default()),
+            last: watch::channel(0).0,
+            bytes_max,
+        }
+    }
+
+    /// Appends the record with the next LSN. Call in LSN order.
+    pub fn push(&self, lsn: Lsn, kind: u8, payload: &[u8]) {
+        let mut inner = self.inner.lock().expect("feed lock poisoned");
+        if inner.records.back().is_some_and(|r| r.lsn + 1 != lsn) {
+            // Not contiguous (after a snapshot install): start afresh.
+            inner.records.clear();
+            inner.bytes = 0;
+        }
+        inner.bytes += payload.len();
+        inner.records.push_back(FeedRecord {
+            lsn,
+            kind,
+            payload: payload.to_vec(),
+        });
+        while inner.bytes > self.bytes_max && inner.records.len() > 1 {
+            let dropped = inner.records.pop_front().expect("not empty");
+            inner.bytes -= dropped.payload.len();
+        }
+        drop(inner);
+        self.last.send_replace(lsn);
+    }
+
+    /// Forgets everything (the state was replaced by a snapshot at `lsn`).
+    pub fn reset(&self, lsn: Lsn) {
+        let mut inner = self.inner.lock().expect("feed lock poisoned");
+        inner.records.clear();
+        inner.bytes = 0;
+        drop(inner);
+        self.last.send_replace(lsn);
+    }
+
+    /// Records from `from` on, at most [`BATCH_BYTES_MAX`] (at least one).
+    /// Empty when there is nothing new.
+    pub fn batch(&self, from: Lsn) -> Result<Vec<FeedRecord>, FeedGap> {
+        let inner = self.inner.lock().expect("feed lock poisoned");
+        let Some(first) = inner.records.front().map(|r| r.lsn) else {
+            return if from > *self.last.borrow() {
+                Ok(Vec::new())
+            } else {
+                Err(FeedGap::Trimmed)
+            };
+        };
+        if from < first {
+            return Err(FeedGap::Trimmed);
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+        for record in inner.records.iter().skip(skip) {
+            if !out.is_empty() && bytes + record.payload.len() > BATCH_BYTES_MAX {
+                break;
+            }
+            bytes += record.payload.len();
+            out.push(record.clone());
+        }
+        Ok(out)
+    }
+
+    /// Whether a backup whose log ends at `last` can be fed from here.
+    pub fn can_feed_after(&self, last: Lsn) -> bool {
+        let inner = self.inner.lock().expect("feed lock poisoned");
+        match inner.records.front() {
+            Some(r) => r.lsn <= last + 1,
+            None => last >= *self.last.borrow(),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.last.subscribe()
+    }
+}
+
+/// What a primary knows of one member.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub acked: Lsn,
+    /// When it last acknowledged anything (or when this primary started,
+    /// before it did).
+    pub last_ack: Instant,
+    /// Send time of the newest batch it acknowledged: its lease grant.
+    pub lease_from: Option<Instant>,
+}
+
+/// The mutable part, under one lock.
+pub struct Inner {
+    pub role: Role,
+    pub epoch: u64,
+    pub since: Instant,
+    /// The configuration this replica acts on (from the catalog).
+    pub config: Option<pb::GroupConfig>,
+    /// Primary: every other member, by address.
+    pub peers: HashMap<String, Peer>,
+    heartbeats: VecDeque<(u64, Instant)>,
+    next_heartbeat: u64,
+    /// Backup: when the primary was last heard from.
+    pub last_heard: Instant,
+}
+
+/// Replication state of a replica.
+pub struct Repl {
+    inner: Mutex<Inner>,
+    marks: watch::Sender<Marks>,
+    pub feed: Feed,
+    /// This replica's own address in the configuration.
+    me: Mutex<String>,
+}
+
+impl Repl {
+    pub fn new(standalone: bool, feed_bytes_max: usize) -> Repl {
+        let now = Instant::now();
+        Repl {
+            inner: Mutex::new(Inner {
+                role: if standalone {
+                    Role::Standalone
+                } else {
+                    Role::Idle
+                },
+                epoch: 0,
+                since: now,
+                config: None,
+                peers: HashMap::new(),
+                heartbeats: VecDeque::new(),
+                next_heartbeat: 1,
+                last_heard: now,
+            }),
+            marks: watch::channel(Marks::default()).0,
+            feed: Feed::new(feed_bytes_max),
+            me: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("repl lock poisoned")
+    }
+
+    pub fn set_me(&self, addr: &str) {
+        *self.me.lock().expect("me lock poisoned") = addr.to_string();
+    }
+
+    pub fn me(&self) -> String {
+        self.me.lock().expect("me lock poisoned").clone()
+    }
+
+    pub fn role(&self) -> (Role, u64) {
+        let inner = self.lock();
+        (inner.role, inner.epoch)
+    }
+
+    pub fn marks(&self) -> Marks {
+        *self.marks.borrow()
+    }
+
+    pub fn subscribe_marks(&self) -> watch::Receiver<Marks> {
+        self.marks.subscribe()
+    }
+
+    /// Whether this replica may answer clients now.
+    pub fn serving(&self, now: Instant) -> bool {
+        let inner = self.lock();
+        match inner.role {
+            Role::Standalone => true,
+            Role::Primary => lease_until(&inner).is_none_or(|until| now < until),
+            _ => false,
+        }
+    }
+
+    /// Milliseconds of lease left (primary), `u64::MAX` if it cannot lapse.
+    pub fn lease_left(&self, now: Instant) -> u64 {
+        let inner = self.lock();
+        match inner.role {
+            Role::Standalone => u64::MAX,
+            Role::Primary => match lease_until(&inner) {
+                None => u64::MAX,
+                Some(until) => until.saturating_duration_since(now).as_millis() as u64,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Changes role and epoch (and the configuration acted on); waiters of
+    /// the old generation give up.
+    pub fn set_role(&self, role: Role, epoch: u64, config: Option<pb::GroupConfig>, local: Lsn) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let changed = inner.role != role || inner.epoch != epoch;
+        if changed {
+            inner.role = role;
+            inner.epoch = epoch;
+            inner.since = now;
+            inner.last_heard = now;
+            inner.peers.clear();
+        }
+        if let Some(config) = config {
+            inner.config = Some(config);
+        }
+        if inner.role == Role::Primary {
+            let me = self.me();
+            let members: Vec<String> = inner
+                .config
+                .iter()
+                .flat_map(|c| c.members.iter())
+                .filter(|m| m.addr != me)
+                .map(|m| m.addr.clone())
+                .collect();
+            inner.peers.retain(|addr, _| members.contains(addr));
+            for addr in members {
+                inner.peers.entry(addr).or_insert(Peer {
+                    acked: 0,
+                    last_ack: now,
+                    lease_from: None,
+                });
+            }
+        }
+        self.recompute_locked(&inner, local, changed);
+    }
+
+    /// Records a backup's acknowledgement.
+    pub fn ack(&self, addr: &str, durable: Lsn, heartbeat: u64, local: Lsn) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.role != Role::Primary {
+            return;
+        }
+        let sent = inner
+            .heartbeats
+            .iter()
+            .find(|(seq, _)| *seq == heartbeat)
+            .map(|(_, at)| *at);
+        if let Some(peer) = inner.peers.get_mut(addr) {
+            peer.acked = peer.acked.max(durable);
+            peer.last_ack = now;
+            if let Some(sent) = sent
+                && peer.lease_from.is_none_or(|l| l < sent)
+            {
+                peer.lease_from = Some(sent);
+            }
+        }
+        self.recompute_locked(&inner, local, false);
+    }
+
+    /// A new heartbeat number for a batch about to be sent; its send time
+    /// is remembered for the lease.
+    pub fn heartbeat(&self) -> u64 {
+        let mut inner = self.lock();
+        let seq = inner.next_heartbeat;
+        inner.next_heartbeat += 1;
+        inner.heartbeats.push_back((seq, Instant::now()));
+        while inner.heartbeats.len() > HEARTBEATS_REMEMBERED {
+            inner.heartbeats.pop_front();
+        }
+        seq
+    }
+
+    /// Backup: the primary spoke.
+    pub fn heard(&self) {
+        self.lock().last_heard = Instant::now();
+    }
+
+    /// Recomputes the watermarks (the local durable LSN moved).
+    pub fn recompute(&self, local: Lsn) {
+        let inner = self.lock();
+        self.recompute_locked(&inner, local, false);
+    }
+
+    fn recompute_locked(&self, inner: &Inner, local: Lsn, bump: bool) {
+        let in_sync: Vec<Lsn> = match inner.role {
+            Role::Primary => in_sync_peers(inner).map(|(_, p)| p.acked).collect(),
+            _ => Vec::new(),
+        };
+        let (semi, sync) = if in_sync.is_empty() {
+            (local, local)
+        } else {
+            (
+                local.min(in_sync.iter().copied().max().unwrap_or(0)),
+                local.min(in_sync.iter().copied().min().unwrap_or(0)),
+            )
+        };
+        self.marks.send_modify(|m| {
+            m.local = local;
+            m.semi = semi;
+            m.sync = sync;
+            if bump {
+                m.generation += 1;
+            }
+        });
+    }
+}
+
+/// In-sync members other than the primary, with what this primary knows of
+/// them.
+fn in_sync_peers(inner: &Inner) -> impl Iterator<Item = (&String, &Peer)> {
+    inner.peers.iter().filter(|(addr, _)| {
+        inner
+            .config
+            .as_ref()
+            .is_some_and(|c| c.members.iter().any(|m| &m.addr == *addr && m.in_sync))
+    })
+}
+
+/// When the lease lapses; `None` if it cannot (no in-sync backup).
+fn lease_until(inner: &Inner) -> Option<Instant> {
+    let mut until: Option<Instant> = None;
+    let mut any = false;
+    for (_, peer) in in_sync_peers(inner) {
+        any = true;
+        let end = match peer.lease_from {
+            Some(from) => from + LEASE,
+            // Never acknowledged: no lease from it.
+            None => inner.since,
+        };
+        until = Some(until.map_or(end, |u: Instant| u.min(end)));
+    }
+    if any { until } else { None }
+}
+
+/// Where the logs of two replicas stop agreeing, from their epoch lists
+/// (`(epoch, first lsn)`, ascending) and last LSNs: everything up to the
+/// returned LSN is the same on both. Epoch 0 (before any epoch record)
+/// starts at LSN 1 on every replica.
+pub fn common_prefix(a: &[(u64, Lsn)], a_last: Lsn, b: &[(u64, Lsn)], b_last: Lsn) -> Lsn {
+    let with_zero = |list: &[(u64, Lsn)]| {
+        let mut v = vec![(0u64, 1 as Lsn)];
+        v.extend(list.iter().copied().filter(|(e, _)| *e > 0));
+        v
+    };
+    let (a, b) = (with_zero(a), with_zero(b));
+    let end_of = |list: &[(u64, Lsn)], i: usize, last: Lsn| match list.get(i + 1) {
+        Some((_, next)) => (next - 1).min(last),
+        None => last,
+    };
+    // The newest epoch both have, starting at the same LSN: one primary
+    // wrote it, so both hold a prefix of the same records.
+    for (i, (epoch, start)) in a.iter().enumerate().rev() {
+        if let Some(j) = b.iter().position(|(e, s)| e == epoch && s == start) {
+            let common = end_of(&a, i, a_last).min(end_of(&b, j, b_last));
+            return common.max(start.saturating_sub(1));
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefix_follows_epochs() {
+        // Same epochs: the shorter log.
+        assert_eq!(common_prefix(&[(1, 1)], 10, &[(1, 1)], 8), 8);
+        assert_eq!(common_prefix(&[], 5, &[], 9), 5);
+        // b kept records of epoch 1 that a never got; a went on in epoch 2.
+        assert_eq!(common_prefix(&[(1, 1), (2, 9)], 12, &[(1, 1)], 10), 8);
+        // b was primary in epoch 2 from LSN 7 (records a never saw), then a
+        // primary of epoch 3 from 9: only epoch 1 up to 6 is common.
+        assert_eq!(
+            common_prefix(&[(1, 1), (3, 9)], 12, &[(1, 1), (2, 7)], 10),
+            6
+        );
+        // A fresh replica shares nothing but the empty prefix.
+        assert_eq!(common_prefix(&[(1, 1)], 12, &[], 0), 0);
+    }
+
+    #[test]
+    fn feed_serves_contiguous_batches_and_reports_trims() {
+        let feed = Feed::new(FEED_BYTES_MAX);
+        for lsn in 1..=10 {
+            feed.push(lsn, 1, &[0u8; 10]);
+        }
+        let batch = feed.batch(4).expect("batch");
+        assert_eq!(batch.first().map(|r| r.lsn), Some(4));
+        assert_eq!(batch.last().map(|r| r.lsn), Some(10));
+        assert!(feed.batch(11).expect("nothing new").is_empty());
+        assert!(feed.can_feed_after(0));
+        feed.reset(20);
+        assert!(matches!(feed.batch(5), Err(FeedGap::Trimmed)));
+        assert!(feed.batch(21).expect("empty").is_empty());
+        assert!(!feed.can_feed_after(3));
+        assert!(feed.can_feed_after(20));
+    }
+
+    fn config(members: &[(&str, bool)]) -> pb::GroupConfig {
+        pb::GroupConfig {
+            group_id: 1,
+            version: 1,
+            epoch: 1,
+            members: members
+                .iter()
+                .map(|(a, s)| pb::MemberConfig {
+                    addr: a.to_string(),
+                    pid: 0,
+                    in_sync: *s,
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn watermarks_and_lease_follow_acks() {
+        let repl = Repl::new(false, FEED_BYTES_MAX);
+        repl.set_me("p");
+        assert!(!repl.serving(Instant::now()), "idle serves nothing");
+        repl.set_role(
+            Role::Primary,
+            1,
+            Some(config(&[
+                ("p", true),
+                ("b1", true),
+                ("b2", true),
+                ("l", false),
+            ])),
+            10,
+        );
+        assert_eq!((repl.marks().semi, repl.marks().sync), (0, 0));
+        assert!(
+            !repl.serving(Instant::now()),
+            "no lease before the backups acknowledge"
+        );
+        let hb = repl.heartbeat();
+        repl.ack("b1", 7, hb, 10);
+        assert_eq!((repl.marks().semi, repl.marks().sync), (7, 0));
+        repl.ack("l", 10, hb, 10);
+        assert_eq!(repl.marks().sync, 0, "a learner does not count");
+        assert!(!repl.serving(Instant::now()), "b2 has not granted a lease");
+        repl.ack("b2", 9, hb, 10);
+        assert_eq!((repl.marks().semi, repl.marks().sync), (9, 7));
+        assert!(repl.serving(Instant::now()));
+        assert!(!repl.serving(Instant::now() + LEASE), "the lease lapses");
+        // Out of the configuration: b2 no longer holds the mark back.
+        repl.set_role(
+            Role::Primary,
+            1,
+            Some(config(&[("p", true), ("b1", true), ("b2", false)])),
+            10,
+        );
+        repl.ack("b1", 10, hb, 10);
+        assert_eq!(repl.marks().sync, 10);
+        let generation = repl.marks().generation;
+        repl.set_role(Role::Backup, 2, None, 10);
+        assert!(repl.marks().generation > generation);
+        assert!(!repl.serving(Instant::now()));
+    }
+}

@@ -1,0 +1,657 @@
+//! The moving parts of replication: the primary's side of the `Replicate`
+//! stream, the backup's side, the loop that follows the group's
+//! configuration in the catalog (through the coordinator's `Membership`
+//! service), the primary's upkeep of the configuration, and failover.
+//!
+//! See [`crate::repl`] for the rules these follow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
+use trellis_proto::shard::v1 as pb;
+use trellis_proto::shard::v1::membership_client::MembershipClient;
+use trellis_proto::shard::v1::shard_client::ShardClient;
+use trellis_types::Lsn;
+use trellis_types::limits::MESSAGE_BYTES_MAX;
+
+use crate::engine::Shard;
+use crate::repl::{BACKUP_SILENCE_MAX, FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+
+/// How often every replica re-reads its group's configuration.
+pub const CONFIG_POLL: Duration = Duration::from_millis(250);
+/// Deadline of one call to the coordinator or a peer's status.
+pub const CONTROL_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for a backup to connect to its primary.
+pub const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Batches queued towards one backup.
+pub const STREAM_QUEUE_MAX: usize = 8;
+/// Bytes of a snapshot per batch.
+pub const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a backup accepts.
+pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
+/// A learner is added to the configuration once it is at most this many
+/// records behind.
+pub const CATCH_UP_SLACK: Lsn = 0;
+/// Pause before a backup reconnects after its stream failed.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+fn connect_lazy(addr: &str, timeout: Duration) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(STREAM_CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+fn membership(coordinator: &str) -> Result<MembershipClient<Channel>, String> {
+    Ok(MembershipClient::new(connect_lazy(
+        coordinator,
+        CONTROL_RPC_TIMEOUT,
+    )?))
+}
+
+fn shard_client(addr: &str, timeout: Option<Duration>) -> Result<ShardClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(STREAM_CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    let endpoint = match timeout {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    };
+    Ok(ShardClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+// ------------------------------------------------------------ primary side
+
+/// Serves one backup's `Replicate` stream: checks its hello, sends a
+/// snapshot if its log cannot be continued from the feed, then records and
+/// heartbeats; takes its acknowledgements.
+pub async fn serve_stream(
+    shard: Arc<Shard>,
+    mut inbound: Streaming<pb::ReplicaAck>,
+) -> Result<mpsc::Receiver<Result<pb::ReplicaBatch, Status>>, Status> {
+    let first = tokio::time::timeout(CONTROL_RPC_TIMEOUT, inbound.next())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no hello from the backup"))?
+        .ok_or_else(|| Status::cancelled("the backup closed the stream"))??;
+    let hello = first
+        .hello
+        .ok_or_else(|| Status::invalid_argument("the first message must carry a hello"))?;
+    let (role, epoch) = shard.repl.role();
+    if role != Role::Primary {
+        return Err(Status::unavailable(format!(
+            "not a primary (this replica is {} at epoch {epoch})",
+            role.name()
+        )));
+    }
+    if hello.epoch != epoch {
+        return Err(Status::failed_precondition(format!(
+            "epoch mismatch: the backup is at epoch {}, this primary at {epoch}",
+            hello.epoch
+        )));
+    }
+    let known = shard
+        .repl
+        .lock()
+        .config
+        .as_ref()
+        .is_some_and(|c| c.members.iter().skip(1).any(|m| m.addr == hello.addr));
+    if !known {
+        return Err(Status::failed_precondition(format!(
+            "{} is not a member of this group's configuration; it must register first",
+            hello.addr
+        )));
+    }
+    let theirs: Vec<(u64, Lsn)> = hello.epochs.iter().map(|e| (e.epoch, e.lsn)).collect();
+    let common = common_prefix(&shard.epochs(), shard.last_lsn(), &theirs, hello.last_lsn);
+    let needs_snapshot = common < hello.last_lsn || !shard.repl.feed.can_feed_after(hello.last_lsn);
+    tracing::info!(
+        backup = %hello.addr,
+        their_last = hello.last_lsn,
+        common,
+        needs_snapshot,
+        "backup connected"
+    );
+
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE_MAX);
+    let addr = hello.addr.clone();
+    // Acknowledgements.
+    {
+        let shard = shard.clone();
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(ack)) = inbound.next().await {
+                shard.repl.ack(
+                    &addr,
+                    ack.durable_lsn,
+                    ack.heartbeat_seq,
+                    shard.durable_lsn(),
+                );
+            }
+        });
+    }
+    // Records and heartbeats.
+    tokio::spawn(async move {
+        if let Err(err) = feed_backup(&shard, &tx, epoch, hello.last_lsn, needs_snapshot).await {
+            tracing::debug!(backup = %addr, %err, "stream to backup ended");
+            let _ = tx.send(Err(Status::aborted(err))).await;
+        }
+    });
+    Ok(rx)
+}
+
+async fn feed_backup(
+    shard: &Arc<Shard>,
+    tx: &mpsc::Sender<Result<pb::ReplicaBatch, Status>>,
+    epoch: u64,
+    their_last: Lsn,
+    needs_snapshot: bool,
+) -> Result<(), String> {
+    let mut next = their_last + 1;
+    if needs_snapshot {
+        let capture = shard.capture();
+        next = capture.lsn + 1;
+        let mut bytes = Vec::new();
+        crate::snapshot::encode(&mut bytes, &capture).map_err(|e| e.to_string())?;
+        drop(capture);
+        let pieces = bytes.len().div_ceil(SNAPSHOT_PIECE_BYTES).max(1);
+        for (i, piece) in bytes
+            .chunks(SNAPSHOT_PIECE_BYTES)
+            .chain(std::iter::once(&[][..]))
+            .take(pieces)
+            .enumerate()
+        {
+            let batch = pb::ReplicaBatch {
+                epoch,
+                heartbeat_seq: shard.repl.heartbeat(),
+                snapshot: piece.to_vec(),
+                snapshot_done: i + 1 == pieces,
+                records: Vec::new(),
+                commit_lsn: shard.repl.marks().sync,
+            };
+            tx.send(Ok(batch))
+                .await
+                .map_err(|_| "the backup went away".to_string())?;
+        }
+        shard
+            .metrics()
+            .snapshots_sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut feed = shard.repl.feed.subscribe();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if shard.repl.role() != (Role::Primary, epoch) {
+            return Err("no longer the primary of this epoch".into());
+        }
+        let records = match shard.repl.feed.batch(next) {
+            Ok(records) => records,
+            Err(FeedGap::Trimmed) => {
+                return Err(format!(
+                    "the backup fell behind the feed (needs {next}); it reconnects for a snapshot"
+                ));
+            }
+        };
+        if let Some(last) = records.last() {
+            next = last.lsn + 1;
+        }
+        let sent_records = !records.is_empty();
+        let batch = pb::ReplicaBatch {
+            epoch,
+            heartbeat_seq: shard.repl.heartbeat(),
+            snapshot: Vec::new(),
+            snapshot_done: false,
+            records: records
+                .into_iter()
+                .map(|r| pb::ReplicaRecord {
+                    lsn: r.lsn,
+                    kind: u32::from(r.kind),
+                    payload: r.payload,
+                })
+                .collect(),
+            commit_lsn: shard.repl.marks().sync,
+        };
+        tx.send(Ok(batch))
+            .await
+            .map_err(|_| "the backup went away".to_string())?;
+        if sent_records && shard.last_lsn() >= next {
+            continue; // more is waiting
+        }
+        tokio::select! {
+            changed = feed.changed() => {
+                if changed.is_err() {
+                    return Err("the feed closed".into());
+                }
+            }
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------- backup side
+
+/// Follows `primary` at `epoch` until the stream fails or the role changes.
+async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), String> {
+    let mut client = shard_client(primary, None)?;
+    let (ack_tx, ack_rx) = mpsc::channel::<pb::ReplicaAck>(STREAM_QUEUE_MAX);
+    let hello = pb::ReplicaHello {
+        group_id: shard.group_id(),
+        epoch,
+        addr: shard.repl.me(),
+        last_lsn: shard.last_lsn(),
+        epochs: shard
+            .epochs()
+            .into_iter()
+            .map(|(epoch, lsn)| pb::EpochStart { epoch, lsn })
+            .collect(),
+    };
+    ack_tx
+        .send(pb::ReplicaAck {
+            hello: Some(hello),
+            durable_lsn: shard.durable_lsn(),
+            heartbeat_seq: 0,
+        })
+        .await
+        .map_err(|_| "ack queue closed".to_string())?;
+    let opened = tokio::time::timeout(
+        CONTROL_RPC_TIMEOUT,
+        client.replicate(tokio_stream::wrappers::ReceiverStream::new(ack_rx)),
+    )
+    .await
+    .map_err(|_| format!("no answer from primary {primary}"))?
+    .map_err(|s| format!("primary {primary} refused: {}", s.message()))?;
+    let mut stream = opened.into_inner();
+    let mut snapshot: Vec<u8> = Vec::new();
+    loop {
+        let batch = match tokio::time::timeout(GRACE, stream.next()).await {
+            Err(_) => return Err(format!("primary {primary} silent for {GRACE:?}")),
+            Ok(None) => return Err(format!("primary {primary} closed the stream")),
+            Ok(Some(Err(status))) => return Err(format!("stream: {}", status.message())),
+            Ok(Some(Ok(batch))) => batch,
+        };
+        if shard.repl.role().1 != epoch || batch.epoch != epoch {
+            return Err("the epoch changed".into());
+        }
+        shard.repl.heard();
+        if !batch.snapshot.is_empty() || batch.snapshot_done {
+            if snapshot.len() + batch.snapshot.len() > SNAPSHOT_BYTES_MAX {
+                return Err("snapshot larger than SNAPSHOT_BYTES_MAX".into());
+            }
+            snapshot.extend_from_slice(&batch.snapshot);
+            if batch.snapshot_done {
+                let bytes = std::mem::take(&mut snapshot);
+                let capture = crate::snapshot::decode(
+                    &bytes,
+                    std::path::Path::new("(snapshot from the primary)"),
+                )
+                .map_err(|e| e.to_string())?;
+                let shard2 = shard.clone();
+                tokio::task::spawn_blocking(move || shard2.install_snapshot(capture))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            // Snapshot pieces renew no lease (nothing is acknowledged
+            // until it is installed).
+            if !batch.snapshot_done {
+                continue;
+            }
+        }
+        let last = if batch.records.is_empty() {
+            shard.last_lsn()
+        } else {
+            shard.metrics().replicated_records.fetch_add(
+                batch.records.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            shard
+                .apply_replicated(&batch.records)
+                .map_err(|e| e.to_string())?
+        };
+        shard.wait_durable(last).await.map_err(|e| e.to_string())?;
+        ack_tx
+            .send(pb::ReplicaAck {
+                hello: None,
+                durable_lsn: shard.durable_lsn(),
+                heartbeat_seq: batch.heartbeat_seq,
+            })
+            .await
+            .map_err(|_| "the primary stopped reading".to_string())?;
+    }
+}
+
+// ------------------------------------------------- configuration and roles
+
+/// Runs forever: follows the group's configuration, switches roles, streams
+/// from the primary as a backup, keeps the configuration as a primary, and
+/// asks for a failover when the primary goes silent.
+pub async fn run(shard: Arc<Shard>, coordinator: String) {
+    let me = shard.repl.me();
+    let follower = Arc::new(tokio::sync::Mutex::new(None::<(String, u64)>));
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease_was_valid = false;
+    loop {
+        tick.tick().await;
+        let config = match get_group(&coordinator, shard.group_id()).await {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::debug!(%err, "cannot read the group's configuration");
+                continue;
+            }
+        };
+        let (role, epoch) = shard.repl.role();
+        let position = config.members.iter().position(|m| m.addr == me);
+        match position {
+            None => {
+                // Not a member (removed, or never registered): join as a
+                // learner.
+                if role == Role::Primary {
+                    shard
+                        .repl
+                        .set_role(Role::Idle, epoch, None, shard.durable_lsn());
+                }
+                if let Err(err) = register(&coordinator, shard.group_id(), &me).await {
+                    tracing::debug!(%err, "cannot register");
+                }
+                continue;
+            }
+            Some(0) => {
+                if config.epoch < epoch {
+                    continue; // an old configuration
+                }
+                if role != Role::Primary || epoch != config.epoch {
+                    tracing::info!(epoch = config.epoch, "becoming the group's primary");
+                    if let Err(err) = shard.become_primary(config.epoch, config.clone()) {
+                        tracing::error!(%err, "cannot start as primary");
+                        continue;
+                    }
+                } else {
+                    shard.repl.set_role(
+                        Role::Primary,
+                        config.epoch,
+                        Some(config.clone()),
+                        shard.durable_lsn(),
+                    );
+                }
+                let valid = shard.repl.serving(Instant::now());
+                if lease_was_valid && !valid {
+                    shard
+                        .metrics()
+                        .leases_lost
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        epoch = config.epoch,
+                        "lease lapsed: serving nothing until the backups grant it again"
+                    );
+                }
+                lease_was_valid = valid;
+                upkeep(&shard, &coordinator, &config).await;
+            }
+            Some(i) => {
+                let member = &config.members[i];
+                let want = if member.in_sync {
+                    Role::Backup
+                } else {
+                    Role::Learner
+                };
+                if config.epoch < epoch {
+                    continue;
+                }
+                if role != want || epoch != config.epoch {
+                    if role == Role::Primary {
+                        tracing::warn!(
+                            epoch = config.epoch,
+                            primary = %config.members[0].addr,
+                            "stepping down: another replica is primary"
+                        );
+                    }
+                    shard.repl.set_role(
+                        want,
+                        config.epoch,
+                        Some(config.clone()),
+                        shard.durable_lsn(),
+                    );
+                } else {
+                    shard.repl.set_role(
+                        want,
+                        config.epoch,
+                        Some(config.clone()),
+                        shard.durable_lsn(),
+                    );
+                }
+                let primary = config.members[0].addr.clone();
+                ensure_following(&shard, &follower, primary, config.epoch);
+                if want == Role::Backup {
+                    let silent = shard.repl.lock().last_heard.elapsed();
+                    if silent > GRACE {
+                        failover(&shard, &coordinator, &config).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts a follower task for (`primary`, `epoch`) unless one runs.
+fn ensure_following(
+    shard: &Arc<Shard>,
+    follower: &Arc<tokio::sync::Mutex<Option<(String, u64)>>>,
+    primary: String,
+    epoch: u64,
+) {
+    let Ok(mut current) = follower.try_lock() else {
+        return;
+    };
+    if current.as_ref() == Some(&(primary.clone(), epoch)) {
+        return;
+    }
+    *current = Some((primary.clone(), epoch));
+    drop(current);
+    let shard = shard.clone();
+    let follower = follower.clone();
+    tokio::spawn(async move {
+        loop {
+            {
+                let current = follower.lock().await;
+                let (role, now_epoch) = shard.repl.role();
+                if current.as_ref() != Some(&(primary.clone(), epoch))
+                    || now_epoch != epoch
+                    || !matches!(role, Role::Backup | Role::Learner)
+                {
+                    break;
+                }
+            }
+            if let Err(err) = follow(&shard, &primary, epoch).await {
+                tracing::debug!(%primary, epoch, %err, "following the primary failed; retrying");
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+        let mut current = follower.lock().await;
+        if current.as_ref() == Some(&(primary.clone(), epoch)) {
+            *current = None;
+        }
+    });
+}
+
+/// Primary: takes silent backups out of the configuration, adds learners
+/// that caught up.
+async fn upkeep(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfig) {
+    let now = Instant::now();
+    let last = shard.last_lsn();
+    let peers = shard.repl.lock().peers.clone();
+    let mut members = config.members.clone();
+    let mut reason = String::new();
+    for m in members.iter_mut().skip(1) {
+        let Some(peer) = peers.get(&m.addr) else {
+            continue;
+        };
+        let silent = now.saturating_duration_since(peer.last_ack);
+        if m.in_sync && silent > BACKUP_SILENCE_MAX {
+            m.in_sync = false;
+            reason = format!("backup {} silent for {} ms", m.addr, silent.as_millis());
+            shard
+                .metrics()
+                .backups_removed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if !m.in_sync
+            && silent < HEARTBEAT_INTERVAL * 3
+            && peer.acked + CATCH_UP_SLACK >= last
+        {
+            m.in_sync = true;
+            reason = format!("learner {} caught up at {}", m.addr, peer.acked);
+            shard
+                .metrics()
+                .backups_added
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if reason.is_empty() {
+        return;
+    }
+    match cas_group(coordinator, config, config.epoch, members, &reason).await {
+        Ok((true, new)) => {
+            tracing::info!(%reason, "configuration changed");
+            shard
+                .repl
+                .set_role(Role::Primary, new.epoch, Some(new), shard.durable_lsn());
+        }
+        Ok((false, new)) => {
+            tracing::info!(%reason, version = new.version, "configuration changed under us; re-reading");
+        }
+        Err(err) => tracing::warn!(%reason, %err, "cannot change the configuration"),
+    }
+}
+
+/// Backup: the primary is silent. Unless it still answers as a primary with
+/// a lease, promote the most up-to-date reachable in-sync member (itself if
+/// it is that member) at `epoch + 1`.
+async fn failover(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfig) {
+    let old = &config.members[0];
+    if let Some(status) = peer_status(&old.addr).await
+        && status.role == Role::Primary.name()
+        && status.epoch == config.epoch
+        && status.lease_ms > 0
+    {
+        return; // it serves; our stream will reconnect
+    }
+    let me = shard.repl.me();
+    let mut candidates: Vec<(Lsn, String)> = vec![(shard.durable_lsn(), me.clone())];
+    let mut reachable = vec![me.clone()];
+    for m in config.members.iter().skip(1) {
+        if m.addr == me || !m.in_sync {
+            continue;
+        }
+        if let Some(status) = peer_status(&m.addr).await
+            && status.epoch <= config.epoch
+        {
+            candidates.push((status.durable_lsn, m.addr.clone()));
+            reachable.push(m.addr.clone());
+        }
+    }
+    // Highest LSN; ties go to the smallest address, so concurrent askers
+    // agree.
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let chosen = candidates[0].1.clone();
+    let mut members: Vec<pb::MemberConfig> = Vec::new();
+    for m in &config.members {
+        let mut m = m.clone();
+        if m.addr == chosen {
+            continue;
+        }
+        m.in_sync = m.in_sync && reachable.contains(&m.addr) && m.addr != old.addr;
+        members.push(m);
+    }
+    let primary = config
+        .members
+        .iter()
+        .find(|m| m.addr == chosen)
+        .cloned()
+        .map(|mut m| {
+            m.in_sync = true;
+            m
+        })
+        .expect("the chosen member is in the configuration");
+    members.insert(0, primary);
+    let reason = format!(
+        "failover: primary {} silent; promoting {chosen} (durable to {})",
+        old.addr, candidates[0].0
+    );
+    match cas_group(coordinator, config, config.epoch + 1, members, &reason).await {
+        Ok((true, _)) => tracing::warn!(%reason, epoch = config.epoch + 1, "failover done"),
+        Ok((false, _)) => tracing::info!("another replica changed the configuration first"),
+        Err(err) => tracing::warn!(%err, "failover failed; retrying"),
+    }
+}
+
+async fn peer_status(addr: &str) -> Option<pb::ShardStatusResponse> {
+    let mut client = shard_client(addr, Some(CONTROL_RPC_TIMEOUT / 4)).ok()?;
+    let call = client.shard_status(pb::ShardStatusRequest {});
+    match tokio::time::timeout(CONTROL_RPC_TIMEOUT / 4, call).await {
+        Ok(Ok(response)) => Some(response.into_inner()),
+        _ => None,
+    }
+}
+
+async fn get_group(coordinator: &str, group: u64) -> Result<pb::GroupConfig, String> {
+    let mut client = membership(coordinator)?;
+    client
+        .get_group(pb::GetGroupRequest { group_id: group })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+}
+
+async fn register(coordinator: &str, group: u64, addr: &str) -> Result<(), String> {
+    let mut client = membership(coordinator)?;
+    client
+        .register(pb::RegisterRequest {
+            group_id: group,
+            addr: addr.to_string(),
+            pid: std::process::id(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_string())
+}
+
+async fn cas_group(
+    coordinator: &str,
+    config: &pb::GroupConfig,
+    epoch: u64,
+    members: Vec<pb::MemberConfig>,
+    reason: &str,
+) -> Result<(bool, pb::GroupConfig), String> {
+    let mut client = membership(coordinator)?;
+    let response = client
+        .cas_group(pb::CasGroupRequest {
+            group_id: config.group_id,
+            expected_version: config.version,
+            epoch,
+            members,
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let config = response
+        .config
+        .ok_or_else(|| "the coordinator sent no configuration".to_string())?;
+    Ok((response.won, config))
+}

@@ -1,0 +1,312 @@
+//! Replication and failover over real processes: groups of three replicas,
+//! a SYNC write load, and one replica killed, stopped or restarted. Every
+//! acknowledged write must be there afterwards, writes must resume, and the
+//! replica that was hit must come back in sync.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use trellis_proto::shard::v1 as shard_pb;
+use trellis_proto::v1;
+use trellis_tests::harness::{channel, http_get, txn_id};
+use trellis_tests::replicated::{ReplicatedCluster, SETTLE_TIMEOUT};
+
+/// Concurrent writers of the load.
+const WRITERS: usize = 4;
+/// Keys read back per Get when checking.
+const CHECK_BATCH: usize = 500;
+
+/// Acknowledged writes: (key, value).
+type Acked = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Writers committing fresh keys at SYNC durability: every third
+    /// transaction writes two keys (usually two groups: two-phase commit).
+    async fn start(addr: &str, tag: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Acked = Arc::default();
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let channel = channel(addr).await.expect("coordinator channel");
+            let mut client = v1::txn_client::TxnClient::new(channel);
+            let stop = stop.clone();
+            let acked = acked.clone();
+            let tag = tag.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let keys: Vec<Vec<u8>> = if i.is_multiple_of(3) {
+                        vec![
+                            format!("{tag}/x/{w}/{i}").into_bytes(),
+                            format!("{tag}/y/{w}/{i}").into_bytes(),
+                        ]
+                    } else {
+                        vec![format!("{tag}/k/{w}/{i}").into_bytes()]
+                    };
+                    let value = format!("v{w}-{i}").into_bytes();
+                    let request = v1::CommitRequest {
+                        txn_id: txn_id(),
+                        reads: vec![],
+                        writes: keys
+                            .iter()
+                            .map(|k| v1::Write {
+                                key: k.clone(),
+                                op: Some(v1::write::Op::Put(value.clone())),
+                            })
+                            .collect(),
+                        durability: v1::Durability::Sync as i32,
+                    };
+                    match client.commit(request).await {
+                        Ok(response) => {
+                            if let Some(v1::commit_response::Outcome::Committed(_)) =
+                                response.into_inner().outcome
+                            {
+                                let mut acked = acked.lock().expect("acked");
+                                for k in keys {
+                                    acked.push((k, value.clone()));
+                                }
+                            }
+                        }
+                        // Unknown or refused: not acknowledged, so not
+                        // checked; back off a little while the group heals.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }));
+        }
+        Load { stop, acked, tasks }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    /// Waits until `more` writes beyond `from` were acknowledged.
+    async fn wait_progress(&self, from: usize, more: usize, what: &str) {
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        while self.count() < from + more {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: only {} of {more} more writes acknowledged within {SETTLE_TIMEOUT:?}",
+                self.count() - from
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("writer task");
+        }
+        Arc::try_unwrap(self.acked)
+            .expect("writers stopped")
+            .into_inner()
+            .expect("acked")
+    }
+}
+
+/// Every acknowledged write reads back (STRONG) with its value.
+async fn check_acked(cluster: &ReplicatedCluster, acked: &[(Vec<u8>, Vec<u8>)]) {
+    assert!(!acked.is_empty(), "the load acknowledged nothing");
+    let mut client = cluster.txn().await.expect("txn client");
+    for batch in acked.chunks(CHECK_BATCH) {
+        let items = client
+            .get(v1::GetRequest {
+                keys: batch.iter().map(|(k, _)| k.clone()).collect(),
+                consistency: None,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .items;
+        for ((key, value), item) in batch.iter().zip(items) {
+            assert_eq!(
+                (&item.value, item.version > 0),
+                (value, true),
+                "acknowledged write of {} lost",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
+
+/// Group `group` has all its replicas in sync, at the same LSN.
+async fn wait_all_in_sync(cluster: &ReplicatedCluster, group: u32) -> v1::StatusResponse {
+    let replicas = cluster.replicas as usize;
+    cluster
+        .wait_for("every replica back in sync", |s| {
+            let members = &s.groups[group as usize - 1].members;
+            let primary_lsn = members
+                .iter()
+                .find(|m| m.role == "primary")
+                .map(|m| m.last_lsn);
+            members.len() == replicas
+                && members.iter().all(|m| m.in_sync)
+                && members.iter().filter(|m| m.role == "backup").count() == replicas - 1
+                && members.iter().all(|m| Some(m.last_lsn) == primary_lsn)
+        })
+        .await
+        .expect("group settles")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_under_sync_load_loses_nothing() {
+    let mut cluster = ReplicatedCluster::start(2, 3, &[]).await.expect("cluster");
+    let load = Load::start(cluster.addr(), "kill").await;
+    load.wait_progress(0, 100, "before the kill").await;
+
+    let victim = cluster.primary(1).await.expect("primary");
+    let victim_addr = cluster.proc(1, victim).field("grpc").to_string();
+    cluster.kill9(1, victim);
+    let at_kill = load.count();
+    // Writes resume on a new primary (the load touches both groups).
+    let status = cluster
+        .wait_for("a new primary in group 1", |s| {
+            s.groups[0]
+                .members
+                .iter()
+                .any(|m| m.role == "primary" && m.address != victim_addr && m.lease_ms > 0)
+        })
+        .await
+        .expect("failover");
+    assert!(
+        status.groups[0]
+            .members
+            .iter()
+            .all(|m| m.epoch != 1 || m.role != "primary")
+    );
+    load.wait_progress(at_kill, 200, "after the failover").await;
+    let acked = load.stop().await;
+    check_acked(&cluster, &acked).await;
+
+    // The killed replica comes back as a backup and catches up.
+    cluster.restart(1, victim).expect("restart");
+    let status = wait_all_in_sync(&cluster, 1).await;
+    let back = status.groups[0]
+        .members
+        .iter()
+        .find(|m| m.address == victim_addr)
+        .expect("member");
+    assert_eq!(back.role, "backup", "{status:#?}");
+    check_acked(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backup_is_removed_and_returns_by_snapshot() {
+    // A tiny in-memory feed: a backup away for a while must catch up by
+    // snapshot, not from the primary's feed.
+    let mut cluster = ReplicatedCluster::start(1, 3, &["--feed-bytes-max", "4096"])
+        .await
+        .expect("cluster");
+    let load = Load::start(cluster.addr(), "backup").await;
+    load.wait_progress(0, 50, "before the kill").await;
+    let primary = cluster.primary(1).await.expect("primary");
+    let victim = (1..=3).find(|r| *r != primary).expect("a backup");
+    let victim_addr = cluster.proc(1, victim).field("grpc").to_string();
+    cluster.kill9(1, victim);
+    // The primary takes it out of the configuration; SYNC writes go on.
+    cluster
+        .wait_for("the dead backup out of the configuration", |s| {
+            s.groups[0]
+                .members
+                .iter()
+                .any(|m| m.address == victim_addr && !m.in_sync)
+        })
+        .await
+        .expect("reconfiguration");
+    let removed_at = load.count();
+    load.wait_progress(removed_at, 300, "SYNC writes without the dead backup")
+        .await;
+
+    cluster.restart(1, victim).expect("restart");
+    wait_all_in_sync(&cluster, 1).await;
+    let metrics = http_get(cluster.proc(1, victim).field("metrics"), "/metrics").await;
+    let installs = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trellis_repl_snapshot_installs_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("snapshot install counter");
+    assert!(installs >= 1, "caught up without a snapshot:\n{metrics}");
+    let acked = load.stop().await;
+    check_acked(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_primary_is_fenced_and_rejoins() {
+    let cluster = ReplicatedCluster::start(1, 3, &[]).await.expect("cluster");
+    let load = Load::start(cluster.addr(), "stop").await;
+    load.wait_progress(0, 50, "before the stop").await;
+    let old = cluster.primary(1).await.expect("primary");
+    let old_addr = cluster.proc(1, old).field("grpc").to_string();
+    cluster.proc(1, old).signal(libc::SIGSTOP);
+    cluster
+        .wait_for("a new primary", |s| {
+            s.groups[0]
+                .members
+                .iter()
+                .any(|m| m.role == "primary" && m.address != old_addr && m.lease_ms > 0)
+        })
+        .await
+        .expect("failover");
+    let at_failover = load.count();
+    load.wait_progress(at_failover, 100, "writes on the new primary")
+        .await;
+
+    // Woken up, the old primary's lease has long lapsed: it must refuse to
+    // read or write, before it has even heard of the new configuration.
+    cluster.proc(1, old).signal(libc::SIGCONT);
+    let mut direct = shard_pb::shard_client::ShardClient::new(
+        channel(&old_addr)
+            .await
+            .expect("channel to the old primary"),
+    );
+    let read = direct
+        .read(shard_pb::ReadRequest {
+            map_epoch: 0,
+            keys: vec![b"stop/k/0/1".to_vec()],
+        })
+        .await
+        .expect_err("a fenced primary must not serve a read");
+    let write = direct
+        .commit_local(shard_pb::CommitLocalRequest {
+            durability: 2,
+            map_epoch: 0,
+            txn_id: txn_id(),
+            reads: vec![],
+            writes: vec![shard_pb::WriteOp {
+                key: b"stop/k/0/1".to_vec(),
+                value: b"stale".to_vec(),
+                delete: false,
+            }],
+        })
+        .await
+        .expect_err("a fenced primary must not take a write");
+    for status in [read, write] {
+        let detail = shard_pb::ErrorDetail::decode(status.details()).expect("detail");
+        assert_eq!(
+            detail.kind,
+            shard_pb::error_detail::Kind::NotPrimary as i32,
+            "{status:?}"
+        );
+    }
+
+    let status = wait_all_in_sync(&cluster, 1).await;
+    let back = status.groups[0]
+        .members
+        .iter()
+        .find(|m| m.address == old_addr)
+        .expect("member");
+    assert_eq!(back.role, "backup");
+    let acked = load.stop().await;
+    check_acked(&cluster, &acked).await;
+}
