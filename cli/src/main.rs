@@ -4,6 +4,7 @@
 //! - `shard`: run one shard replica (`trellis shard`).
 //! - `bench`: storage benchmarks (`trellis bench storage`).
 
+mod admin;
 mod bench;
 mod bench_txn;
 mod coordinator;
@@ -44,6 +45,8 @@ enum Command {
     /// A psql-like SQL shell over the table kv(k, v): interactive, or
     /// statements from -c, -f or standard input.
     Sql(sql::Args),
+    /// Operator commands on a running cluster (transfer-primary).
+    Admin(admin::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Shard(args) => shard::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sql(args) => sql::run(args),
+        Command::Admin(args) => admin::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

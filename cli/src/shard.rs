@@ -141,6 +141,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| grpc_addr.to_string());
         shard.repl.set_me(&advertise);
+        shard.repl.set_coordinator(&coordinator);
         let shard = shard.clone();
         let group = args.group;
         tokio::spawn(async move {

@@ -249,6 +249,9 @@ pub struct Inner {
     next_heartbeat: u64,
     /// Backup: when the primary was last heard from.
     pub last_heard: Instant,
+    /// Primary handing over to another member: serves nothing, keeps
+    /// streaming.
+    pub handing_over: bool,
 }
 
 /// Replication state of a replica.
@@ -258,6 +261,8 @@ pub struct Repl {
     pub feed: Feed,
     /// This replica's own address in the configuration.
     me: Mutex<String>,
+    /// The coordinator it reaches the catalog through.
+    coordinator: Mutex<Option<String>>,
 }
 
 impl Repl {
@@ -277,10 +282,12 @@ impl Repl {
                 heartbeats: VecDeque::new(),
                 next_heartbeat: 1,
                 last_heard: now,
+                handing_over: false,
             }),
             marks: watch::channel(Marks::default()).0,
             feed: Feed::new(feed_bytes_max),
             me: Mutex::new(String::new()),
+            coordinator: Mutex::new(None),
         }
     }
 
@@ -290,6 +297,17 @@ impl Repl {
 
     pub fn set_me(&self, addr: &str) {
         *self.me.lock().expect("me lock poisoned") = addr.to_string();
+    }
+
+    pub fn set_coordinator(&self, addr: &str) {
+        *self.coordinator.lock().expect("coordinator lock poisoned") = Some(addr.to_string());
+    }
+
+    pub fn coordinator(&self) -> Option<String> {
+        self.coordinator
+            .lock()
+            .expect("coordinator lock poisoned")
+            .clone()
     }
 
     pub fn me(&self) -> String {
@@ -314,9 +332,21 @@ impl Repl {
         let inner = self.lock();
         match inner.role {
             Role::Standalone => true,
-            Role::Primary => lease_until(&inner).is_none_or(|until| now < until),
+            Role::Primary => {
+                !inner.handing_over && lease_until(&inner).is_none_or(|until| now < until)
+            }
             _ => false,
         }
+    }
+
+    /// Starts (or abandons) a hand-over: no answers meanwhile.
+    pub fn set_handing_over(&self, on: bool) {
+        self.lock().handing_over = on;
+    }
+
+    /// What `addr` acknowledged (primary).
+    pub fn acked(&self, addr: &str) -> Option<Lsn> {
+        self.lock().peers.get(addr).map(|p| p.acked)
     }
 
     /// Milliseconds of lease left (primary), `u64::MAX` if it cannot lapse.
@@ -339,6 +369,7 @@ impl Repl {
         let mut inner = self.lock();
         let changed = inner.role != role || inner.epoch != epoch;
         if changed {
+            inner.handing_over = false;
             inner.role = role;
             inner.epoch = epoch;
             inner.since = now;

@@ -539,6 +539,96 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfig)
     }
 }
 
+/// Longest a hand-over waits for its target to have every record.
+pub const TRANSFER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Primary: hands the group over to the in-sync backup `to`. Stops
+/// serving, waits until `to` acknowledged every record, then makes it
+/// primary at epoch + 1 with this replica as its backup. On any failure
+/// before the catalog changed, serves again as before.
+pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
+    let coordinator = shard.repl.coordinator().ok_or_else(|| {
+        Status::failed_precondition("a standalone shard has no group to hand over")
+    })?;
+    let (role, epoch) = shard.repl.role();
+    let config = shard.repl.lock().config.clone();
+    let Some(config) = config.filter(|_| role == Role::Primary) else {
+        return Err(Status::failed_precondition(format!(
+            "this replica is {}, not the primary",
+            role.name()
+        )));
+    };
+    if !config
+        .members
+        .iter()
+        .skip(1)
+        .any(|m| m.addr == to && m.in_sync)
+    {
+        return Err(Status::invalid_argument(format!(
+            "{to} is not an in-sync backup of group {}; members: {}",
+            config.group_id,
+            config
+                .members
+                .iter()
+                .map(|m| format!(
+                    "{}{}",
+                    m.addr,
+                    if m.in_sync { "" } else { " (not in sync)" }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    shard.repl.set_handing_over(true);
+    let result = async {
+        let last = shard.last_lsn();
+        let deadline = Instant::now() + TRANSFER_CATCH_UP_TIMEOUT;
+        while shard.repl.acked(to).unwrap_or(0) < last {
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(format!(
+                    "{to} did not catch up to {last} within {TRANSFER_CATCH_UP_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut members: Vec<pb::MemberConfig> = Vec::new();
+        for m in &config.members {
+            if m.addr == to {
+                members.insert(0, m.clone());
+            } else {
+                members.push(m.clone());
+            }
+        }
+        let reason = format!("primary transferred from {} to {to}", shard.repl.me());
+        match cas_group(&coordinator, &config, epoch + 1, members, &reason).await {
+            Ok((true, new)) => Ok(new),
+            Ok((false, _)) => Err(Status::aborted(
+                "the configuration changed meanwhile; nothing was moved, try again",
+            )),
+            Err(err) => Err(Status::unavailable(format!(
+                "cannot change the configuration: {err}"
+            ))),
+        }
+    }
+    .await;
+    match result {
+        Ok(new) => {
+            tracing::info!(%to, epoch = new.epoch, "handed the group over");
+            shard.repl.set_role(
+                Role::Backup,
+                new.epoch,
+                Some(new.clone()),
+                shard.durable_lsn(),
+            );
+            Ok(new.epoch)
+        }
+        Err(status) => {
+            shard.repl.set_handing_over(false);
+            Err(status)
+        }
+    }
+}
+
 /// Backup: the primary is silent. Unless it still answers as a primary with
 /// a lease, promote the most up-to-date reachable in-sync member (itself if
 /// it is that member) at `epoch + 1`.

@@ -563,6 +563,15 @@ impl ShardService for ShardApi {
         )))
     }
 
+    async fn transfer_primary(
+        &self,
+        request: Request<pb::TransferPrimaryRequest>,
+    ) -> Result<Response<pb::TransferPrimaryResponse>, Status> {
+        let to = request.into_inner().to;
+        let epoch = crate::replica::transfer(&self.shard, &to).await?;
+        Ok(Response::new(pb::TransferPrimaryResponse { epoch }))
+    }
+
     async fn shard_status(
         &self,
         _request: Request<pb::ShardStatusRequest>,

@@ -310,3 +310,62 @@ async fn stopped_primary_is_fenced_and_rejoins() {
     let acked = load.stop().await;
     check_acked(&cluster, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_transfer_moves_the_primary_without_loss() {
+    let cluster = ReplicatedCluster::start(1, 3, &[]).await.expect("cluster");
+    let load = Load::start(cluster.addr(), "move").await;
+    load.wait_progress(0, 50, "before the transfer").await;
+    let old = cluster.primary(1).await.expect("primary");
+    let target = (1..=3).find(|r| *r != old).expect("a backup");
+    let target_addr = cluster.proc(1, target).field("grpc").to_string();
+    let out = tokio::process::Command::new(trellis_tests::harness::trellis_bin())
+        .args([
+            "admin",
+            "transfer-primary",
+            "--addr",
+            cluster.addr(),
+            "--group",
+            "1",
+            "--to",
+            &target_addr,
+        ])
+        .output()
+        .await
+        .expect("trellis admin runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("primary moved"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.primary(1).await.expect("primary"), target);
+    let moved_at = load.count();
+    load.wait_progress(moved_at, 100, "writes on the new primary")
+        .await;
+    let acked = load.stop().await;
+    check_acked(&cluster, &acked).await;
+    wait_all_in_sync(&cluster, 1).await;
+
+    // Refused with a reason: a target that is not a member.
+    let out = tokio::process::Command::new(trellis_tests::harness::trellis_bin())
+        .args([
+            "admin",
+            "transfer-primary",
+            "--addr",
+            cluster.addr(),
+            "--group",
+            "1",
+            "--to",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .await
+        .expect("trellis admin runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not an in-sync backup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,128 @@
+//! `trellis admin`: operator commands on a running cluster.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use trellis_proto::shard::v1 as shard_pb;
+
+/// Deadline of the hand-over call (the primary waits up to 5 s for its
+/// target to catch up).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the new primary may take to start serving.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AdminCommand {
+    /// Move a group's primary to one of its in-sync backups, with no lost
+    /// write: the primary stops serving, waits until the backup has every
+    /// record, and hands over at a new epoch. Clients see a short pause.
+    #[command(after_help = "\
+Examples:
+  trellis admin transfer-primary --group 2
+  trellis admin transfer-primary --group 2 --to 127.0.0.1:50071 --addr 127.0.0.1:50051")]
+    TransferPrimary {
+        /// Coordinator address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// The group whose primary moves.
+        #[arg(long)]
+        group: u64,
+        /// The backup to make primary (default: the in-sync backup that is
+        /// least behind).
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.command {
+        AdminCommand::TransferPrimary { addr, group, to } => {
+            runtime.block_on(transfer_primary(&addr, group, to))
+        }
+    }
+}
+
+async fn transfer_primary(addr: &str, group: u64, to: Option<String>) -> anyhow::Result<()> {
+    let status = crate::status::fetch(addr).await?;
+    let Some(g) = status.groups.iter().find(|g| g.group_id == group) else {
+        bail!(
+            "group {group} does not exist; groups: {}",
+            status
+                .groups
+                .iter()
+                .map(|g| g.group_id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let primary = g
+        .members
+        .iter()
+        .find(|m| m.role == "primary")
+        .with_context(|| format!("group {group} has no serving primary right now"))?;
+    let to = match to {
+        Some(to) => to,
+        None => g
+            .members
+            .iter()
+            .filter(|m| m.role == "backup" && m.in_sync)
+            .min_by_key(|m| m.lag_records)
+            .map(|m| m.address.clone())
+            .with_context(|| format!("group {group} has no in-sync backup to hand over to"))?,
+    };
+    if to == primary.address {
+        bail!("{to} is already the primary of group {group}");
+    }
+    let started = Instant::now();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", primary.address))?
+        .connect_timeout(TRANSFER_TIMEOUT)
+        .timeout(TRANSFER_TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the primary {}", primary.address))?;
+    let mut client = shard_pb::shard_client::ShardClient::new(channel);
+    let epoch = client
+        .transfer_primary(shard_pb::TransferPrimaryRequest { to: to.clone() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| {
+            format!(
+                "handing group {group} over from {} to {to}",
+                primary.address
+            )
+        })?
+        .into_inner()
+        .epoch;
+    let deadline = Instant::now() + SERVING_TIMEOUT;
+    loop {
+        if let Ok(status) = crate::status::fetch(addr).await
+            && let Some(g) = status.groups.iter().find(|g| g.group_id == group)
+            && g.members
+                .iter()
+                .any(|m| m.address == to && m.role == "primary" && m.lease_ms > 0)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the catalog names {to} primary at epoch {epoch}, but it did not start serving within {SERVING_TIMEOUT:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "group {group}: primary moved from {} to {to} at epoch {epoch} ({} ms until it served)",
+        primary.address,
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
