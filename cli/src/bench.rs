@@ -29,7 +29,9 @@ the ratio to the raw rate); replay speed on recovery; and memory per key at
 pub struct Args {
     /// What to measure: `storage` (the engine on a local disk) or `txn`
     /// (1PC vs 2PC commits against a running cluster at --addr).
-    #[arg(value_parser = ["storage", "txn"], default_value = "storage")]
+    /// or `replication` (starts its own clusters of 1, 2 and 3 replicas:
+    /// throughput by durability, and failover time).
+    #[arg(value_parser = ["storage", "txn", "replication"], default_value = "storage")]
     what: String,
     /// Coordinator address for `txn`.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -55,6 +57,9 @@ impl Drop for Scratch {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.what == "replication" {
+        return crate::bench_repl::run(&args.dir, Duration::from_secs(args.seconds));
+    }
     if args.what == "txn" {
         return crate::bench_txn::run(&args.addr, Duration::from_secs(args.seconds));
     }

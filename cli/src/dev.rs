@@ -54,14 +54,14 @@ pub struct Args {
 }
 
 /// A child process and what it is.
-struct Kid {
-    name: String,
-    child: Child,
+pub(crate) struct Kid {
+    pub(crate) name: String,
+    pub(crate) child: Child,
     ready: Vec<(String, String)>,
 }
 
 impl Kid {
-    fn field(&self, key: &str) -> String {
+    pub(crate) fn field(&self, key: &str) -> String {
         self.ready
             .iter()
             .find(|(k, _)| k == key)
@@ -70,7 +70,7 @@ impl Kid {
     }
 }
 
-fn start(name: &str, args: &[String]) -> anyhow::Result<Kid> {
+pub(crate) fn start(name: &str, args: &[String]) -> anyhow::Result<Kid> {
     let exe = std::env::current_exe().context("finding the trellis executable")?;
     let mut child = Command::new(exe)
         .args(args)
@@ -123,7 +123,7 @@ fn terminate(pid: u32) {
     }
 }
 
-fn stop_all(kids: &mut [Kid]) {
+pub(crate) fn stop_all(kids: &mut [Kid]) {
     for kid in kids.iter() {
         terminate(kid.child.id());
     }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod bench;
+mod bench_repl;
 mod bench_txn;
 mod coordinator;
 mod dev;
