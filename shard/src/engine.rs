@@ -882,6 +882,19 @@ impl Shard {
     /// and the log restarts after it. (A crash in between leaves an empty
     /// replica, which catches up again; never a mix of old and new.)
     pub fn install_snapshot(&self, capture: crate::state::Capture) -> Result<(), ShardError> {
+        // Not while a local snapshot is being written: it would delete the
+        // installed one as older (or keep old segments). The backup retries.
+        if self.snapshot_running.swap(true, Ordering::AcqRel) {
+            return Err(ShardError::Unavailable(
+                "a local snapshot is being written; installing the primary's later".into(),
+            ));
+        }
+        let result = self.install_snapshot_inner(capture);
+        self.snapshot_running.store(false, Ordering::Release);
+        result
+    }
+
+    fn install_snapshot_inner(&self, capture: crate::state::Capture) -> Result<(), ShardError> {
         let dir = self.config.data_dir.clone();
         let lsn = capture.lsn;
         let mut guard = self.state.lock();
