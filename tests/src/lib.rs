@@ -18,4 +18,6 @@
 //! cluster.
 
 pub mod harness;
+pub mod nemesis;
 pub mod proxy;
+pub mod workload;
