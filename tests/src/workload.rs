@@ -212,6 +212,8 @@ fn target_dir() -> PathBuf {
 struct Recorder<M> {
     start: Instant,
     ops: Mutex<Vec<Op<M>>>,
+    /// Why operations did not commit: `fail` / `info` and a short reason.
+    reasons: Mutex<BTreeMap<String, usize>>,
 }
 
 impl<M> Recorder<M> {
@@ -219,6 +221,7 @@ impl<M> Recorder<M> {
         Recorder {
             start,
             ops: Mutex::new(Vec::new()),
+            reasons: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -233,6 +236,21 @@ impl<M> Recorder<M> {
         });
     }
 
+    fn count(&self, kind: OpKind, why: &str) {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        *reasons
+            .entry(format!("{} {why}", kind.as_str()))
+            .or_insert(0) += 1;
+    }
+
+    fn reasons(&self) -> String {
+        let reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        reasons
+            .iter()
+            .map(|(why, n)| format!("  {why}: {n}\n"))
+            .collect()
+    }
+
     fn take(&self) -> Vec<Op<M>> {
         std::mem::take(&mut *self.ops.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -243,6 +261,26 @@ impl<M> Recorder<M> {
 enum Failure {
     BeforeCommit(Error),
     AtCommit(Error),
+}
+
+/// A short name for why an operation did not commit.
+fn reason(failure: &Failure) -> String {
+    let (err, stage) = match failure {
+        Failure::BeforeCommit(err) => (err, " (before commit)"),
+        Failure::AtCommit(err) => (err, ""),
+    };
+    let what = match err {
+        Error::Conflict { .. } => "conflict",
+        Error::Locked { .. } => "locked",
+        Error::ResolvedAbort { .. } => "resolved-abort",
+        Error::ParticipantUnavailable { .. } => "participant-unavailable",
+        Error::OutcomeUnknown { .. } => "outcome-unknown",
+        Error::Unavailable(_) => "unavailable",
+        Error::InvalidArgument(_) => "invalid-argument",
+        Error::Application(_) => "refused by the workload",
+        Error::Server { .. } => "server error",
+    };
+    format!("{what}{stage}")
 }
 
 /// The completion an error gets (see the module doc).
@@ -587,8 +625,15 @@ async fn client_loop<M, G, R, Fut>(
                 recorder.push(process, OpKind::Ok, done);
                 continue;
             }
-            Ok(Err(failure)) => completion(&failure),
-            Err(_) => OpKind::Info,
+            Ok(Err(failure)) => {
+                let kind = completion(&failure);
+                recorder.count(kind, &reason(&failure));
+                kind
+            }
+            Err(_) => {
+                recorder.count(OpKind::Info, "operation timed out");
+                OpKind::Info
+            }
         };
         recorder.push(process, kind, Vec::new());
         if kind == OpKind::Info {
@@ -800,6 +845,8 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
     if let Some(err) = &final_read_error {
         verdict.push_str(&format!("FINAL READ FAILED: {err}\n"));
     }
+    verdict.push_str("why operations did not commit:\n");
+    verdict.push_str(&recorder.reasons());
     verdict.push_str(&report.to_string());
     std::fs::write(dir.join("verdict.txt"), &verdict)?;
     eprintln!(
