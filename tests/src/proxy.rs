@@ -279,8 +279,15 @@ mod tests {
         proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
         let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
         let started = std::time::Instant::now();
-        assert!(roundtrip(&mut fresh, Duration::from_secs(5)).await.is_some());
-        assert!(started.elapsed() >= Duration::from_millis(400), "both ways delayed");
+        assert!(
+            roundtrip(&mut fresh, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "both ways delayed"
+        );
 
         proxy.set_mode(Mode::Partition);
         let mut buf = [0u8; 4];

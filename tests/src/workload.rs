@@ -392,7 +392,10 @@ impl Tx {
                 let request = CommitRequest {
                     txn_id: trellis_client::new_txn_id(),
                     reads: Vec::new(),
-                    writes: writes.into_iter().map(|(k, v)| (k, Write::Put(v))).collect(),
+                    writes: writes
+                        .into_iter()
+                        .map(|(k, v)| (k, Write::Put(v)))
+                        .collect(),
                     durability: Durability::default(),
                 };
                 client
@@ -488,7 +491,11 @@ fn random_list_txn(rng: &mut StdRng, keys: &Mutex<Keys>, values: &AtomicU64) -> 
 
 /// Runs one list-append transaction; returns its micro-ops with the reads
 /// filled in.
-async fn run_list_txn(client: &Client, mode: ClientMode, mops: &[Mop]) -> Result<Vec<Mop>, Failure> {
+async fn run_list_txn(
+    client: &Client,
+    mode: ClientMode,
+    mops: &[Mop],
+) -> Result<Vec<Mop>, Failure> {
     let mut tx = Tx::begin(client, mode);
     let mut done = Vec::with_capacity(mops.len());
     for mop in mops {
@@ -572,8 +579,14 @@ async fn run_bank_txn(
                         "account {from} has {a}, less than {amount}"
                     ))));
                 }
-                tx.put(&account_key(from), (a - amount_signed).to_string().into_bytes())?;
-                tx.put(&account_key(to), (b + amount_signed).to_string().into_bytes())?;
+                tx.put(
+                    &account_key(from),
+                    (a - amount_signed).to_string().into_bytes(),
+                )?;
+                tx.put(
+                    &account_key(to),
+                    (b + amount_signed).to_string().into_bytes(),
+                )?;
                 done.push(mop.clone());
             }
         }

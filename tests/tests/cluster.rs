@@ -596,7 +596,9 @@ async fn a_decided_commit_is_never_reported_unavailable() {
             "{vote:?}"
         );
     }
-    let anchor_shard = cluster.shards[anchor as usize - 1].as_ref().expect("anchor");
+    let anchor_shard = cluster.shards[anchor as usize - 1]
+        .as_ref()
+        .expect("anchor");
     shard_client(anchor_shard)
         .await
         .expect("shard client")
@@ -625,10 +627,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
     );
 
     // Back up, the sweeper finishes it: committed, once.
-    cluster
-        .restart_shard(other as u32)
-        .await
-        .expect("restart");
+    cluster.restart_shard(other as u32).await.expect("restart");
     wait_no_prepared(&cluster).await;
     assert_eq!(
         txn_state(&mut client, &transfer.txn_id).await,
