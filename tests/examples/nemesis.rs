@@ -10,8 +10,8 @@
 //! the clock, printed), `--runs N` (default 1; run k uses seed + k),
 //! `--workload list-append|bank|both` (default both), `--clients N`
 //! (default 6), `--faults` a comma list of `kill,pause,partition,black-hole,delay`
-//! or `none` (default all), `--interval MS` and `--hold MS` (default 1000).
-//! A failed run keeps its history, verdict and logs under
+//! or `none` (default all), `--interval MS` and `--hold MS` (default 1000),
+//! `--keep` (keep every run's files, not only failed ones). A failed run keeps its history, verdict and logs under
 //! `target/nemesis/`; the exit code is 1 if any run failed.
 
 use std::time::Duration;
@@ -28,6 +28,7 @@ struct Args {
     kinds: Vec<FaultKind>,
     interval: Duration,
     hold: Duration,
+    keep: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -42,6 +43,7 @@ fn parse() -> anyhow::Result<Args> {
         kinds: FaultKind::ALL.to_vec(),
         interval: Duration::from_secs(1),
         hold: Duration::from_secs(1),
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +58,7 @@ fn parse() -> anyhow::Result<Args> {
             "--clients" => args.clients = value()?.parse()?,
             "--interval" => args.interval = Duration::from_millis(value()?.parse()?),
             "--hold" => args.hold = Duration::from_millis(value()?.parse()?),
+            "--keep" => args.keep = true,
             "--workload" => {
                 args.workloads = match value()?.as_str() {
                     "list-append" => vec![Workload::ListAppend],
@@ -82,7 +85,7 @@ fn parse() -> anyhow::Result<Args> {
                 println!(
                     "nemesis [--time S] [--seed N] [--runs N] [--workload list-append|bank|both] \
                      [--clients N] [--faults kill,pause,partition,black-hole,delay|none] \
-                     [--interval MS] [--hold MS]"
+                     [--interval MS] [--hold MS] [--keep]"
                 );
                 std::process::exit(0);
             }
@@ -105,10 +108,14 @@ async fn main() -> anyhow::Result<()> {
             config.interval = args.interval;
             config.hold = args.hold;
             let result = run(&config).await?;
+            let name = format!("{}-seed{seed}", workload.name());
             if result.passed() {
                 println!("PASS {} seed={seed}", workload.name());
+                if args.keep {
+                    println!("  kept in {}", result.keep(&name)?.display());
+                }
             } else {
-                let kept = result.keep(&format!("{}-seed{seed}", workload.name()))?;
+                let kept = result.keep(&name)?;
                 println!(
                     "FAIL {} seed={seed}: kept in {}\n{}",
                     workload.name(),
