@@ -80,6 +80,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts at the setup write and at the final read.
 pub const FINAL_ATTEMPTS_MAX: u32 = 20;
+/// Pause of a client after an operation that did not commit.
+pub const FAIL_PAUSE: Duration = Duration::from_millis(20);
 /// The process id of the final read.
 pub const FINAL_PROCESS: u64 = 1_000_000;
 
@@ -182,7 +184,7 @@ impl RunResult {
         std::fs::create_dir_all(&to)?;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() && !entry.file_name().to_string_lossy().ends_with(".db")
+            if entry.file_type()?.is_file() && !entry.file_name().to_string_lossy().contains(".db")
             {
                 std::fs::copy(entry.path(), to.join(entry.file_name()))?;
             }
@@ -278,7 +280,7 @@ fn reason(failure: &Failure) -> String {
         Error::Unavailable(_) => "unavailable",
         Error::InvalidArgument(_) => "invalid-argument",
         Error::Application(_) => "refused by the workload",
-        Error::Server { .. } => "server error",
+        Error::Server { code, .. } => return format!("server error {code:?}{stage}"),
     };
     format!("{what}{stage}")
 }
@@ -652,8 +654,9 @@ async fn client_loop<M, G, R, Fut>(
         if kind == OpKind::Info {
             process += workers as u64;
         } else {
-            // A short pause after an abort spreads out conflicting clients.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // A short pause after a failure spreads out conflicting clients
+            // and keeps a client of a dead coordinator from spinning.
+            tokio::time::sleep(FAIL_PAUSE).await;
         }
     }
 }
