@@ -22,7 +22,9 @@
 //!
 //! [`Fault`]: SIGKILL a process and restart it on the same data directory
 //! after the hold; SIGSTOP and SIGCONT; cut a proxy (partition), black-hole
-//! one direction of it, or delay it. One fault at a time; [`FaultCluster::heal_all`]
+//! one direction of it, or delay it; restart a coordinator with a
+//! failpoint armed so it dies at a chosen step of the next two-phase
+//! commit. One fault at a time; [`FaultCluster::heal_all`]
 //! undoes everything.
 //!
 //! # What it never does
@@ -46,7 +48,7 @@ use rand::{Rng, SeedableRng};
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::admin_client::AdminClient;
 
-use crate::harness::{Proc, channel};
+use crate::harness::{Proc, alive, channel};
 use crate::proxy::{Direction, Mode, Proxy};
 
 /// How long the cluster may take to have every group served again.
@@ -92,7 +94,14 @@ pub enum Fault {
     BlackHole(Target, Direction),
     /// The target's proxy delays every chunk by [`DELAY`].
     Delay(Target),
+    /// Coordinator `i` is restarted with a failpoint armed
+    /// (`TRELLIS_FAILPOINTS`): it aborts, as if SIGKILLed, the first time a
+    /// two-phase commit reaches that step. Restarted clean when healed.
+    Failpoint(usize, &'static str),
 }
+
+/// The coordinator's failpoints (see `coordinator/src/failpoint.rs`).
+pub const FAILPOINTS: [&str; 3] = ["after_prepare", "after_decide", "during_finalize"];
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,6 +114,7 @@ impl fmt::Display for Fault {
                 write!(f, "black-hole answers from {t}")
             }
             Fault::Delay(t) => write!(f, "delay {t} by {DELAY:?}"),
+            Fault::Failpoint(i, name) => write!(f, "crash coordinator-{i} at {name}"),
         }
     }
 }
@@ -117,16 +127,18 @@ pub enum FaultKind {
     Partition,
     BlackHole,
     Delay,
+    Failpoint,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::BlackHole,
         FaultKind::Delay,
+        FaultKind::Failpoint,
     ];
 }
 
@@ -149,6 +161,12 @@ impl Schedule {
             return None;
         }
         let kind = self.kinds[rng.random_range(0..self.kinds.len())];
+        if kind == FaultKind::Failpoint {
+            return Some(Fault::Failpoint(
+                rng.random_range(0..coordinators),
+                FAILPOINTS[rng.random_range(0..FAILPOINTS.len())],
+            ));
+        }
         // Shards are hit twice as often as coordinators: they hold the state.
         let nodes = coordinators + 2 * groups as usize;
         let n = rng.random_range(0..nodes);
@@ -170,6 +188,7 @@ impl Schedule {
                 },
             ),
             FaultKind::Delay => Fault::Delay(target),
+            FaultKind::Failpoint => unreachable!("picked above"),
         })
     }
 }
@@ -180,6 +199,8 @@ struct Node {
     proc: Option<Proc>,
     proxy: Proxy,
     paused: bool,
+    /// Started with a failpoint armed.
+    armed: bool,
 }
 
 /// A cluster with every link behind a fault proxy. Dropping it kills every
@@ -228,6 +249,7 @@ impl FaultCluster {
                 proc: None,
                 proxy,
                 paused: false,
+                armed: false,
             });
             // The first one creates the cluster in the catalog.
             cluster.start_coordinator(i, i == 0)?;
@@ -239,6 +261,7 @@ impl FaultCluster {
                 proc: None,
                 proxy,
                 paused: false,
+                armed: false,
             });
             cluster.start_shard(g)?;
         }
@@ -271,6 +294,15 @@ impl FaultCluster {
     }
 
     fn start_coordinator(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
+        self.start_coordinator_env(i, create, &[])
+    }
+
+    fn start_coordinator_env(
+        &mut self,
+        i: usize,
+        create: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let groups = self.groups.to_string();
         let advertise = self.coordinators[i].proxy.addr().to_string();
         let mut args = vec![
@@ -288,12 +320,13 @@ impl FaultCluster {
             args.extend(["--groups", groups.as_str()]);
         }
         let log = self.log(Target::Coordinator(i));
-        let proc = Proc::start_logged(&args, &[], Some(&log))?;
+        let proc = Proc::start_logged(&args, env, Some(&log))?;
         let addr: SocketAddr = proc.field("grpc").parse()?;
         let node = &mut self.coordinators[i];
         node.proxy.set_upstream(addr);
         node.proc = Some(proc);
         node.paused = false;
+        node.armed = !env.is_empty();
         Ok(())
     }
 
@@ -382,6 +415,12 @@ impl FaultCluster {
                 self.node(target).proxy.set_mode(Mode::BlackHole(direction))
             }
             Fault::Delay(target) => self.node(target).proxy.set_mode(Mode::Delay(DELAY)),
+            Fault::Failpoint(i, name) => {
+                if let Some(proc) = self.coordinators[i].proc.take() {
+                    proc.kill9();
+                }
+                self.start_coordinator_env(i, false, &[("TRELLIS_FAILPOINTS", name)])?;
+            }
         }
         Ok(())
     }
@@ -404,6 +443,14 @@ impl FaultCluster {
                     proc.signal(libc::SIGCONT);
                 }
                 node.paused = false;
+            }
+            // Died at a failpoint, or still armed: restart it clean.
+            let dead = node.proc.as_ref().is_some_and(|p| !alive(p.pid));
+            if dead || node.armed {
+                if let Some(proc) = node.proc.take() {
+                    proc.kill9();
+                }
+                node.armed = false;
             }
             if node.proc.is_none() {
                 self.restart(target)?;
