@@ -9,8 +9,9 @@
 //! Flags: `--time SECONDS` per run (default 60), `--seed N` (default: from
 //! the clock, printed), `--runs N` (default 1; run k uses seed + k),
 //! `--workload list-append|bank|both` (default both), `--clients N`
-//! (default 6), `--faults` a comma list of `kill,pause,partition,black-hole,delay,failpoint`
-//! or `none` (default all), `--interval MS` and `--hold MS` (default 1000),
+//! (default 6), `--faults` a comma list of `kill,pause,partition,black-hole,delay,failpoint,disk-full`
+//! or `none` (default all but `disk-full`, which needs root: a tmpfs per
+//! shard), `--interval MS` and `--hold MS` (default 1000),
 //! `--keep` (keep every run's files, not only failed ones). A failed run keeps its history, verdict and logs under
 //! `target/nemesis/`; the exit code is 1 if any run failed.
 
@@ -78,6 +79,7 @@ fn parse() -> anyhow::Result<Args> {
                         "black-hole" => FaultKind::BlackHole,
                         "delay" => FaultKind::Delay,
                         "failpoint" => FaultKind::Failpoint,
+                        "disk-full" => FaultKind::DiskFull,
                         other => anyhow::bail!("unknown fault {other:?}"),
                     });
                 }
@@ -85,7 +87,7 @@ fn parse() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "nemesis [--time S] [--seed N] [--runs N] [--workload list-append|bank|both] \
-                     [--clients N] [--faults kill,pause,partition,black-hole,delay,failpoint|none] \
+                     [--clients N] [--faults kill,pause,partition,black-hole,delay,failpoint,disk-full|none] \
                      [--interval MS] [--hold MS] [--keep]"
                 );
                 std::process::exit(0);

@@ -94,6 +94,11 @@ pub enum Fault {
     BlackHole(Target, Direction),
     /// The target's proxy delays every chunk by [`DELAY`].
     Delay(Target),
+    /// The shard's disk (a small tmpfs of its own) is filled to the last
+    /// byte: its next log write fails. Healed by freeing the space and
+    /// restarting the shard (after a failed write its log refuses every
+    /// append, by design).
+    DiskFull(u32),
     /// Coordinator `i` is restarted with a failpoint armed
     /// (`TRELLIS_FAILPOINTS`): it aborts, as if SIGKILLed, the first time a
     /// two-phase commit reaches that step. Restarted clean when healed.
@@ -115,6 +120,7 @@ impl fmt::Display for Fault {
             }
             Fault::Delay(t) => write!(f, "delay {t} by {DELAY:?}"),
             Fault::Failpoint(i, name) => write!(f, "crash coordinator-{i} at {name}"),
+            Fault::DiskFull(g) => write!(f, "fill the disk of shard-{g}"),
         }
     }
 }
@@ -128,6 +134,9 @@ pub enum FaultKind {
     BlackHole,
     Delay,
     Failpoint,
+    /// Needs root (it mounts a tmpfs per shard); left out of
+    /// [`FaultKind::ALL`].
+    DiskFull,
 }
 
 impl FaultKind {
@@ -161,6 +170,9 @@ impl Schedule {
             return None;
         }
         let kind = self.kinds[rng.random_range(0..self.kinds.len())];
+        if kind == FaultKind::DiskFull {
+            return Some(Fault::DiskFull(rng.random_range(1..=groups)));
+        }
         if kind == FaultKind::Failpoint {
             return Some(Fault::Failpoint(
                 rng.random_range(0..coordinators),
@@ -188,7 +200,7 @@ impl Schedule {
                 },
             ),
             FaultKind::Delay => Fault::Delay(target),
-            FaultKind::Failpoint => unreachable!("picked above"),
+            FaultKind::Failpoint | FaultKind::DiskFull => unreachable!("picked above"),
         })
     }
 }
@@ -201,12 +213,16 @@ struct Node {
     paused: bool,
     /// Started with a failpoint armed.
     armed: bool,
+    /// Its disk is full (a ballast file fills its tmpfs).
+    full: bool,
 }
 
 /// A cluster with every link behind a fault proxy. Dropping it kills every
 /// process (by PID) and stops every proxy.
 pub struct FaultCluster {
     dir: PathBuf,
+    /// Per group, the tmpfs mounted for its shard's data, if any.
+    disks: Vec<PathBuf>,
     catalog: String,
     groups: u32,
     coordinators: Vec<Node>,
@@ -233,10 +249,29 @@ impl FaultCluster {
     /// (data, catalog and one log file per process), and waits until every
     /// group is served.
     pub async fn start(dir: &Path, coordinators: usize, groups: u32) -> anyhow::Result<Self> {
+        Self::start_with_disks(dir, coordinators, groups, false).await
+    }
+
+    /// Like [`FaultCluster::start`]; with `disks`, each shard's data lives
+    /// on a tmpfs of [`DISK_BYTES`] of its own, for [`Fault::DiskFull`].
+    /// Mounting needs root: if it fails, the cluster starts without disks
+    /// ([`FaultCluster::has_disks`] says which).
+    pub async fn start_with_disks(
+        dir: &Path,
+        coordinators: usize,
+        groups: u32,
+        disks: bool,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(coordinators >= 1 && groups >= 1, "an empty cluster");
+        let mounted = if disks {
+            mount_disks(dir, groups)
+        } else {
+            Vec::new()
+        };
         let catalog = format!("sqlite://{}", dir.join("catalog.db").display());
         let mut cluster = FaultCluster {
             dir: dir.to_path_buf(),
+            disks: mounted,
             catalog,
             groups,
             coordinators: Vec::new(),
@@ -250,6 +285,7 @@ impl FaultCluster {
                 proxy,
                 paused: false,
                 armed: false,
+                full: false,
             });
             // The first one creates the cluster in the catalog.
             cluster.start_coordinator(i, i == 0)?;
@@ -262,6 +298,7 @@ impl FaultCluster {
                 proxy,
                 paused: false,
                 armed: false,
+                full: false,
             });
             cluster.start_shard(g)?;
         }
@@ -342,8 +379,20 @@ impl FaultCluster {
             .ok_or_else(|| anyhow::anyhow!("no coordinator is running"))
     }
 
+    /// Whether every shard has a disk of its own to fill.
+    pub fn has_disks(&self) -> bool {
+        !self.disks.is_empty()
+    }
+
+    fn data_dir(&self, group: u32) -> PathBuf {
+        match self.disks.get(group as usize - 1) {
+            Some(disk) => disk.join("data"),
+            None => self.dir.join(format!("group-{group}")),
+        }
+    }
+
     fn start_shard(&mut self, group: u32) -> anyhow::Result<()> {
-        let data = self.dir.join(format!("group-{group}"));
+        let data = self.data_dir(group);
         let data = data.to_str().expect("utf-8 run directory").to_string();
         let group_arg = group.to_string();
         let coordinator = self.registrar()?;
@@ -415,6 +464,13 @@ impl FaultCluster {
                 self.node(target).proxy.set_mode(Mode::BlackHole(direction))
             }
             Fault::Delay(target) => self.node(target).proxy.set_mode(Mode::Delay(DELAY)),
+            Fault::DiskFull(group) => {
+                let Some(disk) = self.disks.get(group as usize - 1) else {
+                    anyhow::bail!("shard-{group} has no disk of its own to fill");
+                };
+                fill(&disk.join(BALLAST))?;
+                self.shards[group as usize - 1].full = true;
+            }
             Fault::Failpoint(i, name) => {
                 if let Some(proc) = self.coordinators[i].proc.take() {
                     proc.kill9();
@@ -436,7 +492,10 @@ impl FaultCluster {
             .map(|n| n.target)
             .collect();
         for target in targets {
-            let node = self.node(target);
+            let node = match target {
+                Target::Coordinator(i) => &mut self.coordinators[i],
+                Target::Shard(g) => &mut self.shards[g as usize - 1],
+            };
             node.proxy.set_mode(Mode::Pass);
             if node.paused {
                 if let Some(proc) = &node.proc {
@@ -444,13 +503,20 @@ impl FaultCluster {
                 }
                 node.paused = false;
             }
-            // Died at a failpoint, or still armed: restart it clean.
+            // Died at a failpoint, or still armed, or its log saw a full
+            // disk: restart it clean.
             let dead = node.proc.as_ref().is_some_and(|p| !alive(p.pid));
-            if dead || node.armed {
+            if dead || node.armed || node.full {
                 if let Some(proc) = node.proc.take() {
                     proc.kill9();
                 }
                 node.armed = false;
+            }
+            if node.full {
+                node.full = false;
+                if let Target::Shard(g) = target {
+                    std::fs::remove_file(self.disks[g as usize - 1].join(BALLAST))?;
+                }
             }
             if node.proc.is_none() {
                 self.restart(target)?;
@@ -526,6 +592,79 @@ impl FaultCluster {
             .chain(&self.shards)
             .filter_map(|n| n.proc.as_ref().map(|p| p.pid))
             .collect()
+    }
+}
+
+/// Size of each shard's tmpfs when the cluster has disks.
+pub const DISK_BYTES: u64 = 128 << 20;
+/// The file that fills a disk.
+const BALLAST: &str = "ballast";
+/// Bytes written at once while filling a disk.
+const FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Mounts a tmpfs of [`DISK_BYTES`] at `dir/disk-<g>` for every group; all
+/// or none (what was mounted is unmounted again if one fails).
+fn mount_disks(dir: &Path, groups: u32) -> Vec<PathBuf> {
+    let mut mounted = Vec::new();
+    for g in 1..=groups {
+        let at = dir.join(format!("disk-{g}"));
+        let ok = std::fs::create_dir_all(&at).is_ok()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={DISK_BYTES}"))
+                .arg("tmpfs")
+                .arg(&at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            unmount_disks(&mounted);
+            return Vec::new();
+        }
+        mounted.push(at);
+    }
+    mounted
+}
+
+fn unmount_disks(disks: &[PathBuf]) {
+    for disk in disks {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(disk)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Writes `path` until the disk is full (bounded by [`DISK_BYTES`]).
+fn fill(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let zeros = vec![0u8; FILL_CHUNK_BYTES];
+    // Big chunks, then ever smaller ones for what a refused chunk left,
+    // down to the last byte. Each size stops at its first refusal, and no
+    // size can write more than the disk holds.
+    let mut size = FILL_CHUNK_BYTES;
+    while size > 0 {
+        for _ in 0..=DISK_BYTES as usize / size {
+            if file.write_all(&zeros[..size]).is_err() {
+                break;
+            }
+        }
+        size /= 16;
+    }
+    Ok(())
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        // Processes first (their files live on the disks), then the disks.
+        for node in self.coordinators.iter_mut().chain(&mut self.shards) {
+            if let Some(proc) = node.proc.take() {
+                proc.kill9();
+            }
+        }
+        unmount_disks(&self.disks);
     }
 }
 

@@ -786,7 +786,18 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
         config.mode,
         dir.display()
     );
-    let mut cluster = FaultCluster::start(&dir, config.coordinators, config.groups).await?;
+    let wants_disks = config.kinds.contains(&FaultKind::DiskFull);
+    let mut cluster =
+        FaultCluster::start_with_disks(&dir, config.coordinators, config.groups, wants_disks)
+            .await?;
+    let mut kinds = config.kinds.clone();
+    let mut nemesis_log = Vec::new();
+    if wants_disks && !cluster.has_disks() {
+        kinds.retain(|k| *k != FaultKind::DiskFull);
+        let note = "disk-full faults skipped: cannot mount a tmpfs per shard (not root?)";
+        eprintln!("nemesis: {note}");
+        nemesis_log.push(format!("# {note}"));
+    }
     let mut clients = Vec::new();
     for c in 0..config.clients {
         clients.push(connect(&cluster.client_addr(c % config.coordinators)).await?);
@@ -804,11 +815,10 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
 
     let schedule = Schedule {
         seed: config.seed,
-        kinds: config.kinds.clone(),
+        kinds,
         interval: config.interval,
         hold: config.hold,
     };
-    let mut nemesis_log = Vec::new();
     let faults = run_schedule(
         &mut cluster,
         &schedule,
