@@ -120,9 +120,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 let kept = result.keep(&name)?;
                 println!(
-                    "FAIL {} seed={seed}: kept in {}\n{}",
+                    "FAIL {} seed={seed}: kept in {}\nstuck: {:?}, final read: {:?}, unexpected exits: {:?}\n{}",
                     workload.name(),
                     kept.display(),
+                    result.stuck,
+                    result.final_read_error,
+                    result.unexpected_exits,
                     result.report
                 );
                 failed.push((workload.name(), seed));

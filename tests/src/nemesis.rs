@@ -223,6 +223,8 @@ pub struct FaultCluster {
     dir: PathBuf,
     /// Per group, the tmpfs mounted for its shard's data, if any.
     disks: Vec<PathBuf>,
+    /// Processes found dead that no fault killed: each is a finding.
+    unexpected_exits: Vec<String>,
     catalog: String,
     groups: u32,
     coordinators: Vec<Node>,
@@ -272,6 +274,7 @@ impl FaultCluster {
         let mut cluster = FaultCluster {
             dir: dir.to_path_buf(),
             disks: mounted,
+            unexpected_exits: Vec::new(),
             catalog,
             groups,
             coordinators: Vec::new(),
@@ -377,6 +380,12 @@ impl FaultCluster {
             .and_then(|n| n.proc.as_ref())
             .map(|p| p.field("grpc").to_string())
             .ok_or_else(|| anyhow::anyhow!("no coordinator is running"))
+    }
+
+    /// Processes that exited though no fault killed them (a crash of
+    /// Trellis): the harness restarts them, and reports them here.
+    pub fn unexpected_exits(&self) -> &[String] {
+        &self.unexpected_exits
     }
 
     /// Whether every shard has a disk of its own to fill.
@@ -506,6 +515,10 @@ impl FaultCluster {
             // Died at a failpoint, or still armed, or its log saw a full
             // disk: restart it clean.
             let dead = node.proc.as_ref().is_some_and(|p| !alive(p.pid));
+            if dead && !node.armed && !node.full {
+                self.unexpected_exits
+                    .push(format!("{target} exited by itself (see {target}.log)"));
+            }
             if dead || node.armed || node.full {
                 if let Some(proc) = node.proc.take() {
                     proc.kill9();

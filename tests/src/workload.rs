@@ -158,6 +158,8 @@ pub struct RunResult {
     pub stuck: Option<u64>,
     /// Why the final read could not be done, if it could not.
     pub final_read_error: Option<String>,
+    /// Processes that exited though no fault killed them.
+    pub unexpected_exits: Vec<String>,
     /// Faults inflicted.
     pub faults: usize,
     /// Completions by kind: ok, fail, info.
@@ -169,11 +171,13 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// No anomaly, no stuck lock, a final read.
+    /// No anomaly, no stuck lock, a final read, no process crashed by
+    /// itself.
     pub fn passed(&self) -> bool {
         self.report.verdict == Verdict::Valid
             && self.stuck.is_none()
             && self.final_read_error.is_none()
+            && self.unexpected_exits.is_empty()
     }
 
     /// Copies the history, verdict and logs (not the data) to
@@ -872,6 +876,10 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
             crate::nemesis::SETTLE_TIMEOUT
         ));
     }
+    let unexpected_exits = cluster.unexpected_exits().to_vec();
+    for exit in &unexpected_exits {
+        verdict.push_str(&format!("UNEXPECTED EXIT: {exit}\n"));
+    }
     if let Some(err) = &final_read_error {
         verdict.push_str(&format!("FINAL READ FAILED: {err}\n"));
     }
@@ -896,6 +904,7 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
         report,
         stuck,
         final_read_error,
+        unexpected_exits,
         faults,
         counts,
         dir,

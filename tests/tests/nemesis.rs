@@ -46,9 +46,13 @@ fn must_pass(result: &RunResult, name: &str) {
     if !result.passed() {
         let kept = result.keep(name).expect("keeping the run's files");
         panic!(
-            "{name}: the run failed (seed {seed}); history, verdict and logs kept in {kept}\n{report}",
+            "{name}: the run failed (seed {seed}); history, verdict and logs kept in {kept}\n\
+             stuck: {stuck:?}, final read: {final_read:?}, unexpected exits: {exits:?}\n{report}",
             seed = result.seed,
             kept = kept.display(),
+            stuck = result.stuck,
+            final_read = result.final_read_error,
+            exits = result.unexpected_exits,
             report = result.report
         );
     }
