@@ -179,6 +179,33 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// Runs a catalog operation that opens a transaction in a task of its own
+/// and waits for it, so the transaction always ends (committed or rolled
+/// back) even if our caller is dropped midway.
+///
+/// Why: sqlx 0.8's `begin_with` on SQLite is not cancel-safe — after the
+/// BEGIN has run it awaits once more, and a future dropped there (a gRPC
+/// handler whose client gave up, a timeout) leaves the BEGIN open on a
+/// connection that goes back to the pool. That connection then refuses
+/// every later `begin_with` ("non-zero transaction depth") and, after a
+/// `BEGIN IMMEDIATE`, holds SQLite's write lock against every process
+/// sharing the file. A spawned task is never dropped midway.
+async fn to_completion<T, F>(op: F) -> Result<T, CatalogError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, CatalogError>> + Send + 'static,
+{
+    match tokio::spawn(op).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Only when the runtime shuts down.
+        Err(err) => Err(CatalogError::Io {
+            context: "running a catalog operation".to_string(),
+            source: std::io::Error::other(err.to_string()),
+        }),
+    }
+}
+
 /// Runs `$body` with `$p` bound to the concrete pool. The body is written
 /// once and type-checked against each driver, which keeps the two backends
 /// from drifting apart without sqlx's `Any` driver (which would lose
@@ -375,6 +402,11 @@ impl Catalog {
     /// here: exactly one creates it and the others read it. A cluster with
     /// a different number of groups is [`CatalogError::Mismatch`].
     pub async fn bootstrap(&self, groups: u32) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.bootstrap_now(groups).await }).await
+    }
+
+    async fn bootstrap_now(&self, groups: u32) -> Result<ClusterMap, CatalogError> {
         if groups == 0 || groups > GROUPS_MAX {
             return Err(CatalogError::Invalid(format!(
                 "refusing to create a cluster of {groups} groups: a cluster has 1 to {GROUPS_MAX}"
@@ -419,7 +451,7 @@ impl Catalog {
                 "created the cluster in the catalog"
             );
         }
-        let map = self.load().await?;
+        let map = self.load_now().await?;
         if map.groups.len() != ids.len() {
             return Err(CatalogError::Mismatch(format!(
                 "the catalog already holds a cluster of {} groups, not {groups}: \
@@ -434,6 +466,11 @@ impl Catalog {
     /// versions) in one consistent snapshot. [`CatalogError::NotBootstrapped`]
     /// if there is no cluster yet.
     pub async fn load(&self) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.load_now().await }).await
+    }
+
+    async fn load_now(&self) -> Result<ClusterMap, CatalogError> {
         let begin = self.dialect().begin_read;
         let (cluster, group_rows, member_rows) = with_pool!(self, pool => {
             let mut tx = pool.begin_with(begin).await.map_err(db("starting a read of the map"))?;
@@ -477,9 +514,20 @@ impl Catalog {
         addr: &str,
         pid: u32,
     ) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        let addr = addr.to_string();
+        to_completion(async move { this.register_member_now(group, &addr, pid).await }).await
+    }
+
+    async fn register_member_now(
+        &self,
+        group: GroupId,
+        addr: &str,
+        pid: u32,
+    ) -> Result<ClusterMap, CatalogError> {
         check_text("the member address", addr, ADDR_BYTES_MAX)?;
         for _ in 0..REGISTER_ATTEMPTS_MAX {
-            let map = self.load().await?;
+            let map = self.load_now().await?;
             let Some(current) = map.groups.get(&group) else {
                 return Err(self.unknown_group(group).await);
             };
@@ -506,10 +554,10 @@ impl Catalog {
                 Some(i) => members[i].pid = pid,
             }
             if self
-                .cas_group(group, current.version, epoch, &members)
+                .cas_group_now(group, current.version, epoch, &members)
                 .await?
             {
-                return self.load().await;
+                return self.load_now().await;
             }
         }
         Err(CatalogError::Conflict)
@@ -520,6 +568,22 @@ impl Catalog {
     /// Returns whether this writer won. Refuses an epoch that goes back, an
     /// empty member list, a duplicate address, or a primary not in sync.
     pub async fn cas_group(
+        &self,
+        group: GroupId,
+        expected_version: u64,
+        epoch: u64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let members = members.to_vec();
+        to_completion(async move {
+            this.cas_group_now(group, expected_version, epoch, &members)
+                .await
+        })
+        .await
+    }
+
+    async fn cas_group_now(
         &self,
         group: GroupId,
         expected_version: u64,
@@ -605,7 +669,7 @@ impl Catalog {
             }
             won
         });
-        if !won && !self.load().await?.groups.contains_key(&group) {
+        if !won && !self.load_now().await?.groups.contains_key(&group) {
             return Err(self.unknown_group(group).await);
         }
         Ok(won)
@@ -673,6 +737,16 @@ impl Catalog {
     /// A map of the wrong length or naming a group that does not exist is
     /// refused.
     pub async fn cas_slot_map(
+        &self,
+        expected_epoch: u64,
+        slots: &[GroupId],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let slots = slots.to_vec();
+        to_completion(async move { this.cas_slot_map_now(expected_epoch, &slots).await }).await
+    }
+
+    async fn cas_slot_map_now(
         &self,
         expected_epoch: u64,
         slots: &[GroupId],
@@ -1426,6 +1500,44 @@ mod tests {
             }
         }
 
+        /// Callers dropped midway (a cancelled RPC: a map refresh, a
+        /// registration) leave no transaction open on a pooled connection:
+        /// afterwards every call works, here and from another connection.
+        /// Found by the nemesis (bank, seed 2): a refresh cancelled inside
+        /// sqlx's `begin_with` left a BEGIN open, and the catalog refused
+        /// every later transaction ("non-zero transaction depth", "database
+        /// is locked"), so a restarted shard could never register again.
+        pub async fn cancelled_calls_leave_no_transaction_open(place: &Place) {
+            let catalog = place.connect().await;
+            catalog.bootstrap(2).await.expect("bootstrap");
+            for i in 0..300u32 {
+                let cut = Duration::from_micros(u64::from(i % 30) * 20);
+                let _ = tokio::time::timeout(cut, catalog.load()).await;
+                let _ =
+                    tokio::time::timeout(cut, catalog.register_member(1, "127.0.0.1:1", i)).await;
+            }
+            // Every pooled connection gets used again.
+            for _ in 0..POOL_CONNECTIONS_MAX * 2 {
+                tokio::time::timeout(Duration::from_secs(30), async {
+                    catalog.load().await.expect("load after cancellations");
+                    catalog
+                        .register_member(2, "127.0.0.1:2", 1)
+                        .await
+                        .expect("register after cancellations");
+                })
+                .await
+                .expect("no call hangs");
+            }
+            let other = place.connect().await;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                other.register_member(1, "127.0.0.1:3", 2),
+            )
+            .await
+            .expect("no call hangs")
+            .expect("another connection writes");
+        }
+
         pub async fn load_refuses_corrupt_rows(place: &Place) {
             let catalog = place.connect().await;
             catalog.bootstrap(3).await.expect("bootstrap");
@@ -1477,6 +1589,7 @@ mod tests {
                     concurrent_registrations_all_land,
                     coordinators_register_and_list,
                     load_refuses_corrupt_rows,
+                    cancelled_calls_leave_no_transaction_open,
                 );
             }
         };

@@ -734,19 +734,36 @@ impl TxnManager {
                 _ => {}
             }
         }
+        // We wanted abort but another execution decided commit: learn the
+        // versions by finalizing now. If a participant cannot be reached,
+        // the transaction is committed but its versions are not known: that
+        // is *outcome unknown* (TxnStatus says COMMITTED), never a plain
+        // UNAVAILABLE, which a client may answer by running it again.
+        let mut unlearned = None;
         if commit && versions.len() < participants.len() {
-            // We wanted abort but another execution decided commit: learn the
-            // versions by finalizing now.
             for group in &participants {
-                if !versions.contains_key(group)
-                    && let Some(version) = self.finalize_one(*group, txn, true, deadline).await?
-                {
-                    versions.insert(*group, version);
+                if versions.contains_key(group) {
+                    continue;
+                }
+                match self.finalize_one(*group, txn, true, deadline).await {
+                    Ok(Some(version)) => {
+                        versions.insert(*group, version);
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        unlearned = Some(format!(
+                            "committed by another execution; group {group} could not be finalized to learn its version: {err}"
+                        ));
+                        break;
+                    }
                 }
             }
         }
         self.finalize_later(txn, anchor, participants.clone(), commit)
             .await;
+        if let Some(detail) = unlearned {
+            return Err(TxnError::OutcomeUnknown { txn, detail });
+        }
         if commit {
             let written = req
                 .writes

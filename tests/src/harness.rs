@@ -76,7 +76,26 @@ impl Proc {
 
     /// Starts `trellis <args>` with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        Self::start_logged(args, env, None)
+    }
+
+    /// Starts `trellis <args>`; its stderr (the log) goes to the end of
+    /// `log` if given, else to ours.
+    pub fn start_logged(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> anyhow::Result<Proc> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(trellis_bin())
             .args(&args)
             .envs(env.iter().copied())
@@ -86,7 +105,7 @@ impl Proc {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()?;
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout is piped");

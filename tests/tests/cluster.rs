@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::txn_client::TxnClient;
-use trellis_tests::harness::{Cluster, http_get, txn_id};
+use trellis_tests::harness::{Cluster, http_get, shard_client, txn_id};
 use trellis_types::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 const ACCOUNTS: usize = 1000;
@@ -520,6 +520,121 @@ async fn commit_is_idempotent_by_transaction_id() {
         vec![90, 110, 101],
         "applied exactly once"
     );
+}
+
+/// Another execution of a transaction (a client's resend) already decided
+/// COMMIT at the anchor, and a participant is down when this execution
+/// tries to learn its version: the answer is OUTCOME_UNKNOWN, never
+/// UNAVAILABLE — the transaction did commit, and UNAVAILABLE invites a
+/// retry that would apply it twice. Found while building the nemesis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decided_commit_is_never_reported_unavailable() {
+    use trellis_proto::shard::v1 as shard_pb;
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let mut client = cluster.txn(0).await.expect("client");
+    let (a, b) = cross_group_pair(&cluster).await;
+    must_commit(&mut client, vec![put(&a, b"100"), put(&b, b"100")]).await;
+    let transfer = transfer_request(&mut client, &a, &b, 30).await;
+    let group_of = trellis_coordinator_ring_groups(3);
+    let anchor = group_of(a.as_slice().min(b.as_slice()));
+    let participants = vec![group_of(&a), group_of(&b)];
+    let map_epoch = cluster
+        .admin(0)
+        .await
+        .expect("admin")
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .groups[0]
+        .members[0]
+        .map_epoch;
+
+    // The first execution: prepared at both participants, COMMIT recorded
+    // at the anchor, then its coordinator went silent.
+    for group in &participants {
+        let mine = |key: &Vec<u8>| group_of(key) == *group;
+        let request = shard_pb::PrepareRequest {
+            map_epoch,
+            txn_id: transfer.txn_id.clone(),
+            reads: transfer
+                .reads
+                .iter()
+                .filter(|r| mine(&r.key))
+                .map(|r| shard_pb::ReadVersion {
+                    key: r.key.clone(),
+                    version: r.version,
+                })
+                .collect(),
+            writes: transfer
+                .writes
+                .iter()
+                .filter(|w| mine(&w.key))
+                .map(|w| shard_pb::WriteOp {
+                    key: w.key.clone(),
+                    value: match &w.op {
+                        Some(pb::write::Op::Put(v)) => v.clone(),
+                        _ => Vec::new(),
+                    },
+                    delete: false,
+                })
+                .collect(),
+            anchor_group: anchor,
+            participants: participants.clone(),
+        };
+        let shard = cluster.shards[*group as usize - 1].as_ref().expect("shard");
+        let vote = shard_client(shard)
+            .await
+            .expect("shard client")
+            .prepare(request)
+            .await
+            .expect("prepare")
+            .into_inner()
+            .vote;
+        assert!(
+            matches!(vote, Some(shard_pb::prepare_response::Vote::Yes(_))),
+            "{vote:?}"
+        );
+    }
+    let anchor_shard = cluster.shards[anchor as usize - 1]
+        .as_ref()
+        .expect("anchor");
+    shard_client(anchor_shard)
+        .await
+        .expect("shard client")
+        .decide(shard_pb::DecideRequest {
+            txn_id: transfer.txn_id.clone(),
+            decision: shard_pb::Decision::Commit as i32,
+            participants: participants.clone(),
+        })
+        .await
+        .expect("decide");
+
+    // The other participant dies; the client's resend of the same Commit
+    // cannot prepare there, wants abort, learns COMMIT at the anchor, and
+    // cannot finalize the dead one to learn its version.
+    let other = *participants.iter().find(|g| **g != anchor).expect("other");
+    cluster.shards[other as usize - 1]
+        .take()
+        .expect("other shard")
+        .kill9();
+    let answer = commit(&mut client, transfer.clone()).await;
+    let status = answer.expect_err("the resend cannot finish");
+    assert_eq!(
+        detail(&status).reason,
+        pb::error_detail::Reason::OutcomeUnknown as i32,
+        "a committed transaction is reported as unknown, not {status:?}"
+    );
+
+    // Back up, the sweeper finishes it: committed, once.
+    cluster.restart_shard(other as u32).await.expect("restart");
+    wait_no_prepared(&cluster).await;
+    assert_eq!(
+        txn_state(&mut client, &transfer.txn_id).await,
+        pb::TxnState::Committed as i32
+    );
+    let items = get(&mut client, &[a, b]).await;
+    assert_eq!(items.iter().map(balance).collect::<Vec<_>>(), vec![70, 130]);
 }
 
 /// Bad input through the public API is refused with INVALID_ARGUMENT naming

@@ -1,0 +1,745 @@
+//! The nemesis: a cluster of real processes whose links run through fault
+//! proxies, the faults it can inflict, and a seeded schedule that cycles
+//! them while a workload runs.
+//!
+//! # The cluster
+//!
+//! [`FaultCluster`] starts `coordinators` coordinator processes over one
+//! SQLite catalog and one shard process per group, each on `127.0.0.1:0`,
+//! data and logs in the run directory. Every coordinator has a
+//! client-facing [`Proxy`] (clients dial it, so a restarted coordinator on a
+//! new port is found again, and clients can be cut off); every shard has a
+//! [`Proxy`] that the coordinators dial: the shard *advertises* the proxy's
+//! address when it registers (`--advertise`), so all coordinator→shard
+//! traffic crosses it. Registration itself goes straight to a live
+//! coordinator and is never faulted.
+//!
+//! ```text
+//! client ──▶ proxy ──▶ coordinator ──▶ proxy ──▶ shard (group g)
+//! ```
+//!
+//! # Faults
+//!
+//! [`Fault`]: SIGKILL a process and restart it on the same data directory
+//! after the hold; SIGSTOP and SIGCONT; cut a proxy (partition), black-hole
+//! one direction of it, or delay it; restart a coordinator with a
+//! failpoint armed so it dies at a chosen step of the next two-phase
+//! commit. One fault at a time; [`FaultCluster::heal_all`]
+//! undoes everything.
+//!
+//! # What it never does
+//!
+//! - Send traffic anywhere but `127.0.0.0/8`.
+//! - Leave a process behind: each is a [`Proc`], killed by its PID on drop,
+//!   also when a test panics (a stopped process is killed too: SIGKILL needs
+//!   no SIGCONT); each proxy stops on drop.
+//! - Run unbounded: every wait has a deadline, the schedule a fixed length.
+//! - Choose with an unseeded random source: the same seed picks the same
+//!   faults in the same order (their timing against the workload is real
+//!   time, so a run is reproducible in what it does, not to the microsecond).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use trellis_proto::v1 as pb;
+use trellis_proto::v1::admin_client::AdminClient;
+
+use crate::harness::{Proc, alive, channel};
+use crate::proxy::{Direction, Mode, Proxy};
+
+/// How long the cluster may take to have every group served again.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the sweepers get to resolve every prepared transaction after
+/// the last fault is healed (their in-doubt age is 2 s, their period 1 s).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest hold of one fault.
+pub const HOLD_MAX: Duration = Duration::from_secs(10);
+/// The delay a [`Fault::Delay`] adds to every chunk.
+pub const DELAY: Duration = Duration::from_millis(150);
+
+/// A process of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Coordinator by index.
+    Coordinator(usize),
+    /// The shard of a group (from 1).
+    Shard(u32),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Coordinator(i) => write!(f, "coordinator-{i}"),
+            Target::Shard(g) => write!(f, "shard-{g}"),
+        }
+    }
+}
+
+/// One fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL; restarted (same data, same catalog) when healed.
+    Kill(Target),
+    /// SIGSTOP; SIGCONT when healed.
+    Pause(Target),
+    /// The target's proxy cuts every connection and refuses new ones: a
+    /// shard cut off from every coordinator, or a coordinator from its
+    /// clients.
+    Partition(Target),
+    /// The target's proxy drops the bytes flowing one way.
+    BlackHole(Target, Direction),
+    /// The target's proxy delays every chunk by [`DELAY`].
+    Delay(Target),
+    /// The shard's disk (a small tmpfs of its own) is filled to the last
+    /// byte: its next log write fails. Healed by freeing the space and
+    /// restarting the shard (after a failed write its log refuses every
+    /// append, by design).
+    DiskFull(u32),
+    /// Coordinator `i` is restarted with a failpoint armed
+    /// (`TRELLIS_FAILPOINTS`): it aborts, as if SIGKILLed, the first time a
+    /// two-phase commit reaches that step. Restarted clean when healed.
+    Failpoint(usize, &'static str),
+}
+
+/// The coordinator's failpoints (see `coordinator/src/failpoint.rs`).
+pub const FAILPOINTS: [&str; 3] = ["after_prepare", "after_decide", "during_finalize"];
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Kill(t) => write!(f, "kill {t}"),
+            Fault::Pause(t) => write!(f, "pause {t}"),
+            Fault::Partition(t) => write!(f, "partition {t}"),
+            Fault::BlackHole(t, Direction::ToUpstream) => write!(f, "black-hole requests to {t}"),
+            Fault::BlackHole(t, Direction::FromUpstream) => {
+                write!(f, "black-hole answers from {t}")
+            }
+            Fault::Delay(t) => write!(f, "delay {t} by {DELAY:?}"),
+            Fault::Failpoint(i, name) => write!(f, "crash coordinator-{i} at {name}"),
+            Fault::DiskFull(g) => write!(f, "fill the disk of shard-{g}"),
+        }
+    }
+}
+
+/// Which kinds of fault a schedule may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+    BlackHole,
+    Delay,
+    Failpoint,
+    /// Needs root (it mounts a tmpfs per shard); left out of
+    /// [`FaultKind::ALL`].
+    DiskFull,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::BlackHole,
+        FaultKind::Delay,
+        FaultKind::Failpoint,
+    ];
+}
+
+/// The seeded schedule: every `interval` pick a fault, hold it `hold`, heal.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub seed: u64,
+    /// Kinds to choose from; empty: no faults (a quiet run).
+    pub kinds: Vec<FaultKind>,
+    /// Time without a fault between two faults.
+    pub interval: Duration,
+    /// How long a fault lasts.
+    pub hold: Duration,
+}
+
+impl Schedule {
+    /// Picks the next fault for a cluster of `coordinators` and `groups`.
+    pub fn pick(&self, rng: &mut StdRng, coordinators: usize, groups: u32) -> Option<Fault> {
+        if self.kinds.is_empty() {
+            return None;
+        }
+        let kind = self.kinds[rng.random_range(0..self.kinds.len())];
+        if kind == FaultKind::DiskFull {
+            return Some(Fault::DiskFull(rng.random_range(1..=groups)));
+        }
+        if kind == FaultKind::Failpoint {
+            return Some(Fault::Failpoint(
+                rng.random_range(0..coordinators),
+                FAILPOINTS[rng.random_range(0..FAILPOINTS.len())],
+            ));
+        }
+        // Shards are hit twice as often as coordinators: they hold the state.
+        let nodes = coordinators + 2 * groups as usize;
+        let n = rng.random_range(0..nodes);
+        let target = if n < coordinators {
+            Target::Coordinator(n)
+        } else {
+            Target::Shard(((n - coordinators) / 2) as u32 + 1)
+        };
+        Some(match kind {
+            FaultKind::Kill => Fault::Kill(target),
+            FaultKind::Pause => Fault::Pause(target),
+            FaultKind::Partition => Fault::Partition(target),
+            FaultKind::BlackHole => Fault::BlackHole(
+                target,
+                if rng.random_bool(0.5) {
+                    Direction::ToUpstream
+                } else {
+                    Direction::FromUpstream
+                },
+            ),
+            FaultKind::Delay => Fault::Delay(target),
+            FaultKind::Failpoint | FaultKind::DiskFull => unreachable!("picked above"),
+        })
+    }
+}
+
+/// One process of the cluster with the proxy in front of it.
+struct Node {
+    target: Target,
+    proc: Option<Proc>,
+    proxy: Proxy,
+    paused: bool,
+    /// Started with a failpoint armed.
+    armed: bool,
+    /// Its disk is full (a ballast file fills its tmpfs).
+    full: bool,
+}
+
+/// A cluster with every link behind a fault proxy. Dropping it kills every
+/// process (by PID) and stops every proxy.
+pub struct FaultCluster {
+    dir: PathBuf,
+    /// Per group, the tmpfs mounted for its shard's data, if any.
+    disks: Vec<PathBuf>,
+    /// Processes found dead that no fault killed: each is a finding.
+    unexpected_exits: Vec<String>,
+    catalog: String,
+    groups: u32,
+    coordinators: Vec<Node>,
+    shards: Vec<Node>,
+}
+
+impl fmt::Debug for FaultCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultCluster")
+            .field("dir", &self.dir)
+            .field("groups", &self.groups)
+            .field("coordinators", &self.coordinators.len())
+            .finish()
+    }
+}
+
+/// A placeholder upstream until a process has told us its port.
+fn nowhere() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1))
+}
+
+impl FaultCluster {
+    /// Starts `coordinators` coordinators and `groups` shards under `dir`
+    /// (data, catalog and one log file per process), and waits until every
+    /// group is served.
+    pub async fn start(dir: &Path, coordinators: usize, groups: u32) -> anyhow::Result<Self> {
+        Self::start_with_disks(dir, coordinators, groups, false).await
+    }
+
+    /// Like [`FaultCluster::start`]; with `disks`, each shard's data lives
+    /// on a tmpfs of [`DISK_BYTES`] of its own, for [`Fault::DiskFull`].
+    /// Mounting needs root: if it fails, the cluster starts without disks
+    /// ([`FaultCluster::has_disks`] says which).
+    pub async fn start_with_disks(
+        dir: &Path,
+        coordinators: usize,
+        groups: u32,
+        disks: bool,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(coordinators >= 1 && groups >= 1, "an empty cluster");
+        let mounted = if disks {
+            mount_disks(dir, groups)
+        } else {
+            Vec::new()
+        };
+        let catalog = format!("sqlite://{}", dir.join("catalog.db").display());
+        let mut cluster = FaultCluster {
+            dir: dir.to_path_buf(),
+            disks: mounted,
+            unexpected_exits: Vec::new(),
+            catalog,
+            groups,
+            coordinators: Vec::new(),
+            shards: Vec::new(),
+        };
+        for i in 0..coordinators {
+            let proxy = Proxy::start(nowhere()).await?;
+            cluster.coordinators.push(Node {
+                target: Target::Coordinator(i),
+                proc: None,
+                proxy,
+                paused: false,
+                armed: false,
+                full: false,
+            });
+            // The first one creates the cluster in the catalog.
+            cluster.start_coordinator(i, i == 0)?;
+        }
+        for g in 1..=groups {
+            let proxy = Proxy::start(nowhere()).await?;
+            cluster.shards.push(Node {
+                target: Target::Shard(g),
+                proc: None,
+                proxy,
+                paused: false,
+                armed: false,
+                full: false,
+            });
+            cluster.start_shard(g)?;
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// The client-facing (proxy) address of coordinator `i`.
+    pub fn client_addr(&self, i: usize) -> String {
+        self.coordinators[i].proxy.addr().to_string()
+    }
+
+    /// How many coordinators.
+    pub fn coordinators(&self) -> usize {
+        self.coordinators.len()
+    }
+
+    /// How many groups.
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    /// Where data and logs live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log(&self, target: Target) -> PathBuf {
+        self.dir.join(format!("{target}.log"))
+    }
+
+    fn start_coordinator(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
+        self.start_coordinator_env(i, create, &[])
+    }
+
+    fn start_coordinator_env(
+        &mut self,
+        i: usize,
+        create: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let groups = self.groups.to_string();
+        let advertise = self.coordinators[i].proxy.addr().to_string();
+        let mut args = vec![
+            "coordinator",
+            "--catalog",
+            &self.catalog,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--advertise",
+            &advertise,
+        ];
+        if create {
+            args.extend(["--groups", groups.as_str()]);
+        }
+        let log = self.log(Target::Coordinator(i));
+        let proc = Proc::start_logged(&args, env, Some(&log))?;
+        let addr: SocketAddr = proc.field("grpc").parse()?;
+        let node = &mut self.coordinators[i];
+        node.proxy.set_upstream(addr);
+        node.proc = Some(proc);
+        node.paused = false;
+        node.armed = !env.is_empty();
+        Ok(())
+    }
+
+    /// The direct address of a running, unpaused coordinator, for a shard
+    /// to register with.
+    fn registrar(&self) -> anyhow::Result<String> {
+        self.coordinators
+            .iter()
+            .find(|n| n.proc.is_some() && !n.paused)
+            .or_else(|| self.coordinators.iter().find(|n| n.proc.is_some()))
+            .and_then(|n| n.proc.as_ref())
+            .map(|p| p.field("grpc").to_string())
+            .ok_or_else(|| anyhow::anyhow!("no coordinator is running"))
+    }
+
+    /// Processes that exited though no fault killed them (a crash of
+    /// Trellis): the harness restarts them, and reports them here.
+    pub fn unexpected_exits(&self) -> &[String] {
+        &self.unexpected_exits
+    }
+
+    /// Whether every shard has a disk of its own to fill.
+    pub fn has_disks(&self) -> bool {
+        !self.disks.is_empty()
+    }
+
+    fn data_dir(&self, group: u32) -> PathBuf {
+        match self.disks.get(group as usize - 1) {
+            Some(disk) => disk.join("data"),
+            None => self.dir.join(format!("group-{group}")),
+        }
+    }
+
+    fn start_shard(&mut self, group: u32) -> anyhow::Result<()> {
+        let data = self.data_dir(group);
+        let data = data.to_str().expect("utf-8 run directory").to_string();
+        let group_arg = group.to_string();
+        let coordinator = self.registrar()?;
+        let index = group as usize - 1;
+        let advertise = self.shards[index].proxy.addr().to_string();
+        let log = self.log(Target::Shard(group));
+        let proc = Proc::start_logged(
+            &[
+                "shard",
+                "--data-dir",
+                &data,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--group",
+                &group_arg,
+                "--coordinator",
+                &coordinator,
+                "--advertise",
+                &advertise,
+            ],
+            &[],
+            Some(&log),
+        )?;
+        let addr: SocketAddr = proc.field("grpc").parse()?;
+        let node = &mut self.shards[index];
+        node.proxy.set_upstream(addr);
+        node.proc = Some(proc);
+        node.paused = false;
+        Ok(())
+    }
+
+    fn node(&mut self, target: Target) -> &mut Node {
+        match target {
+            Target::Coordinator(i) => &mut self.coordinators[i],
+            Target::Shard(g) => &mut self.shards[g as usize - 1],
+        }
+    }
+
+    fn restart(&mut self, target: Target) -> anyhow::Result<()> {
+        match target {
+            Target::Coordinator(i) => self.start_coordinator(i, false),
+            Target::Shard(g) => self.start_shard(g),
+        }
+    }
+
+    /// Inflicts `fault`.
+    pub fn inflict(&mut self, fault: Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill(target) => {
+                let node = self.node(target);
+                if let Some(proc) = node.proc.take() {
+                    proc.kill9();
+                }
+                node.paused = false;
+            }
+            Fault::Pause(target) => {
+                let node = self.node(target);
+                if let Some(proc) = &node.proc
+                    && !node.paused
+                {
+                    proc.signal(libc::SIGSTOP);
+                    node.paused = true;
+                }
+            }
+            Fault::Partition(target) => self.node(target).proxy.set_mode(Mode::Partition),
+            Fault::BlackHole(target, direction) => {
+                self.node(target).proxy.set_mode(Mode::BlackHole(direction))
+            }
+            Fault::Delay(target) => self.node(target).proxy.set_mode(Mode::Delay(DELAY)),
+            Fault::DiskFull(group) => {
+                let Some(disk) = self.disks.get(group as usize - 1) else {
+                    anyhow::bail!("shard-{group} has no disk of its own to fill");
+                };
+                fill(&disk.join(BALLAST))?;
+                self.shards[group as usize - 1].full = true;
+            }
+            Fault::Failpoint(i, name) => {
+                if let Some(proc) = self.coordinators[i].proc.take() {
+                    proc.kill9();
+                }
+                self.start_coordinator_env(i, false, &[("TRELLIS_FAILPOINTS", name)])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every fault: SIGCONT what is stopped, let every proxy pass,
+    /// restart what is dead (coordinators first: restarted shards register
+    /// with one).
+    pub fn heal_all(&mut self) -> anyhow::Result<()> {
+        let targets: Vec<Target> = self
+            .coordinators
+            .iter()
+            .chain(&self.shards)
+            .map(|n| n.target)
+            .collect();
+        for target in targets {
+            let node = match target {
+                Target::Coordinator(i) => &mut self.coordinators[i],
+                Target::Shard(g) => &mut self.shards[g as usize - 1],
+            };
+            node.proxy.set_mode(Mode::Pass);
+            if node.paused {
+                if let Some(proc) = &node.proc {
+                    proc.signal(libc::SIGCONT);
+                }
+                node.paused = false;
+            }
+            // Died at a failpoint, or still armed, or its log saw a full
+            // disk: restart it clean.
+            let dead = node.proc.as_ref().is_some_and(|p| !alive(p.pid));
+            if dead && !node.armed && !node.full {
+                self.unexpected_exits
+                    .push(format!("{target} exited by itself (see {target}.log)"));
+            }
+            if dead || node.armed || node.full {
+                if let Some(proc) = node.proc.take() {
+                    proc.kill9();
+                }
+                node.armed = false;
+            }
+            if node.full {
+                node.full = false;
+                if let Target::Shard(g) = target {
+                    std::fs::remove_file(self.disks[g as usize - 1].join(BALLAST))?;
+                }
+            }
+            if node.proc.is_none() {
+                self.restart(target)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<pb::StatusResponse> {
+        let addr = self.client_addr(0);
+        let mut admin = AdminClient::new(channel(&addr).await?);
+        Ok(admin.status(pb::StatusRequest {}).await?.into_inner())
+    }
+
+    /// Waits until coordinator 0 sees every group's shard serving.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(status) = self.status().await {
+                let up = status
+                    .groups
+                    .iter()
+                    .filter(|g| g.members.iter().any(|m| m.role == "primary"))
+                    .count();
+                if up == self.groups as usize {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "cluster not ready within {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Transactions prepared and not finalized, summed over every group, if
+    /// every group answered.
+    pub async fn prepared_total(&self) -> anyhow::Result<u64> {
+        let status = self.status().await?;
+        let mut total = 0;
+        for group in &status.groups {
+            anyhow::ensure!(
+                group.members.iter().any(|m| m.role == "primary"),
+                "group {} is not served",
+                group.group_id
+            );
+            total += group.members.iter().map(|m| m.in_doubt).sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// Waits (bounded by [`SETTLE_TIMEOUT`]) until no transaction is left
+    /// prepared anywhere; returns how many still are if time runs out.
+    pub async fn settle(&self) -> Result<(), u64> {
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        let mut last = u64::MAX;
+        while std::time::Instant::now() < deadline {
+            match self.prepared_total().await {
+                Ok(0) => return Ok(()),
+                Ok(n) => last = n,
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last)
+    }
+
+    /// PIDs of the running processes (for checks that nothing is left).
+    pub fn pids(&self) -> Vec<u32> {
+        self.coordinators
+            .iter()
+            .chain(&self.shards)
+            .filter_map(|n| n.proc.as_ref().map(|p| p.pid))
+            .collect()
+    }
+}
+
+/// Size of each shard's tmpfs when the cluster has disks.
+pub const DISK_BYTES: u64 = 128 << 20;
+/// The file that fills a disk.
+const BALLAST: &str = "ballast";
+/// Bytes written at once while filling a disk.
+const FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Mounts a tmpfs of [`DISK_BYTES`] at `dir/disk-<g>` for every group; all
+/// or none (what was mounted is unmounted again if one fails).
+fn mount_disks(dir: &Path, groups: u32) -> Vec<PathBuf> {
+    let mut mounted = Vec::new();
+    for g in 1..=groups {
+        let at = dir.join(format!("disk-{g}"));
+        let ok = std::fs::create_dir_all(&at).is_ok()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={DISK_BYTES}"))
+                .arg("tmpfs")
+                .arg(&at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            unmount_disks(&mounted);
+            return Vec::new();
+        }
+        mounted.push(at);
+    }
+    mounted
+}
+
+fn unmount_disks(disks: &[PathBuf]) {
+    for disk in disks {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(disk)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Writes `path` until the disk is full (bounded by [`DISK_BYTES`]).
+fn fill(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let zeros = vec![0u8; FILL_CHUNK_BYTES];
+    // Big chunks, then ever smaller ones for what a refused chunk left,
+    // down to the last byte. Each size stops at its first refusal, and no
+    // size can write more than the disk holds.
+    let mut size = FILL_CHUNK_BYTES;
+    while size > 0 {
+        for _ in 0..=DISK_BYTES as usize / size {
+            if file.write_all(&zeros[..size]).is_err() {
+                break;
+            }
+        }
+        size /= 16;
+    }
+    Ok(())
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        // Processes first (their files live on the disks), then the disks.
+        for node in self.coordinators.iter_mut().chain(&mut self.shards) {
+            if let Some(proc) = node.proc.take() {
+                proc.kill9();
+            }
+        }
+        unmount_disks(&self.disks);
+    }
+}
+
+/// Runs `schedule` against `cluster` until `until`: wait `interval`, pick a
+/// fault, inflict it, hold it, heal. Every step goes to `log` with the time
+/// since `start` (the history's clock). Heals everything before returning.
+pub async fn run_schedule(
+    cluster: &mut FaultCluster,
+    schedule: &Schedule,
+    start: std::time::Instant,
+    until: std::time::Instant,
+    log: &mut Vec<String>,
+) -> anyhow::Result<usize> {
+    let mut rng = StdRng::seed_from_u64(schedule.seed);
+    let hold = schedule.hold.min(HOLD_MAX);
+    let mut inflicted = 0;
+    let stamp = |what: String| format!("{} {what}", start.elapsed().as_nanos());
+    loop {
+        if std::time::Instant::now() + schedule.interval >= until {
+            break;
+        }
+        tokio::time::sleep(schedule.interval).await;
+        let Some(fault) = schedule.pick(&mut rng, cluster.coordinators(), cluster.groups()) else {
+            continue;
+        };
+        log.push(stamp(format!("inflict {fault}")));
+        cluster.inflict(fault)?;
+        inflicted += 1;
+        tokio::time::sleep(hold).await;
+        cluster.heal_all()?;
+        log.push(stamp(format!("heal {fault}")));
+    }
+    let rest = until.saturating_duration_since(std::time::Instant::now());
+    tokio::time::sleep(rest).await;
+    cluster.heal_all()?;
+    Ok(inflicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_picks_the_same_faults() {
+        let schedule = Schedule {
+            seed: 7,
+            kinds: FaultKind::ALL.to_vec(),
+            interval: Duration::from_secs(1),
+            hold: Duration::from_secs(1),
+        };
+        let picks = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| schedule.pick(&mut rng, 2, 3).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picks(7), picks(7));
+        assert_ne!(picks(7), picks(8));
+        let quiet = Schedule {
+            kinds: vec![],
+            ..schedule.clone()
+        };
+        assert_eq!(quiet.pick(&mut StdRng::seed_from_u64(1), 2, 3), None);
+    }
+}
