@@ -31,10 +31,10 @@ use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
 
 /// Most attempts of one shard call before giving up.
-pub const ATTEMPTS_MAX: u32 = 12;
+pub const ATTEMPTS_MAX: u32 = 16;
 /// Backoff between attempts: starts here, doubles, capped.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
-pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// A STRONG read that meets a prepared transaction's lock re-reads for at
 /// most this long before resolving the transaction through its anchor.
 pub const READ_LOCK_WAIT_MAX: Duration = Duration::from_millis(300);

@@ -29,14 +29,14 @@ use trellis_types::Lsn;
 /// How often a primary sends a batch (empty if need be) to each backup.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long an acknowledged batch keeps the primary's lease.
-pub const LEASE: Duration = Duration::from_millis(1000);
+pub const LEASE: Duration = Duration::from_millis(800);
 /// Silence after which a backup asks for a new primary. Longer than
 /// [`LEASE`] by a margin for clock rate differences.
-pub const GRACE: Duration = Duration::from_millis(2000);
+pub const GRACE: Duration = Duration::from_millis(1200);
 /// Silence after which a primary takes an in-sync backup out of the
 /// configuration, so SYNC writes and the lease stop waiting for it. Shorter
 /// than [`LEASE`], so a dead backup costs no lease.
-pub const BACKUP_SILENCE_MAX: Duration = Duration::from_millis(600);
+pub const BACKUP_SILENCE_MAX: Duration = Duration::from_millis(500);
 /// Bytes of recent records a replica keeps in memory to stream to backups;
 /// a backup further behind gets a snapshot.
 pub const FEED_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -37,6 +37,9 @@ pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
 /// A learner is added to the configuration once it is at most this many
 /// records behind.
 pub const CATCH_UP_SLACK: Lsn = 0;
+/// Applied batches waiting for their acknowledgement (the acknowledging
+/// task folds all waiting ones into one).
+pub const ACKS_QUEUED_MAX: usize = 1024;
 /// Pause before a backup reconnects after its stream failed.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -277,6 +280,46 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Str
     .map_err(|_| format!("no answer from primary {primary}"))?
     .map_err(|s| format!("primary {primary} refused: {}", s.message()))?;
     let mut stream = opened.into_inner();
+    // Acknowledgements go out from their own task, so receiving and
+    // applying never waits for an fsync: whatever arrived meanwhile is
+    // covered by the next wait (group commit on the backup too).
+    let (applied_tx, mut applied_rx) = mpsc::channel::<(Lsn, u64)>(ACKS_QUEUED_MAX);
+    let acker = {
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            while let Some((mut lsn, mut seq)) = applied_rx.recv().await {
+                while let Ok((l, s)) = applied_rx.try_recv() {
+                    lsn = lsn.max(l);
+                    seq = seq.max(s);
+                }
+                if shard.wait_durable(lsn).await.is_err() {
+                    return;
+                }
+                let ack = pb::ReplicaAck {
+                    hello: None,
+                    durable_lsn: shard.durable_lsn(),
+                    heartbeat_seq: seq,
+                };
+                if ack_tx.send(ack).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let result = receive(shard, primary, epoch, &mut stream, &applied_tx).await;
+    acker.abort();
+    result
+}
+
+/// The receiving half of [`follow`]: applies what the primary sends and
+/// queues each batch's acknowledgement.
+async fn receive(
+    shard: &Arc<Shard>,
+    primary: &str,
+    epoch: u64,
+    stream: &mut Streaming<pb::ReplicaBatch>,
+    applied: &mpsc::Sender<(Lsn, u64)>,
+) -> Result<(), String> {
     let mut snapshot: Vec<u8> = Vec::new();
     loop {
         let batch = match tokio::time::timeout(GRACE, stream.next()).await {
@@ -324,15 +367,10 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Str
                 .apply_replicated(&batch.records)
                 .map_err(|e| e.to_string())?
         };
-        shard.wait_durable(last).await.map_err(|e| e.to_string())?;
-        ack_tx
-            .send(pb::ReplicaAck {
-                hello: None,
-                durable_lsn: shard.durable_lsn(),
-                heartbeat_seq: batch.heartbeat_seq,
-            })
+        applied
+            .send((last, batch.heartbeat_seq))
             .await
-            .map_err(|_| "the primary stopped reading".to_string())?;
+            .map_err(|_| "the acknowledgement task stopped".to_string())?;
     }
 }
 
@@ -684,7 +722,16 @@ async fn failover(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfi
         old.addr, candidates[0].0
     );
     match cas_group(coordinator, config, config.epoch + 1, members, &reason).await {
-        Ok((true, _)) => tracing::warn!(%reason, epoch = config.epoch + 1, "failover done"),
+        Ok((true, new)) => {
+            tracing::warn!(%reason, epoch = new.epoch, "failover done");
+            // The promoted replica starts at once if it is this one; the
+            // others learn it at their next poll.
+            if new.members.first().is_some_and(|m| m.addr == me)
+                && let Err(err) = shard.become_primary(new.epoch, new.clone())
+            {
+                tracing::error!(%err, "cannot start as primary");
+            }
+        }
         Ok((false, _)) => tracing::info!("another replica changed the configuration first"),
         Err(err) => tracing::warn!(%err, "failover failed; retrying"),
     }

@@ -555,6 +555,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
     for group in &participants {
         let mine = |key: &Vec<u8>| group_of(key) == *group;
         let request = shard_pb::PrepareRequest {
+            durability: 0,
             map_epoch,
             txn_id: transfer.txn_id.clone(),
             reads: transfer
@@ -603,6 +604,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
         .await
         .expect("shard client")
         .decide(shard_pb::DecideRequest {
+            durability: 0,
             txn_id: transfer.txn_id.clone(),
             decision: shard_pb::Decision::Commit as i32,
             participants: participants.clone(),
