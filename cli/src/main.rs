@@ -3,6 +3,7 @@
 //! # Layout
 //! - `shard`: run one shard replica (`trellis shard`).
 //! - `bench`: storage benchmarks (`trellis bench storage`).
+//! - `load`: the load tester (`trellis-loadtest`), with its own exit codes.
 
 mod bench;
 mod bench_txn;
@@ -44,6 +45,10 @@ enum Command {
     /// A psql-like SQL shell over the table kv(k, v): interactive, or
     /// statements from -c, -f or standard input.
     Sql(sql::Args),
+    /// A k6-style load tester: closed and open models, workloads,
+    /// thresholds, summaries and reports, against Trellis, etcd or
+    /// PostgreSQL.
+    Load(trellis_loadtest::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +67,8 @@ fn main() -> std::process::ExitCode {
         Command::Shard(args) => shard::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sql(args) => sql::run(args),
+        // Its own exit codes (99: a threshold was crossed).
+        Command::Load(args) => return trellis_loadtest::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
