@@ -149,7 +149,7 @@ impl Ctx {
     }
 
     async fn iteration(&self, vu: &mut Vu, started: Instant) {
-        let spec = self.workload.next(&mut vu.rng);
+        let mut spec = self.workload.next(&mut vu.rng);
         let path = self.target.path(&spec);
         let mut conflicts = 0u32;
         let mut attempt = 1u32;
@@ -189,6 +189,7 @@ impl Ctx {
                     }
                     tokio::time::sleep(trellis_client::backoff(attempt)).await;
                     attempt += 1;
+                    self.workload.refresh(&mut spec);
                 }
             }
         };

@@ -574,6 +574,19 @@ impl Workload {
         }
     }
 
+    /// Prepares `spec` for another attempt: list-append values must be
+    /// unique over the whole history, failed attempts included, so appends
+    /// get fresh values. Other specs are run again as they are.
+    pub fn refresh(&self, spec: &mut TxnSpec) {
+        if let Op::ListAppend { mops, .. } = &mut spec.op {
+            for mop in mops {
+                if let Mop::Append { value, .. } = mop {
+                    *value = self.next_value.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// A read of every bank account.
     pub fn bank_read(&self) -> TxnSpec {
         self.spec((0..self.keys).map(|i| self.key(i)).collect(), Op::BankRead)
@@ -710,6 +723,16 @@ mod tests {
             ]))
         );
         assert!(!spec.is_read_only());
+        let w = Workload::new(Kind::Append, 4, 8, None, "a".into());
+        let mut again = spec.clone();
+        w.refresh(&mut again);
+        let Op::ListAppend { mops, .. } = &again.op else {
+            panic!("{again:?}")
+        };
+        assert!(
+            matches!(mops[0], Mop::Append { key: 1, value } if value != 9),
+            "a retried append gets a fresh value: {mops:?}"
+        );
     }
 
     #[test]
