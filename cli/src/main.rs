@@ -48,7 +48,7 @@ enum Command {
     /// A k6-style load tester: closed and open models, workloads,
     /// thresholds, summaries and reports, against Trellis, etcd or
     /// PostgreSQL.
-    Load(trellis_loadtest::Args),
+    Load(Box<trellis_loadtest::Args>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,7 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Sql(args) => sql::run(args),
         // Its own exit codes (99: a threshold was crossed).
-        Command::Load(args) => return trellis_loadtest::main(args),
+        Command::Load(args) => return trellis_loadtest::main(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -265,7 +265,7 @@ impl Config {
             .map(|s| schedule::parse_stages(s).map_err(|e| format!("--stage: {e}")))
             .transpose()?;
         let model = if let Some(rate) = args.rate {
-            if !(rate >= 0.0 && rate <= RATE_MAX) {
+            if !(0.0..=RATE_MAX).contains(&rate) {
                 return Err(format!("--rate {rate}: use 0 to {RATE_MAX} per second"));
             }
             if args.vus.is_some() || args.iterations.is_some() {

@@ -393,12 +393,10 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
         ),
         ("model".to_string(), model_text),
     ];
-    let errors = lock(&ctx.errors);
-    for (i, (text, count)) in errors.iter().enumerate() {
+    for (i, (text, count)) in lock(&ctx.errors).iter().enumerate() {
         let label = if i == 0 { "errors" } else { "" };
         info.push((label.to_string(), format!("{count} × {text}")));
     }
-    drop(errors);
     let mut summary = Summary {
         info,
         elapsed,

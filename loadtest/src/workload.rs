@@ -225,7 +225,7 @@ pub enum Op {
     /// `reads[0]` − amount, `reads[1]` + amount.
     Transfer { amount: i64 },
     /// Blind writes (no reads).
-    Put { writes: Vec<(Vec<u8>, Vec<u8>)> },
+    Put { writes: Writes },
     /// List-append micro-ops; `keys[i]` is the index of `reads[i]`.
     ListAppend { mops: Vec<Mop>, keys: Vec<u64> },
     /// Bank transfer between accounts `reads[0]` and `reads[1]`.
@@ -250,6 +250,20 @@ pub struct TxnSpec {
 /// A spec whose writes cannot be computed from what was read (a value of
 /// the wrong shape: the key space is shared with something else).
 pub type SpecError = String;
+
+/// Keys and the values to write to them.
+pub type Writes = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// List-append micro-ops run over the lists read.
+#[derive(Debug, Default)]
+struct Appended {
+    /// The micro-ops with their read results.
+    done: Vec<Mop>,
+    /// Every list (in `reads` order) after them.
+    lists: Vec<Vec<u64>>,
+    /// Which lists changed.
+    dirty: Vec<usize>,
+}
 
 /// The micro-ops of one history line.
 #[derive(Debug, Clone, PartialEq)]
@@ -338,7 +352,7 @@ impl TxnSpec {
     }
 
     /// The writes, given `values[i]` read for `reads[i]` (`None`: absent).
-    pub fn writes(&self, values: &[Option<Vec<u8>>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpecError> {
+    pub fn writes(&self, values: &[Option<Vec<u8>>]) -> Result<Writes, SpecError> {
         let value = |i: usize| values.get(i).and_then(Option::as_ref);
         let key = |i: usize| self.reads[i].clone();
         Ok(match &self.op {
@@ -361,7 +375,7 @@ impl TxnSpec {
             }
             Op::Put { writes } => writes.clone(),
             Op::ListAppend { .. } => {
-                let (_, lists, dirty) = self.run_appends(values)?;
+                let Appended { lists, dirty, .. } = self.run_appends(values)?;
                 dirty
                     .into_iter()
                     .map(|i| (key(i), encode_list(&lists[i])))
@@ -370,12 +384,8 @@ impl TxnSpec {
         })
     }
 
-    /// Runs list-append micro-ops over the lists read: the completed
-    /// micro-ops, every list after them, and which lists changed.
-    fn run_appends(
-        &self,
-        values: &[Option<Vec<u8>>],
-    ) -> Result<(Vec<Mop>, Vec<Vec<u64>>, Vec<usize>), SpecError> {
+    /// Runs list-append micro-ops over the lists read.
+    fn run_appends(&self, values: &[Option<Vec<u8>>]) -> Result<Appended, SpecError> {
         let Op::ListAppend { mops, keys } = &self.op else {
             return Ok(Default::default());
         };
@@ -404,7 +414,7 @@ impl TxnSpec {
                 }),
             }
         }
-        Ok((done, lists, dirty))
+        Ok(Appended { done, lists, dirty })
     }
 
     /// The history micro-ops: of the invocation (`values` None), or of the
@@ -413,7 +423,7 @@ impl TxnSpec {
         match &self.op {
             Op::ListAppend { mops, .. } => Some(HistoryMops::Append(match values {
                 None => mops.clone(),
-                Some(values) => self.run_appends(values).ok()?.0,
+                Some(values) => self.run_appends(values).ok()?.done,
             })),
             Op::BankTransfer { from, to, amount } | Op::BankLeak { from, to, amount } => {
                 Some(HistoryMops::Bank(vec![BankMop::Transfer {
