@@ -13,6 +13,7 @@
 #
 #   bench/compare.sh                  # DURATION=30s VUS=64
 #   DURATION=10s bench/compare.sh
+#   TRELLIS_BIN=path/to/trellis bench/compare.sh   # skip the release build
 #
 # Needs: cargo (builds the release binary), apt-get when etcd or PostgreSQL
 # is missing (installs etcd-server etcd-client / postgresql), python3 for
@@ -38,15 +39,18 @@ log() { printf '== %s\n' "$*" >&2; }
 
 # --- what we start, and stopping it ---------------------------------------
 PIDS=()      # every process we started, stopped in reverse order
+SIGNALS=()   # the signal that stops each cleanly
 WORK=$(mktemp -d /tmp/trellis-compare.XXXXXX)
+started() { # pid signal
+    PIDS+=("$1")
+    SIGNALS+=("$2")
+}
 cleanup() {
     local rc=$?
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         local pid=${PIDS[i]}
         if kill -0 "$pid" 2>/dev/null; then
-            # SIGINT: PostgreSQL's fast shutdown; etcd and trellis dev stop
-            # cleanly on it too.
-            kill -INT "$pid" 2>/dev/null || true
+            kill "-${SIGNALS[i]}" "$pid" 2>/dev/null || true
             for _ in $(seq 1 100); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
@@ -101,9 +105,13 @@ if [[ -z $PG_BIN || ! -x $PG_BIN/initdb ]]; then
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 fi
 
-log "building trellis (release)"
-cargo build --release --quiet -p trellis
-TRELLIS=${CARGO_TARGET_DIR:-$ROOT/target}/release/trellis
+if [[ -n ${TRELLIS_BIN:-} ]]; then
+    TRELLIS=$TRELLIS_BIN    # a binary built elsewhere (figures from a debug build mean nothing)
+else
+    log "building trellis (release)"
+    cargo build --release --quiet -p trellis
+    TRELLIS=${CARGO_TARGET_DIR:-$ROOT/target}/release/trellis
+fi
 
 # --- etcd: 3 members -------------------------------------------------------
 log "starting a 3-member etcd cluster"
@@ -123,7 +131,7 @@ for i in 1 2 3; do
         --initial-cluster "$cluster" --initial-cluster-state new \
         --initial-cluster-token trellis-compare --log-level error \
         >"$WORK/etcd$i.log" 2>&1 &
-    PIDS+=($!)
+    started $! TERM
 done
 ETCD_ENDPOINTS="127.0.0.1:${ETCD_CLIENT[1]},127.0.0.1:${ETCD_CLIENT[2]},127.0.0.1:${ETCD_CLIENT[3]}"
 for i in 1 2 3; do wait_port "${ETCD_CLIENT[i]}" "etcd member $i"; done
@@ -131,22 +139,21 @@ for _ in $(seq 1 $((READY_SECONDS * 2))); do
     ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && break
     sleep 0.5
 done
-ETCD_VERSION=$(etcd --version | head -1)
+ETCD_VERSION=$(etcd --version | sed -n 1p)
 
 # --- PostgreSQL: primary + synchronous standby -----------------------------
 log "starting PostgreSQL: a primary and one synchronous standby"
-PG_USER=$(id -un)
-as_pg() { "$@"; }
+# Commands that must run as the PostgreSQL user. setpriv execs (no fork),
+# so the PID of a server started through it is the server's own.
+PG_AS=()
 if [[ $(id -u) == 0 ]]; then
-    PG_USER=postgres
     id postgres >/dev/null 2>&1 || useradd --system --home "$WORK" postgres
-    chown "$PG_USER" "$WORK"
-    # setpriv execs (runuser would fork), so $! below is the server itself.
-    as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
+    chown postgres "$WORK"
+    PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 fi
 PG_PRIMARY=$(free_port)
 PG_STANDBY=$(free_port)
-as_pg "$PG_BIN/initdb" -D "$WORK/pg-primary" -U postgres --auth=trust >"$WORK/initdb.log" 2>&1
+"${PG_AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg-primary" -U postgres --auth=trust >"$WORK/initdb.log" 2>&1
 cat >>"$WORK/pg-primary/postgresql.conf" <<EOF
 port = $PG_PRIMARY
 listen_addresses = '127.0.0.1'
@@ -157,18 +164,27 @@ synchronous_standby_names = 'standby1'
 synchronous_commit = on
 max_connections = 200
 EOF
-as_pg "$PG_BIN/postgres" -D "$WORK/pg-primary" >"$WORK/pg-primary.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PG_PRIMARY" "the PostgreSQL primary"
-as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PRIMARY" -U postgres -D "$WORK/pg-standby" -X stream
-as_pg touch "$WORK/pg-standby/standby.signal"
+# SIGINT: PostgreSQL's fast shutdown.
+"${PG_AS[@]}" "$PG_BIN/postgres" -D "$WORK/pg-primary" >"$WORK/pg-primary.log" 2>&1 &
+started $! INT
+pg_ready() { # port what
+    for _ in $(seq 1 $((READY_SECONDS * 10))); do
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1" && return 0
+        sleep 0.1
+    done
+    echo "error: $2 did not accept connections on 127.0.0.1:$1 in ${READY_SECONDS}s" >&2
+    return 1
+}
+pg_ready "$PG_PRIMARY" "the PostgreSQL primary"
+"${PG_AS[@]}" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PRIMARY" -U postgres -D "$WORK/pg-standby" -X stream
+"${PG_AS[@]}" touch "$WORK/pg-standby/standby.signal"
 cat >>"$WORK/pg-standby/postgresql.conf" <<EOF
 port = $PG_STANDBY
 primary_conninfo = 'host=127.0.0.1 port=$PG_PRIMARY user=postgres application_name=standby1'
 EOF
-as_pg "$PG_BIN/postgres" -D "$WORK/pg-standby" >"$WORK/pg-standby.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PG_STANDBY" "the PostgreSQL standby"
+"${PG_AS[@]}" "$PG_BIN/postgres" -D "$WORK/pg-standby" >"$WORK/pg-standby.log" 2>&1 &
+started $! INT
+pg_ready "$PG_STANDBY" "the PostgreSQL standby"
 sync_state=""
 for _ in $(seq 1 $((READY_SECONDS * 2))); do
     sync_state=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PRIMARY" -U postgres -At \
@@ -194,18 +210,18 @@ start_trellis() { # extra args...
     return 1
 }
 REPLICAS_NOTE="one replica per group"
-if "$TRELLIS" dev --help | grep -q -- '--replicas' && start_trellis --replicas 2; then
+if "$TRELLIS" dev --help | grep -- '--replicas' >/dev/null && start_trellis --replicas 2; then
     REPLICAS_NOTE="2 replicas per group (--replicas 2)"
 else
     if [[ -n ${TRELLIS_PID:-} ]] && kill -0 "$TRELLIS_PID" 2>/dev/null; then
-        kill -INT "$TRELLIS_PID"; wait "$TRELLIS_PID" || true
+        kill -TERM "$TRELLIS_PID"; wait "$TRELLIS_PID" || true
     fi
     log "trellis dev --replicas 2 is not available in this build: $(grep -m1 -i 'error' "$WORK/trellis.log" || echo 'no error line')"
     log "running Trellis with ONE replica per group"
     REPLICAS_NOTE="ONE replica per group: \`trellis dev --replicas 2\` refused to start in this build (replication not built yet), so Trellis commits are durable on one machine while etcd's are on a quorum of 3 and PostgreSQL's on primary + standby"
     start_trellis || { cat "$WORK/trellis.log" >&2; exit 1; }
 fi
-PIDS+=("$TRELLIS_PID")
+started "$TRELLIS_PID" TERM
 
 # --- the runs ----------------------------------------------------------------
 RUN_ID=$(date +%s)

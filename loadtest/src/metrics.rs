@@ -217,11 +217,13 @@ impl Recorder {
         (inner.iterations, inner.failed, inner.dropped, inner.vus)
     }
 
-    /// The per-second timeline, closing the current second.
+    /// The per-second timeline: whole seconds only. The last, partial
+    /// second of a run is left out (its iterations are in the totals): a
+    /// tenth of a second charted as a second would look like a collapse.
     pub fn timeline(&self) -> Vec<Second> {
         let mut inner = self.lock();
         let now = self.start.elapsed().as_secs();
-        inner.advance(now + 1);
+        inner.advance(now);
         inner.timeline.clone()
     }
 

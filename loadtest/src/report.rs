@@ -194,7 +194,7 @@ pre {{ background: #f6f8fa; padding: 1em; font-size: 12px; overflow-x: auto; }}
         out.push_str("</table>\n");
     }
     out.push_str(&chart(
-        "Throughput per second",
+        "Throughput per second (whole seconds; the last partial one is in the totals only)",
         "/s",
         seconds,
         &[
