@@ -266,6 +266,11 @@ impl Ctx {
 /// evaluated, checks run, outputs written).
 pub async fn run(config: Config) -> anyhow::Result<Summary> {
     let target = target::connect(&config.target_url, &config.target_options).await?;
+    run_with(config, target).await
+}
+
+/// [`run`] against a target already connected.
+pub async fn run_with(config: Config, target: Arc<dyn Target>) -> anyhow::Result<Summary> {
     let workload = config.workload.build();
     let start = Instant::now();
     let points = match &config.out_json {
@@ -701,6 +706,125 @@ fn checker_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Args;
+    use clap::Parser;
+    use futures::future::BoxFuture;
+
+    /// A target that conflicts on the first `conflicts` attempts of every
+    /// transaction (told apart by their first key) and then commits.
+    struct Flaky {
+        conflicts: u32,
+        attempts: Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+        executed: AtomicU64,
+    }
+
+    impl Target for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+
+        fn execute<'a>(
+            &'a self,
+            _conn: usize,
+            spec: &'a TxnSpec,
+        ) -> BoxFuture<'a, Result<Values, TxnError>> {
+            Box::pin(async move {
+                self.executed.fetch_add(1, Ordering::Relaxed);
+                let key = spec
+                    .write_keys()
+                    .first()
+                    .map(|k| k.to_vec())
+                    .unwrap_or_default();
+                let mut attempts = lock(&self.attempts);
+                let n = attempts.entry(key).or_insert(0);
+                *n += 1;
+                if *n <= self.conflicts {
+                    return Err(TxnError::Conflict("injected".into()));
+                }
+                *n = 0;
+                Ok(vec![None; spec.reads.len()])
+            })
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn config(flags: &str) -> Config {
+        let cli = Cli::try_parse_from(std::iter::once("load").chain(flags.split_whitespace()))
+            .expect("flags parse");
+        Config::from_args(&cli.args).expect("flags are valid")
+    }
+
+    fn counter(summary: &Summary, name: &str) -> u64 {
+        match summary.metric(name, None) {
+            Some(MetricValue::Counter { count, .. }) => *count,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conflicts_are_retried_and_counted_the_same_for_every_target() {
+        // One VU, so each transaction's attempts are consecutive.
+        let target = Arc::new(Flaky {
+            conflicts: 2,
+            attempts: Mutex::default(),
+            executed: AtomicU64::new(0),
+        });
+        let summary = run_with(
+            config("--iterations 20 --vus 1 --keys 1000000 --attempts 5 -q --seed 7"),
+            target.clone(),
+        )
+        .await
+        .expect("runs");
+        assert_eq!(counter(&summary, "iterations"), 20);
+        assert_eq!(counter(&summary, "txn_conflicts"), 40);
+        assert_eq!(counter(&summary, "txn_retries"), 40);
+        assert_eq!(target.executed.load(Ordering::Relaxed), 60);
+        assert_eq!(
+            summary.metric("txn_failed", None),
+            Some(&MetricValue::Rate {
+                trues: 0,
+                total: 20
+            })
+        );
+        // With fewer attempts than conflicts, every iteration fails after
+        // exactly --attempts tries.
+        let target = Arc::new(Flaky {
+            conflicts: 10,
+            attempts: Mutex::default(),
+            executed: AtomicU64::new(0),
+        });
+        let summary = run_with(
+            config("--iterations 5 --vus 1 --keys 1000000 --attempts 3 -q --seed 7"),
+            target.clone(),
+        )
+        .await
+        .expect("runs");
+        assert_eq!(target.executed.load(Ordering::Relaxed), 15);
+        assert_eq!(
+            summary.metric("txn_failed", None),
+            Some(&MetricValue::Rate { trues: 5, total: 5 })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn iterations_are_shared_by_the_vus_exactly() {
+        let target = Arc::new(Flaky {
+            conflicts: 0,
+            attempts: Mutex::default(),
+            executed: AtomicU64::new(0),
+        });
+        let summary = run_with(config("--iterations 137 --vus 8 -q"), target.clone())
+            .await
+            .expect("runs");
+        assert_eq!(counter(&summary, "iterations"), 137);
+        assert_eq!(target.executed.load(Ordering::Relaxed), 137);
+        assert_eq!(counter(&summary, "dropped_iterations"), 0);
+    }
 
     #[test]
     fn history_stops_recording_new_transactions_when_full() {
