@@ -3,6 +3,7 @@
 //! # Layout
 //! - `shard`: run one shard replica (`trellis shard`).
 //! - `bench`: storage benchmarks (`trellis bench storage`).
+//! - `load`: the load tester (`trellis-loadtest`), with its own exit codes.
 
 mod admin;
 mod bench;
@@ -48,6 +49,10 @@ enum Command {
     Sql(sql::Args),
     /// Operator commands on a running cluster (transfer-primary).
     Admin(admin::Args),
+    /// A k6-style load tester: closed and open models, workloads,
+    /// thresholds, summaries and reports, against Trellis, etcd or
+    /// PostgreSQL.
+    Load(Box<trellis_loadtest::Args>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +72,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Admin(args) => admin::run(args),
+        // Its own exit codes (99: a threshold was crossed).
+        Command::Load(args) => return trellis_loadtest::main(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
