@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use trellis_proto::v1 as pb;
 
+use crate::bench_txn::percentile;
 use crate::dev::{Kid, start, stop_all};
 
 /// Concurrent clients of the read-modify-write load.
@@ -169,14 +170,6 @@ async fn rmw(
         response.outcome,
         Some(pb::commit_response::Outcome::Committed(_))
     ))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Transactions/s and p99 of `CLIENTS` clients doing read-modify-writes

@@ -21,7 +21,8 @@ struct Sample {
     elapsed: Duration,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p`th percentile of sorted latencies (nearest rank).
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -43,38 +43,41 @@ pub const ACKS_QUEUED_MAX: usize = 1024;
 /// Pause before a backup reconnects after its stream failed.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
-fn connect_lazy(addr: &str, timeout: Duration) -> Result<Channel, String> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
-        .connect_timeout(STREAM_CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
+/// HTTP/2 keep-alive on replication and control channels: a peer that
+/// stops answering is noticed within about a lease.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn membership(coordinator: &str) -> Result<MembershipClient<Channel>, String> {
-    Ok(MembershipClient::new(connect_lazy(
-        coordinator,
-        CONTROL_RPC_TIMEOUT,
-    )?))
-}
-
-fn shard_client(addr: &str, timeout: Option<Duration>) -> Result<ShardClient<Channel>, String> {
+/// A lazily connecting channel to `addr`; `timeout` is the deadline of each
+/// call (`None` only for the long-lived replication stream, whose every
+/// message has its own deadline instead).
+fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(STREAM_CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let endpoint = match timeout {
         Some(t) => endpoint.timeout(t),
         None => endpoint,
     };
-    Ok(ShardClient::new(endpoint.connect_lazy())
+    Ok(endpoint.connect_lazy())
+}
+
+/// The coordinator's Membership service (one channel, reused by every call).
+type Coordinator = MembershipClient<Channel>;
+
+fn membership(coordinator: &str) -> Result<Coordinator, String> {
+    Ok(MembershipClient::new(channel(
+        coordinator,
+        Some(CONTROL_RPC_TIMEOUT),
+    )?))
+}
+
+fn shard_client(addr: &str, timeout: Option<Duration>) -> Result<ShardClient<Channel>, String> {
+    Ok(ShardClient::new(channel(addr, timeout)?)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
@@ -380,6 +383,13 @@ async fn receive(
 /// from the primary as a backup, keeps the configuration as a primary, and
 /// asks for a failover when the primary goes silent.
 pub async fn run(shard: Arc<Shard>, coordinator: String) {
+    let coordinator = match membership(&coordinator) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(%err, "cannot follow the group's configuration");
+            return;
+        }
+    };
     let me = shard.repl.me();
     let follower = Arc::new(tokio::sync::Mutex::new(None::<(String, u64)>));
     let mut tick = tokio::time::interval(CONFIG_POLL);
@@ -452,28 +462,20 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 if config.epoch < epoch {
                     continue;
                 }
-                if role != want || epoch != config.epoch {
-                    if role == Role::Primary {
-                        tracing::warn!(
-                            epoch = config.epoch,
-                            primary = %config.members[0].addr,
-                            "stepping down: another replica is primary"
-                        );
-                    }
-                    shard.repl.set_role(
-                        want,
-                        config.epoch,
-                        Some(config.clone()),
-                        shard.durable_lsn(),
-                    );
-                } else {
-                    shard.repl.set_role(
-                        want,
-                        config.epoch,
-                        Some(config.clone()),
-                        shard.durable_lsn(),
+                if role == Role::Primary {
+                    tracing::warn!(
+                        epoch = config.epoch,
+                        primary = %config.members[0].addr,
+                        "stepping down: another replica is primary"
                     );
                 }
+                // Same role and epoch: only the configuration is refreshed.
+                shard.repl.set_role(
+                    want,
+                    config.epoch,
+                    Some(config.clone()),
+                    shard.durable_lsn(),
+                );
                 let primary = config.members[0].addr.clone();
                 ensure_following(&shard, &follower, primary, config.epoch);
                 if want == Role::Backup {
@@ -530,7 +532,7 @@ fn ensure_following(
 
 /// Primary: takes silent backups out of the configuration, adds learners
 /// that caught up.
-async fn upkeep(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfig) {
+async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::GroupConfig) {
     let now = Instant::now();
     let last = shard.last_lsn();
     let peers = shard.repl.lock().peers.clone();
@@ -638,6 +640,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
             }
         }
         let reason = format!("primary transferred from {} to {to}", shard.repl.me());
+        let coordinator = membership(&coordinator).map_err(Status::internal)?;
         match cas_group(&coordinator, &config, epoch + 1, members, &reason).await {
             Ok((true, new)) => Ok(new),
             Ok((false, _)) => Err(Status::aborted(
@@ -670,7 +673,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
 /// Backup: the primary is silent. Unless it still answers as a primary with
 /// a lease, promote the most up-to-date reachable in-sync member (itself if
 /// it is that member) at `epoch + 1`.
-async fn failover(shard: &Arc<Shard>, coordinator: &str, config: &pb::GroupConfig) {
+async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::GroupConfig) {
     let old = &config.members[0];
     if let Some(status) = peer_status(&old.addr).await
         && status.role == Role::Primary.name()
@@ -746,8 +749,8 @@ async fn peer_status(addr: &str) -> Option<pb::ShardStatusResponse> {
     }
 }
 
-async fn get_group(coordinator: &str, group: u64) -> Result<pb::GroupConfig, String> {
-    let mut client = membership(coordinator)?;
+async fn get_group(coordinator: &Coordinator, group: u64) -> Result<pb::GroupConfig, String> {
+    let mut client = coordinator.clone();
     client
         .get_group(pb::GetGroupRequest { group_id: group })
         .await
@@ -755,8 +758,8 @@ async fn get_group(coordinator: &str, group: u64) -> Result<pb::GroupConfig, Str
         .map_err(|s| s.message().to_string())
 }
 
-async fn register(coordinator: &str, group: u64, addr: &str) -> Result<(), String> {
-    let mut client = membership(coordinator)?;
+async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(), String> {
+    let mut client = coordinator.clone();
     client
         .register(pb::RegisterRequest {
             group_id: group,
@@ -769,13 +772,13 @@ async fn register(coordinator: &str, group: u64, addr: &str) -> Result<(), Strin
 }
 
 async fn cas_group(
-    coordinator: &str,
+    coordinator: &Coordinator,
     config: &pb::GroupConfig,
     epoch: u64,
     members: Vec<pb::MemberConfig>,
     reason: &str,
 ) -> Result<(bool, pb::GroupConfig), String> {
-    let mut client = membership(coordinator)?;
+    let mut client = coordinator.clone();
     let response = client
         .cas_group(pb::CasGroupRequest {
             group_id: config.group_id,

@@ -140,6 +140,19 @@ async fn check_acked(cluster: &ReplicatedCluster, acked: &[(Vec<u8>, Vec<u8>)]) 
     }
 }
 
+/// Waits until group 1 has a serving primary other than `old`.
+async fn wait_new_primary(cluster: &ReplicatedCluster, old: &str) -> v1::StatusResponse {
+    cluster
+        .wait_for("a new primary in group 1", |s| {
+            s.groups[0]
+                .members
+                .iter()
+                .any(|m| m.role == "primary" && m.address != old && m.lease_ms > 0)
+        })
+        .await
+        .expect("failover")
+}
+
 /// Group `group` has all its replicas in sync, at the same LSN.
 async fn wait_all_in_sync(cluster: &ReplicatedCluster, group: u32) -> v1::StatusResponse {
     let replicas = cluster.replicas as usize;
@@ -170,15 +183,7 @@ async fn primary_killed_under_sync_load_loses_nothing() {
     cluster.kill9(1, victim);
     let at_kill = load.count();
     // Writes resume on a new primary (the load touches both groups).
-    let status = cluster
-        .wait_for("a new primary in group 1", |s| {
-            s.groups[0]
-                .members
-                .iter()
-                .any(|m| m.role == "primary" && m.address != victim_addr && m.lease_ms > 0)
-        })
-        .await
-        .expect("failover");
+    let status = wait_new_primary(&cluster, &victim_addr).await;
     assert!(
         status.groups[0]
             .members
@@ -249,15 +254,7 @@ async fn stopped_primary_is_fenced_and_rejoins() {
     let old = cluster.primary(1).await.expect("primary");
     let old_addr = cluster.proc(1, old).field("grpc").to_string();
     cluster.proc(1, old).signal(libc::SIGSTOP);
-    cluster
-        .wait_for("a new primary", |s| {
-            s.groups[0]
-                .members
-                .iter()
-                .any(|m| m.role == "primary" && m.address != old_addr && m.lease_ms > 0)
-        })
-        .await
-        .expect("failover");
+    wait_new_primary(&cluster, &old_addr).await;
     let at_failover = load.count();
     load.wait_progress(at_failover, 100, "writes on the new primary")
         .await;
