@@ -14,11 +14,6 @@ use trellis_coordinator::{refresher, service, sweeper};
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// HTTP/2 keep-alive towards clients.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Most concurrent requests per client connection.
-const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -111,21 +106,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));
     let refresher_task = tokio::spawn(refresher(txns.clone(), id, advertise));
 
-    let (txn_service, admin_service, membership_service) = service::services(txns);
     println!("READY grpc={grpc_addr} metrics={metrics_addr}");
     tracing::info!(%grpc_addr, %metrics_addr, "coordinator serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
-        .add_service(txn_service)
-        .add_service(admin_service)
-        .add_service(membership_service)
-        .serve_with_incoming_shutdown(trellis_shard::server::nodelay_incoming(listener), async {
+    let serving = service::serve_incoming(
+        txns,
+        trellis_shard::server::nodelay_incoming(listener),
+        async {
             let _ = stop_rx.await;
-        });
+        },
+    );
     tokio::pin!(serving);
     let served = tokio::select! {
         served = &mut serving => served,

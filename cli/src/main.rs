@@ -11,7 +11,6 @@ mod bench_repl;
 mod bench_txn;
 mod coordinator;
 mod dev;
-mod membership;
 mod shard;
 mod signals;
 mod sql;

@@ -145,7 +145,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let shard = shard.clone();
         let group = args.group;
         tokio::spawn(async move {
-            crate::membership::register(shard.clone(), coordinator.clone(), group, advertise).await;
+            trellis_shard::membership::register(
+                shard.clone(),
+                coordinator.clone(),
+                group,
+                advertise,
+            )
+            .await;
             trellis_shard::replica::run(shard, coordinator).await;
         })
     });

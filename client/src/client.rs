@@ -167,7 +167,9 @@ impl std::fmt::Debug for Client {
 
 /// A fresh random transaction id.
 pub fn new_txn_id() -> TxnId {
-    rand::random()
+    let mut id = [0; TXN_ID_BYTES];
+    trellis_types::rng::fill(&mut id);
+    id
 }
 
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
@@ -208,7 +210,7 @@ impl Client {
             .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))?
             .connect_timeout(options.connect_timeout)
             .timeout(options.rpc_timeout);
-        let channel = endpoint.connect().await.map_err(|e| {
+        let channel = trellis_net::connect(endpoint).await.map_err(|e| {
             Error::Unavailable(format!("cannot connect to {addr}: {}", source_text(&e)))
         })?;
         let inner = TxnClient::new(channel)

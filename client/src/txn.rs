@@ -298,7 +298,7 @@ pub fn backoff(attempt: u32) -> Duration {
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
         .min(TXN_BACKOFF_MAX);
     // Jitter: 50% to 100% of the base, so competing retries spread out.
-    base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    base.mul_f64(0.5 + trellis_types::rng::unit() * 0.5)
 }
 
 impl Client {

@@ -140,7 +140,7 @@ impl Router {
                         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                         .keep_alive_while_idle(true)
                         .tcp_nodelay(true);
-                    let channel = endpoint.connect_lazy();
+                    let channel = trellis_net::lazy(endpoint);
                     channels.insert(addr.to_string(), channel.clone());
                     channel
                 }

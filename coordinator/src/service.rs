@@ -533,6 +533,40 @@ pub fn services(
     )
 }
 
+/// HTTP/2 keep-alive towards clients and shards.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most concurrent requests per client connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// Serves the `Txn`, `Admin` and `Membership` services on already accepted
+/// connections (real sockets, or the simulator's) until `shutdown`
+/// resolves.
+pub async fn serve_incoming<IO>(
+    txns: Arc<TxnManager>,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let (txn_service, admin_service, membership_service) = services(txns);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .add_service(txn_service)
+        .add_service(admin_service)
+        .add_service(membership_service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

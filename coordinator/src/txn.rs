@@ -212,8 +212,9 @@ impl TxnManager {
             if Instant::now() + backoff >= deadline {
                 return Err(TxnError::Deadline(format!("{what}: {last}")));
             }
-            let jitter =
-                Duration::from_micros(rand::random::<u64>() % (backoff.as_micros() as u64 / 2 + 1));
+            let jitter = Duration::from_micros(
+                trellis_types::rng::u64() % (backoff.as_micros() as u64 / 2 + 1),
+            );
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

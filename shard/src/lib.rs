@@ -11,11 +11,13 @@
 //!   before it answers.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`membership`]: registering with the coordinator.
 //!
 //! This crate never talks to the catalog's database, and never decides a
 //! transaction's outcome on its own except by presumed abort at the anchor.
 
 pub mod engine;
+pub mod membership;
 pub mod metrics;
 pub mod record;
 pub mod repl;

@@ -63,7 +63,7 @@ fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel, String> {
         Some(t) => endpoint.timeout(t),
         None => endpoint,
     };
-    Ok(endpoint.connect_lazy())
+    Ok(trellis_net::lazy(endpoint))
 }
 
 /// The coordinator's Membership service (one channel, reused by every call).

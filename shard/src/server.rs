@@ -637,7 +637,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = nodelay_incoming(listener);
+    serve_incoming(shard, nodelay_incoming(listener), shutdown).await
+}
+
+/// Serves the shard service on already accepted connections (real sockets,
+/// or the simulator's) until `shutdown` resolves.
+pub async fn serve_incoming<IO>(
+    shard: Arc<Shard>,
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

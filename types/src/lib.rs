@@ -11,6 +11,7 @@
 //! converted to these at the service edges.
 
 pub mod limits;
+pub mod rng;
 pub mod validate;
 
 use std::fmt;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Shard;
 use trellis_proto::shard::v1 as pb;
-use trellis_shard::Shard;
 use trellis_types::SlotSet;
 
 /// Deadline of one registration attempt.
@@ -39,12 +39,14 @@ pub async fn register(shard: Arc<Shard>, coordinator: String, group: u64, advert
     }
 }
 
-async fn attempt(coordinator: &str, group: u64, advertise: &str) -> anyhow::Result<(u64, SlotSet)> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}"))?
+async fn attempt(coordinator: &str, group: u64, advertise: &str) -> Result<(u64, SlotSet), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}"))
+        .map_err(|e| format!("bad coordinator address {coordinator}: {e}"))?
         .connect_timeout(REGISTER_TIMEOUT)
-        .timeout(REGISTER_TIMEOUT)
-        .connect()
-        .await?;
+        .timeout(REGISTER_TIMEOUT);
+    let channel = trellis_net::connect(endpoint)
+        .await
+        .map_err(|e| format!("cannot reach {coordinator}: {e}"))?;
     let mut client = pb::membership_client::MembershipClient::new(channel);
     let response = client
         .register(pb::RegisterRequest {
@@ -52,8 +54,9 @@ async fn attempt(coordinator: &str, group: u64, advertise: &str) -> anyhow::Resu
             addr: advertise.to_string(),
             pid: std::process::id(),
         })
-        .await?
+        .await
+        .map_err(|s| format!("{coordinator} refused the registration: {}", s.message()))?
         .into_inner();
-    let slots = SlotSet::from_bytes(&response.slots).map_err(anyhow::Error::msg)?;
+    let slots = SlotSet::from_bytes(&response.slots)?;
     Ok((response.map_epoch, slots))
 }
