@@ -1,8 +1,11 @@
-//! The catalog: cluster metadata in SQL through sqlx. It owns the shard
-//! groups and their members, the slot map and its epoch, and the list of
-//! coordinators with their heartbeats. SQLite (a file, `sqlite://PATH`)
-//! serves one coordinator; PostgreSQL (`postgres://...`) serves several that
-//! share it.
+//! The catalog: cluster metadata in SQL through sqlx, or in process memory.
+//! It owns the shard groups and their members, the slot map and its epoch,
+//! and the list of coordinators with their heartbeats. SQLite (a file,
+//! `sqlite://PATH`) serves one coordinator; PostgreSQL (`postgres://...`)
+//! serves several that share it; memory (`memory:`, [`Catalog::in_memory`])
+//! serves the coordinators of one process, and exists for the deterministic
+//! simulator, which runs the whole cluster on one thread in simulated time
+//! where sqlx's driver threads cannot run.
 //!
 //! Every change is a conditional update on a version column (a group's
 //! `version`, the cluster's `map_epoch`): a writer states the version it
@@ -11,12 +14,22 @@
 //! migrations embedded from `coordinator/migrations/<backend>/` and run on
 //! connect.
 //!
+//! The memory backend keeps the same tables as plain rows (`MemoryDb`) and
+//! goes through the same code: validation, the compare-and-swap conditions,
+//! the checks on what is read back (`build_map`) and the errors are shared;
+//! only the storage step of each operation differs, written next to the SQL
+//! one in `with_pool!`. Its steps are synchronous (lock, change, unlock),
+//! never random, and iterate only ordered maps, so a simulation replays
+//! exactly; its heartbeats use tokio's clock, which the simulator controls,
+//! where SQL uses the database's.
+//!
 //! The catalog never talks to shards, holds no transaction state, never
 //! caches (every call reads the database), and never repairs what it reads:
 //! a row that breaks an invariant is an error naming it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
@@ -54,6 +67,9 @@ pub const MEMBERS_MAX: usize = 7;
 /// Longest coordinator id, in bytes.
 pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
 
+/// The URL of an in-memory catalog (nothing may follow it).
+pub const MEMORY_URL: &str = "memory:";
+
 /// Bytes of a stored slot map: one little-endian `u32` group id per slot.
 const SLOT_MAP_BYTES: usize = SLOTS as usize * 4;
 
@@ -64,7 +80,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(
-        "refusing catalog URL `{url}`: {reason}; use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+        "refusing catalog URL `{url}`: {reason}; use sqlite://PATH, postgres://USER@HOST:PORT/DB or memory: (this process only)"
     )]
     BadUrl { url: String, reason: &'static str },
     #[error("{context}: {source}")]
@@ -120,6 +136,184 @@ fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> CatalogError {
 enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+    /// Shared by clones, like a pool: every clone sees the same catalog.
+    Memory(Arc<Mutex<MemoryDb>>),
+}
+
+/// The catalog's tables in process memory, one row type per SQL table and
+/// in the same column types, so that reads go through the same checks
+/// ([`build_map`], [`to_u64`]) as rows read from SQL. Ordered maps keyed
+/// like the tables' primary keys give `ORDER BY` for free and keep every
+/// iteration deterministic.
+///
+/// Every method is synchronous and checks before it changes anything, so a
+/// call either happens whole or not at all; the lock is held for one method
+/// call and never across an `.await` (a std `Mutex`: nothing inside waits).
+#[derive(Debug, Default)]
+struct MemoryDb {
+    /// `cluster`: the map epoch and the encoded slot map; `None` until
+    /// bootstrapped.
+    cluster: Option<ClusterRow>,
+    /// `shard_groups`: id → (version, epoch).
+    groups: BTreeMap<i64, (i64, i64)>,
+    /// `members`: (group id, ordinal) → (address, pid, in sync as 0 or 1).
+    members: BTreeMap<(i64, i64), (String, i64, i64)>,
+    /// `coordinators`: id → (address, heartbeat by tokio's clock).
+    coordinators: BTreeMap<String, (String, tokio::time::Instant)>,
+}
+
+impl MemoryDb {
+    /// Creates the cluster row and `groups` (version 1, epoch 0) unless the
+    /// cluster row exists. Returns whether it created them.
+    fn bootstrap(&mut self, slot_map: &[u8], groups: &[i64]) -> Result<bool, CatalogError> {
+        if self.cluster.is_some() {
+            return Ok(false);
+        }
+        // SQL refuses these inserts on the primary key; check before
+        // changing anything.
+        if let Some(id) = groups.iter().find(|id| self.groups.contains_key(id)) {
+            return Err(CatalogError::Corrupt(format!(
+                "shard group {id} exists but the cluster does not"
+            )));
+        }
+        self.cluster = Some((1, slot_map.to_vec()));
+        for id in groups {
+            self.groups.insert(*id, (1, 0));
+        }
+        Ok(true)
+    }
+
+    /// The rows `load` reads, in the order the SQL reads them.
+    fn read_map(&self) -> MapRows {
+        let group_rows = self
+            .groups
+            .iter()
+            .map(|(id, (version, epoch))| (*id, *version, *epoch))
+            .collect();
+        let member_rows = self
+            .members
+            .iter()
+            .map(|((group, ordinal), (addr, pid, in_sync))| {
+                (*group, *ordinal, addr.clone(), *pid, *in_sync)
+            })
+            .collect();
+        (self.cluster.clone(), group_rows, member_rows)
+    }
+
+    /// The conditional update of `cas_group`: replaces the group's epoch and
+    /// members only if its version is `version` and its epoch at most
+    /// `epoch`, and bumps the version. Returns whether it did.
+    fn cas_group(
+        &mut self,
+        group: i64,
+        version: i64,
+        epoch: i64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        let Some(row) = self.groups.get_mut(&group) else {
+            return Ok(false);
+        };
+        if row.0 != version || row.1 > epoch {
+            return Ok(false);
+        }
+        let next = version.checked_add(1).ok_or_else(|| {
+            CatalogError::Invalid(format!(
+                "the version {version} of group {group} cannot grow further"
+            ))
+        })?;
+        *row = (next, epoch);
+        self.members.retain(|(g, _), _| *g != group);
+        // At most MEMBERS_MAX ordinals (checked by the caller), as in SQL.
+        for (ordinal, m) in members.iter().enumerate() {
+            self.members.insert(
+                (group, ordinal as i64),
+                (m.addr.clone(), i64::from(m.pid), i64::from(m.in_sync)),
+            );
+        }
+        Ok(true)
+    }
+
+    /// The lowest and highest group id, if any group exists.
+    fn group_range(&self) -> (Option<i64>, Option<i64>) {
+        (
+            self.groups.keys().next().copied(),
+            self.groups.keys().next_back().copied(),
+        )
+    }
+
+    /// Records a coordinator with now, by tokio's clock, as its heartbeat.
+    fn upsert_coordinator(&mut self, id: &str, addr: &str) {
+        let now = tokio::time::Instant::now();
+        self.coordinators
+            .insert(id.to_string(), (addr.to_string(), now));
+    }
+
+    /// Coordinators by id with the milliseconds since their heartbeat, by
+    /// tokio's clock.
+    fn list_coordinators(&self) -> Vec<(String, String, i64)> {
+        let now = tokio::time::Instant::now();
+        self.coordinators
+            .iter()
+            .map(|(id, (addr, heartbeat))| {
+                let age = now.saturating_duration_since(*heartbeat).as_millis();
+                (
+                    id.clone(),
+                    addr.clone(),
+                    i64::try_from(age).unwrap_or(i64::MAX),
+                )
+            })
+            .collect()
+    }
+
+    /// The storage step of `cas_slot_map`: refuses a map naming a group
+    /// that does not exist, then stores `slot_map` with epoch `next` only if
+    /// the stored epoch is `expected`. Returns whether it did.
+    fn cas_slot_map(
+        &mut self,
+        named: &BTreeSet<GroupId>,
+        expected: i64,
+        next: i64,
+        slot_map: &[u8],
+    ) -> Result<bool, CatalogError> {
+        let existing: Vec<i64> = self.groups.keys().copied().collect();
+        check_groups_exist(named, existing)?;
+        match &mut self.cluster {
+            Some((epoch, stored)) if *epoch == expected => {
+                *epoch = next;
+                *stored = slot_map.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Locks the in-memory catalog. A panic while it was held may have left a
+/// change half made, which the catalog never repairs silently.
+fn lock_memory(memory: &Mutex<MemoryDb>) -> Result<MutexGuard<'_, MemoryDb>, CatalogError> {
+    memory.lock().map_err(|_| {
+        CatalogError::Corrupt(
+            "a thread panicked while changing the in-memory catalog; it may be half changed".into(),
+        )
+    })
+}
+
+/// Refuses a slot map naming groups that do not exist, given the ids that
+/// do; no group at all means no cluster.
+fn check_groups_exist(named: &BTreeSet<GroupId>, existing: Vec<i64>) -> Result<(), CatalogError> {
+    if existing.is_empty() {
+        return Err(CatalogError::NotBootstrapped);
+    }
+    let existing: BTreeSet<GroupId> = existing
+        .into_iter()
+        .map(|id| to_u64(id, "a group id"))
+        .collect::<Result<_, _>>()?;
+    if let Some(missing) = named.difference(&existing).next() {
+        return Err(CatalogError::Invalid(format!(
+            "refusing a slot map that names group {missing}, which does not exist"
+        )));
+    }
+    Ok(())
 }
 
 /// The statements whose text differs between the two dialects. Everything
@@ -206,15 +400,31 @@ where
     }
 }
 
-/// Runs `$body` with `$p` bound to the concrete pool. The body is written
-/// once and type-checked against each driver, which keeps the two backends
-/// from drifting apart without sqlx's `Any` driver (which would lose
-/// `BYTEA`/`BLOB` typing).
+/// Runs the storage step of an operation: `$sql` with `$p` bound to the
+/// concrete pool (and `$d`, if named, to its [`Dialect`]), or `$memory` with
+/// `$m` bound to the locked [`MemoryDb`]. The SQL body is written once and
+/// type-checked against each driver, which keeps the two from drifting
+/// apart without sqlx's `Any` driver (which would lose `BYTEA`/`BLOB`
+/// typing). The memory body holds a std lock, so it must not `.await`
+/// (clippy's `await_holding_lock` refuses it, and the future would not be
+/// `Send`). Used in functions returning `Result<_, CatalogError>`: a
+/// poisoned lock is returned as an error.
 macro_rules! with_pool {
-    ($catalog:expr, $p:ident => $body:expr) => {
+    ($catalog:expr, $p:ident $(, $d:ident)? => $sql:expr, $m:ident => $memory:expr) => {
         match &$catalog.pool {
-            Pool::Sqlite($p) => $body,
-            Pool::Postgres($p) => $body,
+            Pool::Sqlite($p) => {
+                $(let $d: &'static Dialect = &SQLITE;)?
+                $sql
+            }
+            Pool::Postgres($p) => {
+                $(let $d: &'static Dialect = &POSTGRES;)?
+                $sql
+            }
+            Pool::Memory(memory) => {
+                let mut guard = lock_memory(memory)?;
+                let $m: &mut MemoryDb = &mut guard;
+                $memory
+            }
         }
     };
 }
@@ -279,14 +489,20 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// The row of `cluster`: map epoch, encoded slot map.
+type ClusterRow = (i64, Vec<u8>);
+/// One row of `shard_groups`: id, version, epoch.
+type GroupRow = (i64, i64, i64);
 /// One row of `members`: group id, ordinal, address, pid, in sync.
 type MemberRow = (i64, i64, String, i64, i64);
+/// What one consistent read of the map returns.
+type MapRows = (Option<ClusterRow>, Vec<GroupRow>, Vec<MemberRow>);
 
 /// Builds and checks a map from the rows of one consistent read.
 fn build_map(
     epoch: i64,
     slot_map: &[u8],
-    group_rows: Vec<(i64, i64, i64)>,
+    group_rows: Vec<GroupRow>,
     member_rows: Vec<MemberRow>,
 ) -> Result<ClusterMap, CatalogError> {
     let map_epoch = to_u64(epoch, "the map epoch")?;
@@ -357,8 +573,9 @@ fn build_map(
 
 impl Catalog {
     /// Connects and runs the migrations. Accepts `sqlite://PATH` (relative
-    /// or absolute; the file and its directory are created if missing) and
-    /// `postgres://...` / `postgresql://...`.
+    /// or absolute; the file and its directory are created if missing),
+    /// `postgres://...` / `postgresql://...`, and `memory:`, which returns a
+    /// new, empty [`Catalog::in_memory`] on every call.
     pub async fn connect(url: &str) -> Result<Catalog, CatalogError> {
         let bad = |reason| CatalogError::BadUrl {
             url: url.to_string(),
@@ -370,29 +587,40 @@ impl Catalog {
             }
             if path.starts_with(":memory:") {
                 // Each pooled connection would get its own empty database.
-                return Err(bad("an in-memory database cannot hold a catalog"));
+                return Err(bad(
+                    "an in-memory SQLite database cannot hold a catalog (for one in process memory, use memory:)",
+                ));
             }
             Pool::Sqlite(connect_sqlite(Path::new(path)).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Pool::Postgres(connect_postgres(url).await?)
+        } else if let Some(rest) = url.strip_prefix(MEMORY_URL) {
+            if !rest.is_empty() {
+                return Err(bad("an in-memory catalog takes nothing after `memory:`"));
+            }
+            return Ok(Catalog::in_memory());
         } else {
-            return Err(bad("it names neither SQLite nor PostgreSQL"));
+            return Err(bad("it names neither SQLite, PostgreSQL nor memory"));
         };
         Ok(Catalog { pool })
     }
 
-    /// Which backend: `"sqlite"` or `"postgres"`.
+    /// A new, empty catalog in process memory, independent of every other;
+    /// its clones share it. Needs no database and no thread of its own: the
+    /// backend of the deterministic simulator. Lost when the last clone is
+    /// dropped.
+    pub fn in_memory() -> Catalog {
+        Catalog {
+            pool: Pool::Memory(Arc::new(Mutex::new(MemoryDb::default()))),
+        }
+    }
+
+    /// Which backend: `"sqlite"`, `"postgres"` or `"memory"`.
     pub fn backend(&self) -> &'static str {
         match self.pool {
             Pool::Sqlite(_) => "sqlite",
             Pool::Postgres(_) => "postgres",
-        }
-    }
-
-    fn dialect(&self) -> &'static Dialect {
-        match self.pool {
-            Pool::Sqlite(_) => &SQLITE,
-            Pool::Postgres(_) => &POSTGRES,
+            Pool::Memory(_) => "memory",
         }
     }
 
@@ -414,14 +642,20 @@ impl Catalog {
         }
         let ids: Vec<GroupId> = (1..=GroupId::from(groups)).collect();
         let slot_map = encode_slots(&assign_slots(&ids))?;
-        let begin = self.dialect().begin_write;
+        let id_values = ids
+            .iter()
+            .map(|id| to_i64(*id, "group id"))
+            .collect::<Result<Vec<_>, _>>()?;
         // The cluster row and the groups are created in one transaction, and
         // only by the writer whose insert of the single cluster row took
         // effect: a racing writer's insert does nothing (PostgreSQL makes it
         // wait for the first to commit; SQLite serializes writers), and it
         // goes on to read what the winner wrote.
-        let created = with_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await.map_err(db("starting the bootstrap"))?;
+        let created = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting the bootstrap"))?;
             let created = sqlx::query(
                 "INSERT INTO cluster (id, map_epoch, slot_map) VALUES (1, 1, $1) \
                  ON CONFLICT (id) DO NOTHING",
@@ -433,9 +667,9 @@ impl Catalog {
             .rows_affected()
                 == 1;
             if created {
-                for id in &ids {
+                for id in &id_values {
                     sqlx::query("INSERT INTO shard_groups (id, version) VALUES ($1, 1)")
-                        .bind(to_i64(*id, "group id")?)
+                        .bind(id)
                         .execute(&mut *tx)
                         .await
                         .map_err(db(format!("creating shard group {id}")))?;
@@ -443,7 +677,7 @@ impl Catalog {
             }
             tx.commit().await.map_err(db("committing the bootstrap"))?;
             created
-        });
+        }, memory => memory.bootstrap(&slot_map, &id_values)?);
         if created {
             tracing::info!(
                 groups,
@@ -471,15 +705,17 @@ impl Catalog {
     }
 
     async fn load_now(&self) -> Result<ClusterMap, CatalogError> {
-        let begin = self.dialect().begin_read;
-        let (cluster, group_rows, member_rows) = with_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await.map_err(db("starting a read of the map"))?;
-            let cluster: Option<(i64, Vec<u8>)> =
+        let (cluster, group_rows, member_rows) = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_read)
+                .await
+                .map_err(db("starting a read of the map"))?;
+            let cluster: Option<ClusterRow> =
                 sqlx::query_as("SELECT map_epoch, slot_map FROM cluster WHERE id = 1")
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db("reading the slot map"))?;
-            let group_rows: Vec<(i64, i64, i64)> =
+            let group_rows: Vec<GroupRow> =
                 sqlx::query_as("SELECT id, version, epoch FROM shard_groups ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await
@@ -492,7 +728,7 @@ impl Catalog {
             .map_err(db("reading the group members"))?;
             tx.commit().await.map_err(db("finishing a read of the map"))?;
             (cluster, group_rows, member_rows)
-        });
+        }, memory => memory.read_map());
         let (epoch, slot_map) = cluster.ok_or(CatalogError::NotBootstrapped)?;
         build_map(epoch, &slot_map, group_rows, member_rows)
     }
@@ -621,10 +857,9 @@ impl Catalog {
         };
         let version = to_i64(expected_version, "group version")?;
         let epoch_value = to_i64(epoch, "epoch")?;
-        let begin = self.dialect().begin_write;
-        let won = with_pool!(self, pool => {
+        let won = with_pool!(self, pool, dialect => {
             let mut tx = pool
-                .begin_with(begin)
+                .begin_with(dialect.begin_write)
                 .await
                 .map_err(db("starting a configuration change"))?;
             let won = sqlx::query(
@@ -668,7 +903,7 @@ impl Catalog {
                     .map_err(db("rolling back a lost configuration change"))?;
             }
             won
-        });
+        }, memory => memory.cas_group(id, version, epoch_value, members)?);
         if !won && !self.load_now().await?.groups.contains_key(&group) {
             return Err(self.unknown_group(group).await);
         }
@@ -678,13 +913,7 @@ impl Catalog {
     /// The error for a group that does not exist: names the valid range, or
     /// says there is no cluster at all.
     async fn unknown_group(&self, group: GroupId) -> CatalogError {
-        let range: Result<(Option<i64>, Option<i64>), CatalogError> = with_pool!(self, pool => {
-            sqlx::query_as("SELECT MIN(id), MAX(id) FROM shard_groups")
-                .fetch_one(pool)
-                .await
-                .map_err(db("reading the range of group ids"))
-        });
-        match range {
+        match self.group_range().await {
             Ok((Some(first), Some(last))) => {
                 match (to_u64(first, "a group id"), to_u64(last, "a group id")) {
                     (Ok(first), Ok(last)) => CatalogError::UnknownGroup { group, first, last },
@@ -696,33 +925,42 @@ impl Catalog {
         }
     }
 
+    /// The lowest and highest group id, if any group exists.
+    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>), CatalogError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as("SELECT MIN(id), MAX(id) FROM shard_groups")
+                .fetch_one(pool)
+                .await
+                .map_err(db("reading the range of group ids"))?
+        }, memory => memory.group_range()))
+    }
+
     /// Records a coordinator and its heartbeat (now, by the database's
-    /// clock); a known id gets its address and heartbeat replaced.
+    /// clock; in memory, by tokio's); a known id gets its address and
+    /// heartbeat replaced.
     pub async fn register_coordinator(&self, id: &str, addr: &str) -> Result<(), CatalogError> {
         check_text("the coordinator id", id, COORDINATOR_ID_BYTES_MAX)?;
         check_text("the coordinator address", addr, ADDR_BYTES_MAX)?;
-        let upsert = self.dialect().upsert_coordinator;
-        with_pool!(self, pool => {
-            sqlx::query(upsert)
+        with_pool!(self, pool, dialect => {
+            sqlx::query(dialect.upsert_coordinator)
                 .bind(id)
                 .bind(addr)
                 .execute(pool)
                 .await
                 .map_err(db(format!("recording coordinator {id} at {addr}")))?;
-        });
+        }, memory => memory.upsert_coordinator(id, addr));
         Ok(())
     }
 
     /// Coordinators by id: (id, address, whole seconds since their last
-    /// heartbeat).
+    /// heartbeat, by the database's clock; in memory, by tokio's).
     pub async fn coordinators(&self) -> Result<Vec<(String, String, u64)>, CatalogError> {
-        let list = self.dialect().list_coordinators;
-        let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
-            sqlx::query_as(list)
+        let rows: Vec<(String, String, i64)> = with_pool!(self, pool, dialect => {
+            sqlx::query_as(dialect.list_coordinators)
                 .fetch_all(pool)
                 .await
                 .map_err(db("listing the coordinators"))?
-        });
+        }, memory => memory.list_coordinators());
         Ok(rows
             .into_iter()
             // A heartbeat "in the future" means the database clock stepped
@@ -765,27 +1003,18 @@ impl Catalog {
             ))
         })?;
         let named: BTreeSet<GroupId> = slots.iter().copied().collect();
-        let begin = self.dialect().begin_write;
-        with_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await.map_err(db("starting a slot map change"))?;
+        let won = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting a slot map change"))?;
             // Checked inside the transaction that writes the map, so that
             // the groups it names are the groups that exist when it lands.
             let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db("reading the shard groups"))?;
-            if existing.is_empty() {
-                return Err(CatalogError::NotBootstrapped);
-            }
-            let existing: BTreeSet<GroupId> = existing
-                .into_iter()
-                .map(|id| to_u64(id, "a group id"))
-                .collect::<Result<_, _>>()?;
-            if let Some(missing) = named.difference(&existing).next() {
-                return Err(CatalogError::Invalid(format!(
-                    "refusing a slot map that names group {missing}, which does not exist"
-                )));
-            }
+            check_groups_exist(&named, existing)?;
             let won = sqlx::query(
                 "UPDATE cluster SET map_epoch = $1, slot_map = $2 WHERE id = 1 AND map_epoch = $3",
             )
@@ -798,11 +1027,12 @@ impl Catalog {
             .rows_affected()
                 == 1;
             tx.commit().await.map_err(db("committing the slot map change"))?;
-            if won {
-                tracing::info!(map_epoch = next, "stored a new slot map");
-            }
-            Ok(won)
-        })
+            won
+        }, memory => memory.cas_slot_map(&named, expected, next, &slot_map)?);
+        if won {
+            tracing::info!(map_epoch = next, "stored a new slot map");
+        }
+        Ok(won)
     }
 }
 
@@ -896,11 +1126,30 @@ mod tests {
 
     /// Where a test's catalog lives; cleaned up on drop, also after a panic.
     struct Place {
-        url: String,
+        target: Target,
         /// Held for its `Drop`: removes the SQLite file's directory.
         _dir: Option<tempfile::TempDir>,
         /// Held for its `Drop`: drops the PostgreSQL schema.
         _schema: Option<PgSchema>,
+    }
+
+    /// How to open a test's catalog again, also from a spawned task: by URL
+    /// (each connect is a new pool on the same database), or a clone of the
+    /// one in-memory catalog (connecting to `memory:` would make a new,
+    /// empty one).
+    #[derive(Clone)]
+    enum Target {
+        Url(String),
+        Memory(Catalog),
+    }
+
+    impl Target {
+        async fn connect(&self) -> Catalog {
+            match self {
+                Target::Url(url) => Catalog::connect(url).await.expect("connect to the catalog"),
+                Target::Memory(catalog) => catalog.clone(),
+            }
+        }
     }
 
     /// A schema created for one test; dropped with everything in it.
@@ -951,7 +1200,7 @@ mod tests {
             // A directory that does not exist yet: connect must create it.
             let path = dir.path().join("not/yet/catalog.db");
             Some(Place {
-                url: format!("sqlite://{}", path.display()),
+                target: Target::Url(format!("sqlite://{}", path.display())),
                 _dir: Some(dir),
                 _schema: None,
             })
@@ -976,16 +1225,22 @@ mod tests {
             conn.close().await.expect("close");
             let sep = if base.contains('?') { '&' } else { '?' };
             Some(Place {
-                url: format!("{base}{sep}options=-c%20search_path%3D{name}"),
+                target: Target::Url(format!("{base}{sep}options=-c%20search_path%3D{name}")),
                 _dir: None,
                 _schema: Some(PgSchema { base, name }),
             })
         }
 
+        async fn memory() -> Option<Place> {
+            Some(Place {
+                target: Target::Memory(Catalog::in_memory()),
+                _dir: None,
+                _schema: None,
+            })
+        }
+
         async fn connect(&self) -> Catalog {
-            Catalog::connect(&self.url)
-                .await
-                .expect("connect to the catalog")
+            self.target.connect().await
         }
     }
 
@@ -998,11 +1253,17 @@ mod tests {
         None
     }
 
-    /// Runs a statement behind the catalog's back (to corrupt rows).
-    async fn execute(catalog: &Catalog, statement: &'static str) {
-        with_pool!(catalog, pool => {
-            sqlx::query(statement).execute(pool).await.expect(statement);
-        });
+    /// Behind the catalog's back (to age or corrupt rows), on any backend:
+    /// runs `sql`, or `memory` on the in-memory tables.
+    async fn tamper(catalog: &Catalog, sql: &'static str, memory: impl FnOnce(&mut MemoryDb)) {
+        let tampered: Result<(), CatalogError> = async {
+            with_pool!(catalog, pool => {
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }, tables => memory(tables));
+            Ok(())
+        }
+        .await;
+        tampered.expect("tamper with the catalog");
     }
 
     fn moved_map(map: &ClusterMap, from: GroupId, to: GroupId) -> Vec<GroupId> {
@@ -1326,11 +1587,11 @@ mod tests {
             let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
             let racers: Vec<_> = (0..RACERS)
                 .map(|_| {
-                    let url = place.url.clone();
+                    let target = place.target.clone();
                     let barrier = barrier.clone();
                     tokio::spawn(async move {
                         barrier.wait().await;
-                        let catalog = Catalog::connect(&url).await.expect("connect");
+                        let catalog = target.connect().await;
                         catalog.bootstrap(5).await.expect("bootstrap")
                     })
                 })
@@ -1361,10 +1622,10 @@ mod tests {
                 .map(|g| {
                     // Each racer proposes a different map: all slots to `g`.
                     let slots = vec![g; SLOTS as usize];
-                    let url = place.url.clone();
+                    let target = place.target.clone();
                     let barrier = barrier.clone();
                     tokio::spawn(async move {
-                        let catalog = Catalog::connect(&url).await.expect("connect");
+                        let catalog = target.connect().await;
                         barrier.wait().await;
                         (
                             g,
@@ -1400,10 +1661,10 @@ mod tests {
             let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS as usize));
             let racers: Vec<_> = (0..RACERS)
                 .map(|i| {
-                    let url = place.url.clone();
+                    let target = place.target.clone();
                     let barrier = barrier.clone();
                     tokio::spawn(async move {
-                        let catalog = Catalog::connect(&url).await.expect("connect");
+                        let catalog = target.connect().await;
                         barrier.wait().await;
                         let addr = format!("127.0.0.1:{}", 5000 + i);
                         catalog
@@ -1472,9 +1733,15 @@ mod tests {
                 "fresh heartbeats: {list:?}"
             );
 
-            execute(
+            tamper(
                 &catalog,
                 "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 90000 WHERE id = 'c2'",
+                |db| {
+                    let (_, heartbeat) = db.coordinators.get_mut("c2").expect("c2");
+                    *heartbeat = heartbeat
+                        .checked_sub(Duration::from_secs(90))
+                        .expect("the clock has run for more than 90 s");
+                },
             )
             .await;
             let list = catalog.coordinators().await.expect("list");
@@ -1546,9 +1813,12 @@ mod tests {
                 .await
                 .expect("register");
             // A member after a gap in the ordinals.
-            execute(
+            tamper(
                 &catalog,
                 "INSERT INTO members (group_id, ordinal, addr, pid) VALUES (1, 5, 'x:1', 1)",
+                |db| {
+                    db.members.insert((1, 5), ("x:1".into(), 1, 1));
+                },
             )
             .await;
             let err = catalog.load().await.expect_err("gap");
@@ -1556,10 +1826,16 @@ mod tests {
                 matches!(err, CatalogError::Corrupt(_)) && err.to_string().contains("position 5"),
                 "{err}"
             );
-            execute(&catalog, "DELETE FROM members WHERE ordinal = 5").await;
+            tamper(&catalog, "DELETE FROM members WHERE ordinal = 5", |db| {
+                db.members.retain(|(_, ordinal), _| *ordinal != 5);
+            })
+            .await;
             catalog.load().await.expect("whole again");
             // A group the slot map still names.
-            execute(&catalog, "DELETE FROM shard_groups WHERE id = 3").await;
+            tamper(&catalog, "DELETE FROM shard_groups WHERE id = 3", |db| {
+                db.groups.remove(&3);
+            })
+            .await;
             let err = catalog.load().await.expect_err("missing group");
             assert!(
                 matches!(err, CatalogError::Corrupt(_)) && err.to_string().contains("group 3"),
@@ -1607,6 +1883,7 @@ mod tests {
 
     backend_suite!(sqlite, Place::sqlite());
     backend_suite!(postgres, Place::postgres());
+    backend_suite!(memory, Place::memory());
 
     #[tokio::test]
     async fn bad_urls_name_the_accepted_forms() {
@@ -1618,16 +1895,78 @@ mod tests {
             "sqlite://:memory:",
             "mysql://root@localhost/trellis",
             "postgres:/localhost/trellis",
+            "memory:catalog",
+            "memory://",
+            "memory",
         ] {
             let err = Catalog::connect(url).await.expect_err(url);
             assert!(matches!(err, CatalogError::BadUrl { .. }), "{url}: {err:?}");
             let text = err.to_string();
             assert!(
-                text.contains("sqlite://PATH") && text.contains("postgres://"),
+                text.contains("sqlite://PATH")
+                    && text.contains("postgres://")
+                    && text.contains("memory:"),
                 "{text}"
             );
             assert!(text.contains(&format!("`{url}`")), "names the URL: {text}");
         }
+    }
+
+    /// Every in-memory catalog starts empty and stands alone, like a new
+    /// database; its clones share it, like a pool's.
+    #[tokio::test]
+    async fn memory_catalogs_are_independent_and_clones_share() {
+        let first = Catalog::in_memory();
+        let map = first.bootstrap(2).await.expect("bootstrap");
+        let clone = first.clone();
+        assert_eq!(clone.load().await.expect("a clone sees it"), map);
+        clone
+            .register_member(1, "127.0.0.1:1", 1)
+            .await
+            .expect("register");
+        assert_eq!(
+            first.load().await.expect("load").groups[&1].members.len(),
+            1,
+            "and its changes are seen through the original"
+        );
+        for other in [
+            Catalog::in_memory(),
+            Catalog::connect(MEMORY_URL).await.expect("memory:"),
+        ] {
+            assert_eq!(other.backend(), "memory");
+            assert_eq!(format!("{other:?}"), "Catalog(memory)");
+            assert!(
+                matches!(other.load().await, Err(CatalogError::NotBootstrapped)),
+                "a new one is empty"
+            );
+        }
+    }
+
+    /// Under the simulator time is tokio's, paused and advanced by the
+    /// simulation: an in-memory heartbeat ages by that clock, not the
+    /// wall's.
+    #[tokio::test(start_paused = true)]
+    async fn memory_heartbeats_age_in_tokio_time() {
+        const AGE: Duration = Duration::from_secs(90);
+        let catalog = Catalog::in_memory();
+        catalog
+            .register_coordinator("c1", "127.0.0.1:50051")
+            .await
+            .expect("register");
+        assert_eq!(catalog.coordinators().await.expect("list")[0].2, 0);
+        tokio::time::advance(AGE).await;
+        assert_eq!(
+            catalog.coordinators().await.expect("list")[0].2,
+            AGE.as_secs()
+        );
+        catalog
+            .register_coordinator("c1", "127.0.0.1:50061")
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            catalog.coordinators().await.expect("list"),
+            [("c1".to_string(), "127.0.0.1:50061".to_string(), 0)]
+        );
     }
 
     #[tokio::test]
