@@ -11,7 +11,6 @@
 //! LSN that wrote it, so a read that finds a version above the durable LSN
 //! waits for it.
 
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, TxnId, Version, slot_of};
 
+use crate::fsio::{self, File};
 use crate::metrics::Metrics;
 use crate::record::*;
 use crate::repl::{Level, Repl, Role};
@@ -174,13 +174,15 @@ impl Shard {
     pub fn open(config: ShardConfig, metrics: Arc<Metrics>) -> Result<Arc<Shard>, ShardError> {
         let started = std::time::Instant::now();
         let dir = &config.data_dir;
-        fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
-        let lock = File::options()
+        fsio::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
+        let lock = fsio::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK_FILE))
             .map_err(|e| open_err(dir, e))?;
+        // flock; a no-op inside a simulation, where each host has a
+        // filesystem of its own (see fsio::File::try_lock).
         lock.try_lock().map_err(|_| {
             open_err(
                 dir,
@@ -744,7 +746,7 @@ impl Shard {
         // Never put in a snapshot what the log could still lose.
         self.wal().wait_durable(lsn).await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ShardError> {
+        fsio::blocking(move || -> Result<(), ShardError> {
             let dir = &this.config.data_dir;
             snapshot::write(dir, &capture)?;
             snapshot::delete_older(dir, lsn)?;
@@ -901,10 +903,10 @@ impl Shard {
         let mut wal_slot = self.wal.write().expect("wal lock poisoned");
         wal_slot.shutdown();
         for segment in wal::list_segments(&dir)? {
-            fs::remove_file(&segment.path).map_err(|e| open_err(&segment.path, e))?;
+            fsio::remove_file(&segment.path).map_err(|e| open_err(&segment.path, e))?;
         }
         for (_, path) in snapshot::list(&dir)? {
-            fs::remove_file(&path).map_err(|e| open_err(&path, e))?;
+            fsio::remove_file(&path).map_err(|e| open_err(&path, e))?;
         }
         wal::sync_dir(&dir)?;
         snapshot::write(&dir, &capture)?;
@@ -929,7 +931,7 @@ impl Shard {
 /// as another group's.
 fn check_meta(dir: &Path, group_id: GroupId) -> Result<(), ShardError> {
     let path = dir.join(META_FILE);
-    match fs::read_to_string(&path) {
+    match fsio::read_to_string(&path) {
         Ok(text) => {
             let found = text
                 .lines()
@@ -948,9 +950,9 @@ fn check_meta(dir: &Path, group_id: GroupId) -> Result<(), ShardError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = dir.join("shard.meta.tmp");
-            fs::write(&tmp, format!("group_id={group_id}\n"))
+            fsio::write(&tmp, format!("group_id={group_id}\n"))
                 .and_then(|()| File::open(&tmp)?.sync_all())
-                .and_then(|()| fs::rename(&tmp, &path))
+                .and_then(|()| fsio::rename(&tmp, &path))
                 .map_err(|e| open_err(&path, e))?;
             wal::sync_dir(dir)?;
             Ok(())

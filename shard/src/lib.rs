@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`wal`]: write-ahead log segments, framing, group commit, torn tails.
+//! - [`fsio`]: the file operations the crate uses, on the real filesystem
+//!   or (feature `sim`, inside a turmoil simulation) the simulated one.
 //! - [`record`]: what the log and snapshots hold (prost messages).
 //! - [`state`]: the state machine: index, lock table, transaction records,
 //!   outcome memory. No IO, no clock.
@@ -17,6 +19,7 @@
 //! transaction's outcome on its own except by presumed abort at the anchor.
 
 pub mod engine;
+pub mod fsio;
 pub mod membership;
 pub mod metrics;
 pub mod record;
@@ -26,5 +29,8 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
+
+#[cfg(all(test, feature = "sim"))]
+mod sim_tests;
 
 pub use engine::{Shard, ShardConfig, ShardError};

@@ -17,7 +17,7 @@
 //!   `semi`: durable on the primary and at least one in-sync backup (or the
 //!   primary alone when it has none). Reads wait for `sync`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -243,8 +243,9 @@ pub struct Inner {
     pub since: Instant,
     /// The configuration this replica acts on (from the catalog).
     pub config: Option<pb::GroupConfig>,
-    /// Primary: every other member, by address.
-    pub peers: HashMap<String, Peer>,
+    /// Primary: every other member, by address. Ordered, so that walking
+    /// the peers (watermarks, lease, status) goes the same way every run.
+    pub peers: BTreeMap<String, Peer>,
     heartbeats: VecDeque<(u64, Instant)>,
     next_heartbeat: u64,
     /// Backup: when the primary was last heard from.
@@ -278,7 +279,7 @@ impl Repl {
                 epoch: 0,
                 since: now,
                 config: None,
-                peers: HashMap::new(),
+                peers: BTreeMap::new(),
                 heartbeats: VecDeque::new(),
                 next_heartbeat: 1,
                 last_heard: now,

@@ -348,7 +348,7 @@ async fn receive(
                 )
                 .map_err(|e| e.to_string())?;
                 let shard2 = shard.clone();
-                tokio::task::spawn_blocking(move || shard2.install_snapshot(capture))
+                crate::fsio::blocking(move || shard2.install_snapshot(capture))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;

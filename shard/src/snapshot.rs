@@ -10,13 +10,13 @@
 //! "TRSNAP01" | { len: u32 LE | crc32: u32 LE | SnapChunk (prost) }*
 //! ```
 
-use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use trellis_types::Lsn;
 
+use crate::fsio::{self, File};
 use crate::record::*;
 use crate::state::{Capture, Entry};
 use crate::wal::{WalError, sync_dir};
@@ -43,16 +43,16 @@ fn snapshot_path(dir: &Path, lsn: Lsn) -> PathBuf {
 /// Snapshots in `dir`, newest first.
 pub fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalError> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for entry in fsio::read_dir(dir).map_err(io_err(dir))? {
+        let Some(name) = entry.file_name.to_str() else {
+            continue;
+        };
         if let Some(lsn) = name
             .strip_prefix(PREFIX)
             .and_then(|r| r.strip_suffix(SUFFIX))
             .and_then(|n| n.parse::<Lsn>().ok())
         {
-            out.push((lsn, entry.path()));
+            out.push((lsn, entry.path));
         }
     }
     out.sort_by_key(|t| std::cmp::Reverse(t.0));
@@ -79,7 +79,7 @@ pub fn write(dir: &Path, capture: &Capture) -> Result<PathBuf, WalError> {
         file.sync_all()
     })();
     result.map_err(io_err(&tmp_path))?;
-    fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
+    fsio::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
     sync_dir(dir)?;
     Ok(final_path)
 }
@@ -138,17 +138,16 @@ pub fn encode(out: &mut impl Write, capture: &Capture) -> std::io::Result<()> {
 pub fn delete_older(dir: &Path, keep_lsn: Lsn) -> Result<(), WalError> {
     for (lsn, path) in list(dir)? {
         if lsn < keep_lsn {
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            fsio::remove_file(&path).map_err(io_err(&path))?;
         }
     }
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        if name
+    for entry in fsio::read_dir(dir).map_err(io_err(dir))? {
+        if entry
+            .file_name
             .to_str()
             .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(".tmp"))
         {
-            fs::remove_file(entry.path()).map_err(io_err(dir))?;
+            fsio::remove_file(&entry.path).map_err(io_err(dir))?;
         }
     }
     Ok(())
@@ -235,6 +234,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Capture, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn sample(lsn: Lsn, n: usize) -> Capture {
         Capture {

@@ -13,7 +13,12 @@
 //! LSN; the writer thread takes everything pending, writes it with one
 //! `write`, makes it durable with one `fdatasync`, and then publishes the new
 //! durable LSN. Callers wait for it with [`Wal::wait_durable`]: an append is
-//! acknowledged only after its bytes are durable.
+//! acknowledged only after its bytes are durable. An IO error marks the log
+//! failed: nothing more is acknowledged and every later append is refused.
+//!
+//! Inside a simulation (`sim` feature, [`crate::fsio::in_simulation`]) the
+//! same rounds run on a task of the host's runtime instead of a thread, and
+//! all file IO goes to the host's simulated filesystem ([`crate::fsio`]).
 //!
 //! # Torn tails and corruption
 //! A crash can leave the last batch half written. When recovery meets a frame
@@ -26,15 +31,15 @@
 //! This module never interprets payloads: it knows record types only as
 //! bytes.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use trellis_types::Lsn;
 
+use crate::fsio::{self, File, OpenOptions};
 use crate::metrics::Metrics;
 
 /// Bytes of a frame header: len, crc, type, lsn.
@@ -167,10 +172,10 @@ fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
 /// Lists the segments in `dir`, oldest first.
 pub fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for entry in fsio::read_dir(dir).map_err(io_err(dir))? {
+        let Some(name) = entry.file_name.to_str() else {
+            continue;
+        };
         let Some(number) = name
             .strip_prefix(SEGMENT_PREFIX)
             .and_then(|rest| rest.strip_suffix(SEGMENT_SUFFIX))
@@ -182,7 +187,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
         };
         segments.push(Segment {
             first_lsn,
-            path: entry.path(),
+            path: entry.path,
         });
     }
     segments.sort_by_key(|s| s.first_lsn);
@@ -237,7 +242,7 @@ pub fn replay(
         let is_last = index + 1 == segments.len();
         let path = &segment.path;
         let mut file = File::open(path).map_err(io_err(path))?;
-        let file_len = file.metadata().map_err(io_err(path))?.len();
+        let file_len = file.len_bytes().map_err(io_err(path))?;
         if let Some(want) = expected
             && segment.first_lsn != want
             && file_len > 0
@@ -402,16 +407,46 @@ struct Pending {
 struct Shared {
     dir: PathBuf,
     pending: Mutex<Pending>,
+    /// Wakes the writer thread.
     wake_writer: Condvar,
+    /// Wakes the writer task instead, when the log runs in a simulation.
+    #[cfg(feature = "sim")]
+    wake_task: Option<tokio::sync::Notify>,
     durable: watch::Sender<Durable>,
     metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Tells the writer that something is pending (or to shut down).
+    fn wake(&self) {
+        #[cfg(feature = "sim")]
+        if let Some(notify) = &self.wake_task {
+            notify.notify_one();
+            return;
+        }
+        self.wake_writer.notify_one();
+    }
+}
+
+/// What drives group commit.
+enum Writer {
+    /// Production: a thread of its own, woken through a `Condvar`, so an
+    /// `fdatasync` never blocks an async worker.
+    Thread(Option<std::thread::JoinHandle<()>>),
+    /// Inside a simulation: a task on the host's runtime, woken through a
+    /// `Notify`. A thread would run outside simulated time and could not
+    /// reach the host's simulated filesystem. The segment is shared so that
+    /// [`Wal::shutdown`] can write the last batch itself, synchronously;
+    /// `None` once the writer stopped.
+    #[cfg(feature = "sim")]
+    Task(Arc<Mutex<Option<SegmentWriter>>>),
 }
 
 /// The log of one replica. Cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
     shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    writer: Arc<Mutex<Writer>>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -424,7 +459,7 @@ impl std::fmt::Debug for Wal {
 
 impl Wal {
     /// Opens the log for appending after `last_lsn` (what [`replay`] found)
-    /// and starts the writer thread.
+    /// and starts the writer thread (a task inside a simulation).
     pub fn open(dir: &Path, last_lsn: Lsn, metrics: Arc<Metrics>) -> Result<Wal, WalError> {
         let segments = list_segments(dir)?;
         let (file, path, size) = match segments.last() {
@@ -433,7 +468,7 @@ impl Wal {
                     .append(true)
                     .open(&segment.path)
                     .map_err(io_err(&segment.path))?;
-                let size = file.metadata().map_err(io_err(&segment.path))?.len();
+                let size = file.len_bytes().map_err(io_err(&segment.path))?;
                 (file, segment.path.clone(), size)
             }
             None => {
@@ -442,10 +477,17 @@ impl Wal {
                 (file, path, 0)
             }
         };
+        let segment = SegmentWriter {
+            file,
+            path,
+            size,
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+        };
         let (durable, _) = watch::channel(Durable {
             lsn: last_lsn,
             failed: None,
         });
+        let simulated = fsio::in_simulation();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             pending: Mutex::new(Pending {
@@ -455,28 +497,42 @@ impl Wal {
                 shutdown: false,
             }),
             wake_writer: Condvar::new(),
+            #[cfg(feature = "sim")]
+            wake_task: simulated.then(tokio::sync::Notify::new),
             durable,
             metrics,
         });
-        let writer_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("wal-writer".into())
-            .spawn(move || {
-                writer_loop(
-                    &writer_shared,
-                    SegmentWriter {
-                        file,
-                        path,
-                        size,
-                        segment_bytes_max: SEGMENT_BYTES_MAX,
-                    },
-                )
-            })
-            .map_err(io_err(dir))?;
+        let writer = if simulated {
+            Self::spawn_task(&shared, segment)?
+        } else {
+            let writer_shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || writer_loop(&writer_shared, segment))
+                .map_err(io_err(dir))?;
+            Writer::Thread(Some(handle))
+        };
         Ok(Wal {
             shared,
-            writer: Arc::new(Mutex::new(Some(handle))),
+            writer: Arc::new(Mutex::new(writer)),
         })
+    }
+
+    /// Starts the writer as a task on the current runtime (simulation only).
+    #[cfg(feature = "sim")]
+    fn spawn_task(shared: &Arc<Shared>, segment: SegmentWriter) -> Result<Writer, WalError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| WalError::Io {
+            path: shared.dir.clone(),
+            source: std::io::Error::other(format!("no runtime for the log writer task: {e}")),
+        })?;
+        let segment = Arc::new(Mutex::new(Some(segment)));
+        runtime.spawn(writer_task(shared.clone(), segment.clone()));
+        Ok(Writer::Task(segment))
+    }
+
+    #[cfg(not(feature = "sim"))]
+    fn spawn_task(_: &Arc<Shared>, _: SegmentWriter) -> Result<Writer, WalError> {
+        unreachable!("fsio::in_simulation() is false without the sim feature")
     }
 
     /// Sequences one record: gives it the next LSN and queues its frame for
@@ -503,7 +559,7 @@ impl Wal {
         pending.records += 1;
         encode_frame(&mut pending.bytes, kind, lsn, payload);
         drop(pending);
-        self.shared.wake_writer.notify_one();
+        self.shared.wake();
         Ok(lsn)
     }
 
@@ -576,7 +632,7 @@ impl Wal {
         for pair in segments.windows(2) {
             // Every record of pair[0] is below pair[1].first_lsn.
             if pair[1].first_lsn <= lsn + 1 {
-                fs::remove_file(&pair[0].path).map_err(io_err(&pair[0].path))?;
+                fsio::remove_file(&pair[0].path).map_err(io_err(&pair[0].path))?;
                 deleted += 1;
             }
         }
@@ -586,16 +642,37 @@ impl Wal {
         Ok(deleted)
     }
 
-    /// Writes what is pending, stops the writer thread and waits for it.
+    /// Writes what is pending, stops the writer and waits for it. Once it
+    /// returns, every record appended before it is durable (unless the log
+    /// failed).
     pub fn shutdown(&self) {
         self.shared
             .pending
             .lock()
             .expect("wal pending lock poisoned")
             .shutdown = true;
-        self.shared.wake_writer.notify_one();
-        if let Some(handle) = self.writer.lock().expect("wal writer lock poisoned").take() {
-            let _ = handle.join();
+        self.shared.wake();
+        match &mut *self.writer.lock().expect("wal writer lock poisoned") {
+            Writer::Thread(handle) => {
+                if let Some(handle) = handle.take() {
+                    let _ = handle.join();
+                }
+            }
+            #[cfg(feature = "sim")]
+            Writer::Task(segment) => {
+                // The task cannot be waited for from synchronous code on the
+                // simulation's only thread; write the last batch here
+                // instead. The task never holds the segment across an
+                // `.await`, so it is not in the middle of a batch now; it
+                // finds the segment gone and ends.
+                let mut slot = segment.lock().expect("wal segment lock poisoned");
+                if let Some(mut writer) = slot.take() {
+                    let mut batch = Vec::new();
+                    let round = take_pending(&self.shared, &mut batch);
+                    // A failure is published to waiters by write_round.
+                    let _ = write_round(&self.shared, &mut writer, &mut batch, round);
+                }
+            }
         }
     }
 }
@@ -620,15 +697,101 @@ fn create_segment(dir: &Path, path: &Path) -> Result<File, WalError> {
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    fsio::sync_dir(dir).map_err(io_err(dir))
 }
 
+/// What one round of group commit took from the pending queue (its bytes
+/// are swapped into the writer's batch buffer, which is reused).
+struct Round {
+    /// LSN of the last record taken.
+    last_lsn: Lsn,
+    records: u64,
+    shutdown: bool,
+}
+
+/// Takes everything pending (possibly nothing) into the empty `batch`.
+#[cfg(feature = "sim")]
+fn take_pending(shared: &Shared, batch: &mut Vec<u8>) -> Round {
+    let mut pending = shared.pending.lock().expect("wal pending lock poisoned");
+    take_locked(&mut pending, batch)
+}
+
+fn take_locked(pending: &mut Pending, batch: &mut Vec<u8>) -> Round {
+    std::mem::swap(batch, &mut pending.bytes);
+    Round {
+        last_lsn: pending.next_lsn - 1,
+        records: std::mem::take(&mut pending.records),
+        shutdown: pending.shutdown,
+    }
+}
+
+/// The log failed: nothing more becomes durable.
+struct Stopped;
+
+/// One round of group commit, the same for the thread and the task: writes
+/// the batch with one `write`, makes it durable with one `fdatasync`,
+/// publishes the durable LSN, and starts a new segment once this one is
+/// full. On any IO error marks the log failed (appends are refused from
+/// then on) and returns [`Stopped`].
+fn write_round(
+    shared: &Shared,
+    segment: &mut SegmentWriter,
+    batch: &mut Vec<u8>,
+    round: Round,
+) -> Result<(), Stopped> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let result = segment
+        .file
+        .write_all(batch)
+        .and_then(|()| segment.file.sync_data());
+    if let Err(err) = result {
+        // After a failed fsync the page cache may hold bytes that
+        // never reach the disk (fsyncgate): never retry, fail hard.
+        let message = format!(
+            "write or fdatasync of {} failed: {err}",
+            segment.path.display()
+        );
+        tracing::error!(%message, "write-ahead log failed; the shard stops acknowledging writes");
+        shared.durable.send_modify(|d| d.failed = Some(message));
+        return Err(Stopped);
+    }
+    let bytes = batch.len() as u64;
+    shared
+        .metrics
+        .record_fsync(started.elapsed(), round.records, bytes);
+    segment.size += bytes;
+    batch.clear();
+    shared.durable.send_modify(|d| d.lsn = round.last_lsn);
+    if segment.size >= segment.segment_bytes_max {
+        let path = segment_path(&shared.dir, round.last_lsn + 1);
+        match create_segment(&shared.dir, &path) {
+            Ok(file) => {
+                *segment = SegmentWriter {
+                    file,
+                    path,
+                    size: 0,
+                    segment_bytes_max: segment.segment_bytes_max,
+                };
+            }
+            Err(err) => {
+                let message = format!("cannot start a new segment: {err}");
+                tracing::error!(%message, "write-ahead log failed");
+                shared.durable.send_modify(|d| d.failed = Some(message));
+                return Err(Stopped);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The writer thread: sleeps on the `Condvar` until something is pending.
 fn writer_loop(shared: &Shared, mut segment: SegmentWriter) {
     let mut batch = Vec::new();
     loop {
-        let (last_lsn, records, shutdown) = {
+        let round = {
             let mut pending = shared.pending.lock().expect("wal pending lock poisoned");
             while pending.bytes.is_empty() && !pending.shutdown {
                 pending = shared
@@ -636,62 +799,46 @@ fn writer_loop(shared: &Shared, mut segment: SegmentWriter) {
                     .wait(pending)
                     .expect("wal pending lock poisoned");
             }
-            std::mem::swap(&mut batch, &mut pending.bytes);
-            let records = std::mem::take(&mut pending.records);
-            (pending.next_lsn - 1, records, pending.shutdown)
+            take_locked(&mut pending, &mut batch)
         };
-        if !batch.is_empty() {
-            let started = Instant::now();
-            let result = segment
-                .file
-                .write_all(&batch)
-                .and_then(|()| segment.file.sync_data());
-            if let Err(err) = result {
-                // After a failed fsync the page cache may hold bytes that
-                // never reach the disk (fsyncgate): never retry, fail hard.
-                let message = format!(
-                    "write or fdatasync of {} failed: {err}",
-                    segment.path.display()
-                );
-                tracing::error!(%message, "write-ahead log failed; the shard stops acknowledging writes");
-                shared.durable.send_modify(|d| d.failed = Some(message));
-                return;
-            }
-            shared
-                .metrics
-                .record_fsync(started.elapsed(), records, batch.len() as u64);
-            segment.size += batch.len() as u64;
-            batch.clear();
-            shared.durable.send_modify(|d| d.lsn = last_lsn);
-            if segment.size >= segment.segment_bytes_max {
-                let path = segment_path(&shared.dir, last_lsn + 1);
-                match create_segment(&shared.dir, &path) {
-                    Ok(file) => {
-                        segment = SegmentWriter {
-                            file,
-                            path,
-                            size: 0,
-                            segment_bytes_max: segment.segment_bytes_max,
-                        };
-                    }
-                    Err(err) => {
-                        let message = format!("cannot start a new segment: {err}");
-                        tracing::error!(%message, "write-ahead log failed");
-                        shared.durable.send_modify(|d| d.failed = Some(message));
-                        return;
-                    }
-                }
-            }
-        }
-        if shutdown {
+        let shutdown = round.shutdown;
+        if write_round(shared, &mut segment, &mut batch, round).is_err() || shutdown {
             return;
         }
+    }
+}
+
+/// The writer task (simulation only): the same rounds as [`writer_loop`],
+/// woken through a `Notify` (which keeps a wake-up that comes while a
+/// round runs). Ends when the log fails, shuts down, or
+/// [`Wal::shutdown`] took the segment.
+#[cfg(feature = "sim")]
+async fn writer_task(shared: Arc<Shared>, segment: Arc<Mutex<Option<SegmentWriter>>>) {
+    let Some(notify) = shared.wake_task.as_ref() else {
+        return;
+    };
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut slot = segment.lock().expect("wal segment lock poisoned");
+            let Some(writer) = slot.as_mut() else {
+                return;
+            };
+            let round = take_pending(&shared, &mut batch);
+            let shutdown = round.shutdown;
+            if write_round(&shared, writer, &mut batch, round).is_err() || shutdown {
+                *slot = None;
+                return;
+            }
+        }
+        notify.notified().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn write_records(dir: &Path, n: u64) -> Vec<u8> {
         let mut bytes = Vec::new();
