@@ -14,13 +14,19 @@
 //! - [`workload`]: list-append and bank clients that record a history for
 //!   `trellis-checker`, and the run that ties cluster, nemesis, workload
 //!   and checker together.
+//! - [`sim`]: the deterministic simulator — the same cluster, workloads and
+//!   checker in one thread under turmoil, from a seed (the `trellis-sim`
+//!   binary replays a seed or soaks many, one process per seed).
 //!
-//! Tests live in `tests/tests/*.rs`; the long run is
-//! `cargo run -p trellis-tests --example nemesis`. Nothing here mocks the
-//! cluster.
+//! Tests live in `tests/tests/*.rs`; the long runs are
+//! `cargo run -p trellis-tests --example nemesis` and
+//! `cargo run -p trellis-tests --bin trellis-sim -- --soak`. Nothing here
+//! mocks the cluster: the simulator runs the real nodes' code (only the
+//! catalog is the in-memory backend).
 
 pub mod harness;
 pub mod nemesis;
 pub mod proxy;
 pub mod replicated;
+pub mod sim;
 pub mod workload;

@@ -213,19 +213,37 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// The history as it is recorded: one clock (since `start`) for every
-/// process, read under the lock so times never go backwards.
-struct Recorder<M> {
-    start: Instant,
+/// Where a history's times come from.
+pub(crate) enum Clock {
+    /// Real time since this instant.
+    Real(Instant),
+    /// The simulator's virtual time since the simulation started (one clock
+    /// for every simulated host).
+    Simulated,
+}
+
+impl Clock {
+    fn now_ns(&self) -> u64 {
+        match self {
+            Clock::Real(start) => start.elapsed().as_nanos() as u64,
+            Clock::Simulated => turmoil::sim_elapsed().unwrap_or_default().as_nanos() as u64,
+        }
+    }
+}
+
+/// The history as it is recorded: one clock for every process, read under
+/// the lock so times never go backwards.
+pub(crate) struct Recorder<M> {
+    clock: Clock,
     ops: Mutex<Vec<Op<M>>>,
     /// Why operations did not commit: `fail` / `info` and a short reason.
     reasons: Mutex<BTreeMap<String, usize>>,
 }
 
 impl<M> Recorder<M> {
-    fn new(start: Instant) -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Recorder {
-            start,
+            clock,
             ops: Mutex::new(Vec::new()),
             reasons: Mutex::new(BTreeMap::new()),
         }
@@ -233,7 +251,7 @@ impl<M> Recorder<M> {
 
     fn push(&self, process: u64, kind: OpKind, txn: Vec<M>) {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        let time_ns = self.start.elapsed().as_nanos() as u64;
+        let time_ns = self.clock.now_ns();
         ops.push(Op {
             process,
             kind,
@@ -249,7 +267,7 @@ impl<M> Recorder<M> {
             .or_insert(0) += 1;
     }
 
-    fn reasons(&self) -> String {
+    pub(crate) fn reasons(&self) -> String {
         let reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
         reasons
             .iter()
@@ -257,14 +275,14 @@ impl<M> Recorder<M> {
             .collect()
     }
 
-    fn take(&self) -> Vec<Op<M>> {
+    pub(crate) fn take(&self) -> Vec<Op<M>> {
         std::mem::take(&mut *self.ops.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 /// Where an operation failed: before its Commit was sent (certainly no
 /// effect) or at the Commit.
-enum Failure {
+pub(crate) enum Failure {
     BeforeCommit(Error),
     AtCommit(Error),
 }
@@ -441,14 +459,14 @@ fn encode_list(list: &[u64]) -> Vec<u8> {
 
 /// The keys list-append uses: a few active ones; each is retired after
 /// [`APPENDS_PER_KEY_MAX`] appends.
-struct Keys {
+pub(crate) struct Keys {
     active: Vec<u64>,
     appends: BTreeMap<u64, u32>,
     next: u64,
 }
 
 impl Keys {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Keys {
             active: (0..ACTIVE_KEYS as u64).collect(),
             appends: BTreeMap::new(),
@@ -603,7 +621,7 @@ async fn run_bank_txn(
 
 // -------------------------------------------------------------------- run
 
-async fn connect(addr: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
     let options = Options {
         rpc_timeout: CLIENT_RPC_TIMEOUT,
         connect_timeout: Duration::from_secs(2),
@@ -620,7 +638,7 @@ async fn connect(addr: &str) -> anyhow::Result<Client> {
 }
 
 /// One client task: runs transactions until `stop`, recording each.
-async fn client_loop<M, G, R, Fut>(
+pub(crate) async fn client_loop<M, G, R, Fut>(
     worker: usize,
     workers: usize,
     client: Client,
@@ -701,7 +719,7 @@ where
 }
 
 /// What differs between workloads' micro-ops.
-trait WorkloadMop: Clone + Send + Sync + TextMop + 'static {
+pub(crate) trait WorkloadMop: Clone + Send + Sync + TextMop + 'static {
     fn generate(rng: &mut StdRng, keys: &Mutex<Keys>, values: &AtomicU64) -> Vec<Self>;
     fn run(
         client: &Client,
@@ -811,7 +829,7 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
     }
 
     let start = Instant::now();
-    let recorder = Arc::new(Recorder::<M>::new(start));
+    let recorder = Arc::new(Recorder::<M>::new(Clock::Real(start)));
     let stop = Arc::new(AtomicBool::new(false));
     let keys = Arc::new(Mutex::new(Keys::new()));
     let values = Arc::new(AtomicU64::new(0));
@@ -920,7 +938,7 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 
 /// Writes the opening balances (not part of the history: every read sees
 /// them or what transfers made of them).
-async fn open_accounts(client: &Client) -> anyhow::Result<()> {
+pub(crate) async fn open_accounts(client: &Client) -> anyhow::Result<()> {
     let mut last = None;
     for _ in 0..FINAL_ATTEMPTS_MAX {
         let txn = client.begin();
@@ -938,7 +956,7 @@ async fn open_accounts(client: &Client) -> anyhow::Result<()> {
 
 /// Reads every key in one transaction, recorded as process
 /// [`FINAL_PROCESS`]; retried (each attempt recorded) until it commits.
-async fn final_read<M: WorkloadMop>(
+pub(crate) async fn final_read<M: WorkloadMop>(
     client: &Client,
     recorder: &Recorder<M>,
     keys: &Mutex<Keys>,

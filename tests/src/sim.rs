@@ -1,0 +1,634 @@
+//! The deterministic simulator: a whole Trellis cluster — a coordinator,
+//! every replica of every shard group, the catalog and the clients — in one
+//! thread under turmoil, from one seed.
+//!
+//! The nodes run the real code: the coordinator's and the shards' tonic
+//! services over turmoil's simulated TCP (`trellis-net`), the shards' logs
+//! and snapshots on turmoil's simulated disks (`trellis_shard::fsio`), the
+//! client library for the workload, simulated time for every lease, timer
+//! and deadline. What the simulator swaps: the catalog is the in-memory
+//! backend (`Catalog::in_memory`; sqlx drivers run threads of their own,
+//! which a single-threaded simulation cannot schedule). Its data survives
+//! coordinator crashes, as a database would.
+//!
+//! # A run
+//! 1. Hosts: `coord`, `g{G}r{R}` for every replica, `client-{N}`.
+//! 2. Clients run the list-append (or bank) workload for
+//!    [`SimConfig::time`] of simulated time while the nemesis, driven by
+//!    the seed, crashes and restarts shard replicas and the coordinator
+//!    (unsynced disk writes are lost), partitions replicas from their group
+//!    (a primary cut from its backups among them), cuts the coordinator
+//!    from a replica (between prepare and decide, sometimes), drops one
+//!    direction of a link, and holds messages back and releases them.
+//! 3. Everything is healed and restarted; a final read of every key
+//!    commits; the checker judges the history.
+//!
+//! Same seed, same run: the fault schedule, the clients' choices, the
+//! transaction ids and the retry jitter all come from the seed (see
+//! `trellis_types::rng`), turmoil orders every message from it, and
+//! [`SimResult::fingerprint`] hashes the whole history and fault log so a
+//! test can check that two runs agree bit for bit.
+//!
+//! One condition: each run in a fresh process. Tokio numbers tasks from a
+//! process-wide counter, and a crashed host's runtime drops its tasks (and
+//! so closes their sockets) in an order that follows those numbers; a
+//! second run in the same process closes them in another order, and the
+//! simulated network diverges from there. The `trellis-sim` binary runs
+//! every seed in a process of its own; [`replay_command`] points at it.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use trellis_checker::bank::BankMop;
+use trellis_checker::format::{self};
+use trellis_checker::{Mop, OpKind, Report, Verdict};
+use trellis_coordinator::catalog::Catalog;
+use trellis_shard::{Shard, ShardConfig};
+use trellis_types::SlotSet;
+
+use crate::workload::{
+    ClientMode, Clock, Keys, Recorder, Workload, WorkloadMop, client_loop, connect, final_read,
+    open_accounts,
+};
+
+/// The port every simulated node serves gRPC on.
+pub const PORT: u16 = 7000;
+/// The coordinator's host name.
+pub const COORDINATOR: &str = "coord";
+/// One simulation step.
+pub const TICK: Duration = Duration::from_millis(2);
+/// Longest simulated time a run may take before it counts as stuck.
+pub const SIM_TIME_MAX: Duration = Duration::from_secs(600);
+/// Longest one-way message latency the network draws (the shortest is
+/// [`LATENCY_MIN`]).
+pub const LATENCY_MAX: Duration = Duration::from_millis(25);
+pub const LATENCY_MIN: Duration = Duration::from_micros(200);
+/// Bytes of log a primary keeps for backups in the simulator: small, so
+/// that catch-up by snapshot happens often.
+pub const SIM_FEED_BYTES_MAX: usize = 64 * 1024;
+/// Pause between faults is drawn from this range.
+pub const FAULT_GAP_MS: std::ops::Range<u64> = 200..1500;
+/// A fault lasts a time drawn from this range.
+pub const FAULT_HOLD_MS: std::ops::Range<u64> = 300..3000;
+/// Most faults in force at once.
+pub const FAULTS_AT_ONCE_MAX: usize = 2;
+/// Times the final read is tried (each with the workload's attempts).
+pub const FINAL_READ_ROUNDS: u32 = 3;
+/// Simulated time the cluster gets to come up before clients start.
+pub const STARTUP: Duration = Duration::from_secs(3);
+
+/// One simulated run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub workload: Workload,
+    pub groups: u32,
+    pub replicas: u32,
+    pub clients: usize,
+    /// Simulated time the clients run for, faults included.
+    pub time: Duration,
+    /// Whether the nemesis runs.
+    pub faults: bool,
+    /// How clients use the library ([`ClientMode::BlindWrites`] only to
+    /// show that the checker catches what a broken client does).
+    pub mode: ClientMode,
+}
+
+impl SimConfig {
+    /// The CI configuration: list-append, 2 groups of 3 replicas, 3
+    /// clients, 10 simulated seconds of faults.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            workload: Workload::ListAppend,
+            groups: 2,
+            replicas: 3,
+            clients: 3,
+            time: Duration::from_secs(10),
+            faults: true,
+            mode: ClientMode::Correct,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct SimResult {
+    pub seed: u64,
+    pub report: Report,
+    /// Completions: ok, fail, info.
+    pub counts: [usize; 3],
+    /// What the nemesis did, with simulated times.
+    pub faults: Vec<String>,
+    pub final_read_error: Option<String>,
+    /// The history in the checker's text form.
+    pub history: String,
+    /// Hosts whose software stopped though no fault stopped it.
+    pub unexpected_exits: Vec<String>,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+    /// Hash of history, fault log and simulated time: equal for two runs of
+    /// the same seed, each in a fresh process.
+    pub fingerprint: u64,
+    /// The command that replays this run.
+    pub replay: String,
+}
+
+impl SimResult {
+    /// No anomaly, a final read, no host stopped by itself.
+    pub fn passed(&self) -> bool {
+        self.report.verdict == Verdict::Valid
+            && self.final_read_error.is_none()
+            && self.unexpected_exits.is_empty()
+    }
+
+    /// A summary for a failing seed: what went wrong and how to replay it.
+    pub fn explain(&self) -> String {
+        let mut out = format!(
+            "seed {} FAILED after {:?} of simulated time (ok={} fail={} info={})\n",
+            self.seed, self.sim_time, self.counts[0], self.counts[1], self.counts[2]
+        );
+        if let Some(err) = &self.final_read_error {
+            out.push_str(&format!("final read failed: {err}\n"));
+        }
+        for exit in &self.unexpected_exits {
+            out.push_str(&format!("host stopped by itself: {exit}\n"));
+        }
+        out.push_str("faults:\n");
+        for fault in &self.faults {
+            out.push_str(&format!("  {fault}\n"));
+        }
+        out.push_str(&self.report.to_string());
+        out.push_str(&format!("\nreplay: {}\n", self.replay));
+        out
+    }
+}
+
+/// The command that replays one seed.
+///
+/// Replays are exact in a fresh process only, so this runs the
+/// `trellis-sim` binary, never [`run`] a second time in the same process
+/// (see `tests/src/bin/trellis-sim.rs`).
+pub fn replay_command(config: &SimConfig) -> String {
+    let mut command = format!(
+        "cargo run -p trellis-tests --bin trellis-sim -- --seed {}",
+        config.seed
+    );
+    if config.workload == Workload::Bank {
+        command.push_str(" --workload bank");
+    }
+    if config.time != SimConfig::new(config.seed).time {
+        command.push_str(&format!(" --time {}", config.time.as_secs()));
+    }
+    if !config.faults {
+        command.push_str(" --no-faults");
+    }
+    command
+}
+
+fn shard_host(group: u32, replica: u32) -> String {
+    format!("g{group}r{replica}")
+}
+
+fn client_host(client: usize) -> String {
+    format!("client-{client}")
+}
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Runs one seed to the end.
+pub fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
+    match config.workload {
+        Workload::ListAppend => run_workload::<Mop>(config),
+        Workload::Bank => run_workload::<BankMop>(config),
+    }
+}
+
+/// Why a host's software ended, by host (set by the host itself).
+type Exits = Arc<Mutex<BTreeMap<String, String>>>;
+
+fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult> {
+    trellis_types::rng::seed_thread(config.seed);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .simulation_duration(SIM_TIME_MAX)
+        .tick_duration(TICK)
+        .min_message_latency(LATENCY_MIN)
+        .max_message_latency(LATENCY_MAX)
+        .build();
+    let catalog = Catalog::in_memory();
+    let exits: Exits = Arc::default();
+
+    // The coordinator.
+    {
+        let catalog = catalog.clone();
+        let groups = config.groups;
+        let exits = exits.clone();
+        sim.host(COORDINATOR, move || {
+            let catalog = catalog.clone();
+            let exits = exits.clone();
+            async move {
+                if let Err(err) = coordinator(catalog, groups).await {
+                    note_exit(&exits, COORDINATOR, &*err);
+                }
+                Ok(())
+            }
+        });
+    }
+    // Every replica of every group.
+    let mut shard_hosts = Vec::new();
+    for group in 1..=config.groups {
+        let mut members = Vec::new();
+        for replica in 0..config.replicas {
+            let name = shard_host(group, replica);
+            let exits = exits.clone();
+            let host = name.clone();
+            sim.host(name.as_str(), move || {
+                let name = host.clone();
+                let exits = exits.clone();
+                async move {
+                    // A node that stops by itself is reported, not fatal to
+                    // the simulation: the run goes on and fails at the end.
+                    if let Err(err) = shard(name.clone(), u64::from(group)).await {
+                        note_exit(&exits, &name, &*err);
+                    }
+                    Ok(())
+                }
+            });
+            members.push(name);
+        }
+        shard_hosts.push(members);
+    }
+
+    // The clients.
+    let recorder = Arc::new(Recorder::<M>::new(Clock::Simulated));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(config.workload != Workload::Bank));
+    let keys = Arc::new(Mutex::new(Keys::new()));
+    let values = Arc::new(AtomicU64::new(0));
+    let coordinator_addr = format!("{COORDINATOR}:{PORT}");
+    for c in 0..config.clients {
+        let mut rng = StdRng::seed_from_u64(config.seed ^ ((c as u64 + 1) << 32));
+        let (recorder, stop, ready, keys, values) = (
+            recorder.clone(),
+            stop.clone(),
+            ready.clone(),
+            keys.clone(),
+            values.clone(),
+        );
+        let addr = coordinator_addr.clone();
+        let workers = config.clients;
+        let mode = config.mode;
+        sim.client(client_host(c).as_str(), async move {
+            tokio::time::sleep(STARTUP).await;
+            let client = connect(&addr).await?;
+            if c == 0 && !ready.load(Ordering::Relaxed) {
+                open_accounts(&client).await?;
+                ready.store(true, Ordering::Relaxed);
+            }
+            while !ready.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            client_loop(
+                c,
+                workers,
+                client,
+                recorder,
+                stop,
+                move || M::generate(&mut rng, &keys, &values),
+                move |client, mops| async move { M::run(&client, mode, &mops).await },
+            )
+            .await;
+            Ok(())
+        });
+    }
+
+    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients);
+    let mut log = Vec::new();
+    let workload_end = STARTUP + config.time;
+    let mut healed = false;
+    let mut final_started = false;
+    let final_error: Arc<Mutex<Option<String>>> = Arc::default();
+    loop {
+        let done = sim
+            .step()
+            .map_err(|e| anyhow::anyhow!("seed {}: the simulation failed: {e}", config.seed))?;
+        let now = sim.elapsed();
+        if !healed {
+            if now >= workload_end {
+                stop.store(true, Ordering::Relaxed);
+                nemesis.heal_all(&mut sim, now, &mut log);
+                healed = true;
+            } else if config.faults && now >= STARTUP {
+                nemesis.step(&mut sim, now, &mut log);
+            }
+        }
+        if done {
+            if !healed {
+                anyhow::bail!(
+                    "seed {}: every client stopped before the workload ended",
+                    config.seed
+                );
+            }
+            if final_started {
+                break;
+            }
+            final_started = true;
+            let (recorder, keys, addr, final_error) = (
+                recorder.clone(),
+                keys.clone(),
+                coordinator_addr.clone(),
+                final_error.clone(),
+            );
+            sim.client("final", async move {
+                let client = connect(&addr).await?;
+                let mut last = None;
+                for _ in 0..FINAL_READ_ROUNDS {
+                    match final_read::<M>(&client, &recorder, &keys).await {
+                        Ok(()) => {
+                            last = None;
+                            break;
+                        }
+                        Err(err) => last = Some(err),
+                    }
+                }
+                *final_error.lock().unwrap_or_else(|p| p.into_inner()) = last;
+                Ok(())
+            });
+        }
+    }
+    let sim_time = sim.elapsed();
+    let mut unexpected_exits: Vec<String> = exits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(host, why)| format!("{host}: {why}"))
+        .collect();
+    for host in nemesis.all_nodes() {
+        if !sim.is_host_running(host.as_str())
+            && !unexpected_exits.iter().any(|e| e.starts_with(&host))
+        {
+            unexpected_exits.push(format!("{host}: not running at the end"));
+        }
+    }
+    trellis_types::rng::unseed_thread();
+
+    let ops = recorder.take();
+    let report = M::check(&ops)?;
+    let counts = [OpKind::Ok, OpKind::Fail, OpKind::Info]
+        .map(|k| ops.iter().filter(|op| op.kind == k).count());
+    let history = format::write(&ops);
+    let mut hasher = std::hash::DefaultHasher::new();
+    history.hash(&mut hasher);
+    log.hash(&mut hasher);
+    sim_time.hash(&mut hasher);
+    let final_read_error = final_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(SimResult {
+        seed: config.seed,
+        report,
+        counts,
+        faults: log,
+        final_read_error,
+        history,
+        unexpected_exits,
+        sim_time,
+        fingerprint: hasher.finish(),
+        replay: replay_command(config),
+    })
+}
+
+fn note_exit(exits: &Exits, host: &str, err: &dyn std::error::Error) {
+    exits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(host.to_string(), err.to_string());
+}
+
+/// The coordinator host's software: catalog, router, sweeper, refresher,
+/// the gRPC services on the simulated network.
+async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
+    use trellis_coordinator::metrics::Metrics;
+    use trellis_coordinator::router::Router;
+    use trellis_coordinator::txn::TxnManager;
+
+    let map = catalog.bootstrap(groups).await?;
+    let addr = format!("{COORDINATOR}:{PORT}");
+    catalog.register_coordinator(COORDINATOR, &addr).await?;
+    let router = Arc::new(Router::new(catalog, map));
+    let txns = TxnManager::new(router, Arc::new(Metrics::default()));
+    tokio::spawn(trellis_coordinator::sweeper(txns.clone()));
+    tokio::spawn(trellis_coordinator::refresher(
+        txns.clone(),
+        COORDINATOR.to_string(),
+        addr,
+    ));
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    trellis_coordinator::service::serve_incoming(
+        txns,
+        trellis_net::sim::incoming(listener),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A shard replica host's software: recovery from its simulated disk,
+/// registration, replication, the gRPC service.
+async fn shard(name: String, group: u64) -> HostResult {
+    let config = ShardConfig {
+        data_dir: "/data".into(),
+        group_id: group,
+        map_epoch: 0,
+        slots: SlotSet::empty(),
+        replicated: true,
+        feed_bytes_max: SIM_FEED_BYTES_MAX,
+    };
+    let shard = Shard::open(config, Arc::new(trellis_shard::metrics::Metrics::default()))?;
+    let me = format!("{name}:{PORT}");
+    let coordinator = format!("{COORDINATOR}:{PORT}");
+    shard.repl.set_me(&me);
+    shard.repl.set_coordinator(&coordinator);
+    tokio::spawn(shard.clone().snapshot_loop());
+    {
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            trellis_shard::membership::register(shard.clone(), coordinator.clone(), group, me)
+                .await;
+            trellis_shard::replica::run(shard, coordinator).await;
+        });
+    }
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    trellis_shard::server::serve_incoming(
+        shard,
+        trellis_net::sim::incoming(listener),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A fault in force and how to undo it.
+#[derive(Debug)]
+enum Fault {
+    Crashed(String),
+    Cut(Vec<(String, String)>),
+    OneWay(String, String),
+    Held(String, String),
+}
+
+/// The seeded fault schedule.
+struct Nemesis {
+    rng: StdRng,
+    groups: Vec<Vec<String>>,
+    clients: usize,
+    next_at: Duration,
+    active: Vec<(Duration, Fault)>,
+}
+
+impl Nemesis {
+    fn new(seed: u64, groups: &[Vec<String>], clients: usize) -> Self {
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
+            groups: groups.to_vec(),
+            clients,
+            next_at: STARTUP,
+            active: Vec::new(),
+        }
+    }
+
+    fn all_nodes(&self) -> Vec<String> {
+        let mut all = vec![COORDINATOR.to_string()];
+        all.extend(self.groups.iter().flatten().cloned());
+        all
+    }
+
+    fn ms(&mut self, range: std::ops::Range<u64>) -> Duration {
+        Duration::from_millis(self.rng.random_range(range))
+    }
+
+    fn pick_replica(&mut self) -> (usize, String) {
+        let g = self.rng.random_range(0..self.groups.len());
+        let r = self.rng.random_range(0..self.groups[g].len());
+        (g, self.groups[g][r].clone())
+    }
+
+    /// Ends faults whose time is up; starts a new one when it is time.
+    fn step(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].0 <= now {
+                let (_, fault) = self.active.remove(i);
+                undo(sim, &fault, now, log);
+            } else {
+                i += 1;
+            }
+        }
+        if now < self.next_at {
+            return;
+        }
+        self.next_at = now + self.ms(FAULT_GAP_MS);
+        if self.active.len() >= FAULTS_AT_ONCE_MAX {
+            return;
+        }
+        // One network fault at a time, so that ending one never heals a
+        // link another still cuts.
+        let network_fault = self
+            .active
+            .iter()
+            .any(|(_, f)| !matches!(f, Fault::Crashed(_)));
+        let until = now + self.ms(FAULT_HOLD_MS);
+        let fault = match self.rng.random_range(0..7) {
+            0 | 1 => {
+                let (_, host) = self.pick_replica();
+                if self.is_crashed(&host) {
+                    return;
+                }
+                sim.crash(host.as_str());
+                Fault::Crashed(host)
+            }
+            2 => {
+                if self.is_crashed(COORDINATOR) {
+                    return;
+                }
+                sim.crash(COORDINATOR);
+                Fault::Crashed(COORDINATOR.to_string())
+            }
+            3..=6 if network_fault => return,
+            3 => {
+                // One replica cut from the rest of its group (the primary
+                // from its backups, a third of the time): clients and the
+                // coordinator still reach it.
+                let (g, host) = self.pick_replica();
+                let pairs: Vec<(String, String)> = self.groups[g]
+                    .iter()
+                    .filter(|o| **o != host)
+                    .map(|o| (host.clone(), o.clone()))
+                    .collect();
+                for (a, b) in &pairs {
+                    sim.partition(a.as_str(), b.as_str());
+                }
+                Fault::Cut(pairs)
+            }
+            4 => {
+                let (_, host) = self.pick_replica();
+                sim.partition(COORDINATOR, host.as_str());
+                Fault::Cut(vec![(COORDINATOR.to_string(), host)])
+            }
+            5 => {
+                let (g, host) = self.pick_replica();
+                let others: Vec<String> = self.groups[g]
+                    .iter()
+                    .filter(|o| **o != host)
+                    .cloned()
+                    .collect();
+                let other = others[self.rng.random_range(0..others.len())].clone();
+                sim.partition_oneway(host.as_str(), other.as_str());
+                Fault::OneWay(host, other)
+            }
+            _ => {
+                let a = if self.rng.random_bool(0.5) {
+                    client_host(self.rng.random_range(0..self.clients))
+                } else {
+                    self.pick_replica().1
+                };
+                let b = COORDINATOR.to_string();
+                sim.hold(a.as_str(), b.as_str());
+                Fault::Held(a, b)
+            }
+        };
+        log.push(format!("{now:?} start {fault:?} until {until:?}"));
+        self.active.push((until, fault));
+    }
+
+    fn is_crashed(&self, host: &str) -> bool {
+        self.active
+            .iter()
+            .any(|(_, f)| matches!(f, Fault::Crashed(h) if h == host))
+    }
+
+    /// Ends every fault.
+    fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
+        for (_, fault) in std::mem::take(&mut self.active) {
+            undo(sim, &fault, now, log);
+        }
+    }
+}
+
+fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, now: Duration, log: &mut Vec<String>) {
+    match fault {
+        Fault::Crashed(host) => sim.bounce(host.as_str()),
+        Fault::Cut(pairs) => {
+            for (a, b) in pairs {
+                sim.repair(a.as_str(), b.as_str());
+            }
+        }
+        Fault::OneWay(a, b) => sim.repair_oneway(a.as_str(), b.as_str()),
+        Fault::Held(a, b) => sim.release(a.as_str(), b.as_str()),
+    }
+    log.push(format!("{now:?} end {fault:?}"));
+}
