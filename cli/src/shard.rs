@@ -168,13 +168,23 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     tokio::pin!(serving);
     let served = tokio::select! {
-        served = &mut serving => served,
+        served = &mut serving => served.context("serving gRPC"),
+        why = shard.log_failed() => {
+            // Fail-stop: after a failed write or fsync nothing may be
+            // acknowledged again; a restart recovers from what is durable.
+            tracing::error!(%why, "the log failed; stopping so that a restart recovers");
+            Err(anyhow::anyhow!(
+                "the shard's log failed ({why}); stopped without acknowledging anything more. \
+                 Fix the disk (space, errors) and start the shard again: recovery keeps \
+                 every acknowledged write"
+            ))
+        }
         () = crate::signals::shutdown(args.exit_with_parent) => {
             let _ = stop_tx.send(());
             // In-flight requests get a grace period; idle client connections
             // that ignore GOAWAY must not hold the shutdown up.
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
-                Ok(served) => served,
+                Ok(served) => served.context("serving gRPC"),
                 Err(_) => {
                     tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "connections still open after the grace period; closing them");
                     Ok(())
@@ -188,6 +198,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         task.abort();
     }
     shard.shutdown();
-    tracing::info!("shard stopped cleanly");
-    served.context("serving gRPC")
+    if served.is_ok() {
+        tracing::info!("shard stopped cleanly");
+    }
+    served
 }

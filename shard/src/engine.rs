@@ -60,6 +60,9 @@ pub struct ShardConfig {
 /// caller is told the outcome is unknown here (a dead backup is taken out
 /// of the configuration well before this).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often [`Shard::log_failed`] looks again at which log is current (a
+/// snapshot install replaces it).
+pub const LOG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -777,6 +780,25 @@ impl Shard {
                 && let Err(err) = self.snapshot().await
             {
                 tracing::error!(%err, "snapshot failed; the log keeps growing until one succeeds");
+            }
+        }
+    }
+
+    /// Resolves, with the reason, once the log writer has failed (an IO
+    /// error or a full disk). From then on this replica acknowledges nothing
+    /// again; the process should stop (fail-stop) so that a supervisor
+    /// restarts it and recovery decides what is durable, as PostgreSQL does
+    /// after a failed fsync. Meanwhile the backups take over the group.
+    pub async fn log_failed(&self) -> String {
+        loop {
+            let mut durable = self.wal().subscribe();
+            match tokio::time::timeout(LOG_WATCH_INTERVAL, durable.wait_for(|d| d.failed.is_some()))
+                .await
+            {
+                Ok(Ok(seen)) => return seen.failed.clone().unwrap_or_default(),
+                // That log was replaced (snapshot install): watch the new one.
+                Ok(Err(_)) => tokio::time::sleep(LOG_WATCH_INTERVAL).await,
+                Err(_) => {}
             }
         }
     }

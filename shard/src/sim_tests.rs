@@ -247,7 +247,7 @@ async fn write_until_the_log_fails(shard: &Shard) -> turmoil::Result {
             Ok(Outcome::Committed { .. }) => continue,
             Ok(other) => return Err(format!("{key}: {other:?}").into()),
             Err(ShardError::Wal(WalError::Failed(message))) => {
-                if !message.contains("fdatasync") {
+                if !(message.contains("fdatasync of") || message.contains("write of")) {
                     return Err(format!("unexpected failure: {message}").into());
                 }
                 let durable = shard.durable_lsn();

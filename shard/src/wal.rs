@@ -439,7 +439,7 @@ enum Writer {
     /// [`Wal::shutdown`] can write the last batch itself, synchronously;
     /// `None` once the writer stopped.
     #[cfg(feature = "sim")]
-    Task(Arc<Mutex<Option<SegmentWriter>>>),
+    Task(Arc<Mutex<Option<TaskSegment>>>),
 }
 
 /// The log of one replica. Cheap to clone.
@@ -525,7 +525,10 @@ impl Wal {
             path: shared.dir.clone(),
             source: std::io::Error::other(format!("no runtime for the log writer task: {e}")),
         })?;
-        let segment = Arc::new(Mutex::new(Some(segment)));
+        let segment = Arc::new(Mutex::new(Some(TaskSegment {
+            writer: segment,
+            unsynced: None,
+        })));
         runtime.spawn(writer_task(shared.clone(), segment.clone()));
         Ok(Writer::Task(segment))
     }
@@ -661,16 +664,19 @@ impl Wal {
             #[cfg(feature = "sim")]
             Writer::Task(segment) => {
                 // The task cannot be waited for from synchronous code on the
-                // simulation's only thread; write the last batch here
-                // instead. The task never holds the segment across an
-                // `.await`, so it is not in the middle of a batch now; it
-                // finds the segment gone and ends.
+                // simulation's only thread; sync its written batch and write
+                // the last one here instead. The task never holds the
+                // segment across an `.await`; it finds the segment gone and
+                // ends.
                 let mut slot = segment.lock().expect("wal segment lock poisoned");
-                if let Some(mut writer) = slot.take() {
-                    let mut batch = Vec::new();
-                    let round = take_pending(&self.shared, &mut batch);
-                    // A failure is published to waiters by write_round.
-                    let _ = write_round(&self.shared, &mut writer, &mut batch, round);
+                if let Some(mut task) = slot.take() {
+                    // A failure is published to waiters by sync_round and
+                    // write_round.
+                    if task.sync(&self.shared).is_ok() {
+                        let mut batch = Vec::new();
+                        let round = take_pending(&self.shared, &mut batch);
+                        let _ = write_round(&self.shared, &mut task.writer, &mut batch, round);
+                    }
                 }
             }
         }
@@ -743,27 +749,49 @@ fn write_round(
         return Ok(());
     }
     let started = Instant::now();
-    let result = segment
-        .file
-        .write_all(batch)
-        .and_then(|()| segment.file.sync_data());
-    if let Err(err) = result {
+    write_batch(shared, segment, batch)?;
+    let bytes = batch.len() as u64;
+    batch.clear();
+    sync_round(shared, segment, bytes, round, started)
+}
+
+/// Marks the log failed with `message`: nothing more becomes durable.
+fn fail(shared: &Shared, message: String) -> Stopped {
+    tracing::error!(%message, "write-ahead log failed; the shard stops acknowledging writes");
+    shared.durable.send_modify(|d| d.failed = Some(message));
+    Stopped
+}
+
+/// The first half of a round: one `write` of the whole batch.
+fn write_batch(shared: &Shared, segment: &mut SegmentWriter, batch: &[u8]) -> Result<(), Stopped> {
+    segment.file.write_all(batch).map_err(|err| {
+        fail(
+            shared,
+            format!("write of {} failed: {err}", segment.path.display()),
+        )
+    })
+}
+
+/// The second half: `fdatasync`, publish the durable LSN, roll the segment.
+fn sync_round(
+    shared: &Shared,
+    segment: &mut SegmentWriter,
+    bytes: u64,
+    round: Round,
+    started: Instant,
+) -> Result<(), Stopped> {
+    if let Err(err) = segment.file.sync_data() {
         // After a failed fsync the page cache may hold bytes that
         // never reach the disk (fsyncgate): never retry, fail hard.
-        let message = format!(
-            "write or fdatasync of {} failed: {err}",
-            segment.path.display()
-        );
-        tracing::error!(%message, "write-ahead log failed; the shard stops acknowledging writes");
-        shared.durable.send_modify(|d| d.failed = Some(message));
-        return Err(Stopped);
+        return Err(fail(
+            shared,
+            format!("fdatasync of {} failed: {err}", segment.path.display()),
+        ));
     }
-    let bytes = batch.len() as u64;
     shared
         .metrics
         .record_fsync(started.elapsed(), round.records, bytes);
     segment.size += bytes;
-    batch.clear();
     shared.durable.send_modify(|d| d.lsn = round.last_lsn);
     if segment.size >= segment.segment_bytes_max {
         let path = segment_path(&shared.dir, round.last_lsn + 1);
@@ -776,12 +804,7 @@ fn write_round(
                     segment_bytes_max: segment.segment_bytes_max,
                 };
             }
-            Err(err) => {
-                let message = format!("cannot start a new segment: {err}");
-                tracing::error!(%message, "write-ahead log failed");
-                shared.durable.send_modify(|d| d.failed = Some(message));
-                return Err(Stopped);
-            }
+            Err(err) => return Err(fail(shared, format!("cannot start a new segment: {err}"))),
         }
     }
     Ok(())
@@ -808,30 +831,97 @@ fn writer_loop(shared: &Shared, mut segment: SegmentWriter) {
     }
 }
 
+/// Simulated time between a batch's `write` and its `fdatasync` inside a
+/// simulation: the disk's latency, and the window in which a crash loses
+/// (or, with torn writes, tears) a written but unsynced batch. Without it
+/// both happen in one step and a crash could never land between them.
+#[cfg(feature = "sim")]
+pub const SIM_SYNC_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The writer task's segment, with the batch written but not yet synced.
+#[cfg(feature = "sim")]
+struct TaskSegment {
+    writer: SegmentWriter,
+    unsynced: Option<Unsynced>,
+}
+
+#[cfg(feature = "sim")]
+struct Unsynced {
+    round: Round,
+    bytes: u64,
+    started: Instant,
+}
+
+#[cfg(feature = "sim")]
+impl TaskSegment {
+    /// Syncs the written batch, if any. `Err` once the log failed.
+    fn sync(&mut self, shared: &Shared) -> Result<bool, Stopped> {
+        match self.unsynced.take() {
+            Some(u) => {
+                let shutdown = u.round.shutdown;
+                sync_round(shared, &mut self.writer, u.bytes, u.round, u.started)?;
+                Ok(shutdown)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
 /// The writer task (simulation only): the same rounds as [`writer_loop`],
 /// woken through a `Notify` (which keeps a wake-up that comes while a
-/// round runs). Ends when the log fails, shuts down, or
-/// [`Wal::shutdown`] took the segment.
+/// round runs), with [`SIM_SYNC_LATENCY`] between write and sync. Ends when
+/// the log fails, shuts down, or [`Wal::shutdown`] took the segment.
 #[cfg(feature = "sim")]
-async fn writer_task(shared: Arc<Shared>, segment: Arc<Mutex<Option<SegmentWriter>>>) {
+async fn writer_task(shared: Arc<Shared>, segment: Arc<Mutex<Option<TaskSegment>>>) {
     let Some(notify) = shared.wake_task.as_ref() else {
         return;
     };
     let mut batch = Vec::new();
     loop {
-        {
+        let written = {
             let mut slot = segment.lock().expect("wal segment lock poisoned");
-            let Some(writer) = slot.as_mut() else {
+            let Some(task) = slot.as_mut() else {
                 return;
             };
             let round = take_pending(&shared, &mut batch);
-            let shutdown = round.shutdown;
-            if write_round(&shared, writer, &mut batch, round).is_err() || shutdown {
+            if batch.is_empty() {
+                if round.shutdown {
+                    *slot = None;
+                    return;
+                }
+                false
+            } else {
+                let started = Instant::now();
+                if write_batch(&shared, &mut task.writer, &batch).is_err() {
+                    *slot = None;
+                    return;
+                }
+                task.unsynced = Some(Unsynced {
+                    round,
+                    bytes: batch.len() as u64,
+                    started,
+                });
+                batch.clear();
+                true
+            }
+        };
+        if !written {
+            notify.notified().await;
+            continue;
+        }
+        tokio::time::sleep(SIM_SYNC_LATENCY).await;
+        let mut slot = segment.lock().expect("wal segment lock poisoned");
+        let Some(task) = slot.as_mut() else {
+            // Wal::shutdown took the segment and synced the batch itself.
+            return;
+        };
+        match task.sync(&shared) {
+            Ok(false) => {}
+            Ok(true) | Err(Stopped) => {
                 *slot = None;
                 return;
             }
         }
-        notify.notified().await;
     }
 }
 

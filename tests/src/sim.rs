@@ -48,7 +48,8 @@ use trellis_checker::bank::BankMop;
 use trellis_checker::format::{self};
 use trellis_checker::{Mop, OpKind, Report, Verdict};
 use trellis_coordinator::catalog::Catalog;
-use trellis_shard::{Shard, ShardConfig};
+use trellis_shard::wal::WalError;
+use trellis_shard::{Shard, ShardConfig, ShardError};
 use trellis_types::SlotSet;
 
 use crate::workload::{
@@ -81,6 +82,17 @@ pub const FAULTS_AT_ONCE_MAX: usize = 2;
 pub const FINAL_READ_ROUNDS: u32 = 3;
 /// Simulated time the cluster gets to come up before clients start.
 pub const STARTUP: Duration = Duration::from_secs(3);
+/// Block size of torn writes: a crash keeps a random prefix of blocks of
+/// each unsynced write (in seeds that tear writes).
+pub const TORN_BLOCK_BYTES: u64 = 64;
+/// Chance that the simulated disk flushes an unsynced write by itself (in
+/// seeds that flush at random), so a crash keeps some of them.
+pub const RANDOM_SYNC_PROBABILITY: f64 = 0.1;
+/// Chance that a disk read or write fails with EIO (in seeds with failing
+/// disks). A shard whose log fails stops (fail-stop) and is restarted.
+pub const IO_ERROR_PROBABILITY: f64 = 0.002;
+/// Share of seeds with each disk fault, drawn from the seed.
+pub const DISK_FAULT_SHARE: f64 = 0.4;
 
 /// One simulated run.
 #[derive(Debug, Clone)]
@@ -97,11 +109,54 @@ pub struct SimConfig {
     /// How clients use the library ([`ClientMode::BlindWrites`] only to
     /// show that the checker catches what a broken client does).
     pub mode: ClientMode,
+    /// What the simulated disks do wrong (drawn from the seed).
+    pub disk: DiskFaults,
+}
+
+/// Disk faults of one run, for every shard host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiskFaults {
+    /// A crash tears unsynced writes at this block size.
+    pub torn_block: Option<u64>,
+    /// Chance that an unsynced write becomes durable by itself.
+    pub random_sync: f64,
+    /// Chance that a read or write fails with EIO.
+    pub io_error: f64,
+}
+
+impl DiskFaults {
+    /// None: a crash loses exactly the unsynced writes.
+    pub const NONE: DiskFaults = DiskFaults {
+        torn_block: None,
+        random_sync: 0.0,
+        io_error: 0.0,
+    };
+
+    /// Each fault in [`DISK_FAULT_SHARE`] of seeds, independently.
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6469_736b_6661_756c);
+        DiskFaults {
+            torn_block: rng
+                .random_bool(DISK_FAULT_SHARE)
+                .then_some(TORN_BLOCK_BYTES),
+            random_sync: if rng.random_bool(DISK_FAULT_SHARE) {
+                RANDOM_SYNC_PROBABILITY
+            } else {
+                0.0
+            },
+            io_error: if rng.random_bool(DISK_FAULT_SHARE) {
+                IO_ERROR_PROBABILITY
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 impl SimConfig {
     /// The CI configuration: list-append, 2 groups of 3 replicas, 3
-    /// clients, 10 simulated seconds of faults.
+    /// clients, 10 simulated seconds of faults, disk faults drawn from the
+    /// seed.
     pub fn new(seed: u64) -> Self {
         SimConfig {
             seed,
@@ -112,6 +167,7 @@ impl SimConfig {
             time: Duration::from_secs(10),
             faults: true,
             mode: ClientMode::Correct,
+            disk: DiskFaults::for_seed(seed),
         }
     }
 }
@@ -137,6 +193,10 @@ pub struct SimResult {
     pub fingerprint: u64,
     /// The command that replays this run.
     pub replay: String,
+    /// Recoveries that cut a torn or unsynced tail off a shard's log.
+    pub torn_tails: u64,
+    /// Shards restarted because their disk failed.
+    pub disk_restarts: u64,
 }
 
 impl SimResult {
@@ -214,15 +274,29 @@ type Exits = Arc<Mutex<BTreeMap<String, String>>>;
 
 fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult> {
     trellis_types::rng::seed_thread(config.seed);
-    let mut sim = turmoil::Builder::new()
+    let disk = if config.faults {
+        config.disk
+    } else {
+        DiskFaults::NONE
+    };
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(config.seed)
         .simulation_duration(SIM_TIME_MAX)
         .tick_duration(TICK)
         .min_message_latency(LATENCY_MIN)
-        .max_message_latency(LATENCY_MAX)
-        .build();
+        .max_message_latency(LATENCY_MAX);
+    let fs = builder.fs();
+    fs.sync_probability(disk.random_sync)
+        .io_error_probability(disk.io_error);
+    if let Some(block) = disk.torn_block {
+        fs.block_size(block);
+    }
+    let mut sim = builder.build();
     let catalog = Catalog::in_memory();
     let exits: Exits = Arc::default();
+    let disk_exits: Exits = Arc::default();
+    let torn_tails = Arc::new(AtomicU64::new(0));
 
     // The coordinator.
     {
@@ -234,7 +308,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             let exits = exits.clone();
             async move {
                 if let Err(err) = coordinator(catalog, groups).await {
-                    note_exit(&exits, COORDINATOR, &*err);
+                    note_exit(&exits, COORDINATOR, &err.to_string());
                 }
                 Ok(())
             }
@@ -246,16 +320,27 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         let mut members = Vec::new();
         for replica in 0..config.replicas {
             let name = shard_host(group, replica);
-            let exits = exits.clone();
+            let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn_tails.clone());
             let host = name.clone();
             sim.host(name.as_str(), move || {
                 let name = host.clone();
-                let exits = exits.clone();
+                let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn.clone());
                 async move {
                     // A node that stops by itself is reported, not fatal to
                     // the simulation: the run goes on and fails at the end.
-                    if let Err(err) = shard(name.clone(), u64::from(group)).await {
-                        note_exit(&exits, &name, &*err);
+                    // One that stops because its disk failed is restarted
+                    // (when the seed's disks fail), as a supervisor would.
+                    match shard(name.clone(), u64::from(group), torn).await {
+                        Ok(()) => {}
+                        Err(Stop::Disk(why)) if disk.io_error > 0.0 => {
+                            disk_exits
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(name.clone(), why);
+                        }
+                        Err(Stop::Disk(why) | Stop::Other(why)) => {
+                            note_exit(&exits, &name, &why);
+                        }
                     }
                     Ok(())
                 }
@@ -309,7 +394,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     }
 
     let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients);
-    let mut log = Vec::new();
+    let mut log = vec![format!("disks: {disk:?}")];
     let workload_end = STARTUP + config.time;
     let mut healed = false;
     let mut final_started = false;
@@ -319,6 +404,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             .step()
             .map_err(|e| anyhow::anyhow!("seed {}: the simulation failed: {e}", config.seed))?;
         let now = sim.elapsed();
+        supervise(&mut sim, &disk_exits, now, &mut log);
         if !healed {
             if now >= workload_end {
                 stop.store(true, Ordering::Relaxed);
@@ -388,6 +474,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     log.hash(&mut hasher);
     sim_time.hash(&mut hasher);
     let final_read_error = final_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let disk_restarts = log.iter().filter(|l| l.contains(" restart ")).count() as u64;
     Ok(SimResult {
         seed: config.seed,
         report,
@@ -399,14 +486,50 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         sim_time,
         fingerprint: hasher.finish(),
         replay: replay_command(config),
+        torn_tails: torn_tails.load(Ordering::Relaxed),
+        disk_restarts,
     })
 }
 
-fn note_exit(exits: &Exits, host: &str, err: &dyn std::error::Error) {
+fn note_exit(exits: &Exits, host: &str, why: &str) {
     exits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(host.to_string(), err.to_string());
+        .insert(host.to_string(), why.to_string());
+}
+
+/// The supervisor: a shard that stopped because its disk failed is
+/// crashed (the unsynced writes of a failed disk are not to be trusted) and
+/// started again at once, its orphaned tasks cancelled.
+fn supervise(sim: &mut turmoil::Sim<'_>, disk_exits: &Exits, now: Duration, log: &mut Vec<String>) {
+    let stopped = std::mem::take(&mut *disk_exits.lock().unwrap_or_else(|p| p.into_inner()));
+    for (host, why) in stopped {
+        sim.crash(host.as_str());
+        sim.bounce(host.as_str());
+        log.push(format!(
+            "{now:?} restart {host} after its disk failed: {why}"
+        ));
+    }
+}
+
+/// Why a shard host's software stopped.
+enum Stop {
+    /// Its disk failed: the log (fail-stop) or recovery hit an IO error.
+    Disk(String),
+    /// Anything else: a bug, for the simulator.
+    Other(String),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(err: std::io::Error) -> Self {
+        Stop::Other(err.to_string())
+    }
+}
+
+impl From<tonic::transport::Error> for Stop {
+    fn from(err: tonic::transport::Error) -> Self {
+        Stop::Other(err.to_string())
+    }
 }
 
 /// The coordinator host's software: catalog, router, sweeper, refresher,
@@ -439,7 +562,7 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
 
 /// A shard replica host's software: recovery from its simulated disk,
 /// registration, replication, the gRPC service.
-async fn shard(name: String, group: u64) -> HostResult {
+async fn shard(name: String, group: u64, torn_tails: Arc<AtomicU64>) -> Result<(), Stop> {
     let config = ShardConfig {
         data_dir: "/data".into(),
         group_id: group,
@@ -448,7 +571,17 @@ async fn shard(name: String, group: u64) -> HostResult {
         replicated: true,
         feed_bytes_max: SIM_FEED_BYTES_MAX,
     };
-    let shard = Shard::open(config, Arc::new(trellis_shard::metrics::Metrics::default()))?;
+    let shard = Shard::open(config, Arc::new(trellis_shard::metrics::Metrics::default())).map_err(
+        |err| match err {
+            ShardError::Open { .. } | ShardError::Wal(WalError::Io { .. }) => {
+                Stop::Disk(format!("recovery failed: {err}"))
+            }
+            other => Stop::Other(format!("recovery failed: {other}")),
+        },
+    )?;
+    if shard.recovery().torn_bytes > 0 {
+        torn_tails.fetch_add(1, Ordering::Relaxed);
+    }
     let me = format!("{name}:{PORT}");
     let coordinator = format!("{COORDINATOR}:{PORT}");
     shard.repl.set_me(&me);
@@ -463,13 +596,14 @@ async fn shard(name: String, group: u64) -> HostResult {
         });
     }
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    trellis_shard::server::serve_incoming(
-        shard,
-        trellis_net::sim::incoming(listener),
-        std::future::pending(),
-    )
-    .await?;
-    Ok(())
+    tokio::select! {
+        served = trellis_shard::server::serve_incoming(
+            shard.clone(),
+            trellis_net::sim::incoming(listener),
+            std::future::pending(),
+        ) => Ok(served?),
+        why = shard.log_failed() => Err(Stop::Disk(format!("the log failed: {why}"))),
+    }
 }
 
 /// A fault in force and how to undo it.

@@ -366,3 +366,132 @@ async fn planned_transfer_moves_the_primary_without_loss() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Rounds of the ASYNC demonstration (each: stop the backups, write ASYNC,
+/// kill the primary, fail over).
+const ASYNC_ROUNDS: u32 = 3;
+/// ASYNC writes tried per round, and the time they may take: the primary
+/// must die before it notices its backups are silent
+/// (`BACKUP_SILENCE_MAX`, 500 ms) and takes them out of the configuration.
+const ASYNC_WRITES: usize = 5;
+const ASYNC_WINDOW: Duration = Duration::from_millis(200);
+/// SYNC writes per round, acknowledged before the backups are stopped.
+const SYNC_WRITES: usize = 10;
+
+async fn commit_one(
+    client: &mut v1::txn_client::TxnClient<tonic::transport::Channel>,
+    key: &[u8],
+    value: &[u8],
+    durability: v1::Durability,
+) -> bool {
+    let request = v1::CommitRequest {
+        txn_id: txn_id(),
+        reads: vec![],
+        writes: vec![v1::Write {
+            key: key.to_vec(),
+            op: Some(v1::write::Op::Put(value.to_vec())),
+        }],
+        durability: durability as i32,
+    };
+    matches!(
+        client.commit(request).await.map(|r| r.into_inner().outcome),
+        Ok(Some(v1::commit_response::Outcome::Committed(_)))
+    )
+}
+
+/// ASYNC answers once the primary alone has a write, so a failover right
+/// after can lose it — the at-risk window, shown here: the backups are
+/// killed, a few ASYNC writes are acknowledged, the primary is killed, the
+/// backups restart and one takes over without them. SYNC writes acknowledged before are
+/// never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_writes_can_be_lost_by_a_failover_sync_writes_never() {
+    let mut cluster = ReplicatedCluster::start(1, 3, &[]).await.expect("cluster");
+    let mut sync_acked = Vec::new();
+    let mut async_acked_total = 0;
+    let mut lost = 0;
+    for round in 0..ASYNC_ROUNDS {
+        wait_all_in_sync(&cluster, 1).await;
+        let mut client = cluster.txn().await.expect("txn client");
+        for i in 0..SYNC_WRITES {
+            let key = format!("sync/{round}/{i}").into_bytes();
+            let value = format!("s{round}-{i}").into_bytes();
+            if commit_one(&mut client, &key, &value, v1::Durability::Sync).await {
+                sync_acked.push((key, value));
+            }
+        }
+        let primary = cluster.primary(1).await.expect("primary");
+        let old_addr = cluster.proc(1, primary).field("grpc").to_string();
+        let backups: Vec<u32> = (1..=3).filter(|r| *r != primary).collect();
+        // Killed, not stopped: a stopped process's kernel would still take
+        // the primary's records into its socket buffer and apply them after
+        // SIGCONT.
+        for b in &backups {
+            cluster.kill9(1, *b);
+        }
+        let started = std::time::Instant::now();
+        let mut async_acked = Vec::new();
+        for i in 0..ASYNC_WRITES {
+            if started.elapsed() >= ASYNC_WINDOW {
+                break;
+            }
+            let key = format!("async/{round}/{i}").into_bytes();
+            if commit_one(&mut client, &key, b"a", v1::Durability::Async).await {
+                async_acked.push(key);
+            }
+        }
+        cluster.kill9(1, primary);
+        for b in &backups {
+            cluster.restart(1, *b).expect("restart a backup");
+        }
+        async_acked_total += async_acked.len();
+        // A backup takes over — unless the primary had already taken the
+        // silent backups out of the configuration (a slow machine), in
+        // which case only the old primary may serve again.
+        if cluster
+            .wait_for("a new primary", |s| {
+                s.groups[0]
+                    .members
+                    .iter()
+                    .any(|m| m.role == "primary" && m.address != old_addr && m.lease_ms > 0)
+            })
+            .await
+            .is_ok()
+        {
+            let mut client = cluster.txn().await.expect("txn client");
+            let items = client
+                .get(v1::GetRequest {
+                    keys: async_acked.clone(),
+                    consistency: None,
+                })
+                .await
+                .expect("get on the new primary")
+                .into_inner()
+                .items;
+            let missing = items.iter().filter(|item| item.version == 0).count();
+            eprintln!(
+                "round {round}: {} ASYNC writes acknowledged, {missing} lost by the failover",
+                async_acked.len()
+            );
+            lost += missing;
+        } else {
+            eprintln!(
+                "round {round}: no failover (the backups were already out of the configuration)"
+            );
+        }
+        cluster
+            .restart(1, primary)
+            .expect("restart the old primary");
+    }
+    wait_all_in_sync(&cluster, 1).await;
+    check_acked(&cluster, &sync_acked).await;
+    assert!(
+        async_acked_total > 0,
+        "no ASYNC write was acknowledged while the backups were down"
+    );
+    assert!(
+        lost > 0,
+        "{ASYNC_ROUNDS} failovers right after {async_acked_total} ASYNC writes lost none of them: \
+         either the window was missed every round or ASYNC waits for backups"
+    );
+}

@@ -112,3 +112,22 @@ fn a_client_that_drops_its_read_versions_is_caught() {
     });
     assert!(caught, "ten seeds of a broken client and no anomaly found");
 }
+
+#[test]
+fn shards_whose_disks_fail_stop_restart_and_lose_nothing() {
+    // Seeds whose disks fail with EIO: some shard's log must fail, the
+    // shard stop and be restarted, and the run still check out.
+    let mut restarts = 0;
+    for seed in (0..100)
+        .filter(|s| SimConfig::new(*s).disk.io_error > 0.0)
+        .take(4)
+    {
+        let result = run(&SimConfig::new(seed)).expect("the simulation runs");
+        assert!(result.passed(), "{}", result.explain());
+        restarts += result.disk_restarts;
+    }
+    assert!(
+        restarts > 0,
+        "four seeds with failing disks and no shard stopped"
+    );
+}

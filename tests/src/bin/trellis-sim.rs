@@ -166,7 +166,8 @@ fn config(args: &Args, seed: u64) -> SimConfig {
 }
 
 /// Runs one seed in this process. Ends with the result line:
-/// `result: seed=N passed=true|false fingerprint=HEX ok=N`.
+/// `result: seed=N passed=true|false fingerprint=HEX ok=N torn_tails=N
+/// disk_restarts=N`.
 fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     let started = Instant::now();
     let result = run(&config(args, seed))?;
@@ -180,12 +181,15 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             println!("  {fault}");
         }
         println!(
-            "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}",
+            "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
+             torn log tails recovered: {}, restarts after disk failures: {}",
             result.counts[0],
             result.counts[1],
             result.counts[2],
             result.sim_time,
             started.elapsed(),
+            result.torn_tails,
+            result.disk_restarts,
         );
         println!("history: {}", history.display());
         if passed {
@@ -196,8 +200,9 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         println!("{}", result.explain());
     }
     println!(
-        "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={}",
-        result.fingerprint, result.counts[0]
+        "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={} \
+         torn_tails={} disk_restarts={}",
+        result.fingerprint, result.counts[0], result.torn_tails, result.disk_restarts
     );
     Ok(if passed { 0 } else { 1 })
 }
