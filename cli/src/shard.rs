@@ -57,6 +57,12 @@ pub struct Args {
     /// backup further behind than this catches up by snapshot.
     #[arg(long, default_value_t = trellis_shard::repl::FEED_BYTES_MAX)]
     feed_bytes_max: usize,
+    /// Bytes per second this replica spends, as a primary, on catching
+    /// backups up (snapshots and backlogs, all backups together), so that
+    /// a returning backup cannot starve foreground writes; 0 = unpaced.
+    /// Streaming to up-to-date backups is never paced.
+    #[arg(long, default_value_t = trellis_shard::pacer::CATCH_UP_BYTES_PER_SEC)]
+    catch_up_bytes_per_sec: u64,
     /// Exit when the parent process goes away (used by `trellis dev` so a
     /// killed dev cluster leaves no orphans).
     #[arg(long, hide = true)]
@@ -69,7 +75,25 @@ const PORT_FILE: &str = "listen.port";
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Slowest catch-up rate accepted (other than 0, unpaced): one snapshot
+/// piece must go out well within a backup's grace period, or a backup being
+/// caught up would think its primary gone.
+const CATCH_UP_BYTES_PER_SEC_MIN: u64 = 2 * 1024 * 1024;
+const _: () = assert!(
+    (trellis_shard::replica::SNAPSHOT_PIECE_BYTES as u64) * 1000 / CATCH_UP_BYTES_PER_SEC_MIN
+        < trellis_shard::repl::GRACE.as_millis() as u64 / 2
+);
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.catch_up_bytes_per_sec != 0 && args.catch_up_bytes_per_sec < CATCH_UP_BYTES_PER_SEC_MIN
+    {
+        anyhow::bail!(
+            "--catch-up-bytes-per-sec {} is below the minimum of {CATCH_UP_BYTES_PER_SEC_MIN} \
+             (a 1 MiB snapshot piece must go out within a backup's grace period); \
+             use 0 for unpaced",
+            args.catch_up_bytes_per_sec
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,6 +115,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         slots,
         replicated: args.coordinator.is_some(),
         feed_bytes_max: args.feed_bytes_max,
+        catch_up_bytes_per_sec: args.catch_up_bytes_per_sec,
     };
     let shard = tokio::task::spawn_blocking(move || Shard::open(config, metrics))
         .await

@@ -54,6 +54,10 @@ pub struct ShardConfig {
     /// ([`crate::repl::FEED_BYTES_MAX`] by default); a backup further
     /// behind gets a snapshot.
     pub feed_bytes_max: usize,
+    /// Catch-up (snapshots and backlogs sent to backups far behind), all
+    /// backups together, in bytes per second; 0 = unpaced
+    /// ([`crate::pacer::CATCH_UP_BYTES_PER_SEC`] by default).
+    pub catch_up_bytes_per_sec: u64,
 }
 
 /// Longest a change waits for the durability it asked for before the
@@ -152,6 +156,8 @@ pub struct Shard {
     /// `metrics.append_bytes` when the last snapshot was taken.
     snapshot_mark_bytes: AtomicU64,
     recovery: Recovery,
+    /// Paces catch-up traffic to backups.
+    pub catch_up: crate::pacer::Pacer,
     _lock: File,
 }
 
@@ -235,7 +241,9 @@ impl Shard {
             map_epoch: config.map_epoch,
             slots: config.slots.clone(),
         });
+        let catch_up = crate::pacer::Pacer::new(config.catch_up_bytes_per_sec);
         Ok(Arc::new(Shard {
+            catch_up,
             config,
             state,
             wal: RwLock::new(wal),
@@ -995,6 +1003,7 @@ mod tests {
             slots: SlotSet::all(),
             replicated: false,
             feed_bytes_max: crate::repl::FEED_BYTES_MAX,
+            catch_up_bytes_per_sec: crate::pacer::CATCH_UP_BYTES_PER_SEC,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod fsio;
 pub mod membership;
 pub mod metrics;
+pub mod pacer;
 pub mod record;
 pub mod repl;
 pub mod replica;

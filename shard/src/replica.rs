@@ -40,6 +40,9 @@ pub const CATCH_UP_SLACK: Lsn = 0;
 /// Applied batches waiting for their acknowledgement (the acknowledging
 /// task folds all waiting ones into one).
 pub const ACKS_QUEUED_MAX: usize = 1024;
+/// A backup further behind than this many records is catching up, and what
+/// it is sent is paced ([`crate::pacer`]); closer, it is streamed at once.
+pub const CATCH_UP_LAG_RECORDS: Lsn = 1024;
 /// Pause before a backup reconnects after its stream failed.
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -190,6 +193,7 @@ async fn feed_backup(
                 records: Vec::new(),
                 commit_lsn: shard.repl.marks().sync,
             };
+            pace(shard, piece.len()).await;
             tx.send(Ok(batch))
                 .await
                 .map_err(|_| "the backup went away".to_string())?;
@@ -206,6 +210,9 @@ async fn feed_backup(
         if shard.repl.role() != (Role::Primary, epoch) {
             return Err("no longer the primary of this epoch".into());
         }
+        // A backup more than CATCH_UP_LAG_RECORDS behind is catching up:
+        // its backlog is paced; one that keeps up is streamed at once.
+        let catching_up = shard.last_lsn().saturating_sub(next) > CATCH_UP_LAG_RECORDS;
         let records = match shard.repl.feed.batch(next) {
             Ok(records) => records,
             Err(FeedGap::Trimmed) => {
@@ -218,6 +225,9 @@ async fn feed_backup(
             next = last.lsn + 1;
         }
         let sent_records = !records.is_empty();
+        if catching_up {
+            pace(shard, records.iter().map(|r| r.payload.len()).sum()).await;
+        }
         let batch = pb::ReplicaBatch {
             epoch,
             heartbeat_seq: shard.repl.heartbeat(),
@@ -248,6 +258,17 @@ async fn feed_backup(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// Waits for the catch-up rate to allow `bytes` more, and counts them.
+async fn pace(shard: &Arc<Shard>, bytes: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let waited = shard.catch_up.take(bytes).await;
+    let metrics = shard.metrics();
+    metrics.catch_up_bytes.fetch_add(bytes as u64, Relaxed);
+    metrics
+        .catch_up_paced_ms
+        .fetch_add(waited.as_millis() as u64, Relaxed);
 }
 
 // ------------------------------------------------------------- backup side

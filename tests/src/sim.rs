@@ -72,6 +72,9 @@ pub const LATENCY_MIN: Duration = Duration::from_micros(200);
 /// Bytes of log a primary keeps for backups in the simulator: small, so
 /// that catch-up by snapshot happens often.
 pub const SIM_FEED_BYTES_MAX: usize = 64 * 1024;
+/// Catch-up rate in the simulator: slow enough that a snapshot or backlog
+/// takes several simulated steps, so faults land in the middle of one.
+pub const SIM_CATCH_UP_BYTES_PER_SEC: u64 = 256 * 1024;
 /// Pause between faults is drawn from this range.
 pub const FAULT_GAP_MS: std::ops::Range<u64> = 200..1500;
 /// A fault lasts a time drawn from this range.
@@ -570,6 +573,7 @@ async fn shard(name: String, group: u64, torn_tails: Arc<AtomicU64>) -> Result<(
         slots: SlotSet::empty(),
         replicated: true,
         feed_bytes_max: SIM_FEED_BYTES_MAX,
+        catch_up_bytes_per_sec: SIM_CATCH_UP_BYTES_PER_SEC,
     };
     let shard = Shard::open(config, Arc::new(trellis_shard::metrics::Metrics::default())).map_err(
         |err| match err {

@@ -242,6 +242,18 @@ async fn dead_backup_is_removed_and_returns_by_snapshot() {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .expect("snapshot install counter");
     assert!(installs >= 1, "caught up without a snapshot:\n{metrics}");
+    // The snapshot went through the primary's catch-up pacer.
+    let primary = cluster.primary(1).await.expect("primary");
+    let metrics = http_get(cluster.proc(1, primary).field("metrics"), "/metrics").await;
+    let paced = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trellis_repl_catch_up_bytes_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("catch-up byte counter");
+    assert!(
+        paced > 0,
+        "a snapshot was sent but no catch-up bytes counted:\n{metrics}"
+    );
     let acked = load.stop().await;
     check_acked(&cluster, &acked).await;
 }
