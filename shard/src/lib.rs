@@ -19,6 +19,7 @@
 //! transaction's outcome on its own except by presumed abort at the anchor.
 
 pub mod engine;
+pub mod failpoint;
 pub mod fsio;
 pub mod membership;
 pub mod metrics;

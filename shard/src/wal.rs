@@ -780,7 +780,11 @@ fn sync_round(
     round: Round,
     started: Instant,
 ) -> Result<(), Stopped> {
-    if let Err(err) = segment.file.sync_data() {
+    let synced = match crate::failpoint::io_error(crate::failpoint::WAL_SYNC_ERROR) {
+        Some(injected) => Err(injected),
+        None => segment.file.sync_data(),
+    };
+    if let Err(err) = synced {
         // After a failed fsync the page cache may hold bytes that
         // never reach the disk (fsyncgate): never retry, fail hard.
         return Err(fail(

@@ -9,7 +9,7 @@
 //! Flags: `--time SECONDS` per run (default 60), `--seed N` (default: from
 //! the clock, printed), `--runs N` (default 1; run k uses seed + k),
 //! `--workload list-append|bank|both` (default both), `--clients N`
-//! (default 6), `--faults` a comma list of `kill,pause,partition,black-hole,delay,failpoint,disk-full`
+//! (default 6), `--faults` a comma list of `kill,pause,partition,black-hole,delay,failpoint,fsync-error,disk-full`
 //! or `none` (default all but `disk-full`, which needs root: a tmpfs per
 //! shard), `--interval MS` and `--hold MS` (default 1000),
 //! `--keep` (keep every run's files, not only failed ones). A failed run keeps its history, verdict and logs under
@@ -80,6 +80,7 @@ fn parse() -> anyhow::Result<Args> {
                         "delay" => FaultKind::Delay,
                         "failpoint" => FaultKind::Failpoint,
                         "disk-full" => FaultKind::DiskFull,
+                        "fsync-error" => FaultKind::FsyncError,
                         other => anyhow::bail!("unknown fault {other:?}"),
                     });
                 }
@@ -87,7 +88,7 @@ fn parse() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "nemesis [--time S] [--seed N] [--runs N] [--workload list-append|bank|both] \
-                     [--clients N] [--faults kill,pause,partition,black-hole,delay,failpoint,disk-full|none] \
+                     [--clients N] [--faults kill,pause,partition,black-hole,delay,failpoint,fsync-error,disk-full|none] \
                      [--interval MS] [--hold MS] [--keep]"
                 );
                 std::process::exit(0);

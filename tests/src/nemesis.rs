@@ -103,6 +103,11 @@ pub enum Fault {
     /// (`TRELLIS_FAILPOINTS`): it aborts, as if SIGKILLed, the first time a
     /// two-phase commit reaches that step. Restarted clean when healed.
     Failpoint(usize, &'static str),
+    /// Shard `g` is restarted with its log's `fdatasync` failing
+    /// (`TRELLIS_FAILPOINTS=wal_sync_error`): its first write fails, its log
+    /// refuses everything after, and the process exits (fail-stop).
+    /// Restarted clean when healed.
+    FsyncError(u32),
 }
 
 /// The coordinator's failpoints (see `coordinator/src/failpoint.rs`).
@@ -121,6 +126,7 @@ impl fmt::Display for Fault {
             Fault::Delay(t) => write!(f, "delay {t} by {DELAY:?}"),
             Fault::Failpoint(i, name) => write!(f, "crash coordinator-{i} at {name}"),
             Fault::DiskFull(g) => write!(f, "fill the disk of shard-{g}"),
+            Fault::FsyncError(g) => write!(f, "fail the fsyncs of shard-{g}"),
         }
     }
 }
@@ -134,6 +140,7 @@ pub enum FaultKind {
     BlackHole,
     Delay,
     Failpoint,
+    FsyncError,
     /// Needs root (it mounts a tmpfs per shard); left out of
     /// [`FaultKind::ALL`].
     DiskFull,
@@ -141,13 +148,14 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::BlackHole,
         FaultKind::Delay,
         FaultKind::Failpoint,
+        FaultKind::FsyncError,
     ];
 }
 
@@ -172,6 +180,9 @@ impl Schedule {
         let kind = self.kinds[rng.random_range(0..self.kinds.len())];
         if kind == FaultKind::DiskFull {
             return Some(Fault::DiskFull(rng.random_range(1..=groups)));
+        }
+        if kind == FaultKind::FsyncError {
+            return Some(Fault::FsyncError(rng.random_range(1..=groups)));
         }
         if kind == FaultKind::Failpoint {
             return Some(Fault::Failpoint(
@@ -200,7 +211,9 @@ impl Schedule {
                 },
             ),
             FaultKind::Delay => Fault::Delay(target),
-            FaultKind::Failpoint | FaultKind::DiskFull => unreachable!("picked above"),
+            FaultKind::Failpoint | FaultKind::DiskFull | FaultKind::FsyncError => {
+                unreachable!("picked above")
+            }
         })
     }
 }
@@ -401,6 +414,10 @@ impl FaultCluster {
     }
 
     fn start_shard(&mut self, group: u32) -> anyhow::Result<()> {
+        self.start_shard_env(group, &[])
+    }
+
+    fn start_shard_env(&mut self, group: u32, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let data = self.data_dir(group);
         let data = data.to_str().expect("utf-8 run directory").to_string();
         let group_arg = group.to_string();
@@ -424,7 +441,7 @@ impl FaultCluster {
                 "--advertise",
                 &advertise,
             ],
-            &[],
+            env,
             Some(&log),
         )?;
         let addr: SocketAddr = proc.field("grpc").parse()?;
@@ -432,6 +449,7 @@ impl FaultCluster {
         node.proxy.set_upstream(addr);
         node.proc = Some(proc);
         node.paused = false;
+        node.armed = !env.is_empty();
         Ok(())
     }
 
@@ -485,6 +503,18 @@ impl FaultCluster {
                     proc.kill9();
                 }
                 self.start_coordinator_env(i, false, &[("TRELLIS_FAILPOINTS", name)])?;
+            }
+            Fault::FsyncError(group) => {
+                if let Some(proc) = self.shards[group as usize - 1].proc.take() {
+                    proc.kill9();
+                }
+                self.start_shard_env(
+                    group,
+                    &[(
+                        "TRELLIS_FAILPOINTS",
+                        trellis_shard::failpoint::WAL_SYNC_ERROR,
+                    )],
+                )?;
             }
         }
         Ok(())

@@ -523,3 +523,72 @@ async fn sigterm_is_clean_and_metrics_are_served() {
         assert_eq!(result.version, expected[&result.key]);
     }
 }
+
+/// A failing `fdatasync` (an injected EIO) stops the shard: the write that
+/// hit it is not acknowledged, and the process exits with an error instead
+/// of limping on (fail-stop). Restarted without the fault, it has every
+/// write acknowledged before, and takes writes again.
+#[tokio::test]
+async fn a_failed_fsync_stops_the_shard_and_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_str().expect("utf-8 path").to_string();
+    let commit = |key: &str| pb::CommitLocalRequest {
+        durability: 0,
+        map_epoch: 1,
+        txn_id: txn_id(),
+        reads: vec![],
+        writes: vec![put(key.as_bytes(), b"v")],
+    };
+    // Some acknowledged writes first.
+    let shard = start_shard(dir.path(), &[]);
+    let mut client = shard_client(&shard).await.expect("connect");
+    for i in 0..10 {
+        client
+            .commit_local(commit(&format!("before{i}")))
+            .await
+            .expect("commit");
+    }
+    assert!(shard.terminate(), "SIGTERM exits with status 0");
+
+    let args = [
+        "shard",
+        "--data-dir",
+        path.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut sick =
+        Proc::start_env(&args, &[("TRELLIS_FAILPOINTS", "wal_sync_error")]).expect("shard starts");
+    let mut client = shard_client(&sick).await.expect("connect");
+    let refused = client.commit_local(commit("during")).await;
+    assert!(
+        !matches!(
+            refused.as_ref().map(|r| &r.get_ref().outcome),
+            Ok(Some(pb::commit_local_response::Outcome::Committed(_)))
+        ),
+        "a write whose fsync failed was acknowledged: {refused:?}"
+    );
+    let status = sick.wait_exit_status().expect("the shard exits by itself");
+    assert!(
+        !status.success(),
+        "a shard whose log failed exited with {status}"
+    );
+
+    let shard = start_shard(dir.path(), &[]);
+    let mut client = shard_client(&shard).await.expect("connect");
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("before{i}").into_bytes()).collect();
+    for result in read(&mut client, &keys).await {
+        assert!(
+            result.version > 0,
+            "{:?} lost",
+            String::from_utf8_lossy(&result.key)
+        );
+    }
+    let after = client.commit_local(commit("after")).await.expect("commit");
+    assert!(matches!(
+        after.into_inner().outcome,
+        Some(pb::commit_local_response::Outcome::Committed(_))
+    ));
+}
