@@ -29,9 +29,6 @@ fn armed() -> &'static [String] {
 /// An injected EIO if `name` is armed.
 pub fn io_error(name: &str) -> Option<std::io::Error> {
     armed().iter().any(|n| n == name).then(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::Other,
-            format!("Input/output error (injected by failpoint {name})"),
-        )
+        std::io::Error::other(format!("Input/output error (injected by failpoint {name})"))
     })
 }
