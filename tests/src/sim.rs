@@ -16,10 +16,13 @@
 //! 2. Clients run the list-append (or bank) workload for
 //!    [`SimConfig::time`] of simulated time while the nemesis, driven by
 //!    the seed, crashes and restarts shard replicas and the coordinator
-//!    (unsynced disk writes are lost), partitions replicas from their group
-//!    (a primary cut from its backups among them), cuts the coordinator
-//!    from a replica (between prepare and decide, sometimes), drops one
-//!    direction of a link, and holds messages back and releases them.
+//!    (unsynced disk writes are lost), cuts replicas from their group
+//!    (a primary from its backups among them), cuts the coordinator from
+//!    a replica (between prepare and decide, sometimes), cuts two replicas
+//!    of a group from each other, holds a client's or replica's messages to
+//!    the coordinator, lets an operator move a group's primary
+//!    (transfer-primary), and fails disks. Cuts hold messages and release
+//!    them when healed, as TCP would deliver them (see [`Fault`]).
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
 //!
@@ -94,6 +97,8 @@ pub const RANDOM_SYNC_PROBABILITY: f64 = 0.1;
 /// Chance that a disk read or write fails with EIO (in seeds with failing
 /// disks). A shard whose log fails stops (fail-stop) and is restarted.
 pub const IO_ERROR_PROBABILITY: f64 = 0.002;
+/// Deadline of each call an operator makes (status, transfer-primary).
+pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// Share of seeds with each disk fault, drawn from the seed.
 pub const DISK_FAULT_SHARE: f64 = 0.4;
 
@@ -452,6 +457,12 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         }
     }
     let sim_time = sim.elapsed();
+    log.append(
+        &mut nemesis
+            .operator_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     let mut unexpected_exits: Vec<String> = exits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -611,11 +622,19 @@ async fn shard(name: String, group: u64, torn_tails: Arc<AtomicU64>) -> Result<(
 }
 
 /// A fault in force and how to undo it.
+///
+/// Network cuts *hold* messages and release them when healed, never drop
+/// them: turmoil drops the bytes of an established TCP stream under a
+/// partition, which real TCP never does (it retransmits, or the connection
+/// fails), and a stream that silently lost bytes leaks HTTP/2
+/// flow-control window until the connection stalls for good while its
+/// keep-alive pings still pass — a hang of the simulator's making. A cut
+/// that outlasts the keep-alive timeout still closes connections, as it
+/// would over real TCP.
 #[derive(Debug)]
 enum Fault {
     Crashed(String),
     Cut(Vec<(String, String)>),
-    OneWay(String, String),
     Held(String, String),
 }
 
@@ -626,6 +645,11 @@ struct Nemesis {
     clients: usize,
     next_at: Duration,
     active: Vec<(Duration, Fault)>,
+    /// Planned primary transfers started so far (each runs on a host of
+    /// its own, `operator-N`).
+    transfers: usize,
+    /// What the operators' transfers did, with simulated times.
+    operator_log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Nemesis {
@@ -636,7 +660,30 @@ impl Nemesis {
             clients,
             next_at: STARTUP,
             active: Vec::new(),
+            transfers: 0,
+            operator_log: Arc::default(),
         }
+    }
+
+    /// An operator moves group `g`'s primary on purpose, as
+    /// `trellis admin transfer-primary` does, from a host of its own.
+    fn transfer(&mut self, sim: &mut turmoil::Sim<'_>, group: u64) {
+        self.transfers += 1;
+        let log = self.operator_log.clone();
+        sim.client(
+            format!("operator-{}", self.transfers).as_str(),
+            async move {
+                let what = match transfer_primary(group).await {
+                    Ok(done) => done,
+                    Err(why) => format!("group {group}: no transfer: {why}"),
+                };
+                let at = turmoil::sim_elapsed().unwrap_or_default();
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("{at:?} operator: {what}"));
+                Ok(())
+            },
+        );
     }
 
     fn all_nodes(&self) -> Vec<String> {
@@ -680,7 +727,13 @@ impl Nemesis {
             .iter()
             .any(|(_, f)| !matches!(f, Fault::Crashed(_)));
         let until = now + self.ms(FAULT_HOLD_MS);
-        let fault = match self.rng.random_range(0..7) {
+        let fault = match self.rng.random_range(0..8) {
+            7 => {
+                let group = self.rng.random_range(0..self.groups.len()) as u64 + 1;
+                log.push(format!("{now:?} transfer the primary of group {group}"));
+                self.transfer(sim, group);
+                return;
+            }
             0 | 1 => {
                 let (_, host) = self.pick_replica();
                 if self.is_crashed(&host) {
@@ -708,16 +761,18 @@ impl Nemesis {
                     .map(|o| (host.clone(), o.clone()))
                     .collect();
                 for (a, b) in &pairs {
-                    sim.partition(a.as_str(), b.as_str());
+                    sim.hold(a.as_str(), b.as_str());
                 }
                 Fault::Cut(pairs)
             }
             4 => {
                 let (_, host) = self.pick_replica();
-                sim.partition(COORDINATOR, host.as_str());
+                sim.hold(COORDINATOR, host.as_str());
                 Fault::Cut(vec![(COORDINATOR.to_string(), host)])
             }
             5 => {
+                // Two replicas of a group cut from each other, both still
+                // reaching the third: their views of the group differ.
                 let (g, host) = self.pick_replica();
                 let others: Vec<String> = self.groups[g]
                     .iter()
@@ -725,8 +780,8 @@ impl Nemesis {
                     .cloned()
                     .collect();
                 let other = others[self.rng.random_range(0..others.len())].clone();
-                sim.partition_oneway(host.as_str(), other.as_str());
-                Fault::OneWay(host, other)
+                sim.hold(host.as_str(), other.as_str());
+                Fault::Cut(vec![(host, other)])
             }
             _ => {
                 let a = if self.rng.random_bool(0.5) {
@@ -757,15 +812,66 @@ impl Nemesis {
     }
 }
 
+/// Moves `group`'s primary to its most up-to-date in-sync backup, as
+/// `trellis admin transfer-primary` does.
+async fn transfer_primary(group: u64) -> Result<String, String> {
+    use trellis_proto::shard::v1 as shard_pb;
+    use trellis_proto::v1;
+    let endpoint = |addr: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map(|e| {
+                e.timeout(OPERATOR_TIMEOUT)
+                    .connect_timeout(OPERATOR_TIMEOUT)
+            })
+            .map_err(|e| e.to_string())
+    };
+    let mut admin = v1::admin_client::AdminClient::new(trellis_net::lazy(endpoint(&format!(
+        "{COORDINATOR}:{PORT}"
+    ))?));
+    let status = admin
+        .status(v1::StatusRequest {})
+        .await
+        .map_err(|s| format!("status: {}", s.message()))?
+        .into_inner();
+    let members = &status
+        .groups
+        .iter()
+        .find(|g| g.group_id == group)
+        .ok_or("no such group")?
+        .members;
+    let primary = members
+        .iter()
+        .find(|m| m.role == "primary")
+        .ok_or("no serving primary")?;
+    let to = members
+        .iter()
+        .filter(|m| m.role == "backup" && m.in_sync)
+        .min_by_key(|m| m.lag_records)
+        .ok_or("no in-sync backup")?;
+    let mut shard =
+        shard_pb::shard_client::ShardClient::new(trellis_net::lazy(endpoint(&primary.address)?));
+    let epoch = shard
+        .transfer_primary(shard_pb::TransferPrimaryRequest {
+            to: to.address.clone(),
+        })
+        .await
+        .map_err(|s| format!("{} refused: {}", primary.address, s.message()))?
+        .into_inner()
+        .epoch;
+    Ok(format!(
+        "group {group}: primary moved from {} to {} at epoch {epoch}",
+        primary.address, to.address
+    ))
+}
+
 fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, now: Duration, log: &mut Vec<String>) {
     match fault {
         Fault::Crashed(host) => sim.bounce(host.as_str()),
         Fault::Cut(pairs) => {
             for (a, b) in pairs {
-                sim.repair(a.as_str(), b.as_str());
+                sim.release(a.as_str(), b.as_str());
             }
         }
-        Fault::OneWay(a, b) => sim.repair_oneway(a.as_str(), b.as_str()),
         Fault::Held(a, b) => sim.release(a.as_str(), b.as_str()),
     }
     log.push(format!("{now:?} end {fault:?}"));

@@ -60,6 +60,8 @@ usage:
 --no-faults       no nemesis
 --out DIR         where histories go (default target/sim)
 --quiet           with --seed: print only failures and the result line
+--trace FILTER    with --seed: log to stderr, stamped with simulated time
+                  (FILTER as RUST_LOG, e.g. info or trellis_shard=debug)
 ";
 
 #[derive(Clone)]
@@ -75,6 +77,7 @@ struct Args {
     faults: bool,
     out: PathBuf,
     quiet: bool,
+    trace: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -90,6 +93,7 @@ fn parse() -> anyhow::Result<Args> {
         faults: true,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sim"),
         quiet: false,
+        trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,6 +115,7 @@ fn parse() -> anyhow::Result<Args> {
             "--time" => args.time = Duration::from_secs(number(&flag, value()?)?),
             "--no-faults" => args.faults = false,
             "--quiet" => args.quiet = true,
+            "--trace" => args.trace = Some(value()?),
             "--out" => args.out = PathBuf::from(value()?),
             "--workload" => {
                 args.workload = match value()?.as_str() {
@@ -169,6 +174,14 @@ fn config(args: &Args, seed: u64) -> SimConfig {
 /// `result: seed=N passed=true|false fingerprint=HEX ok=N torn_tails=N
 /// disk_restarts=N`.
 fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
+    if let Some(filter) = &args.trace {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+            .with_timer(SimulatedTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let started = Instant::now();
     let result = run(&config(args, seed))?;
     std::fs::create_dir_all(&args.out)?;
@@ -205,6 +218,15 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         result.fingerprint, result.counts[0], result.torn_tails, result.disk_restarts
     );
     Ok(if passed { 0 } else { 1 })
+}
+
+/// Log timestamps in simulated time (the host's name is in the span).
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:>10.3?}", turmoil::sim_elapsed().unwrap_or_default())
+    }
 }
 
 /// Runs seeds one process each, `--jobs` at a time, with a progress bar.
