@@ -86,6 +86,11 @@ pub const FAULT_HOLD_MS: std::ops::Range<u64> = 300..3000;
 pub const FAULTS_AT_ONCE_MAX: usize = 2;
 /// Times the final read is tried (each with the workload's attempts).
 pub const FINAL_READ_ROUNDS: u32 = 3;
+/// Longest simulated time from healing every fault to the end of the run
+/// (clients drain, the final read commits). Leases, failover and
+/// keep-alives each take a second or two; a run that needs longer is
+/// stuck, which is a failure even when nothing was lost.
+pub const SETTLE_MAX: Duration = Duration::from_secs(15);
 /// Simulated time the cluster gets to come up before clients start.
 pub const STARTUP: Duration = Duration::from_secs(3);
 /// Block size of torn writes: a crash keeps a random prefix of blocks of
@@ -196,6 +201,8 @@ pub struct SimResult {
     pub unexpected_exits: Vec<String>,
     /// Simulated time the run took.
     pub sim_time: Duration,
+    /// Simulated time from healing every fault to the end of the run.
+    pub settle_time: Duration,
     /// Hash of history, fault log and simulated time: equal for two runs of
     /// the same seed, each in a fresh process.
     pub fingerprint: u64,
@@ -213,6 +220,7 @@ impl SimResult {
         self.report.verdict == Verdict::Valid
             && self.final_read_error.is_none()
             && self.unexpected_exits.is_empty()
+            && self.settle_time <= SETTLE_MAX
     }
 
     /// A summary for a failing seed: what went wrong and how to replay it.
@@ -221,6 +229,12 @@ impl SimResult {
             "seed {} FAILED after {:?} of simulated time (ok={} fail={} info={})\n",
             self.seed, self.sim_time, self.counts[0], self.counts[1], self.counts[2]
         );
+        if self.settle_time > SETTLE_MAX {
+            out.push_str(&format!(
+                "stuck: {:?} from healing every fault to the end of the run (at most {SETTLE_MAX:?})\n",
+                self.settle_time
+            ));
+        }
         if let Some(err) = &self.final_read_error {
             out.push_str(&format!("final read failed: {err}\n"));
         }
@@ -495,6 +509,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         counts,
         faults: log,
         final_read_error,
+        settle_time: sim_time.saturating_sub(workload_end),
         history,
         unexpected_exits,
         sim_time,
