@@ -527,9 +527,22 @@ impl Shard {
         self.wal().reserve().await?;
         let (commit, lsn) = {
             let mut guard = self.state.lock();
-            match guard.record(&txn) {
-                Some(record) => (record.commit, record.lsn),
-                None => {
+            // A decision recorded here wins; so does one already finalized
+            // here after its record was forgotten (the anchor is always a
+            // participant): a late decide of the first coordinator, after
+            // a sweeper resolved, finalized and forgot the transaction,
+            // must not record the opposite decision (found by the
+            // simulator, seed 1035: a COMMIT recorded after the participants
+            // had discarded the writes).
+            let finalized = match guard.outcome(&txn) {
+                Some(Outcome::Committed { lsn, .. }) => Some((true, *lsn)),
+                Some(Outcome::Aborted { lsn, .. }) => Some((false, *lsn)),
+                None => None,
+            };
+            match (guard.record(&txn), finalized) {
+                (Some(record), _) => (record.commit, record.lsn),
+                (None, Some(done)) => done,
+                (None, None) => {
                     if commit && guard.records_full() {
                         return Err(ShardError::Busy(format!(
                             "TXN_RECORDS_MAX ({}) transaction records are held at this anchor",
@@ -1124,6 +1137,56 @@ mod tests {
             .await
             .expect("retry");
         assert_eq!(first, after);
+    }
+
+    /// Simulator seed 1035: the coordinator's decide (COMMIT) reached the
+    /// anchor late, after a sweeper had resolved the transaction (presumed
+    /// ABORT), finalized it everywhere and forgotten its record. The late
+    /// decide must answer ABORT, not record a COMMIT whose writes the
+    /// participants already discarded — and a late decide after a
+    /// committed transaction was forgotten must answer COMMIT.
+    #[tokio::test]
+    async fn a_late_decide_after_forget_keeps_the_finalized_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        for (n, first) in [(21u32, false), (22, true)] {
+            let rec = PrepareRec {
+                txn_id: txn(n).0.to_vec(),
+                reads: vec![],
+                writes: vec![put(&format!("late{n}"), "v")],
+                anchor: 1,
+                participants: vec![1, 2],
+            };
+            shard.prepare(rec, Level::Sync).await.expect("prepare");
+            if first {
+                assert!(
+                    shard
+                        .decide(txn(n), true, vec![1, 2], Level::Sync)
+                        .await
+                        .expect("decide")
+                );
+            } else {
+                assert!(
+                    !shard.resolve(txn(n)).await.expect("resolve").commit,
+                    "presumed abort"
+                );
+            }
+            shard.finalize(txn(n), first).await.expect("finalize");
+            assert_eq!(shard.forget(vec![txn(n)]).await.expect("forget"), 1);
+            let late = shard
+                .decide(txn(n), !first, vec![1, 2], Level::Sync)
+                .await
+                .expect("late decide");
+            assert_eq!(
+                late, first,
+                "txn {n}: a late decide overturned the finalized decision"
+            );
+            let written = value_of(&shard, &format!("late{n}")).await.is_some();
+            assert_eq!(
+                written, first,
+                "txn {n}: applied {written}, decided {first}"
+            );
+        }
     }
 
     #[tokio::test]

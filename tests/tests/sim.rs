@@ -75,6 +75,21 @@ fn replay(seed: u64, out: &Path) -> (String, String) {
     (result, history)
 }
 
+/// Seeds that once failed, each for a bug since fixed (list-append unless
+/// named): 1035 lost an acknowledged two-phase commit — the coordinator's
+/// late decide recorded COMMIT at the anchor after a sweeper had resolved,
+/// finalized (aborted) and forgotten the transaction.
+const REGRESSION_SEEDS: [u64; 1] = [1035];
+
+#[test]
+fn seeds_that_found_bugs_pass() {
+    for seed in REGRESSION_SEEDS {
+        let out = out_dir("regressions");
+        let (result, _) = replay(seed, &out);
+        assert!(result.contains("passed=true"), "{result}");
+    }
+}
+
 #[test]
 fn the_same_seed_replays_bit_for_bit() {
     let (a, history_a) = replay(77, &out_dir("replay-a"));
