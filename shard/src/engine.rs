@@ -587,9 +587,18 @@ impl Shard {
                 lsn,
             });
         }
-        self.decide(txn, false, Vec::new(), Level::Semi).await?;
+        let commit = self.decide(txn, false, Vec::new(), Level::Semi).await?;
         let guard = self.state.lock();
-        Ok(guard.record(&txn).cloned().expect("decide leaves a record"))
+        Ok(match guard.record(&txn) {
+            Some(record) => record.clone(),
+            // Finalized here and forgotten: the decision stands without a
+            // record (decide found it in the outcome memory).
+            None => TxnRecord {
+                commit,
+                participants: Vec::new(),
+                lsn: guard.outcome(&txn).map_or(0, Outcome::lsn),
+            },
+        })
     }
 
     /// Applies (commit) or discards (abort) a prepared transaction and
@@ -1180,6 +1189,11 @@ mod tests {
             assert_eq!(
                 late, first,
                 "txn {n}: a late decide overturned the finalized decision"
+            );
+            let resolved = shard.resolve(txn(n)).await.expect("late resolve");
+            assert_eq!(
+                resolved.commit, first,
+                "txn {n}: a late resolve overturned it"
             );
             let written = value_of(&shard, &format!("late{n}")).await.is_some();
             assert_eq!(

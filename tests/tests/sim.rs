@@ -78,8 +78,10 @@ fn replay(seed: u64, out: &Path) -> (String, String) {
 /// Seeds that once failed, each for a bug since fixed (list-append unless
 /// named): 1035 lost an acknowledged two-phase commit — the coordinator's
 /// late decide recorded COMMIT at the anchor after a sweeper had resolved,
-/// finalized (aborted) and forgotten the transaction.
-const REGRESSION_SEEDS: [u64; 1] = [1035];
+/// finalized (aborted) and forgotten the transaction; 2033 found the first
+/// fix incomplete — a late resolve then found no record to answer with and
+/// the anchor panicked.
+const REGRESSION_SEEDS: [u64; 2] = [1035, 2033];
 
 #[test]
 fn seeds_that_found_bugs_pass() {
