@@ -5,30 +5,15 @@
 //! `TRELLIS_FAILPOINTS=wal_sync_error` (comma-separated names, the same
 //! variable as the coordinator's) arms them. Names in use: `wal_sync_error`
 //! (the log's next `fdatasync` fails with EIO). Without the variable a
-//! failpoint costs one load of an initialised `OnceLock`.
-
-use std::sync::OnceLock;
+//! failpoint costs one load of an initialised `OnceLock`
+//! (`trellis_types::failpoint`).
 
 /// The log's `fdatasync` fails with EIO.
 pub const WAL_SYNC_ERROR: &str = "wal_sync_error";
 
-fn armed() -> &'static [String] {
-    static ARMED: OnceLock<Vec<String>> = OnceLock::new();
-    ARMED.get_or_init(|| {
-        std::env::var("TRELLIS_FAILPOINTS")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    })
-}
-
 /// An injected EIO if `name` is armed.
 pub fn io_error(name: &str) -> Option<std::io::Error> {
-    armed().iter().any(|n| n == name).then(|| {
+    trellis_types::failpoint::armed(name).then(|| {
         std::io::Error::other(format!("Input/output error (injected by failpoint {name})"))
     })
 }

@@ -142,6 +142,11 @@ async fn check_acked(cluster: &ReplicatedCluster, acked: &[(Vec<u8>, Vec<u8>)]) 
 
 /// Waits until group 1 has a serving primary other than `old`.
 async fn wait_new_primary(cluster: &ReplicatedCluster, old: &str) -> v1::StatusResponse {
+    new_primary(cluster, old).await.expect("failover")
+}
+
+/// Like [`wait_new_primary`], but a timeout is an error to handle.
+async fn new_primary(cluster: &ReplicatedCluster, old: &str) -> anyhow::Result<v1::StatusResponse> {
     cluster
         .wait_for("a new primary in group 1", |s| {
             s.groups[0]
@@ -150,7 +155,6 @@ async fn wait_new_primary(cluster: &ReplicatedCluster, old: &str) -> v1::StatusR
                 .any(|m| m.role == "primary" && m.address != old && m.lease_ms > 0)
         })
         .await
-        .expect("failover")
 }
 
 /// Group `group` has all its replicas in sync, at the same LSN.
@@ -460,16 +464,7 @@ async fn async_writes_can_be_lost_by_a_failover_sync_writes_never() {
         // A backup takes over — unless the primary had already taken the
         // silent backups out of the configuration (a slow machine), in
         // which case only the old primary may serve again.
-        if cluster
-            .wait_for("a new primary", |s| {
-                s.groups[0]
-                    .members
-                    .iter()
-                    .any(|m| m.role == "primary" && m.address != old_addr && m.lease_ms > 0)
-            })
-            .await
-            .is_ok()
-        {
+        if new_primary(&cluster, &old_addr).await.is_ok() {
             let mut client = cluster.txn().await.expect("txn client");
             let items = client
                 .get(v1::GetRequest {

@@ -10,6 +10,7 @@
 //! This crate never does IO and knows nothing of gRPC: wire types are
 //! converted to these at the service edges.
 
+pub mod failpoint;
 pub mod limits;
 pub mod rng;
 pub mod validate;
