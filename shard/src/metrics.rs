@@ -14,6 +14,9 @@ pub struct Metrics {
     pub appends: AtomicU64,
     pub append_bytes: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Batches written to the log (each is then synced: `batch_writes -
+    /// fsyncs` is the batch written and not yet durable, 0 or 1).
+    pub batch_writes: AtomicU64,
     pub fsync_seconds: Histogram,
     pub batch_records: Histogram,
     pub commits_local: AtomicU64,
@@ -45,6 +48,7 @@ impl Default for Metrics {
             appends: AtomicU64::new(0),
             append_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            batch_writes: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS_BOUNDS),
             batch_records: Histogram::new(COUNT_BOUNDS),
             commits_local: AtomicU64::new(0),
@@ -80,6 +84,12 @@ impl Metrics {
         self.append_bytes.fetch_add(bytes, Relaxed);
         self.fsync_seconds.observe(took.as_secs_f64());
         self.batch_records.observe(records as f64);
+    }
+
+    /// Whether a batch is written to the log and not yet synced: a crash
+    /// now loses (or tears) it.
+    pub fn log_batch_unsynced(&self) -> bool {
+        self.batch_writes.load(Relaxed) > self.fsyncs.load(Relaxed)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -140,6 +150,11 @@ impl Metrics {
                 "trellis_wal_record_bytes_total",
                 "Bytes of framed records written.",
                 &self.append_bytes,
+            ),
+            (
+                "trellis_wal_batch_writes_total",
+                "Group-commit batches written to the log (each then synced once).",
+                &self.batch_writes,
             ),
             (
                 "trellis_wal_fsyncs_total",

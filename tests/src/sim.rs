@@ -94,8 +94,12 @@ pub const SETTLE_MAX: Duration = Duration::from_secs(15);
 /// Simulated time the cluster gets to come up before clients start.
 pub const STARTUP: Duration = Duration::from_secs(3);
 /// Block size of torn writes: a crash keeps a random prefix of blocks of
-/// each unsynced write (in seeds that tear writes).
-pub const TORN_BLOCK_BYTES: u64 = 64;
+/// each unsynced write (in seeds that tear writes). Turmoil counts blocks
+/// from the start of each write, not from aligned offsets, so this stands
+/// for a write cut at any page boundary; smaller than most log records,
+/// so that a crash can keep part of one (a batch of one short record in a
+/// single block is either kept whole or lost, never torn).
+pub const TORN_BLOCK_BYTES: u64 = 16;
 /// Chance that the simulated disk flushes an unsynced write by itself (in
 /// seeds that flush at random), so a crash keeps some of them.
 pub const RANDOM_SYNC_PROBABILITY: f64 = 0.1;
@@ -106,6 +110,15 @@ pub const IO_ERROR_PROBABILITY: f64 = 0.002;
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// Share of seeds with each disk fault, drawn from the seed.
 pub const DISK_FAULT_SHARE: f64 = 0.4;
+/// Share of replica crashes that wait for the replica to have a log batch
+/// written but not synced, so the crash loses (or, with torn writes,
+/// tears) it. A crash at a random moment almost never lands there: the
+/// write-to-sync window is [`trellis_shard::wal::SIM_SYNC_LATENCY`] and a
+/// replica writes a few batches a second.
+pub const MID_WRITE_CRASH_SHARE: f64 = 0.5;
+/// Longest such a crash waits for a batch in flight before it crashes
+/// the replica anyway.
+pub const MID_WRITE_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// One simulated run.
 #[derive(Debug, Clone)]
@@ -319,6 +332,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let exits: Exits = Arc::default();
     let disk_exits: Exits = Arc::default();
     let torn_tails = Arc::new(AtomicU64::new(0));
+    let probes: LogProbes = Arc::default();
 
     // The coordinator.
     {
@@ -343,16 +357,18 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         for replica in 0..config.replicas {
             let name = shard_host(group, replica);
             let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn_tails.clone());
+            let probes = probes.clone();
             let host = name.clone();
             sim.host(name.as_str(), move || {
                 let name = host.clone();
                 let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn.clone());
+                let probes = probes.clone();
                 async move {
                     // A node that stops by itself is reported, not fatal to
                     // the simulation: the run goes on and fails at the end.
                     // One that stops because its disk failed is restarted
                     // (when the seed's disks fail), as a supervisor would.
-                    match shard(name.clone(), u64::from(group), torn).await {
+                    match shard(name.clone(), u64::from(group), torn, probes).await {
                         Ok(()) => {}
                         Err(Stop::Disk(why)) if disk.io_error > 0.0 => {
                             disk_exits
@@ -415,7 +431,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         });
     }
 
-    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients);
+    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients, probes);
     let mut log = vec![format!("disks: {disk:?}")];
     let workload_end = STARTUP + config.time;
     let mut healed = false;
@@ -591,7 +607,12 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
 
 /// A shard replica host's software: recovery from its simulated disk,
 /// registration, replication, the gRPC service.
-async fn shard(name: String, group: u64, torn_tails: Arc<AtomicU64>) -> Result<(), Stop> {
+async fn shard(
+    name: String,
+    group: u64,
+    torn_tails: Arc<AtomicU64>,
+    probes: LogProbes,
+) -> Result<(), Stop> {
     let config = ShardConfig {
         data_dir: "/data".into(),
         group_id: group,
@@ -601,14 +622,17 @@ async fn shard(name: String, group: u64, torn_tails: Arc<AtomicU64>) -> Result<(
         feed_bytes_max: SIM_FEED_BYTES_MAX,
         catch_up_bytes_per_sec: SIM_CATCH_UP_BYTES_PER_SEC,
     };
-    let shard = Shard::open(config, Arc::new(trellis_shard::metrics::Metrics::default())).map_err(
-        |err| match err {
-            ShardError::Open { .. } | ShardError::Wal(WalError::Io { .. }) => {
-                Stop::Disk(format!("recovery failed: {err}"))
-            }
-            other => Stop::Other(format!("recovery failed: {other}")),
-        },
-    )?;
+    let metrics = Arc::new(trellis_shard::metrics::Metrics::default());
+    probes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone(), metrics.clone());
+    let shard = Shard::open(config, metrics).map_err(|err| match err {
+        ShardError::Open { .. } | ShardError::Wal(WalError::Io { .. }) => {
+            Stop::Disk(format!("recovery failed: {err}"))
+        }
+        other => Stop::Other(format!("recovery failed: {other}")),
+    })?;
     if shard.recovery().torn_bytes > 0 {
         torn_tails.fetch_add(1, Ordering::Relaxed);
     }
@@ -653,6 +677,10 @@ enum Fault {
     Held(String, String),
 }
 
+/// Each shard replica's current metrics, by host name, so the nemesis
+/// can see when a replica has a log batch written but not synced.
+type LogProbes = Arc<Mutex<BTreeMap<String, Arc<trellis_shard::metrics::Metrics>>>>;
+
 /// The seeded fault schedule.
 struct Nemesis {
     rng: StdRng,
@@ -665,10 +693,14 @@ struct Nemesis {
     transfers: usize,
     /// What the operators' transfers did, with simulated times.
     operator_log: Arc<Mutex<Vec<String>>>,
+    probes: LogProbes,
+    /// A replica to crash once it has a log batch in flight, and the time
+    /// it is crashed anyway.
+    mid_write: Option<(String, Duration)>,
 }
 
 impl Nemesis {
-    fn new(seed: u64, groups: &[Vec<String>], clients: usize) -> Self {
+    fn new(seed: u64, groups: &[Vec<String>], clients: usize, probes: LogProbes) -> Self {
         Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             groups: groups.to_vec(),
@@ -677,6 +709,8 @@ impl Nemesis {
             active: Vec::new(),
             transfers: 0,
             operator_log: Arc::default(),
+            probes,
+            mid_write: None,
         }
     }
 
@@ -728,6 +762,28 @@ impl Nemesis {
                 i += 1;
             }
         }
+        if let Some((host, deadline)) = self.mid_write.clone() {
+            let writing = self
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&host)
+                .is_some_and(|m| m.log_batch_unsynced());
+            if writing || now >= deadline {
+                self.mid_write = None;
+                sim.crash(host.as_str());
+                let until = now + self.ms(FAULT_HOLD_MS);
+                let when = if writing {
+                    "with a log batch written, not synced"
+                } else {
+                    "(no log batch came in flight)"
+                };
+                log.push(format!(
+                    "{now:?} start Crashed({host:?}) {when} until {until:?}"
+                ));
+                self.active.push((until, Fault::Crashed(host)));
+            }
+        }
         if now < self.next_at {
             return;
         }
@@ -752,6 +808,13 @@ impl Nemesis {
             0 | 1 => {
                 let (_, host) = self.pick_replica();
                 if self.is_crashed(&host) {
+                    return;
+                }
+                if self.rng.random_bool(MID_WRITE_CRASH_SHARE) {
+                    if self.mid_write.is_some() {
+                        return;
+                    }
+                    self.mid_write = Some((host, now + MID_WRITE_WAIT_MAX));
                     return;
                 }
                 sim.crash(host.as_str());
@@ -813,14 +876,18 @@ impl Nemesis {
         self.active.push((until, fault));
     }
 
+    /// Whether `host` is crashed, or about to be (mid-write).
     fn is_crashed(&self, host: &str) -> bool {
-        self.active
-            .iter()
-            .any(|(_, f)| matches!(f, Fault::Crashed(h) if h == host))
+        self.mid_write.as_ref().is_some_and(|(h, _)| h == host)
+            || self
+                .active
+                .iter()
+                .any(|(_, f)| matches!(f, Fault::Crashed(h) if h == host))
     }
 
     /// Ends every fault.
     fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
+        self.mid_write = None;
         for (_, fault) in std::mem::take(&mut self.active) {
             undo(sim, &fault, now, log);
         }

@@ -237,6 +237,8 @@ fn soak(args: Args) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let out_of_time = Arc::new(AtomicBool::new(false));
+    let torn = Arc::new(AtomicU64::new(0));
+    let restarts = Arc::new(AtomicU64::new(0));
     let end = args.start + args.seeds;
     let workers: Vec<_> = (0..args.jobs)
         .map(|_| {
@@ -248,6 +250,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
                 args.clone(),
                 exe.clone(),
             );
+            let (torn, restarts) = (torn.clone(), restarts.clone());
             std::thread::spawn(move || {
                 loop {
                     if Instant::now() >= deadline {
@@ -258,7 +261,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
                     if seed >= end {
                         return;
                     }
-                    if let Some(why) = run_child(&exe, &args, seed) {
+                    if let Some(why) = run_child(&exe, &args, seed, &torn, &restarts) {
                         failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -311,11 +314,35 @@ fn soak(args: Args) -> anyhow::Result<i32> {
         println!("{why}");
     }
     println!("{n} seeds run, {} failed", failed.len());
+    println!(
+        "disk faults exercised in passing seeds: {} torn log tails cut, {} restarts after disk failures",
+        torn.load(Ordering::Relaxed),
+        restarts.load(Ordering::Relaxed)
+    );
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
+/// The number after `key` in the result line of a seed's output (0 if
+/// absent).
+fn result_field(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("result:"))
+        .flat_map(str::split_whitespace)
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs one seed in a child process; `None` when it passed, else why not.
-fn run_child(exe: &std::path::Path, args: &Args, seed: u64) -> Option<String> {
+/// Adds its torn tails and disk restarts to the soak's totals.
+fn run_child(
+    exe: &std::path::Path,
+    args: &Args,
+    seed: u64,
+    torn: &AtomicU64,
+    restarts: &AtomicU64,
+) -> Option<String> {
     let mut command = Command::new(exe);
     command
         .arg("--seed")
@@ -335,7 +362,13 @@ fn run_child(exe: &std::path::Path, args: &Args, seed: u64) -> Option<String> {
         command.arg("--no-faults");
     }
     match command.output() {
-        Ok(out) if out.status.success() => None,
+        Ok(out) if out.status.success() => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            for (key, total) in [("torn_tails=", torn), ("disk_restarts=", restarts)] {
+                total.fetch_add(result_field(&stdout, key), Ordering::Relaxed);
+            }
+            None
+        }
         Ok(out) => Some(format!(
             "seed {seed} failed ({}):\n{}{}\nreplay: {}",
             out.status,
