@@ -86,6 +86,21 @@ impl Proc {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> anyhow::Result<Proc> {
+        Self::spawn(args, env, log, None)
+    }
+
+    /// Starts `trellis <args>` inside the network namespace named by the
+    /// file `netns` (see [`crate::netns::NetLab`]).
+    pub fn start_in(netns: &Path, args: &[&str], log: Option<&Path>) -> anyhow::Result<Proc> {
+        Self::spawn(args, &[], log, Some(netns))
+    }
+
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Proc> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let stderr = match log {
             Some(path) => Stdio::from(
@@ -96,7 +111,8 @@ impl Proc {
             ),
             None => Stdio::inherit(),
         };
-        let mut child = Command::new(trellis_bin())
+        let mut command = Command::new(trellis_bin());
+        command
             .args(&args)
             .envs(env.iter().copied())
             .env(
@@ -105,8 +121,19 @@ impl Proc {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()?;
+            .stderr(stderr);
+        // Kept open until the child has started: its fd is what setns takes.
+        let ns_file = netns
+            .map(|path| {
+                std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            })
+            .transpose()?;
+        if let Some(file) = &ns_file {
+            use std::os::fd::AsRawFd;
+            enter_netns_at_exec(&mut command, file.as_raw_fd());
+        }
+        let mut child = command.spawn()?;
+        drop(ns_file);
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
@@ -213,6 +240,17 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Makes the child enter network namespace `fd` between fork and exec.
+#[allow(unsafe_code)]
+fn enter_netns_at_exec(command: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs only setns, a single async-signal-safe system
+    // call, and allocates nothing; `fd` stays open until spawn returns.
+    unsafe {
+        command.pre_exec(move || crate::netns::setns_net(fd));
     }
 }
 

@@ -9,8 +9,10 @@
 //! - [`nemesis`]: a cluster whose every link runs through a proxy, the
 //!   faults (SIGKILL and restart, SIGSTOP/SIGCONT, partitions) and a seeded
 //!   schedule that cycles them.
+//! - [`netns`]: a network of our own — a namespace per node on a bridge —
+//!   where any two processes can be cut apart (blackhole routes).
 //! - [`replicated`]: a cluster whose groups have several replicas, for the
-//!   replication and failover tests.
+//!   replication and failover tests, on loopback or in a [`netns::NetLab`].
 //! - [`workload`]: list-append and bank clients that record a history for
 //!   `trellis-checker`, and the run that ties cluster, nemesis, workload
 //!   and checker together.
@@ -26,6 +28,7 @@
 
 pub mod harness;
 pub mod nemesis;
+pub mod netns;
 pub mod proxy;
 pub mod replicated;
 pub mod sim;

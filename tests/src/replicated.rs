@@ -2,11 +2,14 @@
 //! SQLite catalog and `replicas` shard processes per group, each on its own
 //! data directory, so tests can kill, stop and restart any one of them.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use trellis_proto::v1;
 
 use crate::harness::{Proc, channel};
+use crate::netns::NetLab;
 
 /// How long a group may take to settle (a failover, a catch-up).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +23,28 @@ pub struct ReplicatedCluster {
     pub procs: Vec<Vec<Option<Proc>>>,
     /// Extra arguments for every shard.
     shard_args: Vec<String>,
+    /// Where each process runs: node name -> (namespace file, address);
+    /// empty: all on loopback in our own namespace.
+    placement: BTreeMap<String, (PathBuf, String)>,
+}
+
+/// The lab node of the coordinator.
+pub const COORD_NODE: &str = "coord";
+/// The lab node the test body (the clients) runs in.
+pub const CLIENT_NODE: &str = "client";
+
+/// The lab node of replica `replica` of `group`.
+pub fn replica_node(group: u32, replica: u32) -> String {
+    format!("g{group}r{replica}")
+}
+
+/// The nodes of a lab for [`ReplicatedCluster::start_in`].
+pub fn lab_nodes(groups: u32, replicas: u32) -> Vec<String> {
+    let mut nodes = vec![CLIENT_NODE.to_string(), COORD_NODE.to_string()];
+    for g in 1..=groups {
+        nodes.extend((1..=replicas).map(|r| replica_node(g, r)));
+    }
+    nodes
 }
 
 impl ReplicatedCluster {
@@ -28,19 +53,51 @@ impl ReplicatedCluster {
         replicas: u32,
         shard_args: &[&str],
     ) -> anyhow::Result<ReplicatedCluster> {
+        Self::start_placed(groups, replicas, shard_args, BTreeMap::new()).await
+    }
+
+    /// The same cluster with every process in its own node of `lab` (made
+    /// with [`lab_nodes`]); the caller runs inside [`CLIENT_NODE`].
+    pub async fn start_in(
+        lab: &NetLab,
+        groups: u32,
+        replicas: u32,
+        shard_args: &[&str],
+    ) -> anyhow::Result<ReplicatedCluster> {
+        let placement = lab_nodes(groups, replicas)
+            .into_iter()
+            .map(|node| {
+                let at = (lab.ns_path(&node), lab.ip(&node).to_string());
+                (node, at)
+            })
+            .collect();
+        Self::start_placed(groups, replicas, shard_args, placement).await
+    }
+
+    async fn start_placed(
+        groups: u32,
+        replicas: u32,
+        shard_args: &[&str],
+        placement: BTreeMap<String, (PathBuf, String)>,
+    ) -> anyhow::Result<ReplicatedCluster> {
         let dir = tempfile::tempdir()?;
         let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
-        let coordinator = Proc::start(&[
-            "coordinator",
-            "--catalog",
-            &catalog,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--groups",
-            &groups.to_string(),
-        ])?;
+        let (netns, host) = place(&placement, COORD_NODE);
+        let listen = format!("{host}:0");
+        let coordinator = start_at(
+            netns,
+            &[
+                "coordinator",
+                "--catalog",
+                &catalog,
+                "--listen",
+                &listen,
+                "--metrics-listen",
+                &listen,
+                "--groups",
+                &groups.to_string(),
+            ],
+        )?;
         let mut cluster = ReplicatedCluster {
             dir,
             coordinator,
@@ -48,6 +105,7 @@ impl ReplicatedCluster {
             replicas,
             procs: Vec::new(),
             shard_args: shard_args.iter().map(|s| s.to_string()).collect(),
+            placement,
         };
         for g in 1..=groups {
             let mut row = Vec::new();
@@ -74,6 +132,8 @@ impl ReplicatedCluster {
             .path()
             .join(format!("group-{group}-replica-{replica}"));
         let data = data.to_str().expect("utf-8 temp path").to_string();
+        let (netns, host) = place(&self.placement, &replica_node(group, replica));
+        let listen = format!("{host}:0");
         let group = group.to_string();
         let coordinator = self.coordinator.field("grpc").to_string();
         let mut args = vec![
@@ -81,16 +141,16 @@ impl ReplicatedCluster {
             "--data-dir",
             &data,
             "--listen",
-            "127.0.0.1:0",
+            &listen,
             "--metrics-listen",
-            "127.0.0.1:0",
+            &listen,
             "--group",
             &group,
             "--coordinator",
             &coordinator,
         ];
         args.extend(self.shard_args.iter().map(String::as_str));
-        Proc::start(&args)
+        start_at(netns, &args)
     }
 
     pub fn addr(&self) -> &str {
@@ -178,5 +238,23 @@ impl ReplicatedCluster {
         let proc = self.replica_proc(group, replica)?;
         self.procs[group as usize - 1][replica as usize - 1] = Some(proc);
         Ok(())
+    }
+}
+
+/// Where `node` runs: its namespace file (None: ours) and listen host.
+fn place<'a>(
+    placement: &'a BTreeMap<String, (PathBuf, String)>,
+    node: &str,
+) -> (Option<&'a std::path::Path>, &'a str) {
+    match placement.get(node) {
+        Some((netns, host)) => (Some(netns.as_path()), host.as_str()),
+        None => (None, "127.0.0.1"),
+    }
+}
+
+fn start_at(netns: Option<&std::path::Path>, args: &[&str]) -> anyhow::Result<Proc> {
+    match netns {
+        Some(netns) => Proc::start_in(netns, args, None),
+        None => Proc::start(args),
     }
 }

@@ -11,7 +11,10 @@ use prost::Message;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1;
 use trellis_tests::harness::{channel, http_get, txn_id};
-use trellis_tests::replicated::{ReplicatedCluster, SETTLE_TIMEOUT};
+use trellis_tests::netns::NetLab;
+use trellis_tests::replicated::{
+    CLIENT_NODE, COORD_NODE, ReplicatedCluster, SETTLE_TIMEOUT, lab_nodes, replica_node,
+};
 
 /// Concurrent writers of the load.
 const WRITERS: usize = 4;
@@ -500,5 +503,118 @@ async fn async_writes_can_be_lost_by_a_failover_sync_writes_never() {
         lost > 0,
         "{ASYNC_ROUNDS} failovers right after {async_acked_total} ASYNC writes lost none of them: \
          either the window was missed every round or ASYNC waits for backups"
+    );
+}
+
+/// How long the partition test keeps probing every member directly while
+/// the primary is cut off, and how often.
+const SPLIT_PROBES: u32 = 20;
+const SPLIT_PROBE_EVERY: Duration = Duration::from_millis(250);
+
+fn node_refs(nodes: &[String]) -> Vec<&str> {
+    nodes.iter().map(String::as_str).collect()
+}
+
+/// Members of `group` that serve a STRONG read when asked directly (a
+/// member that is not a primary holding its lease must refuse).
+async fn serving_members(cluster: &ReplicatedCluster, group: u32) -> Vec<String> {
+    let mut serving = Vec::new();
+    for r in 1..=cluster.replicas {
+        let addr = cluster.proc(group, r).field("grpc").to_string();
+        let Ok(channel) = channel(&addr).await else {
+            continue;
+        };
+        let mut direct = shard_pb::shard_client::ShardClient::new(channel);
+        let read = direct
+            .read(shard_pb::ReadRequest {
+                map_epoch: 0,
+                keys: vec![b"split/probe".to_vec()],
+            })
+            .await;
+        if read.is_ok() {
+            serving.push(addr);
+        }
+    }
+    serving
+}
+
+/// A primary cut from both its backups, over real processes in network
+/// namespaces of their own; with `from_coordinator` it is cut from the
+/// coordinator (so from the catalog) as well. The clients still reach
+/// every member directly. At no probe may two members serve; writes must
+/// resume; after the cut heals every acknowledged SYNC write is there and
+/// the group is whole with one primary. Returns the members seen serving
+/// while cut, and the old primary's address.
+fn split(tag: &str, from_coordinator: bool) -> (std::collections::BTreeSet<String>, String) {
+    let lab = NetLab::create(tag, &node_refs(&lab_nodes(1, 3))).expect("network namespaces");
+    lab.run_in(CLIENT_NODE, || async {
+        let cluster = ReplicatedCluster::start_in(&lab, 1, 3, &[])
+            .await
+            .expect("cluster");
+        let load = Load::start(cluster.addr(), tag).await;
+        load.wait_progress(0, 50, "before the cut").await;
+        let old = cluster.primary(1).await.expect("primary");
+        let old_addr = cluster.proc(1, old).field("grpc").to_string();
+        let old_node = replica_node(1, old);
+        for r in (1..=3).filter(|r| *r != old) {
+            lab.cut(&old_node, &replica_node(1, r)).expect("cut");
+        }
+        if from_coordinator {
+            lab.cut(&old_node, COORD_NODE).expect("cut");
+        }
+        let at_cut = load.count();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..SPLIT_PROBES {
+            let serving = serving_members(&cluster, 1).await;
+            assert!(
+                serving.len() <= 1,
+                "split brain: {serving:?} all serve; cuts {:?}",
+                lab.cuts()
+            );
+            seen.extend(serving);
+            tokio::time::sleep(SPLIT_PROBE_EVERY).await;
+        }
+        load.wait_progress(at_cut, 100, "writes while the primary is cut off")
+            .await;
+
+        lab.heal_all().expect("heal");
+        let status = wait_all_in_sync(&cluster, 1).await;
+        assert_eq!(
+            status.groups[0]
+                .members
+                .iter()
+                .filter(|m| m.role == "primary")
+                .count(),
+            1,
+            "{status:#?}"
+        );
+        let acked = load.stop().await;
+        check_acked(&cluster, &acked).await;
+        (seen, old_addr)
+    })
+    .expect("the test body runs in the client namespace")
+}
+
+/// Cut from its backups only, the primary still reaches the catalog: it
+/// may drop them from the configuration and go on alone (they become
+/// learners and must not serve), or they may replace it; never both.
+#[test]
+fn a_primary_cut_from_its_backups_never_leaves_two_serving() {
+    let (seen, _) = split("split", false);
+    assert!(
+        !seen.is_empty(),
+        "no member served while the primary was cut"
+    );
+}
+
+/// Cut from its backups and the coordinator, the primary cannot change the
+/// configuration: its lease lapses and it refuses the clients that still
+/// reach it, while a backup is promoted and serves.
+#[test]
+fn a_primary_cut_from_its_group_and_catalog_is_replaced_and_refuses_clients() {
+    let (seen, old) = split("isolated", true);
+    assert!(
+        seen.iter().any(|a| *a != old),
+        "no backup took over while the primary was cut off: {seen:?}"
     );
 }
