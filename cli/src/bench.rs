@@ -205,6 +205,7 @@ async fn replay_and_memory(dir: &Path, keys: u64) -> anyhow::Result<(u64, Durati
         replicated: false,
         feed_bytes_max: trellis_shard::repl::FEED_BYTES_MAX,
         catch_up_bytes_per_sec: trellis_shard::pacer::CATCH_UP_BYTES_PER_SEC,
+        log: trellis_shard::engine::LogConfig::default(),
     };
     let shard = Shard::open(config, Arc::new(Metrics::default()))?;
     let took = started.elapsed();

@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long)]
     advertise: Option<String>,
     /// Bytes of recent log records kept in memory to stream to backups; a
-    /// backup further behind than this catches up by snapshot.
+    /// backup further behind reads from the log on disk, or gets a
+    /// snapshot if the log no longer reaches back that far.
     #[arg(long, default_value_t = trellis_shard::repl::FEED_BYTES_MAX)]
     feed_bytes_max: usize,
     /// Bytes per second this replica spends, as a primary, on catching
@@ -63,6 +64,18 @@ pub struct Args {
     /// Streaming to up-to-date backups is never paced.
     #[arg(long, default_value_t = trellis_shard::pacer::CATCH_UP_BYTES_PER_SEC)]
     catch_up_bytes_per_sec: u64,
+    /// Bytes of log kept on disk after a snapshot covers them, so that a
+    /// backup further behind than the in-memory feed catches up from the
+    /// log rather than by a whole snapshot (whole segments are kept).
+    #[arg(long, default_value_t = trellis_shard::engine::LOG_RETAIN_BYTES)]
+    log_retain_bytes: u64,
+    /// Size past which a log segment is closed and the next one begun.
+    #[arg(long, default_value_t = trellis_shard::wal::SEGMENT_BYTES_MAX)]
+    segment_bytes: u64,
+    /// Bytes logged between two snapshots (bounds recovery time: at most
+    /// this much log is replayed after the newest snapshot).
+    #[arg(long, default_value_t = trellis_shard::engine::SNAPSHOT_LOG_BYTES)]
+    snapshot_every_bytes: u64,
     /// Exit when the parent process goes away (used by `trellis dev` so a
     /// killed dev cluster leaves no orphans).
     #[arg(long, hide = true)]
@@ -84,7 +97,20 @@ const _: () = assert!(
         < trellis_shard::repl::GRACE.as_millis() as u64 / 2
 );
 
+/// Smallest --segment-bytes and --snapshot-every-bytes accepted: below
+/// this a busy replica would do little but roll segments and snapshot.
+const LOG_SIZE_MIN: u64 = 4096;
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    for (flag, value) in [
+        ("--segment-bytes", args.segment_bytes),
+        ("--snapshot-every-bytes", args.snapshot_every_bytes),
+    ] {
+        anyhow::ensure!(
+            value >= LOG_SIZE_MIN,
+            "{flag} {value} is below the minimum of {LOG_SIZE_MIN} bytes"
+        );
+    }
     if args.catch_up_bytes_per_sec != 0 && args.catch_up_bytes_per_sec < CATCH_UP_BYTES_PER_SEC_MIN
     {
         anyhow::bail!(
@@ -116,6 +142,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         replicated: args.coordinator.is_some(),
         feed_bytes_max: args.feed_bytes_max,
         catch_up_bytes_per_sec: args.catch_up_bytes_per_sec,
+        log: trellis_shard::engine::LogConfig {
+            segment_bytes: args.segment_bytes,
+            snapshot_every_bytes: args.snapshot_every_bytes,
+            retain_bytes: args.log_retain_bytes,
+        },
     };
     let shard = tokio::task::spawn_blocking(move || Shard::open(config, metrics))
         .await

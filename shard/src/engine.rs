@@ -38,6 +38,31 @@ pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "LOCK";
 const META_FILE: &str = "shard.meta";
 
+/// Log of a replica kept on disk after a snapshot covers it, by default:
+/// a backup away for a while catches up from it instead of by snapshot.
+pub const LOG_RETAIN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How a replica's log is cut into segments, snapshotted and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is closed and the next begun past this size.
+    pub segment_bytes: u64,
+    /// A snapshot is taken once this many bytes were logged since the last.
+    pub snapshot_every_bytes: u64,
+    /// Bytes of log kept after a snapshot covers them (whole segments).
+    pub retain_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: wal::SEGMENT_BYTES_MAX,
+            snapshot_every_bytes: SNAPSHOT_LOG_BYTES,
+            retain_bytes: LOG_RETAIN_BYTES,
+        }
+    }
+}
+
 /// How a replica is set up.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -58,6 +83,7 @@ pub struct ShardConfig {
     /// backups together, in bytes per second; 0 = unpaced
     /// ([`crate::pacer::CATCH_UP_BYTES_PER_SEC`] by default).
     pub catch_up_bytes_per_sec: u64,
+    pub log: LogConfig,
 }
 
 /// Longest a change waits for the durability it asked for before the
@@ -236,7 +262,12 @@ impl Shard {
         metrics
             .prepared
             .store(state.lock().core().prepared.len() as u64, Ordering::Relaxed);
-        let wal = Wal::open(dir, replay.last_lsn, metrics.clone())?;
+        let wal = Wal::open_with(
+            dir,
+            replay.last_lsn,
+            metrics.clone(),
+            config.log.segment_bytes,
+        )?;
         let slots = RwLock::new(SlotConfig {
             map_epoch: config.map_epoch,
             slots: config.slots.clone(),
@@ -783,7 +814,8 @@ impl Shard {
             let dir = &this.config.data_dir;
             snapshot::write(dir, &capture)?;
             snapshot::delete_older(dir, lsn)?;
-            this.wal().delete_through(lsn)?;
+            this.wal()
+                .delete_through(lsn, this.config.log.retain_bytes)?;
             Ok(())
         })
         .await
@@ -794,8 +826,8 @@ impl Shard {
         Ok(lsn)
     }
 
-    /// Runs forever: takes a snapshot whenever [`SNAPSHOT_LOG_BYTES`] were
-    /// logged since the last one.
+    /// Runs forever: takes a snapshot whenever
+    /// [`LogConfig::snapshot_every_bytes`] were logged since the last one.
     pub async fn snapshot_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
         loop {
@@ -806,7 +838,7 @@ impl Shard {
             }
             let logged = self.metrics.append_bytes.load(Ordering::Relaxed);
             if logged.saturating_sub(self.snapshot_mark_bytes.load(Ordering::Relaxed))
-                >= SNAPSHOT_LOG_BYTES
+                >= self.config.log.snapshot_every_bytes
                 && let Err(err) = self.snapshot().await
             {
                 tracing::error!(%err, "snapshot failed; the log keeps growing until one succeeds");
@@ -836,6 +868,17 @@ impl Shard {
     /// Makes everything pending durable and stops the log writer.
     pub fn shutdown(&self) {
         self.wal().shutdown();
+    }
+
+    /// A reader of this replica's log on disk from `from` on; `None` when
+    /// the log no longer reaches back that far (a snapshot covered it and
+    /// its segments were deleted).
+    pub async fn log_reader(&self, from: Lsn) -> Result<Option<wal::LogReader>, ShardError> {
+        let dir = self.config.data_dir.clone();
+        fsio::blocking(move || wal::LogReader::open(&dir, from))
+            .await
+            .map_err(|e| ShardError::Invalid(format!("log reader task failed: {e}")))?
+            .map_err(ShardError::from)
     }
 
     pub fn durable_lsn(&self) -> Lsn {
@@ -962,7 +1005,12 @@ impl Shard {
         }
         wal::sync_dir(&dir)?;
         snapshot::write(&dir, &capture)?;
-        *wal_slot = Wal::open(&dir, lsn, self.metrics.clone())?;
+        *wal_slot = Wal::open_with(
+            &dir,
+            lsn,
+            self.metrics.clone(),
+            self.config.log.segment_bytes,
+        )?;
         drop(wal_slot);
         guard.reset();
         guard
@@ -1026,6 +1074,7 @@ mod tests {
             replicated: false,
             feed_bytes_max: crate::repl::FEED_BYTES_MAX,
             catch_up_bytes_per_sec: crate::pacer::CATCH_UP_BYTES_PER_SEC,
+            log: LogConfig::default(),
         }
     }
 

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub snapshots_sent: AtomicU64,
     pub catch_up_bytes: AtomicU64,
     pub catch_up_paced_ms: AtomicU64,
+    pub catch_up_log_records: AtomicU64,
     pub backups_removed: AtomicU64,
     pub backups_added: AtomicU64,
     pub leases_lost: AtomicU64,
@@ -68,6 +69,7 @@ impl Default for Metrics {
             snapshots_sent: AtomicU64::new(0),
             catch_up_bytes: AtomicU64::new(0),
             catch_up_paced_ms: AtomicU64::new(0),
+            catch_up_log_records: AtomicU64::new(0),
             backups_removed: AtomicU64::new(0),
             backups_added: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
@@ -120,6 +122,11 @@ impl Metrics {
                 "trellis_repl_catch_up_paced_ms_total",
                 "Milliseconds catch-up streams waited for the catch-up rate.",
                 &self.catch_up_paced_ms,
+            ),
+            (
+                "trellis_repl_catch_up_log_records_total",
+                "Records sent to backups from the log on disk (past the in-memory feed).",
+                &self.catch_up_log_records,
             ),
             (
                 "trellis_repl_backups_removed_total",

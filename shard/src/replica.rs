@@ -128,12 +128,22 @@ pub async fn serve_stream(
     }
     let theirs: Vec<(u64, Lsn)> = hello.epochs.iter().map(|e| (e.epoch, e.lsn)).collect();
     let common = common_prefix(&shard.epochs(), shard.last_lsn(), &theirs, hello.last_lsn);
-    let needs_snapshot = common < hello.last_lsn || !shard.repl.feed.can_feed_after(hello.last_lsn);
+    // Past the in-memory feed, the log on disk may still have what the
+    // backup needs; only when neither has it does it get a snapshot.
+    let from_log = !shard.repl.feed.can_feed_after(hello.last_lsn)
+        && shard
+            .log_reader(hello.last_lsn + 1)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .is_some();
+    let needs_snapshot =
+        common < hello.last_lsn || (!shard.repl.feed.can_feed_after(hello.last_lsn) && !from_log);
     tracing::info!(
         backup = %hello.addr,
         their_last = hello.last_lsn,
         common,
         needs_snapshot,
+        from_log,
         "backup connected"
     );
 
@@ -162,6 +172,46 @@ pub async fn serve_stream(
         }
     });
     Ok(rx)
+}
+
+/// The next batch for a backup behind the in-memory feed, from the log on
+/// disk (opening a reader at `next` unless `disk` is already there).
+async fn read_log(
+    shard: &Arc<Shard>,
+    disk: &mut Option<crate::wal::LogReader>,
+    next: Lsn,
+) -> Result<Vec<crate::repl::FeedRecord>, String> {
+    let reader = match disk.take() {
+        Some(reader) if reader.next_lsn() == next => reader,
+        _ => shard
+            .log_reader(next)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "the backup fell behind the feed and the log on disk (needs {next}); \
+                     it reconnects for a snapshot"
+                )
+            })?,
+    };
+    let upto = shard.durable_lsn();
+    let (reader, read) = crate::fsio::blocking(move || {
+        let mut reader = reader;
+        let read = reader.read(upto, crate::repl::BATCH_BYTES_MAX);
+        (reader, read)
+    })
+    .await
+    .map_err(|e| format!("log read task failed: {e}"))?;
+    let records = read.map_err(|e| format!("reading the log for a backup: {e}"))?;
+    *disk = Some(reader);
+    Ok(records
+        .into_iter()
+        .map(|r| crate::repl::FeedRecord {
+            lsn: r.lsn,
+            kind: r.kind,
+            payload: r.payload,
+        })
+        .collect())
 }
 
 async fn feed_backup(
@@ -204,6 +254,8 @@ async fn feed_backup(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut feed = shard.repl.feed.subscribe();
+    // Reads the log on disk while the backup is behind the feed.
+    let mut disk: Option<crate::wal::LogReader> = None;
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -214,11 +266,17 @@ async fn feed_backup(
         // its backlog is paced; one that keeps up is streamed at once.
         let catching_up = shard.last_lsn().saturating_sub(next) > CATCH_UP_LAG_RECORDS;
         let records = match shard.repl.feed.batch(next) {
-            Ok(records) => records,
+            Ok(records) => {
+                disk = None;
+                records
+            }
             Err(FeedGap::Trimmed) => {
-                return Err(format!(
-                    "the backup fell behind the feed (needs {next}); it reconnects for a snapshot"
-                ));
+                let records = read_log(shard, &mut disk, next).await?;
+                shard
+                    .metrics()
+                    .catch_up_log_records
+                    .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                records
             }
         };
         if let Some(last) = records.last() {

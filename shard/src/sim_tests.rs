@@ -59,6 +59,7 @@ fn config() -> ShardConfig {
         replicated: false,
         feed_bytes_max: crate::repl::FEED_BYTES_MAX,
         catch_up_bytes_per_sec: crate::pacer::CATCH_UP_BYTES_PER_SEC,
+        log: crate::engine::LogConfig::default(),
     }
 }
 

@@ -194,6 +194,162 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     Ok(segments)
 }
 
+/// One record read back by a [`LogReader`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub lsn: Lsn,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Buffer of a [`LogReader`].
+pub const LOG_READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Reads a live log from some LSN on, for a backup that catches up past
+/// the primary's in-memory feed: record after record, across segments,
+/// never past the LSN the caller says is durable (records up to it are
+/// whole on disk; the writer may be appending after it). Read-only: a bad
+/// frame is an error, never cut.
+pub struct LogReader {
+    dir: PathBuf,
+    file: std::io::BufReader<File>,
+    /// Path of the open segment (for errors).
+    path: PathBuf,
+    /// The LSN of the next frame in `file`.
+    next: Lsn,
+    /// A record read but not yet handed out (it did not fit a batch).
+    held: Option<LogRecord>,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("path", &self.path)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl LogReader {
+    /// A reader positioned at `from`; `None` when the log on disk no longer
+    /// starts at or before `from` (its segments were deleted after a
+    /// snapshot) — the backup then needs a snapshot.
+    pub fn open(dir: &Path, from: Lsn) -> Result<Option<LogReader>, WalError> {
+        let segments = list_segments(dir)?;
+        let Some(segment) = segments.iter().rev().find(|s| s.first_lsn <= from) else {
+            return Ok(None);
+        };
+        let file = match File::open(&segment.path) {
+            Ok(file) => file,
+            // Deleted since the listing: gone for good.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(io_err(&segment.path)(err)),
+        };
+        let mut reader = LogReader {
+            dir: dir.to_path_buf(),
+            file: std::io::BufReader::with_capacity(LOG_READ_BUFFER_BYTES, file),
+            path: segment.path.clone(),
+            next: segment.first_lsn,
+            held: None,
+        };
+        while reader.next < from {
+            reader.read_frame()?;
+        }
+        Ok(Some(reader))
+    }
+
+    /// The LSN of the next record [`LogReader::read`] returns.
+    pub fn next_lsn(&self) -> Lsn {
+        self.held.as_ref().map_or(self.next, |r| r.lsn)
+    }
+
+    /// Records from [`LogReader::next_lsn`] through at most `upto` (a
+    /// durable LSN), about `bytes_max` of payload (at least one record).
+    pub fn read(&mut self, upto: Lsn, bytes_max: usize) -> Result<Vec<LogRecord>, WalError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let record = match self.held.take() {
+                Some(record) => record,
+                None if self.next <= upto => self.read_frame()?,
+                None => break,
+            };
+            if !out.is_empty() && bytes + record.payload.len() > bytes_max {
+                self.held = Some(record);
+                break;
+            }
+            bytes += record.payload.len();
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The frame of `self.next`, moving on to the next segment at the end
+    /// of this one.
+    fn read_frame(&mut self) -> Result<LogRecord, WalError> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        loop {
+            match self.file.read_exact(&mut header) {
+                Ok(()) => break,
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.open_next_segment()?;
+                }
+                Err(err) => return Err(io_err(&self.path)(err)),
+            }
+        }
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let corrupt = |detail: String| WalError::Corrupt {
+            path: self.path.clone(),
+            offset: 0,
+            detail,
+        };
+        if len > RECORD_BYTES_MAX {
+            return Err(corrupt(format!(
+                "record {} claims {len} bytes, more than any record",
+                self.next
+            )));
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + len);
+        frame.extend_from_slice(&header);
+        frame.resize(FRAME_HEADER_BYTES + len, 0);
+        self.file
+            .read_exact(&mut frame[FRAME_HEADER_BYTES..])
+            .map_err(io_err(&self.path))?;
+        let (decoded, _) = decode_frame(&frame)
+            .map_err(|fault| corrupt(format!("record {}: {fault:?}", self.next)))?;
+        if decoded.lsn != self.next {
+            return Err(corrupt(format!(
+                "expected record {}, found {}",
+                self.next, decoded.lsn
+            )));
+        }
+        let record = LogRecord {
+            lsn: decoded.lsn,
+            kind: decoded.kind,
+            payload: decoded.payload.to_vec(),
+        };
+        self.next += 1;
+        Ok(record)
+    }
+
+    /// The segment that starts at `self.next` (the current one ended).
+    fn open_next_segment(&mut self) -> Result<(), WalError> {
+        let path = segment_path(&self.dir, self.next);
+        let file = File::open(&path).map_err(|err| WalError::Corrupt {
+            path: self.path.clone(),
+            offset: 0,
+            detail: format!(
+                "the log ends before record {} (no segment {}: {err})",
+                self.next,
+                path.display()
+            ),
+        })?;
+        self.file = std::io::BufReader::with_capacity(LOG_READ_BUFFER_BYTES, file);
+        self.path = path;
+        Ok(())
+    }
+}
+
 /// What reading the whole log found.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -231,6 +387,13 @@ pub fn replay(
             ),
         });
     }
+    // Segments wholly at or below `after` (kept on disk for backups that
+    // catch up from the log) are not read again.
+    let skip = segments
+        .windows(2)
+        .take_while(|pair| pair[1].first_lsn <= after + 1)
+        .count();
+    let segments = &segments[skip..];
     let mut out = Replay {
         last_lsn: after,
         ..Replay::default()
@@ -461,6 +624,17 @@ impl Wal {
     /// Opens the log for appending after `last_lsn` (what [`replay`] found)
     /// and starts the writer thread (a task inside a simulation).
     pub fn open(dir: &Path, last_lsn: Lsn, metrics: Arc<Metrics>) -> Result<Wal, WalError> {
+        Self::open_with(dir, last_lsn, metrics, SEGMENT_BYTES_MAX)
+    }
+
+    /// [`Wal::open`] with segments rolled once they pass
+    /// `segment_bytes_max` bytes.
+    pub fn open_with(
+        dir: &Path,
+        last_lsn: Lsn,
+        metrics: Arc<Metrics>,
+        segment_bytes_max: u64,
+    ) -> Result<Wal, WalError> {
         let segments = list_segments(dir)?;
         let (file, path, size) = match segments.last() {
             Some(segment) => {
@@ -481,7 +655,7 @@ impl Wal {
             file,
             path,
             size,
-            segment_bytes_max: SEGMENT_BYTES_MAX,
+            segment_bytes_max,
         };
         let (durable, _) = watch::channel(Durable {
             lsn: last_lsn,
@@ -628,16 +802,26 @@ impl Wal {
     }
 
     /// Deletes segments that hold only records at or below `lsn` (they are
-    /// covered by a durable snapshot). The segment being written is kept.
-    pub fn delete_through(&self, lsn: Lsn) -> Result<usize, WalError> {
+    /// covered by a durable snapshot), oldest first, as long as at least
+    /// `retain_bytes` of log stay on disk (for backups catching up from
+    /// the log, [`LogReader`]). The segment being written is kept.
+    pub fn delete_through(&self, lsn: Lsn, retain_bytes: u64) -> Result<usize, WalError> {
         let segments = list_segments(&self.shared.dir)?;
+        let mut sizes = Vec::with_capacity(segments.len());
+        for segment in &segments {
+            let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
+            sizes.push(file.len_bytes().map_err(io_err(&segment.path))?);
+        }
+        let mut left: u64 = sizes.iter().sum();
         let mut deleted = 0;
-        for pair in segments.windows(2) {
+        for (pair, size) in segments.windows(2).zip(&sizes) {
             // Every record of pair[0] is below pair[1].first_lsn.
-            if pair[1].first_lsn <= lsn + 1 {
-                fsio::remove_file(&pair[0].path).map_err(io_err(&pair[0].path))?;
-                deleted += 1;
+            if pair[1].first_lsn > lsn + 1 || left - size < retain_bytes {
+                break;
             }
+            fsio::remove_file(&pair[0].path).map_err(io_err(&pair[0].path))?;
+            left -= size;
+            deleted += 1;
         }
         if deleted > 0 {
             sync_dir(&self.shared.dir)?;
@@ -1107,7 +1291,9 @@ mod tests {
         }
         let segments = list_segments(dir.path()).expect("list");
         assert_eq!(segments.len(), 2, "{segments:?}");
-        assert_eq!(wal.delete_through(last).expect("delete"), 1);
+        // Keeping more than the whole log deletes nothing.
+        assert_eq!(wal.delete_through(last, u64::MAX).expect("delete"), 0);
+        assert_eq!(wal.delete_through(last, 0).expect("delete"), 1);
         assert_eq!(list_segments(dir.path()).expect("list").len(), 1);
         wal.shutdown();
         // Without a snapshot covering the deleted records, replay refuses.
@@ -1124,5 +1310,92 @@ mod tests {
         .expect("replay");
         assert_eq!(replay.last_lsn, last);
         assert!(count < 70 && count > 0);
+    }
+
+    #[tokio::test]
+    async fn a_log_reader_follows_the_log_across_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open_with(dir.path(), 0, Arc::new(Metrics::default()), 4096).expect("open");
+        let payload = |lsn: Lsn| format!("record-{lsn}-").repeat(40).into_bytes();
+        let mut last = 0;
+        // A segment rolls after a group commit: one record per commit.
+        for lsn in 1..=60 {
+            last = wal.append(3, &payload(lsn)).expect("append");
+            assert_eq!(last, lsn);
+            wal.wait_durable(last).await.expect("durable");
+        }
+        assert!(list_segments(dir.path()).expect("list").len() > 3);
+
+        // From the start, in batches, through every segment.
+        let mut reader = LogReader::open(dir.path(), 1)
+            .expect("open")
+            .expect("on disk");
+        let mut seen = Vec::new();
+        loop {
+            let batch = reader.read(last, 2000).expect("read");
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch);
+        }
+        assert_eq!(seen.len(), 60);
+        for (i, r) in seen.iter().enumerate() {
+            assert_eq!((r.lsn, r.kind), (i as u64 + 1, 3));
+            assert_eq!(r.payload, payload(r.lsn));
+        }
+
+        // From the middle of a segment, never past `upto`.
+        let mut reader = LogReader::open(dir.path(), 37)
+            .expect("open")
+            .expect("on disk");
+        assert_eq!(reader.next_lsn(), 37);
+        let batch = reader.read(40, usize::MAX).expect("read");
+        assert_eq!(
+            batch.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![37, 38, 39, 40]
+        );
+        assert!(reader.read(40, usize::MAX).expect("read").is_empty());
+        // The writer goes on; the reader continues where it stopped.
+        let more = wal.append(3, &payload(61)).expect("append");
+        wal.wait_durable(more).await.expect("durable");
+        let rest = reader.read(more, usize::MAX).expect("read");
+        assert_eq!(rest.first().map(|r| r.lsn), Some(41));
+        assert_eq!(rest.last().map(|r| r.lsn), Some(61));
+
+        // After old segments go, their records are not on disk any more.
+        assert!(wal.delete_through(50, 0).expect("delete") > 0);
+        assert!(LogReader::open(dir.path(), 1).expect("open").is_none());
+        let first = list_segments(dir.path()).expect("list")[0].first_lsn;
+        let mut reader = LogReader::open(dir.path(), first)
+            .expect("open")
+            .expect("kept");
+        assert_eq!(reader.read(first, 1).expect("read")[0].lsn, first);
+        wal.shutdown();
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_bytes_of_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open_with(dir.path(), 0, Arc::new(Metrics::default()), 4096).expect("open");
+        let payload = vec![1u8; 1000];
+        let mut last = 0;
+        for _ in 0..40 {
+            last = wal.append(1, &payload).expect("append");
+            wal.wait_durable(last).await.expect("durable");
+        }
+        let before = list_segments(dir.path()).expect("list").len();
+        // Keep ~10 KB: the segments left hold at least that much.
+        let deleted = wal.delete_through(last, 10_000).expect("delete");
+        let left = list_segments(dir.path()).expect("list");
+        assert!(deleted > 0 && deleted < before, "{deleted} of {before}");
+        let bytes: u64 = left
+            .iter()
+            .map(|s| std::fs::metadata(&s.path).expect("meta").len())
+            .sum();
+        assert!(bytes >= 10_000, "{bytes}");
+        // And recovery after a snapshot at `last` reads only what it needs.
+        wal.shutdown();
+        let replay = replay(dir.path(), last, |_| Ok(())).expect("replay");
+        assert_eq!((replay.last_lsn, replay.records), (last, 0));
     }
 }

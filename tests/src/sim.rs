@@ -72,9 +72,18 @@ pub const SIM_TIME_MAX: Duration = Duration::from_secs(600);
 /// [`LATENCY_MIN`]).
 pub const LATENCY_MAX: Duration = Duration::from_millis(25);
 pub const LATENCY_MIN: Duration = Duration::from_micros(200);
-/// Bytes of log a primary keeps for backups in the simulator: small, so
-/// that catch-up by snapshot happens often.
-pub const SIM_FEED_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of log a primary keeps in memory for backups in the simulator:
+/// tiny (a replica logs a few hundred bytes a second here), so that a
+/// backup down for a second or two catches up past the feed.
+pub const SIM_FEED_BYTES_MAX: usize = 512;
+/// Replicas' logs in the simulator: small segments, frequent snapshots
+/// and little kept after them, so that within one run backups catch up
+/// from the feed, from the log on disk, and by snapshot.
+pub const SIM_LOG: trellis_shard::engine::LogConfig = trellis_shard::engine::LogConfig {
+    segment_bytes: 1024,
+    snapshot_every_bytes: 2 * 1024,
+    retain_bytes: 1024,
+};
 /// Catch-up rate in the simulator: slow enough that a snapshot or backlog
 /// takes several simulated steps, so faults land in the middle of one.
 pub const SIM_CATCH_UP_BYTES_PER_SEC: u64 = 256 * 1024;
@@ -225,6 +234,11 @@ pub struct SimResult {
     pub torn_tails: u64,
     /// Shards restarted because their disk failed.
     pub disk_restarts: u64,
+    /// Records primaries sent to backups from their logs on disk (past the
+    /// in-memory feed), all boots of all replicas.
+    pub log_catch_up_records: u64,
+    /// Snapshots backups installed from their primaries.
+    pub snapshot_installs: u64,
 }
 
 impl SimResult {
@@ -332,7 +346,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let exits: Exits = Arc::default();
     let disk_exits: Exits = Arc::default();
     let torn_tails = Arc::new(AtomicU64::new(0));
-    let probes: LogProbes = Arc::default();
+    let probes = LogProbes::default();
 
     // The coordinator.
     {
@@ -431,7 +445,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         });
     }
 
-    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients, probes);
+    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients, probes.clone());
     let mut log = vec![format!("disks: {disk:?}")];
     let workload_end = STARTUP + config.time;
     let mut healed = false;
@@ -533,6 +547,8 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         replay: replay_command(config),
         torn_tails: torn_tails.load(Ordering::Relaxed),
         disk_restarts,
+        log_catch_up_records: probes.total(|m| &m.catch_up_log_records),
+        snapshot_installs: probes.total(|m| &m.snapshot_installs),
     })
 }
 
@@ -621,12 +637,14 @@ async fn shard(
         replicated: true,
         feed_bytes_max: SIM_FEED_BYTES_MAX,
         catch_up_bytes_per_sec: SIM_CATCH_UP_BYTES_PER_SEC,
+        log: SIM_LOG,
     };
     let metrics = Arc::new(trellis_shard::metrics::Metrics::default());
     probes
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.clone(), metrics.clone());
+        .entry(name.clone())
+        .or_default()
+        .push(metrics.clone());
     let shard = Shard::open(config, metrics).map_err(|err| match err {
         ShardError::Open { .. } | ShardError::Wal(WalError::Io { .. }) => {
             Stop::Disk(format!("recovery failed: {err}"))
@@ -677,9 +695,37 @@ enum Fault {
     Held(String, String),
 }
 
-/// Each shard replica's current metrics, by host name, so the nemesis
-/// can see when a replica has a log batch written but not synced.
-type LogProbes = Arc<Mutex<BTreeMap<String, Arc<trellis_shard::metrics::Metrics>>>>;
+/// Each shard replica's metrics, by host name, one per boot (the last is
+/// current), so the nemesis can see when a replica has a log batch written
+/// but not synced, and a run can count what its replicas did.
+#[derive(Clone, Default)]
+struct LogProbes(Arc<Mutex<BTreeMap<String, Vec<Arc<trellis_shard::metrics::Metrics>>>>>);
+
+impl LogProbes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Arc<trellis_shard::metrics::Metrics>>>>
+    {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `host`'s current boot has a log batch written, not synced.
+    fn unsynced(&self, host: &str) -> bool {
+        self.lock()
+            .get(host)
+            .and_then(|boots| boots.last())
+            .is_some_and(|m| m.log_batch_unsynced())
+    }
+
+    /// A counter summed over every boot of every replica.
+    fn total(&self, counter: impl Fn(&trellis_shard::metrics::Metrics) -> &AtomicU64) -> u64 {
+        self.lock()
+            .values()
+            .flatten()
+            .map(|m| counter(m).load(Ordering::Relaxed))
+            .sum()
+    }
+}
 
 /// The seeded fault schedule.
 struct Nemesis {
@@ -763,12 +809,7 @@ impl Nemesis {
             }
         }
         if let Some((host, deadline)) = self.mid_write.clone() {
-            let writing = self
-                .probes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&host)
-                .is_some_and(|m| m.log_batch_unsynced());
+            let writing = self.probes.unsynced(&host);
             if writing || now >= deadline {
                 self.mid_write = None;
                 sim.crash(host.as_str());

@@ -213,11 +213,35 @@ async fn primary_killed_under_sync_load_loses_nothing() {
     check_acked(&cluster, &acked).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_backup_is_removed_and_returns_by_snapshot() {
-    // A tiny in-memory feed: a backup away for a while must catch up by
-    // snapshot, not from the primary's feed.
-    let mut cluster = ReplicatedCluster::start(1, 3, &["--feed-bytes-max", "4096"])
+/// A counter of a process's /metrics.
+async fn counter(proc: &trellis_tests::harness::Proc, name: &str) -> u64 {
+    let metrics = http_get(proc.field("metrics"), "/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{metrics}"))
+}
+
+/// How a backup killed for a while must catch up when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CatchUp {
+    /// The records it misses are still in the primary's log on disk.
+    FromLog,
+    /// The primary snapshotted and deleted that part of its log.
+    BySnapshot,
+}
+
+/// Kills a backup under SYNC load; the primary takes it out of the
+/// configuration and SYNC writes go on; the backup returns and catches up
+/// `how`. A tiny in-memory feed (4 KiB) makes either way the only one.
+async fn dead_backup_returns(how: CatchUp) {
+    let mut args = vec!["--feed-bytes-max", "4096", "--segment-bytes", "4096"];
+    if how == CatchUp::BySnapshot {
+        // Snapshot often and keep no log after it.
+        args.extend(["--snapshot-every-bytes", "16384", "--log-retain-bytes", "0"]);
+    }
+    let mut cluster = ReplicatedCluster::start(1, 3, &args)
         .await
         .expect("cluster");
     let load = Load::start(cluster.addr(), "backup").await;
@@ -239,30 +263,57 @@ async fn dead_backup_is_removed_and_returns_by_snapshot() {
     let removed_at = load.count();
     load.wait_progress(removed_at, 300, "SYNC writes without the dead backup")
         .await;
+    let primary_proc = cluster.proc(1, primary);
+    if how == CatchUp::BySnapshot {
+        // Two snapshots since the kill: the log the backup needs is gone.
+        let before = counter(primary_proc, "trellis_shard_snapshots_total").await;
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        while counter(primary_proc, "trellis_shard_snapshots_total").await < before + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the primary took no snapshots"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     cluster.restart(1, victim).expect("restart");
     wait_all_in_sync(&cluster, 1).await;
-    let metrics = http_get(cluster.proc(1, victim).field("metrics"), "/metrics").await;
-    let installs = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("trellis_repl_snapshot_installs_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("snapshot install counter");
-    assert!(installs >= 1, "caught up without a snapshot:\n{metrics}");
-    // The snapshot went through the primary's catch-up pacer.
+    let installs = counter(
+        cluster.proc(1, victim),
+        "trellis_repl_snapshot_installs_total",
+    )
+    .await;
     let primary = cluster.primary(1).await.expect("primary");
-    let metrics = http_get(cluster.proc(1, primary).field("metrics"), "/metrics").await;
-    let paced = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("trellis_repl_catch_up_bytes_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("catch-up byte counter");
-    assert!(
-        paced > 0,
-        "a snapshot was sent but no catch-up bytes counted:\n{metrics}"
-    );
+    let primary_proc = cluster.proc(1, primary);
+    let from_log = counter(primary_proc, "trellis_repl_catch_up_log_records_total").await;
+    // Either way the catch-up went through the primary's pacer.
+    let paced = counter(primary_proc, "trellis_repl_catch_up_bytes_total").await;
+    match how {
+        CatchUp::BySnapshot => {
+            assert!(installs >= 1, "caught up without a snapshot");
+            assert!(
+                paced > 0,
+                "a snapshot was sent but no catch-up bytes counted"
+            );
+        }
+        CatchUp::FromLog => {
+            assert_eq!(installs, 0, "caught up by snapshot, not from the log");
+            assert!(from_log > 0, "nothing was read from the log on disk");
+        }
+    }
     let acked = load.stop().await;
     check_acked(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backup_is_removed_and_returns_by_snapshot() {
+    dead_backup_returns(CatchUp::BySnapshot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backup_is_removed_and_returns_from_the_log_on_disk() {
+    dead_backup_returns(CatchUp::FromLog).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,14 +589,25 @@ async fn serving_members(cluster: &ReplicatedCluster, group: u32) -> Vec<String>
     serving
 }
 
-/// A primary cut from both its backups, over real processes in network
-/// namespaces of their own; with `from_coordinator` it is cut from the
-/// coordinator (so from the catalog) as well. The clients still reach
+/// Which links of the primary a split test cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Both ways between the primary and each backup.
+    FromBackups,
+    /// Only the backups' packets to the primary: the backups still hear
+    /// the primary's records and heartbeats, it hears no acknowledgement.
+    AcksLost,
+    /// Both ways from the backups and from the coordinator (the catalog).
+    FromGroupAndCatalog,
+}
+
+/// A primary cut from its backups (`how`), over real processes in network
+/// namespaces of their own. The clients still reach
 /// every member directly. At no probe may two members serve; writes must
 /// resume; after the cut heals every acknowledged SYNC write is there and
 /// the group is whole with one primary. Returns the members seen serving
 /// while cut, and the old primary's address.
-fn split(tag: &str, from_coordinator: bool) -> (std::collections::BTreeSet<String>, String) {
+fn split(tag: &str, how: Split) -> (std::collections::BTreeSet<String>, String) {
     let lab = NetLab::create(tag, &node_refs(&lab_nodes(1, 3))).expect("network namespaces");
     lab.run_in(CLIENT_NODE, || async {
         let cluster = ReplicatedCluster::start_in(&lab, 1, 3, &[])
@@ -557,9 +619,14 @@ fn split(tag: &str, from_coordinator: bool) -> (std::collections::BTreeSet<Strin
         let old_addr = cluster.proc(1, old).field("grpc").to_string();
         let old_node = replica_node(1, old);
         for r in (1..=3).filter(|r| *r != old) {
-            lab.cut(&old_node, &replica_node(1, r)).expect("cut");
+            let backup = replica_node(1, r);
+            match how {
+                Split::AcksLost => lab.cut_oneway(&backup, &old_node),
+                Split::FromBackups | Split::FromGroupAndCatalog => lab.cut(&old_node, &backup),
+            }
+            .expect("cut");
         }
-        if from_coordinator {
+        if how == Split::FromGroupAndCatalog {
             lab.cut(&old_node, COORD_NODE).expect("cut");
         }
         let at_cut = load.count();
@@ -600,7 +667,7 @@ fn split(tag: &str, from_coordinator: bool) -> (std::collections::BTreeSet<Strin
 /// learners and must not serve), or they may replace it; never both.
 #[test]
 fn a_primary_cut_from_its_backups_never_leaves_two_serving() {
-    let (seen, _) = split("split", false);
+    let (seen, _) = split("split", Split::FromBackups);
     assert!(
         !seen.is_empty(),
         "no member served while the primary was cut"
@@ -612,9 +679,22 @@ fn a_primary_cut_from_its_backups_never_leaves_two_serving() {
 /// reach it, while a backup is promoted and serves.
 #[test]
 fn a_primary_cut_from_its_group_and_catalog_is_replaced_and_refuses_clients() {
-    let (seen, old) = split("isolated", true);
+    let (seen, old) = split("isolated", Split::FromGroupAndCatalog);
     assert!(
         seen.iter().any(|a| *a != old),
         "no backup took over while the primary was cut off: {seen:?}"
+    );
+}
+
+/// One way only: the primary's records reach the backups, their
+/// acknowledgements never come back. The primary must not count on them
+/// (SYNC writes wait for them) and the backups, still hearing it, must not
+/// promote themselves behind its back.
+#[test]
+fn a_primary_that_hears_no_acknowledgements_never_leaves_two_serving() {
+    let (seen, _) = split("acks", Split::AcksLost);
+    assert!(
+        !seen.is_empty(),
+        "no member served while the acks were lost"
     );
 }

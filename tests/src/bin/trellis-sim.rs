@@ -195,7 +195,8 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         }
         println!(
             "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
-             torn log tails recovered: {}, restarts after disk failures: {}",
+             torn log tails recovered: {}, restarts after disk failures: {}; \
+             catch-up: {} records from logs on disk, {} snapshots installed",
             result.counts[0],
             result.counts[1],
             result.counts[2],
@@ -203,6 +204,8 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             started.elapsed(),
             result.torn_tails,
             result.disk_restarts,
+            result.log_catch_up_records,
+            result.snapshot_installs,
         );
         println!("history: {}", history.display());
         if passed {
@@ -214,8 +217,13 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     }
     println!(
         "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={} \
-         torn_tails={} disk_restarts={}",
-        result.fingerprint, result.counts[0], result.torn_tails, result.disk_restarts
+         torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={}",
+        result.fingerprint,
+        result.counts[0],
+        result.torn_tails,
+        result.disk_restarts,
+        result.log_catch_up_records,
+        result.snapshot_installs
     );
     Ok(if passed { 0 } else { 1 })
 }
@@ -237,8 +245,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let out_of_time = Arc::new(AtomicBool::new(false));
-    let torn = Arc::new(AtomicU64::new(0));
-    let restarts = Arc::new(AtomicU64::new(0));
+    let totals: Arc<[AtomicU64; 4]> = Arc::default();
     let end = args.start + args.seeds;
     let workers: Vec<_> = (0..args.jobs)
         .map(|_| {
@@ -250,7 +257,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
                 args.clone(),
                 exe.clone(),
             );
-            let (torn, restarts) = (torn.clone(), restarts.clone());
+            let totals = totals.clone();
             std::thread::spawn(move || {
                 loop {
                     if Instant::now() >= deadline {
@@ -261,7 +268,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
                     if seed >= end {
                         return;
                     }
-                    if let Some(why) = run_child(&exe, &args, seed, &torn, &restarts) {
+                    if let Some(why) = run_child(&exe, &args, seed, &totals) {
                         failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -314,10 +321,14 @@ fn soak(args: Args) -> anyhow::Result<i32> {
         println!("{why}");
     }
     println!("{n} seeds run, {} failed", failed.len());
+    let [torn, restarts, from_log, snapshots] = &*totals;
     println!(
-        "disk faults exercised in passing seeds: {} torn log tails cut, {} restarts after disk failures",
+        "exercised in passing seeds: {} torn log tails cut, {} restarts after disk failures, \
+         {} records caught up from logs on disk, {} snapshots installed",
         torn.load(Ordering::Relaxed),
-        restarts.load(Ordering::Relaxed)
+        restarts.load(Ordering::Relaxed),
+        from_log.load(Ordering::Relaxed),
+        snapshots.load(Ordering::Relaxed)
     );
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
@@ -335,13 +346,13 @@ fn result_field(stdout: &str, key: &str) -> u64 {
 }
 
 /// Runs one seed in a child process; `None` when it passed, else why not.
-/// Adds its torn tails and disk restarts to the soak's totals.
+/// Adds its torn tails, disk restarts, records caught up from logs on
+/// disk and snapshots installed to the soak's totals.
 fn run_child(
     exe: &std::path::Path,
     args: &Args,
     seed: u64,
-    torn: &AtomicU64,
-    restarts: &AtomicU64,
+    totals: &[AtomicU64; 4],
 ) -> Option<String> {
     let mut command = Command::new(exe);
     command
@@ -364,7 +375,12 @@ fn run_child(
     match command.output() {
         Ok(out) if out.status.success() => {
             let stdout = String::from_utf8_lossy(&out.stdout);
-            for (key, total) in [("torn_tails=", torn), ("disk_restarts=", restarts)] {
+            for (key, total) in [
+                ("torn_tails=", &totals[0]),
+                ("disk_restarts=", &totals[1]),
+                ("log_catch_up=", &totals[2]),
+                ("snapshot_installs=", &totals[3]),
+            ] {
                 total.fetch_add(result_field(&stdout, key), Ordering::Relaxed);
             }
             None
