@@ -21,7 +21,8 @@
 //!    a replica (between prepare and decide, sometimes), cuts two replicas
 //!    of a group from each other, holds a client's or replica's messages to
 //!    the coordinator, lets an operator move a group's primary
-//!    (transfer-primary), and fails disks. Cuts hold messages and release
+//!    (transfer-primary), fills a replica's disk, and fails disks (torn
+//!    and lost writes, EIO: [`DiskFaults`]). Cuts hold messages and release
 //!    them when healed, as TCP would deliver them (see [`Fault`]).
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
@@ -39,7 +40,7 @@
 //! simulated network diverges from there. The `trellis-sim` binary runs
 //! every seed in a process of its own; [`replay_command`] points at it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,20 @@ pub const MID_WRITE_CRASH_SHARE: f64 = 0.5;
 /// Longest such a crash waits for a batch in flight before it crashes
 /// the replica anyway.
 pub const MID_WRITE_WAIT_MAX: Duration = Duration::from_millis(500);
+/// Size of every simulated disk. A replica uses a few tens of KiB here; a
+/// disk-full fault fills the rest with a ballast file.
+pub const SIM_DISK_BYTES: u64 = 1024 * 1024;
+/// The file a disk-full fault fills a replica's disk with, in chunks, each
+/// synced: turmoil counts an unsynced append as if it began at the synced
+/// length, so many unsynced chunks would look far bigger than they are.
+const BALLAST: &str = "/ballast";
+const BALLAST_CHUNK: usize = 4096;
+/// How often a replica host looks whether its disk is to be full.
+const BALLAST_POLL: Duration = Duration::from_millis(10);
+/// How long the supervisor waits before it restarts a replica whose disk
+/// failed (systemd's RestartSec): a disk still full would otherwise make
+/// it restart at every step.
+pub const SUPERVISOR_RESTART_DELAY: Duration = Duration::from_millis(200);
 
 /// One simulated run.
 #[derive(Debug, Clone)]
@@ -234,6 +249,8 @@ pub struct SimResult {
     pub torn_tails: u64,
     /// Shards restarted because their disk failed.
     pub disk_restarts: u64,
+    /// Of those, restarts after a full disk (ENOSPC).
+    pub full_disk_restarts: u64,
     /// Records primaries sent to backups from their logs on disk (past the
     /// in-memory feed), all boots of all replicas.
     pub log_catch_up_records: u64,
@@ -336,7 +353,8 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         .min_message_latency(LATENCY_MIN)
         .max_message_latency(LATENCY_MAX);
     let fs = builder.fs();
-    fs.sync_probability(disk.random_sync)
+    fs.capacity(SIM_DISK_BYTES)
+        .sync_probability(disk.random_sync)
         .io_error_probability(disk.io_error);
     if let Some(block) = disk.torn_block {
         fs.block_size(block);
@@ -347,6 +365,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let disk_exits: Exits = Arc::default();
     let torn_tails = Arc::new(AtomicU64::new(0));
     let probes = LogProbes::default();
+    let fills = DiskFills::default();
 
     // The coordinator.
     {
@@ -371,20 +390,23 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         for replica in 0..config.replicas {
             let name = shard_host(group, replica);
             let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn_tails.clone());
-            let probes = probes.clone();
+            let (probes, fills) = (probes.clone(), fills.clone());
             let host = name.clone();
             sim.host(name.as_str(), move || {
                 let name = host.clone();
                 let (exits, disk_exits, torn) = (exits.clone(), disk_exits.clone(), torn.clone());
-                let probes = probes.clone();
+                let (probes, fills) = (probes.clone(), fills.clone());
                 async move {
                     // A node that stops by itself is reported, not fatal to
                     // the simulation: the run goes on and fails at the end.
                     // One that stops because its disk failed is restarted
                     // (when the seed's disks fail), as a supervisor would.
-                    match shard(name.clone(), u64::from(group), torn, probes).await {
+                    match shard(name.clone(), u64::from(group), torn, probes, fills.clone()).await {
                         Ok(()) => {}
-                        Err(Stop::Disk(why)) if disk.io_error > 0.0 => {
+                        Err(Stop::Disk(why))
+                            if disk.io_error > 0.0
+                                || (why.contains(NO_SPACE) && fills.ever_filled(&name)) =>
+                        {
                             disk_exits
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -445,7 +467,14 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         });
     }
 
-    let mut nemesis = Nemesis::new(config.seed, &shard_hosts, config.clients, probes.clone());
+    let mut nemesis = Nemesis::new(
+        config.seed,
+        &shard_hosts,
+        config.clients,
+        probes.clone(),
+        fills.clone(),
+    );
+    let mut supervisor = Supervisor::default();
     let mut log = vec![format!("disks: {disk:?}")];
     let workload_end = STARTUP + config.time;
     let mut healed = false;
@@ -456,7 +485,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             .step()
             .map_err(|e| anyhow::anyhow!("seed {}: the simulation failed: {e}", config.seed))?;
         let now = sim.elapsed();
-        supervise(&mut sim, &disk_exits, now, &mut log);
+        supervisor.step(&mut sim, &disk_exits, now, &mut log);
         if !healed {
             if now >= workload_end {
                 stop.store(true, Ordering::Relaxed);
@@ -501,6 +530,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         }
     }
     let sim_time = sim.elapsed();
+    supervisor.restart_all(&mut sim);
     log.append(
         &mut nemesis
             .operator_log
@@ -533,6 +563,10 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     sim_time.hash(&mut hasher);
     let final_read_error = final_error.lock().unwrap_or_else(|p| p.into_inner()).take();
     let disk_restarts = log.iter().filter(|l| l.contains(" restart ")).count() as u64;
+    let full_disk_restarts = log
+        .iter()
+        .filter(|l| l.contains(" restart ") && l.contains(NO_SPACE))
+        .count() as u64;
     Ok(SimResult {
         seed: config.seed,
         report,
@@ -547,6 +581,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         replay: replay_command(config),
         torn_tails: torn_tails.load(Ordering::Relaxed),
         disk_restarts,
+        full_disk_restarts,
         log_catch_up_records: probes.total(|m| &m.catch_up_log_records),
         snapshot_installs: probes.total(|m| &m.snapshot_installs),
     })
@@ -562,14 +597,114 @@ fn note_exit(exits: &Exits, host: &str, why: &str) {
 /// The supervisor: a shard that stopped because its disk failed is
 /// crashed (the unsynced writes of a failed disk are not to be trusted) and
 /// started again at once, its orphaned tasks cancelled.
-fn supervise(sim: &mut turmoil::Sim<'_>, disk_exits: &Exits, now: Duration, log: &mut Vec<String>) {
-    let stopped = std::mem::take(&mut *disk_exits.lock().unwrap_or_else(|p| p.into_inner()));
-    for (host, why) in stopped {
-        sim.crash(host.as_str());
-        sim.bounce(host.as_str());
-        log.push(format!(
-            "{now:?} restart {host} after its disk failed: {why}"
-        ));
+/// Restarts replicas whose disk failed, [`SUPERVISOR_RESTART_DELAY`]
+/// after they stopped, as a supervisor would.
+#[derive(Default)]
+struct Supervisor {
+    /// Hosts stopped (crashed) and when to start them again.
+    due: Vec<(Duration, String)>,
+}
+
+impl Supervisor {
+    fn step(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        disk_exits: &Exits,
+        now: Duration,
+        log: &mut Vec<String>,
+    ) {
+        let stopped = std::mem::take(&mut *disk_exits.lock().unwrap_or_else(|p| p.into_inner()));
+        for (host, why) in stopped {
+            // Its unsynced writes are lost with the process.
+            sim.crash(host.as_str());
+            log.push(format!(
+                "{now:?} restart {host} after its disk failed: {why}"
+            ));
+            self.due.push((now + SUPERVISOR_RESTART_DELAY, host));
+        }
+        let (ready, waiting) = std::mem::take(&mut self.due)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.due = waiting;
+        for (_, host) in ready {
+            sim.bounce(host.as_str());
+        }
+    }
+
+    /// Starts every stopped replica now (the run is over).
+    fn restart_all(&mut self, sim: &mut turmoil::Sim<'_>) {
+        for (_, host) in std::mem::take(&mut self.due) {
+            sim.bounce(host.as_str());
+        }
+    }
+}
+
+/// What the simulated filesystem says when a write does not fit.
+const NO_SPACE: &str = "No space left on device";
+
+/// Replica disks the nemesis has filled: those to be full now, and every
+/// one ever filled (a replica stopping for want of space is expected only
+/// there).
+#[derive(Clone, Default)]
+struct DiskFills(Arc<Mutex<(BTreeSet<String>, BTreeSet<String>)>>);
+
+impl DiskFills {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeSet<String>, BTreeSet<String>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fill(&self, host: &str) {
+        let mut sets = self.lock();
+        sets.0.insert(host.to_string());
+        sets.1.insert(host.to_string());
+    }
+
+    fn free(&self, host: &str) {
+        self.lock().0.remove(host);
+    }
+
+    fn is_full(&self, host: &str) -> bool {
+        self.lock().0.contains(host)
+    }
+
+    fn ever_filled(&self, host: &str) -> bool {
+        self.lock().1.contains(host)
+    }
+}
+
+/// Makes this host's disk full (a ballast file taking every free byte,
+/// synced chunk by chunk) or frees it, as the nemesis wants; `present` is
+/// whether the ballast is there now.
+fn ballast(full: bool, present: &mut bool) {
+    use std::io::Write;
+    use trellis_shard::fsio;
+    if full && !*present {
+        let Ok(mut file) = fsio::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .open(BALLAST)
+        else {
+            return;
+        };
+        let _ = fsio::sync_dir("/");
+        // Big chunks, then ever smaller ones, until not one byte fits.
+        let chunk = [0u8; BALLAST_CHUNK];
+        let mut size = BALLAST_CHUNK;
+        for _ in 0..SIM_DISK_BYTES as usize / BALLAST_CHUNK + 2 * BALLAST_CHUNK.ilog2() as usize {
+            if file.write_all(&chunk[..size]).is_ok() && file.sync_all().is_ok() {
+                continue;
+            }
+            if size == 1 {
+                break;
+            }
+            size /= 2;
+        }
+        *present = true;
+    } else if !full && *present {
+        if fsio::remove_file(BALLAST).is_ok() {
+            let _ = fsio::sync_dir("/");
+        }
+        *present = false;
     }
 }
 
@@ -628,7 +763,20 @@ async fn shard(
     group: u64,
     torn_tails: Arc<AtomicU64>,
     probes: LogProbes,
+    fills: DiskFills,
 ) -> Result<(), Stop> {
+    // The disk as the nemesis wants it, before recovery and while running.
+    let mut present = trellis_shard::fsio::File::open(BALLAST).is_ok();
+    ballast(fills.is_full(&name), &mut present);
+    {
+        let name = name.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(BALLAST_POLL).await;
+                ballast(fills.is_full(&name), &mut present);
+            }
+        });
+    }
     let config = ShardConfig {
         data_dir: "/data".into(),
         group_id: group,
@@ -691,6 +839,8 @@ async fn shard(
 #[derive(Debug)]
 enum Fault {
     Crashed(String),
+    /// The replica's disk is full (see [`ballast`]).
+    DiskFull(String),
     Cut(Vec<(String, String)>),
     Held(String, String),
 }
@@ -743,10 +893,17 @@ struct Nemesis {
     /// A replica to crash once it has a log batch in flight, and the time
     /// it is crashed anyway.
     mid_write: Option<(String, Duration)>,
+    fills: DiskFills,
 }
 
 impl Nemesis {
-    fn new(seed: u64, groups: &[Vec<String>], clients: usize, probes: LogProbes) -> Self {
+    fn new(
+        seed: u64,
+        groups: &[Vec<String>],
+        clients: usize,
+        probes: LogProbes,
+        fills: DiskFills,
+    ) -> Self {
         Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             groups: groups.to_vec(),
@@ -757,6 +914,7 @@ impl Nemesis {
             operator_log: Arc::default(),
             probes,
             mid_write: None,
+            fills,
         }
     }
 
@@ -803,7 +961,7 @@ impl Nemesis {
         while i < self.active.len() {
             if self.active[i].0 <= now {
                 let (_, fault) = self.active.remove(i);
-                undo(sim, &fault, now, log);
+                undo(sim, &self.fills, &fault, now, log);
             } else {
                 i += 1;
             }
@@ -837,9 +995,20 @@ impl Nemesis {
         let network_fault = self
             .active
             .iter()
-            .any(|(_, f)| !matches!(f, Fault::Crashed(_)));
+            .any(|(_, f)| !matches!(f, Fault::Crashed(_) | Fault::DiskFull(_)));
         let until = now + self.ms(FAULT_HOLD_MS);
-        let fault = match self.rng.random_range(0..8) {
+        let fault = match self.rng.random_range(0..9) {
+            8 => {
+                // A replica's disk fills up (every free byte taken): its
+                // next log write fails and it stops; its supervisor
+                // restarts it, and it stops again, until space is freed.
+                let (_, host) = self.pick_replica();
+                if self.is_crashed(&host) || self.fills.is_full(&host) {
+                    return;
+                }
+                self.fills.fill(&host);
+                Fault::DiskFull(host)
+            }
             7 => {
                 let group = self.rng.random_range(0..self.groups.len()) as u64 + 1;
                 log.push(format!("{now:?} transfer the primary of group {group}"));
@@ -930,7 +1099,7 @@ impl Nemesis {
     fn heal_all(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
         self.mid_write = None;
         for (_, fault) in std::mem::take(&mut self.active) {
-            undo(sim, &fault, now, log);
+            undo(sim, &self.fills, &fault, now, log);
         }
     }
 }
@@ -987,9 +1156,16 @@ async fn transfer_primary(group: u64) -> Result<String, String> {
     ))
 }
 
-fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, now: Duration, log: &mut Vec<String>) {
+fn undo(
+    sim: &mut turmoil::Sim<'_>,
+    fills: &DiskFills,
+    fault: &Fault,
+    now: Duration,
+    log: &mut Vec<String>,
+) {
     match fault {
         Fault::Crashed(host) => sim.bounce(host.as_str()),
+        Fault::DiskFull(host) => fills.free(host),
         Fault::Cut(pairs) => {
             for (a, b) in pairs {
                 sim.release(a.as_str(), b.as_str());

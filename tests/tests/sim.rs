@@ -165,3 +165,21 @@ fn torn_log_tails_are_cut_and_lose_nothing() {
     }
     assert!(torn > 0, "six seeds with torn writes and no torn tail cut");
 }
+
+#[test]
+fn shards_whose_disks_fill_up_stop_restart_and_lose_nothing() {
+    // The nemesis fills replicas' disks to the last byte in most seeds:
+    // some replica's log write must fail for want of space, the replica
+    // stop and be restarted (again and again while the disk stays full),
+    // and the run still check out once space is freed.
+    let mut restarts = 0;
+    for seed in 0..4 {
+        let result = run(&SimConfig::new(seed)).expect("the simulation runs");
+        assert!(result.passed(), "{}", result.explain());
+        restarts += result.full_disk_restarts;
+    }
+    assert!(
+        restarts > 0,
+        "four seeds and no replica stopped on a full disk"
+    );
+}

@@ -195,7 +195,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         }
         println!(
             "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
-             torn log tails recovered: {}, restarts after disk failures: {}; \
+             torn log tails recovered: {}, restarts after disk failures: {} ({} full); \
              catch-up: {} records from logs on disk, {} snapshots installed",
             result.counts[0],
             result.counts[1],
@@ -204,6 +204,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             started.elapsed(),
             result.torn_tails,
             result.disk_restarts,
+            result.full_disk_restarts,
             result.log_catch_up_records,
             result.snapshot_installs,
         );
