@@ -130,14 +130,18 @@ pub async fn serve_stream(
     let common = common_prefix(&shard.epochs(), shard.last_lsn(), &theirs, hello.last_lsn);
     // Past the in-memory feed, the log on disk may still have what the
     // backup needs; only when neither has it does it get a snapshot.
-    let from_log = !shard.repl.feed.can_feed_after(hello.last_lsn)
-        && shard
+    // The reader, positioned at the backup's next record, is handed on.
+    let in_feed = shard.repl.feed.can_feed_after(hello.last_lsn);
+    let disk = if in_feed {
+        None
+    } else {
+        shard
             .log_reader(hello.last_lsn + 1)
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .is_some();
-    let needs_snapshot =
-        common < hello.last_lsn || (!shard.repl.feed.can_feed_after(hello.last_lsn) && !from_log);
+    };
+    let from_log = disk.is_some();
+    let needs_snapshot = common < hello.last_lsn || (!in_feed && !from_log);
     tracing::info!(
         backup = %hello.addr,
         their_last = hello.last_lsn,
@@ -166,7 +170,10 @@ pub async fn serve_stream(
     }
     // Records and heartbeats.
     tokio::spawn(async move {
-        if let Err(err) = feed_backup(&shard, &tx, epoch, hello.last_lsn, needs_snapshot).await {
+        let disk = if needs_snapshot { None } else { disk };
+        if let Err(err) =
+            feed_backup(&shard, &tx, epoch, hello.last_lsn, needs_snapshot, disk).await
+        {
             tracing::debug!(backup = %addr, %err, "stream to backup ended");
             let _ = tx.send(Err(Status::aborted(err))).await;
         }
@@ -220,6 +227,9 @@ async fn feed_backup(
     epoch: u64,
     their_last: Lsn,
     needs_snapshot: bool,
+    // A reader of the log on disk at the backup's next record, if the feed
+    // no longer has it.
+    mut disk: Option<crate::wal::LogReader>,
 ) -> Result<(), String> {
     let mut next = their_last + 1;
     if needs_snapshot {
@@ -254,8 +264,6 @@ async fn feed_backup(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut feed = shard.repl.feed.subscribe();
-    // Reads the log on disk while the backup is behind the feed.
-    let mut disk: Option<crate::wal::LogReader> = None;
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
