@@ -185,9 +185,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let (metrics_addr, metrics_listener) = metrics::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
-    let render_metrics = shard.metrics().clone();
+    let render_shard = shard.clone();
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, move || {
-        render_metrics.render()
+        render_shard.render_metrics()
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());
 

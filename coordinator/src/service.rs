@@ -351,6 +351,9 @@ impl pb::admin_server::Admin for AdminApi {
                     if let Some(p) = progress.iter().find(|p| p.addr == member.address) {
                         member.lag_records = primary_lsn.saturating_sub(p.acked_lsn);
                         member.lag_ms = p.silent_ms;
+                        member.catch_up = p.catch_up.clone();
+                        member.catch_up_done = p.catch_up_done;
+                        member.catch_up_total = p.catch_up_total;
                     }
                 }
                 let mut members: Vec<pb::MemberStatus> =

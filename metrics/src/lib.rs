@@ -96,6 +96,31 @@ pub fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
+/// Appends one gauge with a series per label set, e.g. `lag{backup="a"}`.
+/// Label values are escaped; an empty `series` still renders HELP and TYPE.
+pub fn gauge_family(out: &mut String, name: &str, help: &str, series: &[(Vec<(&str, &str)>, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in series {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+        }
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped. Any other
 /// path gets 404. Requests are bounded in size, time and concurrency.
 pub async fn serve(listener: TcpListener, render: impl Fn() -> String + Send + Sync + 'static) {
@@ -167,5 +192,19 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"10\"} 2"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3"), "{out}");
         assert!(out.contains("x_count 3"), "{out}");
+    }
+
+    #[test]
+    fn gauge_family_renders_labelled_series() {
+        let mut out = String::new();
+        gauge_family(
+            &mut out,
+            "lag",
+            "help",
+            &[(vec![("backup", "a\"b")], 3.0), (vec![], 0.5)],
+        );
+        assert!(out.contains("# TYPE lag gauge\n"), "{out}");
+        assert!(out.contains("lag{backup=\"a\\\"b\"} 3\n"), "{out}");
+        assert!(out.contains("\nlag 0.5\n"), "{out}");
     }
 }

@@ -42,6 +42,12 @@ const META_FILE: &str = "shard.meta";
 /// a backup away for a while catches up from it instead of by snapshot.
 pub const LOG_RETAIN_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Most bytes of log kept on disk beyond the retained log for catch-ups in
+/// progress (see [`Shard::pin_log`]); past it, a backup that still needs
+/// older records gets a snapshot instead. Bounds the disk a slow backup can
+/// cost its primary.
+pub const LOG_PINNED_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
 /// How a replica's log is cut into segments, snapshotted and kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogConfig {
@@ -184,7 +190,46 @@ pub struct Shard {
     recovery: Recovery,
     /// Paces catch-up traffic to backups.
     pub catch_up: crate::pacer::Pacer,
+    /// Log positions streams to backups still need from disk.
+    log_pins: std::sync::Mutex<LogPins>,
     _lock: File,
+}
+
+#[derive(Default)]
+struct LogPins {
+    next_id: u64,
+    /// By pin: the first record it needs.
+    from: std::collections::BTreeMap<u64, Lsn>,
+}
+
+/// Keeps the log on disk from a record on (within
+/// [`LOG_PINNED_BYTES_MAX`]) while a stream to a backup may need it: a
+/// backup sent a snapshot, or a backlog, must get the records after it even
+/// when snapshots come meanwhile. Released when dropped.
+pub struct LogPin {
+    shard: Arc<Shard>,
+    id: u64,
+}
+
+impl LogPin {
+    /// The stream now needs records from `from` on.
+    pub fn advance(&self, from: Lsn) {
+        let mut pins = self.shard.log_pins.lock().expect("log pins lock poisoned");
+        if let Some(at) = pins.from.get_mut(&self.id) {
+            *at = from;
+        }
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        self.shard
+            .log_pins
+            .lock()
+            .expect("log pins lock poisoned")
+            .from
+            .remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -284,6 +329,7 @@ impl Shard {
             snapshot_running: AtomicBool::new(false),
             snapshot_mark_bytes: AtomicU64::new(0),
             recovery,
+            log_pins: std::sync::Mutex::new(LogPins::default()),
             _lock: lock,
         }))
     }
@@ -313,7 +359,9 @@ impl Shard {
         let mut marks = self.repl.subscribe_marks();
         let generation = marks.borrow().generation;
         self.wal().wait_durable(lsn).await?;
-        if level > Level::Local {
+        if level == Level::Local {
+            self.repl.note_durable(self.wal().durable_lsn());
+        } else {
             self.repl.recompute(self.wal().durable_lsn());
             let waited = tokio::time::timeout(
                 SETTLE_TIMEOUT,
@@ -347,6 +395,15 @@ impl Shard {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Every metric of this replica in the Prometheus text format: the
+    /// counters and histograms, and the replication gauges.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.metrics.render();
+        self.repl
+            .render_metrics(&mut out, self.durable_lsn(), self.last_lsn());
+        out
     }
 
     pub fn group_id(&self) -> GroupId {
@@ -791,6 +848,24 @@ impl Shard {
         }
     }
 
+    /// Keeps the log from `from` on (see [`LogPin`]).
+    pub fn pin_log(self: &Arc<Self>, from: Lsn) -> LogPin {
+        let mut pins = self.log_pins.lock().expect("log pins lock poisoned");
+        let id = pins.next_id;
+        pins.next_id += 1;
+        pins.from.insert(id, from);
+        LogPin {
+            shard: self.clone(),
+            id,
+        }
+    }
+
+    /// The first record any stream still needs from disk.
+    fn lowest_log_pin(&self) -> Option<Lsn> {
+        let pins = self.log_pins.lock().expect("log pins lock poisoned");
+        pins.from.values().copied().min()
+    }
+
     /// Writes a snapshot of the current state, then deletes older snapshots
     /// and the log segments it covers. Returns the snapshot's LSN, or
     /// `None` if one is already being written.
@@ -814,8 +889,18 @@ impl Shard {
             let dir = &this.config.data_dir;
             snapshot::write(dir, &capture)?;
             snapshot::delete_older(dir, lsn)?;
-            this.wal()
-                .delete_through(lsn, this.config.log.retain_bytes)?;
+            let wal = this.wal();
+            let retain = this.config.log.retain_bytes;
+            match this.lowest_log_pin() {
+                None => {
+                    wal.delete_through(lsn, retain)?;
+                }
+                Some(pin) => {
+                    // What streams still need stays, up to a bound.
+                    wal.delete_through(lsn.min(pin.saturating_sub(1)), retain)?;
+                    wal.delete_through(lsn, retain.saturating_add(LOG_PINNED_BYTES_MAX))?;
+                }
+            }
             Ok(())
         })
         .await
@@ -1157,6 +1242,56 @@ mod tests {
         assert_eq!(
             view[0].lock.as_ref().expect("lock survived restart").txn,
             txn(1000)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_pin_keeps_what_a_stream_needs_through_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        // Small segments, no log kept after a snapshot.
+        cfg.log = LogConfig {
+            segment_bytes: 4096,
+            snapshot_every_bytes: 4096,
+            retain_bytes: 0,
+        };
+        let shard = Shard::open(cfg, Arc::new(Metrics::default())).expect("open");
+        let mut i = 0u32;
+        let mut write = async |n: u32| {
+            for _ in 0..n {
+                i += 1;
+                shard
+                    .commit_local(
+                        txn(i),
+                        vec![],
+                        vec![put(&format!("k{i}"), &"v".repeat(100))],
+                        Level::Sync,
+                    )
+                    .await
+                    .expect("commit");
+            }
+        };
+        write(100).await;
+        let pin = shard.pin_log(50);
+        write(100).await;
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(50).await.expect("reader").is_some(),
+            "a snapshot deleted records a pinned stream still needs"
+        );
+        assert!(
+            shard.log_reader(10).await.expect("reader").is_none(),
+            "records below every pin were kept"
+        );
+        pin.advance(150);
+        shard.snapshot().await.expect("snapshot");
+        assert!(shard.log_reader(150).await.expect("reader").is_some());
+        assert!(shard.log_reader(50).await.expect("reader").is_none());
+        drop(pin);
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(150).await.expect("reader").is_none(),
+            "the log was kept after its pin was dropped"
         );
     }
 

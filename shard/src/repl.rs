@@ -46,6 +46,12 @@ pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// renew nothing).
 pub const HEARTBEATS_REMEMBERED: usize = 1024;
 
+/// Durability points a primary remembers to tell how long its oldest
+/// record not yet on any backup has waited; past this many, the newest
+/// point is moved forward instead (its time then overstates the wait of
+/// the records it gained, never understates it).
+pub const AT_RISK_POINTS_MAX: usize = 4096;
+
 /// What this replica is in its group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -234,6 +240,44 @@ pub struct Peer {
     pub last_ack: Instant,
     /// Send time of the newest batch it acknowledged: its lease grant.
     pub lease_from: Option<Instant>,
+    /// Set while its stream is bringing it up to date.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// How a backup that is behind is being brought up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpMode {
+    /// A copy of the primary's state, then the records after it.
+    Snapshot,
+    /// A backlog of records read back from the log on disk.
+    Log,
+    /// A backlog of records still in the in-memory feed.
+    Feed,
+}
+
+impl CatchUpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchUpMode::Snapshot => "snapshot",
+            CatchUpMode::Log => "log",
+            CatchUpMode::Feed => "feed",
+        }
+    }
+}
+
+/// Progress of one catch-up, as of the last batch sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The stream reporting it (a backup that reconnects gets a new one;
+    /// the old stream's report must not clear the new one's).
+    pub stream: u64,
+    pub mode: CatchUpMode,
+    /// Bytes of a snapshot, records of a backlog, sent so far.
+    pub done: u64,
+    /// Bytes of the snapshot, records of the backlog up to the primary's
+    /// last record when the batch went out (a backlog's end moves on as
+    /// writes arrive).
+    pub total: u64,
 }
 
 /// The mutable part, under one lock.
@@ -248,6 +292,8 @@ pub struct Inner {
     pub peers: BTreeMap<String, Peer>,
     heartbeats: VecDeque<(u64, Instant)>,
     next_heartbeat: u64,
+    /// Number of the next stream to a backup (catch-up reports).
+    next_stream: u64,
     /// Backup: when the primary was last heard from.
     pub last_heard: Instant,
     /// Primary handing over to another member: serves nothing, keeps
@@ -264,6 +310,19 @@ pub struct Repl {
     me: Mutex<String>,
     /// The coordinator it reaches the catalog through.
     coordinator: Mutex<Option<String>>,
+    /// Primary: when its durable LSN reached each value, for the records
+    /// not yet on any backup (oldest first, at most
+    /// [`AT_RISK_POINTS_MAX`]).
+    durable_at: Mutex<VecDeque<(Lsn, Instant)>>,
+}
+
+/// Records durable on a primary and on none of its backups: what an ASYNC
+/// commit may lose in a failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AtRisk {
+    pub records: u64,
+    /// How long the oldest of them has been durable here.
+    pub oldest: Duration,
 }
 
 impl Repl {
@@ -282,6 +341,7 @@ impl Repl {
                 peers: BTreeMap::new(),
                 heartbeats: VecDeque::new(),
                 next_heartbeat: 1,
+                next_stream: 1,
                 last_heard: now,
                 handing_over: false,
             }),
@@ -289,6 +349,7 @@ impl Repl {
             feed: Feed::new(feed_bytes_max),
             me: Mutex::new(String::new()),
             coordinator: Mutex::new(None),
+            durable_at: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -395,6 +456,7 @@ impl Repl {
                     acked: 0,
                     last_ack: now,
                     lease_from: None,
+                    catch_up: None,
                 });
             }
         }
@@ -438,9 +500,171 @@ impl Repl {
         seq
     }
 
+    /// A number for a new stream to a backup, for [`Repl::report_catch_up`].
+    pub fn new_stream(&self) -> u64 {
+        let mut inner = self.lock();
+        let stream = inner.next_stream;
+        inner.next_stream += 1;
+        stream
+    }
+
+    /// Primary: how the stream `stream` to `addr` is catching it up, or
+    /// (`None`) that it is not (any more). A report of an older stream to
+    /// the same backup never clears a newer one's.
+    pub fn report_catch_up(
+        &self,
+        addr: &str,
+        stream: u64,
+        progress: Option<(CatchUpMode, u64, u64)>,
+    ) {
+        let mut inner = self.lock();
+        let Some(peer) = inner.peers.get_mut(addr) else {
+            return;
+        };
+        match progress {
+            Some((mode, done, total)) => {
+                if peer.catch_up.is_none_or(|c| c.stream <= stream) {
+                    peer.catch_up = Some(CatchUp {
+                        stream,
+                        mode,
+                        done,
+                        total: total.max(done),
+                    });
+                }
+            }
+            None => {
+                if peer.catch_up.is_some_and(|c| c.stream <= stream) {
+                    peer.catch_up = None;
+                }
+            }
+        }
+    }
+
     /// Backup: the primary spoke.
     pub fn heard(&self) {
         self.lock().last_heard = Instant::now();
+    }
+
+    /// Notes that this replica's log is durable up to `local` (called by
+    /// every write once durable), for [`Repl::at_risk`].
+    pub fn note_durable(&self, local: Lsn) {
+        let inner = self.lock();
+        self.note_durable_locked(&inner, local, Instant::now());
+    }
+
+    fn note_durable_locked(&self, inner: &Inner, local: Lsn, now: Instant) {
+        let mut points = self.durable_at.lock().expect("durable_at lock poisoned");
+        if inner.role != Role::Primary || inner.peers.is_empty() {
+            points.clear();
+            return;
+        }
+        let best = inner.peers.values().map(|p| p.acked).max().unwrap_or(0);
+        while points.front().is_some_and(|(lsn, _)| *lsn <= best) {
+            points.pop_front();
+        }
+        if local > best && points.back().is_none_or(|(lsn, _)| *lsn < local) {
+            if points.len() >= AT_RISK_POINTS_MAX {
+                if let Some(back) = points.back_mut() {
+                    back.0 = local;
+                }
+            } else {
+                points.push_back((local, now));
+            }
+        }
+    }
+
+    /// Primary: the records durable here (up to `local`) that no backup
+    /// has acknowledged, and how long the oldest has waited. Nothing for a
+    /// primary without backups (there is nobody to fail over to) or a
+    /// replica that is not a primary.
+    pub fn at_risk(&self, local: Lsn, now: Instant) -> AtRisk {
+        let inner = self.lock();
+        if inner.role != Role::Primary || inner.peers.is_empty() {
+            return AtRisk::default();
+        }
+        let best = inner.peers.values().map(|p| p.acked).max().unwrap_or(0);
+        let records = local.saturating_sub(best);
+        if records == 0 {
+            return AtRisk::default();
+        }
+        let points = self.durable_at.lock().expect("durable_at lock poisoned");
+        let oldest = points
+            .iter()
+            .find(|(lsn, _)| *lsn > best)
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at));
+        AtRisk { records, oldest }
+    }
+
+    /// Appends the replication gauges of this replica (a primary's view of
+    /// its backups; a backup renders the families without series).
+    pub fn render_metrics(&self, out: &mut String, local: Lsn, last: Lsn) {
+        use trellis_metrics::gauge_family;
+        let now = Instant::now();
+        let at_risk = self.at_risk(local, now);
+        let inner = self.lock();
+        let primary = inner.role == Role::Primary;
+        let peers: Vec<(&String, &Peer)> = if primary {
+            inner.peers.iter().collect()
+        } else {
+            Vec::new()
+        };
+        let per_peer = |f: &dyn Fn(&Peer) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+            peers
+                .iter()
+                .map(|(addr, p)| (vec![("backup", addr.as_str())], f(p)))
+                .collect()
+        };
+        gauge_family(
+            out,
+            "trellis_repl_lag_records",
+            "Primary: records a backup has not acknowledged as durable.",
+            &per_peer(&|p| last.saturating_sub(p.acked) as f64),
+        );
+        gauge_family(
+            out,
+            "trellis_repl_lag_seconds",
+            "Primary: seconds since a backup last acknowledged anything.",
+            &per_peer(&|p| now.saturating_duration_since(p.last_ack).as_secs_f64()),
+        );
+        let catching_up: Vec<(&String, CatchUp)> = peers
+            .iter()
+            .filter_map(|(addr, p)| p.catch_up.map(|c| (*addr, c)))
+            .collect();
+        for (name, help, value) in [
+            (
+                "trellis_repl_catch_up_done",
+                "Primary: bytes (snapshot) or records (backlog) sent to a backup being caught up.",
+                (|c: &CatchUp| c.done) as fn(&CatchUp) -> u64,
+            ),
+            (
+                "trellis_repl_catch_up_total",
+                "Primary: bytes (snapshot) or records (backlog) a backup being caught up needs.",
+                |c: &CatchUp| c.total,
+            ),
+        ] {
+            let series: Vec<(Vec<(&str, &str)>, f64)> = catching_up
+                .iter()
+                .map(|(addr, c)| {
+                    (
+                        vec![("backup", addr.as_str()), ("mode", c.mode.name())],
+                        value(c) as f64,
+                    )
+                })
+                .collect();
+            gauge_family(out, name, help, &series);
+        }
+        gauge_family(
+            out,
+            "trellis_repl_at_risk_records",
+            "Primary: records durable here and on no backup (an ASYNC commit among them is lost if this primary is).",
+            &[(vec![], at_risk.records as f64)],
+        );
+        gauge_family(
+            out,
+            "trellis_repl_at_risk_seconds",
+            "Primary: how long the oldest at-risk record has been durable here (0 when none is).",
+            &[(vec![], at_risk.oldest.as_secs_f64())],
+        );
     }
 
     /// Recomputes the watermarks (the local durable LSN moved).
@@ -450,6 +674,7 @@ impl Repl {
     }
 
     fn recompute_locked(&self, inner: &Inner, local: Lsn, bump: bool) {
+        self.note_durable_locked(inner, local, Instant::now());
         let in_sync: Vec<Lsn> = match inner.role {
             Role::Primary => in_sync_peers(inner).map(|(_, p)| p.acked).collect(),
             _ => Vec::new(),

@@ -171,14 +171,55 @@ pub async fn serve_stream(
     // Records and heartbeats.
     tokio::spawn(async move {
         let disk = if needs_snapshot { None } else { disk };
-        if let Err(err) =
-            feed_backup(&shard, &tx, epoch, hello.last_lsn, needs_snapshot, disk).await
+        let report = CatchUpReport {
+            shard: &shard,
+            addr: &addr,
+            stream: shard.repl.new_stream(),
+        };
+        if let Err(err) = feed_backup(
+            &shard,
+            &tx,
+            epoch,
+            hello.last_lsn,
+            needs_snapshot,
+            disk,
+            &report,
+        )
+        .await
         {
             tracing::debug!(backup = %addr, %err, "stream to backup ended");
             let _ = tx.send(Err(Status::aborted(err))).await;
         }
     });
     Ok(rx)
+}
+
+/// Publishes one stream's catch-up progress in the primary's state (for
+/// `trellis status` and the metrics); clears it when the stream ends.
+struct CatchUpReport<'a> {
+    shard: &'a Arc<Shard>,
+    addr: &'a str,
+    stream: u64,
+}
+
+impl CatchUpReport<'_> {
+    fn set(&self, mode: crate::repl::CatchUpMode, done: u64, total: u64) {
+        self.shard
+            .repl
+            .report_catch_up(self.addr, self.stream, Some((mode, done, total)));
+    }
+
+    fn clear(&self) {
+        self.shard
+            .repl
+            .report_catch_up(self.addr, self.stream, None);
+    }
+}
+
+impl Drop for CatchUpReport<'_> {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// The next batch for a backup behind the in-memory feed, from the log on
@@ -230,14 +271,22 @@ async fn feed_backup(
     // A reader of the log on disk at the backup's next record, if the feed
     // no longer has it.
     mut disk: Option<crate::wal::LogReader>,
+    report: &CatchUpReport<'_>,
 ) -> Result<(), String> {
+    use crate::repl::CatchUpMode;
     let mut next = their_last + 1;
+    // Snapshots taken meanwhile keep the log this stream still needs.
+    let pin = shard.pin_log(next.min(shard.last_lsn() + 1));
     if needs_snapshot {
         let capture = shard.capture();
         next = capture.lsn + 1;
+        pin.advance(next);
         let mut bytes = Vec::new();
         crate::snapshot::encode(&mut bytes, &capture).map_err(|e| e.to_string())?;
         drop(capture);
+        let total = bytes.len() as u64;
+        let mut sent = 0u64;
+        report.set(CatchUpMode::Snapshot, sent, total);
         let pieces = bytes.len().div_ceil(SNAPSHOT_PIECE_BYTES).max(1);
         for (i, piece) in bytes
             .chunks(SNAPSHOT_PIECE_BYTES)
@@ -257,6 +306,8 @@ async fn feed_backup(
             tx.send(Ok(batch))
                 .await
                 .map_err(|_| "the backup went away".to_string())?;
+            sent += piece.len() as u64;
+            report.set(CatchUpMode::Snapshot, sent, total);
         }
         shard
             .metrics()
@@ -266,17 +317,22 @@ async fn feed_backup(
     let mut feed = shard.repl.feed.subscribe();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // First record of the backlog being caught up, while there is one, and
+    // whether a catch-up (snapshot or backlog) is being reported.
+    let mut backlog_from: Option<Lsn> = None;
+    let mut reporting = needs_snapshot;
     loop {
         if shard.repl.role() != (Role::Primary, epoch) {
             return Err("no longer the primary of this epoch".into());
         }
-        // A backup more than CATCH_UP_LAG_RECORDS behind is catching up:
-        // its backlog is paced; one that keeps up is streamed at once.
-        let catching_up = shard.last_lsn().saturating_sub(next) > CATCH_UP_LAG_RECORDS;
-        let records = match shard.repl.feed.batch(next) {
+        // A backup more than CATCH_UP_LAG_RECORDS behind, or one fed from
+        // the log on disk, is catching up: its backlog is paced; one that
+        // keeps up is streamed at once.
+        let mut catching_up = shard.last_lsn().saturating_sub(next) > CATCH_UP_LAG_RECORDS;
+        let (records, mode) = match shard.repl.feed.batch(next) {
             Ok(records) => {
                 disk = None;
-                records
+                (records, CatchUpMode::Feed)
             }
             Err(FeedGap::Trimmed) => {
                 let records = read_log(shard, &mut disk, next).await?;
@@ -284,11 +340,23 @@ async fn feed_backup(
                     .metrics()
                     .catch_up_log_records
                     .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                records
+                catching_up = true;
+                (records, CatchUpMode::Log)
             }
         };
+        if catching_up {
+            let from = *backlog_from.get_or_insert(next);
+            let done = records.last().map_or(next, |r| r.lsn + 1) - from;
+            report.set(mode, done, (shard.last_lsn() + 1).saturating_sub(from));
+            reporting = true;
+        } else if reporting {
+            backlog_from = None;
+            reporting = false;
+            report.clear();
+        }
         if let Some(last) = records.last() {
             next = last.lsn + 1;
+            pin.advance(next);
         }
         let sent_records = !records.is_empty();
         if catching_up {

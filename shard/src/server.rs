@@ -580,7 +580,7 @@ impl ShardService for ShardApi {
         let now = tokio::time::Instant::now();
         let (role, epoch) = self.shard.repl.role();
         let marks = self.shard.repl.marks();
-        let (replicas, at_risk) = {
+        let replicas = {
             let inner = self.shard.repl.lock();
             let in_sync = |addr: &str| {
                 inner
@@ -597,6 +597,12 @@ impl ShardService for ShardApi {
                         acked_lsn: p.acked,
                         in_sync: in_sync(addr),
                         silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
+                        catch_up: p
+                            .catch_up
+                            .map(|c| c.mode.name().to_string())
+                            .unwrap_or_default(),
+                        catch_up_done: p.catch_up.map_or(0, |c| c.done),
+                        catch_up_total: p.catch_up.map_or(0, |c| c.total),
                     })
                     .collect();
                 list.sort_by(|a, b| a.addr.cmp(&b.addr));
@@ -604,20 +610,17 @@ impl ShardService for ShardApi {
             } else {
                 Vec::new()
             };
-            let best = replicas.iter().map(|r| r.acked_lsn).max();
-            let at_risk = match best {
-                Some(best) => s.durable_lsn.saturating_sub(best),
-                None => 0,
-            };
-            (replicas, at_risk)
+            replicas
         };
+        let at_risk = self.shard.repl.at_risk(s.durable_lsn, now);
         Ok(Response::new(pb::ShardStatusResponse {
             role: role.name().to_string(),
             epoch,
             lease_ms: self.shard.repl.lease_left(now),
             commit_lsn: marks.sync,
             replicas,
-            at_risk_records: at_risk,
+            at_risk_records: at_risk.records,
+            at_risk_ms: at_risk.oldest.as_millis() as u64,
             group_id: s.group_id,
             map_epoch: s.map_epoch,
             slots_owned: s.slots_owned,

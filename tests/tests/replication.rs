@@ -20,6 +20,10 @@ use trellis_tests::replicated::{
 const WRITERS: usize = 4;
 /// Keys read back per Get when checking.
 const CHECK_BATCH: usize = 500;
+/// Large values written while a backup is away, and their size: 8 MiB that
+/// take about 4 s to catch up at the slowest pace allowed (2 MiB/s).
+const CATCH_UP_BIG_VALUES: usize = 16;
+const CATCH_UP_BIG_VALUE_BYTES: usize = 512 * 1024;
 
 /// Acknowledged writes: (key, value).
 type Acked = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
@@ -214,6 +218,16 @@ async fn primary_killed_under_sync_load_loses_nothing() {
 }
 
 /// A counter of a process's /metrics.
+/// The value of the metric series `series` (a name, with its labels if it
+/// has any) of `proc`, if it renders one.
+async fn metric(proc: &trellis_tests::harness::Proc, series: &str) -> Option<f64> {
+    let metrics = http_get(proc.field("metrics"), "/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
 async fn counter(proc: &trellis_tests::harness::Proc, name: &str) -> u64 {
     let metrics = http_get(proc.field("metrics"), "/metrics").await;
     metrics
@@ -236,7 +250,16 @@ enum CatchUp {
 /// configuration and SYNC writes go on; the backup returns and catches up
 /// `how`. A tiny in-memory feed (4 KiB) makes either way the only one.
 async fn dead_backup_returns(how: CatchUp) {
-    let mut args = vec!["--feed-bytes-max", "4096", "--segment-bytes", "4096"];
+    // Catch-up at the slowest pace allowed, so that it lasts long enough
+    // (CATCH_UP_BIG_VALUES, seconds) for its progress to be seen.
+    let mut args = vec![
+        "--feed-bytes-max",
+        "4096",
+        "--segment-bytes",
+        "4096",
+        "--catch-up-bytes-per-sec",
+        "2097152",
+    ];
     if how == CatchUp::BySnapshot {
         // Snapshot often and keep no log after it.
         args.extend(["--snapshot-every-bytes", "16384", "--log-retain-bytes", "0"]);
@@ -263,6 +286,18 @@ async fn dead_backup_returns(how: CatchUp) {
     let removed_at = load.count();
     load.wait_progress(removed_at, 300, "SYNC writes without the dead backup")
         .await;
+    // Megabytes the returning backup must be sent, paced: its catch-up
+    // shows in the status and the metrics while it goes on.
+    let mut client = cluster.txn().await.expect("txn client");
+    let mut big_acked = Vec::new();
+    for i in 0..CATCH_UP_BIG_VALUES {
+        let key = format!("big/{i}").into_bytes();
+        let value = vec![b'0' + (i % 10) as u8; CATCH_UP_BIG_VALUE_BYTES];
+        if commit_one(&mut client, &key, &value, v1::Durability::Sync).await {
+            big_acked.push((key, value));
+        }
+    }
+    assert!(!big_acked.is_empty(), "no big value was acknowledged");
     let primary_proc = cluster.proc(1, primary);
     if how == CatchUp::BySnapshot {
         // Two snapshots since the kill: the log the backup needs is gone.
@@ -278,7 +313,44 @@ async fn dead_backup_returns(how: CatchUp) {
     }
 
     cluster.restart(1, victim).expect("restart");
+    let mode = match how {
+        CatchUp::BySnapshot => "snapshot",
+        CatchUp::FromLog => "log",
+    };
+    let series = format!("trellis_repl_catch_up_total{{backup=\"{victim_addr}\",mode=\"{mode}\"}}");
+    let (mut in_status, mut in_metrics) = (false, false);
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    while !(in_status && in_metrics) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the {mode} catch-up of {victim_addr} was not reported (status: {in_status}, \
+             metrics: {in_metrics})"
+        );
+        if let Ok(status) = cluster.status().await
+            && let Some(m) = status.groups[0]
+                .members
+                .iter()
+                .find(|m| m.address == victim_addr && m.catch_up == mode)
+        {
+            assert!(
+                m.catch_up_total > 0 && m.catch_up_done <= m.catch_up_total,
+                "catch-up progress out of range: {m:?}"
+            );
+            in_status = true;
+        }
+        let primary_proc = cluster.proc(1, primary);
+        if metric(primary_proc, &series).await.is_some_and(|v| v > 0.0) {
+            in_metrics = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_all_in_sync(&cluster, 1).await;
+    cluster
+        .wait_for("no catch-up reported once in sync", |s| {
+            s.groups[0].members.iter().all(|m| m.catch_up.is_empty())
+        })
+        .await
+        .expect("catch-up report cleared");
     let installs = counter(
         cluster.proc(1, victim),
         "trellis_repl_snapshot_installs_total",
@@ -304,6 +376,10 @@ async fn dead_backup_returns(how: CatchUp) {
     }
     let acked = load.stop().await;
     check_acked(&cluster, &acked).await;
+    // One at a time: a batch of them would pass gRPC's message limit.
+    for pair in big_acked.chunks(1) {
+        check_acked(&cluster, pair).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,6 +585,21 @@ async fn async_writes_can_be_lost_by_a_failover_sync_writes_never() {
             if commit_one(&mut client, &key, b"a", v1::Durability::Async).await {
                 async_acked.push(key);
             }
+        }
+        // The primary shows what it alone holds.
+        if !async_acked.is_empty() {
+            let primary_proc = cluster.proc(1, primary);
+            let records = metric(primary_proc, "trellis_repl_at_risk_records").await;
+            assert!(
+                records.is_some_and(|r| r >= async_acked.len() as f64),
+                "{} ASYNC writes on the primary alone, at-risk records {records:?}",
+                async_acked.len()
+            );
+            let seconds = metric(primary_proc, "trellis_repl_at_risk_seconds").await;
+            assert!(
+                seconds.is_some_and(|s| s > 0.0),
+                "records at risk but at-risk seconds {seconds:?}"
+            );
         }
         cluster.kill9(1, primary);
         for b in &backups {
