@@ -13,6 +13,9 @@
 //!   where any two processes can be cut apart (blackhole routes).
 //! - [`replicated`]: a cluster whose groups have several replicas, for the
 //!   replication and failover tests, on loopback or in a [`netns::NetLab`].
+//! - [`lab_nemesis`]: the nemesis for such a cluster in a lab — SIGKILL,
+//!   SIGSTOP, and cuts between any processes (one way or both), aimed at
+//!   primaries half of the time.
 //! - [`workload`]: list-append and bank clients that record a history for
 //!   `trellis-checker`, and the run that ties cluster, nemesis, workload
 //!   and checker together.
@@ -27,6 +30,7 @@
 //! catalog is the in-memory backend).
 
 pub mod harness;
+pub mod lab_nemesis;
 pub mod nemesis;
 pub mod netns;
 pub mod proxy;

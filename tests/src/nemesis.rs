@@ -711,6 +711,64 @@ impl Drop for FaultCluster {
     }
 }
 
+/// A cluster a workload can run against while a nemesis of its own
+/// (seeded by the [`Schedule`]) inflicts and heals faults.
+#[allow(async_fn_in_trait)] // used by generic code in this crate only
+pub trait NemesisCluster {
+    /// Address client `i` dials (clients are spread over coordinators).
+    fn client_addr(&self, i: usize) -> String;
+    /// Runs the nemesis until `until` (logging each step with the time
+    /// since `start`) and heals everything; returns how many faults it
+    /// inflicted.
+    async fn run_schedule(
+        &mut self,
+        schedule: &Schedule,
+        start: std::time::Instant,
+        until: std::time::Instant,
+        log: &mut Vec<String>,
+    ) -> anyhow::Result<usize>;
+    /// Undoes every fault.
+    fn heal_all(&mut self) -> anyhow::Result<()>;
+    /// Waits until every group is served again.
+    async fn wait_ready(&self) -> anyhow::Result<()>;
+    /// Waits until no transaction is left prepared; how many are if not.
+    async fn settle(&self) -> Result<(), u64>;
+    /// Processes that exited though no fault killed them.
+    fn unexpected_exits(&self) -> Vec<String>;
+}
+
+impl NemesisCluster for FaultCluster {
+    fn client_addr(&self, i: usize) -> String {
+        FaultCluster::client_addr(self, i % self.coordinators())
+    }
+
+    async fn run_schedule(
+        &mut self,
+        schedule: &Schedule,
+        start: std::time::Instant,
+        until: std::time::Instant,
+        log: &mut Vec<String>,
+    ) -> anyhow::Result<usize> {
+        run_schedule(self, schedule, start, until, log).await
+    }
+
+    fn heal_all(&mut self) -> anyhow::Result<()> {
+        FaultCluster::heal_all(self)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        FaultCluster::wait_ready(self).await
+    }
+
+    async fn settle(&self) -> Result<(), u64> {
+        FaultCluster::settle(self).await
+    }
+
+    fn unexpected_exits(&self) -> Vec<String> {
+        FaultCluster::unexpected_exits(self).to_vec()
+    }
+}
+
 /// Runs `schedule` against `cluster` until `until`: wait `interval`, pick a
 /// fault, inflict it, hold it, heal. Every step goes to `log` with the time
 /// since `start` (the history's clock). Heals everything before returning.

@@ -59,7 +59,7 @@ use trellis_checker::list_append::{self, Model};
 use trellis_checker::{Mop, Op, OpKind, Report, Verdict};
 use trellis_client::{Client, CommitRequest, Consistency, Durability, Error, Options, Write};
 
-use crate::nemesis::{FaultCluster, FaultKind, Schedule, run_schedule};
+use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule};
 
 /// Most micro-ops in one list-append transaction.
 pub const MOPS_MAX: usize = 4;
@@ -820,9 +820,37 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
         eprintln!("nemesis: {note}");
         nemesis_log.push(format!("# {note}"));
     }
+    let config = RunConfig {
+        kinds,
+        ..config.clone()
+    };
+    run_workload_on::<M, _>(&config, &mut cluster, temp, nemesis_log).await
+}
+
+/// Runs `config`'s workload against `cluster` (already started, its files
+/// in `temp`) under its own nemesis, then heals, settles, reads every key
+/// once more and checks the history. See [`run`].
+pub async fn run_on<C: NemesisCluster>(
+    config: &RunConfig,
+    cluster: &mut C,
+    temp: tempfile::TempDir,
+) -> anyhow::Result<RunResult> {
+    match config.workload {
+        Workload::ListAppend => run_workload_on::<Mop, C>(config, cluster, temp, Vec::new()).await,
+        Workload::Bank => run_workload_on::<BankMop, C>(config, cluster, temp, Vec::new()).await,
+    }
+}
+
+async fn run_workload_on<M: WorkloadMop, C: NemesisCluster>(
+    config: &RunConfig,
+    cluster: &mut C,
+    temp: tempfile::TempDir,
+    mut nemesis_log: Vec<String>,
+) -> anyhow::Result<RunResult> {
+    let dir = temp.path().to_path_buf();
     let mut clients = Vec::new();
     for c in 0..config.clients {
-        clients.push(connect(&cluster.client_addr(c % config.coordinators)).await?);
+        clients.push(connect(&cluster.client_addr(c)).await?);
     }
     if config.workload == Workload::Bank {
         open_accounts(&clients[0]).await?;
@@ -837,18 +865,13 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
 
     let schedule = Schedule {
         seed: config.seed,
-        kinds,
+        kinds: config.kinds.clone(),
         interval: config.interval,
         hold: config.hold,
     };
-    let faults = run_schedule(
-        &mut cluster,
-        &schedule,
-        start,
-        start + config.time,
-        &mut nemesis_log,
-    )
-    .await;
+    let faults = cluster
+        .run_schedule(&schedule, start, start + config.time, &mut nemesis_log)
+        .await;
     stop.store(true, Ordering::Relaxed);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(tasks)).await;
@@ -894,7 +917,7 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
             crate::nemesis::SETTLE_TIMEOUT
         ));
     }
-    let unexpected_exits = cluster.unexpected_exits().to_vec();
+    let unexpected_exits = cluster.unexpected_exits();
     for exit in &unexpected_exits {
         verdict.push_str(&format!("UNEXPECTED EXIT: {exit}\n"));
     }
@@ -916,7 +939,6 @@ async fn run_workload<M: WorkloadMop>(config: &RunConfig) -> anyhow::Result<RunR
         report.verdict,
         dir.join("verdict.txt").display()
     );
-    drop(cluster);
     Ok(RunResult {
         seed: config.seed,
         report,

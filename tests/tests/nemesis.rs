@@ -15,13 +15,24 @@
 use std::time::Duration;
 
 use trellis_checker::{AnomalyClass, CycleKind, CycleVia, Verdict};
+use trellis_tests::lab_nemesis::LabCluster;
 use trellis_tests::nemesis::FaultKind;
-use trellis_tests::workload::{ClientMode, RunConfig, RunResult, Workload, run};
+use trellis_tests::netns::NetLab;
+use trellis_tests::replicated::{CLIENT_NODE, ReplicatedCluster, lab_nodes};
+use trellis_tests::workload::{ClientMode, RunConfig, RunResult, Workload, run, run_on};
 
 /// The schedule's seed unless `TRELLIS_NEMESIS_SEED` says otherwise.
 const SEED_DEFAULT: u64 = 20_261_128;
 /// Seconds of workload per run unless `TRELLIS_NEMESIS_TIME` says otherwise.
 const TIME_DEFAULT_S: u64 = 20;
+
+/// Groups and replicas per group of the replicated runs.
+const LAB_GROUPS: u32 = 2;
+const LAB_REPLICAS: u32 = 3;
+/// How long a fault of a replicated run lasts: longer than a backup's
+/// grace period (1.2 s), so a primary that is cut, stopped or killed is
+/// replaced while the fault lasts.
+const LAB_HOLD: Duration = Duration::from_secs(2);
 
 /// One cluster at a time: this machine is small and the runs time faults.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -81,6 +92,61 @@ async fn bank_keeps_its_total_under_faults() {
     must_pass(&result, &format!("bank-seed{}", result.seed));
     assert!(result.faults > 0, "the nemesis inflicted faults");
     assert!(result.counts[0] > 0, "some transactions committed");
+}
+
+/// Groups of three replicas, every process in a network namespace of its
+/// own, faults aimed at primaries half of the time: SIGKILL, SIGSTOP, a
+/// replica cut from its group, from the coordinator or from everyone, and
+/// one-way cuts (muted, deafened), held longer than a backup's grace period
+/// so that failovers happen under the workload. The history must be
+/// strictly serializable and the final read must hold every acknowledged
+/// write. Needs root (network namespaces).
+fn replicated_run(workload: Workload) {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let mut config = config(workload);
+    config.coordinators = 1;
+    config.groups = LAB_GROUPS;
+    config.kinds = FaultKind::ALL.to_vec(); // any non-empty list: the lab picks its own
+    config.hold = LAB_HOLD;
+    let nodes = lab_nodes(LAB_GROUPS, LAB_REPLICAS);
+    let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let tag = match workload {
+        Workload::ListAppend => "nemla",
+        Workload::Bank => "nembank",
+    };
+    let lab = NetLab::create(tag, &refs).expect("network namespaces (run as root)");
+    let result = lab
+        .run_in(CLIENT_NODE, || async {
+            let cluster = ReplicatedCluster::start_in(&lab, LAB_GROUPS, LAB_REPLICAS, &[])
+                .await
+                .expect("replicated cluster");
+            let temp = tempfile::Builder::new()
+                .prefix(&format!("trellis-lab-nemesis-{}-", workload.name()))
+                .tempdir()
+                .expect("run directory");
+            let mut cluster = LabCluster::new(&lab, cluster);
+            run_on(&config, &mut cluster, temp).await.expect("run")
+        })
+        .expect("the run in the client namespace");
+    let name = format!("replicated-{}-seed{}", workload.name(), result.seed);
+    let kept = result.keep(&name).expect("keeping the run's files");
+    eprintln!(
+        "history, nemesis log and verdict kept in {}",
+        kept.display()
+    );
+    must_pass(&result, &name);
+    assert!(result.faults > 0, "the nemesis inflicted faults");
+    assert!(result.counts[0] > 0, "some transactions committed");
+}
+
+#[test]
+fn list_append_over_replicated_groups_survives_kills_pauses_and_cuts() {
+    replicated_run(Workload::ListAppend);
+}
+
+#[test]
+fn bank_over_replicated_groups_survives_kills_pauses_and_cuts() {
+    replicated_run(Workload::Bank);
 }
 
 /// The pipeline can fail: clients that commit their read-modify-writes

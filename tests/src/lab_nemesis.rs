@@ -1,0 +1,312 @@
+//! The nemesis for replicated groups: a [`ReplicatedCluster`] whose every
+//! process has a network namespace of its own ([`NetLab`]), and faults that
+//! a proxy cannot make — any replica cut from the rest of its group, from
+//! the coordinator, or from everyone; one-way cuts where a replica hears
+//! its group but is not heard, or the reverse — next to SIGKILL and
+//! SIGSTOP of any replica. Faults aim at the group's current primary half
+//! of the time (that is where failover, fencing and reconciliation are).
+//!
+//! The workload, the history and the checker are those of
+//! [`crate::workload`] ([`crate::workload::run_on`]); the whole run happens
+//! inside the lab's [`CLIENT_NODE`] ([`NetLab::run_in`]), since the lab's
+//! addresses are reachable from its namespaces only.
+//!
+//! Same promises as [`crate::nemesis`]: traffic stays inside namespaces the
+//! test made, every process is killed by its PID on drop, every wait is
+//! bounded, the seed picks the faults (which replica is primary when a
+//! fault is picked depends on timing, so a run is reproducible in what it
+//! aims at, not to the microsecond).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::alive;
+use crate::nemesis::{HOLD_MAX, NemesisCluster, Schedule};
+use crate::netns::NetLab;
+use crate::replicated::{COORD_NODE, ReplicatedCluster, SETTLE_TIMEOUT, replica_node};
+
+/// A fault of a replicated cluster in a lab; `(group, replica)` from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabFault {
+    /// SIGKILL; restarted on the same data directory and address when
+    /// healed.
+    Kill(u32, u32),
+    /// SIGSTOP; SIGCONT when healed.
+    Pause(u32, u32),
+    /// Cut from the other replicas of its group, both ways (it still
+    /// reaches the coordinator and the catalog).
+    CutFromGroup(u32, u32),
+    /// Its group hears nothing from it (its records, or its
+    /// acknowledgements, are dropped); it hears its group.
+    Muted(u32, u32),
+    /// It hears nothing from its group; its group hears it.
+    Deafened(u32, u32),
+    /// Cut from the coordinator (and so from the catalog and clients), not
+    /// from its group.
+    CutFromCoordinator(u32, u32),
+    /// Cut from everyone: its group and the coordinator.
+    Isolated(u32, u32),
+}
+
+/// Every kind of [`LabFault`], for picking.
+const KINDS: usize = 7;
+
+impl LabFault {
+    fn target(self) -> (u32, u32) {
+        match self {
+            LabFault::Kill(g, r)
+            | LabFault::Pause(g, r)
+            | LabFault::CutFromGroup(g, r)
+            | LabFault::Muted(g, r)
+            | LabFault::Deafened(g, r)
+            | LabFault::CutFromCoordinator(g, r)
+            | LabFault::Isolated(g, r) => (g, r),
+        }
+    }
+}
+
+impl fmt::Display for LabFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (g, r) = self.target();
+        let who = replica_node(g, r);
+        match self {
+            LabFault::Kill(..) => write!(f, "kill {who}"),
+            LabFault::Pause(..) => write!(f, "pause {who}"),
+            LabFault::CutFromGroup(..) => write!(f, "cut {who} from its group"),
+            LabFault::Muted(..) => write!(f, "mute {who} (its group hears nothing from it)"),
+            LabFault::Deafened(..) => write!(f, "deafen {who} (it hears nothing from its group)"),
+            LabFault::CutFromCoordinator(..) => write!(f, "cut {who} from the coordinator"),
+            LabFault::Isolated(..) => write!(f, "isolate {who} from everyone"),
+        }
+    }
+}
+
+/// A [`ReplicatedCluster`] in `lab`, with its faults.
+pub struct LabCluster<'a> {
+    lab: &'a NetLab,
+    pub cluster: ReplicatedCluster,
+    /// Replicas stopped with SIGSTOP.
+    paused: BTreeSet<(u32, u32)>,
+    /// Replicas that exited though no fault killed them.
+    exits: Vec<String>,
+}
+
+impl<'a> LabCluster<'a> {
+    /// Wraps a cluster started with [`ReplicatedCluster::start_in`]`(lab, ..)`.
+    pub fn new(lab: &'a NetLab, cluster: ReplicatedCluster) -> Self {
+        LabCluster {
+            lab,
+            cluster,
+            paused: BTreeSet::new(),
+            exits: Vec::new(),
+        }
+    }
+
+    /// The other replicas of `group`.
+    fn others(&self, group: u32, replica: u32) -> Vec<String> {
+        (1..=self.cluster.replicas)
+            .filter(|r| *r != replica)
+            .map(|r| replica_node(group, r))
+            .collect()
+    }
+
+    /// Picks a fault: its kind and group from `rng`; the target is the
+    /// group's primary when `rng` says so and the status names one, else a
+    /// replica drawn from `rng`.
+    async fn pick(&self, rng: &mut StdRng) -> LabFault {
+        let kind = rng.random_range(0..KINDS);
+        let group = rng.random_range(1..=self.cluster.groups);
+        let drawn = rng.random_range(1..=self.cluster.replicas);
+        let at_primary = rng.random_bool(0.5);
+        let replica = if at_primary {
+            self.primary_now(group).await.unwrap_or(drawn)
+        } else {
+            drawn
+        };
+        match kind {
+            0 => LabFault::Kill(group, replica),
+            1 => LabFault::Pause(group, replica),
+            2 => LabFault::CutFromGroup(group, replica),
+            3 => LabFault::Muted(group, replica),
+            4 => LabFault::Deafened(group, replica),
+            5 => LabFault::CutFromCoordinator(group, replica),
+            _ => LabFault::Isolated(group, replica),
+        }
+    }
+
+    /// The replica the coordinator's status names primary of `group` now,
+    /// if it answers at once.
+    async fn primary_now(&self, group: u32) -> Option<u32> {
+        let status = tokio::time::timeout(Duration::from_secs(2), self.cluster.status())
+            .await
+            .ok()?
+            .ok()?;
+        let member = status
+            .groups
+            .get(group as usize - 1)?
+            .members
+            .iter()
+            .find(|m| m.role == "primary")?;
+        self.cluster.replica_at(group, &member.address)
+    }
+
+    fn inflict(&mut self, fault: LabFault) -> anyhow::Result<()> {
+        let (g, r) = fault.target();
+        let me = replica_node(g, r);
+        match fault {
+            LabFault::Kill(..) => {
+                self.paused.remove(&(g, r));
+                self.cluster.kill9(g, r);
+            }
+            LabFault::Pause(..) => {
+                if let Some(proc) = self.cluster.procs[g as usize - 1][r as usize - 1].as_ref()
+                    && self.paused.insert((g, r))
+                {
+                    proc.signal(libc::SIGSTOP);
+                }
+            }
+            LabFault::CutFromGroup(..) => {
+                for other in self.others(g, r) {
+                    self.lab.cut(&me, &other)?;
+                }
+            }
+            LabFault::Muted(..) => {
+                for other in self.others(g, r) {
+                    self.lab.cut_oneway(&me, &other)?;
+                }
+            }
+            LabFault::Deafened(..) => {
+                for other in self.others(g, r) {
+                    self.lab.cut_oneway(&other, &me)?;
+                }
+            }
+            LabFault::CutFromCoordinator(..) => self.lab.cut(&me, COORD_NODE)?,
+            LabFault::Isolated(..) => {
+                for other in self.others(g, r) {
+                    self.lab.cut(&me, &other)?;
+                }
+                self.lab.cut(&me, COORD_NODE)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the coordinator's status answers within 5 s and satisfies
+    /// `pred`.
+    async fn status_ok(&self, pred: impl Fn(&trellis_proto::v1::StatusResponse) -> bool) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.cluster.status()).await,
+            Ok(Ok(status)) if pred(&status)
+        )
+    }
+}
+
+impl NemesisCluster for LabCluster<'_> {
+    fn client_addr(&self, _i: usize) -> String {
+        self.cluster.addr().to_string()
+    }
+
+    async fn run_schedule(
+        &mut self,
+        schedule: &Schedule,
+        start: Instant,
+        until: Instant,
+        log: &mut Vec<String>,
+    ) -> anyhow::Result<usize> {
+        let mut rng = StdRng::seed_from_u64(schedule.seed);
+        let hold = schedule.hold.min(HOLD_MAX);
+        let mut inflicted = 0;
+        let stamp = |what: String| format!("{} {what}", start.elapsed().as_nanos());
+        while !schedule.kinds.is_empty() && Instant::now() + schedule.interval + hold < until {
+            tokio::time::sleep(schedule.interval).await;
+            let fault = self.pick(&mut rng).await;
+            log.push(stamp(format!("inflict {fault}")));
+            self.inflict(fault)?;
+            inflicted += 1;
+            tokio::time::sleep(hold).await;
+            NemesisCluster::heal_all(self)?;
+            log.push(stamp(format!("heal {fault}")));
+        }
+        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        NemesisCluster::heal_all(self)?;
+        Ok(inflicted)
+    }
+
+    fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.lab.heal_all()?;
+        for (g, r) in std::mem::take(&mut self.paused) {
+            if let Some(proc) = self.cluster.procs[g as usize - 1][r as usize - 1].as_ref() {
+                proc.signal(libc::SIGCONT);
+            }
+        }
+        for g in 1..=self.cluster.groups {
+            for r in 1..=self.cluster.replicas {
+                let slot = &self.cluster.procs[g as usize - 1][r as usize - 1];
+                if slot.as_ref().is_some_and(|p| !alive(p.pid)) {
+                    self.exits
+                        .push(format!("{} exited by itself", replica_node(g, r)));
+                    self.cluster.kill9(g, r);
+                }
+                if self.cluster.procs[g as usize - 1][r as usize - 1].is_none() {
+                    self.cluster.restart(g, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while !self
+            .status_ok(|s| {
+                s.groups.iter().all(|g| {
+                    g.members
+                        .iter()
+                        .any(|m| m.role == "primary" && m.lease_ms > 0)
+                })
+            })
+            .await
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<(), u64> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut last = u64::MAX;
+        while Instant::now() < deadline {
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(5), self.cluster.status()).await
+            {
+                // Backups hold what their primary holds; count primaries.
+                let primaries: Vec<u64> = status
+                    .groups
+                    .iter()
+                    .filter_map(|g| g.members.iter().find(|m| m.role == "primary"))
+                    .map(|m| m.in_doubt)
+                    .collect();
+                if primaries.len() == status.groups.len() {
+                    last = primaries.iter().sum();
+                    if last == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last)
+    }
+
+    fn unexpected_exits(&self) -> Vec<String> {
+        self.exits.clone()
+    }
+}
