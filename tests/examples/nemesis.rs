@@ -14,9 +14,20 @@
 //! shard), `--interval MS` and `--hold MS` (default 1000),
 //! `--keep` (keep every run's files, not only failed ones). A failed run keeps its history, verdict and logs under
 //! `target/nemesis/`; the exit code is 1 if any run failed.
+//!
+//! `--replicated` runs groups of three replicas instead, every process in a
+//! network namespace of its own, under the lab's faults (SIGKILL, SIGSTOP,
+//! a replica cut from its group, the coordinator or everyone, one way or
+//! both; `--faults` only says whether there are any), held 2 s unless
+//! `--hold` says otherwise. Needs root:
+//!
+//! ```sh
+//! sudo cargo run -p trellis-tests --example nemesis -- --replicated --time 300
+//! ```
 
 use std::time::Duration;
 
+use trellis_tests::lab_nemesis::{LAB_HOLD, run_replicated};
 use trellis_tests::nemesis::FaultKind;
 use trellis_tests::workload::{RunConfig, Workload, run};
 
@@ -28,8 +39,9 @@ struct Args {
     clients: usize,
     kinds: Vec<FaultKind>,
     interval: Duration,
-    hold: Duration,
+    hold: Option<Duration>,
     keep: bool,
+    replicated: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -43,8 +55,9 @@ fn parse() -> anyhow::Result<Args> {
         clients: 6,
         kinds: FaultKind::ALL.to_vec(),
         interval: Duration::from_secs(1),
-        hold: Duration::from_secs(1),
+        hold: None,
         keep: false,
+        replicated: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,8 +71,9 @@ fn parse() -> anyhow::Result<Args> {
             "--runs" => args.runs = value()?.parse()?,
             "--clients" => args.clients = value()?.parse()?,
             "--interval" => args.interval = Duration::from_millis(value()?.parse()?),
-            "--hold" => args.hold = Duration::from_millis(value()?.parse()?),
+            "--hold" => args.hold = Some(Duration::from_millis(value()?.parse()?)),
             "--keep" => args.keep = true,
+            "--replicated" => args.replicated = true,
             "--workload" => {
                 args.workloads = match value()?.as_str() {
                     "list-append" => vec![Workload::ListAppend],
@@ -89,7 +103,7 @@ fn parse() -> anyhow::Result<Args> {
                 println!(
                     "nemesis [--time S] [--seed N] [--runs N] [--workload list-append|bank|both] \
                      [--clients N] [--faults kill,pause,partition,black-hole,delay,failpoint,fsync-error,disk-full|none] \
-                     [--interval MS] [--hold MS] [--keep]"
+                     [--interval MS] [--hold MS] [--keep] [--replicated]"
                 );
                 std::process::exit(0);
             }
@@ -99,9 +113,12 @@ fn parse() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
     let mut failed = Vec::new();
     for k in 0..args.runs {
         for &workload in &args.workloads {
@@ -110,9 +127,16 @@ async fn main() -> anyhow::Result<()> {
             config.clients = args.clients;
             config.kinds = args.kinds.clone();
             config.interval = args.interval;
-            config.hold = args.hold;
-            let result = run(&config).await?;
-            let name = format!("{}-seed{seed}", workload.name());
+            let result = if args.replicated {
+                config.groups = 2;
+                config.hold = args.hold.unwrap_or(LAB_HOLD);
+                run_replicated(&config, "soak")?
+            } else {
+                config.hold = args.hold.unwrap_or(Duration::from_secs(1));
+                runtime.block_on(run(&config))?
+            };
+            let prefix = if args.replicated { "replicated-" } else { "" };
+            let name = format!("{prefix}{}-seed{seed}", workload.name());
             if result.passed() {
                 println!("PASS {} seed={seed}", workload.name());
                 if args.keep {

@@ -27,7 +27,40 @@ use rand::{Rng, SeedableRng};
 use crate::harness::alive;
 use crate::nemesis::{HOLD_MAX, NemesisCluster, Schedule};
 use crate::netns::NetLab;
-use crate::replicated::{COORD_NODE, ReplicatedCluster, SETTLE_TIMEOUT, replica_node};
+use crate::replicated::{
+    CLIENT_NODE, COORD_NODE, ReplicatedCluster, SETTLE_TIMEOUT, lab_nodes, replica_node,
+};
+use crate::workload::{RunConfig, RunResult, run_on};
+
+/// Replicas per group of a replicated run.
+pub const LAB_REPLICAS: u32 = 3;
+/// How long a fault of a replicated run lasts by default: longer than a
+/// backup's grace period (1.2 s), so a primary that is cut, stopped or
+/// killed is replaced while the fault lasts.
+pub const LAB_HOLD: Duration = Duration::from_secs(2);
+
+/// Runs `config` (its workload, seed, time, clients, interval and hold; its
+/// `groups` groups of [`LAB_REPLICAS`]; one coordinator) against a
+/// replicated cluster in a lab of network namespaces named after `tag`,
+/// under the faults of [`LabFault`] (any non-empty `config.kinds` turns
+/// them on; empty: a quiet run). Needs root.
+pub fn run_replicated(config: &RunConfig, tag: &str) -> anyhow::Result<RunResult> {
+    let nodes = lab_nodes(config.groups, LAB_REPLICAS);
+    let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let lab = NetLab::create(tag, &refs)?;
+    let config = RunConfig {
+        coordinators: 1,
+        ..config.clone()
+    };
+    lab.run_in(CLIENT_NODE, || async {
+        let cluster = ReplicatedCluster::start_in(&lab, config.groups, LAB_REPLICAS, &[]).await?;
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("trellis-lab-nemesis-{}-", config.workload.name()))
+            .tempdir()?;
+        let mut cluster = LabCluster::new(&lab, cluster);
+        run_on(&config, &mut cluster, temp).await
+    })?
+}
 
 /// A fault of a replicated cluster in a lab; `(group, replica)` from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,24 +15,17 @@
 use std::time::Duration;
 
 use trellis_checker::{AnomalyClass, CycleKind, CycleVia, Verdict};
-use trellis_tests::lab_nemesis::LabCluster;
+use trellis_tests::lab_nemesis::{LAB_HOLD, run_replicated};
 use trellis_tests::nemesis::FaultKind;
-use trellis_tests::netns::NetLab;
-use trellis_tests::replicated::{CLIENT_NODE, ReplicatedCluster, lab_nodes};
-use trellis_tests::workload::{ClientMode, RunConfig, RunResult, Workload, run, run_on};
+use trellis_tests::workload::{ClientMode, RunConfig, RunResult, Workload, run};
 
 /// The schedule's seed unless `TRELLIS_NEMESIS_SEED` says otherwise.
 const SEED_DEFAULT: u64 = 20_261_128;
 /// Seconds of workload per run unless `TRELLIS_NEMESIS_TIME` says otherwise.
 const TIME_DEFAULT_S: u64 = 20;
 
-/// Groups and replicas per group of the replicated runs.
+/// Groups of the replicated runs (of three replicas each).
 const LAB_GROUPS: u32 = 2;
-const LAB_REPLICAS: u32 = 3;
-/// How long a fault of a replicated run lasts: longer than a backup's
-/// grace period (1.2 s), so a primary that is cut, stopped or killed is
-/// replaced while the fault lasts.
-const LAB_HOLD: Duration = Duration::from_secs(2);
 
 /// One cluster at a time: this machine is small and the runs time faults.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -104,30 +97,13 @@ async fn bank_keeps_its_total_under_faults() {
 fn replicated_run(workload: Workload) {
     let _one = ONE_AT_A_TIME.blocking_lock();
     let mut config = config(workload);
-    config.coordinators = 1;
     config.groups = LAB_GROUPS;
-    config.kinds = FaultKind::ALL.to_vec(); // any non-empty list: the lab picks its own
     config.hold = LAB_HOLD;
-    let nodes = lab_nodes(LAB_GROUPS, LAB_REPLICAS);
-    let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let tag = match workload {
         Workload::ListAppend => "nemla",
         Workload::Bank => "nembank",
     };
-    let lab = NetLab::create(tag, &refs).expect("network namespaces (run as root)");
-    let result = lab
-        .run_in(CLIENT_NODE, || async {
-            let cluster = ReplicatedCluster::start_in(&lab, LAB_GROUPS, LAB_REPLICAS, &[])
-                .await
-                .expect("replicated cluster");
-            let temp = tempfile::Builder::new()
-                .prefix(&format!("trellis-lab-nemesis-{}-", workload.name()))
-                .tempdir()
-                .expect("run directory");
-            let mut cluster = LabCluster::new(&lab, cluster);
-            run_on(&config, &mut cluster, temp).await.expect("run")
-        })
-        .expect("the run in the client namespace");
+    let result = run_replicated(&config, tag).expect("replicated run (needs root)");
     let name = format!("replicated-{}-seed{}", workload.name(), result.seed);
     let kept = result.keep(&name).expect("keeping the run's files");
     eprintln!(
