@@ -21,11 +21,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::harness::alive;
-use crate::nemesis::{HOLD_MAX, NemesisCluster, Schedule};
+use crate::nemesis::{NemesisCluster, Schedule};
 use crate::netns::NetLab;
 use crate::replicated::{
     CLIENT_NODE, COORD_NODE, ReplicatedCluster, SETTLE_TIMEOUT, lab_nodes, replica_node,
@@ -38,6 +38,11 @@ pub const LAB_REPLICAS: u32 = 3;
 /// backup's grace period (1.2 s), so a primary that is cut, stopped or
 /// killed is replaced while the fault lasts.
 pub const LAB_HOLD: Duration = Duration::from_secs(2);
+/// Deadline of one status call of the nemesis (picking a primary, waiting
+/// for the cluster to heal).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two status polls while waiting.
+const POLL_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs `config` (its workload, seed, time, clients, interval and hold; its
 /// `groups` groups of [`LAB_REPLICAS`]; one coordinator) against a
@@ -150,7 +155,7 @@ impl<'a> LabCluster<'a> {
     /// Picks a fault: its kind and group from `rng`; the target is the
     /// group's primary when `rng` says so and the status names one, else a
     /// replica drawn from `rng`.
-    async fn pick(&self, rng: &mut StdRng) -> LabFault {
+    async fn pick_fault(&self, rng: &mut StdRng) -> LabFault {
         let kind = rng.random_range(0..KINDS);
         let group = rng.random_range(1..=self.cluster.groups);
         let drawn = rng.random_range(1..=self.cluster.replicas);
@@ -174,7 +179,7 @@ impl<'a> LabCluster<'a> {
     /// The replica the coordinator's status names primary of `group` now,
     /// if it answers at once.
     async fn primary_now(&self, group: u32) -> Option<u32> {
-        let status = tokio::time::timeout(Duration::from_secs(2), self.cluster.status())
+        let status = tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status())
             .await
             .ok()?
             .ok()?;
@@ -187,7 +192,7 @@ impl<'a> LabCluster<'a> {
         self.cluster.replica_at(group, &member.address)
     }
 
-    fn inflict(&mut self, fault: LabFault) -> anyhow::Result<()> {
+    fn inflict_fault(&mut self, fault: LabFault) -> anyhow::Result<()> {
         let (g, r) = fault.target();
         let me = replica_node(g, r);
         match fault {
@@ -228,45 +233,32 @@ impl<'a> LabCluster<'a> {
         Ok(())
     }
 
-    /// Whether the coordinator's status answers within 5 s and satisfies
+    /// Whether the coordinator's status answers in time and satisfies
     /// `pred`.
     async fn status_ok(&self, pred: impl Fn(&trellis_proto::v1::StatusResponse) -> bool) -> bool {
         matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.cluster.status()).await,
+            tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status()).await,
             Ok(Ok(status)) if pred(&status)
         )
     }
 }
 
 impl NemesisCluster for LabCluster<'_> {
+    type Fault = LabFault;
+
     fn client_addr(&self, _i: usize) -> String {
         self.cluster.addr().to_string()
     }
 
-    async fn run_schedule(
-        &mut self,
-        schedule: &Schedule,
-        start: Instant,
-        until: Instant,
-        log: &mut Vec<String>,
-    ) -> anyhow::Result<usize> {
-        let mut rng = StdRng::seed_from_u64(schedule.seed);
-        let hold = schedule.hold.min(HOLD_MAX);
-        let mut inflicted = 0;
-        let stamp = |what: String| format!("{} {what}", start.elapsed().as_nanos());
-        while !schedule.kinds.is_empty() && Instant::now() + schedule.interval + hold < until {
-            tokio::time::sleep(schedule.interval).await;
-            let fault = self.pick(&mut rng).await;
-            log.push(stamp(format!("inflict {fault}")));
-            self.inflict(fault)?;
-            inflicted += 1;
-            tokio::time::sleep(hold).await;
-            NemesisCluster::heal_all(self)?;
-            log.push(stamp(format!("heal {fault}")));
+    async fn pick(&self, schedule: &Schedule, rng: &mut StdRng) -> Option<LabFault> {
+        if schedule.kinds.is_empty() {
+            return None;
         }
-        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-        NemesisCluster::heal_all(self)?;
-        Ok(inflicted)
+        Some(self.pick_fault(rng).await)
+    }
+
+    fn inflict(&mut self, fault: LabFault) -> anyhow::Result<()> {
+        self.inflict_fault(fault)
     }
 
     fn heal_all(&mut self) -> anyhow::Result<()> {
@@ -308,7 +300,7 @@ impl NemesisCluster for LabCluster<'_> {
                 Instant::now() < deadline,
                 "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
         Ok(())
     }
@@ -318,7 +310,7 @@ impl NemesisCluster for LabCluster<'_> {
         let mut last = u64::MAX;
         while Instant::now() < deadline {
             if let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(5), self.cluster.status()).await
+                tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status()).await
             {
                 // Backups hold what their primary holds; count primaries.
                 let primaries: Vec<u64> = status
@@ -334,7 +326,7 @@ impl NemesisCluster for LabCluster<'_> {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
         Err(last)
     }

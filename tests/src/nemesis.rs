@@ -715,18 +715,13 @@ impl Drop for FaultCluster {
 /// (seeded by the [`Schedule`]) inflicts and heals faults.
 #[allow(async_fn_in_trait)] // used by generic code in this crate only
 pub trait NemesisCluster {
+    /// A fault it can inflict.
+    type Fault: fmt::Display + Copy;
     /// Address client `i` dials (clients are spread over coordinators).
     fn client_addr(&self, i: usize) -> String;
-    /// Runs the nemesis until `until` (logging each step with the time
-    /// since `start`) and heals everything; returns how many faults it
-    /// inflicted.
-    async fn run_schedule(
-        &mut self,
-        schedule: &Schedule,
-        start: std::time::Instant,
-        until: std::time::Instant,
-        log: &mut Vec<String>,
-    ) -> anyhow::Result<usize>;
+    /// The next fault, chosen with `rng`; `None`: no fault this time.
+    async fn pick(&self, schedule: &Schedule, rng: &mut StdRng) -> Option<Self::Fault>;
+    fn inflict(&mut self, fault: Self::Fault) -> anyhow::Result<()>;
     /// Undoes every fault.
     fn heal_all(&mut self) -> anyhow::Result<()>;
     /// Waits until every group is served again.
@@ -738,18 +733,18 @@ pub trait NemesisCluster {
 }
 
 impl NemesisCluster for FaultCluster {
+    type Fault = Fault;
+
     fn client_addr(&self, i: usize) -> String {
         FaultCluster::client_addr(self, i % self.coordinators())
     }
 
-    async fn run_schedule(
-        &mut self,
-        schedule: &Schedule,
-        start: std::time::Instant,
-        until: std::time::Instant,
-        log: &mut Vec<String>,
-    ) -> anyhow::Result<usize> {
-        run_schedule(self, schedule, start, until, log).await
+    async fn pick(&self, schedule: &Schedule, rng: &mut StdRng) -> Option<Fault> {
+        schedule.pick(rng, self.coordinators(), self.groups())
+    }
+
+    fn inflict(&mut self, fault: Fault) -> anyhow::Result<()> {
+        FaultCluster::inflict(self, fault)
     }
 
     fn heal_all(&mut self) -> anyhow::Result<()> {
@@ -772,8 +767,8 @@ impl NemesisCluster for FaultCluster {
 /// Runs `schedule` against `cluster` until `until`: wait `interval`, pick a
 /// fault, inflict it, hold it, heal. Every step goes to `log` with the time
 /// since `start` (the history's clock). Heals everything before returning.
-pub async fn run_schedule(
-    cluster: &mut FaultCluster,
+pub async fn run_schedule<C: NemesisCluster>(
+    cluster: &mut C,
     schedule: &Schedule,
     start: std::time::Instant,
     until: std::time::Instant,
@@ -788,7 +783,7 @@ pub async fn run_schedule(
             break;
         }
         tokio::time::sleep(schedule.interval).await;
-        let Some(fault) = schedule.pick(&mut rng, cluster.coordinators(), cluster.groups()) else {
+        let Some(fault) = cluster.pick(schedule, &mut rng).await else {
             continue;
         };
         log.push(stamp(format!("inflict {fault}")));

@@ -59,7 +59,7 @@ use trellis_checker::list_append::{self, Model};
 use trellis_checker::{Mop, Op, OpKind, Report, Verdict};
 use trellis_client::{Client, CommitRequest, Consistency, Durability, Error, Options, Write};
 
-use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule};
+use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule, run_schedule};
 
 /// Most micro-ops in one list-append transaction.
 pub const MOPS_MAX: usize = 4;
@@ -869,9 +869,14 @@ async fn run_workload_on<M: WorkloadMop, C: NemesisCluster>(
         interval: config.interval,
         hold: config.hold,
     };
-    let faults = cluster
-        .run_schedule(&schedule, start, start + config.time, &mut nemesis_log)
-        .await;
+    let faults = run_schedule(
+        cluster,
+        &schedule,
+        start,
+        start + config.time,
+        &mut nemesis_log,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(tasks)).await;
