@@ -12,10 +12,13 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(clap::Args)]
 #[command(after_help = "\
 Shows the slot-map epoch, the catalog backend, every shard group with its
-member (address, process id, role, epoch, lease, last LSN, lag, keys, in-doubt transactions,
-and for a backup being brought up to date how and how far: `snapshot 40% (4.0 of 10.0
-MiB)`, or `log`/`feed 14% (2100 of 14140 records)` for a backlog read from the
-primary's log on disk or memory) and the coordinators registered in the catalog.
+members (address, process id, role, epoch, lease, last LSN, lag, keys,
+in-doubt transactions) and the coordinators registered in the catalog.
+
+A backup being brought up to date shows how and how far in the catch-up
+column: `snapshot 40% (4.0 of 10.0 MiB)`, or `log 14% (2100 of 14140
+records)` for a backlog read from the primary's log on disk (`feed` for one
+from its memory).
 
 Examples:
   trellis status
