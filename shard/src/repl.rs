@@ -549,16 +549,15 @@ impl Repl {
     /// every write once durable), for [`Repl::at_risk`].
     pub fn note_durable(&self, local: Lsn) {
         let inner = self.lock();
-        self.note_durable_locked(&inner, local, Instant::now());
+        self.note_durable_locked(&inner, local);
     }
 
-    fn note_durable_locked(&self, inner: &Inner, local: Lsn, now: Instant) {
+    fn note_durable_locked(&self, inner: &Inner, local: Lsn) {
         let mut points = self.durable_at.lock().expect("durable_at lock poisoned");
-        if inner.role != Role::Primary || inner.peers.is_empty() {
+        let Some(best) = best_backup_ack(inner) else {
             points.clear();
             return;
-        }
-        let best = inner.peers.values().map(|p| p.acked).max().unwrap_or(0);
+        };
         while points.front().is_some_and(|(lsn, _)| *lsn <= best) {
             points.pop_front();
         }
@@ -568,7 +567,7 @@ impl Repl {
                     back.0 = local;
                 }
             } else {
-                points.push_back((local, now));
+                points.push_back((local, Instant::now()));
             }
         }
     }
@@ -579,10 +578,9 @@ impl Repl {
     /// replica that is not a primary.
     pub fn at_risk(&self, local: Lsn, now: Instant) -> AtRisk {
         let inner = self.lock();
-        if inner.role != Role::Primary || inner.peers.is_empty() {
+        let Some(best) = best_backup_ack(&inner) else {
             return AtRisk::default();
-        }
-        let best = inner.peers.values().map(|p| p.acked).max().unwrap_or(0);
+        };
         let records = local.saturating_sub(best);
         if records == 0 {
             return AtRisk::default();
@@ -674,7 +672,7 @@ impl Repl {
     }
 
     fn recompute_locked(&self, inner: &Inner, local: Lsn, bump: bool) {
-        self.note_durable_locked(inner, local, Instant::now());
+        self.note_durable_locked(inner, local);
         let in_sync: Vec<Lsn> = match inner.role {
             Role::Primary => in_sync_peers(inner).map(|(_, p)| p.acked).collect(),
             _ => Vec::new(),
@@ -696,6 +694,16 @@ impl Repl {
             }
         });
     }
+}
+
+/// A primary's most up-to-date backup's acknowledged LSN (any member, in
+/// sync or not); `None` for a replica that is not a primary or has no
+/// backups.
+fn best_backup_ack(inner: &Inner) -> Option<Lsn> {
+    if inner.role != Role::Primary {
+        return None;
+    }
+    inner.peers.values().map(|p| p.acked).max()
 }
 
 /// In-sync members other than the primary, with what this primary knows of
