@@ -99,12 +99,13 @@ pub mod sim {
         })
     }
 
-    /// Dials `host:port` of the URI on the simulated network.
+    /// Dials `host:port` of the URI on the simulated network, through a
+    /// [`Link`] that obeys the one-way cuts of [`cut_oneway`].
     pub(crate) fn connector() -> impl tower::Service<
         Uri,
-        Response = TokioIo<turmoil::net::TcpStream>,
+        Response = TokioIo<Link>,
         Error = io::Error,
-        Future = impl std::future::Future<Output = io::Result<TokioIo<turmoil::net::TcpStream>>> + Send,
+        Future = impl std::future::Future<Output = io::Result<TokioIo<Link>>> + Send,
     > + Clone
     + Send
     + 'static {
@@ -116,7 +117,217 @@ pub mod sim {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("no port in {uri}"))
             })?;
             let stream = turmoil::net::TcpStream::connect((host.to_string(), port)).await?;
-            Ok(TokioIo::new(stream))
+            let local = stream.local_addr()?.ip();
+            let peer = stream.peer_addr()?.ip();
+            // A handshake needs both directions: while either is cut the
+            // dial waits (until the endpoint's connect timeout, when it has
+            // one). Turmoil's own handshake has happened by then, so the
+            // peer may see a connection that carries nothing yet.
+            std::future::poll_fn(|cx| {
+                if cuts::blocked(local, peer, cx) || cuts::blocked(peer, local, cx) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            Ok(TokioIo::new(Link {
+                stream,
+                local,
+                peer,
+            }))
         })
+    }
+
+    /// Cuts the simulated network from host `from` to host `to` in that
+    /// direction only (turmoil's own hold is two-way, and its one-way
+    /// partition drops bytes of live streams, which TCP would resend):
+    /// bytes `from` sends are held, not lost, until [`heal_oneway`], while
+    /// `to`'s bytes still reach `from`. New connections between the two
+    /// wait, as a handshake needs both ways.
+    ///
+    /// It acts at the dialling end of each connection made through this
+    /// crate (every channel in the project), which sees both directions;
+    /// what it cannot hold is a connection's close: a host that gives up on
+    /// a connection still closes it at once at the other end. Cuts belong
+    /// to the thread the simulation runs on; call [`heal_all_oneway`]
+    /// between runs.
+    pub fn cut_oneway(from: std::net::IpAddr, to: std::net::IpAddr) {
+        cuts::with(|c| {
+            c.pairs.insert((from, to));
+        });
+    }
+
+    /// Ends the cut from `from` to `to`; held bytes flow again.
+    pub fn heal_oneway(from: std::net::IpAddr, to: std::net::IpAddr) {
+        let waiting = cuts::with(|c| {
+            c.pairs.remove(&(from, to));
+            std::mem::take(&mut c.waiting)
+        });
+        waiting.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// How many times a read, write or dial was held by a one-way cut on
+    /// this thread since [`heal_all_oneway`] (each poll that found its way
+    /// cut counts): proof that cuts met traffic.
+    pub fn one_way_holds() -> u64 {
+        cuts::with(|c| c.holds)
+    }
+
+    /// Ends every one-way cut of this thread (and zeroes
+    /// [`one_way_holds`]).
+    pub fn heal_all_oneway() {
+        let waiting = cuts::with(|c| {
+            c.pairs.clear();
+            c.holds = 0;
+            std::mem::take(&mut c.waiting)
+        });
+        waiting.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    mod cuts {
+        use std::cell::RefCell;
+        use std::collections::BTreeSet;
+        use std::net::IpAddr;
+        use std::task::{Context, Waker};
+
+        #[derive(Default)]
+        pub(super) struct Cuts {
+            /// (from, to): bytes from `from` to `to` are held.
+            pub(super) pairs: BTreeSet<(IpAddr, IpAddr)>,
+            /// Tasks to wake when a cut heals, each once.
+            pub(super) waiting: Vec<Waker>,
+            /// Polls held so far.
+            pub(super) holds: u64,
+        }
+
+        thread_local! {
+            static CUTS: RefCell<Cuts> = RefCell::default();
+        }
+
+        pub(super) fn with<T>(f: impl FnOnce(&mut Cuts) -> T) -> T {
+            CUTS.with(|c| f(&mut c.borrow_mut()))
+        }
+
+        /// Whether bytes from `from` to `to` are held; if so the task is
+        /// woken when any cut heals.
+        pub(super) fn blocked(from: IpAddr, to: IpAddr, cx: &mut Context<'_>) -> bool {
+            with(|c| {
+                if !c.pairs.contains(&(from, to)) {
+                    return false;
+                }
+                c.holds += 1;
+                if !c.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                    c.waiting.push(cx.waker().clone());
+                }
+                true
+            })
+        }
+    }
+
+    /// A dialled simulated connection: holds what this host writes while
+    /// its way to the peer is cut, and what the peer wrote while the way
+    /// back is cut.
+    #[derive(Debug)]
+    pub struct Link {
+        stream: turmoil::net::TcpStream,
+        local: std::net::IpAddr,
+        peer: std::net::IpAddr,
+    }
+
+    impl AsyncRead for Link {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if cuts::blocked(self.peer, self.local, cx) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.stream).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Link {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if cuts::blocked(self.local, self.peer, cx) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if cuts::blocked(self.local, self.peer, cx) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.stream).poll_shutdown(cx)
+        }
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
+
+    use super::sim;
+
+    const PORT: u16 = 4000;
+    /// How long the server waits for bytes that must not come; the cut
+    /// lasts twice as long.
+    const QUIET: Duration = Duration::from_secs(2);
+
+    /// A one-way cut holds one direction's bytes (delivered, in order, when
+    /// it heals) while the other direction flows.
+    #[test]
+    fn a_one_way_cut_holds_one_direction_and_loses_nothing() -> turmoil::Result {
+        let mut sim = turmoil::Builder::new().build();
+        sim.host("server", || async {
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+            let (mut stream, _) = listener.accept().await?;
+            stream.write_all(b"to-client").await?;
+            let mut got = [0u8; 10];
+            let early = tokio::time::timeout(QUIET, stream.read_exact(&mut got[..1])).await;
+            assert!(early.is_err(), "a byte crossed the cut");
+            stream.read_exact(&mut got).await?;
+            assert_eq!(&got, b"to-server!");
+            stream.write_all(b"ok").await?;
+            Ok(())
+        });
+        sim.client("client", async {
+            let uri: tonic::transport::Uri = format!("http://server:{PORT}").parse()?;
+            let (client, server) = (turmoil::lookup("client"), turmoil::lookup("server"));
+            let stream = sim::connector().oneshot(uri).await?.into_inner();
+            sim::cut_oneway(client, server);
+            let (mut read, mut write) = tokio::io::split(stream);
+            let writing = tokio::spawn(async move {
+                write.write_all(b"to-server!").await?;
+                Ok::<_, std::io::Error>(write)
+            });
+            // The way back still flows during the cut.
+            let mut got = [0u8; 9];
+            tokio::time::timeout(QUIET, read.read_exact(&mut got)).await??;
+            assert_eq!(&got, b"to-client");
+            tokio::time::sleep(QUIET * 2).await;
+            assert!(!writing.is_finished(), "a write crossed the cut");
+            assert!(sim::one_way_holds() > 0, "no poll was held");
+            sim::heal_oneway(client, server);
+            let _write = writing.await??;
+            let mut got = [0u8; 2];
+            read.read_exact(&mut got).await?;
+            assert_eq!(&got, b"ok");
+            Ok(())
+        });
+        sim.run()
     }
 }

@@ -20,7 +20,9 @@
 //!    (a primary from its backups among them), cuts the coordinator from
 //!    a replica (between prepare and decide, sometimes), cuts two replicas
 //!    of a group from each other, holds a client's or replica's messages to
-//!    the coordinator, lets an operator move a group's primary
+//!    the coordinator, cuts a link one way (`trellis_net::sim::cut_oneway`:
+//!    a replica's way to or from the rest of its group, the coordinator's
+//!    to or from a replica, a client's to or from the coordinator), lets an operator move a group's primary
 //!    (transfer-primary), fills a replica's disk, and fails disks (torn
 //!    and lost writes, EIO: [`DiskFaults`]). Cuts hold messages and release
 //!    them when healed, as TCP would deliver them (see [`Fault`]).
@@ -256,6 +258,8 @@ pub struct SimResult {
     pub log_catch_up_records: u64,
     /// Snapshots backups installed from their primaries.
     pub snapshot_installs: u64,
+    /// Reads, writes and dials held by one-way cuts.
+    pub one_way_holds: u64,
 }
 
 impl SimResult {
@@ -340,6 +344,9 @@ type Exits = Arc<Mutex<BTreeMap<String, String>>>;
 
 fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult> {
     trellis_types::rng::seed_thread(config.seed);
+    // One-way cuts live with the thread; an earlier run that ended early
+    // (an error) may have left some.
+    trellis_net::sim::heal_all_oneway();
     let disk = if config.faults {
         config.disk
     } else {
@@ -551,6 +558,8 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         }
     }
     trellis_types::rng::unseed_thread();
+    let one_way_holds = trellis_net::sim::one_way_holds();
+    trellis_net::sim::heal_all_oneway();
 
     let ops = recorder.take();
     let report = M::check(&ops)?;
@@ -584,6 +593,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         full_disk_restarts,
         log_catch_up_records: probes.total(|m| &m.catch_up_log_records),
         snapshot_installs: probes.total(|m| &m.snapshot_installs),
+        one_way_holds,
     })
 }
 
@@ -843,6 +853,9 @@ enum Fault {
     DiskFull(String),
     Cut(Vec<(String, String)>),
     Held(String, String),
+    /// Bytes from the first host of each pair to the second are held;
+    /// the other way still flows (see `trellis_net::sim::cut_oneway`).
+    OneWay(Vec<(String, String)>),
 }
 
 /// Each shard replica's metrics, by host name, one per boot (the last is
@@ -997,7 +1010,9 @@ impl Nemesis {
             .iter()
             .any(|(_, f)| !matches!(f, Fault::Crashed(_) | Fault::DiskFull(_)));
         let until = now + self.ms(FAULT_HOLD_MS);
-        let fault = match self.rng.random_range(0..9) {
+        // One-way cuts get two draws of eleven: they come in three shapes,
+        // each either way.
+        let fault = match self.rng.random_range(0..11) {
             8 => {
                 // A replica's disk fills up (every free byte taken): its
                 // next log write fails and it stops; its supervisor
@@ -1037,7 +1052,17 @@ impl Nemesis {
                 sim.crash(COORDINATOR);
                 Fault::Crashed(COORDINATOR.to_string())
             }
-            3..=6 if network_fault => return,
+            3..=6 | 9 | 10 if network_fault => return,
+            9 | 10 => {
+                let pairs = self.one_way_pairs();
+                for (from, to) in &pairs {
+                    trellis_net::sim::cut_oneway(
+                        sim.lookup(from.as_str()),
+                        sim.lookup(to.as_str()),
+                    );
+                }
+                Fault::OneWay(pairs)
+            }
             3 => {
                 // One replica cut from the rest of its group (the primary
                 // from its backups, a third of the time): clients and the
@@ -1084,6 +1109,34 @@ impl Nemesis {
         };
         log.push(format!("{now:?} start {fault:?} until {until:?}"));
         self.active.push((until, fault));
+    }
+
+    /// Where a one-way cut falls, as (from, to) pairs: one replica's way
+    /// out to the rest of its group or its way in from them (a primary
+    /// whose backups hear nothing while it hears their acknowledgements,
+    /// or the reverse); the coordinator's way to a replica or back; a
+    /// client's way to the coordinator or back.
+    fn one_way_pairs(&mut self) -> Vec<(String, String)> {
+        let outward = self.rng.random_bool(0.5);
+        let orient = |a: String, b: String| if outward { (a, b) } else { (b, a) };
+        match self.rng.random_range(0..3) {
+            0 => {
+                let (g, host) = self.pick_replica();
+                self.groups[g]
+                    .iter()
+                    .filter(|o| **o != host)
+                    .map(|o| orient(host.clone(), o.clone()))
+                    .collect()
+            }
+            1 => {
+                let (_, host) = self.pick_replica();
+                vec![orient(COORDINATOR.to_string(), host)]
+            }
+            _ => {
+                let client = client_host(self.rng.random_range(0..self.clients));
+                vec![orient(client, COORDINATOR.to_string())]
+            }
+        }
     }
 
     /// Whether `host` is crashed, or about to be (mid-write).
@@ -1172,6 +1225,11 @@ fn undo(
             }
         }
         Fault::Held(a, b) => sim.release(a.as_str(), b.as_str()),
+        Fault::OneWay(pairs) => {
+            for (from, to) in pairs {
+                trellis_net::sim::heal_oneway(sim.lookup(from.as_str()), sim.lookup(to.as_str()));
+            }
+        }
     }
     log.push(format!("{now:?} end {fault:?}"));
 }

@@ -41,8 +41,8 @@ pub const RESULT_PREFIX: &str = "result:";
 const HELP: &str = "\
 trellis-sim: a whole Trellis cluster (coordinator, 2 shard groups of 3
 replicas, catalog, clients) in one process under turmoil, driven by a seed,
-under crashes, partitions and message holds; the history is checked for
-strict serializability.
+under crashes, partitions, one-way cuts, message holds and disk faults; the
+history is checked for strict serializability.
 
 usage:
   trellis-sim --seed N [options]      run (replay) one seed
@@ -196,7 +196,8 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         println!(
             "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
              torn log tails recovered: {}, restarts after disk failures: {} ({} full); \
-             catch-up: {} records from logs on disk, {} snapshots installed",
+             catch-up: {} records from logs on disk, {} snapshots installed; \
+             reads, writes and dials held by one-way cuts: {}",
             result.counts[0],
             result.counts[1],
             result.counts[2],
@@ -207,6 +208,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             result.full_disk_restarts,
             result.log_catch_up_records,
             result.snapshot_installs,
+            result.one_way_holds,
         );
         println!("history: {}", history.display());
         if passed {
@@ -218,13 +220,14 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     }
     println!(
         "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={} \
-         torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={}",
+         torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={} one_way_holds={}",
         result.fingerprint,
         result.counts[0],
         result.torn_tails,
         result.disk_restarts,
         result.log_catch_up_records,
-        result.snapshot_installs
+        result.snapshot_installs,
+        result.one_way_holds
     );
     Ok(if passed { 0 } else { 1 })
 }
@@ -246,7 +249,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let out_of_time = Arc::new(AtomicBool::new(false));
-    let totals: Arc<[AtomicU64; 4]> = Arc::default();
+    let totals: Arc<[AtomicU64; 5]> = Arc::default();
     let end = args.start + args.seeds;
     let workers: Vec<_> = (0..args.jobs)
         .map(|_| {
@@ -322,14 +325,16 @@ fn soak(args: Args) -> anyhow::Result<i32> {
         println!("{why}");
     }
     println!("{n} seeds run, {} failed", failed.len());
-    let [torn, restarts, from_log, snapshots] = &*totals;
+    let [torn, restarts, from_log, snapshots, held] = &*totals;
     println!(
         "exercised in passing seeds: {} torn log tails cut, {} restarts after disk failures, \
-         {} records caught up from logs on disk, {} snapshots installed",
+         {} records caught up from logs on disk, {} snapshots installed, \
+         {} reads, writes and dials held by one-way cuts",
         torn.load(Ordering::Relaxed),
         restarts.load(Ordering::Relaxed),
         from_log.load(Ordering::Relaxed),
-        snapshots.load(Ordering::Relaxed)
+        snapshots.load(Ordering::Relaxed),
+        held.load(Ordering::Relaxed)
     );
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
@@ -353,7 +358,7 @@ fn run_child(
     exe: &std::path::Path,
     args: &Args,
     seed: u64,
-    totals: &[AtomicU64; 4],
+    totals: &[AtomicU64; 5],
 ) -> Option<String> {
     let mut command = Command::new(exe);
     command
@@ -381,6 +386,7 @@ fn run_child(
                 ("disk_restarts=", &totals[1]),
                 ("log_catch_up=", &totals[2]),
                 ("snapshot_installs=", &totals[3]),
+                ("one_way_holds=", &totals[4]),
             ] {
                 total.fetch_add(result_field(&stdout, key), Ordering::Relaxed);
             }
