@@ -18,7 +18,7 @@
 //! `--replicated` runs groups of three replicas instead, every process in a
 //! network namespace of its own, under the lab's faults (SIGKILL, SIGSTOP,
 //! a replica cut from its group, the coordinator or everyone, one way or
-//! both; `--faults` only says whether there are any), held 2 s unless
+//! both, SIGKILL of the coordinator; `--faults` only says whether there are any), held 2 s unless
 //! `--hold` says otherwise. Needs root:
 //!
 //! ```sh

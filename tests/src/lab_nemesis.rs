@@ -3,7 +3,8 @@
 //! a proxy cannot make — any replica cut from the rest of its group, from
 //! the coordinator, or from everyone; one-way cuts where a replica hears
 //! its group but is not heard, or the reverse — next to SIGKILL and
-//! SIGSTOP of any replica. Faults aim at the group's current primary half
+//! SIGSTOP of any replica and SIGKILL of the coordinator (restarted on its
+//! catalog and address). Faults aim at the group's current primary half
 //! of the time (that is where failover, fencing and reconciliation are).
 //!
 //! The workload, the history and the checker are those of
@@ -88,13 +89,17 @@ pub enum LabFault {
     CutFromCoordinator(u32, u32),
     /// Cut from everyone: its group and the coordinator.
     Isolated(u32, u32),
+    /// SIGKILL of the coordinator (mid two-phase commit, as it happens);
+    /// restarted on its catalog and address when healed.
+    KillCoordinator,
 }
 
 /// Every kind of [`LabFault`], for picking.
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 
 impl LabFault {
-    fn target(self) -> (u32, u32) {
+    /// The replica the fault is aimed at, if any.
+    fn target(self) -> Option<(u32, u32)> {
         match self {
             LabFault::Kill(g, r)
             | LabFault::Pause(g, r)
@@ -102,14 +107,17 @@ impl LabFault {
             | LabFault::Muted(g, r)
             | LabFault::Deafened(g, r)
             | LabFault::CutFromCoordinator(g, r)
-            | LabFault::Isolated(g, r) => (g, r),
+            | LabFault::Isolated(g, r) => Some((g, r)),
+            LabFault::KillCoordinator => None,
         }
     }
 }
 
 impl fmt::Display for LabFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (g, r) = self.target();
+        let Some((g, r)) = self.target() else {
+            return write!(f, "kill the coordinator");
+        };
         let who = replica_node(g, r);
         match self {
             LabFault::Kill(..) => write!(f, "kill {who}"),
@@ -119,6 +127,7 @@ impl fmt::Display for LabFault {
             LabFault::Deafened(..) => write!(f, "deafen {who} (it hears nothing from its group)"),
             LabFault::CutFromCoordinator(..) => write!(f, "cut {who} from the coordinator"),
             LabFault::Isolated(..) => write!(f, "isolate {who} from everyone"),
+            LabFault::KillCoordinator => unreachable!("aimed at no replica"),
         }
     }
 }
@@ -129,7 +138,9 @@ pub struct LabCluster<'a> {
     pub cluster: ReplicatedCluster,
     /// Replicas stopped with SIGSTOP.
     paused: BTreeSet<(u32, u32)>,
-    /// Replicas that exited though no fault killed them.
+    /// Whether the coordinator was killed (and not yet restarted).
+    coordinator_killed: bool,
+    /// Processes that exited though no fault killed them.
     exits: Vec<String>,
 }
 
@@ -140,6 +151,7 @@ impl<'a> LabCluster<'a> {
             lab,
             cluster,
             paused: BTreeSet::new(),
+            coordinator_killed: false,
             exits: Vec::new(),
         }
     }
@@ -172,7 +184,8 @@ impl<'a> LabCluster<'a> {
             3 => LabFault::Muted(group, replica),
             4 => LabFault::Deafened(group, replica),
             5 => LabFault::CutFromCoordinator(group, replica),
-            _ => LabFault::Isolated(group, replica),
+            6 => LabFault::Isolated(group, replica),
+            _ => LabFault::KillCoordinator,
         }
     }
 
@@ -193,7 +206,11 @@ impl<'a> LabCluster<'a> {
     }
 
     fn inflict_fault(&mut self, fault: LabFault) -> anyhow::Result<()> {
-        let (g, r) = fault.target();
+        let Some((g, r)) = fault.target() else {
+            self.cluster.kill_coordinator();
+            self.coordinator_killed = true;
+            return Ok(());
+        };
         let me = replica_node(g, r);
         match fault {
             LabFault::Kill(..) => {
@@ -229,6 +246,7 @@ impl<'a> LabCluster<'a> {
                 }
                 self.lab.cut(&me, COORD_NODE)?;
             }
+            LabFault::KillCoordinator => unreachable!("aimed at no replica"),
         }
         Ok(())
     }
@@ -263,6 +281,13 @@ impl NemesisCluster for LabCluster<'_> {
 
     fn heal_all(&mut self) -> anyhow::Result<()> {
         self.lab.heal_all()?;
+        let killed = std::mem::take(&mut self.coordinator_killed);
+        if killed || !alive(self.cluster.coordinator.pid) {
+            if !killed {
+                self.exits.push("the coordinator exited by itself".into());
+            }
+            self.cluster.restart_coordinator()?;
+        }
         for (g, r) in std::mem::take(&mut self.paused) {
             if let Some(proc) = self.cluster.procs[g as usize - 1][r as usize - 1].as_ref() {
                 proc.signal(libc::SIGCONT);

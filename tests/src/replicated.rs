@@ -81,23 +81,8 @@ impl ReplicatedCluster {
         placement: BTreeMap<String, (PathBuf, String)>,
     ) -> anyhow::Result<ReplicatedCluster> {
         let dir = tempfile::tempdir()?;
-        let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
-        let (netns, host) = place(&placement, COORD_NODE);
-        let listen = format!("{host}:0");
-        let coordinator = start_at(
-            netns,
-            &[
-                "coordinator",
-                "--catalog",
-                &catalog,
-                "--listen",
-                &listen,
-                "--metrics-listen",
-                &listen,
-                "--groups",
-                &groups.to_string(),
-            ],
-        )?;
+        let (_, host) = place(&placement, COORD_NODE);
+        let coordinator = coordinator_proc(&dir, &placement, groups, &format!("{host}:0"))?;
         let mut cluster = ReplicatedCluster {
             dir,
             coordinator,
@@ -233,12 +218,57 @@ impl ReplicatedCluster {
         }
     }
 
+    /// SIGKILL of the coordinator; [`Self::restart_coordinator`] starts it
+    /// again.
+    pub fn kill_coordinator(&self) {
+        self.coordinator.signal(libc::SIGKILL);
+    }
+
+    /// Starts the coordinator again on its catalog and its address (the
+    /// replicas and clients were given that address), replacing a killed
+    /// one.
+    pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        let addr = self.addr().to_string();
+        // The old process must be gone (and its port free) first.
+        self.coordinator.signal(libc::SIGKILL);
+        let _ = self.coordinator.wait_exit_status();
+        self.coordinator = coordinator_proc(&self.dir, &self.placement, self.groups, &addr)?;
+        Ok(())
+    }
+
     /// Starts a killed replica again on its data directory (and address).
     pub fn restart(&mut self, group: u32, replica: u32) -> anyhow::Result<()> {
         let proc = self.replica_proc(group, replica)?;
         self.procs[group as usize - 1][replica as usize - 1] = Some(proc);
         Ok(())
     }
+}
+
+/// The coordinator of a cluster in `dir`, on its SQLite catalog there,
+/// listening on `listen`.
+fn coordinator_proc(
+    dir: &tempfile::TempDir,
+    placement: &BTreeMap<String, (PathBuf, String)>,
+    groups: u32,
+    listen: &str,
+) -> anyhow::Result<Proc> {
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let (netns, host) = place(placement, COORD_NODE);
+    let metrics = format!("{host}:0");
+    start_at(
+        netns,
+        &[
+            "coordinator",
+            "--catalog",
+            &catalog,
+            "--listen",
+            listen,
+            "--metrics-listen",
+            &metrics,
+            "--groups",
+            &groups.to_string(),
+        ],
+    )
 }
 
 /// Where `node` runs: its namespace file (None: ours) and listen host.
