@@ -60,7 +60,8 @@ impl Entry {
     }
 
     /// The value; `None` for a tombstone. Tombstones keep their version so
-    /// readers can wait for the delete to be durable; snapshots drop them.
+    /// readers can wait for the delete to be durable; snapshots keep them
+    /// too (nothing purges them yet).
     pub fn value(&self) -> Option<&[u8]> {
         if self.0.header.header & TOMBSTONE_BIT != 0 {
             None
