@@ -132,7 +132,7 @@ pub mod sim {
             })
             .await;
             Ok(TokioIo::new(Link {
-                stream,
+                stream: Some(stream),
                 local,
                 peer,
             }))
@@ -147,9 +147,9 @@ pub mod sim {
     /// wait, as a handshake needs both ways.
     ///
     /// It acts at the dialling end of each connection made through this
-    /// crate (every channel in the project), which sees both directions;
-    /// what it cannot hold is a connection's close: a host that gives up on
-    /// a connection still closes it at once at the other end. Cuts belong
+    /// crate (every channel in the project), which sees both directions,
+    /// and holds that end's close too (see [`Link`]); a close by the
+    /// accepting end is not held. Cuts belong
     /// to the thread the simulation runs on; call [`heal_all_oneway`]
     /// between runs.
     pub fn cut_oneway(from: std::net::IpAddr, to: std::net::IpAddr) {
@@ -230,9 +230,46 @@ pub mod sim {
     /// back is cut.
     #[derive(Debug)]
     pub struct Link {
-        stream: turmoil::net::TcpStream,
+        /// Taken only when the link is dropped.
+        stream: Option<turmoil::net::TcpStream>,
         local: std::net::IpAddr,
         peer: std::net::IpAddr,
+    }
+
+    impl Link {
+        fn stream(&mut self) -> Pin<&mut turmoil::net::TcpStream> {
+            Pin::new(self.stream.as_mut().expect("taken only on drop"))
+        }
+    }
+
+    /// A close crosses the network like any byte: dropped while the way to
+    /// the peer is cut, the connection is kept open (by a task of this
+    /// host) until the cut heals, so the peer learns of the close then —
+    /// or never, if this host crashes first.
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let Some(stream) = self.stream.take() else {
+                return;
+            };
+            let (local, peer) = (self.local, self.peer);
+            if !cuts::with(|c| c.pairs.contains(&(local, peer))) {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                std::future::poll_fn(|cx| {
+                    if cuts::blocked(local, peer, cx) {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await;
+                drop(stream);
+            });
+        }
     }
 
     impl AsyncRead for Link {
@@ -244,7 +281,7 @@ pub mod sim {
             if cuts::blocked(self.peer, self.local, cx) {
                 return Poll::Pending;
             }
-            Pin::new(&mut self.stream).poll_read(cx, buf)
+            self.stream().poll_read(cx, buf)
         }
     }
 
@@ -257,18 +294,18 @@ pub mod sim {
             if cuts::blocked(self.local, self.peer, cx) {
                 return Poll::Pending;
             }
-            Pin::new(&mut self.stream).poll_write(cx, buf)
+            self.stream().poll_write(cx, buf)
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.stream).poll_flush(cx)
+            self.stream().poll_flush(cx)
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             if cuts::blocked(self.local, self.peer, cx) {
                 return Poll::Pending;
             }
-            Pin::new(&mut self.stream).poll_shutdown(cx)
+            self.stream().poll_shutdown(cx)
         }
     }
 }
@@ -326,6 +363,34 @@ mod tests {
             let mut got = [0u8; 2];
             read.read_exact(&mut got).await?;
             assert_eq!(&got, b"ok");
+            Ok(())
+        });
+        sim.run()
+    }
+
+    /// A connection dropped while its way out is cut closes at the peer
+    /// only when the cut heals.
+    #[test]
+    fn a_close_waits_for_a_one_way_cut_to_heal() -> turmoil::Result {
+        let mut sim = turmoil::Builder::new().build();
+        sim.host("server", || async {
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+            let (mut stream, _) = listener.accept().await?;
+            let mut buf = [0u8; 1];
+            let early = tokio::time::timeout(QUIET, stream.read(&mut buf)).await;
+            assert!(early.is_err(), "the close crossed the cut: {early:?}");
+            assert_eq!(stream.read(&mut buf).await?, 0, "a byte, not the close");
+            Ok(())
+        });
+        sim.client("client", async {
+            let uri: tonic::transport::Uri = format!("http://server:{PORT}").parse()?;
+            let (client, server) = (turmoil::lookup("client"), turmoil::lookup("server"));
+            let stream = sim::connector().oneshot(uri).await?;
+            sim::cut_oneway(client, server);
+            drop(stream);
+            tokio::time::sleep(QUIET * 2).await;
+            sim::heal_oneway(client, server);
+            tokio::time::sleep(QUIET).await;
             Ok(())
         });
         sim.run()
