@@ -45,56 +45,28 @@ pub mod sim {
     use tonic::transport::Uri;
     use tonic::transport::server::{Connected, TcpConnectInfo};
 
-    /// A simulated connection the gRPC server can serve.
-    #[derive(Debug)]
-    pub struct Stream(turmoil::net::TcpStream);
-
-    impl Connected for Stream {
+    impl Connected for Link {
         type ConnectInfo = TcpConnectInfo;
 
         fn connect_info(&self) -> TcpConnectInfo {
             TcpConnectInfo {
-                local_addr: self.0.local_addr().ok(),
-                remote_addr: self.0.peer_addr().ok(),
+                local_addr: Some(self.local),
+                remote_addr: Some(self.peer),
             }
         }
     }
 
-    impl AsyncRead for Stream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Stream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
-        }
-    }
-
-    /// Accepted connections of `listener`, for `serve_with_incoming`. Ends
+    /// Accepted connections of `listener` (as [`Link`]s, which obey the
+    /// one-way cuts of [`cut_oneway`]), for `serve_with_incoming`. Ends
     /// when accepting fails (the host is going away).
     pub fn incoming(
         listener: turmoil::net::TcpListener,
-    ) -> impl futures::Stream<Item = io::Result<Stream>> + Send + 'static {
+    ) -> impl futures::Stream<Item = io::Result<Link>> + Send + 'static {
         futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.map(|(stream, _)| Stream(stream));
+            let accepted = match listener.accept().await {
+                Ok((stream, _)) => Link::new(stream),
+                Err(e) => Err(e),
+            };
             Some((accepted, listener))
         })
     }
@@ -116,9 +88,9 @@ pub mod sim {
             let port = uri.port_u16().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("no port in {uri}"))
             })?;
-            let stream = turmoil::net::TcpStream::connect((host.to_string(), port)).await?;
-            let local = stream.local_addr()?.ip();
-            let peer = stream.peer_addr()?.ip();
+            let link =
+                Link::new(turmoil::net::TcpStream::connect((host.to_string(), port)).await?)?;
+            let (local, peer) = (link.local.ip(), link.peer.ip());
             // A handshake needs both directions: while either is cut the
             // dial waits (until the endpoint's connect timeout, when it has
             // one). Turmoil's own handshake has happened by then, so the
@@ -131,11 +103,7 @@ pub mod sim {
                 }
             })
             .await;
-            Ok(TokioIo::new(Link {
-                stream: Some(stream),
-                local,
-                peer,
-            }))
+            Ok(TokioIo::new(link))
         })
     }
 
@@ -146,10 +114,10 @@ pub mod sim {
     /// `to`'s bytes still reach `from`. New connections between the two
     /// wait, as a handshake needs both ways.
     ///
-    /// It acts at the dialling end of each connection made through this
-    /// crate (every channel in the project), which sees both directions,
-    /// and holds that end's close too (see [`Link`]); a close by the
-    /// accepting end is not held. Cuts belong
+    /// It acts at both ends of each connection made through this crate
+    /// (every channel and every server in the project), each holding what
+    /// it would send or receive across a cut, its close included (see
+    /// [`Link`]). Cuts belong
     /// to the thread the simulation runs on; call [`heal_all_oneway`]
     /// between runs.
     pub fn cut_oneway(from: std::net::IpAddr, to: std::net::IpAddr) {
@@ -225,18 +193,26 @@ pub mod sim {
         }
     }
 
-    /// A dialled simulated connection: holds what this host writes while
-    /// its way to the peer is cut, and what the peer wrote while the way
-    /// back is cut.
+    /// One end of a simulated connection, dialled or accepted: holds what
+    /// this host writes while its way to the peer is cut, and what the
+    /// peer wrote while the way back is cut.
     #[derive(Debug)]
     pub struct Link {
         /// Taken only when the link is dropped.
         stream: Option<turmoil::net::TcpStream>,
-        local: std::net::IpAddr,
-        peer: std::net::IpAddr,
+        local: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
     }
 
     impl Link {
+        fn new(stream: turmoil::net::TcpStream) -> io::Result<Link> {
+            Ok(Link {
+                local: stream.local_addr()?,
+                peer: stream.peer_addr()?,
+                stream: Some(stream),
+            })
+        }
+
         fn stream(&mut self) -> Pin<&mut turmoil::net::TcpStream> {
             Pin::new(self.stream.as_mut().expect("taken only on drop"))
         }
@@ -251,7 +227,7 @@ pub mod sim {
             let Some(stream) = self.stream.take() else {
                 return;
             };
-            let (local, peer) = (self.local, self.peer);
+            let (local, peer) = (self.local.ip(), self.peer.ip());
             if !cuts::with(|c| c.pairs.contains(&(local, peer))) {
                 return;
             }
@@ -278,7 +254,7 @@ pub mod sim {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            if cuts::blocked(self.peer, self.local, cx) {
+            if cuts::blocked(self.peer.ip(), self.local.ip(), cx) {
                 return Poll::Pending;
             }
             self.stream().poll_read(cx, buf)
@@ -291,7 +267,7 @@ pub mod sim {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            if cuts::blocked(self.local, self.peer, cx) {
+            if cuts::blocked(self.local.ip(), self.peer.ip(), cx) {
                 return Poll::Pending;
             }
             self.stream().poll_write(cx, buf)
@@ -302,7 +278,7 @@ pub mod sim {
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            if cuts::blocked(self.local, self.peer, cx) {
+            if cuts::blocked(self.local.ip(), self.peer.ip(), cx) {
                 return Poll::Pending;
             }
             self.stream().poll_shutdown(cx)
@@ -391,6 +367,38 @@ mod tests {
             tokio::time::sleep(QUIET * 2).await;
             sim::heal_oneway(client, server);
             tokio::time::sleep(QUIET).await;
+            Ok(())
+        });
+        sim.run()
+    }
+
+    /// The accepting end holds too: its close waits while its way to the
+    /// dialler is cut (what it wrote before the cut arrives).
+    #[test]
+    fn an_accepted_link_holds_its_close() -> turmoil::Result {
+        use futures::StreamExt;
+        let mut sim = turmoil::Builder::new().build();
+        sim.host("server", || async {
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+            let mut incoming = std::pin::pin!(sim::incoming(listener));
+            let mut link = incoming.next().await.expect("a connection")?;
+            let (server, client) = (turmoil::lookup("server"), turmoil::lookup("client"));
+            link.write_all(b"sent").await?;
+            sim::cut_oneway(server, client);
+            drop(link);
+            tokio::time::sleep(QUIET * 2).await;
+            sim::heal_oneway(server, client);
+            tokio::time::sleep(QUIET).await;
+            Ok(())
+        });
+        sim.client("client", async {
+            let mut stream = turmoil::net::TcpStream::connect(("server", PORT)).await?;
+            let mut got = [0u8; 4];
+            stream.read_exact(&mut got).await?;
+            assert_eq!(&got, b"sent");
+            let early = tokio::time::timeout(QUIET, stream.read(&mut got)).await;
+            assert!(early.is_err(), "the close crossed the cut: {early:?}");
+            assert_eq!(stream.read(&mut got).await?, 0, "a byte, not the close");
             Ok(())
         });
         sim.run()

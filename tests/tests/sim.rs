@@ -153,17 +153,26 @@ fn shards_whose_disks_fail_stop_restart_and_lose_nothing() {
 fn torn_log_tails_are_cut_and_lose_nothing() {
     // Seeds whose disks tear unsynced writes on a crash (and whose replica
     // crashes often wait for a batch in flight): some recovery must cut a
-    // torn record off a log, and the run still check out.
+    // torn record off a log, and every run still check out. About one such
+    // seed in four cuts one (a crash must land on a batch in flight), so
+    // the seeds run until one does, at most TORN_SEEDS_MAX of them.
+    const TORN_SEEDS_MAX: usize = 24;
     let mut torn = 0;
-    for seed in (0..100)
+    for seed in (0..200)
         .filter(|s| SimConfig::new(*s).disk.torn_block.is_some())
-        .take(6)
+        .take(TORN_SEEDS_MAX)
     {
         let result = run(&SimConfig::new(seed)).expect("the simulation runs");
         assert!(result.passed(), "{}", result.explain());
         torn += result.torn_tails;
+        if torn > 0 {
+            break;
+        }
     }
-    assert!(torn > 0, "six seeds with torn writes and no torn tail cut");
+    assert!(
+        torn > 0,
+        "{TORN_SEEDS_MAX} seeds with torn writes and no torn tail cut"
+    );
 }
 
 #[test]
