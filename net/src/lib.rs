@@ -95,14 +95,7 @@ pub mod sim {
             // dial waits (until the endpoint's connect timeout, when it has
             // one). Turmoil's own handshake has happened by then, so the
             // peer may see a connection that carries nothing yet.
-            std::future::poll_fn(|cx| {
-                if cuts::blocked(local, peer, cx) || cuts::blocked(peer, local, cx) {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
+            cuts::open(&[(local, peer), (peer, local)]).await;
             Ok(TokioIo::new(link))
         })
     }
@@ -128,11 +121,9 @@ pub mod sim {
 
     /// Ends the cut from `from` to `to`; held bytes flow again.
     pub fn heal_oneway(from: std::net::IpAddr, to: std::net::IpAddr) {
-        let waiting = cuts::with(|c| {
+        cuts::heal(|c| {
             c.pairs.remove(&(from, to));
-            std::mem::take(&mut c.waiting)
         });
-        waiting.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// How many times a read, write or dial was held by a one-way cut on
@@ -145,19 +136,17 @@ pub mod sim {
     /// Ends every one-way cut of this thread (and zeroes
     /// [`one_way_holds`]).
     pub fn heal_all_oneway() {
-        let waiting = cuts::with(|c| {
+        cuts::heal(|c| {
             c.pairs.clear();
             c.holds = 0;
-            std::mem::take(&mut c.waiting)
         });
-        waiting.into_iter().for_each(std::task::Waker::wake);
     }
 
     mod cuts {
         use std::cell::RefCell;
         use std::collections::BTreeSet;
         use std::net::IpAddr;
-        use std::task::{Context, Waker};
+        use std::task::{Context, Poll, Waker};
 
         #[derive(Default)]
         pub(super) struct Cuts {
@@ -175,6 +164,33 @@ pub mod sim {
 
         pub(super) fn with<T>(f: impl FnOnce(&mut Cuts) -> T) -> T {
             CUTS.with(|c| f(&mut c.borrow_mut()))
+        }
+
+        /// Applies `change` (which removes cuts), then wakes every task
+        /// waiting on a cut: each looks again.
+        pub(super) fn heal(change: impl FnOnce(&mut Cuts)) {
+            let waiting = with(|c| {
+                change(c);
+                std::mem::take(&mut c.waiting)
+            });
+            waiting.into_iter().for_each(Waker::wake);
+        }
+
+        /// Whether `from` to `to` is cut now (no hold is counted).
+        pub(super) fn is_cut(from: IpAddr, to: IpAddr) -> bool {
+            with(|c| c.pairs.contains(&(from, to)))
+        }
+
+        /// Waits until none of `ways` (from, to) is cut.
+        pub(super) async fn open(ways: &[(IpAddr, IpAddr)]) {
+            std::future::poll_fn(|cx| {
+                if ways.iter().any(|&(from, to)| blocked(from, to, cx)) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await
         }
 
         /// Whether bytes from `from` to `to` are held; if so the task is
@@ -228,21 +244,14 @@ pub mod sim {
                 return;
             };
             let (local, peer) = (self.local.ip(), self.peer.ip());
-            if !cuts::with(|c| c.pairs.contains(&(local, peer))) {
+            if !cuts::is_cut(local, peer) {
                 return;
             }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
             runtime.spawn(async move {
-                std::future::poll_fn(|cx| {
-                    if cuts::blocked(local, peer, cx) {
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-                .await;
+                cuts::open(&[(local, peer)]).await;
                 drop(stream);
             });
         }
