@@ -42,6 +42,19 @@
 //! simulated network diverges from there. The `trellis-sim` binary runs
 //! every seed in a process of its own; [`replay_command`] points at it.
 
+// Without `--cfg tokio_unstable` turmoil cannot seed each simulated host's
+// tokio runtime, so a seed would no longer replay bit for bit. Cargo reads
+// that flag from `.cargo/config.toml` in the directory it is started from
+// (not the manifest's), so a build started elsewhere (`--manifest-path`)
+// lacks it: refuse to build the simulator then, rather than
+// run seeds that mean nothing. The `trellis` binary needs no such flag.
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "the deterministic simulator needs `--cfg tokio_unstable`: run cargo from the \
+     repository root (which reads .cargo/config.toml) or set \
+     RUSTFLAGS=\"--cfg tokio_unstable\""
+);
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
