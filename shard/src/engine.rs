@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::record::*;
 use crate::repl::{Level, Repl, Role};
 use crate::snapshot;
-use crate::state::{Check, KeyView, Misuse, Outcome, Refused, State, StateGuard, TxnRecord};
+use crate::state::{
+    Check, Decide, KeyView, Misuse, Outcome, Refused, Resolve, State, StateGuard, TxnRecord,
+};
 use crate::wal::{self, Wal, WalError};
 
 /// A snapshot is taken once this many bytes were logged since the last one.
@@ -603,8 +605,9 @@ impl Shard {
         Ok(vote)
     }
 
-    /// Records the decision at the anchor unless one exists; returns the
-    /// recorded decision (true = commit) once durable.
+    /// Records the decision at the anchor unless one stands already (the
+    /// rules: [`StateGuard::check_decide`]); returns the decision that
+    /// stands (true = commit) once durable.
     pub async fn decide(
         &self,
         txn: TxnId,
@@ -615,28 +618,9 @@ impl Shard {
         self.wal().reserve().await?;
         let (commit, lsn) = {
             let mut guard = self.state.lock();
-            // A decision recorded here wins; so does one already finalized
-            // here after its record was forgotten (the anchor is always a
-            // participant): a late decide of the first coordinator, after
-            // a sweeper resolved, finalized and forgot the transaction,
-            // must not record the opposite decision (found by the
-            // simulator, seed 1035: a COMMIT recorded after the participants
-            // had discarded the writes).
-            let finalized = match guard.outcome(&txn) {
-                Some(Outcome::Committed { lsn, .. }) => Some((true, *lsn)),
-                Some(Outcome::Aborted { lsn, .. }) => Some((false, *lsn)),
-                None => None,
-            };
-            match (guard.record(&txn), finalized) {
-                (Some(record), _) => (record.commit, record.lsn),
-                (None, Some(done)) => done,
-                (None, None) => {
-                    if commit && guard.records_full() {
-                        return Err(ShardError::Busy(format!(
-                            "TXN_RECORDS_MAX ({}) transaction records are held at this anchor",
-                            crate::state::TXN_RECORDS_MAX
-                        )));
-                    }
+            match guard.check_decide(&txn, commit) {
+                Ok(Decide::Stands { commit, lsn }) => (commit, lsn),
+                Ok(Decide::Record { commit }) => {
                     let record = Record::Decide(DecideRec {
                         txn_id: txn.as_bytes().to_vec(),
                         commit,
@@ -646,6 +630,7 @@ impl Shard {
                     self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
                     (commit, lsn)
                 }
+                Err(refused) => return Err(ShardError::Busy(refused.message)),
             }
         };
         self.settle(lsn, level.max(Level::Semi)).await?;
@@ -660,14 +645,8 @@ impl Shard {
     /// answers: a committed transaction is never presumed aborted while this
     /// replica remembers it ([`crate::state::OUTCOMES_MAX`]).
     pub async fn resolve(&self, txn: TxnId) -> Result<TxnRecord, ShardError> {
-        let finalized = {
-            let guard = self.state.lock();
-            match (guard.record(&txn), guard.outcome(&txn)) {
-                (None, Some(Outcome::Committed { lsn, .. })) => Some(*lsn),
-                _ => None,
-            }
-        };
-        if let Some(lsn) = finalized {
+        let check = self.state.lock().check_resolve(&txn);
+        if let Resolve::Committed { lsn } = check {
             self.settle(lsn, Level::Sync).await?;
             return Ok(TxnRecord {
                 commit: true,
@@ -676,17 +655,7 @@ impl Shard {
             });
         }
         let commit = self.decide(txn, false, Vec::new(), Level::Semi).await?;
-        let guard = self.state.lock();
-        Ok(match guard.record(&txn) {
-            Some(record) => record.clone(),
-            // Finalized here and forgotten: the decision stands without a
-            // record (decide found it in the outcome memory).
-            None => TxnRecord {
-                commit,
-                participants: Vec::new(),
-                lsn: guard.outcome(&txn).map_or(0, Outcome::lsn),
-            },
-        })
+        Ok(self.state.lock().resolved(&txn, commit))
     }
 
     /// Applies (commit) or discards (abort) a prepared transaction and

@@ -304,6 +304,27 @@ pub enum Check {
     Refused(Refused),
 }
 
+/// What the anchor does with a decide ([`StateGuard::check_decide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decide {
+    /// Nothing is decided here yet: log a DECIDE record with this decision.
+    Record { commit: bool },
+    /// A decision stands already: answer it once `lsn` is durable, and log
+    /// nothing. It may differ from the one asked for.
+    Stands { commit: bool, lsn: Lsn },
+}
+
+/// What the anchor does with a resolve ([`StateGuard::check_resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolve {
+    /// Committed and finalized here, its record forgotten: answer COMMIT once
+    /// `lsn` is durable on every in-sync member.
+    Committed { lsn: Lsn },
+    /// Decide ABORT (presumed abort) through [`StateGuard::check_decide`],
+    /// which keeps any decision that stands.
+    PresumeAbort,
+}
+
 /// Misuse by the caller (not a conflict): answered as INVALID_ARGUMENT or
 /// FAILED_PRECONDITION.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -591,6 +612,74 @@ impl StateGuard<'_> {
         match self.validate(txn, reads, writes) {
             Ok(()) => Check::Proceed,
             Err(refused) => Check::Refused(refused),
+        }
+    }
+
+    /// What a decide of `txn` does at its anchor. The rules, in order:
+    ///
+    /// 1. A decision recorded here wins (the first decision wins, live as in
+    ///    replay).
+    /// 2. A decision finalized here after its record was forgotten wins too:
+    ///    the anchor is always a participant, so its own outcome memory
+    ///    still knows. A late decide of the first coordinator, after a
+    ///    sweeper resolved (presumed abort), finalized and forgot the
+    ///    transaction, must not record the opposite decision (simulator seed
+    ///    1035: a COMMIT recorded after the participants had discarded the
+    ///    writes).
+    /// 3. Otherwise the decision asked for is recorded, unless it is COMMIT
+    ///    and [`TXN_RECORDS_MAX`] records are held (ABORT always may: it is
+    ///    what frees the anchor).
+    pub fn check_decide(&self, txn: &TxnId, commit: bool) -> Result<Decide, Refused> {
+        if let Some(record) = self.core.records.get(txn) {
+            return Ok(Decide::Stands {
+                commit: record.commit,
+                lsn: record.lsn,
+            });
+        }
+        match self.core.outcomes.get(txn) {
+            Some(Outcome::Committed { lsn, .. }) => Ok(Decide::Stands {
+                commit: true,
+                lsn: *lsn,
+            }),
+            Some(Outcome::Aborted { lsn, .. }) => Ok(Decide::Stands {
+                commit: false,
+                lsn: *lsn,
+            }),
+            None if commit && self.records_full() => Err(Refused {
+                reason: Refusal::Busy,
+                keys: Vec::new(),
+                message: format!(
+                    "TXN_RECORDS_MAX ({TXN_RECORDS_MAX}) transaction records are held at this anchor"
+                ),
+                holders: Vec::new(),
+            }),
+            None => Ok(Decide::Record { commit }),
+        }
+    }
+
+    /// What a resolve of an in-doubt `txn` does at its anchor: the recorded
+    /// decision if any, else a durable ABORT (presumed abort) — except for a
+    /// transaction committed and finalized here whose record is forgotten,
+    /// which stays committed (simulator seed 2033: a late resolve of such a
+    /// transaction). A committed transaction is never presumed aborted
+    /// while this replica remembers its outcome ([`OUTCOMES_MAX`]).
+    pub fn check_resolve(&self, txn: &TxnId) -> Resolve {
+        match (self.core.records.get(txn), self.core.outcomes.get(txn)) {
+            (None, Some(Outcome::Committed { lsn, .. })) => Resolve::Committed { lsn: *lsn },
+            _ => Resolve::PresumeAbort,
+        }
+    }
+
+    /// The answer to a resolve once `commit` was decided: the record, or
+    /// (finalized here and forgotten) the decision without one.
+    pub fn resolved(&self, txn: &TxnId, commit: bool) -> TxnRecord {
+        match self.core.records.get(txn) {
+            Some(record) => record.clone(),
+            None => TxnRecord {
+                commit,
+                participants: Vec::new(),
+                lsn: self.core.outcomes.get(txn).map_or(0, Outcome::lsn),
+            },
         }
     }
 
@@ -1079,6 +1168,158 @@ mod tests {
             g.check_prepare(&txn(1), &[], &[]),
             Check::Done(Outcome::Committed { .. })
         ));
+    }
+
+    fn decide_rec(t: TxnId, commit: bool) -> Record {
+        Record::Decide(DecideRec {
+            txn_id: t.0.to_vec(),
+            commit,
+            participants: vec![1, 2],
+        })
+    }
+    fn finalize_rec(t: TxnId, commit: bool) -> Record {
+        Record::Finalize(FinalizeRec {
+            txn_id: t.0.to_vec(),
+            commit,
+        })
+    }
+    fn forget_rec(t: TxnId) -> Record {
+        Record::Forget(ForgetRec {
+            txn_ids: vec![t.0.to_vec()],
+        })
+    }
+
+    #[test]
+    fn decide_records_once_and_the_first_decision_wins() {
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        assert_eq!(
+            g.check_decide(&txn(1), true),
+            Ok(Decide::Record { commit: true })
+        );
+        g.apply(1, &decide_rec(txn(1), true), now).expect("apply");
+        // A retry, and a late opposite decide (a sweeper's presumed abort):
+        // the recorded decision stands and nothing more is logged.
+        for asked in [true, false] {
+            assert_eq!(
+                g.check_decide(&txn(1), asked),
+                Ok(Decide::Stands {
+                    commit: true,
+                    lsn: 1
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_decide_after_finalize_and_forget_keeps_the_finalized_outcome() {
+        // Simulator seed 1035: the coordinator's decide COMMIT is delayed; a
+        // sweeper resolves (presumed abort), the anchor finalizes ABORT and
+        // forgets the record; then the late decide arrives.
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        g.apply(1, &prepare(txn(1), vec![], vec![put("a", "1")]), now)
+            .expect("apply");
+        assert_eq!(g.check_resolve(&txn(1)), Resolve::PresumeAbort);
+        assert_eq!(
+            g.check_decide(&txn(1), false),
+            Ok(Decide::Record { commit: false })
+        );
+        g.apply(2, &decide_rec(txn(1), false), now).expect("apply");
+        g.apply(3, &finalize_rec(txn(1), false), now)
+            .expect("apply");
+        g.apply(4, &forget_rec(txn(1)), now).expect("apply");
+        assert!(g.record(&txn(1)).is_none());
+        assert_eq!(
+            g.check_decide(&txn(1), true),
+            Ok(Decide::Stands {
+                commit: false,
+                lsn: 3
+            }),
+            "a COMMIT recorded now would be lost: the writes were discarded"
+        );
+        // Resolve agrees: the finalized ABORT, without a record.
+        assert_eq!(g.check_resolve(&txn(1)), Resolve::PresumeAbort);
+        assert_eq!(
+            g.resolved(&txn(1), false),
+            TxnRecord {
+                commit: false,
+                participants: vec![],
+                lsn: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_late_resolve_after_commit_finalize_and_forget_answers_committed() {
+        // Simulator seed 2033: a resolve arrives after the anchor committed,
+        // finalized and forgot the transaction; presuming abort would
+        // contradict the writes already applied.
+        let state = State::default();
+        let now = Instant::now();
+        let mut g = state.lock();
+        g.apply(1, &prepare(txn(2), vec![], vec![put("b", "1")]), now)
+            .expect("apply");
+        g.apply(2, &decide_rec(txn(2), true), now).expect("apply");
+        assert_eq!(g.check_resolve(&txn(2)), Resolve::PresumeAbort);
+        assert_eq!(g.resolved(&txn(2), true).lsn, 2, "the record answers");
+        g.apply(3, &finalize_rec(txn(2), true), now).expect("apply");
+        g.apply(4, &forget_rec(txn(2)), now).expect("apply");
+        assert_eq!(g.check_resolve(&txn(2)), Resolve::Committed { lsn: 3 });
+        assert_eq!(
+            g.check_decide(&txn(2), false),
+            Ok(Decide::Stands {
+                commit: true,
+                lsn: 3
+            })
+        );
+    }
+
+    #[test]
+    fn resolve_of_an_unknown_transaction_presumes_abort() {
+        let state = State::default();
+        let g = state.lock();
+        assert_eq!(g.check_resolve(&txn(3)), Resolve::PresumeAbort);
+        assert_eq!(
+            g.check_decide(&txn(3), false),
+            Ok(Decide::Record { commit: false })
+        );
+        assert_eq!(
+            g.resolved(&txn(3), false),
+            TxnRecord {
+                commit: false,
+                participants: vec![],
+                lsn: 0
+            },
+            "nothing known: an ABORT without a record yet"
+        );
+    }
+
+    #[test]
+    fn a_full_anchor_refuses_commit_decisions_but_never_aborts() {
+        let state = State::default();
+        let mut g = state.lock();
+        for n in 0..TXN_RECORDS_MAX {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            g.core.records.insert(
+                TxnId(id),
+                TxnRecord {
+                    commit: true,
+                    participants: vec![],
+                    lsn: 1,
+                },
+            );
+        }
+        let refused = g.check_decide(&txn(9), true).expect_err("full");
+        assert_eq!(refused.reason, Refusal::Busy);
+        assert!(refused.message.contains("TXN_RECORDS_MAX"));
+        assert_eq!(
+            g.check_decide(&txn(9), false),
+            Ok(Decide::Record { commit: false })
+        );
     }
 
     #[test]
