@@ -49,10 +49,16 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// all) is a quick failure; a member that ran longer starts over at
 /// [`RESTART_BACKOFF_FIRST`].
 const QUICK_FAILURE_WINDOW: Duration = Duration::from_secs(10);
-/// Consecutive quick failures after which a member is given up on.
-const QUICK_FAILURES_MAX: u32 = 5;
+/// Consecutive quick failures after which a member is given up on: with
+/// the backoff above, about 35 s of retrying (0.5, 1, 2, 4, 8, 10, 10 s).
+const QUICK_FAILURES_MAX: u32 = 8;
 const _: () = assert!(RESTART_BACKOFF_FIRST.as_millis() <= RESTART_BACKOFF_MAX.as_millis());
 const _: () = assert!(SUPERVISE_INTERVAL.as_millis() < RESTART_BACKOFF_FIRST.as_millis());
+// The cap matters: the backoff reaches it before the member is given up on.
+const _: () = assert!(
+    RESTART_BACKOFF_FIRST.as_millis() << (QUICK_FAILURES_MAX - 2)
+        >= RESTART_BACKOFF_MAX.as_millis()
+);
 /// Longest child log line relayed as one line; a longer one is relayed in
 /// pieces of this size, each labelled.
 const LOG_LINE_BYTES_MAX: usize = 16 * 1024;
@@ -84,7 +90,7 @@ if `trellis dev` itself is killed, its children notice and exit.
 
 dev supervises its children: one that exits is reported once and restarted
 on its own data, with the same addresses, after a backoff (0.5 s doubling
-to 10 s); one that fails 5 times in a row within 10 s of starting is given
+to 10 s); one that fails 8 times in a row within 10 s of starting is given
 up on. --no-restart only reports. Every child's log line is relayed to
 stderr labelled with the process that wrote it: [coordinator], [g2r1]
 (group 2 replica 1).
@@ -827,4 +833,69 @@ fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> Member {
+        Member {
+            label: "g1r1".into(),
+            name: "shard group 1 replica 1".into(),
+            args: Vec::new(),
+            state: State::Down,
+            metrics: None,
+            restarts: 0,
+            quick_failures: 0,
+            backoff: RESTART_BACKOFF_FIRST,
+        }
+    }
+
+    #[test]
+    fn exits_are_described_in_words() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exited with code 1");
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGKILL)),
+            "was killed by signal 9 (SIGKILL)"
+        );
+    }
+
+    #[test]
+    fn quick_failures_back_off_to_the_cap_then_are_given_up_on() {
+        let mut m = member();
+        let mut waits = Vec::new();
+        for _ in 0..QUICK_FAILURES_MAX {
+            let wait = m.backoff;
+            m.failed(true, true);
+            match m.state {
+                State::Waiting { .. } => waits.push(wait),
+                State::Down => break,
+                _ => panic!("a failed member waits or is down"),
+            }
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert!(matches!(m.state, State::Down), "given up on");
+        assert_eq!(m.restarts, QUICK_FAILURES_MAX - 1);
+    }
+
+    #[test]
+    fn a_member_that_ran_a_while_starts_over_and_no_restart_only_reports() {
+        let mut m = member();
+        for _ in 0..3 {
+            m.failed(true, true);
+        }
+        m.failed(false, true);
+        assert_eq!(m.quick_failures, 0);
+        assert_eq!(
+            m.backoff,
+            RESTART_BACKOFF_FIRST * 2,
+            "waits the first backoff"
+        );
+        let mut m = member();
+        m.failed(false, false);
+        assert!(matches!(m.state, State::Down));
+        assert_eq!(m.restarts, 0);
+    }
 }
