@@ -93,7 +93,8 @@ on its own data, with the same addresses, after a backoff (0.5 s doubling
 to 10 s); one that fails 8 times in a row within 10 s of starting is given
 up on. --no-restart only reports. Every child's log line is relayed to
 stderr labelled with the process that wrote it: [coordinator], [g2r1]
-(group 2 replica 1).
+(group 2 replica 1); TRELLIS_LOG=info shows more (default: warn), and logs
+are coloured only on a terminal without NO_COLOR.
 
 Metrics ports stay the same across restarts: with --metrics-listen
 HOST:PORT the coordinator serves metrics on PORT and group g replica r on
@@ -693,8 +694,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let catalog = format!("sqlite://{}", path_str(&data_dir.join("catalog.db"))?);
     let remembered = remembered_metrics_ports(&data_dir);
     eprintln!(
-        "starting {} groups of {} replicas",
-        args.groups, args.replicas
+        "starting a coordinator and {} of {}",
+        counted(args.groups, "group"),
+        counted(args.replicas, "replica")
     );
 
     let mut members: Vec<Member> = Vec::new();
@@ -774,13 +776,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "a member that exits is restarted (--no-restart: only reported)"
     };
     eprintln!(
-        "\nTrellis dev cluster is up: {} groups of {} replicas, data in {}\n  \
+        "\nTrellis dev cluster is up: {} of {}, data in {}\n  \
          clients connect to {addr} (gRPC, trellis.v1.Txn)\n  \
          cluster status: trellis status --addr {addr}\n  \
          {restarts}\n  \
          Ctrl-C stops everything; data stays for the next run.",
-        args.groups,
-        args.replicas,
+        counted(args.groups, "group"),
+        counted(args.replicas, "replica"),
         data_dir.display()
     );
 
@@ -806,6 +808,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("stopping the dev cluster");
     stop_members(&mut members);
     Ok(())
+}
+
+/// `1 group`, `3 groups`.
+fn counted(n: u32, noun: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {noun}{s}")
 }
 
 fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {

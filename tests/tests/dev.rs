@@ -301,6 +301,22 @@ async fn commit_eventually(addr: &str, key: &[u8]) {
     }
 }
 
+/// Waits (bounded) until group 1 has `n` members.
+async fn wait_members(addr: &str, n: usize) -> pb::StatusResponse {
+    let deadline = Instant::now() + SUPERVISE_TIMEOUT;
+    loop {
+        let status = status(addr).await;
+        if status.groups[0].members.len() == n {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group 1 never had {n} members: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits (bounded) until the coordinator lists a member of group 1 with `pid`.
 async fn wait_member_pid(addr: &str, pid: u32) -> pb::StatusResponse {
     let deadline = Instant::now() + SUPERVISE_TIMEOUT;
@@ -331,7 +347,8 @@ async fn dev_reports_a_killed_member_once_and_restarts_it() {
     let addr = cluster.field("grpc").to_string();
     commit_eventually(&addr, b"before").await;
 
-    let before = status(&addr).await;
+    // dev is ready once the group has a primary; the backup may join later.
+    let before = wait_members(&addr, 2).await;
     let backup = before.groups[0]
         .members
         .iter()
