@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trellis_proto::v1 as pb;
-use trellis_tests::harness::{Proc, alive, channel, signal_pid, trellis_bin, txn_id, wait_gone};
+use trellis_tests::harness::{
+    Proc, alive, channel, http_get, signal_pid, trellis_bin, txn_id, wait_gone,
+};
 
 /// Children must exit this soon after their parent goes.
 const ORPHAN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -451,6 +453,44 @@ async fn dev_with_no_restart_reports_once_and_leaves_the_member_down() {
     );
     assert_eq!(count_lines(&log, "is up again"), 0);
     assert!(alive(cluster.pid), "dev keeps running");
+    assert!(cluster.terminate(), "trellis dev exits cleanly on SIGTERM");
+}
+
+/// A base port for `--metrics-listen` with `span` free ports from it, below
+/// the kernel's range for port 0 (so no port picked at random lands there).
+fn free_port_run(span: u16) -> u16 {
+    let mut base = 20_000 + rand::random::<u16>() % 10_000;
+    for _ in 0..100 {
+        if (base..base + span).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+        base = 20_000 + rand::random::<u16>() % 10_000;
+    }
+    panic!("no {span} free ports in a row below 30000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_pins_metrics_ports_from_metrics_listen() {
+    // --metrics-listen 127.0.0.1:P: the coordinator serves metrics on P,
+    // group 1 replica r on P + r, and each answers /metrics there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("dev.log");
+    let base = free_port_run(3);
+    let listen = format!("127.0.0.1:{base}");
+    let cluster = dev_logged(
+        &dir.path().join("data"),
+        2,
+        &["--metrics-listen", &listen],
+        &log,
+    );
+    assert_eq!(cluster.field("metrics"), listen);
+    for replica in 1..=2u16 {
+        let row = wait_for_line(&log, &[&format!("g1r{replica} "), "metrics http://"]);
+        let metrics = metrics_in(&row);
+        assert_eq!(metrics, format!("127.0.0.1:{}", base + replica), "{row}");
+        let page = http_get(&metrics, "/metrics").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    }
     assert!(cluster.terminate(), "trellis dev exits cleanly on SIGTERM");
 }
 
