@@ -539,6 +539,15 @@ impl Member {
         };
     }
 
+    /// A field of its READY line while it is up (`pid` too), else empty.
+    fn field(&self, key: &str) -> String {
+        match &self.state {
+            State::Up { kid, .. } if key == "pid" => kid.child.id().to_string(),
+            State::Up { kid, .. } => kid.field(key),
+            _ => String::new(),
+        }
+    }
+
     fn row(&self) -> String {
         let State::Up { kid, .. } = &self.state else {
             return format!("{:<12} down", self.label);
@@ -575,25 +584,21 @@ impl Member {
                 deadline,
             } => match ready.try_recv() {
                 Ok(line) => {
-                    let State::Starting { child, .. } =
+                    if let State::Starting { child, .. } =
                         std::mem::replace(&mut self.state, State::Down)
-                    else {
-                        unreachable!("matched Starting above")
-                    };
-                    self.came_up(Kid {
-                        name: self.name.clone(),
-                        child,
-                        ready: parse_ready(&line),
-                    });
-                    let State::Up { kid, .. } = &self.state else {
-                        unreachable!("came_up makes it Up")
-                    };
+                    {
+                        self.came_up(Kid {
+                            name: self.name.clone(),
+                            child,
+                            ready: parse_ready(&line),
+                        });
+                    }
                     eprintln!(
                         "{} is up again, pid {} (grpc {}, metrics http://{}/metrics)",
                         self.name,
-                        kid.child.id(),
-                        kid.field("grpc"),
-                        kid.field("metrics")
+                        self.field("pid"),
+                        self.field("grpc"),
+                        self.field("metrics")
                     );
                 }
                 Err(mpsc::TryRecvError::Empty) if now < *deadline => {}
@@ -718,10 +723,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ],
         )?;
         eprintln!("{}", coordinator.row());
-        let State::Up { kid, .. } = &coordinator.state else {
-            unreachable!("Member::start returns a member that is up")
-        };
-        let coordinator_addr = kid.field("grpc");
+        let coordinator_addr = coordinator.field("grpc");
         members.push(coordinator);
         for (group, replica) in
             (1..=args.groups).flat_map(|g| (1..=args.replicas).map(move |r| (g, r)))
@@ -765,11 +767,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("metrics ports will differ next run: {err:#}");
     }
 
-    let State::Up { kid, .. } = &members[0].state else {
-        unreachable!("every member is up once started")
-    };
-    let addr = kid.field("grpc");
-    println!("READY grpc={addr} metrics={}", kid.field("metrics"));
+    let addr = members[0].field("grpc");
+    println!("READY grpc={addr} metrics={}", members[0].field("metrics"));
     let restarts = if args.no_restart {
         "a member that exits is reported, not restarted (--no-restart)"
     } else {
