@@ -1,12 +1,32 @@
-//! `trellis dev`: a whole local cluster from one command. The coordinator
-//! and every shard run as separate child processes, so any one can be
-//! killed to watch what happens; they exit with `trellis dev` (SIGTERM on
-//! Ctrl-C, and by themselves if it is killed).
+//! `trellis dev`: a whole local cluster from one command, and its
+//! supervisor. The coordinator and every shard run as separate child
+//! processes, so any one can be killed to watch what happens.
+//!
+//! - **Supervision.** A member that exits is reported once, in plain words,
+//!   and restarted on its own data directory with the same flags and
+//!   addresses after an exponential backoff. One that keeps failing at once
+//!   is given up on after [`QUICK_FAILURES_MAX`] quick failures, never
+//!   restarted forever. `--no-restart` only reports.
+//! - **Logs.** Every child's stderr is relayed line by line, each line
+//!   labelled with the process that wrote it (`[g2r1]`, `[coordinator]`).
+//!   Children colour their logs only when dev's own stderr is a terminal.
+//! - **One dev per data directory.** An exclusive lock on
+//!   `<data-dir>/dev.lock` is taken before anything starts and held for the
+//!   life of dev; a second dev refuses without starting anything.
+//! - **Stable addresses.** gRPC ports are kept by the children themselves
+//!   (the coordinator's is `--listen`, a shard remembers its own); metrics
+//!   ports are pinned by `--metrics-listen` or remembered in
+//!   `<data-dir>/metrics.ports`.
+//!
+//! Children leave with `trellis dev`: SIGTERM on Ctrl-C, and by themselves
+//! (`--exit-with-parent`) if it is killed. Dev never touches a member's data.
 
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,42 +38,127 @@ const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long children get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How often the supervisor checks its children.
-const SUPERVISE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the supervisor checks its children (and how late a restart
+/// may be past its backoff).
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+/// Wait before the first restart of a member that exited.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// The backoff doubles with each quick failure up to this cap.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// An exit this soon after a member came up (or a failure to come up at
+/// all) is a quick failure; a member that ran longer starts over at
+/// [`RESTART_BACKOFF_FIRST`].
+const QUICK_FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Consecutive quick failures after which a member is given up on: with
+/// the backoff above, about 35 s of retrying (0.5, 1, 2, 4, 8, 10, 10 s).
+const QUICK_FAILURES_MAX: u32 = 8;
+const _: () = assert!(RESTART_BACKOFF_FIRST.as_millis() <= RESTART_BACKOFF_MAX.as_millis());
+const _: () = assert!(SUPERVISE_INTERVAL.as_millis() < RESTART_BACKOFF_FIRST.as_millis());
+// The cap matters: the backoff reaches it before the member is given up on.
+const _: () = assert!(
+    RESTART_BACKOFF_FIRST.as_millis() << (QUICK_FAILURES_MAX - 2)
+        >= RESTART_BACKOFF_MAX.as_millis()
+);
+/// Longest child log line relayed as one line; a longer one is relayed in
+/// pieces of this size, each labelled.
+const LOG_LINE_BYTES_MAX: usize = 16 * 1024;
 /// Most shard groups `trellis dev` starts.
 const DEV_GROUPS_MAX: u32 = 64;
 /// Most replicas per group.
 const DEV_REPLICAS_MAX: u32 = 5;
+/// Metrics ports above a pinned `--metrics-listen` port that shards use:
+/// group g replica r gets `PORT + (g - 1) * DEV_REPLICAS_MAX + r`.
+const METRICS_PORT_SPAN: u32 = DEV_GROUPS_MAX * DEV_REPLICAS_MAX;
+const _: () = assert!(METRICS_PORT_SPAN < u16::MAX as u32);
+/// The lock file that makes a data directory one dev's, holding its pid.
+const LOCK_FILE: &str = "dev.lock";
+/// Where metrics ports picked on a first run are remembered
+/// (`LABEL PORT` per line).
+const METRICS_PORTS_FILE: &str = "metrics.ports";
+/// Label of the coordinator, in logs and in `metrics.ports`.
+const COORDINATOR_LABEL: &str = "coordinator";
 
 #[derive(clap::Args)]
 #[command(after_help = "\
 Starts one coordinator (SQLite catalog in the data directory) and --replicas
 shard processes per group (one primary, the rest backups), waits until every
-group has a primary, and prints where to connect. Data is kept between runs: start it again with the same
---data-dir and everything is still there. Ctrl-C (or SIGTERM) stops every
-child cleanly; if `trellis dev` itself is killed, its children notice and
-exit.
+group has a primary, and prints where to connect. Data is kept between runs:
+start it again with the same --data-dir and everything is still there; to
+start from scratch, stop dev and delete the directory
+(rm -rf ./trellis-dev-data). Ctrl-C (or SIGTERM) stops every child cleanly;
+if `trellis dev` itself is killed, its children notice and exit.
+
+dev supervises its children: one that exits is reported once and restarted
+on its own data, with the same addresses, after a backoff (0.5 s doubling
+to 10 s); one that fails 8 times in a row within 10 s of starting is given
+up on. --no-restart only reports. Every child's log line is relayed to
+stderr labelled with the process that wrote it: [coordinator], [g2r1]
+(group 2 replica 1); TRELLIS_LOG=info shows more (default: warn), and logs
+are coloured only on a terminal without NO_COLOR.
+
+Metrics ports stay the same across restarts: with --metrics-listen
+HOST:PORT the coordinator serves metrics on PORT and group g replica r on
+PORT + (g-1)*5 + r; without it each process picks a free port on the first
+run and keeps it (remembered in <data-dir>/metrics.ports).
 
 Examples:
   cargo run --release -- dev
-  trellis dev --groups 5 --replicas 1 --data-dir /tmp/trellis --listen 127.0.0.1:7000")]
+  trellis dev --groups 5 --replicas 1 --data-dir /tmp/trellis --listen 127.0.0.1:7000
+  trellis dev --metrics-listen 127.0.0.1:9100   # coordinator :9100, g1r1 :9101, g2r1 :9106
+  trellis dev --no-restart                      # watch failures without restarts")]
 pub struct Args {
     /// Where the catalog and every shard keep their data.
     #[arg(long, default_value = "./trellis-dev-data")]
     data_dir: PathBuf,
     /// Number of shard groups (fixed when the cluster is first created).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse_groups)]
     groups: u32,
     /// Replicas per group: a primary and replicas - 1 backups. With 3, any
     /// one replica of a group may fail without losing an acknowledged write.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse_replicas)]
     replicas: u32,
     /// Address of the coordinator's client-facing gRPC service.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Address of the coordinator's Prometheus metrics; shards use the ports
+    /// after it (see below). Port 0: each process keeps the free port it got
+    /// on the first run.
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_metrics_listen)]
+    metrics_listen: SocketAddr,
+    /// Report a member that exits, but do not restart it.
+    #[arg(long)]
+    no_restart: bool,
 }
 
-/// A child process and what it is.
+fn parse_count(text: &str, max: u32, what: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{what} 1 to {max}")),
+    }
+}
+
+fn parse_groups(text: &str) -> Result<u32, String> {
+    parse_count(text, DEV_GROUPS_MAX, "a dev cluster has").map_err(|e| format!("{e} shard groups"))
+}
+
+fn parse_replicas(text: &str) -> Result<u32, String> {
+    parse_count(text, DEV_REPLICAS_MAX, "a group has").map_err(|e| format!("{e} replicas"))
+}
+
+fn parse_metrics_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:9100".to_string())?;
+    if u32::from(addr.port()) + METRICS_PORT_SPAN > u32::from(u16::MAX) {
+        return Err(format!(
+            "shards use the {METRICS_PORT_SPAN} ports after it: pick a port of at most {}",
+            u32::from(u16::MAX) - METRICS_PORT_SPAN
+        ));
+    }
+    Ok(addr)
+}
+
+/// A child process that printed its READY line, and what it is.
 pub(crate) struct Kid {
     pub(crate) name: String,
     pub(crate) child: Child,
@@ -70,9 +175,60 @@ impl Kid {
     }
 }
 
+/// Starts `trellis <args>` as a child whose log lines are labelled with
+/// `name`, and waits for its READY line.
 pub(crate) fn start(name: &str, args: &[String]) -> anyhow::Result<Kid> {
+    start_labelled(name, name, args)
+}
+
+fn start_labelled(label: &str, name: &str, args: &[String]) -> anyhow::Result<Kid> {
+    let (mut child, ready) = spawn(label, args).with_context(|| format!("starting {name}"))?;
+    match ready.recv_timeout(CHILD_READY_TIMEOUT) {
+        Ok(line) => Ok(Kid {
+            name: name.to_string(),
+            child,
+            ready: parse_ready(&line),
+        }),
+        Err(why) => {
+            let _ = child.kill();
+            let status = child
+                .wait()
+                .map(describe)
+                .unwrap_or_else(|e| format!("could not be waited for: {e}"));
+            match why {
+                mpsc::RecvTimeoutError::Timeout => bail!(
+                    "{name} did not start within {CHILD_READY_TIMEOUT:?} and was killed; \
+                     its log ([{label}]) is above"
+                ),
+                mpsc::RecvTimeoutError::Disconnected => {
+                    bail!("{name} did not start: it {status}; its log ([{label}]) is above")
+                }
+            }
+        }
+    }
+}
+
+fn parse_ready(line: &str) -> Vec<(String, String)> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Should children colour their logs? Only when ours go to a terminal, and
+/// never with `NO_COLOR` set (<https://no-color.org>).
+fn children_colour() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Spawns `trellis <args>` without waiting: returns the child and a
+/// channel that gets its READY line (and disconnects if it closes stdout,
+/// i.e. exits, first). Its stderr is relayed to ours, labelled.
+fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
     let exe = std::env::current_exe().context("finding the trellis executable")?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(args)
         .env(
             "TRELLIS_LOG",
@@ -80,10 +236,23 @@ pub(crate) fn start(name: &str, args: &[String]) -> anyhow::Result<Kid> {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+        .stderr(Stdio::piped())
+        // Its own process group: Ctrl-C reaches dev alone, which then stops
+        // every child in order (rather than racing them to exit and
+        // mistaking their exits for failures to restart).
+        .process_group(0);
+    // The child's stderr is our pipe, never a terminal: tell it whether to
+    // colour (main.rs reads CLICOLOR_FORCE).
+    if children_colour() {
+        command.env("CLICOLOR_FORCE", "1");
+    } else {
+        command.env_remove("CLICOLOR_FORCE");
+    }
+    let mut child = command.spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let relay_label = label.to_string();
+    std::thread::spawn(move || relay(&relay_label, stderr));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -94,23 +263,60 @@ pub(crate) fn start(name: &str, args: &[String]) -> anyhow::Result<Kid> {
                 break;
             }
         }
+        // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
     });
-    match rx.recv_timeout(CHILD_READY_TIMEOUT) {
-        Ok(line) => Ok(Kid {
-            name: name.to_string(),
-            child,
-            ready: line
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }),
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            bail!("{name} did not start (exit status {status:?}); its errors are above")
+    Ok((child, rx))
+}
+
+/// Copies a child's stderr to ours line by line, each line prefixed with
+/// `[label] `; lines longer than [`LOG_LINE_BYTES_MAX`] go in labelled
+/// pieces, so memory stays bounded whatever the child writes.
+fn relay(label: &str, from: ChildStderr) {
+    let mut reader = BufReader::new(from);
+    let prefix = format!("[{label}] ");
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match reader
+            .by_ref()
+            .take(LOG_LINE_BYTES_MAX as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        let mut out = std::io::stderr().lock();
+        // Our stderr gone (dev's terminal closed): nothing left to tell.
+        let _ = out
+            .write_all(prefix.as_bytes())
+            .and_then(|()| out.write_all(&line));
+    }
+}
+
+/// How a child ended, in words: `exited with code 1`, `killed by signal 9
+/// (SIGKILL)`.
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = match signal {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGINT => " (SIGINT)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGBUS => " (SIGBUS)",
+                _ => "",
+            };
+            format!("was killed by signal {signal}{name}")
+        }
+        None => "exited".to_string(),
     }
 }
 
@@ -123,27 +329,37 @@ fn terminate(pid: u32) {
     }
 }
 
-pub(crate) fn stop_all(kids: &mut [Kid]) {
-    for kid in kids.iter() {
-        terminate(kid.child.id());
+/// SIGTERM to every child, then SIGKILL to those still there after
+/// [`STOP_GRACE`].
+fn stop_children(mut children: Vec<(&str, &mut Child)>) {
+    for (_, child) in children.iter() {
+        terminate(child.id());
     }
     let deadline = Instant::now() + STOP_GRACE;
-    for kid in kids.iter_mut() {
+    for (name, child) in children.iter_mut() {
         loop {
-            match kid.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
-                    eprintln!("{} did not stop in {STOP_GRACE:?}; killing it", kid.name);
-                    let _ = kid.child.kill();
-                    let _ = kid.child.wait();
+                    eprintln!("{name} did not stop in {STOP_GRACE:?}; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
                     break;
                 }
             }
         }
     }
+}
+
+pub(crate) fn stop_all(kids: &mut [Kid]) {
+    stop_children(
+        kids.iter_mut()
+            .map(|k| (k.name.as_str(), &mut k.child))
+            .collect(),
+    );
 }
 
 fn path_str(path: &Path) -> anyhow::Result<String> {
@@ -152,56 +368,382 @@ fn path_str(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("data directory {} is not valid UTF-8", path.display()))
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.replicas == 0 || args.replicas > DEV_REPLICAS_MAX {
-        bail!(
-            "--replicas {}: a group has 1 to {DEV_REPLICAS_MAX} replicas",
-            args.replicas
+/// Takes the data directory's lock, or says who holds it. The lock lives as
+/// long as the returned file (it is not inherited by children: Rust opens
+/// files close-on-exec).
+#[allow(unsafe_code)]
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let who = match pid.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            bail!(
+                "another trellis dev{who} is using {}; stop it first, or give this one \
+                 another --data-dir",
+                dir.display()
+            );
+        }
+        return Err(err).with_context(|| format!("locking {}", path.display()));
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
+/// Metrics ports remembered from an earlier run, by label.
+fn remembered_metrics_ports(dir: &Path) -> Vec<(String, u16)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(METRICS_PORTS_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter_map(|(label, port)| Some((label.to_string(), port.trim().parse().ok()?)))
+        .collect()
+}
+
+fn remember_metrics_ports(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
+    let text: String = members
+        .iter()
+        .filter_map(|m| {
+            let port = m.metrics.as_ref()?.port();
+            Some(format!("{} {port}\n", m.label))
+        })
+        .collect();
+    let path = dir.join(METRICS_PORTS_FILE);
+    let tmp = dir.join(format!("{METRICS_PORTS_FILE}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The metrics address a member starts with: pinned by `--metrics-listen`,
+/// else the port it had last time if that is still free, else port 0.
+fn metrics_addr(
+    base: SocketAddr,
+    offset: u32,
+    label: &str,
+    remembered: &[(String, u16)],
+) -> SocketAddr {
+    if base.port() != 0 {
+        let port = u32::from(base.port()) + offset;
+        let port = u16::try_from(port).expect("parse_metrics_listen leaves room for every shard");
+        return SocketAddr::new(base.ip(), port);
+    }
+    let Some(&(_, port)) = remembered.iter().find(|(l, _)| l == label) else {
+        return base;
+    };
+    // Someone else may have taken it since: then a new one, rather than a
+    // member that cannot start.
+    match std::net::TcpListener::bind((base.ip(), port)) {
+        Ok(_) => SocketAddr::new(base.ip(), port),
+        Err(_) => {
+            eprintln!("{label}: metrics port {port} of the last run is taken; picking another");
+            base
+        }
+    }
+}
+
+/// Replaces the value after `flag` in `args`.
+fn set_flag(args: &mut [String], flag: &str, value: String) {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .expect("every member is started with the flags dev pins");
+    args[at + 1] = value;
+}
+
+/// What dev starts: the coordinator or one shard replica, and how it is.
+struct Member {
+    /// `coordinator` or `g2r1`: prefixes its log lines.
+    label: String,
+    /// `shard group 2 replica 1`: names it in dev's own messages.
+    name: String,
+    /// The command line it is (re)started with; after its first start its
+    /// addresses are pinned to those it got.
+    args: Vec<String>,
+    state: State,
+    /// Its metrics address once it has served.
+    metrics: Option<SocketAddr>,
+    /// Restarts in this run of dev.
+    restarts: u32,
+    /// Failures in a row, each soon after (re)starting.
+    quick_failures: u32,
+    /// The wait before its next restart.
+    backoff: Duration,
+}
+
+enum State {
+    Up {
+        kid: Kid,
+        since: Instant,
+    },
+    Starting {
+        child: Child,
+        ready: mpsc::Receiver<String>,
+        deadline: Instant,
+    },
+    Waiting {
+        until: Instant,
+    },
+    /// Not restarted: `--no-restart`, or given up on.
+    Down,
+}
+
+impl Member {
+    /// Starts the member and waits until it serves (dev's first start).
+    fn start(label: String, name: String, args: Vec<String>) -> anyhow::Result<Member> {
+        let kid = start_labelled(&label, &name, &args)?;
+        let mut member = Member {
+            label,
+            name,
+            args,
+            state: State::Down,
+            metrics: None,
+            restarts: 0,
+            quick_failures: 0,
+            backoff: RESTART_BACKOFF_FIRST,
+        };
+        member.came_up(kid);
+        Ok(member)
+    }
+
+    fn came_up(&mut self, kid: Kid) {
+        if let Ok(metrics) = kid.field("metrics").parse::<SocketAddr>() {
+            self.metrics = Some(metrics);
+            set_flag(&mut self.args, "--metrics-listen", metrics.to_string());
+        }
+        if self.label == COORDINATOR_LABEL {
+            // Restarted on the same address: the shards know it by that.
+            set_flag(&mut self.args, "--listen", kid.field("grpc"));
+        }
+        self.state = State::Up {
+            kid,
+            since: Instant::now(),
+        };
+    }
+
+    /// A field of its READY line while it is up (`pid` too), else empty.
+    fn field(&self, key: &str) -> String {
+        match &self.state {
+            State::Up { kid, .. } if key == "pid" => kid.child.id().to_string(),
+            State::Up { kid, .. } => kid.field(key),
+            _ => String::new(),
+        }
+    }
+
+    fn row(&self) -> String {
+        let State::Up { kid, .. } = &self.state else {
+            return format!("{:<12} down", self.label);
+        };
+        format!(
+            "{:<12} pid {:<7} grpc {}  metrics http://{}/metrics",
+            self.label,
+            kid.child.id(),
+            kid.field("grpc"),
+            kid.field("metrics")
+        )
+    }
+
+    /// One look at the member: notices an exit, a restart that came up or
+    /// failed, a backoff that ran out.
+    fn supervise(&mut self, restart: bool) {
+        let now = Instant::now();
+        match &mut self.state {
+            State::Up { kid, since } => {
+                if let Ok(Some(status)) = kid.child.try_wait() {
+                    eprintln!(
+                        "{} (pid {}) {}",
+                        self.name,
+                        kid.child.id(),
+                        describe(status)
+                    );
+                    let quick = since.elapsed() < QUICK_FAILURE_WINDOW;
+                    self.failed(quick, restart);
+                }
+            }
+            State::Starting {
+                child,
+                ready,
+                deadline,
+            } => match ready.try_recv() {
+                Ok(line) => {
+                    if let State::Starting { child, .. } =
+                        std::mem::replace(&mut self.state, State::Down)
+                    {
+                        self.came_up(Kid {
+                            name: self.name.clone(),
+                            child,
+                            ready: parse_ready(&line),
+                        });
+                    }
+                    eprintln!(
+                        "{} is up again, pid {} (grpc {}, metrics http://{}/metrics)",
+                        self.name,
+                        self.field("pid"),
+                        self.field("grpc"),
+                        self.field("metrics")
+                    );
+                }
+                Err(mpsc::TryRecvError::Empty) if now < *deadline => {}
+                Err(why) => {
+                    let _ = child.kill();
+                    let status = child
+                        .wait()
+                        .map(describe)
+                        .unwrap_or_else(|e| format!("could not be waited for: {e}"));
+                    let why = match why {
+                        mpsc::TryRecvError::Empty => {
+                            format!("did not start within {CHILD_READY_TIMEOUT:?}")
+                        }
+                        mpsc::TryRecvError::Disconnected => "did not start".to_string(),
+                    };
+                    eprintln!("{} (pid {}) {why}: it {status}", self.name, child.id());
+                    self.failed(true, restart);
+                }
+            },
+            State::Waiting { until } if now >= *until => match spawn(&self.label, &self.args) {
+                Ok((child, ready)) => {
+                    self.state = State::Starting {
+                        child,
+                        ready,
+                        deadline: now + CHILD_READY_TIMEOUT,
+                    }
+                }
+                Err(err) => {
+                    eprintln!("{} could not be started: {err:#}", self.name);
+                    self.failed(true, restart);
+                }
+            },
+            State::Waiting { .. } | State::Down => {}
+        }
+    }
+
+    /// After an exit or a failed start: schedule a restart, or say why not.
+    fn failed(&mut self, quick: bool, restart: bool) {
+        if !restart {
+            eprintln!(
+                "not restarting {} (--no-restart); the rest of the cluster keeps running",
+                self.name
+            );
+            self.state = State::Down;
+            return;
+        }
+        if quick {
+            self.quick_failures += 1;
+        } else {
+            self.quick_failures = 0;
+            self.backoff = RESTART_BACKOFF_FIRST;
+        }
+        if self.quick_failures >= QUICK_FAILURES_MAX {
+            eprintln!(
+                "giving up on {}: it failed {} times in a row within {QUICK_FAILURE_WINDOW:?} \
+                 of starting (its log, labelled [{}], says why); the rest of the cluster \
+                 keeps running, and the next `trellis dev` tries it again",
+                self.name, self.quick_failures, self.label
+            );
+            self.state = State::Down;
+            return;
+        }
+        self.restarts += 1;
+        eprintln!(
+            "restarting {} in {:?} (restart {})",
+            self.name, self.backoff, self.restarts
         );
+        self.state = State::Waiting {
+            until: Instant::now() + self.backoff,
+        };
+        self.backoff = (self.backoff * 2).min(RESTART_BACKOFF_MAX);
     }
-    if args.groups == 0 || args.groups > DEV_GROUPS_MAX {
-        bail!("--groups must be between 1 and {DEV_GROUPS_MAX}");
+
+    fn child(&mut self) -> Option<(&str, &mut Child)> {
+        match &mut self.state {
+            State::Up { kid, .. } => Some((self.name.as_str(), &mut kid.child)),
+            State::Starting { child, .. } => Some((self.name.as_str(), child)),
+            State::Waiting { .. } | State::Down => None,
+        }
     }
+}
+
+fn stop_members(members: &mut [Member]) {
+    stop_children(members.iter_mut().filter_map(Member::child).collect());
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize()?;
+    let data_dir = args.data_dir.canonicalize().with_context(|| {
+        format!(
+            "finding the data directory {} (canonicalize)",
+            args.data_dir.display()
+        )
+    })?;
+    // First of all: nothing may start on a directory another dev uses.
+    let _lock = lock_data_dir(&data_dir)?;
     let catalog = format!("sqlite://{}", path_str(&data_dir.join("catalog.db"))?);
+    let remembered = remembered_metrics_ports(&data_dir);
+    eprintln!(
+        "starting a coordinator and {} of {}",
+        counted(args.groups, "group"),
+        counted(args.replicas, "replica")
+    );
 
-    let mut kids = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        let coordinator = start(
-            "coordinator",
-            &[
+        let coordinator = Member::start(
+            COORDINATOR_LABEL.to_string(),
+            "coordinator".to_string(),
+            vec![
                 "coordinator".into(),
                 "--catalog".into(),
                 catalog.clone(),
                 "--listen".into(),
                 args.listen.to_string(),
+                "--metrics-listen".into(),
+                metrics_addr(args.metrics_listen, 0, COORDINATOR_LABEL, &remembered).to_string(),
                 "--groups".into(),
                 args.groups.to_string(),
                 "--exit-with-parent".into(),
             ],
         )?;
+        eprintln!("{}", coordinator.row());
         let coordinator_addr = coordinator.field("grpc");
-        eprintln!(
-            "coordinator  pid {:<7} grpc {}  metrics http://{}/metrics",
-            coordinator.child.id(),
-            coordinator_addr,
-            coordinator.field("metrics")
-        );
-        kids.push(coordinator);
+        members.push(coordinator);
         for (group, replica) in
             (1..=args.groups).flat_map(|g| (1..=args.replicas).map(move |r| (g, r)))
         {
+            let label = format!("g{group}r{replica}");
             let dir = data_dir.join(format!("group-{group}-replica-{replica}"));
-            let shard = start(
-                &format!("shard group {group} replica {replica}"),
-                &[
+            let offset = (group - 1) * DEV_REPLICAS_MAX + replica;
+            let shard = Member::start(
+                label.clone(),
+                format!("shard group {group} replica {replica}"),
+                vec![
                     "shard".into(),
                     "--data-dir".into(),
                     path_str(&dir)?,
+                    // Port 0 on the first run; the shard then keeps the port
+                    // it got (listen.port in its data directory).
                     "--listen".into(),
                     "127.0.0.1:0".into(),
+                    "--metrics-listen".into(),
+                    metrics_addr(args.metrics_listen, offset, &label, &remembered).to_string(),
                     "--group".into(),
                     group.to_string(),
                     "--coordinator".into(),
@@ -209,57 +751,68 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "--exit-with-parent".into(),
                 ],
             )?;
-            eprintln!(
-                "group {group:<2} r{replica:<2} pid {:<7} grpc {}  metrics http://{}/metrics",
-                shard.child.id(),
-                shard.field("grpc"),
-                shard.field("metrics")
-            );
-            kids.push(shard);
+            eprintln!("{}", shard.row());
+            members.push(shard);
         }
         wait_registered(&coordinator_addr, args.groups)?;
         Ok(())
     })();
     if let Err(err) = result {
-        stop_all(&mut kids);
+        stop_members(&mut members);
         return Err(err);
     }
+    if args.metrics_listen.port() == 0
+        && let Err(err) = remember_metrics_ports(&data_dir, &members)
+    {
+        eprintln!("metrics ports will differ next run: {err:#}");
+    }
 
-    let addr = kids[0].field("grpc");
-    println!("READY grpc={addr}");
+    let addr = members[0].field("grpc");
+    println!("READY grpc={addr} metrics={}", members[0].field("metrics"));
+    let restarts = if args.no_restart {
+        "a member that exits is reported, not restarted (--no-restart)"
+    } else {
+        "a member that exits is restarted (--no-restart: only reported)"
+    };
     eprintln!(
-        "\nTrellis dev cluster is up: {} groups of {} replicas, data in {}\n  \
+        "\nTrellis dev cluster is up: {} of {}, data in {}\n  \
          clients connect to {addr} (gRPC, trellis.v1.Txn)\n  \
          cluster status: trellis status --addr {addr}\n  \
+         {restarts}\n  \
          Ctrl-C stops everything; data stays for the next run.",
-        args.groups,
-        args.replicas,
+        counted(args.groups, "group"),
+        counted(args.replicas, "replica"),
         data_dir.display()
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = crate::signals::shutdown(false);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(SUPERVISE_INTERVAL) => {
-                    for kid in kids.iter_mut() {
-                        if let Ok(Some(status)) = kid.child.try_wait() {
-                            eprintln!("{} (pid {}) exited: {status}; the rest of the cluster keeps running", kid.name, kid.child.id());
-                            kid.name = format!("{} (exited)", kid.name);
-                        }
+                    for member in members.iter_mut() {
+                        member.supervise(!args.no_restart);
                     }
                 }
             }
         }
     });
     eprintln!("stopping the dev cluster");
-    stop_all(&mut kids);
+    stop_members(&mut members);
     Ok(())
+}
+
+/// `1 group`, `3 groups`.
+fn counted(n: u32, noun: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {noun}{s}")
 }
 
 fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
@@ -287,4 +840,69 @@ fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> Member {
+        Member {
+            label: "g1r1".into(),
+            name: "shard group 1 replica 1".into(),
+            args: Vec::new(),
+            state: State::Down,
+            metrics: None,
+            restarts: 0,
+            quick_failures: 0,
+            backoff: RESTART_BACKOFF_FIRST,
+        }
+    }
+
+    #[test]
+    fn exits_are_described_in_words() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exited with code 1");
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGKILL)),
+            "was killed by signal 9 (SIGKILL)"
+        );
+    }
+
+    #[test]
+    fn quick_failures_back_off_to_the_cap_then_are_given_up_on() {
+        let mut m = member();
+        let mut waits = Vec::new();
+        for _ in 0..QUICK_FAILURES_MAX {
+            let wait = m.backoff;
+            m.failed(true, true);
+            match m.state {
+                State::Waiting { .. } => waits.push(wait),
+                State::Down => break,
+                _ => panic!("a failed member waits or is down"),
+            }
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert!(matches!(m.state, State::Down), "given up on");
+        assert_eq!(m.restarts, QUICK_FAILURES_MAX - 1);
+    }
+
+    #[test]
+    fn a_member_that_ran_a_while_starts_over_and_no_restart_only_reports() {
+        let mut m = member();
+        for _ in 0..3 {
+            m.failed(true, true);
+        }
+        m.failed(false, true);
+        assert_eq!(m.quick_failures, 0);
+        assert_eq!(
+            m.backoff,
+            RESTART_BACKOFF_FIRST * 2,
+            "waits the first backoff"
+        );
+        let mut m = member();
+        m.failed(false, false);
+        assert!(matches!(m.state, State::Down));
+        assert_eq!(m.restarts, 0);
+    }
 }

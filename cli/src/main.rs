@@ -54,6 +54,17 @@ enum Command {
     Load(Box<trellis_loadtest::Args>),
 }
 
+/// Colour log lines only where a person reads them: stderr is a terminal
+/// (or `CLICOLOR_FORCE` says so, as `trellis dev` does for the children
+/// whose logs it relays to a terminal), and never with `NO_COLOR` set
+/// (<https://no-color.org>). Redirected logs stay plain text.
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let force = std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0");
+    !no_color && (force || std::io::stderr().is_terminal())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -62,6 +73,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .init();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),

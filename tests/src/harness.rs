@@ -114,11 +114,12 @@ impl Proc {
         let mut command = Command::new(trellis_bin());
         command
             .args(&args)
-            .envs(env.iter().copied())
             .env(
                 "TRELLIS_LOG",
                 std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // After the default, so that a test may set its own TRELLIS_LOG.
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -252,6 +253,12 @@ fn enter_netns_at_exec(command: &mut Command, fd: std::os::fd::RawFd) {
     unsafe {
         command.pre_exec(move || crate::netns::setns_net(fd));
     }
+}
+
+/// Sends `signal` to `pid`, a process of a cluster the test started (e.g.
+/// a child of `trellis dev`); returns whether it was delivered.
+pub fn signal_pid(pid: u32, signal: i32) -> bool {
+    unsafe_kill(pid, signal) == 0
 }
 
 #[allow(unsafe_code)]
