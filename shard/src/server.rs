@@ -61,7 +61,11 @@ pub fn status_of(err: ShardError) -> Status {
             pb::ErrorReason::InvalidArgument,
             vec![],
         ),
-        ShardError::Busy(_) => (tonic::Code::ResourceExhausted, pb::ErrorReason::Busy, vec![]),
+        ShardError::Busy(_) => (
+            tonic::Code::ResourceExhausted,
+            pb::ErrorReason::Busy,
+            vec![],
+        ),
         ShardError::NotPrimary { epoch, .. } => (
             tonic::Code::Unavailable,
             pb::ErrorReason::NotPrimary,

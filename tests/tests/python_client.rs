@@ -74,7 +74,11 @@ async fn python_client_reads_the_standard_error_model() {
     );
 
     let cluster = Cluster::start(2).await.expect("cluster starts");
-    let output = run_python(&["examples/python/trellis_example.py", "--addr", cluster.addr(0)]);
+    let output = run_python(&[
+        "examples/python/trellis_example.py",
+        "--addr",
+        cluster.addr(0),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -113,7 +117,12 @@ async fn list_services(addr: &str) -> Vec<String> {
         .await
         .expect("reflection v1 is served")
         .into_inner();
-    match answers.message().await.expect("an answer").and_then(|a| a.message_response) {
+    match answers
+        .message()
+        .await
+        .expect("an answer")
+        .and_then(|a| a.message_response)
+    {
         Some(MessageResponse::ListServicesResponse(list)) => {
             list.service.into_iter().map(|s| s.name).collect()
         }
@@ -131,7 +140,10 @@ async fn reflection_describes_the_services() {
 
     let services = list_services(addr).await;
     for name in ["trellis.v1.Txn", "trellis.v1.Admin"] {
-        assert!(services.iter().any(|s| s == name), "{name} not in {services:?}");
+        assert!(
+            services.iter().any(|s| s == name),
+            "{name} not in {services:?}"
+        );
     }
     assert!(
         !services.iter().any(|s| s == "trellis.shard.v1.Shard"),
@@ -172,10 +184,9 @@ async fn reflection_describes_the_services() {
     {
         use reflection_alpha::server_reflection_request::MessageRequest;
         use reflection_alpha::server_reflection_response::MessageResponse;
-        let mut client =
-            reflection_alpha::server_reflection_client::ServerReflectionClient::new(
-                channel(addr).await.expect("connect"),
-            );
+        let mut client = reflection_alpha::server_reflection_client::ServerReflectionClient::new(
+            channel(addr).await.expect("connect"),
+        );
         let request = reflection_alpha::ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),

@@ -436,7 +436,11 @@ async fn stopped_primary_is_fenced_and_rejoins() {
     for status in [read, write] {
         let reason = trellis_proto::error::error_info(&status)
             .and_then(|info| shard_pb::ErrorReason::from_str_name(&info.reason));
-        assert_eq!(reason, Some(shard_pb::ErrorReason::NotPrimary), "{status:?}");
+        assert_eq!(
+            reason,
+            Some(shard_pb::ErrorReason::NotPrimary),
+            "{status:?}"
+        );
     }
 
     let status = wait_all_in_sync(&cluster, 1).await;

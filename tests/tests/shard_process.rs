@@ -441,10 +441,7 @@ async fn slot_ownership_is_enforced() {
         .await
         .expect_err("unowned slot");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(
-        reason(&status),
-        Some(pb::ErrorReason::WrongShard)
-    );
+    assert_eq!(reason(&status), Some(pb::ErrorReason::WrongShard));
     let info = trellis_proto::error::error_info(&status).expect("an ErrorInfo");
     assert_eq!(info.metadata[trellis_proto::error::key::MAP_EPOCH], "3");
     assert_eq!(
@@ -458,18 +455,12 @@ async fn slot_ownership_is_enforced() {
         })
         .await
         .expect_err("reads are checked too");
-    assert_eq!(
-        reason(&status),
-        Some(pb::ErrorReason::WrongShard)
-    );
+    assert_eq!(reason(&status), Some(pb::ErrorReason::WrongShard));
     let status = client
         .commit_local(request(&mine, 4))
         .await
         .expect_err("newer epoch");
-    assert_eq!(
-        reason(&status),
-        Some(pb::ErrorReason::StaleMap)
-    );
+    assert_eq!(reason(&status), Some(pb::ErrorReason::StaleMap));
 }
 
 /// SIGTERM stops the shard cleanly (exit 0); its data is all there after a
