@@ -1,10 +1,11 @@
 //! The error model on the wire: one way to write an error status, one way
 //! to read it, for the public and the shard-internal services alike.
 //!
-//! Every error status Trellis builds carries gRPC's richer error model: its
-//! `grpc-status-details-bin` trailer holds a `google.rpc.Status` (same code
-//! and message as the status) whose `details` hold one
-//! `google.rpc.ErrorInfo`:
+//! Every error status of the public services (`trellis.v1`) and of the
+//! shard's data path (`trellis.shard.v1.Shard` reads, commits, 2PC) carries
+//! gRPC's richer error model: its `grpc-status-details-bin` trailer holds a
+//! `google.rpc.Status` (same code and message as the status) whose `details`
+//! hold one `google.rpc.ErrorInfo`:
 //!
 //! - `domain`: [`DOMAIN`];
 //! - `reason`: the name of a value of `trellis.v1.ErrorReason` (public
@@ -16,7 +17,11 @@
 //! Any gRPC library reads this without Trellis's `.proto` files (Python:
 //! `grpc_status.rpc_status.from_call`; Go: `status.FromError(..).Details()`).
 //! This module only encodes and decodes; which reason an error gets is
-//! decided where each crate builds its statuses.
+//! decided where each crate builds its statuses (`status_of` in the
+//! coordinator's and the shard's service edges). The control-plane calls
+//! between processes (`Membership`, the `Replicate` stream, `TransferPrimary`)
+//! still answer plain statuses, code and message: nothing branches on a
+//! reason there.
 
 use std::collections::HashMap;
 
