@@ -628,6 +628,12 @@ async fn a_decided_commit_is_never_reported_unavailable() {
         Some(pb::ErrorReason::OutcomeUnknown),
         "a committed transaction is reported as unknown, not {status:?}"
     );
+    // The ErrorInfo names the transaction to ask TxnStatus about.
+    let info = trellis_proto::error::error_info(&status).expect("an ErrorInfo");
+    assert_eq!(
+        info.metadata[trellis_proto::error::key::TXN_ID],
+        hex::encode(&transfer.txn_id)
+    );
 
     // Back up, the sweeper finishes it: committed, once.
     cluster.restart_shard(other as u32).await.expect("restart");
