@@ -150,8 +150,9 @@ async fn reflection_describes_the_services() {
         "the coordinator lists a service it does not serve: {services:?}"
     );
 
-    // The descriptor of trellis.v1.Txn, as grpcurl fetches it to call Commit.
-    {
+    // The descriptors grpcurl fetches to call Commit (`describe` and JSON
+    // encoding): the service's and a message's.
+    for symbol in ["trellis.v1.Txn", "trellis.v1.CommitRequest"] {
         use reflection::server_reflection_request::MessageRequest;
         use reflection::server_reflection_response::MessageResponse;
         let mut client = reflection::server_reflection_client::ServerReflectionClient::new(
@@ -159,9 +160,7 @@ async fn reflection_describes_the_services() {
         );
         let request = reflection::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "trellis.v1.Txn".to_string(),
-            )),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_string())),
         };
         let answer = client
             .server_reflection_info(tokio_stream::iter([request]))
@@ -174,9 +173,12 @@ async fn reflection_describes_the_services() {
             .and_then(|a| a.message_response);
         match answer {
             Some(MessageResponse::FileDescriptorResponse(files)) => {
-                assert!(!files.file_descriptor_proto.is_empty(), "no descriptor");
+                assert!(
+                    !files.file_descriptor_proto.is_empty(),
+                    "{symbol}: no descriptor"
+                );
             }
-            other => panic!("no descriptor for trellis.v1.Txn: {other:?}"),
+            other => panic!("no descriptor for {symbol}: {other:?}"),
         }
     }
 
