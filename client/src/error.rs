@@ -1,6 +1,6 @@
 //! The typed errors of the client.
 
-use prost::Message as _;
+use trellis_proto::error;
 use trellis_proto::v1 as pb;
 
 /// Everything a call of the client can fail with.
@@ -108,26 +108,32 @@ impl Error {
         }
     }
 
-    /// Maps an error status, reading its `ErrorDetail` when present.
+    /// Maps an error status, reading its `ErrorInfo` (gRPC's richer error
+    /// model, see `trellis_proto::error`) when present.
     pub(crate) fn from_status(status: &tonic::Status) -> Error {
-        let detail = pb::ErrorDetail::decode(status.details()).ok();
-        let reason = detail
+        let info = error::error_info(status);
+        let reason = info
             .as_ref()
-            .and_then(|d| pb::error_detail::Reason::try_from(d.reason).ok());
+            .and_then(|i| pb::ErrorReason::from_str_name(&i.reason));
         let message = status.message().to_string();
-        if reason == Some(pb::error_detail::Reason::OutcomeUnknown) {
+        if reason == Some(pb::ErrorReason::OutcomeUnknown) {
             let mut txn_id = [0u8; 16];
-            if let Some(d) = &detail
-                && d.txn_id.len() == 16
+            let sent = info
+                .as_ref()
+                .and_then(|i| i.metadata.get(error::key::TXN_ID))
+                .and_then(|h| hex::decode(h).ok());
+            if let Some(sent) = sent
+                && sent.len() == txn_id.len()
             {
-                txn_id.copy_from_slice(&d.txn_id);
+                txn_id.copy_from_slice(&sent);
             }
             return Error::OutcomeUnknown { txn_id, message };
         }
         match (reason, status.code()) {
-            (Some(pb::error_detail::Reason::InvalidInput), _)
-            | (_, tonic::Code::InvalidArgument) => Error::InvalidArgument(message),
-            (Some(pb::error_detail::Reason::Unavailable), _)
+            (Some(pb::ErrorReason::InvalidInput), _) | (_, tonic::Code::InvalidArgument) => {
+                Error::InvalidArgument(message)
+            }
+            (Some(pb::ErrorReason::Unavailable), _)
             | (_, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
                 Error::Unavailable(if message.is_empty() {
                     format!("{:?}", status.code())
@@ -146,14 +152,11 @@ mod tests {
 
     #[test]
     fn outcome_unknown_detail_is_decoded() {
-        let detail = pb::ErrorDetail {
-            reason: pb::error_detail::Reason::OutcomeUnknown as i32,
-            txn_id: vec![0xab; 16],
-        };
-        let status = tonic::Status::with_details(
+        let status = error::status(
             tonic::Code::Unknown,
             "lost",
-            detail.encode_to_vec().into(),
+            pb::ErrorReason::OutcomeUnknown.as_str_name(),
+            [(error::key::TXN_ID, "ab".repeat(16))],
         );
         let err = Error::from_status(&status);
         assert!(matches!(err, Error::OutcomeUnknown { txn_id, .. } if txn_id == [0xab; 16]));

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_client::ShardClient;
@@ -49,13 +48,13 @@ pub enum Fault {
 
 /// Classifies a shard's gRPC error.
 pub fn classify(group: GroupId, status: &tonic::Status) -> Fault {
-    let detail = pb::ErrorDetail::decode(status.details()).ok();
-    let kind = detail.as_ref().map(|d| d.kind);
+    let reason = trellis_proto::error::error_info(status)
+        .and_then(|info| pb::ErrorReason::from_str_name(&info.reason));
     let text = format!("group {group}: {}", status.message());
-    if kind == Some(pb::error_detail::Kind::WrongShard as i32)
-        || kind == Some(pb::error_detail::Kind::StaleMap as i32)
-        || kind == Some(pb::error_detail::Kind::NotPrimary as i32)
-    {
+    if matches!(
+        reason,
+        Some(pb::ErrorReason::WrongShard | pb::ErrorReason::StaleMap | pb::ErrorReason::NotPrimary)
+    ) {
         return Fault::Route(text);
     }
     match status.code() {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use prost::Message;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
+use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
@@ -28,40 +28,24 @@ pub const SCAN_LIMIT_DEFAULT: u32 = 1000;
 /// Deadline of each shard status call behind Admin.Status.
 pub const STATUS_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Builds the status for a transaction error, with an `ErrorDetail`.
+/// Builds the status for a transaction error: the gRPC code, the error's
+/// text, and gRPC's richer error model (a `google.rpc.ErrorInfo` whose reason
+/// is a `trellis.v1.ErrorReason` name; see `trellis_proto::error`).
 pub fn status_of(err: TxnError) -> Status {
-    let (code, reason, txn_id) = match &err {
-        TxnError::Invalid(_) => (
-            tonic::Code::InvalidArgument,
-            pb::error_detail::Reason::InvalidInput,
-            Vec::new(),
-        ),
-        TxnError::Unavailable(_) => (
-            tonic::Code::Unavailable,
-            pb::error_detail::Reason::Unavailable,
-            Vec::new(),
-        ),
-        TxnError::OutcomeUnknown { txn, .. } => (
-            tonic::Code::Unknown,
-            pb::error_detail::Reason::OutcomeUnknown,
-            txn.as_bytes().to_vec(),
-        ),
-        TxnError::Deadline(_) => (
-            tonic::Code::DeadlineExceeded,
-            pb::error_detail::Reason::Unavailable,
-            Vec::new(),
-        ),
-        TxnError::Internal(_) => (
-            tonic::Code::Internal,
-            pb::error_detail::Reason::Unspecified,
-            Vec::new(),
-        ),
+    let (code, reason) = match &err {
+        TxnError::Invalid(_) => (tonic::Code::InvalidArgument, pb::ErrorReason::InvalidInput),
+        TxnError::Unavailable(_) => (tonic::Code::Unavailable, pb::ErrorReason::Unavailable),
+        TxnError::OutcomeUnknown { .. } => (tonic::Code::Unknown, pb::ErrorReason::OutcomeUnknown),
+        TxnError::Deadline(_) => (tonic::Code::DeadlineExceeded, pb::ErrorReason::Unavailable),
+        TxnError::Internal(_) => (tonic::Code::Internal, pb::ErrorReason::Internal),
     };
-    let detail = pb::ErrorDetail {
-        reason: reason as i32,
-        txn_id,
+    let metadata = match &err {
+        TxnError::OutcomeUnknown { txn, .. } => {
+            Some((error::key::TXN_ID, hex::encode(txn.as_bytes())))
+        }
+        _ => None,
     };
-    Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+    error::status(code, err.to_string(), reason.as_str_name(), metadata)
 }
 
 fn invalid(message: impl std::fmt::Display) -> Status {
@@ -542,7 +526,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most concurrent requests per client connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
-/// Serves the `Txn`, `Admin` and `Membership` services on already accepted
+/// Serves the `Txn`, `Admin` and `Membership` services, and gRPC server
+/// reflection (v1 and v1alpha) describing them, on already accepted
 /// connections (real sockets, or the simulator's) until `shutdown`
 /// resolves.
 pub async fn serve_incoming<IO>(
@@ -559,6 +544,21 @@ where
         + 'static,
 {
     let (txn_service, admin_service, membership_service) = services(txns);
+    // Reflection lets tools (`grpcurl`, Postman) call Trellis without its
+    // `.proto` files; it lists only the services served here.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(trellis_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name(pb::txn_server::SERVICE_NAME)
+            .with_service_name(pb::admin_server::SERVICE_NAME)
+            .with_service_name(shard_pb::membership_server::SERVICE_NAME)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("trellis-proto's build.rs compiled a valid descriptor set");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("trellis-proto's build.rs compiled a valid descriptor set");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -566,6 +566,8 @@ where
         .add_service(txn_service)
         .add_service(admin_service)
         .add_service(membership_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tonic::{Request, Response, Status};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_server::{Shard as ShardService, ShardServer};
@@ -32,58 +31,58 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
 /// Builds the gRPC status for an engine error: the code callers branch on,
-/// a message naming the limit or fault, and an `ErrorDetail` in `details`.
+/// a message naming the limit or fault, and gRPC's richer error model (a
+/// `google.rpc.ErrorInfo` whose reason is a `trellis.shard.v1.ErrorReason`
+/// name; see `trellis_proto::error`).
 pub fn status_of(err: ShardError) -> Status {
-    let (code, kind, map_epoch, key) = match &err {
-        ShardError::WrongShard { key, map_epoch, .. } => (
+    use trellis_proto::error::key as meta;
+    let (code, reason, metadata) = match &err {
+        ShardError::WrongShard {
+            key,
+            group,
+            map_epoch,
+            ..
+        } => (
             tonic::Code::FailedPrecondition,
-            pb::error_detail::Kind::WrongShard,
-            *map_epoch,
-            key.clone(),
+            pb::ErrorReason::WrongShard,
+            vec![
+                (meta::MAP_EPOCH, map_epoch.to_string()),
+                (meta::KEY, hex::encode(key)),
+                (meta::GROUP, group.to_string()),
+            ],
         ),
         ShardError::StaleMap { map_epoch, .. } => (
             tonic::Code::FailedPrecondition,
-            pb::error_detail::Kind::StaleMap,
-            *map_epoch,
-            Vec::new(),
+            pb::ErrorReason::StaleMap,
+            vec![(meta::MAP_EPOCH, map_epoch.to_string())],
         ),
         ShardError::Invalid(_) => (
             tonic::Code::InvalidArgument,
-            pb::error_detail::Kind::InvalidArgument,
-            0,
-            Vec::new(),
+            pb::ErrorReason::InvalidArgument,
+            vec![],
         ),
         ShardError::Busy(_) => (
             tonic::Code::ResourceExhausted,
-            pb::error_detail::Kind::Unspecified,
-            0,
-            Vec::new(),
+            pb::ErrorReason::Busy,
+            vec![],
         ),
         ShardError::NotPrimary { epoch, .. } => (
             tonic::Code::Unavailable,
-            pb::error_detail::Kind::NotPrimary,
-            *epoch,
-            Vec::new(),
+            pb::ErrorReason::NotPrimary,
+            vec![(meta::EPOCH, epoch.to_string())],
         ),
         ShardError::Unavailable(_) => (
             tonic::Code::Unavailable,
-            pb::error_detail::Kind::Unspecified,
-            0,
-            Vec::new(),
+            pb::ErrorReason::Unavailable,
+            vec![],
         ),
         ShardError::Wal(_) | ShardError::Open { .. } => (
             tonic::Code::Unavailable,
-            pb::error_detail::Kind::StorageFailed,
-            0,
-            Vec::new(),
+            pb::ErrorReason::StorageFailed,
+            vec![],
         ),
     };
-    let detail = pb::ErrorDetail {
-        kind: kind as i32,
-        map_epoch,
-        key,
-    };
-    Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+    trellis_proto::error::status(code, err.to_string(), reason.as_str_name(), metadata)
 }
 
 fn invalid(err: impl std::fmt::Display) -> Status {
@@ -643,8 +642,9 @@ pub async fn serve(
     serve_incoming(shard, nodelay_incoming(listener), shutdown).await
 }
 
-/// Serves the shard service on already accepted connections (real sockets,
-/// or the simulator's) until `shutdown` resolves.
+/// Serves the shard service, and gRPC server reflection (v1 and v1alpha)
+/// describing it, on already accepted connections (real sockets, or the
+/// simulator's) until `shutdown` resolves.
 pub async fn serve_incoming<IO>(
     shard: Arc<Shard>,
     incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
@@ -658,11 +658,26 @@ where
         + Send
         + 'static,
 {
+    // Reflection lets tools (`grpcurl`) inspect a shard without the `.proto`
+    // files; it lists only the service served here.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(trellis_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name(pb::shard_server::SERVICE_NAME)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("trellis-proto's build.rs compiled a valid descriptor set");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("trellis-proto's build.rs compiled a valid descriptor set");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(ShardApi::new(shard).into_service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
 use trellis_proto::v1 as pb;
@@ -291,8 +290,10 @@ fn the_history_checker_catches_a_lost_update() {
     assert!(check_history(&backwards).is_err());
 }
 
-fn detail(status: &tonic::Status) -> pb::ErrorDetail {
-    pb::ErrorDetail::decode(status.details()).unwrap_or_default()
+/// The `trellis.v1.ErrorReason` in a status's `google.rpc.ErrorInfo`.
+fn reason(status: &tonic::Status) -> Option<pb::ErrorReason> {
+    trellis_proto::error::error_info(status)
+        .and_then(|info| pb::ErrorReason::from_str_name(&info.reason))
 }
 
 /// Two accounts in different groups, for a transfer that must use 2PC.
@@ -623,9 +624,15 @@ async fn a_decided_commit_is_never_reported_unavailable() {
     let answer = commit(&mut client, transfer.clone()).await;
     let status = answer.expect_err("the resend cannot finish");
     assert_eq!(
-        detail(&status).reason,
-        pb::error_detail::Reason::OutcomeUnknown as i32,
+        reason(&status),
+        Some(pb::ErrorReason::OutcomeUnknown),
         "a committed transaction is reported as unknown, not {status:?}"
+    );
+    // The ErrorInfo names the transaction to ask TxnStatus about.
+    let info = trellis_proto::error::error_info(&status).expect("an ErrorInfo");
+    assert_eq!(
+        info.metadata[trellis_proto::error::key::TXN_ID],
+        hex::encode(&transfer.txn_id)
     );
 
     // Back up, the sweeper finishes it: committed, once.
@@ -698,8 +705,8 @@ async fn bad_input_is_refused_at_the_coordinator() {
             status.message()
         );
         assert_eq!(
-            detail(&status).reason,
-            pb::error_detail::Reason::InvalidInput as i32,
+            reason(&status),
+            Some(pb::ErrorReason::InvalidInput),
             "{name}"
         );
     }

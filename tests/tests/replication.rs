@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1;
 use trellis_tests::harness::{channel, http_get, txn_id};
@@ -435,10 +434,11 @@ async fn stopped_primary_is_fenced_and_rejoins() {
         .await
         .expect_err("a fenced primary must not take a write");
     for status in [read, write] {
-        let detail = shard_pb::ErrorDetail::decode(status.details()).expect("detail");
+        let reason = trellis_proto::error::error_info(&status)
+            .and_then(|info| shard_pb::ErrorReason::from_str_name(&info.reason));
         assert_eq!(
-            detail.kind,
-            shard_pb::error_detail::Kind::NotPrimary as i32,
+            reason,
+            Some(shard_pb::ErrorReason::NotPrimary),
             "{status:?}"
         );
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use tonic::Code;
 use trellis_proto::shard::v1 as pb;
 use trellis_tests::harness::{Proc, http_get, shard_client, txn_id};
@@ -291,10 +290,10 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
     );
 }
 
-fn detail_kind(status: &tonic::Status) -> i32 {
-    pb::ErrorDetail::decode(status.details())
-        .map(|d| d.kind)
-        .unwrap_or(-1)
+/// The `trellis.shard.v1.ErrorReason` in a status's `google.rpc.ErrorInfo`.
+fn reason(status: &tonic::Status) -> Option<pb::ErrorReason> {
+    trellis_proto::error::error_info(status)
+        .and_then(|info| pb::ErrorReason::from_str_name(&info.reason))
 }
 
 /// Every kind of bad input gets INVALID_ARGUMENT naming the limit, and the
@@ -442,15 +441,12 @@ async fn slot_ownership_is_enforced() {
         .await
         .expect_err("unowned slot");
     assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), Some(pb::ErrorReason::WrongShard));
+    let info = trellis_proto::error::error_info(&status).expect("an ErrorInfo");
+    assert_eq!(info.metadata[trellis_proto::error::key::MAP_EPOCH], "3");
     assert_eq!(
-        detail_kind(&status),
-        pb::error_detail::Kind::WrongShard as i32
-    );
-    assert_eq!(
-        pb::ErrorDetail::decode(status.details())
-            .expect("detail")
-            .map_epoch,
-        3
+        info.metadata[trellis_proto::error::key::KEY],
+        hex::encode(&other)
     );
     let status = client
         .read(pb::ReadRequest {
@@ -459,18 +455,12 @@ async fn slot_ownership_is_enforced() {
         })
         .await
         .expect_err("reads are checked too");
-    assert_eq!(
-        detail_kind(&status),
-        pb::error_detail::Kind::WrongShard as i32
-    );
+    assert_eq!(reason(&status), Some(pb::ErrorReason::WrongShard));
     let status = client
         .commit_local(request(&mine, 4))
         .await
         .expect_err("newer epoch");
-    assert_eq!(
-        detail_kind(&status),
-        pb::error_detail::Kind::StaleMap as i32
-    );
+    assert_eq!(reason(&status), Some(pb::ErrorReason::StaleMap));
 }
 
 /// SIGTERM stops the shard cleanly (exit 0); its data is all there after a
