@@ -44,8 +44,8 @@ Examples:
   trellis sql --addr 10.0.0.5:50051 -f transfer.sql
   echo \"SELECT k, v FROM kv WHERE k LIKE 'acct:%';\" | trellis sql --format csv")]
 pub struct Args {
-    /// Coordinator address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
     addr: String,
     /// Run these statements (and meta-commands) and exit; may be repeated.
     #[arg(short = 'c', long = "command")]
@@ -56,6 +56,14 @@ pub struct Args {
     /// Output format (default: table on a terminal, tsv otherwise).
     #[arg(long, value_parser = ["table", "csv", "tsv", "json"])]
     format: Option<String>,
+}
+
+/// What to check when the coordinator cannot be reached, at start-up or
+/// after it went away mid-session.
+fn connection_hint(addr: &str) -> String {
+    format!(
+        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there?"
+    )
 }
 
 /// Why a run stops early: the exit code.
@@ -101,10 +109,7 @@ fn run_shell(args: Args) -> Result<(), Stop> {
         Ok(client) => client,
         Err(e) => {
             eprintln!("ERROR: {e}");
-            eprintln!(
-                "HINT: is a coordinator listening at {}? (`trellis dev` starts one)",
-                args.addr
-            );
+            eprintln!("HINT: {}", connection_hint(&args.addr));
             return Err(Stop(EXIT_CANNOT_CONNECT));
         }
     };
@@ -289,6 +294,11 @@ impl Shell {
                     text.push_str(&format!("Time: {:.3} ms\n", elapsed.as_secs_f64() * 1000.0));
                 }
                 self.print(&text);
+                // After the rows, on standard error, like psql's notices:
+                // never mixed into output a script parses.
+                for notice in sql::notices(&output) {
+                    eprintln!("{notice}");
+                }
                 Ok(())
             }
             Err(e) => self.sql_error(&e),
@@ -296,12 +306,12 @@ impl Shell {
     }
 
     fn sql_error(&self, e: &SqlError) -> Result<(), Stop> {
-        let code = if e.connection {
-            EXIT_CANNOT_CONNECT
-        } else {
-            EXIT_STATEMENT_FAILED
-        };
-        self.report(&e.render(), code)
+        if e.connection {
+            let mut e = e.clone();
+            e.hint.get_or_insert_with(|| connection_hint(&self.addr));
+            return self.report(&e.render(), EXIT_CANNOT_CONNECT);
+        }
+        self.report(&e.render(), EXIT_STATEMENT_FAILED)
     }
 
     fn meta(&mut self, line: &str) -> Result<Flow, Stop> {
@@ -350,7 +360,10 @@ impl Shell {
                         self.print(&text);
                     }
                     Err(e) => self.report(
-                        &format!("ERROR: {e:#}\nCODE: 08006 connection_failure"),
+                        &format!(
+                            "ERROR: {e:#}\nCODE: 08006 connection_failure\nHINT: {}",
+                            connection_hint(&self.addr)
+                        ),
                         EXIT_CANNOT_CONNECT,
                     )?,
                 }
