@@ -38,7 +38,7 @@ pub struct Args {
     /// What to measure: a Trellis coordinator as HOST:PORT (as for every
     /// other command), or a URL whose scheme picks the system:
     /// trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...],
-    /// postgres://USER@HOST:PORT/DB. --target is another name for it.
+    /// postgres://USER@HOST:PORT/DB.
     #[arg(
         long,
         visible_alias = "target",
