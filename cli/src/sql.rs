@@ -36,12 +36,20 @@ Meta-commands: \\? help, \\q quit, \\timing, \\x, \\format table|csv|tsv|json, \
 Without -c or -f, statements are read from standard input when it is not a
 terminal, and interactively otherwise. The first error stops a
 non-interactive run: exit code 1 for a failed statement, 2 when the cluster
-cannot be reached.
+cannot be reached (at the start or when it goes away mid-session).
+
+Rows are as in PostgreSQL: a key that does not exist gives no row, also in
+IN (...) (select k, v to see which row is which; a NOTICE on stderr names
+the absent keys). A scan without LIMIT returns at most 1,000 rows (LIMIT up
+to 10,000); a NOTICE on stderr says when more keys match. Values are text
+when UTF-8, else \\x and hex; a multi-line value continues with + in the
+table, is quoted in CSV, and escaped in TSV as COPY does (\\n \\t \\r \\\\).
 
 Examples:
   trellis sql
   trellis sql -c \"PUT a '1'; GET a\"
   trellis sql --addr 10.0.0.5:50051 -f transfer.sql
+  trellis sql -c \"SELECT k, v FROM kv WHERE k IN ('a', 'b')\"
   echo \"SELECT k, v FROM kv WHERE k LIKE 'acct:%';\" | trellis sql --format csv")]
 pub struct Args {
     /// Coordinator address, HOST:PORT.
