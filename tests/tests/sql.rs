@@ -413,6 +413,13 @@ async fn absent_keys_cut_scans_multi_line_text_and_a_lost_cluster() {
     );
     assert_eq!(run.stdout.lines().count(), 1 + 5);
     assert!(!run.stderr.contains("NOTICE"), "{}", run.stderr);
+    // A DELETE by that prefix would have deleted the first 1,000 keys and
+    // said `DELETE 1000`; it is refused whole, and nothing is deleted.
+    let run = sql(addr, &["-c", "DELETE FROM kv WHERE k LIKE 'many:%'"], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("CODE: 54000"), "{}", run.stderr);
+    assert_eq!(value(addr, "many:0000").as_deref(), Some("x"));
+    assert_eq!(value(addr, "many:1000").as_deref(), Some("x"));
 
     // The cluster goes away mid-session: a shell reading statements from a
     // pipe answers one, the coordinator is killed (by its PID), and the

@@ -413,6 +413,20 @@ async fn matching(
     }
 }
 
+/// An UPDATE or DELETE whose prefix matches more keys than one scan
+/// returns: refused whole, rather than changing the first
+/// [`SCAN_LIMIT_DEFAULT`] keys and saying nothing of the rest.
+fn too_many_to_change(verb: &str) -> SqlError {
+    SqlError::new(
+        "54000 program_limit_exceeded",
+        format!("{verb} by prefix matches more than {SCAN_LIMIT_DEFAULT} keys"),
+    )
+    .hint(format!(
+        "nothing was changed; one statement changes at most {SCAN_LIMIT_DEFAULT} keys (a transaction holds at most {}): narrow the prefix",
+        trellis_types::limits::TXN_KEYS_MAX
+    ))
+}
+
 /// Runs a data statement inside `txn`.
 async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Output, Error> {
     match stmt {
@@ -486,7 +500,10 @@ async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Out
             }))
         }
         Statement::Update { value, filter } => {
-            let (items, _) = matching(txn, filter, None).await?;
+            let (items, truncated) = matching(txn, filter, None).await?;
+            if truncated {
+                return Err(fail(stash, too_many_to_change("UPDATE")));
+            }
             let mut n = 0;
             for item in items.iter().filter(|i| i.version != 0) {
                 let new = match value {
@@ -526,7 +543,10 @@ async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Out
             Ok(Output::Tag(format!("UPDATE {n}")))
         }
         Statement::Delete { filter } => {
-            let (items, _) = matching(txn, filter, None).await?;
+            let (items, truncated) = matching(txn, filter, None).await?;
+            if truncated {
+                return Err(fail(stash, too_many_to_change("DELETE")));
+            }
             let mut n = 0;
             for item in items.iter().filter(|i| i.version != 0) {
                 txn.delete(&item.key)?;
