@@ -116,7 +116,8 @@ fn run_shell(args: Args) -> Result<(), Stop> {
     let client = match runtime.block_on(trellis_client::Client::connect(&args.addr)) {
         Ok(client) => client,
         Err(e) => {
-            eprintln!("ERROR: {e}");
+            // The same three lines as a connection lost mid-session.
+            eprintln!("ERROR: {e}\nCODE: 08006 connection_failure");
             eprintln!("HINT: {}", connection_hint(&args.addr));
             return Err(Stop(EXIT_CANNOT_CONNECT));
         }

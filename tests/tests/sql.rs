@@ -217,6 +217,14 @@ async fn scripted_sessions() {
     let run = sql("127.0.0.1:1", &["-c", "GET a"], "");
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.starts_with("ERROR:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CODE: 08006")
+            && run
+                .stderr
+                .contains("HINT: cannot reach the coordinator at 127.0.0.1:1"),
+        "{}",
+        run.stderr
+    );
 
     // A conflict between two shells: A reads and writes inside BEGIN, B
     // commits a change to the same key, A's COMMIT aborts with the key and
