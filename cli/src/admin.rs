@@ -27,15 +27,15 @@ Examples:
   trellis admin transfer-primary --group 2
   trellis admin transfer-primary --group 2 --to 127.0.0.1:50071 --addr 127.0.0.1:50051")]
     TransferPrimary {
-        /// Coordinator address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        /// Coordinator address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
         addr: String,
         /// The group whose primary moves.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flags::u64_in(1, u64::from(trellis_coordinator::catalog::GROUPS_MAX)))]
         group: u64,
         /// The backup to make primary (default: the in-sync backup that is
-        /// least behind).
-        #[arg(long)]
+        /// least behind), HOST:PORT as `trellis status` lists it.
+        #[arg(long, value_parser = crate::flags::addr)]
         to: Option<String>,
     },
 }

@@ -16,35 +16,61 @@ use trellis_shard::wal::Wal;
 use trellis_shard::{Shard, ShardConfig};
 use trellis_types::SlotSet;
 
+/// Longest `--seconds` per measurement.
+const SECONDS_MAX: u64 = 3600;
+/// Most `--keys` of the storage benchmark's replay and memory measurement.
+const KEYS_MAX: u64 = 100_000_000;
+
 #[derive(clap::Args)]
 #[command(after_help = "\
-Run it in release mode on the disk you care about:
+Kinds (the first argument; storage when omitted):
 
-  cargo run --release -- bench storage --dir /path/on/that/disk
+  storage      The storage engine on this machine's disk, no cluster needed:
+               the raw fdatasync rate of one thread appending 4 KiB (the
+               baseline); acknowledged WAL appends/s with 1, 16 and 64
+               concurrent appenders of 128-byte records, as a ratio to the
+               raw rate; replay speed on recovery; memory per key after
+               recovering --keys keys of 16-byte keys and 100-byte values.
+               Uses a scratch directory under --dir, removed afterwards.
 
-It prints: the raw fdatasync rate of one thread appending 4 KiB; acknowledged
-WAL appends/s with 1, 16 and 64 concurrent appenders of 128-byte records (and
-the ratio to the raw rate); replay speed on recovery; and memory per key at
---keys keys of 16-byte keys and 100-byte values.")]
+  txn          One-phase vs two-phase commits against a running cluster at
+               --addr (2 groups or more, e.g. `trellis dev`): commits/s,
+               p50 and p99 at 1 and at 64 concurrent clients, and the
+               2PC/1PC latency ratio. It writes keys bench:*.
+
+  replication  What replication costs and how long a failover takes, on
+               clusters it starts itself (a coordinator and one group of 1,
+               2 and 3 replicas as child processes on 127.0.0.1, data under
+               --dir, removed afterwards): read-modify-write throughput by
+               durability as a ratio to 1 replica, then the median time of
+               10 failovers (SIGKILL of the primary of 3 replicas to the
+               first write the new primary acknowledges). Needs no cluster.
+
+Every figure is measured in the same run as the baseline it is compared
+to; nothing is asserted. Run in release mode, on the disk you care about.
+
+Examples:
+  trellis bench storage --dir /path/on/that/disk
+  trellis bench storage --seconds 10 --keys 5000000
+  trellis dev &   trellis bench txn --addr 127.0.0.1:50051 --seconds 5
+  trellis bench replication --dir /tmp/trellis-bench
+  cargo run --release -p trellis -- bench storage --dir .")]
 pub struct Args {
-    /// What to measure: `storage` (the engine on a local disk) or `txn`
-    /// (1PC vs 2PC commits against a running cluster at --addr).
-    /// or `replication` (starts its own clusters of 1, 2 and 3 replicas:
-    /// throughput by durability, and failover time).
+    /// What to measure: storage, txn or replication (see below).
     #[arg(value_parser = ["storage", "txn", "replication"], default_value = "storage")]
     what: String,
-    /// Coordinator address for `txn`.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// txn: the coordinator of the cluster to measure, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
     addr: String,
-    /// Directory on the disk to measure; a fresh subdirectory is made and
-    /// removed afterwards. Defaults to the current directory.
+    /// storage and replication: the directory to work in (a fresh
+    /// subdirectory is made and removed afterwards).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Seconds each throughput measurement runs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::flags::u64_in(1, SECONDS_MAX))]
     seconds: u64,
-    /// Keys written for the replay and memory measurement.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// storage: keys written for the replay and memory measurement.
+    #[arg(long, default_value_t = 1_000_000, value_parser = crate::flags::u64_in(1, KEYS_MAX))]
     keys: u64,
 }
 

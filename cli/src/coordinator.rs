@@ -30,7 +30,7 @@ Examples:
   trellis coordinator --catalog postgres://postgres@db:5432/trellis --listen 0.0.0.0:50051")]
 pub struct Args {
     /// Catalog URL: sqlite://PATH or postgres://...
-    #[arg(long, default_value = "sqlite://./trellis-data/catalog.db")]
+    #[arg(long, default_value = "sqlite://./trellis-data/catalog.db", value_parser = catalog_url)]
     catalog: String,
     /// Address for the Txn, Admin and Membership gRPC services.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -40,7 +40,7 @@ pub struct Args {
     metrics_listen: SocketAddr,
     /// Create the cluster with this many shard groups if the catalog is
     /// empty (must match if it is not).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(trellis_coordinator::catalog::GROUPS_MAX)))]
     groups: Option<u32>,
     /// Address to advertise in the catalog (default: the bound --listen).
     #[arg(long)]
@@ -48,6 +48,26 @@ pub struct Args {
     /// Exit when the parent process goes away (used by `trellis dev`).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
+}
+
+/// Checks the shape of `--catalog` while parsing (a bad one is a usage
+/// error, exit code 2); opening it is `Catalog::connect`'s business.
+fn catalog_url(url: &str) -> Result<String, String> {
+    let ok = match url.strip_prefix("sqlite://") {
+        Some(path) => !path.is_empty(),
+        None => {
+            url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url == trellis_coordinator::catalog::MEMORY_URL
+        }
+    };
+    if ok {
+        Ok(url.to_string())
+    } else {
+        Err(format!(
+            "`{url}`: use sqlite://PATH (e.g. sqlite://./data/catalog.db) or postgres://USER@HOST:PORT/DB"
+        ))
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -2,8 +2,17 @@
 //!
 //! # Layout
 //! - `shard`: run one shard replica (`trellis shard`).
-//! - `bench`: storage benchmarks (`trellis bench storage`).
+//! - `bench`, `bench_txn`, `bench_repl`: `trellis bench storage|txn|replication`.
+//! - `sql`: the SQL shell; `admin`: operator commands.
+//! - `flags`: value checks shared by the subcommands' flags.
 //! - `load`: the load tester (`trellis-loadtest`), with its own exit codes.
+//!
+//! # Exit codes
+//! A bad flag, or a flag's value of the wrong shape, is exit code 2 for
+//! every subcommand (clap's usage error; values are checked by the
+//! parsers in `flags` while parsing). A command that fails at run time
+//! exits 1, except where its help says otherwise (`sql`: 2 when the
+//! cluster cannot be reached; `load`: 98 and 99).
 
 mod admin;
 mod bench;
@@ -11,6 +20,7 @@ mod bench_repl;
 mod bench_txn;
 mod coordinator;
 mod dev;
+mod flags;
 mod shard;
 mod signals;
 mod sql;
@@ -41,7 +51,9 @@ enum Command {
     Status(status::Args),
     /// Run one shard replica: its storage engine and gRPC server.
     Shard(shard::Args),
-    /// Measure the storage engine on this machine's disk.
+    /// Measure this machine: the storage engine on its disk (storage),
+    /// 1PC vs 2PC commits on a running cluster (txn), or replication and
+    /// failover on clusters it starts (replication).
     Bench(bench::Args),
     /// A psql-like SQL shell over the table kv(k, v): interactive, or
     /// statements from -c, -f or standard input.

@@ -47,7 +47,7 @@ pub struct Args {
     /// Coordinator to register with (`host:port`). The shard then owns no
     /// slot until the coordinator assigns its group's slots; --slots and
     /// --map-epoch are ignored.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::flags::addr)]
     coordinator: Option<String>,
     /// Address to advertise to the coordinator (default: the bound --listen
     /// address).
@@ -62,7 +62,7 @@ pub struct Args {
     /// backups up (snapshots and backlogs, all backups together), so that
     /// a returning backup cannot starve foreground writes; 0 = unpaced.
     /// Streaming to up-to-date backups is never paced.
-    #[arg(long, default_value_t = trellis_shard::pacer::CATCH_UP_BYTES_PER_SEC)]
+    #[arg(long, default_value_t = trellis_shard::pacer::CATCH_UP_BYTES_PER_SEC, value_parser = catch_up_rate)]
     catch_up_bytes_per_sec: u64,
     /// Bytes of log kept on disk after a snapshot covers them, so that a
     /// backup further behind than the in-memory feed catches up from the
@@ -70,11 +70,11 @@ pub struct Args {
     #[arg(long, default_value_t = trellis_shard::engine::LOG_RETAIN_BYTES)]
     log_retain_bytes: u64,
     /// Size past which a log segment is closed and the next one begun.
-    #[arg(long, default_value_t = trellis_shard::wal::SEGMENT_BYTES_MAX)]
+    #[arg(long, default_value_t = trellis_shard::wal::SEGMENT_BYTES_MAX, value_parser = log_size)]
     segment_bytes: u64,
     /// Bytes logged between two snapshots (bounds recovery time: at most
     /// this much log is replayed after the newest snapshot).
-    #[arg(long, default_value_t = trellis_shard::engine::SNAPSHOT_LOG_BYTES)]
+    #[arg(long, default_value_t = trellis_shard::engine::SNAPSHOT_LOG_BYTES, value_parser = log_size)]
     snapshot_every_bytes: u64,
     /// Exit when the parent process goes away (used by `trellis dev` so a
     /// killed dev cluster leaves no orphans).
@@ -101,25 +101,30 @@ const _: () = assert!(
 /// this a busy replica would do little but roll segments and snapshot.
 const LOG_SIZE_MIN: u64 = 4096;
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    for (flag, value) in [
-        ("--segment-bytes", args.segment_bytes),
-        ("--snapshot-every-bytes", args.snapshot_every_bytes),
-    ] {
-        anyhow::ensure!(
-            value >= LOG_SIZE_MIN,
-            "{flag} {value} is below the minimum of {LOG_SIZE_MIN} bytes"
-        );
+/// `--segment-bytes` and `--snapshot-every-bytes`, checked while parsing
+/// (a bad value is a usage error, exit code 2).
+fn log_size(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= LOG_SIZE_MIN => Ok(n),
+        Ok(n) => Err(format!("{n} is below the minimum of {LOG_SIZE_MIN} bytes")),
+        Err(_) => Err(format!("`{text}` is not a number of bytes")),
     }
-    if args.catch_up_bytes_per_sec != 0 && args.catch_up_bytes_per_sec < CATCH_UP_BYTES_PER_SEC_MIN
-    {
-        anyhow::bail!(
-            "--catch-up-bytes-per-sec {} is below the minimum of {CATCH_UP_BYTES_PER_SEC_MIN} \
+}
+
+/// `--catch-up-bytes-per-sec`, checked while parsing.
+fn catch_up_rate(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n == 0 || n >= CATCH_UP_BYTES_PER_SEC_MIN => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} is below the minimum of {CATCH_UP_BYTES_PER_SEC_MIN} \
              (a 1 MiB snapshot piece must go out within a backup's grace period); \
-             use 0 for unpaced",
-            args.catch_up_bytes_per_sec
-        );
+             use 0 for unpaced"
+        )),
+        Err(_) => Err(format!("`{text}` is not a number of bytes per second")),
     }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,16 +36,24 @@ Meta-commands: \\? help, \\q quit, \\timing, \\x, \\format table|csv|tsv|json, \
 Without -c or -f, statements are read from standard input when it is not a
 terminal, and interactively otherwise. The first error stops a
 non-interactive run: exit code 1 for a failed statement, 2 when the cluster
-cannot be reached.
+cannot be reached (at the start or when it goes away mid-session).
+
+Rows are as in PostgreSQL: a key that does not exist gives no row, also in
+IN (...) (select k, v to see which row is which; a NOTICE on stderr names
+the absent keys). A scan without LIMIT returns at most 1,000 rows (LIMIT up
+to 10,000); a NOTICE on stderr says when more keys match. Values are text
+when UTF-8, else \\x and hex; a multi-line value continues with + in the
+table, is quoted in CSV, and escaped in TSV as COPY does (\\n \\t \\r \\\\).
 
 Examples:
   trellis sql
   trellis sql -c \"PUT a '1'; GET a\"
   trellis sql --addr 10.0.0.5:50051 -f transfer.sql
+  trellis sql -c \"SELECT k, v FROM kv WHERE k IN ('a', 'b')\"
   echo \"SELECT k, v FROM kv WHERE k LIKE 'acct:%';\" | trellis sql --format csv")]
 pub struct Args {
-    /// Coordinator address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
     addr: String,
     /// Run these statements (and meta-commands) and exit; may be repeated.
     #[arg(short = 'c', long = "command")]
@@ -56,6 +64,14 @@ pub struct Args {
     /// Output format (default: table on a terminal, tsv otherwise).
     #[arg(long, value_parser = ["table", "csv", "tsv", "json"])]
     format: Option<String>,
+}
+
+/// What to check when the coordinator cannot be reached, at start-up or
+/// after it went away mid-session.
+fn connection_hint(addr: &str) -> String {
+    format!(
+        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there?"
+    )
 }
 
 /// Why a run stops early: the exit code.
@@ -100,11 +116,9 @@ fn run_shell(args: Args) -> Result<(), Stop> {
     let client = match runtime.block_on(trellis_client::Client::connect(&args.addr)) {
         Ok(client) => client,
         Err(e) => {
-            eprintln!("ERROR: {e}");
-            eprintln!(
-                "HINT: is a coordinator listening at {}? (`trellis dev` starts one)",
-                args.addr
-            );
+            // The same three lines as a connection lost mid-session.
+            eprintln!("ERROR: {e}\nCODE: 08006 connection_failure");
+            eprintln!("HINT: {}", connection_hint(&args.addr));
             return Err(Stop(EXIT_CANNOT_CONNECT));
         }
     };
@@ -289,6 +303,11 @@ impl Shell {
                     text.push_str(&format!("Time: {:.3} ms\n", elapsed.as_secs_f64() * 1000.0));
                 }
                 self.print(&text);
+                // After the rows, on standard error, like psql's notices:
+                // never mixed into output a script parses.
+                for notice in sql::notices(&output) {
+                    eprintln!("{notice}");
+                }
                 Ok(())
             }
             Err(e) => self.sql_error(&e),
@@ -296,12 +315,12 @@ impl Shell {
     }
 
     fn sql_error(&self, e: &SqlError) -> Result<(), Stop> {
-        let code = if e.connection {
-            EXIT_CANNOT_CONNECT
-        } else {
-            EXIT_STATEMENT_FAILED
-        };
-        self.report(&e.render(), code)
+        if e.connection {
+            let mut e = e.clone();
+            e.hint.get_or_insert_with(|| connection_hint(&self.addr));
+            return self.report(&e.render(), EXIT_CANNOT_CONNECT);
+        }
+        self.report(&e.render(), EXIT_STATEMENT_FAILED)
     }
 
     fn meta(&mut self, line: &str) -> Result<Flow, Stop> {
@@ -350,7 +369,10 @@ impl Shell {
                         self.print(&text);
                     }
                     Err(e) => self.report(
-                        &format!("ERROR: {e:#}\nCODE: 08006 connection_failure"),
+                        &format!(
+                            "ERROR: {e:#}\nCODE: 08006 connection_failure\nHINT: {}",
+                            connection_hint(&self.addr)
+                        ),
                         EXIT_CANNOT_CONNECT,
                     )?,
                 }

@@ -35,10 +35,18 @@ pub const ATTEMPTS_MAX: u32 = 100;
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = crate::HELP_EXAMPLES)]
 pub struct Args {
-    /// What to measure: trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...]
-    /// or postgres://USER@HOST:PORT/DB.
-    #[arg(long, default_value = "trellis://127.0.0.1:50051")]
-    pub target: String,
+    /// What to measure: a Trellis coordinator as HOST:PORT (as for every
+    /// other command), or a URL whose scheme picks the system:
+    /// trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...],
+    /// postgres://USER@HOST:PORT/DB.
+    #[arg(
+        long,
+        visible_alias = "target",
+        value_name = "ADDR|URL",
+        default_value = "127.0.0.1:50051",
+        value_parser = target_url
+    )]
+    pub addr: String,
     /// w1-rmw, w2-transfer, w3-read, ycsb-a, ycsb-b, ycsb-c, ycsb-f, append
     /// or bank (see below).
     #[arg(long, default_value = "w1-rmw")]
@@ -179,6 +187,53 @@ pub struct Config {
     pub quiet: bool,
     pub attempts_max: u32,
     pub seed: u64,
+    /// The command line of the run, for the report and the JSON export
+    /// (set by [`crate::main`]; empty when the run is made in code).
+    pub command_line: String,
+}
+
+/// Checks a `HOST:PORT`: a host, and a port from 1 to 65535.
+fn host_port(text: &str) -> Result<(), String> {
+    match text.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains('/')
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("`{text}` is not HOST:PORT (e.g. 127.0.0.1:50051)")),
+    }
+}
+
+/// `--addr`/`--target`, checked while clap parses it (a bad one is a usage
+/// error, exit code 2): a bare `HOST:PORT` is a Trellis coordinator and
+/// becomes `trellis://HOST:PORT`; otherwise the scheme picks the system.
+pub fn target_url(text: &str) -> Result<String, String> {
+    const EXPECTED: &str = "use HOST:PORT (Trellis), trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...] or postgres://USER@HOST:PORT/DB";
+    let Some((scheme, rest)) = text.split_once("://") else {
+        host_port(text).map_err(|e| format!("{e}; {EXPECTED}"))?;
+        return Ok(format!("trellis://{text}"));
+    };
+    match scheme {
+        "trellis" => host_port(rest)?,
+        "etcd" => {
+            for endpoint in rest.split(',') {
+                host_port(endpoint)?;
+            }
+        }
+        "postgres" | "postgresql" => {
+            if rest.is_empty() {
+                return Err(format!("`{text}` names no server; {EXPECTED}"));
+            }
+        }
+        // Test-only: see `target::BrokenBank`.
+        "broken-bank" => {
+            target_url(rest)?;
+        }
+        _ => return Err(format!("unknown scheme `{scheme}://`; {EXPECTED}")),
+    }
+    Ok(text.to_string())
 }
 
 fn duration_flag(flag: &str, text: &str) -> Result<Duration, String> {
@@ -373,8 +428,7 @@ impl Config {
             Model::Closed { schedule, .. } => schedule.peak(),
             Model::Open { max_vus, .. } => *max_vus,
         } as usize;
-        let is_pg =
-            args.target.starts_with("postgres://") || args.target.starts_with("postgresql://");
+        let is_pg = args.addr.starts_with("postgres://") || args.addr.starts_with("postgresql://");
         let connections = args.connections.unwrap_or(if is_pg {
             peak_vus.clamp(1, PG_CONNECTIONS_DEFAULT_MAX)
         } else {
@@ -428,7 +482,7 @@ impl Config {
             },
         };
         Ok(Config {
-            target_url: args.target.clone(),
+            target_url: args.addr.clone(),
             target_options: target::Options {
                 connections,
                 timeout,
@@ -452,6 +506,7 @@ impl Config {
             quiet: args.quiet,
             attempts_max: args.attempts,
             seed: args.seed.unwrap_or_else(rand::random),
+            command_line: String::new(),
         })
     }
 }
@@ -502,6 +557,29 @@ mod tests {
         assert_eq!(c.target_options.connections, PG_CONNECTIONS_DEFAULT_MAX);
         let c = config("--workload bank --duration 1s").expect("bank");
         assert_eq!(c.workload.keys, workload::BANK_ACCOUNTS_DEFAULT);
+    }
+
+    #[test]
+    fn addr_and_target_name_one_thing() {
+        let c = config("--addr 127.0.0.1:7 --duration 1s").expect("bare addr");
+        assert_eq!(c.target_url, "trellis://127.0.0.1:7");
+        let c = config("--target 127.0.0.1:7 --duration 1s").expect("alias, bare");
+        assert_eq!(c.target_url, "trellis://127.0.0.1:7");
+        let c = config("--target etcd://a:1,b:2 --duration 1s").expect("etcd");
+        assert_eq!(c.target_url, "etcd://a:1,b:2");
+        let c = config("--duration 1s").expect("default");
+        assert_eq!(c.target_url, "trellis://127.0.0.1:50051");
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:x",
+            "http://127.0.0.1:1",
+            "trellis://127.0.0.1",
+            "etcd://a:1,b",
+            "postgres://",
+        ] {
+            let err = config(&format!("--addr {bad} --duration 1s")).expect_err(bad);
+            assert!(err.contains("--addr"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub const EXIT_THRESHOLDS_CROSSED: u8 = 99;
 pub const HELP_EXAMPLES: &str = "\
 Examples:
   trellis load --vus 64 --duration 30s                        # w1-rmw against 127.0.0.1:50051
+  trellis load --addr 10.0.0.5:50051 --vus 64 --duration 30s  # another Trellis coordinator
   trellis load --workload w2-transfer --vus 64 --duration 30s --zipf 0.99
   trellis load --iterations 10000 --vus 16                    # 10,000 iterations shared by 16 VUs
   trellis load --stage 10s:50,30s:50,10s:0                    # ramp VUs up, hold, down
@@ -69,8 +70,8 @@ Examples:
   trellis load --threshold 'txn_duration:p(99)<50ms' --threshold 'txn_failed:rate<0.01' --duration 30s
   trellis load --workload append --duration 20s --history h.txt   # checked by the list-append checker
   trellis load --workload bank --vus 16 --duration 20s         # checks that the total is conserved
-  trellis load --target etcd://127.0.0.1:2379,127.0.0.1:22379 --vus 64 --duration 30s
-  trellis load --target postgres://postgres@127.0.0.1:5432/test --vus 64 --duration 30s
+  trellis load --addr etcd://127.0.0.1:2379,127.0.0.1:22379 --vus 64 --duration 30s
+  trellis load --addr postgres://postgres@127.0.0.1:5432/test --vus 64 --duration 30s
   trellis load --duration 30s --out json=points.jsonl --summary-export summary.json --report report.html
 
 Workloads (keys PREFIX:0000000042, PREFIX = --key-prefix or the workload's name):
@@ -91,19 +92,24 @@ Metrics: txn_duration is each iteration from its start (open model: its schedule
   outcome unknown); txn_conflicts counts conflicted attempts; txn_retries attempts after the first.
   On Trellis, path 1pc/2pc is predicted from the written keys' groups in the cluster's slot map.
 
+Targets: --addr HOST:PORT is a Trellis coordinator, as for every trellis command; a URL's
+  scheme picks another system (trellis://, etcd://, postgres://). --target is the same flag.
+
 Exit codes: 0 all passed, 1 the run could not be made, 2 bad flags, 98 a check failed,
   99 a threshold was crossed.";
 
 /// Runs `trellis load` with `args`: prints the summary on standard output
 /// and returns the exit code.
 pub fn main(args: Args) -> ExitCode {
-    let config = match config::Config::from_args(&args) {
+    let mut config = match config::Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            // As clap says it for the flags it checks itself.
+            eprintln!("error: {e}\n\nFor more information, try '--help'.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    config.command_line = summary::shell_line(std::env::args());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,6 +147,8 @@ pub fn main(args: Args) -> ExitCode {
             eprintln!("error: writing --report {}: {e}", path.display());
             return ExitCode::from(EXIT_ERROR);
         }
+        // Said even with --quiet: it is where the result is.
+        eprintln!("report written to {}", path.display());
     }
     if summary.thresholds_crossed() {
         for t in summary.thresholds.iter().filter(|t| !t.passed) {

@@ -153,6 +153,22 @@ pre {{ background: #f6f8fa; padding: 1em; font-size: 12px; overflow-x: auto; }}
         escape(title)
     );
     out.push_str("<table>\n");
+    let run = [
+        (
+            "started",
+            summary
+                .started
+                .map_or_else(|| "unknown".to_string(), crate::summary::utc_text),
+        ),
+        ("command", summary.command.clone()),
+    ];
+    for (k, v) in run.iter().filter(|(_, v)| !v.is_empty()) {
+        let _ = writeln!(
+            out,
+            "<tr><th>{k}</th><td style=\"text-align:left\"><code>{}</code></td></tr>",
+            escape(v)
+        );
+    }
     for (k, v) in &summary.info {
         let _ = writeln!(
             out,
@@ -275,7 +291,17 @@ mod tests {
                 ..Second::default()
             })
             .collect();
-        let page = html("trellis load <w1-rmw>", &Summary::default(), &timeline);
+        let summary = Summary {
+            started: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
+            command: "trellis load --threshold 'p(99)<5ms'".into(),
+            ..Summary::default()
+        };
+        let page = html("trellis load <w1-rmw>", &summary, &timeline);
+        assert!(page.contains("1970-01-02T00:00:00Z"), "the run's date");
+        assert!(
+            page.contains("trellis load --threshold 'p(99)&lt;5ms'"),
+            "the command line, escaped"
+        );
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(
             page.contains("trellis load &lt;w1-rmw&gt;"),

@@ -272,6 +272,7 @@ pub async fn run(config: Config) -> anyhow::Result<Summary> {
 /// [`run`] against a target already connected.
 pub async fn run_with(config: Config, target: Arc<dyn Target>) -> anyhow::Result<Summary> {
     let workload = config.workload.build();
+    let started = std::time::SystemTime::now();
     let start = Instant::now();
     let points = match &config.out_json {
         Some(path) => Some(crate::output::start(path)?),
@@ -409,6 +410,8 @@ pub async fn run_with(config: Config, target: Arc<dyn Target>) -> anyhow::Result
         thresholds: Vec::new(),
         checks,
         timeline: ctx.recorder.timeline(),
+        started: Some(started),
+        command: config.command_line.clone(),
     };
     summary.thresholds = config
         .thresholds

@@ -112,6 +112,53 @@ pub struct Summary {
     pub checks: Vec<Check>,
     /// Per-second figures, for the HTML report (not printed).
     pub timeline: Vec<crate::metrics::Second>,
+    /// When the run started (for the report and the JSON export; not
+    /// printed: the terminal already knows).
+    pub started: Option<std::time::SystemTime>,
+    /// The command line that made the run, quoted for a POSIX shell.
+    pub command: String,
+}
+
+/// `t` as UTC in RFC 3339 to the second, e.g. `2026-12-06T00:23:05Z`.
+pub fn utc_text(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// `args` as one line a POSIX shell runs as the same command: each
+/// argument quoted with `'...'` unless it is made of safe characters only.
+pub fn shell_line<I: IntoIterator<Item = String>>(args: I) -> String {
+    args.into_iter()
+        .map(|a| {
+            let safe = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+            if safe {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A latency in ms, k6-style: `812.00µs`, `12.34ms`, `1.20s`.
@@ -349,7 +396,11 @@ impl Summary {
             "checks": self.checks.iter().map(|c| json!({
                 "name": c.name, "ok": c.passed, "detail": c.detail,
             })).collect::<Vec<_>>(),
-            "state": { "testRunDurationMs": self.elapsed.as_secs_f64() * 1000.0 },
+            "state": {
+                "testRunDurationMs": self.elapsed.as_secs_f64() * 1000.0,
+                "startedAt": self.started.map(utc_text),
+                "commandLine": self.command,
+            },
             "options": options,
         })
     }
@@ -456,6 +507,8 @@ mod tests {
                 detail: "800 over 8 accounts".into(),
             }],
             timeline: Vec::new(),
+            started: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_796_430_185)),
+            command: "trellis load --vus 64 --duration 10s".into(),
         };
         summary.thresholds = thresholds
             .iter()
@@ -533,6 +586,23 @@ running (0m10.4s), 980 complete and 20 failed iterations, 0 dropped
         assert_eq!(json["metrics"]["iterations"]["values"]["count"], 1000);
         assert_eq!(json["checks"][0]["ok"], true);
         assert_eq!(json["state"]["testRunDurationMs"], 10400.0);
+        assert_eq!(json["state"]["startedAt"], "2026-12-05T00:23:05Z");
+        assert_eq!(
+            json["state"]["commandLine"],
+            "trellis load --vus 64 --duration 10s"
+        );
+    }
+
+    #[test]
+    fn dates_and_command_lines() {
+        let at = |s: u64| utc_text(std::time::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(
+            shell_line(["trellis", "load", "--threshold", "p(99)<5ms", "it's"].map(String::from)),
+            "trellis load --threshold 'p(99)<5ms' 'it'\\''s'"
+        );
     }
 
     #[test]

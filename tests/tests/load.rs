@@ -166,16 +166,18 @@ async fn every_workload_runs_against_trellis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_exit_codes_and_outputs() {
     let cluster = Cluster::start(2).await.expect("cluster");
-    let target = format!("trellis://{}", cluster.addr(0));
+    let addr = cluster.addr(0).to_string();
+    let target = format!("trellis://{addr}");
     let dir = tempfile::tempdir().expect("tempdir");
     let points = dir.path().join("points.jsonl");
     let report = dir.path().join("report.html");
     let history = dir.path().join("history.txt");
     // No commit takes under a microsecond: the first threshold must fail,
-    // the second must hold.
+    // the second must hold. The coordinator is named as for every other
+    // command: --addr HOST:PORT, no scheme.
     let run = load(&[
-        "--target",
-        &target,
+        "--addr",
+        &addr,
         "--workload",
         "append",
         "--iterations",
@@ -219,6 +221,30 @@ async fn thresholds_exit_codes_and_outputs() {
     assert_eq!(durations, 40, "one txn_duration point per iteration");
     let page = std::fs::read_to_string(&report).expect("report written");
     assert!(page.contains("<svg") && page.contains("TOTAL RESULTS"));
+    // The report says when and how the run was made (it said neither), and
+    // stderr says where the report went (nothing did).
+    let started = page
+        .split("<th>started</th><td style=\"text-align:left\"><code>")
+        .nth(1)
+        .and_then(|rest| rest.split("</code>").next())
+        .expect("a started row in the report");
+    assert!(
+        started.len() == "2026-01-01T00:00:00Z".len()
+            && started.ends_with('Z')
+            && started.chars().nth(10) == Some('T'),
+        "an RFC 3339 UTC date: {started}"
+    );
+    assert!(
+        page.contains(&format!("load --addr {addr} --workload append"))
+            && page.contains("'txn_duration:p(99)&lt;1us'"),
+        "the command line, quoted and escaped"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("report written to {}", report.display())),
+        "{}",
+        run.stderr
+    );
     let ops: Vec<trellis_checker::Op> =
         trellis_checker::format::load(&history).expect("history parses");
     assert!(

@@ -217,6 +217,14 @@ async fn scripted_sessions() {
     let run = sql("127.0.0.1:1", &["-c", "GET a"], "");
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.starts_with("ERROR:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CODE: 08006")
+            && run
+                .stderr
+                .contains("HINT: cannot reach the coordinator at 127.0.0.1:1"),
+        "{}",
+        run.stderr
+    );
 
     // A conflict between two shells: A reads and writes inside BEGIN, B
     // commits a change to the same key, A's COMMIT aborts with the key and
@@ -336,4 +344,138 @@ async fn interactive_prompt_follows_the_transaction() {
     p.exp_eof().expect("exit on \\q");
     let saved = std::fs::read_to_string(&history).expect("history file");
     assert!(saved.contains("BEGIN;"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_keys_cut_scans_multi_line_text_and_a_lost_cluster() {
+    // What a session says besides its rows: the keys of IN (...) that do
+    // not exist, a scan cut at the default limit, text with a newline as
+    // text in each format; and, when the cluster goes away mid-session,
+    // the same hint as when it is not there at the start.
+    let mut cluster = Cluster::start(2).await.expect("cluster");
+    let addr = cluster.addr(0).to_string();
+    let addr = addr.as_str();
+
+    // IN keeps SQL's meaning (absent keys give no row, k when asked) and
+    // names the absent keys on stderr; before, they vanished silently.
+    sql_ok(addr, &["-c", "PUT a '1'; PUT b '2'"], "");
+    let run = sql(
+        addr,
+        &["-c", "SELECT k, v FROM kv WHERE k IN ('a', 'zz', 'b')"],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "k\tv\na\t1\nb\t2\n");
+    assert!(
+        run.stderr
+            .contains("NOTICE: 1 key(s) of IN (...) do not exist")
+            && run.stderr.contains("'zz'"),
+        "{}",
+        run.stderr
+    );
+
+    // A value with a newline, typed across two lines, prints as text: TSV
+    // escapes it as COPY does, CSV quotes it, the table continues it with
+    // psql's `+`. Before, it printed as hex.
+    sql_ok(
+        addr,
+        &[],
+        "UPSERT INTO kv VALUES ('ml', 'line 1\nline 2');\n",
+    );
+    let select = ["-c", "SELECT v FROM kv WHERE k = 'ml'"];
+    assert_eq!(sql_ok(addr, &select, ""), "v\nline 1\\nline 2\n");
+    let csv = [&["--format", "csv"][..], &select[..]].concat();
+    assert_eq!(sql_ok(addr, &csv, ""), "v\n\"line 1\nline 2\"\n");
+    let table = [&["--format", "table"][..], &select[..]].concat();
+    assert_eq!(
+        sql_ok(addr, &table, ""),
+        "   v\n--------\n line 1+\n line 2\n(1 row)\n"
+    );
+
+    // A scan without LIMIT stops at 1,000 rows: TSV used to end there
+    // without a word. Now stderr says so; a LIMIT the statement chose is
+    // not reported.
+    let rows: Vec<String> = (0..1001).map(|i| format!("('many:{i:04}', 'x')")).collect();
+    sql_ok(
+        addr,
+        &["-c", &format!("UPSERT INTO kv VALUES {}", rows.join(", "))],
+        "",
+    );
+    let run = sql(addr, &["-c", "SELECT k FROM kv WHERE k LIKE 'many:%'"], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().count(),
+        1 + 1000,
+        "header and 1,000 rows"
+    );
+    assert!(
+        run.stderr
+            .contains("NOTICE: more keys match than the 1000 row(s) shown"),
+        "{}",
+        run.stderr
+    );
+    let run = sql(
+        addr,
+        &["-c", "SELECT k FROM kv WHERE k LIKE 'many:%' LIMIT 5"],
+        "",
+    );
+    assert_eq!(run.stdout.lines().count(), 1 + 5);
+    assert!(!run.stderr.contains("NOTICE"), "{}", run.stderr);
+    // A DELETE by that prefix would have deleted the first 1,000 keys and
+    // said `DELETE 1000`; it is refused whole, and nothing is deleted.
+    let run = sql(addr, &["-c", "DELETE FROM kv WHERE k LIKE 'many:%'"], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("CODE: 54000"), "{}", run.stderr);
+    assert_eq!(value(addr, "many:0000").as_deref(), Some("x"));
+    assert_eq!(value(addr, "many:1000").as_deref(), Some("x"));
+
+    // The cluster goes away mid-session: a shell reading statements from a
+    // pipe answers one, the coordinator is killed (by its PID), and the
+    // next statement fails as a lost connection (exit 2) with the hint of
+    // the start-up path, not `server error (Unknown): transport error`.
+    let mut shell = Command::new(trellis_bin())
+        .args(["sql", "--addr", addr])
+        .env("TRELLIS_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the shell");
+    let mut input = shell.stdin.take().expect("stdin");
+    let output = shell.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    input.write_all(b"GET a;\n").expect("write to the shell");
+    input.flush().expect("flush");
+    for expected in ["v", "1"] {
+        let line = rx.recv_timeout(SHELL_TIMEOUT).expect("the shell answers");
+        assert_eq!(line, expected);
+    }
+    cluster.coordinators.remove(0).kill9();
+    input.write_all(b"GET a;\n").expect("write to the shell");
+    drop(input);
+    let (done_tx, done_rx) = mpsc::channel();
+    let pid = shell.id();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(shell.wait_with_output());
+    });
+    let out = done_rx
+        .recv_timeout(SHELL_TIMEOUT)
+        .unwrap_or_else(|_| panic!("trellis sql (pid {pid}) did not finish in {SHELL_TIMEOUT:?}"))
+        .expect("the shell exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CODE: 08006"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("HINT: cannot reach the coordinator at {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("XX000"), "{stderr}");
 }

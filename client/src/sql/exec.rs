@@ -26,8 +26,14 @@ pub enum Output {
     Rows {
         columns: Vec<String>,
         rows: Vec<Vec<Vec<u8>>>,
-        /// More rows matched than the scan returned.
-        truncated: bool,
+        /// The scan stopped at a limit the statement did not choose (the
+        /// server's default without LIMIT, or `SCAN_LIMIT_MAX` above it):
+        /// more keys match than are shown. Holds that limit. A LIMIT the
+        /// statement gave cutting the rows is not reported: it was asked for.
+        truncated: Option<u32>,
+        /// Keys of `WHERE k IN (...)` that do not exist. As in SQL they give
+        /// no row; they are kept so the shell can say which they were.
+        absent: Vec<Vec<u8>>,
     },
     /// A command tag such as `INSERT 0 2`.
     Tag(String),
@@ -133,9 +139,35 @@ impl SqlError {
             },
             Error::InvalidArgument(m) => SqlError::new("22023 invalid_parameter_value", m.clone()),
             Error::Application(m) => SqlError::new("XX000 internal_error", m.clone()),
+            Error::Server { code, message } if lost_connection(*code, message) => SqlError {
+                message: format!("lost the connection to the cluster: {message}"),
+                code: "08006 connection_failure",
+                detail: None,
+                hint: None,
+                connection: true,
+            },
             Error::Server { .. } => SqlError::new("XX000 internal_error", err.to_string()),
         }
     }
+}
+
+/// Whether a status the server did not choose is the connection failing
+/// under the call: tonic reports a broken or refused connection as
+/// `Unknown`/`Cancelled` with a transport message and no details, where a
+/// server's own error always says what it is about.
+fn lost_connection(code: tonic::Code, message: &str) -> bool {
+    /// Texts of tonic and hyper for a connection that failed or went away.
+    const TRANSPORT_MESSAGES: &[&str] = &[
+        "transport error",
+        "error trying to connect",
+        "connection closed",
+        "connection reset",
+        "broken pipe",
+        "operation was canceled",
+    ];
+    let lower = message.to_ascii_lowercase();
+    matches!(code, tonic::Code::Unknown | tonic::Code::Cancelled)
+        && TRANSPORT_MESSAGES.iter().any(|m| lower.contains(m))
 }
 
 /// A shell session: one client, the open transaction if any, and settings.
@@ -280,7 +312,16 @@ impl Session {
                 .scan(prefix, scan_limit(*limit), self.consistency)
                 .await
                 .map_err(|e| SqlError::from_client(&e, false))?;
-            return Ok(rows(columns, scan.items, scan.truncated));
+            let mut items = scan.items;
+            if let Some(limit) = limit {
+                items.truncate(*limit as usize);
+            }
+            return Ok(rows(
+                columns,
+                items,
+                unchosen_cut(*limit, scan.truncated),
+                Vec::new(),
+            ));
         }
         let stash: Stash = Arc::default();
         let (durability, consistency) = (self.durability, self.consistency);
@@ -308,11 +349,28 @@ fn fail(stash: &Stash, err: SqlError) -> Error {
     Error::Application(message)
 }
 
+/// Rows a scan without LIMIT returns: the coordinator's default.
+pub const SCAN_LIMIT_DEFAULT: u32 = 1000;
+
 fn scan_limit(limit: Option<u32>) -> u32 {
-    limit.map_or(0, |l| l.clamp(1, trellis_types::limits::SCAN_LIMIT_MAX))
+    limit.map_or(SCAN_LIMIT_DEFAULT, |l| {
+        l.clamp(1, trellis_types::limits::SCAN_LIMIT_MAX)
+    })
 }
 
-fn rows(columns: &[Column], items: Vec<Item>, truncated: bool) -> Output {
+/// The limit that cut a scan when it was not the statement's own LIMIT
+/// (see [`Output::Rows`]'s `truncated`).
+fn unchosen_cut(limit: Option<u32>, truncated: bool) -> Option<u32> {
+    let used = scan_limit(limit);
+    (truncated && limit.is_none_or(|l| l > used)).then_some(used)
+}
+
+fn rows(
+    columns: &[Column],
+    items: Vec<Item>,
+    truncated: Option<u32>,
+    absent: Vec<Vec<u8>>,
+) -> Output {
     Output::Rows {
         columns: columns.iter().map(|c| c.name().to_string()).collect(),
         rows: items
@@ -330,6 +388,7 @@ fn rows(columns: &[Column], items: Vec<Item>, truncated: bool) -> Output {
             })
             .collect(),
         truncated,
+        absent,
     }
 }
 
@@ -354,6 +413,20 @@ async fn matching(
     }
 }
 
+/// An UPDATE or DELETE whose prefix matches more keys than one scan
+/// returns: refused whole, rather than changing the first
+/// [`SCAN_LIMIT_DEFAULT`] keys and saying nothing of the rest.
+fn too_many_to_change(verb: &str) -> SqlError {
+    SqlError::new(
+        "54000 program_limit_exceeded",
+        format!("{verb} by prefix matches more than {SCAN_LIMIT_DEFAULT} keys"),
+    )
+    .hint(format!(
+        "nothing was changed; one statement changes at most {SCAN_LIMIT_DEFAULT} keys (a transaction holds at most {}): narrow the prefix",
+        trellis_types::limits::TXN_KEYS_MAX
+    ))
+}
+
 /// Runs a data statement inside `txn`.
 async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Output, Error> {
     match stmt {
@@ -363,11 +436,24 @@ async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Out
             limit,
         } => {
             let (mut items, truncated) = matching(txn, filter, *limit).await?;
+            let absent = match filter {
+                Filter::In(_) => items
+                    .iter()
+                    .filter(|i| i.version == 0)
+                    .map(|i| i.key.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
             items.retain(|i| i.version != 0);
             if let Some(limit) = limit {
                 items.truncate(*limit as usize);
             }
-            Ok(rows(columns, items, truncated))
+            Ok(rows(
+                columns,
+                items,
+                unchosen_cut(*limit, truncated),
+                absent,
+            ))
         }
         Statement::Insert { rows, upsert } => {
             if !upsert {
@@ -414,7 +500,10 @@ async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Out
             }))
         }
         Statement::Update { value, filter } => {
-            let (items, _) = matching(txn, filter, None).await?;
+            let (items, truncated) = matching(txn, filter, None).await?;
+            if truncated {
+                return Err(fail(stash, too_many_to_change("UPDATE")));
+            }
             let mut n = 0;
             for item in items.iter().filter(|i| i.version != 0) {
                 let new = match value {
@@ -454,7 +543,10 @@ async fn apply(txn: &Transaction, stmt: &Statement, stash: &Stash) -> Result<Out
             Ok(Output::Tag(format!("UPDATE {n}")))
         }
         Statement::Delete { filter } => {
-            let (items, _) = matching(txn, filter, None).await?;
+            let (items, truncated) = matching(txn, filter, None).await?;
+            if truncated {
+                return Err(fail(stash, too_many_to_change("DELETE")));
+            }
             let mut n = 0;
             for item in items.iter().filter(|i| i.version != 0) {
                 txn.delete(&item.key)?;
@@ -503,5 +595,30 @@ mod tests {
         assert!(text.contains("TxnStatus"), "{text}");
         assert!(!e.connection);
         assert!(SqlError::from_client(&Error::Unavailable("x".into()), false).connection);
+    }
+
+    #[test]
+    fn a_transport_failure_is_a_connection_error_not_an_internal_one() {
+        let err = Error::Server {
+            code: tonic::Code::Unknown,
+            message: "transport error".into(),
+        };
+        let e = SqlError::from_client(&err, false);
+        assert!(e.connection, "{e:?}");
+        assert!(e.code.starts_with("08006"), "{e:?}");
+        let err = Error::Server {
+            code: tonic::Code::Internal,
+            message: "transport error".into(),
+        };
+        assert!(!SqlError::from_client(&err, false).connection);
+    }
+
+    #[test]
+    fn only_a_limit_the_statement_did_not_choose_is_reported() {
+        assert_eq!(unchosen_cut(None, true), Some(SCAN_LIMIT_DEFAULT));
+        assert_eq!(unchosen_cut(None, false), None);
+        assert_eq!(unchosen_cut(Some(5), true), None);
+        let max = trellis_types::limits::SCAN_LIMIT_MAX;
+        assert_eq!(unchosen_cut(Some(max + 1), true), Some(max));
     }
 }

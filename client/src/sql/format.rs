@@ -1,5 +1,12 @@
 //! Printing results: aligned table (psql-like), expanded rows, CSV, TSV,
-//! JSON.
+//! JSON, and the notices that go with them on standard error.
+//!
+//! A value is text when it is UTF-8 whose only control characters are
+//! newline, carriage return and tab; anything else prints as `\x` and hex
+//! (like psql's bytea). Each format then writes text its own way: the table
+//! spreads a multi-line value over lines with psql's `+` marks, CSV quotes
+//! it, TSV escapes it as PostgreSQL's COPY text format does (`\n`, `\t`,
+//! `\r`, `\\`), JSON as a JSON string.
 
 use std::fmt::Write as _;
 
@@ -27,13 +34,83 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// A cell as text: UTF-8 without control characters as is, anything else
-/// as `\x` and hex (like psql's bytea).
+/// Control characters a text value may hold and still print as text.
+const TEXT_CONTROLS: [char; 3] = ['\n', '\r', '\t'];
+
+/// A cell as text: UTF-8 whose only control characters are newline,
+/// carriage return and tab as is, anything else as `\x` and hex (like
+/// psql's bytea).
 pub fn cell(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(s) if !s.chars().any(char::is_control) => s.to_string(),
+        Ok(s)
+            if !s
+                .chars()
+                .any(|c| c.is_control() && !TEXT_CONTROLS.contains(&c)) =>
+        {
+            s.to_string()
+        }
         _ => format!("\\x{}", hex::encode(bytes)),
     }
+}
+
+/// A cell's lines in the table formats: split at newlines, with carriage
+/// returns and tabs shown as `\r` and `\t` so they cannot move the cursor.
+fn table_lines(cell: &str) -> Vec<String> {
+    cell.split('\n')
+        .map(|line| line.replace('\r', "\\r").replace('\t', "\\t"))
+        .collect()
+}
+
+/// A TSV field as PostgreSQL's COPY text format writes it: backslash,
+/// newline, carriage return and tab escaped, so every row is one line.
+fn tsv_field(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What the shell says on standard error about `output` besides its rows:
+/// a scan cut by a limit the statement did not choose, and the keys of
+/// `IN (...)` that do not exist (they give no row, as in SQL).
+pub fn notices(output: &Output) -> Vec<String> {
+    let Output::Rows {
+        rows,
+        truncated,
+        absent,
+        ..
+    } = output
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(limit) = truncated {
+        out.push(format!(
+            "NOTICE: more keys match than the {} row(s) shown: a scan returns at most {limit} rows \
+             without LIMIT, and at most {} with it; add LIMIT n or narrow the prefix",
+            rows.len(),
+            trellis_types::limits::SCAN_LIMIT_MAX
+        ));
+    }
+    if !absent.is_empty() {
+        out.push(format!(
+            "NOTICE: {} key(s) of IN (...) do not exist and give no row: {}",
+            absent.len(),
+            absent
+                .iter()
+                .map(|k| crate::error::quote_key(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out
 }
 
 fn width(s: &str) -> usize {
@@ -80,7 +157,8 @@ pub fn render(output: &Output, format: Format, expanded: bool) -> String {
             columns,
             rows,
             truncated,
-        } => (columns, rows, *truncated),
+            ..
+        } => (columns, rows, truncated.is_some()),
     };
     let text: Vec<Vec<String>> = rows
         .iter()
@@ -95,15 +173,26 @@ pub fn render(output: &Output, format: Format, expanded: bool) -> String {
             for (i, row) in text.iter().enumerate() {
                 let _ = writeln!(out, "-[ RECORD {} ]{}", i + 1, "-".repeat(w.max(3)));
                 for (c, v) in columns.iter().zip(row) {
-                    let _ = writeln!(out, "{c:<w$} | {v}");
+                    // Lines of a multi-line value end in `+`, as in psql.
+                    let lines = table_lines(v);
+                    for (i, line) in lines.iter().enumerate() {
+                        let name = if i == 0 { c.as_str() } else { "" };
+                        let more = if i + 1 < lines.len() { "+" } else { "" };
+                        let _ = writeln!(out, "{name:<w$} | {line}{more}");
+                    }
                 }
             }
         }
         Format::Table => {
+            let cells: Vec<Vec<Vec<String>>> = text
+                .iter()
+                .map(|r| r.iter().map(|c| table_lines(c)).collect())
+                .collect();
             let widths: Vec<usize> = (0..columns.len())
                 .map(|i| {
-                    text.iter()
-                        .map(|r| width(&r[i]))
+                    cells
+                        .iter()
+                        .flat_map(|r| r[i].iter().map(|l| width(l)))
                         .chain([width(&columns[i])])
                         .max()
                         .unwrap_or(0)
@@ -120,13 +209,20 @@ pub fn render(output: &Output, format: Format, expanded: bool) -> String {
             let _ = writeln!(out, " {}", header.join(" | ").trim_end());
             let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
             let _ = writeln!(out, "{}", rule.join("+"));
-            for row in &text {
-                let cells: Vec<String> = row
-                    .iter()
-                    .zip(&widths)
-                    .map(|(v, w)| format!("{v}{}", " ".repeat(w - width(v))))
-                    .collect();
-                let _ = writeln!(out, " {}", cells.join(" | ").trim_end());
+            for row in &cells {
+                // A multi-line value takes several lines; each line but its
+                // last ends in `+` where the column's space would be (psql).
+                let height = row.iter().map(Vec::len).max().unwrap_or(1);
+                for i in 0..height {
+                    let mut line = String::new();
+                    for (j, (lines, w)) in row.iter().zip(&widths).enumerate() {
+                        let v = lines.get(i).map_or("", String::as_str);
+                        let more = if i + 1 < lines.len() { '+' } else { ' ' };
+                        let sep = if j == 0 { "" } else { "|" };
+                        let _ = write!(line, "{sep} {v}{}{more}", " ".repeat(w - width(v)));
+                    }
+                    let _ = writeln!(out, "{}", line.trim_end());
+                }
             }
             let n = text.len();
             let _ = writeln!(
@@ -134,7 +230,7 @@ pub fn render(output: &Output, format: Format, expanded: bool) -> String {
                 "({n} {}{})",
                 if n == 1 { "row" } else { "rows" },
                 if truncated {
-                    ", truncated: more keys match"
+                    ", truncated: more keys match (see the notice)"
                 } else {
                     ""
                 }
@@ -163,9 +259,9 @@ pub fn render(output: &Output, format: Format, expanded: bool) -> String {
         }
         Format::Tsv => {
             let _ = writeln!(out, "{}", columns.join("\t"));
-            // Cells hold no tab or newline: control characters print as hex.
             for row in &text {
-                let _ = writeln!(out, "{}", row.join("\t"));
+                let fields: Vec<String> = row.iter().map(|c| tsv_field(c)).collect();
+                let _ = writeln!(out, "{}", fields.join("\t"));
             }
         }
         Format::Json => {
@@ -204,7 +300,20 @@ mod tests {
                 vec![b"a".to_vec(), b"hello".to_vec()],
                 vec![b"bb".to_vec(), vec![0, 1]],
             ],
-            truncated: false,
+            truncated: None,
+            absent: Vec::new(),
+        }
+    }
+
+    fn multi_line() -> Output {
+        Output::Rows {
+            columns: vec!["k".into(), "v".into()],
+            rows: vec![
+                vec![b"a".to_vec(), b"line 1\nline 2".to_vec()],
+                vec![b"b".to_vec(), b"tab\there \\ back".to_vec()],
+            ],
+            truncated: None,
+            absent: Vec::new(),
         }
     }
 
@@ -218,9 +327,10 @@ mod tests {
 
     #[test]
     fn other_formats() {
+        // TSV escapes backslashes as COPY does, hex included.
         assert_eq!(
             render(&sample(), Format::Tsv, false),
-            "k\tv\na\thello\nbb\t\\x0001\n"
+            "k\tv\na\thello\nbb\t\\\\x0001\n"
         );
         assert_eq!(
             render(&sample(), Format::Csv, false),
@@ -234,6 +344,50 @@ mod tests {
         assert_eq!(
             render(&Output::Tag("INSERT 0 1".into()), Format::Tsv, false),
             "INSERT 0 1\n"
+        );
+    }
+
+    #[test]
+    fn text_with_newlines_and_tabs_is_text_in_every_format() {
+        assert_eq!(cell(b"a\nb"), "a\nb");
+        assert_eq!(cell(&[0xff, 0x00]), "\\xff00", "not UTF-8: hex");
+        assert_eq!(cell(b"bell\x07"), "\\x62656c6c07", "other controls: hex");
+        assert_eq!(
+            render(&multi_line(), Format::Table, false),
+            " k |        v\n---+------------------\n a | line 1          +\n   | line 2\n b | tab\\there \\ back\n(2 rows)\n"
+        );
+        assert_eq!(
+            render(&multi_line(), Format::Tsv, false),
+            "k\tv\na\tline 1\\nline 2\nb\ttab\\there \\\\ back\n"
+        );
+        assert_eq!(
+            render(&multi_line(), Format::Csv, false),
+            "k,v\na,\"line 1\nline 2\"\nb,tab\there \\ back\n"
+        );
+        assert_eq!(
+            render(&multi_line(), Format::Json, false),
+            "[{\"k\":\"a\",\"v\":\"line 1\\u000aline 2\"},{\"k\":\"b\",\"v\":\"tab\\u0009here \\\\ back\"}]\n"
+        );
+        let expanded = render(&multi_line(), Format::Table, true);
+        assert!(expanded.contains("v | line 1+\n  | line 2\n"), "{expanded}");
+    }
+
+    #[test]
+    fn notices_name_the_cut_and_the_absent_keys() {
+        assert!(notices(&sample()).is_empty());
+        let output = Output::Rows {
+            columns: vec!["k".into()],
+            rows: vec![vec![b"a".to_vec()]],
+            truncated: Some(1000),
+            absent: vec![b"zz".to_vec()],
+        };
+        let n = notices(&output);
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert!(n[0].contains("at most 1000 rows without LIMIT"), "{n:?}");
+        assert!(n[1].contains("'zz'"), "{n:?}");
+        assert!(
+            render(&output, Format::Table, false).contains("(1 row, truncated"),
+            "the table says so too"
         );
     }
 }

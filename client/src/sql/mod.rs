@@ -6,7 +6,7 @@ pub mod format;
 mod parse;
 
 pub use exec::{Output, Session, SqlError, TxnStatus};
-pub use format::{Format, render};
+pub use format::{Format, notices, render};
 pub use parse::{
     Column, Filter, KEYWORDS, NewValue, ParseError, Statement, is_blank, parse, parse_duration,
     split_statements,
