@@ -3,9 +3,12 @@
 //! through gRPC's standard richer error model, and a reflection client
 //! discovers the services without any `.proto` file (what `grpcurl` does).
 //!
-//! The Python test needs `python3` with the packages of
-//! `examples/python/requirements.txt`; without them it fails and says how to
-//! install them (CI installs them first). `PYTHON` picks another interpreter.
+//! The Python test needs only `python3` (with its `venv` module): it makes
+//! a virtual environment of its own under `target/` and installs
+//! `examples/python/requirements.txt` into it from PyPI, once (again when
+//! the requirements change), so the README's test command needs nothing
+//! installed by hand. `PYTHON` names an interpreter that already has the
+//! packages instead.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -22,6 +25,9 @@ const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
 const PYTHON_POLL: Duration = Duration::from_millis(50);
 
 const INSTALL_HINT: &str = "python3 -m pip install -r examples/python/requirements.txt";
+/// How long making the virtual environment and installing the pinned
+/// packages may take (a download of about 60 MB on first use).
+const VENV_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,27 +36,85 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The interpreter to run the example with: `PYTHON` if set, else the
+/// test's own virtual environment, made (and filled from the requirements
+/// file) when missing or when the requirements changed since.
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+    if let Ok(python) = std::env::var("PYTHON") {
+        return python;
+    }
+    static VENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> String {
+    let requirements = repo_root().join("examples/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("reading the requirements file");
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    let python = venv.join("bin/python");
+    // The requirements this environment was filled from, written last: a
+    // half-made environment never counts as made.
+    let stamp = venv.join("trellis-requirements.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|done| done == wanted) && python.exists() {
+        return python.display().to_string();
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let step = |program: &std::path::Path, args: &[&str]| {
+        let output = run_bounded(program.as_os_str(), args, VENV_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed ({}); the Python client test needs python3 with \
+             its venv module (Debian: apt-get install python3-venv) and PyPI, or \
+             PYTHON=an interpreter that has run `{INSTALL_HINT}`:\n{}",
+            program.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    step(
+        std::path::Path::new("python3"),
+        &["-m", "venv", venv.to_str().expect("utf-8 path")],
+    );
+    step(
+        &python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            requirements.to_str().expect("utf-8 path"),
+        ],
+    );
+    std::fs::write(&stamp, wanted).expect("writing the venv's stamp");
+    python.display().to_string()
 }
 
 /// Runs `python <args>` in the repository root, killing it (by its PID,
 /// which we started) after [`PYTHON_TIMEOUT`].
 fn run_python(args: &[&str]) -> Output {
-    let mut child = Command::new(python())
+    run_bounded(python().as_ref(), args, PYTHON_TIMEOUT)
+}
+
+/// Runs `program <args>` in the repository root, killing it (by its PID,
+/// which we started) after `timeout`.
+fn run_bounded(program: &std::ffi::OsStr, args: &[&str], timeout: Duration) -> Output {
+    let shown = program.to_string_lossy().into_owned();
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(repo_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}; install Python 3", python()));
-    let deadline = Instant::now() + PYTHON_TIMEOUT;
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}; install Python 3"));
+    let deadline = Instant::now() + timeout;
     while child.try_wait().expect("waiting for python").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let output = child.wait_with_output().expect("python output");
             panic!(
-                "python {args:?} ran longer than {PYTHON_TIMEOUT:?}; stderr:\n{}",
+                "{shown} {args:?} ran longer than {timeout:?}; stderr:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
