@@ -308,6 +308,8 @@ pub struct Repl {
     pub feed: Feed,
     /// This replica's own address in the configuration.
     me: Mutex<String>,
+    /// Where this replica serves metrics, for the cluster status.
+    metrics_addr: Mutex<String>,
     /// The coordinator it reaches the catalog through.
     coordinator: Mutex<Option<String>>,
     /// Primary: when its durable LSN reached each value, for the records
@@ -348,6 +350,7 @@ impl Repl {
             marks: watch::channel(Marks::default()).0,
             feed: Feed::new(feed_bytes_max),
             me: Mutex::new(String::new()),
+            metrics_addr: Mutex::new(String::new()),
             coordinator: Mutex::new(None),
             durable_at: Mutex::new(VecDeque::new()),
         }
@@ -359,6 +362,21 @@ impl Repl {
 
     pub fn set_me(&self, addr: &str) {
         *self.me.lock().expect("me lock poisoned") = addr.to_string();
+    }
+
+    /// Where this replica serves metrics (reported by its status).
+    pub fn set_metrics_addr(&self, addr: &str) {
+        *self
+            .metrics_addr
+            .lock()
+            .expect("metrics_addr lock poisoned") = addr.to_string();
+    }
+
+    pub fn metrics_addr(&self) -> String {
+        self.metrics_addr
+            .lock()
+            .expect("metrics_addr lock poisoned")
+            .clone()
     }
 
     pub fn set_coordinator(&self, addr: &str) {
