@@ -24,7 +24,10 @@ Member columns:
                            heard from it within 2 s (a network problem)
               down         nobody heard from it for 2 s: not the coordinator,
                            not its primary (for a backup), not its backups
-                           (for a primary). Lag and lease are then `-`.
+                           (for a primary).
+            A member that did not answer shows `-` for what only it knows
+            (epoch, last lsn, keys, in doubt, up); one that is down also
+            for lag and lease.
             `(not in sync)` marks a backup outside the configuration.
   epoch     the primary epoch it is at
   lease     primary only: time its lease has left; LAPSED when it ran out
@@ -51,8 +54,10 @@ rows silent for 10 minutes are deleted.
 
 --format json prints the same as one object: a member has `alive`
 (false: down), `last_heard_ms` (null: never), `metrics_addr`, `uptime_s`;
-`lease_ms` is null unless the member is a live primary with a lease, and
-`lag_records`/`lag_ms` are null for a member that is down.
+`lease_ms` is null unless the member is a live primary with a lease,
+`lag_records`/`lag_ms` are null for a member that is down, and its own
+numbers (epoch, last_lsn, keys, in_doubt, map_epoch, uptime_s) are null
+when it did not answer.
 
 Examples:
   trellis status
@@ -124,6 +129,12 @@ fn heard(m: &pb::MemberStatus) -> String {
     }
 }
 
+/// Whether the member answered this status call itself: only then are its
+/// own numbers (epoch, LSN, keys, in doubt, uptime) known.
+fn answered(m: &pb::MemberStatus) -> bool {
+    m.alive && m.role != "unreachable"
+}
+
 fn or_dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { s.into() }
 }
@@ -145,6 +156,14 @@ pub fn table(status: &pb::StatusResponse) -> String {
         for m in &g.members {
             let unregistered = m.role == "unregistered";
             let down = !m.alive && !unregistered;
+            // Its own numbers, `-` when it did not answer.
+            let own = |n: u64| {
+                if answered(m) || unregistered {
+                    n.to_string()
+                } else {
+                    "-".into()
+                }
+            };
             rows.push(vec![
                 g.group_id.to_string(),
                 g.slots_owned.to_string(),
@@ -155,7 +174,7 @@ pub fn table(status: &pb::StatusResponse) -> String {
                 } else {
                     format!("{} (not in sync)", m.role)
                 },
-                m.epoch.to_string(),
+                own(m.epoch),
                 match (m.role.as_str(), lease_ms(m)) {
                     (_, Some(0)) => "LAPSED".into(),
                     (_, Some(ms)) => format!("{ms} ms"),
@@ -163,7 +182,7 @@ pub fn table(status: &pb::StatusResponse) -> String {
                     _ if down => "-".into(),
                     _ => String::new(),
                 },
-                m.last_lsn.to_string(),
+                own(m.last_lsn),
                 if down {
                     "-".into()
                 } else if m.role == "primary" || unregistered {
@@ -171,14 +190,14 @@ pub fn table(status: &pb::StatusResponse) -> String {
                 } else {
                     format!("{} rec / {} ms", m.lag_records, m.lag_ms)
                 },
-                m.keys.to_string(),
-                m.in_doubt.to_string(),
+                own(m.keys),
+                own(m.in_doubt),
                 if unregistered {
                     String::new()
                 } else {
                     heard(m)
                 },
-                if m.alive {
+                if answered(m) {
                     duration_s(m.uptime_s)
                 } else {
                     "-".into()
@@ -307,6 +326,7 @@ pub fn json(status: &pb::StatusResponse) -> String {
                 .iter()
                 .map(|m| {
                     let lag = |n: u64| number_or_null(m.alive.then_some(n));
+                    let own = |n: u64| number_or_null(answered(m).then_some(n));
                     format!(
                         "{{\"address\":{},\"pid\":{},\"role\":{},\"alive\":{},\"last_heard_ms\":{},\"uptime_s\":{},\"metrics_addr\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{},\"catch_up\":{},\"catch_up_done\":{},\"catch_up_total\":{}}}",
                         quote(&m.address),
@@ -314,17 +334,17 @@ pub fn json(status: &pb::StatusResponse) -> String {
                         quote(&m.role),
                         m.alive,
                         number_or_null(m.last_heard_ms),
-                        m.uptime_s,
+                        own(m.uptime_s),
                         quote(&m.metrics_addr),
                         m.in_sync,
-                        m.epoch,
+                        own(m.epoch),
                         number_or_null(lease_ms(m)),
-                        m.last_lsn,
+                        own(m.last_lsn),
                         lag(m.lag_records),
                         lag(m.lag_ms),
-                        m.keys,
-                        m.in_doubt,
-                        m.map_epoch,
+                        own(m.keys),
+                        own(m.in_doubt),
+                        own(m.map_epoch),
                         quote(&m.catch_up),
                         m.catch_up_done,
                         m.catch_up_total
@@ -424,19 +444,28 @@ mod tests {
             .lines()
             .find(|l| l.contains("127.0.0.1:4001"))
             .expect("down row");
-        let cells: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         assert_eq!(cells[4].trim(), "down", "{text}");
         assert!(!row.contains("rec /"), "no lag for a down member: {text}");
+        assert_eq!(
+            &cells[5..8],
+            ["-", "-", "-"],
+            "epoch, lease, last lsn: {text}"
+        );
         assert!(row.contains("2.5 s ago"), "{text}");
         let json = json(&status);
         assert!(
             json.contains(
-                "\"role\":\"down\",\"alive\":false,\"last_heard_ms\":2500,\"uptime_s\":0"
+                "\"role\":\"down\",\"alive\":false,\"last_heard_ms\":2500,\"uptime_s\":null"
             ),
             "{json}"
         );
         assert!(
-            json.contains("\"lease_ms\":null,\"last_lsn\":0,\"lag_records\":null,\"lag_ms\":null"),
+            json.contains("\"lease_ms\":null,\"last_lsn\":null,\"lag_records\":null,\"lag_ms\":null,\"keys\":null"),
             "{json}"
         );
     }
