@@ -1181,7 +1181,7 @@ impl Catalog {
                     // A heartbeat "in the future" means the database clock
                     // stepped back; it is as fresh as can be.
                     heartbeat_age_ms: u64::try_from(age_ms).unwrap_or(0),
-                    uptime_ms: (uptime_ms >= 0).then(|| uptime_ms as u64),
+                    uptime_ms: u64::try_from(uptime_ms).ok(),
                 },
             )
             .collect())
