@@ -22,9 +22,10 @@ Member columns:
             configuration), idle (waiting for its configuration), or:
               unreachable  this coordinator cannot reach it, but its group
                            heard from it within 2 s (a network problem)
-              down         nobody heard from it for 2 s: not the coordinator,
-                           not its primary (for a backup), not its backups
-                           (for a primary).
+              down         its address refuses connections (the process
+                           is gone), or nobody heard from it for 2 s: not
+                           the coordinator, not its primary (for a
+                           backup), not its backups (for a primary).
             A member that did not answer shows `-` for what only it knows
             (epoch, last lsn, keys, in doubt, up); one that is down also
             for lag and lease.
@@ -119,10 +120,12 @@ fn duration_s(s: u64) -> String {
     }
 }
 
-/// When a member was last heard from: `now`, `1.5 s ago`, `never`.
+/// When a member was last heard from: `now`, `300 ms ago`, `1.5 s ago`,
+/// `never`.
 fn heard(m: &pb::MemberStatus) -> String {
     match m.last_heard_ms {
         Some(0) => "now".into(),
+        Some(ms) if ms < 1000 => format!("{ms} ms ago"),
         Some(ms) if ms < 10_000 => format!("{:.1} s ago", ms as f64 / 1000.0),
         Some(ms) => format!("{} ago", duration_s(ms / 1000)),
         None => "never".into(),
@@ -224,7 +227,7 @@ pub fn table(status: &pb::StatusResponse) -> String {
                     c.address.clone(),
                     if c.alive { "alive" } else { "DEAD" }.into(),
                     format!("{} ago", duration_s(c.heartbeat_age_s)),
-                    if c.alive && c.uptime_s > 0 {
+                    if c.alive {
                         duration_s(c.uptime_s)
                     } else {
                         "-".into()

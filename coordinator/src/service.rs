@@ -348,11 +348,12 @@ impl pb::admin_server::Admin for AdminApi {
                         Ok(mut client) => {
                             let call = client.shard_status(shard_pb::ShardStatusRequest {});
                             match tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
-                                Ok(Ok(answer)) => Some(answer.into_inner()),
-                                _ => None,
+                                Ok(Ok(answer)) => Answer::Status(answer.into_inner()),
+                                Ok(Err(status)) if refused(&status) => Answer::Refused,
+                                _ => Answer::Silent,
                             }
                         }
-                        Err(_) => None,
+                        Err(_) => Answer::Silent,
                     };
                     (m, answer)
                 }))
@@ -404,26 +405,62 @@ impl pb::admin_server::Admin for AdminApi {
     }
 }
 
-/// The status of a group's members from what each answered (`None`: no
-/// answer in time), in configuration order (the first is the configured
-/// primary). A member that did not answer is alive if its group heard from
-/// it within [`MEMBER_SILENCE_MAX`] ("unreachable": only this coordinator
-/// cannot reach it), else down; either way lag and catch-up come only from
-/// the primary's view of a live member, never a stale or made-up number.
+/// What a member said when asked for its status.
+enum Answer {
+    Status(shard_pb::ShardStatusResponse),
+    /// Its address refused the connection: nothing listens there, so the
+    /// process is gone (or not yet back), whatever its group last heard.
+    Refused,
+    /// No answer in time, or another failure: it may be alive behind a
+    /// network problem.
+    Silent,
+}
+
+impl Answer {
+    fn status(&self) -> Option<&shard_pb::ShardStatusResponse> {
+        match self {
+            Answer::Status(s) => Some(s),
+            Answer::Refused | Answer::Silent => None,
+        }
+    }
+}
+
+/// Whether a failed call's cause is a refused TCP connection.
+fn refused(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(err) = cause {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// The status of a group's members from what each answered, in
+/// configuration order (the first is the configured primary). A member
+/// that did not answer is down if its address refused the connection;
+/// else alive if its group heard from it within [`MEMBER_SILENCE_MAX`]
+/// ("unreachable": only this coordinator cannot reach it), else down.
+/// Either way lag and catch-up come only from the primary's view of a live
+/// member, never a stale or made-up number.
 fn member_statuses(
-    answers: &[(&Member, Option<shard_pb::ShardStatusResponse>)],
+    answers: &[(&Member, Answer)],
     now: Instant,
     seen: &mut BTreeMap<String, Seen>,
 ) -> Vec<pb::MemberStatus> {
     let is = |a: &shard_pb::ShardStatusResponse, role: &str| a.role.eq_ignore_ascii_case(role);
     let primary = answers
         .iter()
-        .find_map(|(_, a)| a.as_ref().filter(|a| is(a, "primary")));
+        .find_map(|(_, a)| a.status().filter(|a| is(a, "primary")));
     let primary_lsn = primary.map_or(0, |p| p.last_lsn);
     // How long ago the backups last heard from their primary (the freshest).
     let primary_heard_ms = answers
         .iter()
-        .filter_map(|(_, a)| a.as_ref())
+        .filter_map(|(_, a)| a.status())
         .filter(|a| is(a, "backup") || is(a, "learner"))
         .map(|a| a.primary_silent_ms)
         .min();
@@ -440,7 +477,7 @@ fn member_statuses(
                 ..Default::default()
             };
             match answer {
-                Some(s) => {
+                Answer::Status(s) => {
                     seen.insert(
                         m.addr.clone(),
                         Seen {
@@ -462,7 +499,7 @@ fn member_statuses(
                     member.metrics_addr = s.metrics_addr.clone();
                     member.uptime_s = s.uptime_ms / 1000;
                 }
-                None => {
+                Answer::Refused | Answer::Silent => {
                     let by_group = match progress {
                         Some(p) => Some(p.silent_ms),
                         None if ordinal == 0 => primary_heard_ms,
@@ -472,7 +509,8 @@ fn member_statuses(
                     let by_me =
                         remembered.map(|s| now.saturating_duration_since(s.at).as_millis() as u64);
                     member.last_heard_ms = by_group.into_iter().chain(by_me).min();
-                    member.alive = by_group.is_some_and(|ms| ms <= silence_max_ms);
+                    member.alive = matches!(answer, Answer::Silent)
+                        && by_group.is_some_and(|ms| ms <= silence_max_ms);
                     member.role = if member.alive { "unreachable" } else { "down" }.into();
                     if let Some(s) = remembered {
                         member.pid = s.pid;
@@ -492,6 +530,32 @@ fn member_statuses(
             member
         })
         .collect()
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// A call to a port nobody listens on fails as refused, through
+    /// tonic's and hyper's error wrapping, on the coordinator's own lazy
+    /// channel (what the status handler sees when a member was killed).
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(STATUS_RPC_TIMEOUT)
+            .timeout(STATUS_RPC_TIMEOUT);
+        let mut client = shard_pb::shard_client::ShardClient::new(trellis_net::lazy(endpoint));
+        let err = client
+            .shard_status(shard_pb::ShardStatusRequest {})
+            .await
+            .expect_err("nobody listens");
+        assert!(refused(&err), "{err:?}");
+        assert!(!refused(&Status::unavailable("no route")));
+    }
 }
 
 /// Where shards register.
