@@ -9,8 +9,9 @@ use trellis_proto::v1 as pb;
 /// Deadline of the status call.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(clap::Args)]
-#[command(after_help = "\
+/// What `trellis status --help` adds below the flags. Its numbers are the
+/// coordinator's bounds; `help_states_the_bounds` keeps them in step.
+const HELP: &str = "\
 Shows the slot-map epoch, the catalog backend, every shard group with its
 members, and the coordinators registered in the catalog. The coordinator
 you ask calls every member itself (2 s deadline each).
@@ -62,7 +63,10 @@ when it did not answer.
 
 Examples:
   trellis status
-  trellis status --addr 10.0.0.5:50051 --format json")]
+  trellis status --addr 10.0.0.5:50051 --format json";
+
+#[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// Coordinator address.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -421,6 +425,50 @@ mod tests {
                 metrics_addr: "127.0.0.1:9101".into(),
                 uptime_s: 7,
             }],
+        }
+    }
+
+    /// The help text states the coordinator's actual bounds.
+    #[test]
+    fn help_states_the_bounds() {
+        use trellis_coordinator::catalog::COORDINATOR_ROW_EXPIRY;
+        use trellis_coordinator::service::{MEMBER_SILENCE_MAX, STATUS_RPC_TIMEOUT};
+        use trellis_coordinator::{COORDINATOR_SILENCE_MAX, MAP_REFRESH_INTERVAL};
+        let secs = |d: Duration| format!("{} s", d.as_secs());
+        for (what, text) in [
+            (
+                "STATUS_RPC_TIMEOUT",
+                format!("({} deadline", secs(STATUS_RPC_TIMEOUT)),
+            ),
+            (
+                "MEMBER_SILENCE_MAX",
+                format!("within {}", secs(MEMBER_SILENCE_MAX)),
+            ),
+            (
+                "MEMBER_SILENCE_MAX",
+                format!("for {}:", secs(MEMBER_SILENCE_MAX)),
+            ),
+            (
+                "COORDINATOR_SILENCE_MAX",
+                format!("older than {}", secs(COORDINATOR_SILENCE_MAX)),
+            ),
+            (
+                "MAP_REFRESH_INTERVAL",
+                format!("every {}", secs(MAP_REFRESH_INTERVAL)),
+            ),
+            (
+                "COORDINATOR_ROW_EXPIRY",
+                format!(
+                    "silent for {} minutes",
+                    COORDINATOR_ROW_EXPIRY.as_secs() / 60
+                ),
+            ),
+        ] {
+            let flat = HELP.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                flat.contains(&text),
+                "{what}: no `{text}` in the help:\n{HELP}"
+            );
         }
     }
 
