@@ -500,8 +500,10 @@ fn member_statuses(
                     member.uptime_s = s.uptime_ms / 1000;
                 }
                 Answer::Refused | Answer::Silent => {
+                    // A primary that never heard from it since tracking it
+                    // (a new primary, after a failover) cannot vouch for it.
                     let by_group = match progress {
-                        Some(p) => Some(p.silent_ms),
+                        Some(p) => p.heard.then_some(p.silent_ms),
                         None if ordinal == 0 => primary_heard_ms,
                         None => None,
                     };

@@ -238,6 +238,9 @@ pub struct Peer {
     /// When it last acknowledged anything (or when this primary started,
     /// before it did).
     pub last_ack: Instant,
+    /// It acknowledged something to this primary: `last_ack` is a time it
+    /// was heard from, not only when tracking began (for the status).
+    pub heard: bool,
     /// Send time of the newest batch it acknowledged: its lease grant.
     pub lease_from: Option<Instant>,
     /// Set while its stream is bringing it up to date.
@@ -473,6 +476,7 @@ impl Repl {
                 inner.peers.entry(addr).or_insert(Peer {
                     acked: 0,
                     last_ack: now,
+                    heard: false,
                     lease_from: None,
                     catch_up: None,
                 });
@@ -496,6 +500,7 @@ impl Repl {
         if let Some(peer) = inner.peers.get_mut(addr) {
             peer.acked = peer.acked.max(durable);
             peer.last_ack = now;
+            peer.heard = true;
             if let Some(sent) = sent
                 && peer.lease_from.is_none_or(|l| l < sent)
             {

@@ -597,6 +597,7 @@ impl ShardService for ShardApi {
                         acked_lsn: p.acked,
                         in_sync: in_sync(addr),
                         silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
+                        heard: p.heard,
                         catch_up: p
                             .catch_up
                             .map(|c| c.mode.name().to_string())

@@ -293,3 +293,46 @@ async fn dead_coordinators_show_as_dead_and_restarts_replace_rows() {
         "{json:#}"
     );
 }
+
+/// Story: the primary of a group of three is killed. Status shows it
+/// `down` (its last pid, no lease, no numbers only it could give) while a
+/// backup is promoted and shown as the serving primary; restarted on its
+/// data, the old primary is alive again with a new pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_shows_down_while_a_backup_takes_over() {
+    let mut cluster = ReplicatedCluster::start(1, 3, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let old = cluster.primary(1).await.expect("primary");
+    let old_proc = cluster.proc(1, old);
+    let (old_addr, old_pid) = (old_proc.field("grpc").to_string(), old_proc.pid);
+    // The coordinator has heard from every member at least once.
+    status_both(&addr);
+
+    cluster.kill9(1, old);
+    let (json, table) = wait_status(&addr, "old primary down, a new one serving", |s| {
+        let members = s["groups"][0]["members"].as_array().expect("members");
+        member(s, &old_addr)["role"] == "down"
+            && members.iter().any(|m| {
+                m["role"] == "primary" && m["alive"] == true && m["address"] != old_addr.as_str()
+            })
+    })
+    .await;
+    eprintln!("the primary killed:\n{table}");
+    let m = member(&json, &old_addr);
+    assert_eq!(m["alive"], false, "{json:#}");
+    assert_eq!(m["pid"], old_pid, "the last pid known: {json:#}");
+    assert!(
+        m["lease_ms"].is_null() && m["lag_records"].is_null() && m["last_lsn"].is_null(),
+        "{json:#}"
+    );
+    assert!(m["last_heard_ms"].as_u64().is_some(), "{json:#}");
+    assert_eq!(cells(row(&table, &old_addr))[4], "down", "{table}");
+
+    cluster.restart(1, old).expect("restart the old primary");
+    let new_pid = cluster.proc(1, old).pid;
+    let (json, _) = wait_status(&addr, "the old primary back", |s| {
+        member(s, &old_addr)["alive"] == true
+    })
+    .await;
+    assert_eq!(member(&json, &old_addr)["pid"], new_pid, "{json:#}");
+}
