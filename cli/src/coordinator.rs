@@ -106,25 +106,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
+    let (metrics_addr, metrics_listener) = trellis_metrics::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     let id = format!("{advertise}/{}", std::process::id());
     catalog
-        .register_coordinator(&id, &advertise)
+        .register_coordinator(&id, &advertise, &metrics_addr.to_string())
         .await
         .context("registering this coordinator in the catalog")?;
 
     let metrics = Arc::new(Metrics::default());
     let router = Arc::new(Router::new(catalog, map));
     let txns = TxnManager::new(router, metrics.clone());
-
-    let (metrics_addr, metrics_listener) = trellis_metrics::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     let render = metrics.clone();
     let metrics_task = tokio::spawn(trellis_metrics::serve(metrics_listener, move || {
         render.render()
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));
-    let refresher_task = tokio::spawn(refresher(txns.clone(), id, advertise));
+    let refresher_task = tokio::spawn(refresher(
+        txns.clone(),
+        id,
+        advertise,
+        metrics_addr.to_string(),
+    ));
 
     println!("READY grpc={grpc_addr} metrics={metrics_addr}");
     tracing::info!(%grpc_addr, %metrics_addr, "coordinator serving");

@@ -190,6 +190,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let (metrics_addr, metrics_listener) = metrics::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
+    shard.repl.set_metrics_addr(&metrics_addr.to_string());
     let render_shard = shard.clone();
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, move || {
         render_shard.render_metrics()

@@ -9,20 +9,64 @@ use trellis_proto::v1 as pb;
 /// Deadline of the status call.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(clap::Args)]
-#[command(after_help = "\
+/// What `trellis status --help` adds below the flags. Its numbers are the
+/// coordinator's bounds; `help_states_the_bounds` keeps them in step.
+const HELP: &str = "\
 Shows the slot-map epoch, the catalog backend, every shard group with its
-members (address, process id, role, epoch, lease, last LSN, lag, keys,
-in-doubt transactions) and the coordinators registered in the catalog.
+members, and the coordinators registered in the catalog. The coordinator
+you ask calls every member itself (2 s deadline each).
 
-A backup being brought up to date shows how and how far in the catch-up
-column: `snapshot 40% (4.0 of 10.0 MiB)`, or `log 14% (2100 of 14140
-records)` for a backlog read from the primary's log on disk (`feed` for one
-from its memory).
+Member columns:
+  address   the member's gRPC address (its identity in the group)
+  pid       its process id (for a member that is down: the last one known)
+  role      primary, backup, learner (catching up, not yet in the
+            configuration), idle (waiting for its configuration), or:
+              unreachable  this coordinator cannot reach it, but its group
+                           heard from it within 2 s (a network problem)
+              down         its address refuses connections (the process
+                           is gone), or nobody heard from it for 2 s: not
+                           the coordinator, not its primary (for a
+                           backup), not its backups (for a primary).
+            A member that did not answer shows `-` for what only it knows
+            (epoch, last lsn, keys, in doubt, up); one that is down also
+            for lag and lease.
+            `(not in sync)` marks a backup outside the configuration.
+  epoch     the primary epoch it is at
+  lease     primary only: time its lease has left; LAPSED when it ran out
+            (it serves nothing until a backup acknowledges); `none` when no
+            in-sync backup exists, so no lease is needed (nobody could be
+            promoted over it)
+  last lsn  the last log record it has
+  lag       backups: records behind the primary / ms since the primary
+            last heard from it
+  heard     when this coordinator or the group last heard from it (`now`:
+            it answered this call; `never`: nobody here ever did)
+  up        how long its process has had its data open (a restarted member
+            shows a small one and a new pid)
+  metrics   where it serves Prometheus metrics (http://ADDR/metrics)
+  catch-up  how and how far a backup is being brought up to date:
+            `snapshot 40% (4.0 of 10.0 MiB)`, or `log 14% (2100 of 14140
+            records)` for a backlog read from the primary's log on disk
+            (`feed` for one from its memory)
+
+Coordinators are listed with `alive`, or `DEAD` when their last heartbeat
+in the catalog is older than 6 s (they heartbeat every 2 s). A coordinator
+that starts on an address replaces the rows of earlier runs there, and
+rows silent for 10 minutes are deleted.
+
+--format json prints the same as one object: a member has `alive`
+(false: down), `last_heard_ms` (null: never), `metrics_addr`, `uptime_s`;
+`lease_ms` is null unless the member is a live primary with a lease,
+`lag_records`/`lag_ms` are null for a member that is down, and its own
+numbers (epoch, last_lsn, keys, in_doubt, map_epoch, uptime_s) are null
+when it did not answer.
 
 Examples:
   trellis status
-  trellis status --addr 10.0.0.5:50051 --format json")]
+  trellis status --addr 10.0.0.5:50051 --format json";
+
+#[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// Coordinator address.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -63,6 +107,45 @@ pub async fn fetch(addr: &str) -> anyhow::Result<pb::StatusResponse> {
         .into_inner())
 }
 
+/// A primary's lease for people: `None` when it has none to show (not a
+/// live primary, or no in-sync backup so it needs none: `u64::MAX` on the
+/// wire).
+fn lease_ms(m: &pb::MemberStatus) -> Option<u64> {
+    (m.alive && m.role == "primary" && m.lease_ms != u64::MAX).then_some(m.lease_ms)
+}
+
+/// `12 s`, `3 min`, `2 h`, `4 d`: an age or uptime at a glance.
+fn duration_s(s: u64) -> String {
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// When a member was last heard from: `now`, `300 ms ago`, `1.5 s ago`,
+/// `never`.
+fn heard(m: &pb::MemberStatus) -> String {
+    match m.last_heard_ms {
+        Some(0) => "now".into(),
+        Some(ms) if ms < 1000 => format!("{ms} ms ago"),
+        Some(ms) if ms < 10_000 => format!("{:.1} s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("{} ago", duration_s(ms / 1000)),
+        None => "never".into(),
+    }
+}
+
+/// Whether the member answered this status call itself: only then are its
+/// own numbers (epoch, LSN, keys, in doubt, uptime) known.
+fn answered(m: &pb::MemberStatus) -> bool {
+    m.alive && m.role != "unreachable"
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
 /// The status as an aligned table.
 pub fn table(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
@@ -73,40 +156,98 @@ pub fn table(status: &pb::StatusResponse) -> String {
     );
     let header = [
         "group", "slots", "address", "pid", "role", "epoch", "lease", "last lsn", "lag", "keys",
-        "in doubt", "catch-up",
+        "in doubt", "heard", "up", "metrics", "catch-up",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for g in &status.groups {
         for m in &g.members {
+            let unregistered = m.role == "unregistered";
+            let down = !m.alive && !unregistered;
+            // Its own numbers, `-` when it did not answer.
+            let own = |n: u64| {
+                if answered(m) || unregistered {
+                    n.to_string()
+                } else {
+                    "-".into()
+                }
+            };
             rows.push(vec![
                 g.group_id.to_string(),
                 g.slots_owned.to_string(),
                 m.address.clone(),
                 m.pid.to_string(),
-                if m.in_sync || m.role == "primary" || m.role == "unregistered" {
+                if m.in_sync || down || m.role == "primary" || unregistered {
                     m.role.clone()
                 } else {
                     format!("{} (not in sync)", m.role)
                 },
-                m.epoch.to_string(),
-                match (m.role.as_str(), m.lease_ms) {
-                    ("primary", u64::MAX) => "-".into(),
-                    ("primary", 0) => "LAPSED".into(),
-                    ("primary", ms) => format!("{ms} ms"),
+                own(m.epoch),
+                match (m.role.as_str(), lease_ms(m)) {
+                    (_, Some(0)) => "LAPSED".into(),
+                    (_, Some(ms)) => format!("{ms} ms"),
+                    ("primary", None) => "none".into(),
+                    _ if down => "-".into(),
                     _ => String::new(),
                 },
-                m.last_lsn.to_string(),
-                if m.role == "primary" {
+                own(m.last_lsn),
+                if down {
+                    "-".into()
+                } else if m.role == "primary" || unregistered {
                     String::new()
                 } else {
                     format!("{} rec / {} ms", m.lag_records, m.lag_ms)
                 },
-                m.keys.to_string(),
-                m.in_doubt.to_string(),
+                own(m.keys),
+                own(m.in_doubt),
+                if unregistered {
+                    String::new()
+                } else {
+                    heard(m)
+                },
+                if answered(m) {
+                    duration_s(m.uptime_s)
+                } else {
+                    "-".into()
+                },
+                if unregistered {
+                    String::new()
+                } else {
+                    or_dash(&m.metrics_addr)
+                },
                 catch_up(m),
             ]);
         }
     }
+    write_aligned(&mut out, "", &header, &rows);
+    if !status.coordinators.is_empty() {
+        let _ = writeln!(out, "coordinators:");
+        let header = ["id", "address", "state", "heartbeat", "up", "metrics"];
+        let rows: Vec<Vec<String>> = status
+            .coordinators
+            .iter()
+            .map(|c| {
+                vec![
+                    c.id.clone(),
+                    c.address.clone(),
+                    if c.alive { "alive" } else { "DEAD" }.into(),
+                    format!("{} ago", duration_s(c.heartbeat_age_s)),
+                    if c.alive {
+                        duration_s(c.uptime_s)
+                    } else {
+                        "-".into()
+                    },
+                    or_dash(&c.metrics_addr),
+                ]
+            })
+            .collect();
+        write_aligned(&mut out, "  ", &header, &rows);
+    }
+    out
+}
+
+/// Writes `header` and `rows` as left-aligned columns, each line prefixed
+/// by `indent`.
+fn write_aligned(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
@@ -126,21 +267,14 @@ pub fn table(status: &pb::StatusResponse) -> String {
             .trim_end()
             .to_string()
     };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
-    for row in &rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    let _ = writeln!(out, "{indent}{}", line(header.to_vec()));
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{indent}{}",
+            line(row.iter().map(String::as_str).collect())
+        );
     }
-    if !status.coordinators.is_empty() {
-        let _ = writeln!(out, "coordinators:");
-        for c in &status.coordinators {
-            let _ = writeln!(
-                out,
-                "  {}  (heartbeat {} s ago)",
-                c.address, c.heartbeat_age_s
-            );
-        }
-    }
-    out
 }
 
 /// A backup's catch-up progress, e.g. `log 14% (2100 of 14140 records)`
@@ -183,6 +317,11 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// `Some(n)` as a number, `None` as `null`.
+fn number_or_null(n: Option<u64>) -> String {
+    n.map_or_else(|| "null".into(), |n| n.to_string())
+}
+
 /// The status as one JSON object.
 pub fn json(status: &pb::StatusResponse) -> String {
     let groups: Vec<String> = status
@@ -193,20 +332,26 @@ pub fn json(status: &pb::StatusResponse) -> String {
                 .members
                 .iter()
                 .map(|m| {
+                    let lag = |n: u64| number_or_null(m.alive.then_some(n));
+                    let own = |n: u64| number_or_null(answered(m).then_some(n));
                     format!(
-                        "{{\"address\":{},\"pid\":{},\"role\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{},\"catch_up\":{},\"catch_up_done\":{},\"catch_up_total\":{}}}",
+                        "{{\"address\":{},\"pid\":{},\"role\":{},\"alive\":{},\"last_heard_ms\":{},\"uptime_s\":{},\"metrics_addr\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{},\"catch_up\":{},\"catch_up_done\":{},\"catch_up_total\":{}}}",
                         quote(&m.address),
                         m.pid,
                         quote(&m.role),
+                        m.alive,
+                        number_or_null(m.last_heard_ms),
+                        own(m.uptime_s),
+                        quote(&m.metrics_addr),
                         m.in_sync,
-                        m.epoch,
-                        m.lease_ms,
-                        m.last_lsn,
-                        m.lag_records,
-                        m.lag_ms,
-                        m.keys,
-                        m.in_doubt,
-                        m.map_epoch,
+                        own(m.epoch),
+                        number_or_null(lease_ms(m)),
+                        own(m.last_lsn),
+                        lag(m.lag_records),
+                        lag(m.lag_ms),
+                        own(m.keys),
+                        own(m.in_doubt),
+                        own(m.map_epoch),
                         quote(&m.catch_up),
                         m.catch_up_done,
                         m.catch_up_total
@@ -226,10 +371,13 @@ pub fn json(status: &pb::StatusResponse) -> String {
         .iter()
         .map(|c| {
             format!(
-                "{{\"id\":{},\"address\":{},\"heartbeat_age_s\":{}}}",
+                "{{\"id\":{},\"address\":{},\"alive\":{},\"heartbeat_age_s\":{},\"uptime_s\":{},\"metrics_addr\":{}}}",
                 quote(&c.id),
                 quote(&c.address),
-                c.heartbeat_age_s
+                c.alive,
+                c.heartbeat_age_s,
+                c.uptime_s,
+                quote(&c.metrics_addr)
             )
         })
         .collect();
@@ -261,6 +409,11 @@ mod tests {
                     in_doubt: 0,
                     keys: 3,
                     map_epoch: 1,
+                    alive: true,
+                    last_heard_ms: Some(0),
+                    lease_ms: 640,
+                    uptime_s: 130,
+                    metrics_addr: "127.0.0.1:9100".into(),
                     ..Default::default()
                 }],
             }],
@@ -268,8 +421,156 @@ mod tests {
                 id: "a\"b".into(),
                 address: "x".into(),
                 heartbeat_age_s: 1,
+                alive: true,
+                metrics_addr: "127.0.0.1:9101".into(),
+                uptime_s: 7,
             }],
         }
+    }
+
+    /// The help text states the coordinator's actual bounds.
+    #[test]
+    fn help_states_the_bounds() {
+        use trellis_coordinator::catalog::COORDINATOR_ROW_EXPIRY;
+        use trellis_coordinator::service::{MEMBER_SILENCE_MAX, STATUS_RPC_TIMEOUT};
+        use trellis_coordinator::{COORDINATOR_SILENCE_MAX, MAP_REFRESH_INTERVAL};
+        let secs = |d: Duration| format!("{} s", d.as_secs());
+        for (what, text) in [
+            (
+                "STATUS_RPC_TIMEOUT",
+                format!("({} deadline", secs(STATUS_RPC_TIMEOUT)),
+            ),
+            (
+                "MEMBER_SILENCE_MAX",
+                format!("within {}", secs(MEMBER_SILENCE_MAX)),
+            ),
+            (
+                "MEMBER_SILENCE_MAX",
+                format!("for {}:", secs(MEMBER_SILENCE_MAX)),
+            ),
+            (
+                "COORDINATOR_SILENCE_MAX",
+                format!("older than {}", secs(COORDINATOR_SILENCE_MAX)),
+            ),
+            (
+                "MAP_REFRESH_INTERVAL",
+                format!("every {}", secs(MAP_REFRESH_INTERVAL)),
+            ),
+            (
+                "COORDINATOR_ROW_EXPIRY",
+                format!(
+                    "silent for {} minutes",
+                    COORDINATOR_ROW_EXPIRY.as_secs() / 60
+                ),
+            ),
+        ] {
+            let flat = HELP.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                flat.contains(&text),
+                "{what}: no `{text}` in the help:\n{HELP}"
+            );
+        }
+    }
+
+    /// A member nobody heard from shows as down, with no lag or lease
+    /// (which would be stale or made up), in the table and in JSON.
+    #[test]
+    fn down_members_show_no_numbers() {
+        let mut status = sample();
+        status.groups[0].members.push(pb::MemberStatus {
+            address: "127.0.0.1:4001".into(),
+            pid: 43,
+            role: "down".into(),
+            in_sync: true,
+            alive: false,
+            last_heard_ms: Some(2500),
+            // What a primary reported before it dropped the backup: must
+            // not show.
+            lag_records: 7,
+            lag_ms: 2500,
+            ..Default::default()
+        });
+        let text = table(&status);
+        let row = text
+            .lines()
+            .find(|l| l.contains("127.0.0.1:4001"))
+            .expect("down row");
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells[4].trim(), "down", "{text}");
+        assert!(!row.contains("rec /"), "no lag for a down member: {text}");
+        assert_eq!(
+            &cells[5..8],
+            ["-", "-", "-"],
+            "epoch, lease, last lsn: {text}"
+        );
+        assert!(row.contains("2.5 s ago"), "{text}");
+        let json = json(&status);
+        assert!(
+            json.contains(
+                "\"role\":\"down\",\"alive\":false,\"last_heard_ms\":2500,\"uptime_s\":null"
+            ),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"lease_ms\":null,\"last_lsn\":null,\"lag_records\":null,\"lag_ms\":null,\"keys\":null"),
+            "{json}"
+        );
+    }
+
+    /// A primary with no in-sync backup needs no lease (`u64::MAX` on the
+    /// wire): `none` in the table, `null` in JSON, never the raw number.
+    #[test]
+    fn lease_without_backups_is_none() {
+        let mut status = sample();
+        status.groups[0].members[0].lease_ms = u64::MAX;
+        let text = table(&status);
+        let json = json(&status);
+        for out in [&text, &json] {
+            assert!(!out.contains(&u64::MAX.to_string()), "{out}");
+        }
+        assert!(
+            text.lines().nth(2).expect("row").contains(" none "),
+            "{text}"
+        );
+        assert!(json.contains("\"lease_ms\":null"), "{json}");
+        status.groups[0].members[0].lease_ms = 0;
+        assert!(table(&status).contains("LAPSED"));
+        assert!(super::json(&status).contains("\"lease_ms\":0"));
+    }
+
+    #[test]
+    fn coordinators_show_state_and_metrics() {
+        let mut status = sample();
+        status.coordinators.push(pb::CoordinatorStatus {
+            id: "127.0.0.1:50051/9".into(),
+            address: "127.0.0.1:50051".into(),
+            heartbeat_age_s: 106,
+            alive: false,
+            metrics_addr: "127.0.0.1:9102".into(),
+            uptime_s: 200,
+        });
+        let text = table(&status);
+        let dead = text
+            .lines()
+            .find(|l| l.contains("50051/9"))
+            .expect("dead row");
+        assert!(
+            dead.contains("DEAD") && dead.contains("106 s ago"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alive") && text.contains("127.0.0.1:9101"),
+            "{text}"
+        );
+        let json = json(&status);
+        assert!(
+            json.contains("\"alive\":false,\"heartbeat_age_s\":106,\"uptime_s\":200,\"metrics_addr\":\"127.0.0.1:9102\""),
+            "{json}"
+        );
     }
 
     #[test]

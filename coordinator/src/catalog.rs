@@ -66,6 +66,12 @@ pub const ADDR_BYTES_MAX: usize = 256;
 pub const MEMBERS_MAX: usize = 7;
 /// Longest coordinator id, in bytes.
 pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
+/// Age of a coordinator's heartbeat after which its row is deleted (by any
+/// coordinator's heartbeat): a coordinator gone this long is not coming
+/// back under that id (ids carry the process id), and a restart on the
+/// same address replaces its row at once anyway. Until then the row shows
+/// as dead in the status.
+pub const COORDINATOR_ROW_EXPIRY: Duration = Duration::from_secs(10 * 60);
 
 /// The URL of an in-memory catalog (nothing may follow it).
 pub const MEMORY_URL: &str = "memory:";
@@ -158,8 +164,42 @@ struct MemoryDb {
     groups: BTreeMap<i64, (i64, i64)>,
     /// `members`: (group id, ordinal) → (address, pid, in sync as 0 or 1).
     members: BTreeMap<(i64, i64), (String, i64, i64)>,
-    /// `coordinators`: id → (address, heartbeat by tokio's clock).
-    coordinators: BTreeMap<String, (String, tokio::time::Instant)>,
+    /// `coordinators`: id → its row, times by tokio's clock.
+    coordinators: BTreeMap<String, MemoryCoordinator>,
+}
+
+/// A row of the in-memory `coordinators` table.
+#[derive(Debug)]
+struct MemoryCoordinator {
+    addr: String,
+    metrics_addr: String,
+    heartbeat: tokio::time::Instant,
+    started: tokio::time::Instant,
+}
+
+/// A coordinator as the catalog lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorRow {
+    pub id: String,
+    pub addr: String,
+    /// Where it serves metrics; empty if it did not say.
+    pub metrics_addr: String,
+    /// Milliseconds since its last heartbeat (the database's clock; in
+    /// memory, tokio's).
+    pub heartbeat_age_ms: u64,
+    /// Milliseconds since it registered at start-up; `None` for a row
+    /// written before start times were kept.
+    pub uptime_ms: Option<u64>,
+}
+
+/// How a coordinator's row is written: at start-up (which also forgets
+/// older rows of the same address and starts its uptime) or as a periodic
+/// heartbeat (which also deletes rows older than
+/// [`COORDINATOR_ROW_EXPIRY`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorWrite {
+    StartUp,
+    Heartbeat,
 }
 
 impl MemoryDb {
@@ -241,25 +281,55 @@ impl MemoryDb {
         )
     }
 
-    /// Records a coordinator with now, by tokio's clock, as its heartbeat.
-    fn upsert_coordinator(&mut self, id: &str, addr: &str) {
+    /// The storage step of `write_coordinator`, by tokio's clock.
+    fn write_coordinator(
+        &mut self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+        how: CoordinatorWrite,
+    ) {
         let now = tokio::time::Instant::now();
-        self.coordinators
-            .insert(id.to_string(), (addr.to_string(), now));
+        match how {
+            CoordinatorWrite::StartUp => self
+                .coordinators
+                .retain(|other, row| other == id || row.addr != addr),
+            CoordinatorWrite::Heartbeat => self.coordinators.retain(|other, row| {
+                other == id
+                    || now.saturating_duration_since(row.heartbeat) <= COORDINATOR_ROW_EXPIRY
+            }),
+        }
+        let started = match (how, self.coordinators.get(id)) {
+            (CoordinatorWrite::Heartbeat, Some(row)) => row.started,
+            _ => now,
+        };
+        self.coordinators.insert(
+            id.to_string(),
+            MemoryCoordinator {
+                addr: addr.to_string(),
+                metrics_addr: metrics_addr.to_string(),
+                heartbeat: now,
+                started,
+            },
+        );
     }
 
-    /// Coordinators by id with the milliseconds since their heartbeat, by
-    /// tokio's clock.
-    fn list_coordinators(&self) -> Vec<(String, String, i64)> {
+    /// Coordinators by id with the milliseconds since their heartbeat and
+    /// start, by tokio's clock.
+    fn list_coordinators(&self) -> Vec<CoordinatorListed> {
         let now = tokio::time::Instant::now();
+        let ms = |since: tokio::time::Instant| {
+            i64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(i64::MAX)
+        };
         self.coordinators
             .iter()
-            .map(|(id, (addr, heartbeat))| {
-                let age = now.saturating_duration_since(*heartbeat).as_millis();
+            .map(|(id, row)| {
                 (
                     id.clone(),
-                    addr.clone(),
-                    i64::try_from(age).unwrap_or(i64::MAX),
+                    row.addr.clone(),
+                    row.metrics_addr.clone(),
+                    ms(row.heartbeat),
+                    ms(row.started),
                 )
             })
             .collect()
@@ -329,35 +399,118 @@ struct Dialect {
     /// snapshot per statement, so a map read as three SELECTs could mix a
     /// group's old version with its new members.
     begin_read: &'static str,
-    /// Upserts a coordinator with the database's clock as its heartbeat.
-    upsert_coordinator: &'static str,
-    /// Lists coordinators with the milliseconds since their heartbeat, by
-    /// the database's clock.
+    /// Upserts a coordinator ($1 id, $2 address, $3 metrics address) with
+    /// the database's clock as its heartbeat and start.
+    start_coordinator: &'static str,
+    /// The same, keeping the start of a row that exists.
+    heartbeat_coordinator: &'static str,
+    /// Deletes the rows of address $1 but id $2's.
+    forget_coordinator_addr: &'static str,
+    /// Deletes the rows but id $1's whose heartbeat is older than $2
+    /// milliseconds.
+    expire_coordinators: &'static str,
+    /// Lists coordinators with the milliseconds since their heartbeat and
+    /// since their start (-1: unknown), by the database's clock.
     list_coordinators: &'static str,
+}
+
+/// Rows as `list_coordinators` returns them: id, address, metrics address,
+/// heartbeat age and uptime in milliseconds.
+type CoordinatorListed = (String, String, String, i64, i64);
+
+/// The database's clock in milliseconds since the Unix epoch, per dialect
+/// (a macro so that `concat!` can build the statements from it).
+macro_rules! sqlite_now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+}
+macro_rules! postgres_now_ms {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+    };
 }
 
 static SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     begin_read: "BEGIN",
-    upsert_coordinator: "INSERT INTO coordinators (id, addr, heartbeat_unix_ms) \
-         VALUES ($1, $2, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)) \
-         ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms",
-    list_coordinators: "SELECT id, addr, \
-         CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - heartbeat_unix_ms \
-         FROM coordinators ORDER BY id",
+    start_coordinator: concat!(
+        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
+         VALUES ($1, $2, $3, ",
+        sqlite_now_ms!(),
+        ", ",
+        sqlite_now_ms!(),
+        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
+         metrics_addr = excluded.metrics_addr, \
+         heartbeat_unix_ms = excluded.heartbeat_unix_ms, \
+         started_unix_ms = excluded.started_unix_ms"
+    ),
+    heartbeat_coordinator: concat!(
+        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
+         VALUES ($1, $2, $3, ",
+        sqlite_now_ms!(),
+        ", ",
+        sqlite_now_ms!(),
+        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
+         metrics_addr = excluded.metrics_addr, \
+         heartbeat_unix_ms = excluded.heartbeat_unix_ms"
+    ),
+    forget_coordinator_addr: "DELETE FROM coordinators WHERE addr = $1 AND id <> $2",
+    expire_coordinators: concat!(
+        "DELETE FROM coordinators WHERE id <> $1 AND heartbeat_unix_ms < ",
+        sqlite_now_ms!(),
+        " - $2"
+    ),
+    list_coordinators: concat!(
+        "SELECT id, addr, metrics_addr, ",
+        sqlite_now_ms!(),
+        " - heartbeat_unix_ms, \
+         CASE WHEN started_unix_ms > 0 THEN ",
+        sqlite_now_ms!(),
+        " - started_unix_ms ELSE -1 END \
+         FROM coordinators ORDER BY id"
+    ),
 };
 
 static POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    upsert_coordinator: "INSERT INTO coordinators (id, addr, heartbeat_unix_ms) \
-         VALUES ($1, $2, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)) \
-         ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms",
-    list_coordinators: "SELECT id, addr, \
-         CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) - heartbeat_unix_ms \
-         FROM coordinators ORDER BY id",
+    start_coordinator: concat!(
+        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
+         VALUES ($1, $2, $3, ",
+        postgres_now_ms!(),
+        ", ",
+        postgres_now_ms!(),
+        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
+         metrics_addr = excluded.metrics_addr, \
+         heartbeat_unix_ms = excluded.heartbeat_unix_ms, \
+         started_unix_ms = excluded.started_unix_ms"
+    ),
+    heartbeat_coordinator: concat!(
+        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
+         VALUES ($1, $2, $3, ",
+        postgres_now_ms!(),
+        ", ",
+        postgres_now_ms!(),
+        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
+         metrics_addr = excluded.metrics_addr, \
+         heartbeat_unix_ms = excluded.heartbeat_unix_ms"
+    ),
+    forget_coordinator_addr: "DELETE FROM coordinators WHERE addr = $1 AND id <> $2",
+    expire_coordinators: concat!(
+        "DELETE FROM coordinators WHERE id <> $1 AND heartbeat_unix_ms < ",
+        postgres_now_ms!(),
+        " - $2"
+    ),
+    list_coordinators: concat!(
+        "SELECT id, addr, metrics_addr, ",
+        postgres_now_ms!(),
+        " - heartbeat_unix_ms, \
+         CASE WHEN started_unix_ms > 0 THEN ",
+        postgres_now_ms!(),
+        " - started_unix_ms ELSE -1 END \
+         FROM coordinators ORDER BY id"
+    ),
 };
 
 /// A connection pool to the catalog database. Cheap to clone (the pool is
@@ -935,27 +1088,84 @@ impl Catalog {
         }, memory => memory.group_range()))
     }
 
-    /// Records a coordinator and its heartbeat (now, by the database's
-    /// clock; in memory, by tokio's); a known id gets its address and
-    /// heartbeat replaced.
-    pub async fn register_coordinator(&self, id: &str, addr: &str) -> Result<(), CatalogError> {
+    /// Records a coordinator at start-up: its row (a known id gets its
+    /// address replaced) with now as heartbeat and start, by the database's
+    /// clock (in memory, by tokio's). Rows of other ids at the same address
+    /// are deleted: one address serves one process, so they are earlier
+    /// runs (a restart, which gets a new id) and would only show as dead.
+    pub async fn register_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+    ) -> Result<(), CatalogError> {
+        self.write_coordinator(id, addr, metrics_addr, CoordinatorWrite::StartUp)
+            .await
+    }
+
+    /// A coordinator's periodic heartbeat: its row gets now as heartbeat
+    /// (and is re-created if it was deleted meanwhile), and rows of other
+    /// coordinators silent for longer than [`COORDINATOR_ROW_EXPIRY`] are
+    /// deleted, so the list stays bounded across restarts.
+    pub async fn heartbeat_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+    ) -> Result<(), CatalogError> {
+        self.write_coordinator(id, addr, metrics_addr, CoordinatorWrite::Heartbeat)
+            .await
+    }
+
+    async fn write_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+        how: CoordinatorWrite,
+    ) -> Result<(), CatalogError> {
         check_text("the coordinator id", id, COORDINATOR_ID_BYTES_MAX)?;
         check_text("the coordinator address", addr, ADDR_BYTES_MAX)?;
+        if metrics_addr.len() > ADDR_BYTES_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "the coordinator's metrics address is {} bytes; at most {ADDR_BYTES_MAX} are allowed",
+                metrics_addr.len()
+            )));
+        }
+        let expiry_ms = to_i64(COORDINATOR_ROW_EXPIRY.as_millis() as u64, "the row expiry")?;
+        // Two statements, each complete on its own: a failure between them
+        // leaves a row that the next heartbeat writes again.
         with_pool!(self, pool, dialect => {
-            sqlx::query(dialect.upsert_coordinator)
+            let (forget, forget_what) = match how {
+                CoordinatorWrite::StartUp => (
+                    sqlx::query(dialect.forget_coordinator_addr).bind(addr).bind(id),
+                    format!("deleting earlier coordinators at {addr}"),
+                ),
+                CoordinatorWrite::Heartbeat => (
+                    sqlx::query(dialect.expire_coordinators).bind(id).bind(expiry_ms),
+                    "deleting coordinators silent for too long".to_string(),
+                ),
+            };
+            forget.execute(pool).await.map_err(db(forget_what))?;
+            let upsert = match how {
+                CoordinatorWrite::StartUp => dialect.start_coordinator,
+                CoordinatorWrite::Heartbeat => dialect.heartbeat_coordinator,
+            };
+            sqlx::query(upsert)
                 .bind(id)
                 .bind(addr)
+                .bind(metrics_addr)
                 .execute(pool)
                 .await
                 .map_err(db(format!("recording coordinator {id} at {addr}")))?;
-        }, memory => memory.upsert_coordinator(id, addr));
+        }, memory => memory.write_coordinator(id, addr, metrics_addr, how));
         Ok(())
     }
 
-    /// Coordinators by id: (id, address, whole seconds since their last
-    /// heartbeat, by the database's clock; in memory, by tokio's).
-    pub async fn coordinators(&self) -> Result<Vec<(String, String, u64)>, CatalogError> {
-        let rows: Vec<(String, String, i64)> = with_pool!(self, pool, dialect => {
+    /// Coordinators by id, with the age of their heartbeat and their
+    /// uptime by the database's clock (in memory, by tokio's).
+    pub async fn coordinators(&self) -> Result<Vec<CoordinatorRow>, CatalogError> {
+        let rows: Vec<CoordinatorListed> = with_pool!(self, pool, dialect => {
             sqlx::query_as(dialect.list_coordinators)
                 .fetch_all(pool)
                 .await
@@ -963,9 +1173,17 @@ impl Catalog {
         }, memory => memory.list_coordinators());
         Ok(rows
             .into_iter()
-            // A heartbeat "in the future" means the database clock stepped
-            // back; it is as fresh as can be.
-            .map(|(id, addr, age_ms)| (id, addr, u64::try_from(age_ms).unwrap_or(0) / 1000))
+            .map(
+                |(id, addr, metrics_addr, age_ms, uptime_ms)| CoordinatorRow {
+                    id,
+                    addr,
+                    metrics_addr,
+                    // A heartbeat "in the future" means the database clock
+                    // stepped back; it is as fresh as can be.
+                    heartbeat_age_ms: u64::try_from(age_ms).unwrap_or(0),
+                    uptime_ms: u64::try_from(uptime_ms).ok(),
+                },
+            )
             .collect())
     }
 
@@ -1708,63 +1926,127 @@ mod tests {
             let catalog = place.connect().await;
             assert!(catalog.coordinators().await.expect("list").is_empty());
             catalog
-                .register_coordinator("c2", "127.0.0.1:50052")
+                .register_coordinator("c2", "127.0.0.1:50052", "127.0.0.1:9102")
                 .await
                 .expect("c2");
             catalog
-                .register_coordinator("c1", "127.0.0.1:50051")
+                .register_coordinator("c1", "127.0.0.1:50051", "")
                 .await
                 .expect("c1");
             catalog
-                .register_coordinator("c1", "127.0.0.1:50061")
+                .heartbeat_coordinator("c1", "127.0.0.1:50061", "127.0.0.1:9101")
                 .await
                 .expect("c1 again");
             let list = catalog.coordinators().await.expect("list");
             let names: Vec<_> = list
                 .iter()
-                .map(|(id, addr, _)| (id.as_str(), addr.as_str()))
+                .map(|c| (c.id.as_str(), c.addr.as_str(), c.metrics_addr.as_str()))
                 .collect();
             assert_eq!(
                 names,
-                [("c1", "127.0.0.1:50061"), ("c2", "127.0.0.1:50052")]
+                [
+                    ("c1", "127.0.0.1:50061", "127.0.0.1:9101"),
+                    ("c2", "127.0.0.1:50052", "127.0.0.1:9102")
+                ]
             );
             assert!(
-                list.iter().all(|(_, _, age)| *age <= 5),
-                "fresh heartbeats: {list:?}"
+                list.iter()
+                    .all(|c| c.heartbeat_age_ms <= 5000 && c.uptime_ms.is_some_and(|u| u <= 5000)),
+                "fresh heartbeats and starts: {list:?}"
             );
 
             tamper(
                 &catalog,
-                "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 90000 WHERE id = 'c2'",
+                "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 90000, \
+                 started_unix_ms = started_unix_ms - 90000 WHERE id = 'c2'",
                 |db| {
-                    let (_, heartbeat) = db.coordinators.get_mut("c2").expect("c2");
-                    *heartbeat = heartbeat
-                        .checked_sub(Duration::from_secs(90))
-                        .expect("the clock has run for more than 90 s");
+                    let row = db.coordinators.get_mut("c2").expect("c2");
+                    for at in [&mut row.heartbeat, &mut row.started] {
+                        *at = at
+                            .checked_sub(Duration::from_secs(90))
+                            .expect("the clock has run for more than 90 s");
+                    }
                 },
             )
             .await;
             let list = catalog.coordinators().await.expect("list");
             assert!(
-                (90..=95).contains(&list[1].2),
+                (90_000..=95_000).contains(&list[1].heartbeat_age_ms),
                 "age of a 90 s old heartbeat: {list:?}"
             );
             catalog
-                .register_coordinator("c2", "127.0.0.1:50052")
+                .heartbeat_coordinator("c2", "127.0.0.1:50052", "127.0.0.1:9102")
                 .await
                 .expect("heartbeat");
+            let c2 = catalog.coordinators().await.expect("list")[1].clone();
+            assert!(c2.heartbeat_age_ms <= 5000, "heartbeat refreshed: {c2:?}");
             assert!(
-                catalog.coordinators().await.expect("list")[1].2 <= 5,
-                "heartbeat refreshed"
+                c2.uptime_ms.is_some_and(|u| u >= 90_000),
+                "a heartbeat keeps the start: {c2:?}"
             );
 
             for (id, addr) in [("", "a:1"), ("c3", "")] {
                 let err = catalog
-                    .register_coordinator(id, addr)
+                    .register_coordinator(id, addr, "")
                     .await
                     .expect_err("empty");
                 assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
             }
+        }
+
+        /// A restarted coordinator (a new id: ids carry the pid) replaces
+        /// the rows of earlier runs on its address at start-up, and a
+        /// heartbeat deletes rows silent for longer than the expiry, so
+        /// restarts do not pile up dead coordinators in the status.
+        pub async fn coordinators_replace_and_expire(place: &Place) {
+            let catalog = place.connect().await;
+            for id in ["a/1", "a/2"] {
+                catalog
+                    .register_coordinator(id, "127.0.0.1:50051", "")
+                    .await
+                    .expect("register");
+            }
+            catalog
+                .register_coordinator("b/1", "127.0.0.1:50052", "")
+                .await
+                .expect("register b");
+            let ids =
+                |list: Vec<CoordinatorRow>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(catalog.coordinators().await.expect("list")),
+                ["a/2", "b/1"],
+                "a/2 replaced a/1 on the same address"
+            );
+            // b/1 died long ago: 601 s, past the expiry.
+            const SILENT: Duration = Duration::from_secs(601);
+            assert!(
+                SILENT > COORDINATOR_ROW_EXPIRY,
+                "the SQL below ages it enough"
+            );
+            let sql = "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 601000 \
+                       WHERE id = 'b/1'";
+            tamper(&catalog, sql, |db| {
+                let row = db.coordinators.get_mut("b/1").expect("b/1");
+                row.heartbeat = row
+                    .heartbeat
+                    .checked_sub(SILENT)
+                    .expect("the clock has run for longer than the expiry");
+            })
+            .await;
+            assert_eq!(
+                ids(catalog.coordinators().await.expect("list")),
+                ["a/2", "b/1"],
+                "listing deletes nothing"
+            );
+            catalog
+                .heartbeat_coordinator("a/2", "127.0.0.1:50051", "")
+                .await
+                .expect("heartbeat");
+            assert_eq!(
+                ids(catalog.coordinators().await.expect("list")),
+                ["a/2"],
+                "the heartbeat expired b/1"
+            );
         }
 
         /// Callers dropped midway (a cancelled RPC: a map refresh, a
@@ -1864,6 +2146,7 @@ mod tests {
                     concurrent_cas_exactly_one_wins,
                     concurrent_registrations_all_land,
                     coordinators_register_and_list,
+                    coordinators_replace_and_expire,
                     load_refuses_corrupt_rows,
                     cancelled_calls_leave_no_transaction_open,
                 );
@@ -1950,22 +2233,31 @@ mod tests {
         const AGE: Duration = Duration::from_secs(90);
         let catalog = Catalog::in_memory();
         catalog
-            .register_coordinator("c1", "127.0.0.1:50051")
+            .register_coordinator("c1", "127.0.0.1:50051", "")
             .await
             .expect("register");
-        assert_eq!(catalog.coordinators().await.expect("list")[0].2, 0);
+        assert_eq!(
+            catalog.coordinators().await.expect("list")[0].heartbeat_age_ms,
+            0
+        );
         tokio::time::advance(AGE).await;
         assert_eq!(
-            catalog.coordinators().await.expect("list")[0].2,
-            AGE.as_secs()
+            catalog.coordinators().await.expect("list")[0].heartbeat_age_ms,
+            AGE.as_millis() as u64
         );
         catalog
-            .register_coordinator("c1", "127.0.0.1:50061")
+            .heartbeat_coordinator("c1", "127.0.0.1:50061", "127.0.0.1:9100")
             .await
             .expect("heartbeat");
         assert_eq!(
             catalog.coordinators().await.expect("list"),
-            [("c1".to_string(), "127.0.0.1:50061".to_string(), 0)]
+            [CoordinatorRow {
+                id: "c1".to_string(),
+                addr: "127.0.0.1:50061".to_string(),
+                metrics_addr: "127.0.0.1:9100".to_string(),
+                heartbeat_age_ms: 0,
+                uptime_ms: Some(AGE.as_millis() as u64),
+            }]
         );
     }
 

@@ -33,6 +33,17 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub const SWEEP_DEADLINE: Duration = Duration::from_secs(30);
 /// How often the coordinator re-reads the shard map and heartbeats.
 pub const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// Age of a coordinator's last heartbeat past which the status shows it as
+/// dead: three missed heartbeats, so one slow catalog write does not.
+pub const COORDINATOR_SILENCE_MAX: Duration = Duration::from_secs(6);
+const _: () = assert!(
+    COORDINATOR_SILENCE_MAX.as_millis() >= 3 * MAP_REFRESH_INTERVAL.as_millis(),
+    "a live coordinator must never look dead between two heartbeats"
+);
+const _: () = assert!(
+    catalog::COORDINATOR_ROW_EXPIRY.as_millis() > COORDINATOR_SILENCE_MAX.as_millis(),
+    "a row is shown dead before it is deleted"
+);
 
 /// Runs forever: resolves transactions prepared longer than the in-doubt
 /// age, on every group.
@@ -48,8 +59,9 @@ pub async fn sweeper(txns: Arc<txn::TxnManager>) {
 }
 
 /// Runs forever: re-reads the map (new members) and heartbeats this
-/// coordinator in the catalog.
-pub async fn refresher(txns: Arc<txn::TxnManager>, id: String, addr: String) {
+/// coordinator (`id`, serving at `addr`, metrics at `metrics_addr`) in the
+/// catalog.
+pub async fn refresher(txns: Arc<txn::TxnManager>, id: String, addr: String, metrics_addr: String) {
     loop {
         tokio::time::sleep(MAP_REFRESH_INTERVAL).await;
         let router = txns.router();
@@ -57,7 +69,11 @@ pub async fn refresher(txns: Arc<txn::TxnManager>, id: String, addr: String) {
             Ok(map) => router.install(map),
             Err(err) => tracing::warn!(%err, "cannot re-read the shard map"),
         }
-        if let Err(err) = router.catalog().register_coordinator(&id, &addr).await {
+        if let Err(err) = router
+            .catalog()
+            .heartbeat_coordinator(&id, &addr, &metrics_addr)
+            .await
+        {
             tracing::warn!(%err, "cannot heartbeat in the catalog");
         }
     }

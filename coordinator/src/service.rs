@@ -3,6 +3,7 @@
 //! domain types here, input is checked against the limits here, and every
 //! gRPC `Status` is built here ([`status_of`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -272,15 +273,44 @@ impl pb::txn_server::Txn for TxnApi {
     }
 }
 
+/// Silence after which the status shows a member as down: nobody (the
+/// coordinator asking now, the primary for a backup, the backups for their
+/// primary) heard from it for this long. Twenty replication heartbeats
+/// (100 ms apart), so a late one never shows a live member down; about
+/// when the group acts on the silence itself (a primary drops a silent
+/// backup after 500 ms, backups elect a new primary after 1.2 s).
+pub const MEMBER_SILENCE_MAX: Duration = Duration::from_secs(2);
+
+/// What this coordinator last heard from a member itself, so that a member
+/// that stops answering still shows its last pid and metrics address and
+/// how long ago it answered.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    pid: u32,
+    metrics_addr: String,
+}
+
 /// The public admin service.
 #[derive(Clone)]
 pub struct AdminApi {
     txns: Arc<TxnManager>,
+    /// By member address, for the members of the current map only (so it
+    /// is bounded by the map). A std lock: held only while building a
+    /// group's status, never across an `.await`.
+    seen: Arc<std::sync::Mutex<BTreeMap<String, Seen>>>,
 }
 
 impl AdminApi {
     pub fn new(txns: Arc<TxnManager>) -> Self {
-        AdminApi { txns }
+        AdminApi {
+            txns,
+            seen: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Seen>> {
+        self.seen.lock().expect("seen lock poisoned")
     }
 }
 
@@ -295,53 +325,24 @@ impl pb::admin_server::Admin for AdminApi {
         let groups = map.groups.values().map(|group| {
             let map = map.clone();
             async move {
-                let members = group.members.iter().map(|m| async {
-                    let mut member = pb::MemberStatus {
-                        address: m.addr.clone(),
-                        pid: m.pid,
-                        in_sync: m.in_sync,
-                        role: "unreachable".into(),
-                        ..Default::default()
-                    };
-                    if let Ok(mut client) = router.client_at(&m.addr) {
-                        let call = client.shard_status(shard_pb::ShardStatusRequest {});
-                        if let Ok(Ok(s)) = tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
-                            let s = s.into_inner();
-                            member.role = s.role.to_lowercase();
-                            member.pid = s.pid;
-                            member.last_lsn = s.last_lsn;
-                            member.in_doubt = s.prepared;
-                            member.keys = s.keys;
-                            member.map_epoch = s.map_epoch;
-                            member.epoch = s.epoch;
-                            member.lease_ms = s.lease_ms;
-                            return (member, s.replicas);
+                // Every member is asked itself: the one source that knows
+                // its role, pid and LSN, and an answer proves it alive.
+                let answers = join_all(group.members.iter().map(|m| async move {
+                    let answer = match router.client_at(&m.addr) {
+                        Ok(mut client) => {
+                            let call = client.shard_status(shard_pb::ShardStatusRequest {});
+                            match tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
+                                Ok(Ok(answer)) => Answer::Status(answer.into_inner()),
+                                Ok(Err(status)) if refused(&status) => Answer::Refused,
+                                _ => Answer::Silent,
+                            }
                         }
-                    }
-                    (member, Vec::new())
-                });
-                let mut members = join_all(members).await;
-                // The primary knows how far behind each backup is.
-                let progress: Vec<shard_pb::ReplicaProgress> = members
-                    .iter()
-                    .find(|(m, _)| m.role == "primary")
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default();
-                let primary_lsn = members
-                    .iter()
-                    .find(|(m, _)| m.role == "primary")
-                    .map_or(0, |(m, _)| m.last_lsn);
-                for (member, _) in &mut members {
-                    if let Some(p) = progress.iter().find(|p| p.addr == member.address) {
-                        member.lag_records = primary_lsn.saturating_sub(p.acked_lsn);
-                        member.lag_ms = p.silent_ms;
-                        member.catch_up = p.catch_up.clone();
-                        member.catch_up_done = p.catch_up_done;
-                        member.catch_up_total = p.catch_up_total;
-                    }
-                }
-                let mut members: Vec<pb::MemberStatus> =
-                    members.into_iter().map(|(m, _)| m).collect();
+                        Err(_) => Answer::Silent,
+                    };
+                    (m, answer)
+                }))
+                .await;
+                let mut members = member_statuses(&answers, Instant::now(), &mut self.seen());
                 if members.is_empty() {
                     members.push(pb::MemberStatus {
                         role: "unregistered".into(),
@@ -356,16 +357,25 @@ impl pb::admin_server::Admin for AdminApi {
             }
         });
         let groups = join_all(groups).await;
+        self.seen().retain(|addr, _| {
+            map.groups
+                .values()
+                .any(|g| g.members.iter().any(|m| &m.addr == addr))
+        });
+        let silence_max_ms = crate::COORDINATOR_SILENCE_MAX.as_millis() as u64;
         let coordinators = router
             .catalog()
             .coordinators()
             .await
             .map(|list| {
                 list.into_iter()
-                    .map(|(id, addr, age)| pb::CoordinatorStatus {
-                        id,
-                        address: addr,
-                        heartbeat_age_s: age,
+                    .map(|c| pb::CoordinatorStatus {
+                        id: c.id,
+                        address: c.addr,
+                        heartbeat_age_s: c.heartbeat_age_ms / 1000,
+                        alive: c.heartbeat_age_ms <= silence_max_ms,
+                        metrics_addr: c.metrics_addr,
+                        uptime_s: c.uptime_ms.unwrap_or(0) / 1000,
                     })
                     .collect()
             })
@@ -376,6 +386,161 @@ impl pb::admin_server::Admin for AdminApi {
             coordinators,
             catalog: router.catalog().backend().to_string(),
         }))
+    }
+}
+
+/// What a member said when asked for its status.
+enum Answer {
+    Status(shard_pb::ShardStatusResponse),
+    /// Its address refused the connection: nothing listens there, so the
+    /// process is gone (or not yet back), whatever its group last heard.
+    Refused,
+    /// No answer in time, or another failure: it may be alive behind a
+    /// network problem.
+    Silent,
+}
+
+impl Answer {
+    fn status(&self) -> Option<&shard_pb::ShardStatusResponse> {
+        match self {
+            Answer::Status(s) => Some(s),
+            Answer::Refused | Answer::Silent => None,
+        }
+    }
+}
+
+/// Whether a failed call's cause is a refused TCP connection.
+fn refused(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(err) = cause {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// The status of a group's members from what each answered, in
+/// configuration order (the first is the configured primary). A member
+/// that did not answer is down if its address refused the connection;
+/// else alive if its group heard from it within [`MEMBER_SILENCE_MAX`]
+/// ("unreachable": only this coordinator cannot reach it), else down.
+/// Either way lag and catch-up come only from the primary's view of a live
+/// member, never a stale or made-up number.
+fn member_statuses(
+    answers: &[(&Member, Answer)],
+    now: Instant,
+    seen: &mut BTreeMap<String, Seen>,
+) -> Vec<pb::MemberStatus> {
+    let is = |a: &shard_pb::ShardStatusResponse, role: &str| a.role.eq_ignore_ascii_case(role);
+    let primary = answers
+        .iter()
+        .find_map(|(_, a)| a.status().filter(|a| is(a, "primary")));
+    let primary_lsn = primary.map_or(0, |p| p.last_lsn);
+    // How long ago the backups last heard from their primary (the freshest).
+    let primary_heard_ms = answers
+        .iter()
+        .filter_map(|(_, a)| a.status())
+        .filter(|a| is(a, "backup") || is(a, "learner"))
+        .map(|a| a.primary_silent_ms)
+        .min();
+    let silence_max_ms = MEMBER_SILENCE_MAX.as_millis() as u64;
+    answers
+        .iter()
+        .enumerate()
+        .map(|(ordinal, (m, answer))| {
+            let progress = primary.and_then(|p| p.replicas.iter().find(|r| r.addr == m.addr));
+            let mut member = pb::MemberStatus {
+                address: m.addr.clone(),
+                pid: m.pid,
+                in_sync: m.in_sync,
+                ..Default::default()
+            };
+            match answer {
+                Answer::Status(s) => {
+                    seen.insert(
+                        m.addr.clone(),
+                        Seen {
+                            at: now,
+                            pid: s.pid,
+                            metrics_addr: s.metrics_addr.clone(),
+                        },
+                    );
+                    member.role = s.role.to_lowercase();
+                    member.pid = s.pid;
+                    member.last_lsn = s.last_lsn;
+                    member.in_doubt = s.prepared;
+                    member.keys = s.keys;
+                    member.map_epoch = s.map_epoch;
+                    member.epoch = s.epoch;
+                    member.lease_ms = s.lease_ms;
+                    member.alive = true;
+                    member.last_heard_ms = Some(0);
+                    member.metrics_addr = s.metrics_addr.clone();
+                    member.uptime_s = s.uptime_ms / 1000;
+                }
+                Answer::Refused | Answer::Silent => {
+                    // A primary that never heard from it since tracking it
+                    // (a new primary, after a failover) cannot vouch for it.
+                    let by_group = match progress {
+                        Some(p) => p.heard.then_some(p.silent_ms),
+                        None if ordinal == 0 => primary_heard_ms,
+                        None => None,
+                    };
+                    let remembered = seen.get(&m.addr);
+                    let by_me =
+                        remembered.map(|s| now.saturating_duration_since(s.at).as_millis() as u64);
+                    member.last_heard_ms = by_group.into_iter().chain(by_me).min();
+                    member.alive = matches!(answer, Answer::Silent)
+                        && by_group.is_some_and(|ms| ms <= silence_max_ms);
+                    member.role = if member.alive { "unreachable" } else { "down" }.into();
+                    if let Some(s) = remembered {
+                        member.pid = s.pid;
+                        member.metrics_addr = s.metrics_addr.clone();
+                    }
+                }
+            }
+            if member.alive
+                && let Some(p) = progress
+            {
+                member.lag_records = primary_lsn.saturating_sub(p.acked_lsn);
+                member.lag_ms = p.silent_ms;
+                member.catch_up = p.catch_up.clone();
+                member.catch_up_done = p.catch_up_done;
+                member.catch_up_total = p.catch_up_total;
+            }
+            member
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// A call to a port nobody listens on fails as refused, through
+    /// tonic's and hyper's error wrapping, on the coordinator's own lazy
+    /// channel (what the status handler sees when a member was killed).
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(STATUS_RPC_TIMEOUT)
+            .timeout(STATUS_RPC_TIMEOUT);
+        let mut client = shard_pb::shard_client::ShardClient::new(trellis_net::lazy(endpoint));
+        let err = client
+            .shard_status(shard_pb::ShardStatusRequest {})
+            .await
+            .expect_err("nobody listens");
+        assert!(refused(&err), "{err:?}");
+        assert!(!refused(&Status::unavailable("no route")));
     }
 }
 

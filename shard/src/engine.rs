@@ -194,6 +194,8 @@ pub struct Shard {
     pub catch_up: crate::pacer::Pacer,
     /// Log positions streams to backups still need from disk.
     log_pins: std::sync::Mutex<LogPins>,
+    /// When recovery finished (the process's uptime in the cluster status).
+    opened_at: Instant,
     _lock: File,
 }
 
@@ -332,8 +334,14 @@ impl Shard {
             snapshot_mark_bytes: AtomicU64::new(0),
             recovery,
             log_pins: std::sync::Mutex::new(LogPins::default()),
+            opened_at: Instant::now(),
             _lock: lock,
         }))
+    }
+
+    /// How long ago this shard finished opening its data.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.opened_at)
     }
 
     /// The log (replaced when a backup installs a snapshot).

@@ -238,6 +238,9 @@ pub struct Peer {
     /// When it last acknowledged anything (or when this primary started,
     /// before it did).
     pub last_ack: Instant,
+    /// It acknowledged something to this primary: `last_ack` is a time it
+    /// was heard from, not only when tracking began (for the status).
+    pub heard: bool,
     /// Send time of the newest batch it acknowledged: its lease grant.
     pub lease_from: Option<Instant>,
     /// Set while its stream is bringing it up to date.
@@ -308,6 +311,8 @@ pub struct Repl {
     pub feed: Feed,
     /// This replica's own address in the configuration.
     me: Mutex<String>,
+    /// Where this replica serves metrics, for the cluster status.
+    metrics_addr: Mutex<String>,
     /// The coordinator it reaches the catalog through.
     coordinator: Mutex<Option<String>>,
     /// Primary: when its durable LSN reached each value, for the records
@@ -348,6 +353,7 @@ impl Repl {
             marks: watch::channel(Marks::default()).0,
             feed: Feed::new(feed_bytes_max),
             me: Mutex::new(String::new()),
+            metrics_addr: Mutex::new(String::new()),
             coordinator: Mutex::new(None),
             durable_at: Mutex::new(VecDeque::new()),
         }
@@ -359,6 +365,21 @@ impl Repl {
 
     pub fn set_me(&self, addr: &str) {
         *self.me.lock().expect("me lock poisoned") = addr.to_string();
+    }
+
+    /// Where this replica serves metrics (reported by its status).
+    pub fn set_metrics_addr(&self, addr: &str) {
+        *self
+            .metrics_addr
+            .lock()
+            .expect("metrics_addr lock poisoned") = addr.to_string();
+    }
+
+    pub fn metrics_addr(&self) -> String {
+        self.metrics_addr
+            .lock()
+            .expect("metrics_addr lock poisoned")
+            .clone()
     }
 
     pub fn set_coordinator(&self, addr: &str) {
@@ -455,6 +476,7 @@ impl Repl {
                 inner.peers.entry(addr).or_insert(Peer {
                     acked: 0,
                     last_ack: now,
+                    heard: false,
                     lease_from: None,
                     catch_up: None,
                 });
@@ -478,6 +500,7 @@ impl Repl {
         if let Some(peer) = inner.peers.get_mut(addr) {
             peer.acked = peer.acked.max(durable);
             peer.last_ack = now;
+            peer.heard = true;
             if let Some(sent) = sent
                 && peer.lease_from.is_none_or(|l| l < sent)
             {

@@ -596,6 +596,7 @@ impl ShardService for ShardApi {
                         acked_lsn: p.acked,
                         in_sync: in_sync(addr),
                         silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
+                        heard: p.heard,
                         catch_up: p
                             .catch_up
                             .map(|c| c.mode.name().to_string())
@@ -610,6 +611,15 @@ impl ShardService for ShardApi {
                 Vec::new()
             };
             replicas
+        };
+        let primary_silent_ms = {
+            let inner = self.shard.repl.lock();
+            match inner.role {
+                Role::Backup | Role::Learner => {
+                    now.saturating_duration_since(inner.last_heard).as_millis() as u64
+                }
+                _ => 0,
+            }
         };
         let at_risk = self.shard.repl.at_risk(s.durable_lsn, now);
         Ok(Response::new(pb::ShardStatusResponse {
@@ -629,6 +639,9 @@ impl ShardService for ShardApi {
             prepared: s.prepared,
             txn_records: s.txn_records,
             pid: std::process::id(),
+            metrics_addr: self.shard.repl.metrics_addr(),
+            uptime_ms: self.shard.uptime(now).as_millis() as u64,
+            primary_silent_ms,
         }))
     }
 }

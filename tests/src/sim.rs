@@ -760,7 +760,8 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
 
     let map = catalog.bootstrap(groups).await?;
     let addr = format!("{COORDINATOR}:{PORT}");
-    catalog.register_coordinator(COORDINATOR, &addr).await?;
+    // The simulated coordinator serves no metrics.
+    catalog.register_coordinator(COORDINATOR, &addr, "").await?;
     let router = Arc::new(Router::new(catalog, map));
     let txns = TxnManager::new(router, Arc::new(Metrics::default()));
     tokio::spawn(trellis_coordinator::sweeper(txns.clone()));
@@ -768,6 +769,7 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
         txns.clone(),
         COORDINATOR.to_string(),
         addr,
+        String::new(),
     ));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     trellis_coordinator::service::serve_incoming(
