@@ -966,7 +966,7 @@ impl Shard {
     pub fn become_primary(
         &self,
         epoch: u64,
-        config: trellis_proto::shard::v1::GroupConfig,
+        config: crate::role::GroupConfig,
     ) -> Result<(), ShardError> {
         let mut guard = self.state.lock();
         // The role first, under the state lock: from here no record of the

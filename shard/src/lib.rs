@@ -11,9 +11,21 @@
 //! - [`snapshot`]: writing and reading snapshots.
 //! - [`engine`]: recovery and the participant operations, each durable
 //!   before it answers.
+//! - [`repl`]: replication state of a replica: role, epoch, the feed of
+//!   recent records, backups' acknowledgements, watermarks, the lease.
+//! - [`role`]: the group's configuration (domain type) and the replication
+//!   decisions as pure functions: [`role::next_role`],
+//!   [`role::upkeep_changes`] (backups dropped, learners admitted),
+//!   [`role::choose_primary`] (failover). No IO, no clock.
+//! - [`replica`]: the moving parts of replication: the `Replicate` stream
+//!   on both sides, following the catalog's configuration, upkeep, hand-over
+//!   and failover; the RPCs that feed [`role`]'s decisions and carry them
+//!   out.
+//! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`membership`]: registering with the coordinator.
+//! - [`failpoint`]: named places where a test makes the disk fail.
 //!
 //! This crate never talks to the catalog's database, and never decides a
 //! transaction's outcome on its own except by presumed abort at the anchor.
@@ -27,6 +39,7 @@ pub mod pacer;
 pub mod record;
 pub mod repl;
 pub mod replica;
+pub mod role;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use trellis_proto::shard::v1 as pb;
 use trellis_types::Lsn;
+
+use crate::role::GroupConfig;
 
 /// How often a primary sends a batch (empty if need be) to each backup.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -37,6 +38,14 @@ pub const GRACE: Duration = Duration::from_millis(1200);
 /// configuration, so SYNC writes and the lease stop waiting for it. Shorter
 /// than [`LEASE`], so a dead backup costs no lease.
 pub const BACKUP_SILENCE_MAX: Duration = Duration::from_millis(500);
+// The order the failure detection rests on: a dead backup is dropped
+// before it costs the primary its lease, and a backup asks for a new
+// primary only after the old one's lease has lapsed.
+const _: () = assert!(BACKUP_SILENCE_MAX.as_millis() < LEASE.as_millis());
+const _: () = assert!(LEASE.as_millis() < GRACE.as_millis());
+// A backup hears several heartbeats within each of those bounds.
+const _: () = assert!(HEARTBEAT_INTERVAL.as_millis() * 2 < BACKUP_SILENCE_MAX.as_millis());
+
 /// Bytes of recent records a replica keeps in memory to stream to backups;
 /// a backup further behind gets a snapshot.
 pub const FEED_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -289,7 +298,7 @@ pub struct Inner {
     pub epoch: u64,
     pub since: Instant,
     /// The configuration this replica acts on (from the catalog).
-    pub config: Option<pb::GroupConfig>,
+    pub config: Option<GroupConfig>,
     /// Primary: every other member, by address. Ordered, so that walking
     /// the peers (watermarks, lease, status) goes the same way every run.
     pub peers: BTreeMap<String, Peer>,
@@ -447,7 +456,7 @@ impl Repl {
 
     /// Changes role and epoch (and the configuration acted on); waiters of
     /// the old generation give up.
-    pub fn set_role(&self, role: Role, epoch: u64, config: Option<pb::GroupConfig>, local: Lsn) {
+    pub fn set_role(&self, role: Role, epoch: u64, config: Option<GroupConfig>, local: Lsn) {
         let now = Instant::now();
         let mut inner = self.lock();
         let changed = inner.role != role || inner.epoch != epoch;
@@ -821,14 +830,14 @@ mod tests {
         assert!(feed.can_feed_after(20));
     }
 
-    fn config(members: &[(&str, bool)]) -> pb::GroupConfig {
-        pb::GroupConfig {
+    fn config(members: &[(&str, bool)]) -> GroupConfig {
+        GroupConfig {
             group_id: 1,
             version: 1,
             epoch: 1,
             members: members
                 .iter()
-                .map(|(a, s)| pb::MemberConfig {
+                .map(|(a, s)| crate::role::Member {
                     addr: a.to_string(),
                     pid: 0,
                     in_sync: *s,

@@ -20,7 +20,11 @@ use trellis_types::Lsn;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
 
 use crate::engine::Shard;
-use crate::repl::{BACKUP_SILENCE_MAX, FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+use crate::repl::{FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+use crate::role::{
+    Change, GroupConfig, Member, PeerStatus, Step, apply_changes, choose_primary, failover_peers,
+    next_role, primary_still_serving, upkeep_changes,
+};
 
 /// How often every replica re-reads its group's configuration.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
@@ -34,9 +38,6 @@ pub const STREAM_QUEUE_MAX: usize = 8;
 pub const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
 /// Largest snapshot a backup accepts.
 pub const SNAPSHOT_BYTES_MAX: usize = 8 * 1024 * 1024 * 1024;
-/// A learner is added to the configuration once it is at most this many
-/// records behind.
-pub const CATCH_UP_SLACK: Lsn = 0;
 /// Applied batches waiting for their acknowledgement (the acknowledging
 /// task folds all waiting ones into one).
 pub const ACKS_QUEUED_MAX: usize = 1024;
@@ -560,12 +561,10 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
             }
         };
         let (role, epoch) = shard.repl.role();
-        let position = config.members.iter().position(|m| m.addr == me);
-        match position {
-            None => {
-                // Not a member (removed, or never registered): join as a
-                // learner.
-                if role == Role::Primary {
+        let last_heard = shard.repl.lock().last_heard;
+        match next_role(&config, &me, (role, epoch), last_heard, Instant::now()) {
+            Step::Join { step_down } => {
+                if step_down {
                     shard
                         .repl
                         .set_role(Role::Idle, epoch, None, shard.durable_lsn());
@@ -573,13 +572,10 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 if let Err(err) = register(&coordinator, shard.group_id(), &me).await {
                     tracing::debug!(%err, "cannot register");
                 }
-                continue;
             }
-            Some(0) => {
-                if config.epoch < epoch {
-                    continue; // an old configuration
-                }
-                if role != Role::Primary || epoch != config.epoch {
+            Step::Stale => {}
+            Step::Lead { start } => {
+                if start {
                     tracing::info!(epoch = config.epoch, "becoming the group's primary");
                     if let Err(err) = shard.become_primary(config.epoch, config.clone()) {
                         tracing::error!(%err, "cannot start as primary");
@@ -607,20 +603,16 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 lease_was_valid = valid;
                 upkeep(&shard, &coordinator, &config).await;
             }
-            Some(i) => {
-                let member = &config.members[i];
-                let want = if member.in_sync {
-                    Role::Backup
-                } else {
-                    Role::Learner
-                };
-                if config.epoch < epoch {
-                    continue;
-                }
-                if role == Role::Primary {
+            Step::Follow {
+                role: want,
+                primary,
+                step_down,
+                failover: primary_silent,
+            } => {
+                if step_down {
                     tracing::warn!(
                         epoch = config.epoch,
-                        primary = %config.members[0].addr,
+                        %primary,
                         "stepping down: another replica is primary"
                     );
                 }
@@ -631,13 +623,9 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                     Some(config.clone()),
                     shard.durable_lsn(),
                 );
-                let primary = config.members[0].addr.clone();
                 ensure_following(&shard, &follower, primary, config.epoch);
-                if want == Role::Backup {
-                    let silent = shard.repl.lock().last_heard.elapsed();
-                    if silent > GRACE {
-                        failover(&shard, &coordinator, &config).await;
-                    }
+                if primary_silent {
+                    failover(&shard, &coordinator, &config).await;
                 }
             }
         }
@@ -686,40 +674,25 @@ fn ensure_following(
 }
 
 /// Primary: takes silent backups out of the configuration, adds learners
-/// that caught up.
-async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::GroupConfig) {
+/// that caught up ([`upkeep_changes`] decides).
+async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupConfig) {
+    use std::sync::atomic::Ordering::Relaxed;
     let now = Instant::now();
     let last = shard.last_lsn();
     let peers = shard.repl.lock().peers.clone();
-    let mut members = config.members.clone();
-    let mut reason = String::new();
-    for m in members.iter_mut().skip(1) {
-        let Some(peer) = peers.get(&m.addr) else {
-            continue;
-        };
-        let silent = now.saturating_duration_since(peer.last_ack);
-        if m.in_sync && silent > BACKUP_SILENCE_MAX {
-            m.in_sync = false;
-            reason = format!("backup {} silent for {} ms", m.addr, silent.as_millis());
-            shard
-                .metrics()
-                .backups_removed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else if !m.in_sync
-            && silent < HEARTBEAT_INTERVAL * 3
-            && peer.acked + CATCH_UP_SLACK >= last
-        {
-            m.in_sync = true;
-            reason = format!("learner {} caught up at {}", m.addr, peer.acked);
-            shard
-                .metrics()
-                .backups_added
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    if reason.is_empty() {
+    let changes = upkeep_changes(config, &peers, last, now);
+    // The catalog keeps one reason per change: the last one's.
+    let Some(reason) = changes.last().map(Change::reason) else {
         return;
+    };
+    for change in &changes {
+        let counter = match change {
+            Change::Drop { .. } => &shard.metrics().backups_removed,
+            Change::Admit { .. } => &shard.metrics().backups_added,
+        };
+        counter.fetch_add(1, Relaxed);
     }
+    let members = apply_changes(config, &changes);
     match cas_group(coordinator, config, config.epoch, members, &reason).await {
         Ok((true, new)) => {
             tracing::info!(%reason, "configuration changed");
@@ -736,6 +709,8 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::Grou
 
 /// Longest a hand-over waits for its target to have every record.
 pub const TRANSFER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a hand-over checks whether its target has every record.
+pub const TRANSFER_POLL: Duration = Duration::from_millis(5);
 
 /// Primary: hands the group over to the in-sync backup `to`. Stops
 /// serving, waits until `to` acknowledged every record, then makes it
@@ -784,9 +759,9 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
                     "{to} did not catch up to {last} within {TRANSFER_CATCH_UP_TIMEOUT:?}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(TRANSFER_POLL).await;
         }
-        let mut members: Vec<pb::MemberConfig> = Vec::new();
+        let mut members: Vec<Member> = Vec::new();
         for m in &config.members {
             if m.addr == to {
                 members.insert(0, m.clone());
@@ -827,64 +802,45 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
 
 /// Backup: the primary is silent. Unless it still answers as a primary with
 /// a lease, promote the most up-to-date reachable in-sync member (itself if
-/// it is that member) at `epoch + 1`.
-async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::GroupConfig) {
-    let old = &config.members[0];
-    if let Some(status) = peer_status(&old.addr).await
-        && status.role == Role::Primary.name()
-        && status.epoch == config.epoch
-        && status.lease_ms > 0
-    {
+/// it is that member) at `epoch + 1` ([`choose_primary`] decides).
+async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupConfig) {
+    let old = match config.primary() {
+        Some(addr) => peer_status(addr).await,
+        None => None,
+    };
+    if primary_still_serving(config, old.as_ref()) {
         return; // it serves; our stream will reconnect
     }
     let me = shard.repl.me();
-    let mut candidates: Vec<(Lsn, String)> = vec![(shard.durable_lsn(), me.clone())];
-    let mut reachable = vec![me.clone()];
-    for m in config.members.iter().skip(1) {
-        if m.addr == me || !m.in_sync {
-            continue;
-        }
-        if let Some(status) = peer_status(&m.addr).await
-            && status.epoch <= config.epoch
-        {
-            candidates.push((status.durable_lsn, m.addr.clone()));
-            reachable.push(m.addr.clone());
+    let my_durable = shard.durable_lsn();
+    let mut answers: Vec<(String, PeerStatus)> = Vec::new();
+    for addr in failover_peers(config, &me) {
+        if let Some(status) = peer_status(addr).await {
+            answers.push((addr.to_string(), status));
         }
     }
-    // Highest LSN; ties go to the smallest address, so concurrent askers
-    // agree.
-    candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let chosen = candidates[0].1.clone();
-    let mut members: Vec<pb::MemberConfig> = Vec::new();
-    for m in &config.members {
-        let mut m = m.clone();
-        if m.addr == chosen {
-            continue;
+    let chosen = match choose_primary(config, &me, my_durable, &answers) {
+        Ok(chosen) => chosen,
+        Err(err) => {
+            tracing::warn!(%err, "cannot run a failover");
+            return;
         }
-        m.in_sync = m.in_sync && reachable.contains(&m.addr) && m.addr != old.addr;
-        members.push(m);
-    }
-    let primary = config
-        .members
-        .iter()
-        .find(|m| m.addr == chosen)
-        .cloned()
-        .map(|mut m| {
-            m.in_sync = true;
-            m
-        })
-        .expect("the chosen member is in the configuration");
-    members.insert(0, primary);
-    let reason = format!(
-        "failover: primary {} silent; promoting {chosen} (durable to {})",
-        old.addr, candidates[0].0
-    );
-    match cas_group(coordinator, config, config.epoch + 1, members, &reason).await {
+    };
+    let reason = chosen.reason();
+    match cas_group(
+        coordinator,
+        config,
+        config.epoch + 1,
+        chosen.members,
+        &reason,
+    )
+    .await
+    {
         Ok((true, new)) => {
             tracing::warn!(%reason, epoch = new.epoch, "failover done");
             // The promoted replica starts at once if it is this one; the
             // others learn it at their next poll.
-            if new.members.first().is_some_and(|m| m.addr == me)
+            if new.primary() == Some(me.as_str())
                 && let Err(err) = shard.become_primary(new.epoch, new.clone())
             {
                 tracing::error!(%err, "cannot start as primary");
@@ -895,21 +851,23 @@ async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &pb::Gr
     }
 }
 
-async fn peer_status(addr: &str) -> Option<pb::ShardStatusResponse> {
+/// A peer's own account of itself, or `None` if it does not answer in
+/// time.
+async fn peer_status(addr: &str) -> Option<PeerStatus> {
     let mut client = shard_client(addr, Some(CONTROL_RPC_TIMEOUT / 4)).ok()?;
     let call = client.shard_status(pb::ShardStatusRequest {});
     match tokio::time::timeout(CONTROL_RPC_TIMEOUT / 4, call).await {
-        Ok(Ok(response)) => Some(response.into_inner()),
+        Ok(Ok(response)) => Some(PeerStatus::from(response.get_ref())),
         _ => None,
     }
 }
 
-async fn get_group(coordinator: &Coordinator, group: u64) -> Result<pb::GroupConfig, String> {
+async fn get_group(coordinator: &Coordinator, group: u64) -> Result<GroupConfig, String> {
     let mut client = coordinator.clone();
     client
         .get_group(pb::GetGroupRequest { group_id: group })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| GroupConfig::from(r.into_inner()))
         .map_err(|s| s.message().to_string())
 }
 
@@ -928,18 +886,18 @@ async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(
 
 async fn cas_group(
     coordinator: &Coordinator,
-    config: &pb::GroupConfig,
+    config: &GroupConfig,
     epoch: u64,
-    members: Vec<pb::MemberConfig>,
+    members: Vec<Member>,
     reason: &str,
-) -> Result<(bool, pb::GroupConfig), String> {
+) -> Result<(bool, GroupConfig), String> {
     let mut client = coordinator.clone();
     let response = client
         .cas_group(pb::CasGroupRequest {
             group_id: config.group_id,
             expected_version: config.version,
             epoch,
-            members,
+            members: members.into_iter().map(pb::MemberConfig::from).collect(),
             reason: reason.to_string(),
         })
         .await
@@ -948,5 +906,5 @@ async fn cas_group(
     let config = response
         .config
         .ok_or_else(|| "the coordinator sent no configuration".to_string())?;
-    Ok((response.won, config))
+    Ok((response.won, GroupConfig::from(config)))
 }
