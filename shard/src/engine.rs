@@ -286,7 +286,7 @@ impl Shard {
                 .map_err(|e| open_err(&path, format!("snapshot cannot be loaded: {e}")))?;
             recovery.snapshot_lsn = lsn;
         }
-        let repl = Repl::new(!config.replicated, config.feed_bytes_max);
+        let repl = Repl::new(!config.replicated, config.feed_bytes_max, now);
         let replay = {
             let mut guard = state.lock();
             wal::replay(dir, recovery.snapshot_lsn, |raw| {
@@ -370,9 +370,11 @@ impl Shard {
         let generation = marks.borrow().generation;
         self.wal().wait_durable(lsn).await?;
         if level == Level::Local {
-            self.repl.note_durable(self.wal().durable_lsn());
+            self.repl
+                .note_durable(self.wal().durable_lsn(), Instant::now());
         } else {
-            self.repl.recompute(self.wal().durable_lsn());
+            self.repl
+                .recompute(self.wal().durable_lsn(), Instant::now());
             let waited = tokio::time::timeout(
                 SETTLE_TIMEOUT,
                 marks.wait_for(|m| m.generation != generation || m.at(level) >= lsn),
@@ -411,8 +413,13 @@ impl Shard {
     /// counters and histograms, and the replication gauges.
     pub fn render_metrics(&self) -> String {
         let mut out = self.metrics.render();
-        self.repl
-            .render_metrics(&mut out, self.durable_lsn(), self.last_lsn());
+        crate::metrics::render_repl(
+            &mut out,
+            &self.repl,
+            self.durable_lsn(),
+            self.last_lsn(),
+            Instant::now(),
+        );
         out
     }
 
@@ -971,8 +978,13 @@ impl Shard {
         let mut guard = self.state.lock();
         // The role first, under the state lock: from here no record of the
         // old primary is applied (see apply_replicated).
-        self.repl
-            .set_role(Role::Primary, epoch, Some(config), self.durable_lsn());
+        self.repl.set_role(
+            Role::Primary,
+            epoch,
+            Some(config),
+            self.durable_lsn(),
+            Instant::now(),
+        );
         if guard.core().epochs.last().is_none_or(|(e, _)| *e < epoch) {
             self.log(&mut guard, &Record::NewEpoch(NewEpochRec { epoch }))?;
         }

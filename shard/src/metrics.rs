@@ -6,7 +6,11 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use trellis_metrics::{COUNT_BOUNDS, Histogram, SECONDS_BOUNDS, counter, gauge};
+use tokio::time::Instant;
+use trellis_metrics::{COUNT_BOUNDS, Histogram, SECONDS_BOUNDS, counter, gauge, gauge_family};
+use trellis_types::Lsn;
+
+use crate::repl::{CatchUp, Peer, Repl, Role};
 pub use trellis_metrics::{bind, serve};
 
 /// Every metric of a shard replica.
@@ -245,4 +249,75 @@ impl Metrics {
         );
         out
     }
+}
+
+/// Appends the replication gauges of a replica as of `now` (a primary's
+/// view of its backups; a backup renders the families without series).
+/// `local` is its durable LSN, `last` its last one.
+pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: Instant) {
+    let at_risk = repl.at_risk(local, now);
+    let inner = repl.lock();
+    let primary = inner.role == Role::Primary;
+    let peers: Vec<(&String, &Peer)> = if primary {
+        inner.peers.iter().collect()
+    } else {
+        Vec::new()
+    };
+    let per_peer = |f: &dyn Fn(&Peer) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+        peers
+            .iter()
+            .map(|(addr, p)| (vec![("backup", addr.as_str())], f(p)))
+            .collect()
+    };
+    gauge_family(
+        out,
+        "trellis_repl_lag_records",
+        "Primary: records a backup has not acknowledged as durable.",
+        &per_peer(&|p| last.saturating_sub(p.acked) as f64),
+    );
+    gauge_family(
+        out,
+        "trellis_repl_lag_seconds",
+        "Primary: seconds since a backup last acknowledged anything.",
+        &per_peer(&|p| now.saturating_duration_since(p.last_ack).as_secs_f64()),
+    );
+    let catching_up: Vec<(&String, CatchUp)> = peers
+        .iter()
+        .filter_map(|(addr, p)| p.catch_up.map(|c| (*addr, c)))
+        .collect();
+    for (name, help, value) in [
+        (
+            "trellis_repl_catch_up_done",
+            "Primary: bytes (snapshot) or records (backlog) sent to a backup being caught up.",
+            (|c: &CatchUp| c.done) as fn(&CatchUp) -> u64,
+        ),
+        (
+            "trellis_repl_catch_up_total",
+            "Primary: bytes (snapshot) or records (backlog) a backup being caught up needs.",
+            |c: &CatchUp| c.total,
+        ),
+    ] {
+        let series: Vec<(Vec<(&str, &str)>, f64)> = catching_up
+            .iter()
+            .map(|(addr, c)| {
+                (
+                    vec![("backup", addr.as_str()), ("mode", c.mode.name())],
+                    value(c) as f64,
+                )
+            })
+            .collect();
+        gauge_family(out, name, help, &series);
+    }
+    gauge_family(
+        out,
+        "trellis_repl_at_risk_records",
+        "Primary: records durable here and on no backup (an ASYNC commit among them is lost if this primary is).",
+        &[(vec![], at_risk.records as f64)],
+    );
+    gauge_family(
+        out,
+        "trellis_repl_at_risk_seconds",
+        "Primary: how long the oldest at-risk record has been durable here (0 when none is).",
+        &[(vec![], at_risk.oldest.as_secs_f64())],
+    );
 }

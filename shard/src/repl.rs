@@ -2,7 +2,12 @@
 //! recent log records a primary streams to backups, what each backup has
 //! acknowledged, the watermarks writes wait for, and the primary's lease.
 //!
-//! No IO here; [`crate::replica`] drives it (streams, catalog, failover).
+//! No IO and no clock here: every method that needs the time takes `now`.
+//! [`crate::replica`] drives it (streams, catalog, failover); the rules for
+//! changing the group's configuration are in [`crate::role`], the gauges
+//! are rendered by [`crate::metrics::render_repl`]. Waiters learn of new
+//! watermarks and records through `watch` channels (notification only: a
+//! send never blocks).
 //!
 //! # Rules
 //! - Only a primary whose lease is valid serves anything. The lease is
@@ -340,8 +345,8 @@ pub struct AtRisk {
 }
 
 impl Repl {
-    pub fn new(standalone: bool, feed_bytes_max: usize) -> Repl {
-        let now = Instant::now();
+    /// A replica's replication state at start-up (`now`).
+    pub fn new(standalone: bool, feed_bytes_max: usize, now: Instant) -> Repl {
         Repl {
             inner: Mutex::new(Inner {
                 role: if standalone {
@@ -456,8 +461,14 @@ impl Repl {
 
     /// Changes role and epoch (and the configuration acted on); waiters of
     /// the old generation give up.
-    pub fn set_role(&self, role: Role, epoch: u64, config: Option<GroupConfig>, local: Lsn) {
-        let now = Instant::now();
+    pub fn set_role(
+        &self,
+        role: Role,
+        epoch: u64,
+        config: Option<GroupConfig>,
+        local: Lsn,
+        now: Instant,
+    ) {
         let mut inner = self.lock();
         let changed = inner.role != role || inner.epoch != epoch;
         if changed {
@@ -491,12 +502,11 @@ impl Repl {
                 });
             }
         }
-        self.recompute_locked(&inner, local, changed);
+        self.recompute_locked(&inner, local, changed, now);
     }
 
-    /// Records a backup's acknowledgement.
-    pub fn ack(&self, addr: &str, durable: Lsn, heartbeat: u64, local: Lsn) {
-        let now = Instant::now();
+    /// Records a backup's acknowledgement, received at `now`.
+    pub fn ack(&self, addr: &str, durable: Lsn, heartbeat: u64, local: Lsn, now: Instant) {
         let mut inner = self.lock();
         if inner.role != Role::Primary {
             return;
@@ -516,16 +526,16 @@ impl Repl {
                 peer.lease_from = Some(sent);
             }
         }
-        self.recompute_locked(&inner, local, false);
+        self.recompute_locked(&inner, local, false, now);
     }
 
-    /// A new heartbeat number for a batch about to be sent; its send time
-    /// is remembered for the lease.
-    pub fn heartbeat(&self) -> u64 {
+    /// A new heartbeat number for a batch about to be sent (`now`); its
+    /// send time is remembered for the lease.
+    pub fn heartbeat(&self, now: Instant) -> u64 {
         let mut inner = self.lock();
         let seq = inner.next_heartbeat;
         inner.next_heartbeat += 1;
-        inner.heartbeats.push_back((seq, Instant::now()));
+        inner.heartbeats.push_back((seq, now));
         while inner.heartbeats.len() > HEARTBEATS_REMEMBERED {
             inner.heartbeats.pop_front();
         }
@@ -572,19 +582,19 @@ impl Repl {
         }
     }
 
-    /// Backup: the primary spoke.
-    pub fn heard(&self) {
-        self.lock().last_heard = Instant::now();
+    /// Backup: the primary spoke (at `now`).
+    pub fn heard(&self, now: Instant) {
+        self.lock().last_heard = now;
     }
 
     /// Notes that this replica's log is durable up to `local` (called by
     /// every write once durable), for [`Repl::at_risk`].
-    pub fn note_durable(&self, local: Lsn) {
+    pub fn note_durable(&self, local: Lsn, now: Instant) {
         let inner = self.lock();
-        self.note_durable_locked(&inner, local);
+        self.note_durable_locked(&inner, local, now);
     }
 
-    fn note_durable_locked(&self, inner: &Inner, local: Lsn) {
+    fn note_durable_locked(&self, inner: &Inner, local: Lsn, now: Instant) {
         let mut points = self.durable_at.lock().expect("durable_at lock poisoned");
         let Some(best) = best_backup_ack(inner) else {
             points.clear();
@@ -599,7 +609,7 @@ impl Repl {
                     back.0 = local;
                 }
             } else {
-                points.push_back((local, Instant::now()));
+                points.push_back((local, now));
             }
         }
     }
@@ -625,86 +635,14 @@ impl Repl {
         AtRisk { records, oldest }
     }
 
-    /// Appends the replication gauges of this replica (a primary's view of
-    /// its backups; a backup renders the families without series).
-    pub fn render_metrics(&self, out: &mut String, local: Lsn, last: Lsn) {
-        use trellis_metrics::gauge_family;
-        let now = Instant::now();
-        let at_risk = self.at_risk(local, now);
+    /// Recomputes the watermarks (the local durable LSN moved, at `now`).
+    pub fn recompute(&self, local: Lsn, now: Instant) {
         let inner = self.lock();
-        let primary = inner.role == Role::Primary;
-        let peers: Vec<(&String, &Peer)> = if primary {
-            inner.peers.iter().collect()
-        } else {
-            Vec::new()
-        };
-        let per_peer = |f: &dyn Fn(&Peer) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
-            peers
-                .iter()
-                .map(|(addr, p)| (vec![("backup", addr.as_str())], f(p)))
-                .collect()
-        };
-        gauge_family(
-            out,
-            "trellis_repl_lag_records",
-            "Primary: records a backup has not acknowledged as durable.",
-            &per_peer(&|p| last.saturating_sub(p.acked) as f64),
-        );
-        gauge_family(
-            out,
-            "trellis_repl_lag_seconds",
-            "Primary: seconds since a backup last acknowledged anything.",
-            &per_peer(&|p| now.saturating_duration_since(p.last_ack).as_secs_f64()),
-        );
-        let catching_up: Vec<(&String, CatchUp)> = peers
-            .iter()
-            .filter_map(|(addr, p)| p.catch_up.map(|c| (*addr, c)))
-            .collect();
-        for (name, help, value) in [
-            (
-                "trellis_repl_catch_up_done",
-                "Primary: bytes (snapshot) or records (backlog) sent to a backup being caught up.",
-                (|c: &CatchUp| c.done) as fn(&CatchUp) -> u64,
-            ),
-            (
-                "trellis_repl_catch_up_total",
-                "Primary: bytes (snapshot) or records (backlog) a backup being caught up needs.",
-                |c: &CatchUp| c.total,
-            ),
-        ] {
-            let series: Vec<(Vec<(&str, &str)>, f64)> = catching_up
-                .iter()
-                .map(|(addr, c)| {
-                    (
-                        vec![("backup", addr.as_str()), ("mode", c.mode.name())],
-                        value(c) as f64,
-                    )
-                })
-                .collect();
-            gauge_family(out, name, help, &series);
-        }
-        gauge_family(
-            out,
-            "trellis_repl_at_risk_records",
-            "Primary: records durable here and on no backup (an ASYNC commit among them is lost if this primary is).",
-            &[(vec![], at_risk.records as f64)],
-        );
-        gauge_family(
-            out,
-            "trellis_repl_at_risk_seconds",
-            "Primary: how long the oldest at-risk record has been durable here (0 when none is).",
-            &[(vec![], at_risk.oldest.as_secs_f64())],
-        );
+        self.recompute_locked(&inner, local, false, now);
     }
 
-    /// Recomputes the watermarks (the local durable LSN moved).
-    pub fn recompute(&self, local: Lsn) {
-        let inner = self.lock();
-        self.recompute_locked(&inner, local, false);
-    }
-
-    fn recompute_locked(&self, inner: &Inner, local: Lsn, bump: bool) {
-        self.note_durable_locked(inner, local);
+    fn recompute_locked(&self, inner: &Inner, local: Lsn, bump: bool, now: Instant) {
+        self.note_durable_locked(inner, local, now);
         let in_sync: Vec<Lsn> = match inner.role {
             Role::Primary => in_sync_peers(inner).map(|(_, p)| p.acked).collect(),
             _ => Vec::new(),
@@ -846,11 +784,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn watermarks_and_lease_follow_acks() {
-        let repl = Repl::new(false, FEED_BYTES_MAX);
+    #[test]
+    fn watermarks_and_lease_follow_acks() {
+        let t0 = Instant::now();
+        let repl = Repl::new(false, FEED_BYTES_MAX, t0);
         repl.set_me("p");
-        assert!(!repl.serving(Instant::now()), "idle serves nothing");
+        assert!(!repl.serving(t0), "idle serves nothing");
         repl.set_role(
             Role::Primary,
             1,
@@ -861,34 +800,81 @@ mod tests {
                 ("l", false),
             ])),
             10,
+            t0,
         );
         assert_eq!((repl.marks().semi, repl.marks().sync), (0, 0));
-        assert!(
-            !repl.serving(Instant::now()),
-            "no lease before the backups acknowledge"
-        );
-        let hb = repl.heartbeat();
-        repl.ack("b1", 7, hb, 10);
+        assert!(!repl.serving(t0), "no lease before the backups acknowledge");
+        let sent = t0 + Duration::from_millis(10);
+        let hb = repl.heartbeat(sent);
+        let acked = sent + Duration::from_millis(1);
+        repl.ack("b1", 7, hb, 10, acked);
         assert_eq!((repl.marks().semi, repl.marks().sync), (7, 0));
-        repl.ack("l", 10, hb, 10);
+        repl.ack("l", 10, hb, 10, acked);
         assert_eq!(repl.marks().sync, 0, "a learner does not count");
-        assert!(!repl.serving(Instant::now()), "b2 has not granted a lease");
-        repl.ack("b2", 9, hb, 10);
+        assert!(!repl.serving(acked), "b2 has not granted a lease");
+        repl.ack("b2", 9, hb, 10, acked);
         assert_eq!((repl.marks().semi, repl.marks().sync), (9, 7));
-        assert!(repl.serving(Instant::now()));
-        assert!(!repl.serving(Instant::now() + LEASE), "the lease lapses");
+        assert!(repl.serving(acked));
+        // The lease runs LEASE from the heartbeat's send time, not from
+        // its acknowledgement, and lapses at exactly that bound.
+        assert!(repl.serving(sent + LEASE - Duration::from_millis(1)));
+        assert!(!repl.serving(sent + LEASE), "the lease lapses");
+        assert_eq!(repl.lease_left(sent), LEASE.as_millis() as u64);
+        assert_eq!(repl.lease_left(sent + LEASE), 0);
         // Out of the configuration: b2 no longer holds the mark back.
         repl.set_role(
             Role::Primary,
             1,
             Some(config(&[("p", true), ("b1", true), ("b2", false)])),
             10,
+            acked,
         );
-        repl.ack("b1", 10, hb, 10);
+        repl.ack("b1", 10, hb, 10, acked);
         assert_eq!(repl.marks().sync, 10);
         let generation = repl.marks().generation;
-        repl.set_role(Role::Backup, 2, None, 10);
+        repl.set_role(Role::Backup, 2, None, 10, acked);
         assert!(repl.marks().generation > generation);
-        assert!(!repl.serving(Instant::now()));
+        assert!(!repl.serving(acked));
+    }
+
+    #[test]
+    fn lease_follows_the_oldest_grant_and_never_lapses_without_backups() {
+        let t0 = Instant::now();
+        let repl = Repl::new(false, FEED_BYTES_MAX, t0);
+        repl.set_me("p");
+        // No in-sync backup: nobody else may be promoted, no lapse.
+        repl.set_role(
+            Role::Primary,
+            1,
+            Some(config(&[("p", true), ("l", false)])),
+            5,
+            t0,
+        );
+        assert!(repl.serving(t0 + GRACE * 10));
+        assert_eq!(repl.lease_left(t0), u64::MAX);
+        assert_eq!((repl.marks().semi, repl.marks().sync), (5, 5));
+        // Two in-sync backups granting at different times: the older
+        // grant bounds the lease.
+        repl.set_role(
+            Role::Primary,
+            1,
+            Some(config(&[("p", true), ("b1", true), ("b2", true)])),
+            5,
+            t0,
+        );
+        let early = repl.heartbeat(t0);
+        let late = repl.heartbeat(t0 + Duration::from_millis(300));
+        repl.ack("b1", 5, late, 5, t0 + Duration::from_millis(301));
+        repl.ack("b2", 5, early, 5, t0 + Duration::from_millis(301));
+        assert!(repl.serving(t0 + LEASE - Duration::from_millis(1)));
+        assert!(!repl.serving(t0 + LEASE));
+        // An acknowledgement of an older heartbeat renews nothing.
+        repl.ack("b2", 5, early, 5, t0 + Duration::from_millis(400));
+        assert!(!repl.serving(t0 + LEASE));
+        repl.ack("b2", 5, late, 5, t0 + Duration::from_millis(400));
+        assert!(repl.serving(t0 + LEASE));
+        // A standalone replica serves without any lease.
+        let alone = Repl::new(true, FEED_BYTES_MAX, t0);
+        assert!(alone.serving(t0 + GRACE * 10));
     }
 }

@@ -165,6 +165,7 @@ pub async fn serve_stream(
                     ack.durable_lsn,
                     ack.heartbeat_seq,
                     shard.durable_lsn(),
+                    Instant::now(),
                 );
             }
         });
@@ -297,7 +298,7 @@ async fn feed_backup(
         {
             let batch = pb::ReplicaBatch {
                 epoch,
-                heartbeat_seq: shard.repl.heartbeat(),
+                heartbeat_seq: shard.repl.heartbeat(Instant::now()),
                 snapshot: piece.to_vec(),
                 snapshot_done: i + 1 == pieces,
                 records: Vec::new(),
@@ -365,7 +366,7 @@ async fn feed_backup(
         }
         let batch = pb::ReplicaBatch {
             epoch,
-            heartbeat_seq: shard.repl.heartbeat(),
+            heartbeat_seq: shard.repl.heartbeat(Instant::now()),
             snapshot: Vec::new(),
             snapshot_done: false,
             records: records
@@ -490,7 +491,7 @@ async fn receive(
         if shard.repl.role().1 != epoch || batch.epoch != epoch {
             return Err("the epoch changed".into());
         }
-        shard.repl.heard();
+        shard.repl.heard(Instant::now());
         if !batch.snapshot.is_empty() || batch.snapshot_done {
             if snapshot.len() + batch.snapshot.len() > SNAPSHOT_BYTES_MAX {
                 return Err("snapshot larger than SNAPSHOT_BYTES_MAX".into());
@@ -565,9 +566,13 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
         match next_role(&config, &me, (role, epoch), last_heard, Instant::now()) {
             Step::Join { step_down } => {
                 if step_down {
-                    shard
-                        .repl
-                        .set_role(Role::Idle, epoch, None, shard.durable_lsn());
+                    shard.repl.set_role(
+                        Role::Idle,
+                        epoch,
+                        None,
+                        shard.durable_lsn(),
+                        Instant::now(),
+                    );
                 }
                 if let Err(err) = register(&coordinator, shard.group_id(), &me).await {
                     tracing::debug!(%err, "cannot register");
@@ -587,6 +592,7 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                         config.epoch,
                         Some(config.clone()),
                         shard.durable_lsn(),
+                        Instant::now(),
                     );
                 }
                 let valid = shard.repl.serving(Instant::now());
@@ -622,6 +628,7 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                     config.epoch,
                     Some(config.clone()),
                     shard.durable_lsn(),
+                    Instant::now(),
                 );
                 ensure_following(&shard, &follower, primary, config.epoch);
                 if primary_silent {
@@ -696,9 +703,13 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupCon
     match cas_group(coordinator, config, config.epoch, members, &reason).await {
         Ok((true, new)) => {
             tracing::info!(%reason, "configuration changed");
-            shard
-                .repl
-                .set_role(Role::Primary, new.epoch, Some(new), shard.durable_lsn());
+            shard.repl.set_role(
+                Role::Primary,
+                new.epoch,
+                Some(new),
+                shard.durable_lsn(),
+                Instant::now(),
+            );
         }
         Ok((false, new)) => {
             tracing::info!(%reason, version = new.version, "configuration changed under us; re-reading");
@@ -790,6 +801,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
                 new.epoch,
                 Some(new.clone()),
                 shard.durable_lsn(),
+                Instant::now(),
             );
             Ok(new.epoch)
         }
