@@ -256,10 +256,10 @@ impl Metrics {
 /// `local` is its durable LSN, `last` its last one.
 pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: Instant) {
     let at_risk = repl.at_risk(local, now);
-    let inner = repl.lock();
-    let primary = inner.role == Role::Primary;
+    let view = repl.view();
+    let primary = view.role == Role::Primary;
     let peers: Vec<(&String, &Peer)> = if primary {
-        inner.peers.iter().collect()
+        view.peers.iter().collect()
     } else {
         Vec::new()
     };

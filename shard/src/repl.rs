@@ -297,25 +297,49 @@ pub struct CatchUp {
     pub total: u64,
 }
 
-/// The mutable part, under one lock.
-pub struct Inner {
-    pub role: Role,
-    pub epoch: u64,
-    pub since: Instant,
+/// The mutable part, under one lock (private: callers read a [`ReplView`]
+/// or ask a question; every change goes through a method).
+struct Inner {
+    role: Role,
+    epoch: u64,
+    since: Instant,
     /// The configuration this replica acts on (from the catalog).
-    pub config: Option<GroupConfig>,
+    config: Option<GroupConfig>,
     /// Primary: every other member, by address. Ordered, so that walking
     /// the peers (watermarks, lease, status) goes the same way every run.
-    pub peers: BTreeMap<String, Peer>,
+    peers: BTreeMap<String, Peer>,
     heartbeats: VecDeque<(u64, Instant)>,
     next_heartbeat: u64,
     /// Number of the next stream to a backup (catch-up reports).
     next_stream: u64,
     /// Backup: when the primary was last heard from.
-    pub last_heard: Instant,
+    last_heard: Instant,
     /// Primary handing over to another member: serves nothing, keeps
     /// streaming.
-    pub handing_over: bool,
+    handing_over: bool,
+}
+
+/// A consistent copy of a replica's replication state, for the status and
+/// the metrics.
+#[derive(Clone, Debug)]
+pub struct ReplView {
+    pub role: Role,
+    pub epoch: u64,
+    /// The configuration this replica acts on (from the catalog).
+    pub config: Option<GroupConfig>,
+    /// Primary: what it knows of every other member, by address.
+    pub peers: BTreeMap<String, Peer>,
+    /// Backup: when the primary was last heard from.
+    pub last_heard: Instant,
+}
+
+impl ReplView {
+    /// Whether `addr` is an in-sync member of the configuration.
+    pub fn in_sync(&self, addr: &str) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| c.members.iter().any(|m| m.addr == addr && m.in_sync))
+    }
 }
 
 /// Replication state of a replica.
@@ -373,8 +397,35 @@ impl Repl {
         }
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("repl lock poisoned")
+    }
+
+    /// A copy of the state, taken under one lock.
+    pub fn view(&self) -> ReplView {
+        let inner = self.lock();
+        ReplView {
+            role: inner.role,
+            epoch: inner.epoch,
+            config: inner.config.clone(),
+            peers: inner.peers.clone(),
+            last_heard: inner.last_heard,
+        }
+    }
+
+    /// The configuration this replica acts on.
+    pub fn config(&self) -> Option<GroupConfig> {
+        self.lock().config.clone()
+    }
+
+    /// Backup: when the primary was last heard from.
+    pub fn last_heard(&self) -> Instant {
+        self.lock().last_heard
+    }
+
+    /// Primary: what it knows of every other member, by address.
+    pub fn peers(&self) -> BTreeMap<String, Peer> {
+        self.lock().peers.clone()
     }
 
     pub fn set_me(&self, addr: &str) {

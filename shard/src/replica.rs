@@ -117,8 +117,7 @@ pub async fn serve_stream(
     }
     let known = shard
         .repl
-        .lock()
-        .config
+        .config()
         .as_ref()
         .is_some_and(|c| c.members.iter().skip(1).any(|m| m.addr == hello.addr));
     if !known {
@@ -562,7 +561,7 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
             }
         };
         let (role, epoch) = shard.repl.role();
-        let last_heard = shard.repl.lock().last_heard;
+        let last_heard = shard.repl.last_heard();
         match next_role(&config, &me, (role, epoch), last_heard, Instant::now()) {
             Step::Join { step_down } => {
                 if step_down {
@@ -686,7 +685,7 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupCon
     use std::sync::atomic::Ordering::Relaxed;
     let now = Instant::now();
     let last = shard.last_lsn();
-    let peers = shard.repl.lock().peers.clone();
+    let peers = shard.repl.peers();
     let changes = upkeep_changes(config, &peers, last, now);
     // The catalog keeps one reason per change: the last one's.
     let Some(reason) = changes.last().map(Change::reason) else {
@@ -732,7 +731,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
         Status::failed_precondition("a standalone shard has no group to hand over")
     })?;
     let (role, epoch) = shard.repl.role();
-    let config = shard.repl.lock().config.clone();
+    let config = shard.repl.config();
     let Some(config) = config.filter(|_| role == Role::Primary) else {
         return Err(Status::failed_precondition(format!(
             "this replica is {}, not the primary",

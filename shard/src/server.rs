@@ -579,47 +579,35 @@ impl ShardService for ShardApi {
         let now = tokio::time::Instant::now();
         let (role, epoch) = self.shard.repl.role();
         let marks = self.shard.repl.marks();
-        let replicas = {
-            let inner = self.shard.repl.lock();
-            let in_sync = |addr: &str| {
-                inner
-                    .config
-                    .as_ref()
-                    .is_some_and(|c| c.members.iter().any(|m| m.addr == addr && m.in_sync))
-            };
-            let replicas: Vec<pb::ReplicaProgress> = if role == Role::Primary {
-                let mut list: Vec<_> = inner
-                    .peers
-                    .iter()
-                    .map(|(addr, p)| pb::ReplicaProgress {
-                        addr: addr.clone(),
-                        acked_lsn: p.acked,
-                        in_sync: in_sync(addr),
-                        silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
-                        heard: p.heard,
-                        catch_up: p
-                            .catch_up
-                            .map(|c| c.mode.name().to_string())
-                            .unwrap_or_default(),
-                        catch_up_done: p.catch_up.map_or(0, |c| c.done),
-                        catch_up_total: p.catch_up.map_or(0, |c| c.total),
-                    })
-                    .collect();
-                list.sort_by(|a, b| a.addr.cmp(&b.addr));
-                list
-            } else {
-                Vec::new()
-            };
-            replicas
+        let view = self.shard.repl.view();
+        let replicas: Vec<pb::ReplicaProgress> = if role == Role::Primary {
+            let mut list: Vec<_> = view
+                .peers
+                .iter()
+                .map(|(addr, p)| pb::ReplicaProgress {
+                    addr: addr.clone(),
+                    acked_lsn: p.acked,
+                    in_sync: view.in_sync(addr),
+                    silent_ms: now.saturating_duration_since(p.last_ack).as_millis() as u64,
+                    heard: p.heard,
+                    catch_up: p
+                        .catch_up
+                        .map(|c| c.mode.name().to_string())
+                        .unwrap_or_default(),
+                    catch_up_done: p.catch_up.map_or(0, |c| c.done),
+                    catch_up_total: p.catch_up.map_or(0, |c| c.total),
+                })
+                .collect();
+            list.sort_by(|a, b| a.addr.cmp(&b.addr));
+            list
+        } else {
+            Vec::new()
         };
-        let primary_silent_ms = {
-            let inner = self.shard.repl.lock();
-            match inner.role {
-                Role::Backup | Role::Learner => {
-                    now.saturating_duration_since(inner.last_heard).as_millis() as u64
-                }
-                _ => 0,
+        let primary_silent_ms = match view.role {
+            Role::Backup | Role::Learner => {
+                now.saturating_duration_since(view.last_heard).as_millis() as u64
             }
+            _ => 0,
         };
         let at_risk = self.shard.repl.at_risk(s.durable_lsn, now);
         Ok(Response::new(pb::ShardStatusResponse {
