@@ -23,13 +23,17 @@ use crate::engine::Shard;
 use crate::repl::{FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
 use crate::role::{
     Change, GroupConfig, Member, PeerStatus, Step, apply_changes, choose_primary, failover_peers,
-    next_role, primary_still_serving, upkeep_changes,
+    hand_over, next_role, primary_still_serving, upkeep_changes,
 };
 
 /// How often every replica re-reads its group's configuration.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
-/// Deadline of one call to the coordinator or a peer's status.
+/// Deadline of one call to the coordinator.
 pub const CONTROL_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one peer's status during a failover: shorter, because a
+/// failover asks the old primary and then every in-sync backup in turn.
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+const _: () = assert!(PEER_STATUS_TIMEOUT.as_millis() < CONTROL_RPC_TIMEOUT.as_millis());
 /// Deadline for a backup to connect to its primary.
 pub const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Batches queued towards one backup.
@@ -738,27 +742,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
             role.name()
         )));
     };
-    if !config
-        .members
-        .iter()
-        .skip(1)
-        .any(|m| m.addr == to && m.in_sync)
-    {
-        return Err(Status::invalid_argument(format!(
-            "{to} is not an in-sync backup of group {}; members: {}",
-            config.group_id,
-            config
-                .members
-                .iter()
-                .map(|m| format!(
-                    "{}{}",
-                    m.addr,
-                    if m.in_sync { "" } else { " (not in sync)" }
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    let members = hand_over(&config, to).map_err(|e| Status::invalid_argument(e.to_string()))?;
     shard.repl.set_handing_over(true);
     let result = async {
         let last = shard.last_lsn();
@@ -770,14 +754,6 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
                 )));
             }
             tokio::time::sleep(TRANSFER_POLL).await;
-        }
-        let mut members: Vec<Member> = Vec::new();
-        for m in &config.members {
-            if m.addr == to {
-                members.insert(0, m.clone());
-            } else {
-                members.push(m.clone());
-            }
         }
         let reason = format!("primary transferred from {} to {to}", shard.repl.me());
         let coordinator = membership(&coordinator).map_err(Status::internal)?;
@@ -865,9 +841,9 @@ async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupC
 /// A peer's own account of itself, or `None` if it does not answer in
 /// time.
 async fn peer_status(addr: &str) -> Option<PeerStatus> {
-    let mut client = shard_client(addr, Some(CONTROL_RPC_TIMEOUT / 4)).ok()?;
+    let mut client = shard_client(addr, Some(PEER_STATUS_TIMEOUT)).ok()?;
     let call = client.shard_status(pb::ShardStatusRequest {});
-    match tokio::time::timeout(CONTROL_RPC_TIMEOUT / 4, call).await {
+    match tokio::time::timeout(PEER_STATUS_TIMEOUT, call).await {
         Ok(Ok(response)) => Some(PeerStatus::from(response.get_ref())),
         _ => None,
     }

@@ -1,8 +1,9 @@
 //! Who plays which part in a replica group: the group's configuration as
 //! this crate sees it, and the rules that act on it — which role a replica
 //! takes from a configuration ([`next_role`]), which backups a primary
-//! drops and which learners it admits ([`upkeep_changes`]), and whom a
-//! failover promotes ([`choose_primary`]).
+//! drops and which learners it admits ([`upkeep_changes`]), the members
+//! after a planned hand-over ([`hand_over`]), and whom a failover promotes
+//! ([`choose_primary`]).
 //!
 //! Pure functions of their arguments: no IO, no clock (the caller passes
 //! `now`), no locks. [`crate::replica`] gathers what they need (the
@@ -223,6 +224,58 @@ pub fn apply_changes(config: &GroupConfig, changes: &[Change]) -> Vec<Member> {
         }
     }
     members
+}
+
+// --------------------------------------------------------------- hand-over
+
+/// Why a primary cannot hand its group over to a member.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandOverError {
+    #[error("{to} is not an in-sync backup of group {group}; members: {members}")]
+    NotAnInSyncBackup {
+        to: String,
+        group: u64,
+        /// The members, for the message (`addr` or `addr (not in sync)`).
+        members: String,
+    },
+}
+
+/// Primary: the members once it hands the group over to `to` (to be
+/// proposed at `epoch + 1`): `to` first, everyone else as they are, this
+/// primary among the backups. Only an in-sync backup may take over.
+pub fn hand_over(config: &GroupConfig, to: &str) -> Result<Vec<Member>, HandOverError> {
+    if !config
+        .members
+        .iter()
+        .skip(1)
+        .any(|m| m.addr == to && m.in_sync)
+    {
+        return Err(HandOverError::NotAnInSyncBackup {
+            to: to.to_string(),
+            group: config.group_id,
+            members: config
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}{}",
+                        m.addr,
+                        if m.in_sync { "" } else { " (not in sync)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let mut members: Vec<Member> = Vec::with_capacity(config.members.len());
+    for m in &config.members {
+        if m.addr == to {
+            members.insert(0, m.clone());
+        } else {
+            members.push(m.clone());
+        }
+    }
+    Ok(members)
 }
 
 // ---------------------------------------------------------------- failover
@@ -501,6 +554,23 @@ mod tests {
             choose_primary(&config(2, &[]), "b", 9, &[]),
             Err(FailoverError::NoMembers)
         );
+    }
+
+    #[test]
+    fn hand_over_puts_the_target_first_and_only_an_in_sync_backup() {
+        let c = config(3, &[("p", true), ("b", true), ("l", false)]);
+        let members = hand_over(&c, "b").expect("b is in sync");
+        assert_eq!(
+            in_sync_of(&members),
+            vec![("b", true), ("p", true), ("l", false)]
+        );
+        let err = hand_over(&c, "l").expect_err("a learner");
+        assert_eq!(
+            err.to_string(),
+            "l is not an in-sync backup of group 1; members: p, b, l (not in sync)"
+        );
+        assert!(hand_over(&c, "p").is_err(), "not to itself");
+        assert!(hand_over(&c, "x").is_err(), "not to a stranger");
     }
 
     #[test]
