@@ -42,7 +42,7 @@ pub fn run(addr: &str, seconds: Duration) -> anyhow::Result<()> {
             "two-phase commits need at least 2 groups; this cluster has {}",
             groups.len()
         );
-        let slots = trellis_coordinator::map::assign_slots(&groups);
+        let slots = trellis_types::placement::assign_slots(&groups);
         let group_of = |key: &[u8]| slots[slot_of(key) as usize];
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .timeout(COMMIT_TIMEOUT)
