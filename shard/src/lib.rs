@@ -7,13 +7,22 @@
 //!   or (feature `sim`, inside a turmoil simulation) the simulated one.
 //! - [`record`]: what the log and snapshots hold (prost messages).
 //! - [`state`]: the state machine: index, lock table, transaction records,
-//!   outcome memory. No IO, no clock.
+//!   outcome memory, and the rules that check each operation (`check_*`,
+//!   among them the anchor's decide and resolve). No IO, no clock.
 //! - [`snapshot`]: writing and reading snapshots.
 //! - [`engine`]: recovery and the participant operations, each durable
 //!   before it answers.
+//! - [`repl`]: replication state: role, feed of recent records,
+//!   acknowledgements, watermarks, lease.
+//! - [`replica`]: the `Replicate` stream on both sides, following the
+//!   catalog's configuration, the primary's upkeep, failover.
+//! - [`pacer`]: the byte budget that paces catch-up traffic to a returning
+//!   backup.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`membership`]: registering with the coordinator.
+//! - [`failpoint`]: where a test makes the shard fail as a sick disk would.
+//! - `sim_tests` (tests with feature `sim`): the shard under turmoil.
 //!
 //! This crate never talks to the catalog's database, and never decides a
 //! transaction's outcome on its own except by presumed abort at the anchor.
