@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use trellis_proto::v1 as pb;
 
-use crate::bench_txn::percentile;
+use super::percentile;
 use crate::dev::{Kid, start, stop_all};
 
 /// Concurrent clients of the read-modify-write load.
