@@ -10,6 +10,9 @@ use trellis_proto::shard::v1 as shard_pb;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the new primary may take to start serving.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the coordinator's status is asked while waiting for the new
+/// primary to serve; also the resolution of the time it reports.
+const SERVING_POLL: Duration = Duration::from_millis(20);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -117,7 +120,7 @@ async fn transfer_primary(addr: &str, group: u64, to: Option<String>) -> anyhow:
                 "the catalog names {to} primary at epoch {epoch}, but it did not start serving within {SERVING_TIMEOUT:?}"
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(SERVING_POLL).await;
     }
     println!(
         "group {group}: primary moved from {} to {to} at epoch {epoch} ({} ms until it served)",

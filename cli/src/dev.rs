@@ -38,6 +38,11 @@ const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long children get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often a child told to stop is checked for having exited.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often the coordinator's status is asked while waiting for every
+/// group to register.
+const REGISTER_POLL: Duration = Duration::from_millis(100);
 /// How often the supervisor checks its children (and how late a restart
 /// may be past its backoff).
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
@@ -340,9 +345,7 @@ fn stop_children(mut children: Vec<(&str, &mut Child)>) {
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(STOP_POLL),
                 _ => {
                     eprintln!("{name} did not stop in {STOP_GRACE:?}; killing it");
                     let _ = child.kill();
@@ -837,7 +840,7 @@ fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
                     "not every group registered with the coordinator within {REGISTER_TIMEOUT:?}"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(REGISTER_POLL).await;
         }
     })
 }

@@ -1,11 +1,21 @@
-//! The single `trellis` binary: wiring only, no logic of its own.
+//! The single `trellis` binary: one module per subcommand. The protocols
+//! live in the library crates; what is here is flags, wiring, the terminal
+//! side of the tools, the `dev` supervisor and the benchmarks.
 //!
 //! # Layout
-//! - `shard`: run one shard replica (`trellis shard`).
-//! - `bench`, `bench_txn`, `bench_repl`: `trellis bench storage|txn|replication`.
-//! - `sql`: the SQL shell; `admin`: operator commands.
+//! - `dev`: `trellis dev`, a whole local cluster as child processes, and
+//!   their supervisor (restarts, log relay, stop).
+//! - `coordinator`: `trellis coordinator`, one coordinator over a catalog.
+//! - `shard`: `trellis shard`, one shard replica.
+//! - `status`: `trellis status`, the cluster table (also `\status` in sql).
+//! - `sql`: `trellis sql`, the shell's terminal (the language is in
+//!   `trellis-client`).
+//! - `admin`: `trellis admin`, operator commands (transfer-primary).
+//! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
+//!   own.
 //! - `flags`: value checks shared by the subcommands' flags.
-//! - `load`: the load tester (`trellis-loadtest`), with its own exit codes.
+//! - `signals`: how long-running subcommands learn they should stop.
+//! - `trellis load` is `trellis-loadtest` itself, with its own exit codes.
 //!
 //! # Exit codes
 //! A bad flag, or a flag's value of the wrong shape, is exit code 2 for
@@ -16,8 +26,6 @@
 
 mod admin;
 mod bench;
-mod bench_repl;
-mod bench_txn;
 mod coordinator;
 mod dev;
 mod flags;

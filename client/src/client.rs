@@ -21,6 +21,21 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// with the same transaction id (Commit is idempotent by id) before its
 /// outcome is reported unknown.
 pub const COMMIT_RESENDS_MAX: u32 = 3;
+/// Wait before the first resend of a Commit whose answer was lost; it
+/// doubles with each further resend (100, 200, 400 ms): long enough for a
+/// restarted coordinator to come back, short against the RPC deadline.
+pub const COMMIT_RESEND_BACKOFF_BASE: Duration = Duration::from_millis(50);
+// Every resend's wait together stays well under one default RPC deadline
+// (the sum of 2^1..=2^n times the base is below 2^(n+1) times it).
+const _: () = assert!(
+    (COMMIT_RESEND_BACKOFF_BASE.as_millis() << (COMMIT_RESENDS_MAX + 1))
+        < RPC_TIMEOUT_DEFAULT.as_millis()
+);
+
+/// How long to wait before resend number `resend` (1-based) of a Commit.
+fn commit_resend_backoff(resend: u32) -> Duration {
+    COMMIT_RESEND_BACKOFF_BASE * (1 << resend)
+}
 
 /// A transaction id: 16 bytes the client chooses.
 pub type TxnId = [u8; TXN_ID_BYTES];
@@ -360,7 +375,7 @@ impl Client {
                     }
                     if resends < COMMIT_RESENDS_MAX {
                         resends += 1;
-                        tokio::time::sleep(Duration::from_millis(50 << resends)).await;
+                        tokio::time::sleep(commit_resend_backoff(resends)).await;
                         continue;
                     }
                     return Err(if has_writes {
@@ -410,4 +425,20 @@ fn source_text(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_resends_back_off_by_doubling() {
+        // The waits the client has always used (`50 << resend` ms).
+        let waits: Vec<Duration> = (1..=COMMIT_RESENDS_MAX)
+            .map(commit_resend_backoff)
+            .collect();
+        assert_eq!(waits, [100, 200, 400].map(Duration::from_millis).to_vec());
+        let total: Duration = waits.iter().sum();
+        assert!(total < RPC_TIMEOUT_DEFAULT, "{total:?}");
+    }
 }

@@ -55,6 +55,15 @@
 //! run: exit code 1 for a failed statement, 2 when the cluster cannot be
 //! reached. History is kept in `~/.trellis_sql_history`
 //! (`TRELLIS_SQL_HISTORY` overrides).
+//!
+//! # Layout
+//! - `client` (private; its items are re-exported): [`Client`], its
+//!   [`Options`] and deadlines, the plain RPCs and the Commit resend.
+//! - `txn` (private, re-exported): [`Transaction`] and the
+//!   [`Client::run_txn`] retry loop with its [`backoff`].
+//! - `error` (private, re-exported): [`Error`] and how a gRPC status maps
+//!   to it.
+//! - [`sql`]: the language of `trellis sql`: parser, session, formats.
 
 mod client;
 mod error;
@@ -62,8 +71,9 @@ pub mod sql;
 mod txn;
 
 pub use client::{
-    COMMIT_RESENDS_MAX, CONNECT_TIMEOUT_DEFAULT, Client, CommitRequest, Committed, Consistency,
-    Durability, Item, Options, RPC_TIMEOUT_DEFAULT, ScanResult, TxnId, TxnState, Write, new_txn_id,
+    COMMIT_RESEND_BACKOFF_BASE, COMMIT_RESENDS_MAX, CONNECT_TIMEOUT_DEFAULT, Client, CommitRequest,
+    Committed, Consistency, Durability, Item, Options, RPC_TIMEOUT_DEFAULT, ScanResult, TxnId,
+    TxnState, Write, new_txn_id,
 };
 pub use error::{Error, Result, quote_key};
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

@@ -37,9 +37,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use trellis_types::placement::assign_slots;
 use trellis_types::{GroupId, SLOTS};
 
-use crate::map::{ClusterMap, Group, Member, assign_slots};
+use crate::map::{ClusterMap, Group, Member};
 
 /// Connections each coordinator keeps to the catalog database. The catalog
 /// is read every few seconds and written rarely; a few suffice.

@@ -2,7 +2,8 @@
 //! commits transactions across them. Any number can run over one catalog.
 //!
 //! # Layout
-//! - [`map`]: the shard map and the consistent-hash ring.
+//! - [`map`]: the shard map (the ring that fills it is
+//!   `trellis_types::placement`).
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
 //! - [`router`]: the current map and channels to shards; classifies faults.
 //! - [`txn`]: reads, 1PC/2PC commits, status, in-doubt resolution.

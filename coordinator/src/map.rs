@@ -1,21 +1,13 @@
 //! The shard map: which group owns each slot, where each group's members
-//! are, and the map's epoch; and the consistent-hash ring that assigns slots
-//! to groups.
+//! are, and the map's epoch.
 //!
-//! Slots are placed on a ring of `u64` positions; each group owns
-//! [`VNODES_PER_GROUP`] virtual nodes on it, and a slot belongs to the group
-//! of the first virtual node at or after its position (wrapping). Adding a
-//! group therefore moves only the slots that fall just before its virtual
-//! nodes: about `1/N` of them.
+//! The consistent-hash ring that assigns slots to groups is not here but in
+//! [`trellis_types::placement`]: the load tester, the benchmarks and the
+//! tests need the same answer without depending on the coordinator.
 
 use std::collections::BTreeMap;
 
-use trellis_types::{GroupId, MapEpoch, SLOTS, Slot, SlotSet, slot_of};
-
-/// Virtual nodes each group places on the ring. More evens out the spread
-/// (the standard deviation shrinks with the square root) at the cost of a
-/// larger ring; 128 keeps every group within about ±25% of its share.
-pub const VNODES_PER_GROUP: u32 = 128;
+use trellis_types::{GroupId, MapEpoch, Slot, SlotSet, slot_of};
 
 /// One replica of a group, as the catalog knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,95 +68,12 @@ impl ClusterMap {
     }
 }
 
-fn mix(mut x: u64) -> u64 {
-    // splitmix64 finalizer: a fixed, portable bijection.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn vnode_position(group: GroupId, vnode: u32) -> u64 {
-    mix(mix(group) ^ u64::from(vnode).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-}
-
-fn slot_position(slot: Slot) -> u64 {
-    mix(u64::from(slot) ^ 0x5107_5107_5107_5107)
-}
-
-/// Assigns every slot to a group by the consistent-hash ring over `groups`.
-/// Deterministic: the same groups always give the same assignment.
-pub fn assign_slots(groups: &[GroupId]) -> Vec<GroupId> {
-    assert!(!groups.is_empty(), "a cluster needs at least one group");
-    let mut ring: Vec<(u64, GroupId)> = groups
-        .iter()
-        .flat_map(|g| (0..VNODES_PER_GROUP).map(move |v| (vnode_position(*g, v), *g)))
-        .collect();
-    ring.sort_unstable();
-    (0..SLOTS)
-        .map(|slot| {
-            let pos = slot_position(slot);
-            let i = ring.partition_point(|(p, _)| *p < pos);
-            ring[i % ring.len()].1
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use trellis_types::SLOTS;
+    use trellis_types::placement::assign_slots;
+
     use super::*;
-
-    fn counts(slots: &[GroupId]) -> BTreeMap<GroupId, usize> {
-        let mut out = BTreeMap::new();
-        for g in slots {
-            *out.entry(*g).or_default() += 1;
-        }
-        out
-    }
-
-    #[test]
-    fn every_group_gets_a_fair_share() {
-        for n in [1u64, 2, 3, 5, 8, 16] {
-            let groups: Vec<GroupId> = (1..=n).collect();
-            let slots = assign_slots(&groups);
-            assert_eq!(slots.len(), SLOTS as usize);
-            let fair = SLOTS as f64 / n as f64;
-            for (g, c) in counts(&slots) {
-                let ratio = c as f64 / fair;
-                assert!(
-                    (0.7..=1.3).contains(&ratio),
-                    "{n} groups: group {g} has {c} slots, fair {fair:.0}"
-                );
-            }
-            assert_eq!(counts(&slots).len(), n as usize, "every group owns slots");
-        }
-    }
-
-    #[test]
-    fn adding_a_group_moves_about_one_nth_and_only_to_it() {
-        for n in [2u64, 3, 4, 7, 10] {
-            let before = assign_slots(&(1..=n).collect::<Vec<_>>());
-            let after = assign_slots(&(1..=n + 1).collect::<Vec<_>>());
-            let moved: Vec<usize> = (0..SLOTS as usize)
-                .filter(|s| before[*s] != after[*s])
-                .collect();
-            for s in &moved {
-                assert_eq!(after[*s], n + 1, "slot {s} moved between old groups");
-            }
-            let expected = SLOTS as f64 / (n + 1) as f64;
-            let ratio = moved.len() as f64 / expected;
-            assert!(
-                (0.6..=1.4).contains(&ratio),
-                "adding group {} moved {} slots, expected about {expected:.0}",
-                n + 1,
-                moved.len()
-            );
-        }
-    }
-
-    #[test]
-    fn assignment_is_deterministic_and_order_independent() {
-        assert_eq!(assign_slots(&[1, 2, 3]), assign_slots(&[3, 1, 2]));
-    }
 
     #[test]
     fn map_answers_owner_and_slot_sets() {

@@ -43,6 +43,10 @@ use crate::workload::{HistoryMops, TxnSpec, Workload, bank_sum};
 pub const CONTROL_TICK: Duration = Duration::from_millis(20);
 /// How often the progress line is redrawn (and idle seconds are closed).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the progress loop wakes to see whether the run has stopped, so
+/// the end of a run is not held up by a whole [`PROGRESS_INTERVAL`].
+pub const PROGRESS_STOP_POLL: Duration = Duration::from_millis(200);
+const _: () = assert!(PROGRESS_STOP_POLL.as_millis() <= PROGRESS_INTERVAL.as_millis());
 /// How long iterations still running at the end may take to finish before
 /// they are abandoned (k6's gracefulStop).
 pub const GRACEFUL_STOP: Duration = Duration::from_secs(30);
@@ -436,7 +440,7 @@ pub async fn run_with(config: Config, target: Arc<dyn Target>) -> anyhow::Result
 async fn progress_loop(ctx: Arc<Ctx>, stop: Arc<AtomicBool>, show: bool, max_vus: u64) {
     let mut last = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(PROGRESS_INTERVAL.min(Duration::from_millis(200))).await;
+        tokio::time::sleep(PROGRESS_STOP_POLL).await;
         if last.0.elapsed() < PROGRESS_INTERVAL && !stop.load(Ordering::Relaxed) {
             continue;
         }

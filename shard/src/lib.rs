@@ -7,7 +7,8 @@
 //!   or (feature `sim`, inside a turmoil simulation) the simulated one.
 //! - [`record`]: what the log and snapshots hold (prost messages).
 //! - [`state`]: the state machine: index, lock table, transaction records,
-//!   outcome memory. No IO, no clock.
+//!   outcome memory, and the rules that check each operation (`check_*`,
+//!   among them the anchor's decide and resolve). No IO, no clock.
 //! - [`snapshot`]: writing and reading snapshots.
 //! - [`engine`]: recovery and the participant operations, each durable
 //!   before it answers.
@@ -26,6 +27,7 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`membership`]: registering with the coordinator.
 //! - [`failpoint`]: named places where a test makes the disk fail.
+//! - `sim_tests` (tests with feature `sim`): the shard under turmoil.
 //!
 //! This crate never talks to the catalog's database, and never decides a
 //! transaction's outcome on its own except by presumed abort at the anchor.

@@ -13,6 +13,9 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between attempts: from the first value, doubling up to the max.
 const REGISTER_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A failed attempt is logged the first time and then once in this many, so
+/// a shard started before its coordinator does not flood its log.
+const REGISTER_FAILURES_PER_WARNING: u64 = 10;
 
 /// Registers until it succeeds (the coordinator may start after us), then
 /// installs the slots it assigns.
@@ -29,7 +32,7 @@ pub async fn register(shard: Arc<Shard>, coordinator: String, group: u64, advert
                 return;
             }
             Err(err) => {
-                if attempts % 10 == 1 {
+                if attempts % REGISTER_FAILURES_PER_WARNING == 1 {
                     tracing::warn!(%coordinator, attempts, %err, "cannot register with the coordinator yet; retrying");
                 }
             }

@@ -301,7 +301,7 @@ async fn cross_group_pair(cluster: &Cluster) -> (Vec<u8>, Vec<u8>) {
     // The coordinator routes by the consistent-hash ring: use the same ring
     // to pick keys of different groups.
     assert_eq!(cluster.groups, 3);
-    let groups = trellis_coordinator_ring_groups(3);
+    let groups = ring_group_of(3);
     let a = (0..ACCOUNTS)
         .map(account)
         .find(|k| groups(k) == 1)
@@ -313,8 +313,8 @@ async fn cross_group_pair(cluster: &Cluster) -> (Vec<u8>, Vec<u8>) {
     (a, b)
 }
 
-fn trellis_coordinator_ring_groups(groups: u64) -> impl Fn(&[u8]) -> u64 {
-    let slots = trellis_coordinator::map::assign_slots(&(1..=groups).collect::<Vec<_>>());
+fn ring_group_of(groups: u64) -> impl Fn(&[u8]) -> u64 {
+    let slots = trellis_types::placement::assign_slots(&(1..=groups).collect::<Vec<_>>());
     move |key: &[u8]| slots[trellis_types::slot_of(key) as usize]
 }
 
@@ -536,7 +536,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
     let (a, b) = cross_group_pair(&cluster).await;
     must_commit(&mut client, vec![put(&a, b"100"), put(&b, b"100")]).await;
     let transfer = transfer_request(&mut client, &a, &b, 30).await;
-    let group_of = trellis_coordinator_ring_groups(3);
+    let group_of = ring_group_of(3);
     let anchor = group_of(a.as_slice().min(b.as_slice()));
     let participants = vec![group_of(&a), group_of(&b)];
     let map_epoch = cluster

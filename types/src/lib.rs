@@ -1,17 +1,23 @@
 //! The vocabulary of Trellis, shared by every crate: domain types (`Key`,
 //! `Version`, `TxnId`, `Lsn`, `Slot`, `GroupId`, `MapEpoch`), the limits every
-//! edge enforces, and the key → slot hash.
+//! edge enforces, the key → slot hash and the slot → group ring.
 //!
 //! # Layout
 //! - [`limits`]: every bound on user input, as named constants.
-//! - [`slot_of`]: the stable hash that places a key in a slot.
+//! - [`slot_of`]: the stable hash that places a key in a slot; [`SlotSet`].
+//! - [`placement`]: the consistent-hash ring that assigns slots to groups
+//!   ([`placement::assign_slots`]).
 //! - [`validate`]: input checks shared by the coordinator and the shard edge.
+//! - [`failpoint`]: which failpoints `TRELLIS_FAILPOINTS` arms.
+//! - [`rng`]: the randomness every process draws from, seedable per thread
+//!   for the simulator.
 //!
 //! This crate never does IO and knows nothing of gRPC: wire types are
 //! converted to these at the service edges.
 
 pub mod failpoint;
 pub mod limits;
+pub mod placement;
 pub mod rng;
 pub mod validate;
 

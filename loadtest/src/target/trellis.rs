@@ -9,15 +9,16 @@
 //!
 //! The commit path (1PC/2PC) is predicted per transaction from the written
 //! keys' groups: the slot map is recomputed from the cluster's group ids
-//! with the coordinator's own ring (`assign_slots`) and used only if it
-//! gives every group the number of slots `Admin.Status` reports. Otherwise
-//! transactions are only told apart as reads and writes.
+//! with the ring the coordinator uses (`trellis_types::placement`) and used
+//! only if it gives every group the number of slots `Admin.Status` reports.
+//! Otherwise transactions are only told apart as reads and writes.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use trellis_client::{Client, Error};
 use trellis_proto::v1 as pb;
+use trellis_types::placement::assign_slots;
 use trellis_types::{GroupId, slot_of};
 
 use super::{Options, Path, Target, TxnError, Values};
@@ -49,7 +50,7 @@ impl Trellis {
         let status = fetch_status(addr, options.timeout).await?;
         let ids: Vec<GroupId> = status.groups.iter().map(|g| g.group_id).collect();
         let slots = (!ids.is_empty())
-            .then(|| trellis_coordinator::map::assign_slots(&ids))
+            .then(|| assign_slots(&ids))
             .filter(|slots| {
                 status.groups.iter().all(|g| {
                     slots.iter().filter(|s| **s == g.group_id).count() == g.slots_owned as usize

@@ -10,6 +10,8 @@ use anyhow::Context;
 use trellis_proto::v1 as pb;
 use trellis_types::slot_of;
 
+use super::percentile;
+
 /// Distinct keys each client cycles through (avoids write conflicts).
 const KEYS_PER_CLIENT: usize = 64;
 /// Deadline of each commit.
@@ -19,15 +21,6 @@ struct Sample {
     latencies: Vec<Duration>,
     errors: u64,
     elapsed: Duration,
-}
-
-/// The `p`th percentile of sorted latencies (nearest rank).
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 pub fn run(addr: &str, seconds: Duration) -> anyhow::Result<()> {
@@ -42,7 +35,7 @@ pub fn run(addr: &str, seconds: Duration) -> anyhow::Result<()> {
             "two-phase commits need at least 2 groups; this cluster has {}",
             groups.len()
         );
-        let slots = trellis_coordinator::map::assign_slots(&groups);
+        let slots = trellis_types::placement::assign_slots(&groups);
         let group_of = |key: &[u8]| slots[slot_of(key) as usize];
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .timeout(COMMIT_TIMEOUT)

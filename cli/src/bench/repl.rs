@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use trellis_proto::v1 as pb;
 
-use crate::bench_txn::percentile;
+use super::percentile;
 use crate::dev::{Kid, start, stop_all};
 
 /// Concurrent clients of the read-modify-write load.
@@ -24,6 +24,8 @@ const FAILOVERS: usize = 10;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a group may take to settle (start, catch up, fail over).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the coordinator's status is asked while a group settles.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 
 struct BenchCluster {
     kids: Vec<Kid>,
@@ -103,7 +105,7 @@ impl BenchCluster {
             if Instant::now() > deadline {
                 bail!("the group did not settle within {SETTLE_TIMEOUT:?}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 

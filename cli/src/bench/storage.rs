@@ -16,64 +16,6 @@ use trellis_shard::wal::Wal;
 use trellis_shard::{Shard, ShardConfig};
 use trellis_types::SlotSet;
 
-/// Longest `--seconds` per measurement.
-const SECONDS_MAX: u64 = 3600;
-/// Most `--keys` of the storage benchmark's replay and memory measurement.
-const KEYS_MAX: u64 = 100_000_000;
-
-#[derive(clap::Args)]
-#[command(after_help = "\
-Kinds (the first argument; storage when omitted):
-
-  storage      The storage engine on this machine's disk, no cluster needed:
-               the raw fdatasync rate of one thread appending 4 KiB (the
-               baseline); acknowledged WAL appends/s with 1, 16 and 64
-               concurrent appenders of 128-byte records, as a ratio to the
-               raw rate; replay speed on recovery; memory per key after
-               recovering --keys keys of 16-byte keys and 100-byte values.
-               Uses a scratch directory under --dir, removed afterwards.
-
-  txn          One-phase vs two-phase commits against a running cluster at
-               --addr (2 groups or more, e.g. `trellis dev`): commits/s,
-               p50 and p99 at 1 and at 64 concurrent clients, and the
-               2PC/1PC latency ratio. It writes keys bench:*.
-
-  replication  What replication costs and how long a failover takes, on
-               clusters it starts itself (a coordinator and one group of 1,
-               2 and 3 replicas as child processes on 127.0.0.1, data under
-               --dir, removed afterwards): read-modify-write throughput by
-               durability as a ratio to 1 replica, then the median time of
-               10 failovers (SIGKILL of the primary of 3 replicas to the
-               first write the new primary acknowledges). Needs no cluster.
-
-Every figure is measured in the same run as the baseline it is compared
-to; nothing is asserted. Run in release mode, on the disk you care about.
-
-Examples:
-  trellis bench storage --dir /path/on/that/disk
-  trellis bench storage --seconds 10 --keys 5000000
-  trellis dev &   trellis bench txn --addr 127.0.0.1:50051 --seconds 5
-  trellis bench replication --dir /tmp/trellis-bench
-  cargo run --release -p trellis -- bench storage --dir .")]
-pub struct Args {
-    /// What to measure: storage, txn or replication (see below).
-    #[arg(value_parser = ["storage", "txn", "replication"], default_value = "storage")]
-    what: String,
-    /// txn: the coordinator of the cluster to measure, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
-    addr: String,
-    /// storage and replication: the directory to work in (a fresh
-    /// subdirectory is made and removed afterwards).
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// Seconds each throughput measurement runs.
-    #[arg(long, default_value_t = 3, value_parser = crate::flags::u64_in(1, SECONDS_MAX))]
-    seconds: u64,
-    /// storage: keys written for the replay and memory measurement.
-    #[arg(long, default_value_t = 1_000_000, value_parser = crate::flags::u64_in(1, KEYS_MAX))]
-    keys: u64,
-}
-
 /// Removes the benchmark's directory however the run ends.
 struct Scratch(PathBuf);
 impl Drop for Scratch {
@@ -82,27 +24,19 @@ impl Drop for Scratch {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.what == "replication" {
-        return crate::bench_repl::run(&args.dir, Duration::from_secs(args.seconds));
-    }
-    if args.what == "txn" {
-        return crate::bench_txn::run(&args.addr, Duration::from_secs(args.seconds));
-    }
-    let scratch = Scratch(
-        args.dir
-            .join(format!(".trellis-bench-{}", std::process::id())),
-    );
+/// Runs every storage measurement in a scratch directory under `dir`, each
+/// throughput one for `seconds`, the replay and memory one over `keys` keys.
+pub fn run(dir: &Path, seconds: Duration, keys: u64) -> anyhow::Result<()> {
+    let scratch = Scratch(dir.join(format!(".trellis-bench-{}", std::process::id())));
     fs::create_dir_all(&scratch.0).with_context(|| format!("creating {}", scratch.0.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let seconds = Duration::from_secs(args.seconds);
 
     println!(
         "trellis bench storage: dir {}, {} s per measurement",
-        args.dir.display(),
-        args.seconds
+        dir.display(),
+        seconds.as_secs()
     );
     println!("machine: {} cores, {}", num_cpus(), kernel());
     println!();
@@ -127,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = scratch.0.join("replay");
     fs::create_dir_all(&dir)?;
     let (records, took, alloc_bytes, rss_bytes) =
-        runtime.block_on(replay_and_memory(&dir, args.keys))?;
+        runtime.block_on(replay_and_memory(&dir, keys))?;
     println!(
         "{:<52} {:>12.0} /s   ({records} records in {:.2} s)",
         "replay on recovery",
@@ -135,8 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         took.as_secs_f64()
     );
     let raw_bytes = (16 + 100) as f64;
-    let per_key_alloc = alloc_bytes as f64 / args.keys as f64;
-    let per_key_rss = rss_bytes as f64 / args.keys as f64;
+    let per_key_alloc = alloc_bytes as f64 / keys as f64;
+    let per_key_rss = rss_bytes as f64 / keys as f64;
     println!(
         "{:<52} {:>12.0} B    {:>6.2}x raw key+value ({raw_bytes} B)",
         "memory per key, allocated (jemalloc stats)",
