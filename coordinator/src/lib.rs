@@ -18,6 +18,7 @@ pub mod map;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod twopc;
 pub mod txn;
 
 use std::sync::Arc;

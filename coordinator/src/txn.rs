@@ -15,7 +15,7 @@
 //! coordinator cannot tell whether a decision was recorded, it reports
 //! *outcome unknown*, never success or failure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,6 +29,10 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
+use crate::twopc::{Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+// The commit vocabulary lives with the rules that decide it; it is named
+// from here too, as it was before those rules moved.
+pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnError, TxnState};
 
 /// Most attempts of one shard call before giving up.
 pub const ATTEMPTS_MAX: u32 = 16;
@@ -53,66 +57,6 @@ pub const FINALIZE_BATCH_MAX: usize = 512;
 /// Most finalize batches in flight at once.
 pub const FINALIZE_BATCHES_INFLIGHT_MAX: usize = 8;
 
-/// A transaction as the client sends it.
-#[derive(Clone, Debug)]
-pub struct CommitRequest {
-    pub txn: TxnId,
-    /// `trellis.v1.Durability` as its number: 0 SYNC, 1 SEMI_SYNC, 2 ASYNC.
-    pub durability: u32,
-    pub reads: Vec<(Key, Version)>,
-    /// `None` deletes.
-    pub writes: Vec<(Key, Option<Value>)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AbortReason {
-    Conflict,
-    Locked,
-    ResolvedAbort,
-    ParticipantUnavailable,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Abort {
-    pub reason: AbortReason,
-    pub keys: Vec<Key>,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Every written key with its new version.
-    Committed {
-        written: Vec<(Key, Version)>,
-    },
-    Aborted(Abort),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TxnError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error(
-        "outcome unknown: transaction {txn} may or may not have committed ({detail}); \
-         ask TxnStatus with its id"
-    )]
-    OutcomeUnknown { txn: TxnId, detail: String },
-    #[error("deadline exceeded: {0}")]
-    Deadline(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// A transaction's state as TxnStatus reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxnState {
-    Committed,
-    Aborted,
-    Unknown,
-}
-
 /// One key as a read returns it: value and version (0 = absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
@@ -127,14 +71,6 @@ fn decision_pb(commit: bool) -> i32 {
     } else {
         pb::Decision::Abort as i32
     }
-}
-
-/// What a participant said to PREPARE.
-#[derive(Clone, Debug)]
-enum Vote {
-    Yes { version: Version },
-    No(pb::Refused),
-    Finalized { commit: bool, version: Version },
 }
 
 /// A decided transaction whose participants still have to apply or
@@ -419,30 +355,20 @@ impl TxnManager {
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let map = self.router.map();
-        let mut groups: BTreeSet<GroupId> = BTreeSet::new();
-        for (k, _) in &req.reads {
-            groups.insert(map.group_of(k));
-        }
-        for (k, _) in &req.writes {
-            groups.insert(map.group_of(k));
-        }
         let started = Instant::now();
-        let (path, result) = if groups.len() == 1 {
-            let group = *groups.first().expect("one group");
-            (
+        let (path, result) = match crate::twopc::plan(&req, |k| map.group_of(k)) {
+            Plan::OnePhase { group } => (
                 Path::OnePhase,
                 self.commit_one_phase(group, &req, deadline).await,
-            )
-        } else if req.writes.is_empty() {
-            (
+            ),
+            Plan::ReadOnly { reads } => (
                 Path::ReadOnly,
-                self.validate_read_only(&map, &req, deadline).await,
-            )
-        } else {
-            (
+                self.validate_read_only(&reads, &req, deadline).await,
+            ),
+            Plan::TwoPhase(plan) => (
                 Path::TwoPhase,
-                self.commit_two_phase(&map, &req, deadline).await,
-            )
+                self.commit_two_phase(&plan, &req, deadline).await,
+            ),
         };
         self.metrics.record_commit(path, &result, started.elapsed());
         result
@@ -454,14 +380,7 @@ impl TxnManager {
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
-        let reads: Vec<pb::ReadVersion> = req
-            .reads
-            .iter()
-            .map(|(key, version)| pb::ReadVersion {
-                key: key.clone(),
-                version: *version,
-            })
-            .collect();
+        let reads = read_versions(&req.reads);
         let writes = write_ops(&req.writes);
         let mut resolved_once = false;
         loop {
@@ -477,16 +396,10 @@ impl TxnManager {
                     async move { client.commit_local(request).await.map(|r| r.into_inner()) }
                 })
                 .await
-                .map_err(|e| unknown_if_ambiguous(req.txn, e))?;
+                .map_err(|e| crate::twopc::unknown_if_ambiguous(req.txn, e))?;
             match result.outcome {
                 Some(pb::commit_local_response::Outcome::Committed(w)) => {
-                    return Ok(CommitOutcome::Committed {
-                        written: req
-                            .writes
-                            .iter()
-                            .map(|(k, _)| (k.clone(), w.version))
-                            .collect(),
-                    });
+                    return Ok(crate::twopc::one_phase_committed(&req.writes, w.version));
                 }
                 Some(pb::commit_local_response::Outcome::Refused(refused)) => {
                     // A lock held by a transaction in doubt: resolve it and
@@ -541,20 +454,14 @@ impl TxnManager {
     /// current — the commit point. Nothing is logged.
     async fn validate_read_only(
         &self,
-        map: &ClusterMap,
+        reads: &BTreeMap<GroupId, Vec<&(Key, Version)>>,
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
-        let mut by_group: BTreeMap<GroupId, Vec<pb::ReadVersion>> = BTreeMap::new();
-        for (key, version) in &req.reads {
-            by_group
-                .entry(map.group_of(key))
-                .or_default()
-                .push(pb::ReadVersion {
-                    key: key.clone(),
-                    version: *version,
-                });
-        }
+        let by_group: BTreeMap<GroupId, Vec<pb::ReadVersion>> = reads
+            .iter()
+            .map(|(group, reads)| (*group, read_versions(reads.iter().copied())))
+            .collect();
         let checks = by_group.iter().map(|(group, reads)| {
             self.call(*group, deadline, "validate", move |mut client, map| {
                 let request = pb::ValidateRequest {
@@ -578,63 +485,42 @@ impl TxnManager {
             })
         });
         let released = join_all(releases).await;
-        for result in results {
-            if let Some(refused) = result?.refused {
-                return Ok(CommitOutcome::Aborted(abort_of(&refused)));
-            }
-        }
-        // A release that failed or found a hold gone (expired after
-        // READ_HOLD_MAX, or lost in a restart) leaves no common instant.
-        if !released.iter().all(|r| matches!(r, Ok(true))) {
-            return Ok(CommitOutcome::Aborted(Abort {
-                reason: AbortReason::Locked,
-                keys: Vec::new(),
-                message: format!(
-                    "a read hold lapsed before validation finished (READ_HOLD_MAX {:?}); retry the transaction",
-                    trellis_types::limits::READ_HOLD_MAX
-                ),
-            }));
-        }
-        Ok(CommitOutcome::Committed {
-            written: Vec::new(),
-        })
+        let validations = results
+            .into_iter()
+            .map(|r| r.map(|v| v.refused.as_ref().map(abort_of)))
+            .collect();
+        crate::twopc::read_only_outcome(validations, &released)
     }
 
+    /// Prepares at every participant in parallel, tallies the votes,
+    /// decides at the anchor, answers, and queues the finalize. What each
+    /// step decides is in [`crate::twopc`].
     async fn commit_two_phase(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        plan: &TwoPhase<'_>,
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let txn = req.txn;
         let durability = req.durability;
-        let anchor = req
-            .writes
+        let anchor = plan.anchor;
+        let parts: BTreeMap<GroupId, (Vec<pb::ReadVersion>, Vec<pb::WriteOp>)> = plan
+            .parts
             .iter()
-            .map(|(k, _)| k)
-            .min()
-            .map(|k| map.group_of(k))
-            .expect("two-phase commit has writes");
-        let mut plan: BTreeMap<GroupId, (Vec<pb::ReadVersion>, Vec<pb::WriteOp>)> = BTreeMap::new();
-        for (key, version) in &req.reads {
-            plan.entry(map.group_of(key))
-                .or_default()
-                .0
-                .push(pb::ReadVersion {
-                    key: key.clone(),
-                    version: *version,
-                });
-        }
-        for (key, value) in &req.writes {
-            plan.entry(map.group_of(key))
-                .or_default()
-                .1
-                .extend(write_ops(&[(key.clone(), value.clone())]));
-        }
-        let participants: Vec<GroupId> = plan.keys().copied().collect();
+            .map(|(group, part)| {
+                (
+                    *group,
+                    (
+                        read_versions(part.reads.iter().copied()),
+                        write_ops(part.writes.iter().copied()),
+                    ),
+                )
+            })
+            .collect();
+        let participants = plan.participants();
 
         // 1. Prepare everywhere in parallel.
-        let prepares = plan.iter().map(|(group, (reads, writes))| {
+        let prepares = parts.iter().map(|(group, (reads, writes))| {
             let participants = participants.clone();
             async move {
                 let vote = self
@@ -655,7 +541,9 @@ impl TxnManager {
                         Some(pb::prepare_response::Vote::Yes(p)) => {
                             Ok(Vote::Yes { version: p.version })
                         }
-                        Some(pb::prepare_response::Vote::No(refused)) => Ok(Vote::No(refused)),
+                        Some(pb::prepare_response::Vote::No(refused)) => {
+                            Ok(Vote::No(abort_of(&refused)))
+                        }
                         Some(pb::prepare_response::Vote::Finalized(f)) => Ok(Vote::Finalized {
                             commit: f.decision == pb::Decision::Commit as i32,
                             version: f.version,
@@ -667,125 +555,42 @@ impl TxnManager {
         });
         let votes: Vec<(GroupId, Result<Vote, TxnError>)> = join_all(prepares).await;
         failpoint("after_prepare");
-
-        let mut want_commit = true;
-        let mut abort: Option<Abort> = None;
-        for (group, vote) in &votes {
-            match vote {
-                Ok(Vote::Yes { .. }) => {}
-                Ok(Vote::Finalized { commit, .. }) => want_commit &= *commit,
-                Ok(Vote::No(refused)) => {
-                    want_commit = false;
-                    let this = abort_of(refused);
-                    match &mut abort {
-                        Some(existing) if existing.reason == this.reason => {
-                            existing.keys.extend(this.keys)
-                        }
-                        Some(_) => {}
-                        None => abort = Some(this),
-                    }
-                }
-                Err(err) => {
-                    want_commit = false;
-                    abort.get_or_insert(Abort {
-                        reason: AbortReason::ParticipantUnavailable,
-                        keys: Vec::new(),
-                        message: format!("group {group} could not prepare: {err}"),
-                    });
-                }
-            }
-        }
+        let mut tally = Tally::of(&votes);
 
         // 2. Decide at the anchor: first decision wins.
-        let decided = self
+        let answer = self
             .call(anchor, deadline, "decide", |mut client, _map| {
                 let request = pb::DecideRequest {
                     durability,
                     txn_id: txn.as_bytes().to_vec(),
-                    decision: decision_pb(want_commit),
+                    decision: decision_pb(tally.commit),
                     participants: participants.clone(),
                 };
                 async move { client.decide(request).await.map(|r| r.into_inner()) }
             })
-            .await;
-        let commit = match decided {
-            Ok(d) => d.decision == pb::Decision::Commit as i32,
-            Err(err) => {
-                // Another execution of the same transaction (a client retry)
-                // could decide otherwise: we cannot say what happened.
-                return Err(TxnError::OutcomeUnknown {
-                    txn,
-                    detail: format!("deciding at anchor group {anchor}: {err}"),
-                });
-            }
-        };
+            .await
+            .map(|d| d.decision == pb::Decision::Commit as i32);
+        let commit = crate::twopc::decided(txn, anchor, answer)?;
         failpoint("after_decide");
 
-        // 3. Answer; finalize and forget in the background.
-        let mut versions: BTreeMap<GroupId, Version> = BTreeMap::new();
-        for (group, vote) in &votes {
-            match vote {
-                Ok(Vote::Yes { version })
-                | Ok(Vote::Finalized {
-                    version,
-                    commit: true,
-                }) => {
-                    versions.insert(*group, *version);
-                }
-                _ => {}
-            }
-        }
-        // We wanted abort but another execution decided commit: learn the
-        // versions by finalizing now. If a participant cannot be reached,
-        // the transaction is committed but its versions are not known: that
-        // is *outcome unknown* (TxnStatus says COMMITTED), never a plain
-        // UNAVAILABLE, which a client may answer by running it again.
+        // 3. Answer; finalize and forget in the background. A commit another
+        // execution decided is finalized now where its version is unknown.
         let mut unlearned = None;
-        if commit && versions.len() < participants.len() {
-            for group in &participants {
-                if versions.contains_key(group) {
-                    continue;
-                }
-                match self.finalize_one(*group, txn, true, deadline).await {
-                    Ok(Some(version)) => {
-                        versions.insert(*group, version);
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        unlearned = Some(format!(
-                            "committed by another execution; group {group} could not be finalized to learn its version: {err}"
-                        ));
-                        break;
-                    }
+        for group in tally.to_learn(commit, &participants) {
+            match self.finalize_one(group, txn, true, deadline).await {
+                Ok(Some(version)) => tally.learned(group, version),
+                Ok(None) => {}
+                Err(err) => {
+                    unlearned = Some(crate::twopc::unlearned(txn, group, &err));
+                    break;
                 }
             }
         }
-        self.finalize_later(txn, anchor, participants.clone(), commit)
-            .await;
-        if let Some(detail) = unlearned {
-            return Err(TxnError::OutcomeUnknown { txn, detail });
+        self.finalize_later(txn, anchor, participants, commit).await;
+        if let Some(err) = unlearned {
+            return Err(err);
         }
-        if commit {
-            let written = req
-                .writes
-                .iter()
-                .map(|(k, _)| {
-                    (
-                        k.clone(),
-                        versions.get(&map.group_of(k)).copied().unwrap_or(0),
-                    )
-                })
-                .collect();
-            Ok(CommitOutcome::Committed { written })
-        } else {
-            Ok(CommitOutcome::Aborted(abort.unwrap_or_else(|| Abort {
-                reason: AbortReason::ResolvedAbort,
-                keys: Vec::new(),
-                message: format!(
-                    "transaction {txn} was aborted by an in-doubt resolution that came first"
-                ),
-            })))
-        }
+        Ok(tally.outcome(txn, plan, commit))
     }
 
     /// Queues a decided transaction for finalization and forgetting. Waits
@@ -985,12 +790,11 @@ impl TxnManager {
             })
             .await?;
         let commit = record.decision == pb::Decision::Commit as i32;
-        let mut all: BTreeSet<GroupId> = participants.iter().copied().collect();
-        all.extend(record.participants.iter().copied());
-        let all: Vec<GroupId> = all.into_iter().collect();
-        let finished = self.finalize_all(txn, &all, commit, deadline).await;
-        let complete = !record.participants.is_empty() || participants.len() > 1;
-        if finished && complete {
+        let resolution = Resolution::of(participants, &record.participants);
+        let finished = self
+            .finalize_all(txn, &resolution.finalize, commit, deadline)
+            .await;
+        if finished && resolution.complete {
             self.forget(anchor, txn, deadline).await;
         }
         let counter = if commit {
@@ -1015,24 +819,12 @@ impl TxnManager {
                 async move { client.lookup(request).await.map(|r| r.into_inner()) }
             })
         });
-        let mut record = None;
-        let mut outcome = None;
-        for result in join_all(lookups).await {
-            let r = result?;
-            if r.record != pb::Decision::Unspecified as i32 {
-                record = Some(r.record == pb::Decision::Commit as i32);
-            }
-            if r.outcome == pb::Decision::Commit as i32 {
-                outcome = Some(true);
-            } else if r.outcome == pb::Decision::Abort as i32 && outcome.is_none() {
-                outcome = Some(false);
-            }
-        }
-        Ok(match record.or(outcome) {
-            Some(true) => TxnState::Committed,
-            Some(false) => TxnState::Aborted,
-            None => TxnState::Unknown,
-        })
+        let lookups = join_all(lookups)
+            .await
+            .into_iter()
+            .map(|result| result.map(|r| lookup_of(&r)))
+            .collect::<Result<Vec<Lookup>, TxnError>>()?;
+        Ok(crate::twopc::state_of(lookups))
     }
 
     /// One sweep: every group's transactions prepared longer than
@@ -1075,9 +867,10 @@ impl TxnManager {
     }
 }
 
-fn write_ops(writes: &[(Key, Option<Value>)]) -> Vec<pb::WriteOp> {
+/// Writes as the shard's wire type.
+fn write_ops<'a>(writes: impl IntoIterator<Item = &'a (Key, Option<Value>)>) -> Vec<pb::WriteOp> {
     writes
-        .iter()
+        .into_iter()
         .map(|(key, value)| pb::WriteOp {
             key: key.clone(),
             value: value.clone().unwrap_or_default(),
@@ -1086,6 +879,37 @@ fn write_ops(writes: &[(Key, Option<Value>)]) -> Vec<pb::WriteOp> {
         .collect()
 }
 
+/// Reads as the shard's wire type.
+fn read_versions<'a>(reads: impl IntoIterator<Item = &'a (Key, Version)>) -> Vec<pb::ReadVersion> {
+    reads
+        .into_iter()
+        .map(|(key, version)| pb::ReadVersion {
+            key: key.clone(),
+            version: *version,
+        })
+        .collect()
+}
+
+/// What one group's answer to Lookup says, as a [`Lookup`].
+fn lookup_of(r: &pb::LookupResponse) -> Lookup {
+    let decision = |d: i32| {
+        if d == pb::Decision::Commit as i32 {
+            Some(true)
+        } else if d == pb::Decision::Abort as i32 {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    Lookup {
+        // Any recorded decision but COMMIT reads as ABORT.
+        record: (r.record != pb::Decision::Unspecified as i32)
+            .then_some(r.record == pb::Decision::Commit as i32),
+        outcome: decision(r.outcome),
+    }
+}
+
+/// A participant's refusal as the abort it causes.
 fn abort_of(refused: &pb::Refused) -> Abort {
     let reason = match pb::Refusal::try_from(refused.reason) {
         Ok(pb::Refusal::Conflict) => AbortReason::Conflict,
@@ -1096,16 +920,5 @@ fn abort_of(refused: &pb::Refused) -> Abort {
         reason,
         keys: refused.keys.clone(),
         message: refused.message.clone(),
-    }
-}
-
-/// A one-phase commit whose request may have reached the shard has an
-/// unknown outcome when we give up on it.
-fn unknown_if_ambiguous(txn: TxnId, err: TxnError) -> TxnError {
-    match err {
-        TxnError::Unavailable(detail) | TxnError::Deadline(detail) => {
-            TxnError::OutcomeUnknown { txn, detail }
-        }
-        other => other,
     }
 }
