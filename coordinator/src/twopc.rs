@@ -437,6 +437,55 @@ impl Resolution {
     }
 }
 
+// --------------------------------------------------------------- finalize
+
+/// A decided transaction whose participants still have to apply or
+/// discard it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalizeJob {
+    pub txn: TxnId,
+    pub anchor: GroupId,
+    pub participants: Vec<GroupId>,
+    pub commit: bool,
+}
+
+/// A batch of decided transactions as one finalize per participant group:
+/// for each group, its transactions and decisions in batch order.
+pub fn finalize_batches(jobs: &[FinalizeJob]) -> BTreeMap<GroupId, Vec<(TxnId, bool)>> {
+    let mut by_group: BTreeMap<GroupId, Vec<(TxnId, bool)>> = BTreeMap::new();
+    for job in jobs {
+        for group in &job.participants {
+            by_group
+                .entry(*group)
+                .or_default()
+                .push((job.txn, job.commit));
+        }
+    }
+    by_group
+}
+
+/// The anchors' records that may be forgotten after a batch, by anchor: a
+/// transaction's record goes only once every one of its participants
+/// finalized (`finalized[group]` is true). Forgotten earlier, a resolve
+/// could find neither record nor outcome at the anchor and presume abort
+/// for a transaction a participant has yet to commit.
+pub fn forgettable(
+    jobs: &[FinalizeJob],
+    finalized: &BTreeMap<GroupId, bool>,
+) -> BTreeMap<GroupId, Vec<TxnId>> {
+    let mut forget: BTreeMap<GroupId, Vec<TxnId>> = BTreeMap::new();
+    for job in jobs {
+        if job
+            .participants
+            .iter()
+            .all(|g| finalized.get(g).copied().unwrap_or(false))
+        {
+            forget.entry(job.anchor).or_default().push(job.txn);
+        }
+    }
+    forget
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,5 +882,43 @@ mod tests {
         let r = Resolution::of(&[3, 1], &[]);
         assert_eq!(r.finalize, vec![1, 3]);
         assert!(r.complete);
+    }
+
+    fn job(id: u8, anchor: GroupId, participants: &[GroupId], commit: bool) -> FinalizeJob {
+        FinalizeJob {
+            txn: TxnId::from_bytes(&[id; 16]).expect("16 bytes"),
+            anchor,
+            participants: participants.to_vec(),
+            commit,
+        }
+    }
+
+    #[test]
+    fn a_batch_finalizes_once_per_group_in_batch_order() {
+        let jobs = [job(1, 1, &[1, 2], true), job(2, 2, &[2, 3], false)];
+        let batches = finalize_batches(&jobs);
+        assert_eq!(batches.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(batches[&1], vec![(jobs[0].txn, true)]);
+        assert_eq!(batches[&2], vec![(jobs[0].txn, true), (jobs[1].txn, false)]);
+        assert_eq!(batches[&3], vec![(jobs[1].txn, false)]);
+    }
+
+    #[test]
+    fn a_record_is_forgotten_only_once_every_participant_finalized() {
+        let jobs = [
+            job(1, 1, &[1, 2], true),
+            job(2, 2, &[2, 3], false),
+            job(3, 1, &[1, 2], false),
+        ];
+        // Group 3 failed (and group 4 was never asked): only the jobs
+        // within groups 1 and 2 are forgotten, at their anchor.
+        let finalized = BTreeMap::from([(1, true), (2, true), (3, false)]);
+        let forget = forgettable(&jobs, &finalized);
+        assert_eq!(
+            forget,
+            BTreeMap::from([(1, vec![jobs[0].txn, jobs[2].txn])])
+        );
+        let unasked = [job(4, 1, &[1, 4], true)];
+        assert!(forgettable(&unasked, &finalized).is_empty());
     }
 }

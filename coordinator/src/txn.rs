@@ -29,21 +29,28 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
-use crate::twopc::{Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+use crate::twopc::{FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
 // The commit vocabulary lives with the rules that decide it; it is named
 // from here too, as it was before those rules moved.
 pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnError, TxnState};
 
 /// Most attempts of one shard call before giving up.
 pub const ATTEMPTS_MAX: u32 = 16;
-/// Backoff between attempts: starts here, doubles, capped.
+/// Backoff between attempts: starts here, doubles ([`next_backoff`]),
+/// capped at [`BACKOFF_MAX`], plus a jitter of up to half ([`pause`]).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+/// The longest backoff between two attempts of one shard call.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+const _: () = assert!(BACKOFF_FIRST.as_micros() <= BACKOFF_MAX.as_micros());
 /// A STRONG read that meets a prepared transaction's lock re-reads for at
 /// most this long before resolving the transaction through its anchor.
 pub const READ_LOCK_WAIT_MAX: Duration = Duration::from_millis(300);
 /// Pause between those re-reads.
 pub const READ_LOCK_POLL: Duration = Duration::from_millis(5);
+const _: () = assert!(
+    READ_LOCK_POLL.as_micros() < READ_LOCK_WAIT_MAX.as_micros(),
+    "a read re-reads at least once before resolving"
+);
 /// How many times one read meets a lock and resolves it before giving up.
 pub const READ_LOCK_ROUNDS_MAX: u32 = 4;
 /// A prepared transaction older than this is in doubt: whoever meets it (a
@@ -56,6 +63,7 @@ pub const FINALIZE_QUEUE_MAX: usize = 4096;
 pub const FINALIZE_BATCH_MAX: usize = 512;
 /// Most finalize batches in flight at once.
 pub const FINALIZE_BATCHES_INFLIGHT_MAX: usize = 8;
+const _: () = assert!(FINALIZE_BATCH_MAX <= FINALIZE_QUEUE_MAX);
 
 /// One key as a read returns it: value and version (0 = absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,16 +79,6 @@ fn decision_pb(commit: bool) -> i32 {
     } else {
         pb::Decision::Abort as i32
     }
-}
-
-/// A decided transaction whose participants still have to apply or
-/// discard it.
-#[derive(Clone, Debug)]
-struct FinalizeJob {
-    txn: TxnId,
-    anchor: GroupId,
-    participants: Vec<GroupId>,
-    commit: bool,
 }
 
 pub struct TxnManager {
@@ -136,23 +134,14 @@ impl TxnManager {
                 }
                 Err(fault) => fault,
             };
-            match fault {
-                Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => {
-                    last = m;
-                    self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
-                    map = self.router.refresh(&map).await;
-                }
-                Fault::Invalid(m) => return Err(TxnError::Invalid(m)),
-                Fault::Other(m) => return Err(TxnError::Internal(m)),
-            }
+            last = retry_or_fail(fault)?;
+            self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
+            map = self.router.refresh(&map).await;
             if Instant::now() + backoff >= deadline {
                 return Err(TxnError::Deadline(format!("{what}: {last}")));
             }
-            let jitter = Duration::from_micros(
-                trellis_types::rng::u64() % (backoff.as_micros() as u64 / 2 + 1),
-            );
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::time::sleep(pause(backoff, trellis_types::rng::u64())).await;
+            backoff = next_backoff(backoff);
         }
         Err(TxnError::Unavailable(format!(
             "{what}: {last} (gave up after {ATTEMPTS_MAX} attempts)"
@@ -640,18 +629,18 @@ impl TxnManager {
 
     async fn finalize_batch(&self, jobs: Vec<FinalizeJob>) {
         let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
-        let mut by_group: BTreeMap<GroupId, Vec<pb::FinalizeRequest>> = BTreeMap::new();
-        for job in &jobs {
-            for group in &job.participants {
-                by_group
-                    .entry(*group)
-                    .or_default()
-                    .push(pb::FinalizeRequest {
-                        txn_id: job.txn.as_bytes().to_vec(),
-                        decision: decision_pb(job.commit),
-                    });
-            }
-        }
+        let mut groups = crate::twopc::finalize_batches(&jobs)
+            .into_iter()
+            .map(|(group, items)| {
+                let items: Vec<pb::FinalizeRequest> = items
+                    .into_iter()
+                    .map(|(txn, commit)| pb::FinalizeRequest {
+                        txn_id: txn.as_bytes().to_vec(),
+                        decision: decision_pb(commit),
+                    })
+                    .collect();
+                (group, items)
+            });
         let send = |group: GroupId, items: Vec<pb::FinalizeRequest>| async move {
             let ok = self
                 .call(group, deadline, "finalize batch", |mut client, _map| {
@@ -667,7 +656,6 @@ impl TxnManager {
             self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
             (group, ok.is_ok())
         };
-        let mut groups = by_group.into_iter();
         let mut done: BTreeMap<GroupId, bool> = BTreeMap::new();
         // The first group alone, so a crash here leaves some participants
         // finalized and others not.
@@ -679,20 +667,9 @@ impl TxnManager {
         for (group, ok) in join_all(groups.map(|(group, items)| send(group, items))).await {
             done.insert(group, ok);
         }
-        let mut forget: BTreeMap<GroupId, Vec<Vec<u8>>> = BTreeMap::new();
-        for job in &jobs {
-            if job
-                .participants
-                .iter()
-                .all(|g| done.get(g).copied().unwrap_or(false))
-            {
-                forget
-                    .entry(job.anchor)
-                    .or_default()
-                    .push(job.txn.as_bytes().to_vec());
-            }
-        }
-        join_all(forget.into_iter().map(|(anchor, txn_ids)| async move {
+        let forget = crate::twopc::forgettable(&jobs, &done);
+        join_all(forget.into_iter().map(|(anchor, txns)| async move {
+            let txn_ids: Vec<Vec<u8>> = txns.iter().map(|t| t.as_bytes().to_vec()).collect();
             let result = self
                 .call(anchor, deadline, "forget", |mut client, _map| {
                     let request = pb::ForgetRequest { txn_ids: txn_ids.clone() };
@@ -920,5 +897,78 @@ fn abort_of(refused: &pb::Refused) -> Abort {
         reason,
         keys: refused.keys.clone(),
         message: refused.message.clone(),
+    }
+}
+
+/// What a failed shard call does next: route, availability and ambiguous
+/// faults are retried after a map refresh (every shard operation is
+/// idempotent by transaction id, so sending again one that may have landed
+/// is safe), keeping the message for the final error; invalid input and
+/// anything else fail the call at once.
+fn retry_or_fail(fault: Fault) -> Result<String, TxnError> {
+    match fault {
+        Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => Ok(m),
+        Fault::Invalid(m) => Err(TxnError::Invalid(m)),
+        Fault::Other(m) => Err(TxnError::Internal(m)),
+    }
+}
+
+/// The pause before the next attempt: `backoff` plus a jitter of at most
+/// half of it, drawn from `random`, so callers that failed together do not
+/// retry together.
+fn pause(backoff: Duration, random: u64) -> Duration {
+    let jitter_micros_max = backoff.as_micros() as u64 / 2;
+    backoff + Duration::from_micros(random % (jitter_micros_max + 1))
+}
+
+/// The backoff after `backoff`: doubled, at most [`BACKOFF_MAX`].
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_availability_and_ambiguous_faults_are_retried_the_rest_fail() {
+        for fault in [
+            Fault::Route("r".into()),
+            Fault::Unavailable("r".into()),
+            Fault::Ambiguous("r".into()),
+        ] {
+            assert_eq!(retry_or_fail(fault), Ok("r".into()));
+        }
+        assert_eq!(
+            retry_or_fail(Fault::Invalid("i".into())),
+            Err(TxnError::Invalid("i".into()))
+        );
+        assert_eq!(
+            retry_or_fail(Fault::Other("o".into())),
+            Err(TxnError::Internal("o".into()))
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_at_most_half_again_of_jitter() {
+        let mut backoff = BACKOFF_FIRST;
+        let mut seen = vec![backoff];
+        for _ in 1..ATTEMPTS_MAX {
+            backoff = next_backoff(backoff);
+            seen.push(backoff);
+        }
+        assert_eq!(seen[1], BACKOFF_FIRST * 2);
+        assert_eq!(*seen.last().expect("attempts"), BACKOFF_MAX);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        for backoff in seen {
+            assert_eq!(pause(backoff, 0), backoff);
+            for random in [1, 7_777, u64::MAX] {
+                let p = pause(backoff, random);
+                assert!(
+                    p >= backoff && p <= backoff + backoff / 2,
+                    "{p:?} for {backoff:?}"
+                );
+            }
+        }
     }
 }
