@@ -220,23 +220,22 @@ impl TxnManager {
             let mut still = Vec::new();
             let mut to_resolve: BTreeMap<Vec<u8>, GroupId> = BTreeMap::new();
             for (i, result) in pending.iter().zip(results) {
-                let stale_ok = match (&result.lock, max_staleness) {
-                    (Some(lock), Some(bound)) => Duration::from_millis(lock.age_ms) <= bound,
-                    _ => true,
-                };
-                match result.lock {
-                    Some(lock) if !(max_staleness.is_some() && stale_ok) => {
-                        still.push(*i);
-                        if waited >= READ_LOCK_WAIT_MAX {
-                            to_resolve.insert(lock.txn_id, lock.anchor_group);
-                        }
-                    }
-                    _ => {
+                let lock_age = result
+                    .lock
+                    .as_ref()
+                    .map(|l| Duration::from_millis(l.age_ms));
+                match (read_step(lock_age, max_staleness, waited), result.lock) {
+                    (ReadStep::Take, _) | (_, None) => {
                         items[*i] = Some(Item {
                             key: result.key,
                             value: result.value,
                             version: result.version,
                         })
+                    }
+                    (ReadStep::Wait, Some(_)) => still.push(*i),
+                    (ReadStep::Resolve, Some(lock)) => {
+                        still.push(*i);
+                        to_resolve.insert(lock.txn_id, lock.anchor_group);
                     }
                 }
             }
@@ -423,7 +422,7 @@ impl TxnManager {
         }
         let mut any = false;
         for holder in &refused.holders {
-            if Duration::from_millis(holder.age_ms) < IN_DOUBT_AGE {
+            if !in_doubt(Duration::from_millis(holder.age_ms)) {
                 continue;
             }
             let txn =
@@ -900,6 +899,42 @@ fn abort_of(refused: &pb::Refused) -> Abort {
     }
 }
 
+/// What a read does with one key's result ([`read_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadStep {
+    /// Return the value read.
+    Take,
+    /// Read the key again after [`READ_LOCK_POLL`]: its lock may go.
+    Wait,
+    /// Resolve the lock's transaction through its anchor, then read again.
+    Resolve,
+}
+
+/// What a read does with a key locked for `lock_age` (`None`: not locked),
+/// having waited `waited` for it so far. An unlocked key is taken. A STALE
+/// read (`max_staleness`) takes the last committed value under a lock no
+/// older than its bound. Otherwise the read waits for the lock to go, and
+/// after [`READ_LOCK_WAIT_MAX`] resolves its transaction, so that a STRONG
+/// read never returns a value a decided commit overwrote.
+fn read_step(
+    lock_age: Option<Duration>,
+    max_staleness: Option<Duration>,
+    waited: Duration,
+) -> ReadStep {
+    match (lock_age, max_staleness) {
+        (None, _) => ReadStep::Take,
+        (Some(age), Some(bound)) if age <= bound => ReadStep::Take,
+        _ if waited >= READ_LOCK_WAIT_MAX => ReadStep::Resolve,
+        _ => ReadStep::Wait,
+    }
+}
+
+/// Whether a transaction prepared `age` ago is in doubt: a commit refused
+/// by its lock resolves it rather than giving up.
+fn in_doubt(age: Duration) -> bool {
+    age >= IN_DOUBT_AGE
+}
+
 /// What a failed shard call does next: route, availability and ambiguous
 /// faults are retried after a map refresh (every shard operation is
 /// idempotent by transaction id, so sending again one that may have landed
@@ -970,5 +1005,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_read_takes_unlocked_keys_and_bounded_stale_ones_and_waits_then_resolves() {
+        let ms = Duration::from_millis;
+        // Unlocked: taken, STRONG or STALE.
+        assert_eq!(read_step(None, None, ms(0)), ReadStep::Take);
+        assert_eq!(read_step(None, Some(ms(10)), ms(0)), ReadStep::Take);
+        // STALE under a lock within the bound: the last committed value.
+        assert_eq!(read_step(Some(ms(10)), Some(ms(10)), ms(0)), ReadStep::Take);
+        // STALE under an older lock, and STRONG: wait, then resolve.
+        assert_eq!(read_step(Some(ms(11)), Some(ms(10)), ms(0)), ReadStep::Wait);
+        assert_eq!(read_step(Some(ms(0)), None, ms(0)), ReadStep::Wait);
+        let long = READ_LOCK_WAIT_MAX;
+        assert_eq!(
+            read_step(Some(ms(0)), None, long - READ_LOCK_POLL),
+            ReadStep::Wait
+        );
+        assert_eq!(read_step(Some(ms(0)), None, long), ReadStep::Resolve);
+        assert_eq!(
+            read_step(Some(ms(11)), Some(ms(10)), long),
+            ReadStep::Resolve
+        );
+        assert_eq!(read_step(Some(ms(5)), Some(ms(10)), long), ReadStep::Take);
+    }
+
+    #[test]
+    fn a_lock_holder_is_in_doubt_from_in_doubt_age_on() {
+        assert!(!in_doubt(IN_DOUBT_AGE - Duration::from_millis(1)));
+        assert!(in_doubt(IN_DOUBT_AGE));
     }
 }
