@@ -1,7 +1,7 @@
 //! The coordinator's transaction decisions, pure: the plan of a commit
 //! (which path, which participants, which anchor), the tally of PREPARE
 //! votes, the mapping of what the shards said to the client's answer, and
-//! the rules of status and in-doubt resolution.
+//! the rules of status, in-doubt resolution and forgetting.
 //!
 //! No IO, no clock, no `pb::` types: [`crate::txn`] sends the RPCs, turns
 //! each reply into the domain types here at its edge, and acts on what
@@ -25,9 +25,11 @@
 //! - [`Tally::to_learn`] / [`Tally::outcome`]: a commit decided by another
 //!   execution is finalized now at the participants whose version is not
 //!   known; each written key is answered with its participant's version.
-//! - [`unknown_if_ambiguous`], [`read_only_outcome`], [`state_of`],
-//!   [`Resolution::of`]: the one-phase, read-only, status and resolution
-//!   rules.
+//! - [`unknown_if_ambiguous`], [`read_only_outcome`], [`state_of`]: the
+//!   one-phase, read-only and status rules.
+//! - [`Resolution::of`], [`finalize_batches`], [`forgettable`]: what to
+//!   finalize after a resolve or in a batch, and when an anchor's record may
+//!   be forgotten (only once every participant it names finalized).
 
 use std::collections::{BTreeMap, BTreeSet};
 

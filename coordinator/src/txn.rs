@@ -14,6 +14,13 @@
 //! retried (bounded, with backoff, within the request's deadline). When the
 //! coordinator cannot tell whether a decision was recorded, it reports
 //! *outcome unknown*, never success or failure.
+//!
+//! This module is the IO: it asks [`crate::twopc`] for the plan, sends the
+//! RPCs (in parallel where the protocol allows), converts each reply from
+//! the wire at this edge, feeds it to the tally and acts on its verdict.
+//! What decides an outcome lives in `twopc`; the retry and read rules of
+//! this module (`retry_or_fail`, `pause`, `next_backoff`, `read_step`,
+//! `in_doubt`) are pure functions tested below.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,8 +43,8 @@ pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnErro
 
 /// Most attempts of one shard call before giving up.
 pub const ATTEMPTS_MAX: u32 = 16;
-/// Backoff between attempts: starts here, doubles ([`next_backoff`]),
-/// capped at [`BACKOFF_MAX`], plus a jitter of up to half ([`pause`]).
+/// Backoff between attempts: starts here, doubles (`next_backoff`),
+/// capped at [`BACKOFF_MAX`], plus a jitter of up to half (`pause`).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 /// The longest backoff between two attempts of one shard call.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
