@@ -350,8 +350,9 @@ impl TxnManager {
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let map = self.router.map();
+        let plan = crate::twopc::plan(&req, |k| map.group_of(k));
         let started = Instant::now();
-        let (path, result) = match crate::twopc::plan(&req, |k| map.group_of(k)) {
+        let (path, result) = match plan {
             Plan::OnePhase { group } => (
                 Path::OnePhase,
                 self.commit_one_phase(group, &req, deadline).await,
