@@ -6,7 +6,10 @@
 //!   `trellis_types::placement`).
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
 //! - [`router`]: the current map and channels to shards; classifies faults.
-//! - [`txn`]: reads, 1PC/2PC commits, status, in-doubt resolution.
+//! - [`twopc`]: the commit's decisions, pure: plan (1PC, read-only or 2PC
+//!   and the anchor), vote tally, the answer, status, resolution, forget.
+//! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
+//!   resolution; retries with backoff.
 //! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
 //! - [`metrics`], [`failpoint`].
 //!
@@ -19,6 +22,7 @@ pub mod map;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod twopc;
 pub mod txn;
 
 use std::sync::Arc;

@@ -14,8 +14,15 @@
 //! retried (bounded, with backoff, within the request's deadline). When the
 //! coordinator cannot tell whether a decision was recorded, it reports
 //! *outcome unknown*, never success or failure.
+//!
+//! This module is the IO: it asks [`crate::twopc`] for the plan, sends the
+//! RPCs (in parallel where the protocol allows), converts each reply from
+//! the wire at this edge, feeds it to the tally and acts on its verdict.
+//! What decides an outcome lives in `twopc`; the retry and read rules of
+//! this module (`retry_or_fail`, `pause`, `next_backoff`, `read_step`,
+//! `in_doubt`) are pure functions tested below.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,17 +36,28 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
+use crate::twopc::{FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+// The commit vocabulary lives with the rules that decide it; it is named
+// from here too, as it was before those rules moved.
+pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnError, TxnState};
 
 /// Most attempts of one shard call before giving up.
 pub const ATTEMPTS_MAX: u32 = 16;
-/// Backoff between attempts: starts here, doubles, capped.
+/// Backoff between attempts: starts here, doubles (`next_backoff`),
+/// capped at [`BACKOFF_MAX`], plus a jitter of up to half (`pause`).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+/// The longest backoff between two attempts of one shard call.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+const _: () = assert!(BACKOFF_FIRST.as_micros() <= BACKOFF_MAX.as_micros());
 /// A STRONG read that meets a prepared transaction's lock re-reads for at
 /// most this long before resolving the transaction through its anchor.
 pub const READ_LOCK_WAIT_MAX: Duration = Duration::from_millis(300);
 /// Pause between those re-reads.
 pub const READ_LOCK_POLL: Duration = Duration::from_millis(5);
+const _: () = assert!(
+    READ_LOCK_POLL.as_micros() < READ_LOCK_WAIT_MAX.as_micros(),
+    "a read re-reads at least once before resolving"
+);
 /// How many times one read meets a lock and resolves it before giving up.
 pub const READ_LOCK_ROUNDS_MAX: u32 = 4;
 /// A prepared transaction older than this is in doubt: whoever meets it (a
@@ -52,66 +70,7 @@ pub const FINALIZE_QUEUE_MAX: usize = 4096;
 pub const FINALIZE_BATCH_MAX: usize = 512;
 /// Most finalize batches in flight at once.
 pub const FINALIZE_BATCHES_INFLIGHT_MAX: usize = 8;
-
-/// A transaction as the client sends it.
-#[derive(Clone, Debug)]
-pub struct CommitRequest {
-    pub txn: TxnId,
-    /// `trellis.v1.Durability` as its number: 0 SYNC, 1 SEMI_SYNC, 2 ASYNC.
-    pub durability: u32,
-    pub reads: Vec<(Key, Version)>,
-    /// `None` deletes.
-    pub writes: Vec<(Key, Option<Value>)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AbortReason {
-    Conflict,
-    Locked,
-    ResolvedAbort,
-    ParticipantUnavailable,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Abort {
-    pub reason: AbortReason,
-    pub keys: Vec<Key>,
-    pub message: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Every written key with its new version.
-    Committed {
-        written: Vec<(Key, Version)>,
-    },
-    Aborted(Abort),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TxnError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error(
-        "outcome unknown: transaction {txn} may or may not have committed ({detail}); \
-         ask TxnStatus with its id"
-    )]
-    OutcomeUnknown { txn: TxnId, detail: String },
-    #[error("deadline exceeded: {0}")]
-    Deadline(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// A transaction's state as TxnStatus reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxnState {
-    Committed,
-    Aborted,
-    Unknown,
-}
+const _: () = assert!(FINALIZE_BATCH_MAX <= FINALIZE_QUEUE_MAX);
 
 /// One key as a read returns it: value and version (0 = absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,24 +86,6 @@ fn decision_pb(commit: bool) -> i32 {
     } else {
         pb::Decision::Abort as i32
     }
-}
-
-/// What a participant said to PREPARE.
-#[derive(Clone, Debug)]
-enum Vote {
-    Yes { version: Version },
-    No(pb::Refused),
-    Finalized { commit: bool, version: Version },
-}
-
-/// A decided transaction whose participants still have to apply or
-/// discard it.
-#[derive(Clone, Debug)]
-struct FinalizeJob {
-    txn: TxnId,
-    anchor: GroupId,
-    participants: Vec<GroupId>,
-    commit: bool,
 }
 
 pub struct TxnManager {
@@ -200,23 +141,14 @@ impl TxnManager {
                 }
                 Err(fault) => fault,
             };
-            match fault {
-                Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => {
-                    last = m;
-                    self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
-                    map = self.router.refresh(&map).await;
-                }
-                Fault::Invalid(m) => return Err(TxnError::Invalid(m)),
-                Fault::Other(m) => return Err(TxnError::Internal(m)),
-            }
+            last = retry_or_fail(fault)?;
+            self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
+            map = self.router.refresh(&map).await;
             if Instant::now() + backoff >= deadline {
                 return Err(TxnError::Deadline(format!("{what}: {last}")));
             }
-            let jitter = Duration::from_micros(
-                trellis_types::rng::u64() % (backoff.as_micros() as u64 / 2 + 1),
-            );
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::time::sleep(pause(backoff, trellis_types::rng::u64())).await;
+            backoff = next_backoff(backoff);
         }
         Err(TxnError::Unavailable(format!(
             "{what}: {last} (gave up after {ATTEMPTS_MAX} attempts)"
@@ -295,23 +227,22 @@ impl TxnManager {
             let mut still = Vec::new();
             let mut to_resolve: BTreeMap<Vec<u8>, GroupId> = BTreeMap::new();
             for (i, result) in pending.iter().zip(results) {
-                let stale_ok = match (&result.lock, max_staleness) {
-                    (Some(lock), Some(bound)) => Duration::from_millis(lock.age_ms) <= bound,
-                    _ => true,
-                };
-                match result.lock {
-                    Some(lock) if !(max_staleness.is_some() && stale_ok) => {
-                        still.push(*i);
-                        if waited >= READ_LOCK_WAIT_MAX {
-                            to_resolve.insert(lock.txn_id, lock.anchor_group);
-                        }
-                    }
-                    _ => {
+                let lock_age = result
+                    .lock
+                    .as_ref()
+                    .map(|l| Duration::from_millis(l.age_ms));
+                match (read_step(lock_age, max_staleness, waited), result.lock) {
+                    (ReadStep::Take, _) | (_, None) => {
                         items[*i] = Some(Item {
                             key: result.key,
                             value: result.value,
                             version: result.version,
                         })
+                    }
+                    (ReadStep::Wait, Some(_)) => still.push(*i),
+                    (ReadStep::Resolve, Some(lock)) => {
+                        still.push(*i);
+                        to_resolve.insert(lock.txn_id, lock.anchor_group);
                     }
                 }
             }
@@ -419,30 +350,21 @@ impl TxnManager {
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let map = self.router.map();
-        let mut groups: BTreeSet<GroupId> = BTreeSet::new();
-        for (k, _) in &req.reads {
-            groups.insert(map.group_of(k));
-        }
-        for (k, _) in &req.writes {
-            groups.insert(map.group_of(k));
-        }
+        let plan = crate::twopc::plan(&req, |k| map.group_of(k));
         let started = Instant::now();
-        let (path, result) = if groups.len() == 1 {
-            let group = *groups.first().expect("one group");
-            (
+        let (path, result) = match plan {
+            Plan::OnePhase { group } => (
                 Path::OnePhase,
                 self.commit_one_phase(group, &req, deadline).await,
-            )
-        } else if req.writes.is_empty() {
-            (
+            ),
+            Plan::ReadOnly { reads } => (
                 Path::ReadOnly,
-                self.validate_read_only(&map, &req, deadline).await,
-            )
-        } else {
-            (
+                self.validate_read_only(&reads, &req, deadline).await,
+            ),
+            Plan::TwoPhase(plan) => (
                 Path::TwoPhase,
-                self.commit_two_phase(&map, &req, deadline).await,
-            )
+                self.commit_two_phase(&plan, &req, deadline).await,
+            ),
         };
         self.metrics.record_commit(path, &result, started.elapsed());
         result
@@ -454,14 +376,7 @@ impl TxnManager {
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
-        let reads: Vec<pb::ReadVersion> = req
-            .reads
-            .iter()
-            .map(|(key, version)| pb::ReadVersion {
-                key: key.clone(),
-                version: *version,
-            })
-            .collect();
+        let reads = read_versions(&req.reads);
         let writes = write_ops(&req.writes);
         let mut resolved_once = false;
         loop {
@@ -477,16 +392,10 @@ impl TxnManager {
                     async move { client.commit_local(request).await.map(|r| r.into_inner()) }
                 })
                 .await
-                .map_err(|e| unknown_if_ambiguous(req.txn, e))?;
+                .map_err(|e| crate::twopc::unknown_if_ambiguous(req.txn, e))?;
             match result.outcome {
                 Some(pb::commit_local_response::Outcome::Committed(w)) => {
-                    return Ok(CommitOutcome::Committed {
-                        written: req
-                            .writes
-                            .iter()
-                            .map(|(k, _)| (k.clone(), w.version))
-                            .collect(),
-                    });
+                    return Ok(crate::twopc::one_phase_committed(&req.writes, w.version));
                 }
                 Some(pb::commit_local_response::Outcome::Refused(refused)) => {
                     // A lock held by a transaction in doubt: resolve it and
@@ -521,7 +430,7 @@ impl TxnManager {
         }
         let mut any = false;
         for holder in &refused.holders {
-            if Duration::from_millis(holder.age_ms) < IN_DOUBT_AGE {
+            if !in_doubt(Duration::from_millis(holder.age_ms)) {
                 continue;
             }
             let txn =
@@ -541,20 +450,14 @@ impl TxnManager {
     /// current — the commit point. Nothing is logged.
     async fn validate_read_only(
         &self,
-        map: &ClusterMap,
+        reads: &BTreeMap<GroupId, Vec<&(Key, Version)>>,
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
-        let mut by_group: BTreeMap<GroupId, Vec<pb::ReadVersion>> = BTreeMap::new();
-        for (key, version) in &req.reads {
-            by_group
-                .entry(map.group_of(key))
-                .or_default()
-                .push(pb::ReadVersion {
-                    key: key.clone(),
-                    version: *version,
-                });
-        }
+        let by_group: BTreeMap<GroupId, Vec<pb::ReadVersion>> = reads
+            .iter()
+            .map(|(group, reads)| (*group, read_versions(reads.iter().copied())))
+            .collect();
         let checks = by_group.iter().map(|(group, reads)| {
             self.call(*group, deadline, "validate", move |mut client, map| {
                 let request = pb::ValidateRequest {
@@ -578,63 +481,42 @@ impl TxnManager {
             })
         });
         let released = join_all(releases).await;
-        for result in results {
-            if let Some(refused) = result?.refused {
-                return Ok(CommitOutcome::Aborted(abort_of(&refused)));
-            }
-        }
-        // A release that failed or found a hold gone (expired after
-        // READ_HOLD_MAX, or lost in a restart) leaves no common instant.
-        if !released.iter().all(|r| matches!(r, Ok(true))) {
-            return Ok(CommitOutcome::Aborted(Abort {
-                reason: AbortReason::Locked,
-                keys: Vec::new(),
-                message: format!(
-                    "a read hold lapsed before validation finished (READ_HOLD_MAX {:?}); retry the transaction",
-                    trellis_types::limits::READ_HOLD_MAX
-                ),
-            }));
-        }
-        Ok(CommitOutcome::Committed {
-            written: Vec::new(),
-        })
+        let validations = results
+            .into_iter()
+            .map(|r| r.map(|v| v.refused.as_ref().map(abort_of)))
+            .collect();
+        crate::twopc::read_only_outcome(validations, &released)
     }
 
+    /// Prepares at every participant in parallel, tallies the votes,
+    /// decides at the anchor, answers, and queues the finalize. What each
+    /// step decides is in [`crate::twopc`].
     async fn commit_two_phase(
         self: &Arc<Self>,
-        map: &ClusterMap,
+        plan: &TwoPhase<'_>,
         req: &CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
         let txn = req.txn;
         let durability = req.durability;
-        let anchor = req
-            .writes
+        let anchor = plan.anchor;
+        let parts: BTreeMap<GroupId, (Vec<pb::ReadVersion>, Vec<pb::WriteOp>)> = plan
+            .parts
             .iter()
-            .map(|(k, _)| k)
-            .min()
-            .map(|k| map.group_of(k))
-            .expect("two-phase commit has writes");
-        let mut plan: BTreeMap<GroupId, (Vec<pb::ReadVersion>, Vec<pb::WriteOp>)> = BTreeMap::new();
-        for (key, version) in &req.reads {
-            plan.entry(map.group_of(key))
-                .or_default()
-                .0
-                .push(pb::ReadVersion {
-                    key: key.clone(),
-                    version: *version,
-                });
-        }
-        for (key, value) in &req.writes {
-            plan.entry(map.group_of(key))
-                .or_default()
-                .1
-                .extend(write_ops(&[(key.clone(), value.clone())]));
-        }
-        let participants: Vec<GroupId> = plan.keys().copied().collect();
+            .map(|(group, part)| {
+                (
+                    *group,
+                    (
+                        read_versions(part.reads.iter().copied()),
+                        write_ops(part.writes.iter().copied()),
+                    ),
+                )
+            })
+            .collect();
+        let participants = plan.participants();
 
         // 1. Prepare everywhere in parallel.
-        let prepares = plan.iter().map(|(group, (reads, writes))| {
+        let prepares = parts.iter().map(|(group, (reads, writes))| {
             let participants = participants.clone();
             async move {
                 let vote = self
@@ -655,7 +537,9 @@ impl TxnManager {
                         Some(pb::prepare_response::Vote::Yes(p)) => {
                             Ok(Vote::Yes { version: p.version })
                         }
-                        Some(pb::prepare_response::Vote::No(refused)) => Ok(Vote::No(refused)),
+                        Some(pb::prepare_response::Vote::No(refused)) => {
+                            Ok(Vote::No(abort_of(&refused)))
+                        }
                         Some(pb::prepare_response::Vote::Finalized(f)) => Ok(Vote::Finalized {
                             commit: f.decision == pb::Decision::Commit as i32,
                             version: f.version,
@@ -667,125 +551,42 @@ impl TxnManager {
         });
         let votes: Vec<(GroupId, Result<Vote, TxnError>)> = join_all(prepares).await;
         failpoint("after_prepare");
-
-        let mut want_commit = true;
-        let mut abort: Option<Abort> = None;
-        for (group, vote) in &votes {
-            match vote {
-                Ok(Vote::Yes { .. }) => {}
-                Ok(Vote::Finalized { commit, .. }) => want_commit &= *commit,
-                Ok(Vote::No(refused)) => {
-                    want_commit = false;
-                    let this = abort_of(refused);
-                    match &mut abort {
-                        Some(existing) if existing.reason == this.reason => {
-                            existing.keys.extend(this.keys)
-                        }
-                        Some(_) => {}
-                        None => abort = Some(this),
-                    }
-                }
-                Err(err) => {
-                    want_commit = false;
-                    abort.get_or_insert(Abort {
-                        reason: AbortReason::ParticipantUnavailable,
-                        keys: Vec::new(),
-                        message: format!("group {group} could not prepare: {err}"),
-                    });
-                }
-            }
-        }
+        let mut tally = Tally::of(&votes);
 
         // 2. Decide at the anchor: first decision wins.
-        let decided = self
+        let answer = self
             .call(anchor, deadline, "decide", |mut client, _map| {
                 let request = pb::DecideRequest {
                     durability,
                     txn_id: txn.as_bytes().to_vec(),
-                    decision: decision_pb(want_commit),
+                    decision: decision_pb(tally.commit),
                     participants: participants.clone(),
                 };
                 async move { client.decide(request).await.map(|r| r.into_inner()) }
             })
-            .await;
-        let commit = match decided {
-            Ok(d) => d.decision == pb::Decision::Commit as i32,
-            Err(err) => {
-                // Another execution of the same transaction (a client retry)
-                // could decide otherwise: we cannot say what happened.
-                return Err(TxnError::OutcomeUnknown {
-                    txn,
-                    detail: format!("deciding at anchor group {anchor}: {err}"),
-                });
-            }
-        };
+            .await
+            .map(|d| d.decision == pb::Decision::Commit as i32);
+        let commit = crate::twopc::decided(txn, anchor, answer)?;
         failpoint("after_decide");
 
-        // 3. Answer; finalize and forget in the background.
-        let mut versions: BTreeMap<GroupId, Version> = BTreeMap::new();
-        for (group, vote) in &votes {
-            match vote {
-                Ok(Vote::Yes { version })
-                | Ok(Vote::Finalized {
-                    version,
-                    commit: true,
-                }) => {
-                    versions.insert(*group, *version);
-                }
-                _ => {}
-            }
-        }
-        // We wanted abort but another execution decided commit: learn the
-        // versions by finalizing now. If a participant cannot be reached,
-        // the transaction is committed but its versions are not known: that
-        // is *outcome unknown* (TxnStatus says COMMITTED), never a plain
-        // UNAVAILABLE, which a client may answer by running it again.
+        // 3. Answer; finalize and forget in the background. A commit another
+        // execution decided is finalized now where its version is unknown.
         let mut unlearned = None;
-        if commit && versions.len() < participants.len() {
-            for group in &participants {
-                if versions.contains_key(group) {
-                    continue;
-                }
-                match self.finalize_one(*group, txn, true, deadline).await {
-                    Ok(Some(version)) => {
-                        versions.insert(*group, version);
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        unlearned = Some(format!(
-                            "committed by another execution; group {group} could not be finalized to learn its version: {err}"
-                        ));
-                        break;
-                    }
+        for group in tally.to_learn(commit, &participants) {
+            match self.finalize_one(group, txn, true, deadline).await {
+                Ok(Some(version)) => tally.learned(group, version),
+                Ok(None) => {}
+                Err(err) => {
+                    unlearned = Some(crate::twopc::unlearned(txn, group, &err));
+                    break;
                 }
             }
         }
-        self.finalize_later(txn, anchor, participants.clone(), commit)
-            .await;
-        if let Some(detail) = unlearned {
-            return Err(TxnError::OutcomeUnknown { txn, detail });
+        self.finalize_later(txn, anchor, participants, commit).await;
+        if let Some(err) = unlearned {
+            return Err(err);
         }
-        if commit {
-            let written = req
-                .writes
-                .iter()
-                .map(|(k, _)| {
-                    (
-                        k.clone(),
-                        versions.get(&map.group_of(k)).copied().unwrap_or(0),
-                    )
-                })
-                .collect();
-            Ok(CommitOutcome::Committed { written })
-        } else {
-            Ok(CommitOutcome::Aborted(abort.unwrap_or_else(|| Abort {
-                reason: AbortReason::ResolvedAbort,
-                keys: Vec::new(),
-                message: format!(
-                    "transaction {txn} was aborted by an in-doubt resolution that came first"
-                ),
-            })))
-        }
+        Ok(tally.outcome(txn, plan, commit))
     }
 
     /// Queues a decided transaction for finalization and forgetting. Waits
@@ -835,18 +636,18 @@ impl TxnManager {
 
     async fn finalize_batch(&self, jobs: Vec<FinalizeJob>) {
         let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
-        let mut by_group: BTreeMap<GroupId, Vec<pb::FinalizeRequest>> = BTreeMap::new();
-        for job in &jobs {
-            for group in &job.participants {
-                by_group
-                    .entry(*group)
-                    .or_default()
-                    .push(pb::FinalizeRequest {
-                        txn_id: job.txn.as_bytes().to_vec(),
-                        decision: decision_pb(job.commit),
-                    });
-            }
-        }
+        let mut groups = crate::twopc::finalize_batches(&jobs)
+            .into_iter()
+            .map(|(group, items)| {
+                let items: Vec<pb::FinalizeRequest> = items
+                    .into_iter()
+                    .map(|(txn, commit)| pb::FinalizeRequest {
+                        txn_id: txn.as_bytes().to_vec(),
+                        decision: decision_pb(commit),
+                    })
+                    .collect();
+                (group, items)
+            });
         let send = |group: GroupId, items: Vec<pb::FinalizeRequest>| async move {
             let ok = self
                 .call(group, deadline, "finalize batch", |mut client, _map| {
@@ -862,7 +663,6 @@ impl TxnManager {
             self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
             (group, ok.is_ok())
         };
-        let mut groups = by_group.into_iter();
         let mut done: BTreeMap<GroupId, bool> = BTreeMap::new();
         // The first group alone, so a crash here leaves some participants
         // finalized and others not.
@@ -874,20 +674,9 @@ impl TxnManager {
         for (group, ok) in join_all(groups.map(|(group, items)| send(group, items))).await {
             done.insert(group, ok);
         }
-        let mut forget: BTreeMap<GroupId, Vec<Vec<u8>>> = BTreeMap::new();
-        for job in &jobs {
-            if job
-                .participants
-                .iter()
-                .all(|g| done.get(g).copied().unwrap_or(false))
-            {
-                forget
-                    .entry(job.anchor)
-                    .or_default()
-                    .push(job.txn.as_bytes().to_vec());
-            }
-        }
-        join_all(forget.into_iter().map(|(anchor, txn_ids)| async move {
+        let forget = crate::twopc::forgettable(&jobs, &done);
+        join_all(forget.into_iter().map(|(anchor, txns)| async move {
+            let txn_ids: Vec<Vec<u8>> = txns.iter().map(|t| t.as_bytes().to_vec()).collect();
             let result = self
                 .call(anchor, deadline, "forget", |mut client, _map| {
                     let request = pb::ForgetRequest { txn_ids: txn_ids.clone() };
@@ -985,12 +774,11 @@ impl TxnManager {
             })
             .await?;
         let commit = record.decision == pb::Decision::Commit as i32;
-        let mut all: BTreeSet<GroupId> = participants.iter().copied().collect();
-        all.extend(record.participants.iter().copied());
-        let all: Vec<GroupId> = all.into_iter().collect();
-        let finished = self.finalize_all(txn, &all, commit, deadline).await;
-        let complete = !record.participants.is_empty() || participants.len() > 1;
-        if finished && complete {
+        let resolution = Resolution::of(participants, &record.participants);
+        let finished = self
+            .finalize_all(txn, &resolution.finalize, commit, deadline)
+            .await;
+        if finished && resolution.complete {
             self.forget(anchor, txn, deadline).await;
         }
         let counter = if commit {
@@ -1015,24 +803,12 @@ impl TxnManager {
                 async move { client.lookup(request).await.map(|r| r.into_inner()) }
             })
         });
-        let mut record = None;
-        let mut outcome = None;
-        for result in join_all(lookups).await {
-            let r = result?;
-            if r.record != pb::Decision::Unspecified as i32 {
-                record = Some(r.record == pb::Decision::Commit as i32);
-            }
-            if r.outcome == pb::Decision::Commit as i32 {
-                outcome = Some(true);
-            } else if r.outcome == pb::Decision::Abort as i32 && outcome.is_none() {
-                outcome = Some(false);
-            }
-        }
-        Ok(match record.or(outcome) {
-            Some(true) => TxnState::Committed,
-            Some(false) => TxnState::Aborted,
-            None => TxnState::Unknown,
-        })
+        let lookups = join_all(lookups)
+            .await
+            .into_iter()
+            .map(|result| result.map(|r| lookup_of(&r)))
+            .collect::<Result<Vec<Lookup>, TxnError>>()?;
+        Ok(crate::twopc::state_of(lookups))
     }
 
     /// One sweep: every group's transactions prepared longer than
@@ -1075,9 +851,10 @@ impl TxnManager {
     }
 }
 
-fn write_ops(writes: &[(Key, Option<Value>)]) -> Vec<pb::WriteOp> {
+/// Writes as the shard's wire type.
+fn write_ops<'a>(writes: impl IntoIterator<Item = &'a (Key, Option<Value>)>) -> Vec<pb::WriteOp> {
     writes
-        .iter()
+        .into_iter()
         .map(|(key, value)| pb::WriteOp {
             key: key.clone(),
             value: value.clone().unwrap_or_default(),
@@ -1086,6 +863,37 @@ fn write_ops(writes: &[(Key, Option<Value>)]) -> Vec<pb::WriteOp> {
         .collect()
 }
 
+/// Reads as the shard's wire type.
+fn read_versions<'a>(reads: impl IntoIterator<Item = &'a (Key, Version)>) -> Vec<pb::ReadVersion> {
+    reads
+        .into_iter()
+        .map(|(key, version)| pb::ReadVersion {
+            key: key.clone(),
+            version: *version,
+        })
+        .collect()
+}
+
+/// What one group's answer to Lookup says, as a [`Lookup`].
+fn lookup_of(r: &pb::LookupResponse) -> Lookup {
+    let decision = |d: i32| {
+        if d == pb::Decision::Commit as i32 {
+            Some(true)
+        } else if d == pb::Decision::Abort as i32 {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    Lookup {
+        // Any recorded decision but COMMIT reads as ABORT.
+        record: (r.record != pb::Decision::Unspecified as i32)
+            .then_some(r.record == pb::Decision::Commit as i32),
+        outcome: decision(r.outcome),
+    }
+}
+
+/// A participant's refusal as the abort it causes.
 fn abort_of(refused: &pb::Refused) -> Abort {
     let reason = match pb::Refusal::try_from(refused.reason) {
         Ok(pb::Refusal::Conflict) => AbortReason::Conflict,
@@ -1099,13 +907,141 @@ fn abort_of(refused: &pb::Refused) -> Abort {
     }
 }
 
-/// A one-phase commit whose request may have reached the shard has an
-/// unknown outcome when we give up on it.
-fn unknown_if_ambiguous(txn: TxnId, err: TxnError) -> TxnError {
-    match err {
-        TxnError::Unavailable(detail) | TxnError::Deadline(detail) => {
-            TxnError::OutcomeUnknown { txn, detail }
+/// What a read does with one key's result ([`read_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadStep {
+    /// Return the value read.
+    Take,
+    /// Read the key again after [`READ_LOCK_POLL`]: its lock may go.
+    Wait,
+    /// Resolve the lock's transaction through its anchor, then read again.
+    Resolve,
+}
+
+/// What a read does with a key locked for `lock_age` (`None`: not locked),
+/// having waited `waited` for it so far. An unlocked key is taken. A STALE
+/// read (`max_staleness`) takes the last committed value under a lock no
+/// older than its bound. Otherwise the read waits for the lock to go, and
+/// after [`READ_LOCK_WAIT_MAX`] resolves its transaction, so that a STRONG
+/// read never returns a value a decided commit overwrote.
+fn read_step(
+    lock_age: Option<Duration>,
+    max_staleness: Option<Duration>,
+    waited: Duration,
+) -> ReadStep {
+    match (lock_age, max_staleness) {
+        (None, _) => ReadStep::Take,
+        (Some(age), Some(bound)) if age <= bound => ReadStep::Take,
+        _ if waited >= READ_LOCK_WAIT_MAX => ReadStep::Resolve,
+        _ => ReadStep::Wait,
+    }
+}
+
+/// Whether a transaction prepared `age` ago is in doubt: a commit refused
+/// by its lock resolves it rather than giving up.
+fn in_doubt(age: Duration) -> bool {
+    age >= IN_DOUBT_AGE
+}
+
+/// What a failed shard call does next: route, availability and ambiguous
+/// faults are retried after a map refresh (every shard operation is
+/// idempotent by transaction id, so sending again one that may have landed
+/// is safe), keeping the message for the final error; invalid input and
+/// anything else fail the call at once.
+fn retry_or_fail(fault: Fault) -> Result<String, TxnError> {
+    match fault {
+        Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => Ok(m),
+        Fault::Invalid(m) => Err(TxnError::Invalid(m)),
+        Fault::Other(m) => Err(TxnError::Internal(m)),
+    }
+}
+
+/// The pause before the next attempt: `backoff` plus a jitter of at most
+/// half of it, drawn from `random`, so callers that failed together do not
+/// retry together.
+fn pause(backoff: Duration, random: u64) -> Duration {
+    let jitter_micros_max = backoff.as_micros() as u64 / 2;
+    backoff + Duration::from_micros(random % (jitter_micros_max + 1))
+}
+
+/// The backoff after `backoff`: doubled, at most [`BACKOFF_MAX`].
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_availability_and_ambiguous_faults_are_retried_the_rest_fail() {
+        for fault in [
+            Fault::Route("r".into()),
+            Fault::Unavailable("r".into()),
+            Fault::Ambiguous("r".into()),
+        ] {
+            assert_eq!(retry_or_fail(fault), Ok("r".into()));
         }
-        other => other,
+        assert_eq!(
+            retry_or_fail(Fault::Invalid("i".into())),
+            Err(TxnError::Invalid("i".into()))
+        );
+        assert_eq!(
+            retry_or_fail(Fault::Other("o".into())),
+            Err(TxnError::Internal("o".into()))
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_at_most_half_again_of_jitter() {
+        let mut backoff = BACKOFF_FIRST;
+        let mut seen = vec![backoff];
+        for _ in 1..ATTEMPTS_MAX {
+            backoff = next_backoff(backoff);
+            seen.push(backoff);
+        }
+        assert_eq!(seen[1], BACKOFF_FIRST * 2);
+        assert_eq!(*seen.last().expect("attempts"), BACKOFF_MAX);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        for backoff in seen {
+            assert_eq!(pause(backoff, 0), backoff);
+            for random in [1, 7_777, u64::MAX] {
+                let p = pause(backoff, random);
+                assert!(
+                    p >= backoff && p <= backoff + backoff / 2,
+                    "{p:?} for {backoff:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_takes_unlocked_keys_and_bounded_stale_ones_and_waits_then_resolves() {
+        let ms = Duration::from_millis;
+        // Unlocked: taken, STRONG or STALE.
+        assert_eq!(read_step(None, None, ms(0)), ReadStep::Take);
+        assert_eq!(read_step(None, Some(ms(10)), ms(0)), ReadStep::Take);
+        // STALE under a lock within the bound: the last committed value.
+        assert_eq!(read_step(Some(ms(10)), Some(ms(10)), ms(0)), ReadStep::Take);
+        // STALE under an older lock, and STRONG: wait, then resolve.
+        assert_eq!(read_step(Some(ms(11)), Some(ms(10)), ms(0)), ReadStep::Wait);
+        assert_eq!(read_step(Some(ms(0)), None, ms(0)), ReadStep::Wait);
+        let long = READ_LOCK_WAIT_MAX;
+        assert_eq!(
+            read_step(Some(ms(0)), None, long - READ_LOCK_POLL),
+            ReadStep::Wait
+        );
+        assert_eq!(read_step(Some(ms(0)), None, long), ReadStep::Resolve);
+        assert_eq!(
+            read_step(Some(ms(11)), Some(ms(10)), long),
+            ReadStep::Resolve
+        );
+        assert_eq!(read_step(Some(ms(5)), Some(ms(10)), long), ReadStep::Take);
+    }
+
+    #[test]
+    fn a_lock_holder_is_in_doubt_from_in_doubt_age_on() {
+        assert!(!in_doubt(IN_DOUBT_AGE - Duration::from_millis(1)));
+        assert!(in_doubt(IN_DOUBT_AGE));
     }
 }
