@@ -711,19 +711,11 @@ where
     let (txn_service, admin_service, membership_service) = services(txns);
     // Reflection lets tools (`grpcurl`, Postman) call Trellis without its
     // `.proto` files; it lists only the services served here.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(trellis_proto::FILE_DESCRIPTOR_SET)
-            .with_service_name(pb::txn_server::SERVICE_NAME)
-            .with_service_name(pb::admin_server::SERVICE_NAME)
-            .with_service_name(shard_pb::membership_server::SERVICE_NAME)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("trellis-proto's build.rs compiled a valid descriptor set");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("trellis-proto's build.rs compiled a valid descriptor set");
+    let (reflection_v1, reflection_v1alpha) = trellis_proto::reflection::services(&[
+        pb::txn_server::SERVICE_NAME,
+        pb::admin_server::SERVICE_NAME,
+        shard_pb::membership_server::SERVICE_NAME,
+    ]);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -6,12 +6,14 @@
 //! - [`error`]: how every error status carries its reason (gRPC's richer
 //!   error model: `google.rpc.Status` with a `google.rpc.ErrorInfo`).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled `.proto` files, served by gRPC
-//!   server reflection so tools (`grpcurl`) need no `.proto` files.
+//!   server reflection so tools (`grpcurl`) need no `.proto` files;
+//!   [`reflection::services`] builds those services.
 //!
 //! Wire types stop at the service edges; the core works on domain types from
 //! `trellis-types`.
 
 pub mod error;
+pub mod reflection;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every Trellis `.proto`
 /// file (written by `build.rs`), for gRPC server reflection.

@@ -661,17 +661,8 @@ where
 {
     // Reflection lets tools (`grpcurl`) inspect a shard without the `.proto`
     // files; it lists only the service served here.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(trellis_proto::FILE_DESCRIPTOR_SET)
-            .with_service_name(pb::shard_server::SERVICE_NAME)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("trellis-proto's build.rs compiled a valid descriptor set");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("trellis-proto's build.rs compiled a valid descriptor set");
+    let (reflection_v1, reflection_v1alpha) =
+        trellis_proto::reflection::services(&[pb::shard_server::SERVICE_NAME]);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
