@@ -195,11 +195,7 @@ fn start_labelled(label: &str, name: &str, args: &[String]) -> anyhow::Result<Ki
             ready: parse_ready(&line),
         }),
         Err(why) => {
-            let _ = child.kill();
-            let status = child
-                .wait()
-                .map(describe)
-                .unwrap_or_else(|e| format!("could not be waited for: {e}"));
+            let status = kill_and_describe(&mut child);
             match why {
                 mpsc::RecvTimeoutError::Timeout => bail!(
                     "{name} did not start within {CHILD_READY_TIMEOUT:?} and was killed; \
@@ -304,6 +300,16 @@ fn relay(label: &str, from: ChildStderr) {
 
 /// How a child ended, in words: `exited with code 1`, `killed by signal 9
 /// (SIGKILL)`.
+/// Kills a child that did not start (our own, by its handle) and says how it
+/// ended, in words.
+fn kill_and_describe(child: &mut Child) -> String {
+    let _ = child.kill();
+    child
+        .wait()
+        .map(describe)
+        .unwrap_or_else(|e| format!("could not be waited for: {e}"))
+}
+
 fn describe(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exited with code {code}");
@@ -606,11 +612,7 @@ impl Member {
                 }
                 Err(mpsc::TryRecvError::Empty) if now < *deadline => {}
                 Err(why) => {
-                    let _ = child.kill();
-                    let status = child
-                        .wait()
-                        .map(describe)
-                        .unwrap_or_else(|e| format!("could not be waited for: {e}"));
+                    let status = kill_and_describe(child);
                     let why = match why {
                         mpsc::TryRecvError::Empty => {
                             format!("did not start within {CHILD_READY_TIMEOUT:?}")
