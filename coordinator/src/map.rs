@@ -9,17 +9,8 @@ use std::collections::BTreeMap;
 
 use trellis_types::{GroupId, MapEpoch, Slot, SlotSet, slot_of};
 
-/// One replica of a group, as the catalog knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// `host:port` of its shard gRPC service.
-    pub addr: String,
-    /// Process id it reported when it registered (for `trellis status`).
-    pub pid: u32,
-    /// Part of the group's configuration (SYNC writes wait for it, it may be
-    /// promoted); `false` for a learner still catching up.
-    pub in_sync: bool,
-}
+/// One replica of a group (shared with the coordinator through `trellis-types`).
+pub use trellis_types::Member;
 
 /// A shard group.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -884,7 +884,10 @@ async fn cas_group(
             group_id: config.group_id,
             expected_version: config.version,
             epoch,
-            members: members.into_iter().map(pb::MemberConfig::from).collect(),
+            members: members
+                .into_iter()
+                .map(crate::role::member_to_wire)
+                .collect(),
             reason: reason.to_string(),
         })
         .await

@@ -29,16 +29,8 @@ pub const CATCH_UP_SLACK: Lsn = 0;
 // A learner that would be admitted must not be one about to be dropped.
 const _: () = assert!(ADMIT_SILENCE_MAX.as_millis() < BACKUP_SILENCE_MAX.as_millis());
 
-/// One member of a group's configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub addr: String,
-    /// Its process id when it registered (for `trellis status`).
-    pub pid: u32,
-    /// Part of the configuration: SYNC writes wait for it, the primary's
-    /// lease needs it, it may be promoted. Otherwise a learner.
-    pub in_sync: bool,
-}
+/// One replica of a group (shared with the coordinator through `trellis-types`).
+pub use trellis_types::Member;
 
 /// A group's configuration, as read from the catalog: `members[0]` is the
 /// primary of `epoch`.
@@ -79,13 +71,12 @@ impl From<pb::GroupConfig> for GroupConfig {
     }
 }
 
-impl From<Member> for pb::MemberConfig {
-    fn from(m: Member) -> pb::MemberConfig {
-        pb::MemberConfig {
-            addr: m.addr,
-            pid: m.pid,
-            in_sync: m.in_sync,
-        }
+/// A member in its wire form (for a catalog compare-and-swap).
+pub fn member_to_wire(m: Member) -> pb::MemberConfig {
+    pb::MemberConfig {
+        addr: m.addr,
+        pid: m.pid,
+        in_sync: m.in_sync,
     }
 }
 
@@ -459,7 +450,7 @@ mod tests {
         };
         let config = GroupConfig::from(wire.clone());
         assert_eq!((config.group_id, config.version, config.epoch), (3, 9, 4));
-        let back: Vec<pb::MemberConfig> = config.members.into_iter().map(Into::into).collect();
+        let back: Vec<pb::MemberConfig> = config.members.into_iter().map(member_to_wire).collect();
         assert_eq!(back, wire.members);
     }
 

@@ -45,6 +45,21 @@ pub type MapEpoch = u64;
 /// A slot: `slot_of(key)`, in `0..SLOTS`.
 pub type Slot = u32;
 
+/// One replica of a group's configuration, as the catalog stores it and the
+/// coordinator and the shards both read it (`members[0]` of a group is its
+/// primary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// `host:port` of its shard gRPC service.
+    pub addr: String,
+    /// Process id it reported when it registered (for `trellis status`).
+    pub pid: u32,
+    /// Part of the group's configuration: SYNC writes wait for it, the
+    /// primary's lease needs it, it may be promoted. `false` for a learner
+    /// still catching up.
+    pub in_sync: bool,
+}
+
 /// Number of slots keys hash into. Fixed for the life of a cluster.
 pub const SLOTS: u32 = 4096;
 
