@@ -22,6 +22,9 @@
 //!   on both sides, following the catalog's configuration, upkeep, hand-over
 //!   and failover; the RPCs that feed [`role`]'s decisions and carry them
 //!   out.
+//! - [`ownership`]: which slots the group serves and the states of a
+//!   moving slot (importing, frozen), as a pure state machine. Not yet
+//!   wired into the engine: resharding is being built (ARCHITECTURE.md).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -37,6 +40,7 @@ pub mod failpoint;
 pub mod fsio;
 pub mod membership;
 pub mod metrics;
+pub mod ownership;
 pub mod pacer;
 pub mod record;
 pub mod repl;
