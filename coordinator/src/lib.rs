@@ -8,6 +8,10 @@
 //! - [`router`]: the current map and channels to shards; classifies faults.
 //! - [`twopc`]: the commit's decisions, pure: plan (1PC, read-only or 2PC
 //!   and the anchor), vote tally, the answer, status, resolution, forget.
+//! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
+//!   move, drain, remove) and the job machine (import, copy, freeze,
+//!   drain, flip, release; pause and cancel). Not yet driven by any IO:
+//!   resharding is being built (ARCHITECTURE.md).
 //! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
 //!   resolution; retries with backoff.
 //! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
@@ -20,6 +24,7 @@ pub mod catalog;
 pub mod failpoint;
 pub mod map;
 pub mod metrics;
+pub mod reshard;
 pub mod router;
 pub mod service;
 pub mod twopc;
