@@ -1,5 +1,7 @@
 //! The SQL text that differs between SQLite and PostgreSQL, one [`Dialect`]
-//! each. Every other statement is written once, in `mod.rs`.
+//! each. Every other statement is written once, in `mod.rs`; the
+//! coordinator-row statements are written once here (`dialect!`) and differ
+//! only in the expression for the database's clock.
 
 /// The statements whose text differs between the two dialects. Everything
 /// else is written once: SQLite accepts PostgreSQL's `$n` placeholders.
@@ -29,97 +31,71 @@ pub(super) struct Dialect {
     pub(super) list_coordinators: &'static str,
 }
 
-/// The database's clock in milliseconds since the Unix epoch, per dialect
-/// (a macro so that `concat!` can build the statements from it).
-macro_rules! sqlite_now_ms {
-    () => {
-        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
-    };
-}
-macro_rules! postgres_now_ms {
-    () => {
-        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+/// The upsert of a coordinator's row ($1 id, $2 address, $3 metrics
+/// address) with `now_ms` as heartbeat and start for a new row; a row that
+/// exists gets the address, metrics address and heartbeat (its start is
+/// kept unless the caller appends that column too).
+macro_rules! upsert_coordinator {
+    ($now_ms:literal) => {
+        concat!(
+            "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
+             VALUES ($1, $2, $3, ",
+            $now_ms,
+            ", ",
+            $now_ms,
+            ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
+             metrics_addr = excluded.metrics_addr, \
+             heartbeat_unix_ms = excluded.heartbeat_unix_ms"
+        )
     };
 }
 
-pub(super) static SQLITE: Dialect = Dialect {
+/// Builds a [`Dialect`] from its two BEGIN statements and `now_ms`, the SQL
+/// expression for the database's clock in milliseconds since the Unix
+/// epoch. The coordinator-row statements are written once here and differ
+/// between dialects only in that expression (a literal, so that `concat!`
+/// can build each statement at compile time).
+macro_rules! dialect {
+    (begin_write: $begin_write:literal, begin_read: $begin_read:literal, now_ms: $now_ms:literal $(,)?) => {
+        Dialect {
+            begin_write: $begin_write,
+            begin_read: $begin_read,
+            start_coordinator: concat!(
+                upsert_coordinator!($now_ms),
+                ", started_unix_ms = excluded.started_unix_ms"
+            ),
+            heartbeat_coordinator: upsert_coordinator!($now_ms),
+            forget_coordinator_addr: "DELETE FROM coordinators WHERE addr = $1 AND id <> $2",
+            expire_coordinators: concat!(
+                "DELETE FROM coordinators WHERE id <> $1 AND heartbeat_unix_ms < ",
+                $now_ms,
+                " - $2"
+            ),
+            list_coordinators: concat!(
+                "SELECT id, addr, metrics_addr, ",
+                $now_ms,
+                " - heartbeat_unix_ms, \
+                 CASE WHEN started_unix_ms > 0 THEN ",
+                $now_ms,
+                " - started_unix_ms ELSE -1 END \
+                 FROM coordinators ORDER BY id"
+            ),
+        }
+    };
+}
+
+/// SQLite's statements. Its clock is `julianday('now')`, in days, of which
+/// 2440587.5 is the Unix epoch.
+pub(super) static SQLITE: Dialect = dialect! {
     begin_write: "BEGIN IMMEDIATE",
     begin_read: "BEGIN",
-    start_coordinator: concat!(
-        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
-         VALUES ($1, $2, $3, ",
-        sqlite_now_ms!(),
-        ", ",
-        sqlite_now_ms!(),
-        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         metrics_addr = excluded.metrics_addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms, \
-         started_unix_ms = excluded.started_unix_ms"
-    ),
-    heartbeat_coordinator: concat!(
-        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
-         VALUES ($1, $2, $3, ",
-        sqlite_now_ms!(),
-        ", ",
-        sqlite_now_ms!(),
-        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         metrics_addr = excluded.metrics_addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms"
-    ),
-    forget_coordinator_addr: "DELETE FROM coordinators WHERE addr = $1 AND id <> $2",
-    expire_coordinators: concat!(
-        "DELETE FROM coordinators WHERE id <> $1 AND heartbeat_unix_ms < ",
-        sqlite_now_ms!(),
-        " - $2"
-    ),
-    list_coordinators: concat!(
-        "SELECT id, addr, metrics_addr, ",
-        sqlite_now_ms!(),
-        " - heartbeat_unix_ms, \
-         CASE WHEN started_unix_ms > 0 THEN ",
-        sqlite_now_ms!(),
-        " - started_unix_ms ELSE -1 END \
-         FROM coordinators ORDER BY id"
-    ),
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
 };
 
-pub(super) static POSTGRES: Dialect = Dialect {
+/// PostgreSQL's statements. Its clock is `clock_timestamp()`, the time at
+/// evaluation (`now()` would be the transaction's start).
+pub(super) static POSTGRES: Dialect = dialect! {
     begin_write: "BEGIN",
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    start_coordinator: concat!(
-        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
-         VALUES ($1, $2, $3, ",
-        postgres_now_ms!(),
-        ", ",
-        postgres_now_ms!(),
-        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         metrics_addr = excluded.metrics_addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms, \
-         started_unix_ms = excluded.started_unix_ms"
-    ),
-    heartbeat_coordinator: concat!(
-        "INSERT INTO coordinators (id, addr, metrics_addr, heartbeat_unix_ms, started_unix_ms) \
-         VALUES ($1, $2, $3, ",
-        postgres_now_ms!(),
-        ", ",
-        postgres_now_ms!(),
-        ") ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, \
-         metrics_addr = excluded.metrics_addr, \
-         heartbeat_unix_ms = excluded.heartbeat_unix_ms"
-    ),
-    forget_coordinator_addr: "DELETE FROM coordinators WHERE addr = $1 AND id <> $2",
-    expire_coordinators: concat!(
-        "DELETE FROM coordinators WHERE id <> $1 AND heartbeat_unix_ms < ",
-        postgres_now_ms!(),
-        " - $2"
-    ),
-    list_coordinators: concat!(
-        "SELECT id, addr, metrics_addr, ",
-        postgres_now_ms!(),
-        " - heartbeat_unix_ms, \
-         CASE WHEN started_unix_ms > 0 THEN ",
-        postgres_now_ms!(),
-        " - started_unix_ms ELSE -1 END \
-         FROM coordinators ORDER BY id"
-    ),
+    now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
 };
