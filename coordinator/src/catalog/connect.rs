@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous,
 };
 
 use super::{
@@ -48,6 +49,13 @@ pub(super) async fn open(url: &str) -> Result<Pool, CatalogError> {
     }
 }
 
+/// The pool limits, the same for both SQL backends.
+fn pool_options<DB: sqlx::Database>() -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(POOL_CONNECTIONS_MAX)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
 /// Opens (creating if missing) the SQLite catalog at `path` and migrates it.
 async fn connect_sqlite(path: &Path) -> Result<SqlitePool, CatalogError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -69,9 +77,7 @@ async fn connect_sqlite(path: &Path) -> Result<SqlitePool, CatalogError> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(POOL_CONNECTIONS_MAX)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    let pool = pool_options::<Sqlite>()
         .connect_with(options)
         .await
         .map_err(db(format!("opening the SQLite catalog {}", path.display())))?;
@@ -109,9 +115,7 @@ async fn connect_postgres(url: &str) -> Result<PgPool, CatalogError> {
         options.get_port(),
         options.get_database().unwrap_or("(default database)")
     );
-    let pool = PgPoolOptions::new()
-        .max_connections(POOL_CONNECTIONS_MAX)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    let pool = pool_options::<Postgres>()
         .connect_with(options)
         .await
         .map_err(db(format!("connecting to the PostgreSQL catalog {place}")))?;
