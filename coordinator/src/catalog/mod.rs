@@ -26,6 +26,16 @@
 //! The catalog never talks to shards, holds no transaction state, never
 //! caches (every call reads the database), and never repairs what it reads:
 //! a row that breaks an invariant is an error naming it.
+//!
+//! # Layout
+//! - `mod.rs`: [`Catalog`] and its operations (validation, the
+//!   compare-and-swap SQL, `with_pool!`), [`CatalogError`], the limits.
+//! - `connect`: the URL, the SQLite and PostgreSQL pools, migrations.
+//! - `dialect`: the SQL text that differs between SQLite and PostgreSQL.
+//! - `memory`: the in-memory backend's tables and storage steps.
+//! - `codec`: pure conversions between rows and the map: the slot-map
+//!   encoding, `BIGINT` conversions, text checks, `build_map`.
+//! - `tests`: the suite every backend runs.
 
 mod codec;
 mod connect;
@@ -223,14 +233,16 @@ where
 }
 
 /// Runs the storage step of an operation: `$sql` with `$p` bound to the
-/// concrete pool (and `$d`, if named, to its [`Dialect`]), or `$memory` with
-/// `$m` bound to the locked [`MemoryDb`]. The SQL body is written once and
+/// concrete pool (and `$d`, if named, to its
+/// [`Dialect`](dialect::Dialect)), or `$memory` with `$m` bound to the
+/// locked [`MemoryDb`]. The SQL body is written once and
 /// type-checked against each driver, which keeps the two from drifting
 /// apart without sqlx's `Any` driver (which would lose `BYTEA`/`BLOB`
 /// typing). The memory body holds a std lock, so it must not `.await`
 /// (clippy's `await_holding_lock` refuses it, and the future would not be
 /// `Send`). Used in functions returning `Result<_, CatalogError>`: a
-/// poisoned lock is returned as an error.
+/// poisoned lock is returned as an error. It names what it uses by
+/// `$crate::catalog::` paths, so it expands alike here and in `tests`.
 macro_rules! with_pool {
     ($catalog:expr, $p:ident $(, $d:ident)? => $sql:expr, $m:ident => $memory:expr) => {
         match &$catalog.pool {
