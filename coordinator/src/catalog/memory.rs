@@ -1,0 +1,222 @@
+//! The in-memory backend (`memory:`): the catalog's tables as plain rows in
+//! process memory, for the deterministic simulator. Only the storage step
+//! of each operation lives here; validation, the compare-and-swap
+//! conditions and the checks on what is read back are the SQL backends'
+//! (in `mod.rs` and [`super::codec`]).
+//!
+//! Never random, never iterates an unordered map, and reads tokio's clock
+//! (which the simulator controls), never the wall's, so a simulation
+//! replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use trellis_types::GroupId;
+
+use super::codec::{ClusterRow, CoordinatorListed, MapRows, check_groups_exist};
+use super::{COORDINATOR_ROW_EXPIRY, CatalogError, CoordinatorWrite};
+use crate::map::Member;
+
+/// The catalog's tables in process memory, one row type per SQL table and
+/// in the same column types, so that reads go through the same checks
+/// ([`build_map`](super::codec::build_map),
+/// [`to_u64`](super::codec::to_u64)) as rows read from SQL. Ordered maps keyed
+/// like the tables' primary keys give `ORDER BY` for free and keep every
+/// iteration deterministic.
+///
+/// Every method is synchronous and checks before it changes anything, so a
+/// call either happens whole or not at all; the lock is held for one method
+/// call and never across an `.await` (a std `Mutex`: nothing inside waits).
+#[derive(Debug, Default)]
+pub(super) struct MemoryDb {
+    /// `cluster`: the map epoch and the encoded slot map; `None` until
+    /// bootstrapped.
+    pub(super) cluster: Option<ClusterRow>,
+    /// `shard_groups`: id → (version, epoch).
+    pub(super) groups: BTreeMap<i64, (i64, i64)>,
+    /// `members`: (group id, ordinal) → (address, pid, in sync as 0 or 1).
+    pub(super) members: BTreeMap<(i64, i64), (String, i64, i64)>,
+    /// `coordinators`: id → its row, times by tokio's clock.
+    pub(super) coordinators: BTreeMap<String, MemoryCoordinator>,
+}
+
+/// A row of the in-memory `coordinators` table.
+#[derive(Debug)]
+pub(super) struct MemoryCoordinator {
+    pub(super) addr: String,
+    pub(super) metrics_addr: String,
+    pub(super) heartbeat: tokio::time::Instant,
+    pub(super) started: tokio::time::Instant,
+}
+
+impl MemoryDb {
+    /// Creates the cluster row and `groups` (version 1, epoch 0) unless the
+    /// cluster row exists. Returns whether it created them.
+    pub(super) fn bootstrap(
+        &mut self,
+        slot_map: &[u8],
+        groups: &[i64],
+    ) -> Result<bool, CatalogError> {
+        if self.cluster.is_some() {
+            return Ok(false);
+        }
+        // SQL refuses these inserts on the primary key; check before
+        // changing anything.
+        if let Some(id) = groups.iter().find(|id| self.groups.contains_key(id)) {
+            return Err(CatalogError::Corrupt(format!(
+                "shard group {id} exists but the cluster does not"
+            )));
+        }
+        self.cluster = Some((1, slot_map.to_vec()));
+        for id in groups {
+            self.groups.insert(*id, (1, 0));
+        }
+        Ok(true)
+    }
+
+    /// The rows `load` reads, in the order the SQL reads them.
+    pub(super) fn read_map(&self) -> MapRows {
+        let group_rows = self
+            .groups
+            .iter()
+            .map(|(id, (version, epoch))| (*id, *version, *epoch))
+            .collect();
+        let member_rows = self
+            .members
+            .iter()
+            .map(|((group, ordinal), (addr, pid, in_sync))| {
+                (*group, *ordinal, addr.clone(), *pid, *in_sync)
+            })
+            .collect();
+        (self.cluster.clone(), group_rows, member_rows)
+    }
+
+    /// The conditional update of `cas_group`: replaces the group's epoch and
+    /// members only if its version is `version` and its epoch at most
+    /// `epoch`, and bumps the version. Returns whether it did.
+    pub(super) fn cas_group(
+        &mut self,
+        group: i64,
+        version: i64,
+        epoch: i64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        let Some(row) = self.groups.get_mut(&group) else {
+            return Ok(false);
+        };
+        if row.0 != version || row.1 > epoch {
+            return Ok(false);
+        }
+        let next = version.checked_add(1).ok_or_else(|| {
+            CatalogError::Invalid(format!(
+                "the version {version} of group {group} cannot grow further"
+            ))
+        })?;
+        *row = (next, epoch);
+        self.members.retain(|(g, _), _| *g != group);
+        // At most MEMBERS_MAX ordinals (checked by the caller), as in SQL.
+        for (ordinal, m) in members.iter().enumerate() {
+            self.members.insert(
+                (group, ordinal as i64),
+                (m.addr.clone(), i64::from(m.pid), i64::from(m.in_sync)),
+            );
+        }
+        Ok(true)
+    }
+
+    /// The lowest and highest group id, if any group exists.
+    pub(super) fn group_range(&self) -> (Option<i64>, Option<i64>) {
+        (
+            self.groups.keys().next().copied(),
+            self.groups.keys().next_back().copied(),
+        )
+    }
+
+    /// The storage step of `write_coordinator`, by tokio's clock.
+    pub(super) fn write_coordinator(
+        &mut self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+        how: CoordinatorWrite,
+    ) {
+        let now = tokio::time::Instant::now();
+        match how {
+            CoordinatorWrite::StartUp => self
+                .coordinators
+                .retain(|other, row| other == id || row.addr != addr),
+            CoordinatorWrite::Heartbeat => self.coordinators.retain(|other, row| {
+                other == id
+                    || now.saturating_duration_since(row.heartbeat) <= COORDINATOR_ROW_EXPIRY
+            }),
+        }
+        let started = match (how, self.coordinators.get(id)) {
+            (CoordinatorWrite::Heartbeat, Some(row)) => row.started,
+            _ => now,
+        };
+        self.coordinators.insert(
+            id.to_string(),
+            MemoryCoordinator {
+                addr: addr.to_string(),
+                metrics_addr: metrics_addr.to_string(),
+                heartbeat: now,
+                started,
+            },
+        );
+    }
+
+    /// Coordinators by id with the milliseconds since their heartbeat and
+    /// start, by tokio's clock.
+    pub(super) fn list_coordinators(&self) -> Vec<CoordinatorListed> {
+        let now = tokio::time::Instant::now();
+        let ms = |since: tokio::time::Instant| {
+            i64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(i64::MAX)
+        };
+        self.coordinators
+            .iter()
+            .map(|(id, row)| {
+                (
+                    id.clone(),
+                    row.addr.clone(),
+                    row.metrics_addr.clone(),
+                    ms(row.heartbeat),
+                    ms(row.started),
+                )
+            })
+            .collect()
+    }
+
+    /// The storage step of `cas_slot_map`: refuses a map naming a group
+    /// that does not exist, then stores `slot_map` with epoch `next` only if
+    /// the stored epoch is `expected`. Returns whether it did.
+    pub(super) fn cas_slot_map(
+        &mut self,
+        named: &BTreeSet<GroupId>,
+        expected: i64,
+        next: i64,
+        slot_map: &[u8],
+    ) -> Result<bool, CatalogError> {
+        let existing: Vec<i64> = self.groups.keys().copied().collect();
+        check_groups_exist(named, existing)?;
+        match &mut self.cluster {
+            Some((epoch, stored)) if *epoch == expected => {
+                *epoch = next;
+                *stored = slot_map.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Locks the in-memory catalog. A panic while it was held may have left a
+/// change half made, which the catalog never repairs silently.
+pub(super) fn lock_memory(
+    memory: &Mutex<MemoryDb>,
+) -> Result<MutexGuard<'_, MemoryDb>, CatalogError> {
+    memory.lock().map_err(|_| {
+        CatalogError::Corrupt(
+            "a thread panicked while changing the in-memory catalog; it may be half changed".into(),
+        )
+    })
+}

@@ -1,0 +1,774 @@
+//! The catalog: cluster metadata in SQL through sqlx, or in process memory.
+//! It owns the shard groups and their members, the slot map and its epoch,
+//! and the list of coordinators with their heartbeats. SQLite (a file,
+//! `sqlite://PATH`) serves one coordinator; PostgreSQL (`postgres://...`)
+//! serves several that share it; memory (`memory:`, [`Catalog::in_memory`])
+//! serves the coordinators of one process, and exists for the deterministic
+//! simulator, which runs the whole cluster on one thread in simulated time
+//! where sqlx's driver threads cannot run.
+//!
+//! Every change is a conditional update on a version column (a group's
+//! `version`, the cluster's `map_epoch`): a writer states the version it
+//! read, and the update matches no row if anyone changed it since. Two
+//! coordinators can therefore never both win. Schema changes are sqlx
+//! migrations embedded from `coordinator/migrations/<backend>/` and run on
+//! connect.
+//!
+//! The memory backend keeps the same tables as plain rows (`MemoryDb`) and
+//! goes through the same code: validation, the compare-and-swap conditions,
+//! the checks on what is read back (`build_map`) and the errors are shared;
+//! only the storage step of each operation differs, written next to the SQL
+//! one in `with_pool!`. Its steps are synchronous (lock, change, unlock),
+//! never random, and iterate only ordered maps, so a simulation replays
+//! exactly; its heartbeats use tokio's clock, which the simulator controls,
+//! where SQL uses the database's.
+//!
+//! The catalog never talks to shards, holds no transaction state, never
+//! caches (every call reads the database), and never repairs what it reads:
+//! a row that breaks an invariant is an error naming it.
+//!
+//! # Layout
+//! - `mod.rs`: [`Catalog`] and its operations (validation, the
+//!   compare-and-swap SQL, `with_pool!`), [`CatalogError`], the limits.
+//! - `connect`: the URL, the SQLite and PostgreSQL pools, migrations.
+//! - `dialect`: the SQL text that differs between SQLite and PostgreSQL.
+//! - `memory`: the in-memory backend's tables and storage steps.
+//! - `codec`: pure conversions between rows and the map: the slot-map
+//!   encoding, `BIGINT` conversions, text checks, `build_map`.
+//! - `tests`: the suite every backend runs.
+
+mod codec;
+mod connect;
+mod dialect;
+mod memory;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use trellis_types::GroupId;
+use trellis_types::placement::assign_slots;
+
+use self::codec::{
+    ClusterRow, CoordinatorListed, GroupRow, MemberRow, build_map, check_groups_exist, check_text,
+    encode_slots, to_i64, to_u64,
+};
+use self::memory::MemoryDb;
+use crate::map::{ClusterMap, Member};
+
+/// Connections each coordinator keeps to the catalog database. The catalog
+/// is read every few seconds and written rarely; a few suffice.
+pub const POOL_CONNECTIONS_MAX: u32 = 4;
+/// How long to wait for a pooled connection (and, when connecting, for the
+/// database to accept one) before failing.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SQLite waits on a database file locked by another writer
+/// before failing with "database is locked".
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one read-modify-compare-and-swap cycle that keeps losing to
+/// concurrent writers before giving up with [`CatalogError::Conflict`].
+pub const REGISTER_ATTEMPTS_MAX: u32 = 16;
+/// Attempts at running the SQLite migrations. sqlx takes no lock around
+/// SQLite migrations, so two processes opening a new file at once can both
+/// try to apply the first one; the loser's transaction fails, rolls back,
+/// and the retry finds it applied.
+pub const MIGRATE_ATTEMPTS_MAX: u32 = 3;
+/// Most shard groups a cluster may have.
+pub const GROUPS_MAX: u32 = 1024;
+/// Longest member or coordinator address (`host:port`), in bytes.
+pub const ADDR_BYTES_MAX: usize = 256;
+/// Most replicas one group may have.
+pub const MEMBERS_MAX: usize = 7;
+/// Longest coordinator id, in bytes.
+pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
+/// Age of a coordinator's heartbeat after which its row is deleted (by any
+/// coordinator's heartbeat): a coordinator gone this long is not coming
+/// back under that id (ids carry the process id), and a restart on the
+/// same address replaces its row at once anyway. Until then the row shows
+/// as dead in the status.
+pub const COORDINATOR_ROW_EXPIRY: Duration = Duration::from_secs(10 * 60);
+
+/// The URL of an in-memory catalog (nothing may follow it).
+pub const MEMORY_URL: &str = "memory:";
+
+/// Why a catalog operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "refusing catalog URL `{url}`: {reason}; use sqlite://PATH, postgres://USER@HOST:PORT/DB or memory: (this process only)"
+    )]
+    BadUrl { url: String, reason: &'static str },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{context}: {source}")]
+    Migrate {
+        context: String,
+        #[source]
+        source: MigrateError,
+    },
+    #[error("the catalog holds no cluster yet: start a coordinator with --groups N to create one")]
+    NotBootstrapped,
+    /// `bootstrap` asked for a cluster other than the one that exists.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("group {group} does not exist: this cluster has groups {first} to {last}")]
+    UnknownGroup {
+        group: GroupId,
+        first: GroupId,
+        last: GroupId,
+    },
+    /// An argument the catalog refuses (out of range, wrong length).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "lost the compare-and-swap to other writers {REGISTER_ATTEMPTS_MAX} times in a row; retry"
+    )]
+    Conflict,
+    /// A stored row breaks an invariant. Never repaired silently.
+    #[error("the catalog holds invalid data: {0}")]
+    Corrupt(String),
+}
+
+/// Wraps an sqlx error with what we were doing.
+fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> CatalogError {
+    move |source| CatalogError::Database {
+        context: context.into(),
+        source,
+    }
+}
+
+/// The backend a [`Catalog`] talks to. Cheap to clone: every clone shares
+/// the same pool (or in-memory tables).
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    /// Shared by clones, like a pool: every clone sees the same catalog.
+    Memory(Arc<Mutex<MemoryDb>>),
+}
+
+impl Pool {
+    /// A new, empty in-memory catalog.
+    fn memory() -> Pool {
+        Pool::Memory(Arc::new(Mutex::new(MemoryDb::default())))
+    }
+}
+
+/// A coordinator as the catalog lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorRow {
+    pub id: String,
+    pub addr: String,
+    /// Where it serves metrics; empty if it did not say.
+    pub metrics_addr: String,
+    /// Milliseconds since its last heartbeat (the database's clock; in
+    /// memory, tokio's).
+    pub heartbeat_age_ms: u64,
+    /// Milliseconds since it registered at start-up; `None` for a row
+    /// written before start times were kept.
+    pub uptime_ms: Option<u64>,
+}
+
+/// How a coordinator's row is written: at start-up (which also forgets
+/// older rows of the same address and starts its uptime) or as a periodic
+/// heartbeat (which also deletes rows older than
+/// [`COORDINATOR_ROW_EXPIRY`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorWrite {
+    StartUp,
+    Heartbeat,
+}
+
+/// A connection pool to the catalog database. Cheap to clone (the pool is
+/// shared).
+#[derive(Clone)]
+pub struct Catalog {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Catalog({})", self.backend())
+    }
+}
+
+/// Runs a catalog operation that opens a transaction in a task of its own
+/// and waits for it, so the transaction always ends (committed or rolled
+/// back) even if our caller is dropped midway.
+///
+/// Why: sqlx 0.8's `begin_with` on SQLite is not cancel-safe — after the
+/// BEGIN has run it awaits once more, and a future dropped there (a gRPC
+/// handler whose client gave up, a timeout) leaves the BEGIN open on a
+/// connection that goes back to the pool. That connection then refuses
+/// every later `begin_with` ("non-zero transaction depth") and, after a
+/// `BEGIN IMMEDIATE`, holds SQLite's write lock against every process
+/// sharing the file. A spawned task is never dropped midway.
+async fn to_completion<T, F>(op: F) -> Result<T, CatalogError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, CatalogError>> + Send + 'static,
+{
+    match tokio::spawn(op).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Only when the runtime shuts down.
+        Err(err) => Err(CatalogError::Io {
+            context: "running a catalog operation".to_string(),
+            source: std::io::Error::other(err.to_string()),
+        }),
+    }
+}
+
+/// Runs the storage step of an operation: `$sql` with `$p` bound to the
+/// concrete pool (and `$d`, if named, to its
+/// [`Dialect`](dialect::Dialect)), or `$memory` with `$m` bound to the
+/// locked [`MemoryDb`]. The SQL body is written once and
+/// type-checked against each driver, which keeps the two from drifting
+/// apart without sqlx's `Any` driver (which would lose `BYTEA`/`BLOB`
+/// typing). The memory body holds a std lock, so it must not `.await`
+/// (clippy's `await_holding_lock` refuses it, and the future would not be
+/// `Send`). Used in functions returning `Result<_, CatalogError>`: a
+/// poisoned lock is returned as an error. It names what it uses by
+/// `$crate::catalog::` paths, so it expands alike here and in `tests`.
+macro_rules! with_pool {
+    ($catalog:expr, $p:ident $(, $d:ident)? => $sql:expr, $m:ident => $memory:expr) => {
+        match &$catalog.pool {
+            $crate::catalog::Pool::Sqlite($p) => {
+                $(let $d: &'static $crate::catalog::dialect::Dialect = &$crate::catalog::dialect::SQLITE;)?
+                $sql
+            }
+            $crate::catalog::Pool::Postgres($p) => {
+                $(let $d: &'static $crate::catalog::dialect::Dialect = &$crate::catalog::dialect::POSTGRES;)?
+                $sql
+            }
+            $crate::catalog::Pool::Memory(memory) => {
+                let mut guard = $crate::catalog::memory::lock_memory(memory)?;
+                let $m: &mut $crate::catalog::memory::MemoryDb = &mut guard;
+                $memory
+            }
+        }
+    };
+}
+
+impl Catalog {
+    /// Connects and runs the migrations. Accepts `sqlite://PATH` (relative
+    /// or absolute; the file and its directory are created if missing),
+    /// `postgres://...` / `postgresql://...`, and `memory:`, which returns a
+    /// new, empty [`Catalog::in_memory`] on every call.
+    pub async fn connect(url: &str) -> Result<Catalog, CatalogError> {
+        Ok(Catalog {
+            pool: connect::open(url).await?,
+        })
+    }
+
+    /// A new, empty catalog in process memory, independent of every other;
+    /// its clones share it. Needs no database and no thread of its own: the
+    /// backend of the deterministic simulator. Lost when the last clone is
+    /// dropped.
+    pub fn in_memory() -> Catalog {
+        Catalog {
+            pool: Pool::memory(),
+        }
+    }
+
+    /// Which backend: `"sqlite"`, `"postgres"` or `"memory"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+            Pool::Memory(_) => "memory",
+        }
+    }
+
+    /// Creates the cluster if the catalog is empty: groups `1..=groups`
+    /// without members, the ring's slot map, map epoch 1. If a cluster with
+    /// as many groups exists, returns it unchanged, so coordinators may race
+    /// here: exactly one creates it and the others read it. A cluster with
+    /// a different number of groups is [`CatalogError::Mismatch`].
+    pub async fn bootstrap(&self, groups: u32) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.bootstrap_now(groups).await }).await
+    }
+
+    async fn bootstrap_now(&self, groups: u32) -> Result<ClusterMap, CatalogError> {
+        if groups == 0 || groups > GROUPS_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "refusing to create a cluster of {groups} groups: a cluster has 1 to {GROUPS_MAX}"
+            )));
+        }
+        let ids: Vec<GroupId> = (1..=GroupId::from(groups)).collect();
+        let slot_map = encode_slots(&assign_slots(&ids))?;
+        let id_values = ids
+            .iter()
+            .map(|id| to_i64(*id, "group id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The cluster row and the groups are created in one transaction, and
+        // only by the writer whose insert of the single cluster row took
+        // effect: a racing writer's insert does nothing (PostgreSQL makes it
+        // wait for the first to commit; SQLite serializes writers), and it
+        // goes on to read what the winner wrote.
+        let created = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting the bootstrap"))?;
+            let created = sqlx::query(
+                "INSERT INTO cluster (id, map_epoch, slot_map) VALUES (1, 1, $1) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&slot_map)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("creating the cluster row"))?
+            .rows_affected()
+                == 1;
+            if created {
+                for id in &id_values {
+                    sqlx::query("INSERT INTO shard_groups (id, version) VALUES ($1, 1)")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(format!("creating shard group {id}")))?;
+                }
+            }
+            tx.commit().await.map_err(db("committing the bootstrap"))?;
+            created
+        }, memory => memory.bootstrap(&slot_map, &id_values)?);
+        if created {
+            tracing::info!(
+                groups,
+                backend = self.backend(),
+                "created the cluster in the catalog"
+            );
+        }
+        let map = self.load_now().await?;
+        if map.groups.len() != ids.len() {
+            return Err(CatalogError::Mismatch(format!(
+                "the catalog already holds a cluster of {} groups, not {groups}: \
+                 adding groups later needs resharding, which is not supported yet",
+                map.groups.len()
+            )));
+        }
+        Ok(map)
+    }
+
+    /// Reads the whole map (epoch, slot map, groups with members and
+    /// versions) in one consistent snapshot. [`CatalogError::NotBootstrapped`]
+    /// if there is no cluster yet.
+    pub async fn load(&self) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.load_now().await }).await
+    }
+
+    async fn load_now(&self) -> Result<ClusterMap, CatalogError> {
+        let (cluster, group_rows, member_rows) = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_read)
+                .await
+                .map_err(db("starting a read of the map"))?;
+            let cluster: Option<ClusterRow> =
+                sqlx::query_as("SELECT map_epoch, slot_map FROM cluster WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("reading the slot map"))?;
+            let group_rows: Vec<GroupRow> =
+                sqlx::query_as("SELECT id, version, epoch FROM shard_groups ORDER BY id")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db("reading the shard groups"))?;
+            let member_rows: Vec<MemberRow> = sqlx::query_as(
+                "SELECT group_id, ordinal, addr, pid, in_sync FROM members ORDER BY group_id, ordinal",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading the group members"))?;
+            tx.commit().await.map_err(db("finishing a read of the map"))?;
+            (cluster, group_rows, member_rows)
+        }, memory => memory.read_map());
+        let (epoch, slot_map) = cluster.ok_or(CatalogError::NotBootstrapped)?;
+        build_map(epoch, &slot_map, group_rows, member_rows)
+    }
+
+    /// Records that a replica of `group` serves at `addr` with process id
+    /// `pid`, and returns the map as it stands afterwards:
+    /// - a group without members gets it as primary, epoch + 1;
+    /// - its recorded primary (restarted) stays primary with epoch + 1, so
+    ///   everything its earlier incarnation sent is fenced off;
+    /// - a known backup keeps its place (only its pid changes);
+    /// - anyone else joins as a learner (not in sync) that the primary adds
+    ///   to the configuration once it has caught up.
+    ///
+    /// A conditional update on the group's version, retried up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times if another writer got in between.
+    pub async fn register_member(
+        &self,
+        group: GroupId,
+        addr: &str,
+        pid: u32,
+    ) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        let addr = addr.to_string();
+        to_completion(async move { this.register_member_now(group, &addr, pid).await }).await
+    }
+
+    async fn register_member_now(
+        &self,
+        group: GroupId,
+        addr: &str,
+        pid: u32,
+    ) -> Result<ClusterMap, CatalogError> {
+        check_text("the member address", addr, ADDR_BYTES_MAX)?;
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let map = self.load_now().await?;
+            let Some(current) = map.groups.get(&group) else {
+                return Err(self.unknown_group(group).await);
+            };
+            let mut members = current.members.clone();
+            let mut epoch = current.epoch;
+            match members.iter().position(|m| m.addr == addr) {
+                None if members.is_empty() => {
+                    epoch += 1;
+                    members.push(Member {
+                        addr: addr.to_string(),
+                        pid,
+                        in_sync: true,
+                    });
+                }
+                None => members.push(Member {
+                    addr: addr.to_string(),
+                    pid,
+                    in_sync: false,
+                }),
+                Some(0) => {
+                    epoch += 1;
+                    members[0].pid = pid;
+                }
+                Some(i) => members[i].pid = pid,
+            }
+            if self
+                .cas_group_now(group, current.version, epoch, &members)
+                .await?
+            {
+                return self.load_now().await;
+            }
+        }
+        Err(CatalogError::Conflict)
+    }
+
+    /// Replaces `group`'s epoch and members (the first is the primary) if
+    /// the group's version is still `expected_version`; bumps the version.
+    /// Returns whether this writer won. Refuses an epoch that goes back, an
+    /// empty member list, a duplicate address, or a primary not in sync.
+    pub async fn cas_group(
+        &self,
+        group: GroupId,
+        expected_version: u64,
+        epoch: u64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let members = members.to_vec();
+        to_completion(async move {
+            this.cas_group_now(group, expected_version, epoch, &members)
+                .await
+        })
+        .await
+    }
+
+    async fn cas_group_now(
+        &self,
+        group: GroupId,
+        expected_version: u64,
+        epoch: u64,
+        members: &[Member],
+    ) -> Result<bool, CatalogError> {
+        if members.is_empty() {
+            return Err(CatalogError::Invalid(format!(
+                "refusing an empty configuration for group {group}"
+            )));
+        }
+        if !members[0].in_sync {
+            return Err(CatalogError::Invalid(format!(
+                "refusing group {group}'s configuration: its primary {} is not in sync",
+                members[0].addr
+            )));
+        }
+        if members.len() > MEMBERS_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "refusing {} members for group {group}: at most {MEMBERS_MAX}",
+                members.len()
+            )));
+        }
+        for (i, m) in members.iter().enumerate() {
+            check_text("the member address", &m.addr, ADDR_BYTES_MAX)?;
+            if members[..i].iter().any(|o| o.addr == m.addr) {
+                return Err(CatalogError::Invalid(format!(
+                    "refusing group {group}'s configuration: {} is listed twice",
+                    m.addr
+                )));
+            }
+        }
+        let Ok(id) = i64::try_from(group) else {
+            return Err(self.unknown_group(group).await);
+        };
+        let version = to_i64(expected_version, "group version")?;
+        let epoch_value = to_i64(epoch, "epoch")?;
+        let won = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting a configuration change"))?;
+            let won = sqlx::query(
+                "UPDATE shard_groups SET version = version + 1, epoch = $3 \
+                 WHERE id = $1 AND version = $2 AND epoch <= $3",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(epoch_value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("bumping the version of group {group}")))?
+            .rows_affected()
+                == 1;
+            if won {
+                sqlx::query("DELETE FROM members WHERE group_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("removing the old members of group {group}")))?;
+                for (ordinal, m) in members.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO members (group_id, ordinal, addr, pid, in_sync) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(ordinal as i64)
+                    .bind(&m.addr)
+                    .bind(i64::from(m.pid))
+                    .bind(i64::from(m.in_sync))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("recording {} in group {group}", m.addr)))?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(db(format!("committing group {group}'s configuration")))?;
+            } else {
+                tx.rollback()
+                    .await
+                    .map_err(db("rolling back a lost configuration change"))?;
+            }
+            won
+        }, memory => memory.cas_group(id, version, epoch_value, members)?);
+        if !won && !self.load_now().await?.groups.contains_key(&group) {
+            return Err(self.unknown_group(group).await);
+        }
+        Ok(won)
+    }
+
+    /// The error for a group that does not exist: names the valid range, or
+    /// says there is no cluster at all.
+    async fn unknown_group(&self, group: GroupId) -> CatalogError {
+        match self.group_range().await {
+            Ok((Some(first), Some(last))) => {
+                match (to_u64(first, "a group id"), to_u64(last, "a group id")) {
+                    (Ok(first), Ok(last)) => CatalogError::UnknownGroup { group, first, last },
+                    (Err(err), _) | (_, Err(err)) => err,
+                }
+            }
+            Ok(_) => CatalogError::NotBootstrapped,
+            Err(err) => err,
+        }
+    }
+
+    /// The lowest and highest group id, if any group exists.
+    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>), CatalogError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as("SELECT MIN(id), MAX(id) FROM shard_groups")
+                .fetch_one(pool)
+                .await
+                .map_err(db("reading the range of group ids"))?
+        }, memory => memory.group_range()))
+    }
+
+    /// Records a coordinator at start-up: its row (a known id gets its
+    /// address replaced) with now as heartbeat and start, by the database's
+    /// clock (in memory, by tokio's). Rows of other ids at the same address
+    /// are deleted: one address serves one process, so they are earlier
+    /// runs (a restart, which gets a new id) and would only show as dead.
+    pub async fn register_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+    ) -> Result<(), CatalogError> {
+        self.write_coordinator(id, addr, metrics_addr, CoordinatorWrite::StartUp)
+            .await
+    }
+
+    /// A coordinator's periodic heartbeat: its row gets now as heartbeat
+    /// (and is re-created if it was deleted meanwhile), and rows of other
+    /// coordinators silent for longer than [`COORDINATOR_ROW_EXPIRY`] are
+    /// deleted, so the list stays bounded across restarts.
+    pub async fn heartbeat_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+    ) -> Result<(), CatalogError> {
+        self.write_coordinator(id, addr, metrics_addr, CoordinatorWrite::Heartbeat)
+            .await
+    }
+
+    async fn write_coordinator(
+        &self,
+        id: &str,
+        addr: &str,
+        metrics_addr: &str,
+        how: CoordinatorWrite,
+    ) -> Result<(), CatalogError> {
+        check_text("the coordinator id", id, COORDINATOR_ID_BYTES_MAX)?;
+        check_text("the coordinator address", addr, ADDR_BYTES_MAX)?;
+        if metrics_addr.len() > ADDR_BYTES_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "the coordinator's metrics address is {} bytes; at most {ADDR_BYTES_MAX} are allowed",
+                metrics_addr.len()
+            )));
+        }
+        let expiry_ms = to_i64(COORDINATOR_ROW_EXPIRY.as_millis() as u64, "the row expiry")?;
+        // Two statements, each complete on its own: a failure between them
+        // leaves a row that the next heartbeat writes again.
+        with_pool!(self, pool, dialect => {
+            let (forget, forget_what) = match how {
+                CoordinatorWrite::StartUp => (
+                    sqlx::query(dialect.forget_coordinator_addr).bind(addr).bind(id),
+                    format!("deleting earlier coordinators at {addr}"),
+                ),
+                CoordinatorWrite::Heartbeat => (
+                    sqlx::query(dialect.expire_coordinators).bind(id).bind(expiry_ms),
+                    "deleting coordinators silent for too long".to_string(),
+                ),
+            };
+            forget.execute(pool).await.map_err(db(forget_what))?;
+            let upsert = match how {
+                CoordinatorWrite::StartUp => dialect.start_coordinator,
+                CoordinatorWrite::Heartbeat => dialect.heartbeat_coordinator,
+            };
+            sqlx::query(upsert)
+                .bind(id)
+                .bind(addr)
+                .bind(metrics_addr)
+                .execute(pool)
+                .await
+                .map_err(db(format!("recording coordinator {id} at {addr}")))?;
+        }, memory => memory.write_coordinator(id, addr, metrics_addr, how));
+        Ok(())
+    }
+
+    /// Coordinators by id, with the age of their heartbeat and their
+    /// uptime by the database's clock (in memory, by tokio's).
+    pub async fn coordinators(&self) -> Result<Vec<CoordinatorRow>, CatalogError> {
+        let rows: Vec<CoordinatorListed> = with_pool!(self, pool, dialect => {
+            sqlx::query_as(dialect.list_coordinators)
+                .fetch_all(pool)
+                .await
+                .map_err(db("listing the coordinators"))?
+        }, memory => memory.list_coordinators());
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, addr, metrics_addr, age_ms, uptime_ms)| CoordinatorRow {
+                    id,
+                    addr,
+                    metrics_addr,
+                    // A heartbeat "in the future" means the database clock
+                    // stepped back; it is as fresh as can be.
+                    heartbeat_age_ms: u64::try_from(age_ms).unwrap_or(0),
+                    uptime_ms: u64::try_from(uptime_ms).ok(),
+                },
+            )
+            .collect())
+    }
+
+    /// Compare-and-swap of the slot map: stores `slots` with map epoch
+    /// `expected_epoch + 1` only if the stored epoch is `expected_epoch`.
+    /// `Ok(false)` if another writer changed it first (nothing is written).
+    /// A map of the wrong length or naming a group that does not exist is
+    /// refused.
+    pub async fn cas_slot_map(
+        &self,
+        expected_epoch: u64,
+        slots: &[GroupId],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let slots = slots.to_vec();
+        to_completion(async move { this.cas_slot_map_now(expected_epoch, &slots).await }).await
+    }
+
+    async fn cas_slot_map_now(
+        &self,
+        expected_epoch: u64,
+        slots: &[GroupId],
+    ) -> Result<bool, CatalogError> {
+        let slot_map = encode_slots(slots)?;
+        // No stored epoch exceeds i64::MAX, so a larger one is merely stale.
+        let Ok(expected) = i64::try_from(expected_epoch) else {
+            return Ok(false);
+        };
+        // The new epoch is computed here, not as `map_epoch + 1` in SQL, so
+        // that an exhausted epoch is an error instead of an overflow (SQLite
+        // would silently turn it into a float).
+        let next = expected.checked_add(1).ok_or_else(|| {
+            CatalogError::Invalid(format!(
+                "the map epoch {expected_epoch} cannot grow further"
+            ))
+        })?;
+        let named: BTreeSet<GroupId> = slots.iter().copied().collect();
+        let won = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting a slot map change"))?;
+            // Checked inside the transaction that writes the map, so that
+            // the groups it names are the groups that exist when it lands.
+            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading the shard groups"))?;
+            check_groups_exist(&named, existing)?;
+            let won = sqlx::query(
+                "UPDATE cluster SET map_epoch = $1, slot_map = $2 WHERE id = 1 AND map_epoch = $3",
+            )
+            .bind(next)
+            .bind(&slot_map)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("replacing the slot map of epoch {expected_epoch}")))?
+            .rows_affected()
+                == 1;
+            tx.commit().await.map_err(db("committing the slot map change"))?;
+            won
+        }, memory => memory.cas_slot_map(&named, expected, next, &slot_map)?);
+        if won {
+            tracing::info!(map_epoch = next, "stored a new slot map");
+        }
+        Ok(won)
+    }
+}
+
+#[cfg(test)]
+mod tests;

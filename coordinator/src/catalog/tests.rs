@@ -1,0 +1,958 @@
+//! The backend-parametrised suite (every case on SQLite, PostgreSQL and
+//! memory), URL parsing, and what is particular to one backend.
+
+use sqlx::Connection as _;
+use trellis_types::SLOTS;
+
+use super::*;
+
+/// One PostgreSQL connection without a pool, to create and drop schemas.
+async fn pg_connection(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    sqlx::PgConnection::connect(url).await
+}
+
+/// Where a test's catalog lives; cleaned up on drop, also after a panic.
+struct Place {
+    target: Target,
+    /// Held for its `Drop`: removes the SQLite file's directory.
+    _dir: Option<tempfile::TempDir>,
+    /// Held for its `Drop`: drops the PostgreSQL schema.
+    _schema: Option<PgSchema>,
+}
+
+/// How to open a test's catalog again, also from a spawned task: by URL
+/// (each connect is a new pool on the same database), or a clone of the
+/// one in-memory catalog (connecting to `memory:` would make a new,
+/// empty one).
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Memory(Catalog),
+}
+
+impl Target {
+    async fn connect(&self) -> Catalog {
+        match self {
+            Target::Url(url) => Catalog::connect(url).await.expect("connect to the catalog"),
+            Target::Memory(catalog) => catalog.clone(),
+        }
+    }
+}
+
+/// A schema created for one test; dropped with everything in it.
+struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked
+        // on; a thread with its own runtime can.
+        let (base, name) = (self.base.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for dropping a test schema");
+            runtime.block_on(async {
+                let mut conn = pg_connection(&base).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if let Ok(Err(err)) = dropped {
+            eprintln!("cannot drop test schema {}: {err}", self.name);
+        }
+    }
+}
+
+/// How long a test waits for PostgreSQL to accept a connection before
+/// calling it unreachable.
+const PG_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PG_DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// CI always has PostgreSQL: there a missing server is a failure, not a
+/// skip.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+impl Place {
+    async fn sqlite() -> Option<Place> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A directory that does not exist yet: connect must create it.
+        let path = dir.path().join("not/yet/catalog.db");
+        Some(Place {
+            target: Target::Url(format!("sqlite://{}", path.display())),
+            _dir: Some(dir),
+            _schema: None,
+        })
+    }
+
+    async fn postgres() -> Option<Place> {
+        let base = std::env::var("TRELLIS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| PG_DEFAULT_URL.to_string());
+        let probe = tokio::time::timeout(PG_PROBE_TIMEOUT, pg_connection(&base)).await;
+        let mut conn = match probe {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return skip_or_fail(&base, &err.to_string()),
+            Err(_) => {
+                return skip_or_fail(&base, &format!("no answer within {PG_PROBE_TIMEOUT:?}"));
+            }
+        };
+        let name = format!("t_catalog_{:016x}", rand::random::<u64>());
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test schema");
+        conn.close().await.expect("close");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(Place {
+            target: Target::Url(format!("{base}{sep}options=-c%20search_path%3D{name}")),
+            _dir: None,
+            _schema: Some(PgSchema { base, name }),
+        })
+    }
+
+    async fn memory() -> Option<Place> {
+        Some(Place {
+            target: Target::Memory(Catalog::in_memory()),
+            _dir: None,
+            _schema: None,
+        })
+    }
+
+    async fn connect(&self) -> Catalog {
+        self.target.connect().await
+    }
+}
+
+fn skip_or_fail(base: &str, why: &str) -> Option<Place> {
+    assert!(
+        !in_ci(),
+        "PostgreSQL catalog tests: cannot connect to {base} and CI is set (CI must provide it): {why}"
+    );
+    eprintln!("SKIPPED: PostgreSQL catalog tests: cannot connect to {base}: {why}");
+    None
+}
+
+/// Behind the catalog's back (to age or corrupt rows), on any backend:
+/// runs `sql`, or `memory` on the in-memory tables.
+async fn tamper(catalog: &Catalog, sql: &'static str, memory: impl FnOnce(&mut MemoryDb)) {
+    let tampered: Result<(), CatalogError> = async {
+        with_pool!(catalog, pool => {
+            sqlx::query(sql).execute(pool).await.expect(sql);
+        }, tables => memory(tables));
+        Ok(())
+    }
+    .await;
+    tampered.expect("tamper with the catalog");
+}
+
+fn moved_map(map: &ClusterMap, from: GroupId, to: GroupId) -> Vec<GroupId> {
+    map.slots
+        .iter()
+        .map(|g| if *g == from { to } else { *g })
+        .collect()
+}
+
+/// The suite both backends run: each case gets a fresh, empty catalog.
+mod cases {
+    use super::*;
+
+    pub async fn load_before_bootstrap_is_not_bootstrapped(place: &Place) {
+        let catalog = place.connect().await;
+        let err = catalog.load().await.expect_err("empty catalog");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        assert!(
+            err.to_string().contains("--groups"),
+            "says how to create one: {err}"
+        );
+        let err = catalog
+            .register_member(1, "127.0.0.1:1", 1)
+            .await
+            .expect_err("register");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        let slots = vec![1; SLOTS as usize];
+        let err = catalog.cas_slot_map(1, &slots).await.expect_err("cas");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+    }
+
+    pub async fn bootstrap_creates_groups_and_full_slot_map(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        assert_eq!(map.map_epoch, 1);
+        assert_eq!(map.slots, assign_slots(&[1, 2, 3]));
+        assert_eq!(map.slots.len(), SLOTS as usize);
+        assert_eq!(
+            map.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        for (id, group) in &map.groups {
+            assert_eq!(group.id, *id);
+            assert!(group.members.is_empty(), "group {id} has no members yet");
+            assert!(!map.slots_of(*id).is_empty(), "group {id} owns slots");
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "load reads what bootstrap wrote"
+        );
+        // A new connection (a restarted coordinator) reads it back.
+        assert_eq!(place.connect().await.load().await.expect("reload"), map);
+    }
+
+    pub async fn bootstrap_again_is_idempotent(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(4).await.expect("bootstrap");
+        let registered = catalog
+            .register_member(2, "127.0.0.1:7000", 7)
+            .await
+            .expect("register");
+        assert_eq!(
+            catalog.bootstrap(4).await.expect("again"),
+            registered,
+            "returns what exists"
+        );
+        let other = place.connect().await;
+        assert_eq!(
+            other.bootstrap(4).await.expect("from another connection"),
+            registered
+        );
+        assert_eq!(registered.map_epoch, map.map_epoch, "no epoch bump");
+    }
+
+    pub async fn bootstrap_with_other_group_count_is_mismatch(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        for groups in [2, 4] {
+            let err = catalog.bootstrap(groups).await.expect_err("other count");
+            assert!(matches!(err, CatalogError::Mismatch(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("3 groups") && text.contains("resharding"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "a mismatch changes nothing"
+        );
+    }
+
+    pub async fn bootstrap_refuses_zero_or_too_many_groups(place: &Place) {
+        let catalog = place.connect().await;
+        for groups in [0, GROUPS_MAX + 1] {
+            let err = catalog.bootstrap(groups).await.expect_err("out of range");
+            assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
+        }
+        assert!(matches!(
+            catalog.load().await,
+            Err(CatalogError::NotBootstrapped)
+        ));
+    }
+
+    pub async fn register_member_shows_in_load(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        let after = catalog
+            .register_member(2, "127.0.0.1:4000", 42)
+            .await
+            .expect("register");
+        let expected = vec![Member {
+            addr: "127.0.0.1:4000".into(),
+            pid: 42,
+            in_sync: true,
+        }];
+        assert_eq!(after.groups[&2].members, expected);
+        assert_eq!(
+            after.groups[&2].epoch, 1,
+            "the first member is primary at epoch 1"
+        );
+        assert_eq!(
+            after.groups[&2].version,
+            map.groups[&2].version + 1,
+            "version bumped"
+        );
+        assert_eq!(after.primary(2), Some("127.0.0.1:4000"));
+        assert_eq!(after.groups[&1], map.groups[&1], "other groups untouched");
+        assert_eq!(after.groups[&3], map.groups[&3], "other groups untouched");
+        assert_eq!((after.map_epoch, &after.slots), (map.map_epoch, &map.slots));
+        assert_eq!(catalog.load().await.expect("load"), after);
+
+        // Another replica joins as a learner behind the primary.
+        let again = catalog
+            .register_member(2, "127.0.0.1:4001", 43)
+            .await
+            .expect("again");
+        assert_eq!(
+            again.groups[&2].members,
+            vec![
+                expected[0].clone(),
+                Member {
+                    addr: "127.0.0.1:4001".into(),
+                    pid: 43,
+                    in_sync: false,
+                }
+            ]
+        );
+        assert_eq!(again.groups[&2].version, map.groups[&2].version + 2);
+        assert_eq!(again.groups[&2].epoch, 1, "no new primary");
+        assert_eq!(catalog.load().await.expect("load"), again);
+
+        // The primary restarted: same place, a new epoch fences its old
+        // incarnation. A restarted learner keeps its place.
+        let restarted = catalog
+            .register_member(2, "127.0.0.1:4000", 44)
+            .await
+            .expect("restart");
+        assert_eq!(restarted.groups[&2].epoch, 2);
+        assert_eq!(restarted.groups[&2].members[0].pid, 44);
+        let learner = catalog
+            .register_member(2, "127.0.0.1:4001", 45)
+            .await
+            .expect("restart");
+        assert_eq!(learner.groups[&2].epoch, 2);
+        assert!(!learner.groups[&2].members[1].in_sync);
+    }
+
+    pub async fn cas_group_is_conditional_and_checked(place: &Place) {
+        let catalog = place.connect().await;
+        catalog.bootstrap(2).await.expect("bootstrap");
+        let map = catalog
+            .register_member(1, "127.0.0.1:5000", 1)
+            .await
+            .expect("register");
+        let group = &map.groups[&1];
+        let member = |addr: &str, in_sync| Member {
+            addr: addr.into(),
+            pid: 7,
+            in_sync,
+        };
+        let promoted = vec![
+            member("127.0.0.1:5001", true),
+            member("127.0.0.1:5000", false),
+        ];
+        assert!(
+            catalog
+                .cas_group(1, group.version, group.epoch + 1, &promoted)
+                .await
+                .expect("cas")
+        );
+        // A second writer with the same expected version loses.
+        assert!(
+            !catalog
+                .cas_group(
+                    1,
+                    group.version,
+                    group.epoch + 1,
+                    &[member("127.0.0.1:5000", true)]
+                )
+                .await
+                .expect("cas")
+        );
+        let now = catalog.load().await.expect("load");
+        assert_eq!(now.groups[&1].members, promoted);
+        assert_eq!(now.groups[&1].epoch, group.epoch + 1);
+        assert_eq!(now.primary(1), Some("127.0.0.1:5001"));
+        // The epoch never goes back, even with the right version.
+        assert!(
+            !catalog
+                .cas_group(1, now.groups[&1].version, 0, &promoted)
+                .await
+                .expect("cas")
+        );
+        for (what, members) in [
+            ("empty", vec![]),
+            ("learner primary", vec![member("a:1", false)]),
+            ("duplicate", vec![member("a:1", true), member("a:1", false)]),
+        ] {
+            let err = catalog
+                .cas_group(1, now.groups[&1].version, 9, &members)
+                .await
+                .expect_err(what);
+            assert!(matches!(err, CatalogError::Invalid(_)), "{what}: {err:?}");
+        }
+        assert!(matches!(
+            catalog.cas_group(9, 1, 1, &promoted).await,
+            Err(CatalogError::UnknownGroup { .. })
+        ));
+    }
+
+    pub async fn register_unknown_group_or_bad_address_fails(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        for group in [0, 4, GroupId::MAX] {
+            let err = catalog
+                .register_member(group, "127.0.0.1:1", 1)
+                .await
+                .expect_err("unknown");
+            assert!(matches!(err, CatalogError::UnknownGroup { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("group {group} ")) && text.contains("1 to 3"),
+                "{text}"
+            );
+        }
+        let long = "x".repeat(ADDR_BYTES_MAX + 1);
+        for addr in ["", long.as_str()] {
+            let err = catalog
+                .register_member(1, addr, 1)
+                .await
+                .expect_err("bad address");
+            assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "failures change nothing"
+        );
+    }
+
+    pub async fn cas_slot_map_bumps_epoch_and_stale_loses(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        let moved = moved_map(&map, 3, 1);
+        assert!(
+            catalog.cas_slot_map(1, &moved).await.expect("cas"),
+            "the right epoch wins"
+        );
+        let loaded = catalog.load().await.expect("load");
+        assert_eq!((loaded.map_epoch, &loaded.slots), (2, &moved));
+        assert_eq!(loaded.groups, map.groups, "groups untouched");
+
+        for stale in [0, 1, 3, u64::MAX] {
+            assert!(
+                !catalog.cas_slot_map(stale, &map.slots).await.expect("cas"),
+                "epoch {stale}"
+            );
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            loaded,
+            "a lost CAS changes nothing"
+        );
+
+        assert!(
+            catalog.cas_slot_map(2, &map.slots).await.expect("cas"),
+            "the next epoch wins"
+        );
+        let back = catalog.load().await.expect("load");
+        assert_eq!((back.map_epoch, &back.slots), (3, &map.slots));
+    }
+
+    pub async fn cas_slot_map_refuses_bad_maps(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        let short = vec![1; SLOTS as usize - 1];
+        let unknown = moved_map(&map, 3, 9);
+        let huge = moved_map(&map, 3, GroupId::from(u32::MAX) + 1);
+        for (what, slots) in [
+            ("short", short),
+            ("unknown group", unknown),
+            ("huge id", huge),
+        ] {
+            let err = catalog.cas_slot_map(1, &slots).await.expect_err(what);
+            assert!(matches!(err, CatalogError::Invalid(_)), "{what}: {err:?}");
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "a refused map changes nothing"
+        );
+    }
+
+    pub async fn concurrent_bootstraps_agree(place: &Place) {
+        // Fresh catalog, separate connections: the racers also race to
+        // create the file or tables and to run the migrations.
+        const RACERS: usize = 8;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let target = place.target.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let catalog = target.connect().await;
+                    catalog.bootstrap(5).await.expect("bootstrap")
+                })
+            })
+            .collect();
+        let mut maps = Vec::new();
+        for racer in racers {
+            maps.push(racer.await.expect("racer"));
+        }
+        assert_eq!(maps[0].map_epoch, 1);
+        assert_eq!(maps[0].groups.len(), 5);
+        assert!(
+            maps.iter().all(|m| *m == maps[0]),
+            "every racer sees the same map"
+        );
+        assert_eq!(place.connect().await.load().await.expect("load"), maps[0]);
+    }
+
+    pub async fn concurrent_cas_exactly_one_wins(place: &Place) {
+        const RACERS: u32 = 8;
+        let map = place
+            .connect()
+            .await
+            .bootstrap(RACERS)
+            .await
+            .expect("bootstrap");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+        let racers: Vec<_> = (1..=GroupId::from(RACERS))
+            .map(|g| {
+                // Each racer proposes a different map: all slots to `g`.
+                let slots = vec![g; SLOTS as usize];
+                let target = place.target.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    (
+                        g,
+                        catalog
+                            .cas_slot_map(map.map_epoch, &slots)
+                            .await
+                            .expect("cas"),
+                    )
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            let (g, won) = racer.await.expect("racer");
+            if won {
+                winners.push(g);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one CAS wins: {winners:?}");
+        let loaded = place.connect().await.load().await.expect("load");
+        assert_eq!(loaded.map_epoch, map.map_epoch + 1);
+        assert_eq!(
+            loaded.slots,
+            vec![winners[0]; SLOTS as usize],
+            "the winner's map is stored"
+        );
+    }
+
+    pub async fn concurrent_registrations_all_land(place: &Place) {
+        const RACERS: u32 = 6;
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(2).await.expect("bootstrap");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let target = place.target.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    let addr = format!("127.0.0.1:{}", 5000 + i);
+                    catalog
+                        .register_member(1, &addr, i)
+                        .await
+                        .expect("register")
+                })
+            })
+            .collect();
+        for racer in racers {
+            racer.await.expect("racer");
+        }
+        let loaded = catalog.load().await.expect("load");
+        let group = &loaded.groups[&1];
+        assert_eq!(
+            group.version,
+            map.groups[&1].version + u64::from(RACERS),
+            "each one landed once"
+        );
+        assert_eq!(
+            group.members.len(),
+            RACERS as usize,
+            "every one is a member"
+        );
+        assert_eq!(
+            group.members.iter().filter(|m| m.in_sync).count(),
+            1,
+            "one primary, the rest learners"
+        );
+        assert_eq!(group.epoch, 1);
+        for member in &group.members {
+            assert!(
+                member.pid < RACERS && member.addr == format!("127.0.0.1:{}", 5000 + member.pid)
+            );
+        }
+        assert_eq!(loaded.groups[&2], map.groups[&2]);
+    }
+
+    pub async fn coordinators_register_and_list(place: &Place) {
+        let catalog = place.connect().await;
+        assert!(catalog.coordinators().await.expect("list").is_empty());
+        catalog
+            .register_coordinator("c2", "127.0.0.1:50052", "127.0.0.1:9102")
+            .await
+            .expect("c2");
+        catalog
+            .register_coordinator("c1", "127.0.0.1:50051", "")
+            .await
+            .expect("c1");
+        catalog
+            .heartbeat_coordinator("c1", "127.0.0.1:50061", "127.0.0.1:9101")
+            .await
+            .expect("c1 again");
+        let list = catalog.coordinators().await.expect("list");
+        let names: Vec<_> = list
+            .iter()
+            .map(|c| (c.id.as_str(), c.addr.as_str(), c.metrics_addr.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("c1", "127.0.0.1:50061", "127.0.0.1:9101"),
+                ("c2", "127.0.0.1:50052", "127.0.0.1:9102")
+            ]
+        );
+        assert!(
+            list.iter()
+                .all(|c| c.heartbeat_age_ms <= 5000 && c.uptime_ms.is_some_and(|u| u <= 5000)),
+            "fresh heartbeats and starts: {list:?}"
+        );
+
+        tamper(
+            &catalog,
+            "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 90000, \
+             started_unix_ms = started_unix_ms - 90000 WHERE id = 'c2'",
+            |db| {
+                let row = db.coordinators.get_mut("c2").expect("c2");
+                for at in [&mut row.heartbeat, &mut row.started] {
+                    *at = at
+                        .checked_sub(Duration::from_secs(90))
+                        .expect("the clock has run for more than 90 s");
+                }
+            },
+        )
+        .await;
+        let list = catalog.coordinators().await.expect("list");
+        assert!(
+            (90_000..=95_000).contains(&list[1].heartbeat_age_ms),
+            "age of a 90 s old heartbeat: {list:?}"
+        );
+        catalog
+            .heartbeat_coordinator("c2", "127.0.0.1:50052", "127.0.0.1:9102")
+            .await
+            .expect("heartbeat");
+        let c2 = catalog.coordinators().await.expect("list")[1].clone();
+        assert!(c2.heartbeat_age_ms <= 5000, "heartbeat refreshed: {c2:?}");
+        assert!(
+            c2.uptime_ms.is_some_and(|u| u >= 90_000),
+            "a heartbeat keeps the start: {c2:?}"
+        );
+
+        for (id, addr) in [("", "a:1"), ("c3", "")] {
+            let err = catalog
+                .register_coordinator(id, addr, "")
+                .await
+                .expect_err("empty");
+            assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
+        }
+    }
+
+    /// A restarted coordinator (a new id: ids carry the pid) replaces
+    /// the rows of earlier runs on its address at start-up, and a
+    /// heartbeat deletes rows silent for longer than the expiry, so
+    /// restarts do not pile up dead coordinators in the status.
+    pub async fn coordinators_replace_and_expire(place: &Place) {
+        let catalog = place.connect().await;
+        for id in ["a/1", "a/2"] {
+            catalog
+                .register_coordinator(id, "127.0.0.1:50051", "")
+                .await
+                .expect("register");
+        }
+        catalog
+            .register_coordinator("b/1", "127.0.0.1:50052", "")
+            .await
+            .expect("register b");
+        let ids = |list: Vec<CoordinatorRow>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(catalog.coordinators().await.expect("list")),
+            ["a/2", "b/1"],
+            "a/2 replaced a/1 on the same address"
+        );
+        // b/1 died long ago: 601 s, past the expiry.
+        const SILENT: Duration = Duration::from_secs(601);
+        assert!(
+            SILENT > COORDINATOR_ROW_EXPIRY,
+            "the SQL below ages it enough"
+        );
+        let sql = "UPDATE coordinators SET heartbeat_unix_ms = heartbeat_unix_ms - 601000 \
+                   WHERE id = 'b/1'";
+        tamper(&catalog, sql, |db| {
+            let row = db.coordinators.get_mut("b/1").expect("b/1");
+            row.heartbeat = row
+                .heartbeat
+                .checked_sub(SILENT)
+                .expect("the clock has run for longer than the expiry");
+        })
+        .await;
+        assert_eq!(
+            ids(catalog.coordinators().await.expect("list")),
+            ["a/2", "b/1"],
+            "listing deletes nothing"
+        );
+        catalog
+            .heartbeat_coordinator("a/2", "127.0.0.1:50051", "")
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            ids(catalog.coordinators().await.expect("list")),
+            ["a/2"],
+            "the heartbeat expired b/1"
+        );
+    }
+
+    /// Callers dropped midway (a cancelled RPC: a map refresh, a
+    /// registration) leave no transaction open on a pooled connection:
+    /// afterwards every call works, here and from another connection.
+    /// Found by the nemesis (bank, seed 2): a refresh cancelled inside
+    /// sqlx's `begin_with` left a BEGIN open, and the catalog refused
+    /// every later transaction ("non-zero transaction depth", "database
+    /// is locked"), so a restarted shard could never register again.
+    pub async fn cancelled_calls_leave_no_transaction_open(place: &Place) {
+        let catalog = place.connect().await;
+        catalog.bootstrap(2).await.expect("bootstrap");
+        for i in 0..300u32 {
+            let cut = Duration::from_micros(u64::from(i % 30) * 20);
+            let _ = tokio::time::timeout(cut, catalog.load()).await;
+            let _ = tokio::time::timeout(cut, catalog.register_member(1, "127.0.0.1:1", i)).await;
+        }
+        // Every pooled connection gets used again.
+        for _ in 0..POOL_CONNECTIONS_MAX * 2 {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                catalog.load().await.expect("load after cancellations");
+                catalog
+                    .register_member(2, "127.0.0.1:2", 1)
+                    .await
+                    .expect("register after cancellations");
+            })
+            .await
+            .expect("no call hangs");
+        }
+        let other = place.connect().await;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            other.register_member(1, "127.0.0.1:3", 2),
+        )
+        .await
+        .expect("no call hangs")
+        .expect("another connection writes");
+    }
+
+    pub async fn load_refuses_corrupt_rows(place: &Place) {
+        let catalog = place.connect().await;
+        catalog.bootstrap(3).await.expect("bootstrap");
+        catalog
+            .register_member(1, "127.0.0.1:1", 1)
+            .await
+            .expect("register");
+        // A member after a gap in the ordinals.
+        tamper(
+            &catalog,
+            "INSERT INTO members (group_id, ordinal, addr, pid) VALUES (1, 5, 'x:1', 1)",
+            |db| {
+                db.members.insert((1, 5), ("x:1".into(), 1, 1));
+            },
+        )
+        .await;
+        let err = catalog.load().await.expect_err("gap");
+        assert!(
+            matches!(err, CatalogError::Corrupt(_)) && err.to_string().contains("position 5"),
+            "{err}"
+        );
+        tamper(&catalog, "DELETE FROM members WHERE ordinal = 5", |db| {
+            db.members.retain(|(_, ordinal), _| *ordinal != 5);
+        })
+        .await;
+        catalog.load().await.expect("whole again");
+        // A group the slot map still names.
+        tamper(&catalog, "DELETE FROM shard_groups WHERE id = 3", |db| {
+            db.groups.remove(&3);
+        })
+        .await;
+        let err = catalog.load().await.expect_err("missing group");
+        assert!(
+            matches!(err, CatalogError::Corrupt(_)) && err.to_string().contains("group 3"),
+            "{err}"
+        );
+    }
+}
+
+/// One test per case and backend, so each failure names both.
+macro_rules! backend_suite {
+    ($backend:ident, $place:expr) => {
+        mod $backend {
+            use super::*;
+            backend_suite!(@cases $backend, $place;
+                load_before_bootstrap_is_not_bootstrapped,
+                bootstrap_creates_groups_and_full_slot_map,
+                bootstrap_again_is_idempotent,
+                bootstrap_with_other_group_count_is_mismatch,
+                bootstrap_refuses_zero_or_too_many_groups,
+                register_member_shows_in_load,
+                cas_group_is_conditional_and_checked,
+                register_unknown_group_or_bad_address_fails,
+                cas_slot_map_bumps_epoch_and_stale_loses,
+                cas_slot_map_refuses_bad_maps,
+                concurrent_bootstraps_agree,
+                concurrent_cas_exactly_one_wins,
+                concurrent_registrations_all_land,
+                coordinators_register_and_list,
+                coordinators_replace_and_expire,
+                load_refuses_corrupt_rows,
+                cancelled_calls_leave_no_transaction_open,
+            );
+        }
+    };
+    (@cases $backend:ident, $place:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(place) = $place.await else { return };
+                assert_eq!(place.connect().await.backend(), stringify!($backend));
+                cases::$case(&place).await;
+            }
+        )*
+    };
+}
+
+backend_suite!(sqlite, Place::sqlite());
+backend_suite!(postgres, Place::postgres());
+backend_suite!(memory, Place::memory());
+
+#[tokio::test]
+async fn bad_urls_name_the_accepted_forms() {
+    for url in [
+        "",
+        "catalog.db",
+        "sqlite:catalog.db",
+        "sqlite://",
+        "sqlite://:memory:",
+        "mysql://root@localhost/trellis",
+        "postgres:/localhost/trellis",
+        "memory:catalog",
+        "memory://",
+        "memory",
+    ] {
+        let err = Catalog::connect(url).await.expect_err(url);
+        assert!(matches!(err, CatalogError::BadUrl { .. }), "{url}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("sqlite://PATH")
+                && text.contains("postgres://")
+                && text.contains("memory:"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("`{url}`")), "names the URL: {text}");
+    }
+}
+
+/// Every in-memory catalog starts empty and stands alone, like a new
+/// database; its clones share it, like a pool's.
+#[tokio::test]
+async fn memory_catalogs_are_independent_and_clones_share() {
+    let first = Catalog::in_memory();
+    let map = first.bootstrap(2).await.expect("bootstrap");
+    let clone = first.clone();
+    assert_eq!(clone.load().await.expect("a clone sees it"), map);
+    clone
+        .register_member(1, "127.0.0.1:1", 1)
+        .await
+        .expect("register");
+    assert_eq!(
+        first.load().await.expect("load").groups[&1].members.len(),
+        1,
+        "and its changes are seen through the original"
+    );
+    for other in [
+        Catalog::in_memory(),
+        Catalog::connect(MEMORY_URL).await.expect("memory:"),
+    ] {
+        assert_eq!(other.backend(), "memory");
+        assert_eq!(format!("{other:?}"), "Catalog(memory)");
+        assert!(
+            matches!(other.load().await, Err(CatalogError::NotBootstrapped)),
+            "a new one is empty"
+        );
+    }
+}
+
+/// Under the simulator time is tokio's, paused and advanced by the
+/// simulation: an in-memory heartbeat ages by that clock, not the
+/// wall's.
+#[tokio::test(start_paused = true)]
+async fn memory_heartbeats_age_in_tokio_time() {
+    const AGE: Duration = Duration::from_secs(90);
+    let catalog = Catalog::in_memory();
+    catalog
+        .register_coordinator("c1", "127.0.0.1:50051", "")
+        .await
+        .expect("register");
+    assert_eq!(
+        catalog.coordinators().await.expect("list")[0].heartbeat_age_ms,
+        0
+    );
+    tokio::time::advance(AGE).await;
+    assert_eq!(
+        catalog.coordinators().await.expect("list")[0].heartbeat_age_ms,
+        AGE.as_millis() as u64
+    );
+    catalog
+        .heartbeat_coordinator("c1", "127.0.0.1:50061", "127.0.0.1:9100")
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        catalog.coordinators().await.expect("list"),
+        [CoordinatorRow {
+            id: "c1".to_string(),
+            addr: "127.0.0.1:50061".to_string(),
+            metrics_addr: "127.0.0.1:9100".to_string(),
+            heartbeat_age_ms: 0,
+            uptime_ms: Some(AGE.as_millis() as u64),
+        }]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_creates_file_and_directory_in_wal_mode() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("a/b/catalog.db");
+    let catalog = Catalog::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    assert!(path.is_file(), "the file was created");
+    let Pool::Sqlite(pool) = &catalog.pool else {
+        panic!("not SQLite: {catalog:?}")
+    };
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(pool)
+        .await
+        .expect("busy");
+    assert_eq!(busy, SQLITE_BUSY_TIMEOUT.as_millis() as i64);
+    // Migrations applied once survive a reconnect (checksums match).
+    catalog.bootstrap(1).await.expect("bootstrap");
+    drop(catalog);
+    let again = Catalog::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("reopen");
+    assert_eq!(again.load().await.expect("load").groups.len(), 1);
+}
