@@ -39,6 +39,19 @@ impl ClusterMap {
         self.slots[slot_of(key) as usize]
     }
 
+    /// The positions of `keys` grouped by the group that owns each key,
+    /// groups in id order and positions in key order: how a read fans out.
+    pub fn by_group<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> BTreeMap<GroupId, Vec<usize>> {
+        let mut out: BTreeMap<GroupId, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            out.entry(self.group_of(key)).or_default().push(i);
+        }
+        out
+    }
+
     /// The slots `group` owns.
     pub fn slots_of(&self, group: GroupId) -> SlotSet {
         let mut set = SlotSet::empty();
@@ -78,6 +91,19 @@ mod tests {
         let owner = map.group_of(key);
         assert!(map.slots_of(owner).contains(slot_of(key)));
         assert_eq!(map.slots_of(1).len() + map.slots_of(2).len(), SLOTS);
+        let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();
+        let grouped = map.by_group(keys.iter().map(Vec::as_slice));
+        assert_eq!(grouped.len(), 2, "50 keys land on both groups");
+        let mut seen: Vec<usize> = grouped.values().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>(), "every position once");
+        for (group, idx) in &grouped {
+            assert!(
+                idx.windows(2).all(|w| w[0] < w[1]),
+                "positions in key order"
+            );
+            assert!(idx.iter().all(|i| map.group_of(&keys[*i]) == *group));
+        }
         assert_eq!(map.primary(1), None);
     }
 }

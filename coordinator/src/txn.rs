@@ -170,10 +170,7 @@ impl TxnManager {
         deadline: Instant,
     ) -> Result<Vec<Item>, TxnError> {
         let map = self.router.map();
-        let mut by_group: BTreeMap<GroupId, Vec<usize>> = BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            by_group.entry(map.group_of(key)).or_default().push(i);
-        }
+        let by_group = map.by_group(keys.iter().map(Vec::as_slice));
         let reads = by_group.iter().map(|(group, idx)| {
             let group_keys: Vec<Key> = idx.iter().map(|i| keys[*i].clone()).collect();
             async move {
