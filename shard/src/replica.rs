@@ -20,7 +20,7 @@ use trellis_types::Lsn;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
 
 use crate::engine::Shard;
-use crate::repl::{FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+use crate::repl::{FeedGap, FeedRecord, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
 use crate::role::{
     Change, GroupConfig, Member, PeerStatus, Step, apply_changes, choose_primary, failover_peers,
     hand_over, next_role, primary_still_serving, upkeep_changes,
@@ -88,6 +88,28 @@ fn shard_client(addr: &str, timeout: Option<Duration>) -> Result<ShardClient<Cha
     Ok(ShardClient::new(channel(addr, timeout)?)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// A record as the stream carries it: what the primary's feed (or its log
+/// on disk) holds, unchanged.
+fn record_to_wire(record: FeedRecord) -> pb::ReplicaRecord {
+    pb::ReplicaRecord {
+        lsn: record.lsn,
+        kind: u32::from(record.kind),
+        payload: record.payload,
+    }
+}
+
+/// A streamed record back as the domain record the engine appends. The
+/// primary sends only kinds it logged (one byte); a wider one is refused.
+fn record_from_wire(record: pb::ReplicaRecord) -> Result<FeedRecord, String> {
+    let kind = u8::try_from(record.kind)
+        .map_err(|_| format!("record kind {} out of range", record.kind))?;
+    Ok(FeedRecord {
+        lsn: record.lsn,
+        kind,
+        payload: record.payload,
+    })
 }
 
 // ------------------------------------------------------------ primary side
@@ -372,14 +394,7 @@ async fn feed_backup(
             heartbeat_seq: shard.repl.heartbeat(Instant::now()),
             snapshot: Vec::new(),
             snapshot_done: false,
-            records: records
-                .into_iter()
-                .map(|r| pb::ReplicaRecord {
-                    lsn: r.lsn,
-                    kind: u32::from(r.kind),
-                    payload: r.payload,
-                })
-                .collect(),
+            records: records.into_iter().map(record_to_wire).collect(),
             commit_lsn: shard.repl.marks().sync,
         };
         tx.send(Ok(batch))
@@ -526,8 +541,13 @@ async fn receive(
                 batch.records.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
+            let records = batch
+                .records
+                .into_iter()
+                .map(record_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
             shard
-                .apply_replicated(&batch.records)
+                .apply_replicated(&records)
                 .map_err(|e| e.to_string())?
         };
         applied

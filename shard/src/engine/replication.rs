@@ -12,7 +12,7 @@ use trellis_types::Lsn;
 use super::{Shard, ShardError, open_err};
 use crate::fsio;
 use crate::record::{NewEpochRec, Record};
-use crate::repl::Role;
+use crate::repl::{FeedRecord, Role};
 use crate::snapshot;
 use crate::wal::{self, Wal};
 
@@ -60,11 +60,9 @@ impl Shard {
     }
 
     /// Backup: appends and applies records streamed by the primary, in
-    /// order. Returns the last LSN appended.
-    pub fn apply_replicated(
-        &self,
-        records: &[trellis_proto::shard::v1::ReplicaRecord],
-    ) -> Result<Lsn, ShardError> {
+    /// order (each as the primary's feed held it; the stream converts the
+    /// wire's records at its edge). Returns the last LSN appended.
+    pub fn apply_replicated(&self, records: &[FeedRecord]) -> Result<Lsn, ShardError> {
         let wal = self.wal();
         let mut guard = self.state.lock();
         // Under the state lock: a replica that became primary (which it
@@ -84,8 +82,7 @@ impl Shard {
                     r.lsn
                 )));
             }
-            let kind = u8::try_from(r.kind)
-                .map_err(|_| ShardError::Invalid(format!("record kind {} out of range", r.kind)))?;
+            let kind = r.kind;
             let record = Record::decode(kind, &r.payload).map_err(ShardError::Invalid)?;
             let lsn = wal.append(kind, &r.payload)?;
             debug_assert_eq!(lsn, r.lsn, "appends happen only under the state lock");
