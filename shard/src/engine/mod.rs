@@ -98,10 +98,13 @@ impl Default for LogConfig {
 /// How a replica is set up.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
+    /// Where the snapshots, the log, the lock and the meta file live.
     pub data_dir: PathBuf,
+    /// The group this replica belongs to; its data directory is bound to it.
     pub group_id: GroupId,
     /// Slot ownership until the coordinator hands out slot maps.
     pub map_epoch: MapEpoch,
+    /// The slots owned under `map_epoch`.
     pub slots: SlotSet,
     /// Part of a replicated group (started with a coordinator): serves only
     /// as a primary with a lease. Otherwise a standalone replica that always
@@ -115,6 +118,7 @@ pub struct ShardConfig {
     /// backups together, in bytes per second; 0 = unpaced
     /// ([`crate::pacer::CATCH_UP_BYTES_PER_SEC`] by default).
     pub catch_up_bytes_per_sec: u64,
+    /// How the log is cut into segments, snapshotted and kept.
     pub log: LogConfig,
 }
 
@@ -126,33 +130,61 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// snapshot install replaces it).
 pub const LOG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Why a replica refused or failed an operation; the gRPC edge turns each
+/// case into one status (`crate::server::status_of`).
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
+    /// The log or a snapshot failed (see [`WalError`]).
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// A key's slot is not this group's under the map it knows.
     #[error("key of slot {slot} is not owned by group {group} under map epoch {map_epoch}")]
     WrongShard {
+        /// The first key found not owned.
         key: Key,
+        /// Its slot.
         slot: u32,
+        /// This replica's group.
         group: GroupId,
+        /// The slot map this replica knows.
         map_epoch: MapEpoch,
     },
+    /// The request was routed with a newer slot map than this replica knows.
     #[error("request routed with map epoch {got}, but this shard knows only epoch {map_epoch}")]
-    StaleMap { got: MapEpoch, map_epoch: MapEpoch },
+    StaleMap {
+        /// The map epoch the request was routed with.
+        got: MapEpoch,
+        /// The newest this replica knows.
+        map_epoch: MapEpoch,
+    },
+    /// The request (or a record from the primary) is malformed or misused.
     #[error("{0}")]
     Invalid(String),
+    /// A limit is reached; the caller may retry later.
     #[error("{0}")]
     Busy(String),
+    /// The data directory cannot be opened (locked, another group's, corrupt).
     #[error("cannot open data directory {path}: {detail}")]
-    Open { path: PathBuf, detail: String },
+    Open {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Only the group's serving primary answers this.
     #[error(
         "this replica is not the serving primary of group {group} (it is {role} at epoch {epoch}); ask the group's primary"
     )]
     NotPrimary {
+        /// This replica's group.
         group: GroupId,
+        /// What this replica is now ([`crate::repl::Role::name`]).
         role: &'static str,
+        /// The epoch it knows.
         epoch: u64,
     },
+    /// The outcome is unknown here (durability not reached in time,
+    /// replication stopped) or the operation must wait; ask again.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -163,6 +195,7 @@ impl From<Misuse> for ShardError {
     }
 }
 
+/// The slots this replica owns, and under which slot map.
 struct SlotConfig {
     map_epoch: MapEpoch,
     slots: SlotSet,
@@ -171,20 +204,32 @@ struct SlotConfig {
 /// A snapshot of a replica's counters for status reports.
 #[derive(Debug, Clone)]
 pub struct ShardStatus {
+    /// This replica's group.
     pub group_id: GroupId,
+    /// The slot map it knows.
     pub map_epoch: MapEpoch,
+    /// How many slots it owns under that map.
     pub slots_owned: u32,
+    /// The last record appended to the log.
     pub last_lsn: Lsn,
+    /// The last record durable on this replica's disk.
     pub durable_lsn: Lsn,
+    /// Entries in the index.
     pub keys: u64,
+    /// Transactions prepared and not yet finalized.
     pub prepared: u64,
+    /// Transaction records (decisions) kept as anchor.
     pub txn_records: u64,
 }
 
+/// One replica of a group: its state machine, its log, and its
+/// replication state. Every change is checked and applied under the state
+/// lock, and answered once durable at the level asked for.
 pub struct Shard {
     config: ShardConfig,
     state: State,
     wal: RwLock<Wal>,
+    /// Role, epoch, feed of recent records, watermarks and lease.
     pub repl: Repl,
     slots: RwLock<SlotConfig>,
     metrics: Arc<Metrics>,
@@ -279,10 +324,12 @@ impl Shard {
         self.check_serving()
     }
 
+    /// What recovery did when this replica opened.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
     }
 
+    /// This replica's counters and histograms.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -301,6 +348,7 @@ impl Shard {
         out
     }
 
+    /// The group this replica belongs to.
     pub fn group_id(&self) -> GroupId {
         self.config.group_id
     }
@@ -359,12 +407,14 @@ impl Shard {
         Ok(lsn)
     }
 
+    /// Refreshes the key-count gauge after a change.
     fn after_write(&self) {
         self.metrics
             .keys
             .store(self.state.index.len() as u64, Ordering::Relaxed);
     }
 
+    /// This replica's counters now, for status reports.
     pub fn status(&self) -> ShardStatus {
         let slots = self.slots.read().expect("slot config lock poisoned");
         let guard = self.state.lock();
@@ -403,14 +453,17 @@ impl Shard {
         self.wal().shutdown();
     }
 
+    /// The last record durable on this replica's disk.
     pub fn durable_lsn(&self) -> Lsn {
         self.wal().durable_lsn()
     }
 
+    /// The last record appended to this replica's log.
     pub fn last_lsn(&self) -> Lsn {
         self.wal().last_lsn()
     }
 
+    /// How this replica was set up.
     pub fn config(&self) -> &ShardConfig {
         &self.config
     }

@@ -22,8 +22,10 @@ use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord}
 pub enum Vote {
     /// Prepared; if it commits, its writes here get this version.
     Yes {
+        /// The version (the PREPARE record's LSN) its writes get.
         version: Version,
     },
+    /// Refused: why (a conflict or a lock), and on which keys.
     No(Refused),
     /// Already finalized here: the outcome.
     Finalized(Outcome),
@@ -166,6 +168,8 @@ impl Shard {
     /// Records the decision at the anchor unless one stands already (the
     /// rules: [`StateGuard::check_decide`]); returns the decision that
     /// stands (true = commit) once durable.
+    ///
+    /// [`StateGuard::check_decide`]: crate::state::StateGuard::check_decide
     pub async fn decide(
         &self,
         txn: TxnId,

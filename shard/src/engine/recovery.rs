@@ -21,16 +21,23 @@ use crate::snapshot;
 use crate::state::State;
 use crate::wal::{self, Wal};
 
+/// The file a running replica holds locked (flock) in its data directory.
 const LOCK_FILE: &str = "LOCK";
+/// The file naming the group a data directory belongs to.
 const META_FILE: &str = "shard.meta";
 
 /// What recovery did, for the start-up log line and tests.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
+    /// The snapshot loaded (0: none).
     pub snapshot_lsn: Lsn,
+    /// Log records replayed after it.
     pub replayed: u64,
+    /// The last record in the log after replay.
     pub last_lsn: Lsn,
+    /// Bytes of a torn tail cut from the last segment.
     pub torn_bytes: u64,
+    /// How long opening took.
     pub took: Duration,
 }
 

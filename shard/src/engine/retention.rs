@@ -117,6 +117,8 @@ impl Shard {
 
     /// Runs forever: takes a snapshot whenever
     /// [`LogConfig::snapshot_every_bytes`] were logged since the last one.
+    ///
+    /// [`LogConfig::snapshot_every_bytes`]: super::LogConfig::snapshot_every_bytes
     pub async fn snapshot_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
         loop {
