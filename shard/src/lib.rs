@@ -10,8 +10,11 @@
 //!   outcome memory, and the rules that check each operation (`check_*`,
 //!   among them the anchor's decide and resolve). No IO, no clock.
 //! - [`snapshot`]: writing and reading snapshots.
-//! - [`engine`]: recovery and the participant operations, each durable
-//!   before it answers.
+//! - [`engine`]: one replica's [`Shard`], each change durable before it
+//!   answers, by concern: recovery (opening the data directory), the
+//!   participant operations, retention (snapshots, log pins) and
+//!   replication (role changes, what a backup takes from its primary, as
+//!   domain records: the wire stays in [`replica`] and [`server`]).
 //! - [`repl`]: replication state of a replica: role, epoch, the feed of
 //!   recent records, backups' acknowledgements, watermarks, the lease.
 //! - [`role`]: the group's configuration (domain type) and the replication

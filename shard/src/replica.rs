@@ -19,12 +19,13 @@ use trellis_proto::shard::v1::shard_client::ShardClient;
 use trellis_types::Lsn;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
 
-use crate::engine::Shard;
-use crate::repl::{FeedGap, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+use crate::engine::{Shard, ShardError};
+use crate::repl::{FeedGap, FeedRecord, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
 use crate::role::{
     Change, GroupConfig, Member, PeerStatus, Step, apply_changes, choose_primary, failover_peers,
     hand_over, next_role, primary_still_serving, upkeep_changes,
 };
+use crate::wal::WalError;
 
 /// How often every replica re-reads its group's configuration.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
@@ -56,12 +57,121 @@ pub const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a replication stream or a call to the coordinator failed. The
+/// texts are what the logs have always said; callers log these and retry
+/// (streams reconnect, the configuration is polled again).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// A peer's or the coordinator's address is not a valid URI.
+    #[error("bad address {addr}: {source}")]
+    BadAddress {
+        /// The address as configured.
+        addr: String,
+        /// What is wrong with it.
+        source: tonic::transport::Error,
+    },
+    /// The engine refused or failed (applying records, installing a
+    /// snapshot, opening the log for a backlog).
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// A log or snapshot could not be read or decoded.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A task running blocking file work failed (panicked or was
+    /// cancelled).
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    /// Encoding a snapshot for a backup failed.
+    #[error(transparent)]
+    Encode(#[from] std::io::Error),
+    /// The primary sent a record kind wider than the one byte it logs.
+    #[error("record kind {0} out of range")]
+    RecordKind(u32),
+    /// A backup needs records the feed and the log on disk no longer hold.
+    #[error(
+        "the backup fell behind the feed and the log on disk (needs {next}); \
+         it reconnects for a snapshot"
+    )]
+    BehindLog {
+        /// The first record it needs.
+        next: Lsn,
+    },
+    /// The blocking task reading the log for a backup failed.
+    #[error("log read task failed: {0}")]
+    LogReadTask(tokio::task::JoinError),
+    /// Reading the log for a backup failed.
+    #[error("reading the log for a backup: {0}")]
+    LogRead(WalError),
+    /// Primary: the backup's end of the stream is gone.
+    #[error("the backup went away")]
+    BackupGone,
+    /// Primary: the role or epoch changed while streaming.
+    #[error("no longer the primary of this epoch")]
+    NoLongerPrimary,
+    /// Primary: the feed of recent records closed.
+    #[error("the feed closed")]
+    FeedClosed,
+    /// Backup: the queue of acknowledgements closed.
+    #[error("ack queue closed")]
+    AckQueueClosed,
+    /// Backup: the primary did not open the stream in time.
+    #[error("no answer from primary {primary}")]
+    PrimaryNoAnswer {
+        /// The primary's address.
+        primary: String,
+    },
+    /// Backup: the primary refused the stream.
+    #[error("primary {primary} refused: {}", .status.message())]
+    PrimaryRefused {
+        /// The primary's address.
+        primary: String,
+        /// Its answer.
+        status: Status,
+    },
+    /// Backup: nothing came from the primary within the grace period.
+    #[error("primary {primary} silent for {grace:?}")]
+    PrimarySilent {
+        /// The primary's address.
+        primary: String,
+        /// How long it was silent ([`GRACE`]).
+        grace: Duration,
+    },
+    /// Backup: the primary closed the stream.
+    #[error("primary {primary} closed the stream")]
+    PrimaryClosed {
+        /// The primary's address.
+        primary: String,
+    },
+    /// Backup: the stream failed.
+    #[error("stream: {}", .0.message())]
+    Stream(Status),
+    /// Backup: the epoch changed (here or in what the primary sent).
+    #[error("the epoch changed")]
+    EpochChanged,
+    /// Backup: the primary's snapshot is larger than [`SNAPSHOT_BYTES_MAX`].
+    #[error("snapshot larger than SNAPSHOT_BYTES_MAX")]
+    SnapshotTooLarge,
+    /// Backup: the task sending acknowledgements stopped.
+    #[error("the acknowledgement task stopped")]
+    AckTaskStopped,
+    /// The coordinator refused or failed a call (its message).
+    #[error("{}", .0.message())]
+    Coordinator(Status),
+    /// The coordinator answered a configuration change without the
+    /// configuration.
+    #[error("the coordinator sent no configuration")]
+    NoConfiguration,
+}
+
 /// A lazily connecting channel to `addr`; `timeout` is the deadline of each
 /// call (`None` only for the long-lived replication stream, whose every
 /// message has its own deadline instead).
-fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel, String> {
+fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel, ReplicaError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .map_err(|source| ReplicaError::BadAddress {
+            addr: addr.to_string(),
+            source,
+        })?
         .connect_timeout(STREAM_CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -77,17 +187,41 @@ fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel, String> {
 /// The coordinator's Membership service (one channel, reused by every call).
 type Coordinator = MembershipClient<Channel>;
 
-fn membership(coordinator: &str) -> Result<Coordinator, String> {
+fn membership(coordinator: &str) -> Result<Coordinator, ReplicaError> {
     Ok(MembershipClient::new(channel(
         coordinator,
         Some(CONTROL_RPC_TIMEOUT),
     )?))
 }
 
-fn shard_client(addr: &str, timeout: Option<Duration>) -> Result<ShardClient<Channel>, String> {
+fn shard_client(
+    addr: &str,
+    timeout: Option<Duration>,
+) -> Result<ShardClient<Channel>, ReplicaError> {
     Ok(ShardClient::new(channel(addr, timeout)?)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// A record as the stream carries it: what the primary's feed (or its log
+/// on disk) holds, unchanged.
+fn record_to_wire(record: FeedRecord) -> pb::ReplicaRecord {
+    pb::ReplicaRecord {
+        lsn: record.lsn,
+        kind: u32::from(record.kind),
+        payload: record.payload,
+    }
+}
+
+/// A streamed record back as the domain record the engine appends. The
+/// primary sends only kinds it logged (one byte); a wider one is refused.
+fn record_from_wire(record: pb::ReplicaRecord) -> Result<FeedRecord, ReplicaError> {
+    let kind = u8::try_from(record.kind).map_err(|_| ReplicaError::RecordKind(record.kind))?;
+    Ok(FeedRecord {
+        lsn: record.lsn,
+        kind,
+        payload: record.payload,
+    })
 }
 
 // ------------------------------------------------------------ primary side
@@ -193,7 +327,7 @@ pub async fn serve_stream(
         .await
         {
             tracing::debug!(backup = %addr, %err, "stream to backup ended");
-            let _ = tx.send(Err(Status::aborted(err))).await;
+            let _ = tx.send(Err(Status::aborted(err.to_string()))).await;
         }
     });
     Ok(rx)
@@ -233,19 +367,13 @@ async fn read_log(
     shard: &Arc<Shard>,
     disk: &mut Option<crate::wal::LogReader>,
     next: Lsn,
-) -> Result<Vec<crate::repl::FeedRecord>, String> {
+) -> Result<Vec<crate::repl::FeedRecord>, ReplicaError> {
     let reader = match disk.take() {
         Some(reader) if reader.next_lsn() == next => reader,
         _ => shard
             .log_reader(next)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "the backup fell behind the feed and the log on disk (needs {next}); \
-                     it reconnects for a snapshot"
-                )
-            })?,
+            .await?
+            .ok_or(ReplicaError::BehindLog { next })?,
     };
     let upto = shard.durable_lsn();
     let (reader, read) = crate::fsio::blocking(move || {
@@ -254,8 +382,8 @@ async fn read_log(
         (reader, read)
     })
     .await
-    .map_err(|e| format!("log read task failed: {e}"))?;
-    let records = read.map_err(|e| format!("reading the log for a backup: {e}"))?;
+    .map_err(ReplicaError::LogReadTask)?;
+    let records = read.map_err(ReplicaError::LogRead)?;
     *disk = Some(reader);
     Ok(records
         .into_iter()
@@ -277,7 +405,7 @@ async fn feed_backup(
     // no longer has it.
     mut disk: Option<crate::wal::LogReader>,
     report: &CatchUpReport<'_>,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     use crate::repl::CatchUpMode;
     let mut next = their_last + 1;
     // Snapshots taken meanwhile keep the log this stream still needs.
@@ -287,7 +415,7 @@ async fn feed_backup(
         next = capture.lsn + 1;
         pin.advance(next);
         let mut bytes = Vec::new();
-        crate::snapshot::encode(&mut bytes, &capture).map_err(|e| e.to_string())?;
+        crate::snapshot::encode(&mut bytes, &capture)?;
         drop(capture);
         let total = bytes.len() as u64;
         let mut sent = 0u64;
@@ -310,7 +438,7 @@ async fn feed_backup(
             pace(shard, piece.len()).await;
             tx.send(Ok(batch))
                 .await
-                .map_err(|_| "the backup went away".to_string())?;
+                .map_err(|_| ReplicaError::BackupGone)?;
             sent += piece.len() as u64;
             report.set(CatchUpMode::Snapshot, sent, total);
         }
@@ -328,7 +456,7 @@ async fn feed_backup(
     let mut reporting = needs_snapshot;
     loop {
         if shard.repl.role() != (Role::Primary, epoch) {
-            return Err("no longer the primary of this epoch".into());
+            return Err(ReplicaError::NoLongerPrimary);
         }
         // A backup more than CATCH_UP_LAG_RECORDS behind, or one fed from
         // the log on disk, is catching up: its backlog is paced; one that
@@ -372,26 +500,19 @@ async fn feed_backup(
             heartbeat_seq: shard.repl.heartbeat(Instant::now()),
             snapshot: Vec::new(),
             snapshot_done: false,
-            records: records
-                .into_iter()
-                .map(|r| pb::ReplicaRecord {
-                    lsn: r.lsn,
-                    kind: u32::from(r.kind),
-                    payload: r.payload,
-                })
-                .collect(),
+            records: records.into_iter().map(record_to_wire).collect(),
             commit_lsn: shard.repl.marks().sync,
         };
         tx.send(Ok(batch))
             .await
-            .map_err(|_| "the backup went away".to_string())?;
+            .map_err(|_| ReplicaError::BackupGone)?;
         if sent_records && shard.last_lsn() >= next {
             continue; // more is waiting
         }
         tokio::select! {
             changed = feed.changed() => {
                 if changed.is_err() {
-                    return Err("the feed closed".into());
+                    return Err(ReplicaError::FeedClosed);
                 }
             }
             _ = tick.tick() => {}
@@ -413,7 +534,7 @@ async fn pace(shard: &Arc<Shard>, bytes: usize) {
 // ------------------------------------------------------------- backup side
 
 /// Follows `primary` at `epoch` until the stream fails or the role changes.
-async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), String> {
+async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), ReplicaError> {
     let mut client = shard_client(primary, None)?;
     let (ack_tx, ack_rx) = mpsc::channel::<pb::ReplicaAck>(STREAM_QUEUE_MAX);
     let hello = pb::ReplicaHello {
@@ -434,14 +555,19 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Str
             heartbeat_seq: 0,
         })
         .await
-        .map_err(|_| "ack queue closed".to_string())?;
+        .map_err(|_| ReplicaError::AckQueueClosed)?;
     let opened = tokio::time::timeout(
         CONTROL_RPC_TIMEOUT,
         client.replicate(tokio_stream::wrappers::ReceiverStream::new(ack_rx)),
     )
     .await
-    .map_err(|_| format!("no answer from primary {primary}"))?
-    .map_err(|s| format!("primary {primary} refused: {}", s.message()))?;
+    .map_err(|_| ReplicaError::PrimaryNoAnswer {
+        primary: primary.to_string(),
+    })?
+    .map_err(|status| ReplicaError::PrimaryRefused {
+        primary: primary.to_string(),
+        status,
+    })?;
     let mut stream = opened.into_inner();
     // Acknowledgements go out from their own task, so receiving and
     // applying never waits for an fsync: whatever arrived meanwhile is
@@ -482,22 +608,31 @@ async fn receive(
     epoch: u64,
     stream: &mut Streaming<pb::ReplicaBatch>,
     applied: &mpsc::Sender<(Lsn, u64)>,
-) -> Result<(), String> {
+) -> Result<(), ReplicaError> {
     let mut snapshot: Vec<u8> = Vec::new();
     loop {
         let batch = match tokio::time::timeout(GRACE, stream.next()).await {
-            Err(_) => return Err(format!("primary {primary} silent for {GRACE:?}")),
-            Ok(None) => return Err(format!("primary {primary} closed the stream")),
-            Ok(Some(Err(status))) => return Err(format!("stream: {}", status.message())),
+            Err(_) => {
+                return Err(ReplicaError::PrimarySilent {
+                    primary: primary.to_string(),
+                    grace: GRACE,
+                });
+            }
+            Ok(None) => {
+                return Err(ReplicaError::PrimaryClosed {
+                    primary: primary.to_string(),
+                });
+            }
+            Ok(Some(Err(status))) => return Err(ReplicaError::Stream(status)),
             Ok(Some(Ok(batch))) => batch,
         };
         if shard.repl.role().1 != epoch || batch.epoch != epoch {
-            return Err("the epoch changed".into());
+            return Err(ReplicaError::EpochChanged);
         }
         shard.repl.heard(Instant::now());
         if !batch.snapshot.is_empty() || batch.snapshot_done {
             if snapshot.len() + batch.snapshot.len() > SNAPSHOT_BYTES_MAX {
-                return Err("snapshot larger than SNAPSHOT_BYTES_MAX".into());
+                return Err(ReplicaError::SnapshotTooLarge);
             }
             snapshot.extend_from_slice(&batch.snapshot);
             if batch.snapshot_done {
@@ -505,13 +640,9 @@ async fn receive(
                 let capture = crate::snapshot::decode(
                     &bytes,
                     std::path::Path::new("(snapshot from the primary)"),
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 let shard2 = shard.clone();
-                crate::fsio::blocking(move || shard2.install_snapshot(capture))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                crate::fsio::blocking(move || shard2.install_snapshot(capture)).await??;
             }
             // Snapshot pieces renew no lease (nothing is acknowledged
             // until it is installed).
@@ -526,14 +657,17 @@ async fn receive(
                 batch.records.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            shard
-                .apply_replicated(&batch.records)
-                .map_err(|e| e.to_string())?
+            let records = batch
+                .records
+                .into_iter()
+                .map(record_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            shard.apply_replicated(&records)?
         };
         applied
             .send((last, batch.heartbeat_seq))
             .await
-            .map_err(|_| "the acknowledgement task stopped".to_string())?;
+            .map_err(|_| ReplicaError::AckTaskStopped)?;
     }
 }
 
@@ -756,7 +890,7 @@ pub async fn transfer(shard: &Arc<Shard>, to: &str) -> Result<u64, Status> {
             tokio::time::sleep(TRANSFER_POLL).await;
         }
         let reason = format!("primary transferred from {} to {to}", shard.repl.me());
-        let coordinator = membership(&coordinator).map_err(Status::internal)?;
+        let coordinator = membership(&coordinator).map_err(|e| Status::internal(e.to_string()))?;
         match cas_group(&coordinator, &config, epoch + 1, members, &reason).await {
             Ok((true, new)) => Ok(new),
             Ok((false, _)) => Err(Status::aborted(
@@ -849,16 +983,16 @@ async fn peer_status(addr: &str) -> Option<PeerStatus> {
     }
 }
 
-async fn get_group(coordinator: &Coordinator, group: u64) -> Result<GroupConfig, String> {
+async fn get_group(coordinator: &Coordinator, group: u64) -> Result<GroupConfig, ReplicaError> {
     let mut client = coordinator.clone();
     client
         .get_group(pb::GetGroupRequest { group_id: group })
         .await
         .map(|r| GroupConfig::from(r.into_inner()))
-        .map_err(|s| s.message().to_string())
+        .map_err(ReplicaError::Coordinator)
 }
 
-async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(), String> {
+async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(), ReplicaError> {
     let mut client = coordinator.clone();
     client
         .register(pb::RegisterRequest {
@@ -868,7 +1002,7 @@ async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(
         })
         .await
         .map(|_| ())
-        .map_err(|s| s.message().to_string())
+        .map_err(ReplicaError::Coordinator)
 }
 
 async fn cas_group(
@@ -877,7 +1011,7 @@ async fn cas_group(
     epoch: u64,
     members: Vec<Member>,
     reason: &str,
-) -> Result<(bool, GroupConfig), String> {
+) -> Result<(bool, GroupConfig), ReplicaError> {
     let mut client = coordinator.clone();
     let response = client
         .cas_group(pb::CasGroupRequest {
@@ -891,10 +1025,81 @@ async fn cas_group(
             reason: reason.to_string(),
         })
         .await
-        .map_err(|s| s.message().to_string())?
+        .map_err(ReplicaError::Coordinator)?
         .into_inner();
-    let config = response
-        .config
-        .ok_or_else(|| "the coordinator sent no configuration".to_string())?;
+    let config = response.config.ok_or(ReplicaError::NoConfiguration)?;
     Ok((response.won, GroupConfig::from(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The logs say what they said when these errors were strings: the
+    /// texts are part of what operators grep for.
+    #[test]
+    fn replica_errors_keep_their_texts() {
+        let cases = [
+            (
+                ReplicaError::BehindLog { next: 7 },
+                "the backup fell behind the feed and the log on disk (needs 7); \
+                 it reconnects for a snapshot",
+            ),
+            (
+                ReplicaError::PrimarySilent {
+                    primary: "a:1".into(),
+                    grace: GRACE,
+                },
+                &format!("primary a:1 silent for {GRACE:?}"),
+            ),
+            (
+                ReplicaError::PrimaryRefused {
+                    primary: "a:1".into(),
+                    status: Status::unavailable("not now"),
+                },
+                "primary a:1 refused: not now",
+            ),
+            (
+                ReplicaError::Stream(Status::aborted("gone")),
+                "stream: gone",
+            ),
+            (
+                ReplicaError::Coordinator(Status::unavailable("no catalog")),
+                "no catalog",
+            ),
+            (ReplicaError::Shard(ShardError::Busy("full".into())), "full"),
+            (
+                ReplicaError::RecordKind(300),
+                "record kind 300 out of range",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
+    }
+
+    /// A record crosses the stream unchanged, and a kind wider than the
+    /// byte the primary logs is refused.
+    #[test]
+    fn records_cross_the_wire_unchanged() {
+        let record = FeedRecord {
+            lsn: 9,
+            kind: 3,
+            payload: b"payload".to_vec(),
+        };
+        let back = record_from_wire(record_to_wire(record.clone())).expect("round trip");
+        assert_eq!(
+            (back.lsn, back.kind, back.payload),
+            (record.lsn, record.kind, record.payload)
+        );
+        let wide = pb::ReplicaRecord {
+            lsn: 1,
+            kind: 256,
+            payload: Vec::new(),
+        };
+        assert!(matches!(
+            record_from_wire(wide),
+            Err(ReplicaError::RecordKind(256))
+        ));
+    }
 }

@@ -1,0 +1,502 @@
+//! One replica: recovery, the participant operations, log retention and
+//! replication, each change durable before it answers.
+//!
+//! Every mutation follows one shape: take the state lock, check, append the
+//! record to the log (which gives it its LSN), apply it, release the lock,
+//! then wait until the record is durable before answering. Appending under
+//! the lock makes LSN order equal apply order; waiting outside it lets many
+//! operations share one `fdatasync`.
+//!
+//! Readers never see a value before it is durable: a value's version is the
+//! LSN that wrote it, so a read that finds a version above the durable LSN
+//! waits for it.
+//!
+//! # Layout
+//! One [`Shard`], its methods grouped by concern, each file an `impl Shard`
+//! block:
+//! - this file: the `Shard` struct, its configuration, [`ShardError`], the
+//!   limits, and the shared steps every operation uses (`log`, `settle`),
+//!   slot ownership, status;
+//! - `recovery`: [`Shard::open`] (the data directory's lock and meta file,
+//!   the newest snapshot, log replay) and [`Recovery`];
+//! - `participant`: reads, scans, one-phase commit, the 2PC participant and
+//!   anchor steps (prepare, decide, resolve, finalize, forget, lookup) and
+//!   read holds;
+//! - `retention`: snapshots, the snapshot loop, and the [`LogPin`]s that keep
+//!   log a stream to a backup still needs;
+//! - `replication`: a replica's role changes and what a backup takes from its
+//!   primary (records, snapshots); the log reader for backlogs.
+//!
+//! This module never speaks the wire: callers convert `proto` types at the
+//! edge (`server`, `replica`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, slot_of};
+
+use crate::fsio::File;
+use crate::metrics::Metrics;
+use crate::record::Record;
+use crate::repl::{Level, Repl};
+use crate::state::{Misuse, State, StateGuard};
+use crate::wal::{self, Wal, WalError};
+
+mod participant;
+mod recovery;
+mod replication;
+mod retention;
+#[cfg(test)]
+mod test_util;
+
+pub use participant::Vote;
+pub use recovery::Recovery;
+pub use retention::LogPin;
+use retention::LogPins;
+
+/// A snapshot is taken once this many bytes were logged since the last one.
+/// Bounds recovery time: at most this much log is replayed after the
+/// snapshot.
+pub const SNAPSHOT_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// How often the background task checks whether a snapshot is due.
+pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Log of a replica kept on disk after a snapshot covers it, by default:
+/// a backup away for a while catches up from it instead of by snapshot.
+pub const LOG_RETAIN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most bytes of log kept on disk beyond the retained log for catch-ups in
+/// progress (see [`Shard::pin_log`]); past it, a backup that still needs
+/// older records gets a snapshot instead. Bounds the disk a slow backup can
+/// cost its primary.
+pub const LOG_PINNED_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// How a replica's log is cut into segments, snapshotted and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is closed and the next begun past this size.
+    pub segment_bytes: u64,
+    /// A snapshot is taken once this many bytes were logged since the last.
+    pub snapshot_every_bytes: u64,
+    /// Bytes of log kept after a snapshot covers them (whole segments).
+    pub retain_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: wal::SEGMENT_BYTES_MAX,
+            snapshot_every_bytes: SNAPSHOT_LOG_BYTES,
+            retain_bytes: LOG_RETAIN_BYTES,
+        }
+    }
+}
+
+/// How a replica is set up.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Where the snapshots, the log, the lock and the meta file live.
+    pub data_dir: PathBuf,
+    /// The group this replica belongs to; its data directory is bound to it.
+    pub group_id: GroupId,
+    /// Slot ownership until the coordinator hands out slot maps.
+    pub map_epoch: MapEpoch,
+    /// The slots owned under `map_epoch`.
+    pub slots: SlotSet,
+    /// Part of a replicated group (started with a coordinator): serves only
+    /// as a primary with a lease. Otherwise a standalone replica that always
+    /// serves.
+    pub replicated: bool,
+    /// Bytes of recent records kept in memory for backups
+    /// ([`crate::repl::FEED_BYTES_MAX`] by default); a backup further
+    /// behind gets a snapshot.
+    pub feed_bytes_max: usize,
+    /// Catch-up (snapshots and backlogs sent to backups far behind), all
+    /// backups together, in bytes per second; 0 = unpaced
+    /// ([`crate::pacer::CATCH_UP_BYTES_PER_SEC`] by default).
+    pub catch_up_bytes_per_sec: u64,
+    /// How the log is cut into segments, snapshotted and kept.
+    pub log: LogConfig,
+}
+
+/// Longest a change waits for the durability it asked for before the
+/// caller is told the outcome is unknown here (a dead backup is taken out
+/// of the configuration well before this).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often [`Shard::log_failed`] looks again at which log is current (a
+/// snapshot install replaces it).
+pub const LOG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a replica refused or failed an operation; the gRPC edge turns each
+/// case into one status (`crate::server::status_of`).
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The log or a snapshot failed (see [`WalError`]).
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A key's slot is not this group's under the map it knows.
+    #[error("key of slot {slot} is not owned by group {group} under map epoch {map_epoch}")]
+    WrongShard {
+        /// The first key found not owned.
+        key: Key,
+        /// Its slot.
+        slot: u32,
+        /// This replica's group.
+        group: GroupId,
+        /// The slot map this replica knows.
+        map_epoch: MapEpoch,
+    },
+    /// The request was routed with a newer slot map than this replica knows.
+    #[error("request routed with map epoch {got}, but this shard knows only epoch {map_epoch}")]
+    StaleMap {
+        /// The map epoch the request was routed with.
+        got: MapEpoch,
+        /// The newest this replica knows.
+        map_epoch: MapEpoch,
+    },
+    /// The request (or a record from the primary) is malformed or misused.
+    #[error("{0}")]
+    Invalid(String),
+    /// A limit is reached; the caller may retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The data directory cannot be opened (locked, another group's, corrupt).
+    #[error("cannot open data directory {path}: {detail}")]
+    Open {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Only the group's serving primary answers this.
+    #[error(
+        "this replica is not the serving primary of group {group} (it is {role} at epoch {epoch}); ask the group's primary"
+    )]
+    NotPrimary {
+        /// This replica's group.
+        group: GroupId,
+        /// What this replica is now ([`crate::repl::Role::name`]).
+        role: &'static str,
+        /// The epoch it knows.
+        epoch: u64,
+    },
+    /// The outcome is unknown here (durability not reached in time,
+    /// replication stopped) or the operation must wait; ask again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<Misuse> for ShardError {
+    fn from(m: Misuse) -> Self {
+        ShardError::Invalid(m.0)
+    }
+}
+
+/// The slots this replica owns, and under which slot map.
+struct SlotConfig {
+    map_epoch: MapEpoch,
+    slots: SlotSet,
+}
+
+/// A snapshot of a replica's counters for status reports.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    /// This replica's group.
+    pub group_id: GroupId,
+    /// The slot map it knows.
+    pub map_epoch: MapEpoch,
+    /// How many slots it owns under that map.
+    pub slots_owned: u32,
+    /// The last record appended to the log.
+    pub last_lsn: Lsn,
+    /// The last record durable on this replica's disk.
+    pub durable_lsn: Lsn,
+    /// Entries in the index.
+    pub keys: u64,
+    /// Transactions prepared and not yet finalized.
+    pub prepared: u64,
+    /// Transaction records (decisions) kept as anchor.
+    pub txn_records: u64,
+}
+
+/// One replica of a group: its state machine, its log, and its
+/// replication state. Every change is checked and applied under the state
+/// lock, and answered once durable at the level asked for.
+pub struct Shard {
+    config: ShardConfig,
+    state: State,
+    wal: RwLock<Wal>,
+    /// Role, epoch, feed of recent records, watermarks and lease.
+    pub repl: Repl,
+    slots: RwLock<SlotConfig>,
+    metrics: Arc<Metrics>,
+    snapshot_running: AtomicBool,
+    /// `metrics.append_bytes` when the last snapshot was taken.
+    snapshot_mark_bytes: AtomicU64,
+    recovery: Recovery,
+    /// Paces catch-up traffic to backups.
+    pub catch_up: crate::pacer::Pacer,
+    /// Log positions streams to backups still need from disk.
+    log_pins: std::sync::Mutex<LogPins>,
+    /// When recovery finished (the process's uptime in the cluster status).
+    opened_at: Instant,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn open_err(path: &Path, detail: impl std::fmt::Display) -> ShardError {
+    ShardError::Open {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+impl Shard {
+    /// How long ago this shard finished opening its data.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.opened_at)
+    }
+
+    /// The log (replaced when a backup installs a snapshot).
+    fn wal(&self) -> Wal {
+        self.wal.read().expect("wal lock poisoned").clone()
+    }
+
+    /// Refuses unless this replica may answer clients now (a primary with a
+    /// valid lease, or a standalone shard).
+    pub fn check_serving(&self) -> Result<(), ShardError> {
+        if self.repl.serving(Instant::now()) {
+            return Ok(());
+        }
+        let (role, epoch) = self.repl.role();
+        Err(ShardError::NotPrimary {
+            group: self.config.group_id,
+            role: role.name(),
+            epoch,
+        })
+    }
+
+    /// Waits until the change at `lsn` is durable at `level`, and checks
+    /// that this replica is still the serving primary it was.
+    async fn settle(&self, lsn: Lsn, level: Level) -> Result<(), ShardError> {
+        let mut marks = self.repl.subscribe_marks();
+        let generation = marks.borrow().generation;
+        self.wal().wait_durable(lsn).await?;
+        if level == Level::Local {
+            self.repl
+                .note_durable(self.wal().durable_lsn(), Instant::now());
+        } else {
+            self.repl
+                .recompute(self.wal().durable_lsn(), Instant::now());
+            let waited = tokio::time::timeout(
+                SETTLE_TIMEOUT,
+                marks.wait_for(|m| m.generation != generation || m.at(level) >= lsn),
+            )
+            .await;
+            match waited {
+                Err(_) => {
+                    return Err(ShardError::Unavailable(format!(
+                        "record {lsn} was not replicated at {level:?} within {SETTLE_TIMEOUT:?}"
+                    )));
+                }
+                Ok(Err(_)) => return Err(ShardError::Unavailable("replication stopped".into())),
+                Ok(Ok(m)) if m.generation != generation => {
+                    let (role, epoch) = self.repl.role();
+                    return Err(ShardError::NotPrimary {
+                        group: self.config.group_id,
+                        role: role.name(),
+                        epoch,
+                    });
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.check_serving()
+    }
+
+    /// What recovery did when this replica opened.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// This replica's counters and histograms.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every metric of this replica in the Prometheus text format: the
+    /// counters and histograms, and the replication gauges.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.metrics.render();
+        crate::metrics::render_repl(
+            &mut out,
+            &self.repl,
+            self.durable_lsn(),
+            self.last_lsn(),
+            Instant::now(),
+        );
+        out
+    }
+
+    /// The group this replica belongs to.
+    pub fn group_id(&self) -> GroupId {
+        self.config.group_id
+    }
+
+    /// Checks that every key belongs to a slot this shard owns under the
+    /// epoch the request was routed with.
+    pub fn check_owned<'a>(
+        &self,
+        map_epoch: MapEpoch,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ShardError> {
+        let slots = self.slots.read().expect("slot config lock poisoned");
+        if map_epoch > slots.map_epoch {
+            return Err(ShardError::StaleMap {
+                got: map_epoch,
+                map_epoch: slots.map_epoch,
+            });
+        }
+        for key in keys {
+            let slot = slot_of(key);
+            if !slots.slots.contains(slot) {
+                self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                return Err(ShardError::WrongShard {
+                    key: key.to_vec(),
+                    slot,
+                    group: self.config.group_id,
+                    map_epoch: slots.map_epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a newer slot map. Older or equal epochs are ignored.
+    pub fn set_slots(&self, map_epoch: MapEpoch, slots: SlotSet) -> bool {
+        let mut config = self.slots.write().expect("slot config lock poisoned");
+        if map_epoch <= config.map_epoch {
+            return false;
+        }
+        *config = SlotConfig { map_epoch, slots };
+        true
+    }
+
+    /// Appends `record` and applies it, under the state lock the caller
+    /// holds. Returns its LSN; the caller waits for durability after
+    /// releasing the lock.
+    fn log(&self, guard: &mut StateGuard<'_>, record: &Record) -> Result<Lsn, ShardError> {
+        let payload = record.encode();
+        let lsn = self.wal().append(record.kind(), &payload)?;
+        self.repl.feed.push(lsn, record.kind(), &payload);
+        if let Err(detail) = guard.apply(lsn, record, Instant::now()) {
+            // The record was checked before it was logged; failing here is a
+            // bug, and continuing would let memory and log disagree.
+            panic!("state machine refused record {lsn} it was just given: {detail}");
+        }
+        Ok(lsn)
+    }
+
+    /// Refreshes the key-count gauge after a change.
+    fn after_write(&self) {
+        self.metrics
+            .keys
+            .store(self.state.index.len() as u64, Ordering::Relaxed);
+    }
+
+    /// This replica's counters now, for status reports.
+    pub fn status(&self) -> ShardStatus {
+        let slots = self.slots.read().expect("slot config lock poisoned");
+        let guard = self.state.lock();
+        ShardStatus {
+            group_id: self.config.group_id,
+            map_epoch: slots.map_epoch,
+            slots_owned: slots.slots.len(),
+            last_lsn: self.wal().last_lsn(),
+            durable_lsn: self.wal().durable_lsn(),
+            keys: self.state.index.len() as u64,
+            prepared: guard.core().prepared.len() as u64,
+            txn_records: guard.core().records.len() as u64,
+        }
+    }
+    /// Resolves, with the reason, once the log writer has failed (an IO
+    /// error or a full disk). From then on this replica acknowledges nothing
+    /// again; the process should stop (fail-stop) so that a supervisor
+    /// restarts it and recovery decides what is durable, as PostgreSQL does
+    /// after a failed fsync. Meanwhile the backups take over the group.
+    pub async fn log_failed(&self) -> String {
+        loop {
+            let mut durable = self.wal().subscribe();
+            match tokio::time::timeout(LOG_WATCH_INTERVAL, durable.wait_for(|d| d.failed.is_some()))
+                .await
+            {
+                Ok(Ok(seen)) => return seen.failed.clone().unwrap_or_default(),
+                // That log was replaced (snapshot install): watch the new one.
+                Ok(Err(_)) => tokio::time::sleep(LOG_WATCH_INTERVAL).await,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Makes everything pending durable and stops the log writer.
+    pub fn shutdown(&self) {
+        self.wal().shutdown();
+    }
+
+    /// The last record durable on this replica's disk.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.wal().durable_lsn()
+    }
+
+    /// The last record appended to this replica's log.
+    pub fn last_lsn(&self) -> Lsn {
+        self.wal().last_lsn()
+    }
+
+    /// How this replica was set up.
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use trellis_types::{SlotSet, slot_of};
+
+    use super::test_util::config;
+    use super::{Shard, ShardError};
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn ownership_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        cfg.slots = SlotSet::parse(&slot_of(b"mine").to_string()).expect("slots");
+        let shard = Shard::open(cfg, Arc::new(Metrics::default())).expect("open");
+        shard.check_owned(1, [&b"mine"[..]]).expect("owned");
+        let other = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| slot_of(k.as_bytes()) != slot_of(b"mine"))
+            .expect("some key");
+        assert!(matches!(
+            shard.check_owned(1, [other.as_bytes()]),
+            Err(ShardError::WrongShard { .. })
+        ));
+        assert!(matches!(
+            shard.check_owned(2, [&b"mine"[..]]),
+            Err(ShardError::StaleMap { .. })
+        ));
+    }
+}

@@ -1,0 +1,549 @@
+//! The participant's work: reads and scans, one-phase commits, and the 2PC
+//! steps (prepare, the anchor's decide and resolve, finalize, forget,
+//! lookup), plus read validation and holds. The rules live in
+//! [`crate::state`] (`check_*`); this module only logs what they say and
+//! waits for durability.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_types::{GroupId, Key, TxnId, Version};
+
+use super::{Shard, ShardError};
+use crate::record::{
+    CommitLocalRec, DecideRec, FinalizeRec, ForgetRec, PrepareRec, ReadRec, Record, WriteRec,
+};
+use crate::repl::Level;
+use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord};
+
+/// A prepare's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    /// Prepared; if it commits, its writes here get this version.
+    Yes {
+        /// The version (the PREPARE record's LSN) its writes get.
+        version: Version,
+    },
+    /// Refused: why (a conflict or a lock), and on which keys.
+    No(Refused),
+    /// Already finalized here: the outcome.
+    Finalized(Outcome),
+}
+
+impl Shard {
+    /// Reads keys: the committed value and version of each, and the write
+    /// lock of a prepared transaction if one holds the key. Waits until
+    /// what it returns is durable.
+    pub async fn read(&self, keys: &[Key]) -> Result<Vec<KeyView>, ShardError> {
+        let views: Vec<KeyView> = keys.iter().map(|k| self.state.view(k)).collect();
+        self.metrics
+            .reads
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let newest = views
+            .iter()
+            .filter_map(|v| v.entry.as_ref().map(|e| e.version()))
+            .max()
+            .unwrap_or(0);
+        if newest > self.repl.marks().sync {
+            self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        // Never show a value a failover could lose.
+        self.settle(newest, Level::Sync).await?;
+        Ok(views)
+    }
+
+    /// Keys starting with `prefix`, in key order, at most `limit`. Returns
+    /// whether more matched. Scans the whole index: O(keys).
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
+        let mut keys: Vec<Key> = self
+            .state
+            .index
+            .iter()
+            .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
+            .map(|e| e.key().to_vec())
+            .chain(
+                self.state
+                    .locks
+                    .iter()
+                    .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
+                    .map(|l| l.key().to_vec()),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let truncated = keys.len() > limit;
+        keys.truncate(limit);
+        let views = self.read(&keys).await?;
+        Ok((keys.into_iter().zip(views).collect(), truncated))
+    }
+
+    /// One-phase commit: validate every read version, refuse locked keys,
+    /// append one record, apply, answer once durable. Idempotent by `txn`.
+    pub async fn commit_local(
+        &self,
+        txn: TxnId,
+        reads: Vec<ReadRec>,
+        writes: Vec<WriteRec>,
+        level: Level,
+    ) -> Result<Outcome, ShardError> {
+        self.wal().reserve().await?;
+        let outcome = {
+            let mut guard = self.state.lock_at(Instant::now());
+            match guard.check_commit_local(&txn, &reads, &writes)? {
+                Check::Proceed => {
+                    let record = Record::CommitLocal(CommitLocalRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        writes,
+                    });
+                    self.log(&mut guard, &record)?;
+                    self.metrics.commits_local.fetch_add(1, Ordering::Relaxed);
+                    guard
+                        .outcome(&txn)
+                        .cloned()
+                        .expect("apply records the outcome")
+                }
+                Check::Done(outcome) => outcome,
+                Check::Refused(refused) => {
+                    self.count_refusal(&refused);
+                    guard.remember_refusal(txn, refused.clone());
+                    Outcome::Aborted {
+                        refused: Box::new(refused),
+                        lsn: 0,
+                    }
+                }
+                Check::AlreadyPrepared { .. } => {
+                    unreachable!("commit_local never answers AlreadyPrepared")
+                }
+            }
+        };
+        self.after_write();
+        self.settle(outcome.lsn(), level).await?;
+        Ok(outcome)
+    }
+
+    fn count_refusal(&self, refused: &Refused) {
+        let counter = match refused.reason {
+            crate::state::Refusal::Conflict => &self.metrics.refusals_conflict,
+            _ => &self.metrics.refusals_locked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// 2PC prepare: validate, lock, append a PREPARE record, vote YES once
+    /// it is durable. Idempotent by transaction id.
+    pub async fn prepare(&self, rec: PrepareRec, level: Level) -> Result<Vote, ShardError> {
+        let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        self.wal().reserve().await?;
+        let (vote, lsn) = {
+            let mut guard = self.state.lock_at(Instant::now());
+            match guard.check_prepare(&txn, &rec.reads, &rec.writes) {
+                Check::Proceed => {
+                    let lsn = self.log(&mut guard, &Record::Prepare(rec))?;
+                    self.metrics.prepares.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .prepared
+                        .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+                    (Vote::Yes { version: lsn }, lsn)
+                }
+                Check::AlreadyPrepared { lsn } => (Vote::Yes { version: lsn }, lsn),
+                Check::Done(outcome) => {
+                    let lsn = outcome.lsn();
+                    (Vote::Finalized(outcome), lsn)
+                }
+                Check::Refused(refused) => {
+                    self.count_refusal(&refused);
+                    (Vote::No(refused), 0)
+                }
+            }
+        };
+        self.settle(lsn, level.max(Level::Semi)).await?;
+        Ok(vote)
+    }
+
+    /// Records the decision at the anchor unless one stands already (the
+    /// rules: [`StateGuard::check_decide`]); returns the decision that
+    /// stands (true = commit) once durable.
+    ///
+    /// [`StateGuard::check_decide`]: crate::state::StateGuard::check_decide
+    pub async fn decide(
+        &self,
+        txn: TxnId,
+        commit: bool,
+        participants: Vec<GroupId>,
+        level: Level,
+    ) -> Result<bool, ShardError> {
+        self.wal().reserve().await?;
+        let (commit, lsn) = {
+            let mut guard = self.state.lock();
+            match guard.check_decide(&txn, commit) {
+                Ok(Decide::Stands { commit, lsn }) => (commit, lsn),
+                Ok(Decide::Record { commit }) => {
+                    let record = Record::Decide(DecideRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit,
+                        participants,
+                    });
+                    let lsn = self.log(&mut guard, &record)?;
+                    self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+                    (commit, lsn)
+                }
+                Err(refused) => return Err(ShardError::Busy(refused.message)),
+            }
+        };
+        self.settle(lsn, level.max(Level::Semi)).await?;
+        Ok(commit)
+    }
+
+    /// The anchor's answer for an in-doubt transaction: the recorded
+    /// decision, or a durable ABORT if none exists (presumed abort).
+    ///
+    /// The anchor is always a participant (it owns the smallest written
+    /// key), so once its record is forgotten its own finalized outcome still
+    /// answers: a committed transaction is never presumed aborted while this
+    /// replica remembers it ([`crate::state::OUTCOMES_MAX`]).
+    pub async fn resolve(&self, txn: TxnId) -> Result<TxnRecord, ShardError> {
+        let check = self.state.lock().check_resolve(&txn);
+        if let Resolve::Committed { lsn } = check {
+            self.settle(lsn, Level::Sync).await?;
+            return Ok(TxnRecord {
+                commit: true,
+                participants: Vec::new(),
+                lsn,
+            });
+        }
+        let commit = self.decide(txn, false, Vec::new(), Level::Semi).await?;
+        Ok(self.state.lock().resolved(&txn, commit))
+    }
+
+    /// Applies (commit) or discards (abort) a prepared transaction and
+    /// releases its locks. `None` when nothing is known of it here (never
+    /// prepared, or forgotten long ago) and the decision is commit.
+    pub async fn finalize(&self, txn: TxnId, commit: bool) -> Result<Option<Outcome>, ShardError> {
+        let mut outcomes = self.finalize_many(&[(txn, commit)]).await?;
+        Ok(outcomes.pop().expect("one outcome per transaction"))
+    }
+
+    /// [`Shard::finalize`] for many transactions at once: one pass under the
+    /// state lock and one wait for durability.
+    pub async fn finalize_many(
+        &self,
+        txns: &[(TxnId, bool)],
+    ) -> Result<Vec<Option<Outcome>>, ShardError> {
+        self.wal().reserve().await?;
+        let outcomes: Vec<Option<Outcome>> = {
+            let mut guard = self.state.lock();
+            let mut out = Vec::with_capacity(txns.len());
+            for (txn, commit) in txns {
+                let outcome = if let Some(outcome) = guard.outcome(txn).cloned() {
+                    Some(outcome)
+                } else if guard.prepared(txn).is_some() || !commit {
+                    let record = Record::Finalize(FinalizeRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit: *commit,
+                    });
+                    self.log(&mut guard, &record)?;
+                    self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+                    guard.outcome(txn).cloned()
+                } else {
+                    None
+                };
+                out.push(outcome);
+            }
+            self.metrics
+                .prepared
+                .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+            out
+        };
+        self.after_write();
+        let newest = outcomes
+            .iter()
+            .flatten()
+            .map(Outcome::lsn)
+            .max()
+            .unwrap_or(0);
+        self.settle(newest, Level::Semi).await?;
+        Ok(outcomes)
+    }
+
+    /// Drops transaction records (every participant has finalized).
+    pub async fn forget(&self, txns: Vec<TxnId>) -> Result<u32, ShardError> {
+        self.wal().reserve().await?;
+        let (count, lsn) = {
+            let mut guard = self.state.lock();
+            let known: Vec<TxnId> = txns
+                .into_iter()
+                .filter(|t| guard.record(t).is_some())
+                .collect();
+            if known.is_empty() {
+                return Ok(0);
+            }
+            let record = Record::Forget(ForgetRec {
+                txn_ids: known.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            });
+            (known.len() as u32, self.log(&mut guard, &record)?)
+        };
+        self.settle(lsn, Level::Local).await?;
+        Ok(count)
+    }
+
+    /// Prepared transactions at least `older_than` old, oldest first.
+    pub fn list_prepared(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Vec<(TxnId, PrepareRec, Duration)> {
+        let now = Instant::now();
+        let guard = self.state.lock();
+        let mut out: Vec<_> = guard
+            .core()
+            .prepared
+            .iter()
+            .map(|(txn, p)| (*txn, p.rec.clone(), now.saturating_duration_since(p.since)))
+            .filter(|(_, _, age)| *age >= older_than)
+            .collect();
+        out.sort_by_key(|t| std::cmp::Reverse(t.2));
+        out.truncate(limit);
+        out
+    }
+
+    /// What this replica knows of `txn`: (recorded decision as anchor,
+    /// remembered outcome, prepared here). Waits until what it reports is
+    /// durable.
+    pub async fn lookup(
+        &self,
+        txn: TxnId,
+    ) -> Result<(Option<bool>, Option<bool>, bool), ShardError> {
+        let (record, outcome, prepared, lsn) = {
+            let guard = self.state.lock();
+            let record = guard.record(&txn).map(|r| (r.commit, r.lsn));
+            let outcome = guard
+                .outcome(&txn)
+                .map(|o| (matches!(o, Outcome::Committed { .. }), o.lsn()));
+            let prepared = guard.prepared(&txn).map(|p| p.lsn);
+            let lsn = [record.map(|r| r.1), outcome.map(|o| o.1), prepared]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0);
+            (
+                record.map(|r| r.0),
+                outcome.map(|o| o.0),
+                prepared.is_some(),
+                lsn,
+            )
+        };
+        self.settle(lsn, Level::Sync).await?;
+        Ok((record, outcome, prepared))
+    }
+
+    /// Read-only validation: every read version is current and not
+    /// write-locked by another transaction. Logs nothing.
+    ///
+    /// With `hold`, the reads are also held against writers until
+    /// [`Shard::release_holds`] or [`trellis_types::limits::READ_HOLD_MAX`],
+    /// so a coordinator validating at several groups gets one instant at
+    /// which every read was current.
+    pub fn validate_reads(&self, txn: TxnId, reads: &[ReadRec], hold: bool) -> Result<(), Refused> {
+        let now = Instant::now();
+        let mut guard = self.state.lock_at(now);
+        if hold {
+            guard.hold_reads(&txn, reads, now)
+        } else {
+            guard.validate(&txn, reads, &[])
+        }
+    }
+
+    /// Drops the read holds `txn` took on `keys`; whether they were all
+    /// still held (see [`crate::state::StateGuard::release_holds`]).
+    pub fn release_holds(&self, txn: TxnId, keys: &[Key]) -> bool {
+        self.state.lock_at(Instant::now()).release_holds(&txn, keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::test_util::{config, put, txn, value_of};
+    use super::super::{Shard, Vote};
+    use crate::metrics::Metrics;
+    use crate::record::{PrepareRec, ReadRec};
+    use crate::repl::Level;
+    use crate::state::Outcome;
+
+    #[tokio::test]
+    async fn commit_local_is_idempotent_and_conflicts_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let first = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .await
+            .expect("commit");
+        let again = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .await
+            .expect("retry");
+        assert_eq!(first, again);
+        assert_eq!(shard.status().last_lsn, 1, "a retry logs nothing");
+        let stale = vec![ReadRec {
+            key: b"a".to_vec(),
+            version: 0,
+        }];
+        match shard
+            .commit_local(txn(2), stale, vec![put("a", "2")], Level::Sync)
+            .await
+            .expect("commit")
+        {
+            Outcome::Aborted { refused, .. } => assert_eq!(refused.keys, vec![b"a".to_vec()]),
+            other => panic!("stale read committed: {other:?}"),
+        }
+        shard.shutdown();
+        drop(shard);
+        // After a restart the retry still returns the first outcome.
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
+        let after = shard
+            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .await
+            .expect("retry");
+        assert_eq!(first, after);
+    }
+
+    /// Simulator seed 1035: the coordinator's decide (COMMIT) reached the
+    /// anchor late, after a sweeper had resolved the transaction (presumed
+    /// ABORT), finalized it everywhere and forgotten its record. The late
+    /// decide must answer ABORT, not record a COMMIT whose writes the
+    /// participants already discarded — and a late decide after a
+    /// committed transaction was forgotten must answer COMMIT.
+
+    #[tokio::test]
+    async fn a_late_decide_after_forget_keeps_the_finalized_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        for (n, first) in [(21u32, false), (22, true)] {
+            let rec = PrepareRec {
+                txn_id: txn(n).0.to_vec(),
+                reads: vec![],
+                writes: vec![put(&format!("late{n}"), "v")],
+                anchor: 1,
+                participants: vec![1, 2],
+            };
+            shard.prepare(rec, Level::Sync).await.expect("prepare");
+            if first {
+                assert!(
+                    shard
+                        .decide(txn(n), true, vec![1, 2], Level::Sync)
+                        .await
+                        .expect("decide")
+                );
+            } else {
+                assert!(
+                    !shard.resolve(txn(n)).await.expect("resolve").commit,
+                    "presumed abort"
+                );
+            }
+            shard.finalize(txn(n), first).await.expect("finalize");
+            assert_eq!(shard.forget(vec![txn(n)]).await.expect("forget"), 1);
+            let late = shard
+                .decide(txn(n), !first, vec![1, 2], Level::Sync)
+                .await
+                .expect("late decide");
+            assert_eq!(
+                late, first,
+                "txn {n}: a late decide overturned the finalized decision"
+            );
+            let resolved = shard.resolve(txn(n)).await.expect("late resolve");
+            assert_eq!(
+                resolved.commit, first,
+                "txn {n}: a late resolve overturned it"
+            );
+            let written = value_of(&shard, &format!("late{n}")).await.is_some();
+            assert_eq!(
+                written, first,
+                "txn {n}: applied {written}, decided {first}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn two_phase_participant_flow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let rec = PrepareRec {
+            txn_id: txn(7).0.to_vec(),
+            reads: vec![],
+            writes: vec![put("x", "1")],
+            anchor: 1,
+            participants: vec![1, 2],
+        };
+        let first = shard
+            .prepare(rec.clone(), Level::Sync)
+            .await
+            .expect("prepare");
+        let Vote::Yes { version } = first else {
+            panic!("voted {first:?}")
+        };
+        assert_eq!(
+            shard
+                .prepare(rec.clone(), Level::Sync)
+                .await
+                .expect("again"),
+            first,
+            "idempotent"
+        );
+        // A 1PC on the locked key is refused.
+        match shard
+            .commit_local(txn(8), vec![], vec![put("x", "2")], Level::Sync)
+            .await
+            .expect("commit")
+        {
+            Outcome::Aborted { refused, .. } => {
+                assert_eq!(refused.reason, crate::state::Refusal::Locked)
+            }
+            other => panic!("locked key written: {other:?}"),
+        }
+        assert!(
+            shard
+                .decide(txn(7), true, vec![1, 2], Level::Sync)
+                .await
+                .expect("decide")
+        );
+        assert!(
+            shard
+                .decide(txn(7), false, vec![], Level::Sync)
+                .await
+                .expect("decide again"),
+            "first decision wins"
+        );
+        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
+        let outcome = shard
+            .finalize(txn(7), true)
+            .await
+            .expect("finalize")
+            .expect("known");
+        assert!(matches!(outcome, Outcome::Committed { version: v, .. } if v == version));
+        assert_eq!(value_of(&shard, "x").await.expect("applied").0, b"1");
+        assert_eq!(
+            shard.finalize(txn(7), true).await.expect("again"),
+            Some(outcome)
+        );
+        // Resolve of an unknown transaction records ABORT: presumed abort.
+        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
+        assert!(
+            !shard
+                .decide(txn(9), true, vec![], Level::Sync)
+                .await
+                .expect("late decide")
+        );
+        assert_eq!(shard.forget(vec![txn(7), txn(9)]).await.expect("forget"), 2);
+        assert_eq!(shard.finalize(txn(99), true).await.expect("unknown"), None);
+        // Its record forgotten, the anchor's own finalized outcome still
+        // answers COMMIT: a late resolve never presumes a commit aborted.
+        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
+        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
+    }
+}

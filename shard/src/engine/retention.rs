@@ -1,0 +1,199 @@
+//! What the log keeps: snapshots (on demand and from the snapshot loop),
+//! the deletion of log segments a snapshot covers, and the [`LogPin`]s that
+//! keep records a stream to a backup still needs (within
+//! [`LOG_PINNED_BYTES_MAX`]). Never deletes a record a snapshot does not
+//! cover.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+use trellis_types::Lsn;
+
+use super::{LOG_PINNED_BYTES_MAX, SNAPSHOT_CHECK_INTERVAL, Shard, ShardError};
+use crate::fsio;
+use crate::snapshot;
+
+#[derive(Default)]
+pub(super) struct LogPins {
+    next_id: u64,
+    /// By pin: the first record it needs.
+    from: std::collections::BTreeMap<u64, Lsn>,
+}
+
+/// Keeps the log on disk from a record on (within
+/// [`LOG_PINNED_BYTES_MAX`]) while a stream to a backup may need it: a
+/// backup sent a snapshot, or a backlog, must get the records after it even
+/// when snapshots come meanwhile. Released when dropped.
+pub struct LogPin {
+    shard: Arc<Shard>,
+    id: u64,
+}
+
+impl LogPin {
+    /// The stream now needs records from `from` on.
+    pub fn advance(&self, from: Lsn) {
+        let mut pins = self.shard.log_pins.lock().expect("log pins lock poisoned");
+        if let Some(at) = pins.from.get_mut(&self.id) {
+            *at = from;
+        }
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        self.shard
+            .log_pins
+            .lock()
+            .expect("log pins lock poisoned")
+            .from
+            .remove(&self.id);
+    }
+}
+
+impl Shard {
+    /// Keeps the log from `from` on (see [`LogPin`]).
+    pub fn pin_log(self: &Arc<Self>, from: Lsn) -> LogPin {
+        let mut pins = self.log_pins.lock().expect("log pins lock poisoned");
+        let id = pins.next_id;
+        pins.next_id += 1;
+        pins.from.insert(id, from);
+        LogPin {
+            shard: self.clone(),
+            id,
+        }
+    }
+
+    /// The first record any stream still needs from disk.
+    fn lowest_log_pin(&self) -> Option<Lsn> {
+        let pins = self.log_pins.lock().expect("log pins lock poisoned");
+        pins.from.values().copied().min()
+    }
+
+    /// Writes a snapshot of the current state, then deletes older snapshots
+    /// and the log segments it covers. Returns the snapshot's LSN, or
+    /// `None` if one is already being written.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<Option<Lsn>, ShardError> {
+        if self.snapshot_running.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let result = self.snapshot_inner().await;
+        self.snapshot_running.store(false, Ordering::Release);
+        result.map(Some)
+    }
+
+    async fn snapshot_inner(self: &Arc<Self>) -> Result<Lsn, ShardError> {
+        let mark = self.metrics.append_bytes.load(Ordering::Relaxed);
+        let capture = self.state.lock().capture();
+        let lsn = capture.lsn;
+        // Never put in a snapshot what the log could still lose.
+        self.wal().wait_durable(lsn).await?;
+        let this = self.clone();
+        fsio::blocking(move || -> Result<(), ShardError> {
+            let dir = &this.config.data_dir;
+            snapshot::write(dir, &capture)?;
+            snapshot::delete_older(dir, lsn)?;
+            let wal = this.wal();
+            let retain = this.config.log.retain_bytes;
+            match this.lowest_log_pin() {
+                None => {
+                    wal.delete_through(lsn, retain)?;
+                }
+                Some(pin) => {
+                    // What streams still need stays, up to a bound.
+                    wal.delete_through(lsn.min(pin.saturating_sub(1)), retain)?;
+                    wal.delete_through(lsn, retain.saturating_add(LOG_PINNED_BYTES_MAX))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ShardError::Invalid(format!("snapshot task failed: {e}")))??;
+        self.snapshot_mark_bytes.store(mark, Ordering::Relaxed);
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(lsn, "snapshot written");
+        Ok(lsn)
+    }
+
+    /// Runs forever: takes a snapshot whenever
+    /// [`LogConfig::snapshot_every_bytes`] were logged since the last one.
+    ///
+    /// [`LogConfig::snapshot_every_bytes`]: super::LogConfig::snapshot_every_bytes
+    pub async fn snapshot_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            let purged = self.state.lock().purge_expired_holds(Instant::now());
+            if purged > 0 {
+                tracing::debug!(purged, "dropped expired read holds");
+            }
+            let logged = self.metrics.append_bytes.load(Ordering::Relaxed);
+            if logged.saturating_sub(self.snapshot_mark_bytes.load(Ordering::Relaxed))
+                >= self.config.log.snapshot_every_bytes
+                && let Err(err) = self.snapshot().await
+            {
+                tracing::error!(%err, "snapshot failed; the log keeps growing until one succeeds");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::test_util::{config, put, txn};
+    use super::super::{LogConfig, Shard};
+    use crate::metrics::Metrics;
+    use crate::repl::Level;
+
+    #[tokio::test]
+    async fn a_log_pin_keeps_what_a_stream_needs_through_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        // Small segments, no log kept after a snapshot.
+        cfg.log = LogConfig {
+            segment_bytes: 4096,
+            snapshot_every_bytes: 4096,
+            retain_bytes: 0,
+        };
+        let shard = Shard::open(cfg, Arc::new(Metrics::default())).expect("open");
+        let mut i = 0u32;
+        let mut write = async |n: u32| {
+            for _ in 0..n {
+                i += 1;
+                shard
+                    .commit_local(
+                        txn(i),
+                        vec![],
+                        vec![put(&format!("k{i}"), &"v".repeat(100))],
+                        Level::Sync,
+                    )
+                    .await
+                    .expect("commit");
+            }
+        };
+        write(100).await;
+        let pin = shard.pin_log(50);
+        write(100).await;
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(50).await.expect("reader").is_some(),
+            "a snapshot deleted records a pinned stream still needs"
+        );
+        assert!(
+            shard.log_reader(10).await.expect("reader").is_none(),
+            "records below every pin were kept"
+        );
+        pin.advance(150);
+        shard.snapshot().await.expect("snapshot");
+        assert!(shard.log_reader(150).await.expect("reader").is_some());
+        assert!(shard.log_reader(50).await.expect("reader").is_none());
+        drop(pin);
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(150).await.expect("reader").is_none(),
+            "the log was kept after its pin was dropped"
+        );
+    }
+}
