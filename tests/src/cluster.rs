@@ -48,6 +48,9 @@ pub const IN_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two status polls while a cluster comes up.
 pub const READY_POLL_EVERY: Duration = Duration::from_millis(100);
 
+/// Size of each shard's tmpfs when the cluster has disks
+/// ([`ClusterBuilder::disks`]).
+pub const DISK_BYTES: u64 = 128 << 20;
 /// The lab node of the coordinator.
 pub const COORD_NODE: &str = "coord";
 /// The lab node the test body (the clients) runs in.
@@ -191,7 +194,7 @@ impl<'a> ClusterBuilder<'a> {
     }
 
     /// With `true`, each group's data lives on a tmpfs of
-    /// [`crate::nemesis::DISK_BYTES`] of its own. Mounting needs root: if
+    /// [`DISK_BYTES`] of its own (for the nemesis' disk-full fault). Mounting needs root: if
     /// it fails, the cluster starts without disks ([`TestCluster::has_disks`]).
     pub fn disks(mut self, disks: bool) -> Self {
         self.disks = disks;
@@ -238,7 +241,7 @@ impl<'a> ClusterBuilder<'a> {
         let groups = self.groups;
         let replicas = self.replicas.unwrap_or(1);
         let disks = if self.disks {
-            crate::nemesis::mount_disks(dir.path(), groups)
+            mount_disks(dir.path(), groups)
         } else {
             Vec::new()
         };
@@ -752,7 +755,7 @@ impl Drop for TestCluster {
                 proc.kill9();
             }
         }
-        crate::nemesis::unmount_disks(&self.disks);
+        unmount_disks(&self.disks);
     }
 }
 
@@ -885,4 +888,40 @@ pub fn every_replica_in_sync(status: &v1::StatusResponse, replicas: u32) -> bool
             && g.members.iter().filter(|m| m.role == "primary").count() == 1
             && g.members.iter().all(|m| m.in_sync && m.lag_records == 0)
     })
+}
+
+/// Mounts a tmpfs of [`DISK_BYTES`] at `dir/disk-<g>` for every group; all
+/// or none (what was mounted is unmounted again if one fails).
+fn mount_disks(dir: &Path, groups: u32) -> Vec<PathBuf> {
+    let mut mounted = Vec::new();
+    for g in 1..=groups {
+        let at = dir.join(format!("disk-{g}"));
+        let ok = std::fs::create_dir_all(&at).is_ok()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={DISK_BYTES}"))
+                .arg("tmpfs")
+                .arg(&at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            unmount_disks(&mounted);
+            return Vec::new();
+        }
+        mounted.push(at);
+    }
+    mounted
+}
+
+/// Unmounts what [`mount_disks`] mounted (lazily: a file still open there
+/// does not keep it).
+fn unmount_disks(disks: &[PathBuf]) {
+    for disk in disks {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(disk)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

@@ -30,7 +30,7 @@
 //! # What it never does
 //!
 //! - Send traffic anywhere but `127.0.0.0/8`.
-//! - Leave a process behind: each is a [`Proc`], killed by its PID on drop,
+//! - Leave a process behind: each is a [`Proc`](crate::harness::Proc), killed by its PID on drop,
 //!   also when a test panics (a stopped process is killed too: SIGKILL needs
 //!   no SIGCONT); each proxy stops on drop.
 //! - Run unbounded: every wait has a deadline, the schedule a fixed length.
@@ -39,7 +39,7 @@
 //!   time, so a run is reproducible in what it does, not to the microsecond).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -503,48 +503,12 @@ impl FaultCluster {
     }
 }
 
-/// Size of each shard's tmpfs when the cluster has disks.
-pub const DISK_BYTES: u64 = 128 << 20;
+pub use crate::cluster::DISK_BYTES;
+
 /// The file that fills a disk.
 const BALLAST: &str = "ballast";
 /// Bytes written at once while filling a disk.
 const FILL_CHUNK_BYTES: usize = 1 << 20;
-
-/// Mounts a tmpfs of [`DISK_BYTES`] at `dir/disk-<g>` for every group; all
-/// or none (what was mounted is unmounted again if one fails).
-pub(crate) fn mount_disks(dir: &Path, groups: u32) -> Vec<PathBuf> {
-    let mut mounted = Vec::new();
-    for g in 1..=groups {
-        let at = dir.join(format!("disk-{g}"));
-        let ok = std::fs::create_dir_all(&at).is_ok()
-            && std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={DISK_BYTES}"))
-                .arg("tmpfs")
-                .arg(&at)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if !ok {
-            unmount_disks(&mounted);
-            return Vec::new();
-        }
-        mounted.push(at);
-    }
-    mounted
-}
-
-/// Unmounts what [`mount_disks`] mounted (lazily: a file still open there
-/// does not keep it).
-pub(crate) fn unmount_disks(disks: &[PathBuf]) {
-    for disk in disks {
-        let _ = std::process::Command::new("umount")
-            .arg("--lazy")
-            .arg(disk)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
 
 /// Writes `path` until the disk is full (bounded by [`DISK_BYTES`]).
 fn fill(path: &Path) -> anyhow::Result<()> {
