@@ -278,7 +278,7 @@ impl<'a> ClusterBuilder<'a> {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         for i in 0..self.coordinators {
-            cluster.coordinators.push(cluster.slot().await?);
+            cluster.coordinators.push(cluster.new_slot().await?);
             let create = i == 0;
             let env = if create { env.as_slice() } else { &[] };
             cluster.start_coordinator(i, CoordinatorStart::new(create, env))?;
@@ -286,7 +286,7 @@ impl<'a> ClusterBuilder<'a> {
         for g in 1..=groups {
             let mut row = Vec::new();
             for _ in 1..=replicas {
-                row.push(cluster.slot().await?);
+                row.push(cluster.new_slot().await?);
             }
             cluster.shards.push(row);
             for r in 1..=replicas {
@@ -395,7 +395,8 @@ impl TestCluster {
             .await
     }
 
-    async fn slot(&self) -> anyhow::Result<Slot> {
+    /// An empty slot, with a proxy if the cluster has proxies.
+    async fn new_slot(&self) -> anyhow::Result<Slot> {
         let proxy = if self.proxies {
             Some(Proxy::start(nowhere()).await?)
         } else {
@@ -530,11 +531,7 @@ impl TestCluster {
         let listen = format!("{host}:0");
         let group_arg = group.to_string();
         let slot = SlotId::Shard(group, replica);
-        let advertise = self
-            .slot_mut(slot)
-            .proxy
-            .as_ref()
-            .map(|p| p.addr().to_string());
+        let advertise = self.slot(slot).proxy.as_ref().map(|p| p.addr().to_string());
         let mut args = vec![
             "shard",
             "--data-dir",
@@ -573,6 +570,13 @@ impl TestCluster {
         }
         slot.proc = Some(proc);
         Ok(())
+    }
+
+    fn slot(&self, slot: SlotId) -> &Slot {
+        match slot {
+            SlotId::Coordinator(i) => &self.coordinators[i],
+            SlotId::Shard(g, r) => &self.shards[g as usize - 1][r as usize - 1],
+        }
     }
 
     fn slot_mut(&mut self, slot: SlotId) -> &mut Slot {
