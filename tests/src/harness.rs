@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::shard::v1::shard_client::ShardClient;
-use trellis_proto::v1;
-use trellis_proto::v1::admin_client::AdminClient;
-use trellis_proto::v1::txn_client::TxnClient;
 
 /// How long a process may take to print its READY line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,16 +83,19 @@ impl Proc {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> anyhow::Result<Proc> {
-        Self::spawn(args, env, log, None)
+        Self::launch(args, env, log, None)
     }
 
     /// Starts `trellis <args>` inside the network namespace named by the
     /// file `netns` (see [`crate::netns::NetLab`]).
     pub fn start_in(netns: &Path, args: &[&str], log: Option<&Path>) -> anyhow::Result<Proc> {
-        Self::spawn(args, &[], log, Some(netns))
+        Self::launch(args, &[], log, Some(netns))
     }
 
-    fn spawn(
+    /// Starts `trellis <args>` with extra environment variables, its log
+    /// at the end of `log` if given (else ours), inside the network
+    /// namespace named by the file `netns` if given.
+    pub fn launch(
         args: &[&str],
         env: &[(&str, &str)],
         log: Option<&Path>,
@@ -288,170 +288,11 @@ pub fn txn_id() -> Vec<u8> {
 }
 
 /// A cluster of real processes: one or more coordinators and one shard per
-/// group, each on `127.0.0.1:0`, data in a temporary directory.
-pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub catalog: String,
-    pub groups: u32,
-    pub coordinators: Vec<Proc>,
-    /// `shards[g - 1]` serves group `g`.
-    pub shards: Vec<Option<Proc>>,
-}
+/// group, each on `127.0.0.1:0`, data in a temporary directory
+/// ([`Cluster::start`]); built by [`crate::cluster::ClusterBuilder`].
+pub type Cluster = crate::cluster::TestCluster;
 
-/// How long a whole cluster may take to come up.
-pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl Cluster {
-    /// Starts a coordinator over a fresh SQLite catalog and `groups` shards.
-    pub async fn start(groups: u32) -> anyhow::Result<Cluster> {
-        let dir = tempfile::tempdir()?;
-        let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
-        Self::start_with(dir, catalog, groups, &[]).await
-    }
-
-    /// Starts a cluster over `catalog`; `env` goes to the first coordinator.
-    pub async fn start_with(
-        dir: tempfile::TempDir,
-        catalog: String,
-        groups: u32,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Cluster> {
-        let coordinator = Self::coordinator_proc(&catalog, Some(groups), env)?;
-        let mut cluster = Cluster {
-            dir,
-            catalog,
-            groups,
-            coordinators: vec![coordinator],
-            shards: Vec::new(),
-        };
-        for group in 1..=groups {
-            let shard = cluster.shard_proc(group)?;
-            cluster.shards.push(Some(shard));
-        }
-        cluster.wait_registered(0).await?;
-        Ok(cluster)
-    }
-
-    fn coordinator_proc(
-        catalog: &str,
-        groups: Option<u32>,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Proc> {
-        let groups = groups.map(|g| g.to_string());
-        let mut args = vec![
-            "coordinator",
-            "--catalog",
-            catalog,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ];
-        if let Some(groups) = &groups {
-            args.extend(["--groups", groups.as_str()]);
-        }
-        Proc::start_env(&args, env)
-    }
-
-    fn shard_proc(&self, group: u32) -> anyhow::Result<Proc> {
-        let data = self.dir.path().join(format!("group-{group}"));
-        let data = data.to_str().expect("utf-8 temp path").to_string();
-        let group = group.to_string();
-        let coordinator = self.coordinators[0].field("grpc").to_string();
-        Proc::start(&[
-            "shard",
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--group",
-            &group,
-            "--coordinator",
-            &coordinator,
-        ])
-    }
-
-    /// Adds another coordinator over the same catalog.
-    pub fn add_coordinator(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
-        let proc = Self::coordinator_proc(&self.catalog, None, env)?;
-        self.coordinators.push(proc);
-        Ok(self.coordinators.len() - 1)
-    }
-
-    /// Replaces coordinator `i` (after it died or was killed) with a fresh
-    /// process over the same catalog.
-    pub async fn restart_coordinator(
-        &mut self,
-        i: usize,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<()> {
-        let proc = Self::coordinator_proc(&self.catalog, None, env)?;
-        let old = std::mem::replace(&mut self.coordinators[i], proc);
-        drop(old);
-        self.wait_registered(i).await
-    }
-
-    /// Restarts the shard of `group` on its data (after a kill).
-    pub async fn restart_shard(&mut self, group: u32) -> anyhow::Result<()> {
-        let proc = self.shard_proc(group)?;
-        self.shards[group as usize - 1] = Some(proc);
-        self.wait_registered(0).await
-    }
-
-    /// The gRPC address of coordinator `i`.
-    pub fn addr(&self, i: usize) -> &str {
-        self.coordinators[i].field("grpc")
-    }
-
-    /// A Txn client of coordinator `i`.
-    pub async fn txn(&self, i: usize) -> anyhow::Result<TxnClient<Channel>> {
-        Ok(TxnClient::new(channel(self.addr(i)).await?))
-    }
-
-    /// An Admin client of coordinator `i`.
-    pub async fn admin(&self, i: usize) -> anyhow::Result<AdminClient<Channel>> {
-        Ok(AdminClient::new(channel(self.addr(i)).await?))
-    }
-
-    /// Waits until coordinator `i` sees every group's shard serving.
-    pub async fn wait_registered(&self, i: usize) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + CLUSTER_READY_TIMEOUT;
-        loop {
-            if let Ok(mut admin) = self.admin(i).await
-                && let Ok(status) = admin.status(v1::StatusRequest {}).await
-            {
-                let status = status.into_inner();
-                let up = status
-                    .groups
-                    .iter()
-                    .filter(|g| g.members.iter().any(|m| m.role == "primary"))
-                    .count();
-                if up == self.groups as usize {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "cluster not ready within {CLUSTER_READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Transactions prepared and not finalized, summed over every group.
-    pub async fn prepared_total(&self) -> anyhow::Result<u64> {
-        let mut admin = self.admin(0).await?;
-        let status = admin.status(v1::StatusRequest {}).await?.into_inner();
-        Ok(status
-            .groups
-            .iter()
-            .flat_map(|g| &g.members)
-            .map(|m| m.in_doubt)
-            .sum())
-    }
-}
+pub use crate::cluster::CLUSTER_READY_TIMEOUT;
 
 /// Is a process with this PID still running (not gone, not a zombie)?
 pub fn alive(pid: u32) -> bool {

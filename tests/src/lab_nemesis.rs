@@ -20,11 +20,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use crate::cluster::{Poll, Whose};
 use crate::harness::alive;
 use crate::nemesis::{NemesisCluster, Schedule};
 use crate::netns::NetLab;
@@ -158,7 +159,7 @@ impl<'a> LabCluster<'a> {
 
     /// The other replicas of `group`.
     fn others(&self, group: u32, replica: u32) -> Vec<String> {
-        (1..=self.cluster.replicas)
+        (1..=self.cluster.replicas())
             .filter(|r| *r != replica)
             .map(|r| replica_node(group, r))
             .collect()
@@ -169,8 +170,8 @@ impl<'a> LabCluster<'a> {
     /// replica drawn from `rng`.
     async fn pick_fault(&self, rng: &mut StdRng) -> LabFault {
         let kind = rng.random_range(0..KINDS);
-        let group = rng.random_range(1..=self.cluster.groups);
-        let drawn = rng.random_range(1..=self.cluster.replicas);
+        let group = rng.random_range(1..=self.cluster.groups());
+        let drawn = rng.random_range(1..=self.cluster.replicas());
         let at_primary = rng.random_bool(0.5);
         let replica = if at_primary {
             self.primary_now(group).await.unwrap_or(drawn)
@@ -218,7 +219,7 @@ impl<'a> LabCluster<'a> {
                 self.cluster.kill9(g, r);
             }
             LabFault::Pause(..) => {
-                if let Some(proc) = self.cluster.procs[g as usize - 1][r as usize - 1].as_ref()
+                if let Some(proc) = self.cluster.shard(g, r)
                     && self.paused.insert((g, r))
                 {
                     proc.signal(libc::SIGSTOP);
@@ -251,13 +252,14 @@ impl<'a> LabCluster<'a> {
         Ok(())
     }
 
-    /// Whether the coordinator's status answers in time and satisfies
-    /// `pred`.
-    async fn status_ok(&self, pred: impl Fn(&trellis_proto::v1::StatusResponse) -> bool) -> bool {
-        matches!(
-            tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status()).await,
-            Ok(Ok(status)) if pred(&status)
-        )
+    /// How the nemesis polls the coordinator's status: each call bounded
+    /// by [`STATUS_TIMEOUT`], every [`POLL_EVERY`], for [`SETTLE_TIMEOUT`].
+    fn poll() -> Poll {
+        Poll {
+            timeout: SETTLE_TIMEOUT,
+            every: POLL_EVERY,
+            call_timeout: Some(STATUS_TIMEOUT),
+        }
     }
 }
 
@@ -282,26 +284,25 @@ impl NemesisCluster for LabCluster<'_> {
     fn heal_all(&mut self) -> anyhow::Result<()> {
         self.lab.heal_all()?;
         let killed = std::mem::take(&mut self.coordinator_killed);
-        if killed || !alive(self.cluster.coordinator.pid) {
+        if killed || !alive(self.cluster.coordinator().pid) {
             if !killed {
                 self.exits.push("the coordinator exited by itself".into());
             }
             self.cluster.restart_coordinator()?;
         }
         for (g, r) in std::mem::take(&mut self.paused) {
-            if let Some(proc) = self.cluster.procs[g as usize - 1][r as usize - 1].as_ref() {
+            if let Some(proc) = self.cluster.shard(g, r) {
                 proc.signal(libc::SIGCONT);
             }
         }
-        for g in 1..=self.cluster.groups {
-            for r in 1..=self.cluster.replicas {
-                let slot = &self.cluster.procs[g as usize - 1][r as usize - 1];
-                if slot.as_ref().is_some_and(|p| !alive(p.pid)) {
+        for g in 1..=self.cluster.groups() {
+            for r in 1..=self.cluster.replicas() {
+                if self.cluster.shard(g, r).is_some_and(|p| !alive(p.pid)) {
                     self.exits
                         .push(format!("{} exited by itself", replica_node(g, r)));
                     self.cluster.kill9(g, r);
                 }
-                if self.cluster.procs[g as usize - 1][r as usize - 1].is_none() {
+                if self.cluster.shard(g, r).is_none() {
                     self.cluster.restart(g, r)?;
                 }
             }
@@ -310,50 +311,29 @@ impl NemesisCluster for LabCluster<'_> {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while !self
-            .status_ok(|s| {
-                s.groups.iter().all(|g| {
-                    g.members
-                        .iter()
-                        .any(|m| m.role == "primary" && m.lease_ms > 0)
-                })
+        let every_group_serving = |s: &trellis_proto::v1::StatusResponse| {
+            s.groups.iter().all(|g| {
+                g.members
+                    .iter()
+                    .any(|m| m.role == "primary" && m.lease_ms > 0)
             })
+        };
+        Self::poll()
+            .until(|| self.cluster.status(), every_group_serving)
             .await
-        {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
-            );
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        Ok(())
+            .map(drop)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
+                )
+            })
     }
 
     async fn settle(&self) -> Result<(), u64> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let mut last = u64::MAX;
-        while Instant::now() < deadline {
-            if let Ok(Ok(status)) =
-                tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status()).await
-            {
-                // Backups hold what their primary holds; count primaries.
-                let primaries: Vec<u64> = status
-                    .groups
-                    .iter()
-                    .filter_map(|g| g.members.iter().find(|m| m.role == "primary"))
-                    .map(|m| m.in_doubt)
-                    .collect();
-                if primaries.len() == status.groups.len() {
-                    last = primaries.iter().sum();
-                    if last == 0 {
-                        return Ok(());
-                    }
-                }
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        Err(last)
+        // Backups hold what their primary holds; count primaries.
+        Self::poll()
+            .settle(|| self.cluster.status(), Whose::Primaries)
+            .await
     }
 
     fn unexpected_exits(&self) -> Vec<String> {

@@ -4,6 +4,10 @@
 //! - [`harness`]: find (and build) the `trellis` binary, start processes on
 //!   `127.0.0.1:0`, read their READY line, signal them by PID, and connect
 //!   gRPC clients with deadlines.
+//! - [`cluster`]: the one builder of test clusters ([`cluster::ClusterBuilder`]):
+//!   coordinators and shard replicas as real processes, on loopback or in a
+//!   lab, behind fault proxies or not; waiting until every group is served,
+//!   counting what is prepared, killing and restarting by PID.
 //! - [`proxy`]: a fault-injecting TCP proxy on loopback (pass, partition,
 //!   one-way black hole, delay).
 //! - [`nemesis`]: a cluster whose every link runs through a proxy, the
@@ -29,6 +33,7 @@
 //! mocks the cluster: the simulator runs the real nodes' code (only the
 //! catalog is the in-memory backend).
 
+pub mod cluster;
 pub mod harness;
 pub mod lab_nemesis;
 pub mod nemesis;

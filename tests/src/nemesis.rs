@@ -30,7 +30,7 @@
 //! # What it never does
 //!
 //! - Send traffic anywhere but `127.0.0.0/8`.
-//! - Leave a process behind: each is a [`Proc`], killed by its PID on drop,
+//! - Leave a process behind: each is a [`Proc`](crate::harness::Proc), killed by its PID on drop,
 //!   also when a test panics (a stopped process is killed too: SIGKILL needs
 //!   no SIGCONT); each proxy stops on drop.
 //! - Run unbounded: every wait has a deadline, the schedule a fixed length.
@@ -39,23 +39,25 @@
 //!   time, so a run is reproducible in what it does, not to the microsecond).
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use trellis_proto::v1 as pb;
-use trellis_proto::v1::admin_client::AdminClient;
 
-use crate::harness::{Proc, alive, channel};
+use crate::cluster::{
+    ClusterBuilder, CoordinatorStart, Poll, Slot, TestCluster, Whose, prepared, unserved_group,
+};
+use crate::harness::alive;
 use crate::proxy::{Direction, Mode, Proxy};
 
 /// How long the cluster may take to have every group served again.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const READY_TIMEOUT: Duration = crate::cluster::CLUSTER_READY_TIMEOUT;
 /// How long the sweepers get to resolve every prepared transaction after
 /// the last fault is healed (their in-doubt age is 2 s, their period 1 s).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two counts of what is prepared while settling.
+const SETTLE_POLL_EVERY: Duration = Duration::from_millis(200);
 /// Longest hold of one fault.
 pub const HOLD_MAX: Duration = Duration::from_secs(10);
 /// The delay a [`Fault::Delay`] adds to every chunk.
@@ -218,11 +220,9 @@ impl Schedule {
     }
 }
 
-/// One process of the cluster with the proxy in front of it.
-struct Node {
-    target: Target,
-    proc: Option<Proc>,
-    proxy: Proxy,
+/// What the nemesis did to one process of the cluster.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
     paused: bool,
     /// Started with a failpoint armed.
     armed: bool,
@@ -230,33 +230,27 @@ struct Node {
     full: bool,
 }
 
-/// A cluster with every link behind a fault proxy. Dropping it kills every
-/// process (by PID) and stops every proxy.
+/// A cluster with every link behind a fault proxy (a [`TestCluster`] built
+/// with proxies and logs). Dropping it kills every process (by PID) and
+/// stops every proxy.
 pub struct FaultCluster {
-    dir: PathBuf,
-    /// Per group, the tmpfs mounted for its shard's data, if any.
-    disks: Vec<PathBuf>,
+    cluster: TestCluster,
     /// Processes found dead that no fault killed: each is a finding.
     unexpected_exits: Vec<String>,
-    catalog: String,
-    groups: u32,
-    coordinators: Vec<Node>,
-    shards: Vec<Node>,
+    /// `coordinator_flags[i]`: of coordinator `i`.
+    coordinator_flags: Vec<Flags>,
+    /// `shard_flags[g - 1]`: of the shard of group `g`.
+    shard_flags: Vec<Flags>,
 }
 
 impl fmt::Debug for FaultCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultCluster")
-            .field("dir", &self.dir)
-            .field("groups", &self.groups)
-            .field("coordinators", &self.coordinators.len())
+            .field("dir", &self.dir())
+            .field("groups", &self.groups())
+            .field("coordinators", &self.coordinators())
             .finish()
     }
-}
-
-/// A placeholder upstream until a process has told us its port.
-fn nowhere() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 1))
 }
 
 impl FaultCluster {
@@ -277,121 +271,60 @@ impl FaultCluster {
         groups: u32,
         disks: bool,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(coordinators >= 1 && groups >= 1, "an empty cluster");
-        let mounted = if disks {
-            mount_disks(dir, groups)
-        } else {
-            Vec::new()
-        };
-        let catalog = format!("sqlite://{}", dir.join("catalog.db").display());
-        let mut cluster = FaultCluster {
-            dir: dir.to_path_buf(),
-            disks: mounted,
+        let cluster = ClusterBuilder::new(dir)
+            .coordinators(coordinators)
+            .groups(groups)
+            .disks(disks)
+            .proxies()
+            .logs()
+            .start()
+            .await?;
+        Ok(FaultCluster {
+            cluster,
             unexpected_exits: Vec::new(),
-            catalog,
-            groups,
-            coordinators: Vec::new(),
-            shards: Vec::new(),
-        };
-        for i in 0..coordinators {
-            let proxy = Proxy::start(nowhere()).await?;
-            cluster.coordinators.push(Node {
-                target: Target::Coordinator(i),
-                proc: None,
-                proxy,
-                paused: false,
-                armed: false,
-                full: false,
-            });
-            // The first one creates the cluster in the catalog.
-            cluster.start_coordinator(i, i == 0)?;
-        }
-        for g in 1..=groups {
-            let proxy = Proxy::start(nowhere()).await?;
-            cluster.shards.push(Node {
-                target: Target::Shard(g),
-                proc: None,
-                proxy,
-                paused: false,
-                armed: false,
-                full: false,
-            });
-            cluster.start_shard(g)?;
-        }
-        cluster.wait_ready().await?;
-        Ok(cluster)
+            coordinator_flags: vec![Flags::default(); coordinators],
+            shard_flags: vec![Flags::default(); groups as usize],
+        })
     }
 
     /// The client-facing (proxy) address of coordinator `i`.
     pub fn client_addr(&self, i: usize) -> String {
-        self.coordinators[i].proxy.addr().to_string()
+        self.cluster.client_addr(i)
     }
 
     /// How many coordinators.
     pub fn coordinators(&self) -> usize {
-        self.coordinators.len()
+        self.cluster.coordinators.len()
     }
 
     /// How many groups.
     pub fn groups(&self) -> u32 {
-        self.groups
+        self.cluster.groups()
     }
 
     /// Where data and logs live.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.cluster.dir()
     }
 
-    fn log(&self, target: Target) -> PathBuf {
-        self.dir.join(format!("{target}.log"))
-    }
-
-    fn start_coordinator(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
-        self.start_coordinator_env(i, create, &[])
-    }
-
-    fn start_coordinator_env(
-        &mut self,
-        i: usize,
-        create: bool,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<()> {
-        let groups = self.groups.to_string();
-        let advertise = self.coordinators[i].proxy.addr().to_string();
-        let mut args = vec![
-            "coordinator",
-            "--catalog",
-            &self.catalog,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--advertise",
-            &advertise,
-        ];
-        if create {
-            args.extend(["--groups", groups.as_str()]);
-        }
-        let log = self.log(Target::Coordinator(i));
-        let proc = Proc::start_logged(&args, env, Some(&log))?;
-        let addr: SocketAddr = proc.field("grpc").parse()?;
-        let node = &mut self.coordinators[i];
-        node.proxy.set_upstream(addr);
-        node.proc = Some(proc);
-        node.paused = false;
-        node.armed = !env.is_empty();
+    fn start_coordinator(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.cluster
+            .start_coordinator(i, CoordinatorStart::new(false, env))?;
+        let flags = &mut self.coordinator_flags[i];
+        flags.paused = false;
+        flags.armed = !env.is_empty();
         Ok(())
     }
 
     /// The direct address of a running, unpaused coordinator, for a shard
     /// to register with.
     fn registrar(&self) -> anyhow::Result<String> {
-        self.coordinators
-            .iter()
-            .find(|n| n.proc.is_some() && !n.paused)
-            .or_else(|| self.coordinators.iter().find(|n| n.proc.is_some()))
-            .and_then(|n| n.proc.as_ref())
-            .map(|p| p.field("grpc").to_string())
+        let running = |i: &usize| self.cluster.coordinators[*i].proc.is_some();
+        (0..self.coordinators())
+            .filter(running)
+            .find(|i| !self.coordinator_flags[*i].paused)
+            .or_else(|| (0..self.coordinators()).find(running))
+            .map(|i| self.cluster.addr(i).to_string())
             .ok_or_else(|| anyhow::anyhow!("no coordinator is running"))
     }
 
@@ -403,67 +336,44 @@ impl FaultCluster {
 
     /// Whether every shard has a disk of its own to fill.
     pub fn has_disks(&self) -> bool {
-        !self.disks.is_empty()
+        self.cluster.has_disks()
     }
 
-    fn data_dir(&self, group: u32) -> PathBuf {
-        match self.disks.get(group as usize - 1) {
-            Some(disk) => disk.join("data"),
-            None => self.dir.join(format!("group-{group}")),
-        }
-    }
-
-    fn start_shard(&mut self, group: u32) -> anyhow::Result<()> {
-        self.start_shard_env(group, &[])
-    }
-
-    fn start_shard_env(&mut self, group: u32, env: &[(&str, &str)]) -> anyhow::Result<()> {
-        let data = self.data_dir(group);
-        let data = data.to_str().expect("utf-8 run directory").to_string();
-        let group_arg = group.to_string();
-        let coordinator = self.registrar()?;
-        let index = group as usize - 1;
-        let advertise = self.shards[index].proxy.addr().to_string();
-        let log = self.log(Target::Shard(group));
-        let proc = Proc::start_logged(
-            &[
-                "shard",
-                "--data-dir",
-                &data,
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--group",
-                &group_arg,
-                "--coordinator",
-                &coordinator,
-                "--advertise",
-                &advertise,
-            ],
-            env,
-            Some(&log),
-        )?;
-        let addr: SocketAddr = proc.field("grpc").parse()?;
-        let node = &mut self.shards[index];
-        node.proxy.set_upstream(addr);
-        node.proc = Some(proc);
-        node.paused = false;
-        node.armed = !env.is_empty();
+    fn start_shard(&mut self, group: u32, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let registrar = self.registrar()?;
+        self.cluster.start_shard(group, 1, &registrar, env)?;
+        let flags = &mut self.shard_flags[group as usize - 1];
+        flags.paused = false;
+        flags.armed = !env.is_empty();
         Ok(())
     }
 
-    fn node(&mut self, target: Target) -> &mut Node {
+    /// The target's slot (process and proxy) and what was done to it.
+    fn node(&mut self, target: Target) -> (&mut Slot, &mut Flags) {
         match target {
-            Target::Coordinator(i) => &mut self.coordinators[i],
-            Target::Shard(g) => &mut self.shards[g as usize - 1],
+            Target::Coordinator(i) => (
+                &mut self.cluster.coordinators[i],
+                &mut self.coordinator_flags[i],
+            ),
+            Target::Shard(g) => (
+                &mut self.cluster.shards[g as usize - 1][0],
+                &mut self.shard_flags[g as usize - 1],
+            ),
         }
+    }
+
+    fn proxy(&mut self, target: Target) -> &Proxy {
+        self.node(target)
+            .0
+            .proxy
+            .as_ref()
+            .expect("a fault cluster has a proxy in front of every process")
     }
 
     fn restart(&mut self, target: Target) -> anyhow::Result<()> {
         match target {
-            Target::Coordinator(i) => self.start_coordinator(i, false),
-            Target::Shard(g) => self.start_shard(g),
+            Target::Coordinator(i) => self.start_coordinator(i, &[]),
+            Target::Shard(g) => self.start_shard(g, &[]),
         }
     }
 
@@ -471,44 +381,40 @@ impl FaultCluster {
     pub fn inflict(&mut self, fault: Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Kill(target) => {
-                let node = self.node(target);
-                if let Some(proc) = node.proc.take() {
+                let (slot, flags) = self.node(target);
+                if let Some(proc) = slot.proc.take() {
                     proc.kill9();
                 }
-                node.paused = false;
+                flags.paused = false;
             }
             Fault::Pause(target) => {
-                let node = self.node(target);
-                if let Some(proc) = &node.proc
-                    && !node.paused
+                let (slot, flags) = self.node(target);
+                if let Some(proc) = &slot.proc
+                    && !flags.paused
                 {
                     proc.signal(libc::SIGSTOP);
-                    node.paused = true;
+                    flags.paused = true;
                 }
             }
-            Fault::Partition(target) => self.node(target).proxy.set_mode(Mode::Partition),
+            Fault::Partition(target) => self.proxy(target).set_mode(Mode::Partition),
             Fault::BlackHole(target, direction) => {
-                self.node(target).proxy.set_mode(Mode::BlackHole(direction))
+                self.proxy(target).set_mode(Mode::BlackHole(direction))
             }
-            Fault::Delay(target) => self.node(target).proxy.set_mode(Mode::Delay(DELAY)),
+            Fault::Delay(target) => self.proxy(target).set_mode(Mode::Delay(DELAY)),
             Fault::DiskFull(group) => {
-                let Some(disk) = self.disks.get(group as usize - 1) else {
+                let Some(disk) = self.cluster.disk(group) else {
                     anyhow::bail!("shard-{group} has no disk of its own to fill");
                 };
                 fill(&disk.join(BALLAST))?;
-                self.shards[group as usize - 1].full = true;
+                self.shard_flags[group as usize - 1].full = true;
             }
             Fault::Failpoint(i, name) => {
-                if let Some(proc) = self.coordinators[i].proc.take() {
-                    proc.kill9();
-                }
-                self.start_coordinator_env(i, false, &[("TRELLIS_FAILPOINTS", name)])?;
+                self.cluster.kill9_coordinator(i);
+                self.start_coordinator(i, &[("TRELLIS_FAILPOINTS", name)])?;
             }
             Fault::FsyncError(group) => {
-                if let Some(proc) = self.shards[group as usize - 1].proc.take() {
-                    proc.kill9();
-                }
-                self.start_shard_env(
+                self.cluster.kill9_shard(group, 1);
+                self.start_shard(
                     group,
                     &[(
                         "TRELLIS_FAILPOINTS",
@@ -524,160 +430,85 @@ impl FaultCluster {
     /// restart what is dead (coordinators first: restarted shards register
     /// with one).
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
-        let targets: Vec<Target> = self
-            .coordinators
-            .iter()
-            .chain(&self.shards)
-            .map(|n| n.target)
+        let targets: Vec<Target> = (0..self.coordinators())
+            .map(Target::Coordinator)
+            .chain((1..=self.groups()).map(Target::Shard))
             .collect();
         for target in targets {
-            let node = match target {
-                Target::Coordinator(i) => &mut self.coordinators[i],
-                Target::Shard(g) => &mut self.shards[g as usize - 1],
-            };
-            node.proxy.set_mode(Mode::Pass);
-            if node.paused {
-                if let Some(proc) = &node.proc {
+            self.proxy(target).set_mode(Mode::Pass);
+            let (slot, flags) = self.node(target);
+            if flags.paused {
+                if let Some(proc) = &slot.proc {
                     proc.signal(libc::SIGCONT);
                 }
-                node.paused = false;
+                flags.paused = false;
             }
             // Died at a failpoint, or still armed, or its log saw a full
             // disk: restart it clean.
-            let dead = node.proc.as_ref().is_some_and(|p| !alive(p.pid));
-            if dead && !node.armed && !node.full {
+            let dead = slot.proc.as_ref().is_some_and(|p| !alive(p.pid));
+            let (armed, full) = (flags.armed, flags.full);
+            if dead || armed || full {
+                if let Some(proc) = slot.proc.take() {
+                    proc.kill9();
+                }
+                flags.armed = false;
+            }
+            flags.full = false;
+            let down = slot.proc.is_none();
+            if dead && !armed && !full {
                 self.unexpected_exits
                     .push(format!("{target} exited by itself (see {target}.log)"));
             }
-            if dead || node.armed || node.full {
-                if let Some(proc) = node.proc.take() {
-                    proc.kill9();
-                }
-                node.armed = false;
+            if full && let Target::Shard(g) = target {
+                let disk = self.cluster.disk(g).expect("a full shard has a disk");
+                std::fs::remove_file(disk.join(BALLAST))?;
             }
-            if node.full {
-                node.full = false;
-                if let Target::Shard(g) = target {
-                    std::fs::remove_file(self.disks[g as usize - 1].join(BALLAST))?;
-                }
-            }
-            if node.proc.is_none() {
+            if down {
                 self.restart(target)?;
             }
         }
         Ok(())
     }
 
-    async fn status(&self) -> anyhow::Result<pb::StatusResponse> {
-        let addr = self.client_addr(0);
-        let mut admin = AdminClient::new(channel(&addr).await?);
-        Ok(admin.status(pb::StatusRequest {}).await?.into_inner())
-    }
-
     /// Waits until coordinator 0 sees every group's shard serving.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(status) = self.status().await {
-                let up = status
-                    .groups
-                    .iter()
-                    .filter(|g| g.members.iter().any(|m| m.role == "primary"))
-                    .count();
-                if up == self.groups as usize {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "cluster not ready within {READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.cluster.wait_registered(0).await
     }
 
     /// Transactions prepared and not finalized, summed over every group, if
     /// every group answered.
     pub async fn prepared_total(&self) -> anyhow::Result<u64> {
-        let status = self.status().await?;
-        let mut total = 0;
-        for group in &status.groups {
-            anyhow::ensure!(
-                group.members.iter().any(|m| m.role == "primary"),
-                "group {} is not served",
-                group.group_id
-            );
-            total += group.members.iter().map(|m| m.in_doubt).sum::<u64>();
+        let status = self.cluster.status(0).await?;
+        if let Some(group) = unserved_group(&status) {
+            anyhow::bail!("group {group} is not served");
         }
-        Ok(total)
+        Ok(prepared(&status, Whose::EveryMember))
     }
 
     /// Waits (bounded by [`SETTLE_TIMEOUT`]) until no transaction is left
     /// prepared anywhere; returns how many still are if time runs out.
     pub async fn settle(&self) -> Result<(), u64> {
-        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-        let mut last = u64::MAX;
-        while std::time::Instant::now() < deadline {
-            match self.prepared_total().await {
-                Ok(0) => return Ok(()),
-                Ok(n) => last = n,
-                Err(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(last)
+        let poll = Poll {
+            timeout: SETTLE_TIMEOUT,
+            every: SETTLE_POLL_EVERY,
+            call_timeout: None,
+        };
+        poll.settle(|| self.cluster.status(0), Whose::EveryMember)
+            .await
     }
 
     /// PIDs of the running processes (for checks that nothing is left).
     pub fn pids(&self) -> Vec<u32> {
-        self.coordinators
-            .iter()
-            .chain(&self.shards)
-            .filter_map(|n| n.proc.as_ref().map(|p| p.pid))
-            .collect()
+        self.cluster.pids()
     }
 }
 
-/// Size of each shard's tmpfs when the cluster has disks.
-pub const DISK_BYTES: u64 = 128 << 20;
+pub use crate::cluster::DISK_BYTES;
+
 /// The file that fills a disk.
 const BALLAST: &str = "ballast";
 /// Bytes written at once while filling a disk.
 const FILL_CHUNK_BYTES: usize = 1 << 20;
-
-/// Mounts a tmpfs of [`DISK_BYTES`] at `dir/disk-<g>` for every group; all
-/// or none (what was mounted is unmounted again if one fails).
-fn mount_disks(dir: &Path, groups: u32) -> Vec<PathBuf> {
-    let mut mounted = Vec::new();
-    for g in 1..=groups {
-        let at = dir.join(format!("disk-{g}"));
-        let ok = std::fs::create_dir_all(&at).is_ok()
-            && std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={DISK_BYTES}"))
-                .arg("tmpfs")
-                .arg(&at)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if !ok {
-            unmount_disks(&mounted);
-            return Vec::new();
-        }
-        mounted.push(at);
-    }
-    mounted
-}
-
-fn unmount_disks(disks: &[PathBuf]) {
-    for disk in disks {
-        let _ = std::process::Command::new("umount")
-            .arg("--lazy")
-            .arg(disk)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
 
 /// Writes `path` until the disk is full (bounded by [`DISK_BYTES`]).
 fn fill(path: &Path) -> anyhow::Result<()> {
@@ -697,18 +528,6 @@ fn fill(path: &Path) -> anyhow::Result<()> {
         size /= 16;
     }
     Ok(())
-}
-
-impl Drop for FaultCluster {
-    fn drop(&mut self) {
-        // Processes first (their files live on the disks), then the disks.
-        for node in self.coordinators.iter_mut().chain(&mut self.shards) {
-            if let Some(proc) = node.proc.take() {
-                proc.kill9();
-            }
-        }
-        unmount_disks(&self.disks);
-    }
 }
 
 /// A cluster a workload can run against while a nemesis of its own

@@ -243,7 +243,7 @@ async fn bank_transfers_conserve_the_total() {
     let history = history.lock().expect("history").clone();
     check_history(&history).expect("history is serializable");
     // The coordinator counted the two-phase commits it made.
-    let metrics = http_get(cluster.coordinators[0].field("metrics"), "/metrics").await;
+    let metrics = http_get(cluster.coordinator(0).field("metrics"), "/metrics").await;
     let two_phase: u64 = metrics
         .lines()
         .find_map(|l| {
@@ -300,7 +300,7 @@ fn reason(status: &tonic::Status) -> Option<pb::ErrorReason> {
 async fn cross_group_pair(cluster: &Cluster) -> (Vec<u8>, Vec<u8>) {
     // The coordinator routes by the consistent-hash ring: use the same ring
     // to pick keys of different groups.
-    assert_eq!(cluster.groups, 3);
+    assert_eq!(cluster.groups(), 3);
     let groups = ring_group_of(3);
     let a = (0..ACCOUNTS)
         .map(account)
@@ -397,7 +397,7 @@ async fn coordinator_crash_at_each_step_of_two_phase_commit() {
             ("during_finalize", Ok(pb::commit_response::Outcome::Committed(_))) => {}
             (_, other) => panic!("{failpoint}: unexpected answer {other:?}"),
         }
-        let status = cluster.coordinators[doomed].wait_exit_status();
+        let status = cluster.coordinator_mut(doomed).wait_exit_status();
         assert!(
             status.is_some_and(|s| !s.success()),
             "{failpoint}: the coordinator died at the failpoint"
@@ -500,7 +500,7 @@ async fn commit_is_idempotent_by_transaction_id() {
     );
 
     // After a coordinator restart, the retries still answer the first outcome.
-    cluster.coordinators[0].signal(libc::SIGKILL);
+    cluster.coordinator(0).signal(libc::SIGKILL);
     cluster.restart_coordinator(0, &[]).await.expect("restart");
     let mut client = cluster.txn(0).await.expect("client");
     assert_eq!(
@@ -584,7 +584,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
             anchor_group: anchor,
             participants: participants.clone(),
         };
-        let shard = cluster.shards[*group as usize - 1].as_ref().expect("shard");
+        let shard = cluster.shard(*group as u32, 1).expect("shard");
         let vote = shard_client(shard)
             .await
             .expect("shard client")
@@ -598,9 +598,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
             "{vote:?}"
         );
     }
-    let anchor_shard = cluster.shards[anchor as usize - 1]
-        .as_ref()
-        .expect("anchor");
+    let anchor_shard = cluster.shard(anchor as u32, 1).expect("anchor");
     shard_client(anchor_shard)
         .await
         .expect("shard client")
@@ -617,7 +615,8 @@ async fn a_decided_commit_is_never_reported_unavailable() {
     // cannot prepare there, wants abort, learns COMMIT at the anchor, and
     // cannot finalize the dead one to learn its version.
     let other = *participants.iter().find(|g| **g != anchor).expect("other");
-    cluster.shards[other as usize - 1]
+    cluster.shards[other as usize - 1][0]
+        .proc
         .take()
         .expect("other shard")
         .kill9();

@@ -275,7 +275,7 @@ async fn reflection_describes_the_services() {
         }
     }
 
-    let shard = cluster.shards[0].as_ref().expect("the shard of group 1");
+    let shard = cluster.shard(1, 1).expect("the shard of group 1");
     let services = list_services(shard.field("grpc")).await;
     assert!(
         services.iter().any(|s| s == "trellis.shard.v1.Shard"),

@@ -165,7 +165,7 @@ async fn new_primary(cluster: &ReplicatedCluster, old: &str) -> anyhow::Result<v
 
 /// Group `group` has all its replicas in sync, at the same LSN.
 async fn wait_all_in_sync(cluster: &ReplicatedCluster, group: u32) -> v1::StatusResponse {
-    let replicas = cluster.replicas as usize;
+    let replicas = cluster.replicas() as usize;
     cluster
         .wait_for("every replica back in sync", |s| {
             let members = &s.groups[group as usize - 1].members;
@@ -661,7 +661,7 @@ fn node_refs(nodes: &[String]) -> Vec<&str> {
 /// member that is not a primary holding its lease must refuse).
 async fn serving_members(cluster: &ReplicatedCluster, group: u32) -> Vec<String> {
     let mut serving = Vec::new();
-    for r in 1..=cluster.replicas {
+    for r in 1..=cluster.replicas() {
         let addr = cluster.proc(group, r).field("grpc").to_string();
         let Ok(channel) = channel(&addr).await else {
             continue;

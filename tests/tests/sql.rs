@@ -458,7 +458,7 @@ async fn absent_keys_cut_scans_multi_line_text_and_a_lost_cluster() {
         let line = rx.recv_timeout(SHELL_TIMEOUT).expect("the shell answers");
         assert_eq!(line, expected);
     }
-    cluster.coordinators.remove(0).kill9();
+    cluster.kill9_coordinator(0);
     input.write_all(b"GET a;\n").expect("write to the shell");
     drop(input);
     let (done_tx, done_rx) = mpsc::channel();

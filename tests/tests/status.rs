@@ -131,14 +131,14 @@ async fn dead_members_show_as_down() {
     assert_eq!(coordinator["alive"], true, "{json:#}");
     assert_eq!(
         coordinator["metrics_addr"],
-        cluster.coordinator.field("metrics"),
+        cluster.coordinator().field("metrics"),
         "{json:#}"
     );
     assert!(
-        table.contains(cluster.coordinator.field("metrics")),
+        table.contains(cluster.coordinator().field("metrics")),
         "{table}"
     );
-    assert_serves_metrics(cluster.coordinator.field("metrics")).await;
+    assert_serves_metrics(cluster.coordinator().field("metrics")).await;
 
     // A backup dies.
     let victim = cluster.proc(1, backups[0]);
@@ -225,10 +225,7 @@ async fn dead_members_show_as_down() {
 async fn dead_coordinators_show_as_dead_and_restarts_replace_rows() {
     let mut cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
     let addr = cluster.addr().to_string();
-    let catalog = format!(
-        "sqlite://{}",
-        cluster.dir.path().join("catalog.db").display()
-    );
+    let catalog = format!("sqlite://{}", cluster.dir().join("catalog.db").display());
     let second = Proc::start(&[
         "coordinator",
         "--catalog",
@@ -276,7 +273,7 @@ async fn dead_coordinators_show_as_dead_and_restarts_replace_rows() {
     cluster
         .restart_coordinator()
         .expect("restart the coordinator");
-    let new_id = format!("{addr}/{}", cluster.coordinator.pid);
+    let new_id = format!("{addr}/{}", cluster.coordinator().pid);
     let (json, table) = wait_status(&addr, "one live coordinator at the address", |s| {
         let rows = coordinator_at(s, &addr);
         rows.len() == 1 && rows[0]["id"] == new_id.as_str() && rows[0]["alive"] == true
@@ -289,7 +286,7 @@ async fn dead_coordinators_show_as_dead_and_restarts_replace_rows() {
     );
     assert_eq!(
         coordinator_at(&json, &addr)[0]["metrics_addr"],
-        cluster.coordinator.field("metrics"),
+        cluster.coordinator().field("metrics"),
         "{json:#}"
     );
 }
