@@ -210,6 +210,21 @@ impl ShardApi {
         ShardApi { shard }
     }
 
+    /// Checks that every key a commit or prepare reads or writes is in a
+    /// slot this replica serves under `map_epoch`.
+    fn check_txn_owned(
+        &self,
+        map_epoch: u64,
+        reads: &[ReadRec],
+        writes: &[WriteRec],
+    ) -> Result<(), Status> {
+        let keys = reads
+            .iter()
+            .map(|r| r.key.as_slice())
+            .chain(writes.iter().map(|w| w.key.as_slice()));
+        self.shard.check_owned(map_epoch, keys).map_err(status_of)
+    }
+
     /// The tonic service with message limits set.
     pub fn into_service(self) -> ShardServer<ShardApi> {
         ShardServer::new(self)
@@ -284,15 +299,7 @@ impl ShardService for ShardApi {
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
         let (reads, writes) = txn_body(req.reads, req.writes)?;
-        self.shard
-            .check_owned(
-                req.map_epoch,
-                reads
-                    .iter()
-                    .map(|r| r.key.as_slice())
-                    .chain(writes.iter().map(|w| w.key.as_slice())),
-            )
-            .map_err(status_of)?;
+        self.check_txn_owned(req.map_epoch, &reads, &writes)?;
         let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
         let outcome = self
             .shard
@@ -335,15 +342,7 @@ impl ShardService for ShardApi {
                 "participants must be non-empty and include the anchor group",
             ));
         }
-        self.shard
-            .check_owned(
-                req.map_epoch,
-                reads
-                    .iter()
-                    .map(|r| r.key.as_slice())
-                    .chain(writes.iter().map(|w| w.key.as_slice())),
-            )
-            .map_err(status_of)?;
+        self.check_txn_owned(req.map_epoch, &reads, &writes)?;
         let vote = self
             .shard
             .prepare(
