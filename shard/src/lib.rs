@@ -26,8 +26,9 @@
 //!   and failover; the RPCs that feed [`role`]'s decisions and carry them
 //!   out.
 //! - [`ownership`]: which slots the group serves and the states of a
-//!   moving slot (importing, frozen), as a pure state machine. Not yet
-//!   wired into the engine: resharding is being built (ARCHITECTURE.md).
+//!   moving slot (importing, frozen), as a pure state machine. The engine
+//!   checks every request and follows new maps through it; nothing
+//!   freezes or imports yet (resharding is being built, ARCHITECTURE.md).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.

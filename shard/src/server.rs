@@ -56,6 +56,11 @@ pub fn status_of(err: ShardError) -> Status {
             pb::ErrorReason::StaleMap,
             vec![(meta::MAP_EPOCH, map_epoch.to_string())],
         ),
+        ShardError::SlotMoving(_) => (
+            tonic::Code::Unavailable,
+            pb::ErrorReason::SlotMoving,
+            vec![],
+        ),
         ShardError::Invalid(_) => (
             tonic::Code::InvalidArgument,
             pb::ErrorReason::InvalidArgument,

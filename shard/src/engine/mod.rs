@@ -40,6 +40,7 @@ use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, slot_of};
 
 use crate::fsio::File;
 use crate::metrics::Metrics;
+use crate::ownership::{Access, Ownership, OwnershipError, SlotState};
 use crate::record::Record;
 use crate::repl::{Level, Repl};
 use crate::state::{Misuse, State, StateGuard};
@@ -157,6 +158,10 @@ pub enum ShardError {
         /// The newest this replica knows.
         map_epoch: MapEpoch,
     },
+    /// The key's slot is moving between groups (frozen here, or still
+    /// being copied here): the caller retries after a short backoff.
+    #[error(transparent)]
+    SlotMoving(OwnershipError),
     /// The request (or a record from the primary) is malformed or misused.
     #[error("{0}")]
     Invalid(String),
@@ -195,12 +200,6 @@ impl From<Misuse> for ShardError {
     }
 }
 
-/// The slots this replica owns, and under which slot map.
-struct SlotConfig {
-    map_epoch: MapEpoch,
-    slots: SlotSet,
-}
-
 /// A snapshot of a replica's counters for status reports.
 #[derive(Debug, Clone)]
 pub struct ShardStatus {
@@ -231,7 +230,9 @@ pub struct Shard {
     wal: RwLock<Wal>,
     /// Role, epoch, feed of recent records, watermarks and lease.
     pub repl: Repl,
-    slots: RwLock<SlotConfig>,
+    /// Which slots this replica serves, under which slot map
+    /// ([`crate::ownership`]).
+    ownership: RwLock<Ownership>,
     metrics: Arc<Metrics>,
     snapshot_running: AtomicBool,
     /// `metrics.append_bytes` when the last snapshot was taken.
@@ -353,42 +354,56 @@ impl Shard {
         self.config.group_id
     }
 
-    /// Checks that every key belongs to a slot this shard owns under the
-    /// epoch the request was routed with.
+    /// Checks that every key belongs to a slot this shard serves, under the
+    /// epoch the request was routed with ([`Ownership::check`]).
     pub fn check_owned<'a>(
         &self,
         map_epoch: MapEpoch,
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), ShardError> {
-        let slots = self.slots.read().expect("slot config lock poisoned");
-        if map_epoch > slots.map_epoch {
+        let ownership = self.ownership.read().expect("ownership lock poisoned");
+        if map_epoch > ownership.map_epoch() {
             return Err(ShardError::StaleMap {
                 got: map_epoch,
-                map_epoch: slots.map_epoch,
+                map_epoch: ownership.map_epoch(),
             });
         }
         for key in keys {
             let slot = slot_of(key);
-            if !slots.slots.contains(slot) {
-                self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
-                return Err(ShardError::WrongShard {
-                    key: key.to_vec(),
-                    slot,
-                    group: self.config.group_id,
-                    map_epoch: slots.map_epoch,
-                });
+            match ownership.check(map_epoch, slot, Access::Serve) {
+                Ok(()) => {}
+                Err(OwnershipError::WrongShard { map_epoch, .. }) => {
+                    self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                    return Err(ShardError::WrongShard {
+                        key: key.to_vec(),
+                        slot,
+                        group: self.config.group_id,
+                        map_epoch,
+                    });
+                }
+                Err(err) => return Err(ShardError::SlotMoving(err)),
             }
         }
         Ok(())
     }
 
-    /// Installs a newer slot map. Older or equal epochs are ignored.
+    /// Follows a newer slot map ([`Ownership::follow_map`]). Older or
+    /// equal epochs are ignored; returns whether the map was taken.
     pub fn set_slots(&self, map_epoch: MapEpoch, slots: SlotSet) -> bool {
-        let mut config = self.slots.write().expect("slot config lock poisoned");
-        if map_epoch <= config.map_epoch {
+        let mut ownership = self.ownership.write().expect("ownership lock poisoned");
+        if map_epoch <= ownership.map_epoch() {
             return false;
         }
-        *config = SlotConfig { map_epoch, slots };
+        let change = ownership.follow_map(map_epoch, &slots);
+        if !change.taken.is_empty() {
+            // Nothing freezes slots yet (resharding is being built), so a
+            // map that takes slots is one this replica learned late.
+            tracing::info!(
+                map_epoch,
+                slots = change.taken.len(),
+                "slots taken by a newer map"
+            );
+        }
         true
     }
 
@@ -416,12 +431,12 @@ impl Shard {
 
     /// This replica's counters now, for status reports.
     pub fn status(&self) -> ShardStatus {
-        let slots = self.slots.read().expect("slot config lock poisoned");
+        let ownership = self.ownership.read().expect("ownership lock poisoned");
         let guard = self.state.lock();
         ShardStatus {
             group_id: self.config.group_id,
-            map_epoch: slots.map_epoch,
-            slots_owned: slots.slots.len(),
+            map_epoch: ownership.map_epoch(),
+            slots_owned: ownership.in_state(SlotState::Owned).len(),
             last_lsn: self.wal().last_lsn(),
             durable_lsn: self.wal().durable_lsn(),
             keys: self.state.index.len() as u64,

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use trellis_types::{GroupId, Lsn};
 
 use super::retention::LogPins;
-use super::{Shard, ShardConfig, ShardError, SlotConfig, open_err};
+use super::{Shard, ShardConfig, ShardError, open_err};
 use crate::fsio::{self, File};
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
 use crate::record::Record;
 use crate::repl::Repl;
 use crate::snapshot;
@@ -107,10 +108,7 @@ impl Shard {
             metrics.clone(),
             config.log.segment_bytes,
         )?;
-        let slots = RwLock::new(SlotConfig {
-            map_epoch: config.map_epoch,
-            slots: config.slots.clone(),
-        });
+        let ownership = RwLock::new(Ownership::new(config.map_epoch, &config.slots));
         let catch_up = crate::pacer::Pacer::new(config.catch_up_bytes_per_sec);
         Ok(Arc::new(Shard {
             catch_up,
@@ -118,7 +116,7 @@ impl Shard {
             state,
             wal: RwLock::new(wal),
             repl,
-            slots,
+            ownership,
             metrics,
             snapshot_running: AtomicBool::new(false),
             snapshot_mark_bytes: AtomicU64::new(0),
