@@ -665,6 +665,8 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
                 in_sync: m.in_sync,
             })
             .collect(),
+        map_epoch: map.map_epoch,
+        slots: map.slots_of(group).to_bytes(),
     })
 }
 

@@ -16,8 +16,8 @@ use tonic::{Status, Streaming};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::membership_client::MembershipClient;
 use trellis_proto::shard::v1::shard_client::ShardClient;
-use trellis_types::Lsn;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
+use trellis_types::{Lsn, MapEpoch, SlotSet};
 
 use crate::engine::{Shard, ShardError};
 use crate::repl::{FeedGap, FeedRecord, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
@@ -84,6 +84,9 @@ pub enum ReplicaError {
     /// Encoding a snapshot for a backup failed.
     #[error(transparent)]
     Encode(#[from] std::io::Error),
+    /// The coordinator's slot bitmap is malformed.
+    #[error("the coordinator sent a bad slot map: {0}")]
+    SlotMap(String),
     /// The primary sent a record kind wider than the one byte it logs.
     #[error("record kind {0} out of range")]
     RecordKind(u32),
@@ -692,7 +695,15 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
     loop {
         tick.tick().await;
         let config = match get_group(&coordinator, shard.group_id()).await {
-            Ok(config) => config,
+            Ok((config, slots)) => {
+                if let Some((map_epoch, slots)) = slots {
+                    let owned = slots.len();
+                    if shard.set_slots(map_epoch, slots) {
+                        tracing::info!(map_epoch, slots = owned, "following a newer slot map");
+                    }
+                }
+                config
+            }
             Err(err) => {
                 tracing::debug!(%err, "cannot read the group's configuration");
                 continue;
@@ -983,13 +994,25 @@ async fn peer_status(addr: &str) -> Option<PeerStatus> {
     }
 }
 
-async fn get_group(coordinator: &Coordinator, group: u64) -> Result<GroupConfig, ReplicaError> {
+/// The group's configuration, and the slot map's epoch with the group's
+/// slots under it when the coordinator gave them.
+async fn get_group(
+    coordinator: &Coordinator,
+    group: u64,
+) -> Result<(GroupConfig, Option<(MapEpoch, SlotSet)>), ReplicaError> {
     let mut client = coordinator.clone();
-    client
+    let wire = client
         .get_group(pb::GetGroupRequest { group_id: group })
         .await
-        .map(|r| GroupConfig::from(r.into_inner()))
-        .map_err(ReplicaError::Coordinator)
+        .map_err(ReplicaError::Coordinator)?
+        .into_inner();
+    let slots = if wire.map_epoch == 0 {
+        None
+    } else {
+        let slots = SlotSet::from_bytes(&wire.slots).map_err(ReplicaError::SlotMap)?;
+        Some((wire.map_epoch, slots))
+    };
+    Ok((GroupConfig::from(wire), slots))
 }
 
 async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(), ReplicaError> {

@@ -447,6 +447,7 @@ mod tests {
                 pid: 42,
                 in_sync: true,
             }],
+            ..Default::default()
         };
         let config = GroupConfig::from(wire.clone());
         assert_eq!((config.group_id, config.version, config.epoch), (3, 9, 4));
