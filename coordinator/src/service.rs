@@ -35,7 +35,9 @@ pub const STATUS_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn status_of(err: TxnError) -> Status {
     let (code, reason) = match &err {
         TxnError::Invalid(_) => (tonic::Code::InvalidArgument, pb::ErrorReason::InvalidInput),
-        TxnError::Unavailable(_) => (tonic::Code::Unavailable, pb::ErrorReason::Unavailable),
+        TxnError::Unavailable(_) | TxnError::Moved { .. } => {
+            (tonic::Code::Unavailable, pb::ErrorReason::Unavailable)
+        }
         TxnError::OutcomeUnknown { .. } => (tonic::Code::Unknown, pb::ErrorReason::OutcomeUnknown),
         TxnError::Deadline(_) => (tonic::Code::DeadlineExceeded, pb::ErrorReason::Unavailable),
         TxnError::Internal(_) => (tonic::Code::Internal, pb::ErrorReason::Internal),

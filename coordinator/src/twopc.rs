@@ -85,6 +85,12 @@ pub enum TxnError {
     Deadline(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Keys routed to `group` belong to another group under the newer map
+    /// `map_epoch`: nothing was done at `group`; route them again. Never
+    /// sent to a client (the coordinator re-plans; past its attempts it
+    /// answers `Unavailable`).
+    #[error("keys routed to group {group} moved to another group under map epoch {map_epoch}")]
+    Moved { group: GroupId, map_epoch: u64 },
 }
 
 /// A transaction's state as TxnStatus reports it.

@@ -43,6 +43,9 @@ pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnErro
 
 /// Most attempts of one shard call before giving up.
 pub const ATTEMPTS_MAX: u32 = 16;
+/// Most times one read or commit is routed again because its keys moved
+/// to another group while it ran (each time under a newer map).
+pub const ROUTE_ATTEMPTS_MAX: u32 = 8;
 /// Backoff between attempts: starts here, doubles (`next_backoff`),
 /// capped at [`BACKOFF_MAX`], plus a jitter of up to half (`pause`).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(20);
@@ -118,6 +121,28 @@ impl TxnManager {
         group: GroupId,
         deadline: Instant,
         what: &str,
+        op: F,
+    ) -> Result<T, TxnError>
+    where
+        F: FnMut(pb::shard_client::ShardClient<tonic::transport::Channel>, Arc<ClusterMap>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_keys(group, &[], deadline, what, op).await
+    }
+
+    /// [`Self::call`] for an operation on `keys` that `group` owned when it
+    /// was routed: after a refresh, a map that puts any of them elsewhere
+    /// ends the call with [`TxnError::Moved`] so the caller routes again.
+    /// Only while no attempt may have taken effect: after an ambiguous
+    /// attempt the old group may have applied it, and another group knows
+    /// nothing of that, so the call fails as unavailable instead (a commit
+    /// then reports its outcome unknown).
+    async fn call_keys<T, F, Fut>(
+        &self,
+        group: GroupId,
+        keys: &[&[u8]],
+        deadline: Instant,
+        what: &str,
         mut op: F,
     ) -> Result<T, TxnError>
     where
@@ -127,6 +152,7 @@ impl TxnManager {
         let mut backoff = BACKOFF_FIRST;
         let mut map = self.router.map();
         let mut last = String::new();
+        let mut ambiguous = false;
         for _attempt in 0..ATTEMPTS_MAX {
             let fault = match self.router.client(&map, group) {
                 Ok(client) => {
@@ -141,9 +167,21 @@ impl TxnManager {
                 }
                 Err(fault) => fault,
             };
+            ambiguous |= matches!(fault, Fault::Ambiguous(_));
             last = retry_or_fail(fault)?;
             self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
             map = self.router.refresh(&map).await;
+            if keys.iter().any(|k| map.group_of(k) != group) {
+                if ambiguous {
+                    return Err(TxnError::Unavailable(format!(
+                        "{what}: keys moved from group {group} after an attempt that may have taken effect there ({last})"
+                    )));
+                }
+                return Err(TxnError::Moved {
+                    group,
+                    map_epoch: map.map_epoch,
+                });
+            }
             if Instant::now() + backoff >= deadline {
                 return Err(TxnError::Deadline(format!("{what}: {last}")));
             }
@@ -169,29 +207,45 @@ impl TxnManager {
         max_staleness: Option<Duration>,
         deadline: Instant,
     ) -> Result<Vec<Item>, TxnError> {
-        let map = self.router.map();
-        let by_group = map.by_group(keys.iter().map(Vec::as_slice));
-        let reads = by_group.iter().map(|(group, idx)| {
-            let group_keys: Vec<Key> = idx.iter().map(|i| keys[*i].clone()).collect();
-            async move {
-                (
-                    *group,
-                    idx,
-                    self.read_group(*group, group_keys, max_staleness, deadline)
-                        .await,
-                )
-            }
-        });
         let mut items: Vec<Option<Item>> = vec![None; keys.len()];
-        for (_, idx, result) in join_all(reads).await {
-            for (i, item) in idx.iter().zip(result?) {
-                items[*i] = Some(item);
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let map = self.router.map();
+            let by_group = map.by_group(pending.iter().map(|i| keys[*i].as_slice()));
+            let reads = by_group.into_iter().map(|(group, positions)| {
+                let idx: Vec<usize> = positions.iter().map(|p| pending[*p]).collect();
+                let group_keys: Vec<Key> = idx.iter().map(|i| keys[*i].clone()).collect();
+                async move {
+                    let result = self
+                        .read_group(group, group_keys, max_staleness, deadline)
+                        .await;
+                    (idx, result)
+                }
+            });
+            let mut moved = Vec::new();
+            for (idx, result) in join_all(reads).await {
+                match result {
+                    Ok(found) => {
+                        for (i, item) in idx.iter().zip(found) {
+                            items[*i] = Some(item);
+                        }
+                    }
+                    Err(TxnError::Moved { .. }) => moved.extend(idx),
+                    Err(err) => return Err(err),
+                }
             }
+            if moved.is_empty() {
+                return Ok(items
+                    .into_iter()
+                    .map(|i| i.expect("every key read"))
+                    .collect());
+            }
+            moved.sort_unstable();
+            pending = moved;
         }
-        Ok(items
-            .into_iter()
-            .map(|i| i.expect("every key read"))
-            .collect())
+        Err(TxnError::Unavailable(format!(
+            "read: keys kept moving between groups ({ROUTE_ATTEMPTS_MAX} routings)"
+        )))
     }
 
     async fn read_group(
@@ -207,8 +261,9 @@ impl TxnManager {
         let mut rounds = 0;
         while !pending.is_empty() {
             let ask: Vec<Key> = pending.iter().map(|i| keys[*i].clone()).collect();
+            let ask_keys: Vec<&[u8]> = ask.iter().map(Vec::as_slice).collect();
             let results = self
-                .call(group, deadline, "read", |mut client, map| {
+                .call_keys(group, &ask_keys, deadline, "read", |mut client, map| {
                     let ask = ask.clone();
                     async move {
                         client
@@ -346,25 +401,42 @@ impl TxnManager {
         req: CommitRequest,
         deadline: Instant,
     ) -> Result<CommitOutcome, TxnError> {
-        let map = self.router.map();
-        let plan = crate::twopc::plan(&req, |k| map.group_of(k));
         let started = Instant::now();
-        let (path, result) = match plan {
-            Plan::OnePhase { group } => (
-                Path::OnePhase,
-                self.commit_one_phase(group, &req, deadline).await,
-            ),
-            Plan::ReadOnly { reads } => (
-                Path::ReadOnly,
-                self.validate_read_only(&reads, &req, deadline).await,
-            ),
-            Plan::TwoPhase(plan) => (
-                Path::TwoPhase,
-                self.commit_two_phase(&plan, &req, deadline).await,
-            ),
-        };
-        self.metrics.record_commit(path, &result, started.elapsed());
-        result
+        let mut routings = 0;
+        loop {
+            let map = self.router.map();
+            let plan = crate::twopc::plan(&req, |k| map.group_of(k));
+            let (path, result) = match plan {
+                Plan::OnePhase { group } => (
+                    Path::OnePhase,
+                    self.commit_one_phase(group, &req, deadline).await,
+                ),
+                Plan::ReadOnly { reads } => (
+                    Path::ReadOnly,
+                    self.validate_read_only(&reads, &req, deadline).await,
+                ),
+                Plan::TwoPhase(plan) => (
+                    Path::TwoPhase,
+                    self.commit_two_phase(&plan, &req, deadline).await,
+                ),
+            };
+            // Keys moved before anything was done where they were routed:
+            // plan again under the newer map.
+            if matches!(result, Err(TxnError::Moved { .. })) {
+                routings += 1;
+                if routings < ROUTE_ATTEMPTS_MAX {
+                    continue;
+                }
+            }
+            let result = result.map_err(|err| match err {
+                TxnError::Moved { .. } => TxnError::Unavailable(format!(
+                    "commit: keys kept moving between groups ({ROUTE_ATTEMPTS_MAX} routings)"
+                )),
+                other => other,
+            });
+            self.metrics.record_commit(path, &result, started.elapsed());
+            return result;
+        }
     }
 
     async fn commit_one_phase(
@@ -375,19 +447,31 @@ impl TxnManager {
     ) -> Result<CommitOutcome, TxnError> {
         let reads = read_versions(&req.reads);
         let writes = write_ops(&req.writes);
+        let keys: Vec<&[u8]> = req
+            .reads
+            .iter()
+            .map(|(k, _)| k.as_slice())
+            .chain(req.writes.iter().map(|(k, _)| k.as_slice()))
+            .collect();
         let mut resolved_once = false;
         loop {
             let result = self
-                .call(group, deadline, "one-phase commit", |mut client, map| {
-                    let request = pb::CommitLocalRequest {
-                        durability: req.durability,
-                        map_epoch: map.map_epoch,
-                        txn_id: req.txn.as_bytes().to_vec(),
-                        reads: reads.clone(),
-                        writes: writes.clone(),
-                    };
-                    async move { client.commit_local(request).await.map(|r| r.into_inner()) }
-                })
+                .call_keys(
+                    group,
+                    &keys,
+                    deadline,
+                    "one-phase commit",
+                    |mut client, map| {
+                        let request = pb::CommitLocalRequest {
+                            durability: req.durability,
+                            map_epoch: map.map_epoch,
+                            txn_id: req.txn.as_bytes().to_vec(),
+                            reads: reads.clone(),
+                            writes: writes.clone(),
+                        };
+                        async move { client.commit_local(request).await.map(|r| r.into_inner()) }
+                    },
+                )
                 .await
                 .map_err(|e| crate::twopc::unknown_if_ambiguous(req.txn, e))?;
             match result.outcome {
