@@ -208,6 +208,11 @@ mod tests {
         let slots = encode_slots(&assign_slots(&[1, 2])).expect("encode");
         let groups = || vec![(1, 1, 0), (2, 1, 0)];
         build_map(1, &slots, groups(), vec![]).expect("a whole map");
+        // A group the slot map gives nothing (one just added) is whole.
+        let with_empty = build_map(1, &slots, vec![(1, 1, 0), (2, 1, 0), (3, 1, 0)], vec![])
+            .expect("a group without slots");
+        assert_eq!(with_empty.slots_of(3).len(), 0);
+        assert!(with_empty.groups.contains_key(&3));
         let cases: Vec<(&str, Result<ClusterMap, CatalogError>)> = vec![
             ("epoch 0", build_map(0, &slots, groups(), vec![])),
             ("negative epoch", build_map(-1, &slots, groups(), vec![])),

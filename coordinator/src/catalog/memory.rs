@@ -32,6 +32,9 @@ pub(super) struct MemoryDb {
     /// `cluster`: the map epoch and the encoded slot map; `None` until
     /// bootstrapped.
     pub(super) cluster: Option<ClusterRow>,
+    /// `cluster.groups_created`: how many groups it was created with (0
+    /// until bootstrapped).
+    pub(super) groups_created: i64,
     /// `shard_groups`: id → (version, epoch).
     pub(super) groups: BTreeMap<i64, (i64, i64)>,
     /// `members`: (group id, ordinal) → (address, pid, in sync as 0 or 1).
@@ -68,6 +71,7 @@ impl MemoryDb {
             )));
         }
         self.cluster = Some((1, slot_map.to_vec()));
+        self.groups_created = groups.len() as i64;
         for id in groups {
             self.groups.insert(*id, (1, 0));
         }
@@ -122,6 +126,36 @@ impl MemoryDb {
             );
         }
         Ok(true)
+    }
+
+    /// The storage step of `add_group`: inserts group `id` (version 1,
+    /// epoch 0) unless it exists. Returns whether it did.
+    pub(super) fn add_group(&mut self, id: i64) -> Result<bool, CatalogError> {
+        if self.cluster.is_none() {
+            return Err(CatalogError::NotBootstrapped);
+        }
+        if self.groups.contains_key(&id) {
+            return Ok(false);
+        }
+        self.groups.insert(id, (1, 0));
+        Ok(true)
+    }
+
+    /// The storage step of `remove_group`: deletes group `id` and its
+    /// members only if the map epoch is still `map_epoch` and the group's
+    /// version still `version`. Returns whether it did.
+    pub(super) fn remove_group(&mut self, id: i64, version: i64, map_epoch: i64) -> bool {
+        let same_map = self
+            .cluster
+            .as_ref()
+            .is_some_and(|(epoch, _)| *epoch == map_epoch);
+        let same_group = self.groups.get(&id).is_some_and(|(v, _)| *v == version);
+        if !(same_map && same_group) {
+            return false;
+        }
+        self.groups.remove(&id);
+        self.members.retain(|(g, _), _| *g != id);
+        true
     }
 
     /// The lowest and highest group id, if any group exists.

@@ -130,6 +130,16 @@ pub enum CatalogError {
         first: GroupId,
         last: GroupId,
     },
+    /// `add_group` of a group that is already registered.
+    #[error("group {group} already exists: `trellis status` lists the groups")]
+    GroupExists { group: GroupId },
+    /// `remove_group` of a group the slot map still gives slots to.
+    #[error(
+        "group {group} still owns {slots} slots: drain it first with \
+         `trellis admin drain-group --group {group}` (not built yet: slots cannot move between \
+         groups yet, so only a group that never received slots can be removed)"
+    )]
+    GroupOwnsSlots { group: GroupId, slots: u32 },
     /// An argument the catalog refuses (out of range, wrong length).
     #[error("{0}")]
     Invalid(String),
@@ -326,10 +336,11 @@ impl Catalog {
                 .await
                 .map_err(db("starting the bootstrap"))?;
             let created = sqlx::query(
-                "INSERT INTO cluster (id, map_epoch, slot_map) VALUES (1, 1, $1) \
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO cluster (id, map_epoch, slot_map, groups_created) \
+                 VALUES (1, 1, $1, $2) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&slot_map)
+            .bind(i64::from(groups))
             .execute(&mut *tx)
             .await
             .map_err(db("creating the cluster row"))?
@@ -355,14 +366,38 @@ impl Catalog {
             );
         }
         let map = self.load_now().await?;
-        if map.groups.len() != ids.len() {
+        // Compared with the count the cluster was created with, not the
+        // count it has: groups added or removed since then do not make a
+        // restart with the same `--groups` a mismatch.
+        let created_with = self.groups_created_now().await?;
+        if created_with != u64::from(groups) {
+            let now = if created_with == map.groups.len() as u64 {
+                String::new()
+            } else {
+                format!(" (it has {} now)", map.groups.len())
+            };
             return Err(CatalogError::Mismatch(format!(
-                "the catalog already holds a cluster of {} groups, not {groups}: \
-                 adding groups later needs resharding, which is not supported yet",
-                map.groups.len()
+                "the catalog already holds a cluster created with {created_with} groups{now}, \
+                 not {groups}: --groups only creates a cluster; change the groups of a running \
+                 one with `trellis admin add-group` and `remove-group` (resharding, moving \
+                 slots between groups, is not built yet)"
             )));
         }
         Ok(map)
+    }
+
+    /// How many groups the cluster was created with (`groups_created`).
+    async fn groups_created_now(&self) -> Result<u64, CatalogError> {
+        let created: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT groups_created FROM cluster WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(db("reading how many groups the cluster was created with"))?
+        }, memory => memory.cluster.as_ref().map(|_| memory.groups_created));
+        to_u64(
+            created.ok_or(CatalogError::NotBootstrapped)?,
+            "the number of groups the cluster was created with",
+        )
     }
 
     /// Reads the whole map (epoch, slot map, groups with members and
@@ -579,6 +614,152 @@ impl Catalog {
         Ok(won)
     }
 
+    /// Registers `group` as a new, empty group: no members and no slots
+    /// (a group receives slots only when they move to it), version 1,
+    /// epoch 0. Its replicas can then register as for any group. Returns
+    /// the map as it stands afterwards. Refuses a group id outside 1 to
+    /// [`GROUPS_MAX`], a group that exists ([`CatalogError::GroupExists`]),
+    /// and a catalog without a cluster.
+    ///
+    /// Conditional like every change: the insert takes effect only if no
+    /// row has the id, so of two coordinators adding the same group one
+    /// wins and the other is told it exists. The map epoch does not change
+    /// (no slot changes owner; shards follow the epoch only at
+    /// registration, so a bump would make them refuse every request as
+    /// stale); other coordinators see the group on their next map read.
+    pub async fn add_group(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.add_group_now(group).await }).await
+    }
+
+    async fn add_group_now(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        if group == 0 || group > GroupId::from(GROUPS_MAX) {
+            return Err(CatalogError::Invalid(format!(
+                "refusing to add group {group}: group ids run from 1 to {GROUPS_MAX}"
+            )));
+        }
+        let id = to_i64(group, "group id")?;
+        let added = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db(format!("starting to add group {group}")))?;
+            // The cluster row is never deleted, so once read it exists
+            // when the insert commits.
+            let cluster: Option<i64> = sqlx::query_scalar("SELECT id FROM cluster WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the cluster row"))?;
+            if cluster.is_none() {
+                return Err(CatalogError::NotBootstrapped);
+            }
+            let added = sqlx::query(
+                "INSERT INTO shard_groups (id, version) VALUES ($1, 1) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("adding group {group}")))?
+            .rows_affected()
+                == 1;
+            tx.commit().await.map_err(db(format!("committing group {group}")))?;
+            added
+        }, memory => memory.add_group(id)?);
+        if !added {
+            return Err(CatalogError::GroupExists { group });
+        }
+        tracing::info!(group, "added an empty shard group to the catalog");
+        self.load_now().await
+    }
+
+    /// Forgets `group` and its members. Returns the map as it stands
+    /// afterwards. Refuses a group that does not exist and one that still
+    /// owns slots ([`CatalogError::GroupOwnsSlots`]): its slots must move
+    /// away first, so every slot always has a group.
+    ///
+    /// Conditional twice over, and retried up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times: the group's row must still be at
+    /// the version read (a registration or configuration change in between
+    /// makes it retry), and the map epoch must still be the one whose slot
+    /// map showed the group owning nothing. The latter is taken as a write
+    /// on the cluster row (to the same epoch), which `cas_slot_map` also
+    /// writes before it checks the groups, so a new slot map can never
+    /// hand slots to a group being removed.
+    pub async fn remove_group(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.remove_group_now(group).await }).await
+    }
+
+    async fn remove_group_now(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let Ok(id) = i64::try_from(group) else {
+            return Err(self.unknown_group(group).await);
+        };
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let map = self.load_now().await?;
+            let Some(current) = map.groups.get(&group) else {
+                return Err(self.unknown_group(group).await);
+            };
+            let slots = map.slots_of(group).len();
+            if slots > 0 {
+                return Err(CatalogError::GroupOwnsSlots { group, slots });
+            }
+            let version = to_i64(current.version, "group version")?;
+            let map_epoch = to_i64(map.map_epoch, "map epoch")?;
+            let won = with_pool!(self, pool, dialect => {
+                let mut tx = pool
+                    .begin_with(dialect.begin_write)
+                    .await
+                    .map_err(db(format!("starting to remove group {group}")))?;
+                let same_map = sqlx::query(
+                    "UPDATE cluster SET map_epoch = map_epoch WHERE id = 1 AND map_epoch = $1",
+                )
+                .bind(map_epoch)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("holding the slot map"))?
+                .rows_affected()
+                    == 1;
+                let same_group = same_map
+                    && sqlx::query(
+                        "UPDATE shard_groups SET version = version + 1 \
+                         WHERE id = $1 AND version = $2",
+                    )
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("holding group {group}")))?
+                    .rows_affected()
+                        == 1;
+                if same_group {
+                    sqlx::query("DELETE FROM members WHERE group_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(format!("removing the members of group {group}")))?;
+                    sqlx::query("DELETE FROM shard_groups WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(format!("removing group {group}")))?;
+                    tx.commit()
+                        .await
+                        .map_err(db(format!("committing the removal of group {group}")))?;
+                } else {
+                    tx.rollback()
+                        .await
+                        .map_err(db("rolling back a lost group removal"))?;
+                }
+                same_group
+            }, memory => memory.remove_group(id, version, map_epoch));
+            if won {
+                tracing::info!(group, "removed a shard group from the catalog");
+                return self.load_now().await;
+            }
+        }
+        Err(CatalogError::Conflict)
+    }
+
     /// The error for a group that does not exist: names the valid range, or
     /// says there is no cluster at all.
     async fn unknown_group(&self, group: GroupId) -> CatalogError {
@@ -742,13 +923,6 @@ impl Catalog {
                 .begin_with(dialect.begin_write)
                 .await
                 .map_err(db("starting a slot map change"))?;
-            // Checked inside the transaction that writes the map, so that
-            // the groups it names are the groups that exist when it lands.
-            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db("reading the shard groups"))?;
-            check_groups_exist(&named, existing)?;
             let won = sqlx::query(
                 "UPDATE cluster SET map_epoch = $1, slot_map = $2 WHERE id = 1 AND map_epoch = $3",
             )
@@ -760,6 +934,16 @@ impl Catalog {
             .map_err(db(format!("replacing the slot map of epoch {expected_epoch}")))?
             .rows_affected()
                 == 1;
+            // Checked inside the transaction that writes the map, and after
+            // the update, which holds the cluster row: `remove_group` takes
+            // that row too, so the groups read here are the groups that
+            // exist when the map lands (PostgreSQL reads each statement
+            // afresh). A refused map rolls back when `tx` is dropped.
+            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading the shard groups"))?;
+            check_groups_exist(&named, existing)?;
             tx.commit().await.map_err(db("committing the slot map change"))?;
             won
         }, memory => memory.cas_slot_map(&named, expected, next, &slot_map)?);

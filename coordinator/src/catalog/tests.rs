@@ -180,6 +180,14 @@ mod cases {
         let slots = vec![1; SLOTS as usize];
         let err = catalog.cas_slot_map(1, &slots).await.expect_err("cas");
         assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        let err = catalog.add_group(1).await.expect_err("add a group");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        let err = catalog.remove_group(1).await.expect_err("remove a group");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        assert!(matches!(
+            catalog.load().await,
+            Err(CatalogError::NotBootstrapped)
+        ));
     }
 
     pub async fn bootstrap_creates_groups_and_full_slot_map(place: &Place) {
@@ -753,6 +761,260 @@ mod cases {
         .expect("another connection writes");
     }
 
+    /// A new group is empty: no members, no slots, nothing else changed;
+    /// its replicas register as in any group; the same id twice, or one
+    /// out of range, is refused; and a restart with the `--groups` the
+    /// cluster was created with is still no mismatch.
+    pub async fn add_group_registers_an_empty_group(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(2).await.expect("bootstrap");
+        let added = catalog.add_group(3).await.expect("add group 3");
+        assert_eq!(
+            added.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let group = &added.groups[&3];
+        assert!(group.members.is_empty(), "no members yet: {group:?}");
+        assert_eq!((group.version, group.epoch), (1, 0));
+        assert_eq!(added.slots_of(3).len(), 0, "a new group owns nothing");
+        assert_eq!(
+            (added.map_epoch, &added.slots),
+            (map.map_epoch, &map.slots),
+            "the slot map and its epoch are untouched"
+        );
+        assert_eq!(added.groups[&1], map.groups[&1]);
+        assert_eq!(added.groups[&2], map.groups[&2]);
+        assert_eq!(catalog.load().await.expect("load"), added);
+        assert_eq!(place.connect().await.load().await.expect("reload"), added);
+
+        for (what, group, exists) in [
+            ("existing", 3, true),
+            ("bootstrapped", 1, true),
+            ("zero", 0, false),
+            ("too high", GroupId::from(GROUPS_MAX) + 1, false),
+            ("huge", GroupId::MAX, false),
+        ] {
+            let err = catalog.add_group(group).await.expect_err(what);
+            if exists {
+                assert!(
+                    matches!(err, CatalogError::GroupExists { group: g } if g == group),
+                    "{what}: {err:?}"
+                );
+                assert!(err.to_string().contains("already exists"), "{err}");
+            } else {
+                assert!(matches!(err, CatalogError::Invalid(_)), "{what}: {err:?}");
+                assert!(
+                    err.to_string().contains(&format!("1 to {GROUPS_MAX}")),
+                    "{err}"
+                );
+            }
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            added,
+            "refusals change nothing"
+        );
+        catalog
+            .add_group(GroupId::from(GROUPS_MAX))
+            .await
+            .expect("the highest id");
+
+        let registered = catalog
+            .register_member(3, "127.0.0.1:4300", 9)
+            .await
+            .expect("a replica of the new group registers");
+        assert_eq!(registered.primary(3), Some("127.0.0.1:4300"));
+        assert_eq!(registered.groups[&3].epoch, 1);
+
+        // Slots may now move to it.
+        let moved = moved_map(&map, 2, 3);
+        assert!(
+            catalog
+                .cas_slot_map(map.map_epoch, &moved)
+                .await
+                .expect("cas")
+        );
+        assert_eq!(
+            catalog.load().await.expect("load").slots_of(3).len(),
+            map.slots_of(2).len()
+        );
+
+        // A restart with the count it was created with still starts.
+        let again = catalog.bootstrap(2).await.expect("bootstrap as created");
+        assert_eq!(again.groups.len(), 4);
+        let err = catalog.bootstrap(4).await.expect_err("not as created");
+        assert!(matches!(err, CatalogError::Mismatch(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("created with 2 groups (it has 4 now)") && text.contains("add-group"),
+            "{text}"
+        );
+    }
+
+    /// A group that owns slots, or does not exist, is refused; an empty
+    /// one is forgotten with its members, at the same map epoch, and its
+    /// replicas can no longer register.
+    pub async fn remove_group_refuses_owners_and_forgets_empty_groups(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        let err = catalog.remove_group(2).await.expect_err("owns slots");
+        let owned = map.slots_of(2).len();
+        assert!(
+            matches!(err, CatalogError::GroupOwnsSlots { group: 2, slots } if slots == owned),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("trellis admin drain-group --group 2"),
+            "says to drain it first: {err}"
+        );
+        for group in [9, 0, GroupId::MAX] {
+            let err = catalog.remove_group(group).await.expect_err("unknown");
+            assert!(
+                matches!(err, CatalogError::UnknownGroup { .. }),
+                "{group}: {err:?}"
+            );
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "refusals change nothing"
+        );
+
+        // An added group with replicas but no slots goes, members and all.
+        catalog.add_group(4).await.expect("add");
+        catalog
+            .register_member(4, "127.0.0.1:4400", 1)
+            .await
+            .expect("register");
+        catalog
+            .register_member(4, "127.0.0.1:4401", 2)
+            .await
+            .expect("register");
+        let removed = catalog.remove_group(4).await.expect("remove");
+        assert_eq!(removed, map, "back to the map before the add");
+        let err = catalog
+            .register_member(4, "127.0.0.1:4400", 3)
+            .await
+            .expect_err("a removed group's replica");
+        assert!(
+            matches!(err, CatalogError::UnknownGroup { group: 4, .. }),
+            "{err:?}"
+        );
+        let err = catalog.remove_group(4).await.expect_err("twice");
+        assert!(matches!(err, CatalogError::UnknownGroup { .. }), "{err:?}");
+        // Added again, it starts afresh.
+        let again = catalog.add_group(4).await.expect("add again");
+        assert!(again.groups[&4].members.is_empty());
+        assert_eq!(again.groups[&4].version, 1);
+
+        // Once its slots have moved away, a bootstrapped group goes too.
+        assert!(
+            catalog
+                .cas_slot_map(map.map_epoch, &moved_map(&map, 3, 1))
+                .await
+                .expect("cas")
+        );
+        let after = catalog.remove_group(3).await.expect("remove group 3");
+        assert_eq!(
+            after.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+        assert_eq!(
+            after.map_epoch,
+            map.map_epoch + 1,
+            "only the slot move bumped it"
+        );
+        assert_eq!(catalog.load().await.expect("load"), after);
+    }
+
+    /// Of racers adding the same group, exactly one wins; the others are
+    /// told it exists.
+    pub async fn concurrent_add_group_exactly_one_wins(place: &Place) {
+        const RACERS: usize = 8;
+        place.connect().await.bootstrap(2).await.expect("bootstrap");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let target = place.target.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.add_group(5).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            match racer.await.expect("racer") {
+                Ok(map) => {
+                    won += 1;
+                    assert!(map.groups.contains_key(&5));
+                }
+                Err(CatalogError::GroupExists { group: 5 }) => {}
+                Err(err) => panic!("unexpected: {err:?}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one add wins");
+        let loaded = place.connect().await.load().await.expect("load");
+        assert_eq!(
+            loaded.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 5]
+        );
+    }
+
+    /// A removal racing a slot map that gives slots to the group being
+    /// removed: one of them wins, the other is refused, and the catalog
+    /// never ends up with slots of a group that does not exist.
+    pub async fn remove_group_races_slot_map_change(place: &Place) {
+        const ROUNDS: u64 = 6;
+        let catalog = place.connect().await;
+        catalog.bootstrap(2).await.expect("bootstrap");
+        for round in 0..ROUNDS {
+            let map = catalog.add_group(3).await.expect("add group 3");
+            let to_three = moved_map(&map, 2, 3);
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+            let remover = {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.remove_group(3).await
+                })
+            };
+            let mover = {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                let epoch = map.map_epoch;
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.cas_slot_map(epoch, &to_three).await
+                })
+            };
+            let removed = remover.await.expect("remover");
+            let moved = mover.await.expect("mover");
+            let loaded = catalog.load().await.expect("the catalog stays whole");
+            match (&removed, &moved) {
+                (Ok(_), Ok(false) | Err(CatalogError::Invalid(_))) => {
+                    assert!(!loaded.groups.contains_key(&3), "round {round}");
+                }
+                (Err(CatalogError::GroupOwnsSlots { group: 3, .. }), Ok(true)) => {
+                    assert!(loaded.slots_of(3).len() > 0, "round {round}");
+                    // Give the slots back and remove it for the next round.
+                    assert!(
+                        catalog
+                            .cas_slot_map(loaded.map_epoch, &moved_map(&loaded, 3, 2))
+                            .await
+                            .expect("cas back")
+                    );
+                    catalog.remove_group(3).await.expect("remove after");
+                }
+                other => panic!("round {round}: exactly one must win: {other:?}"),
+            }
+        }
+    }
+
     pub async fn load_refuses_corrupt_rows(place: &Place) {
         let catalog = place.connect().await;
         catalog.bootstrap(3).await.expect("bootstrap");
@@ -815,6 +1077,10 @@ macro_rules! backend_suite {
                 coordinators_replace_and_expire,
                 load_refuses_corrupt_rows,
                 cancelled_calls_leave_no_transaction_open,
+                add_group_registers_an_empty_group,
+                remove_group_refuses_owners_and_forgets_empty_groups,
+                concurrent_add_group_exactly_one_wins,
+                remove_group_races_slot_map_change,
             );
         }
     };
