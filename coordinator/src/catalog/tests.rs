@@ -1000,7 +1000,7 @@ mod cases {
                     assert!(!loaded.groups.contains_key(&3), "round {round}");
                 }
                 (Err(CatalogError::GroupOwnsSlots { group: 3, .. }), Ok(true)) => {
-                    assert!(loaded.slots_of(3).len() > 0, "round {round}");
+                    assert!(!loaded.slots_of(3).is_empty(), "round {round}");
                     // Give the slots back and remove it for the next round.
                     assert!(
                         catalog
