@@ -633,6 +633,7 @@ mod status_tests {
             (
                 CatalogError::UnknownGroup {
                     group: 9,
+                    count: 3,
                     first: 1,
                     last: 3,
                 },

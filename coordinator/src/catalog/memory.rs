@@ -158,11 +158,13 @@ impl MemoryDb {
         true
     }
 
-    /// The lowest and highest group id, if any group exists.
-    pub(super) fn group_range(&self) -> (Option<i64>, Option<i64>) {
+    /// The lowest and highest group id, if any group exists, and how many
+    /// exist.
+    pub(super) fn group_range(&self) -> (Option<i64>, Option<i64>, i64) {
         (
             self.groups.keys().next().copied(),
             self.groups.keys().next_back().copied(),
+            self.groups.len() as i64,
         )
     }
 

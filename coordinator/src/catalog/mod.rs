@@ -10,7 +10,12 @@
 //! Every change is a conditional update on a version column (a group's
 //! `version`, the cluster's `map_epoch`): a writer states the version it
 //! read, and the update matches no row if anyone changed it since. Two
-//! coordinators can therefore never both win. Schema changes are sqlx
+//! coordinators can therefore never both win. Groups are created with the
+//! cluster (`bootstrap`) and may later be added empty (`add_group`: an
+//! insert that only takes effect for a free id) or removed while they own
+//! no slot (`remove_group`: conditional on the group's version and on the
+//! map epoch whose slot map it checked); neither moves a slot, so neither
+//! changes `map_epoch`. Schema changes are sqlx
 //! migrations embedded from `coordinator/migrations/<backend>/` and run on
 //! connect.
 //!
@@ -124,9 +129,14 @@ pub enum CatalogError {
     /// `bootstrap` asked for a cluster other than the one that exists.
     #[error("{0}")]
     Mismatch(String),
-    #[error("group {group} does not exist: this cluster has groups {first} to {last}")]
+    #[error(
+        "group {group} does not exist: this cluster has {}",
+        groups_text(*count, *first, *last)
+    )]
     UnknownGroup {
         group: GroupId,
+        /// How many groups exist, the lowest id and the highest.
+        count: u64,
         first: GroupId,
         last: GroupId,
     },
@@ -150,6 +160,18 @@ pub enum CatalogError {
     /// A stored row breaks an invariant. Never repaired silently.
     #[error("the catalog holds invalid data: {0}")]
     Corrupt(String),
+}
+
+/// The groups that exist, for a message: `groups 1 to 3`, or with gaps
+/// left by removed groups `3 groups from 1 to 5 (not every id between)`.
+fn groups_text(count: u64, first: GroupId, last: GroupId) -> String {
+    if count == 1 {
+        format!("only group {first}")
+    } else if last.checked_sub(first).and_then(|d| d.checked_add(1)) == Some(count) {
+        format!("groups {first} to {last}")
+    } else {
+        format!("{count} groups from {first} to {last} (not every id between)")
+    }
 }
 
 /// Wraps an sqlx error with what we were doing.
@@ -764,21 +786,29 @@ impl Catalog {
     /// says there is no cluster at all.
     async fn unknown_group(&self, group: GroupId) -> CatalogError {
         match self.group_range().await {
-            Ok((Some(first), Some(last))) => {
-                match (to_u64(first, "a group id"), to_u64(last, "a group id")) {
-                    (Ok(first), Ok(last)) => CatalogError::UnknownGroup { group, first, last },
-                    (Err(err), _) | (_, Err(err)) => err,
-                }
-            }
+            Ok((Some(first), Some(last), count)) => match (
+                to_u64(first, "a group id"),
+                to_u64(last, "a group id"),
+                to_u64(count, "the number of groups"),
+            ) {
+                (Ok(first), Ok(last), Ok(count)) => CatalogError::UnknownGroup {
+                    group,
+                    count,
+                    first,
+                    last,
+                },
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => err,
+            },
             Ok(_) => CatalogError::NotBootstrapped,
             Err(err) => err,
         }
     }
 
-    /// The lowest and highest group id, if any group exists.
-    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>), CatalogError> {
+    /// The lowest and highest group id, if any group exists, and how many
+    /// exist.
+    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>, i64), CatalogError> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_as("SELECT MIN(id), MAX(id) FROM shard_groups")
+            sqlx::query_as("SELECT MIN(id), MAX(id), COUNT(*) FROM shard_groups")
                 .fetch_one(pool)
                 .await
                 .map_err(db("reading the range of group ids"))?

@@ -893,6 +893,17 @@ mod cases {
             .expect("register");
         let removed = catalog.remove_group(4).await.expect("remove");
         assert_eq!(removed, map, "back to the map before the add");
+        catalog
+            .add_group(6)
+            .await
+            .expect("add group 6, leaving a gap");
+        let err = catalog.remove_group(4).await.expect_err("gone");
+        assert!(
+            err.to_string()
+                .contains("has 4 groups from 1 to 6 (not every id between)"),
+            "{err}"
+        );
+        catalog.remove_group(6).await.expect("remove group 6");
         let err = catalog
             .register_member(4, "127.0.0.1:4400", 3)
             .await
