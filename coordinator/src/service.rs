@@ -472,7 +472,9 @@ pub fn admin_status(err: CatalogError) -> Status {
         CatalogError::Database { .. } | CatalogError::Io { .. } => {
             (tonic::Code::Unavailable, pb::ErrorReason::Unavailable, None)
         }
-        CatalogError::BadUrl { .. }
+        // No Admin call saves reshard jobs yet.
+        CatalogError::UnknownJob { .. }
+        | CatalogError::BadUrl { .. }
         | CatalogError::Migrate { .. }
         | CatalogError::NotBootstrapped
         | CatalogError::Mismatch(_)

@@ -17,6 +17,10 @@ pub(super) const SLOT_MAP_BYTES: usize = SLOTS as usize * 4;
 /// heartbeat age and uptime in milliseconds.
 pub(super) type CoordinatorListed = (String, String, String, i64, i64);
 
+/// Rows as `list_jobs` returns them: id, version, state, milliseconds since
+/// creation and since the last save.
+pub(super) type JobListed = (i64, i64, Vec<u8>, i64, i64);
+
 /// The row of `cluster`: map epoch, encoded slot map.
 pub(super) type ClusterRow = (i64, Vec<u8>);
 /// One row of `shard_groups`: id, version, epoch.

@@ -58,8 +58,8 @@ use trellis_types::GroupId;
 use trellis_types::placement::assign_slots;
 
 use self::codec::{
-    ClusterRow, CoordinatorListed, GroupRow, MemberRow, build_map, check_groups_exist, check_text,
-    encode_slots, to_i64, to_u64,
+    ClusterRow, CoordinatorListed, GroupRow, JobListed, MemberRow, build_map, check_groups_exist,
+    check_text, encode_slots, to_i64, to_u64,
 };
 use self::memory::MemoryDb;
 use crate::map::{ClusterMap, Member};
@@ -95,6 +95,13 @@ pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
 /// same address replaces its row at once anyway. Until then the row shows
 /// as dead in the status.
 pub const COORDINATOR_ROW_EXPIRY: Duration = Duration::from_secs(10 * 60);
+
+/// Largest encoded state of one reshard job, in bytes (the tables' CHECK
+/// says the same).
+pub const JOB_STATE_BYTES_MAX: usize = 64 * 1024;
+/// Most reshard jobs the catalog keeps. No job is deleted yet (finished
+/// ones stay for the status); past this, `create_job` refuses.
+pub const JOBS_MAX: u64 = 1024;
 
 /// The URL of an in-memory catalog (nothing may follow it).
 pub const MEMORY_URL: &str = "memory:";
@@ -157,6 +164,9 @@ pub enum CatalogError {
         "lost the compare-and-swap to other writers {REGISTER_ATTEMPTS_MAX} times in a row; retry"
     )]
     Conflict,
+    /// `save_job` of a job that does not exist.
+    #[error("reshard job {id} does not exist")]
+    UnknownJob { id: u64 },
     /// A stored row breaks an invariant. Never repaired silently.
     #[error("the catalog holds invalid data: {0}")]
     Corrupt(String),
@@ -212,6 +222,21 @@ pub struct CoordinatorRow {
     /// Milliseconds since it registered at start-up; `None` for a row
     /// written before start times were kept.
     pub uptime_ms: Option<u64>,
+}
+
+/// A reshard job as the catalog stores it: the caller's encoding of its
+/// state, opaque here, and the version to state when saving it next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: u64,
+    /// Bumped by every save (compare-and-swap); 1 when created.
+    pub version: u64,
+    /// The state as the caller encoded it.
+    pub state: Vec<u8>,
+    /// Milliseconds since it was created and since it was last saved (the
+    /// database's clock; in memory, tokio's).
+    pub created_age_ms: u64,
+    pub updated_age_ms: u64,
 }
 
 /// How a coordinator's row is written: at start-up (which also forgets
@@ -982,6 +1007,137 @@ impl Catalog {
         }
         Ok(won)
     }
+
+    /// Stores a new reshard job with the caller's encoded `state` at
+    /// version 1; returns its id (one more than the highest so far).
+    /// Conditional: the insert takes effect only for a free id, so racing
+    /// creators get distinct ids (a loser retries, up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times). Refuses a state over
+    /// [`JOB_STATE_BYTES_MAX`] and a catalog already holding [`JOBS_MAX`]
+    /// jobs.
+    pub async fn create_job(&self, state: &[u8]) -> Result<u64, CatalogError> {
+        let this = self.clone();
+        let state = state.to_vec();
+        to_completion(async move { this.create_job_now(&state).await }).await
+    }
+
+    async fn create_job_now(&self, state: &[u8]) -> Result<u64, CatalogError> {
+        check_job_state(state)?;
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let (count, highest): (i64, Option<i64>) = with_pool!(self, pool => {
+                sqlx::query_as("SELECT COUNT(*), MAX(id) FROM reshard_jobs")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db("counting the reshard jobs"))?
+            }, memory => memory.job_range());
+            if to_u64(count, "the number of reshard jobs")? >= JOBS_MAX {
+                return Err(CatalogError::Invalid(format!(
+                    "refusing a new reshard job: the catalog holds {JOBS_MAX}, the most it keeps"
+                )));
+            }
+            let id = highest.unwrap_or(0).checked_add(1).ok_or_else(|| {
+                CatalogError::Corrupt("the highest reshard job id cannot grow further".into())
+            })?;
+            let created = with_pool!(self, pool, dialect => {
+                sqlx::query(dialect.insert_job)
+                    .bind(id)
+                    .bind(state)
+                    .execute(pool)
+                    .await
+                    .map_err(db(format!("creating reshard job {id}")))?
+                    .rows_affected()
+                    == 1
+            }, memory => memory.insert_job(id, state));
+            if created {
+                return to_u64(id, "a reshard job id");
+            }
+        }
+        Err(CatalogError::Conflict)
+    }
+
+    /// Replaces job `id`'s state if its version is still
+    /// `expected_version`, and bumps the version. `Ok(false)` if another
+    /// writer saved it first (nothing is written);
+    /// [`CatalogError::UnknownJob`] if there is no such job.
+    pub async fn save_job(
+        &self,
+        id: u64,
+        expected_version: u64,
+        state: &[u8],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let state = state.to_vec();
+        to_completion(async move { this.save_job_now(id, expected_version, &state).await }).await
+    }
+
+    async fn save_job_now(
+        &self,
+        id: u64,
+        expected_version: u64,
+        state: &[u8],
+    ) -> Result<bool, CatalogError> {
+        check_job_state(state)?;
+        let Ok(id_value) = i64::try_from(id) else {
+            return Err(CatalogError::UnknownJob { id });
+        };
+        // No stored version exceeds i64::MAX, so a larger one is merely stale.
+        let Ok(version) = i64::try_from(expected_version) else {
+            return match self.jobs().await?.iter().any(|j| j.id == id) {
+                true => Ok(false),
+                false => Err(CatalogError::UnknownJob { id }),
+            };
+        };
+        let won = with_pool!(self, pool, dialect => {
+            sqlx::query(dialect.save_job)
+                .bind(id_value)
+                .bind(version)
+                .bind(state)
+                .execute(pool)
+                .await
+                .map_err(db(format!("saving reshard job {id}")))?
+                .rows_affected()
+                == 1
+        }, memory => memory.save_job(id_value, version, state)?);
+        if !won && !self.jobs().await?.iter().any(|j| j.id == id) {
+            return Err(CatalogError::UnknownJob { id });
+        }
+        Ok(won)
+    }
+
+    /// Every reshard job, by id.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, CatalogError> {
+        let rows: Vec<JobListed> = with_pool!(self, pool, dialect => {
+            sqlx::query_as(dialect.list_jobs)
+                .fetch_all(pool)
+                .await
+                .map_err(db("listing the reshard jobs"))?
+        }, memory => memory.list_jobs());
+        rows.into_iter()
+            .map(|(id, version, state, created_ms, updated_ms)| {
+                let id = to_u64(id, "a reshard job id")?;
+                Ok(JobRow {
+                    id,
+                    version: to_u64(version, &format!("the version of reshard job {id}"))?,
+                    state,
+                    // An age "in the future" means the database clock
+                    // stepped back; it is as fresh as can be.
+                    created_age_ms: u64::try_from(created_ms).unwrap_or(0),
+                    updated_age_ms: u64::try_from(updated_ms).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Refuses a job state larger than [`JOB_STATE_BYTES_MAX`].
+fn check_job_state(state: &[u8]) -> Result<(), CatalogError> {
+    if state.len() > JOB_STATE_BYTES_MAX {
+        return Err(CatalogError::Invalid(format!(
+            "refusing a reshard job state of {} bytes: at most {JOB_STATE_BYTES_MAX}",
+            state.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

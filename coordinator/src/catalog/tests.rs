@@ -1026,6 +1026,114 @@ mod cases {
         }
     }
 
+    /// Reshard jobs: created at version 1 with the caller's bytes, saved
+    /// only at the version read, listed by id with fresh ages; an unknown
+    /// job or an oversized state is refused and changes nothing.
+    pub async fn jobs_are_created_saved_and_listed(place: &Place) {
+        let catalog = place.connect().await;
+        assert!(catalog.jobs().await.expect("no jobs").is_empty());
+        let first = catalog.create_job(b"plan-a").await.expect("create");
+        let second = catalog.create_job(&[]).await.expect("an empty state");
+        assert_eq!((first, second), (1, 2));
+        assert!(
+            catalog
+                .save_job(first, 1, b"plan-a:copying")
+                .await
+                .expect("save")
+        );
+        assert!(
+            !catalog
+                .save_job(first, 1, b"stale")
+                .await
+                .expect("stale save"),
+            "a save at a version already saved over loses"
+        );
+        assert!(!catalog.save_job(first, u64::MAX, b"x").await.expect("huge"));
+        let jobs = catalog.jobs().await.expect("list");
+        let seen = |jobs: &[JobRow]| -> Vec<(u64, u64, Vec<u8>)> {
+            jobs.iter()
+                .map(|j| (j.id, j.version, j.state.clone()))
+                .collect()
+        };
+        assert_eq!(
+            seen(&jobs),
+            [(1, 2, b"plan-a:copying".to_vec()), (2, 1, vec![])]
+        );
+        assert!(
+            jobs.iter()
+                .all(|j| j.created_age_ms <= 5000 && j.updated_age_ms <= j.created_age_ms),
+            "{jobs:?}"
+        );
+        for id in [3, 0, u64::MAX] {
+            let err = catalog.save_job(id, 1, b"x").await.expect_err("unknown");
+            assert!(
+                matches!(err, CatalogError::UnknownJob { .. }),
+                "{id}: {err:?}"
+            );
+        }
+        let big = vec![7; JOB_STATE_BYTES_MAX + 1];
+        for err in [
+            catalog.create_job(&big).await.expect_err("too big"),
+            catalog.save_job(2, 1, &big).await.expect_err("too big"),
+        ] {
+            assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(
+            seen(&catalog.jobs().await.expect("list")),
+            seen(&jobs),
+            "refusals change nothing"
+        );
+        catalog
+            .create_job(&big[..JOB_STATE_BYTES_MAX])
+            .await
+            .expect("the largest state");
+        // A new connection (a restarted coordinator) reads them back.
+        assert_eq!(place.connect().await.jobs().await.expect("reload").len(), 3);
+    }
+
+    /// Racing creators get distinct ids; of racing savers at one version,
+    /// exactly one wins.
+    pub async fn concurrent_jobs_get_ids_and_one_save_wins(place: &Place) {
+        const RACERS: u64 = 6;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+        let creators: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.create_job(&i.to_le_bytes()).await.expect("create")
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for creator in creators {
+            ids.push(creator.await.expect("creator"));
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=RACERS).collect::<Vec<_>>(), "distinct ids");
+        let savers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    (i, catalog.save_job(1, 1, &[i as u8]).await.expect("save"))
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for saver in savers {
+            let (i, won) = saver.await.expect("saver");
+            if won {
+                winners.push(i);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one save wins: {winners:?}");
+        let job = place.connect().await.jobs().await.expect("list")[0].clone();
+        assert_eq!((job.version, job.state), (2, vec![winners[0] as u8]));
+    }
+
     pub async fn load_refuses_corrupt_rows(place: &Place) {
         let catalog = place.connect().await;
         catalog.bootstrap(3).await.expect("bootstrap");
@@ -1092,6 +1200,8 @@ macro_rules! backend_suite {
                 remove_group_refuses_owners_and_forgets_empty_groups,
                 concurrent_add_group_exactly_one_wins,
                 remove_group_races_slot_map_change,
+                jobs_are_created_saved_and_listed,
+                concurrent_jobs_get_ids_and_one_save_wins,
             );
         }
     };
