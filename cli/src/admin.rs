@@ -1,9 +1,15 @@
-//! `trellis admin`: operator commands on a running cluster.
+//! `trellis admin`: operator commands on a running cluster: hand a group's
+//! primary over (`transfer-primary`), add an empty shard group
+//! (`add-group`) and forget one that owns no slots (`remove-group`).
+//! Moving slots between groups (rebalance, move-slots, drain-group) is not
+//! built yet.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use trellis_coordinator::catalog::GROUPS_MAX;
 use trellis_proto::shard::v1 as shard_pb;
+use trellis_proto::v1 as pb;
 
 /// Deadline of the hand-over call (the primary waits up to 5 s for its
 /// target to catch up).
@@ -13,6 +19,9 @@ const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the coordinator's status is asked while waiting for the new
 /// primary to serve; also the resolution of the time it reports.
 const SERVING_POLL: Duration = Duration::from_millis(20);
+/// Deadline of an `AddGroup` or `RemoveGroup` call, connecting included:
+/// one conditional write to the catalog, a few retries if it races.
+const GROUP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,6 +50,45 @@ Examples:
         #[arg(long, value_parser = crate::flags::addr)]
         to: Option<String>,
     },
+    /// Register a new, empty shard group (no members, no slots).
+    ///
+    /// Then start its replicas with `trellis shard --group N`; they
+    /// register and show in `trellis status` with 0 slots. Slots do not
+    /// move to it yet (rebalance is not built).
+    #[command(after_help = "\
+Examples:
+  trellis admin add-group --group 4
+  trellis admin add-group --group 4 --addr 127.0.0.1:50051
+  trellis shard --group 4 --coordinator 127.0.0.1:50051 --data-dir ./data/group-4
+
+Fails (exit code 1) if the group exists already.")]
+    AddGroup {
+        /// Coordinator address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
+        addr: String,
+        /// The id of the new group.
+        #[arg(long, value_parser = crate::flags::u64_in(1, u64::from(GROUPS_MAX)))]
+        group: u64,
+    },
+    /// Forget a shard group that owns no slots, and its members.
+    ///
+    /// Only a group that owns no slots can be removed (every slot must keep a group); its replicas,
+    /// if still running, can then be stopped.
+    #[command(after_help = "\
+Examples:
+  trellis admin remove-group --group 4
+  trellis admin remove-group --group 4 --addr 127.0.0.1:50051
+
+Fails (exit code 1) if the group does not exist or still owns slots (drain
+it first; drain-group is not built yet).")]
+    RemoveGroup {
+        /// Coordinator address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
+        addr: String,
+        /// The group to forget.
+        #[arg(long, value_parser = crate::flags::u64_in(1, u64::from(GROUPS_MAX)))]
+        group: u64,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,7 +99,55 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         AdminCommand::TransferPrimary { addr, group, to } => {
             runtime.block_on(transfer_primary(&addr, group, to))
         }
+        AdminCommand::AddGroup { addr, group } => runtime.block_on(add_group(&addr, group)),
+        AdminCommand::RemoveGroup { addr, group } => runtime.block_on(remove_group(&addr, group)),
     }
+}
+
+/// An Admin client of the coordinator at `addr`, every call bounded by
+/// [`GROUP_CHANGE_TIMEOUT`].
+async fn admin_client(
+    addr: &str,
+) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(GROUP_CHANGE_TIMEOUT)
+        .timeout(GROUP_CHANGE_TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {addr}"))?;
+    Ok(pb::admin_client::AdminClient::new(channel))
+}
+
+async fn add_group(addr: &str, group: u64) -> anyhow::Result<()> {
+    let mut client = admin_client(addr).await?;
+    let response = client
+        .add_group(pb::AddGroupRequest { group_id: group })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("adding group {group}"))?
+        .into_inner();
+    println!(
+        "added group {group}: no slots, no members ({} groups now, map epoch {}).\n\
+         Start its replicas: trellis shard --group {group} --coordinator {addr} --data-dir DIR",
+        response.groups, response.map_epoch
+    );
+    Ok(())
+}
+
+async fn remove_group(addr: &str, group: u64) -> anyhow::Result<()> {
+    let mut client = admin_client(addr).await?;
+    let response = client
+        .remove_group(pb::RemoveGroupRequest { group_id: group })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("removing group {group}"))?
+        .into_inner();
+    println!(
+        "removed group {group} ({} groups now, map epoch {}); its replicas, if any still run, \
+         can be stopped",
+        response.groups, response.map_epoch
+    );
+    Ok(())
 }
 
 async fn transfer_primary(addr: &str, group: u64, to: Option<String>) -> anyhow::Result<()> {

@@ -10,7 +10,8 @@
 //! - `status`: `trellis status`, the cluster table (also `\status` in sql).
 //! - `sql`: `trellis sql`, the shell's terminal (the language is in
 //!   `trellis-client`).
-//! - `admin`: `trellis admin`, operator commands (transfer-primary).
+//! - `admin`: `trellis admin`, operator commands (transfer-primary,
+//!   add-group, remove-group).
 //! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
 //!   own.
 //! - `flags`: value checks shared by the subcommands' flags.
@@ -66,7 +67,8 @@ enum Command {
     /// A psql-like SQL shell over the table kv(k, v): interactive, or
     /// statements from -c, -f or standard input.
     Sql(sql::Args),
-    /// Operator commands on a running cluster (transfer-primary).
+    /// Operator commands on a running cluster (transfer-primary, add-group,
+    /// remove-group).
     Admin(admin::Args),
     /// A k6-style load tester: closed and open models, workloads,
     /// thresholds, summaries and reports, against Trellis, etcd or

@@ -16,6 +16,7 @@ use trellis_proto::v1 as pb;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, TxnId, validate};
 
+use crate::catalog::CatalogError;
 use crate::map::{ClusterMap, Member};
 
 use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
@@ -389,6 +390,104 @@ impl pb::admin_server::Admin for AdminApi {
             catalog: router.catalog().backend().to_string(),
         }))
     }
+
+    async fn add_group(
+        &self,
+        request: Request<pb::AddGroupRequest>,
+    ) -> Result<Response<pb::AddGroupResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let group = request.into_inner().group_id;
+        let router = self.txns.router();
+        let map = catalog_change(deadline, router.catalog().add_group(group)).await?;
+        let response = pb::AddGroupResponse {
+            map_epoch: map.map_epoch,
+            groups: map.groups.len() as u32,
+        };
+        router.install(map);
+        Ok(Response::new(response))
+    }
+
+    async fn remove_group(
+        &self,
+        request: Request<pb::RemoveGroupRequest>,
+    ) -> Result<Response<pb::RemoveGroupResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let group = request.into_inner().group_id;
+        let router = self.txns.router();
+        let map = catalog_change(deadline, router.catalog().remove_group(group)).await?;
+        let response = pb::RemoveGroupResponse {
+            map_epoch: map.map_epoch,
+            groups: map.groups.len() as u32,
+        };
+        router.install(map);
+        Ok(Response::new(response))
+    }
+}
+
+/// Runs an Admin change of the catalog within the request's deadline. The
+/// change runs to completion in a task of its own even when the deadline
+/// passes first, so then its outcome is unknown, which the error says.
+async fn catalog_change(
+    deadline: Instant,
+    change: impl std::future::Future<Output = Result<ClusterMap, CatalogError>>,
+) -> Result<ClusterMap, Status> {
+    match tokio::time::timeout_at(deadline, change).await {
+        Ok(result) => result.map_err(admin_status),
+        Err(_) => Err(error::status(
+            tonic::Code::DeadlineExceeded,
+            "the catalog did not answer before the deadline; the change may or may not \
+             have been made: `trellis status` shows the groups",
+            pb::ErrorReason::Unavailable.as_str_name(),
+            None,
+        )),
+    }
+}
+
+/// Builds the status of a failed Admin change of the catalog, in the error
+/// model of the public services (an `ErrorInfo` whose reason is a
+/// `trellis.v1.ErrorReason` name; the group in its metadata where the
+/// reason is about one).
+pub fn admin_status(err: CatalogError) -> Status {
+    let (code, reason, group) = match &err {
+        CatalogError::GroupExists { group } => (
+            tonic::Code::AlreadyExists,
+            pb::ErrorReason::GroupExists,
+            Some(*group),
+        ),
+        CatalogError::UnknownGroup { group, .. } => (
+            tonic::Code::NotFound,
+            pb::ErrorReason::UnknownGroup,
+            Some(*group),
+        ),
+        CatalogError::GroupOwnsSlots { group, .. } => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::GroupOwnsSlots,
+            Some(*group),
+        ),
+        CatalogError::Invalid(_) => (
+            tonic::Code::InvalidArgument,
+            pb::ErrorReason::InvalidInput,
+            None,
+        ),
+        // Lost to other writers every time: retrying later can win.
+        CatalogError::Conflict => (tonic::Code::Aborted, pb::ErrorReason::Unavailable, None),
+        CatalogError::Database { .. } | CatalogError::Io { .. } => {
+            (tonic::Code::Unavailable, pb::ErrorReason::Unavailable, None)
+        }
+        // No Admin call saves reshard jobs yet.
+        CatalogError::UnknownJob { .. }
+        | CatalogError::BadUrl { .. }
+        | CatalogError::Migrate { .. }
+        | CatalogError::NotBootstrapped
+        | CatalogError::Mismatch(_)
+        | CatalogError::Corrupt(_) => (tonic::Code::Internal, pb::ErrorReason::Internal, None),
+    };
+    error::status(
+        code,
+        err.to_string(),
+        reason.as_str_name(),
+        group.map(|g| (error::key::GROUP, g.to_string())),
+    )
 }
 
 /// What a member said when asked for its status.
@@ -524,6 +623,64 @@ fn member_statuses(
 mod status_tests {
     use super::*;
 
+    /// Each refusal of an Admin group change has its code, its reason and
+    /// the group in the `ErrorInfo`, and keeps the catalog's message.
+    #[test]
+    fn admin_refusals_carry_reason_and_group() {
+        let cases = [
+            (
+                CatalogError::GroupExists { group: 3 },
+                tonic::Code::AlreadyExists,
+                pb::ErrorReason::GroupExists,
+                Some("3"),
+            ),
+            (
+                CatalogError::UnknownGroup {
+                    group: 9,
+                    count: 3,
+                    first: 1,
+                    last: 3,
+                },
+                tonic::Code::NotFound,
+                pb::ErrorReason::UnknownGroup,
+                Some("9"),
+            ),
+            (
+                CatalogError::GroupOwnsSlots {
+                    group: 2,
+                    slots: 1365,
+                },
+                tonic::Code::FailedPrecondition,
+                pb::ErrorReason::GroupOwnsSlots,
+                Some("2"),
+            ),
+            (
+                CatalogError::Invalid("out of range".into()),
+                tonic::Code::InvalidArgument,
+                pb::ErrorReason::InvalidInput,
+                None,
+            ),
+            (
+                CatalogError::Conflict,
+                tonic::Code::Aborted,
+                pb::ErrorReason::Unavailable,
+                None,
+            ),
+        ];
+        for (err, code, reason, group) in cases {
+            let message = err.to_string();
+            let status = admin_status(err);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+            let info = error::error_info(&status).expect("an ErrorInfo");
+            assert_eq!(info.reason, reason.as_str_name());
+            assert_eq!(
+                info.metadata.get(error::key::GROUP).map(String::as_str),
+                group
+            );
+        }
+    }
+
     /// A call to a port nobody listens on fails as refused, through
     /// tonic's and hyper's error wrapping, on the coordinator's own lazy
     /// channel (what the status handler sees when a member was killed).
@@ -574,7 +731,11 @@ impl shard_pb::membership_server::Membership for MembershipApi {
             .register_member(req.group_id, &req.addr, req.pid)
             .await
             .map_err(|e| match e {
-                crate::catalog::CatalogError::Conflict => Status::aborted(e.to_string()),
+                CatalogError::Conflict => Status::aborted(e.to_string()),
+                // What the shard logs: say how to make its group known.
+                CatalogError::UnknownGroup { group, .. } => {
+                    Status::failed_precondition(format!("{e}; {}", add_group_hint(group)))
+                }
                 other => Status::failed_precondition(other.to_string()),
             })?;
         let slots = map.slots_of(req.group_id);
@@ -637,6 +798,15 @@ impl shard_pb::membership_server::Membership for MembershipApi {
             config: Some(config),
         }))
     }
+}
+
+/// What a replica of an unknown group is told: the group must be added
+/// first (or, if it was removed, added again).
+pub fn add_group_hint(group: GroupId) -> String {
+    format!(
+        "a new group must be added before its replicas start: run \
+         `trellis admin add-group --group {group}` first"
+    )
 }
 
 fn catalog_status(e: crate::catalog::CatalogError) -> Status {

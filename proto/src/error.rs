@@ -43,7 +43,9 @@ pub mod key {
     pub const EPOCH: &str = "epoch";
     /// The key the shard does not own, as lowercase hex (`WRONG_SHARD`).
     pub const KEY: &str = "key";
-    /// The group the refusing shard serves, decimal (`WRONG_SHARD`).
+    /// The group the refusing shard serves (`WRONG_SHARD`), or the group
+    /// an Admin call was about (`GROUP_EXISTS`, `UNKNOWN_GROUP`,
+    /// `GROUP_OWNS_SLOTS`), decimal.
     pub const GROUP: &str = "group";
 }
 

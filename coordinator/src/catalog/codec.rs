@@ -17,6 +17,10 @@ pub(super) const SLOT_MAP_BYTES: usize = SLOTS as usize * 4;
 /// heartbeat age and uptime in milliseconds.
 pub(super) type CoordinatorListed = (String, String, String, i64, i64);
 
+/// Rows as `list_jobs` returns them: id, version, state, milliseconds since
+/// creation and since the last save.
+pub(super) type JobListed = (i64, i64, Vec<u8>, i64, i64);
+
 /// The row of `cluster`: map epoch, encoded slot map.
 pub(super) type ClusterRow = (i64, Vec<u8>);
 /// One row of `shard_groups`: id, version, epoch.
@@ -208,6 +212,11 @@ mod tests {
         let slots = encode_slots(&assign_slots(&[1, 2])).expect("encode");
         let groups = || vec![(1, 1, 0), (2, 1, 0)];
         build_map(1, &slots, groups(), vec![]).expect("a whole map");
+        // A group the slot map gives nothing (one just added) is whole.
+        let with_empty = build_map(1, &slots, vec![(1, 1, 0), (2, 1, 0), (3, 1, 0)], vec![])
+            .expect("a group without slots");
+        assert_eq!(with_empty.slots_of(3).len(), 0);
+        assert!(with_empty.groups.contains_key(&3));
         let cases: Vec<(&str, Result<ClusterMap, CatalogError>)> = vec![
             ("epoch 0", build_map(0, &slots, groups(), vec![])),
             ("negative epoch", build_map(-1, &slots, groups(), vec![])),

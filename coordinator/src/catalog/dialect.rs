@@ -1,7 +1,7 @@
 //! The SQL text that differs between SQLite and PostgreSQL, one [`Dialect`]
 //! each. Every other statement is written once, in `mod.rs`; the
-//! coordinator-row statements are written once here (`dialect!`) and differ
-//! only in the expression for the database's clock.
+//! coordinator-row and reshard-job statements are written once here
+//! (`dialect!`) and differ only in the expression for the database's clock.
 
 /// The statements whose text differs between the two dialects. Everything
 /// else is written once: SQLite accepts PostgreSQL's `$n` placeholders.
@@ -29,6 +29,15 @@ pub(super) struct Dialect {
     /// Lists coordinators with the milliseconds since their heartbeat and
     /// since their start (-1: unknown), by the database's clock.
     pub(super) list_coordinators: &'static str,
+    /// Inserts reshard job $1 with state $2 at version 1, created and
+    /// updated now, unless the id is taken.
+    pub(super) insert_job: &'static str,
+    /// Replaces job $1's state with $3 and bumps its version, updated now,
+    /// only if its version is $2.
+    pub(super) save_job: &'static str,
+    /// Lists jobs by id: id, version, state, and the milliseconds since
+    /// their creation and their last save, by the database's clock.
+    pub(super) list_jobs: &'static str,
 }
 
 /// The upsert of a coordinator's row ($1 id, $2 address, $3 metrics
@@ -79,6 +88,26 @@ macro_rules! dialect {
                 $now_ms,
                 " - started_unix_ms ELSE -1 END \
                  FROM coordinators ORDER BY id"
+            ),
+            insert_job: concat!(
+                "INSERT INTO reshard_jobs (id, version, created_unix_ms, updated_unix_ms, state) \
+                 VALUES ($1, 1, ",
+                $now_ms,
+                ", ",
+                $now_ms,
+                ", $2) ON CONFLICT (id) DO NOTHING"
+            ),
+            save_job: concat!(
+                "UPDATE reshard_jobs SET version = version + 1, state = $3, updated_unix_ms = ",
+                $now_ms,
+                " WHERE id = $1 AND version = $2"
+            ),
+            list_jobs: concat!(
+                "SELECT id, version, state, ",
+                $now_ms,
+                " - created_unix_ms, ",
+                $now_ms,
+                " - updated_unix_ms FROM reshard_jobs ORDER BY id"
             ),
         }
     };

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use trellis_types::GroupId;
 
-use super::codec::{ClusterRow, CoordinatorListed, MapRows, check_groups_exist};
+use super::codec::{ClusterRow, CoordinatorListed, JobListed, MapRows, check_groups_exist};
 use super::{COORDINATOR_ROW_EXPIRY, CatalogError, CoordinatorWrite};
 use crate::map::Member;
 
@@ -32,12 +32,26 @@ pub(super) struct MemoryDb {
     /// `cluster`: the map epoch and the encoded slot map; `None` until
     /// bootstrapped.
     pub(super) cluster: Option<ClusterRow>,
+    /// `cluster.groups_created`: how many groups it was created with (0
+    /// until bootstrapped).
+    pub(super) groups_created: i64,
     /// `shard_groups`: id → (version, epoch).
     pub(super) groups: BTreeMap<i64, (i64, i64)>,
     /// `members`: (group id, ordinal) → (address, pid, in sync as 0 or 1).
     pub(super) members: BTreeMap<(i64, i64), (String, i64, i64)>,
     /// `coordinators`: id → its row, times by tokio's clock.
     pub(super) coordinators: BTreeMap<String, MemoryCoordinator>,
+    /// `reshard_jobs`: id → its row, times by tokio's clock.
+    pub(super) jobs: BTreeMap<i64, MemoryJob>,
+}
+
+/// A row of the in-memory `reshard_jobs` table.
+#[derive(Debug)]
+pub(super) struct MemoryJob {
+    pub(super) version: i64,
+    pub(super) state: Vec<u8>,
+    pub(super) created: tokio::time::Instant,
+    pub(super) updated: tokio::time::Instant,
 }
 
 /// A row of the in-memory `coordinators` table.
@@ -68,6 +82,7 @@ impl MemoryDb {
             )));
         }
         self.cluster = Some((1, slot_map.to_vec()));
+        self.groups_created = groups.len() as i64;
         for id in groups {
             self.groups.insert(*id, (1, 0));
         }
@@ -124,11 +139,43 @@ impl MemoryDb {
         Ok(true)
     }
 
-    /// The lowest and highest group id, if any group exists.
-    pub(super) fn group_range(&self) -> (Option<i64>, Option<i64>) {
+    /// The storage step of `add_group`: inserts group `id` (version 1,
+    /// epoch 0) unless it exists. Returns whether it did.
+    pub(super) fn add_group(&mut self, id: i64) -> Result<bool, CatalogError> {
+        if self.cluster.is_none() {
+            return Err(CatalogError::NotBootstrapped);
+        }
+        if self.groups.contains_key(&id) {
+            return Ok(false);
+        }
+        self.groups.insert(id, (1, 0));
+        Ok(true)
+    }
+
+    /// The storage step of `remove_group`: deletes group `id` and its
+    /// members only if the map epoch is still `map_epoch` and the group's
+    /// version still `version`. Returns whether it did.
+    pub(super) fn remove_group(&mut self, id: i64, version: i64, map_epoch: i64) -> bool {
+        let same_map = self
+            .cluster
+            .as_ref()
+            .is_some_and(|(epoch, _)| *epoch == map_epoch);
+        let same_group = self.groups.get(&id).is_some_and(|(v, _)| *v == version);
+        if !(same_map && same_group) {
+            return false;
+        }
+        self.groups.remove(&id);
+        self.members.retain(|(g, _), _| *g != id);
+        true
+    }
+
+    /// The lowest and highest group id, if any group exists, and how many
+    /// exist.
+    pub(super) fn group_range(&self) -> (Option<i64>, Option<i64>, i64) {
         (
             self.groups.keys().next().copied(),
             self.groups.keys().next_back().copied(),
+            self.groups.len() as i64,
         )
     }
 
@@ -206,6 +253,78 @@ impl MemoryDb {
             }
             _ => Ok(false),
         }
+    }
+
+    /// How many reshard jobs exist, and the highest id.
+    pub(super) fn job_range(&self) -> (i64, Option<i64>) {
+        (
+            self.jobs.len() as i64,
+            self.jobs.keys().next_back().copied(),
+        )
+    }
+
+    /// The storage step of `create_job`: inserts job `id` at version 1
+    /// unless the id is taken. Returns whether it did.
+    pub(super) fn insert_job(&mut self, id: i64, state: &[u8]) -> bool {
+        if self.jobs.contains_key(&id) {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        self.jobs.insert(
+            id,
+            MemoryJob {
+                version: 1,
+                state: state.to_vec(),
+                created: now,
+                updated: now,
+            },
+        );
+        true
+    }
+
+    /// The storage step of `save_job`: replaces job `id`'s state and bumps
+    /// its version only if its version is `version`. Returns whether it did.
+    pub(super) fn save_job(
+        &mut self,
+        id: i64,
+        version: i64,
+        state: &[u8],
+    ) -> Result<bool, CatalogError> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Ok(false);
+        };
+        if job.version != version {
+            return Ok(false);
+        }
+        job.version = version.checked_add(1).ok_or_else(|| {
+            CatalogError::Invalid(format!(
+                "the version {version} of reshard job {id} cannot grow further"
+            ))
+        })?;
+        job.state = state.to_vec();
+        job.updated = tokio::time::Instant::now();
+        Ok(true)
+    }
+
+    /// Jobs by id with the milliseconds since their creation and last
+    /// save, by tokio's clock.
+    pub(super) fn list_jobs(&self) -> Vec<JobListed> {
+        let now = tokio::time::Instant::now();
+        let ms = |since: tokio::time::Instant| {
+            i64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(i64::MAX)
+        };
+        self.jobs
+            .iter()
+            .map(|(id, job)| {
+                (
+                    *id,
+                    job.version,
+                    job.state.clone(),
+                    ms(job.created),
+                    ms(job.updated),
+                )
+            })
+            .collect()
     }
 }
 

@@ -10,7 +10,12 @@
 //! Every change is a conditional update on a version column (a group's
 //! `version`, the cluster's `map_epoch`): a writer states the version it
 //! read, and the update matches no row if anyone changed it since. Two
-//! coordinators can therefore never both win. Schema changes are sqlx
+//! coordinators can therefore never both win. Groups are created with the
+//! cluster (`bootstrap`) and may later be added empty (`add_group`: an
+//! insert that only takes effect for a free id) or removed while they own
+//! no slot (`remove_group`: conditional on the group's version and on the
+//! map epoch whose slot map it checked); neither moves a slot, so neither
+//! changes `map_epoch`. Schema changes are sqlx
 //! migrations embedded from `coordinator/migrations/<backend>/` and run on
 //! connect.
 //!
@@ -53,8 +58,8 @@ use trellis_types::GroupId;
 use trellis_types::placement::assign_slots;
 
 use self::codec::{
-    ClusterRow, CoordinatorListed, GroupRow, MemberRow, build_map, check_groups_exist, check_text,
-    encode_slots, to_i64, to_u64,
+    ClusterRow, CoordinatorListed, GroupRow, JobListed, MemberRow, build_map, check_groups_exist,
+    check_text, encode_slots, to_i64, to_u64,
 };
 use self::memory::MemoryDb;
 use crate::map::{ClusterMap, Member};
@@ -91,6 +96,13 @@ pub const COORDINATOR_ID_BYTES_MAX: usize = 256;
 /// as dead in the status.
 pub const COORDINATOR_ROW_EXPIRY: Duration = Duration::from_secs(10 * 60);
 
+/// Largest encoded state of one reshard job, in bytes (the tables' CHECK
+/// says the same).
+pub const JOB_STATE_BYTES_MAX: usize = 64 * 1024;
+/// Most reshard jobs the catalog keeps. No job is deleted yet (finished
+/// ones stay for the status); past this, `create_job` refuses.
+pub const JOBS_MAX: u64 = 1024;
+
 /// The URL of an in-memory catalog (nothing may follow it).
 pub const MEMORY_URL: &str = "memory:";
 
@@ -124,12 +136,27 @@ pub enum CatalogError {
     /// `bootstrap` asked for a cluster other than the one that exists.
     #[error("{0}")]
     Mismatch(String),
-    #[error("group {group} does not exist: this cluster has groups {first} to {last}")]
+    #[error(
+        "group {group} does not exist: this cluster has {}",
+        groups_text(*count, *first, *last)
+    )]
     UnknownGroup {
         group: GroupId,
+        /// How many groups exist, the lowest id and the highest.
+        count: u64,
         first: GroupId,
         last: GroupId,
     },
+    /// `add_group` of a group that is already registered.
+    #[error("group {group} already exists: `trellis status` lists the groups")]
+    GroupExists { group: GroupId },
+    /// `remove_group` of a group the slot map still gives slots to.
+    #[error(
+        "group {group} still owns {slots} slots: drain it first with \
+         `trellis admin drain-group --group {group}` (not built yet: slots cannot move between \
+         groups yet, so only a group that never received slots can be removed)"
+    )]
+    GroupOwnsSlots { group: GroupId, slots: u32 },
     /// An argument the catalog refuses (out of range, wrong length).
     #[error("{0}")]
     Invalid(String),
@@ -137,9 +164,24 @@ pub enum CatalogError {
         "lost the compare-and-swap to other writers {REGISTER_ATTEMPTS_MAX} times in a row; retry"
     )]
     Conflict,
+    /// `save_job` of a job that does not exist.
+    #[error("reshard job {id} does not exist")]
+    UnknownJob { id: u64 },
     /// A stored row breaks an invariant. Never repaired silently.
     #[error("the catalog holds invalid data: {0}")]
     Corrupt(String),
+}
+
+/// The groups that exist, for a message: `groups 1 to 3`, or with gaps
+/// left by removed groups `3 groups from 1 to 5 (not every id between)`.
+fn groups_text(count: u64, first: GroupId, last: GroupId) -> String {
+    if count == 1 {
+        format!("only group {first}")
+    } else if last.checked_sub(first).and_then(|d| d.checked_add(1)) == Some(count) {
+        format!("groups {first} to {last}")
+    } else {
+        format!("{count} groups from {first} to {last} (not every id between)")
+    }
 }
 
 /// Wraps an sqlx error with what we were doing.
@@ -180,6 +222,21 @@ pub struct CoordinatorRow {
     /// Milliseconds since it registered at start-up; `None` for a row
     /// written before start times were kept.
     pub uptime_ms: Option<u64>,
+}
+
+/// A reshard job as the catalog stores it: the caller's encoding of its
+/// state, opaque here, and the version to state when saving it next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: u64,
+    /// Bumped by every save (compare-and-swap); 1 when created.
+    pub version: u64,
+    /// The state as the caller encoded it.
+    pub state: Vec<u8>,
+    /// Milliseconds since it was created and since it was last saved (the
+    /// database's clock; in memory, tokio's).
+    pub created_age_ms: u64,
+    pub updated_age_ms: u64,
 }
 
 /// How a coordinator's row is written: at start-up (which also forgets
@@ -326,10 +383,11 @@ impl Catalog {
                 .await
                 .map_err(db("starting the bootstrap"))?;
             let created = sqlx::query(
-                "INSERT INTO cluster (id, map_epoch, slot_map) VALUES (1, 1, $1) \
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO cluster (id, map_epoch, slot_map, groups_created) \
+                 VALUES (1, 1, $1, $2) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&slot_map)
+            .bind(i64::from(groups))
             .execute(&mut *tx)
             .await
             .map_err(db("creating the cluster row"))?
@@ -355,14 +413,38 @@ impl Catalog {
             );
         }
         let map = self.load_now().await?;
-        if map.groups.len() != ids.len() {
+        // Compared with the count the cluster was created with, not the
+        // count it has: groups added or removed since then do not make a
+        // restart with the same `--groups` a mismatch.
+        let created_with = self.groups_created_now().await?;
+        if created_with != u64::from(groups) {
+            let now = if created_with == map.groups.len() as u64 {
+                String::new()
+            } else {
+                format!(" (it has {} now)", map.groups.len())
+            };
             return Err(CatalogError::Mismatch(format!(
-                "the catalog already holds a cluster of {} groups, not {groups}: \
-                 adding groups later needs resharding, which is not supported yet",
-                map.groups.len()
+                "the catalog already holds a cluster created with {created_with} groups{now}, \
+                 not {groups}: --groups only creates a cluster; change the groups of a running \
+                 one with `trellis admin add-group` and `remove-group` (resharding, moving \
+                 slots between groups, is not built yet)"
             )));
         }
         Ok(map)
+    }
+
+    /// How many groups the cluster was created with (`groups_created`).
+    async fn groups_created_now(&self) -> Result<u64, CatalogError> {
+        let created: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT groups_created FROM cluster WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(db("reading how many groups the cluster was created with"))?
+        }, memory => memory.cluster.as_ref().map(|_| memory.groups_created));
+        to_u64(
+            created.ok_or(CatalogError::NotBootstrapped)?,
+            "the number of groups the cluster was created with",
+        )
     }
 
     /// Reads the whole map (epoch, slot map, groups with members and
@@ -579,25 +661,179 @@ impl Catalog {
         Ok(won)
     }
 
+    /// Registers `group` as a new, empty group: no members and no slots
+    /// (a group receives slots only when they move to it), version 1,
+    /// epoch 0. Its replicas can then register as for any group. Returns
+    /// the map as it stands afterwards. Refuses a group id outside 1 to
+    /// [`GROUPS_MAX`], a group that exists ([`CatalogError::GroupExists`]),
+    /// and a catalog without a cluster.
+    ///
+    /// Conditional like every change: the insert takes effect only if no
+    /// row has the id, so of two coordinators adding the same group one
+    /// wins and the other is told it exists. The map epoch does not change
+    /// (no slot changes owner; shards follow the epoch only at
+    /// registration, so a bump would make them refuse every request as
+    /// stale); other coordinators see the group on their next map read.
+    pub async fn add_group(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.add_group_now(group).await }).await
+    }
+
+    async fn add_group_now(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        if group == 0 || group > GroupId::from(GROUPS_MAX) {
+            return Err(CatalogError::Invalid(format!(
+                "refusing to add group {group}: group ids run from 1 to {GROUPS_MAX}"
+            )));
+        }
+        let id = to_i64(group, "group id")?;
+        let added = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db(format!("starting to add group {group}")))?;
+            // The cluster row is never deleted, so once read it exists
+            // when the insert commits.
+            let cluster: Option<i64> = sqlx::query_scalar("SELECT id FROM cluster WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the cluster row"))?;
+            if cluster.is_none() {
+                return Err(CatalogError::NotBootstrapped);
+            }
+            let added = sqlx::query(
+                "INSERT INTO shard_groups (id, version) VALUES ($1, 1) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("adding group {group}")))?
+            .rows_affected()
+                == 1;
+            tx.commit().await.map_err(db(format!("committing group {group}")))?;
+            added
+        }, memory => memory.add_group(id)?);
+        if !added {
+            return Err(CatalogError::GroupExists { group });
+        }
+        tracing::info!(group, "added an empty shard group to the catalog");
+        self.load_now().await
+    }
+
+    /// Forgets `group` and its members. Returns the map as it stands
+    /// afterwards. Refuses a group that does not exist and one that still
+    /// owns slots ([`CatalogError::GroupOwnsSlots`]): its slots must move
+    /// away first, so every slot always has a group.
+    ///
+    /// Conditional twice over, and retried up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times: the group's row must still be at
+    /// the version read (a registration or configuration change in between
+    /// makes it retry), and the map epoch must still be the one whose slot
+    /// map showed the group owning nothing. The latter is taken as a write
+    /// on the cluster row (to the same epoch), which `cas_slot_map` also
+    /// writes before it checks the groups, so a new slot map can never
+    /// hand slots to a group being removed.
+    pub async fn remove_group(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let this = self.clone();
+        to_completion(async move { this.remove_group_now(group).await }).await
+    }
+
+    async fn remove_group_now(&self, group: GroupId) -> Result<ClusterMap, CatalogError> {
+        let Ok(id) = i64::try_from(group) else {
+            return Err(self.unknown_group(group).await);
+        };
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let map = self.load_now().await?;
+            let Some(current) = map.groups.get(&group) else {
+                return Err(self.unknown_group(group).await);
+            };
+            let slots = map.slots_of(group).len();
+            if slots > 0 {
+                return Err(CatalogError::GroupOwnsSlots { group, slots });
+            }
+            let version = to_i64(current.version, "group version")?;
+            let map_epoch = to_i64(map.map_epoch, "map epoch")?;
+            let won = with_pool!(self, pool, dialect => {
+                let mut tx = pool
+                    .begin_with(dialect.begin_write)
+                    .await
+                    .map_err(db(format!("starting to remove group {group}")))?;
+                let same_map = sqlx::query(
+                    "UPDATE cluster SET map_epoch = map_epoch WHERE id = 1 AND map_epoch = $1",
+                )
+                .bind(map_epoch)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("holding the slot map"))?
+                .rows_affected()
+                    == 1;
+                let same_group = same_map
+                    && sqlx::query(
+                        "UPDATE shard_groups SET version = version + 1 \
+                         WHERE id = $1 AND version = $2",
+                    )
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(format!("holding group {group}")))?
+                    .rows_affected()
+                        == 1;
+                if same_group {
+                    sqlx::query("DELETE FROM members WHERE group_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(format!("removing the members of group {group}")))?;
+                    sqlx::query("DELETE FROM shard_groups WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db(format!("removing group {group}")))?;
+                    tx.commit()
+                        .await
+                        .map_err(db(format!("committing the removal of group {group}")))?;
+                } else {
+                    tx.rollback()
+                        .await
+                        .map_err(db("rolling back a lost group removal"))?;
+                }
+                same_group
+            }, memory => memory.remove_group(id, version, map_epoch));
+            if won {
+                tracing::info!(group, "removed a shard group from the catalog");
+                return self.load_now().await;
+            }
+        }
+        Err(CatalogError::Conflict)
+    }
+
     /// The error for a group that does not exist: names the valid range, or
     /// says there is no cluster at all.
     async fn unknown_group(&self, group: GroupId) -> CatalogError {
         match self.group_range().await {
-            Ok((Some(first), Some(last))) => {
-                match (to_u64(first, "a group id"), to_u64(last, "a group id")) {
-                    (Ok(first), Ok(last)) => CatalogError::UnknownGroup { group, first, last },
-                    (Err(err), _) | (_, Err(err)) => err,
-                }
-            }
+            Ok((Some(first), Some(last), count)) => match (
+                to_u64(first, "a group id"),
+                to_u64(last, "a group id"),
+                to_u64(count, "the number of groups"),
+            ) {
+                (Ok(first), Ok(last), Ok(count)) => CatalogError::UnknownGroup {
+                    group,
+                    count,
+                    first,
+                    last,
+                },
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => err,
+            },
             Ok(_) => CatalogError::NotBootstrapped,
             Err(err) => err,
         }
     }
 
-    /// The lowest and highest group id, if any group exists.
-    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>), CatalogError> {
+    /// The lowest and highest group id, if any group exists, and how many
+    /// exist.
+    async fn group_range(&self) -> Result<(Option<i64>, Option<i64>, i64), CatalogError> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_as("SELECT MIN(id), MAX(id) FROM shard_groups")
+            sqlx::query_as("SELECT MIN(id), MAX(id), COUNT(*) FROM shard_groups")
                 .fetch_one(pool)
                 .await
                 .map_err(db("reading the range of group ids"))?
@@ -742,13 +978,6 @@ impl Catalog {
                 .begin_with(dialect.begin_write)
                 .await
                 .map_err(db("starting a slot map change"))?;
-            // Checked inside the transaction that writes the map, so that
-            // the groups it names are the groups that exist when it lands.
-            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db("reading the shard groups"))?;
-            check_groups_exist(&named, existing)?;
             let won = sqlx::query(
                 "UPDATE cluster SET map_epoch = $1, slot_map = $2 WHERE id = 1 AND map_epoch = $3",
             )
@@ -760,6 +989,16 @@ impl Catalog {
             .map_err(db(format!("replacing the slot map of epoch {expected_epoch}")))?
             .rows_affected()
                 == 1;
+            // Checked inside the transaction that writes the map, and after
+            // the update, which holds the cluster row: `remove_group` takes
+            // that row too, so the groups read here are the groups that
+            // exist when the map lands (PostgreSQL reads each statement
+            // afresh). A refused map rolls back when `tx` is dropped.
+            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM shard_groups")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading the shard groups"))?;
+            check_groups_exist(&named, existing)?;
             tx.commit().await.map_err(db("committing the slot map change"))?;
             won
         }, memory => memory.cas_slot_map(&named, expected, next, &slot_map)?);
@@ -768,6 +1007,137 @@ impl Catalog {
         }
         Ok(won)
     }
+
+    /// Stores a new reshard job with the caller's encoded `state` at
+    /// version 1; returns its id (one more than the highest so far).
+    /// Conditional: the insert takes effect only for a free id, so racing
+    /// creators get distinct ids (a loser retries, up to
+    /// [`REGISTER_ATTEMPTS_MAX`] times). Refuses a state over
+    /// [`JOB_STATE_BYTES_MAX`] and a catalog already holding [`JOBS_MAX`]
+    /// jobs.
+    pub async fn create_job(&self, state: &[u8]) -> Result<u64, CatalogError> {
+        let this = self.clone();
+        let state = state.to_vec();
+        to_completion(async move { this.create_job_now(&state).await }).await
+    }
+
+    async fn create_job_now(&self, state: &[u8]) -> Result<u64, CatalogError> {
+        check_job_state(state)?;
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let (count, highest): (i64, Option<i64>) = with_pool!(self, pool => {
+                sqlx::query_as("SELECT COUNT(*), MAX(id) FROM reshard_jobs")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(db("counting the reshard jobs"))?
+            }, memory => memory.job_range());
+            if to_u64(count, "the number of reshard jobs")? >= JOBS_MAX {
+                return Err(CatalogError::Invalid(format!(
+                    "refusing a new reshard job: the catalog holds {JOBS_MAX}, the most it keeps"
+                )));
+            }
+            let id = highest.unwrap_or(0).checked_add(1).ok_or_else(|| {
+                CatalogError::Corrupt("the highest reshard job id cannot grow further".into())
+            })?;
+            let created = with_pool!(self, pool, dialect => {
+                sqlx::query(dialect.insert_job)
+                    .bind(id)
+                    .bind(state)
+                    .execute(pool)
+                    .await
+                    .map_err(db(format!("creating reshard job {id}")))?
+                    .rows_affected()
+                    == 1
+            }, memory => memory.insert_job(id, state));
+            if created {
+                return to_u64(id, "a reshard job id");
+            }
+        }
+        Err(CatalogError::Conflict)
+    }
+
+    /// Replaces job `id`'s state if its version is still
+    /// `expected_version`, and bumps the version. `Ok(false)` if another
+    /// writer saved it first (nothing is written);
+    /// [`CatalogError::UnknownJob`] if there is no such job.
+    pub async fn save_job(
+        &self,
+        id: u64,
+        expected_version: u64,
+        state: &[u8],
+    ) -> Result<bool, CatalogError> {
+        let this = self.clone();
+        let state = state.to_vec();
+        to_completion(async move { this.save_job_now(id, expected_version, &state).await }).await
+    }
+
+    async fn save_job_now(
+        &self,
+        id: u64,
+        expected_version: u64,
+        state: &[u8],
+    ) -> Result<bool, CatalogError> {
+        check_job_state(state)?;
+        let Ok(id_value) = i64::try_from(id) else {
+            return Err(CatalogError::UnknownJob { id });
+        };
+        // No stored version exceeds i64::MAX, so a larger one is merely stale.
+        let Ok(version) = i64::try_from(expected_version) else {
+            return match self.jobs().await?.iter().any(|j| j.id == id) {
+                true => Ok(false),
+                false => Err(CatalogError::UnknownJob { id }),
+            };
+        };
+        let won = with_pool!(self, pool, dialect => {
+            sqlx::query(dialect.save_job)
+                .bind(id_value)
+                .bind(version)
+                .bind(state)
+                .execute(pool)
+                .await
+                .map_err(db(format!("saving reshard job {id}")))?
+                .rows_affected()
+                == 1
+        }, memory => memory.save_job(id_value, version, state)?);
+        if !won && !self.jobs().await?.iter().any(|j| j.id == id) {
+            return Err(CatalogError::UnknownJob { id });
+        }
+        Ok(won)
+    }
+
+    /// Every reshard job, by id.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, CatalogError> {
+        let rows: Vec<JobListed> = with_pool!(self, pool, dialect => {
+            sqlx::query_as(dialect.list_jobs)
+                .fetch_all(pool)
+                .await
+                .map_err(db("listing the reshard jobs"))?
+        }, memory => memory.list_jobs());
+        rows.into_iter()
+            .map(|(id, version, state, created_ms, updated_ms)| {
+                let id = to_u64(id, "a reshard job id")?;
+                Ok(JobRow {
+                    id,
+                    version: to_u64(version, &format!("the version of reshard job {id}"))?,
+                    state,
+                    // An age "in the future" means the database clock
+                    // stepped back; it is as fresh as can be.
+                    created_age_ms: u64::try_from(created_ms).unwrap_or(0),
+                    updated_age_ms: u64::try_from(updated_ms).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Refuses a job state larger than [`JOB_STATE_BYTES_MAX`].
+fn check_job_state(state: &[u8]) -> Result<(), CatalogError> {
+    if state.len() > JOB_STATE_BYTES_MAX {
+        return Err(CatalogError::Invalid(format!(
+            "refusing a reshard job state of {} bytes: at most {JOB_STATE_BYTES_MAX}",
+            state.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,6 +180,14 @@ mod cases {
         let slots = vec![1; SLOTS as usize];
         let err = catalog.cas_slot_map(1, &slots).await.expect_err("cas");
         assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        let err = catalog.add_group(1).await.expect_err("add a group");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        let err = catalog.remove_group(1).await.expect_err("remove a group");
+        assert!(matches!(err, CatalogError::NotBootstrapped), "{err:?}");
+        assert!(matches!(
+            catalog.load().await,
+            Err(CatalogError::NotBootstrapped)
+        ));
     }
 
     pub async fn bootstrap_creates_groups_and_full_slot_map(place: &Place) {
@@ -753,6 +761,382 @@ mod cases {
         .expect("another connection writes");
     }
 
+    /// A new group is empty: no members, no slots, nothing else changed;
+    /// its replicas register as in any group; the same id twice, or one
+    /// out of range, is refused; and a restart with the `--groups` the
+    /// cluster was created with is still no mismatch.
+    pub async fn add_group_registers_an_empty_group(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(2).await.expect("bootstrap");
+        let added = catalog.add_group(3).await.expect("add group 3");
+        assert_eq!(
+            added.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let group = &added.groups[&3];
+        assert!(group.members.is_empty(), "no members yet: {group:?}");
+        assert_eq!((group.version, group.epoch), (1, 0));
+        assert_eq!(added.slots_of(3).len(), 0, "a new group owns nothing");
+        assert_eq!(
+            (added.map_epoch, &added.slots),
+            (map.map_epoch, &map.slots),
+            "the slot map and its epoch are untouched"
+        );
+        assert_eq!(added.groups[&1], map.groups[&1]);
+        assert_eq!(added.groups[&2], map.groups[&2]);
+        assert_eq!(catalog.load().await.expect("load"), added);
+        assert_eq!(place.connect().await.load().await.expect("reload"), added);
+
+        for (what, group, exists) in [
+            ("existing", 3, true),
+            ("bootstrapped", 1, true),
+            ("zero", 0, false),
+            ("too high", GroupId::from(GROUPS_MAX) + 1, false),
+            ("huge", GroupId::MAX, false),
+        ] {
+            let err = catalog.add_group(group).await.expect_err(what);
+            if exists {
+                assert!(
+                    matches!(err, CatalogError::GroupExists { group: g } if g == group),
+                    "{what}: {err:?}"
+                );
+                assert!(err.to_string().contains("already exists"), "{err}");
+            } else {
+                assert!(matches!(err, CatalogError::Invalid(_)), "{what}: {err:?}");
+                assert!(
+                    err.to_string().contains(&format!("1 to {GROUPS_MAX}")),
+                    "{err}"
+                );
+            }
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            added,
+            "refusals change nothing"
+        );
+        catalog
+            .add_group(GroupId::from(GROUPS_MAX))
+            .await
+            .expect("the highest id");
+
+        let registered = catalog
+            .register_member(3, "127.0.0.1:4300", 9)
+            .await
+            .expect("a replica of the new group registers");
+        assert_eq!(registered.primary(3), Some("127.0.0.1:4300"));
+        assert_eq!(registered.groups[&3].epoch, 1);
+
+        // Slots may now move to it.
+        let moved = moved_map(&map, 2, 3);
+        assert!(
+            catalog
+                .cas_slot_map(map.map_epoch, &moved)
+                .await
+                .expect("cas")
+        );
+        assert_eq!(
+            catalog.load().await.expect("load").slots_of(3).len(),
+            map.slots_of(2).len()
+        );
+
+        // A restart with the count it was created with still starts.
+        let again = catalog.bootstrap(2).await.expect("bootstrap as created");
+        assert_eq!(again.groups.len(), 4);
+        let err = catalog.bootstrap(4).await.expect_err("not as created");
+        assert!(matches!(err, CatalogError::Mismatch(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("created with 2 groups (it has 4 now)") && text.contains("add-group"),
+            "{text}"
+        );
+    }
+
+    /// A group that owns slots, or does not exist, is refused; an empty
+    /// one is forgotten with its members, at the same map epoch, and its
+    /// replicas can no longer register.
+    pub async fn remove_group_refuses_owners_and_forgets_empty_groups(place: &Place) {
+        let catalog = place.connect().await;
+        let map = catalog.bootstrap(3).await.expect("bootstrap");
+        let err = catalog.remove_group(2).await.expect_err("owns slots");
+        let owned = map.slots_of(2).len();
+        assert!(
+            matches!(err, CatalogError::GroupOwnsSlots { group: 2, slots } if slots == owned),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("trellis admin drain-group --group 2"),
+            "says to drain it first: {err}"
+        );
+        for group in [9, 0, GroupId::MAX] {
+            let err = catalog.remove_group(group).await.expect_err("unknown");
+            assert!(
+                matches!(err, CatalogError::UnknownGroup { .. }),
+                "{group}: {err:?}"
+            );
+        }
+        assert_eq!(
+            catalog.load().await.expect("load"),
+            map,
+            "refusals change nothing"
+        );
+
+        // An added group with replicas but no slots goes, members and all.
+        catalog.add_group(4).await.expect("add");
+        catalog
+            .register_member(4, "127.0.0.1:4400", 1)
+            .await
+            .expect("register");
+        catalog
+            .register_member(4, "127.0.0.1:4401", 2)
+            .await
+            .expect("register");
+        let removed = catalog.remove_group(4).await.expect("remove");
+        assert_eq!(removed, map, "back to the map before the add");
+        catalog
+            .add_group(6)
+            .await
+            .expect("add group 6, leaving a gap");
+        let err = catalog.remove_group(4).await.expect_err("gone");
+        assert!(
+            err.to_string()
+                .contains("has 4 groups from 1 to 6 (not every id between)"),
+            "{err}"
+        );
+        catalog.remove_group(6).await.expect("remove group 6");
+        let err = catalog
+            .register_member(4, "127.0.0.1:4400", 3)
+            .await
+            .expect_err("a removed group's replica");
+        assert!(
+            matches!(err, CatalogError::UnknownGroup { group: 4, .. }),
+            "{err:?}"
+        );
+        let err = catalog.remove_group(4).await.expect_err("twice");
+        assert!(matches!(err, CatalogError::UnknownGroup { .. }), "{err:?}");
+        // Added again, it starts afresh.
+        let again = catalog.add_group(4).await.expect("add again");
+        assert!(again.groups[&4].members.is_empty());
+        assert_eq!(again.groups[&4].version, 1);
+
+        // Once its slots have moved away, a bootstrapped group goes too.
+        assert!(
+            catalog
+                .cas_slot_map(map.map_epoch, &moved_map(&map, 3, 1))
+                .await
+                .expect("cas")
+        );
+        let after = catalog.remove_group(3).await.expect("remove group 3");
+        assert_eq!(
+            after.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+        assert_eq!(
+            after.map_epoch,
+            map.map_epoch + 1,
+            "only the slot move bumped it"
+        );
+        assert_eq!(catalog.load().await.expect("load"), after);
+    }
+
+    /// Of racers adding the same group, exactly one wins; the others are
+    /// told it exists.
+    pub async fn concurrent_add_group_exactly_one_wins(place: &Place) {
+        const RACERS: usize = 8;
+        place.connect().await.bootstrap(2).await.expect("bootstrap");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let target = place.target.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.add_group(5).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            match racer.await.expect("racer") {
+                Ok(map) => {
+                    won += 1;
+                    assert!(map.groups.contains_key(&5));
+                }
+                Err(CatalogError::GroupExists { group: 5 }) => {}
+                Err(err) => panic!("unexpected: {err:?}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one add wins");
+        let loaded = place.connect().await.load().await.expect("load");
+        assert_eq!(
+            loaded.groups.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 5]
+        );
+    }
+
+    /// A removal racing a slot map that gives slots to the group being
+    /// removed: one of them wins, the other is refused, and the catalog
+    /// never ends up with slots of a group that does not exist. On
+    /// PostgreSQL this fails within a few rounds if `cas_slot_map` checks
+    /// the groups before its update of the cluster row (READ COMMITTED
+    /// lets the removal slip in between).
+    pub async fn remove_group_races_slot_map_change(place: &Place) {
+        const ROUNDS: u64 = 20;
+        let catalog = place.connect().await;
+        catalog.bootstrap(2).await.expect("bootstrap");
+        for round in 0..ROUNDS {
+            let map = catalog.add_group(3).await.expect("add group 3");
+            let to_three = moved_map(&map, 2, 3);
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+            let remover = {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.remove_group(3).await
+                })
+            };
+            let mover = {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                let epoch = map.map_epoch;
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.cas_slot_map(epoch, &to_three).await
+                })
+            };
+            let removed = remover.await.expect("remover");
+            let moved = mover.await.expect("mover");
+            let loaded = catalog.load().await.expect("the catalog stays whole");
+            match (&removed, &moved) {
+                (Ok(_), Ok(false) | Err(CatalogError::Invalid(_))) => {
+                    assert!(!loaded.groups.contains_key(&3), "round {round}");
+                }
+                (Err(CatalogError::GroupOwnsSlots { group: 3, .. }), Ok(true)) => {
+                    assert!(!loaded.slots_of(3).is_empty(), "round {round}");
+                    // Give the slots back and remove it for the next round.
+                    assert!(
+                        catalog
+                            .cas_slot_map(loaded.map_epoch, &moved_map(&loaded, 3, 2))
+                            .await
+                            .expect("cas back")
+                    );
+                    catalog.remove_group(3).await.expect("remove after");
+                }
+                other => panic!("round {round}: exactly one must win: {other:?}"),
+            }
+        }
+    }
+
+    /// Reshard jobs: created at version 1 with the caller's bytes, saved
+    /// only at the version read, listed by id with fresh ages; an unknown
+    /// job or an oversized state is refused and changes nothing.
+    pub async fn jobs_are_created_saved_and_listed(place: &Place) {
+        let catalog = place.connect().await;
+        assert!(catalog.jobs().await.expect("no jobs").is_empty());
+        let first = catalog.create_job(b"plan-a").await.expect("create");
+        let second = catalog.create_job(&[]).await.expect("an empty state");
+        assert_eq!((first, second), (1, 2));
+        assert!(
+            catalog
+                .save_job(first, 1, b"plan-a:copying")
+                .await
+                .expect("save")
+        );
+        assert!(
+            !catalog
+                .save_job(first, 1, b"stale")
+                .await
+                .expect("stale save"),
+            "a save at a version already saved over loses"
+        );
+        assert!(!catalog.save_job(first, u64::MAX, b"x").await.expect("huge"));
+        let jobs = catalog.jobs().await.expect("list");
+        let seen = |jobs: &[JobRow]| -> Vec<(u64, u64, Vec<u8>)> {
+            jobs.iter()
+                .map(|j| (j.id, j.version, j.state.clone()))
+                .collect()
+        };
+        assert_eq!(
+            seen(&jobs),
+            [(1, 2, b"plan-a:copying".to_vec()), (2, 1, vec![])]
+        );
+        assert!(
+            jobs.iter()
+                .all(|j| j.created_age_ms <= 5000 && j.updated_age_ms <= j.created_age_ms),
+            "{jobs:?}"
+        );
+        for id in [3, 0, u64::MAX] {
+            let err = catalog.save_job(id, 1, b"x").await.expect_err("unknown");
+            assert!(
+                matches!(err, CatalogError::UnknownJob { .. }),
+                "{id}: {err:?}"
+            );
+        }
+        let big = vec![7; JOB_STATE_BYTES_MAX + 1];
+        for err in [
+            catalog.create_job(&big).await.expect_err("too big"),
+            catalog.save_job(2, 1, &big).await.expect_err("too big"),
+        ] {
+            assert!(matches!(err, CatalogError::Invalid(_)), "{err:?}");
+        }
+        assert_eq!(
+            seen(&catalog.jobs().await.expect("list")),
+            seen(&jobs),
+            "refusals change nothing"
+        );
+        catalog
+            .create_job(&big[..JOB_STATE_BYTES_MAX])
+            .await
+            .expect("the largest state");
+        // A new connection (a restarted coordinator) reads them back.
+        assert_eq!(place.connect().await.jobs().await.expect("reload").len(), 3);
+    }
+
+    /// Racing creators get distinct ids; of racing savers at one version,
+    /// exactly one wins.
+    pub async fn concurrent_jobs_get_ids_and_one_save_wins(place: &Place) {
+        const RACERS: u64 = 6;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+        let creators: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    catalog.create_job(&i.to_le_bytes()).await.expect("create")
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for creator in creators {
+            ids.push(creator.await.expect("creator"));
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=RACERS).collect::<Vec<_>>(), "distinct ids");
+        let savers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (target, barrier) = (place.target.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let catalog = target.connect().await;
+                    barrier.wait().await;
+                    (i, catalog.save_job(1, 1, &[i as u8]).await.expect("save"))
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for saver in savers {
+            let (i, won) = saver.await.expect("saver");
+            if won {
+                winners.push(i);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one save wins: {winners:?}");
+        let job = place.connect().await.jobs().await.expect("list")[0].clone();
+        assert_eq!((job.version, job.state), (2, vec![winners[0] as u8]));
+    }
+
     pub async fn load_refuses_corrupt_rows(place: &Place) {
         let catalog = place.connect().await;
         catalog.bootstrap(3).await.expect("bootstrap");
@@ -815,6 +1199,12 @@ macro_rules! backend_suite {
                 coordinators_replace_and_expire,
                 load_refuses_corrupt_rows,
                 cancelled_calls_leave_no_transaction_open,
+                add_group_registers_an_empty_group,
+                remove_group_refuses_owners_and_forgets_empty_groups,
+                concurrent_add_group_exactly_one_wins,
+                remove_group_races_slot_map_change,
+                jobs_are_created_saved_and_listed,
+                concurrent_jobs_get_ids_and_one_save_wins,
             );
         }
     };
