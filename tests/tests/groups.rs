@@ -200,8 +200,8 @@ async fn add_and_remove_an_empty_group() {
     .await;
 
     // A replica of group 3 registers and becomes its primary, with 0 slots.
-    let log3 = cluster.dir.path().join("group-3.log");
-    let shard3 = start_shard(cluster.dir.path(), 3, &addr, &log3);
+    let log3 = cluster.dir().join("group-3.log");
+    let shard3 = start_shard(cluster.dir(), 3, &addr, &log3);
     let json = wait_status(&addr, "group 3's replica serves", |s| has_primary(s, 3)).await;
     let three = group(&json, 3).expect("group 3");
     assert_eq!(three["slots"], 0, "{json:#}");
@@ -261,8 +261,8 @@ async fn add_and_remove_an_empty_group() {
 
     // Its replica, restarted, is refused with the way back.
     shard3.kill9();
-    let restarted_log = cluster.dir.path().join("group-3-again.log");
-    let _again = start_shard(cluster.dir.path(), 3, &addr, &restarted_log);
+    let restarted_log = cluster.dir().join("group-3-again.log");
+    let _again = start_shard(cluster.dir(), 3, &addr, &restarted_log);
     let log = wait_log(&restarted_log, "trellis admin add-group --group 3").await;
     assert!(log.contains("group 3 does not exist"), "{log}");
     assert_eq!(group_ids(&status_json(&addr)), vec![1, 2]);
@@ -277,8 +277,8 @@ async fn add_and_remove_an_empty_group() {
 async fn a_replica_of_an_unknown_group_is_told_to_add_it() {
     let cluster = Cluster::start(1).await.expect("cluster of one group");
     let addr = cluster.addr(0).to_string();
-    let log = cluster.dir.path().join("group-4.log");
-    let shard = start_shard(cluster.dir.path(), 4, &addr, &log);
+    let log = cluster.dir().join("group-4.log");
+    let shard = start_shard(cluster.dir(), 4, &addr, &log);
     let text = wait_log(&log, "trellis admin add-group --group 4").await;
     assert!(text.contains("group 4 does not exist"), "{text}");
     assert_eq!(
