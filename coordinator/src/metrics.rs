@@ -208,3 +208,43 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series `name` (no labels) in a rendering.
+    fn value(rendered: &str, name: &str) -> f64 {
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} rendered: {rendered}"))
+    }
+
+    #[test]
+    fn the_catalog_read_time_is_never_until_a_read_then_now() {
+        let metrics = Metrics::default();
+        let name = "trellis_coordinator_catalog_last_read_timestamp_seconds";
+        assert_eq!(value(&metrics.render(), name), 0.0, "never read");
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        metrics.catalog_read();
+        let read = value(&metrics.render(), name);
+        assert!(
+            read >= before.floor() && read < before + 60.0,
+            "{read} vs {before}"
+        );
+
+        metrics.catalog_errors.fetch_add(2, Relaxed);
+        assert_eq!(
+            value(
+                &metrics.render(),
+                "trellis_coordinator_catalog_errors_total"
+            ),
+            2.0
+        );
+    }
+}
