@@ -116,6 +116,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("registering this coordinator in the catalog")?;
 
     let metrics = Arc::new(Metrics::default());
+    // The map was read from the catalog just above.
+    metrics.catalog_read();
     let router = Arc::new(Router::new(catalog, map));
     let txns = TxnManager::new(router, metrics.clone());
     let render = metrics.clone();

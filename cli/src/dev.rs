@@ -17,6 +17,10 @@
 //!   (the coordinator's is `--listen`, a shard remembers its own); metrics
 //!   ports are pinned by `--metrics-listen` or remembered in
 //!   `<data-dir>/metrics.ports`.
+//! - **Prometheus service discovery.** Every member's metrics address, with
+//!   its `job`, `group` and `replica` labels, is written to
+//!   `<data-dir>/prometheus-targets.json` (Prometheus `file_sd` format)
+//!   once the cluster is up, and again whenever an address changes.
 //!
 //! Children leave with `trellis dev`: SIGTERM on Ctrl-C, and by themselves
 //! (`--exit-with-parent`) if it is killed. Dev never touches a member's data.
@@ -82,6 +86,13 @@ const LOCK_FILE: &str = "dev.lock";
 const METRICS_PORTS_FILE: &str = "metrics.ports";
 /// Label of the coordinator, in logs and in `metrics.ports`.
 const COORDINATOR_LABEL: &str = "coordinator";
+/// The Prometheus file-based service-discovery file: every member's metrics
+/// address and labels (`deploy/prometheus/prometheus.yml` reads it).
+const PROMETHEUS_TARGETS_FILE: &str = "prometheus-targets.json";
+/// Prometheus `job` label of the coordinator's metrics.
+const JOB_COORDINATOR: &str = "trellis-coordinator";
+/// Prometheus `job` label of every shard replica's metrics.
+const JOB_SHARD: &str = "trellis-shard";
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -104,7 +115,9 @@ are coloured only on a terminal without NO_COLOR.
 Metrics ports stay the same across restarts: with --metrics-listen
 HOST:PORT the coordinator serves metrics on PORT and group g replica r on
 PORT + (g-1)*5 + r; without it each process picks a free port on the first
-run and keeps it (remembered in <data-dir>/metrics.ports).
+run and keeps it (remembered in <data-dir>/metrics.ports). Every metrics
+address is listed for Prometheus in <data-dir>/prometheus-targets.json
+(file-based service discovery; labels job, group, replica).
 
 Examples:
   cargo run --release -- dev
@@ -469,6 +482,54 @@ fn metrics_addr(
     }
 }
 
+/// The Prometheus `file_sd` document listing every member that has a
+/// metrics address: one target group per member, with its labels.
+fn prometheus_targets(members: &[Member]) -> String {
+    let groups: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let addr = m.metrics?;
+            let labels: Vec<String> = m
+                .target_labels
+                .iter()
+                .map(|(name, value)| format!("{}: {}", json_string(name), json_string(value)))
+                .collect();
+            Some(format!(
+                "  {{\"targets\": [{}], \"labels\": {{{}}}}}",
+                json_string(&addr.to_string()),
+                labels.join(", ")
+            ))
+        })
+        .collect();
+    format!("[\n{}\n]\n", groups.join(",\n"))
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes [`PROMETHEUS_TARGETS_FILE`] whole (a rename, so Prometheus never
+/// reads half of it).
+fn write_prometheus_targets(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
+    let path = dir.join(PROMETHEUS_TARGETS_FILE);
+    let tmp = dir.join(format!("{PROMETHEUS_TARGETS_FILE}.tmp"));
+    std::fs::write(&tmp, prometheus_targets(members))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Replaces the value after `flag` in `args`.
 fn set_flag(args: &mut [String], flag: &str, value: String) {
     let at = args
@@ -490,6 +551,9 @@ struct Member {
     state: State,
     /// Its metrics address once it has served.
     metrics: Option<SocketAddr>,
+    /// Its labels in the Prometheus service-discovery file (`job`, and a
+    /// shard's `group` and `replica`).
+    target_labels: Vec<(&'static str, String)>,
     /// Restarts in this run of dev.
     restarts: u32,
     /// Failures in a row, each soon after (re)starting.
@@ -517,7 +581,12 @@ enum State {
 
 impl Member {
     /// Starts the member and waits until it serves (dev's first start).
-    fn start(label: String, name: String, args: Vec<String>) -> anyhow::Result<Member> {
+    fn start(
+        label: String,
+        name: String,
+        args: Vec<String>,
+        target_labels: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Member> {
         let kid = start_labelled(&label, &name, &args)?;
         let mut member = Member {
             label,
@@ -525,6 +594,7 @@ impl Member {
             args,
             state: State::Down,
             metrics: None,
+            target_labels,
             restarts: 0,
             quick_failures: 0,
             backoff: RESTART_BACKOFF_FIRST,
@@ -726,6 +796,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.groups.to_string(),
                 "--exit-with-parent".into(),
             ],
+            vec![("job", JOB_COORDINATOR.to_string())],
         )?;
         eprintln!("{}", coordinator.row());
         let coordinator_addr = coordinator.field("grpc");
@@ -755,6 +826,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     coordinator_addr.clone(),
                     "--exit-with-parent".into(),
                 ],
+                vec![
+                    ("job", JOB_SHARD.to_string()),
+                    ("group", group.to_string()),
+                    ("replica", replica.to_string()),
+                ],
             )?;
             eprintln!("{}", shard.row());
             members.push(shard);
@@ -770,6 +846,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         && let Err(err) = remember_metrics_ports(&data_dir, &members)
     {
         eprintln!("metrics ports will differ next run: {err:#}");
+    }
+    let mut targets_written = prometheus_targets(&members);
+    if let Err(err) = write_prometheus_targets(&data_dir, &members) {
+        eprintln!("Prometheus will not find the members: {err:#}");
     }
 
     let addr = members[0].field("grpc");
@@ -804,6 +884,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 () = tokio::time::sleep(SUPERVISE_INTERVAL) => {
                     for member in members.iter_mut() {
                         member.supervise(!args.no_restart);
+                    }
+                    // A member restarted on another metrics port (its old
+                    // one was taken): tell Prometheus.
+                    let targets = prometheus_targets(&members);
+                    if targets != targets_written {
+                        if let Err(err) = write_prometheus_targets(&data_dir, &members) {
+                            eprintln!("Prometheus will not find the members: {err:#}");
+                        }
+                        targets_written = targets;
                     }
                 }
             }
@@ -858,10 +947,34 @@ mod tests {
             args: Vec::new(),
             state: State::Down,
             metrics: None,
+            target_labels: vec![
+                ("job", JOB_SHARD.to_string()),
+                ("group", "1".to_string()),
+                ("replica", "1".to_string()),
+            ],
             restarts: 0,
             quick_failures: 0,
             backoff: RESTART_BACKOFF_FIRST,
         }
+    }
+
+    #[test]
+    fn the_prometheus_targets_list_every_member_with_a_metrics_address() {
+        let mut coordinator = member();
+        coordinator.label = COORDINATOR_LABEL.into();
+        coordinator.target_labels = vec![("job", JOB_COORDINATOR.to_string())];
+        coordinator.metrics = Some("127.0.0.1:9100".parse().expect("address"));
+        let mut shard = member();
+        shard.metrics = Some("127.0.0.1:9101".parse().expect("address"));
+        let never_served = member();
+        assert_eq!(
+            prometheus_targets(&[coordinator, shard, never_served]),
+            "[\n  \
+             {\"targets\": [\"127.0.0.1:9100\"], \"labels\": {\"job\": \"trellis-coordinator\"}},\n  \
+             {\"targets\": [\"127.0.0.1:9101\"], \"labels\": {\"job\": \"trellis-shard\", \
+             \"group\": \"1\", \"replica\": \"1\"}}\n]\n"
+        );
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod twopc;
 pub mod txn;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Deadline for finishing one transaction's background finalization.
@@ -75,15 +76,23 @@ pub async fn refresher(txns: Arc<txn::TxnManager>, id: String, addr: String, met
     loop {
         tokio::time::sleep(MAP_REFRESH_INTERVAL).await;
         let router = txns.router();
+        let metrics = txns.metrics();
         match router.catalog().load().await {
-            Ok(map) => router.install(map),
-            Err(err) => tracing::warn!(%err, "cannot re-read the shard map"),
+            Ok(map) => {
+                metrics.catalog_read();
+                router.install(map);
+            }
+            Err(err) => {
+                metrics.catalog_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%err, "cannot re-read the shard map");
+            }
         }
         if let Err(err) = router
             .catalog()
             .heartbeat_coordinator(&id, &addr, &metrics_addr)
             .await
         {
+            metrics.catalog_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%err, "cannot heartbeat in the catalog");
         }
     }

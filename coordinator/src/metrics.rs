@@ -1,9 +1,9 @@
 //! Prometheus metrics of a coordinator.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use trellis_metrics::{Histogram, SECONDS_BOUNDS, counter, gauge};
+use trellis_metrics::{Histogram, SECONDS_BOUNDS, counter, gauge, gauge_family};
 
 use crate::txn::{AbortReason, CommitOutcome, TxnError};
 
@@ -46,6 +46,11 @@ pub struct Metrics {
     pub resolved_abort: AtomicU64,
     /// Prepared transactions older than the in-doubt age, as of the last sweep.
     pub in_doubt: AtomicU64,
+    /// Catalog reads or heartbeats of the refresher that failed.
+    pub catalog_errors: AtomicU64,
+    /// When the shard map was last read from the catalog, in milliseconds
+    /// since the Unix epoch (0: never).
+    catalog_read_unix_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -64,6 +69,8 @@ impl Default for Metrics {
             resolved_commit: AtomicU64::new(0),
             resolved_abort: AtomicU64::new(0),
             in_doubt: AtomicU64::new(0),
+            catalog_errors: AtomicU64::new(0),
+            catalog_read_unix_ms: AtomicU64::new(0),
         }
     }
 }
@@ -92,6 +99,16 @@ impl Metrics {
         };
         self.commits[path.index()][outcome].fetch_add(1, Relaxed);
         self.latency[path.index()].observe(took.as_secs_f64());
+    }
+
+    /// Notes that the shard map was read from the catalog just now: what
+    /// tells an operator the coordinator still reaches its catalog.
+    pub fn catalog_read(&self) {
+        // A clock before 1970 is not worth failing for: it reads as "never".
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.catalog_read_unix_ms.store(now_ms, Relaxed);
     }
 
     /// Commits of one path and outcome (for tests and status).
@@ -173,6 +190,61 @@ impl Metrics {
             "Prepared transactions older than the in-doubt age at the last sweep.",
             self.in_doubt.load(Relaxed),
         );
+        counter(
+            &mut out,
+            "trellis_coordinator_catalog_errors_total",
+            "Catalog reads of the shard map, or heartbeats, that failed.",
+            &self.catalog_errors,
+        );
+        gauge_family(
+            &mut out,
+            "trellis_coordinator_catalog_last_read_timestamp_seconds",
+            "When the shard map was last read from the catalog (Unix time; 0: never).",
+            &[(
+                vec![],
+                self.catalog_read_unix_ms.load(Relaxed) as f64 / 1000.0,
+            )],
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series `name` (no labels) in a rendering.
+    fn value(rendered: &str, name: &str) -> f64 {
+        rendered
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} rendered: {rendered}"))
+    }
+
+    #[test]
+    fn the_catalog_read_time_is_never_until_a_read_then_now() {
+        let metrics = Metrics::default();
+        let name = "trellis_coordinator_catalog_last_read_timestamp_seconds";
+        assert_eq!(value(&metrics.render(), name), 0.0, "never read");
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        metrics.catalog_read();
+        let read = value(&metrics.render(), name);
+        assert!(
+            read >= before.floor() && read < before + 60.0,
+            "{read} vs {before}"
+        );
+
+        metrics.catalog_errors.fetch_add(2, Relaxed);
+        assert_eq!(
+            value(
+                &metrics.render(),
+                "trellis_coordinator_catalog_errors_total"
+            ),
+            2.0
+        );
     }
 }

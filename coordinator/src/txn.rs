@@ -114,6 +114,11 @@ impl TxnManager {
         &self.router
     }
 
+    /// The coordinator's metrics (the refresher notes catalog reads there).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Calls `op` against `group`'s primary until it succeeds, retrying
     /// route and availability faults with backoff, within `deadline`.
     async fn call<T, F, Fut>(

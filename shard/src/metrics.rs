@@ -251,10 +251,17 @@ impl Metrics {
     }
 }
 
-/// Appends the replication gauges of a replica as of `now` (a primary's
-/// view of its backups; a backup renders the families without series).
+/// Appends the replication gauges of a replica as of `now`: whether it
+/// serves, and a primary's view of its backups (a backup renders those
+/// families without series).
 /// `local` is its durable LSN, `last` its last one.
 pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: Instant) {
+    gauge_family(
+        out,
+        "trellis_repl_serving",
+        "1 if this replica answers clients now (a primary holding its lease, or a standalone shard), else 0.",
+        &[(vec![], if repl.serving(now) { 1.0 } else { 0.0 })],
+    );
     let at_risk = repl.at_risk(local, now);
     let view = repl.view();
     let primary = view.role == Role::Primary;
