@@ -179,14 +179,7 @@ impl pb::txn_server::Txn for TxnApi {
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::GetResponse {
-            items: items
-                .into_iter()
-                .map(|i| pb::Item {
-                    key: i.key,
-                    value: i.value,
-                    version: i.version,
-                })
-                .collect(),
+            items: items.into_iter().map(item_pb).collect(),
         }))
     }
 
@@ -216,14 +209,7 @@ impl pb::txn_server::Txn for TxnApi {
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::ScanResponse {
-            items: items
-                .into_iter()
-                .map(|i| pb::Item {
-                    key: i.key,
-                    value: i.value,
-                    version: i.version,
-                })
-                .collect(),
+            items: items.into_iter().map(item_pb).collect(),
             truncated,
         }))
     }
@@ -819,6 +805,15 @@ fn catalog_status(e: crate::catalog::CatalogError) -> Status {
 }
 
 /// A group's configuration as the shard-internal message.
+/// A read item on the wire.
+fn item_pb(i: crate::txn::Item) -> pb::Item {
+    pb::Item {
+        key: i.key,
+        value: i.value,
+        version: i.version,
+    }
+}
+
 fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfig, Status> {
     let g = map
         .groups
