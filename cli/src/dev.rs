@@ -113,7 +113,8 @@ to 10 s); one that fails 8 times in a row within 10 s of starting is given
 up on. --no-restart only reports. Every child's log line is relayed to
 stderr labelled with the process that wrote it: [coordinator], [g2r1]
 (group 2 replica 1); TRELLIS_LOG=info shows more (default: warn), and logs
-are coloured only on a terminal without NO_COLOR.
+are coloured only on a terminal without NO_COLOR. With --log-format json the
+children log JSON lines and the label is their `process` field.
 
 Metrics ports stay the same across restarts: with --metrics-listen
 HOST:PORT the coordinator serves metrics on PORT and group g replica r on
