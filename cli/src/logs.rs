@@ -79,6 +79,7 @@ pub fn init(format: LogFormat) {
         // Event fields at the top level beside `message`; the spans' fields
         // (group, replica, coordinator) under `spans`, outermost first.
         LogFormat::Json => builder
+            .with_ansi(false)
             .json()
             .flatten_event(true)
             .with_current_span(false)
