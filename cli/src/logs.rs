@@ -19,9 +19,10 @@ use tracing::span::{EnteredSpan, Span};
 pub const LOG_FILTER_ENV: &str = "TRELLIS_LOG";
 /// Level filter when [`LOG_FILTER_ENV`] is unset or unreadable.
 const LOG_FILTER_DEFAULT: &str = "info";
-/// Target of the root spans. Always enabled whatever [`LOG_FILTER_ENV`]
-/// says (a span enables nothing by itself), so that a line at any level
-/// and from any target carries the process's fields.
+/// Target of the root spans (which are at ERROR level). Always enabled
+/// at ERROR whatever [`LOG_FILTER_ENV`] says (a span enables no event by
+/// itself), so that a line at any level and from any target carries the
+/// process's fields.
 const PROCESS_TARGET: &str = "trellis::process";
 
 /// The shape of log lines on stderr.
@@ -67,7 +68,7 @@ pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT))
         .add_directive(
-            format!("{PROCESS_TARGET}=trace")
+            format!("{PROCESS_TARGET}=error")
                 .parse()
                 .expect("a target=level directive parses"),
         );
@@ -106,7 +107,8 @@ pub fn shard_span(group: u64) -> Span {
     if !json() {
         return Span::none();
     }
-    // ERROR only so that no level filter leaves it out (see PROCESS_TARGET).
+    // At ERROR, which the filter always enables for PROCESS_TARGET: a
+    // higher level would raise the filter's maximum level for everything.
     tracing::error_span!(target: PROCESS_TARGET, "shard", group, replica = field::Empty)
 }
 
