@@ -71,14 +71,16 @@ fn catalog_url(url: &str) -> Result<String, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(args))
+    // Every line this process logs, on any thread, is inside its root span.
+    let root = crate::logs::coordinator_span();
+    let runtime = crate::logs::runtime(&root).context("starting the async runtime")?;
+    let _root = root.clone().entered();
+    runtime.block_on(serve(args, root))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// Serves until told to stop; `root` is the process's root span, whose
+/// fields are recorded as they become known.
+async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let catalog = Catalog::connect(&args.catalog)
         .await
         .with_context(|| format!("opening the catalog {}", args.catalog))?;
@@ -110,6 +112,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     let id = format!("{advertise}/{}", std::process::id());
+    root.record("coordinator", id.as_str());
     catalog
         .register_coordinator(&id, &advertise, &metrics_addr.to_string())
         .await

@@ -10,6 +10,9 @@
 //! - **Logs.** Every child's stderr is relayed line by line, each line
 //!   labelled with the process that wrote it (`[g2r1]`, `[coordinator]`).
 //!   Children colour their logs only when dev's own stderr is a terminal.
+//!   Children log in dev's `--log-format`; with `json` the label is a
+//!   `"process"` field of each JSON line instead (dev's own lines, for the
+//!   person who started it, stay plain text).
 //! - **One dev per data directory.** An exclusive lock on
 //!   `<data-dir>/dev.lock` is taken before anything starts and held for the
 //!   life of dev; a second dev refuses without starting anything.
@@ -110,7 +113,8 @@ to 10 s); one that fails 8 times in a row within 10 s of starting is given
 up on. --no-restart only reports. Every child's log line is relayed to
 stderr labelled with the process that wrote it: [coordinator], [g2r1]
 (group 2 replica 1); TRELLIS_LOG=info shows more (default: warn), and logs
-are coloured only on a terminal without NO_COLOR.
+are coloured only on a terminal without NO_COLOR. With --log-format json the
+children log JSON lines and the label is their `process` field.
 
 Metrics ports stay the same across restarts: with --metrics-listen
 HOST:PORT the coordinator serves metrics on PORT and group g replica r on
@@ -244,6 +248,8 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
     let mut command = Command::new(exe);
     command
         .args(args)
+        // Children log in dev's own format (a flag of every subcommand).
+        .args(["--log-format", crate::logs::format().name()])
         .env(
             "TRELLIS_LOG",
             std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),
@@ -266,7 +272,8 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let relay_label = label.to_string();
-    std::thread::spawn(move || relay(&relay_label, stderr));
+    let json = crate::logs::json();
+    std::thread::spawn(move || relay(&relay_label, stderr, json));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -283,13 +290,17 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
     Ok((child, rx))
 }
 
-/// Copies a child's stderr to ours line by line, each line prefixed with
-/// `[label] `; lines longer than [`LOG_LINE_BYTES_MAX`] go in labelled
-/// pieces, so memory stays bounded whatever the child writes.
-fn relay(label: &str, from: ChildStderr) {
+/// Copies a child's stderr to ours line by line, each line labelled with
+/// the process that wrote it; lines longer than [`LOG_LINE_BYTES_MAX`] go
+/// in labelled pieces, so memory stays bounded whatever the child writes.
+/// With `json` the label is a JSON field and every line stays one JSON
+/// object (see [`label_line`]).
+fn relay(label: &str, from: ChildStderr, json: bool) {
     let mut reader = BufReader::new(from);
-    let prefix = format!("[{label}] ");
     let mut line = Vec::with_capacity(256);
+    let mut out_line = Vec::with_capacity(256);
+    // Whether the last piece read ended mid-line (an overlong line).
+    let mut continued = false;
     loop {
         line.clear();
         match reader
@@ -300,15 +311,51 @@ fn relay(label: &str, from: ChildStderr) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if !line.ends_with(b"\n") {
-            line.push(b'\n');
-        }
-        let mut out = std::io::stderr().lock();
+        let whole = !continued && line.ends_with(b"\n");
+        continued = !line.ends_with(b"\n");
+        label_line(label, &line, whole, json, &mut out_line);
         // Our stderr gone (dev's terminal closed): nothing left to tell.
-        let _ = out
-            .write_all(prefix.as_bytes())
-            .and_then(|()| out.write_all(&line));
+        let _ = std::io::stderr().lock().write_all(&out_line);
     }
+}
+
+/// JSON key of the label dev adds to a child's JSON log line.
+const JSON_LABEL_KEY: &str = "process";
+
+/// Writes into `out` the relayed form of `line` (a child's log line, or a
+/// piece of one unless `whole`, with or without its newline), ending in a
+/// newline. Text: `[label] ` before it. JSON: a whole line that is a JSON
+/// object gets `"process":"label"` as its first field and is otherwise
+/// unchanged; anything else (a piece of an overlong line, a panic message)
+/// becomes `{"process":"label","message":"..."}`, so that every relayed
+/// line parses.
+fn label_line(label: &str, line: &[u8], whole: bool, json: bool, out: &mut Vec<u8>) {
+    out.clear();
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !json {
+        out.extend_from_slice(format!("[{label}] ").as_bytes());
+        out.extend_from_slice(body);
+    } else {
+        let field = format!("{}:{}", json_string(JSON_LABEL_KEY), json_string(label));
+        let object = body
+            .strip_prefix(b"{")
+            .filter(|_| whole && body.ends_with(b"}"));
+        match object {
+            Some(rest) => {
+                out.push(b'{');
+                out.extend_from_slice(field.as_bytes());
+                if !rest.trim_ascii_start().starts_with(b"}") {
+                    out.push(b',');
+                }
+                out.extend_from_slice(rest);
+            }
+            None => {
+                let text = json_string(&String::from_utf8_lossy(body));
+                out.extend_from_slice(format!("{{{field},\"message\":{text}}}").as_bytes());
+            }
+        }
+    }
+    out.push(b'\n');
 }
 
 /// How a child ended, in words: `exited with code 1`, `killed by signal 9
@@ -975,6 +1022,32 @@ mod tests {
              \"group\": \"1\", \"replica\": \"1\"}}\n]\n"
         );
         assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    #[test]
+    fn relayed_lines_are_labelled_in_text_and_stay_json_in_json() {
+        let relayed = |line: &str, whole: bool, json: bool| {
+            let mut out = Vec::new();
+            label_line("g1r2", line.as_bytes(), whole, json, &mut out);
+            String::from_utf8(out).expect("utf-8 in, utf-8 out")
+        };
+        assert_eq!(relayed("INFO x: hi\n", true, false), "[g1r2] INFO x: hi\n");
+        assert_eq!(relayed("no newline", false, false), "[g1r2] no newline\n");
+        // A JSON line keeps every byte, with the label as its first field.
+        assert_eq!(
+            relayed("{\"level\":\"INFO\",\"message\":\"hi\"}\n", true, true),
+            "{\"process\":\"g1r2\",\"level\":\"INFO\",\"message\":\"hi\"}\n"
+        );
+        assert_eq!(relayed("{}\n", true, true), "{\"process\":\"g1r2\"}\n");
+        // Not JSON, or a piece of an overlong line: wrapped as a message.
+        assert_eq!(
+            relayed("thread 'main' panicked at \"x\"\n", true, true),
+            "{\"process\":\"g1r2\",\"message\":\"thread 'main' panicked at \\\"x\\\"\"}\n"
+        );
+        assert_eq!(
+            relayed("{\"a\":{\"b\":1}", false, true),
+            "{\"process\":\"g1r2\",\"message\":\"{\\\"a\\\":{\\\"b\\\":1}\"}\n"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
 //!   own.
 //! - `flags`: value checks shared by the subcommands' flags.
+//! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
+//!   the root spans that put a process's identity on its every line.
 //! - `signals`: how long-running subcommands learn they should stop.
 //! - `trellis load` is `trellis-loadtest` itself, with its own exit codes.
 //!
@@ -30,6 +32,7 @@ mod bench;
 mod coordinator;
 mod dev;
 mod flags;
+mod logs;
 mod shard;
 mod signals;
 mod sql;
@@ -45,6 +48,17 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "trellis", version, about, long_about = None)]
 struct Cli {
+    /// Log lines on stderr: `text`, or `json` (one JSON object per line
+    /// with timestamp, level, target, message and fields; a shard's lines
+    /// carry its group and replica, a coordinator's its id).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TRELLIS_LOG_FORMAT",
+        default_value_t = logs::LogFormat::Text
+    )]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,27 +90,9 @@ enum Command {
     Load(Box<trellis_loadtest::Args>),
 }
 
-/// Colour log lines only where a person reads them: stderr is a terminal
-/// (or `CLICOLOR_FORCE` says so, as `trellis dev` does for the children
-/// whose logs it relays to a terminal), and never with `NO_COLOR` set
-/// (<https://no-color.org>). Redirected logs stay plain text.
-fn log_colour() -> bool {
-    use std::io::IsTerminal;
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let force = std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0");
-    !no_color && (force || std::io::stderr().is_terminal())
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colour())
-        .init();
+    logs::init(cli.log_format);
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Coordinator(args) => coordinator::run(args),

@@ -125,14 +125,16 @@ fn catch_up_rate(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(args))
+    // Every line this process logs, on any thread, is inside its root span.
+    let root = crate::logs::shard_span(args.group);
+    let runtime = crate::logs::runtime(&root).context("starting the async runtime")?;
+    let _root = root.clone().entered();
+    runtime.block_on(serve(args, root))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// Serves until told to stop; `root` is the process's root span, whose
+/// fields are recorded as they become known.
+async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (map_epoch, slots) = match &args.coordinator {
         // Until the coordinator answers, own nothing under epoch 0.
@@ -197,11 +199,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());
 
+    // The address the group knows this replica by.
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+    root.record("replica", advertise.as_str());
     let register_task = args.coordinator.clone().map(|coordinator| {
-        let advertise = args
-            .advertise
-            .clone()
-            .unwrap_or_else(|| grpc_addr.to_string());
         shard.repl.set_me(&advertise);
         shard.repl.set_coordinator(&coordinator);
         let shard = shard.clone();

@@ -714,6 +714,10 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
         match next_role(&config, &me, (role, epoch), last_heard, Instant::now()) {
             Step::Join { step_down } => {
                 if step_down {
+                    tracing::info!(
+                        epoch,
+                        "stepping down: no longer in the group's configuration; rejoining"
+                    );
                     shard.repl.set_role(
                         Role::Idle,
                         epoch,
@@ -731,7 +735,7 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 if start {
                     tracing::info!(epoch = config.epoch, "becoming the group's primary");
                     if let Err(err) = shard.become_primary(config.epoch, config.clone()) {
-                        tracing::error!(%err, "cannot start as primary");
+                        tracing::error!(%err, epoch = config.epoch, "cannot start as primary");
                         continue;
                     }
                 } else {
@@ -802,6 +806,7 @@ fn ensure_following(
     }
     *current = Some((primary.clone(), epoch));
     drop(current);
+    tracing::info!(%primary, epoch, "following the primary");
     let shard = shard.clone();
     let follower = follower.clone();
     tokio::spawn(async move {
@@ -850,7 +855,7 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupCon
     let members = apply_changes(config, &changes);
     match cas_group(coordinator, config, config.epoch, members, &reason).await {
         Ok((true, new)) => {
-            tracing::info!(%reason, "configuration changed");
+            tracing::info!(%reason, epoch = new.epoch, "configuration changed");
             shard.repl.set_role(
                 Role::Primary,
                 new.epoch,
@@ -975,7 +980,7 @@ async fn failover(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupC
             if new.primary() == Some(me.as_str())
                 && let Err(err) = shard.become_primary(new.epoch, new.clone())
             {
-                tracing::error!(%err, "cannot start as primary");
+                tracing::error!(%err, epoch = new.epoch, "cannot start as primary");
             }
         }
         Ok((false, _)) => tracing::info!("another replica changed the configuration first"),

@@ -680,9 +680,12 @@ impl Wal {
             Self::spawn_task(&shared, segment)?
         } else {
             let writer_shared = shared.clone();
+            // The writer logs in the span it was started from (a process's
+            // group and replica, with `trellis shard --log-format json`).
+            let span = tracing::Span::current();
             let handle = std::thread::Builder::new()
                 .name("wal-writer".into())
-                .spawn(move || writer_loop(&writer_shared, segment))
+                .spawn(move || span.in_scope(|| writer_loop(&writer_shared, segment)))
                 .map_err(io_err(dir))?;
             Writer::Thread(Some(handle))
         };
