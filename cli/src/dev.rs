@@ -1346,6 +1346,84 @@ mod tests {
         assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 
+    fn layout(replicas: u32) -> Layout {
+        Layout {
+            data_dir: PathBuf::from("/data"),
+            metrics_listen: "127.0.0.1:9100".parse().expect("address"),
+            remembered: Vec::new(),
+            coordinator: "127.0.0.1:50051".into(),
+            replicas,
+        }
+    }
+
+    fn groups(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn dev_starts_the_replicas_of_added_groups_and_lets_removed_ones_go() {
+        // Group 1 runs; the catalog lists 1, 2 and 100: group 2's replicas
+        // are queued (laid out as on a first start), 100 is beyond what dev
+        // runs and is skipped.
+        let layout = layout(2);
+        let mut members = vec![member()];
+        let mut skipped = BTreeSet::new();
+        follow_catalog(&mut members, &groups(&[1, 2, 100]), &layout, &mut skipped);
+        let labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["g1r1", "g2r1", "g2r2"]);
+        assert_eq!(skipped, groups(&[100]));
+        let g2r2 = &members[2];
+        assert!(matches!(g2r2.state, State::Waiting { .. }), "queued");
+        assert_eq!(g2r2.group, Some(2));
+        assert_eq!(g2r2.name, "shard group 2 replica 2");
+        let flag = |flag: &str| {
+            let at = g2r2.args.iter().position(|a| a == flag).expect("flag");
+            g2r2.args[at + 1].clone()
+        };
+        assert_eq!(flag("--group"), "2");
+        assert_eq!(flag("--data-dir"), "/data/group-2-replica-2");
+        assert_eq!(flag("--metrics-listen"), "127.0.0.1:9107", "9100 + 5 + 2");
+        assert_eq!(flag("--coordinator"), "127.0.0.1:50051");
+
+        // The same listing again changes nothing.
+        follow_catalog(&mut members, &groups(&[1, 2, 100]), &layout, &mut skipped);
+        assert_eq!(members.len(), 3);
+
+        // Group 1 leaves the catalog: its member (not running) is gone at
+        // once; group 2's stay.
+        follow_catalog(&mut members, &groups(&[2]), &layout, &mut skipped);
+        let labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["g2r1", "g2r2"]);
+        assert!(prometheus_targets(&members).ends_with("[\n\n]\n"));
+    }
+
+    #[test]
+    fn add_group_finds_a_running_dev_by_its_lock() {
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-dev-lock-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the test directory");
+        let none = running_dev(&dir).expect_err("no lock file: no dev");
+        assert!(
+            none.to_string().starts_with("no trellis dev is running on"),
+            "{none}"
+        );
+        let lock = lock_data_dir(&dir).expect("take the lock");
+        assert_eq!(
+            running_dev(&dir).expect("the lock is held"),
+            std::process::id().to_string()
+        );
+        drop(lock);
+        let none = running_dev(&dir).expect_err("a lock file nobody holds: no dev");
+        assert!(
+            none.to_string().starts_with("no trellis dev is running on"),
+            "{none}"
+        );
+        std::fs::remove_dir_all(&dir).expect("remove the test directory");
+    }
+
     #[test]
     fn exits_are_described_in_words() {
         assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exited with code 1");
