@@ -673,6 +673,10 @@ enum State {
     Waiting {
         until: Instant,
     },
+    /// A replica of a group added while dev runs, not started yet: it
+    /// starts once the replica before it in its group has started (see
+    /// [`start_queued`]), as on dev's first start.
+    Queued,
     /// Not restarted: `--no-restart`, or given up on.
     Down,
     /// Its group left the catalog: told to stop (SIGTERM), killed if still
@@ -694,15 +698,10 @@ impl Member {
         Ok(member)
     }
 
-    /// A member the supervisor starts on its next look, without waiting for
-    /// it (a group added while dev runs).
+    /// A member the supervisor starts later, without waiting for it (a
+    /// group added while dev runs): [`start_queued`] lets it go.
     fn queued(spec: MemberSpec) -> Member {
-        Member::new(
-            spec,
-            State::Waiting {
-                until: Instant::now(),
-            },
-        )
+        Member::new(spec, State::Queued)
     }
 
     fn new(spec: MemberSpec, state: State) -> Member {
@@ -721,6 +720,16 @@ impl Member {
         }
     }
 
+    /// Has it yet to try its first start (queued, or about to spawn), or is
+    /// that first start under way?
+    fn first_start_pending(&self) -> bool {
+        match self.state {
+            State::Queued => true,
+            State::Waiting { .. } | State::Starting { .. } => !self.up_before && self.restarts == 0,
+            State::Up { .. } | State::Down | State::Stopping { .. } | State::Gone => false,
+        }
+    }
+
     /// Is it stopping or stopped for good (its group left the catalog)?
     fn leaving(&self) -> bool {
         matches!(self.state, State::Stopping { .. } | State::Gone)
@@ -735,7 +744,11 @@ impl Member {
         let child = match std::mem::replace(&mut self.state, State::Gone) {
             State::Up { kid, .. } => kid.child,
             State::Starting { child, .. } => child,
-            State::Waiting { .. } | State::Down | State::Stopping { .. } | State::Gone => return,
+            State::Waiting { .. }
+            | State::Queued
+            | State::Down
+            | State::Stopping { .. }
+            | State::Gone => return,
         };
         terminate(child.id());
         self.state = State::Stopping {
@@ -870,7 +883,7 @@ impl Member {
                     self.state = State::Gone;
                 }
             },
-            State::Waiting { .. } | State::Down | State::Gone => {}
+            State::Waiting { .. } | State::Queued | State::Down | State::Gone => {}
         }
     }
 
@@ -917,7 +930,7 @@ impl Member {
             State::Starting { child, .. } | State::Stopping { child, .. } => {
                 Some((self.name.as_str(), child))
             }
-            State::Waiting { .. } | State::Down | State::Gone => None,
+            State::Waiting { .. } | State::Queued | State::Down | State::Gone => None,
         }
     }
 }
@@ -1043,28 +1056,70 @@ fn follow_catalog(
     }
 }
 
+/// Lets a queued member start once no replica before it in its group is
+/// queued or making its first start: the replicas of a new group start one
+/// after another, so the first usually registers first and becomes primary,
+/// as on dev's first start. A replica whose start failed does not hold the
+/// next one up.
+fn start_queued(members: &mut [Member]) {
+    for at in 0..members.len() {
+        if !matches!(members[at].state, State::Queued) {
+            continue;
+        }
+        let group = members[at].group;
+        let held = members[..at]
+            .iter()
+            .any(|m| m.group == group && m.first_start_pending());
+        if !held {
+            members[at].state = State::Waiting {
+                until: Instant::now(),
+            };
+        }
+    }
+}
+
 /// Asks the coordinator at `addr` for the catalog's groups every
-/// [`GROUP_POLL_INTERVAL`] and publishes them once two answers in a row
-/// agree (a map read from the catalog that raced a change is not acted on).
+/// [`GROUP_POLL_INTERVAL`] and publishes each listing [`Settle`] lets
+/// through.
 async fn poll_groups(addr: String, listed: tokio::sync::watch::Sender<BTreeSet<u64>>) {
-    let mut previous: Option<BTreeSet<u64>> = None;
+    let mut settle = Settle::default();
     loop {
         tokio::time::sleep(GROUP_POLL_INTERVAL).await;
-        let Ok(status) = crate::status::fetch(&addr).await else {
-            previous = None;
-            continue;
-        };
-        let groups: BTreeSet<u64> = status.groups.iter().map(|g| g.group_id).collect();
-        if previous.as_ref() == Some(&groups) {
+        let answer = crate::status::fetch(&addr)
+            .await
+            .ok()
+            .map(|status| status.groups.iter().map(|g| g.group_id).collect());
+        if let Some(groups) = settle.answer(answer) {
             listed.send_if_modified(|current| {
                 let changed = *current != groups;
                 if changed {
-                    current.clone_from(&groups);
+                    *current = groups;
                 }
                 changed
             });
         }
-        previous = Some(groups);
+    }
+}
+
+/// Which of the coordinator's answers dev acts on: a listing of groups
+/// only once two answers in a row agree, so that a map read from the
+/// catalog that raced a change (and is replaced a moment later) never
+/// starts or stops a group.
+#[derive(Default)]
+struct Settle {
+    previous: Option<BTreeSet<u64>>,
+}
+
+impl Settle {
+    /// Takes one answer (`None`: the coordinator did not answer); returns
+    /// the listing to act on, if it is settled.
+    fn answer(&mut self, answer: Option<BTreeSet<u64>>) -> Option<BTreeSet<u64>> {
+        let settled = match (&self.previous, &answer) {
+            (Some(previous), Some(answer)) if previous == answer => Some(answer.clone()),
+            _ => None,
+        };
+        self.previous = answer;
+        settled
     }
 }
 
@@ -1199,6 +1254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         listed = listed_rx.borrow_and_update().clone();
                     }
                     follow_catalog(&mut members, &listed, &layout, &mut skipped);
+                    start_queued(&mut members);
                     for member in members.iter_mut() {
                         member.supervise(!args.no_restart);
                     }
@@ -1373,7 +1429,7 @@ mod tests {
         assert_eq!(labels, ["g1r1", "g2r1", "g2r2"]);
         assert_eq!(skipped, groups(&[100]));
         let g2r2 = &members[2];
-        assert!(matches!(g2r2.state, State::Waiting { .. }), "queued");
+        assert!(matches!(g2r2.state, State::Queued));
         assert_eq!(g2r2.group, Some(2));
         assert_eq!(g2r2.name, "shard group 2 replica 2");
         let flag = |flag: &str| {
@@ -1389,12 +1445,37 @@ mod tests {
         follow_catalog(&mut members, &groups(&[1, 2, 100]), &layout, &mut skipped);
         assert_eq!(members.len(), 3);
 
+        // Replica 1 starts first; replica 2 once replica 1 has started
+        // (here: failed to, which must not hold it up).
+        start_queued(&mut members);
+        assert!(matches!(members[1].state, State::Waiting { .. }));
+        assert!(matches!(members[2].state, State::Queued));
+        members[1].failed(true, true);
+        start_queued(&mut members);
+        assert!(matches!(members[2].state, State::Waiting { .. }));
+
         // Group 1 leaves the catalog: its member (not running) is gone at
         // once; group 2's stay.
         follow_catalog(&mut members, &groups(&[2]), &layout, &mut skipped);
         let labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
         assert_eq!(labels, ["g2r1", "g2r2"]);
         assert!(prometheus_targets(&members).ends_with("[\n\n]\n"));
+    }
+
+    #[test]
+    fn only_a_listing_given_twice_in_a_row_is_acted_on() {
+        let mut settle = Settle::default();
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), None, "once");
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), Some(groups(&[1, 2])));
+        // A stale map lists a removed group once: not acted on.
+        assert_eq!(settle.answer(Some(groups(&[1, 2, 3]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), Some(groups(&[1, 2])));
+        // No answer in between: the count starts over.
+        assert_eq!(settle.answer(Some(groups(&[1]))), None);
+        assert_eq!(settle.answer(None), None);
+        assert_eq!(settle.answer(Some(groups(&[1]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1]))), Some(groups(&[1])));
     }
 
     #[test]

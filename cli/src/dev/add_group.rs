@@ -35,8 +35,8 @@ listed in DIR/prometheus-targets.json. The new group owns no slots (slots
 do not move between groups yet). A later `trellis dev` on DIR starts it
 again; `trellis admin remove-group --group G` makes dev stop it.
 
-Waits (at most 90 s) until the group's primary serves, then prints its
-members. Fails (exit code 1) if no dev runs on DIR, if the group exists,
+Waits (at most 90 s) until the group's primary serves and its backups
+have joined it, then prints its members with their roles. Fails (exit code 1) if no dev runs on DIR, if the group exists,
 or if its primary does not serve in time (dev's log says why).
 
 Examples:
@@ -97,7 +97,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("reading replicas= in {}", ready_path.display()))?;
 
-        let status = crate::status::fetch(&addr).await?;
+        // dev restarts a coordinator that exited: give it the wait.
+        let status = loop {
+            match crate::status::fetch(&addr).await {
+                Ok(status) => break status,
+                Err(err) if Instant::now() > deadline => return Err(err),
+                Err(_) => tokio::time::sleep(ADD_GROUP_POLL).await,
+            }
+        };
         let group = match args.group {
             Some(group) => group,
             None => status.groups.iter().map(|g| g.group_id).max().unwrap_or(0) + 1,
@@ -119,14 +126,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
 
         // Served: its primary serves. Then give the backups the rest of
-        // the wait to register, so that all of them are printed.
+        // the wait to join its configuration (learners until then), so
+        // that the group is printed whole.
         let mut served: Option<pb::GroupStatus> = None;
         loop {
             if let Ok(status) = crate::status::fetch(&addr).await
                 && let Some(g) = status.groups.into_iter().find(|g| g.group_id == group)
                 && g.members.iter().any(|m| m.role == "primary" && m.alive)
             {
-                let all = g.members.len() >= replicas;
+                let in_config = g
+                    .members
+                    .iter()
+                    .filter(|m| m.alive && (m.role == "primary" || m.role == "backup"))
+                    .count();
+                let all = in_config >= replicas;
                 served = Some(g);
                 if all {
                     break;
