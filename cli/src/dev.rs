@@ -959,6 +959,10 @@ impl Layout {
     }
 
     fn shard(&self, group: u64, replica: u32) -> anyhow::Result<MemberSpec> {
+        assert!(
+            dev_runs(group),
+            "group {group}: callers start only groups dev runs"
+        );
         let label = format!("g{group}r{replica}");
         let dir = self
             .data_dir
