@@ -106,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// An Admin client of the coordinator at `addr`, every call bounded by
 /// [`GROUP_CHANGE_TIMEOUT`].
-async fn admin_client(
+pub(crate) async fn admin_client(
     addr: &str,
 ) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?

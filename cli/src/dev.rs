@@ -24,10 +24,24 @@
 //!   its `job`, `group` and `replica` labels, is written to
 //!   `<data-dir>/prometheus-targets.json` (Prometheus `file_sd` format)
 //!   once the cluster is up, and again whenever an address changes.
+//! - **The catalog decides the groups.** dev runs the replicas of every
+//!   group in the coordinator's catalog (`--groups` only creates it). While
+//!   it runs it asks the coordinator's Status every
+//!   [`GROUP_POLL_INTERVAL`]; once two answers in a row agree, it starts the
+//!   replicas of a group it does not run (added by `trellis dev add-group`,
+//!   the [`add_group`] module, or `trellis admin add-group`) and stops
+//!   those of a group the catalog no longer has (SIGTERM, SIGKILL after
+//!   [`STOP_GRACE`]).
+//! - **Found by its data directory.** Once the cluster is up dev writes its
+//!   READY fields and `--replicas` to `<data-dir>/dev.ready`, which
+//!   `trellis dev add-group` reads while `dev.lock` shows dev running.
 //!
 //! Children leave with `trellis dev`: SIGTERM on Ctrl-C, and by themselves
 //! (`--exit-with-parent`) if it is killed. Dev never touches a member's data.
 
+mod add_group;
+
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -84,6 +98,14 @@ const METRICS_PORT_SPAN: u32 = DEV_GROUPS_MAX * DEV_REPLICAS_MAX;
 const _: () = assert!(METRICS_PORT_SPAN < u16::MAX as u32);
 /// The lock file that makes a data directory one dev's, holding its pid.
 const LOCK_FILE: &str = "dev.lock";
+/// Where a running dev, once its cluster is up, leaves the fields of its
+/// READY line and its `--replicas` (`KEY=VALUE ...`) for
+/// `trellis dev add-group`; removed when dev stops.
+const READY_FILE: &str = "dev.ready";
+/// How often the running dev asks the coordinator which groups the catalog
+/// has.
+const GROUP_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const _: () = assert!(SUPERVISE_INTERVAL.as_millis() < GROUP_POLL_INTERVAL.as_millis());
 /// Where metrics ports picked on a first run are remembered
 /// (`LABEL PORT` per line).
 const METRICS_PORTS_FILE: &str = "metrics.ports";
@@ -98,6 +120,7 @@ const JOB_COORDINATOR: &str = "trellis-coordinator";
 const JOB_SHARD: &str = "trellis-shard";
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "\
 Starts one coordinator (SQLite catalog in the data directory) and --replicas
 shard processes per group (one primary, the rest backups), waits until every
@@ -123,16 +146,29 @@ run and keeps it (remembered in <data-dir>/metrics.ports). Every metrics
 address is listed for Prometheus in <data-dir>/prometheus-targets.json
 (file-based service discovery; labels job, group, replica).
 
+Growing: dev runs every group of its catalog. --groups only matters on the
+first start, when it creates the catalog; a later start brings back every
+group the catalog has, added ones too. `trellis dev add-group`, in another
+terminal, adds the next group to the running dev: dev notices within about
+2 s (it asks the coordinator every second) and starts the new group's
+replicas like the others. `trellis admin add-group --group N` works too;
+after `trellis admin remove-group --group N` dev stops that group's
+replicas (their data directories stay).
+
 Examples:
   cargo run --release -- dev
   trellis dev --groups 5 --replicas 1 --data-dir /tmp/trellis --listen 127.0.0.1:7000
   trellis dev --metrics-listen 127.0.0.1:9100   # coordinator :9100, g1r1 :9101, g2r1 :9106
-  trellis dev --no-restart                      # watch failures without restarts")]
+  trellis dev --no-restart                      # watch failures without restarts
+  trellis dev add-group                         # in another terminal: one more group")]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<DevCommand>,
     /// Where the catalog and every shard keep their data.
     #[arg(long, default_value = "./trellis-dev-data")]
     data_dir: PathBuf,
-    /// Number of shard groups (fixed when the cluster is first created).
+    /// Number of shard groups the cluster is created with; only matters on
+    /// the first start (later starts run every group the catalog has).
     #[arg(long, default_value_t = 3, value_parser = parse_groups)]
     groups: u32,
     /// Replicas per group: a primary and replicas - 1 backups. With 3, any
@@ -150,6 +186,13 @@ pub struct Args {
     /// Report a member that exits, but do not restart it.
     #[arg(long)]
     no_restart: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum DevCommand {
+    /// Add a shard group to the `trellis dev` running on --data-dir: it is
+    /// registered in the catalog, and dev starts its replicas.
+    AddGroup(add_group::Args),
 }
 
 fn parse_count(text: &str, max: u32, what: &str) -> Result<u32, String> {
@@ -476,6 +519,40 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Is a dev running on `dir` (holding its lock)? Returns its pid as the
+/// lock file says; an error that says so if none is. Never takes the lock
+/// for longer than this look.
+#[allow(unsafe_code)]
+fn running_dev(dir: &Path) -> anyhow::Result<String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let none = || {
+        anyhow::anyhow!(
+            "no trellis dev is running on {} (start one: trellis dev --data-dir {})",
+            dir.display(),
+            dir.display()
+        )
+    };
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(none()),
+        Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+    };
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        // We got it, so nobody holds it: closing the file lets it go.
+        return Err(none());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(err).with_context(|| format!("looking at the lock {}", path.display()));
+    }
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    Ok(pid.trim().to_string())
+}
+
 /// Metrics ports remembered from an earlier run, by label.
 fn remembered_metrics_ports(dir: &Path) -> Vec<(String, u16)> {
     let Ok(text) = std::fs::read_to_string(dir.join(METRICS_PORTS_FILE)) else {
@@ -490,6 +567,7 @@ fn remembered_metrics_ports(dir: &Path) -> Vec<(String, u16)> {
 fn remember_metrics_ports(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
     let text: String = members
         .iter()
+        .filter(|m| !m.leaving())
         .filter_map(|m| {
             let port = m.metrics.as_ref()?.port();
             Some(format!("{} {port}\n", m.label))
@@ -534,6 +612,7 @@ fn metrics_addr(
 fn prometheus_targets(members: &[Member]) -> String {
     let groups: Vec<String> = members
         .iter()
+        .filter(|m| !m.leaving())
         .filter_map(|m| {
             let addr = m.metrics?;
             let labels: Vec<String> = m
@@ -586,6 +665,21 @@ fn set_flag(args: &mut [String], flag: &str, value: String) {
     args[at + 1] = value;
 }
 
+/// What a member is before it first starts: its names, command line and
+/// Prometheus labels.
+struct MemberSpec {
+    /// `coordinator` or `g2r1`: prefixes its log lines.
+    label: String,
+    /// `shard group 2 replica 1`: names it in dev's own messages.
+    name: String,
+    /// The command line it is started with.
+    args: Vec<String>,
+    /// Its labels in the Prometheus service-discovery file.
+    target_labels: Vec<(&'static str, String)>,
+    /// The shard group it is a replica of; `None` for the coordinator.
+    group: Option<u64>,
+}
+
 /// What dev starts: the coordinator or one shard replica, and how it is.
 struct Member {
     /// `coordinator` or `g2r1`: prefixes its log lines.
@@ -595,7 +689,11 @@ struct Member {
     /// The command line it is (re)started with; after its first start its
     /// addresses are pinned to those it got.
     args: Vec<String>,
+    /// The shard group it is a replica of; `None` for the coordinator.
+    group: Option<u64>,
     state: State,
+    /// Has it ever come up in this run of dev (so a start is a restart)?
+    up_before: bool,
     /// Its metrics address once it has served.
     metrics: Option<SocketAddr>,
     /// Its labels in the Prometheus service-discovery file (`job`, and a
@@ -622,35 +720,92 @@ enum State {
     Waiting {
         until: Instant,
     },
+    /// A replica of a group added while dev runs, not started yet: it
+    /// starts once the replica before it in its group has started (see
+    /// [`start_queued`]), as on dev's first start.
+    Queued,
     /// Not restarted: `--no-restart`, or given up on.
     Down,
+    /// Its group left the catalog: told to stop (SIGTERM), killed if still
+    /// there at `deadline`.
+    Stopping {
+        child: Child,
+        deadline: Instant,
+    },
+    /// Its group left the catalog and it has stopped: dev forgets it.
+    Gone,
 }
 
 impl Member {
     /// Starts the member and waits until it serves (dev's first start).
-    fn start(
-        label: String,
-        name: String,
-        args: Vec<String>,
-        target_labels: Vec<(&'static str, String)>,
-    ) -> anyhow::Result<Member> {
-        let kid = start_labelled(&label, &name, &args)?;
-        let mut member = Member {
-            label,
-            name,
-            args,
-            state: State::Down,
-            metrics: None,
-            target_labels,
-            restarts: 0,
-            quick_failures: 0,
-            backoff: RESTART_BACKOFF_FIRST,
-        };
+    fn start(spec: MemberSpec) -> anyhow::Result<Member> {
+        let kid = start_labelled(&spec.label, &spec.name, &spec.args)?;
+        let mut member = Member::new(spec, State::Down);
         member.came_up(kid);
         Ok(member)
     }
 
+    /// A member the supervisor starts later, without waiting for it (a
+    /// group added while dev runs): [`start_queued`] lets it go.
+    fn queued(spec: MemberSpec) -> Member {
+        Member::new(spec, State::Queued)
+    }
+
+    fn new(spec: MemberSpec, state: State) -> Member {
+        Member {
+            label: spec.label,
+            name: spec.name,
+            args: spec.args,
+            group: spec.group,
+            state,
+            up_before: false,
+            metrics: None,
+            target_labels: spec.target_labels,
+            restarts: 0,
+            quick_failures: 0,
+            backoff: RESTART_BACKOFF_FIRST,
+        }
+    }
+
+    /// Has it yet to try its first start (queued, or about to spawn), or is
+    /// that first start under way?
+    fn first_start_pending(&self) -> bool {
+        match self.state {
+            State::Queued => true,
+            State::Waiting { .. } | State::Starting { .. } => !self.up_before && self.restarts == 0,
+            State::Up { .. } | State::Down | State::Stopping { .. } | State::Gone => false,
+        }
+    }
+
+    /// Is it stopping or stopped for good (its group left the catalog)?
+    fn leaving(&self) -> bool {
+        matches!(self.state, State::Stopping { .. } | State::Gone)
+    }
+
+    /// Its group left the catalog: SIGTERM now; [`Member::supervise`] kills
+    /// it after [`STOP_GRACE`] and marks it gone once it exited.
+    fn leave(&mut self) {
+        if self.leaving() {
+            return;
+        }
+        let child = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Up { kid, .. } => kid.child,
+            State::Starting { child, .. } => child,
+            State::Waiting { .. }
+            | State::Queued
+            | State::Down
+            | State::Stopping { .. }
+            | State::Gone => return,
+        };
+        terminate(child.id());
+        self.state = State::Stopping {
+            child,
+            deadline: Instant::now() + STOP_GRACE,
+        };
+    }
+
     fn came_up(&mut self, kid: Kid) {
+        self.up_before = true;
         if let Ok(metrics) = kid.field("metrics").parse::<SocketAddr>() {
             self.metrics = Some(metrics);
             set_flag(&mut self.args, "--metrics-listen", metrics.to_string());
@@ -710,6 +865,7 @@ impl Member {
                 deadline,
             } => match ready.try_recv() {
                 Ok(line) => {
+                    let again = self.up_before;
                     if let State::Starting { child, .. } =
                         std::mem::replace(&mut self.state, State::Down)
                     {
@@ -719,13 +875,17 @@ impl Member {
                             ready: parse_ready(&line),
                         });
                     }
-                    eprintln!(
-                        "{} is up again, pid {} (grpc {}, metrics http://{}/metrics)",
-                        self.name,
-                        self.field("pid"),
-                        self.field("grpc"),
-                        self.field("metrics")
-                    );
+                    if again {
+                        eprintln!(
+                            "{} is up again, pid {} (grpc {}, metrics http://{}/metrics)",
+                            self.name,
+                            self.field("pid"),
+                            self.field("grpc"),
+                            self.field("metrics")
+                        );
+                    } else {
+                        eprintln!("{}", self.row());
+                    }
                 }
                 Err(mpsc::TryRecvError::Empty) if now < *deadline => {}
                 Err(why) => {
@@ -753,7 +913,24 @@ impl Member {
                     self.failed(true, restart);
                 }
             },
-            State::Waiting { .. } | State::Down => {}
+            State::Stopping { child, deadline } => match child.try_wait() {
+                Ok(Some(_)) => {
+                    eprintln!("{} (pid {}) stopped", self.name, child.id());
+                    self.state = State::Gone;
+                }
+                Ok(None) if now < *deadline => {}
+                _ => {
+                    eprintln!(
+                        "{} (pid {}) did not stop in {STOP_GRACE:?}; killing it",
+                        self.name,
+                        child.id()
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.state = State::Gone;
+                }
+            },
+            State::Waiting { .. } | State::Queued | State::Down | State::Gone => {}
         }
     }
 
@@ -797,8 +974,10 @@ impl Member {
     fn child(&mut self) -> Option<(&str, &mut Child)> {
         match &mut self.state {
             State::Up { kid, .. } => Some((self.name.as_str(), &mut kid.child)),
-            State::Starting { child, .. } => Some((self.name.as_str(), child)),
-            State::Waiting { .. } | State::Down => None,
+            State::Starting { child, .. } | State::Stopping { child, .. } => {
+                Some((self.name.as_str(), child))
+            }
+            State::Waiting { .. } | State::Queued | State::Down | State::Gone => None,
         }
     }
 }
@@ -807,7 +986,198 @@ fn stop_members(members: &mut [Member]) {
     stop_children(members.iter_mut().filter_map(Member::child).collect());
 }
 
+/// How dev lays out the replicas of a group: where their data lives, which
+/// metrics port each asks for, which coordinator they join, how many.
+struct Layout {
+    data_dir: PathBuf,
+    metrics_listen: SocketAddr,
+    /// Metrics ports remembered from the last run, by label.
+    remembered: Vec<(String, u16)>,
+    coordinator: String,
+    replicas: u32,
+}
+
+impl Layout {
+    /// The replicas of `group`, in order.
+    fn group(&self, group: u64) -> anyhow::Result<Vec<MemberSpec>> {
+        (1..=self.replicas)
+            .map(|replica| self.shard(group, replica))
+            .collect()
+    }
+
+    fn shard(&self, group: u64, replica: u32) -> anyhow::Result<MemberSpec> {
+        assert!(
+            dev_runs(group),
+            "group {group}: callers start only groups dev runs"
+        );
+        let label = format!("g{group}r{replica}");
+        let dir = self
+            .data_dir
+            .join(format!("group-{group}-replica-{replica}"));
+        let group_index =
+            u32::try_from(group - 1).expect("dev runs groups 1 to DEV_GROUPS_MAX only");
+        let offset = group_index * DEV_REPLICAS_MAX + replica;
+        Ok(MemberSpec {
+            name: format!("shard group {group} replica {replica}"),
+            args: vec![
+                "shard".into(),
+                "--data-dir".into(),
+                path_str(&dir)?,
+                // Port 0 on the first run; the shard then keeps the port
+                // it got (listen.port in its data directory).
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--metrics-listen".into(),
+                metrics_addr(self.metrics_listen, offset, &label, &self.remembered).to_string(),
+                "--group".into(),
+                group.to_string(),
+                "--coordinator".into(),
+                self.coordinator.clone(),
+                "--exit-with-parent".into(),
+            ],
+            target_labels: vec![
+                ("job", JOB_SHARD.to_string()),
+                ("group", group.to_string()),
+                ("replica", replica.to_string()),
+            ],
+            group: Some(group),
+            label,
+        })
+    }
+}
+
+/// Can dev run this group? Its metrics ports (pinned or not) are laid out
+/// for groups 1 to [`DEV_GROUPS_MAX`].
+fn dev_runs(group: u64) -> bool {
+    (1..=u64::from(DEV_GROUPS_MAX)).contains(&group)
+}
+
+/// The groups of the catalog that dev leaves alone, said once each.
+fn skip_groups(listed: &BTreeSet<u64>, skipped: &mut BTreeSet<u64>) {
+    for &group in listed.iter().filter(|g| !dev_runs(**g)) {
+        if skipped.insert(group) {
+            eprintln!(
+                "group {group} is in the catalog, but dev runs groups 1 to {DEV_GROUPS_MAX} \
+                 only: start its replicas yourself (trellis shard --group {group} ...)"
+            );
+        }
+    }
+}
+
+/// Makes the members match the groups the catalog lists: starts the
+/// replicas of a listed group dev does not run, tells those of a group no
+/// longer listed to stop, and forgets the ones that have.
+fn follow_catalog(
+    members: &mut Vec<Member>,
+    listed: &BTreeSet<u64>,
+    layout: &Layout,
+    skipped: &mut BTreeSet<u64>,
+) {
+    skip_groups(listed, skipped);
+    let mut left = BTreeSet::new();
+    for member in members.iter_mut() {
+        if let Some(group) = member.group
+            && !listed.contains(&group)
+            && !member.leaving()
+        {
+            if left.insert(group) {
+                eprintln!("group {group} is no longer in the catalog: stopping its replicas");
+            }
+            member.leave();
+        }
+    }
+    members.retain(|m| !matches!(m.state, State::Gone));
+    // A group whose old replicas are still stopping waits for them: the new
+    // ones would use the same directories and ports.
+    let present: BTreeSet<u64> = members.iter().filter_map(|m| m.group).collect();
+    for &group in listed
+        .iter()
+        .filter(|g| dev_runs(**g) && !present.contains(g))
+    {
+        match layout.group(group) {
+            Ok(specs) => {
+                eprintln!(
+                    "group {group} is in the catalog: starting {}",
+                    counted(layout.replicas, "replica")
+                );
+                members.extend(specs.into_iter().map(Member::queued));
+            }
+            Err(err) => eprintln!("cannot start group {group}: {err:#}"),
+        }
+    }
+}
+
+/// Lets a queued member start once no replica before it in its group is
+/// queued or making its first start: the replicas of a new group start one
+/// after another, so the first usually registers first and becomes primary,
+/// as on dev's first start. A replica whose start failed does not hold the
+/// next one up.
+fn start_queued(members: &mut [Member]) {
+    for at in 0..members.len() {
+        if !matches!(members[at].state, State::Queued) {
+            continue;
+        }
+        let group = members[at].group;
+        let held = members[..at]
+            .iter()
+            .any(|m| m.group == group && m.first_start_pending());
+        if !held {
+            members[at].state = State::Waiting {
+                until: Instant::now(),
+            };
+        }
+    }
+}
+
+/// Asks the coordinator at `addr` for the catalog's groups every
+/// [`GROUP_POLL_INTERVAL`] and publishes each listing [`Settle`] lets
+/// through.
+async fn poll_groups(addr: String, listed: tokio::sync::watch::Sender<BTreeSet<u64>>) {
+    let mut settle = Settle::default();
+    loop {
+        tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        let answer = crate::status::fetch(&addr)
+            .await
+            .ok()
+            .map(|status| status.groups.iter().map(|g| g.group_id).collect());
+        if let Some(groups) = settle.answer(answer) {
+            listed.send_if_modified(|current| {
+                let changed = *current != groups;
+                if changed {
+                    *current = groups;
+                }
+                changed
+            });
+        }
+    }
+}
+
+/// Which of the coordinator's answers dev acts on: a listing of groups
+/// only once two answers in a row agree, so that a map read from the
+/// catalog that raced a change (and is replaced a moment later) never
+/// starts or stops a group.
+#[derive(Default)]
+struct Settle {
+    previous: Option<BTreeSet<u64>>,
+}
+
+impl Settle {
+    /// Takes one answer (`None`: the coordinator did not answer); returns
+    /// the listing to act on, if it is settled.
+    fn answer(&mut self, answer: Option<BTreeSet<u64>>) -> Option<BTreeSet<u64>> {
+        let settled = match (&self.previous, &answer) {
+            (Some(previous), Some(answer)) if previous == answer => Some(answer.clone()),
+            _ => None,
+        };
+        self.previous = answer;
+        settled
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(DevCommand::AddGroup(add)) = args.command {
+        return add_group::run(add);
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize().with_context(|| {
@@ -818,20 +1188,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // First of all: nothing may start on a directory another dev uses.
     let _lock = lock_data_dir(&data_dir)?;
+    // A ready file left by a dev that was killed is not this one's.
+    remove_ready_file(&data_dir)?;
     let catalog = format!("sqlite://{}", path_str(&data_dir.join("catalog.db"))?);
     let remembered = remembered_metrics_ports(&data_dir);
-    eprintln!(
-        "starting a coordinator and {} of {}",
-        counted(args.groups, "group"),
-        counted(args.replicas, "replica")
-    );
+    eprintln!("starting a coordinator");
 
     let mut members: Vec<Member> = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        let coordinator = Member::start(
-            COORDINATOR_LABEL.to_string(),
-            "coordinator".to_string(),
-            vec![
+    let mut skipped = BTreeSet::new();
+    let result = (|| -> anyhow::Result<(Layout, BTreeSet<u64>)> {
+        let coordinator = Member::start(MemberSpec {
+            label: COORDINATOR_LABEL.to_string(),
+            name: "coordinator".to_string(),
+            args: vec![
                 "coordinator".into(),
                 "--catalog".into(),
                 catalog.clone(),
@@ -843,64 +1212,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.groups.to_string(),
                 "--exit-with-parent".into(),
             ],
-            vec![("job", JOB_COORDINATOR.to_string())],
-        )?;
+            target_labels: vec![("job", JOB_COORDINATOR.to_string())],
+            group: None,
+        })?;
         eprintln!("{}", coordinator.row());
         let coordinator_addr = coordinator.field("grpc");
         members.push(coordinator);
-        for (group, replica) in
-            (1..=args.groups).flat_map(|g| (1..=args.replicas).map(move |r| (g, r)))
-        {
-            let label = format!("g{group}r{replica}");
-            let dir = data_dir.join(format!("group-{group}-replica-{replica}"));
-            let offset = (group - 1) * DEV_REPLICAS_MAX + replica;
-            let shard = Member::start(
-                label.clone(),
-                format!("shard group {group} replica {replica}"),
-                vec![
-                    "shard".into(),
-                    "--data-dir".into(),
-                    path_str(&dir)?,
-                    // Port 0 on the first run; the shard then keeps the port
-                    // it got (listen.port in its data directory).
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--metrics-listen".into(),
-                    metrics_addr(args.metrics_listen, offset, &label, &remembered).to_string(),
-                    "--group".into(),
-                    group.to_string(),
-                    "--coordinator".into(),
-                    coordinator_addr.clone(),
-                    "--exit-with-parent".into(),
-                ],
-                vec![
-                    ("job", JOB_SHARD.to_string()),
-                    ("group", group.to_string()),
-                    ("replica", replica.to_string()),
-                ],
-            )?;
-            eprintln!("{}", shard.row());
-            members.push(shard);
+        // Every group the catalog has: those --groups created on the first
+        // run, and those added since.
+        let listed = catalog_groups(&coordinator_addr)?;
+        skip_groups(&listed, &mut skipped);
+        let groups: BTreeSet<u64> = listed.iter().copied().filter(|g| dev_runs(*g)).collect();
+        eprintln!(
+            "starting {} of {}",
+            counted(groups.len() as u32, "group"),
+            counted(args.replicas, "replica")
+        );
+        let layout = Layout {
+            data_dir: data_dir.clone(),
+            metrics_listen: args.metrics_listen,
+            remembered,
+            coordinator: coordinator_addr.clone(),
+            replicas: args.replicas,
+        };
+        for &group in &groups {
+            for spec in layout.group(group)? {
+                let shard = Member::start(spec)?;
+                eprintln!("{}", shard.row());
+                members.push(shard);
+            }
         }
-        wait_registered(&coordinator_addr, args.groups)?;
-        Ok(())
+        wait_registered(&coordinator_addr, &groups)?;
+        Ok((layout, groups))
     })();
-    if let Err(err) = result {
-        stop_members(&mut members);
-        return Err(err);
-    }
+    let (layout, groups) = match result {
+        Ok(started) => started,
+        Err(err) => {
+            stop_members(&mut members);
+            return Err(err);
+        }
+    };
+    let mut targets_written = prometheus_targets(&members);
     if args.metrics_listen.port() == 0
         && let Err(err) = remember_metrics_ports(&data_dir, &members)
     {
         eprintln!("metrics ports will differ next run: {err:#}");
     }
-    let mut targets_written = prometheus_targets(&members);
     if let Err(err) = write_prometheus_targets(&data_dir, &members) {
         eprintln!("Prometheus will not find the members: {err:#}");
     }
 
     let addr = members[0].field("grpc");
-    println!("READY grpc={addr} metrics={}", members[0].field("metrics"));
+    let ready = format!("grpc={addr} metrics={}", members[0].field("metrics"));
+    println!("READY {ready}");
+    if let Err(err) = write_ready_file(&data_dir, &format!("{ready} replicas={}", args.replicas)) {
+        eprintln!("`trellis dev add-group` will not find this dev: {err:#}");
+    }
     let restarts = if args.no_restart {
         "a member that exits is reported, not restarted (--no-restart)"
     } else {
@@ -910,10 +1277,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "\nTrellis dev cluster is up: {} of {}, data in {}\n  \
          clients connect to {addr} (gRPC, trellis.v1.Txn)\n  \
          cluster status: trellis status --addr {addr}\n  \
+         one more group: trellis dev add-group --data-dir {}\n  \
          {restarts}\n  \
          Ctrl-C stops everything; data stays for the next run.",
-        counted(args.groups, "group"),
+        counted(groups.len() as u32, "group"),
         counted(args.replicas, "replica"),
+        data_dir.display(),
         data_dir.display()
     );
 
@@ -924,30 +1293,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = crate::signals::shutdown(false);
         tokio::pin!(shutdown);
+        let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(groups.clone());
+        let poll = tokio::spawn(poll_groups(addr.clone(), listed_tx));
+        let mut listed = groups;
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(SUPERVISE_INTERVAL) => {
+                    if listed_rx.has_changed().unwrap_or(false) {
+                        listed = listed_rx.borrow_and_update().clone();
+                    }
+                    follow_catalog(&mut members, &listed, &layout, &mut skipped);
+                    start_queued(&mut members);
                     for member in members.iter_mut() {
                         member.supervise(!args.no_restart);
                     }
                     // A member restarted on another metrics port (its old
-                    // one was taken): tell Prometheus.
+                    // one was taken), or a group came or went: tell
+                    // Prometheus, and remember the ports for the next run.
                     let targets = prometheus_targets(&members);
                     if targets != targets_written {
                         if let Err(err) = write_prometheus_targets(&data_dir, &members) {
                             eprintln!("Prometheus will not find the members: {err:#}");
+                        }
+                        if args.metrics_listen.port() == 0
+                            && let Err(err) = remember_metrics_ports(&data_dir, &members)
+                        {
+                            eprintln!("metrics ports will differ next run: {err:#}");
                         }
                         targets_written = targets;
                     }
                 }
             }
         }
+        poll.abort();
     });
     eprintln!("stopping the dev cluster");
+    let _ = remove_ready_file(&data_dir);
     stop_members(&mut members);
     Ok(())
+}
+
+/// Writes [`READY_FILE`] whole (a rename: a reader never sees half).
+fn write_ready_file(dir: &Path, fields: &str) -> anyhow::Result<()> {
+    let path = dir.join(READY_FILE);
+    let tmp = dir.join(format!("{READY_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{fields}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn remove_ready_file(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(READY_FILE);
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `1 group`, `3 groups`.
@@ -956,7 +1360,29 @@ fn counted(n: u32, noun: &str) -> String {
     format!("{n} {noun}{s}")
 }
 
-fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
+/// The groups in the catalog of the coordinator at `addr`, asked until it
+/// answers (bounded by [`REGISTER_TIMEOUT`]).
+fn catalog_groups(addr: &str) -> anyhow::Result<BTreeSet<u64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + REGISTER_TIMEOUT;
+    runtime.block_on(async {
+        loop {
+            match crate::status::fetch(addr).await {
+                Ok(status) => return Ok(status.groups.iter().map(|g| g.group_id).collect()),
+                Err(err) if Instant::now() > deadline => {
+                    return Err(err.context(format!(
+                        "asking the coordinator for the catalog's groups for {REGISTER_TIMEOUT:?}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(REGISTER_POLL).await,
+            }
+        }
+    })
+}
+
+fn wait_registered(addr: &str, groups: &BTreeSet<u64>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -964,12 +1390,13 @@ fn wait_registered(addr: &str, groups: u32) -> anyhow::Result<()> {
     runtime.block_on(async {
         loop {
             if let Ok(status) = crate::status::fetch(addr).await {
-                let up = status
+                let up: BTreeSet<u64> = status
                     .groups
                     .iter()
                     .filter(|g| g.members.iter().any(|m| m.role == "primary"))
-                    .count();
-                if up == groups as usize {
+                    .map(|g| g.group_id)
+                    .collect();
+                if groups.is_subset(&up) {
                     return Ok(());
                 }
             }
@@ -992,7 +1419,9 @@ mod tests {
             label: "g1r1".into(),
             name: "shard group 1 replica 1".into(),
             args: Vec::new(),
+            group: Some(1),
             state: State::Down,
+            up_before: false,
             metrics: None,
             target_labels: vec![
                 ("job", JOB_SHARD.to_string()),
@@ -1022,6 +1451,109 @@ mod tests {
              \"group\": \"1\", \"replica\": \"1\"}}\n]\n"
         );
         assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    fn layout(replicas: u32) -> Layout {
+        Layout {
+            data_dir: PathBuf::from("/data"),
+            metrics_listen: "127.0.0.1:9100".parse().expect("address"),
+            remembered: Vec::new(),
+            coordinator: "127.0.0.1:50051".into(),
+            replicas,
+        }
+    }
+
+    fn groups(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn dev_starts_the_replicas_of_added_groups_and_lets_removed_ones_go() {
+        // Group 1 runs; the catalog lists 1, 2 and 100: group 2's replicas
+        // are queued (laid out as on a first start), 100 is beyond what dev
+        // runs and is skipped.
+        let layout = layout(2);
+        let mut members = vec![member()];
+        let mut skipped = BTreeSet::new();
+        follow_catalog(&mut members, &groups(&[1, 2, 100]), &layout, &mut skipped);
+        let labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["g1r1", "g2r1", "g2r2"]);
+        assert_eq!(skipped, groups(&[100]));
+        let g2r2 = &members[2];
+        assert!(matches!(g2r2.state, State::Queued));
+        assert_eq!(g2r2.group, Some(2));
+        assert_eq!(g2r2.name, "shard group 2 replica 2");
+        let flag = |flag: &str| {
+            let at = g2r2.args.iter().position(|a| a == flag).expect("flag");
+            g2r2.args[at + 1].clone()
+        };
+        assert_eq!(flag("--group"), "2");
+        assert_eq!(flag("--data-dir"), "/data/group-2-replica-2");
+        assert_eq!(flag("--metrics-listen"), "127.0.0.1:9107", "9100 + 5 + 2");
+        assert_eq!(flag("--coordinator"), "127.0.0.1:50051");
+
+        // The same listing again changes nothing.
+        follow_catalog(&mut members, &groups(&[1, 2, 100]), &layout, &mut skipped);
+        assert_eq!(members.len(), 3);
+
+        // Replica 1 starts first; replica 2 once replica 1 has started
+        // (here: failed to, which must not hold it up).
+        start_queued(&mut members);
+        assert!(matches!(members[1].state, State::Waiting { .. }));
+        assert!(matches!(members[2].state, State::Queued));
+        members[1].failed(true, true);
+        start_queued(&mut members);
+        assert!(matches!(members[2].state, State::Waiting { .. }));
+
+        // Group 1 leaves the catalog: its member (not running) is gone at
+        // once; group 2's stay.
+        follow_catalog(&mut members, &groups(&[2]), &layout, &mut skipped);
+        let labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["g2r1", "g2r2"]);
+        assert!(prometheus_targets(&members).ends_with("[\n\n]\n"));
+    }
+
+    #[test]
+    fn only_a_listing_given_twice_in_a_row_is_acted_on() {
+        let mut settle = Settle::default();
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), None, "once");
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), Some(groups(&[1, 2])));
+        // A stale map lists a removed group once: not acted on.
+        assert_eq!(settle.answer(Some(groups(&[1, 2, 3]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1, 2]))), Some(groups(&[1, 2])));
+        // No answer in between: the count starts over.
+        assert_eq!(settle.answer(Some(groups(&[1]))), None);
+        assert_eq!(settle.answer(None), None);
+        assert_eq!(settle.answer(Some(groups(&[1]))), None);
+        assert_eq!(settle.answer(Some(groups(&[1]))), Some(groups(&[1])));
+    }
+
+    #[test]
+    fn add_group_finds_a_running_dev_by_its_lock() {
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-dev-lock-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the test directory");
+        let none = running_dev(&dir).expect_err("no lock file: no dev");
+        assert!(
+            none.to_string().starts_with("no trellis dev is running on"),
+            "{none}"
+        );
+        let lock = lock_data_dir(&dir).expect("take the lock");
+        assert_eq!(
+            running_dev(&dir).expect("the lock is held"),
+            std::process::id().to_string()
+        );
+        drop(lock);
+        let none = running_dev(&dir).expect_err("a lock file nobody holds: no dev");
+        assert!(
+            none.to_string().starts_with("no trellis dev is running on"),
+            "{none}"
+        );
+        std::fs::remove_dir_all(&dir).expect("remove the test directory");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `dev`: `trellis dev`, a whole local cluster as child processes, and
-//!   their supervisor (restarts, log relay, stop).
+//!   their supervisor (restarts, log relay, stop, the catalog's groups
+//!   followed); `dev add-group` grows a running one.
 //! - `coordinator`: `trellis coordinator`, one coordinator over a catalog.
 //! - `shard`: `trellis shard`, one shard replica.
 //! - `status`: `trellis status`, the cluster table (also `\status` in sql).
