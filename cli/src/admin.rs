@@ -128,7 +128,8 @@ async fn add_group(addr: &str, group: u64) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "added group {group}: no slots, no members ({} groups now, map epoch {}).\n\
-         Start its replicas: trellis shard --group {group} --coordinator {addr} --data-dir DIR",
+         Start its replicas: trellis shard --group {group} --coordinator {addr} --data-dir DIR\n\
+         (under `trellis dev`, the running dev starts them itself)",
         response.groups, response.map_epoch
     );
     Ok(())

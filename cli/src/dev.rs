@@ -1188,6 +1188,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // First of all: nothing may start on a directory another dev uses.
     let _lock = lock_data_dir(&data_dir)?;
+    // The signal handlers exist before any child starts: a Ctrl-C or
+    // SIGTERM during start-up, or as soon as READY is read, stops the
+    // cluster cleanly once it is up instead of killing dev with the
+    // default action.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = {
+        let _entered = runtime.enter();
+        crate::signals::Signals::install()
+    };
     // A ready file left by a dev that was killed is not this one's.
     remove_ready_file(&data_dir)?;
     let catalog = format!("sqlite://{}", path_str(&data_dir.join("catalog.db"))?);
@@ -1286,12 +1298,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         data_dir.display()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(async {
-        let shutdown = crate::signals::shutdown(false);
+        let shutdown = signals.wait(false);
         tokio::pin!(shutdown);
         let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(groups.clone());
         let poll = tokio::spawn(poll_groups(addr.clone(), listed_tx));

@@ -903,7 +903,11 @@ impl TxnManager {
         let map = self.router.map();
         let mut resolved = 0;
         let mut total_in_doubt = 0;
-        for group in map.groups.keys() {
+        // A group no replica ever registered with (just added) holds
+        // nothing prepared; asking it would only retry until the deadline
+        // and hold up the sweep of every other group.
+        let registered = map.groups.values().filter(|g| !g.members.is_empty());
+        for group in registered.map(|g| &g.id) {
             let listed = self
                 .call(*group, deadline, "list prepared", |mut client, _map| {
                     let request = pb::ListPreparedRequest {
