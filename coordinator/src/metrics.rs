@@ -1,9 +1,15 @@
-//! Prometheus metrics of a coordinator.
+//! Prometheus metrics of a coordinator, kept in atomics and read into a
+//! [`Scrape`] at each scrape (encoded with prometheus-client by
+//! `trellis-metrics`).
+//!
+//! This module owns every coordinator metric's name; the names are what the
+//! alert rules and the dashboard (`deploy/`) read, so a rename is listed in
+//! the README's "Renamed metrics".
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use trellis_metrics::{Histogram, SECONDS_BOUNDS, counter, gauge, gauge_family};
+use trellis_metrics::{Histogram, Labels, SECONDS_BOUNDS, Scrape};
 
 use crate::txn::{AbortReason, CommitOutcome, TxnError};
 
@@ -120,88 +126,87 @@ impl Metrics {
         self.commits[path.index()][o].load(Relaxed)
     }
 
-    pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP trellis_coordinator_commits_total Commit requests by path and outcome.\n# TYPE trellis_coordinator_commits_total counter"
+    /// Every metric of this coordinator as of now, for one scrape.
+    pub fn render(&self) -> Scrape {
+        let mut out = Scrape::new();
+        let label = |name: &str, value: &str| (name.to_string(), value.to_string());
+        out.counter_family(
+            "trellis_coordinator_commits_total",
+            "Commit requests by path and outcome.",
+            Path::NAMES
+                .iter()
+                .enumerate()
+                .flat_map(|(p, path)| {
+                    OUTCOMES.iter().enumerate().map(move |(o, outcome)| {
+                        (
+                            vec![label("path", path), label("outcome", outcome)],
+                            self.commits[p][o].load(Relaxed),
+                        )
+                    })
+                })
+                .collect(),
         );
-        for (p, path) in Path::NAMES.iter().enumerate() {
-            for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "trellis_coordinator_commits_total{{path=\"{path}\",outcome=\"{outcome}\"}} {}",
-                    self.commits[p][o].load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP trellis_coordinator_aborts_total Aborted commits by reason.\n# TYPE trellis_coordinator_aborts_total counter"
+        out.counter_family(
+            "trellis_coordinator_aborts_total",
+            "Aborted commits by reason.",
+            REASONS
+                .iter()
+                .enumerate()
+                .map(|(r, reason)| (vec![label("reason", reason)], self.aborts[r].load(Relaxed)))
+                .collect(),
         );
-        for (r, reason) in REASONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "trellis_coordinator_aborts_total{{reason=\"{reason}\"}} {}",
-                self.aborts[r].load(Relaxed)
-            );
-        }
-        for (p, path) in Path::NAMES.iter().enumerate() {
-            self.latency[p].render(
-                &mut out,
-                &format!("trellis_coordinator_commit_seconds_{path}"),
-                &format!("Commit latency of the {path} path."),
-            );
-        }
-        counter(
-            &mut out,
+        // Was one family per path (trellis_coordinator_commit_seconds_1pc,
+        // ...): the unit ends the name, the path is a label.
+        let latency: Vec<(Labels, &Histogram)> = Path::NAMES
+            .iter()
+            .zip(&self.latency)
+            .map(|(path, h)| (vec![label("path", path)], h))
+            .collect();
+        out.histogram_family(
+            "trellis_coordinator_commit_seconds",
+            "Commit latency by path.",
+            &latency,
+        );
+        out.counter(
             "trellis_coordinator_map_refreshes_total",
             "Shard map reloads from the catalog.",
-            &self.map_refreshes,
+            self.map_refreshes.load(Relaxed),
         );
-        counter(
-            &mut out,
+        out.counter(
             "trellis_coordinator_read_lock_waits_total",
             "Reads that waited on a prepared transaction's lock.",
-            &self.read_lock_waits,
+            self.read_lock_waits.load(Relaxed),
         );
-        counter(
-            &mut out,
+        out.counter(
             "trellis_coordinator_finalizes_total",
             "Participant finalizations sent.",
-            &self.finalizes,
+            self.finalizes.load(Relaxed),
         );
-        counter(
-            &mut out,
+        out.counter(
             "trellis_coordinator_resolved_commit_total",
             "In-doubt transactions resolved as committed.",
-            &self.resolved_commit,
+            self.resolved_commit.load(Relaxed),
         );
-        counter(
-            &mut out,
+        out.counter(
             "trellis_coordinator_resolved_abort_total",
             "In-doubt transactions resolved as aborted.",
-            &self.resolved_abort,
+            self.resolved_abort.load(Relaxed),
         );
-        gauge(
-            &mut out,
+        out.gauge(
             "trellis_coordinator_in_doubt",
             "Prepared transactions older than the in-doubt age at the last sweep.",
             self.in_doubt.load(Relaxed),
         );
-        counter(
-            &mut out,
+        out.counter(
             "trellis_coordinator_catalog_errors_total",
             "Catalog reads of the shard map, or heartbeats, that failed.",
-            &self.catalog_errors,
+            self.catalog_errors.load(Relaxed),
         );
-        gauge_family(
-            &mut out,
+        out.gauge_family(
             "trellis_coordinator_catalog_last_read_timestamp_seconds",
             "When the shard map was last read from the catalog (Unix time; 0: never).",
-            &[(
-                vec![],
+            vec![(
+                Vec::new(),
                 self.catalog_read_unix_ms.load(Relaxed) as f64 / 1000.0,
             )],
         );
@@ -226,13 +231,13 @@ mod tests {
     fn the_catalog_read_time_is_never_until_a_read_then_now() {
         let metrics = Metrics::default();
         let name = "trellis_coordinator_catalog_last_read_timestamp_seconds";
-        assert_eq!(value(&metrics.render(), name), 0.0, "never read");
+        assert_eq!(value(&metrics.render().text(), name), 0.0, "never read");
         let before = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_secs_f64();
         metrics.catalog_read();
-        let read = value(&metrics.render(), name);
+        let read = value(&metrics.render().text(), name);
         assert!(
             read >= before.floor() && read < before + 60.0,
             "{read} vs {before}"
@@ -241,7 +246,7 @@ mod tests {
         metrics.catalog_errors.fetch_add(2, Relaxed);
         assert_eq!(
             value(
-                &metrics.render(),
+                &metrics.render().text(),
                 "trellis_coordinator_catalog_errors_total"
             ),
             2.0

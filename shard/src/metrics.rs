@@ -1,17 +1,25 @@
-//! Prometheus metrics of one shard replica, kept in atomics; rendered and
-//! served by `trellis-metrics`.
+//! Prometheus metrics of one shard replica, kept in atomics; read into a
+//! [`Scrape`] at each scrape, which `trellis-metrics` encodes with
+//! prometheus-client and serves.
 //!
 //! Never blocks the write path: recording is a few relaxed atomic adds.
+//! This module owns every shard metric's name; the names are what the alert
+//! rules and the dashboard (`deploy/`) read, so a rename is listed in the
+//! README's "Renamed metrics".
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_metrics::{COUNT_BOUNDS, Histogram, SECONDS_BOUNDS, counter, gauge, gauge_family};
+use trellis_metrics::{COUNT_BOUNDS, Histogram, Labels, SECONDS_BOUNDS};
 use trellis_types::Lsn;
 
 use crate::repl::{CatchUp, Peer, Repl, Role};
-pub use trellis_metrics::{bind, serve};
+pub use trellis_metrics::{Scrape, bind, serve};
+
+/// Milliseconds in a second: `catch_up_paced_ms` is kept in milliseconds
+/// and exposed in seconds.
+const MILLIS_PER_SECOND: f64 = 1000.0;
 
 /// Every metric of a shard replica.
 pub struct Metrics {
@@ -39,6 +47,8 @@ pub struct Metrics {
     pub snapshot_installs: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub catch_up_bytes: AtomicU64,
+    /// Milliseconds catch-up streams waited for the catch-up rate (exposed
+    /// as `trellis_repl_catch_up_paced_seconds_total`).
     pub catch_up_paced_ms: AtomicU64,
     pub catch_up_log_records: AtomicU64,
     pub backups_removed: AtomicU64,
@@ -98,9 +108,9 @@ impl Metrics {
         self.batch_writes.load(Relaxed) > self.fsyncs.load(Relaxed)
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// Every counter, gauge and histogram of this replica as of now.
+    pub fn render(&self) -> Scrape {
+        let mut out = Scrape::new();
         let counters: &[(&str, &str, &AtomicU64)] = &[
             (
                 "trellis_repl_promotions_total",
@@ -121,11 +131,6 @@ impl Metrics {
                 "trellis_repl_catch_up_bytes_total",
                 "Bytes sent to backups catching up (snapshot pieces and backlogs), paced by --catch-up-bytes-per-sec.",
                 &self.catch_up_bytes,
-            ),
-            (
-                "trellis_repl_catch_up_paced_ms_total",
-                "Milliseconds catch-up streams waited for the catch-up rate.",
-                &self.catch_up_paced_ms,
             ),
             (
                 "trellis_repl_catch_up_log_records_total",
@@ -220,8 +225,14 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            counter(&mut out, name, help, value);
+            out.counter(name, help, value.load(Relaxed));
         }
+        // Kept in milliseconds on the hot path; exposed in the base unit.
+        out.counter_f64(
+            "trellis_repl_catch_up_paced_seconds_total",
+            "Seconds catch-up streams waited for the catch-up rate.",
+            self.catch_up_paced_ms.load(Relaxed) as f64 / MILLIS_PER_SECOND,
+        );
         let gauges: &[(&str, &str, &AtomicU64)] = &[
             (
                 "trellis_shard_keys",
@@ -235,32 +246,31 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in gauges {
-            gauge(&mut out, name, help, value.load(Relaxed));
+            out.gauge(name, help, value.load(Relaxed));
         }
-        self.fsync_seconds.render(
-            &mut out,
+        out.histogram(
             "trellis_wal_fsync_seconds",
             "Latency of one write+fdatasync of a batch.",
+            &self.fsync_seconds,
         );
-        self.batch_records.render(
-            &mut out,
+        out.histogram(
             "trellis_wal_batch_records",
             "Records made durable by one fdatasync.",
+            &self.batch_records,
         );
         out
     }
 }
 
-/// Appends the replication gauges of a replica as of `now`: whether it
-/// serves, and a primary's view of its backups (a backup renders those
+/// Adds the replication gauges of a replica as of `now`: whether it
+/// serves, and a primary's view of its backups (a backup shows those
 /// families without series).
 /// `local` is its durable LSN, `last` its last one.
-pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: Instant) {
-    gauge_family(
-        out,
+pub fn render_repl(out: &mut Scrape, repl: &Repl, local: Lsn, last: Lsn, now: Instant) {
+    out.gauge_family(
         "trellis_repl_serving",
         "1 if this replica answers clients now (a primary holding its lease, or a standalone shard), else 0.",
-        &[(vec![], if repl.serving(now) { 1.0 } else { 0.0 })],
+        vec![(Vec::new(), if repl.serving(now) { 1.0 } else { 0.0 })],
     );
     let at_risk = repl.at_risk(local, now);
     let view = repl.view();
@@ -270,23 +280,19 @@ pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: In
     } else {
         Vec::new()
     };
-    let per_peer = |f: &dyn Fn(&Peer) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
-        peers
-            .iter()
-            .map(|(addr, p)| (vec![("backup", addr.as_str())], f(p)))
-            .collect()
+    let backup = |addr: &str| -> Labels { vec![("backup".to_string(), addr.to_string())] };
+    let per_peer = |f: &dyn Fn(&Peer) -> f64| -> Vec<(Labels, f64)> {
+        peers.iter().map(|(addr, p)| (backup(addr), f(p))).collect()
     };
-    gauge_family(
-        out,
+    out.gauge_family(
         "trellis_repl_lag_records",
         "Primary: records a backup has not acknowledged as durable.",
-        &per_peer(&|p| last.saturating_sub(p.acked) as f64),
+        per_peer(&|p| last.saturating_sub(p.acked) as f64),
     );
-    gauge_family(
-        out,
+    out.gauge_family(
         "trellis_repl_lag_seconds",
         "Primary: seconds since a backup last acknowledged anything.",
-        &per_peer(&|p| now.saturating_duration_since(p.last_ack).as_secs_f64()),
+        per_peer(&|p| now.saturating_duration_since(p.last_ack).as_secs_f64()),
     );
     let catching_up: Vec<(&String, CatchUp)> = peers
         .iter()
@@ -299,32 +305,30 @@ pub fn render_repl(out: &mut String, repl: &Repl, local: Lsn, last: Lsn, now: In
             (|c: &CatchUp| c.done) as fn(&CatchUp) -> u64,
         ),
         (
-            "trellis_repl_catch_up_total",
+            // Was trellis_repl_catch_up_total: `_total` is for counters.
+            "trellis_repl_catch_up_target",
             "Primary: bytes (snapshot) or records (backlog) a backup being caught up needs.",
             |c: &CatchUp| c.total,
         ),
     ] {
-        let series: Vec<(Vec<(&str, &str)>, f64)> = catching_up
+        let series: Vec<(Labels, f64)> = catching_up
             .iter()
             .map(|(addr, c)| {
-                (
-                    vec![("backup", addr.as_str()), ("mode", c.mode.name())],
-                    value(c) as f64,
-                )
+                let mut labels = backup(addr);
+                labels.push(("mode".to_string(), c.mode.name().to_string()));
+                (labels, value(c) as f64)
             })
             .collect();
-        gauge_family(out, name, help, &series);
+        out.gauge_family(name, help, series);
     }
-    gauge_family(
-        out,
+    out.gauge_family(
         "trellis_repl_at_risk_records",
         "Primary: records durable here and on no backup (an ASYNC commit among them is lost if this primary is).",
-        &[(vec![], at_risk.records as f64)],
+        vec![(Vec::new(), at_risk.records as f64)],
     );
-    gauge_family(
-        out,
+    out.gauge_family(
         "trellis_repl_at_risk_seconds",
         "Primary: how long the oldest at-risk record has been durable here (0 when none is).",
-        &[(vec![], at_risk.oldest.as_secs_f64())],
+        vec![(Vec::new(), at_risk.oldest.as_secs_f64())],
     );
 }

@@ -316,7 +316,8 @@ async fn dead_backup_returns(how: CatchUp) {
         CatchUp::BySnapshot => "snapshot",
         CatchUp::FromLog => "log",
     };
-    let series = format!("trellis_repl_catch_up_total{{backup=\"{victim_addr}\",mode=\"{mode}\"}}");
+    let series =
+        format!("trellis_repl_catch_up_target{{backup=\"{victim_addr}\",mode=\"{mode}\"}}");
     let (mut in_status, mut in_metrics) = (false, false);
     let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
     while !(in_status && in_metrics) {

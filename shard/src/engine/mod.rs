@@ -335,9 +335,9 @@ impl Shard {
         &self.metrics
     }
 
-    /// Every metric of this replica in the Prometheus text format: the
+    /// Every metric of this replica as of now, for one scrape: the
     /// counters and histograms, and the replication gauges.
-    pub fn render_metrics(&self) -> String {
+    pub fn render_metrics(&self) -> crate::metrics::Scrape {
         let mut out = self.metrics.render();
         crate::metrics::render_repl(
             &mut out,
