@@ -1232,7 +1232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         members.push(coordinator);
         // Every group the catalog has: those --groups created on the first
         // run, and those added since.
-        let listed = catalog_groups(&coordinator_addr)?;
+        let listed = catalog_groups(&runtime, &coordinator_addr)?;
         skip_groups(&listed, &mut skipped);
         let groups: BTreeSet<u64> = listed.iter().copied().filter(|g| dev_runs(*g)).collect();
         eprintln!(
@@ -1254,7 +1254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 members.push(shard);
             }
         }
-        wait_registered(&coordinator_addr, &groups)?;
+        wait_registered(&runtime, &coordinator_addr, &groups)?;
         Ok((layout, groups))
     })();
     let (layout, groups) = match result {
@@ -1368,54 +1368,64 @@ fn counted(n: u32, noun: &str) -> String {
     format!("{n} {noun}{s}")
 }
 
-/// The groups in the catalog of the coordinator at `addr`, asked until it
-/// answers (bounded by [`REGISTER_TIMEOUT`]).
-fn catalog_groups(addr: &str) -> anyhow::Result<BTreeSet<u64>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// Asks the coordinator at `addr` for its status, on dev's runtime, until
+/// `answer` makes something of it; for at most [`REGISTER_TIMEOUT`], after
+/// which the error names `what` (and the last failure to answer, if any).
+fn poll_status<T>(
+    runtime: &tokio::runtime::Runtime,
+    addr: &str,
+    what: &str,
+    answer: impl Fn(&trellis_proto::v1::StatusResponse) -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + REGISTER_TIMEOUT;
     runtime.block_on(async {
         loop {
-            match crate::status::fetch(addr).await {
-                Ok(status) => return Ok(status.groups.iter().map(|g| g.group_id).collect()),
-                Err(err) if Instant::now() > deadline => {
-                    return Err(err.context(format!(
-                        "asking the coordinator for the catalog's groups for {REGISTER_TIMEOUT:?}"
-                    )));
-                }
-                Err(_) => tokio::time::sleep(REGISTER_POLL).await,
-            }
-        }
-    })
-}
-
-fn wait_registered(addr: &str, groups: &BTreeSet<u64>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let deadline = Instant::now() + REGISTER_TIMEOUT;
-    runtime.block_on(async {
-        loop {
-            if let Ok(status) = crate::status::fetch(addr).await {
-                let up: BTreeSet<u64> = status
-                    .groups
-                    .iter()
-                    .filter(|g| g.members.iter().any(|m| m.role == "primary"))
-                    .map(|g| g.group_id)
-                    .collect();
-                if groups.is_subset(&up) {
-                    return Ok(());
-                }
-            }
+            let failed = match crate::status::fetch(addr).await {
+                Ok(status) => match answer(&status) {
+                    Some(value) => return Ok(value),
+                    None => None,
+                },
+                Err(err) => Some(err),
+            };
             if Instant::now() > deadline {
-                bail!(
-                    "not every group registered with the coordinator within {REGISTER_TIMEOUT:?}"
-                );
+                let err = failed.unwrap_or_else(|| anyhow::anyhow!("the coordinator answers"));
+                return Err(err.context(format!("{what}: not within {REGISTER_TIMEOUT:?}")));
             }
             tokio::time::sleep(REGISTER_POLL).await;
         }
     })
+}
+
+/// The groups in the catalog of the coordinator at `addr`.
+fn catalog_groups(runtime: &tokio::runtime::Runtime, addr: &str) -> anyhow::Result<BTreeSet<u64>> {
+    poll_status(
+        runtime,
+        addr,
+        "asking the coordinator for the catalog's groups",
+        |status| Some(status.groups.iter().map(|g| g.group_id).collect()),
+    )
+}
+
+/// Waits until every one of `groups` has a primary.
+fn wait_registered(
+    runtime: &tokio::runtime::Runtime,
+    addr: &str,
+    groups: &BTreeSet<u64>,
+) -> anyhow::Result<()> {
+    poll_status(
+        runtime,
+        addr,
+        "not every group registered with the coordinator",
+        |status| {
+            let up: BTreeSet<u64> = status
+                .groups
+                .iter()
+                .filter(|g| g.members.iter().any(|m| m.role == "primary"))
+                .map(|g| g.group_id)
+                .collect();
+            groups.is_subset(&up).then_some(())
+        },
+    )
 }
 
 #[cfg(test)]

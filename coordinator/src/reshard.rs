@@ -634,6 +634,26 @@ mod tests {
         }
     }
 
+    /// A job moving slot 0 from group 1 to group 2.
+    fn one_slot_job(id: u64) -> Job {
+        Job::new(
+            id,
+            vec![Batch {
+                from: 1,
+                to: 2,
+                slots: set("0"),
+            }],
+        )
+    }
+
+    /// Takes a new job's batch to frozen (import, copy base up to version
+    /// 5, freeze at 0 ms).
+    fn freeze(job: &mut Job) {
+        job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
+        job.done(&Action::CopyBase, 0, copied(5, 0)).expect("base");
+        job.done(&Action::Freeze, 0, Done::Ok).expect("freeze");
+    }
+
     /// Runs `job` until it asks nothing, answering every action with
     /// success and a quiet source; returns the actions asked.
     fn run(job: &mut Job, now_ms: u64) -> Vec<Action> {
@@ -823,14 +843,7 @@ mod tests {
 
     #[test]
     fn a_busy_source_is_caught_up_before_the_freeze() {
-        let mut job = Job::new(
-            1,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
+        let mut job = one_slot_job(1);
         job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
         job.done(&Action::CopyBase, 0, copied(50, CUTOVER_DELTA_MAX + 1))
             .expect("base");
@@ -847,14 +860,7 @@ mod tests {
 
     #[test]
     fn a_slow_drain_thaws_and_retries_then_pauses_with_the_reason() {
-        let mut job = Job::new(
-            1,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
+        let mut job = one_slot_job(1);
         job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
         job.done(&Action::CopyBase, 0, copied(5, 0)).expect("base");
         let mut now = 1_000;
@@ -891,17 +897,8 @@ mod tests {
 
     #[test]
     fn pause_thaws_a_frozen_source_first_and_resume_goes_on() {
-        let mut job = Job::new(
-            1,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
-        job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
-        job.done(&Action::CopyBase, 0, copied(5, 0)).expect("base");
-        job.done(&Action::Freeze, 0, Done::Ok).expect("freeze");
+        let mut job = one_slot_job(1);
+        freeze(&mut job);
         job.request(Stop::Pause).expect("pause");
         assert_eq!(
             job.control,
@@ -927,31 +924,15 @@ mod tests {
     #[test]
     fn cancel_abandons_the_import_but_never_undoes_a_flip() {
         // Before any import: cancelled at once.
-        let mut job = Job::new(
-            1,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
+        let mut job = one_slot_job(1);
         job.request(Stop::Cancel).expect("cancel");
         assert_eq!(job.control, Control::Cancelled);
         assert!(job.request(Stop::Pause).is_err());
         assert!(job.resume().is_err());
 
         // Frozen: thaw, then abandon the import.
-        let mut job = Job::new(
-            2,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
-        job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
-        job.done(&Action::CopyBase, 0, copied(5, 0)).expect("base");
-        job.done(&Action::Freeze, 0, Done::Ok).expect("freeze");
+        let mut job = one_slot_job(2);
+        freeze(&mut job);
         job.request(Stop::Cancel).expect("cancel");
         assert_eq!(run(&mut job, 0), vec![Action::Thaw, Action::AbandonImport]);
         assert_eq!(job.control, Control::Cancelled);
@@ -970,9 +951,7 @@ mod tests {
             },
         ];
         let mut job = Job::new(3, two);
-        job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
-        job.done(&Action::CopyBase, 0, copied(5, 0)).expect("base");
-        job.done(&Action::Freeze, 0, Done::Ok).expect("freeze");
+        freeze(&mut job);
         job.done(
             &Action::Drain {
                 above: 5,
@@ -988,14 +967,7 @@ mod tests {
         assert_eq!(job.slots_progress(), (1, 2));
 
         // Paused, then cancelled: abandons the import it had begun.
-        let mut job = Job::new(
-            4,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
+        let mut job = one_slot_job(4);
         job.done(&Action::BeginImport, 0, Done::Ok).expect("import");
         job.request(Stop::Pause).expect("pause");
         job.request(Stop::Cancel).expect("cancel");
@@ -1006,14 +978,7 @@ mod tests {
 
     #[test]
     fn reports_out_of_order_are_refused_and_change_nothing() {
-        let mut job = Job::new(
-            1,
-            vec![Batch {
-                from: 1,
-                to: 2,
-                slots: set("0"),
-            }],
-        );
+        let mut job = one_slot_job(1);
         let before = job.clone();
         assert!(matches!(
             job.done(&Action::Flip, 0, Done::Ok),
