@@ -398,6 +398,7 @@ mod tests {
         pb::StatusResponse {
             map_epoch: 1,
             catalog: "sqlite".into(),
+            reshard_jobs: Vec::new(),
             groups: vec![pb::GroupStatus {
                 group_id: 1,
                 slots_owned: 1365,

@@ -374,7 +374,45 @@ impl pb::admin_server::Admin for AdminApi {
             groups,
             coordinators,
             catalog: router.catalog().backend().to_string(),
+            reshard_jobs: Vec::new(),
         }))
+    }
+
+    // Resharding jobs: the proto is in place; the driver is being built
+    // (issue 19) and these answer UNIMPLEMENTED until it lands.
+    async fn rebalance(
+        &self,
+        _request: Request<pb::RebalanceRequest>,
+    ) -> Result<Response<pb::ReshardJobCreated>, Status> {
+        Err(Status::unimplemented("rebalance is not built yet"))
+    }
+
+    async fn move_slots(
+        &self,
+        _request: Request<pb::MoveSlotsRequest>,
+    ) -> Result<Response<pb::ReshardJobCreated>, Status> {
+        Err(Status::unimplemented("move-slots is not built yet"))
+    }
+
+    async fn drain_group(
+        &self,
+        _request: Request<pb::DrainGroupRequest>,
+    ) -> Result<Response<pb::ReshardJobCreated>, Status> {
+        Err(Status::unimplemented("drain-group is not built yet"))
+    }
+
+    async fn list_reshard_jobs(
+        &self,
+        _request: Request<pb::ListReshardJobsRequest>,
+    ) -> Result<Response<pb::ListReshardJobsResponse>, Status> {
+        Err(Status::unimplemented("reshard jobs are not built yet"))
+    }
+
+    async fn control_reshard_job(
+        &self,
+        _request: Request<pb::ControlReshardJobRequest>,
+    ) -> Result<Response<pb::ReshardJob>, Status> {
+        Err(Status::unimplemented("reshard jobs are not built yet"))
     }
 
     async fn add_group(

@@ -566,6 +566,33 @@ impl ShardService for ShardApi {
         )))
     }
 
+    // Resharding steps: the proto is in place; the engine's side is being
+    // built (issue 19) and answers UNIMPLEMENTED until it lands.
+    async fn move_slots(
+        &self,
+        _request: Request<pb::MoveSlotsRequest>,
+    ) -> Result<Response<pb::MoveSlotsResponse>, Status> {
+        Err(Status::unimplemented("moving slots is not built yet"))
+    }
+
+    type ExportSlotsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn export_slots(
+        &self,
+        _request: Request<pb::ExportSlotsRequest>,
+    ) -> Result<Response<Self::ExportSlotsStream>, Status> {
+        Err(Status::unimplemented("exporting slots is not built yet"))
+    }
+
+    async fn ingest(
+        &self,
+        _request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        Err(Status::unimplemented("ingesting slots is not built yet"))
+    }
+
     async fn transfer_primary(
         &self,
         request: Request<pb::TransferPrimaryRequest>,
