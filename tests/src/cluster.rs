@@ -707,6 +707,40 @@ impl TestCluster {
         self.wait_registered(0).await
     }
 
+    /// Adds group `groups + 1` to the running cluster (`Admin.AddGroup`
+    /// through coordinator 0), starts its replicas like the others', and
+    /// waits until every replica is in sync. Returns the new group's id.
+    /// Not in a lab: its nodes would need namespaces made at the start.
+    pub async fn add_group(&mut self) -> anyhow::Result<u32> {
+        anyhow::ensure!(
+            self.placement.is_empty(),
+            "groups cannot be added to a cluster in network namespaces"
+        );
+        let group = self.groups + 1;
+        let mut admin = self.admin(0).await?;
+        admin
+            .add_group(v1::AddGroupRequest {
+                group_id: u64::from(group),
+            })
+            .await?;
+        let mut row = Vec::new();
+        for _ in 1..=self.replicas {
+            row.push(self.new_slot().await?);
+        }
+        self.shards.push(row);
+        self.groups = group;
+        for r in 1..=self.replicas {
+            let registrar = self.registrar()?;
+            self.start_shard(group, r, &registrar, &[])?;
+        }
+        let replicas = self.replicas;
+        self.wait_for(0, "the new group in sync", IN_SYNC_TIMEOUT, |s| {
+            every_replica_in_sync(s, replicas)
+        })
+        .await?;
+        Ok(group)
+    }
+
     /// Waits until coordinator `i` sees every group's shard serving.
     pub async fn wait_registered(&self, i: usize) -> anyhow::Result<()> {
         let poll = Poll {

@@ -20,6 +20,9 @@
 //! - [`lab_nemesis`]: the nemesis for such a cluster in a lab — SIGKILL,
 //!   SIGSTOP, and cuts between any processes (one way or both), aimed at
 //!   primaries half of the time.
+//! - [`reshard_nemesis`]: resharding under load and faults — a replicated
+//!   cluster grows by a group, and a seeded schedule rebalances, moves
+//!   slot ranges and kills primaries and the coordinator mid-job.
 //! - [`workload`]: list-append and bank clients that record a history for
 //!   `trellis-checker`, and the run that ties cluster, nemesis, workload
 //!   and checker together.
@@ -40,5 +43,6 @@ pub mod nemesis;
 pub mod netns;
 pub mod proxy;
 pub mod replicated;
+pub mod reshard_nemesis;
 pub mod sim;
 pub mod workload;

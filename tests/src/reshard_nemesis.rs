@@ -1,0 +1,348 @@
+//! Resharding under load and faults: a [`ReplicatedCluster`] on loopback
+//! grows by an empty group, and a seeded schedule rebalances, moves ranges
+//! of slots between groups, SIGKILLs primaries (mid-copy, mid-cutover:
+//! whatever the job is doing when the fault lands) and the coordinator
+//! that drives the jobs, while the clients of [`crate::workload`] run bank
+//! or list-append transactions. Afterwards every job must finish, every
+//! group serve, nothing stay prepared, and the history go through the
+//! checker ([`crate::workload::run_on`]).
+//!
+//! Same promises as [`crate::nemesis`]: loopback only, every process killed
+//! by its PID on drop, every wait bounded, the seed picks the faults (what
+//! a job is doing when one lands depends on timing).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use trellis_coordinator::catalog::Catalog;
+use trellis_proto::v1;
+
+use crate::cluster::{Poll, Whose};
+use crate::harness::alive;
+use crate::nemesis::{NemesisCluster, Schedule};
+use crate::replicated::{ReplicatedCluster, SETTLE_TIMEOUT};
+
+/// Most slots one `Move` fault asks to move (a range the source owns).
+const MOVE_SLOTS_MAX: u32 = 48;
+/// Deadline of one admin call of the nemesis.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long every job may take to finish once the faults stop: a
+/// coordinator killed last leaves its jobs to its successor only once
+/// its heartbeat is old enough, and a batch then resumes from its phase.
+pub const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pause between two polls while waiting.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// A fault (or a resharding step, which the schedule treats as one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReshardFault {
+    /// `Admin.Rebalance`: every group towards an even share of the ring.
+    Rebalance,
+    /// `Admin.MoveSlots` of `count` slots from `first` on (all owned by
+    /// `from` when picked) to `to`.
+    Move {
+        from: u32,
+        to: u32,
+        first: u32,
+        count: u32,
+    },
+    /// SIGKILL of replica `.1` of group `.0` (its primary when picked);
+    /// restarted on its data when healed.
+    Kill(u32, u32),
+    /// SIGKILL of the coordinator, which drives the jobs; restarted on its
+    /// catalog and address when healed.
+    KillCoordinator,
+}
+
+impl fmt::Display for ReshardFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReshardFault::Rebalance => write!(f, "rebalance"),
+            ReshardFault::Move {
+                from,
+                to,
+                first,
+                count,
+            } => write!(
+                f,
+                "move-slots {first}-{} from {from} to {to}",
+                first + count - 1
+            ),
+            ReshardFault::Kill(g, r) => write!(f, "kill group {g} replica {r}"),
+            ReshardFault::KillCoordinator => write!(f, "kill coordinator"),
+        }
+    }
+}
+
+/// The cluster the reshard nemesis works on.
+pub struct ReshardCluster {
+    pub cluster: ReplicatedCluster,
+    /// Whether the first step (a rebalance onto the empty group) was taken.
+    rebalanced: bool,
+    coordinator_killed: bool,
+    /// What each admin call answered, in order (for the run's log).
+    pub answers: Arc<Mutex<Vec<String>>>,
+    exits: Vec<String>,
+}
+
+impl ReshardCluster {
+    /// `groups` groups of `replicas` on loopback, plus one more added
+    /// empty (no slots) before the workload starts.
+    pub async fn start(groups: u32, replicas: u32) -> anyhow::Result<ReshardCluster> {
+        let mut cluster = ReplicatedCluster::start(groups, replicas, &[]).await?;
+        cluster.cluster.add_group().await?;
+        Ok(ReshardCluster {
+            cluster,
+            rebalanced: false,
+            coordinator_killed: false,
+            answers: Arc::new(Mutex::new(Vec::new())),
+            exits: Vec::new(),
+        })
+    }
+
+    /// The slot map as the catalog holds it (group of each slot).
+    pub async fn slots(&self) -> anyhow::Result<Vec<u64>> {
+        let catalog = Catalog::connect(self.cluster.cluster.catalog()).await?;
+        Ok(catalog.load().await?.slots)
+    }
+
+    /// Every reshard job the coordinator lists.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<v1::ReshardJob>> {
+        let mut admin = self.cluster.cluster.admin(0).await?;
+        let call = admin.list_reshard_jobs(v1::ListReshardJobsRequest {});
+        Ok(tokio::time::timeout(ADMIN_TIMEOUT, call)
+            .await??
+            .into_inner()
+            .jobs)
+    }
+
+    /// A range of slots that `from` owns, starting at a slot drawn by
+    /// `rng`, at most [`MOVE_SLOTS_MAX`] long.
+    fn owned_range(slots: &[u64], from: u64, rng: &mut StdRng) -> Option<(u32, u32)> {
+        let owned: Vec<u32> = (0..slots.len() as u32)
+            .filter(|s| slots[*s as usize] == from)
+            .collect();
+        if owned.is_empty() {
+            return None;
+        }
+        let first = owned[rng.random_range(0..owned.len())];
+        let count = (first..slots.len() as u32)
+            .take(MOVE_SLOTS_MAX as usize)
+            .take_while(|s| slots[*s as usize] == from)
+            .count() as u32;
+        Some((first, count))
+    }
+
+    async fn pick_fault(&self, rng: &mut StdRng) -> Option<ReshardFault> {
+        if !self.rebalanced {
+            return Some(ReshardFault::Rebalance);
+        }
+        let groups = self.cluster.groups();
+        match rng.random_range(0..8) {
+            0..=2 => {
+                let from = rng.random_range(1..=groups);
+                // Any group but `from`.
+                let to = (from + rng.random_range(0..groups - 1)) % groups + 1;
+                let slots = self.slots().await.ok()?;
+                let (first, count) = Self::owned_range(&slots, u64::from(from), rng)?;
+                Some(ReshardFault::Move {
+                    from,
+                    to,
+                    first,
+                    count,
+                })
+            }
+            3 => Some(ReshardFault::Rebalance),
+            4..=6 => {
+                let group = rng.random_range(1..=groups);
+                let replica = self.primary_now(group).await?;
+                Some(ReshardFault::Kill(group, replica))
+            }
+            _ => Some(ReshardFault::KillCoordinator),
+        }
+    }
+
+    /// The replica the coordinator names primary of `group` now.
+    async fn primary_now(&self, group: u32) -> Option<u32> {
+        let status = tokio::time::timeout(ADMIN_TIMEOUT, self.cluster.status())
+            .await
+            .ok()?
+            .ok()?;
+        let member = status
+            .groups
+            .iter()
+            .find(|g| g.group_id == u64::from(group))?
+            .members
+            .iter()
+            .find(|m| m.role == "primary")?;
+        self.cluster.replica_at(group, &member.address)
+    }
+
+    /// Sends an admin call without waiting for it (faults are inflicted
+    /// synchronously); its answer goes to [`Self::answers`]. Refusals
+    /// (a slot another job moves, a coordinator that is down) are part of
+    /// the run, not failures of it.
+    fn send(&self, fault: ReshardFault) {
+        let addr = self.cluster.cluster.client_addr(0);
+        let answers = self.answers.clone();
+        tokio::spawn(async move {
+            let answer = async {
+                let channel = crate::harness::channel(&addr).await?;
+                let mut admin = v1::admin_client::AdminClient::new(channel);
+                let created = match fault {
+                    ReshardFault::Rebalance => admin.rebalance(v1::RebalanceRequest {}).await,
+                    ReshardFault::Move {
+                        from,
+                        to,
+                        first,
+                        count,
+                    } => {
+                        admin
+                            .move_slots(v1::MoveSlotsRequest {
+                                from_group: u64::from(from),
+                                to_group: u64::from(to),
+                                slots: format!("{first}-{}", first + count - 1),
+                            })
+                            .await
+                    }
+                    _ => unreachable!("only admin steps are sent"),
+                };
+                anyhow::Ok(created?.into_inner())
+            };
+            let text = match tokio::time::timeout(ADMIN_TIMEOUT, answer).await {
+                Ok(Ok(created)) => format!(
+                    "{fault}: job {} ({} slots in {} batches)",
+                    created.job_id, created.slots, created.batches
+                ),
+                Ok(Err(err)) => format!("{fault}: refused: {err:#}"),
+                Err(_) => format!("{fault}: no answer within {ADMIN_TIMEOUT:?}"),
+            };
+            answers.lock().expect("answers lock").push(text);
+        });
+    }
+
+    fn poll(timeout: Duration) -> Poll {
+        Poll {
+            timeout,
+            every: POLL_EVERY,
+            call_timeout: Some(ADMIN_TIMEOUT),
+        }
+    }
+
+    /// Waits until no job is running (resuming any that paused itself,
+    /// e.g. after cutovers that could not drain while a primary was down).
+    async fn jobs_finished(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + JOBS_SETTLE_TIMEOUT;
+        loop {
+            let jobs = self.jobs().await.unwrap_or_default();
+            let open: Vec<&v1::ReshardJob> = jobs
+                .iter()
+                .filter(|j| j.state == "running" || j.state == "paused")
+                .collect();
+            if open.is_empty() && !jobs.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "reshard jobs not finished within {JOBS_SETTLE_TIMEOUT:?}: {open:#?}"
+                );
+            }
+            for job in open.iter().filter(|j| j.state == "paused") {
+                if let Ok(mut admin) = self.cluster.cluster.admin(0).await {
+                    let _ = admin
+                        .control_reshard_job(v1::ControlReshardJobRequest {
+                            job_id: job.id,
+                            action: v1::control_reshard_job_request::Action::Resume as i32,
+                        })
+                        .await;
+                }
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+impl NemesisCluster for ReshardCluster {
+    type Fault = ReshardFault;
+
+    fn client_addr(&self, _i: usize) -> String {
+        self.cluster.addr().to_string()
+    }
+
+    async fn pick(&self, schedule: &Schedule, rng: &mut StdRng) -> Option<ReshardFault> {
+        if schedule.kinds.is_empty() {
+            return None;
+        }
+        self.pick_fault(rng).await
+    }
+
+    fn inflict(&mut self, fault: ReshardFault) -> anyhow::Result<()> {
+        match fault {
+            ReshardFault::Rebalance | ReshardFault::Move { .. } => {
+                self.rebalanced = true;
+                self.send(fault);
+            }
+            ReshardFault::Kill(g, r) => self.cluster.kill9(g, r),
+            ReshardFault::KillCoordinator => {
+                self.cluster.kill_coordinator();
+                self.coordinator_killed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn heal_all(&mut self) -> anyhow::Result<()> {
+        let killed = std::mem::take(&mut self.coordinator_killed);
+        if killed || !alive(self.cluster.coordinator().pid) {
+            if !killed {
+                self.exits.push("the coordinator exited by itself".into());
+            }
+            self.cluster.restart_coordinator()?;
+        }
+        for g in 1..=self.cluster.groups() {
+            for r in 1..=self.cluster.replicas() {
+                if self.cluster.shard(g, r).is_some_and(|p| !alive(p.pid)) {
+                    self.exits
+                        .push(format!("group {g} replica {r} exited by itself"));
+                    self.cluster.kill9(g, r);
+                }
+                if self.cluster.shard(g, r).is_none() {
+                    self.cluster.restart(g, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let every_group_serving = |s: &v1::StatusResponse| {
+            s.groups.iter().all(|g| {
+                g.members
+                    .iter()
+                    .any(|m| m.role == "primary" && m.lease_ms > 0)
+            })
+        };
+        Self::poll(SETTLE_TIMEOUT)
+            .until(|| self.cluster.status(), every_group_serving)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
+                )
+            })?;
+        self.jobs_finished().await
+    }
+
+    async fn settle(&self) -> Result<(), u64> {
+        Self::poll(SETTLE_TIMEOUT)
+            .settle(|| self.cluster.status(), Whose::Primaries)
+            .await
+    }
+
+    fn unexpected_exits(&self) -> Vec<String> {
+        self.exits.clone()
+    }
+}
