@@ -4,9 +4,11 @@
 //! (`deploy/prometheus/alerts.yml`) and the dashboard
 //! (`deploy/grafana/trellis.json`) name is served by at least one of them.
 //! A rule or panel that names a metric nobody serves (a typo, a rename)
-//! would never fire or would stay empty; this test fails instead. And the
-//! series that "a group without a serving primary" reads tell a failover
-//! (a new primary serves) from a group whose members are all killed.
+//! would never fire or would stay empty; this test fails instead. Every
+//! scrape must also pass `promtool check metrics` (Prometheus' lint of
+//! names, units and types). And the series that "a group without a serving
+//! primary" reads tell a failover (a new primary serves) from a group
+//! whose members are all killed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -257,6 +259,49 @@ fn the_names_checker_reads_rules_and_dashboards_and_can_fail() {
     assert!(!is_served("trellis_no_such_metric", &served));
 }
 
+/// Lints one scrape (`answer`: the whole HTTP response) with `promtool
+/// check metrics`, as Prometheus' own tooling reads the text format: names,
+/// units, `_total` on counters, HELP and TYPE lines. In CI (`CI` set)
+/// promtool must be there (`.ci/promtool` installs it); elsewhere a run
+/// without it says that this check was not made.
+fn promtool_check_metrics(addr: &str, answer: &str) {
+    use std::io::Write;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(answer, |(_, body)| body);
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed; .ci/promtool installs it in CI"
+            );
+            eprintln!("promtool not found: `promtool check metrics` not run for {addr}");
+            return;
+        }
+        Err(err) => panic!("promtool: {err}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(body.as_bytes())
+        .expect("feeding promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics on {addr}'s scrape: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alerts_and_dashboard_name_is_served_by_trellis_dev() {
     // A dev cluster of 2 groups of 3 replicas and a coordinator.
@@ -290,6 +335,7 @@ async fn every_metric_the_alerts_and_dashboard_name_is_served_by_trellis_dev() {
             target.addr
         );
         served.extend(served_names(&answer));
+        promtool_check_metrics(&target.addr, &answer);
     }
     // What "a group without a serving primary" reads: one per group now.
     let (without, serving) = groups_without_primary(&targets).await;
