@@ -2017,4 +2017,304 @@ mod tests {
         g.apply(1, &rec, Instant::now()).expect("first");
         assert!(g.apply(3, &rec, Instant::now()).is_err());
     }
+    fn snap(k: &str, v: Option<&str>, version: u64) -> SnapEntry {
+        SnapEntry {
+            key: k.into(),
+            value: v.map(Into::into),
+            version,
+        }
+    }
+
+    fn slots_of(keys: &[&str]) -> SlotSet {
+        let mut set = SlotSet::empty();
+        for k in keys {
+            set.insert(slot_of(k.as_bytes()));
+        }
+        set
+    }
+
+    fn all_but(set: &SlotSet) -> SlotSet {
+        let mut out = SlotSet::empty();
+        for s in (0..trellis_types::SLOTS).filter(|s| !set.contains(*s)) {
+            out.insert(s);
+        }
+        out
+    }
+
+    /// Everything replay must rebuild: the index, the ownership, the base.
+    fn fingerprint(state: &State) -> (Vec<(Vec<u8>, Entry)>, Ownership, VersionBase) {
+        let mut index: Vec<_> = state
+            .index
+            .iter()
+            .map(|e| (e.key().to_vec(), e.value().clone()))
+            .collect();
+        index.sort_by(|a, b| a.0.cmp(&b.0));
+        let g = state.lock();
+        let versions = state.versions.read().expect("versions").clone();
+        (index, g.core.ownership.clone(), versions)
+    }
+
+    #[test]
+    fn the_version_base_maps_versions_back_to_the_lsns_that_make_them_durable() {
+        let mut base = VersionBase::default();
+        assert_eq!((base.version(7), base.lsn_of(7), base.lsn_of(0)), (7, 7, 0));
+        // An INGEST at LSN 10 imported versions up to 100: offset 90 from 10.
+        base.raise(10, 100);
+        assert_eq!(base.version(9), 9);
+        assert_eq!(base.version(10), 100);
+        assert_eq!(base.version(11), 101);
+        assert_eq!(base.lsn_of(9), 9);
+        // Versions 10..=100 were imported by LSN 10 (or are between): 10.
+        assert_eq!(base.lsn_of(10), 10);
+        assert_eq!(base.lsn_of(55), 10);
+        assert_eq!(base.lsn_of(100), 10);
+        assert_eq!(base.lsn_of(101), 11);
+        // A lower import changes nothing; a higher one adds a point.
+        base.raise(20, 50);
+        assert_eq!(base.points().len(), 2);
+        base.raise(30, 500);
+        assert_eq!(base.version(29), 119);
+        assert_eq!(base.version(30), 500);
+        assert_eq!(base.lsn_of(119), 29);
+        assert_eq!(base.lsn_of(120), 30, "in the gap: the import's LSN");
+        assert_eq!(base.lsn_of(501), 31);
+        // Pruning maps old versions to a later LSN, never an earlier one.
+        let exact = base.clone();
+        base.prune_below(25);
+        assert_eq!(base.points(), &[(10, 90), (30, 470)]);
+        for version in 1..600 {
+            assert!(
+                base.lsn_of(version) >= exact.lsn_of(version),
+                "version {version}"
+            );
+            if exact.lsn_of(version) >= 10 {
+                assert_eq!(base.lsn_of(version), exact.lsn_of(version));
+            }
+        }
+        for lsn in 10..40 {
+            assert_eq!(base.version(lsn), exact.version(lsn));
+        }
+        assert_eq!(
+            VersionBase::from_points(base.points().to_vec()),
+            Ok(base.clone())
+        );
+        assert!(VersionBase::from_points(vec![(5, 1), (3, 2)]).is_err());
+        // The number of points is bounded; dropping the oldest is safe.
+        let mut many = VersionBase::default();
+        for i in 1..=(VERSION_POINTS_MAX as u64 + 10) {
+            many.raise(i * 10, i * 1000);
+        }
+        assert_eq!(many.points().len(), VERSION_POINTS_MAX);
+        assert_eq!(
+            many.version(VERSION_POINTS_MAX as u64 * 10 + 100),
+            (VERSION_POINTS_MAX as u64 + 10) * 1000
+        );
+    }
+
+    #[test]
+    fn slot_steps_and_ingests_apply_the_same_live_and_in_replay() {
+        let now = Instant::now();
+        // Group 2, importing one slot from group 1 and giving another away.
+        let moving = slots_of(&["m", "m2"]);
+        let leaving = slots_of(&["l"]);
+        assert!(!moving.contains(slot_of(b"l")) && !moving.contains(slot_of(b"x")));
+        let owned = all_but(&moving);
+        let records = [
+            Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("l", "mine")],
+            }),
+            Record::Slots(slots_rec(SlotStep::BeginImport { from: 1 }, &moving)),
+            Record::Ingest(IngestRec {
+                from_group: 1,
+                entries: vec![snap("m", Some("copied"), 40), snap("m2", None, 30)],
+            }),
+            // A later copy of an older version changes nothing.
+            Record::Ingest(IngestRec {
+                from_group: 1,
+                entries: vec![snap("m", Some("older"), 35)],
+            }),
+            Record::Slots(slots_rec(SlotStep::Freeze { to: 3 }, &leaving)),
+            Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(2).0.to_vec(),
+                writes: vec![put("x", "after")],
+            }),
+        ];
+        let live = State::new(Ownership::new(1, &owned));
+        let replayed = State::new(Ownership::new(1, &owned));
+        for state in [&live, &replayed] {
+            let mut g = state.lock();
+            for (i, record) in records.iter().enumerate() {
+                g.apply(i as u64 + 1, record, now).expect("apply");
+            }
+        }
+        assert!(fingerprint(&live) == fingerprint(&replayed));
+        let g = live.lock();
+        assert_eq!(
+            live.view(b"m").entry.expect("copied").value(),
+            Some(&b"copied"[..])
+        );
+        assert_eq!(live.view(b"m").entry.expect("copied").version(), 40);
+        assert_eq!(live.view(b"m2").entry.expect("tombstone").value(), None);
+        assert_eq!(
+            live.view(b"x").entry.expect("written").version(),
+            43,
+            "the ingest at LSN 3 (up to version 40) sets offset 37: LSN 6 writes at 43"
+        );
+        assert_eq!(live.lsn_of(40), 3);
+        assert!(matches!(
+            g.check_serve(1, [&b"l"[..]]),
+            Err(NotServed {
+                error: OwnershipError::Moving { to: 3, .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            g.check_serve(1, [&b"m"[..]]),
+            Err(NotServed {
+                error: OwnershipError::NotHandedOver { from: 1, .. },
+                ..
+            })
+        ));
+        // A snapshot restores the same, over the map's ownership.
+        let capture = g.capture();
+        drop(g);
+        let restored = State::new(Ownership::new(1, &owned));
+        restored.lock().restore(capture, now).expect("restore");
+        assert!(fingerprint(&restored) == fingerprint(&live));
+        assert_eq!(
+            *restored.serving(),
+            fingerprint(&live).1,
+            "readers see it too"
+        );
+
+        // Abandoning the import drops what was copied, and only that.
+        let mut g = live.lock();
+        g.apply(
+            7,
+            &Record::Slots(slots_rec(SlotStep::AbandonImport, &moving)),
+            now,
+        )
+        .expect("apply");
+        assert!(live.view(b"m").entry.is_none() && live.view(b"m2").entry.is_none());
+        assert!(live.view(b"l").entry.is_some() && live.view(b"x").entry.is_some());
+        assert_eq!(g.core.ownership.state(slot_of(b"m")), SlotState::NotOwned);
+    }
+
+    #[test]
+    fn slot_steps_the_map_moved_past_are_ignored_on_backups() {
+        // The primary froze a slot under map 1; this backup already follows
+        // map 2, under which the slot is not its group's: the freeze is
+        // ignored, the release that follows still drops the data.
+        let now = Instant::now();
+        let slot = slots_of(&["k"]);
+        let state = State::new(Ownership::new(1, &SlotSet::all()));
+        let mut g = state.lock();
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("k", "v")],
+            }),
+            now,
+        )
+        .expect("apply");
+        assert!(g.follow_map(2, &all_but(&slot)).is_some());
+        g.apply(
+            2,
+            &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
+            now,
+        )
+        .expect("a step that does not fit is not an error");
+        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
+        g.apply(3, &Record::Slots(slots_rec(SlotStep::Release, &slot)), now)
+            .expect("apply");
+        assert!(state.view(b"k").entry.is_none(), "released data dropped");
+        // The primary, by contrast, refuses a step that does not fit.
+        assert!(g.plan_step(SlotStep::Freeze { to: 2 }, &slot).is_err());
+        assert!(matches!(
+            g.check_ingest(1, &[snap("k", Some("v"), 5)]),
+            Err(NotServed {
+                error: OwnershipError::NotImporting { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_export_is_complete_only_below_transactions_still_prepared() {
+        let now = Instant::now();
+        let state = State::default();
+        let mut g = state.lock_at(now);
+        let slot = slots_of(&["a"]);
+        let sibling = (0..)
+            .map(|i| format!("a{i}"))
+            .find(|k| slot_of(k.as_bytes()) == slot_of(b"a"))
+            .expect("a key in the same slot");
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("a", "1"), put("b", "1")],
+            }),
+            now,
+        )
+        .expect("apply");
+        // Prepared at LSN 2 (its writes get version 2 at finalize), then a
+        // later commit at LSN 3 on the same slot.
+        g.apply(2, &prepare(txn(2), vec![], vec![put(&sibling, "2pc")]), now)
+            .expect("apply");
+        g.apply(
+            3,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(3).0.to_vec(),
+                writes: vec![put("a", "3")],
+            }),
+            now,
+        )
+        .expect("apply");
+        let export = g.export(&slot, 0, None).expect("export");
+        assert_eq!(
+            export.complete_version, 1,
+            "the prepared write (version 2) is not in the index yet"
+        );
+        assert!(
+            export
+                .entries
+                .iter()
+                .all(|(k, _)| slot_of(k) == slot_of(b"a"))
+        );
+        assert_eq!(export.entries.len(), 1, "{:?}", export.entries);
+        // Not frozen, and locked: the drained export is refused.
+        assert!(matches!(
+            g.export(&slot, 0, Some(2)),
+            Err(ExportRefusal::NotFrozen { .. })
+        ));
+        g.apply(
+            4,
+            &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
+            now,
+        )
+        .expect("apply");
+        assert_eq!(
+            g.export(&slot, 0, Some(2)).expect_err("locked"),
+            ExportRefusal::NotDrained { locked_keys: 1 }
+        );
+        g.apply(5, &finalize_rec(txn(2), true), now).expect("apply");
+        let drained = g
+            .export(&slot, export.complete_version, Some(2))
+            .expect("drained");
+        assert_eq!(drained.complete_version, 5);
+        let versions: Vec<u64> = drained.entries.iter().map(|(_, e)| e.version()).collect();
+        assert!(
+            versions.contains(&2) && versions.contains(&3),
+            "{versions:?}"
+        );
+        // A slot neither owned nor frozen here is not ours to export.
+        let none = State::new(Ownership::new(1, &SlotSet::empty()));
+        assert!(matches!(
+            none.lock().export(&slot, 0, None),
+            Err(ExportRefusal::NotHeld(OwnershipError::WrongShard { .. }))
+        ));
+    }
 }
