@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_types::{GroupId, Key, MapEpoch, TxnId, Version};
+use trellis_types::{GroupId, Key, MapEpoch, TxnId, Version, slot_of};
 
 use super::{Shard, ShardError};
+use crate::ownership::{OwnershipError, SlotState};
 use crate::record::{
     CommitLocalRec, DecideRec, FinalizeRec, ForgetRec, PrepareRec, ReadRec, Record, WriteRec,
 };
@@ -57,25 +58,46 @@ impl Shard {
 
     /// Keys starting with `prefix`, in key order, at most `limit`. Returns
     /// whether more matched. Scans the whole index: O(keys).
+    ///
+    /// Only keys of slots served here count: the index also holds entries
+    /// being copied in (importing slots) and, until a release, entries of
+    /// slots the map took. A matching key in a frozen slot refuses the scan
+    /// (`SlotMoving`, retried after the hand-over), as a read of it would.
     pub async fn scan(
         &self,
         prefix: &[u8],
         limit: usize,
     ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
-        let mut keys: Vec<Key> = self
-            .state
-            .index
-            .iter()
-            .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
-            .map(|e| e.key().to_vec())
-            .chain(
-                self.state
-                    .locks
-                    .iter()
-                    .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
-                    .map(|l| l.key().to_vec()),
-            )
-            .collect();
+        let mut keys: Vec<Key> = {
+            let ownership = self.state.serving();
+            let mut keys = Vec::new();
+            let candidates = self
+                .state
+                .index
+                .iter()
+                .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
+                .map(|e| e.key().to_vec())
+                .chain(
+                    self.state
+                        .locks
+                        .iter()
+                        .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
+                        .map(|l| l.key().to_vec()),
+                );
+            for key in candidates {
+                match ownership.state(slot_of(&key)) {
+                    SlotState::Owned => keys.push(key),
+                    SlotState::Frozen { to } => {
+                        return Err(ShardError::SlotMoving(OwnershipError::Moving {
+                            slot: slot_of(&key),
+                            to,
+                        }));
+                    }
+                    SlotState::NotOwned | SlotState::Importing { .. } => {}
+                }
+            }
+            keys
+        };
         keys.sort_unstable();
         keys.dedup();
         let truncated = keys.len() > limit;

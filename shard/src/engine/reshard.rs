@@ -380,9 +380,15 @@ mod tests {
         assert_eq!(last.entries.len(), 3, "two changes and a tombstone");
         assert!(last.entries.iter().any(|(_, e)| e.value().is_none()));
         b.ingest(1, to_snap(&last)).await.expect("ingest delta");
-        // Importing: B serves nothing yet.
+        // Importing: B serves nothing yet, scans included; A's frozen
+        // slot refuses a scan that meets it.
         assert!(matches!(
             b.check_owned(1, [keys[0].as_bytes()]),
+            Err(ShardError::SlotMoving(_))
+        ));
+        assert!(b.scan(b"moving-", 100).await.expect("scan").0.is_empty());
+        assert!(matches!(
+            a.scan(b"moving-", 100).await,
             Err(ShardError::SlotMoving(_))
         ));
 
@@ -402,6 +408,11 @@ mod tests {
 
         b.check_owned(2, keys.iter().map(|k| k.as_bytes()))
             .expect("B serves the slot");
+        let (scanned, _) = b.scan(b"moving-", 100).await.expect("scan");
+        let scanned: Vec<&[u8]> = scanned.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut expected = [keys[0].as_bytes(), keys[2].as_bytes()];
+        expected.sort();
+        assert_eq!(scanned, expected, "the delete stays deleted");
         let at_a = [
             (keys[0].as_str(), Some(b"k0'".to_vec())),
             (keys[2].as_str(), Some(b"k2".to_vec())),
