@@ -348,9 +348,8 @@ impl SlotStep {
         )
     }
 
-    /// The state a slot in `state` moves to, if the step fits it; `None`
-    /// where it does not. This is the lenient rule replay uses: a slot whose
-    /// state the (unlogged) map moved past is left alone.
+    /// The state a slot in `state` moves to when a primary asks for the
+    /// step, if it fits; `None` where it does not.
     fn next(self, state: SlotState) -> Option<SlotState> {
         match (self, state) {
             (SlotStep::BeginImport { from }, SlotState::NotOwned) => {
@@ -369,6 +368,22 @@ impl SlotStep {
                 Some(SlotState::NotOwned)
             }
             _ => None,
+        }
+    }
+
+    /// The rule replay and backups use for a logged step: as
+    /// [`SlotStep::next`], and a freeze also freezes a slot not owned here.
+    /// A replica restarted under a coordinator owns nothing (epoch 0) until
+    /// it hears the map, and a backup may have followed a map the primary
+    /// had not when it froze: either way the slot must come out frozen, or
+    /// the map would hand it back as owned and a restart in a job's drain
+    /// would serve writes again. Frozen serves nothing, so erring that way
+    /// is safe; the map (which leaves a frozen slot it still gives frozen,
+    /// and releases one it took) or a logged thaw or release settles it.
+    fn next_logged(self, state: SlotState) -> Option<SlotState> {
+        match (self, state) {
+            (SlotStep::Freeze { to }, SlotState::NotOwned) => Some(SlotState::Frozen { to }),
+            _ => self.next(state),
         }
     }
 }
@@ -402,15 +417,15 @@ impl Ownership {
         Ok(changed)
     }
 
-    /// Applies a logged step leniently: each slot the step fits moves,
-    /// each other slot is left alone and returned (the map, which is not
-    /// logged, moved it past the step; the primary checked it with
-    /// [`Ownership::plan`] before logging).
+    /// Applies a logged step leniently ([`SlotStep::next_logged`]): each
+    /// slot the step fits moves, each other slot is left alone and returned
+    /// (the map, which is not logged, moved it past the step; the primary
+    /// checked it with [`Ownership::plan`] before logging).
     pub fn apply_step(&mut self, step: SlotStep, slots: &SlotSet) -> Vec<Slot> {
         let mut ignored = Vec::new();
         for slot in (0..SLOTS).filter(|s| slots.contains(*s)) {
             let state = &mut self.slots[slot as usize];
-            match step.next(*state) {
+            match step.next_logged(*state) {
                 Some(next) => *state = next,
                 None => ignored.push(slot),
             }
@@ -660,13 +675,29 @@ mod tests {
 
     #[test]
     fn logged_steps_apply_leniently_where_the_map_moved_past_them() {
-        // A backup that followed a newer map than the one under which the
-        // primary froze: the freeze of a slot it no longer owns is ignored.
+        // A replica that restarted under a coordinator (owning nothing at
+        // epoch 0 until the map arrives) replays a freeze: the slot comes
+        // out frozen, and the map keeps it so.
+        let mut own = Ownership::new(0, &SlotSet::empty());
+        assert!(
+            own.apply_step(SlotStep::Freeze { to: 2 }, &set("10"))
+                .is_empty()
+        );
+        assert_eq!(own.follow_map(3, &set("0-99")).given.len(), 99);
+        assert_eq!(own.state(10), SlotState::Frozen { to: 2 }, "still frozen");
+        // Steps that do not fit are ignored and named.
         let mut own = Ownership::new(4, &set("0-9"));
-        let ignored = own.apply_step(SlotStep::Freeze { to: 2 }, &set("8-11"));
-        assert_eq!(ignored, vec![10, 11]);
+        assert!(
+            own.apply_step(SlotStep::Freeze { to: 2 }, &set("8-9"))
+                .is_empty()
+        );
         assert_eq!(own.state(8), SlotState::Frozen { to: 2 });
-        assert_eq!(own.state(10), SlotState::NotOwned);
+        assert_eq!(
+            own.apply_step(SlotStep::BeginImport { from: 2 }, &set("5")),
+            vec![5]
+        );
+        assert_eq!(own.apply_step(SlotStep::Thaw, &set("12")), vec![12]);
+        assert_eq!(own.state(12), SlotState::NotOwned);
         // A release after a restart that replays from an older map: the
         // frozen slot goes.
         assert!(own.apply_step(SlotStep::Release, &set("8-9")).is_empty());

@@ -2202,10 +2202,11 @@ mod tests {
     }
 
     #[test]
-    fn slot_steps_the_map_moved_past_are_ignored_on_backups() {
+    fn slot_steps_the_map_moved_past_apply_leniently_on_backups() {
         // The primary froze a slot under map 1; this backup already follows
-        // map 2, under which the slot is not its group's: the freeze is
-        // ignored, the release that follows still drops the data.
+        // map 2, under which the slot is not its group's: the freeze still
+        // freezes it (serving nothing is the safe side), the release that
+        // follows drops the data; a thaw the map moved past is ignored.
         let now = Instant::now();
         let slot = slots_of(&["k"]);
         let state = State::new(Ownership::new(1, &SlotSet::all()));
@@ -2225,11 +2226,18 @@ mod tests {
             &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
             now,
         )
-        .expect("a step that does not fit is not an error");
-        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
+        .expect("apply");
+        assert_eq!(
+            g.core.ownership.state(slot_of(b"k")),
+            SlotState::Frozen { to: 2 }
+        );
         g.apply(3, &Record::Slots(slots_rec(SlotStep::Release, &slot)), now)
             .expect("apply");
         assert!(state.view(b"k").entry.is_none(), "released data dropped");
+        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
+        g.apply(4, &Record::Slots(slots_rec(SlotStep::Thaw, &slot)), now)
+            .expect("a step that does not fit is not an error");
+        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
         // The primary, by contrast, refuses a step that does not fit.
         assert!(g.plan_step(SlotStep::Freeze { to: 2 }, &slot).is_err());
         assert!(matches!(

@@ -526,6 +526,23 @@ mod tests {
                 "{refused:?}"
             );
         }
+        // Under a coordinator a replica restarts owning nothing (epoch 0)
+        // until it hears the map: the slot still comes out frozen, and the
+        // map that still gives it to this group keeps it frozen.
+        shard.shutdown();
+        drop(shard);
+        let mut cfg = config(dir.path());
+        (cfg.map_epoch, cfg.slots) = (0, SlotSet::empty());
+        shard = Shard::open(cfg, Arc::new(Metrics::default())).expect("reopen");
+        assert!(shard.set_slots(1, SlotSet::all()));
+        assert!(
+            matches!(
+                shard.check_owned(1, [keys[0].as_bytes()]),
+                Err(ShardError::SlotMoving(_))
+            ),
+            "frozen after a restart that owned nothing until the map came"
+        );
+        assert!(shard.check_owned(1, [other.as_bytes()]).is_ok());
         shard
             .move_slots(SlotStep::Thaw, &one(slot))
             .await
