@@ -37,6 +37,12 @@ pub const EXPORT_CHUNK_BYTES: usize = 2 * 1024 * 1024;
 /// Most bytes of entries one Ingest may carry (counted as for export): the
 /// INGEST record it becomes must fit in one log record.
 pub const INGEST_BYTES_MAX: usize = RECORD_BYTES_MAX / 2;
+/// Highest version an ingest accepts. Versions share a word with the
+/// tombstone flag (bit 63), and this group's own versions continue above
+/// the highest imported one: this leaves 2^62 of them. A source's versions
+/// are its LSNs plus its own base, far below it.
+pub const IMPORTED_VERSION_MAX: Version = 1 << 62;
+
 /// What one entry costs beyond its key and value, counted generously
 /// (protobuf tags, lengths, the version, the tombstone flag).
 pub const ENTRY_OVERHEAD_BYTES: usize = 32;
@@ -187,10 +193,15 @@ impl Shard {
                 "an ingest of {bytes} bytes is over INGEST_BYTES_MAX ({INGEST_BYTES_MAX}); send smaller batches"
             )));
         }
-        if let Some(e) = entries.iter().find(|e| e.version == 0) {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.version == 0 || e.version > IMPORTED_VERSION_MAX)
+        {
             return Err(ShardError::Invalid(format!(
-                "entry {} has version 0; copied entries keep their source versions",
-                hex::encode(&e.key)
+                "entry {} has version {}; copied entries keep their source versions, \
+                 which are above 0 and at most IMPORTED_VERSION_MAX ({IMPORTED_VERSION_MAX})",
+                hex::encode(&e.key),
+                e.version
             )));
         }
         self.wal().reserve().await?;
@@ -343,6 +354,17 @@ mod tests {
         assert!(base.entries.iter().all(|(k, _)| slot_of(k) == slot));
         let imported = b.ingest(1, to_snap(&base)).await.expect("ingest");
         assert!(imported >= base.complete_version);
+        // Versions out of range are refused before anything is logged.
+        let last_lsn = b.last_lsn();
+        for version in [0, IMPORTED_VERSION_MAX + 1] {
+            let mut bad = to_snap(&base);
+            bad[0].version = version;
+            assert!(matches!(
+                b.ingest(1, bad).await,
+                Err(ShardError::Invalid(_))
+            ));
+        }
+        assert_eq!(b.last_lsn(), last_lsn);
         // Ingesting into a slot not importing from that group is refused.
         assert!(matches!(
             b.ingest(3, to_snap(&base)).await,
