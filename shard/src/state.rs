@@ -315,8 +315,9 @@ pub struct Refused {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Committed by the record at `lsn`; every written key's new version is
-    /// `version`: the LSN of the one-phase commit record, or of the PREPARE
-    /// record of a two-phase commit (known when the participant votes, and
+    /// `version`: the version ([`VersionBase::version`]) of the one-phase
+    /// commit record, or of the PREPARE record of a two-phase commit (known
+    /// when the participant votes, and
     /// still above every earlier version of the keys, which were locked from
     /// then on). `digest` is [`writes_digest`] of the writes.
     Committed {

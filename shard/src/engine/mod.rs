@@ -8,8 +8,9 @@
 //! operations share one `fdatasync`.
 //!
 //! Readers never see a value before it is durable: a value's version is the
-//! LSN that wrote it, so a read that finds a version above the durable LSN
-//! waits for it.
+//! LSN that wrote it plus the group's version base (0 until it imports
+//! data, [`crate::state::VersionBase`]), so a read maps the version back to
+//! that LSN and waits for it.
 //!
 //! # Layout
 //! One [`Shard`], its methods grouped by concern, each file an `impl Shard`
@@ -25,7 +26,9 @@
 //! - `retention`: snapshots, the snapshot loop, and the [`LogPin`]s that keep
 //!   log a stream to a backup still needs;
 //! - `replication`: a replica's role changes and what a backup takes from its
-//!   primary (records, snapshots); the log reader for backlogs.
+//!   primary (records, snapshots); the log reader for backlogs;
+//! - `reshard`: the shard's side of moving slots: logged slot steps,
+//!   following a map on request, export and ingest.
 //!
 //! This module never speaks the wire: callers convert `proto` types at the
 //! edge (`server`, `replica`).
