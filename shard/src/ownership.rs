@@ -417,7 +417,7 @@ impl Ownership {
         Ok(changed)
     }
 
-    /// Applies a logged step leniently ([`SlotStep::next_logged`]): each
+    /// Applies a logged step leniently (`SlotStep::next_logged`): each
     /// slot the step fits moves, each other slot is left alone and returned
     /// (the map, which is not logged, moved it past the step; the primary
     /// checked it with [`Ownership::plan`] before logging).

@@ -59,7 +59,10 @@ mod test_util;
 
 pub use participant::Vote;
 pub use recovery::Recovery;
-pub use reshard::{EXPORT_CHUNK_BYTES, INGEST_BYTES_MAX, entry_bytes, export_chunks};
+pub use reshard::{
+    ENTRY_OVERHEAD_BYTES, EXPORT_CHUNK_BYTES, IMPORTED_VERSION_MAX, INGEST_BYTES_MAX, entry_bytes,
+    export_chunks,
+};
 pub use retention::LogPin;
 use retention::LogPins;
 
