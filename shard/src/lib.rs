@@ -12,9 +12,10 @@
 //! - [`snapshot`]: writing and reading snapshots.
 //! - [`engine`]: one replica's [`Shard`], each change durable before it
 //!   answers, by concern: recovery (opening the data directory), the
-//!   participant operations, retention (snapshots, log pins) and
+//!   participant operations, retention (snapshots, log pins),
 //!   replication (role changes, what a backup takes from its primary, as
-//!   domain records: the wire stays in [`replica`] and [`server`]).
+//!   domain records: the wire stays in [`replica`] and [`server`]) and
+//!   resharding (slot steps, export, ingest).
 //! - [`repl`]: replication state of a replica: role, epoch, the feed of
 //!   recent records, backups' acknowledgements, watermarks, the lease.
 //! - [`role`]: the group's configuration (domain type) and the replication
@@ -26,9 +27,10 @@
 //!   and failover; the RPCs that feed [`role`]'s decisions and carry them
 //!   out.
 //! - [`ownership`]: which slots the group serves and the states of a
-//!   moving slot (importing, frozen), as a pure state machine. The engine
-//!   checks every request and follows new maps through it; nothing
-//!   freezes or imports yet (resharding is being built, ARCHITECTURE.md).
+//!   moving slot (importing, frozen), and the slot steps (import, abandon,
+//!   freeze, thaw, release) checked strictly on the primary and applied
+//!   leniently from the log, as a pure state machine. It lives in the
+//!   state core: commits and prepares check it under the state lock.
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.

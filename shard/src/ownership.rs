@@ -310,6 +310,153 @@ impl Ownership {
     }
 }
 
+/// A logged step of a slot move (a `SLOTS` record), as the primary asks
+/// for it and as every replica applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotStep {
+    /// Target: take copied data for the slots from `from`.
+    BeginImport { from: GroupId },
+    /// Target: give the import up; copied data is dropped.
+    AbandonImport,
+    /// Source: stop serving the slots before handing them to `to`.
+    Freeze { to: GroupId },
+    /// Source: serve frozen slots again.
+    Thaw,
+    /// Source, after the flip: the map took the slots; their data goes.
+    Release,
+}
+
+impl SlotStep {
+    /// What the step does, for errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotStep::BeginImport { .. } => "import",
+            SlotStep::AbandonImport => "abandon the import of",
+            SlotStep::Freeze { .. } => "freeze",
+            SlotStep::Thaw => "thaw",
+            SlotStep::Release => "release",
+        }
+    }
+
+    /// Whether applying the step deletes the slots' entries from the index:
+    /// an import starts empty, an abandoned import keeps nothing, and a
+    /// released slot's data is the new owner's.
+    pub fn drops_data(self) -> bool {
+        matches!(
+            self,
+            SlotStep::BeginImport { .. } | SlotStep::AbandonImport | SlotStep::Release
+        )
+    }
+
+    /// The state a slot in `state` moves to when a primary asks for the
+    /// step, if it fits; `None` where it does not.
+    fn next(self, state: SlotState) -> Option<SlotState> {
+        match (self, state) {
+            (SlotStep::BeginImport { from }, SlotState::NotOwned) => {
+                Some(SlotState::Importing { from })
+            }
+            (SlotStep::BeginImport { from }, SlotState::Importing { from: f }) if f == from => {
+                Some(state)
+            }
+            (SlotStep::AbandonImport, SlotState::Importing { .. } | SlotState::NotOwned) => {
+                Some(SlotState::NotOwned)
+            }
+            (SlotStep::Freeze { to }, SlotState::Owned) => Some(SlotState::Frozen { to }),
+            (SlotStep::Freeze { to }, SlotState::Frozen { to: t }) if t == to => Some(state),
+            (SlotStep::Thaw, SlotState::Frozen { .. } | SlotState::Owned) => Some(SlotState::Owned),
+            (SlotStep::Release, SlotState::Frozen { .. } | SlotState::NotOwned) => {
+                Some(SlotState::NotOwned)
+            }
+            _ => None,
+        }
+    }
+
+    /// The rule replay and backups use for a logged step: as
+    /// [`SlotStep::next`], and a freeze also freezes a slot not owned here.
+    /// A replica restarted under a coordinator owns nothing (epoch 0) until
+    /// it hears the map, and a backup may have followed a map the primary
+    /// had not when it froze: either way the slot must come out frozen, or
+    /// the map would hand it back as owned and a restart in a job's drain
+    /// would serve writes again. Frozen serves nothing, so erring that way
+    /// is safe; the map (which leaves a frozen slot it still gives frozen,
+    /// and releases one it took) or a logged thaw or release settles it.
+    fn next_logged(self, state: SlotState) -> Option<SlotState> {
+        match (self, state) {
+            (SlotStep::Freeze { to }, SlotState::NotOwned) => Some(SlotState::Frozen { to }),
+            _ => self.next(state),
+        }
+    }
+}
+
+impl Ownership {
+    /// The primary's check before it logs `step` for `slots`: every slot
+    /// must fit (else nothing is logged and the caller gets the typed
+    /// error), and the answer is the slots the step changes — an empty set
+    /// means the step is done already (a resumed job) and nothing needs
+    /// logging. A release is asked only after the map took the slots, so
+    /// it fits only slots not owned here; it always returns every slot
+    /// asked for (dropping data twice is harmless).
+    pub fn plan(&self, step: SlotStep, slots: &SlotSet) -> Result<SlotSet, OwnershipError> {
+        let mut changed = SlotSet::empty();
+        for slot in (0..SLOTS).filter(|s| slots.contains(*s)) {
+            let state = self.state(slot);
+            let strict = match (step, state) {
+                (SlotStep::Release, SlotState::NotOwned) => Some(state),
+                (SlotStep::Release, _) => None,
+                _ => step.next(state),
+            };
+            let next = strict.ok_or(OwnershipError::BadTransition {
+                action: step.name(),
+                slot,
+                state: state.name(),
+            })?;
+            if next != state || step == SlotStep::Release {
+                changed.insert(slot);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Applies a logged step leniently (`SlotStep::next_logged`): each
+    /// slot the step fits moves, each other slot is left alone and returned
+    /// (the map, which is not logged, moved it past the step; the primary
+    /// checked it with [`Ownership::plan`] before logging).
+    pub fn apply_step(&mut self, step: SlotStep, slots: &SlotSet) -> Vec<Slot> {
+        let mut ignored = Vec::new();
+        for slot in (0..SLOTS).filter(|s| slots.contains(*s)) {
+            let state = &mut self.slots[slot as usize];
+            match step.next_logged(*state) {
+                Some(next) => *state = next,
+                None => ignored.push(slot),
+            }
+        }
+        ignored
+    }
+
+    /// The slots in an in-between state (importing or frozen), for
+    /// snapshots: everything else is the map's word.
+    pub fn moving(&self) -> Vec<(Slot, SlotState)> {
+        (0..SLOTS)
+            .zip(&self.slots)
+            .filter(|(_, s)| matches!(s, SlotState::Importing { .. } | SlotState::Frozen { .. }))
+            .map(|(slot, s)| (slot, *s))
+            .collect()
+    }
+
+    /// Forgets the in-between states, back to what the map alone says (a
+    /// frozen slot is still the map's here, an importing one is not):
+    /// before a snapshot from the primary brings its own.
+    pub fn settle_moving(&mut self) {
+        for state in &mut self.slots {
+            *state = match *state {
+                SlotState::Frozen { .. } => SlotState::Owned,
+                SlotState::Importing { .. } => SlotState::NotOwned,
+                other => other,
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,5 +635,89 @@ mod tests {
         assert_eq!(own.in_state(SlotState::Frozen { to: 0 }), set("1-2"));
         assert_eq!(own.in_state(SlotState::Importing { from: 0 }), set("200"));
         assert_eq!(own.in_state(SlotState::Owned).len(), 98);
+    }
+    #[test]
+    fn plan_checks_strictly_and_names_only_what_changes() {
+        let mut own = source();
+        assert_eq!(
+            own.plan(SlotStep::Freeze { to: 2 }, &set("10-19")),
+            Ok(set("10-19"))
+        );
+        own.apply_step(SlotStep::Freeze { to: 2 }, &set("10-11"));
+        assert_eq!(
+            own.plan(SlotStep::Freeze { to: 2 }, &set("10-12")),
+            Ok(set("12")),
+            "slots already frozen need no record"
+        );
+        assert!(matches!(
+            own.plan(SlotStep::Freeze { to: 3 }, &set("10")),
+            Err(OwnershipError::BadTransition {
+                action: "freeze",
+                ..
+            })
+        ));
+        assert!(matches!(
+            own.plan(SlotStep::Release, &set("10")),
+            Err(OwnershipError::BadTransition {
+                action: "release",
+                state: "frozen",
+                ..
+            })
+        ));
+        own.follow_map(4, &set("0-9,12-99"));
+        assert_eq!(own.plan(SlotStep::Release, &set("10-11")), Ok(set("10-11")));
+        assert!(
+            own.plan(SlotStep::Release, &set("12")).is_err(),
+            "still owned"
+        );
+        assert_eq!(own.plan(SlotStep::Thaw, &set("12")), Ok(SlotSet::empty()));
+    }
+
+    #[test]
+    fn logged_steps_apply_leniently_where_the_map_moved_past_them() {
+        // A replica that restarted under a coordinator (owning nothing at
+        // epoch 0 until the map arrives) replays a freeze: the slot comes
+        // out frozen, and the map keeps it so.
+        let mut own = Ownership::new(0, &SlotSet::empty());
+        assert!(
+            own.apply_step(SlotStep::Freeze { to: 2 }, &set("10"))
+                .is_empty()
+        );
+        assert_eq!(own.follow_map(3, &set("0-99")).given.len(), 99);
+        assert_eq!(own.state(10), SlotState::Frozen { to: 2 }, "still frozen");
+        // Steps that do not fit are ignored and named.
+        let mut own = Ownership::new(4, &set("0-9"));
+        assert!(
+            own.apply_step(SlotStep::Freeze { to: 2 }, &set("8-9"))
+                .is_empty()
+        );
+        assert_eq!(own.state(8), SlotState::Frozen { to: 2 });
+        assert_eq!(
+            own.apply_step(SlotStep::BeginImport { from: 2 }, &set("5")),
+            vec![5]
+        );
+        assert_eq!(own.apply_step(SlotStep::Thaw, &set("12")), vec![12]);
+        assert_eq!(own.state(12), SlotState::NotOwned);
+        // A release after a restart that replays from an older map: the
+        // frozen slot goes.
+        assert!(own.apply_step(SlotStep::Release, &set("8-9")).is_empty());
+        assert_eq!(own.state(8), SlotState::NotOwned);
+        assert_eq!(own.apply_step(SlotStep::Thaw, &set("8")), vec![8]);
+        own.apply_step(SlotStep::BeginImport { from: 3 }, &set("20"));
+        own.apply_step(SlotStep::Freeze { to: 3 }, &set("1"));
+        assert_eq!(
+            own.moving(),
+            vec![
+                (1, SlotState::Frozen { to: 3 }),
+                (20, SlotState::Importing { from: 3 })
+            ]
+        );
+        own.settle_moving();
+        assert!(own.moving().is_empty());
+        assert_eq!(
+            own.held(),
+            set("0-7"),
+            "frozen back to owned, import dropped"
+        );
     }
 }

@@ -15,6 +15,17 @@ pub mod kind {
     pub const FINALIZE: u8 = 4;
     pub const FORGET: u8 = 5;
     pub const NEW_EPOCH: u8 = 6;
+    pub const SLOTS: u8 = 7;
+    pub const INGEST: u8 = 8;
+}
+
+/// The `op` of a [`SlotsRec`]. Never reuse a number.
+pub mod slot_op {
+    pub const BEGIN_IMPORT: i32 = 1;
+    pub const ABANDON_IMPORT: i32 = 2;
+    pub const FREEZE: i32 = 3;
+    pub const THAW: i32 = 4;
+    pub const RELEASE: i32 = 5;
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -94,6 +105,35 @@ pub struct NewEpochRec {
     pub epoch: u64,
 }
 
+/// A step of a slot move ([`crate::ownership::SlotStep`]): logged so that
+/// replay and backups rebuild the in-between states, and so that the
+/// steps that drop data do it at one log position on every replica.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct SlotsRec {
+    /// One of [`slot_op`].
+    #[prost(int32, tag = "1")]
+    pub op: i32,
+    /// The slots, as `SlotSet::to_bytes` encodes them.
+    #[prost(bytes = "vec", tag = "2")]
+    pub slots: Vec<u8>,
+    /// The other group: the source of an import, the target of a freeze.
+    #[prost(uint64, tag = "3")]
+    pub peer: u64,
+}
+
+/// Entries copied from another group into importing slots, with their
+/// source versions. Each is inserted unless the index holds the key at a
+/// version at least as high; the record raises the group's version base
+/// so its own next versions are above every imported one.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct IngestRec {
+    #[prost(uint64, tag = "1")]
+    pub from_group: u64,
+    /// `value` absent: a tombstone.
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<SnapEntry>,
+}
+
 /// Where an epoch starts, in snapshots.
 #[derive(Clone, PartialEq, Eq, Message)]
 pub struct SnapEpoch {
@@ -112,6 +152,8 @@ pub enum Record {
     Finalize(FinalizeRec),
     Forget(ForgetRec),
     NewEpoch(NewEpochRec),
+    Slots(SlotsRec),
+    Ingest(IngestRec),
 }
 
 impl Record {
@@ -123,6 +165,8 @@ impl Record {
             Record::Finalize(_) => kind::FINALIZE,
             Record::Forget(_) => kind::FORGET,
             Record::NewEpoch(_) => kind::NEW_EPOCH,
+            Record::Slots(_) => kind::SLOTS,
+            Record::Ingest(_) => kind::INGEST,
         }
     }
 
@@ -134,6 +178,8 @@ impl Record {
             Record::Finalize(r) => r.encode_to_vec(),
             Record::Forget(r) => r.encode_to_vec(),
             Record::NewEpoch(r) => r.encode_to_vec(),
+            Record::Slots(r) => r.encode_to_vec(),
+            Record::Ingest(r) => r.encode_to_vec(),
         }
     }
 
@@ -148,6 +194,8 @@ impl Record {
             kind::FINALIZE => Record::Finalize(FinalizeRec::decode(payload).map_err(err)?),
             kind::FORGET => Record::Forget(ForgetRec::decode(payload).map_err(err)?),
             kind::NEW_EPOCH => Record::NewEpoch(NewEpochRec::decode(payload).map_err(err)?),
+            kind::SLOTS => Record::Slots(SlotsRec::decode(payload).map_err(err)?),
+            kind::INGEST => Record::Ingest(IngestRec::decode(payload).map_err(err)?),
             other => {
                 return Err(format!(
                     "unknown record kind {other} (written by a newer Trellis?)"
@@ -175,6 +223,10 @@ pub struct SnapPrepared {
     pub rec: Option<PrepareRec>,
     #[prost(uint64, tag = "2")]
     pub lsn: u64,
+    /// The version its writes get (its PREPARE's); 0 in snapshots written
+    /// before versions could differ from LSNs, where it is `lsn`.
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -217,6 +269,33 @@ pub struct SnapTrailer {
     pub entries: u64,
     #[prost(message, repeated, tag = "3")]
     pub epochs: Vec<SnapEpoch>,
+    /// Slots importing or frozen here (the map says the rest).
+    #[prost(message, repeated, tag = "4")]
+    pub moving: Vec<SnapSlot>,
+    /// Where the version base changed ([`crate::state::VersionBase`]).
+    #[prost(message, repeated, tag = "5")]
+    pub version_points: Vec<SnapVersionPoint>,
+}
+
+/// A slot in an in-between state, in snapshots.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct SnapSlot {
+    #[prost(uint32, tag = "1")]
+    pub slot: u32,
+    /// Frozen towards `peer`; otherwise importing from it.
+    #[prost(bool, tag = "2")]
+    pub frozen: bool,
+    #[prost(uint64, tag = "3")]
+    pub peer: u64,
+}
+
+/// From `lsn` on, `version = lsn + offset` (until the next point).
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct SnapVersionPoint {
+    #[prost(uint64, tag = "1")]
+    pub lsn: u64,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -277,6 +356,26 @@ mod tests {
             }),
             Record::Forget(ForgetRec {
                 txn_ids: vec![vec![5; 16]],
+            }),
+            Record::Slots(SlotsRec {
+                op: slot_op::FREEZE,
+                slots: vec![1, 2, 3],
+                peer: 7,
+            }),
+            Record::Ingest(IngestRec {
+                from_group: 2,
+                entries: vec![
+                    SnapEntry {
+                        key: b"e".to_vec(),
+                        value: Some(b"v".to_vec()),
+                        version: 40,
+                    },
+                    SnapEntry {
+                        key: b"f".to_vec(),
+                        value: None,
+                        version: 41,
+                    },
+                ],
             }),
         ];
         for record in records {

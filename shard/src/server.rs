@@ -10,10 +10,11 @@ use tonic::{Request, Response, Status};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_server::{Shard as ShardService, ShardServer};
 use trellis_types::limits::{GET_KEYS_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
-use trellis_types::{TxnId, validate};
+use trellis_types::{GroupId, SlotSet, TxnId, validate};
 
-use crate::engine::{Shard, ShardError, Vote};
-use crate::record::{PrepareRec, ReadRec, WriteRec};
+use crate::engine::{EXPORT_CHUNK_BYTES, Shard, ShardError, Vote, export_chunks};
+use crate::ownership::SlotStep;
+use crate::record::{PrepareRec, ReadRec, SnapEntry, WriteRec};
 use crate::repl::{Level, Role};
 use crate::state::{KeyView, LockHolder, Outcome, Refusal, Refused};
 
@@ -61,6 +62,16 @@ pub fn status_of(err: ShardError) -> Status {
             pb::ErrorReason::SlotMoving,
             vec![],
         ),
+        ShardError::BadStep(_) => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::InvalidArgument,
+            vec![],
+        ),
+        ShardError::NotDrained(_) => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::NotDrained,
+            vec![],
+        ),
         ShardError::Invalid(_) => (
             tonic::Code::InvalidArgument,
             pb::ErrorReason::InvalidArgument,
@@ -92,6 +103,14 @@ pub fn status_of(err: ShardError) -> Status {
 
 fn invalid(err: impl std::fmt::Display) -> Status {
     status_of(ShardError::Invalid(err.to_string()))
+}
+
+/// The other group of a slot step; 0 names none.
+fn peer(group: u64) -> Result<GroupId, Status> {
+    if group == 0 {
+        return Err(invalid("the peer group must be named"));
+    }
+    Ok(group)
 }
 
 fn txn_id(bytes: &[u8]) -> Result<TxnId, Status> {
@@ -308,7 +327,13 @@ impl ShardService for ShardApi {
         let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
         let outcome = self
             .shard
-            .commit_local(txn, reads, writes, Level::from_durability(req.durability))
+            .commit_local(
+                req.map_epoch,
+                txn,
+                reads,
+                writes,
+                Level::from_durability(req.durability),
+            )
             .await
             .map_err(status_of)?;
         let outcome = match outcome {
@@ -351,6 +376,7 @@ impl ShardService for ShardApi {
         let vote = self
             .shard
             .prepare(
+                req.map_epoch,
                 PrepareRec {
                     txn_id: req.txn_id,
                     reads,
@@ -531,7 +557,8 @@ impl ShardService for ShardApi {
             .map_err(status_of)?;
         let refused = self
             .shard
-            .validate_reads(txn, &reads, req.hold)
+            .validate_reads(req.map_epoch, txn, &reads, req.hold)
+            .map_err(status_of)?
             .err()
             .map(refused_pb);
         self.shard.check_serving().map_err(status_of)?;
@@ -566,13 +593,53 @@ impl ShardService for ShardApi {
         )))
     }
 
-    // Resharding steps: the proto is in place; the engine's side is being
-    // built (issue 19) and answers UNIMPLEMENTED until it lands.
     async fn move_slots(
         &self,
-        _request: Request<pb::MoveSlotsRequest>,
+        request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::MoveSlotsResponse>, Status> {
-        Err(Status::unimplemented("moving slots is not built yet"))
+        self.shard.check_serving().map_err(status_of)?;
+        let req = request.into_inner();
+        let op = pb::SlotOp::try_from(req.op).unwrap_or(pb::SlotOp::Unspecified);
+        let map_epoch = match op {
+            pb::SlotOp::FollowMap | pb::SlotOp::Release => {
+                let owned = SlotSet::from_bytes(&req.owned).map_err(invalid)?;
+                if req.map_epoch == 0 {
+                    return Err(invalid("FOLLOW_MAP and RELEASE need the map epoch"));
+                }
+                if op == pb::SlotOp::FollowMap {
+                    self.shard.set_slots(req.map_epoch, owned);
+                    self.shard.status().map_epoch
+                } else {
+                    let slots = SlotSet::from_bytes(&req.slots).map_err(invalid)?;
+                    self.shard
+                        .release_slots(req.map_epoch, owned, &slots)
+                        .await
+                        .map_err(status_of)?
+                }
+            }
+            pb::SlotOp::BeginImport
+            | pb::SlotOp::AbandonImport
+            | pb::SlotOp::Freeze
+            | pb::SlotOp::Thaw => {
+                let slots = SlotSet::from_bytes(&req.slots).map_err(invalid)?;
+                let step = match op {
+                    pb::SlotOp::BeginImport => SlotStep::BeginImport {
+                        from: peer(req.peer_group)?,
+                    },
+                    pb::SlotOp::AbandonImport => SlotStep::AbandonImport,
+                    pb::SlotOp::Freeze => SlotStep::Freeze {
+                        to: peer(req.peer_group)?,
+                    },
+                    _ => SlotStep::Thaw,
+                };
+                self.shard
+                    .move_slots(step, &slots)
+                    .await
+                    .map_err(status_of)?
+            }
+            pb::SlotOp::Unspecified => return Err(invalid("op must name a slot step")),
+        };
+        Ok(Response::new(pb::MoveSlotsResponse { map_epoch }))
     }
 
     type ExportSlotsStream = std::pin::Pin<
@@ -581,16 +648,70 @@ impl ShardService for ShardApi {
 
     async fn export_slots(
         &self,
-        _request: Request<pb::ExportSlotsRequest>,
+        request: Request<pb::ExportSlotsRequest>,
     ) -> Result<Response<Self::ExportSlotsStream>, Status> {
-        Err(Status::unimplemented("exporting slots is not built yet"))
+        self.shard.check_serving().map_err(status_of)?;
+        let req = request.into_inner();
+        let slots = SlotSet::from_bytes(&req.slots).map_err(invalid)?;
+        let drained = if req.drained {
+            Some(peer(req.peer_group)?)
+        } else {
+            None
+        };
+        let export = self
+            .shard
+            .export(&slots, req.above_version, drained)
+            .await
+            .map_err(status_of)?;
+        let chunks = export_chunks(&export.entries, EXPORT_CHUNK_BYTES);
+        let count = chunks.len();
+        let complete_version = export.complete_version;
+        let entries = Arc::new(export.entries);
+        // Messages are built as the client takes them: the values are
+        // shared with the index, not copied, until then.
+        let messages = chunks.into_iter().enumerate().map(move |(i, range)| {
+            let last = i + 1 == count;
+            Ok(pb::ExportChunk {
+                entries: entries[range]
+                    .iter()
+                    .map(|(key, entry)| pb::ExportEntry {
+                        key: key.to_vec(),
+                        value: entry.value().map(<[u8]>::to_vec).unwrap_or_default(),
+                        deleted: entry.value().is_none(),
+                        version: entry.version(),
+                    })
+                    .collect(),
+                last,
+                complete_version: if last { complete_version } else { 0 },
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn ingest(
         &self,
-        _request: Request<pb::IngestRequest>,
+        request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
-        Err(Status::unimplemented("ingesting slots is not built yet"))
+        self.shard.check_serving().map_err(status_of)?;
+        let req = request.into_inner();
+        let from = peer(req.from_group)?;
+        let mut entries = Vec::with_capacity(req.entries.len());
+        for e in req.entries {
+            validate::key(&e.key).map_err(invalid)?;
+            if e.deleted && !e.value.is_empty() {
+                return Err(invalid("an entry cannot both be deleted and carry a value"));
+            }
+            if !e.deleted {
+                validate::value(&e.value).map_err(invalid)?;
+            }
+            entries.push(SnapEntry {
+                key: e.key,
+                value: (!e.deleted).then_some(e.value),
+                version: e.version,
+            });
+        }
+        let version = self.shard.ingest(from, entries).await.map_err(status_of)?;
+        Ok(Response::new(pb::IngestResponse { version }))
     }
 
     async fn transfer_primary(

@@ -157,6 +157,7 @@ async fn shard_host(journal: Rc<RefCell<Journal>>) -> turmoil::Result {
                     .insert(key.clone(), value.clone());
                 let outcome = shard
                     .commit_local(
+                        1,
                         txn(boot, writer, n),
                         vec![],
                         vec![put(&key, &value)],
@@ -277,7 +278,13 @@ async fn write_until_the_log_fails(shard: &Shard) -> turmoil::Result {
     for n in 0..COMMITS_MAX {
         let key = format!("k{n}");
         match shard
-            .commit_local(txn(0, 0, n), vec![], vec![put(&key, &value)], Level::Sync)
+            .commit_local(
+                1,
+                txn(0, 0, n),
+                vec![],
+                vec![put(&key, &value)],
+                Level::Sync,
+            )
             .await
         {
             Ok(Outcome::Committed { .. }) => continue,
@@ -289,6 +296,7 @@ async fn write_until_the_log_fails(shard: &Shard) -> turmoil::Result {
                 let durable = shard.durable_lsn();
                 let later = shard
                     .commit_local(
+                        1,
                         txn(0, 1, n),
                         vec![],
                         vec![put("after", &value)],

@@ -126,6 +126,15 @@ pub fn encode(out: &mut impl Write, capture: &Capture) -> std::io::Result<()> {
                             lsn: *lsn,
                         })
                         .collect(),
+                    moving: capture.moving.clone(),
+                    version_points: capture
+                        .version_points
+                        .iter()
+                        .map(|(lsn, offset)| SnapVersionPoint {
+                            lsn: *lsn,
+                            offset: *offset,
+                        })
+                        .collect(),
                 }),
                 ..SnapChunk::default()
             },
@@ -228,6 +237,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Capture, WalError> {
     }
     capture.lsn = trailer.lsn;
     capture.epochs = trailer.epochs.iter().map(|e| (e.epoch, e.lsn)).collect();
+    capture.moving = trailer.moving;
+    capture.version_points = trailer
+        .version_points
+        .iter()
+        .map(|p| (p.lsn, p.offset))
+        .collect();
     Ok(capture)
 }
 

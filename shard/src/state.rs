@@ -11,14 +11,15 @@
 //! every mutation happens under it, so check-then-apply is atomic.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use triomphe::ThinArc;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
-use trellis_types::{GroupId, Key, Lsn, TxnId, Version};
+use trellis_types::{GroupId, Key, Lsn, MapEpoch, Slot, SlotSet, TxnId, Version, slot_of};
 
+use crate::ownership::{Access, Ownership, OwnershipError, SlotState, SlotStep};
 use crate::record::*;
 
 /// Most transactions prepared (holding locks) at once on one replica; more
@@ -33,8 +34,13 @@ pub const OUTCOMES_MAX: usize = 65_536;
 /// Most bytes of keys held by remembered outcomes.
 pub const OUTCOMES_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Most change points of the version base kept ([`VersionBase`]); past it
+/// the oldest is dropped, which only makes readers of the oldest imported
+/// versions wait for a later LSN than they need.
+pub const VERSION_POINTS_MAX: usize = 1024;
+
 /// Marks a tombstone in the version word of an [`Entry`]. Versions are LSNs
-/// and stay far below 2^63.
+/// plus the version base ([`VersionBase`]) and stay far below 2^63.
 const TOMBSTONE_BIT: u64 = 1 << 63;
 
 /// A committed value (or tombstone) and its version, in one allocation
@@ -54,7 +60,9 @@ impl Entry {
         }
     }
 
-    /// The LSN of the record that wrote it (tombstones included).
+    /// The version of the record that wrote it (tombstones included): its
+    /// LSN plus the version base ([`VersionBase`]), or the source group's
+    /// version for an imported entry.
     pub fn version(&self) -> Version {
         self.0.header.header & !TOMBSTONE_BIT
     }
@@ -111,6 +119,124 @@ pub fn writes_digest(writes: &[WriteRec]) -> u64 {
     })
 }
 
+/// The version base of a group: `version(lsn) = lsn + offset`, where the
+/// offset starts at 0 (so versions are LSNs until a group imports data)
+/// and an INGEST record at LSN `i` whose highest entry is `m` raises it to
+/// at least `m - i`, effective at `i` itself. Versions therefore rise
+/// strictly with the LSN and stay above everything imported: a key moved
+/// here is never written again at a version a client read at the source.
+///
+/// Readers wait for durability by LSN, so a version is mapped back to the
+/// smallest LSN whose version reaches it ([`VersionBase::lsn_of`]). The
+/// points where the offset changed are kept (at most
+/// [`VERSION_POINTS_MAX`]); dropping old ones maps old versions to a
+/// *later* LSN (never an earlier one), so a reader may wait longer than it
+/// must but never less.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionBase {
+    /// `(lsn, offset)`: from `lsn` on (until the next point) the offset is
+    /// `offset`. Ascending in both; never empty. The first point is the
+    /// floor: versions below it map to its LSN.
+    points: Vec<(Lsn, u64)>,
+}
+
+impl Default for VersionBase {
+    fn default() -> Self {
+        VersionBase {
+            points: vec![(0, 0)],
+        }
+    }
+}
+
+impl VersionBase {
+    /// The base from a snapshot's points; none: versions are LSNs.
+    pub fn from_points(points: Vec<(Lsn, u64)>) -> Result<VersionBase, String> {
+        if points.is_empty() {
+            return Ok(VersionBase::default());
+        }
+        if points
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+        {
+            return Err("version base points out of order".into());
+        }
+        Ok(VersionBase { points })
+    }
+
+    /// The change points, oldest first.
+    pub fn points(&self) -> &[(Lsn, u64)] {
+        &self.points
+    }
+
+    fn offset_at(&self, lsn: Lsn) -> u64 {
+        self.points
+            .iter()
+            .rev()
+            .find(|(l, _)| *l <= lsn)
+            .unwrap_or(&self.points[0])
+            .1
+    }
+
+    /// The version of the record at `lsn` (for LSNs at or above the oldest
+    /// point kept, which every LSN still being assigned or answered is).
+    pub fn version(&self, lsn: Lsn) -> Version {
+        lsn + self.offset_at(lsn)
+    }
+
+    /// The offset now in force (for the next record).
+    pub fn offset(&self) -> u64 {
+        self.points.last().expect("never empty").1
+    }
+
+    /// The INGEST record at `lsn` imported versions up to `highest`: from
+    /// `lsn` on, `version(lsn) >= highest`.
+    pub fn raise(&mut self, lsn: Lsn, highest: Version) {
+        let wanted = highest.saturating_sub(lsn);
+        if wanted <= self.offset() {
+            return;
+        }
+        let last = self.points.last_mut().expect("never empty");
+        if last.0 == lsn {
+            last.1 = wanted;
+        } else {
+            debug_assert!(last.0 < lsn, "the base is raised in LSN order");
+            self.points.push((lsn, wanted));
+        }
+        if self.points.len() > VERSION_POINTS_MAX {
+            self.points.remove(0);
+        }
+    }
+
+    /// The smallest LSN whose version is at least `version`: once that LSN
+    /// is durable, so is the entry written at `version` (or imported with
+    /// it, by an earlier INGEST). Version 0 (absent) needs nothing.
+    pub fn lsn_of(&self, version: Version) -> Lsn {
+        if version == 0 {
+            return 0;
+        }
+        for (i, (lsn, offset)) in self.points.iter().enumerate() {
+            let candidate = (*lsn).max(version.saturating_sub(*offset));
+            match self.points.get(i + 1) {
+                Some((next, _)) if candidate >= *next => continue,
+                _ => return candidate,
+            }
+        }
+        unreachable!("the last point always answers")
+    }
+
+    /// Drops points no reader needs exactly any more: those before the last
+    /// one at or below `lsn` (everything up to `lsn` is durable, so mapping
+    /// its versions to a later LSN up to `lsn` costs no wait).
+    pub fn prune_below(&mut self, lsn: Lsn) {
+        let keep_from = self
+            .points
+            .iter()
+            .rposition(|(l, _)| *l <= lsn)
+            .unwrap_or(0);
+        self.points.drain(..keep_from);
+    }
+}
+
 /// A prepared transaction's lock on a key, and where to ask about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockHolder {
@@ -148,6 +274,8 @@ impl KeyLock {
 pub struct PreparedTxn {
     pub rec: PrepareRec,
     pub lsn: Lsn,
+    /// The version its writes get if it commits: its PREPARE's.
+    pub version: Version,
     pub since: Instant,
 }
 
@@ -187,8 +315,9 @@ pub struct Refused {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Committed by the record at `lsn`; every written key's new version is
-    /// `version`: the LSN of the one-phase commit record, or of the PREPARE
-    /// record of a two-phase commit (known when the participant votes, and
+    /// `version`: the version ([`VersionBase::version`]) of the one-phase
+    /// commit record, or of the PREPARE record of a two-phase commit (known
+    /// when the participant votes, and
     /// still above every earlier version of the keys, which were locked from
     /// then on). `digest` is [`writes_digest`] of the writes.
     Committed {
@@ -265,7 +394,6 @@ impl Outcomes {
 }
 
 /// The part of the state only touched under the state lock.
-#[derive(Default)]
 pub struct Core {
     pub prepared: BTreeMap<TxnId, PreparedTxn>,
     pub records: BTreeMap<TxnId, TxnRecord>,
@@ -274,14 +402,78 @@ pub struct Core {
     pub applied_lsn: Lsn,
     /// Where each primary epoch starts (its NEW_EPOCH record), ascending.
     pub epochs: Vec<(u64, Lsn)>,
+    /// Which slots this group serves: the map's word (followed, not
+    /// logged) plus the logged in-between states. Commits and prepares
+    /// check it here, under the lock, so a freeze is strictly before or
+    /// after each of them.
+    pub ownership: Ownership,
+}
+
+impl Core {
+    fn new(ownership: Ownership) -> Core {
+        Core {
+            prepared: BTreeMap::new(),
+            records: BTreeMap::new(),
+            outcomes: Outcomes::default(),
+            applied_lsn: 0,
+            epochs: Vec::new(),
+            ownership,
+        }
+    }
 }
 
 /// The whole state of a replica.
-#[derive(Default)]
 pub struct State {
     pub index: DashMap<Box<[u8]>, Entry, FastHash>,
     pub locks: DashMap<Box<[u8]>, KeyLock, FastHash>,
     core: Mutex<Core>,
+    /// A copy of `Core::ownership`, replaced under the state lock whenever
+    /// it changes, for reads and scans, which check outside the lock: a
+    /// read that passed just before a freeze is ordered before it, and the
+    /// target serves nothing until the flip.
+    serving: RwLock<Ownership>,
+    /// The version base, written under the state lock, read by readers
+    /// mapping a version back to the LSN they wait for.
+    versions: RwLock<VersionBase>,
+}
+
+impl Default for State {
+    /// A state that owns every slot at map epoch 0 (tests, and the
+    /// starting point recovery fills).
+    fn default() -> State {
+        State::new(Ownership::new(0, &SlotSet::all()))
+    }
+}
+
+/// A key a request may not touch here, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotServed {
+    pub key: Key,
+    pub slot: Slot,
+    pub error: OwnershipError,
+}
+
+/// Why an export was refused. Nothing was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportRefusal {
+    /// A slot is not this group's to export (not owned or frozen here).
+    NotHeld(OwnershipError),
+    /// The drained export asked for a slot not frozen towards the peer.
+    NotFrozen { slot: Slot, state: SlotState },
+    /// Prepared transactions or read holds remain on the slots' keys.
+    NotDrained { locked_keys: usize },
+}
+
+/// What an export takes under the state lock: every entry of the slots
+/// above the asked version, and the version up to which that is complete.
+#[derive(Debug, Default)]
+pub struct Export {
+    /// Sorted by key.
+    pub entries: Vec<(Box<[u8]>, Entry)>,
+    /// Every entry of the slots with a version up to this one is in
+    /// `entries` or at or below the asked version: versions still to come
+    /// (new records, prepared transactions finalized later) are above it.
+    pub complete_version: Version,
 }
 
 /// What a read of one key sees.
@@ -296,10 +488,12 @@ pub struct KeyView {
 pub enum Check {
     /// May proceed: log the record and apply it.
     Proceed,
+    /// A key's slot is not served here (not owned, frozen, importing).
+    NotServed(NotServed),
     /// Already done (a retry): answer this.
     Done(Outcome),
     /// Prepare only: already prepared here (a retry): vote YES again.
-    AlreadyPrepared { lsn: Lsn },
+    AlreadyPrepared { lsn: Lsn, version: Version },
     /// Refused.
     Refused(Refused),
 }
@@ -332,6 +526,31 @@ pub enum Resolve {
 pub struct Misuse(pub String);
 
 impl State {
+    /// An empty state with `ownership` (the map this replica starts with).
+    pub fn new(ownership: Ownership) -> State {
+        State {
+            index: DashMap::default(),
+            locks: DashMap::default(),
+            serving: RwLock::new(ownership.clone()),
+            core: Mutex::new(Core::new(ownership)),
+            versions: RwLock::new(VersionBase::default()),
+        }
+    }
+
+    /// The ownership as of the last change, for checks outside the lock.
+    pub fn serving(&self) -> std::sync::RwLockReadGuard<'_, Ownership> {
+        self.serving.read().expect("ownership lock poisoned")
+    }
+
+    /// The LSN a reader of an entry at `version` waits for
+    /// ([`VersionBase::lsn_of`]).
+    pub fn lsn_of(&self, version: Version) -> Lsn {
+        self.versions
+            .read()
+            .expect("version lock poisoned")
+            .lsn_of(version)
+    }
+
     /// Takes the state lock. Never hold it across an `.await`. Without a
     /// time, read holds never expire (the conservative reading).
     pub fn lock(&self) -> StateGuard<'_> {
@@ -373,6 +592,167 @@ fn parse_txn(bytes: &[u8]) -> Result<TxnId, String> {
 impl StateGuard<'_> {
     pub fn core(&self) -> &Core {
         &self.core
+    }
+
+    /// The version the record at `lsn` has (or will have, for the next).
+    pub fn version(&self, lsn: Lsn) -> Version {
+        self.state
+            .versions
+            .read()
+            .expect("version lock poisoned")
+            .version(lsn)
+    }
+
+    /// Drops version-base points below `lsn` (see
+    /// [`VersionBase::prune_below`]).
+    pub fn prune_versions(&mut self, lsn: Lsn) {
+        self.state
+            .versions
+            .write()
+            .expect("version lock poisoned")
+            .prune_below(lsn);
+    }
+
+    /// Publishes the ownership to readers after a change.
+    fn publish_ownership(&self) {
+        *self.state.serving.write().expect("ownership lock poisoned") = self.core.ownership.clone();
+    }
+
+    /// Checks, under the lock, that a request routed with `map_epoch` may
+    /// serve every key ([`Ownership::check`]).
+    pub fn check_serve<'k>(
+        &self,
+        map_epoch: MapEpoch,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<(), NotServed> {
+        for key in keys {
+            let slot = slot_of(key);
+            if let Err(error) = self.core.ownership.check(map_epoch, slot, Access::Serve) {
+                return Err(NotServed {
+                    key: key.to_vec(),
+                    slot,
+                    error,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the catalog's map ([`Ownership::follow_map`]; not logged:
+    /// every replica polls the map itself).
+    pub fn follow_map(
+        &mut self,
+        map_epoch: MapEpoch,
+        owned: &SlotSet,
+    ) -> Option<crate::ownership::MapChange> {
+        if map_epoch <= self.core.ownership.map_epoch() {
+            return None;
+        }
+        let change = self.core.ownership.follow_map(map_epoch, owned);
+        self.publish_ownership();
+        Some(change)
+    }
+
+    /// The primary's check of a slot step before logging it: the slots it
+    /// changes (empty: done already, log nothing), or why it does not fit.
+    pub fn plan_step(&self, step: SlotStep, slots: &SlotSet) -> Result<SlotSet, OwnershipError> {
+        self.core.ownership.plan(step, slots)
+    }
+
+    /// Checks that every copied entry's slot is importing from `from`.
+    pub fn check_ingest(&self, from: GroupId, entries: &[SnapEntry]) -> Result<(), NotServed> {
+        for entry in entries {
+            let slot = slot_of(&entry.key);
+            let refused = match self.core.ownership.state(slot) {
+                SlotState::Importing { from: f } if f == from => continue,
+                SlotState::Importing { .. } => OwnershipError::BadTransition {
+                    action: "take copied data from another group into",
+                    slot,
+                    state: "importing from another group",
+                },
+                _ => match self.core.ownership.check(0, slot, Access::Ingest) {
+                    Err(error) => error,
+                    Ok(()) => unreachable!("only an importing slot takes copied data"),
+                },
+            };
+            return Err(NotServed {
+                key: entry.key.clone(),
+                slot,
+                error: refused,
+            });
+        }
+        Ok(())
+    }
+
+    /// What an export of `slots` above `above_version` sends, taken under
+    /// the lock. `drained` (the cutover's last copy) names the peer every
+    /// slot must be frozen towards, with no prepared transaction or live
+    /// read hold left on the slots' keys.
+    ///
+    /// The copy is complete up to the smaller of the version of the last
+    /// applied record and one below the lowest version of a transaction
+    /// still prepared with a write in the slots: a two-phase write's
+    /// version is its PREPARE's, but it enters the index only at finalize,
+    /// so a delta taken above a version past it would skip it.
+    pub fn export(
+        &self,
+        slots: &SlotSet,
+        above_version: Version,
+        drained: Option<GroupId>,
+    ) -> Result<Export, ExportRefusal> {
+        for slot in (0..trellis_types::SLOTS).filter(|s| slots.contains(*s)) {
+            let state = self.core.ownership.state(slot);
+            match (state, drained) {
+                (SlotState::Frozen { to }, Some(peer)) if to == peer => {}
+                (_, Some(_)) => return Err(ExportRefusal::NotFrozen { slot, state }),
+                (SlotState::Owned | SlotState::Frozen { .. }, None) => {}
+                (_, None) => {
+                    let error = self
+                        .core
+                        .ownership
+                        .check(0, slot, Access::Serve)
+                        .expect_err("neither owned nor frozen");
+                    return Err(ExportRefusal::NotHeld(error));
+                }
+            }
+        }
+        if drained.is_some() {
+            let locked_keys = self
+                .state
+                .locks
+                .iter()
+                .filter(|l| slots.contains(slot_of(l.key())))
+                .filter(|l| {
+                    l.writer.is_some()
+                        || !l.readers.is_empty()
+                        || l.holds.iter().any(|h| self.hold_live(h))
+                })
+                .count();
+            if locked_keys > 0 {
+                return Err(ExportRefusal::NotDrained { locked_keys });
+            }
+        }
+        let prepared_floor = self
+            .core
+            .prepared
+            .values()
+            .filter(|p| p.rec.writes.iter().any(|w| slots.contains(slot_of(&w.key))))
+            .map(|p| p.version.saturating_sub(1))
+            .min();
+        let applied = self.version(self.core.applied_lsn);
+        let complete_version = prepared_floor.map_or(applied, |floor| floor.min(applied));
+        let mut entries: Vec<(Box<[u8]>, Entry)> = self
+            .state
+            .index
+            .iter()
+            .filter(|e| e.value().version() > above_version && slots.contains(slot_of(e.key())))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(Export {
+            entries,
+            complete_version,
+        })
     }
 
     fn hold_live(&self, hold: &Hold) -> bool {
@@ -544,9 +924,10 @@ impl StateGuard<'_> {
         Ok(())
     }
 
-    /// May this one-phase commit proceed?
+    /// May this one-phase commit, routed with `map_epoch`, proceed?
     pub fn check_commit_local(
         &self,
+        map_epoch: MapEpoch,
         txn: &TxnId,
         reads: &[ReadRec],
         writes: &[WriteRec],
@@ -566,6 +947,9 @@ impl StateGuard<'_> {
                 "transaction {txn} is prepared here by two-phase commit; it cannot also commit in one phase"
             )));
         }
+        if let Err(not_served) = self.check_serve(map_epoch, txn_keys(reads, writes)) {
+            return Ok(Check::NotServed(not_served));
+        }
         Ok(match self.validate(txn, reads, writes) {
             Ok(()) => Check::Proceed,
             Err(refused) => Check::Refused(refused),
@@ -583,10 +967,21 @@ impl StateGuard<'_> {
         );
     }
 
-    /// May this prepare proceed?
-    pub fn check_prepare(&self, txn: &TxnId, reads: &[ReadRec], writes: &[WriteRec]) -> Check {
+    /// May this prepare, routed with `map_epoch`, proceed? A frozen slot
+    /// refuses it (checked here, under the lock, so every prepare is
+    /// strictly before or after a freeze).
+    pub fn check_prepare(
+        &self,
+        map_epoch: MapEpoch,
+        txn: &TxnId,
+        reads: &[ReadRec],
+        writes: &[WriteRec],
+    ) -> Check {
         if let Some(prepared) = self.core.prepared.get(txn) {
-            return Check::AlreadyPrepared { lsn: prepared.lsn };
+            return Check::AlreadyPrepared {
+                lsn: prepared.lsn,
+                version: prepared.version,
+            };
         }
         if let Some(outcome) = self.core.outcomes.get(txn) {
             return Check::Done(outcome.clone());
@@ -608,6 +1003,9 @@ impl StateGuard<'_> {
                 ),
                 holders: Vec::new(),
             });
+        }
+        if let Err(not_served) = self.check_serve(map_epoch, txn_keys(reads, writes)) {
+            return Check::NotServed(not_served);
         }
         match self.validate(txn, reads, writes) {
             Ok(()) => Check::Proceed,
@@ -715,13 +1113,14 @@ impl StateGuard<'_> {
         match record {
             Record::CommitLocal(rec) => {
                 let txn = parse_txn(&rec.txn_id)?;
-                self.write_all(&rec.writes, lsn);
+                let version = self.version(lsn);
+                self.write_all(&rec.writes, version);
                 let digest = writes_digest(&rec.writes);
                 self.core.outcomes.insert(
                     txn,
                     Outcome::Committed {
                         lsn,
-                        version: lsn,
+                        version,
                         digest,
                     },
                 );
@@ -751,11 +1150,13 @@ impl StateGuard<'_> {
                         since: now,
                     });
                 }
+                let version = self.version(lsn);
                 self.core.prepared.insert(
                     txn,
                     PreparedTxn {
                         rec: rec.clone(),
                         lsn,
+                        version,
                         since: now,
                     },
                 );
@@ -775,11 +1176,11 @@ impl StateGuard<'_> {
                     let outcome = if rec.commit {
                         // Apply before unlocking: a reader checks the lock
                         // first, then the value.
-                        self.write_all(&prepared.rec.writes, prepared.lsn);
+                        self.write_all(&prepared.rec.writes, prepared.version);
                         let digest = writes_digest(&prepared.rec.writes);
                         Outcome::Committed {
                             lsn,
-                            version: prepared.lsn,
+                            version: prepared.version,
                             digest,
                         }
                     } else {
@@ -814,14 +1215,66 @@ impl StateGuard<'_> {
                 }
                 self.core.epochs.push((rec.epoch, lsn));
             }
+            Record::Slots(rec) => {
+                let step = slot_step(rec)?;
+                let slots = SlotSet::from_bytes(&rec.slots)?;
+                let ignored = self.core.ownership.apply_step(step, &slots);
+                if !ignored.is_empty() {
+                    // The map (not logged) moved these slots past the step
+                    // before this replica applied it: replay from an older
+                    // map, or a backup that followed a newer one.
+                    tracing::debug!(
+                        lsn,
+                        step = step.name(),
+                        ignored = ignored.len(),
+                        "slot step ignored for slots the map moved past"
+                    );
+                }
+                if step.drops_data() {
+                    self.drop_slots(&slots);
+                }
+                self.publish_ownership();
+            }
+            Record::Ingest(rec) => {
+                let mut highest = 0;
+                for e in &rec.entries {
+                    highest = highest.max(e.version);
+                    if e.version == 0 || e.version >= TOMBSTONE_BIT {
+                        return Err(format!("ingested version {} out of range", e.version));
+                    }
+                    let newer = self
+                        .state
+                        .index
+                        .get(e.key.as_slice())
+                        .is_some_and(|held| held.version() >= e.version);
+                    if !newer {
+                        self.state.index.insert(
+                            Box::from(e.key.as_slice()),
+                            Entry::new(e.version, e.value.as_deref()),
+                        );
+                    }
+                }
+                self.state
+                    .versions
+                    .write()
+                    .expect("version lock poisoned")
+                    .raise(lsn, highest);
+            }
         }
         self.core.applied_lsn = lsn;
         Ok(())
     }
 
-    fn write_all(&mut self, writes: &[WriteRec], lsn: Lsn) {
+    /// Deletes every index entry whose key is in `slots` (O(index)).
+    fn drop_slots(&mut self, slots: &SlotSet) {
+        self.state
+            .index
+            .retain(|key, _| !slots.contains(slot_of(key)));
+    }
+
+    fn write_all(&mut self, writes: &[WriteRec], version: Version) {
         for write in writes {
-            let entry = Entry::new(lsn, write.value.as_deref());
+            let entry = Entry::new(version, write.value.as_deref());
             self.state
                 .index
                 .insert(Box::from(write.key.as_slice()), entry);
@@ -874,6 +1327,7 @@ impl StateGuard<'_> {
                 .map(|p| SnapPrepared {
                     rec: Some(p.rec.clone()),
                     lsn: p.lsn,
+                    version: p.version,
                 })
                 .collect(),
             decisions: self
@@ -895,26 +1349,89 @@ impl StateGuard<'_> {
                 .iter()
                 .map(|(txn, outcome)| outcome_to_snap(txn, outcome))
                 .collect(),
+            moving: self
+                .core
+                .ownership
+                .moving()
+                .into_iter()
+                .filter_map(|(slot, state)| match state {
+                    SlotState::Frozen { to } => Some(SnapSlot {
+                        slot,
+                        frozen: true,
+                        peer: to,
+                    }),
+                    SlotState::Importing { from } => Some(SnapSlot {
+                        slot,
+                        frozen: false,
+                        peer: from,
+                    }),
+                    SlotState::Owned | SlotState::NotOwned => None,
+                })
+                .collect(),
+            version_points: self
+                .state
+                .versions
+                .read()
+                .expect("version lock poisoned")
+                .points()
+                .to_vec(),
         }
     }
 
     /// Empties the state (before a snapshot from the primary replaces it).
+    /// The ownership keeps the map's word and forgets the in-between
+    /// states, which the snapshot brings.
     pub fn reset(&mut self) {
         self.state.index.clear();
         self.state.locks.clear();
-        *self.core = Core::default();
+        let mut ownership = self.core.ownership.clone();
+        ownership.settle_moving();
+        *self.core = Core::new(ownership);
+        *self.state.versions.write().expect("version lock poisoned") = VersionBase::default();
+        self.publish_ownership();
     }
 
     /// Loads a snapshot's contents into an empty state.
+    ///
+    /// The in-between slot states are applied leniently over the ownership
+    /// the map gave (see [`Ownership::apply_step`]): a frozen slot stays
+    /// frozen across a restart, so a job in its drain never sees the
+    /// source serve writes again.
     pub fn restore(&mut self, capture: Capture, now: Instant) -> Result<(), String> {
         for (key, entry) in capture.entries {
             self.state.index.insert(key, entry);
         }
+        *self.state.versions.write().expect("version lock poisoned") =
+            VersionBase::from_points(capture.version_points)?;
         for p in capture.prepared {
             let rec = p.rec.ok_or("prepared entry without its record")?;
+            let txn = parse_txn(&rec.txn_id)?;
             self.core.applied_lsn = p.lsn - 1;
             self.apply(p.lsn, &Record::Prepare(rec), now)?;
+            // Its version as it was logged: the points the snapshot kept
+            // may no longer reach back to its LSN.
+            let prepared = self.core.prepared.get_mut(&txn).expect("just applied");
+            prepared.version = if p.version == 0 { p.lsn } else { p.version };
         }
+        for m in capture.moving {
+            let mut slots = SlotSet::empty();
+            if m.slot >= trellis_types::SLOTS {
+                return Err(format!("snapshot names slot {} out of range", m.slot));
+            }
+            slots.insert(m.slot);
+            let step = if m.frozen {
+                SlotStep::Freeze { to: m.peer }
+            } else {
+                SlotStep::BeginImport { from: m.peer }
+            };
+            if !self.core.ownership.apply_step(step, &slots).is_empty() {
+                tracing::debug!(
+                    slot = m.slot,
+                    "snapshot slot state ignored: the map moved past it"
+                );
+            }
+        }
+        self.publish_ownership();
         for d in capture.decisions {
             let rec = d.rec.ok_or("decision entry without its record")?;
             let txn = parse_txn(&rec.txn_id)?;
@@ -946,6 +1463,46 @@ pub struct Capture {
     pub prepared: Vec<SnapPrepared>,
     pub decisions: Vec<SnapDecision>,
     pub outcomes: Vec<SnapOutcome>,
+    /// Slots importing or frozen here.
+    pub moving: Vec<SnapSlot>,
+    /// The version base's points.
+    pub version_points: Vec<(Lsn, u64)>,
+}
+
+/// The keys a transaction reads or writes.
+fn txn_keys<'a>(reads: &'a [ReadRec], writes: &'a [WriteRec]) -> impl Iterator<Item = &'a [u8]> {
+    reads
+        .iter()
+        .map(|r| r.key.as_slice())
+        .chain(writes.iter().map(|w| w.key.as_slice()))
+}
+
+/// The step a SLOTS record logs.
+pub fn slot_step(rec: &SlotsRec) -> Result<SlotStep, String> {
+    Ok(match rec.op {
+        slot_op::BEGIN_IMPORT => SlotStep::BeginImport { from: rec.peer },
+        slot_op::ABANDON_IMPORT => SlotStep::AbandonImport,
+        slot_op::FREEZE => SlotStep::Freeze { to: rec.peer },
+        slot_op::THAW => SlotStep::Thaw,
+        slot_op::RELEASE => SlotStep::Release,
+        other => return Err(format!("unknown slot step {other}")),
+    })
+}
+
+/// The SLOTS record of `step` on `slots`.
+pub fn slots_rec(step: SlotStep, slots: &SlotSet) -> SlotsRec {
+    let (op, peer) = match step {
+        SlotStep::BeginImport { from } => (slot_op::BEGIN_IMPORT, from),
+        SlotStep::AbandonImport => (slot_op::ABANDON_IMPORT, 0),
+        SlotStep::Freeze { to } => (slot_op::FREEZE, to),
+        SlotStep::Thaw => (slot_op::THAW, 0),
+        SlotStep::Release => (slot_op::RELEASE, 0),
+    };
+    SlotsRec {
+        op,
+        slots: slots.to_bytes(),
+        peer,
+    }
 }
 
 /// The outcome of a transaction finalized ABORT here at `lsn`.
@@ -1072,7 +1629,7 @@ mod tests {
         let now = Instant::now();
         let mut g = state.lock();
         assert!(matches!(
-            g.check_commit_local(&txn(1), &[read("a", 0)], &[put("a", "1")]),
+            g.check_commit_local(0, &txn(1), &[read("a", 0)], &[put("a", "1")]),
             Ok(Check::Proceed)
         ));
         g.apply(
@@ -1086,17 +1643,17 @@ mod tests {
         .expect("apply");
         assert_eq!(state.view(b"a").entry.expect("written").version(), 1);
         // The same transaction again: the first outcome.
-        match g.check_commit_local(&txn(1), &[read("a", 0)], &[put("a", "1")]) {
+        match g.check_commit_local(0, &txn(1), &[read("a", 0)], &[put("a", "1")]) {
             Ok(Check::Done(Outcome::Committed { lsn: 1, .. })) => {}
             other => panic!("expected the first outcome, got {other:?}"),
         }
         // The same id with other writes is misuse, not a retry.
         assert!(
-            g.check_commit_local(&txn(1), &[], &[put("b", "1")])
+            g.check_commit_local(0, &txn(1), &[], &[put("b", "1")])
                 .is_err()
         );
         // Another transaction that read the old version conflicts.
-        match g.check_commit_local(&txn(2), &[read("a", 0)], &[put("a", "2")]) {
+        match g.check_commit_local(0, &txn(2), &[read("a", 0)], &[put("a", "2")]) {
             Ok(Check::Refused(r)) => {
                 assert_eq!(r.reason, Refusal::Conflict);
                 assert_eq!(r.keys, vec![b"a".to_vec()]);
@@ -1111,7 +1668,7 @@ mod tests {
         let now = Instant::now();
         let mut g = state.lock();
         assert!(matches!(
-            g.check_prepare(&txn(1), &[read("r", 0)], &[put("w", "1")]),
+            g.check_prepare(0, &txn(1), &[read("r", 0)], &[put("w", "1")]),
             Check::Proceed
         ));
         g.apply(
@@ -1121,22 +1678,22 @@ mod tests {
         )
         .expect("apply");
         assert!(matches!(
-            g.check_prepare(&txn(1), &[], &[]),
-            Check::AlreadyPrepared { lsn: 1 }
+            g.check_prepare(0, &txn(1), &[], &[]),
+            Check::AlreadyPrepared { lsn: 1, .. }
         ));
 
         // Writing a key another transaction read-locked: LOCKED.
-        let Ok(Check::Refused(r)) = g.check_commit_local(&txn(2), &[], &[put("r", "x")]) else {
+        let Ok(Check::Refused(r)) = g.check_commit_local(0, &txn(2), &[], &[put("r", "x")]) else {
             panic!("read lock ignored")
         };
         assert_eq!((r.reason, r.keys), (Refusal::Locked, vec![b"r".to_vec()]));
         // Reading a write-locked key: LOCKED. Reading a read-locked key: fine.
-        let Check::Refused(r) = g.check_prepare(&txn(3), &[read("w", 0)], &[]) else {
+        let Check::Refused(r) = g.check_prepare(0, &txn(3), &[read("w", 0)], &[]) else {
             panic!("write lock ignored")
         };
         assert_eq!(r.reason, Refusal::Locked);
         assert!(matches!(
-            g.check_prepare(&txn(4), &[read("r", 0)], &[]),
+            g.check_prepare(0, &txn(4), &[read("r", 0)], &[]),
             Check::Proceed
         ));
         assert_eq!(state.view(b"w").lock.expect("locked").txn, txn(1));
@@ -1160,12 +1717,12 @@ mod tests {
         assert_eq!(view.entry.expect("applied").version(), 1);
         assert!(state.locks.is_empty(), "every lock released");
         assert!(matches!(
-            g.check_commit_local(&txn(2), &[], &[put("r", "x")]),
+            g.check_commit_local(0, &txn(2), &[], &[put("r", "x")]),
             Ok(Check::Proceed)
         ));
         // A late prepare of a finalized transaction returns its outcome.
         assert!(matches!(
-            g.check_prepare(&txn(1), &[], &[]),
+            g.check_prepare(0, &txn(1), &[], &[]),
             Check::Done(Outcome::Committed { .. })
         ));
     }
@@ -1350,7 +1907,7 @@ mod tests {
             now,
         )
         .expect("apply");
-        let Check::Refused(r) = g.check_prepare(&txn(5), &[], &[put("z", "1")]) else {
+        let Check::Refused(r) = g.check_prepare(0, &txn(5), &[], &[put("z", "1")]) else {
             panic!("late prepare accepted")
         };
         assert_eq!(r.reason, Refusal::AlreadyAborted);
@@ -1396,17 +1953,17 @@ mod tests {
         let t0 = Instant::now();
         let mut g = state.lock_at(t0);
         g.hold_reads(&txn(1), &[read("h", 0)], t0).expect("hold");
-        let Ok(Check::Refused(r)) = g.check_commit_local(&txn(2), &[], &[put("h", "x")]) else {
+        let Ok(Check::Refused(r)) = g.check_commit_local(0, &txn(2), &[], &[put("h", "x")]) else {
             panic!("a held key was written")
         };
         assert_eq!(r.reason, Refusal::Locked);
         assert!(matches!(
-            g.check_prepare(&txn(3), &[], &[put("h", "x")]),
+            g.check_prepare(0, &txn(3), &[], &[put("h", "x")]),
             Check::Refused(_)
         ));
         // Reads are not blocked by a hold.
         assert!(matches!(
-            g.check_prepare(&txn(3), &[read("h", 0)], &[]),
+            g.check_prepare(0, &txn(3), &[read("h", 0)], &[]),
             Check::Proceed
         ));
         assert!(
@@ -1427,7 +1984,7 @@ mod tests {
         let mut g = state.lock_at(later);
         assert!(
             matches!(
-                g.check_commit_local(&txn(5), &[], &[put("h", "x")]),
+                g.check_commit_local(0, &txn(5), &[], &[put("h", "x")]),
                 Ok(Check::Proceed)
             ),
             "an expired hold no longer blocks writers"
@@ -1460,5 +2017,313 @@ mod tests {
         let rec = Record::Forget(ForgetRec { txn_ids: vec![] });
         g.apply(1, &rec, Instant::now()).expect("first");
         assert!(g.apply(3, &rec, Instant::now()).is_err());
+    }
+    fn snap(k: &str, v: Option<&str>, version: u64) -> SnapEntry {
+        SnapEntry {
+            key: k.into(),
+            value: v.map(Into::into),
+            version,
+        }
+    }
+
+    fn slots_of(keys: &[&str]) -> SlotSet {
+        let mut set = SlotSet::empty();
+        for k in keys {
+            set.insert(slot_of(k.as_bytes()));
+        }
+        set
+    }
+
+    fn all_but(set: &SlotSet) -> SlotSet {
+        let mut out = SlotSet::empty();
+        for s in (0..trellis_types::SLOTS).filter(|s| !set.contains(*s)) {
+            out.insert(s);
+        }
+        out
+    }
+
+    /// Everything replay must rebuild: the index, the ownership, the base.
+    fn fingerprint(state: &State) -> (Vec<(Vec<u8>, Entry)>, Ownership, VersionBase) {
+        let mut index: Vec<_> = state
+            .index
+            .iter()
+            .map(|e| (e.key().to_vec(), e.value().clone()))
+            .collect();
+        index.sort_by(|a, b| a.0.cmp(&b.0));
+        let g = state.lock();
+        let versions = state.versions.read().expect("versions").clone();
+        (index, g.core.ownership.clone(), versions)
+    }
+
+    #[test]
+    fn the_version_base_maps_versions_back_to_the_lsns_that_make_them_durable() {
+        let mut base = VersionBase::default();
+        assert_eq!((base.version(7), base.lsn_of(7), base.lsn_of(0)), (7, 7, 0));
+        // An INGEST at LSN 10 imported versions up to 100: offset 90 from 10.
+        base.raise(10, 100);
+        assert_eq!(base.version(9), 9);
+        assert_eq!(base.version(10), 100);
+        assert_eq!(base.version(11), 101);
+        assert_eq!(base.lsn_of(9), 9);
+        // Versions 10..=100 were imported by LSN 10 (or are between): 10.
+        assert_eq!(base.lsn_of(10), 10);
+        assert_eq!(base.lsn_of(55), 10);
+        assert_eq!(base.lsn_of(100), 10);
+        assert_eq!(base.lsn_of(101), 11);
+        // A lower import changes nothing; a higher one adds a point.
+        base.raise(20, 50);
+        assert_eq!(base.points().len(), 2);
+        base.raise(30, 500);
+        assert_eq!(base.version(29), 119);
+        assert_eq!(base.version(30), 500);
+        assert_eq!(base.lsn_of(119), 29);
+        assert_eq!(base.lsn_of(120), 30, "in the gap: the import's LSN");
+        assert_eq!(base.lsn_of(501), 31);
+        // Pruning maps old versions to a later LSN, never an earlier one.
+        let exact = base.clone();
+        base.prune_below(25);
+        assert_eq!(base.points(), &[(10, 90), (30, 470)]);
+        for version in 1..600 {
+            assert!(
+                base.lsn_of(version) >= exact.lsn_of(version),
+                "version {version}"
+            );
+            if exact.lsn_of(version) >= 10 {
+                assert_eq!(base.lsn_of(version), exact.lsn_of(version));
+            }
+        }
+        for lsn in 10..40 {
+            assert_eq!(base.version(lsn), exact.version(lsn));
+        }
+        assert_eq!(
+            VersionBase::from_points(base.points().to_vec()),
+            Ok(base.clone())
+        );
+        assert!(VersionBase::from_points(vec![(5, 1), (3, 2)]).is_err());
+        // The number of points is bounded; dropping the oldest is safe.
+        let mut many = VersionBase::default();
+        for i in 1..=(VERSION_POINTS_MAX as u64 + 10) {
+            many.raise(i * 10, i * 1000);
+        }
+        assert_eq!(many.points().len(), VERSION_POINTS_MAX);
+        assert_eq!(
+            many.version(VERSION_POINTS_MAX as u64 * 10 + 100),
+            (VERSION_POINTS_MAX as u64 + 10) * 1000
+        );
+    }
+
+    #[test]
+    fn slot_steps_and_ingests_apply_the_same_live_and_in_replay() {
+        let now = Instant::now();
+        // Group 2, importing one slot from group 1 and giving another away.
+        let moving = slots_of(&["m", "m2"]);
+        let leaving = slots_of(&["l"]);
+        assert!(!moving.contains(slot_of(b"l")) && !moving.contains(slot_of(b"x")));
+        let owned = all_but(&moving);
+        let records = [
+            Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("l", "mine")],
+            }),
+            Record::Slots(slots_rec(SlotStep::BeginImport { from: 1 }, &moving)),
+            Record::Ingest(IngestRec {
+                from_group: 1,
+                entries: vec![snap("m", Some("copied"), 40), snap("m2", None, 30)],
+            }),
+            // A later copy of an older version changes nothing.
+            Record::Ingest(IngestRec {
+                from_group: 1,
+                entries: vec![snap("m", Some("older"), 35)],
+            }),
+            Record::Slots(slots_rec(SlotStep::Freeze { to: 3 }, &leaving)),
+            Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(2).0.to_vec(),
+                writes: vec![put("x", "after")],
+            }),
+        ];
+        let live = State::new(Ownership::new(1, &owned));
+        let replayed = State::new(Ownership::new(1, &owned));
+        for state in [&live, &replayed] {
+            let mut g = state.lock();
+            for (i, record) in records.iter().enumerate() {
+                g.apply(i as u64 + 1, record, now).expect("apply");
+            }
+        }
+        assert!(fingerprint(&live) == fingerprint(&replayed));
+        let g = live.lock();
+        assert_eq!(
+            live.view(b"m").entry.expect("copied").value(),
+            Some(&b"copied"[..])
+        );
+        assert_eq!(live.view(b"m").entry.expect("copied").version(), 40);
+        assert_eq!(live.view(b"m2").entry.expect("tombstone").value(), None);
+        assert_eq!(
+            live.view(b"x").entry.expect("written").version(),
+            43,
+            "the ingest at LSN 3 (up to version 40) sets offset 37: LSN 6 writes at 43"
+        );
+        assert_eq!(live.lsn_of(40), 3);
+        assert!(matches!(
+            g.check_serve(1, [&b"l"[..]]),
+            Err(NotServed {
+                error: OwnershipError::Moving { to: 3, .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            g.check_serve(1, [&b"m"[..]]),
+            Err(NotServed {
+                error: OwnershipError::NotHandedOver { from: 1, .. },
+                ..
+            })
+        ));
+        // A snapshot restores the same, over the map's ownership.
+        let capture = g.capture();
+        drop(g);
+        let restored = State::new(Ownership::new(1, &owned));
+        restored.lock().restore(capture, now).expect("restore");
+        assert!(fingerprint(&restored) == fingerprint(&live));
+        assert_eq!(
+            *restored.serving(),
+            fingerprint(&live).1,
+            "readers see it too"
+        );
+
+        // Abandoning the import drops what was copied, and only that.
+        let mut g = live.lock();
+        g.apply(
+            7,
+            &Record::Slots(slots_rec(SlotStep::AbandonImport, &moving)),
+            now,
+        )
+        .expect("apply");
+        assert!(live.view(b"m").entry.is_none() && live.view(b"m2").entry.is_none());
+        assert!(live.view(b"l").entry.is_some() && live.view(b"x").entry.is_some());
+        assert_eq!(g.core.ownership.state(slot_of(b"m")), SlotState::NotOwned);
+    }
+
+    #[test]
+    fn slot_steps_the_map_moved_past_apply_leniently_on_backups() {
+        // The primary froze a slot under map 1; this backup already follows
+        // map 2, under which the slot is not its group's: the freeze still
+        // freezes it (serving nothing is the safe side), the release that
+        // follows drops the data; a thaw the map moved past is ignored.
+        let now = Instant::now();
+        let slot = slots_of(&["k"]);
+        let state = State::new(Ownership::new(1, &SlotSet::all()));
+        let mut g = state.lock();
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("k", "v")],
+            }),
+            now,
+        )
+        .expect("apply");
+        assert!(g.follow_map(2, &all_but(&slot)).is_some());
+        g.apply(
+            2,
+            &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
+            now,
+        )
+        .expect("apply");
+        assert_eq!(
+            g.core.ownership.state(slot_of(b"k")),
+            SlotState::Frozen { to: 2 }
+        );
+        g.apply(3, &Record::Slots(slots_rec(SlotStep::Release, &slot)), now)
+            .expect("apply");
+        assert!(state.view(b"k").entry.is_none(), "released data dropped");
+        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
+        g.apply(4, &Record::Slots(slots_rec(SlotStep::Thaw, &slot)), now)
+            .expect("a step that does not fit is not an error");
+        assert_eq!(g.core.ownership.state(slot_of(b"k")), SlotState::NotOwned);
+        // The primary, by contrast, refuses a step that does not fit.
+        assert!(g.plan_step(SlotStep::Freeze { to: 2 }, &slot).is_err());
+        assert!(matches!(
+            g.check_ingest(1, &[snap("k", Some("v"), 5)]),
+            Err(NotServed {
+                error: OwnershipError::NotImporting { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_export_is_complete_only_below_transactions_still_prepared() {
+        let now = Instant::now();
+        let state = State::default();
+        let mut g = state.lock_at(now);
+        let slot = slots_of(&["a"]);
+        let sibling = (0..)
+            .map(|i| format!("a{i}"))
+            .find(|k| slot_of(k.as_bytes()) == slot_of(b"a"))
+            .expect("a key in the same slot");
+        g.apply(
+            1,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(1).0.to_vec(),
+                writes: vec![put("a", "1"), put("b", "1")],
+            }),
+            now,
+        )
+        .expect("apply");
+        // Prepared at LSN 2 (its writes get version 2 at finalize), then a
+        // later commit at LSN 3 on the same slot.
+        g.apply(2, &prepare(txn(2), vec![], vec![put(&sibling, "2pc")]), now)
+            .expect("apply");
+        g.apply(
+            3,
+            &Record::CommitLocal(CommitLocalRec {
+                txn_id: txn(3).0.to_vec(),
+                writes: vec![put("a", "3")],
+            }),
+            now,
+        )
+        .expect("apply");
+        let export = g.export(&slot, 0, None).expect("export");
+        assert_eq!(
+            export.complete_version, 1,
+            "the prepared write (version 2) is not in the index yet"
+        );
+        assert!(
+            export
+                .entries
+                .iter()
+                .all(|(k, _)| slot_of(k) == slot_of(b"a"))
+        );
+        assert_eq!(export.entries.len(), 1, "{:?}", export.entries);
+        // Not frozen, and locked: the drained export is refused.
+        assert!(matches!(
+            g.export(&slot, 0, Some(2)),
+            Err(ExportRefusal::NotFrozen { .. })
+        ));
+        g.apply(
+            4,
+            &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
+            now,
+        )
+        .expect("apply");
+        assert_eq!(
+            g.export(&slot, 0, Some(2)).expect_err("locked"),
+            ExportRefusal::NotDrained { locked_keys: 1 }
+        );
+        g.apply(5, &finalize_rec(txn(2), true), now).expect("apply");
+        let drained = g
+            .export(&slot, export.complete_version, Some(2))
+            .expect("drained");
+        assert_eq!(drained.complete_version, 5);
+        let versions: Vec<u64> = drained.entries.iter().map(|(_, e)| e.version()).collect();
+        assert!(
+            versions.contains(&2) && versions.contains(&3),
+            "{versions:?}"
+        );
+        // A slot neither owned nor frozen here is not ours to export.
+        let none = State::new(Ownership::new(1, &SlotSet::empty()));
+        assert!(matches!(
+            none.lock().export(&slot, 0, None),
+            Err(ExportRefusal::NotHeld(OwnershipError::WrongShard { .. }))
+        ));
     }
 }

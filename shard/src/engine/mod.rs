@@ -8,8 +8,9 @@
 //! operations share one `fdatasync`.
 //!
 //! Readers never see a value before it is durable: a value's version is the
-//! LSN that wrote it, so a read that finds a version above the durable LSN
-//! waits for it.
+//! LSN that wrote it plus the group's version base (0 until it imports
+//! data, [`crate::state::VersionBase`]), so a read maps the version back to
+//! that LSN and waits for it.
 //!
 //! # Layout
 //! One [`Shard`], its methods grouped by concern, each file an `impl Shard`
@@ -25,7 +26,9 @@
 //! - `retention`: snapshots, the snapshot loop, and the [`LogPin`]s that keep
 //!   log a stream to a backup still needs;
 //! - `replication`: a replica's role changes and what a backup takes from its
-//!   primary (records, snapshots); the log reader for backlogs.
+//!   primary (records, snapshots); the log reader for backlogs;
+//! - `reshard`: the shard's side of moving slots: logged slot steps,
+//!   following a map on request, export and ingest.
 //!
 //! This module never speaks the wire: callers convert `proto` types at the
 //! edge (`server`, `replica`).
@@ -40,21 +43,26 @@ use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, slot_of};
 
 use crate::fsio::File;
 use crate::metrics::Metrics;
-use crate::ownership::{Access, Ownership, OwnershipError, SlotState};
+use crate::ownership::{OwnershipError, SlotState};
 use crate::record::Record;
 use crate::repl::{Level, Repl};
-use crate::state::{Misuse, State, StateGuard};
+use crate::state::{Misuse, NotServed, State, StateGuard};
 use crate::wal::{self, Wal, WalError};
 
 mod participant;
 mod recovery;
 mod replication;
+mod reshard;
 mod retention;
 #[cfg(test)]
 mod test_util;
 
 pub use participant::Vote;
 pub use recovery::Recovery;
+pub use reshard::{
+    ENTRY_OVERHEAD_BYTES, EXPORT_CHUNK_BYTES, IMPORTED_VERSION_MAX, INGEST_BYTES_MAX, entry_bytes,
+    export_chunks,
+};
 pub use retention::LogPin;
 use retention::LogPins;
 
@@ -162,6 +170,16 @@ pub enum ShardError {
     /// being copied here): the caller retries after a short backoff.
     #[error(transparent)]
     SlotMoving(OwnershipError),
+    /// A resharding step asked of slots in the wrong state (a freeze of a
+    /// slot not owned here, an ingest into a slot not importing, a release
+    /// of a slot the map did not move). Nothing was logged.
+    #[error(transparent)]
+    BadStep(OwnershipError),
+    /// The cutover's last copy was asked while prepared transactions or
+    /// read holds remain on the frozen slots (or a slot is not frozen
+    /// towards the peer): retry until the cutover's deadline.
+    #[error("{0}")]
+    NotDrained(String),
     /// The request (or a record from the primary) is malformed or misused.
     #[error("{0}")]
     Invalid(String),
@@ -230,9 +248,6 @@ pub struct Shard {
     wal: RwLock<Wal>,
     /// Role, epoch, feed of recent records, watermarks and lease.
     pub repl: Repl,
-    /// Which slots this replica serves, under which slot map
-    /// ([`crate::ownership`]).
-    ownership: RwLock<Ownership>,
     metrics: Arc<Metrics>,
     snapshot_running: AtomicBool,
     /// `metrics.append_bytes` when the last snapshot was taken.
@@ -355,13 +370,16 @@ impl Shard {
     }
 
     /// Checks that every key belongs to a slot this shard serves, under the
-    /// epoch the request was routed with ([`Ownership::check`]).
+    /// epoch the request was routed with
+    /// ([`crate::ownership::Ownership::check`]), against the copy of the
+    /// ownership readers use (outside the state lock). Commits and
+    /// prepares check again under the lock.
     pub fn check_owned<'a>(
         &self,
         map_epoch: MapEpoch,
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), ShardError> {
-        let ownership = self.ownership.read().expect("ownership lock poisoned");
+        let ownership = self.state.serving();
         if map_epoch > ownership.map_epoch() {
             return Err(ShardError::StaleMap {
                 got: map_epoch,
@@ -370,38 +388,63 @@ impl Shard {
         }
         for key in keys {
             let slot = slot_of(key);
-            match ownership.check(map_epoch, slot, Access::Serve) {
-                Ok(()) => {}
-                Err(OwnershipError::WrongShard { map_epoch, .. }) => {
-                    self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
-                    return Err(ShardError::WrongShard {
-                        key: key.to_vec(),
-                        slot,
-                        group: self.config.group_id,
-                        map_epoch,
-                    });
-                }
-                Err(err) => return Err(ShardError::SlotMoving(err)),
+            if let Err(error) = ownership.check(map_epoch, slot, crate::ownership::Access::Serve) {
+                return Err(self.not_served(NotServed {
+                    key: key.to_vec(),
+                    slot,
+                    error,
+                }));
             }
         }
         Ok(())
     }
 
-    /// Follows a newer slot map ([`Ownership::follow_map`]). Older or
-    /// equal epochs are ignored; returns whether the map was taken.
-    pub fn set_slots(&self, map_epoch: MapEpoch, slots: SlotSet) -> bool {
-        let mut ownership = self.ownership.write().expect("ownership lock poisoned");
-        if map_epoch <= ownership.map_epoch() {
-            return false;
+    /// The error for a key this replica may not serve.
+    fn not_served(&self, not_served: NotServed) -> ShardError {
+        match not_served.error {
+            OwnershipError::WrongShard { map_epoch, .. } => {
+                self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                ShardError::WrongShard {
+                    key: not_served.key,
+                    slot: not_served.slot,
+                    group: self.config.group_id,
+                    map_epoch,
+                }
+            }
+            OwnershipError::StaleMap { got, map_epoch } => ShardError::StaleMap { got, map_epoch },
+            error @ (OwnershipError::Moving { .. } | OwnershipError::NotHandedOver { .. }) => {
+                ShardError::SlotMoving(error)
+            }
+            error
+            @ (OwnershipError::NotImporting { .. } | OwnershipError::BadTransition { .. }) => {
+                ShardError::BadStep(error)
+            }
         }
-        let change = ownership.follow_map(map_epoch, &slots);
+    }
+
+    /// Follows a newer slot map
+    /// ([`crate::ownership::Ownership::follow_map`]), under the state lock.
+    /// Older or equal epochs are ignored; returns whether the map was
+    /// taken. Not logged: every replica polls the map itself.
+    pub fn set_slots(&self, map_epoch: MapEpoch, slots: SlotSet) -> bool {
+        let Some(change) = self.state.lock().follow_map(map_epoch, &slots) else {
+            return false;
+        };
         if !change.taken.is_empty() {
-            // Nothing freezes slots yet (resharding is being built), so a
-            // map that takes slots is one this replica learned late.
-            tracing::info!(
+            // Owned slots taken without a freeze: a map this replica
+            // learned late (it never served them under the new map), or a
+            // move made outside a job.
+            tracing::warn!(
                 map_epoch,
                 slots = change.taken.len(),
-                "slots taken by a newer map"
+                "slots taken by a newer map without a freeze"
+            );
+        }
+        if !change.given.is_empty() {
+            tracing::info!(
+                map_epoch,
+                slots = change.given.len(),
+                "slots given by a newer map without an import"
             );
         }
         true
@@ -431,8 +474,8 @@ impl Shard {
 
     /// This replica's counters now, for status reports.
     pub fn status(&self) -> ShardStatus {
-        let ownership = self.ownership.read().expect("ownership lock poisoned");
         let guard = self.state.lock();
+        let ownership = &guard.core().ownership;
         ShardStatus {
             group_id: self.config.group_id,
             map_epoch: ownership.map_epoch(),

@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_types::{GroupId, Key, TxnId, Version};
+use trellis_types::{GroupId, Key, MapEpoch, TxnId, Version, slot_of};
 
 use super::{Shard, ShardError};
+use crate::ownership::{OwnershipError, SlotState};
 use crate::record::{
     CommitLocalRec, DecideRec, FinalizeRec, ForgetRec, PrepareRec, ReadRec, Record, WriteRec,
 };
@@ -22,7 +23,7 @@ use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord}
 pub enum Vote {
     /// Prepared; if it commits, its writes here get this version.
     Yes {
-        /// The version (the PREPARE record's LSN) its writes get.
+        /// The version (of the PREPARE record) its writes get.
         version: Version,
     },
     /// Refused: why (a conflict or a lock), and on which keys.
@@ -45,35 +46,58 @@ impl Shard {
             .filter_map(|v| v.entry.as_ref().map(|e| e.version()))
             .max()
             .unwrap_or(0);
-        if newest > self.repl.marks().sync {
+        // Durability is by LSN: the smallest one whose version reaches it.
+        let lsn = self.state.lsn_of(newest);
+        if lsn > self.repl.marks().sync {
             self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
         }
         // Never show a value a failover could lose.
-        self.settle(newest, Level::Sync).await?;
+        self.settle(lsn, Level::Sync).await?;
         Ok(views)
     }
 
     /// Keys starting with `prefix`, in key order, at most `limit`. Returns
     /// whether more matched. Scans the whole index: O(keys).
+    ///
+    /// Only keys of slots served here count: the index also holds entries
+    /// being copied in (importing slots) and, until a release, entries of
+    /// slots the map took. A matching key in a frozen slot refuses the scan
+    /// (`SlotMoving`, retried after the hand-over), as a read of it would.
     pub async fn scan(
         &self,
         prefix: &[u8],
         limit: usize,
     ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
-        let mut keys: Vec<Key> = self
-            .state
-            .index
-            .iter()
-            .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
-            .map(|e| e.key().to_vec())
-            .chain(
-                self.state
-                    .locks
-                    .iter()
-                    .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
-                    .map(|l| l.key().to_vec()),
-            )
-            .collect();
+        let mut keys: Vec<Key> = {
+            let ownership = self.state.serving();
+            let mut keys = Vec::new();
+            let candidates = self
+                .state
+                .index
+                .iter()
+                .filter(|e| e.key().starts_with(prefix) && e.value().value().is_some())
+                .map(|e| e.key().to_vec())
+                .chain(
+                    self.state
+                        .locks
+                        .iter()
+                        .filter(|l| l.key().starts_with(prefix) && l.writer.is_some())
+                        .map(|l| l.key().to_vec()),
+                );
+            for key in candidates {
+                match ownership.state(slot_of(&key)) {
+                    SlotState::Owned => keys.push(key),
+                    SlotState::Frozen { to } => {
+                        return Err(ShardError::SlotMoving(OwnershipError::Moving {
+                            slot: slot_of(&key),
+                            to,
+                        }));
+                    }
+                    SlotState::NotOwned | SlotState::Importing { .. } => {}
+                }
+            }
+            keys
+        };
         keys.sort_unstable();
         keys.dedup();
         let truncated = keys.len() > limit;
@@ -82,10 +106,12 @@ impl Shard {
         Ok((keys.into_iter().zip(views).collect(), truncated))
     }
 
-    /// One-phase commit: validate every read version, refuse locked keys,
+    /// One-phase commit, routed with `map_epoch`: check the keys' slots
+    /// are served here, validate every read version, refuse locked keys,
     /// append one record, apply, answer once durable. Idempotent by `txn`.
     pub async fn commit_local(
         &self,
+        map_epoch: MapEpoch,
         txn: TxnId,
         reads: Vec<ReadRec>,
         writes: Vec<WriteRec>,
@@ -94,7 +120,7 @@ impl Shard {
         self.wal().reserve().await?;
         let outcome = {
             let mut guard = self.state.lock_at(Instant::now());
-            match guard.check_commit_local(&txn, &reads, &writes)? {
+            match guard.check_commit_local(map_epoch, &txn, &reads, &writes)? {
                 Check::Proceed => {
                     let record = Record::CommitLocal(CommitLocalRec {
                         txn_id: txn.as_bytes().to_vec(),
@@ -116,6 +142,7 @@ impl Shard {
                         lsn: 0,
                     }
                 }
+                Check::NotServed(not_served) => return Err(self.not_served(not_served)),
                 Check::AlreadyPrepared { .. } => {
                     unreachable!("commit_local never answers AlreadyPrepared")
                 }
@@ -134,23 +161,34 @@ impl Shard {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// 2PC prepare: validate, lock, append a PREPARE record, vote YES once
-    /// it is durable. Idempotent by transaction id.
-    pub async fn prepare(&self, rec: PrepareRec, level: Level) -> Result<Vote, ShardError> {
+    /// 2PC prepare, routed with `map_epoch`: check ownership, validate,
+    /// lock, append a PREPARE record, vote YES once it is durable.
+    /// Idempotent by transaction id.
+    pub async fn prepare(
+        &self,
+        map_epoch: MapEpoch,
+        rec: PrepareRec,
+        level: Level,
+    ) -> Result<Vote, ShardError> {
         let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
         self.wal().reserve().await?;
         let (vote, lsn) = {
             let mut guard = self.state.lock_at(Instant::now());
-            match guard.check_prepare(&txn, &rec.reads, &rec.writes) {
+            match guard.check_prepare(map_epoch, &txn, &rec.reads, &rec.writes) {
                 Check::Proceed => {
                     let lsn = self.log(&mut guard, &Record::Prepare(rec))?;
                     self.metrics.prepares.fetch_add(1, Ordering::Relaxed);
                     self.metrics
                         .prepared
                         .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
-                    (Vote::Yes { version: lsn }, lsn)
+                    let version = guard
+                        .prepared(&txn)
+                        .expect("apply records the prepared transaction")
+                        .version;
+                    (Vote::Yes { version }, lsn)
                 }
-                Check::AlreadyPrepared { lsn } => (Vote::Yes { version: lsn }, lsn),
+                Check::AlreadyPrepared { lsn, version } => (Vote::Yes { version }, lsn),
+                Check::NotServed(not_served) => return Err(self.not_served(not_served)),
                 Check::Done(outcome) => {
                     let lsn = outcome.lsn();
                     (Vote::Finalized(outcome), lsn)
@@ -348,14 +386,26 @@ impl Shard {
     /// [`Shard::release_holds`] or [`trellis_types::limits::READ_HOLD_MAX`],
     /// so a coordinator validating at several groups gets one instant at
     /// which every read was current.
-    pub fn validate_reads(&self, txn: TxnId, reads: &[ReadRec], hold: bool) -> Result<(), Refused> {
+    ///
+    /// Ownership is checked again under the lock (routed with
+    /// `map_epoch`): a hold taken after a freeze would outlive the drain.
+    pub fn validate_reads(
+        &self,
+        map_epoch: MapEpoch,
+        txn: TxnId,
+        reads: &[ReadRec],
+        hold: bool,
+    ) -> Result<Result<(), Refused>, ShardError> {
         let now = Instant::now();
         let mut guard = self.state.lock_at(now);
-        if hold {
+        guard
+            .check_serve(map_epoch, reads.iter().map(|r| r.key.as_slice()))
+            .map_err(|n| self.not_served(n))?;
+        Ok(if hold {
             guard.hold_reads(&txn, reads, now)
         } else {
             guard.validate(&txn, reads, &[])
-        }
+        })
     }
 
     /// Drops the read holds `txn` took on `keys`; whether they were all
@@ -381,11 +431,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
         let first = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .commit_local(1, txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("commit");
         let again = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .commit_local(1, txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("retry");
         assert_eq!(first, again);
@@ -395,7 +445,7 @@ mod tests {
             version: 0,
         }];
         match shard
-            .commit_local(txn(2), stale, vec![put("a", "2")], Level::Sync)
+            .commit_local(1, txn(2), stale, vec![put("a", "2")], Level::Sync)
             .await
             .expect("commit")
         {
@@ -407,7 +457,7 @@ mod tests {
         // After a restart the retry still returns the first outcome.
         let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
         let after = shard
-            .commit_local(txn(1), vec![], vec![put("a", "1")], Level::Sync)
+            .commit_local(1, txn(1), vec![], vec![put("a", "1")], Level::Sync)
             .await
             .expect("retry");
         assert_eq!(first, after);
@@ -432,7 +482,7 @@ mod tests {
                 anchor: 1,
                 participants: vec![1, 2],
             };
-            shard.prepare(rec, Level::Sync).await.expect("prepare");
+            shard.prepare(1, rec, Level::Sync).await.expect("prepare");
             if first {
                 assert!(
                     shard
@@ -481,7 +531,7 @@ mod tests {
             participants: vec![1, 2],
         };
         let first = shard
-            .prepare(rec.clone(), Level::Sync)
+            .prepare(1, rec.clone(), Level::Sync)
             .await
             .expect("prepare");
         let Vote::Yes { version } = first else {
@@ -489,7 +539,7 @@ mod tests {
         };
         assert_eq!(
             shard
-                .prepare(rec.clone(), Level::Sync)
+                .prepare(1, rec.clone(), Level::Sync)
                 .await
                 .expect("again"),
             first,
@@ -497,7 +547,7 @@ mod tests {
         );
         // A 1PC on the locked key is refused.
         match shard
-            .commit_local(txn(8), vec![], vec![put("x", "2")], Level::Sync)
+            .commit_local(1, txn(8), vec![], vec![put("x", "2")], Level::Sync)
             .await
             .expect("commit")
         {

@@ -66,7 +66,7 @@ impl Shard {
         })?;
         check_meta(dir, config.group_id)?;
 
-        let state = State::default();
+        let state = State::new(Ownership::new(config.map_epoch, &config.slots));
         let now = Instant::now();
         let mut recovery = Recovery::default();
         if let Some((lsn, path)) = snapshot::list(dir)?.into_iter().next() {
@@ -108,7 +108,6 @@ impl Shard {
             metrics.clone(),
             config.log.segment_bytes,
         )?;
-        let ownership = RwLock::new(Ownership::new(config.map_epoch, &config.slots));
         let catch_up = crate::pacer::Pacer::new(config.catch_up_bytes_per_sec);
         Ok(Arc::new(Shard {
             catch_up,
@@ -116,7 +115,6 @@ impl Shard {
             state,
             wal: RwLock::new(wal),
             repl,
-            ownership,
             metrics,
             snapshot_running: AtomicBool::new(false),
             snapshot_mark_bytes: AtomicU64::new(0),
@@ -186,7 +184,7 @@ mod tests {
                 put(&format!("k{}", i % 50), &format!("v{i}"))
             };
             shard
-                .commit_local(txn(i), vec![], vec![w], Level::Sync)
+                .commit_local(1, txn(i), vec![], vec![w], Level::Sync)
                 .await
                 .expect("commit");
             if i == 120 {
@@ -204,7 +202,10 @@ mod tests {
             participants: vec![1, 2],
         };
         assert!(matches!(
-            shard.prepare(prepared, Level::Sync).await.expect("prepare"),
+            shard
+                .prepare(1, prepared, Level::Sync)
+                .await
+                .expect("prepare"),
             Vote::Yes { .. }
         ));
         let mut live = Vec::new();

@@ -84,7 +84,14 @@ impl Shard {
 
     async fn snapshot_inner(self: &Arc<Self>) -> Result<Lsn, ShardError> {
         let mark = self.metrics.append_bytes.load(Ordering::Relaxed);
-        let capture = self.state.lock().capture();
+        let capture = {
+            let mut guard = self.state.lock();
+            // The version base's points below what the group holds at SYNC
+            // are no reader's concern any more (see VersionBase).
+            let durable = self.repl.marks().sync.min(guard.core().applied_lsn);
+            guard.prune_versions(durable);
+            guard.capture()
+        };
         let lsn = capture.lsn;
         // Never put in a snapshot what the log could still lose.
         self.wal().wait_durable(lsn).await?;
@@ -164,6 +171,7 @@ mod tests {
                 i += 1;
                 shard
                     .commit_local(
+                        1,
                         txn(i),
                         vec![],
                         vec![put(&format!("k{i}"), &"v".repeat(100))],
