@@ -254,7 +254,10 @@ impl Driver {
         self.retries
             .retain(|id, _| runnable.iter().any(|(job, _, _)| job == id));
         for (id, mut version, mut record) in runnable {
-            if self.retries.get(&id).is_some_and(|r| Instant::now() < r.at) {
+            // Backing off after a failure: only an operator's request is
+            // applied (it needs no shard), no action is tried.
+            let backing_off = self.retries.get(&id).is_some_and(|r| Instant::now() < r.at);
+            if backing_off && record.asked.is_none() {
                 continue;
             }
             let owner_age = coordinators
@@ -280,7 +283,8 @@ impl Driver {
                     }
                 }
             }
-            match self.run_job(id, version, record).await {
+            match self.run_job(id, version, record, !backing_off).await {
+                Ok(()) if backing_off => {}
                 Ok(()) => {
                     self.retries.remove(&id);
                 }
@@ -346,12 +350,14 @@ impl Driver {
         Err(DriverError::Lost(id))
     }
 
-    /// Runs one owned job for up to [`STEPS_PER_TICK`] actions.
+    /// Runs one owned job for up to [`STEPS_PER_TICK`] actions; with
+    /// `act` false, only applies an operator's waiting request.
     async fn run_job(
         &mut self,
         id: u64,
         mut version: u64,
         mut record: JobRecord,
+        act: bool,
     ) -> Result<(), DriverError> {
         for _ in 0..STEPS_PER_TICK {
             if let Some(applied) = take_asked(&mut record) {
@@ -363,6 +369,9 @@ impl Driver {
                 self.save_progress(id, &mut version, &before, &mut record)
                     .await?;
                 continue;
+            }
+            if !act {
+                return Ok(());
             }
             let Some(action) = record.job.next(unix_ms()) else {
                 log_end(&record);
