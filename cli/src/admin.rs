@@ -370,11 +370,16 @@ async fn reshard(command: ReshardCommand) -> anyhow::Result<()> {
                 .collect();
             match unfinished.as_slice() {
                 [id] => *id,
-                [] => bail!("no job is running or paused; `trellis admin reshard list` shows them all"),
+                [] => bail!(
+                    "no job is running or paused; `trellis admin reshard list` shows them all"
+                ),
                 ids => bail!(
                     "{} jobs are unfinished ({}); say which with --job N",
                     ids.len(),
-                    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                    ids.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         }

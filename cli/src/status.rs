@@ -431,12 +431,7 @@ fn eta_text(job: &pb::ReshardJob) -> String {
 pub fn job_line(job: &pb::ReshardJob) -> String {
     let mut line = format!(
         "job {}: {}, {}/{} slots ({}/{} batches)",
-        job.id,
-        job.state,
-        job.slots_done,
-        job.slots_total,
-        job.batches_done,
-        job.batches_total
+        job.id, job.state, job.slots_done, job.slots_total, job.batches_done, job.batches_total
     );
     if !job.phase.is_empty() {
         let _ = write!(
@@ -466,8 +461,18 @@ pub fn jobs_table(jobs: &[pb::ReshardJob]) -> String {
         return out;
     }
     let header = [
-        "job", "state", "phase", "batch", "slots", "batches", "keys", "copied", "rate", "eta",
-        "pause max", "reason",
+        "job",
+        "state",
+        "phase",
+        "batch",
+        "slots",
+        "batches",
+        "keys",
+        "copied",
+        "rate",
+        "eta",
+        "pause max",
+        "reason",
     ];
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -725,6 +730,55 @@ mod tests {
         let text = json(&sample());
         assert!(text.contains("\"groups\":[{\"group\":1,\"slots\":1365,\"members\":[{\"address\":\"127.0.0.1:4000\""), "{text}");
         assert!(text.contains("\"id\":\"a\\\"b\""), "{text}");
+    }
+
+    #[test]
+    fn unfinished_jobs_show_in_table_and_json() {
+        let mut status = sample();
+        assert!(json(&status).contains("\"reshard_jobs\":[]"));
+        assert!(!table(&status).contains("reshard jobs:"));
+        status.reshard_jobs.push(pb::ReshardJob {
+            id: 3,
+            state: "paused".into(),
+            reason: "did not \"drain\"".into(),
+            phase: String::new(),
+            slots_done: 64,
+            slots_total: 300,
+            batches_done: 1,
+            batches_total: 5,
+            bytes_copied: 3 * 1024 * 1024,
+            bytes_per_second: 2048,
+            eta_s: 150,
+            pause_max_ms: 41,
+            ..Default::default()
+        });
+        let text = table(&status);
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with('3'))
+            .unwrap_or_else(|| panic!("no job row:\n{text}"));
+        for cell in [
+            "paused",
+            "64/300",
+            "1/5",
+            "3.0 MiB",
+            "2.0 KiB/s",
+            "2 min",
+            "41 ms",
+        ] {
+            assert!(row.contains(cell), "`{cell}` in {row}");
+        }
+        let text = json(&status);
+        assert!(
+            text.contains("\"reshard_jobs\":[{\"id\":3,\"state\":\"paused\",\"reason\":\"did not \\\"drain\\\"\""),
+            "{text}"
+        );
+        let line = job_line(&status.reshard_jobs[0]);
+        assert!(
+            line.starts_with("job 3: paused, 64/300 slots (1/5 batches)")
+                && line.contains("ETA 2 min"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -85,7 +85,9 @@ const _: () = assert!(
     "an Ingest of INGEST_BYTES_MAX of entries fits a message with room for framing"
 );
 const _: () = assert!(
-    DRIVER_RPC_TIMEOUT.as_millis() + FENCE_SLACK.as_millis() + crate::MAP_REFRESH_INTERVAL.as_millis()
+    DRIVER_RPC_TIMEOUT.as_millis()
+        + FENCE_SLACK.as_millis()
+        + crate::MAP_REFRESH_INTERVAL.as_millis()
         < crate::COORDINATOR_SILENCE_MAX.as_millis(),
     "a driver whose heartbeats land every MAP_REFRESH_INTERVAL can always act"
 );
@@ -178,8 +180,11 @@ impl Driver {
     /// Reads the coordinators, noting when this one's heartbeat was stored.
     async fn coordinators(&mut self) -> Result<Vec<CoordinatorRow>, DriverError> {
         let asked_at = self.local_ms();
-        let rows = catalog_call("listing the coordinators", self.router.catalog().coordinators())
-            .await?;
+        let rows = catalog_call(
+            "listing the coordinators",
+            self.router.catalog().coordinators(),
+        )
+        .await?;
         if let Some(mine) = rows.iter().find(|c| c.id == self.me) {
             let alive = asked_at.saturating_sub(mine.heartbeat_age_ms);
             self.alive_at_ms = Some(self.alive_at_ms.map_or(alive, |a| a.max(alive)));
@@ -219,14 +224,14 @@ impl Driver {
                 return;
             }
         };
-        let rows = match catalog_call("listing the reshard jobs", self.router.catalog().jobs()).await
-        {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::warn!(%err, "reshard driver cannot list the jobs");
-                return;
-            }
-        };
+        let rows =
+            match catalog_call("listing the reshard jobs", self.router.catalog().jobs()).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(%err, "reshard driver cannot list the jobs");
+                    return;
+                }
+            };
         let mut counts = [0u64; 4];
         let mut runnable = Vec::new();
         for row in rows {
@@ -393,9 +398,7 @@ impl Driver {
                     .frozen_at_ms
                     .map_or(0, |at| now.saturating_sub(at));
                 record.pause_max_ms = record.pause_max_ms.max(pause_ms);
-                self.metrics
-                    .reshard_pause
-                    .observe(pause_ms as f64 / 1000.0);
+                self.metrics.reshard_pause.observe(pause_ms as f64 / 1000.0);
                 self.metrics
                     .reshard_slots_moved
                     .fetch_add(u64::from(batch.slots.len()), Relaxed);
@@ -525,7 +528,10 @@ impl Driver {
     }
 
     /// A client for `group`'s primary.
-    fn client(&self, group: GroupId) -> Result<(Arc<ClusterMap>, ShardClient<Channel>), DriverError> {
+    fn client(
+        &self,
+        group: GroupId,
+    ) -> Result<(Arc<ClusterMap>, ShardClient<Channel>), DriverError> {
         let map = self.router.map();
         match self.router.client(&map, group) {
             Ok(client) => Ok((map, client)),
@@ -580,7 +586,12 @@ impl Driver {
 
     /// Copies the batch's entries above `above` from the source primary
     /// to the target primary, [`INGEST_BYTES_MAX`] at most per `Ingest`.
-    async fn copy(&mut self, batch: &Batch, above: u64, drained: bool) -> Result<Done, DriverError> {
+    async fn copy(
+        &mut self,
+        batch: &Batch,
+        above: u64,
+        drained: bool,
+    ) -> Result<Done, DriverError> {
         self.fence().await?;
         let (source_map, mut source) = self.client(batch.from)?;
         let request = pb::ExportSlotsRequest {
@@ -594,7 +605,9 @@ impl Driver {
         };
         let mut stream = match timeout(DRIVER_RPC_TIMEOUT, source.export_slots(request)).await {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(self.shard_error(batch.from, &source_map, &status).await),
+            Ok(Err(status)) => {
+                return Err(self.shard_error(batch.from, &source_map, &status).await);
+            }
             Err(_) => return Err(what()),
         };
         let (mut keys, mut bytes) = (0u64, 0u64);
@@ -675,11 +688,17 @@ impl Driver {
 fn log_end(record: &JobRecord) {
     let job = &record.job;
     match &job.control {
-        Control::Paused { reason: Some(reason) } => {
+        Control::Paused {
+            reason: Some(reason),
+        } => {
             tracing::warn!(job = job.id, %reason, "reshard job paused itself");
         }
         Control::Running => {}
-        other => tracing::debug!(job = job.id, state = state_name(other), "reshard job stopped"),
+        other => tracing::debug!(
+            job = job.id,
+            state = state_name(other),
+            "reshard job stopped"
+        ),
     }
 }
 

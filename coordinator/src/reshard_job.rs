@@ -350,7 +350,9 @@ pub fn may_act(
     slack_ms: u64,
 ) -> bool {
     alive_at_ms.is_some_and(|alive| {
-        now_ms.saturating_add(action_max_ms).saturating_add(slack_ms)
+        now_ms
+            .saturating_add(action_max_ms)
+            .saturating_add(slack_ms)
             <= alive.saturating_add(silence_max_ms)
     })
 }
@@ -530,7 +532,11 @@ mod tests {
                 .collect(),
         );
         let bytes = encode(&JobRecord::new(all, 0));
-        assert!(bytes.len() <= crate::catalog::JOB_STATE_BYTES_MAX, "{}", bytes.len());
+        assert!(
+            bytes.len() <= crate::catalog::JOB_STATE_BYTES_MAX,
+            "{}",
+            bytes.len()
+        );
     }
 
     #[test]
@@ -583,7 +589,10 @@ mod tests {
         assert_eq!(claim("me", "me", Some(0), silence), Claim::Mine);
         assert_eq!(claim("", "me", None, silence), Claim::Take);
         assert_eq!(claim("other", "me", Some(silence), silence), Claim::Leave);
-        assert_eq!(claim("other", "me", Some(silence + 1), silence), Claim::Take);
+        assert_eq!(
+            claim("other", "me", Some(silence + 1), silence),
+            Claim::Take
+        );
         assert_eq!(claim("other", "me", None, silence), Claim::Take, "row gone");
     }
 

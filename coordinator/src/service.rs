@@ -616,7 +616,12 @@ impl AdminApi {
             let _ = catalog.save_job(id, 1, &reshard_job::encode(&mine)).await;
             return Err(plan_status(err));
         }
-        tracing::info!(job = id, slots, batches = batches.len(), "reshard job created");
+        tracing::info!(
+            job = id,
+            slots,
+            batches = batches.len(),
+            "reshard job created"
+        );
         self.reshard_wake.notify_one();
         Ok(Response::new(created(id)))
     }

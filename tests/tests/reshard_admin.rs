@@ -64,7 +64,9 @@ fn admin_refused(args: &[&str]) -> String {
 
 /// `trellis admin reshard list --format json`, parsed.
 fn jobs(addr: &str) -> Vec<Value> {
-    let out = trellis(&["admin", "reshard", "list", "--addr", addr, "--format", "json"]);
+    let out = trellis(&[
+        "admin", "reshard", "list", "--addr", addr, "--format", "json",
+    ]);
     assert!(out.status.success(), "reshard list: {}", printed(&out));
     let json: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bad JSON {e}: {}", printed(&out)));
@@ -82,7 +84,9 @@ fn job(addr: &str, id: u64) -> Value {
 async fn wait_job(addr: &str, id: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
-        let out = trellis(&["admin", "reshard", "list", "--addr", addr, "--format", "json"]);
+        let out = trellis(&[
+            "admin", "reshard", "list", "--addr", addr, "--format", "json",
+        ]);
         if out.status.success() {
             let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
             if let Some(j) = list
@@ -106,7 +110,8 @@ async fn wait_job(addr: &str, id: u64, what: &str, pred: impl Fn(&Value) -> bool
 fn status_json(addr: &str) -> Value {
     let out = trellis(&["status", "--addr", addr, "--format", "json"]);
     assert!(out.status.success(), "trellis status: {}", printed(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", printed(&out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON {e}: {}", printed(&out)))
 }
 
 /// The fields of a job that say where it stands (not its rate, which
@@ -162,15 +167,41 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
 
     // Refusals: nothing is created.
     let err = admin_refused(&[
-        "admin", "move-slots", "--from", "1", "--to", "9", "--slots", &mine[0], "--addr", &addr,
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "9",
+        "--slots",
+        &mine[0],
+        "--addr",
+        &addr,
     ]);
     assert!(err.contains("group 9 is not in the catalog"), "{err}");
     let err = admin_refused(&[
-        "admin", "move-slots", "--from", "1", "--to", "1", "--slots", &mine[0], "--addr", &addr,
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "1",
+        "--slots",
+        &mine[0],
+        "--addr",
+        &addr,
     ]);
     assert!(err.contains("from group 1 to itself"), "{err}");
     let err = admin_refused(&[
-        "admin", "move-slots", "--from", "1", "--to", "2", "--slots", &theirs[0], "--addr",
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--slots",
+        &theirs[0],
+        "--addr",
         &addr,
     ]);
     assert!(
@@ -178,7 +209,16 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
         "{err}"
     );
     let err = admin_refused(&[
-        "admin", "move-slots", "--from", "1", "--to", "2", "--slots", "0-x", "--addr", &addr,
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--slots",
+        "0-x",
+        "--addr",
+        &addr,
     ]);
     assert!(err.contains("`x` is not a slot number"), "{err}");
     let err = admin_refused(&["admin", "drain-group", "--group", "7", "--addr", &addr]);
@@ -190,7 +230,15 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
 
     // A good move: job 1, at its first step.
     let out = admin_ok(&[
-        "admin", "move-slots", "--from", "1", "--to", "2", "--slots", &two_slots, "--addr",
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--slots",
+        &two_slots,
+        "--addr",
         &addr,
     ]);
     assert!(
@@ -202,7 +250,10 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
     assert_eq!(listed["phase"], "import", "{listed}");
     assert_eq!(listed["slots_total"], 2, "{listed}");
     assert_eq!(listed["batches_total"], 1, "{listed}");
-    assert_eq!((listed["from_group"].clone(), listed["to_group"].clone()), (1.into(), 2.into()));
+    assert_eq!(
+        (listed["from_group"].clone(), listed["to_group"].clone()),
+        (1.into(), 2.into())
+    );
     let status = status_json(&addr);
     assert_eq!(status["reshard_jobs"][0]["id"], 1, "{status:#}");
     let table = admin_ok(&["status", "--addr", &addr]);
@@ -213,7 +264,16 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
 
     // Overlapping and unknown: typed refusals.
     let err = admin_refused(&[
-        "admin", "move-slots", "--from", "1", "--to", "2", "--slots", &mine[1], "--addr", &addr,
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--slots",
+        &mine[1],
+        "--addr",
+        &addr,
     ]);
     assert!(
         err.contains(&format!("slot {} is already moving in job 1", mine[1])),
@@ -265,17 +325,32 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
 
     // Cancel: gone from the status, not resumable, its slots free again.
     admin_ok(&["admin", "reshard", "cancel", "--job", "1", "--addr", &addr]);
-    wait_job(&addr, 1, "job 1 is cancelled", |j| j["state"] == "cancelled").await;
+    wait_job(&addr, 1, "job 1 is cancelled", |j| {
+        j["state"] == "cancelled"
+    })
+    .await;
     let status = status_json(&addr);
     assert_eq!(status["reshard_jobs"], Value::Array(vec![]), "{status:#}");
     let err = admin_refused(&["admin", "reshard", "resume", "--job", "1", "--addr", &addr]);
-    assert!(err.contains("job 1 is cancelled; it cannot be resumed"), "{err}");
+    assert!(
+        err.contains("job 1 is cancelled; it cannot be resumed"),
+        "{err}"
+    );
 
     // A new job over the same slots, watched with --wait, then cancelled.
     let waiting = Command::new(trellis_bin())
         .args([
-            "admin", "move-slots", "--from", "1", "--to", "2", "--slots", &two_slots, "--wait",
-            "--addr", &addr,
+            "admin",
+            "move-slots",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--slots",
+            &two_slots,
+            "--wait",
+            "--addr",
+            &addr,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -293,7 +368,11 @@ async fn reshard_jobs_are_checked_listed_controlled_and_kept() {
     .expect("output");
     assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("job 2:") && stdout.contains("slots"), "progress lines: {}", printed(&out));
+    assert!(
+        stdout.contains("job 2:") && stdout.contains("slots"),
+        "progress lines: {}",
+        printed(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("job 2 was cancelled"),
         "{}",
@@ -320,7 +399,10 @@ fn reshard_help_teaches() {
             "trellis admin reshard list",
             "trellis admin reshard cancel --job N",
         ] {
-            assert!(help.contains(needle), "{command:?} lacks `{needle}`:\n{help}");
+            assert!(
+                help.contains(needle),
+                "{command:?} lacks `{needle}`:\n{help}"
+            );
         }
     }
 }
