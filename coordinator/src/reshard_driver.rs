@@ -273,6 +273,10 @@ impl Driver {
                 Claim::Leave => continue,
                 Claim::Mine => {}
                 Claim::Take => {
+                    // A fenced driver takes nothing it could not run.
+                    if self.fence().await.is_err() {
+                        continue;
+                    }
                     let before = record.owner.clone();
                     record.owner = self.me.clone();
                     match self.save(id, version, &record).await {
@@ -365,8 +369,8 @@ impl Driver {
         act: bool,
     ) -> Result<(), DriverError> {
         for _ in 0..STEPS_PER_TICK {
+            let before = record.clone();
             if let Some(applied) = take_asked(&mut record) {
-                let before = record.clone();
                 match applied {
                     Ok(asked) => tracing::info!(job = id, ?asked, "applying an operator's request"),
                     Err(err) => tracing::info!(%err, job = id, "dropping an operator's request"),
@@ -387,7 +391,6 @@ impl Driver {
                     "job {id} asks {action:?} past its last batch"
                 )));
             };
-            let before = record.clone();
             let Some(done) = self.act(&record.job, &batch, &action).await? else {
                 continue; // nothing to report: ask `next` again
             };
@@ -749,6 +752,130 @@ mod tests {
         assert_eq!(backoff(1), RETRY_BACKOFF_MIN);
         assert_eq!(backoff(2), RETRY_BACKOFF_MIN * 2);
         assert_eq!(backoff(40), RETRY_BACKOFF_MAX);
+    }
+
+    /// Story, over an in-memory catalog in tokio's paused time, with no
+    /// shard registered (so every shard step fails and backs off): the
+    /// driver claims a job nobody owns and leaves one whose owner
+    /// heartbeats; an operator's pause reaches the claimed job although it
+    /// is backing off; once the other owner has been silent past
+    /// `COORDINATOR_SILENCE_MAX`, its job is taken over.
+    #[tokio::test(start_paused = true)]
+    async fn a_driver_claims_free_jobs_applies_requests_and_takes_over_silent_owners() {
+        use crate::catalog::Catalog;
+        use crate::reshard::{Control, plan_move};
+        use crate::reshard_job::{Asked, ask};
+
+        let catalog = Catalog::in_memory();
+        let map = catalog.bootstrap(2).await.expect("bootstrap");
+        for (id, addr) in [("me", "127.0.0.1:1"), ("other", "127.0.0.1:2")] {
+            catalog
+                .register_coordinator(id, addr, "")
+                .await
+                .expect("register");
+        }
+        let from = map.slots[0];
+        let to = if from == 1 { 2 } else { 1 };
+        let batches =
+            plan_move(&map.slots, &[1, 2], from, to, &SlotSet::parse("0").expect("slot"))
+                .expect("plan");
+        let mut record = JobRecord::new(Job::new(0, batches), 0);
+        let free = catalog.create_job(&encode(&record)).await.expect("job");
+        record.owner = "other".into();
+        let theirs = catalog.create_job(&encode(&record)).await.expect("job");
+        let router = Arc::new(Router::new(catalog.clone(), map));
+        let metrics = Arc::new(Metrics::default());
+        let mut driver = Driver::new("me".into(), router, metrics.clone(), Arc::new(Notify::new()));
+        let stored = |catalog: Catalog, id: u64| async move {
+            let row = catalog
+                .jobs()
+                .await
+                .expect("jobs")
+                .into_iter()
+                .find(|r| r.id == id)
+                .expect("row");
+            (row.version, decode(id, &row.state).expect("decode"))
+        };
+
+        driver.tick().await;
+        let (version, mine) = stored(catalog.clone(), free).await;
+        assert_eq!(mine.owner, "me", "a free job is claimed");
+        assert_eq!(mine.job.phase, crate::reshard::Phase::Import, "no shard: no step");
+        assert_eq!(stored(catalog.clone(), theirs).await.1.owner, "other");
+        assert_eq!(metrics.reshard_jobs[0].load(Relaxed), 2, "two running");
+
+        let mut paused = mine.clone();
+        ask(&mut paused, Asked::Pause).expect("pause");
+        assert!(
+            catalog
+                .save_job(free, version, &encode(&paused))
+                .await
+                .expect("save")
+        );
+        driver.tick().await;
+        let (_, mine) = stored(catalog.clone(), free).await;
+        assert_eq!(mine.job.control, Control::Paused { reason: None });
+        assert_eq!(mine.asked, None, "applied and cleared");
+
+        tokio::time::advance(crate::COORDINATOR_SILENCE_MAX / 2).await;
+        catalog
+            .heartbeat_coordinator("me", "127.0.0.1:1", "")
+            .await
+            .expect("heartbeat");
+        driver.tick().await;
+        assert_eq!(
+            stored(catalog.clone(), theirs).await.1.owner,
+            "other",
+            "its owner may still be alive"
+        );
+        tokio::time::advance(crate::COORDINATOR_SILENCE_MAX).await;
+        catalog
+            .heartbeat_coordinator("me", "127.0.0.1:1", "")
+            .await
+            .expect("heartbeat");
+        driver.tick().await;
+        assert_eq!(stored(catalog.clone(), theirs).await.1.owner, "me");
+    }
+
+    /// Story: a driver whose own heartbeat is old acts on nothing: it does
+    /// not even claim a free job.
+    #[tokio::test(start_paused = true)]
+    async fn a_driver_with_an_old_heartbeat_is_fenced() {
+        use crate::catalog::Catalog;
+
+        let catalog = Catalog::in_memory();
+        let map = catalog.bootstrap(2).await.expect("bootstrap");
+        catalog
+            .register_coordinator("me", "127.0.0.1:1", "")
+            .await
+            .expect("register");
+        let batches = vec![Batch {
+            from: 1,
+            to: 2,
+            slots: SlotSet::parse("0").expect("slot"),
+        }];
+        let free = catalog
+            .create_job(&encode(&JobRecord::new(Job::new(0, batches), 0)))
+            .await
+            .expect("job");
+        let router = Arc::new(Router::new(catalog.clone(), map));
+        let mut driver = Driver::new(
+            "me".into(),
+            router,
+            Arc::new(Metrics::default()),
+            Arc::new(Notify::new()),
+        );
+        tokio::time::advance(crate::COORDINATOR_SILENCE_MAX).await;
+        driver.tick().await;
+        let row = catalog.jobs().await.expect("jobs");
+        let record = decode(free, &row[0].state).expect("decode");
+        assert_eq!(record.owner, "", "not claimed while fenced");
+        assert!(matches!(driver.fence().await, Err(DriverError::Fenced)));
+        catalog
+            .heartbeat_coordinator("me", "127.0.0.1:1", "")
+            .await
+            .expect("heartbeat");
+        driver.fence().await.expect("a fresh heartbeat lifts the fence");
     }
 
     #[test]
