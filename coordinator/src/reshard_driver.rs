@@ -776,16 +776,26 @@ mod tests {
         }
         let from = map.slots[0];
         let to = if from == 1 { 2 } else { 1 };
-        let batches =
-            plan_move(&map.slots, &[1, 2], from, to, &SlotSet::parse("0").expect("slot"))
-                .expect("plan");
+        let batches = plan_move(
+            &map.slots,
+            &[1, 2],
+            from,
+            to,
+            &SlotSet::parse("0").expect("slot"),
+        )
+        .expect("plan");
         let mut record = JobRecord::new(Job::new(0, batches), 0);
         let free = catalog.create_job(&encode(&record)).await.expect("job");
         record.owner = "other".into();
         let theirs = catalog.create_job(&encode(&record)).await.expect("job");
         let router = Arc::new(Router::new(catalog.clone(), map));
         let metrics = Arc::new(Metrics::default());
-        let mut driver = Driver::new("me".into(), router, metrics.clone(), Arc::new(Notify::new()));
+        let mut driver = Driver::new(
+            "me".into(),
+            router,
+            metrics.clone(),
+            Arc::new(Notify::new()),
+        );
         let stored = |catalog: Catalog, id: u64| async move {
             let row = catalog
                 .jobs()
@@ -800,7 +810,11 @@ mod tests {
         driver.tick().await;
         let (version, mine) = stored(catalog.clone(), free).await;
         assert_eq!(mine.owner, "me", "a free job is claimed");
-        assert_eq!(mine.job.phase, crate::reshard::Phase::Import, "no shard: no step");
+        assert_eq!(
+            mine.job.phase,
+            crate::reshard::Phase::Import,
+            "no shard: no step"
+        );
         assert_eq!(stored(catalog.clone(), theirs).await.1.owner, "other");
         assert_eq!(metrics.reshard_jobs[0].load(Relaxed), 2, "two running");
 
@@ -875,7 +889,10 @@ mod tests {
             .heartbeat_coordinator("me", "127.0.0.1:1", "")
             .await
             .expect("heartbeat");
-        driver.fence().await.expect("a fresh heartbeat lifts the fence");
+        driver
+            .fence()
+            .await
+            .expect("a fresh heartbeat lifts the fence");
     }
 
     #[test]
