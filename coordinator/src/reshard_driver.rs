@@ -65,8 +65,9 @@ pub const DRIVER_CATALOG_TIMEOUT: Duration = Duration::from_secs(3);
 /// Margin for clock drift between this coordinator and the catalog
 /// database when fencing (see the module doc).
 pub const FENCE_SLACK: Duration = Duration::from_secs(1);
-/// Most bytes of copied entries (keys and values) in one `Ingest` call.
-pub const INGEST_BYTES_MAX: usize = 1024 * 1024;
+/// Most bytes of copied entries (keys and values) in one `Ingest` call:
+/// entries are sent as soon as the next one would pass it.
+pub const INGEST_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Most entries in one `Ingest` call (many tiny entries).
 pub const INGEST_ENTRIES_MAX: usize = 10_000;
 /// Pause between two tries of the cutover's drained copy while prepared
@@ -80,6 +81,11 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Tries to save progress over operators' requests that keep arriving.
 pub const SAVE_ATTEMPTS_MAX: u32 = 8;
 
+const _: () = assert!(
+    trellis_types::limits::KEY_BYTES_MAX + trellis_types::limits::VALUE_BYTES_MAX
+        <= INGEST_BYTES_MAX,
+    "the largest entry fits one Ingest"
+);
 const _: () = assert!(
     INGEST_BYTES_MAX < trellis_types::limits::MESSAGE_BYTES_MAX / 2,
     "an Ingest of INGEST_BYTES_MAX of entries fits a message with room for framing"
@@ -632,14 +638,17 @@ impl Driver {
             };
             for entry in chunk.entries {
                 let size = entry.key.len() + entry.value.len();
+                if !pending.is_empty()
+                    && (pending_bytes + size > INGEST_BYTES_MAX
+                        || pending.len() >= INGEST_ENTRIES_MAX)
+                {
+                    self.ingest(batch, std::mem::take(&mut pending)).await?;
+                    pending_bytes = 0;
+                }
                 keys += 1;
                 bytes += size as u64;
                 pending_bytes += size;
                 pending.push(entry);
-                if pending_bytes >= INGEST_BYTES_MAX || pending.len() >= INGEST_ENTRIES_MAX {
-                    self.ingest(batch, std::mem::take(&mut pending)).await?;
-                    pending_bytes = 0;
-                }
             }
             if chunk.last {
                 if !pending.is_empty() {
@@ -894,6 +903,370 @@ mod tests {
             .await
             .expect("a fresh heartbeat lifts the fence");
     }
+
+    /// A stand-in for a group's primary that records the resharding calls
+    /// it gets, exports three entries of `VALUE_BYTES` each, and refuses
+    /// the first `not_drained` drained exports as NOT_DRAINED. Every other
+    /// call answers UNIMPLEMENTED. (The real shard side is built apart; a
+    /// real-process test covers the two together.)
+    #[derive(Clone, Default)]
+    struct FakeShard {
+        calls: Arc<std::sync::Mutex<Vec<String>>>,
+        /// Entries and bytes of each Ingest.
+        ingests: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+        releases: Arc<std::sync::Mutex<Vec<pb::MoveSlotsRequest>>>,
+        not_drained: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    const VALUE_BYTES: usize = 800 * 1024;
+    const EXPORTED_VERSION: u64 = 42;
+
+    #[tonic::async_trait]
+    impl pb::shard_server::Shard for FakeShard {
+        async fn read(
+            &self,
+            _request: tonic::Request<pb::ReadRequest>,
+        ) -> Result<tonic::Response<pb::ReadResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn scan(
+            &self,
+            _request: tonic::Request<pb::ScanRequest>,
+        ) -> Result<tonic::Response<pb::ScanResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn commit_local(
+            &self,
+            _request: tonic::Request<pb::CommitLocalRequest>,
+        ) -> Result<tonic::Response<pb::CommitLocalResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn prepare(
+            &self,
+            _request: tonic::Request<pb::PrepareRequest>,
+        ) -> Result<tonic::Response<pb::PrepareResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn decide(
+            &self,
+            _request: tonic::Request<pb::DecideRequest>,
+        ) -> Result<tonic::Response<pb::DecideResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn finalize(
+            &self,
+            _request: tonic::Request<pb::FinalizeRequest>,
+        ) -> Result<tonic::Response<pb::FinalizeResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn finalize_batch(
+            &self,
+            _request: tonic::Request<pb::FinalizeBatchRequest>,
+        ) -> Result<tonic::Response<pb::FinalizeBatchResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn resolve(
+            &self,
+            _request: tonic::Request<pb::ResolveRequest>,
+        ) -> Result<tonic::Response<pb::ResolveResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn forget(
+            &self,
+            _request: tonic::Request<pb::ForgetRequest>,
+        ) -> Result<tonic::Response<pb::ForgetResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn list_prepared(
+            &self,
+            _request: tonic::Request<pb::ListPreparedRequest>,
+        ) -> Result<tonic::Response<pb::ListPreparedResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn lookup(
+            &self,
+            _request: tonic::Request<pb::LookupRequest>,
+        ) -> Result<tonic::Response<pb::LookupResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn validate(
+            &self,
+            _request: tonic::Request<pb::ValidateRequest>,
+        ) -> Result<tonic::Response<pb::ValidateResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn release(
+            &self,
+            _request: tonic::Request<pb::ReleaseRequest>,
+        ) -> Result<tonic::Response<pb::ReleaseResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn shard_status(
+            &self,
+            _request: tonic::Request<pb::ShardStatusRequest>,
+        ) -> Result<tonic::Response<pb::ShardStatusResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn transfer_primary(
+            &self,
+            _request: tonic::Request<pb::TransferPrimaryRequest>,
+        ) -> Result<tonic::Response<pb::TransferPrimaryResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        type ReplicateStream = tokio_stream::Empty<Result<pb::ReplicaBatch, tonic::Status>>;
+
+        async fn replicate(
+            &self,
+            _request: tonic::Request<tonic::Streaming<pb::ReplicaAck>>,
+        ) -> Result<tonic::Response<Self::ReplicateStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
+        async fn move_slots(
+            &self,
+            request: tonic::Request<pb::MoveSlotsRequest>,
+        ) -> Result<tonic::Response<pb::MoveSlotsResponse>, tonic::Status> {
+            let request = request.into_inner();
+            let op = pb::SlotOp::try_from(request.op).expect("a known op");
+            self.calls
+                .lock()
+                .expect("calls")
+                .push(op.as_str_name().to_string());
+            if op == pb::SlotOp::Release {
+                self.releases
+                    .lock()
+                    .expect("releases")
+                    .push(request.clone());
+            }
+            Ok(tonic::Response::new(pb::MoveSlotsResponse {
+                map_epoch: request.map_epoch,
+            }))
+        }
+
+        type ExportSlotsStream =
+            tokio_stream::Iter<std::vec::IntoIter<Result<pb::ExportChunk, tonic::Status>>>;
+
+        async fn export_slots(
+            &self,
+            request: tonic::Request<pb::ExportSlotsRequest>,
+        ) -> Result<tonic::Response<Self::ExportSlotsStream>, tonic::Status> {
+            let request = request.into_inner();
+            if request.drained
+                && self
+                    .not_drained
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(trellis_proto::error::status(
+                    tonic::Code::FailedPrecondition,
+                    "prepared transactions remain",
+                    pb::ErrorReason::NotDrained.as_str_name(),
+                    None,
+                ));
+            }
+            self.calls.lock().expect("calls").push(format!(
+                "EXPORT above {} drained {}",
+                request.above_version, request.drained
+            ));
+            let entry = |i: u8| pb::ExportEntry {
+                key: vec![i],
+                value: vec![i; VALUE_BYTES],
+                deleted: false,
+                version: u64::from(i),
+            };
+            let chunks = vec![
+                Ok(pb::ExportChunk {
+                    entries: vec![entry(1), entry(2)],
+                    last: false,
+                    complete_version: 0,
+                }),
+                Ok(pb::ExportChunk {
+                    entries: vec![entry(3)],
+                    last: true,
+                    complete_version: EXPORTED_VERSION,
+                }),
+            ];
+            Ok(tonic::Response::new(tokio_stream::iter(chunks)))
+        }
+
+        async fn ingest(
+            &self,
+            request: tonic::Request<pb::IngestRequest>,
+        ) -> Result<tonic::Response<pb::IngestResponse>, tonic::Status> {
+            let request = request.into_inner();
+            let bytes = request
+                .entries
+                .iter()
+                .map(|e| e.key.len() + e.value.len())
+                .sum();
+            self.calls
+                .lock()
+                .expect("calls")
+                .push(format!("INGEST from {}", request.from_group));
+            self.ingests
+                .lock()
+                .expect("ingests")
+                .push((request.entries.len(), bytes));
+            Ok(tonic::Response::new(pb::IngestResponse { version: 100 }))
+        }
+    }
+
+    /// Serves `fake` on 127.0.0.1:0; its address.
+    async fn serve_fake(fake: FakeShard) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    pb::shard_server::ShardServer::new(fake)
+                        .max_decoding_message_size(trellis_types::limits::MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(trellis_types::limits::MESSAGE_BYTES_MAX),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// Story: a job moving one slot between two groups whose primaries
+    /// are stand-ins runs to its end in one tick: the target begins the
+    /// import, the base copy reaches it in Ingest calls of at most
+    /// `INGEST_BYTES_MAX` bytes, the source freezes, its drained export is
+    /// refused twice (prepared transactions) and then succeeds within the
+    /// freeze's bound, the catalog's map gives the slot to the target at
+    /// the next epoch, both groups are told the map, and the source
+    /// releases the slot under that epoch. The job is saved done, with
+    /// what it copied, and the metrics count the move.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_runs_every_step_against_the_groups_primaries() {
+        use crate::catalog::Catalog;
+        use crate::reshard::plan_move;
+
+        let catalog = Catalog::in_memory();
+        catalog.bootstrap(2).await.expect("bootstrap");
+        let (source, target) = (FakeShard::default(), FakeShard::default());
+        source.not_drained.store(2, Relaxed);
+        for (group, fake) in [(1, &source), (2, &target)] {
+            let addr = serve_fake(fake.clone()).await;
+            catalog
+                .register_member(group, &addr, 1)
+                .await
+                .expect("register");
+        }
+        catalog
+            .register_coordinator("me", "127.0.0.1:1", "")
+            .await
+            .expect("register");
+        let map = catalog.load().await.expect("load");
+        let slot = (0..SLOTS)
+            .find(|s| map.slots[*s as usize] == 1)
+            .expect("a slot of 1");
+        let batches = plan_move(
+            &map.slots,
+            &[1, 2],
+            1,
+            2,
+            &SlotSet::parse(&slot.to_string()).expect("slot"),
+        )
+        .expect("plan");
+        let id = catalog
+            .create_job(&encode(&JobRecord::new(Job::new(0, batches), unix_ms())))
+            .await
+            .expect("job");
+        let metrics = Arc::new(Metrics::default());
+        let router = Arc::new(Router::new(catalog.clone(), map.clone()));
+        let mut driver = Driver::new(
+            "me".into(),
+            router,
+            metrics.clone(),
+            Arc::new(Notify::new()),
+        );
+
+        driver.tick().await;
+
+        let row = catalog.jobs().await.expect("jobs").remove(0);
+        let record = decode(id, &row.state).expect("decode");
+        assert_eq!(record.job.control, Control::Done, "{record:?}");
+        assert_eq!(record.job.slots_progress(), (1, 1));
+        assert_eq!(record.job.keys_copied, 6, "three keys, twice");
+        assert_eq!(record.job.bytes_copied, 6 * (1 + VALUE_BYTES as u64));
+        assert!(
+            record.pause_max_ms < FREEZE_MAX_MS,
+            "{}",
+            record.pause_max_ms
+        );
+        let after = catalog.load().await.expect("load");
+        assert_eq!(after.map_epoch, map.map_epoch + 1);
+        assert_eq!(after.slots[slot as usize], 2, "the slot moved");
+        assert_eq!(
+            after.slots.iter().filter(|g| **g == 2).count(),
+            map.slots.iter().filter(|g| **g == 2).count() + 1,
+            "and nothing else"
+        );
+
+        let calls = |fake: &FakeShard| fake.calls.lock().expect("calls").clone();
+        assert_eq!(
+            calls(&target),
+            [
+                "BEGIN_IMPORT",
+                "INGEST from 1",
+                "INGEST from 1",
+                "INGEST from 1",
+                "INGEST from 1",
+                "FOLLOW_MAP"
+            ]
+        );
+        assert_eq!(
+            calls(&source),
+            [
+                "EXPORT above 0 drained false",
+                "FREEZE",
+                &format!("EXPORT above {EXPORTED_VERSION} drained true"),
+                "FOLLOW_MAP",
+                "RELEASE"
+            ]
+        );
+        for (entries, bytes) in target.ingests.lock().expect("ingests").iter() {
+            assert!(
+                *entries > 0 && *bytes <= INGEST_BYTES_MAX,
+                "{entries} entries, {bytes} bytes"
+            );
+        }
+        let release = source.releases.lock().expect("releases")[0].clone();
+        assert_eq!(release.map_epoch, after.map_epoch);
+        assert_eq!(release.owned, after.slots_of(1).to_bytes());
+        assert_eq!(
+            release.slots,
+            SlotSet::parse(&slot.to_string()).expect("slot").to_bytes()
+        );
+
+        assert_eq!(metrics.reshard_slots_moved.load(Relaxed), 1);
+        assert_eq!(metrics.reshard_keys_copied.load(Relaxed), 6);
+        assert!(
+            metrics
+                .render()
+                .text()
+                .contains("trellis_reshard_pause_seconds_count 1")
+        );
+    }
+
+    const FREEZE_MAX_MS: u64 = crate::reshard::FREEZE_MAX.as_millis() as u64 + 1_000;
 
     #[test]
     fn map_after_moves_only_the_batches_slots() {
