@@ -1144,24 +1144,28 @@ mod tests {
         addr
     }
 
-    /// Story: a job moving one slot between two groups whose primaries
-    /// are stand-ins runs to its end in one tick: the target begins the
-    /// import, the base copy reaches it in Ingest calls of at most
-    /// `INGEST_BYTES_MAX` bytes, the source freezes, its drained export is
-    /// refused twice (prepared transactions) and then succeeds within the
-    /// freeze's bound, the catalog's map gives the slot to the target at
-    /// the next epoch, both groups are told the map, and the source
-    /// releases the slot under that epoch. The job is saved done, with
-    /// what it copied, and the metrics count the move.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_job_runs_every_step_against_the_groups_primaries() {
+    /// Two groups served by stand-ins (the source refusing its first
+    /// `not_drained` drained exports), a registered coordinator `me`, and
+    /// a job moving one slot of group 1 to group 2.
+    struct Setup {
+        catalog: crate::catalog::Catalog,
+        source: FakeShard,
+        target: FakeShard,
+        id: u64,
+        metrics: Arc<Metrics>,
+        driver: Driver,
+        map: ClusterMap,
+        slot: u32,
+    }
+
+    async fn setup(not_drained: u32) -> Setup {
         use crate::catalog::Catalog;
         use crate::reshard::plan_move;
 
         let catalog = Catalog::in_memory();
         catalog.bootstrap(2).await.expect("bootstrap");
         let (source, target) = (FakeShard::default(), FakeShard::default());
-        source.not_drained.store(2, Relaxed);
+        source.not_drained.store(not_drained, Relaxed);
         for (group, fake) in [(1, &source), (2, &target)] {
             let addr = serve_fake(fake.clone()).await;
             catalog
@@ -1191,12 +1195,91 @@ mod tests {
             .expect("job");
         let metrics = Arc::new(Metrics::default());
         let router = Arc::new(Router::new(catalog.clone(), map.clone()));
-        let mut driver = Driver::new(
+        let driver = Driver::new(
             "me".into(),
             router,
             metrics.clone(),
             Arc::new(Notify::new()),
         );
+        Setup {
+            catalog,
+            source,
+            target,
+            id,
+            metrics,
+            driver,
+            map,
+            slot,
+        }
+    }
+
+    /// Story: the source's prepared transactions never drain. Each
+    /// cutover thaws the source once the freeze's bound has passed and
+    /// catches up again; after `FREEZE_ATTEMPTS_MAX` tries the job pauses
+    /// itself with the reason, and the map never changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cutover_that_never_drains_thaws_then_the_job_pauses() {
+        let Setup {
+            catalog,
+            source,
+            target,
+            id,
+            mut driver,
+            map,
+            ..
+        } = setup(u32::MAX).await;
+        let started = std::time::Instant::now();
+        driver.tick().await;
+        let took = started.elapsed();
+
+        let row = catalog.jobs().await.expect("jobs").remove(0);
+        let record = decode(id, &row.state).expect("decode");
+        match &record.job.control {
+            Control::Paused {
+                reason: Some(reason),
+            } => assert!(reason.contains("did not drain"), "{reason}"),
+            other => panic!("expected a paused job, got {other:?}"),
+        }
+        let calls = source.calls.lock().expect("calls").clone();
+        let attempts = crate::reshard::FREEZE_ATTEMPTS_MAX as usize;
+        assert_eq!(calls.iter().filter(|c| *c == "FREEZE").count(), attempts);
+        assert_eq!(calls.iter().filter(|c| *c == "THAW").count(), attempts);
+        assert_eq!(calls.last().map(String::as_str), Some("THAW"), "{calls:?}");
+        assert!(
+            took >= (crate::reshard::FREEZE_MAX - DRAIN_RETRY) * attempts as u32,
+            "each freeze lasted about its bound: {took:?}"
+        );
+        assert!(
+            !target
+                .calls
+                .lock()
+                .expect("calls")
+                .contains(&"FOLLOW_MAP".to_string())
+        );
+        assert_eq!(catalog.load().await.expect("load"), map, "nothing flipped");
+    }
+
+    /// Story: a job moving one slot between two groups whose primaries
+    /// are stand-ins runs to its end in one tick: the target begins the
+    /// import, the base copy reaches it in Ingest calls of at most
+    /// `INGEST_BYTES_MAX` bytes, the source freezes, its drained export is
+    /// refused twice (prepared transactions) and then succeeds within the
+    /// freeze's bound, the catalog's map gives the slot to the target at
+    /// the next epoch, both groups are told the map, and the source
+    /// releases the slot under that epoch. The job is saved done, with
+    /// what it copied, and the metrics count the move.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_runs_every_step_against_the_groups_primaries() {
+        let Setup {
+            catalog,
+            source,
+            target,
+            id,
+            metrics,
+            mut driver,
+            map,
+            slot,
+        } = setup(2).await;
 
         driver.tick().await;
 
