@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use trellis_coordinator::catalog::Catalog;
 use trellis_coordinator::metrics::Metrics;
+use trellis_coordinator::reshard_driver::Driver;
 use trellis_coordinator::router::Router;
 use trellis_coordinator::txn::TxnManager;
 use trellis_coordinator::{refresher, service, sweeper};
@@ -128,6 +129,14 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         render.render()
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));
+    let reshard_wake = Arc::new(tokio::sync::Notify::new());
+    let driver = Driver::new(
+        id.clone(),
+        txns.router().clone(),
+        metrics.clone(),
+        reshard_wake.clone(),
+    );
+    let driver_task = tokio::spawn(driver.run());
     let refresher_task = tokio::spawn(refresher(
         txns.clone(),
         id,
@@ -141,6 +150,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = service::serve_incoming(
         txns,
+        reshard_wake,
         trellis_shard::server::nodelay_incoming(listener),
         async {
             let _ = stop_rx.await;
@@ -157,6 +167,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     metrics_task.abort();
     sweeper_task.abort();
     refresher_task.abort();
+    driver_task.abort();
     tracing::info!("coordinator stopped");
     served.context("serving gRPC")
 }

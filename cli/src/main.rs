@@ -12,7 +12,8 @@
 //! - `sql`: `trellis sql`, the shell's terminal (the language is in
 //!   `trellis-client`).
 //! - `admin`: `trellis admin`, operator commands (transfer-primary,
-//!   add-group, remove-group).
+//!   add-group, remove-group, rebalance, move-slots, drain-group, reshard
+//!   list|pause|resume|cancel).
 //! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
 //!   own.
 //! - `flags`: value checks shared by the subcommands' flags.
@@ -83,7 +84,7 @@ enum Command {
     /// statements from -c, -f or standard input.
     Sql(sql::Args),
     /// Operator commands on a running cluster (transfer-primary, add-group,
-    /// remove-group).
+    /// remove-group, rebalance, move-slots, drain-group, reshard).
     Admin(admin::Args),
     /// A k6-style load tester: closed and open models, workloads,
     /// thresholds, summaries and reports, against Trellis, etcd or

@@ -49,6 +49,10 @@ Member columns:
             records)` for a backlog read from the primary's log on disk
             (`feed` for one from its memory)
 
+Resharding jobs that are running or paused are listed below the groups:
+slots and batches done, phase, keys and bytes copied, rate, ETA, the
+longest write pause so far (`trellis admin reshard list` shows every job).
+
 Coordinators are listed with `alive`, or `DEAD` when their last heartbeat
 in the catalog is older than 6 s (they heartbeat every 2 s). A coordinator
 that starts on an address replaces the rows of earlier runs there, and
@@ -219,6 +223,10 @@ pub fn table(status: &pb::StatusResponse) -> String {
         }
     }
     write_aligned(&mut out, "", &header, &rows);
+    if !status.reshard_jobs.is_empty() {
+        let _ = writeln!(out, "reshard jobs:");
+        let _ = write!(out, "{}", indent(&jobs_table(&status.reshard_jobs), "  "));
+    }
     if !status.coordinators.is_empty() {
         let _ = writeln!(out, "coordinators:");
         let header = ["id", "address", "state", "heartbeat", "up", "metrics"];
@@ -382,12 +390,144 @@ pub fn json(status: &pb::StatusResponse) -> String {
         })
         .collect();
     format!(
-        "{{\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}]}}\n",
+        "{{\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}],\"reshard_jobs\":{}}}\n",
         status.map_epoch,
         quote(&status.catalog),
         groups.join(","),
-        coordinators.join(",")
+        coordinators.join(","),
+        jobs_json(&status.reshard_jobs)
     )
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|l| format!("{prefix}{l}\n")).collect()
+}
+
+/// `12.3 MiB`, `512 B`: bytes at a glance.
+fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The ETA for people: `-` when unknown.
+fn eta_text(job: &pb::ReshardJob) -> String {
+    if job.eta_s == 0 {
+        "-".into()
+    } else {
+        duration_s(job.eta_s)
+    }
+}
+
+/// One line of a job's progress, as `--wait` prints it.
+pub fn job_line(job: &pb::ReshardJob) -> String {
+    let mut line = format!(
+        "job {}: {}, {}/{} slots ({}/{} batches)",
+        job.id, job.state, job.slots_done, job.slots_total, job.batches_done, job.batches_total
+    );
+    if !job.phase.is_empty() {
+        let _ = write!(
+            line,
+            ", {} of slots {} (group {} -> {})",
+            job.phase, job.batch_slots, job.from_group, job.to_group
+        );
+    }
+    let _ = write!(
+        line,
+        ", {} copied, {}/s, ETA {}",
+        bytes_text(job.bytes_copied),
+        bytes_text(job.bytes_per_second),
+        eta_text(job)
+    );
+    if !job.reason.is_empty() {
+        let _ = write!(line, " ({})", job.reason);
+    }
+    line
+}
+
+/// Jobs as an aligned table.
+pub fn jobs_table(jobs: &[pb::ReshardJob]) -> String {
+    let mut out = String::new();
+    if jobs.is_empty() {
+        out.push_str("no reshard jobs\n");
+        return out;
+    }
+    let header = [
+        "job",
+        "state",
+        "phase",
+        "batch",
+        "slots",
+        "batches",
+        "keys",
+        "copied",
+        "rate",
+        "eta",
+        "pause max",
+        "reason",
+    ];
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.state.clone(),
+                or_dash(&j.phase),
+                if j.batch_slots.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} ({} -> {})", j.batch_slots, j.from_group, j.to_group)
+                },
+                format!("{}/{}", j.slots_done, j.slots_total),
+                format!("{}/{}", j.batches_done, j.batches_total),
+                j.keys_copied.to_string(),
+                bytes_text(j.bytes_copied),
+                format!("{}/s", bytes_text(j.bytes_per_second)),
+                eta_text(j),
+                format!("{} ms", j.pause_max_ms),
+                j.reason.clone(),
+            ]
+        })
+        .collect();
+    write_aligned(&mut out, "", &header, &rows);
+    out
+}
+
+/// Jobs as a JSON array.
+pub fn jobs_json(jobs: &[pb::ReshardJob]) -> String {
+    let items: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "{{\"id\":{},\"state\":{},\"reason\":{},\"phase\":{},\"slots_done\":{},\"slots_total\":{},\"batches_done\":{},\"batches_total\":{},\"keys_copied\":{},\"bytes_copied\":{},\"from_group\":{},\"to_group\":{},\"batch_slots\":{},\"bytes_per_second\":{},\"eta_s\":{},\"pause_max_ms\":{}}}",
+                j.id,
+                quote(&j.state),
+                quote(&j.reason),
+                quote(&j.phase),
+                j.slots_done,
+                j.slots_total,
+                j.batches_done,
+                j.batches_total,
+                j.keys_copied,
+                j.bytes_copied,
+                j.from_group,
+                j.to_group,
+                quote(&j.batch_slots),
+                j.bytes_per_second,
+                j.eta_s,
+                j.pause_max_ms
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 #[cfg(test)]
@@ -590,6 +730,55 @@ mod tests {
         let text = json(&sample());
         assert!(text.contains("\"groups\":[{\"group\":1,\"slots\":1365,\"members\":[{\"address\":\"127.0.0.1:4000\""), "{text}");
         assert!(text.contains("\"id\":\"a\\\"b\""), "{text}");
+    }
+
+    #[test]
+    fn unfinished_jobs_show_in_table_and_json() {
+        let mut status = sample();
+        assert!(json(&status).contains("\"reshard_jobs\":[]"));
+        assert!(!table(&status).contains("reshard jobs:"));
+        status.reshard_jobs.push(pb::ReshardJob {
+            id: 3,
+            state: "paused".into(),
+            reason: "did not \"drain\"".into(),
+            phase: String::new(),
+            slots_done: 64,
+            slots_total: 300,
+            batches_done: 1,
+            batches_total: 5,
+            bytes_copied: 3 * 1024 * 1024,
+            bytes_per_second: 2048,
+            eta_s: 150,
+            pause_max_ms: 41,
+            ..Default::default()
+        });
+        let text = table(&status);
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with('3'))
+            .unwrap_or_else(|| panic!("no job row:\n{text}"));
+        for cell in [
+            "paused",
+            "64/300",
+            "1/5",
+            "3.0 MiB",
+            "2.0 KiB/s",
+            "2 min",
+            "41 ms",
+        ] {
+            assert!(row.contains(cell), "`{cell}` in {row}");
+        }
+        let text = json(&status);
+        assert!(
+            text.contains("\"reshard_jobs\":[{\"id\":3,\"state\":\"paused\",\"reason\":\"did not \\\"drain\\\"\""),
+            "{text}"
+        );
+        let line = job_line(&status.reshard_jobs[0]);
+        assert!(
+            line.starts_with("job 3: paused, 64/300 slots (1/5 batches)")
+                && line.contains("ETA 2 min"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //!   and the anchor), vote tally, the answer, status, resolution, forget.
 //! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
 //!   move, drain, remove) and the job machine (import, copy, freeze,
-//!   drain, flip, release; pause and cancel). Not yet driven by any IO:
-//!   resharding is being built (ARCHITECTURE.md).
+//!   drain, flip, release; pause and cancel).
+//! - [`reshard_job`]: a job as the catalog stores it (its encoding) and
+//!   the pure rules around it: who runs it (claim), when its driver must
+//!   stop (self-fencing), operators' requests, progress figures.
+//! - [`reshard_driver`]: the IO that runs jobs: one task per
+//!   coordinator doing what `Job::next` says against shards and catalog.
 //! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
 //!   resolution; retries with backoff.
 //! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
@@ -25,6 +29,8 @@ pub mod failpoint;
 pub mod map;
 pub mod metrics;
 pub mod reshard;
+pub mod reshard_driver;
+pub mod reshard_job;
 pub mod router;
 pub mod service;
 pub mod twopc;

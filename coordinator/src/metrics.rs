@@ -57,7 +57,22 @@ pub struct Metrics {
     /// When the shard map was last read from the catalog, in milliseconds
     /// since the Unix epoch (0: never).
     catalog_read_unix_ms: AtomicU64,
+    /// Reshard jobs in the catalog by state ([`RESHARD_STATES`]), as of
+    /// this coordinator's driver's last look.
+    pub reshard_jobs: [AtomicU64; 4],
+    /// Slots this coordinator's driver handed over (flips it stored).
+    pub reshard_slots_moved: AtomicU64,
+    /// Keys and bytes this coordinator's driver copied between groups.
+    pub reshard_keys_copied: AtomicU64,
+    pub reshard_bytes_copied: AtomicU64,
+    /// Write pause per batch, freeze to flip.
+    pub reshard_pause: Histogram,
+    /// When a job this driver runs last saved progress, Unix ms (0: never).
+    reshard_progress_unix_ms: AtomicU64,
 }
+
+/// Reshard job states, the `state` label of `trellis_reshard_jobs`.
+pub const RESHARD_STATES: [&str; 4] = ["running", "paused", "cancelled", "done"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -77,6 +92,12 @@ impl Default for Metrics {
             in_doubt: AtomicU64::new(0),
             catalog_errors: AtomicU64::new(0),
             catalog_read_unix_ms: AtomicU64::new(0),
+            reshard_jobs: Default::default(),
+            reshard_slots_moved: AtomicU64::new(0),
+            reshard_keys_copied: AtomicU64::new(0),
+            reshard_bytes_copied: AtomicU64::new(0),
+            reshard_pause: Histogram::new(SECONDS_BOUNDS),
+            reshard_progress_unix_ms: AtomicU64::new(0),
         }
     }
 }
@@ -110,11 +131,12 @@ impl Metrics {
     /// Notes that the shard map was read from the catalog just now: what
     /// tells an operator the coordinator still reaches its catalog.
     pub fn catalog_read(&self) {
-        // A clock before 1970 is not worth failing for: it reads as "never".
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.catalog_read_unix_ms.store(now_ms, Relaxed);
+        self.catalog_read_unix_ms.store(unix_ms(), Relaxed);
+    }
+
+    /// Notes that a reshard job this coordinator runs saved progress now.
+    pub fn reshard_progress(&self) {
+        self.reshard_progress_unix_ms.store(unix_ms(), Relaxed);
     }
 
     /// Commits of one path and outcome (for tests and status).
@@ -210,8 +232,53 @@ impl Metrics {
                 self.catalog_read_unix_ms.load(Relaxed) as f64 / 1000.0,
             )],
         );
+        out.gauge_family(
+            "trellis_reshard_jobs",
+            "Reshard jobs in the catalog by state (as this coordinator's driver last read them).",
+            RESHARD_STATES
+                .iter()
+                .zip(&self.reshard_jobs)
+                .map(|(state, n)| (vec![label("state", state)], n.load(Relaxed) as f64))
+                .collect(),
+        );
+        out.counter(
+            "trellis_reshard_slots_moved_total",
+            "Slots handed over to another group by jobs this coordinator ran.",
+            self.reshard_slots_moved.load(Relaxed),
+        );
+        out.counter(
+            "trellis_reshard_keys_copied_total",
+            "Keys (tombstones too) copied between groups by jobs this coordinator ran.",
+            self.reshard_keys_copied.load(Relaxed),
+        );
+        out.counter(
+            "trellis_reshard_bytes_copied_total",
+            "Key and value bytes copied between groups by jobs this coordinator ran.",
+            self.reshard_bytes_copied.load(Relaxed),
+        );
+        out.histogram(
+            "trellis_reshard_pause_seconds",
+            "Write pause of each cutover, from the source's freeze to the stored flip.",
+            &self.reshard_pause,
+        );
+        out.gauge_family(
+            "trellis_reshard_last_progress_timestamp_seconds",
+            "When a reshard job this coordinator runs last saved progress (Unix time; 0: never).",
+            vec![(
+                Vec::new(),
+                self.reshard_progress_unix_ms.load(Relaxed) as f64 / 1000.0,
+            )],
+        );
         out
     }
+}
+
+/// Now as Unix milliseconds. A clock before 1970 is not worth failing for:
+/// it reads as 0 ("never").
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -241,6 +308,18 @@ mod tests {
         assert!(
             read >= before.floor() && read < before + 60.0,
             "{read} vs {before}"
+        );
+
+        metrics.reshard_jobs[1].store(2, Relaxed);
+        metrics.reshard_pause.observe(0.05);
+        let rendered = metrics.render().text();
+        assert!(
+            rendered.contains("trellis_reshard_jobs{state=\"paused\"} 2"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("trellis_reshard_pause_seconds_count 1"),
+            "{rendered}"
         );
 
         metrics.catalog_errors.fetch_add(2, Relaxed);

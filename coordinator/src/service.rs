@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use trellis_proto::error;
@@ -16,8 +17,12 @@ use trellis_proto::v1 as pb;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, TxnId, validate};
 
-use crate::catalog::CatalogError;
+use crate::catalog::{CatalogError, JobRow};
 use crate::map::{ClusterMap, Member};
+use crate::metrics::unix_ms;
+use crate::reshard::{self, Batch, Job, PlanError};
+use crate::reshard_driver::map_after;
+use crate::reshard_job::{self, Asked, JobRecord};
 
 use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
 
@@ -288,13 +293,17 @@ pub struct AdminApi {
     /// is bounded by the map). A std lock: held only while building a
     /// group's status, never across an `.await`.
     seen: Arc<std::sync::Mutex<BTreeMap<String, Seen>>>,
+    /// Wakes this coordinator's reshard driver when a job is created or
+    /// resumed, so it starts without waiting for its tick.
+    reshard_wake: Arc<Notify>,
 }
 
 impl AdminApi {
-    pub fn new(txns: Arc<TxnManager>) -> Self {
+    pub fn new(txns: Arc<TxnManager>, reshard_wake: Arc<Notify>) -> Self {
         AdminApi {
             txns,
             seen: Arc::default(),
+            reshard_wake,
         }
     }
 
@@ -374,45 +383,119 @@ impl pb::admin_server::Admin for AdminApi {
             groups,
             coordinators,
             catalog: router.catalog().backend().to_string(),
-            reshard_jobs: Vec::new(),
+            // Unfinished jobs, oldest first; none if the catalog cannot
+            // be read (the coordinators list is empty then too).
+            reshard_jobs: match router.catalog().jobs().await {
+                Ok(rows) => {
+                    let now_ms = unix_ms();
+                    rows.iter()
+                        .filter_map(|row| {
+                            let job = job_pb(row, now_ms);
+                            matches!(job.state.as_str(), "running" | "paused").then_some(job)
+                        })
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            },
         }))
     }
 
-    // Resharding jobs: the proto is in place; the driver is being built
-    // (issue 19) and these answer UNIMPLEMENTED until it lands.
     async fn rebalance(
         &self,
-        _request: Request<pb::RebalanceRequest>,
+        request: Request<pb::RebalanceRequest>,
     ) -> Result<Response<pb::ReshardJobCreated>, Status> {
-        Err(Status::unimplemented("rebalance is not built yet"))
+        let deadline = deadline_of(&request);
+        self.create_job(deadline, |map, groups| {
+            reshard::plan_rebalance(&map.slots, groups)
+        })
+        .await
     }
 
     async fn move_slots(
         &self,
-        _request: Request<pb::MoveSlotsRequest>,
+        request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::ReshardJobCreated>, Status> {
-        Err(Status::unimplemented("move-slots is not built yet"))
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let slots = trellis_types::SlotSet::parse(&req.slots)
+            .map_err(|e| invalid(format!("--slots `{}`: {e}", req.slots)))?;
+        self.create_job(deadline, |map, groups| {
+            reshard::plan_move(&map.slots, groups, req.from_group, req.to_group, &slots)
+        })
+        .await
     }
 
     async fn drain_group(
         &self,
-        _request: Request<pb::DrainGroupRequest>,
+        request: Request<pb::DrainGroupRequest>,
     ) -> Result<Response<pb::ReshardJobCreated>, Status> {
-        Err(Status::unimplemented("drain-group is not built yet"))
+        let deadline = deadline_of(&request);
+        let group = request.into_inner().group_id;
+        self.create_job(deadline, |map, groups| {
+            reshard::plan_drain(&map.slots, groups, group)
+        })
+        .await
     }
 
     async fn list_reshard_jobs(
         &self,
-        _request: Request<pb::ListReshardJobsRequest>,
+        request: Request<pb::ListReshardJobsRequest>,
     ) -> Result<Response<pb::ListReshardJobsResponse>, Status> {
-        Err(Status::unimplemented("reshard jobs are not built yet"))
+        let deadline = deadline_of(&request);
+        let rows = catalog_read(deadline, self.txns.router().catalog().jobs()).await?;
+        let now_ms = unix_ms();
+        Ok(Response::new(pb::ListReshardJobsResponse {
+            jobs: rows.iter().rev().map(|row| job_pb(row, now_ms)).collect(),
+        }))
     }
 
     async fn control_reshard_job(
         &self,
-        _request: Request<pb::ControlReshardJobRequest>,
+        request: Request<pb::ControlReshardJobRequest>,
     ) -> Result<Response<pb::ReshardJob>, Status> {
-        Err(Status::unimplemented("reshard jobs are not built yet"))
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let asked = match pb::control_reshard_job_request::Action::try_from(req.action) {
+            Ok(pb::control_reshard_job_request::Action::Pause) => Asked::Pause,
+            Ok(pb::control_reshard_job_request::Action::Resume) => Asked::Resume,
+            Ok(pb::control_reshard_job_request::Action::Cancel) => Asked::Cancel,
+            _ => {
+                return Err(invalid(format!(
+                    "unknown action {}: PAUSE (1), RESUME (2) or CANCEL (3)",
+                    req.action
+                )));
+            }
+        };
+        let catalog = self.txns.router().catalog();
+        for _ in 0..CONTROL_ATTEMPTS_MAX {
+            let rows = catalog_read(deadline, catalog.jobs()).await?;
+            let Some(row) = rows.iter().find(|r| r.id == req.job_id) else {
+                return Err(unknown_job(req.job_id));
+            };
+            let mut record = reshard_job::decode(row.id, &row.state)
+                .map_err(|e| status_of(TxnError::Internal(e.to_string())))?;
+            reshard_job::ask(&mut record, asked).map_err(|e| {
+                error::status(
+                    tonic::Code::InvalidArgument,
+                    e.to_string(),
+                    pb::ErrorReason::InvalidInput.as_str_name(),
+                    [(error::key::JOB, req.job_id.to_string())],
+                )
+            })?;
+            let state = reshard_job::encode(&record);
+            let won = catalog_read(deadline, catalog.save_job(row.id, row.version, &state)).await?;
+            if won {
+                tracing::info!(job = row.id, ?asked, "reshard job control");
+                self.reshard_wake.notify_one();
+                let saved = JobRow {
+                    version: row.version + 1,
+                    state,
+                    ..row.clone()
+                };
+                return Ok(Response::new(job_pb(&saved, unix_ms())));
+            }
+        }
+        Err(admin_status(CatalogError::Conflict))
     }
 
     async fn add_group(
@@ -467,6 +550,192 @@ async fn catalog_change(
     }
 }
 
+/// Most tries of a job control against drivers saving the job meanwhile.
+pub const CONTROL_ATTEMPTS_MAX: u32 = 8;
+
+impl AdminApi {
+    /// Plans with `plan` over the current map and the catalog's groups,
+    /// refuses slots that a running job moves, and stores the job.
+    async fn create_job(
+        &self,
+        deadline: Instant,
+        plan: impl FnOnce(&ClusterMap, &[GroupId]) -> Result<Vec<Batch>, PlanError>,
+    ) -> Result<Response<pb::ReshardJobCreated>, Status> {
+        let router = self.txns.router();
+        let catalog = router.catalog();
+        let map = catalog_read(deadline, catalog.load()).await?;
+        let groups: Vec<GroupId> = map.groups.keys().copied().collect();
+        let batches = plan(&map, &groups).map_err(plan_status)?;
+        // A group with no replica yet can neither send nor take slots.
+        if let Some(group) = batches
+            .iter()
+            .flat_map(|b| [b.from, b.to])
+            .find(|g| map.primary(*g).is_none())
+        {
+            return Err(error::status(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "group {group} has no registered replica, so it cannot take part in a move: \
+                     start its replicas first (`trellis shard --group {group} --coordinator ADDR \
+                     --data-dir DIR`)"
+                ),
+                pb::ErrorReason::InvalidInput.as_str_name(),
+                [(error::key::GROUP, group.to_string())],
+            ));
+        }
+        let (slots_min_after, slots_max_after) =
+            reshard::spread(&map_after(&map.slots, &batches), &groups);
+        let slots: u32 = batches.iter().map(|b| b.slots.len()).sum();
+        let created = |job_id| pb::ReshardJobCreated {
+            job_id,
+            slots,
+            batches: batches.len() as u32,
+            slots_min_after,
+            slots_max_after,
+        };
+        if batches.is_empty() {
+            return Ok(Response::new(created(0)));
+        }
+        let active = |rows: &[JobRow], below: u64| -> Vec<(u64, Vec<Batch>)> {
+            rows.iter()
+                .filter(|r| r.id < below)
+                .filter_map(|r| reshard_job::decode(r.id, &r.state).ok())
+                .map(|r| (r.job.id, r.job.pending().to_vec()))
+                .collect()
+        };
+        let rows = catalog_read(deadline, catalog.jobs()).await?;
+        reshard::check_overlap(&batches, &active(&rows, u64::MAX)).map_err(plan_status)?;
+        let record = JobRecord::new(Job::new(0, batches.clone()), unix_ms());
+        let id = catalog_read(deadline, catalog.create_job(&reshard_job::encode(&record))).await?;
+        // Two jobs created at once may both have passed the check: the
+        // younger one gives way (cancelled before it did anything).
+        let rows = catalog_read(deadline, catalog.jobs()).await?;
+        if let Err(err) = reshard::check_overlap(&batches, &active(&rows, id)) {
+            let mut mine = record;
+            mine.job.control = reshard::Control::Cancelled;
+            let _ = catalog.save_job(id, 1, &reshard_job::encode(&mine)).await;
+            return Err(plan_status(err));
+        }
+        tracing::info!(
+            job = id,
+            slots,
+            batches = batches.len(),
+            "reshard job created"
+        );
+        self.reshard_wake.notify_one();
+        Ok(Response::new(created(id)))
+    }
+}
+
+/// A catalog read (or a single CAS) within the request's deadline.
+async fn catalog_read<T>(
+    deadline: Instant,
+    call: impl std::future::Future<Output = Result<T, CatalogError>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result.map_err(admin_status),
+        Err(_) => Err(error::status(
+            tonic::Code::DeadlineExceeded,
+            "the catalog did not answer before the deadline: `trellis admin reshard list` shows \
+             the jobs",
+            pb::ErrorReason::Unavailable.as_str_name(),
+            None,
+        )),
+    }
+}
+
+fn unknown_job(id: u64) -> Status {
+    error::status(
+        tonic::Code::NotFound,
+        format!("reshard job {id} does not exist: `trellis admin reshard list` shows the jobs"),
+        pb::ErrorReason::UnknownJob.as_str_name(),
+        [(error::key::JOB, id.to_string())],
+    )
+}
+
+/// The status of a refused plan: an unknown group is UNKNOWN_GROUP, a
+/// busy slot SLOTS_BUSY (with the job), anything else INVALID_INPUT.
+fn plan_status(err: PlanError) -> Status {
+    let (code, reason, metadata) = match &err {
+        PlanError::UnknownGroup(group) => (
+            tonic::Code::NotFound,
+            pb::ErrorReason::UnknownGroup,
+            Some((error::key::GROUP, group.to_string())),
+        ),
+        PlanError::Overlaps { job, .. } => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::SlotsBusy,
+            Some((error::key::JOB, job.to_string())),
+        ),
+        PlanError::SameGroup(_)
+        | PlanError::NotOwned { .. }
+        | PlanError::LastGroup { .. }
+        | PlanError::StillOwns { .. } => (
+            tonic::Code::InvalidArgument,
+            pb::ErrorReason::InvalidInput,
+            None,
+        ),
+    };
+    error::status(code, err.to_string(), reason.as_str_name(), metadata)
+}
+
+/// A stored job as the Admin API shows it; one whose state cannot be read
+/// shows as `unreadable`, with the reason.
+fn job_pb(row: &JobRow, now_ms: u64) -> pb::ReshardJob {
+    let record = match reshard_job::decode(row.id, &row.state) {
+        Ok(record) => record,
+        Err(err) => {
+            return pb::ReshardJob {
+                id: row.id,
+                state: "unreadable".into(),
+                reason: err.to_string(),
+                ..Default::default()
+            };
+        }
+    };
+    let job = &record.job;
+    let (slots_done, slots_total) = job.slots_progress();
+    let running_ms = now_ms.saturating_sub(record.started_at_ms);
+    let (bytes_per_second, eta_s) =
+        reshard_job::rate_and_eta(job.bytes_copied, slots_done, slots_total, running_ms);
+    let running = job.control == reshard::Control::Running;
+    let reason = match (&job.control, record.asked) {
+        (reshard::Control::Paused { reason }, _) => reason.clone().unwrap_or_default(),
+        (_, Some(asked)) => format!(
+            "{} asked; it takes effect at the next safe point",
+            match asked {
+                Asked::Pause => "pause",
+                Asked::Resume => "resume",
+                Asked::Cancel => "cancel",
+            }
+        ),
+        _ => String::new(),
+    };
+    let batch = job.current().filter(|_| running);
+    pb::ReshardJob {
+        id: row.id,
+        state: reshard_job::state_name(&job.control).into(),
+        reason,
+        phase: if running {
+            reshard_job::phase_name(job.phase).into()
+        } else {
+            String::new()
+        },
+        slots_done,
+        slots_total,
+        batches_done: job.batch.min(job.batches.len()) as u32,
+        batches_total: job.batches.len() as u32,
+        keys_copied: job.keys_copied,
+        bytes_copied: job.bytes_copied,
+        from_group: batch.map_or(0, |b| b.from),
+        to_group: batch.map_or(0, |b| b.to),
+        batch_slots: batch.map_or_else(String::new, |b| reshard_job::slot_ranges(&b.slots)),
+        bytes_per_second,
+        eta_s: if running { eta_s } else { 0 },
+        pause_max_ms: record.pause_max_ms,
+    }
+}
+
 /// Builds the status of a failed Admin change of the catalog, in the error
 /// model of the public services (an `ErrorInfo` whose reason is a
 /// `trellis.v1.ErrorReason` name; the group in its metadata where the
@@ -498,9 +767,10 @@ pub fn admin_status(err: CatalogError) -> Status {
         CatalogError::Database { .. } | CatalogError::Io { .. } => {
             (tonic::Code::Unavailable, pb::ErrorReason::Unavailable, None)
         }
-        // No Admin call saves reshard jobs yet.
-        CatalogError::UnknownJob { .. }
-        | CatalogError::BadUrl { .. }
+        CatalogError::UnknownJob { id } => {
+            return unknown_job(*id);
+        }
+        CatalogError::BadUrl { .. }
         | CatalogError::Migrate { .. }
         | CatalogError::NotBootstrapped
         | CatalogError::Mismatch(_)
@@ -878,6 +1148,7 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
 /// The three services with message limits set.
 pub fn services(
     txns: Arc<TxnManager>,
+    reshard_wake: Arc<Notify>,
 ) -> (
     pb::txn_server::TxnServer<TxnApi>,
     pb::admin_server::AdminServer<AdminApi>,
@@ -887,7 +1158,7 @@ pub fn services(
         pb::txn_server::TxnServer::new(TxnApi::new(txns.clone()))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        pb::admin_server::AdminServer::new(AdminApi::new(txns.clone())),
+        pb::admin_server::AdminServer::new(AdminApi::new(txns.clone(), reshard_wake)),
         shard_pb::membership_server::MembershipServer::new(MembershipApi::new(txns)),
     )
 }
@@ -901,9 +1172,11 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Serves the `Txn`, `Admin` and `Membership` services, and gRPC server
 /// reflection (v1 and v1alpha) describing them, on already accepted
 /// connections (real sockets, or the simulator's) until `shutdown`
-/// resolves.
+/// resolves. `reshard_wake` wakes the reshard driver (if one runs) when a
+/// job is created or controlled.
 pub async fn serve_incoming<IO>(
     txns: Arc<TxnManager>,
+    reshard_wake: Arc<Notify>,
     incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error>
@@ -915,7 +1188,7 @@ where
         + Send
         + 'static,
 {
-    let (txn_service, admin_service, membership_service) = services(txns);
+    let (txn_service, admin_service, membership_service) = services(txns, reshard_wake);
     // Reflection lets tools (`grpcurl`, Postman) call Trellis without its
     // `.proto` files; it lists only the services served here.
     let (reflection_v1, reflection_v1alpha) = trellis_proto::reflection::services(&[

@@ -47,6 +47,9 @@ pub mod key {
     /// an Admin call was about (`GROUP_EXISTS`, `UNKNOWN_GROUP`,
     /// `GROUP_OWNS_SLOTS`), decimal.
     pub const GROUP: &str = "group";
+    /// The reshard job an Admin call was about, or the one holding the
+    /// slots (`SLOTS_BUSY`, `UNKNOWN_JOB`), decimal.
+    pub const JOB: &str = "job";
 }
 
 /// An error status: `code` and `message` for every gRPC client, and an

@@ -772,8 +772,10 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
         String::new(),
     ));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    // No reshard driver runs in the simulator yet: jobs created here wait.
     trellis_coordinator::service::serve_incoming(
         txns,
+        Arc::new(tokio::sync::Notify::new()),
         trellis_net::sim::incoming(listener),
         std::future::pending(),
     )

@@ -125,6 +125,27 @@ fn bad_flags_exit_2_with_a_message_in_every_subcommand() {
             "--to",
         ),
         (&["admin", "transfer-primary"], "--group"),
+        (
+            &[
+                "admin",
+                "move-slots",
+                "--from",
+                "0",
+                "--to",
+                "2",
+                "--slots",
+                "1",
+            ],
+            "--from",
+        ),
+        (
+            &["admin", "move-slots", "--from", "1", "--to", "2"],
+            "--slots",
+        ),
+        (&["admin", "drain-group", "--group", "x"], "--group"),
+        (&["admin", "rebalance", "--addr", "localhost"], "--addr"),
+        (&["admin", "reshard", "list", "--format", "xml"], "--format"),
+        (&["admin", "reshard", "pause", "--job", "x"], "--job"),
         // coordinator
         (
             &[

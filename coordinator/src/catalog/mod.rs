@@ -153,8 +153,7 @@ pub enum CatalogError {
     /// `remove_group` of a group the slot map still gives slots to.
     #[error(
         "group {group} still owns {slots} slots: drain it first with \
-         `trellis admin drain-group --group {group}` (not built yet: slots cannot move between \
-         groups yet, so only a group that never received slots can be removed)"
+         `trellis admin drain-group --group {group} --wait`"
     )]
     GroupOwnsSlots { group: GroupId, slots: u32 },
     /// An argument the catalog refuses (out of range, wrong length).
@@ -426,8 +425,8 @@ impl Catalog {
             return Err(CatalogError::Mismatch(format!(
                 "the catalog already holds a cluster created with {created_with} groups{now}, \
                  not {groups}: --groups only creates a cluster; change the groups of a running \
-                 one with `trellis admin add-group` and `remove-group` (resharding, moving \
-                 slots between groups, is not built yet)"
+                 one with `trellis admin add-group` / `remove-group`, and move slots between \
+                 them (resharding) with `trellis admin rebalance` / `drain-group`"
             )));
         }
         Ok(map)
