@@ -262,6 +262,7 @@ impl<'a> ClusterBuilder<'a> {
             dir,
             catalog,
             groups,
+            groups_created: groups,
             replicas,
             dir_per_replica: self.replicas.is_some(),
             shard_args: self.shard_args,
@@ -347,6 +348,8 @@ pub struct TestCluster {
     dir: RunDir,
     catalog: String,
     groups: u32,
+    /// Groups the catalog was created with (before any `add_group`).
+    groups_created: u32,
     replicas: u32,
     /// Data directories are `group-<g>-replica-<r>` (else `group-<g>`).
     dir_per_replica: bool,
@@ -462,7 +465,9 @@ impl TestCluster {
         let (_, host) = self.place(COORD_NODE);
         let any_port = format!("{host}:0");
         let listen = how.listen.unwrap_or(&any_port);
-        let groups = self.groups.to_string();
+        // `--groups` must name the count the catalog was created with,
+        // whatever groups were added since.
+        let groups = self.groups_created.to_string();
         let advertise = self.coordinators[i]
             .proxy
             .as_ref()

@@ -12,11 +12,12 @@
 //! a job is doing when one lands depends on timing).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use trellis_coordinator::catalog::Catalog;
 use trellis_proto::v1;
 
@@ -41,13 +42,13 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 pub enum ReshardFault {
     /// `Admin.Rebalance`: every group towards an even share of the ring.
     Rebalance,
-    /// `Admin.MoveSlots` of `count` slots from `first` on (all owned by
-    /// `from` when picked) to `to`.
+    /// `Admin.MoveSlots` of up to `count` slots that `from` owns when the
+    /// call is made, drawn with `seed`, to `to`.
     Move {
         from: u32,
         to: u32,
-        first: u32,
         count: u32,
+        seed: u64,
     },
     /// SIGKILL of replica `.1` of group `.0` (its primary when picked);
     /// restarted on its data when healed.
@@ -62,15 +63,8 @@ impl fmt::Display for ReshardFault {
         match self {
             ReshardFault::Rebalance => write!(f, "rebalance"),
             ReshardFault::Move {
-                from,
-                to,
-                first,
-                count,
-            } => write!(
-                f,
-                "move-slots {first}-{} from {from} to {to}",
-                first + count - 1
-            ),
+                from, to, count, ..
+            } => write!(f, "move-slots: up to {count} slots from {from} to {to}"),
             ReshardFault::Kill(g, r) => write!(f, "kill group {g} replica {r}"),
             ReshardFault::KillCoordinator => write!(f, "kill coordinator"),
         }
@@ -80,8 +74,8 @@ impl fmt::Display for ReshardFault {
 /// The cluster the reshard nemesis works on.
 pub struct ReshardCluster {
     pub cluster: ReplicatedCluster,
-    /// Whether the first step (a rebalance onto the empty group) was taken.
-    rebalanced: bool,
+    /// Steps picked so far (they alternate between resharding and kills).
+    picks: AtomicUsize,
     coordinator_killed: bool,
     /// What each admin call answered, in order (for the run's log).
     pub answers: Arc<Mutex<Vec<String>>>,
@@ -96,7 +90,7 @@ impl ReshardCluster {
         cluster.cluster.add_group().await?;
         Ok(ReshardCluster {
             cluster,
-            rebalanced: false,
+            picks: AtomicUsize::new(0),
             coordinator_killed: false,
             answers: Arc::new(Mutex::new(Vec::new())),
             exits: Vec::new(),
@@ -119,50 +113,54 @@ impl ReshardCluster {
             .jobs)
     }
 
-    /// A range of slots that `from` owns, starting at a slot drawn by
-    /// `rng`, at most [`MOVE_SLOTS_MAX`] long.
-    fn owned_range(slots: &[u64], from: u64, rng: &mut StdRng) -> Option<(u32, u32)> {
-        let owned: Vec<u32> = (0..slots.len() as u32)
+    /// Up to `count` slots that `from` owns in `slots` (the map), drawn
+    /// with `seed` (the ring scatters a group's slots, so they are rarely
+    /// adjacent), in ascending order.
+    fn owned_sample(slots: &[u64], from: u64, count: u32, seed: u64) -> Vec<u32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut owned: Vec<u32> = (0..slots.len() as u32)
             .filter(|s| slots[*s as usize] == from)
             .collect();
-        if owned.is_empty() {
-            return None;
+        let want = (count as usize).min(owned.len());
+        // A partial Fisher-Yates shuffle: the first `want` are the sample.
+        for i in 0..want {
+            let j = rng.random_range(i..owned.len());
+            owned.swap(i, j);
         }
-        let first = owned[rng.random_range(0..owned.len())];
-        let count = (first..slots.len() as u32)
-            .take(MOVE_SLOTS_MAX as usize)
-            .take_while(|s| slots[*s as usize] == from)
-            .count() as u32;
-        Some((first, count))
+        owned.truncate(want);
+        owned.sort_unstable();
+        owned
     }
 
+    /// Steps alternate: a resharding step (the first a rebalance onto the
+    /// empty group), then a kill (a primary, or now and then the
+    /// coordinator), so that kills land while jobs copy and cut over.
     async fn pick_fault(&self, rng: &mut StdRng) -> Option<ReshardFault> {
-        if !self.rebalanced {
+        let pick = self.picks.fetch_add(1, Ordering::Relaxed);
+        if pick == 0 {
             return Some(ReshardFault::Rebalance);
         }
         let groups = self.cluster.groups();
-        match rng.random_range(0..8) {
-            0..=2 => {
-                let from = rng.random_range(1..=groups);
-                // Any group but `from`.
-                let to = (from + rng.random_range(0..groups - 1)) % groups + 1;
-                let slots = self.slots().await.ok()?;
-                let (first, count) = Self::owned_range(&slots, u64::from(from), rng)?;
-                Some(ReshardFault::Move {
-                    from,
-                    to,
-                    first,
-                    count,
-                })
+        if pick % 2 == 1 {
+            if rng.random_range(0..4) == 0 {
+                return Some(ReshardFault::KillCoordinator);
             }
-            3 => Some(ReshardFault::Rebalance),
-            4..=6 => {
-                let group = rng.random_range(1..=groups);
-                let replica = self.primary_now(group).await?;
-                Some(ReshardFault::Kill(group, replica))
-            }
-            _ => Some(ReshardFault::KillCoordinator),
+            let group = rng.random_range(1..=groups);
+            let replica = self.primary_now(group).await?;
+            return Some(ReshardFault::Kill(group, replica));
         }
+        if rng.random_range(0..4) == 0 {
+            return Some(ReshardFault::Rebalance);
+        }
+        let from = rng.random_range(1..=groups);
+        // Any group but `from`.
+        let to = (from + rng.random_range(0..groups - 1)) % groups + 1;
+        Some(ReshardFault::Move {
+            from,
+            to,
+            count: rng.random_range(1..=MOVE_SLOTS_MAX),
+            seed: rng.random(),
+        })
     }
 
     /// The replica the coordinator names primary of `group` now.
@@ -187,6 +185,7 @@ impl ReshardCluster {
     /// the run, not failures of it.
     fn send(&self, fault: ReshardFault) {
         let addr = self.cluster.cluster.client_addr(0);
+        let catalog = self.cluster.cluster.catalog().to_string();
         let answers = self.answers.clone();
         tokio::spawn(async move {
             let answer = async {
@@ -197,14 +196,18 @@ impl ReshardCluster {
                     ReshardFault::Move {
                         from,
                         to,
-                        first,
                         count,
+                        seed,
                     } => {
+                        let map = Catalog::connect(&catalog).await?.load().await?.slots;
+                        let slots = Self::owned_sample(&map, u64::from(from), count, seed);
+                        anyhow::ensure!(!slots.is_empty(), "group {from} owns no slot");
+                        let slots: Vec<String> = slots.iter().map(u32::to_string).collect();
                         admin
                             .move_slots(v1::MoveSlotsRequest {
                                 from_group: u64::from(from),
                                 to_group: u64::from(to),
-                                slots: format!("{first}-{}", first + count - 1),
+                                slots: slots.join(","),
                             })
                             .await
                     }
@@ -281,10 +284,7 @@ impl NemesisCluster for ReshardCluster {
 
     fn inflict(&mut self, fault: ReshardFault) -> anyhow::Result<()> {
         match fault {
-            ReshardFault::Rebalance | ReshardFault::Move { .. } => {
-                self.rebalanced = true;
-                self.send(fault);
-            }
+            ReshardFault::Rebalance | ReshardFault::Move { .. } => self.send(fault),
             ReshardFault::Kill(g, r) => self.cluster.kill9(g, r),
             ReshardFault::KillCoordinator => {
                 self.cluster.kill_coordinator();
