@@ -427,6 +427,21 @@ fn eta_text(job: &pb::ReshardJob) -> String {
     }
 }
 
+/// Most characters of a batch's slot list in a table cell or a progress
+/// line (a batch of scattered slots lists up to 64 of them); the JSON has
+/// the whole list.
+const BATCH_SLOTS_SHOWN: usize = 40;
+
+/// `slots` (ranges like `1,7-8,16`) cut after a whole item so that it fits
+/// [`BATCH_SLOTS_SHOWN`], with `,…` where it was cut.
+fn slots_short(slots: &str) -> String {
+    if slots.len() <= BATCH_SLOTS_SHOWN {
+        return slots.to_string();
+    }
+    let cut = slots[..BATCH_SLOTS_SHOWN].rfind(',').unwrap_or(0);
+    format!("{},…", &slots[..cut])
+}
+
 /// One line of a job's progress, as `--wait` prints it.
 pub fn job_line(job: &pb::ReshardJob) -> String {
     let mut line = format!(
@@ -437,7 +452,10 @@ pub fn job_line(job: &pb::ReshardJob) -> String {
         let _ = write!(
             line,
             ", {} of slots {} (group {} -> {})",
-            job.phase, job.batch_slots, job.from_group, job.to_group
+            job.phase,
+            slots_short(&job.batch_slots),
+            job.from_group,
+            job.to_group
         );
     }
     let _ = write!(
@@ -484,7 +502,12 @@ pub fn jobs_table(jobs: &[pb::ReshardJob]) -> String {
                 if j.batch_slots.is_empty() {
                     "-".into()
                 } else {
-                    format!("{} ({} -> {})", j.batch_slots, j.from_group, j.to_group)
+                    format!(
+                        "{} ({} -> {})",
+                        slots_short(&j.batch_slots),
+                        j.from_group,
+                        j.to_group
+                    )
                 },
                 format!("{}/{}", j.slots_done, j.slots_total),
                 format!("{}/{}", j.batches_done, j.batches_total),
@@ -533,6 +556,23 @@ pub fn jobs_json(jobs: &[pb::ReshardJob]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_slot_lists_are_cut_after_a_whole_item() {
+        assert_eq!(slots_short("0-63"), "0-63");
+        let long = (0..64)
+            .map(|s| (s * 3).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let short = slots_short(&long);
+        assert!(short.len() <= BATCH_SLOTS_SHOWN + ",…".len(), "{short}");
+        assert!(short.ends_with(",…"), "{short}");
+        let shown = short.trim_end_matches(",…");
+        assert!(
+            long.starts_with(&format!("{shown},")),
+            "{short} is a prefix of whole items"
+        );
+    }
 
     fn sample() -> pb::StatusResponse {
         pb::StatusResponse {
