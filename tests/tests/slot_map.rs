@@ -1,6 +1,6 @@
 //! Shards follow a changed slot map without a restart, and the coordinator
 //! routes by it: the first step of resharding (ARCHITECTURE.md,
-//! "Resharding: being built").
+//! "Resharding").
 //!
 //! Real processes on 127.0.0.1: a coordinator and two shard groups over a
 //! SQLite catalog. The test changes the map in the catalog itself (no job
