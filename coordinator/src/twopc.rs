@@ -249,6 +249,16 @@ impl Tally {
                         None => abort = Some(this.clone()),
                     }
                 }
+                Err(TxnError::Moved { .. }) => {
+                    commit = false;
+                    abort.get_or_insert(Abort {
+                        reason: AbortReason::ParticipantUnavailable,
+                        keys: Vec::new(),
+                        message: format!(
+                            "group {group} no longer owns some of the keys (slots moved while the transaction committed); retry the transaction"
+                        ),
+                    });
+                }
                 Err(err) => {
                     commit = false;
                     abort.get_or_insert(Abort {
@@ -701,6 +711,28 @@ mod tests {
         assert_eq!(
             tally.clone().outcome(txn(), &p, false),
             CommitOutcome::Aborted(tally.abort.clone().expect("refused"))
+        );
+    }
+
+    #[test]
+    fn a_participant_whose_keys_moved_aborts_the_attempt_saying_so() {
+        let moved = Err(TxnError::Moved {
+            group: 2,
+            map_epoch: 3,
+        });
+        let tally = Tally::of(&[(1, Ok(Vote::Yes { version: 5 })), (2, moved)]);
+        assert!(!tally.commit);
+        let abort = tally.abort.expect("an abort");
+        assert_eq!(abort.reason, AbortReason::ParticipantUnavailable);
+        assert!(
+            abort.message.contains("no longer owns"),
+            "{}",
+            abort.message
+        );
+        assert!(
+            abort.message.contains("retry the transaction"),
+            "{}",
+            abort.message
         );
     }
 

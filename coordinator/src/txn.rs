@@ -601,12 +601,21 @@ impl TxnManager {
             .collect();
         let participants = plan.participants();
 
-        // 1. Prepare everywhere in parallel.
+        // 1. Prepare everywhere in parallel. A participant whose keys moved
+        // to another group since the plan answers `Moved` at once (nothing
+        // was prepared there), and the attempt aborts: the transaction id
+        // is spent at the anchor, so it cannot be re-planned under it.
         let prepares = parts.iter().map(|(group, (reads, writes))| {
             let participants = participants.clone();
+            let keys: Vec<&[u8]> = plan.parts[group]
+                .reads
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .chain(plan.parts[group].writes.iter().map(|(k, _)| k.as_slice()))
+                .collect();
             async move {
                 let vote = self
-                    .call(*group, deadline, "prepare", |mut client, map| {
+                    .call_keys(*group, &keys, deadline, "prepare", |mut client, map| {
                         let request = pb::PrepareRequest {
                             durability,
                             map_epoch: map.map_epoch,
