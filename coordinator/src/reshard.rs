@@ -317,6 +317,57 @@ pub enum Done {
     },
 }
 
+/// What a group's replicas said about the transactions it still holds,
+/// asked before the group is forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holdings {
+    /// The group never had a registered replica: it holds nothing.
+    NoMembers,
+    /// Its primary answered: transaction records it anchors (decided, not
+    /// yet forgotten) and transactions prepared on it.
+    Primary { records: u64, prepared: u64 },
+    /// Members are registered but no primary answered.
+    NoAnswer,
+}
+
+/// Why a group that owns no slots may not be forgotten yet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveRefused {
+    #[error(
+        "group {group} still holds {records} transaction record(s) it anchors and {prepared} prepared transaction(s); a resolver may still ask for them. Retry once `trellis status` shows its in-doubt count at 0 (the sweeper and the finalizer clear them within seconds)"
+    )]
+    HoldsTransactions {
+        group: GroupId,
+        records: u64,
+        prepared: u64,
+    },
+    #[error(
+        "cannot check that group {group} holds no transaction records: no primary of it answered; start one of its replicas and retry"
+    )]
+    Unreachable { group: GroupId },
+}
+
+/// Whether a group that owns no slots may be forgotten, given what its
+/// replicas said ([`Holdings`]). Presumed abort makes a forgotten record
+/// answer ABORT: forgetting a group that anchors a committed transaction
+/// some participant has not finalized would make that participant abort
+/// it, so a group is forgotten only once it anchors and holds nothing.
+pub fn check_drained(group: GroupId, holdings: Holdings) -> Result<(), RemoveRefused> {
+    match holdings {
+        Holdings::NoMembers => Ok(()),
+        Holdings::Primary {
+            records: 0,
+            prepared: 0,
+        } => Ok(()),
+        Holdings::Primary { records, prepared } => Err(RemoveRefused::HoldsTransactions {
+            group,
+            records,
+            prepared,
+        }),
+        Holdings::NoAnswer => Err(RemoveRefused::Unreachable { group }),
+    }
+}
+
 /// Why the job machine refused a request or a report. Nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
@@ -620,6 +671,47 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_forgotten_only_once_it_anchors_and_holds_nothing() {
+        assert_eq!(check_drained(4, Holdings::NoMembers), Ok(()));
+        assert_eq!(
+            check_drained(
+                4,
+                Holdings::Primary {
+                    records: 0,
+                    prepared: 0
+                }
+            ),
+            Ok(())
+        );
+        let refused = check_drained(
+            4,
+            Holdings::Primary {
+                records: 2,
+                prepared: 0,
+            },
+        )
+        .expect_err("records left");
+        assert!(
+            refused.to_string().contains("2 transaction record(s)"),
+            "{refused}"
+        );
+        assert!(matches!(
+            check_drained(
+                4,
+                Holdings::Primary {
+                    records: 0,
+                    prepared: 1
+                }
+            ),
+            Err(RemoveRefused::HoldsTransactions { prepared: 1, .. })
+        ));
+        assert_eq!(
+            check_drained(4, Holdings::NoAnswer),
+            Err(RemoveRefused::Unreachable { group: 4 })
+        );
+    }
 
     fn set(text: &str) -> SlotSet {
         SlotSet::parse(text).expect("slots")

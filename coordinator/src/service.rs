@@ -521,6 +521,31 @@ impl pb::admin_server::Admin for AdminApi {
         let deadline = deadline_of(&request);
         let group = request.into_inner().group_id;
         let router = self.txns.router();
+        // A group that still owns slots is refused by the catalog below;
+        // one that owns none must also anchor and hold no transaction.
+        if !router.map().slots.contains(&group) {
+            let holdings = self.holdings(group).await;
+            reshard::check_drained(group, holdings).map_err(|refused| {
+                let code = match refused {
+                    reshard::RemoveRefused::HoldsTransactions { .. } => {
+                        tonic::Code::FailedPrecondition
+                    }
+                    reshard::RemoveRefused::Unreachable { .. } => tonic::Code::Unavailable,
+                };
+                let reason = match refused {
+                    reshard::RemoveRefused::HoldsTransactions { .. } => {
+                        pb::ErrorReason::GroupHoldsTransactions
+                    }
+                    reshard::RemoveRefused::Unreachable { .. } => pb::ErrorReason::Unavailable,
+                };
+                error::status(
+                    code,
+                    refused.to_string(),
+                    reason.as_str_name(),
+                    Some((error::key::GROUP, group.to_string())),
+                )
+            })?;
+        }
         let map = catalog_change(deadline, router.catalog().remove_group(group)).await?;
         let response = pb::RemoveGroupResponse {
             map_epoch: map.map_epoch,
@@ -528,6 +553,41 @@ impl pb::admin_server::Admin for AdminApi {
         };
         router.install(map);
         Ok(Response::new(response))
+    }
+}
+
+impl AdminApi {
+    /// What `group`'s primary holds of transactions (asked of every member
+    /// the map lists, within [`STATUS_RPC_TIMEOUT`]; the one that answers
+    /// as primary counts).
+    async fn holdings(&self, group: GroupId) -> reshard::Holdings {
+        let router = self.txns.router();
+        let map = router.map();
+        let Some(members) = map.groups.get(&group).map(|g| g.members.clone()) else {
+            return reshard::Holdings::NoMembers;
+        };
+        if members.is_empty() {
+            return reshard::Holdings::NoMembers;
+        }
+        let answers = join_all(members.iter().map(|m| async move {
+            let mut client = router.client_at(&m.addr).ok()?;
+            let call = client.shard_status(shard_pb::ShardStatusRequest {});
+            let status = tokio::time::timeout(STATUS_RPC_TIMEOUT, call)
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
+            (status.role == "PRIMARY").then_some(reshard::Holdings::Primary {
+                records: status.txn_records,
+                prepared: status.prepared,
+            })
+        }))
+        .await;
+        answers
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or(reshard::Holdings::NoAnswer)
     }
 }
 

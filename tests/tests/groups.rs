@@ -1,9 +1,10 @@
 //! Adding and removing shard groups on a running cluster, end to end:
 //! the real `trellis admin add-group` / `remove-group` commands against a
 //! real coordinator over a SQLite catalog, real shard processes, and what
-//! `trellis status` (table and JSON) shows. Slots do not move between
-//! groups yet, so an added group stays empty and only an empty group can
-//! be removed.
+//! `trellis status` (table and JSON) shows; and a group drained with
+//! `trellis admin drain-group --wait` (its data moving to the others) and
+//! then removed. Only a group that owns no slots, and whose primary says
+//! it anchors and holds no transaction, can be removed.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -344,4 +345,153 @@ fn group_flags_are_checked() {
             "{help}"
         );
     }
+}
+
+/// A Txn commit that writes `key` = `value` (1PC or 2PC by the keys' groups).
+fn put_request(writes: &[(&[u8], &[u8])]) -> trellis_proto::v1::CommitRequest {
+    use trellis_proto::v1;
+    v1::CommitRequest {
+        txn_id: rand::random::<[u8; 16]>().to_vec(),
+        writes: writes
+            .iter()
+            .map(|(k, v)| v1::Write {
+                key: k.to_vec(),
+                op: Some(v1::write::Op::Put(v.to_vec())),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Keys the drain test writes.
+const DRAIN_KEYS: usize = 200;
+
+/// Story: a cluster of two groups holds keys written by one- and
+/// two-phase commits. `trellis admin drain-group --group 2 --wait` moves
+/// every slot of group 2 to group 1 and exits 0 once done; every key then
+/// reads back with its value and version through the coordinator, served
+/// by group 1. With group 2's only replica killed, `remove-group` is
+/// refused: nobody can say the group anchors no transaction. Once it runs
+/// again, the group is removed (after its transaction records are
+/// forgotten, which the finalizer does within seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_group_keeps_nothing_and_is_removed() {
+    use trellis_proto::v1;
+    let mut cluster = Cluster::start(2).await.expect("cluster of two groups");
+    let addr = cluster.addr(0).to_string();
+    let mut txn = cluster.txn(0).await.expect("txn client");
+    let keys: Vec<Vec<u8>> = (0..DRAIN_KEYS)
+        .map(|i| format!("drain-{i}").into_bytes())
+        .collect();
+    // One-phase writes, then pairs in one transaction (two-phase where the
+    // pair spans both groups).
+    for key in &keys[..DRAIN_KEYS / 2] {
+        let out = txn
+            .commit(put_request(&[(key, b"one")]))
+            .await
+            .expect("commit")
+            .into_inner();
+        assert!(
+            matches!(
+                out.outcome,
+                Some(v1::commit_response::Outcome::Committed(_))
+            ),
+            "{out:?}"
+        );
+    }
+    for pair in keys[DRAIN_KEYS / 2..].chunks(2) {
+        let out = txn
+            .commit(put_request(&[(&pair[0], b"two"), (&pair[1], b"two")]))
+            .await
+            .expect("commit")
+            .into_inner();
+        assert!(
+            matches!(
+                out.outcome,
+                Some(v1::commit_response::Outcome::Committed(_))
+            ),
+            "{out:?}"
+        );
+    }
+    let read = |items: Vec<v1::Item>| -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+        items
+            .into_iter()
+            .map(|i| (i.key, i.value, i.version))
+            .collect()
+    };
+    let before = read(
+        txn.get(v1::GetRequest {
+            keys: keys.clone(),
+            consistency: None,
+        })
+        .await
+        .expect("read before")
+        .into_inner()
+        .items,
+    );
+    assert!(
+        before.iter().all(|(_, _, version)| *version > 0),
+        "every key written"
+    );
+
+    let out = admin_ok(&[
+        "admin",
+        "drain-group",
+        "--group",
+        "2",
+        "--wait",
+        "--addr",
+        &addr,
+    ]);
+    assert!(out.contains("done"), "{out}");
+    let json = status_json(&addr);
+    assert_eq!(group(&json, 2).expect("group 2")["slots"], 0, "{json:#}");
+    assert_eq!(group(&json, 1).expect("group 1")["slots"], 4096, "{json:#}");
+    let after = read(
+        txn.get(v1::GetRequest {
+            keys: keys.clone(),
+            consistency: None,
+        })
+        .await
+        .expect("read after the drain")
+        .into_inner()
+        .items,
+    );
+    assert_eq!(after, before, "every key kept its value and version");
+    // A write after the move gets a version above every imported one.
+    let out = txn
+        .commit(put_request(&[(&keys[0], b"after")]))
+        .await
+        .expect("commit after the drain")
+        .into_inner();
+    let Some(v1::commit_response::Outcome::Committed(done)) = out.outcome else {
+        panic!("{out:?}");
+    };
+    let newest = before.iter().map(|(_, _, v)| *v).max().expect("keys");
+    assert!(done.written[0].version > newest, "{done:?} above {newest}");
+
+    // No primary of group 2 can answer: removal is refused.
+    cluster.kill9_shard(2, 1);
+    let err = admin_refused(&["admin", "remove-group", "--group", "2", "--addr", &addr]);
+    assert!(err.contains("no primary of it answered"), "{err}");
+    assert_eq!(group_ids(&status_json(&addr)), vec![1, 2]);
+
+    // Back up, it anchors nothing once its records are forgotten: removed.
+    cluster.restart_shard(2).await.expect("group 2 again");
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let out = trellis(&["admin", "remove-group", "--group", "2", "--addr", &addr]);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("transaction record") || err.contains("no primary of it answered"),
+            "only transactions still held may delay the removal: {err}"
+        );
+        assert!(Instant::now() < deadline, "group 2 never removable: {err}");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    assert_eq!(group_ids(&status_json(&addr)), vec![1]);
+    drop(cluster);
 }
