@@ -333,3 +333,44 @@ pub async fn http_get(addr: &str, path: &str) -> String {
         .expect("read");
     out
 }
+
+/// Runs `trellis <args>` to its end (every admin command has its own
+/// deadline), with colours off.
+pub fn run_trellis(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(trellis_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("run trellis {args:?}: {e}"))
+}
+
+/// What a command printed, for assertion messages.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a `trellis` command that must succeed; returns its stdout.
+pub fn admin_ok(args: &[&str]) -> String {
+    let out = run_trellis(args);
+    assert!(out.status.success(), "trellis {args:?}: {}", printed(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a `trellis` command that must fail at run time (exit code 1, as
+/// the admin commands do when the coordinator refuses); returns its
+/// stderr.
+pub fn admin_refused(args: &[&str]) -> String {
+    let out = run_trellis(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "trellis {args:?} must be refused: {}",
+        printed(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

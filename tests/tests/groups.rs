@@ -7,11 +7,11 @@
 //! it anchors and holds no transaction, can be removed.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trellis_tests::harness::{Cluster, Proc, trellis_bin};
+use trellis_tests::harness::{Cluster, Proc, admin_ok, admin_refused, printed, run_trellis};
 
 /// How long a change may take to show (a shard registering, another
 /// coordinator's next map refresh).
@@ -19,44 +19,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two looks while waiting for a change.
 const POLL_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs `trellis <args>` to its end (every admin command has its own
-/// deadline).
 fn trellis(args: &[&str]) -> Output {
-    Command::new(trellis_bin())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("run trellis {args:?}: {e}"))
-}
-
-/// What a command printed, for assertion messages.
-fn printed(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs an admin command that must succeed; returns its stdout.
-fn admin_ok(args: &[&str]) -> String {
-    let out = trellis(args);
-    assert!(out.status.success(), "trellis {args:?}: {}", printed(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs an admin command that must fail at run time (exit code 1, as the
-/// other admin commands); returns its stderr.
-fn admin_refused(args: &[&str]) -> String {
-    let out = trellis(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "trellis {args:?} must be refused: {}",
-        printed(&out)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    run_trellis(args)
 }
 
 /// `trellis status --format json`, parsed.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use trellis_proto::error::{error_info, key};
 use trellis_proto::v1 as pb;
 use trellis_tests::cluster::CoordinatorStart;
-use trellis_tests::harness::{Cluster, trellis_bin};
+use trellis_tests::harness::{Cluster, admin_ok, admin_refused, printed, run_trellis, trellis_bin};
 use trellis_types::placement::assign_slots;
 
 /// How long a change may take to show (the driver's next tick, a
@@ -28,38 +28,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_PAUSE: Duration = Duration::from_millis(200);
 
 fn trellis(args: &[&str]) -> Output {
-    Command::new(trellis_bin())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("run trellis {args:?}: {e}"))
-}
-
-fn printed(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn admin_ok(args: &[&str]) -> String {
-    let out = trellis(args);
-    assert!(out.status.success(), "trellis {args:?}: {}", printed(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail at run time (exit code 1); its stderr.
-fn admin_refused(args: &[&str]) -> String {
-    let out = trellis(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "trellis {args:?} must be refused: {}",
-        printed(&out)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    run_trellis(args)
 }
 
 /// `trellis admin reshard list --format json`, parsed.
