@@ -1,18 +1,19 @@
 //! Resharding under load and faults: a [`ReplicatedCluster`] on loopback
-//! grows by an empty group, and a seeded schedule rebalances, moves ranges
-//! of slots between groups, SIGKILLs primaries (mid-copy, mid-cutover:
-//! whatever the job is doing when the fault lands) and the coordinator
-//! that drives the jobs, while the clients of [`crate::workload`] run bank
-//! or list-append transactions. Afterwards every job must finish, every
-//! group serve, nothing stay prepared, and the history go through the
-//! checker ([`crate::workload::run_on`]).
+//! grows by an empty group, and a seeded schedule rebalances, moves random
+//! slots between groups, drains one group, SIGKILLs primaries (mid-copy,
+//! mid-cutover: whatever the job is doing when the fault lands) and the
+//! coordinator that drives the jobs, while the clients of
+//! [`crate::workload`] run bank or list-append transactions. Afterwards
+//! every job must finish, the drained group is removed, every group serve,
+//! nothing stay prepared, and the history go through the checker
+//! ([`crate::workload::run_on`]).
 //!
 //! Same promises as [`crate::nemesis`]: loopback only, every process killed
 //! by its PID on drop, every wait bounded, the seed picks the faults (what
 //! a job is doing when one lands depends on timing).
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,14 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between two polls while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(250);
+/// The group the schedule drains (and the run then removes).
+pub const DRAINED_GROUP: u32 = 2;
+/// The step that drains it (steps alternate: even ones reshard).
+const DRAIN_AT_PICK: usize = 4;
+/// How long the removal of the drained group may be refused because it
+/// still anchors transaction records (the finalizer forgets them within
+/// seconds) or its primary is between failovers.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fault (or a resharding step, which the schedule treats as one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +59,8 @@ pub enum ReshardFault {
         count: u32,
         seed: u64,
     },
+    /// `Admin.DrainGroup`: every slot of the group to the others.
+    Drain(u32),
     /// SIGKILL of replica `.1` of group `.0` (its primary when picked);
     /// restarted on its data when healed.
     Kill(u32, u32),
@@ -65,6 +76,7 @@ impl fmt::Display for ReshardFault {
             ReshardFault::Move {
                 from, to, count, ..
             } => write!(f, "move-slots: up to {count} slots from {from} to {to}"),
+            ReshardFault::Drain(g) => write!(f, "drain-group {g}"),
             ReshardFault::Kill(g, r) => write!(f, "kill group {g} replica {r}"),
             ReshardFault::KillCoordinator => write!(f, "kill coordinator"),
         }
@@ -76,6 +88,10 @@ pub struct ReshardCluster {
     pub cluster: ReplicatedCluster,
     /// Steps picked so far (they alternate between resharding and kills).
     picks: AtomicUsize,
+    /// Whether the drain of [`DRAINED_GROUP`] was asked for, and whether
+    /// the group was removed at the end.
+    drain_asked: bool,
+    removed: AtomicBool,
     coordinator_killed: bool,
     /// What each admin call answered, in order (for the run's log).
     pub answers: Arc<Mutex<Vec<String>>>,
@@ -91,6 +107,8 @@ impl ReshardCluster {
         Ok(ReshardCluster {
             cluster,
             picks: AtomicUsize::new(0),
+            drain_asked: false,
+            removed: AtomicBool::new(false),
             coordinator_killed: false,
             answers: Arc::new(Mutex::new(Vec::new())),
             exits: Vec::new(),
@@ -132,9 +150,12 @@ impl ReshardCluster {
         owned
     }
 
-    /// Steps alternate: a resharding step (the first a rebalance onto the
-    /// empty group), then a kill (a primary, or now and then the
-    /// coordinator), so that kills land while jobs copy and cut over.
+    /// Steps alternate: a resharding step, then a kill (a primary, or now
+    /// and then the coordinator), so that kills land while jobs copy and
+    /// cut over. The resharding steps: first a rebalance onto the empty
+    /// group; at [`DRAIN_AT_PICK`] a drain of [`DRAINED_GROUP`]; otherwise
+    /// moves of random slots (and rebalances, until the drain; after it,
+    /// moves leave the drained group alone so that it stays empty).
     async fn pick_fault(&self, rng: &mut StdRng) -> Option<ReshardFault> {
         let pick = self.picks.fetch_add(1, Ordering::Relaxed);
         if pick == 0 {
@@ -149,12 +170,20 @@ impl ReshardCluster {
             let replica = self.primary_now(group).await?;
             return Some(ReshardFault::Kill(group, replica));
         }
-        if rng.random_range(0..4) == 0 {
+        if pick == DRAIN_AT_PICK {
+            return Some(ReshardFault::Drain(DRAINED_GROUP));
+        }
+        let drained = pick > DRAIN_AT_PICK;
+        if !drained && rng.random_range(0..4) == 0 {
             return Some(ReshardFault::Rebalance);
         }
-        let from = rng.random_range(1..=groups);
-        // Any group but `from`.
-        let to = (from + rng.random_range(0..groups - 1)) % groups + 1;
+        let mut candidates: Vec<u32> = (1..=groups).collect();
+        if drained {
+            candidates.retain(|g| *g != DRAINED_GROUP);
+        }
+        let from = candidates[rng.random_range(0..candidates.len())];
+        candidates.retain(|g| *g != from);
+        let to = candidates[rng.random_range(0..candidates.len())];
         Some(ReshardFault::Move {
             from,
             to,
@@ -211,6 +240,13 @@ impl ReshardCluster {
                             })
                             .await
                     }
+                    ReshardFault::Drain(group) => {
+                        admin
+                            .drain_group(v1::DrainGroupRequest {
+                                group_id: u64::from(group),
+                            })
+                            .await
+                    }
                     _ => unreachable!("only admin steps are sent"),
                 };
                 anyhow::Ok(created?.into_inner())
@@ -225,6 +261,59 @@ impl ReshardCluster {
             };
             answers.lock().expect("answers lock").push(text);
         });
+    }
+
+    /// Whether [`DRAINED_GROUP`] was removed at the end of the run.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Once every job finished: drains [`DRAINED_GROUP`] again if it still
+    /// owns slots (its drain may have been refused while another job moved
+    /// some of them), then removes it, retrying while it still anchors
+    /// transaction records or no primary of it answers.
+    async fn finish_drain(&self) -> anyhow::Result<()> {
+        let group = u64::from(DRAINED_GROUP);
+        if self.slots().await?.contains(&group) {
+            let mut admin = self.cluster.cluster.admin(0).await?;
+            let created = admin
+                .drain_group(v1::DrainGroupRequest { group_id: group })
+                .await?
+                .into_inner();
+            self.answers.lock().expect("answers lock").push(format!(
+                "drain-group {group} again after the run: job {}",
+                created.job_id
+            ));
+            self.jobs_finished().await?;
+        }
+        let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
+        loop {
+            let mut admin = self.cluster.cluster.admin(0).await?;
+            let refused = match admin
+                .remove_group(v1::RemoveGroupRequest { group_id: group })
+                .await
+            {
+                Ok(_) => {
+                    self.removed.store(true, Ordering::Relaxed);
+                    self.answers
+                        .lock()
+                        .expect("answers lock")
+                        .push(format!("remove-group {group}: removed"));
+                    return Ok(());
+                }
+                Err(status) => status,
+            };
+            let retry = matches!(
+                trellis_proto::error::error_info(&refused).map(|i| i.reason),
+                Some(ref r) if r == "GROUP_HOLDS_TRANSACTIONS" || r == "UNAVAILABLE"
+            );
+            anyhow::ensure!(retry, "remove-group {group} refused: {refused:?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "remove-group {group} still refused after {REMOVE_TIMEOUT:?}: {refused:?}"
+            );
+            tokio::time::sleep(POLL_EVERY).await;
+        }
     }
 
     fn poll(timeout: Duration) -> Poll {
@@ -285,6 +374,10 @@ impl NemesisCluster for ReshardCluster {
     fn inflict(&mut self, fault: ReshardFault) -> anyhow::Result<()> {
         match fault {
             ReshardFault::Rebalance | ReshardFault::Move { .. } => self.send(fault),
+            ReshardFault::Drain(_) => {
+                self.drain_asked = true;
+                self.send(fault);
+            }
             ReshardFault::Kill(g, r) => self.cluster.kill9(g, r),
             ReshardFault::KillCoordinator => {
                 self.cluster.kill_coordinator();
@@ -333,7 +426,11 @@ impl NemesisCluster for ReshardCluster {
                     "some group has no serving primary {SETTLE_TIMEOUT:?} after healing"
                 )
             })?;
-        self.jobs_finished().await
+        self.jobs_finished().await?;
+        if self.drain_asked {
+            self.finish_drain().await?;
+        }
+        Ok(())
     }
 
     async fn settle(&self) -> Result<(), u64> {

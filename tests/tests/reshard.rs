@@ -1,17 +1,19 @@
 //! Online resharding under load and faults, with real processes on
 //! 127.0.0.1 (`trellis_tests::reshard_nemesis`): two replicated groups grow
-//! by an empty third, the schedule rebalances onto it and moves slot
-//! ranges between groups while bank and list-append clients run, with
-//! primaries and the driving coordinator killed mid-job. Every job must
-//! finish, slots must really have moved, and the history must pass the
-//! checker (no lost or duplicated transfer, no stale read, no cycle).
+//! by an empty third, the schedule rebalances onto it, moves random slots
+//! between groups and drains group 2 while bank and list-append clients
+//! run, with primaries and the driving coordinator killed between the
+//! steps (mid-copy, mid-cutover: wherever the jobs are). Every job must
+//! finish, slots must really have moved, group 2 must be removed at the
+//! end, and the history must pass the checker (no lost or duplicated
+//! transfer, no stale read, no cycle).
 //!
 //! `TRELLIS_NEMESIS_SEED` replays a schedule; a failed run keeps its
 //! history, verdict and logs under `target/nemesis/`.
 
 use std::time::Duration;
 
-use trellis_tests::reshard_nemesis::ReshardCluster;
+use trellis_tests::reshard_nemesis::{DRAINED_GROUP, ReshardCluster};
 use trellis_tests::workload::{RunConfig, RunResult, Workload, run_on};
 
 /// The schedule's seed unless `TRELLIS_NEMESIS_SEED` says otherwise.
@@ -65,6 +67,14 @@ async fn run(workload: Workload, name: &str) {
         third > 0,
         "{name}: group {} owns no slot after the run; admin answers: {answers:#?}; jobs: {jobs:#?}",
         GROUPS + 1
+    );
+    assert!(
+        cluster.removed(),
+        "{name}: group {DRAINED_GROUP} was not removed; admin answers: {answers:#?}"
+    );
+    assert!(
+        !slots.contains(&u64::from(DRAINED_GROUP)),
+        "{name}: the drained group owns slots"
     );
     let moved: u32 = jobs
         .iter()
