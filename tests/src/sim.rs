@@ -639,11 +639,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         ),
         (true, Some(outcome)) => {
             log.push(format!("{:?} reshard: {}", outcome.at, outcome.summary));
-            let error = match outcome.moved {
-                Ok(0) => Some(format!("no slot moved: {}", outcome.summary)),
-                Ok(_) => None,
-                Err(ref why) => Some(why.clone()),
-            };
+            let error = outcome.error();
             (
                 outcome.at.max(workload_end),
                 outcome.moved.unwrap_or(0),
@@ -1531,6 +1527,18 @@ struct JobsOutcome {
     summary: String,
 }
 
+impl JobsOutcome {
+    /// Why resharding failed: a job that never finished, or none that
+    /// moved a slot (a run that reshards nothing tested nothing).
+    fn error(&self) -> Option<String> {
+        match &self.moved {
+            Ok(0) => Some(format!("no slot moved: {}", self.summary)),
+            Ok(_) => None,
+            Err(why) => Some(why.clone()),
+        }
+    }
+}
+
 /// Waits, after the faults are healed, until no reshard job is running
 /// or paused — resuming each that paused itself (a cutover that could not
 /// drain while a primary was down) — for at most [`JOBS_SETTLE_MAX`] of
@@ -1643,4 +1651,45 @@ fn undo(
         }
     }
     log.push(format!("{now:?} end {fault:?}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(moved: Result<u64, String>) -> JobsOutcome {
+        JobsOutcome {
+            at: Duration::from_secs(20),
+            moved,
+            summary: "job 1 done 0/0 slots".to_string(),
+        }
+    }
+
+    #[test]
+    fn resharding_fails_when_a_job_never_finishes_or_no_slot_moved() {
+        assert_eq!(outcome(Ok(12)).error(), None, "slots moved, every job done");
+        let none = outcome(Ok(0)).error().expect("nothing moved is a failure");
+        assert!(none.contains("no slot moved"), "{none}");
+        let stuck = outcome(Err("reshard jobs not finished".to_string()))
+            .error()
+            .expect("a job still open is a failure");
+        assert!(stuck.contains("not finished"), "{stuck}");
+    }
+
+    #[test]
+    fn an_owned_sample_takes_only_slots_the_group_owns() {
+        let slots: Vec<u64> = (0..64).map(|s| 1 + s % 3).collect();
+        let sample = owned_sample(&slots, 2, 5, 7);
+        assert_eq!(sample.len(), 5);
+        assert!(sample.iter().all(|s| slots[*s as usize] == 2), "{sample:?}");
+        assert!(
+            sample.windows(2).all(|w| w[0] < w[1]),
+            "ascending: {sample:?}"
+        );
+        assert_eq!(sample, owned_sample(&slots, 2, 5, 7), "the seed decides");
+        assert!(
+            owned_sample(&slots, 4, 5, 7).is_empty(),
+            "group 4 owns none"
+        );
+    }
 }

@@ -46,7 +46,10 @@ mod tests {
         simulate_thread(|| 42);
         assert_eq!(unix_ms(), 42, "the simulated clock is read");
         let other = std::thread::spawn(unix_ms).join().expect("thread");
-        assert!(other > 1_600_000_000_000, "another thread reads the system clock");
+        assert!(
+            other > 1_600_000_000_000,
+            "another thread reads the system clock"
+        );
         unsimulate_thread();
         assert!(unix_ms() > 1_600_000_000_000, "back on the system clock");
     }
