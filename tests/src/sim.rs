@@ -29,6 +29,19 @@
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
 //!
+//! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
+//! one more group, `g{groups+1}r{R}`, added empty by the coordinator
+//! (`Catalog::add_group`); the coordinator host runs the reshard driver
+//! (`trellis_coordinator::reshard_driver::Driver`) as `trellis
+//! coordinator` does; and an operator ([`Resharder`], from hosts
+//! `reshard-N`, on an RNG of its own) calls `Admin.Rebalance` and then
+//! `Admin.MoveSlots` of a few random slots between random groups while the
+//! nemesis strikes (the added group's replicas included). After healing,
+//! the run waits (at most [`JOBS_SETTLE_MAX`] of simulated time, resuming
+//! jobs that paused themselves) for every job to finish before the final
+//! read, and fails if one never does or no slot moved. The jobs' freeze
+//! deadlines read `trellis_types::clock`, simulated here.
+//!
 //! Same seed, same run: the fault schedule, the clients' choices, the
 //! transaction ids and the retry jitter all come from the seed (see
 //! `trellis_types::rng`), turmoil orders every message from it, and
@@ -202,7 +215,7 @@ pub struct SimConfig {
     /// Resharding under the workload: one more group, added empty, and
     /// an operator who rebalances onto it and then moves random slots
     /// between random groups while the coordinator's reshard driver runs
-    /// the jobs (see [`Resharder`]). Its draws come from an RNG of its
+    /// the jobs (see `Resharder`). Its draws come from an RNG of its
     /// own, so runs without it are the same as before it existed.
     pub reshard: bool,
 }

@@ -4,6 +4,8 @@
 //! ```sh
 //! # replay a seed (a failing test prints this command)
 //! cargo run -p trellis-tests --bin trellis-sim -- --seed 1234
+//! # replay a seed that reshards (a third group, slots moving under faults)
+//! cargo run -p trellis-tests --bin trellis-sim -- --seed 20000 --reshard --workload bank
 //! # soak: seeds 0, 1, 2, ... until 10 minutes have passed or 5000 ran
 //! cargo run --release -p trellis-tests --bin trellis-sim -- --soak --seeds 5000 --minutes 10
 //! ```
