@@ -7,7 +7,7 @@
 //! the README's "Renamed metrics".
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use trellis_metrics::{Histogram, Labels, SECONDS_BOUNDS, Scrape};
 
@@ -273,17 +273,18 @@ impl Metrics {
     }
 }
 
-/// Now as Unix milliseconds. A clock before 1970 is not worth failing for:
-/// it reads as 0 ("never").
+/// Now as Unix milliseconds ([`trellis_types::clock`]: the system clock,
+/// or simulated time in the simulator, so that a reshard job's freeze
+/// deadline follows the same clock as everything else there). A clock
+/// before 1970 is not worth failing for: it reads as 0 ("never").
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    trellis_types::clock::unix_ms()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     /// The value of the series `name` (no labels) in a rendering.
     fn value(rendered: &str, name: &str) -> f64 {

@@ -29,6 +29,19 @@
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
 //!
+//! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
+//! one more group, `g{groups+1}r{R}`, added empty by the coordinator
+//! (`Catalog::add_group`); the coordinator host runs the reshard driver
+//! (`trellis_coordinator::reshard_driver::Driver`) as `trellis
+//! coordinator` does; and an operator ([`Resharder`], from hosts
+//! `reshard-N`, on an RNG of its own) calls `Admin.Rebalance` and then
+//! `Admin.MoveSlots` of a few random slots between random groups while the
+//! nemesis strikes (the added group's replicas included). After healing,
+//! the run waits (at most [`JOBS_SETTLE_MAX`] of simulated time, resuming
+//! jobs that paused themselves) for every job to finish before the final
+//! read, and fails if one never does or no slot moved. The jobs' freeze
+//! deadlines read `trellis_types::clock`, simulated here.
+//!
 //! Same seed, same run: the fault schedule, the clients' choices, the
 //! transaction ids and the retry jitter all come from the seed (see
 //! `trellis_types::rng`), turmoil orders every message from it, and
@@ -154,6 +167,29 @@ const BALLAST: &str = "/ballast";
 const BALLAST_CHUNK: usize = 4096;
 /// How often a replica host looks whether its disk is to be full.
 const BALLAST_POLL: Duration = Duration::from_millis(10);
+/// With [`SimConfig::reshard`]: when the operator's first call
+/// (`Admin.Rebalance` onto the added, empty group) is made.
+pub const RESHARD_START: Duration = Duration::from_secs(4);
+/// Pause between two of the operator's `Admin.MoveSlots` calls, drawn
+/// from this range (milliseconds).
+pub const RESHARD_GAP_MS: std::ops::Range<u64> = 1000..3000;
+/// Most slots one `Admin.MoveSlots` call asks to move ("a few").
+pub const MOVE_SLOTS_MAX: u32 = 16;
+/// Pause between two tries of the first rebalance while the coordinator
+/// does not answer (it may be crashed or cut off).
+pub const REBALANCE_RETRY: Duration = Duration::from_millis(500);
+/// Longest simulated time from healing every fault until every reshard
+/// job has finished. A batch whose cutover could not drain pauses its job
+/// (resumed by the waiter); a failed step backs off up to
+/// `RETRY_BACKOFF_MAX` (10 s); a batch copies a few KiB here. A job still
+/// open after this is stuck.
+pub const JOBS_SETTLE_MAX: Duration = Duration::from_secs(90);
+/// How often the waiter lists the jobs.
+pub const JOBS_POLL: Duration = Duration::from_millis(250);
+/// The simulated wall clock (`trellis_types::clock`) reads this many Unix
+/// milliseconds at the start of every run: fixed, so that a reshard job's
+/// times replay.
+pub const SIM_EPOCH_UNIX_MS: u64 = 1_800_000_000_000;
 /// How long the supervisor waits before it restarts a replica whose disk
 /// failed (systemd's RestartSec): a disk still full would otherwise make
 /// it restart at every step.
@@ -176,6 +212,12 @@ pub struct SimConfig {
     pub mode: ClientMode,
     /// What the simulated disks do wrong (drawn from the seed).
     pub disk: DiskFaults,
+    /// Resharding under the workload: one more group, added empty, and
+    /// an operator who rebalances onto it and then moves random slots
+    /// between random groups while the coordinator's reshard driver runs
+    /// the jobs (see `Resharder`). Its draws come from an RNG of its
+    /// own, so runs without it are the same as before it existed.
+    pub reshard: bool,
 }
 
 /// Disk faults of one run, for every shard host.
@@ -233,6 +275,7 @@ impl SimConfig {
             faults: true,
             mode: ClientMode::Correct,
             disk: DiskFaults::for_seed(seed),
+            reshard: false,
         }
     }
 }
@@ -273,6 +316,11 @@ pub struct SimResult {
     pub snapshot_installs: u64,
     /// Reads, writes and dials held by one-way cuts.
     pub one_way_holds: u64,
+    /// With [`SimConfig::reshard`]: slots moved by the jobs that finished.
+    pub slots_moved: u64,
+    /// With [`SimConfig::reshard`]: why resharding failed (a job that
+    /// never finished, no slot moved).
+    pub reshard_error: Option<String>,
 }
 
 impl SimResult {
@@ -280,6 +328,7 @@ impl SimResult {
     pub fn passed(&self) -> bool {
         self.report.verdict == Verdict::Valid
             && self.final_read_error.is_none()
+            && self.reshard_error.is_none()
             && self.unexpected_exits.is_empty()
             && self.settle_time <= SETTLE_MAX
     }
@@ -298,6 +347,9 @@ impl SimResult {
         }
         if let Some(err) = &self.final_read_error {
             out.push_str(&format!("final read failed: {err}\n"));
+        }
+        if let Some(err) = &self.reshard_error {
+            out.push_str(&format!("resharding failed: {err}\n"));
         }
         for exit in &self.unexpected_exits {
             out.push_str(&format!("host stopped by itself: {exit}\n"));
@@ -331,6 +383,9 @@ pub fn replay_command(config: &SimConfig) -> String {
     if !config.faults {
         command.push_str(" --no-faults");
     }
+    if config.reshard {
+        command.push_str(" --reshard");
+    }
     command
 }
 
@@ -357,6 +412,7 @@ type Exits = Arc<Mutex<BTreeMap<String, String>>>;
 
 fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult> {
     trellis_types::rng::seed_thread(config.seed);
+    trellis_types::clock::simulate_thread(simulated_unix_ms);
     // One-way cuts live with the thread; an earlier run that ended early
     // (an error) may have left some.
     trellis_net::sim::heal_all_oneway();
@@ -387,6 +443,11 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let probes = LogProbes::default();
     let fills = DiskFills::default();
 
+    // With resharding, one more group: added empty to the catalog by the
+    // coordinator, its replicas started like the others.
+    let added_group = config.reshard.then_some(config.groups + 1);
+    let all_groups = added_group.unwrap_or(config.groups);
+
     // The coordinator.
     {
         let catalog = catalog.clone();
@@ -396,7 +457,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             let catalog = catalog.clone();
             let exits = exits.clone();
             async move {
-                if let Err(err) = coordinator(catalog, groups).await {
+                if let Err(err) = coordinator(catalog, groups, added_group).await {
                     note_exit(&exits, COORDINATOR, &err.to_string());
                 }
                 Ok(())
@@ -405,7 +466,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     }
     // Every replica of every group.
     let mut shard_hosts = Vec::new();
-    for group in 1..=config.groups {
+    for group in 1..=all_groups {
         let mut members = Vec::new();
         for replica in 0..config.replicas {
             let name = shard_host(group, replica);
@@ -497,6 +558,10 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let mut supervisor = Supervisor::default();
     let mut log = vec![format!("disks: {disk:?}")];
     let workload_end = STARTUP + config.time;
+    let mut resharder = config
+        .reshard
+        .then(|| Resharder::new(config.seed, all_groups, catalog.clone(), stop.clone()));
+    let jobs_outcome: Arc<Mutex<Option<JobsOutcome>>> = Arc::default();
     let mut healed = false;
     let mut final_started = false;
     let final_error: Arc<Mutex<Option<String>>> = Arc::default();
@@ -511,8 +576,18 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
                 stop.store(true, Ordering::Relaxed);
                 nemesis.heal_all(&mut sim, now, &mut log);
                 healed = true;
-            } else if config.faults && now >= STARTUP {
-                nemesis.step(&mut sim, now, &mut log);
+                if config.reshard {
+                    // A client host, so the run's end (and the final
+                    // read) waits for it.
+                    sim.client("reshard-wait", wait_for_jobs(jobs_outcome.clone()));
+                }
+            } else {
+                if config.faults && now >= STARTUP {
+                    nemesis.step(&mut sim, now, &mut log);
+                }
+                if let Some(resharder) = resharder.as_mut() {
+                    resharder.step(&mut sim, now, &mut log);
+                }
             }
         }
         if done {
@@ -557,6 +632,34 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
+    if let Some(resharder) = &resharder {
+        log.append(&mut resharder.log.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    // With resharding the settling is timed from the jobs' end: the jobs
+    // get JOBS_SETTLE_MAX of their own, the rest SETTLE_MAX as always.
+    let (settle_from, slots_moved, reshard_error) = match (
+        config.reshard,
+        jobs_outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(),
+    ) {
+        (false, _) => (workload_end, 0, None),
+        (true, None) => (
+            workload_end,
+            0,
+            Some("the reshard jobs were never waited for (the run ended first)".to_string()),
+        ),
+        (true, Some(outcome)) => {
+            log.push(format!("{:?} reshard: {}", outcome.at, outcome.summary));
+            let error = outcome.error();
+            (
+                outcome.at.max(workload_end),
+                outcome.moved.unwrap_or(0),
+                error,
+            )
+        }
+    };
     let mut unexpected_exits: Vec<String> = exits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -571,6 +674,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         }
     }
     trellis_types::rng::unseed_thread();
+    trellis_types::clock::unsimulate_thread();
     let one_way_holds = trellis_net::sim::one_way_holds();
     trellis_net::sim::heal_all_oneway();
 
@@ -595,7 +699,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         counts,
         faults: log,
         final_read_error,
-        settle_time: sim_time.saturating_sub(workload_end),
+        settle_time: sim_time.saturating_sub(settle_from),
         history,
         unexpected_exits,
         sim_time,
@@ -607,6 +711,8 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         log_catch_up_records: probes.total(|m| &m.catch_up_log_records),
         snapshot_installs: probes.total(|m| &m.snapshot_installs),
         one_way_holds,
+        slots_moved,
+        reshard_error,
     })
 }
 
@@ -751,19 +857,46 @@ impl From<tonic::transport::Error> for Stop {
     }
 }
 
+/// The simulated wall clock: [`SIM_EPOCH_UNIX_MS`] plus simulated time.
+fn simulated_unix_ms() -> u64 {
+    SIM_EPOCH_UNIX_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
 /// The coordinator host's software: catalog, router, sweeper, refresher,
-/// the gRPC services on the simulated network.
-async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
+/// the gRPC services on the simulated network; with `added_group`, that
+/// group added empty to the catalog (once: a restart finds it there) and
+/// the reshard driver, as `trellis coordinator` runs it.
+async fn coordinator(catalog: Catalog, groups: u32, added_group: Option<u32>) -> HostResult {
+    use trellis_coordinator::catalog::CatalogError;
     use trellis_coordinator::metrics::Metrics;
+    use trellis_coordinator::reshard_driver::Driver;
     use trellis_coordinator::router::Router;
     use trellis_coordinator::txn::TxnManager;
 
-    let map = catalog.bootstrap(groups).await?;
+    let mut map = catalog.bootstrap(groups).await?;
+    if let Some(group) = added_group {
+        map = match catalog.add_group(u64::from(group)).await {
+            Ok(map) => map,
+            Err(CatalogError::GroupExists { .. }) => catalog.load().await?,
+            Err(err) => return Err(err.into()),
+        };
+    }
     let addr = format!("{COORDINATOR}:{PORT}");
     // The simulated coordinator serves no metrics.
     catalog.register_coordinator(COORDINATOR, &addr, "").await?;
     let router = Arc::new(Router::new(catalog, map));
-    let txns = TxnManager::new(router, Arc::new(Metrics::default()));
+    let metrics = Arc::new(Metrics::default());
+    let txns = TxnManager::new(router, metrics.clone());
+    let reshard_wake = Arc::new(tokio::sync::Notify::new());
+    if added_group.is_some() {
+        let driver = Driver::new(
+            COORDINATOR.to_string(),
+            txns.router().clone(),
+            metrics,
+            reshard_wake.clone(),
+        );
+        tokio::spawn(driver.run());
+    }
     tokio::spawn(trellis_coordinator::sweeper(txns.clone()));
     tokio::spawn(trellis_coordinator::refresher(
         txns.clone(),
@@ -772,10 +905,10 @@ async fn coordinator(catalog: Catalog, groups: u32) -> HostResult {
         String::new(),
     ));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    // No reshard driver runs in the simulator yet: jobs created here wait.
+    // Without resharding no driver runs: no job is ever created.
     trellis_coordinator::service::serve_incoming(
         txns,
-        Arc::new(tokio::sync::Notify::new()),
+        reshard_wake,
         trellis_net::sim::incoming(listener),
         std::future::pending(),
     )
@@ -1226,6 +1359,288 @@ async fn transfer_primary(group: u64) -> Result<String, String> {
     ))
 }
 
+/// An Admin client of the coordinator, each call bounded by
+/// [`OPERATOR_TIMEOUT`].
+fn admin_client()
+-> Result<trellis_proto::v1::admin_client::AdminClient<tonic::transport::Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{COORDINATOR}:{PORT}"))
+        .map_err(|e| e.to_string())?
+        .timeout(OPERATOR_TIMEOUT)
+        .connect_timeout(OPERATOR_TIMEOUT);
+    Ok(trellis_proto::v1::admin_client::AdminClient::new(
+        trellis_net::lazy(endpoint),
+    ))
+}
+
+/// One call of the operator who reshards.
+#[derive(Debug, Clone, Copy)]
+enum ReshardCall {
+    /// `Admin.Rebalance`: every group towards an even share, which first
+    /// of all fills the added, empty group.
+    Rebalance,
+    /// `Admin.MoveSlots` of up to `count` slots that `from` owns when the
+    /// call is made (drawn with `seed`) to `to`.
+    Move {
+        from: u64,
+        to: u64,
+        count: u32,
+        seed: u64,
+    },
+}
+
+/// The operator who reshards, with [`SimConfig::reshard`]: at
+/// [`RESHARD_START`] a rebalance, then every [`RESHARD_GAP_MS`] a move of a
+/// few random slots between two random groups, each call from a host of
+/// its own (`reshard-N`), while the workload runs and the nemesis strikes.
+/// Its schedule is drawn from an RNG of its own (seeded from the seed), so
+/// that the nemesis and the clients draw what they drew before it existed.
+struct Resharder {
+    rng: StdRng,
+    /// Groups in the cluster, the added one included.
+    groups: u32,
+    next_at: Duration,
+    /// Calls made so far.
+    calls: usize,
+    catalog: Catalog,
+    /// Set when the workload ends: the first rebalance stops retrying.
+    stop: Arc<AtomicBool>,
+    /// What the coordinator answered, with simulated times.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Resharder {
+    fn new(seed: u64, groups: u32, catalog: Catalog, stop: Arc<AtomicBool>) -> Self {
+        Resharder {
+            rng: StdRng::seed_from_u64(seed ^ 0x7265_7368_6172_6421),
+            groups,
+            next_at: RESHARD_START,
+            calls: 0,
+            catalog,
+            stop,
+            log: Arc::default(),
+        }
+    }
+
+    /// Makes the next call when it is time.
+    fn step(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
+        if now < self.next_at {
+            return;
+        }
+        self.next_at = now + Duration::from_millis(self.rng.random_range(RESHARD_GAP_MS));
+        let call = if self.calls == 0 {
+            ReshardCall::Rebalance
+        } else {
+            let from = self.rng.random_range(1..=self.groups);
+            // Any group but `from`.
+            let to = (from + self.rng.random_range(0..self.groups - 1)) % self.groups + 1;
+            ReshardCall::Move {
+                from: u64::from(from),
+                to: u64::from(to),
+                count: self.rng.random_range(1..=MOVE_SLOTS_MAX),
+                seed: self.rng.random(),
+            }
+        };
+        self.calls += 1;
+        log.push(format!("{now:?} reshard: {call:?}"));
+        let (catalog, stop, answers) = (self.catalog.clone(), self.stop.clone(), self.log.clone());
+        sim.client(format!("reshard-{}", self.calls).as_str(), async move {
+            let answer = match reshard_call(call, &catalog, &stop).await {
+                Ok(created) => created,
+                Err(why) => format!("refused: {why}"),
+            };
+            let at = turmoil::sim_elapsed().unwrap_or_default();
+            answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("{at:?} reshard operator: {call:?}: {answer}"));
+            Ok(())
+        });
+    }
+}
+
+/// Makes one call of the operator; the job it created, or why none was.
+/// Refusals (slots another job moves, a coordinator down) are part of the
+/// run, not failures of it — except that the first rebalance is tried
+/// again until the coordinator answers or the workload ends, so that a
+/// run reshards at all.
+async fn reshard_call(
+    call: ReshardCall,
+    catalog: &Catalog,
+    stop: &AtomicBool,
+) -> Result<String, String> {
+    use trellis_proto::v1;
+    let mut admin = admin_client()?;
+    let created = match call {
+        ReshardCall::Rebalance => loop {
+            match admin.rebalance(v1::RebalanceRequest {}).await {
+                Ok(created) => break created,
+                Err(status) if stop.load(Ordering::Relaxed) => {
+                    return Err(format!("{:?}: {}", status.code(), status.message()));
+                }
+                Err(_) => tokio::time::sleep(REBALANCE_RETRY).await,
+            }
+        },
+        ReshardCall::Move {
+            from,
+            to,
+            count,
+            seed,
+        } => {
+            let map = catalog
+                .load()
+                .await
+                .map_err(|e| format!("reading the map: {e}"))?;
+            let slots = owned_sample(&map.slots, from, count, seed);
+            if slots.is_empty() {
+                return Err(format!("group {from} owns no slot"));
+            }
+            let slots: Vec<String> = slots.iter().map(u32::to_string).collect();
+            admin
+                .move_slots(v1::MoveSlotsRequest {
+                    from_group: from,
+                    to_group: to,
+                    slots: slots.join(","),
+                })
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        }
+    }
+    .into_inner();
+    Ok(format!(
+        "job {} ({} slots in {} batches)",
+        created.job_id, created.slots, created.batches
+    ))
+}
+
+/// Up to `count` slots that `from` owns in `slots` (the map), drawn with
+/// `seed`, in ascending order.
+fn owned_sample(slots: &[u64], from: u64, count: u32, seed: u64) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut owned: Vec<u32> = (0..slots.len() as u32)
+        .filter(|s| slots[*s as usize] == from)
+        .collect();
+    let want = (count as usize).min(owned.len());
+    // A partial Fisher-Yates shuffle: the first `want` are the sample.
+    for i in 0..want {
+        let j = rng.random_range(i..owned.len());
+        owned.swap(i, j);
+    }
+    owned.truncate(want);
+    owned.sort_unstable();
+    owned
+}
+
+/// How the reshard jobs ended, as the waiter saw them.
+struct JobsOutcome {
+    /// Simulated time the waiter stopped waiting.
+    at: Duration,
+    /// Slots moved by finished jobs, or why the jobs did not all finish.
+    moved: Result<u64, String>,
+    /// Every job, one line.
+    summary: String,
+}
+
+impl JobsOutcome {
+    /// Why resharding failed: a job that never finished, or none that
+    /// moved a slot (a run that reshards nothing tested nothing).
+    fn error(&self) -> Option<String> {
+        match &self.moved {
+            Ok(0) => Some(format!("no slot moved: {}", self.summary)),
+            Ok(_) => None,
+            Err(why) => Some(why.clone()),
+        }
+    }
+}
+
+/// Waits, after the faults are healed, until no reshard job is running
+/// or paused — resuming each that paused itself (a cutover that could not
+/// drain while a primary was down) — for at most [`JOBS_SETTLE_MAX`] of
+/// simulated time.
+async fn wait_for_jobs(out: Arc<Mutex<Option<JobsOutcome>>>) -> HostResult {
+    use trellis_proto::v1;
+    let deadline = tokio::time::Instant::now() + JOBS_SETTLE_MAX;
+    let mut admin = admin_client()?;
+    let summary = |jobs: &[&v1::ReshardJob]| {
+        let lines: Vec<String> = jobs
+            .iter()
+            .map(|j| {
+                let mut line = format!(
+                    "job {} {} {}/{} slots",
+                    j.id, j.state, j.slots_done, j.slots_total
+                );
+                if !j.phase.is_empty() {
+                    line.push_str(&format!(
+                        " (batch {}->{} slots {} in {})",
+                        j.from_group, j.to_group, j.batch_slots, j.phase
+                    ));
+                }
+                if !j.reason.is_empty() {
+                    line.push_str(&format!(": {}", j.reason));
+                }
+                line
+            })
+            .collect();
+        if lines.is_empty() {
+            "no job".to_string()
+        } else {
+            lines.join("; ")
+        }
+    };
+    let (moved, summary) = loop {
+        let late = tokio::time::Instant::now() >= deadline;
+        match admin.list_reshard_jobs(v1::ListReshardJobsRequest {}).await {
+            Ok(listed) => {
+                let jobs = listed.into_inner().jobs;
+                let all: Vec<&v1::ReshardJob> = jobs.iter().collect();
+                let open: Vec<&v1::ReshardJob> = jobs
+                    .iter()
+                    .filter(|j| j.state == "running" || j.state == "paused")
+                    .collect();
+                if open.is_empty() {
+                    let moved = jobs
+                        .iter()
+                        .filter(|j| j.state == "done")
+                        .map(|j| u64::from(j.slots_done))
+                        .sum();
+                    break (Ok(moved), summary(&all));
+                }
+                if late {
+                    break (
+                        Err(format!(
+                            "reshard jobs not finished {JOBS_SETTLE_MAX:?} after healing: {}",
+                            summary(&open)
+                        )),
+                        summary(&all),
+                    );
+                }
+                for job in open.iter().filter(|j| j.state == "paused") {
+                    let _ = admin
+                        .control_reshard_job(v1::ControlReshardJobRequest {
+                            job_id: job.id,
+                            action: v1::control_reshard_job_request::Action::Resume as i32,
+                        })
+                        .await;
+                }
+            }
+            Err(status) if late => {
+                let why = format!(
+                    "the coordinator did not list the reshard jobs {JOBS_SETTLE_MAX:?} after healing: {}",
+                    status.message()
+                );
+                break (Err(why.clone()), why);
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(JOBS_POLL).await;
+    };
+    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(JobsOutcome {
+        at: turmoil::sim_elapsed().unwrap_or_default(),
+        moved,
+        summary,
+    });
+    Ok(())
+}
+
 fn undo(
     sim: &mut turmoil::Sim<'_>,
     fills: &DiskFills,
@@ -1249,4 +1664,45 @@ fn undo(
         }
     }
     log.push(format!("{now:?} end {fault:?}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(moved: Result<u64, String>) -> JobsOutcome {
+        JobsOutcome {
+            at: Duration::from_secs(20),
+            moved,
+            summary: "job 1 done 0/0 slots".to_string(),
+        }
+    }
+
+    #[test]
+    fn resharding_fails_when_a_job_never_finishes_or_no_slot_moved() {
+        assert_eq!(outcome(Ok(12)).error(), None, "slots moved, every job done");
+        let none = outcome(Ok(0)).error().expect("nothing moved is a failure");
+        assert!(none.contains("no slot moved"), "{none}");
+        let stuck = outcome(Err("reshard jobs not finished".to_string()))
+            .error()
+            .expect("a job still open is a failure");
+        assert!(stuck.contains("not finished"), "{stuck}");
+    }
+
+    #[test]
+    fn an_owned_sample_takes_only_slots_the_group_owns() {
+        let slots: Vec<u64> = (0..64).map(|s| 1 + s % 3).collect();
+        let sample = owned_sample(&slots, 2, 5, 7);
+        assert_eq!(sample.len(), 5);
+        assert!(sample.iter().all(|s| slots[*s as usize] == 2), "{sample:?}");
+        assert!(
+            sample.windows(2).all(|w| w[0] < w[1]),
+            "ascending: {sample:?}"
+        );
+        assert_eq!(sample, owned_sample(&slots, 2, 5, 7), "the seed decides");
+        assert!(
+            owned_sample(&slots, 4, 5, 7).is_empty(),
+            "group 4 owns none"
+        );
+    }
 }

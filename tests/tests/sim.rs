@@ -1,8 +1,10 @@
 //! The deterministic simulator in CI: a fixed sweep of seeds, each a whole
 //! cluster (coordinator, 2 groups of 3 replicas, clients) under crashes,
-//! partitions and message holds, checked for strict serializability; the
-//! same seed replays bit for bit; and a broken client is caught, so the
-//! pipeline can fail.
+//! partitions and message holds, checked for strict serializability; a
+//! sweep of seeds that reshard as well (`--reshard`: a third group added
+//! empty, slots moved onto it and between groups under the faults, every
+//! job finished); the same seed replays bit for bit, with and without
+//! resharding; and a broken client is caught, so the pipeline can fail.
 //!
 //! Seeds run through the `trellis-sim` binary, one process per seed, as a
 //! replay does: a failing seed found here replays exactly with the command
@@ -24,6 +26,15 @@ const SWEEP_SEEDS: u64 = 200;
 const SWEEP_JOBS: &str = "2";
 /// Wall-clock bound a sweep may not reach: the sweep must run every seed.
 const SWEEP_MINUTES: &str = "30";
+/// Seeds in the reshard sweep, half bank and half list-append. A reshard
+/// seed costs about 9 s of CPU in a debug build (three groups, the jobs'
+/// copies, and up to `JOBS_SETTLE_MAX` of simulated waiting), so 24 of
+/// them add under two minutes of wall time at 2 jobs.
+const RESHARD_SWEEP_SEEDS: u64 = 24;
+/// First seed of each half of the reshard sweep: ranges of their own, so
+/// they are not the plain sweep's seeds again.
+const RESHARD_BANK_START: u64 = 20_000;
+const RESHARD_LIST_APPEND_START: u64 = 30_000;
 
 const SIM: &str = env!("CARGO_BIN_EXE_trellis-sim");
 
@@ -31,13 +42,15 @@ fn out_dir(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
-fn sweep(workload: &str, start: u64, seeds: u64) {
+fn sweep(workload: &str, start: u64, seeds: u64, extra: &[&str]) {
+    let name = [&["sweep", workload][..], extra].concat().join("-");
     let out = Command::new(SIM)
         .args(["--soak", "--workload", workload, "--jobs", SWEEP_JOBS])
+        .args(extra)
         .args(["--minutes", SWEEP_MINUTES])
         .args(["--start", &start.to_string(), "--seeds", &seeds.to_string()])
         .arg("--out")
-        .arg(out_dir(&format!("sweep-{workload}")))
+        .arg(out_dir(&name))
         .output()
         .expect("trellis-sim starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -51,18 +64,43 @@ fn sweep(workload: &str, start: u64, seeds: u64) {
 
 #[test]
 fn sweep_list_append() {
-    sweep("list-append", 0, SWEEP_SEEDS * 3 / 4);
+    sweep("list-append", 0, SWEEP_SEEDS * 3 / 4, &[]);
 }
 
 #[test]
 fn sweep_bank() {
-    sweep("bank", 10_000, SWEEP_SEEDS / 4);
+    sweep("bank", 10_000, SWEEP_SEEDS / 4, &[]);
+}
+
+/// Every seed must also finish every reshard job and move some slot (a
+/// seed that does not fails, see `SimResult::reshard_error`).
+#[test]
+fn sweep_reshard() {
+    sweep(
+        "bank",
+        RESHARD_BANK_START,
+        RESHARD_SWEEP_SEEDS / 2,
+        &["--reshard"],
+    );
+    sweep(
+        "list-append",
+        RESHARD_LIST_APPEND_START,
+        RESHARD_SWEEP_SEEDS / 2,
+        &["--reshard"],
+    );
 }
 
 /// Runs one seed in its own process; returns its result line and history.
 fn replay(seed: u64, out: &Path) -> (String, String) {
+    replay_with(seed, out, &[])
+}
+
+/// [`replay`] with more flags.
+fn replay_with(seed: u64, out: &Path, extra: &[&str]) -> (String, String) {
     let run = Command::new(SIM)
-        .args(["--seed", &seed.to_string(), "--quiet", "--out"])
+        .args(["--seed", &seed.to_string(), "--quiet"])
+        .args(extra)
+        .arg("--out")
         .arg(out)
         .output()
         .expect("trellis-sim starts");
@@ -113,6 +151,20 @@ fn the_same_seed_replays_bit_for_bit() {
         fingerprint(&c),
         "another seed made the same run"
     );
+}
+
+#[test]
+fn a_reshard_seed_replays_bit_for_bit() {
+    // The driver's times come from the simulated clock, the operator's
+    // schedule from the seed: two runs of a reshard seed are one run.
+    let seed = RESHARD_BANK_START;
+    let flags = ["--reshard", "--workload", "bank"];
+    let (a, history_a) = replay_with(seed, &out_dir("replay-reshard-a"), &flags);
+    let (b, history_b) = replay_with(seed, &out_dir("replay-reshard-b"), &flags);
+    assert!(!a.contains(" ok=0"), "the run committed nothing: {a}");
+    assert!(!a.contains(" slots_moved=0"), "no slot moved: {a}");
+    assert_eq!(history_a, history_b, "the histories differ");
+    assert_eq!(a, b, "the fingerprints differ");
 }
 
 #[test]

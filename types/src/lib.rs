@@ -11,10 +11,13 @@
 //! - [`failpoint`]: which failpoints `TRELLIS_FAILPOINTS` arms.
 //! - [`rng`]: the randomness every process draws from, seedable per thread
 //!   for the simulator.
+//! - [`clock`]: the wall clock (Unix milliseconds), simulated per thread
+//!   for the simulator.
 //!
 //! This crate never does IO and knows nothing of gRPC: wire types are
 //! converted to these at the service edges.
 
+pub mod clock;
 pub mod failpoint;
 pub mod limits;
 pub mod placement;

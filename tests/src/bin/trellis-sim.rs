@@ -4,6 +4,8 @@
 //! ```sh
 //! # replay a seed (a failing test prints this command)
 //! cargo run -p trellis-tests --bin trellis-sim -- --seed 1234
+//! # replay a seed that reshards (a third group, slots moving under faults)
+//! cargo run -p trellis-tests --bin trellis-sim -- --seed 20000 --reshard --workload bank
 //! # soak: seeds 0, 1, 2, ... until 10 minutes have passed or 5000 ran
 //! cargo run --release -p trellis-tests --bin trellis-sim -- --soak --seeds 5000 --minutes 10
 //! ```
@@ -58,6 +60,11 @@ usage:
 --workload W      list-append (default) or bank
 --time S          simulated seconds of workload and faults (default 10)
 --no-faults       no nemesis
+--reshard         one more group, added empty; the coordinator runs the
+                  reshard driver and an operator rebalances onto the new
+                  group, then moves random slots between random groups,
+                  under the faults; every job must finish and some slot
+                  move (also with --soak)
 --out DIR         where histories go (default target/sim)
 --quiet           with --seed: print only failures and the result line
 --trace FILTER    with --seed: log to stderr, stamped with simulated time
@@ -75,6 +82,7 @@ struct Args {
     workload: Workload,
     time: Duration,
     faults: bool,
+    reshard: bool,
     out: PathBuf,
     quiet: bool,
     trace: Option<String>,
@@ -91,6 +99,7 @@ fn parse() -> anyhow::Result<Args> {
         workload: Workload::ListAppend,
         time: Duration::from_secs(10),
         faults: true,
+        reshard: false,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sim"),
         quiet: false,
         trace: None,
@@ -114,6 +123,7 @@ fn parse() -> anyhow::Result<Args> {
             "--jobs" => args.jobs = number::<usize>(&flag, value()?)?.max(1),
             "--time" => args.time = Duration::from_secs(number(&flag, value()?)?),
             "--no-faults" => args.faults = false,
+            "--reshard" => args.reshard = true,
             "--quiet" => args.quiet = true,
             "--trace" => args.trace = Some(value()?),
             "--out" => args.out = PathBuf::from(value()?),
@@ -166,13 +176,14 @@ fn config(args: &Args, seed: u64) -> SimConfig {
         workload: args.workload,
         time: args.time,
         faults: args.faults,
+        reshard: args.reshard,
         ..SimConfig::new(seed)
     }
 }
 
 /// Runs one seed in this process. Ends with the result line:
 /// `result: seed=N passed=true|false fingerprint=HEX ok=N torn_tails=N
-/// disk_restarts=N`.
+/// disk_restarts=N ... slots_moved=N`.
 fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     if let Some(filter) = &args.trace {
         tracing_subscriber::fmt()
@@ -197,7 +208,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
              torn log tails recovered: {}, restarts after disk failures: {} ({} full); \
              catch-up: {} records from logs on disk, {} snapshots installed; \
-             reads, writes and dials held by one-way cuts: {}",
+             reads, writes and dials held by one-way cuts: {}; slots moved: {}",
             result.counts[0],
             result.counts[1],
             result.counts[2],
@@ -209,6 +220,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             result.log_catch_up_records,
             result.snapshot_installs,
             result.one_way_holds,
+            result.slots_moved,
         );
         println!("history: {}", history.display());
         if passed {
@@ -220,14 +232,16 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     }
     println!(
         "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={} \
-         torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={} one_way_holds={}",
+         torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={} one_way_holds={} \
+         slots_moved={}",
         result.fingerprint,
         result.counts[0],
         result.torn_tails,
         result.disk_restarts,
         result.log_catch_up_records,
         result.snapshot_installs,
-        result.one_way_holds
+        result.one_way_holds,
+        result.slots_moved
     );
     Ok(if passed { 0 } else { 1 })
 }
@@ -249,7 +263,7 @@ fn soak(args: Args) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let out_of_time = Arc::new(AtomicBool::new(false));
-    let totals: Arc<[AtomicU64; 5]> = Arc::default();
+    let totals: Arc<[AtomicU64; 6]> = Arc::default();
     let end = args.start + args.seeds;
     let workers: Vec<_> = (0..args.jobs)
         .map(|_| {
@@ -325,16 +339,17 @@ fn soak(args: Args) -> anyhow::Result<i32> {
         println!("{why}");
     }
     println!("{n} seeds run, {} failed", failed.len());
-    let [torn, restarts, from_log, snapshots, held] = &*totals;
+    let [torn, restarts, from_log, snapshots, held, moved] = &*totals;
     println!(
         "exercised in passing seeds: {} torn log tails cut, {} restarts after disk failures, \
          {} records caught up from logs on disk, {} snapshots installed, \
-         {} reads, writes and dials held by one-way cuts",
+         {} reads, writes and dials held by one-way cuts, {} slots moved",
         torn.load(Ordering::Relaxed),
         restarts.load(Ordering::Relaxed),
         from_log.load(Ordering::Relaxed),
         snapshots.load(Ordering::Relaxed),
-        held.load(Ordering::Relaxed)
+        held.load(Ordering::Relaxed),
+        moved.load(Ordering::Relaxed)
     );
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
@@ -358,7 +373,7 @@ fn run_child(
     exe: &std::path::Path,
     args: &Args,
     seed: u64,
-    totals: &[AtomicU64; 5],
+    totals: &[AtomicU64; 6],
 ) -> Option<String> {
     let mut command = Command::new(exe);
     command
@@ -378,6 +393,9 @@ fn run_child(
     if !args.faults {
         command.arg("--no-faults");
     }
+    if args.reshard {
+        command.arg("--reshard");
+    }
     match command.output() {
         Ok(out) if out.status.success() => {
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -387,6 +405,7 @@ fn run_child(
                 ("log_catch_up=", &totals[2]),
                 ("snapshot_installs=", &totals[3]),
                 ("one_way_holds=", &totals[4]),
+                ("slots_moved=", &totals[5]),
             ] {
                 total.fetch_add(result_field(&stdout, key), Ordering::Relaxed);
             }
