@@ -482,6 +482,19 @@ pub fn finalize_batches(jobs: &[FinalizeJob]) -> BTreeMap<GroupId, Vec<(TxnId, b
     by_group
 }
 
+/// Whether the record of `txn` lingers: the previous sweep listed it at
+/// its anchor too, so its own finalize-and-forget did not come in time.
+pub fn lingering(previous: &std::collections::BTreeSet<TxnId>, txn: &TxnId) -> bool {
+    previous.contains(txn)
+}
+
+/// Whether a lingering record may be forgotten, from each participant's
+/// answer (`Some(prepared)`, `None` when it did not answer): every one
+/// answered, and none has the transaction prepared any more.
+pub fn record_done(answers: impl IntoIterator<Item = Option<bool>>) -> bool {
+    answers.into_iter().all(|a| a == Some(false))
+}
+
 /// The anchors' records that may be forgotten after a batch, by anchor: a
 /// transaction's record goes only once every one of its participants
 /// finalized (`finalized[group]` is true). Forgotten earlier, a resolve
@@ -711,6 +724,27 @@ mod tests {
         assert_eq!(
             tally.clone().outcome(txn(), &p, false),
             CommitOutcome::Aborted(tally.abort.clone().expect("refused"))
+        );
+    }
+
+    #[test]
+    fn a_lingering_record_is_forgotten_only_when_every_participant_answers_not_prepared() {
+        let t = txn();
+        let previous: std::collections::BTreeSet<TxnId> = [t].into();
+        assert!(lingering(&previous, &t));
+        assert!(!lingering(&Default::default(), &t), "first seen: not yet");
+        assert!(record_done([Some(false), Some(false)]));
+        assert!(
+            record_done([]),
+            "a presumed-abort record names no participant"
+        );
+        assert!(
+            !record_done([Some(false), Some(true)]),
+            "still prepared somewhere"
+        );
+        assert!(
+            !record_done([Some(false), None]),
+            "a participant did not answer"
         );
     }
 

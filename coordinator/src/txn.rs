@@ -95,6 +95,10 @@ pub struct TxnManager {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     finalize_queue: tokio::sync::mpsc::Sender<FinalizeJob>,
+    /// Per anchor group, the transaction records the last sweep listed
+    /// there (at most [`crate::SWEEP_BATCH_MAX`] each): a record listed by
+    /// two sweeps in a row lingers, and the sweeper checks it itself.
+    swept_records: std::sync::Mutex<BTreeMap<GroupId, std::collections::BTreeSet<TxnId>>>,
 }
 
 impl TxnManager {
@@ -105,6 +109,7 @@ impl TxnManager {
             router,
             metrics,
             finalize_queue: queue,
+            swept_records: Default::default(),
         });
         tokio::spawn(manager.clone().finalizer(jobs));
         manager
@@ -922,12 +927,23 @@ impl TxnManager {
                     let request = pb::ListPreparedRequest {
                         older_than_ms: IN_DOUBT_AGE.as_millis() as u64,
                         limit: crate::SWEEP_BATCH_MAX,
+                        records: true,
                     };
                     async move { client.list_prepared(request).await.map(|r| r.into_inner()) }
                 })
                 .await;
             let Ok(listed) = listed else { continue };
             total_in_doubt += listed.txns.len();
+            let forgotten = self
+                .forget_lingering(*group, &listed.records, deadline)
+                .await;
+            if forgotten > 0 {
+                tracing::info!(
+                    anchor = *group,
+                    forgotten,
+                    "sweeper forgot transaction records every participant had finalized"
+                );
+            }
             for prepared in listed.txns {
                 let Ok(txn) = TxnId::from_bytes(&prepared.txn_id) else {
                     continue;
@@ -947,6 +963,54 @@ impl TxnManager {
             .in_doubt
             .store(total_in_doubt as u64, Ordering::Relaxed);
         resolved
+    }
+
+    /// Forgets the records `anchor` listed (`listed`) that the previous
+    /// sweep listed too and that no participant has prepared any more: a
+    /// coordinator that died between finalizing and forgetting leaves such
+    /// records behind, and no prepared transaction would ever lead a
+    /// resolver to them. Safe for either decision: a COMMIT record's
+    /// participants all prepared before the decision, so "not prepared"
+    /// means finalized; an ABORT record answers as presumed abort would.
+    /// Returns how many it forgot.
+    async fn forget_lingering(
+        &self,
+        anchor: GroupId,
+        listed: &[pb::TxnRecordEntry],
+        deadline: Instant,
+    ) -> usize {
+        let now: std::collections::BTreeSet<TxnId> = listed
+            .iter()
+            .filter_map(|r| TxnId::from_bytes(&r.txn_id).ok())
+            .collect();
+        let previous = {
+            let mut swept = self.swept_records.lock().expect("swept records lock");
+            swept.insert(anchor, now.clone()).unwrap_or_default()
+        };
+        let mut forgotten = 0;
+        for record in listed {
+            let Ok(txn) = TxnId::from_bytes(&record.txn_id) else {
+                continue;
+            };
+            if !crate::twopc::lingering(&previous, &txn) {
+                continue;
+            }
+            let answers = join_all(record.participants.iter().map(|group| {
+                self.call(*group, deadline, "lookup", move |mut client, _map| {
+                    let request = pb::LookupRequest {
+                        txn_id: txn.as_bytes().to_vec(),
+                    };
+                    async move { client.lookup(request).await.map(|r| r.into_inner()) }
+                })
+            }))
+            .await;
+            let prepared = answers.into_iter().map(|a| a.ok().map(|r| r.prepared));
+            if crate::twopc::record_done(prepared) {
+                self.forget(anchor, txn, deadline).await;
+                forgotten += 1;
+            }
+        }
+        forgotten
     }
 }
 

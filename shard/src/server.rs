@@ -526,7 +526,20 @@ impl ShardService for ShardApi {
                 age_ms: age.as_millis() as u64,
             })
             .collect();
-        Ok(Response::new(pb::ListPreparedResponse { txns }))
+        let records = if req.records {
+            self.shard
+                .list_records(limit as usize)
+                .into_iter()
+                .map(|(txn, record)| pb::TxnRecordEntry {
+                    txn_id: txn.as_bytes().to_vec(),
+                    commit: record.commit,
+                    participants: record.participants,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::ListPreparedResponse { txns, records }))
     }
 
     async fn lookup(

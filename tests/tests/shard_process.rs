@@ -197,6 +197,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
         .list_prepared(pb::ListPreparedRequest {
             older_than_ms: 0,
             limit: 10,
+            records: false,
         })
         .await
         .expect("list")
@@ -288,6 +289,29 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
         (status.prepared, status.txn_records, status.group_id),
         (0, 2, 7)
     );
+    // Both records are listed for the sweeper (which forgets records no
+    // participant has prepared any more), with their decisions.
+    let listed = client
+        .list_prepared(pb::ListPreparedRequest {
+            older_than_ms: 0,
+            limit: 10,
+            records: true,
+        })
+        .await
+        .expect("list records")
+        .into_inner();
+    assert!(listed.txns.is_empty());
+    let mut records: Vec<(Vec<u8>, bool)> = listed
+        .records
+        .iter()
+        .map(|r| (r.txn_id.clone(), r.commit))
+        .collect();
+    records.sort();
+    let mut expected = vec![(committed.clone(), true), (aborted.clone(), false)];
+    expected.sort();
+    assert_eq!(records, expected);
+    let named = listed.records.iter().find(|r| r.txn_id == committed);
+    assert_eq!(named.expect("the commit").participants, vec![7, 8]);
 }
 
 /// The `trellis.shard.v1.ErrorReason` in a status's `google.rpc.ErrorInfo`.

@@ -349,6 +349,21 @@ impl Shard {
         out
     }
 
+    /// At most `limit` of the transaction records this group anchors
+    /// (decided, not yet forgotten), oldest LSN first.
+    pub fn list_records(&self, limit: usize) -> Vec<(TxnId, TxnRecord)> {
+        let guard = self.state.lock();
+        let mut out: Vec<(TxnId, TxnRecord)> = guard
+            .core()
+            .records
+            .iter()
+            .map(|(txn, record)| (*txn, record.clone()))
+            .collect();
+        out.sort_by_key(|(_, record)| record.lsn);
+        out.truncate(limit);
+        out
+    }
+
     /// What this replica knows of `txn`: (recorded decision as anchor,
     /// remembered outcome, prepared here). Waits until what it reports is
     /// durable.
