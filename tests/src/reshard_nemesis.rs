@@ -46,6 +46,26 @@ const DRAIN_AT_PICK: usize = 4;
 /// seconds) or its primary is between failovers.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Up to `count` slots that `from` owns in `slots` (the map), drawn
+/// with `seed` (the ring scatters a group's slots, so they are rarely
+/// adjacent), in ascending order. The simulator's operator draws its
+/// moves with it too.
+pub fn owned_sample(slots: &[u64], from: u64, count: u32, seed: u64) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut owned: Vec<u32> = (0..slots.len() as u32)
+        .filter(|s| slots[*s as usize] == from)
+        .collect();
+    let want = (count as usize).min(owned.len());
+    // A partial Fisher-Yates shuffle: the first `want` are the sample.
+    for i in 0..want {
+        let j = rng.random_range(i..owned.len());
+        owned.swap(i, j);
+    }
+    owned.truncate(want);
+    owned.sort_unstable();
+    owned
+}
+
 /// A fault (or a resharding step, which the schedule treats as one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReshardFault {
@@ -131,25 +151,6 @@ impl ReshardCluster {
             .jobs)
     }
 
-    /// Up to `count` slots that `from` owns in `slots` (the map), drawn
-    /// with `seed` (the ring scatters a group's slots, so they are rarely
-    /// adjacent), in ascending order.
-    fn owned_sample(slots: &[u64], from: u64, count: u32, seed: u64) -> Vec<u32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut owned: Vec<u32> = (0..slots.len() as u32)
-            .filter(|s| slots[*s as usize] == from)
-            .collect();
-        let want = (count as usize).min(owned.len());
-        // A partial Fisher-Yates shuffle: the first `want` are the sample.
-        for i in 0..want {
-            let j = rng.random_range(i..owned.len());
-            owned.swap(i, j);
-        }
-        owned.truncate(want);
-        owned.sort_unstable();
-        owned
-    }
-
     /// Steps alternate: a resharding step, then a kill (a primary, or now
     /// and then the coordinator), so that kills land while jobs copy and
     /// cut over. The resharding steps: first a rebalance onto the empty
@@ -229,7 +230,7 @@ impl ReshardCluster {
                         seed,
                     } => {
                         let map = Catalog::connect(&catalog).await?.load().await?.slots;
-                        let slots = Self::owned_sample(&map, u64::from(from), count, seed);
+                        let slots = owned_sample(&map, u64::from(from), count, seed);
                         anyhow::ensure!(!slots.is_empty(), "group {from} owns no slot");
                         let slots: Vec<String> = slots.iter().map(u32::to_string).collect();
                         admin

@@ -84,6 +84,7 @@ use trellis_shard::wal::WalError;
 use trellis_shard::{Shard, ShardConfig, ShardError};
 use trellis_types::SlotSet;
 
+use crate::reshard_nemesis::owned_sample;
 use crate::workload::{
     ClientMode, Clock, Keys, Recorder, Workload, WorkloadMop, client_loop, connect, final_read,
     open_accounts,
@@ -1510,24 +1511,6 @@ async fn reshard_call(
         "job {} ({} slots in {} batches)",
         created.job_id, created.slots, created.batches
     ))
-}
-
-/// Up to `count` slots that `from` owns in `slots` (the map), drawn with
-/// `seed`, in ascending order.
-fn owned_sample(slots: &[u64], from: u64, count: u32, seed: u64) -> Vec<u32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut owned: Vec<u32> = (0..slots.len() as u32)
-        .filter(|s| slots[*s as usize] == from)
-        .collect();
-    let want = (count as usize).min(owned.len());
-    // A partial Fisher-Yates shuffle: the first `want` are the sample.
-    for i in 0..want {
-        let j = rng.random_range(i..owned.len());
-        owned.swap(i, j);
-    }
-    owned.truncate(want);
-    owned.sort_unstable();
-    owned
 }
 
 /// How the reshard jobs ended, as the waiter saw them.
