@@ -33,14 +33,17 @@
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
 //! (`Catalog::add_group`); the coordinator host runs the reshard driver
 //! (`trellis_coordinator::reshard_driver::Driver`) as `trellis
-//! coordinator` does; and an operator ([`Resharder`], from hosts
+//! coordinator` does; and an operator ([`reshard::Resharder`], from hosts
 //! `reshard-N`, on an RNG of its own) calls `Admin.Rebalance` and then
-//! `Admin.MoveSlots` of a few random slots between random groups while the
-//! nemesis strikes (the added group's replicas included). After healing,
-//! the run waits (at most [`JOBS_SETTLE_MAX`] of simulated time, resuming
-//! jobs that paused themselves) for every job to finish before the final
-//! read, and fails if one never does or no slot moved. The jobs' freeze
-//! deadlines read `trellis_types::clock`, simulated here.
+//! `Admin.MoveSlots` of a few random slots between random groups, with one
+//! `Admin.DrainGroup` of group 2 among them, while the nemesis strikes (the
+//! added group's replicas included). After healing, the run waits (at most
+//! [`reshard::JOBS_SETTLE_MAX`] of simulated time, resuming jobs that
+//! paused themselves) for every job to finish, then empties group 2 (drained
+//! again if it still owns slots) and removes it (`Admin.RemoveGroup`) before
+//! the final read; it fails if a job never finishes, no slot moved, or
+//! group 2 could not be removed. The jobs' freeze deadlines read
+//! `trellis_types::clock`, simulated here.
 //!
 //! Same seed, same run: the fault schedule, the clients' choices, the
 //! transaction ids and the retry jitter all come from the seed (see
@@ -84,7 +87,9 @@ use trellis_shard::wal::WalError;
 use trellis_shard::{Shard, ShardConfig, ShardError};
 use trellis_types::SlotSet;
 
-use crate::reshard_nemesis::owned_sample;
+pub mod reshard;
+
+use self::reshard::{JobsOutcome, Resharder, wait_for_jobs};
 use crate::workload::{
     ClientMode, Clock, Keys, Recorder, Workload, WorkloadMop, client_loop, connect, final_read,
     open_accounts,
@@ -168,25 +173,6 @@ const BALLAST: &str = "/ballast";
 const BALLAST_CHUNK: usize = 4096;
 /// How often a replica host looks whether its disk is to be full.
 const BALLAST_POLL: Duration = Duration::from_millis(10);
-/// With [`SimConfig::reshard`]: when the operator's first call
-/// (`Admin.Rebalance` onto the added, empty group) is made.
-pub const RESHARD_START: Duration = Duration::from_secs(4);
-/// Pause between two of the operator's `Admin.MoveSlots` calls, drawn
-/// from this range (milliseconds).
-pub const RESHARD_GAP_MS: std::ops::Range<u64> = 1000..3000;
-/// Most slots one `Admin.MoveSlots` call asks to move ("a few").
-pub const MOVE_SLOTS_MAX: u32 = 16;
-/// Pause between two tries of the first rebalance while the coordinator
-/// does not answer (it may be crashed or cut off).
-pub const REBALANCE_RETRY: Duration = Duration::from_millis(500);
-/// Longest simulated time from healing every fault until every reshard
-/// job has finished. A batch whose cutover could not drain pauses its job
-/// (resumed by the waiter); a failed step backs off up to
-/// `RETRY_BACKOFF_MAX` (10 s); a batch copies a few KiB here. A job still
-/// open after this is stuck.
-pub const JOBS_SETTLE_MAX: Duration = Duration::from_secs(90);
-/// How often the waiter lists the jobs.
-pub const JOBS_POLL: Duration = Duration::from_millis(250);
 /// The simulated wall clock (`trellis_types::clock`) reads this many Unix
 /// milliseconds at the start of every run: fixed, so that a reshard job's
 /// times replay.
@@ -215,9 +201,10 @@ pub struct SimConfig {
     pub disk: DiskFaults,
     /// Resharding under the workload: one more group, added empty, and
     /// an operator who rebalances onto it and then moves random slots
-    /// between random groups while the coordinator's reshard driver runs
-    /// the jobs (see `Resharder`). Its draws come from an RNG of its
-    /// own, so runs without it are the same as before it existed.
+    /// between random groups, drains group 2 and removes it at the end,
+    /// while the coordinator's reshard driver runs the jobs (see
+    /// `reshard::Resharder`). Its draws come from an RNG of its own, so
+    /// runs without it are the same as before it existed.
     pub reshard: bool,
 }
 
@@ -580,7 +567,11 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
                 if config.reshard {
                     // A client host, so the run's end (and the final
                     // read) waits for it.
-                    sim.client("reshard-wait", wait_for_jobs(jobs_outcome.clone()));
+                    let drain = resharder.as_ref().and_then(|r| r.drain());
+                    sim.client(
+                        "reshard-wait",
+                        wait_for_jobs(jobs_outcome.clone(), drain, catalog.clone()),
+                    );
                 }
             } else {
                 if config.faults && now >= STARTUP {
@@ -653,6 +644,12 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         ),
         (true, Some(outcome)) => {
             log.push(format!("{:?} reshard: {}", outcome.at, outcome.summary));
+            if let Some(removed) = &outcome.removed {
+                log.push(format!(
+                    "{:?} reshard: remove-group: {removed:?}",
+                    outcome.at
+                ));
+            }
             let error = outcome.error();
             (
                 outcome.at.max(workload_end),
@@ -1373,257 +1370,6 @@ fn admin_client()
     ))
 }
 
-/// One call of the operator who reshards.
-#[derive(Debug, Clone, Copy)]
-enum ReshardCall {
-    /// `Admin.Rebalance`: every group towards an even share, which first
-    /// of all fills the added, empty group.
-    Rebalance,
-    /// `Admin.MoveSlots` of up to `count` slots that `from` owns when the
-    /// call is made (drawn with `seed`) to `to`.
-    Move {
-        from: u64,
-        to: u64,
-        count: u32,
-        seed: u64,
-    },
-}
-
-/// The operator who reshards, with [`SimConfig::reshard`]: at
-/// [`RESHARD_START`] a rebalance, then every [`RESHARD_GAP_MS`] a move of a
-/// few random slots between two random groups, each call from a host of
-/// its own (`reshard-N`), while the workload runs and the nemesis strikes.
-/// Its schedule is drawn from an RNG of its own (seeded from the seed), so
-/// that the nemesis and the clients draw what they drew before it existed.
-struct Resharder {
-    rng: StdRng,
-    /// Groups in the cluster, the added one included.
-    groups: u32,
-    next_at: Duration,
-    /// Calls made so far.
-    calls: usize,
-    catalog: Catalog,
-    /// Set when the workload ends: the first rebalance stops retrying.
-    stop: Arc<AtomicBool>,
-    /// What the coordinator answered, with simulated times.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Resharder {
-    fn new(seed: u64, groups: u32, catalog: Catalog, stop: Arc<AtomicBool>) -> Self {
-        Resharder {
-            rng: StdRng::seed_from_u64(seed ^ 0x7265_7368_6172_6421),
-            groups,
-            next_at: RESHARD_START,
-            calls: 0,
-            catalog,
-            stop,
-            log: Arc::default(),
-        }
-    }
-
-    /// Makes the next call when it is time.
-    fn step(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, log: &mut Vec<String>) {
-        if now < self.next_at {
-            return;
-        }
-        self.next_at = now + Duration::from_millis(self.rng.random_range(RESHARD_GAP_MS));
-        let call = if self.calls == 0 {
-            ReshardCall::Rebalance
-        } else {
-            let from = self.rng.random_range(1..=self.groups);
-            // Any group but `from`.
-            let to = (from + self.rng.random_range(0..self.groups - 1)) % self.groups + 1;
-            ReshardCall::Move {
-                from: u64::from(from),
-                to: u64::from(to),
-                count: self.rng.random_range(1..=MOVE_SLOTS_MAX),
-                seed: self.rng.random(),
-            }
-        };
-        self.calls += 1;
-        log.push(format!("{now:?} reshard: {call:?}"));
-        let (catalog, stop, answers) = (self.catalog.clone(), self.stop.clone(), self.log.clone());
-        sim.client(format!("reshard-{}", self.calls).as_str(), async move {
-            let answer = match reshard_call(call, &catalog, &stop).await {
-                Ok(created) => created,
-                Err(why) => format!("refused: {why}"),
-            };
-            let at = turmoil::sim_elapsed().unwrap_or_default();
-            answers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!("{at:?} reshard operator: {call:?}: {answer}"));
-            Ok(())
-        });
-    }
-}
-
-/// Makes one call of the operator; the job it created, or why none was.
-/// Refusals (slots another job moves, a coordinator down) are part of the
-/// run, not failures of it — except that the first rebalance is tried
-/// again until the coordinator answers or the workload ends, so that a
-/// run reshards at all.
-async fn reshard_call(
-    call: ReshardCall,
-    catalog: &Catalog,
-    stop: &AtomicBool,
-) -> Result<String, String> {
-    use trellis_proto::v1;
-    let mut admin = admin_client()?;
-    let created = match call {
-        ReshardCall::Rebalance => loop {
-            match admin.rebalance(v1::RebalanceRequest {}).await {
-                Ok(created) => break created,
-                Err(status) if stop.load(Ordering::Relaxed) => {
-                    return Err(format!("{:?}: {}", status.code(), status.message()));
-                }
-                Err(_) => tokio::time::sleep(REBALANCE_RETRY).await,
-            }
-        },
-        ReshardCall::Move {
-            from,
-            to,
-            count,
-            seed,
-        } => {
-            let map = catalog
-                .load()
-                .await
-                .map_err(|e| format!("reading the map: {e}"))?;
-            let slots = owned_sample(&map.slots, from, count, seed);
-            if slots.is_empty() {
-                return Err(format!("group {from} owns no slot"));
-            }
-            let slots: Vec<String> = slots.iter().map(u32::to_string).collect();
-            admin
-                .move_slots(v1::MoveSlotsRequest {
-                    from_group: from,
-                    to_group: to,
-                    slots: slots.join(","),
-                })
-                .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        }
-    }
-    .into_inner();
-    Ok(format!(
-        "job {} ({} slots in {} batches)",
-        created.job_id, created.slots, created.batches
-    ))
-}
-
-/// How the reshard jobs ended, as the waiter saw them.
-struct JobsOutcome {
-    /// Simulated time the waiter stopped waiting.
-    at: Duration,
-    /// Slots moved by finished jobs, or why the jobs did not all finish.
-    moved: Result<u64, String>,
-    /// Every job, one line.
-    summary: String,
-}
-
-impl JobsOutcome {
-    /// Why resharding failed: a job that never finished, or none that
-    /// moved a slot (a run that reshards nothing tested nothing).
-    fn error(&self) -> Option<String> {
-        match &self.moved {
-            Ok(0) => Some(format!("no slot moved: {}", self.summary)),
-            Ok(_) => None,
-            Err(why) => Some(why.clone()),
-        }
-    }
-}
-
-/// Waits, after the faults are healed, until no reshard job is running
-/// or paused — resuming each that paused itself (a cutover that could not
-/// drain while a primary was down) — for at most [`JOBS_SETTLE_MAX`] of
-/// simulated time.
-async fn wait_for_jobs(out: Arc<Mutex<Option<JobsOutcome>>>) -> HostResult {
-    use trellis_proto::v1;
-    let deadline = tokio::time::Instant::now() + JOBS_SETTLE_MAX;
-    let mut admin = admin_client()?;
-    let summary = |jobs: &[&v1::ReshardJob]| {
-        let lines: Vec<String> = jobs
-            .iter()
-            .map(|j| {
-                let mut line = format!(
-                    "job {} {} {}/{} slots",
-                    j.id, j.state, j.slots_done, j.slots_total
-                );
-                if !j.phase.is_empty() {
-                    line.push_str(&format!(
-                        " (batch {}->{} slots {} in {})",
-                        j.from_group, j.to_group, j.batch_slots, j.phase
-                    ));
-                }
-                if !j.reason.is_empty() {
-                    line.push_str(&format!(": {}", j.reason));
-                }
-                line
-            })
-            .collect();
-        if lines.is_empty() {
-            "no job".to_string()
-        } else {
-            lines.join("; ")
-        }
-    };
-    let (moved, summary) = loop {
-        let late = tokio::time::Instant::now() >= deadline;
-        match admin.list_reshard_jobs(v1::ListReshardJobsRequest {}).await {
-            Ok(listed) => {
-                let jobs = listed.into_inner().jobs;
-                let all: Vec<&v1::ReshardJob> = jobs.iter().collect();
-                let open: Vec<&v1::ReshardJob> = jobs
-                    .iter()
-                    .filter(|j| j.state == "running" || j.state == "paused")
-                    .collect();
-                if open.is_empty() {
-                    let moved = jobs
-                        .iter()
-                        .filter(|j| j.state == "done")
-                        .map(|j| u64::from(j.slots_done))
-                        .sum();
-                    break (Ok(moved), summary(&all));
-                }
-                if late {
-                    break (
-                        Err(format!(
-                            "reshard jobs not finished {JOBS_SETTLE_MAX:?} after healing: {}",
-                            summary(&open)
-                        )),
-                        summary(&all),
-                    );
-                }
-                for job in open.iter().filter(|j| j.state == "paused") {
-                    let _ = admin
-                        .control_reshard_job(v1::ControlReshardJobRequest {
-                            job_id: job.id,
-                            action: v1::control_reshard_job_request::Action::Resume as i32,
-                        })
-                        .await;
-                }
-            }
-            Err(status) if late => {
-                let why = format!(
-                    "the coordinator did not list the reshard jobs {JOBS_SETTLE_MAX:?} after healing: {}",
-                    status.message()
-                );
-                break (Err(why.clone()), why);
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(JOBS_POLL).await;
-    };
-    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(JobsOutcome {
-        at: turmoil::sim_elapsed().unwrap_or_default(),
-        moved,
-        summary,
-    });
-    Ok(())
-}
-
 fn undo(
     sim: &mut turmoil::Sim<'_>,
     fills: &DiskFills,
@@ -1647,45 +1393,4 @@ fn undo(
         }
     }
     log.push(format!("{now:?} end {fault:?}"));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(moved: Result<u64, String>) -> JobsOutcome {
-        JobsOutcome {
-            at: Duration::from_secs(20),
-            moved,
-            summary: "job 1 done 0/0 slots".to_string(),
-        }
-    }
-
-    #[test]
-    fn resharding_fails_when_a_job_never_finishes_or_no_slot_moved() {
-        assert_eq!(outcome(Ok(12)).error(), None, "slots moved, every job done");
-        let none = outcome(Ok(0)).error().expect("nothing moved is a failure");
-        assert!(none.contains("no slot moved"), "{none}");
-        let stuck = outcome(Err("reshard jobs not finished".to_string()))
-            .error()
-            .expect("a job still open is a failure");
-        assert!(stuck.contains("not finished"), "{stuck}");
-    }
-
-    #[test]
-    fn an_owned_sample_takes_only_slots_the_group_owns() {
-        let slots: Vec<u64> = (0..64).map(|s| 1 + s % 3).collect();
-        let sample = owned_sample(&slots, 2, 5, 7);
-        assert_eq!(sample.len(), 5);
-        assert!(sample.iter().all(|s| slots[*s as usize] == 2), "{sample:?}");
-        assert!(
-            sample.windows(2).all(|w| w[0] < w[1]),
-            "ascending: {sample:?}"
-        );
-        assert_eq!(sample, owned_sample(&slots, 2, 5, 7), "the seed decides");
-        assert!(
-            owned_sample(&slots, 4, 5, 7).is_empty(),
-            "group 4 owns none"
-        );
-    }
 }

@@ -72,8 +72,9 @@ fn sweep_bank() {
     sweep("bank", 10_000, SWEEP_SEEDS / 4, &[]);
 }
 
-/// Every seed must also finish every reshard job and move some slot (a
-/// seed that does not fails, see `SimResult::reshard_error`).
+/// Every seed must also finish every reshard job, move some slot, and
+/// drain and remove group 2 (a seed that does not fails, see
+/// `SimResult::reshard_error`).
 #[test]
 fn sweep_reshard() {
     sweep(

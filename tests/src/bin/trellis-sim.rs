@@ -62,9 +62,10 @@ usage:
 --no-faults       no nemesis
 --reshard         one more group, added empty; the coordinator runs the
                   reshard driver and an operator rebalances onto the new
-                  group, then moves random slots between random groups,
-                  under the faults; every job must finish and some slot
-                  move (also with --soak)
+                  group, then moves random slots between random groups
+                  and drains group 2, under the faults; every job must
+                  finish, some slot move, and group 2 be removed at the
+                  end (also with --soak)
 --out DIR         where histories go (default target/sim)
 --quiet           with --seed: print only failures and the result line
 --trace FILTER    with --seed: log to stderr, stamped with simulated time
