@@ -551,6 +551,52 @@ impl State {
             .lsn_of(version)
     }
 
+    /// What an export of `slots` above `above_version` sends
+    /// ([`StateGuard::export_plan`] for what is checked and how complete it
+    /// is). Only the checks and the complete version are taken under the
+    /// state lock; the walk of the index, O(keys held), runs outside it, so
+    /// commits on other slots do not wait for it. That is sound because
+    /// the index is only ever added to or replaced in while the slots stay
+    /// held: an entry at or below the complete version was applied before
+    /// the lock was released, and one replaced during the walk is newer
+    /// than the complete version, so the next export above that version
+    /// copies it again (the receiver keeps the newer of two). A release or
+    /// abandon of the slots that raced the walk (a stale driver's step)
+    /// would have dropped their entries midway: the ownership is checked
+    /// again under the lock after the walk, and the export refused then.
+    pub fn export(
+        &self,
+        slots: &SlotSet,
+        above_version: Version,
+        drained: Option<GroupId>,
+        now: Instant,
+    ) -> Result<Export, ExportRefusal> {
+        let complete_version = self.lock_at(now).export_plan(slots, drained)?;
+        let entries = self.export_entries(slots, above_version);
+        self.lock_at(now).check_exportable(slots, drained)?;
+        Ok(Export {
+            entries,
+            complete_version,
+        })
+    }
+
+    /// Every entry of `slots` with a version above `above_version`, sorted
+    /// by key, read from the index without the state lock.
+    pub fn export_entries(
+        &self,
+        slots: &SlotSet,
+        above_version: Version,
+    ) -> Vec<(Box<[u8]>, Entry)> {
+        let mut entries: Vec<(Box<[u8]>, Entry)> = self
+            .index
+            .iter()
+            .filter(|e| e.value().version() > above_version && slots.contains(slot_of(e.key())))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
     /// Takes the state lock. Never hold it across an `.await`. Without a
     /// time, read holds never expire (the conservative reading).
     pub fn lock(&self) -> StateGuard<'_> {
@@ -684,38 +730,23 @@ impl StateGuard<'_> {
         Ok(())
     }
 
-    /// What an export of `slots` above `above_version` sends, taken under
-    /// the lock. `drained` (the cutover's last copy) names the peer every
-    /// slot must be frozen towards, with no prepared transaction or live
-    /// read hold left on the slots' keys.
+    /// The checks and the complete version of an export of `slots`, taken
+    /// under the lock (the walk of the index is [`State::export_entries`],
+    /// outside it; [`State::export`] does both). `drained` (the cutover's
+    /// last copy) names the peer every slot must be frozen towards, with no
+    /// prepared transaction or live read hold left on the slots' keys.
     ///
     /// The copy is complete up to the smaller of the version of the last
     /// applied record and one below the lowest version of a transaction
     /// still prepared with a write in the slots: a two-phase write's
     /// version is its PREPARE's, but it enters the index only at finalize,
     /// so a delta taken above a version past it would skip it.
-    pub fn export(
+    pub fn export_plan(
         &self,
         slots: &SlotSet,
-        above_version: Version,
         drained: Option<GroupId>,
-    ) -> Result<Export, ExportRefusal> {
-        for slot in (0..trellis_types::SLOTS).filter(|s| slots.contains(*s)) {
-            let state = self.core.ownership.state(slot);
-            match (state, drained) {
-                (SlotState::Frozen { to }, Some(peer)) if to == peer => {}
-                (_, Some(_)) => return Err(ExportRefusal::NotFrozen { slot, state }),
-                (SlotState::Owned | SlotState::Frozen { .. }, None) => {}
-                (_, None) => {
-                    let error = self
-                        .core
-                        .ownership
-                        .check(0, slot, Access::Serve)
-                        .expect_err("neither owned nor frozen");
-                    return Err(ExportRefusal::NotHeld(error));
-                }
-            }
-        }
+    ) -> Result<Version, ExportRefusal> {
+        self.check_exportable(slots, drained)?;
         if drained.is_some() {
             let locked_keys = self
                 .state
@@ -740,19 +771,33 @@ impl StateGuard<'_> {
             .map(|p| p.version.saturating_sub(1))
             .min();
         let applied = self.version(self.core.applied_lsn);
-        let complete_version = prepared_floor.map_or(applied, |floor| floor.min(applied));
-        let mut entries: Vec<(Box<[u8]>, Entry)> = self
-            .state
-            .index
-            .iter()
-            .filter(|e| e.value().version() > above_version && slots.contains(slot_of(e.key())))
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(Export {
-            entries,
-            complete_version,
-        })
+        Ok(prepared_floor.map_or(applied, |floor| floor.min(applied)))
+    }
+
+    /// Whether every slot may be exported: owned or frozen here, or, for
+    /// the drained export, frozen towards `drained`.
+    fn check_exportable(
+        &self,
+        slots: &SlotSet,
+        drained: Option<GroupId>,
+    ) -> Result<(), ExportRefusal> {
+        for slot in (0..trellis_types::SLOTS).filter(|s| slots.contains(*s)) {
+            let state = self.core.ownership.state(slot);
+            match (state, drained) {
+                (SlotState::Frozen { to }, Some(peer)) if to == peer => {}
+                (_, Some(_)) => return Err(ExportRefusal::NotFrozen { slot, state }),
+                (SlotState::Owned | SlotState::Frozen { .. }, None) => {}
+                (_, None) => {
+                    let error = self
+                        .core
+                        .ownership
+                        .check(0, slot, Access::Serve)
+                        .expect_err("neither owned nor frozen");
+                    return Err(ExportRefusal::NotHeld(error));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn hold_live(&self, hold: &Hold) -> bool {
@@ -2254,35 +2299,40 @@ mod tests {
     fn an_export_is_complete_only_below_transactions_still_prepared() {
         let now = Instant::now();
         let state = State::default();
-        let mut g = state.lock_at(now);
         let slot = slots_of(&["a"]);
         let sibling = (0..)
             .map(|i| format!("a{i}"))
             .find(|k| slot_of(k.as_bytes()) == slot_of(b"a"))
             .expect("a key in the same slot");
-        g.apply(
-            1,
-            &Record::CommitLocal(CommitLocalRec {
-                txn_id: txn(1).0.to_vec(),
-                writes: vec![put("a", "1"), put("b", "1")],
-            }),
-            now,
-        )
-        .expect("apply");
+        state
+            .lock_at(now)
+            .apply(
+                1,
+                &Record::CommitLocal(CommitLocalRec {
+                    txn_id: txn(1).0.to_vec(),
+                    writes: vec![put("a", "1"), put("b", "1")],
+                }),
+                now,
+            )
+            .expect("apply");
         // Prepared at LSN 2 (its writes get version 2 at finalize), then a
         // later commit at LSN 3 on the same slot.
-        g.apply(2, &prepare(txn(2), vec![], vec![put(&sibling, "2pc")]), now)
+        state
+            .lock_at(now)
+            .apply(2, &prepare(txn(2), vec![], vec![put(&sibling, "2pc")]), now)
             .expect("apply");
-        g.apply(
-            3,
-            &Record::CommitLocal(CommitLocalRec {
-                txn_id: txn(3).0.to_vec(),
-                writes: vec![put("a", "3")],
-            }),
-            now,
-        )
-        .expect("apply");
-        let export = g.export(&slot, 0, None).expect("export");
+        state
+            .lock_at(now)
+            .apply(
+                3,
+                &Record::CommitLocal(CommitLocalRec {
+                    txn_id: txn(3).0.to_vec(),
+                    writes: vec![put("a", "3")],
+                }),
+                now,
+            )
+            .expect("apply");
+        let export = state.export(&slot, 0, None, now).expect("export");
         assert_eq!(
             export.complete_version, 1,
             "the prepared write (version 2) is not in the index yet"
@@ -2296,22 +2346,27 @@ mod tests {
         assert_eq!(export.entries.len(), 1, "{:?}", export.entries);
         // Not frozen, and locked: the drained export is refused.
         assert!(matches!(
-            g.export(&slot, 0, Some(2)),
+            state.export(&slot, 0, Some(2), now),
             Err(ExportRefusal::NotFrozen { .. })
         ));
-        g.apply(
-            4,
-            &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
-            now,
-        )
-        .expect("apply");
+        state
+            .lock_at(now)
+            .apply(
+                4,
+                &Record::Slots(slots_rec(SlotStep::Freeze { to: 2 }, &slot)),
+                now,
+            )
+            .expect("apply");
         assert_eq!(
-            g.export(&slot, 0, Some(2)).expect_err("locked"),
+            state.export(&slot, 0, Some(2), now).expect_err("locked"),
             ExportRefusal::NotDrained { locked_keys: 1 }
         );
-        g.apply(5, &finalize_rec(txn(2), true), now).expect("apply");
-        let drained = g
-            .export(&slot, export.complete_version, Some(2))
+        state
+            .lock_at(now)
+            .apply(5, &finalize_rec(txn(2), true), now)
+            .expect("apply");
+        let drained = state
+            .export(&slot, export.complete_version, Some(2), now)
             .expect("drained");
         assert_eq!(drained.complete_version, 5);
         let versions: Vec<u64> = drained.entries.iter().map(|(_, e)| e.version()).collect();
@@ -2322,8 +2377,50 @@ mod tests {
         // A slot neither owned nor frozen here is not ours to export.
         let none = State::new(Ownership::new(1, &SlotSet::empty()));
         assert!(matches!(
-            none.lock().export(&slot, 0, None),
+            none.export(&slot, 0, None, now),
             Err(ExportRefusal::NotHeld(OwnershipError::WrongShard { .. }))
+        ));
+    }
+
+    #[test]
+    fn an_export_whose_slots_were_released_during_the_walk_is_refused() {
+        let now = Instant::now();
+        let state = State::default();
+        let slot = slots_of(&["a"]);
+        state
+            .lock_at(now)
+            .apply(
+                1,
+                &Record::CommitLocal(CommitLocalRec {
+                    txn_id: txn(1).0.to_vec(),
+                    writes: vec![put("a", "1")],
+                }),
+                now,
+            )
+            .expect("apply");
+        // The steps of `State::export`, with a stale driver's freeze and
+        // release landing between the walk and the check after it.
+        let complete = state.lock_at(now).export_plan(&slot, None).expect("owned");
+        assert_eq!(complete, 1);
+        let entries = state.export_entries(&slot, 0);
+        assert_eq!(entries.len(), 1, "the walk saw the entry");
+        for (lsn, step) in [(2, SlotStep::Freeze { to: 2 }), (3, SlotStep::Release)] {
+            state
+                .lock_at(now)
+                .apply(lsn, &Record::Slots(slots_rec(step, &slot)), now)
+                .expect("apply");
+        }
+        assert!(
+            state.export_entries(&slot, 0).is_empty(),
+            "the release dropped the slot's entries"
+        );
+        assert!(matches!(
+            state.export(&slot, 0, None, now),
+            Err(ExportRefusal::NotHeld(_))
+        ));
+        assert!(matches!(
+            state.lock_at(now).check_exportable(&slot, None),
+            Err(ExportRefusal::NotHeld(_))
         ));
     }
 }

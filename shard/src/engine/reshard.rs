@@ -137,7 +137,8 @@ impl Shard {
 
     /// The entries of `slots` with versions above `above_version`
     /// (tombstones too), sorted by key, and the version up to which the
-    /// copy is complete ([`crate::state::StateGuard::export`]). With
+    /// copy is complete ([`crate::state::State::export`]; the index is walked
+    /// outside the state lock). With
     /// `drained` (the cutover's last copy), refused unless every slot is
     /// frozen towards that group and nothing is prepared or held on their
     /// keys. Answers once everything up to the complete version is durable
@@ -151,8 +152,7 @@ impl Shard {
     ) -> Result<Export, ShardError> {
         let export = self
             .state
-            .lock_at(Instant::now())
-            .export(slots, above_version, drained)
+            .export(slots, above_version, drained, Instant::now())
             .map_err(|refusal| match refusal {
                 ExportRefusal::NotHeld(error) => ShardError::BadStep(error),
                 ExportRefusal::NotFrozen { slot, state } => ShardError::NotDrained(format!(
