@@ -23,6 +23,10 @@ pub enum Error {
     /// commit.
     #[error("transaction aborted: a participant was unavailable: {message}")]
     ParticipantUnavailable { keys: Vec<Vec<u8>>, message: String },
+    /// Some keys moved to another group (resharding) after the commit was
+    /// planned; nothing was committed. Retryable.
+    #[error("transaction aborted: {message}")]
+    SlotsMoved { keys: Vec<Vec<u8>>, message: String },
     /// The transaction may or may not have committed; `TxnStatus` with this
     /// id can tell.
     #[error(
@@ -71,9 +75,13 @@ pub fn quote_key(key: &[u8]) -> String {
 }
 
 impl Error {
-    /// Re-running the whole transaction may succeed (CONFLICT or LOCKED).
+    /// Re-running the whole transaction may succeed (CONFLICT, LOCKED, or
+    /// SLOTS_MOVED).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Conflict { .. } | Error::Locked { .. })
+        matches!(
+            self,
+            Error::Conflict { .. } | Error::Locked { .. } | Error::SlotsMoved { .. }
+        )
     }
 
     /// The keys at fault, for aborts that report them.
@@ -82,7 +90,8 @@ impl Error {
             Error::Conflict { keys, .. }
             | Error::Locked { keys, .. }
             | Error::ResolvedAbort { keys, .. }
-            | Error::ParticipantUnavailable { keys, .. } => keys,
+            | Error::ParticipantUnavailable { keys, .. }
+            | Error::SlotsMoved { keys, .. } => keys,
             _ => &[],
         }
     }
@@ -101,6 +110,7 @@ impl Error {
             Ok(pb::AbortReason::ParticipantUnavailable) => {
                 Error::ParticipantUnavailable { keys, message }
             }
+            Ok(pb::AbortReason::SlotsMoved) => Error::SlotsMoved { keys, message },
             _ => Error::Server {
                 code: tonic::Code::Aborted,
                 message: format!("aborted for reason {reason}: {message}"),
@@ -180,6 +190,20 @@ mod tests {
             message: "x".into(),
         });
         assert!(!err.is_retryable());
+        // Keys that moved under the commit: nothing committed, run again.
+        let err = Error::from_aborted(pb::Aborted {
+            reason: pb::AbortReason::SlotsMoved as i32,
+            keys: vec![],
+            message: "group 2 no longer owns some of the keys".into(),
+        });
+        assert!(matches!(err, Error::SlotsMoved { .. }), "{err:?}");
+        assert!(err.is_retryable());
+        let err = Error::from_aborted(pb::Aborted {
+            reason: pb::AbortReason::ParticipantUnavailable as i32,
+            keys: vec![],
+            message: "group 2 could not prepare".into(),
+        });
+        assert!(!err.is_retryable(), "a group down is not retried blindly");
     }
 
     #[test]

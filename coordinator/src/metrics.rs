@@ -33,17 +33,18 @@ impl Path {
 }
 
 const OUTCOMES: [&str; 4] = ["committed", "aborted", "unknown", "error"];
-const REASONS: [&str; 4] = [
+const REASONS: [&str; 5] = [
     "conflict",
     "locked",
     "resolved_abort",
     "participant_unavailable",
+    "slots_moved",
 ];
 
 pub struct Metrics {
     /// [path][outcome]
     commits: [[AtomicU64; 4]; 3],
-    aborts: [AtomicU64; 4],
+    aborts: [AtomicU64; REASONS.len()],
     latency: [Histogram; 3],
     pub map_refreshes: AtomicU64,
     pub read_lock_waits: AtomicU64,
@@ -117,6 +118,7 @@ impl Metrics {
                     AbortReason::Locked => 1,
                     AbortReason::ResolvedAbort => 2,
                     AbortReason::ParticipantUnavailable => 3,
+                    AbortReason::SlotsMoved => 4,
                 };
                 self.aborts[reason].fetch_add(1, Relaxed);
                 1

@@ -146,6 +146,7 @@ fn abort_reason_pb(reason: AbortReason) -> pb::AbortReason {
         AbortReason::Locked => pb::AbortReason::Locked,
         AbortReason::ResolvedAbort => pb::AbortReason::ResolvedAbort,
         AbortReason::ParticipantUnavailable => pb::AbortReason::ParticipantUnavailable,
+        AbortReason::SlotsMoved => pb::AbortReason::SlotsMoved,
     }
 }
 

@@ -52,6 +52,9 @@ pub enum AbortReason {
     Locked,
     ResolvedAbort,
     ParticipantUnavailable,
+    /// A participant no longer owned some of the keys when PREPARE came
+    /// (slots moved after the plan): retryable with a new id.
+    SlotsMoved,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,7 +255,7 @@ impl Tally {
                 Err(TxnError::Moved { .. }) => {
                     commit = false;
                     abort.get_or_insert(Abort {
-                        reason: AbortReason::ParticipantUnavailable,
+                        reason: AbortReason::SlotsMoved,
                         keys: Vec::new(),
                         message: format!(
                             "group {group} no longer owns some of the keys (slots moved while the transaction committed); retry the transaction"
@@ -757,7 +760,7 @@ mod tests {
         let tally = Tally::of(&[(1, Ok(Vote::Yes { version: 5 })), (2, moved)]);
         assert!(!tally.commit);
         let abort = tally.abort.expect("an abort");
-        assert_eq!(abort.reason, AbortReason::ParticipantUnavailable);
+        assert_eq!(abort.reason, AbortReason::SlotsMoved);
         assert!(
             abort.message.contains("no longer owns"),
             "{}",

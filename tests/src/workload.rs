@@ -22,7 +22,7 @@
 //! - `ok`: Commit answered committed.
 //! - `fail`: an error before Commit was sent (a read failed, an overdraft),
 //!   or a definite abort (CONFLICT, LOCKED, RESOLVED_ABORT,
-//!   PARTICIPANT_UNAVAILABLE, invalid input).
+//!   PARTICIPANT_UNAVAILABLE, SLOTS_MOVED, invalid input).
 //! - `info`: everything else once Commit was sent — OUTCOME_UNKNOWN, an
 //!   unavailable or timed-out Commit, an operation that overran its
 //!   deadline. The process then takes a new id (as in Jepsen), since its
@@ -298,6 +298,7 @@ fn reason(failure: &Failure) -> String {
         Error::Locked { .. } => "locked",
         Error::ResolvedAbort { .. } => "resolved-abort",
         Error::ParticipantUnavailable { .. } => "participant-unavailable",
+        Error::SlotsMoved { .. } => "slots-moved",
         Error::OutcomeUnknown { .. } => "outcome-unknown",
         Error::Unavailable(_) => "unavailable",
         Error::InvalidArgument(_) => "invalid-argument",
@@ -316,6 +317,7 @@ fn completion(failure: &Failure) -> OpKind {
             | Error::Locked { .. }
             | Error::ResolvedAbort { .. }
             | Error::ParticipantUnavailable { .. }
+            | Error::SlotsMoved { .. }
             | Error::InvalidArgument(_)
             | Error::Application(_) => OpKind::Fail,
             Error::OutcomeUnknown { .. } | Error::Unavailable(_) | Error::Server { .. } => {

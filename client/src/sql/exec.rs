@@ -112,6 +112,11 @@ impl SqlError {
             Error::ResolvedAbort { .. } => {
                 SqlError::new("40000 transaction_rollback", err.to_string())
             }
+            Error::SlotsMoved { .. } => {
+                SqlError::new("40001 serialization_failure", err.to_string()).hint(format!(
+                    "the keys moved to another shard group while the transaction committed; {again}"
+                ))
+            }
             Error::ParticipantUnavailable { .. } => {
                 SqlError::new("57P03 cannot_connect_now", err.to_string())
                     .hint("the transaction did not commit; retry when the cluster is healthy")

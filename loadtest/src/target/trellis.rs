@@ -94,7 +94,9 @@ fn before_commit(err: Error) -> TxnError {
 /// An error of Commit.
 fn of_commit(err: Error) -> TxnError {
     match err {
-        Error::Conflict { .. } | Error::Locked { .. } => TxnError::Conflict(err.to_string()),
+        Error::Conflict { .. } | Error::Locked { .. } | Error::SlotsMoved { .. } => {
+            TxnError::Conflict(err.to_string())
+        }
         Error::ResolvedAbort { .. }
         | Error::ParticipantUnavailable { .. }
         | Error::InvalidArgument(_)
