@@ -1,8 +1,8 @@
 //! Resharding under load and faults: a [`ReplicatedCluster`] on loopback
 //! grows by an empty group, and a seeded schedule rebalances, moves random
-//! slots between groups, drains one group, SIGKILLs primaries (mid-copy,
-//! mid-cutover: whatever the job is doing when the fault lands) and the
-//! coordinator that drives the jobs, while the clients of
+//! slots between groups, drains one group, SIGKILLs primaries (one while
+//! a batch copies, one while a batch cuts over: the kill waits for the
+//! phase) and the coordinator that drives the jobs, while the clients of
 //! [`crate::workload`] run bank or list-append transactions. Afterwards
 //! every job must finish, the drained group is removed, every group serve,
 //! nothing stay prepared, and the history go through the checker
@@ -37,6 +37,16 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between two polls while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How long a kill step watches the jobs for a batch in the phase it aims
+/// at (a copy, or a cutover) before it kills a random primary instead: a
+/// job whose step failed backs off for seconds before its next batch.
+const AIM_WAIT: Duration = Duration::from_secs(6);
+/// Pause between two looks at the jobs while aiming: a cutover lasts tens
+/// of milliseconds.
+const AIM_POLL: Duration = Duration::from_millis(10);
+/// The job phases a kill aimed at a copy, and at a cutover, waits for.
+const COPY_PHASES: &[&str] = &["copy", "catch-up"];
+const CUTOVER_PHASES: &[&str] = &["freeze", "drain", "flip"];
 /// The group the schedule drains (and the run then removes).
 pub const DRAINED_GROUP: u32 = 2;
 /// The step that drains it (steps alternate: even ones reshard).
@@ -113,6 +123,9 @@ pub struct ReshardCluster {
     drain_asked: bool,
     removed: AtomicBool,
     coordinator_killed: bool,
+    /// Kills that landed on a batch's source or target while it copied
+    /// (`.0`) or cut over (`.1`), one line each.
+    pub aimed: Mutex<(Vec<String>, Vec<String>)>,
     /// What each admin call answered, in order (for the run's log).
     pub answers: Arc<Mutex<Vec<String>>>,
     exits: Vec<String>,
@@ -130,6 +143,7 @@ impl ReshardCluster {
             drain_asked: false,
             removed: AtomicBool::new(false),
             coordinator_killed: false,
+            aimed: Mutex::default(),
             answers: Arc::new(Mutex::new(Vec::new())),
             exits: Vec::new(),
         })
@@ -151,9 +165,10 @@ impl ReshardCluster {
             .jobs)
     }
 
-    /// Steps alternate: a resharding step, then a kill (a primary, or now
-    /// and then the coordinator), so that kills land while jobs copy and
-    /// cut over. The resharding steps: first a rebalance onto the empty
+    /// Steps alternate: a resharding step, then a kill. Kills take turns:
+    /// a primary aimed at a batch that cuts over, one aimed at a batch that
+    /// copies ([`Self::aim`]; a random group's primary when no batch is
+    /// in that phase within [`AIM_WAIT`]), then the coordinator. The resharding steps: first a rebalance onto the empty
     /// group; at [`DRAIN_AT_PICK`] a drain of [`DRAINED_GROUP`]; otherwise
     /// moves of random slots (and rebalances, until the drain; after it,
     /// moves leave the drained group alone so that it stays empty).
@@ -164,8 +179,21 @@ impl ReshardCluster {
         }
         let groups = self.cluster.groups();
         if pick % 2 == 1 {
-            if rng.random_range(0..4) == 0 {
+            // The kills take turns, so that every run has each: a primary
+            // aimed at a batch that cuts over (first, while the rebalance's
+            // batches follow each other without a failure's backoff), one
+            // aimed at a batch that copies, the coordinator. (Drawn at random, one seed killed
+            // only the coordinator.)
+            let aim = match (pick / 2) % 3 {
+                0 => Some(true),
+                1 => Some(false),
+                _ => None,
+            };
+            let Some(cutover) = aim else {
                 return Some(ReshardFault::KillCoordinator);
+            };
+            if let Some(kill) = self.aim(cutover, rng).await {
+                return Some(kill);
             }
             let group = rng.random_range(1..=groups);
             let replica = self.primary_now(group).await?;
@@ -191,6 +219,45 @@ impl ReshardCluster {
             count: rng.random_range(1..=MOVE_SLOTS_MAX),
             seed: rng.random(),
         })
+    }
+
+    /// A kill of the primary of the source or the target (drawn) of a
+    /// batch in a copy phase, or with `cutover` in a cutover phase, as soon
+    /// as the jobs show one — for at most [`AIM_WAIT`]; noted in
+    /// [`Self::aimed`].
+    async fn aim(&self, cutover: bool, rng: &mut StdRng) -> Option<ReshardFault> {
+        let phases = if cutover { CUTOVER_PHASES } else { COPY_PHASES };
+        let deadline = tokio::time::Instant::now() + AIM_WAIT;
+        let mut admin = self.cluster.cluster.admin(0).await.ok()?;
+        while tokio::time::Instant::now() < deadline {
+            let call = admin.list_reshard_jobs(v1::ListReshardJobsRequest {});
+            let jobs = match tokio::time::timeout(ADMIN_TIMEOUT, call).await {
+                Ok(Ok(listed)) => listed.into_inner().jobs,
+                // The coordinator is down or cut off: no aim now.
+                _ => return None,
+            };
+            if let Some(job) = jobs
+                .iter()
+                .find(|j| j.state == "running" && phases.contains(&j.phase.as_str()))
+            {
+                let (group, end) = if rng.random_bool(0.5) {
+                    (job.from_group, "source")
+                } else {
+                    (job.to_group, "target")
+                };
+                let group = u32::try_from(group).ok()?;
+                let replica = self.primary_now(group).await?;
+                let line = format!(
+                    "kill group {group} replica {replica} ({end} of job {}) in {}",
+                    job.id, job.phase
+                );
+                let mut aimed = self.aimed.lock().expect("aimed lock");
+                if cutover { &mut aimed.1 } else { &mut aimed.0 }.push(line);
+                return Some(ReshardFault::Kill(group, replica));
+            }
+            tokio::time::sleep(AIM_POLL).await;
+        }
+        None
     }
 
     /// The replica the coordinator names primary of `group` now.

@@ -2,11 +2,12 @@
 //! 127.0.0.1 (`trellis_tests::reshard_nemesis`): two replicated groups grow
 //! by an empty third, the schedule rebalances onto it, moves random slots
 //! between groups and drains group 2 while bank and list-append clients
-//! run, with primaries and the driving coordinator killed between the
-//! steps (mid-copy, mid-cutover: wherever the jobs are). Every job must
-//! finish, slots must really have moved, group 2 must be removed at the
-//! end, and the history must pass the checker (no lost or duplicated
-//! transfer, no stale read, no cycle).
+//! run, with a primary killed while a batch copies, one while a batch cuts
+//! over (the schedule waits for those phases) and the driving coordinator
+//! killed. Every job must finish, slots must really have moved, group 2
+//! must be removed at the end, both aimed kills must have landed, and the
+//! history must pass the checker (no lost or duplicated transfer, no stale
+//! read, no cycle).
 //!
 //! `TRELLIS_NEMESIS_SEED` replays a schedule; a failed run keeps its
 //! history, verdict and logs under `target/nemesis/`.
@@ -82,8 +83,17 @@ async fn run(workload: Workload, name: &str) {
         .map(|j| j.slots_done)
         .sum();
     assert!(moved > 0, "{name}: no job finished moving slots: {jobs:#?}");
+    let (copy, cutover) = cluster.aimed.lock().expect("aimed").clone();
+    // The schedule's first kills wait for a batch in those phases (the
+    // rebalance onto the empty group runs for seconds by then).
+    assert!(
+        !copy.is_empty() && !cutover.is_empty(),
+        "{name}: a primary must be killed during a copy and during a cutover; \
+         during a copy: {copy:?}; during a cutover: {cutover:?}; jobs: {jobs:#?}"
+    );
     eprintln!(
-        "{name}: {moved} slots moved by {} finished jobs; group {} owns {third}; {:?} ok/fail/info; admin answers: {answers:#?}",
+        "{name}: {moved} slots moved by {} finished jobs; group {} owns {third}; {:?} ok/fail/info; \
+         kills during a copy: {copy:#?}; during a cutover: {cutover:#?}; admin answers: {answers:#?}",
         jobs.iter().filter(|j| j.state == "done").count(),
         GROUPS + 1,
         result.counts
