@@ -49,8 +49,10 @@ const COPY_PHASES: &[&str] = &["copy", "catch-up"];
 const CUTOVER_PHASES: &[&str] = &["freeze", "drain", "flip"];
 /// The group the schedule drains (and the run then removes).
 pub const DRAINED_GROUP: u32 = 2;
-/// The step that drains it (steps alternate: even ones reshard).
-const DRAIN_AT_PICK: usize = 4;
+/// The step that drains it (steps alternate: even ones reshard; the
+/// second resharding step, so that the drain runs under the faults even
+/// when the aimed kills wait long).
+const DRAIN_AT_PICK: usize = 2;
 /// How long the removal of the drained group may be refused because it
 /// still anchors transaction records (the finalizer forgets them within
 /// seconds) or its primary is between failovers.
@@ -118,14 +120,14 @@ pub struct ReshardCluster {
     pub cluster: ReplicatedCluster,
     /// Steps picked so far (they alternate between resharding and kills).
     picks: AtomicUsize,
-    /// Whether the drain of [`DRAINED_GROUP`] was asked for, and whether
-    /// the group was removed at the end.
-    drain_asked: bool,
+    /// Whether [`DRAINED_GROUP`] was removed at the end.
     removed: AtomicBool,
     coordinator_killed: bool,
     /// Kills that landed on a batch's source or target while it copied
     /// (`.0`) or cut over (`.1`), one line each.
     pub aimed: Mutex<(Vec<String>, Vec<String>)>,
+    /// Kills picked once both aimed kills had landed.
+    kills_after_aims: AtomicUsize,
     /// What each admin call answered, in order (for the run's log).
     pub answers: Arc<Mutex<Vec<String>>>,
     exits: Vec<String>,
@@ -140,10 +142,10 @@ impl ReshardCluster {
         Ok(ReshardCluster {
             cluster,
             picks: AtomicUsize::new(0),
-            drain_asked: false,
             removed: AtomicBool::new(false),
             coordinator_killed: false,
             aimed: Mutex::default(),
+            kills_after_aims: AtomicUsize::new(0),
             answers: Arc::new(Mutex::new(Vec::new())),
             exits: Vec::new(),
         })
@@ -179,20 +181,29 @@ impl ReshardCluster {
         }
         let groups = self.cluster.groups();
         if pick % 2 == 1 {
-            // The kills take turns, so that every run has each: a primary
-            // aimed at a batch that cuts over (first, while the rebalance's
-            // batches follow each other without a failure's backoff), one
-            // aimed at a batch that copies, the coordinator. (Drawn at random, one seed killed
-            // only the coordinator.)
-            let aim = match (pick / 2) % 3 {
-                0 => Some(true),
-                1 => Some(false),
-                _ => None,
+            // Every run must have each kind: a primary aimed at a batch
+            // that cuts over (first, while the rebalance's batches follow
+            // each other without a failure's backoff), then one aimed at a
+            // batch that copies — each aimed again at the next kill until
+            // one lands — then the coordinator, and then they take turns.
+            // (Drawn at random, one seed killed only the coordinator.)
+            let (copies, cutovers) = {
+                let aimed = self.aimed.lock().expect("aimed lock");
+                (aimed.0.len(), aimed.1.len())
+            };
+            let aim = match (cutovers, copies) {
+                (0, _) => Some(true),
+                (_, 0) => Some(false),
+                _ => match self.kills_after_aims.fetch_add(1, Ordering::Relaxed) % 3 {
+                    0 => None,
+                    1 => Some(true),
+                    _ => Some(false),
+                },
             };
             let Some(cutover) = aim else {
                 return Some(ReshardFault::KillCoordinator);
             };
-            if let Some(kill) = self.aim(cutover, rng).await {
+            if let Some(kill) = self.aim(cutover, pick > DRAIN_AT_PICK, rng).await {
                 return Some(kill);
             }
             let group = rng.random_range(1..=groups);
@@ -224,11 +235,14 @@ impl ReshardCluster {
     /// A kill of the primary of the source or the target (drawn) of a
     /// batch in a copy phase, or with `cutover` in a cutover phase, as soon
     /// as the jobs show one — for at most [`AIM_WAIT`]; noted in
-    /// [`Self::aimed`].
-    async fn aim(&self, cutover: bool, rng: &mut StdRng) -> Option<ReshardFault> {
+    /// [`Self::aimed`]. If no job runs when it starts, or none reached the
+    /// phase in half the wait, it asks for a move of [`MOVE_SLOTS_MAX`]
+    /// slots (leaving the drained group alone once `drained`) to aim at.
+    async fn aim(&self, cutover: bool, drained: bool, rng: &mut StdRng) -> Option<ReshardFault> {
         let phases = if cutover { CUTOVER_PHASES } else { COPY_PHASES };
         let deadline = tokio::time::Instant::now() + AIM_WAIT;
         let mut admin = self.cluster.cluster.admin(0).await.ok()?;
+        let mut asked = false;
         while tokio::time::Instant::now() < deadline {
             let call = admin.list_reshard_jobs(v1::ListReshardJobsRequest {});
             let jobs = match tokio::time::timeout(ADMIN_TIMEOUT, call).await {
@@ -236,6 +250,23 @@ impl ReshardCluster {
                 // The coordinator is down or cut off: no aim now.
                 _ => return None,
             };
+            // No job, or none reaching the phase in half the wait (one
+            // backing off after a failed step): a move of its own.
+            let half = tokio::time::Instant::now() + AIM_WAIT / 2 >= deadline;
+            if !asked && (half || !jobs.iter().any(|j| j.state == "running")) {
+                asked = true;
+                let mut groups: Vec<u32> = (1..=self.cluster.groups())
+                    .filter(|g| !(drained && *g == DRAINED_GROUP))
+                    .collect();
+                let from = groups.remove(rng.random_range(0..groups.len()));
+                let to = groups[rng.random_range(0..groups.len())];
+                self.send(ReshardFault::Move {
+                    from,
+                    to,
+                    count: MOVE_SLOTS_MAX,
+                    seed: rng.random(),
+                });
+            }
             if let Some(job) = jobs
                 .iter()
                 .find(|j| j.state == "running" && phases.contains(&j.phase.as_str()))
@@ -441,10 +472,8 @@ impl NemesisCluster for ReshardCluster {
 
     fn inflict(&mut self, fault: ReshardFault) -> anyhow::Result<()> {
         match fault {
-            ReshardFault::Rebalance | ReshardFault::Move { .. } => self.send(fault),
-            ReshardFault::Drain(_) => {
-                self.drain_asked = true;
-                self.send(fault);
+            ReshardFault::Rebalance | ReshardFault::Move { .. } | ReshardFault::Drain(_) => {
+                self.send(fault)
             }
             ReshardFault::Kill(g, r) => self.cluster.kill9(g, r),
             ReshardFault::KillCoordinator => {
@@ -495,9 +524,9 @@ impl NemesisCluster for ReshardCluster {
                 )
             })?;
         self.jobs_finished().await?;
-        if self.drain_asked {
-            self.finish_drain().await?;
-        }
+        // Drained again (or for the first time, if the run ended before its
+        // step) and removed: every run ends with the group gone.
+        self.finish_drain().await?;
         Ok(())
     }
 
