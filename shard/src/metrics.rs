@@ -13,12 +13,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::time::Instant;
-use trellis_metrics::{COUNT_BOUNDS, Counter, Histogram, Labels, SECONDS_BOUNDS};
+use trellis_metrics::{COUNT_BOUNDS, Histogram, Labels, SECONDS_BOUNDS};
 use trellis_types::Lsn;
 use trellis_types::fail_stop::FailStopCause;
 
 use crate::repl::{CatchUp, Peer, Repl, Role};
-pub use trellis_metrics::{Scrape, bind, serve};
+pub use trellis_metrics::{Counter, Scrape, bind, serve};
 
 /// Milliseconds in a second: `catch_up_paced_ms` is kept in milliseconds
 /// and exposed in seconds.
