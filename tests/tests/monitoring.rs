@@ -9,7 +9,8 @@
 //! names, units and types). And the series that "a group without a serving
 //! primary" reads tell a failover (a new primary serves) from a group
 //! whose members are all killed. And a shard whose fsync fails stops, and
-//! the series "a shard fail-stopped" reads say so, with the cause.
+//! the series "a shard fail-stopped" reads say so, with the cause. A
+//! shard started with `--metrics-recording off` counts nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use trellis_proto::v1 as pb;
 use trellis_tests::cluster::TestCluster;
-use trellis_tests::harness::{Proc, RPC_TIMEOUT, channel, http_get, signal_pid, txn_id, wait_gone};
+use trellis_tests::harness::{
+    Proc, RPC_TIMEOUT, channel, http_get, shard_client, signal_pid, txn_id, wait_gone,
+};
 
 /// Shard groups of the dev cluster (with dev's default 3 replicas each).
 const GROUPS: usize = 2;
@@ -595,4 +598,71 @@ async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
         sample(&later, &fail_stops_series(1, &replica, "fsync")),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_off_counts_nothing_and_still_serves_metrics() {
+    // Two standalone shards take the same ten writes, one started with
+    // `--metrics-recording off`. The one that records counts the commits,
+    // the fsyncs and the fsync latencies; the one that does not shows
+    // every one of them at 0, while its /metrics still answers with every
+    // family (and with what a scrape computes: it serves).
+    const WRITES: u64 = 10;
+    let mut scraped = Vec::new();
+    for mode in ["on", "off"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Proc::start(&[
+            "shard",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-recording",
+            mode,
+        ])
+        .expect("shard starts");
+        let mut client = shard_client(&shard).await.expect("connect");
+        for i in 0..WRITES {
+            client
+                .commit_local(trellis_proto::shard::v1::CommitLocalRequest {
+                    durability: 0,
+                    map_epoch: 1,
+                    txn_id: txn_id(),
+                    reads: vec![],
+                    writes: vec![trellis_proto::shard::v1::WriteOp {
+                        key: format!("k{i}").into_bytes(),
+                        value: b"v".to_vec(),
+                        delete: false,
+                    }],
+                })
+                .await
+                .expect("commit");
+        }
+        let body = scrape(shard.field("metrics")).await.expect("it answers");
+        assert!(shard.terminate(), "SIGTERM exits cleanly");
+        scraped.push((mode, body));
+    }
+    for (mode, body) in &scraped {
+        let value =
+            |name: &str| sample(body, name).unwrap_or_else(|| panic!("{mode}: no {name}: {body}"));
+        let counted = [
+            value("trellis_shard_commits_local_total"),
+            value("trellis_wal_fsyncs_total"),
+            value("trellis_wal_fsync_seconds_count"),
+            value("trellis_shard_keys"),
+        ];
+        assert_eq!(
+            value("trellis_repl_serving"),
+            1.0,
+            "{mode}: computed at scrape time"
+        );
+        if *mode == "on" {
+            assert_eq!(counted[0], WRITES as f64, "{body}");
+            assert!(counted[1..].iter().all(|v| *v > 0.0), "{body}");
+        } else {
+            assert_eq!(counted, [0.0; 4], "recording off counted: {body}");
+        }
+    }
 }
