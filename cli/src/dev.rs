@@ -296,7 +296,7 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
         // And record metrics, or not, as dev was told.
         .args([
             "--metrics-recording",
-            crate::metrics_recording_name(trellis_metrics::recording()),
+            crate::metrics_recording_arg(trellis_metrics::recording()),
         ])
         .env(
             "TRELLIS_LOG",

@@ -111,23 +111,10 @@ enum MetricsRecording {
     Off,
 }
 
-impl MetricsRecording {
-    /// As written on a command line.
-    fn name(self) -> &'static str {
-        match self {
-            MetricsRecording::On => "on",
-            MetricsRecording::Off => "off",
-        }
-    }
-}
-
-/// `--metrics-recording`'s value for a process that records (`on`) or not.
-pub(crate) fn metrics_recording_name(on: bool) -> &'static str {
-    if on {
-        MetricsRecording::On.name()
-    } else {
-        MetricsRecording::Off.name()
-    }
+/// `--metrics-recording`'s value for a process that records (`on`) or not
+/// (what `trellis dev` passes to its children).
+pub(crate) fn metrics_recording_arg(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 fn main() -> std::process::ExitCode {
