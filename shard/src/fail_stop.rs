@@ -131,8 +131,7 @@ pub fn prepare(dir: &Path) -> std::io::Result<Option<Note>> {
         Some(note) => note.encode(),
         None => padded(b""),
     };
-    let file = fsio::File::create(&path)?;
-    let mut file = file;
+    let mut file = fsio::File::create(&path)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     fsio::sync_dir(dir)?;
