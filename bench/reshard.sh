@@ -2,25 +2,34 @@
 # Online resharding under load, measured in one run on this machine:
 #   1. a release `trellis dev --groups 3 --replicas 2` (SYNC) is filled by
 #      w1-rmw over $KEYS keys;
-#   2. baseline: w1-rmw at $VUS VUs for $DURATION, nothing moving;
-#   3. `trellis dev add-group` adds group 4, and the same w1-rmw runs
-#      again while `trellis admin rebalance --wait` moves its share to it.
-# It reports the per-batch pause (freeze to flip, from the coordinator's
-# `trellis_reshard_pause_seconds` histogram and the job's longest), how
-# long the rebalance took and what it copied, and the load's throughput,
-# p50, p99 and failures during the move as ratios to the baseline run —
-# into docs/benchmarks.md, replacing its section. Nothing is asserted.
+#   2. before: w1-rmw and w2-transfer at $VUS VUs for $DURATION each,
+#      nothing moving, 3 groups;
+#   3. `trellis dev add-group` adds group 4, and w1-rmw runs again while
+#      `trellis admin rebalance --wait` moves its share to it (during);
+#   4. after: w1-rmw and w2-transfer again, nothing moving, 4 groups;
+#   5. `trellis admin drain-group --group 4 --wait` (no load), then
+#      w2-transfer while a second rebalance moves group 4's share back
+#      (during, for w2-transfer).
+# It reports, as ratios to the before runs: throughput, p50, p99 and
+# failures during and after; the server CPU per transaction (user+system
+# time of the whole `trellis dev` process tree over a run, divided by its
+# transactions) with 3 and with 4 groups; the per-batch pause (freeze to
+# flip, from the coordinator's `trellis_reshard_pause_seconds` histogram
+# and the jobs' longest); what the first rebalance copied and how fast,
+# against the disk's raw sequential write rate (dd with fsync, same
+# filesystem) — into docs/benchmarks.md, replacing its section. Nothing
+# is asserted.
 #
 # Stops exactly what it started, by PID, on any exit (trap EXIT).
 #
-#   bench/reshard.sh                          # DURATION=30s VUS=64 KEYS=100000
+#   bench/reshard.sh                          # DURATION=20s VUS=64 KEYS=100000
 #   TRELLIS_BIN=target/release/trellis bench/reshard.sh   # skip the build
 #
-# Needs: cargo (builds the release binary), python3 for the table.
+# Needs: cargo (builds the release binary), python3 for the table, dd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-30s}
+DURATION=${DURATION:-20s}
 VUS=${VUS:-64}
 KEYS=${KEYS:-100000}
 FILL=${FILL:-20s}
@@ -76,30 +85,81 @@ for _ in $(seq 1 $((READY_SECONDS * 10))); do
 done
 grep -q '^READY ' "$WORK/dev.log" || { cat "$WORK/dev.log" >&2; exit 1; }
 
-load() { # name duration
-    "$TRELLIS" load --quiet --addr "$ADDR" --workload w1-rmw --keys "$KEYS" \
-        --vus "$VUS" --duration "$2" --key-prefix reshard-bench \
-        --summary-export "$WORK/$1.json" >"$WORK/$1.txt"
+DEV_PID=${PIDS[0]}
+
+# User+system CPU ticks of `trellis dev` and every process under it.
+cpu_ticks() {
+    python3 - "$DEV_PID" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    parent[int(pid)] = int(fields[1])
+    ticks[int(pid)] = int(fields[11]) + int(fields[12])
+def under(pid):
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = parent.get(pid, 0)
+    return False
+print(sum(t for pid, t in ticks.items() if under(pid)))
+PY
 }
 
-log "filling $KEYS keys (w1-rmw for $FILL)"
-load fill "$FILL"
-log "baseline: w1-rmw, $VUS VUs, $DURATION, nothing moving"
-load baseline "$DURATION"
+load() { # name workload duration
+    local before after
+    before=$(cpu_ticks)
+    "$TRELLIS" load --quiet --addr "$ADDR" --workload "$2" --keys "$KEYS" \
+        --vus "$VUS" --duration "$3" --key-prefix "reshard-bench-$2" \
+        --summary-export "$WORK/$1.json" >"$WORK/$1.txt"
+    after=$(cpu_ticks)
+    echo $((after - before)) >"$WORK/$1.cpu"
+}
+
+# A load in the background while an admin command runs: name workload args...
+load_during() {
+    local name=$1 workload=$2
+    shift 2
+    load "$name" "$workload" "$DURATION" &
+    local pid=$!
+    PIDS+=("$pid")
+    sleep 2
+    local start end
+    start=$(date +%s.%N)
+    "$TRELLIS" admin "$@" --wait --addr "$ADDR" >"$WORK/$name.admin.txt"
+    end=$(date +%s.%N)
+    wait "$pid"
+    python3 -c "print(round($end - $start, 2))" >"$WORK/$name.took"
+    tail -1 "$WORK/$name.admin.txt" >&2
+}
+
+log "filling $KEYS keys of each workload (w1-rmw and w2-transfer for $FILL each)"
+load fill-w1 w1-rmw "$FILL"
+load fill-w2 w2-transfer "$FILL"
+for w in w1-rmw w2-transfer; do
+    log "before: $w, $VUS VUs, $DURATION, 3 groups, nothing moving"
+    load "before-$w" "$w" "$DURATION"
+done
 
 log "adding group 4"
 "$TRELLIS" dev add-group --data-dir "$WORK/data" >&2
+log "w1-rmw while group 4 takes its share (trellis admin rebalance --wait)"
+load_during during-w1-rmw w1-rmw rebalance
+"$TRELLIS" admin reshard list --format json --addr "$ADDR" >"$WORK/jobs-first.json"
 
-log "w1-rmw again while group 4 takes its share (trellis admin rebalance --wait)"
-load moving "$DURATION" &
-LOAD_PID=$!
-PIDS+=("$LOAD_PID")
-sleep 2
-start=$(date +%s.%N)
-"$TRELLIS" admin rebalance --wait --addr "$ADDR" >"$WORK/rebalance.txt"
-end=$(date +%s.%N)
-wait "$LOAD_PID"
-tail -1 "$WORK/rebalance.txt" >&2
+for w in w1-rmw w2-transfer; do
+    log "after: $w, 4 groups, nothing moving"
+    load "after-$w" "$w" "$DURATION"
+done
+
+log "draining group 4 (no load), then w2-transfer while a rebalance fills it again"
+"$TRELLIS" admin drain-group --group 4 --wait --addr "$ADDR" >"$WORK/drain.txt"
+load_during during-w2-transfer w2-transfer rebalance
 "$TRELLIS" admin reshard list --format json --addr "$ADDR" >"$WORK/jobs.json"
 METRICS=$(python3 -c '
 import json, sys
@@ -108,38 +168,56 @@ for t in json.load(open(sys.argv[1])):
         print(t["targets"][0])' "$WORK/data/prometheus-targets.json")
 curl -s "http://$METRICS/metrics" >"$WORK/metrics.txt"
 
+log "the disk's raw sequential write rate (dd, 256 MiB, fsync)"
+dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=256 conv=fsync 2>"$WORK/dd.txt"
+rm -f "$WORK/dd.bin"
+export CLK_TCK=$(getconf CLK_TCK)
+
 log "writing $DOC"
 export WORK DURATION VUS KEYS DOC BEGIN_MARK END_MARK
-export REBALANCE_S=$(python3 -c "print(round($end - $start, 1))")
 export MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 export TRELLIS_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 python3 - <<'PY'
 import json, os, datetime, re
 work = os.environ["WORK"]
+tck = int(os.environ["CLK_TCK"])
 
 def result(name):
     m = json.load(open(f"{work}/{name}.json"))["metrics"]
+    cpu_s = int(open(f"{work}/{name}.cpu").read()) / tck
+    txns = m["iterations"]["values"]["count"]
     return {
         "rate": m["iterations"]["values"]["rate"],
         "p50": m["txn_duration"]["values"]["med"],
         "p99": m["txn_duration"]["values"]["p(99)"],
         "failed": m["txn_failed"]["values"]["rate"],
+        "cpu_ms": 1000 * cpu_s / txns if txns else float("nan"),
     }
 
-base, moving = result("baseline"), result("moving")
-jobs = json.load(open(f"{work}/jobs.json"))
-jobs = jobs if isinstance(jobs, list) else jobs.get("jobs", [])
-job = max(jobs, key=lambda j: j["id"])
+def jobs_of(path):
+    jobs = json.load(open(path))
+    return jobs if isinstance(jobs, list) else jobs.get("jobs", [])
+first_jobs = jobs_of(f"{work}/jobs-first.json")
+first = max(first_jobs, key=lambda j: j["id"])
+all_jobs = jobs_of(f"{work}/jobs.json")
+last = max(all_jobs, key=lambda j: j["id"])
+took = float(open(f"{work}/during-w1-rmw.took").read())
+copy_mb_s = first["bytes_copied"] / took / 1e6 if took else float("nan")
+dd = open(f"{work}/dd.txt").read()
+m = re.search(r"([0-9.,]+) ([kMG]?B)/s", dd)
+scale = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}
+disk_mb_s = float(m.group(1).replace(",", ".")) * scale[m.group(2)] if m else float("nan")
 
-# The pause histogram: quantiles as the upper bound of the bucket reached.
+# The pause histogram (both rebalances and the drain): quantiles as the
+# upper bound of the bucket reached.
 buckets, count = [], 0
 for line in open(f"{work}/metrics.txt"):
-    m = re.match(r'trellis_reshard_pause_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
-    if m:
-        buckets.append((float(m.group(1)), float(m.group(2))))
-    m = re.match(r"trellis_reshard_pause_seconds_count (\S+)", line)
-    if m:
-        count = float(m.group(1))
+    mm = re.match(r'trellis_reshard_pause_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+    if mm:
+        buckets.append((float(mm.group(1)), float(mm.group(2))))
+    mm = re.match(r"trellis_reshard_pause_seconds_count (\S+)", line)
+    if mm:
+        count = float(mm.group(1))
 def quantile(q):
     for le, c in buckets:
         if c >= q * count:
@@ -147,32 +225,52 @@ def quantile(q):
     return float("inf")
 def ms(seconds):
     return "≤ %g ms" % (seconds * 1000)
+pause_max = max(j["pause_max_ms"] for j in all_jobs)
+
+def rows(w, during_name):
+    b, d, a = result(f"before-{w}"), result(during_name), result(f"after-{w}")
+    out = [f"| {w} | before (3 groups) | during the rebalance | after (4 groups) | during / before | after / before |",
+           "|---|---:|---:|---:|---:|---:|"]
+    out.append(f"| throughput (it/s) | {b['rate']:,.0f} | {d['rate']:,.0f} | {a['rate']:,.0f} | {d['rate'] / b['rate']:.2f}× | {a['rate'] / b['rate']:.2f}× |")
+    out.append(f"| p50 (ms) | {b['p50']:.2f} | {d['p50']:.2f} | {a['p50']:.2f} | {d['p50'] / b['p50']:.2f}× | {a['p50'] / b['p50']:.2f}× |")
+    out.append(f"| p99 (ms) | {b['p99']:.2f} | {d['p99']:.2f} | {a['p99']:.2f} | {d['p99'] / b['p99']:.2f}× | {a['p99'] / b['p99']:.2f}× |")
+    out.append(f"| failed | {b['failed']:.2%} | {d['failed']:.2%} | {a['failed']:.2%} | | |")
+    out.append(f"| server CPU per transaction (ms) | {b['cpu_ms']:.3f} | {d['cpu_ms']:.3f} | {a['cpu_ms']:.3f} | {d['cpu_ms'] / b['cpu_ms']:.2f}× | {a['cpu_ms'] / b['cpu_ms']:.2f}× |")
+    return out
 
 lines = [os.environ["BEGIN_MARK"], "",
     "## Online resharding under load (`bench/reshard.sh`)", "",
     f"Run of {datetime.date.today().isoformat()}, commit {os.environ['TRELLIS_COMMIT']}: "
     f"`DURATION={os.environ['DURATION']} VUS={os.environ['VUS']} KEYS={os.environ['KEYS']} bench/reshard.sh`.", "",
     f"- Machine: {os.environ['MACHINE']}; every process and the load tester share it, on loopback.",
-    "- Release `trellis dev --groups 3 --replicas 2`, SYNC commits, filled by w1-rmw; "
-    "then `trellis dev add-group` (group 4) and `trellis admin rebalance --wait` while "
-    "w1-rmw runs again. Both w1-rmw runs are the same: "
-    f"{os.environ['VUS']} VUs, {os.environ['DURATION']}, {os.environ['KEYS']} keys.", "",
-    "| | value |", "|---|---:|",
-    f"| slots moved | {job['slots_done']} in {job['batches_total']} batches |",
-    f"| keys / bytes copied | {job['keys_copied']:,} / {job['bytes_copied']:,} |",
-    f"| rebalance took | {os.environ['REBALANCE_S']} s |",
-    f"| pause per batch (freeze to flip), p50 | {ms(quantile(0.5))} |",
-    f"| pause per batch, p99 | {ms(quantile(0.99))} |",
-    f"| pause per batch, max | {job['pause_max_ms']} ms |", "",
-    "| w1-rmw | baseline | during the rebalance | ratio |", "|---|---:|---:|---:|",
-    f"| throughput (it/s) | {base['rate']:,.0f} | {moving['rate']:,.0f} | {moving['rate'] / base['rate']:.2f}× |",
-    f"| p50 (ms) | {base['p50']:.2f} | {moving['p50']:.2f} | {moving['p50'] / base['p50']:.2f}× |",
-    f"| p99 (ms) | {base['p99']:.2f} | {moving['p99']:.2f} | {moving['p99'] / base['p99']:.2f}× |",
-    f"| failed | {base['failed']:.2%} | {moving['failed']:.2%} | |", "",
+    "- Release `trellis dev --groups 3 --replicas 2`, SYNC commits, filled by w1-rmw and w2-transfer. "
+    "Before: each workload alone, 3 groups. Then `trellis dev add-group` (group 4) and "
+    "`trellis admin rebalance --wait` while w1-rmw runs; after: each workload alone, 4 groups; "
+    "then `trellis admin drain-group --group 4 --wait` with no load, and a second rebalance "
+    "while w2-transfer runs. "
+    f"Every run: {os.environ['VUS']} VUs, {os.environ['DURATION']}, {os.environ['KEYS']} keys.",
+    "- Server CPU per transaction: user+system time of the whole `trellis dev` process tree "
+    "(coordinator, every replica) over the run, divided by the run's transactions.", "",
+    "| first rebalance (onto group 4, under w1-rmw) | value |", "|---|---:|",
+    f"| slots moved | {first['slots_done']} in {first['batches_total']} batches |",
+    f"| keys / bytes copied | {first['keys_copied']:,} / {first['bytes_copied']:,} |",
+    f"| took | {took} s |",
+    f"| copy rate | {copy_mb_s:.2f} MB/s |",
+    f"| disk's raw sequential write rate (dd, fsync) | {disk_mb_s:,.0f} MB/s |",
+    f"| copy rate / disk rate | {copy_mb_s / disk_mb_s:.4f} |", "",
+    f"| pause per batch (freeze to flip), {int(count)} batches of every job | value |", "|---|---:|",
+    f"| p50 | {ms(quantile(0.5))} |",
+    f"| p99 | {ms(quantile(0.99))} |",
+    f"| max | {pause_max} ms |", "",
+    *rows("w1-rmw", "during-w1-rmw"), "",
+    *rows("w2-transfer", "during-w2-transfer"), "",
     "The pause quantiles are the upper bounds of the histogram buckets they fall in "
-    "(`trellis_reshard_pause_seconds`). The moving run's figures include the seconds "
-    "before and after the rebalance within the same run, and its cluster has one more "
-    "group (two more processes) on the same cores as the baseline's.", "",
+    "(`trellis_reshard_pause_seconds`). A during run's figures include the seconds before "
+    "and after its rebalance within the same run. The copy rate is the first rebalance's "
+    "bytes over its whole time, batches' freezes and catalog writes included: with a few MB "
+    "to move it measures the per-batch steps, not the disk. Failed transactions in "
+    "w2-transfer during a move would include any two-phase commit that met a moved slot "
+    "and was not retried; `trellis load` retries `SLOTS_MOVED` as a conflict.", "",
     os.environ["END_MARK"]]
 doc = os.environ["DOC"]
 text = open(doc).read()

@@ -125,8 +125,19 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(catalog, map));
     let txns = TxnManager::new(router, metrics.clone());
     let render = metrics.clone();
+    let members_of = txns.router().clone();
     let metrics_task = tokio::spawn(trellis_metrics::serve(metrics_listener, move || {
-        render.render()
+        let mut out = render.render();
+        // Every member the map knows has its fail-stop series, at 0 until
+        // one is reported.
+        let map = members_of.map();
+        render.render_fail_stops(
+            &mut out,
+            map.groups
+                .values()
+                .flat_map(|g| g.members.iter().map(move |m| (g.id, m.addr.as_str()))),
+        );
+        out
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));
     let reshard_wake = Arc::new(tokio::sync::Notify::new());

@@ -293,6 +293,11 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
         .args(args)
         // Children log in dev's own format (a flag of every subcommand).
         .args(["--log-format", crate::logs::format().name()])
+        // And record metrics, or not, as dev was told.
+        .args([
+            "--metrics-recording",
+            crate::metrics_recording_arg(trellis_metrics::recording()),
+        ])
         .env(
             "TRELLIS_LOG",
             std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),

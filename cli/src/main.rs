@@ -61,6 +61,18 @@ struct Cli {
         default_value_t = logs::LogFormat::Text
     )]
     log_format: logs::LogFormat,
+    /// Whether this process records its metrics on the hot paths: `on`, or
+    /// `off` to measure what recording costs (bench/metrics-cost.sh); off,
+    /// counters and histograms stay at zero and `/metrics` still answers.
+    /// `trellis dev` passes it to every process it starts.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TRELLIS_METRICS_RECORDING",
+        default_value_t = MetricsRecording::On
+    )]
+    metrics_recording: MetricsRecording,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,9 +104,24 @@ enum Command {
     Load(Box<trellis_loadtest::Args>),
 }
 
+/// The values of `--metrics-recording`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MetricsRecording {
+    On,
+    Off,
+}
+
+/// `--metrics-recording`'s value for a process that records (`on`) or not
+/// (what `trellis dev` passes to its children).
+pub(crate) fn metrics_recording_arg(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logs::init(cli.log_format);
+    // Once, before any traffic: the hot paths read it with a relaxed load.
+    trellis_metrics::set_recording(cli.metrics_recording == MetricsRecording::On);
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Coordinator(args) => coordinator::run(args),

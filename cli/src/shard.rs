@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use trellis_shard::fail_stop;
 use trellis_shard::metrics::{self, Metrics};
 use trellis_shard::{Shard, ShardConfig, server};
 use trellis_types::SlotSet;
@@ -87,6 +88,9 @@ const PORT_FILE: &str = "listen.port";
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a fail-stopping shard waits for its note to be written and
+/// synced before it exits without it (a disk that hangs).
+const FAIL_STOP_NOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Slowest catch-up rate accepted (other than 0, unpaced): one snapshot
 /// piece must go out well within a backup's grace period, or a backup being
@@ -124,6 +128,45 @@ fn catch_up_rate(text: &str) -> Result<u64, String> {
     }
 }
 
+/// On the way out after the log failed: notes the cause in the data
+/// directory and tells the coordinator (if any), each with a best effort
+/// and a deadline, so that the cause outlives the process (metrics
+/// `trellis_shard_last_fail_stop_timestamp_seconds` after a restart,
+/// `trellis_shard_fail_stops_total` on the coordinator at once).
+async fn note_fail_stop(
+    data_dir: &std::path::Path,
+    coordinator: Option<&str>,
+    group: u64,
+    advertise: &str,
+    why: &fail_stop::LogFailure,
+) {
+    let note = fail_stop::Note::new(why, trellis_types::clock::unix_ms());
+    let dir = data_dir.to_path_buf();
+    // A thread of its own, not the runtime's blocking pool: if the disk
+    // hangs, the process must still exit (the runtime would wait for it).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fail_stop::write(&dir, &note));
+    });
+    match tokio::time::timeout(FAIL_STOP_NOTE_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => {
+            tracing::error!(%err, "cannot note the fail-stop in the data directory")
+        }
+        Ok(Err(_)) => tracing::error!("the fail-stop note thread died"),
+        Err(_) => tracing::error!(
+            timeout_ms = FAIL_STOP_NOTE_TIMEOUT.as_millis() as u64,
+            "noting the fail-stop in the data directory hangs; stopping without it"
+        ),
+    }
+    if let Some(coordinator) = coordinator
+        && let Err(err) =
+            trellis_shard::membership::report_fail_stop(coordinator, group, advertise, why).await
+    {
+        tracing::error!(%err, "cannot tell the coordinator about the fail-stop");
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Every line this process logs, on any thread, is inside its root span.
     let root = crate::logs::shard_span(args.group);
@@ -155,10 +198,23 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
             retain_bytes: args.log_retain_bytes,
         },
     };
-    let shard = tokio::task::spawn_blocking(move || Shard::open(config, metrics))
+    let opened = metrics.clone();
+    let shard = tokio::task::spawn_blocking(move || Shard::open(config, opened))
         .await
         .context("recovery task")?
         .with_context(|| format!("opening shard data in {}", args.data_dir.display()))?;
+    // The last fail-stop, if this replica had one, and a note file ready
+    // to be overwritten in place at the next (see trellis_shard::fail_stop).
+    match fail_stop::prepare(&args.data_dir) {
+        Ok(Some(note)) => {
+            tracing::warn!(cause = %note.cause, unix_ms = note.unix_ms, detail = %note.detail, "this replica fail-stopped when it last ran");
+            let _ = metrics.last_fail_stop.set((note.cause, note.unix_ms));
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(%err, "cannot prepare the fail-stop note; a fail-stop would not be noted in the data directory")
+        }
+    }
     let recovery = shard.recovery().clone();
     tracing::info!(
         snapshot_lsn = recovery.snapshot_lsn,
@@ -210,6 +266,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         shard.repl.set_coordinator(&coordinator);
         let shard = shard.clone();
         let group = args.group;
+        let advertise = advertise.clone();
         tokio::spawn(async move {
             trellis_shard::membership::register(
                 shard.clone(),
@@ -238,7 +295,8 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         why = shard.log_failed() => {
             // Fail-stop: after a failed write or fsync nothing may be
             // acknowledged again; a restart recovers from what is durable.
-            tracing::error!(%why, "the log failed; stopping so that a restart recovers");
+            tracing::error!(%why, cause = %why.cause, "the log failed; stopping so that a restart recovers");
+            note_fail_stop(&args.data_dir, args.coordinator.as_deref(), args.group, &advertise, &why).await;
             Err(anyhow::anyhow!(
                 "the shard's log failed ({why}); stopped without acknowledging anything more. \
                  Fix the disk (space, errors) and start the shard again: recovery keeps \

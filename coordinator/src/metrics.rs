@@ -6,10 +6,14 @@
 //! alert rules and the dashboard (`deploy/`) read, so a rename is listed in
 //! the README's "Renamed metrics".
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use trellis_metrics::{Histogram, Labels, SECONDS_BOUNDS, Scrape};
+use trellis_metrics::{Counter, Histogram, Labels, SECONDS_BOUNDS, Scrape};
+use trellis_types::GroupId;
+use trellis_types::fail_stop::FailStopCause;
 
 use crate::txn::{AbortReason, CommitOutcome, TxnError};
 
@@ -43,14 +47,14 @@ const REASONS: [&str; 5] = [
 
 pub struct Metrics {
     /// [path][outcome]
-    commits: [[AtomicU64; 4]; 3],
-    aborts: [AtomicU64; REASONS.len()],
+    commits: [[Counter; 4]; 3],
+    aborts: [Counter; REASONS.len()],
     latency: [Histogram; 3],
-    pub map_refreshes: AtomicU64,
-    pub read_lock_waits: AtomicU64,
-    pub finalizes: AtomicU64,
-    pub resolved_commit: AtomicU64,
-    pub resolved_abort: AtomicU64,
+    pub map_refreshes: Counter,
+    pub read_lock_waits: Counter,
+    pub finalizes: Counter,
+    pub resolved_commit: Counter,
+    pub resolved_abort: Counter,
     /// Prepared transactions older than the in-doubt age, as of the last sweep.
     pub in_doubt: AtomicU64,
     /// Catalog reads or heartbeats of the refresher that failed.
@@ -62,15 +66,24 @@ pub struct Metrics {
     /// this coordinator's driver's last look.
     pub reshard_jobs: [AtomicU64; 4],
     /// Slots this coordinator's driver handed over (flips it stored).
-    pub reshard_slots_moved: AtomicU64,
+    pub reshard_slots_moved: Counter,
     /// Keys and bytes this coordinator's driver copied between groups.
-    pub reshard_keys_copied: AtomicU64,
-    pub reshard_bytes_copied: AtomicU64,
+    pub reshard_keys_copied: Counter,
+    pub reshard_bytes_copied: Counter,
     /// Write pause per batch, freeze to flip.
     pub reshard_pause: Histogram,
     /// When a job this driver runs last saved progress, Unix ms (0: never).
     reshard_progress_unix_ms: AtomicU64,
+    /// Fail-stops shards reported to this coordinator, by (group, replica
+    /// address, cause); at most [`FAIL_STOP_SERIES_MAX`] entries. Not on a
+    /// hot path: counted whether or not recording is on.
+    fail_stops: Mutex<BTreeMap<(GroupId, String, FailStopCause), u64>>,
 }
+
+/// Most (group, replica, cause) series of `trellis_shard_fail_stops_total`
+/// a coordinator keeps beyond the members of the current map; a report
+/// past it is logged and refused.
+pub const FAIL_STOP_SERIES_MAX: usize = 4096;
 
 /// Reshard job states, the `state` label of `trellis_reshard_jobs`.
 pub const RESHARD_STATES: [&str; 4] = ["running", "paused", "cancelled", "done"];
@@ -85,20 +98,21 @@ impl Default for Metrics {
                 Histogram::new(SECONDS_BOUNDS),
                 Histogram::new(SECONDS_BOUNDS),
             ],
-            map_refreshes: AtomicU64::new(0),
-            read_lock_waits: AtomicU64::new(0),
-            finalizes: AtomicU64::new(0),
-            resolved_commit: AtomicU64::new(0),
-            resolved_abort: AtomicU64::new(0),
+            map_refreshes: Counter::new(),
+            read_lock_waits: Counter::new(),
+            finalizes: Counter::new(),
+            resolved_commit: Counter::new(),
+            resolved_abort: Counter::new(),
             in_doubt: AtomicU64::new(0),
             catalog_errors: AtomicU64::new(0),
             catalog_read_unix_ms: AtomicU64::new(0),
             reshard_jobs: Default::default(),
-            reshard_slots_moved: AtomicU64::new(0),
-            reshard_keys_copied: AtomicU64::new(0),
-            reshard_bytes_copied: AtomicU64::new(0),
+            reshard_slots_moved: Counter::new(),
+            reshard_keys_copied: Counter::new(),
+            reshard_bytes_copied: Counter::new(),
             reshard_pause: Histogram::new(SECONDS_BOUNDS),
             reshard_progress_unix_ms: AtomicU64::new(0),
+            fail_stops: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -110,6 +124,9 @@ impl Metrics {
         result: &Result<CommitOutcome, TxnError>,
         took: Duration,
     ) {
+        if !trellis_metrics::recording() {
+            return;
+        }
         let outcome = match result {
             Ok(CommitOutcome::Committed { .. }) => 0,
             Ok(CommitOutcome::Aborted(abort)) => {
@@ -120,13 +137,13 @@ impl Metrics {
                     AbortReason::ParticipantUnavailable => 3,
                     AbortReason::SlotsMoved => 4,
                 };
-                self.aborts[reason].fetch_add(1, Relaxed);
+                self.aborts[reason].inc();
                 1
             }
             Err(TxnError::OutcomeUnknown { .. }) => 2,
             Err(_) => 3,
         };
-        self.commits[path.index()][outcome].fetch_add(1, Relaxed);
+        self.commits[path.index()][outcome].inc();
         self.latency[path.index()].observe(took.as_secs_f64());
     }
 
@@ -134,6 +151,59 @@ impl Metrics {
     /// tells an operator the coordinator still reaches its catalog.
     pub fn catalog_read(&self) {
         self.catalog_read_unix_ms.store(unix_ms(), Relaxed);
+    }
+
+    /// Counts a fail-stop that replica `addr` of `group` reported; false
+    /// (not counted) if [`FAIL_STOP_SERIES_MAX`] series are kept already.
+    pub fn fail_stop(&self, group: GroupId, addr: &str, cause: FailStopCause) -> bool {
+        let mut counts = self
+            .fail_stops
+            .lock()
+            .expect("fail-stop counts lock poisoned");
+        let key = (group, addr.to_string(), cause);
+        if !counts.contains_key(&key) && counts.len() >= FAIL_STOP_SERIES_MAX {
+            return false;
+        }
+        *counts.entry(key).or_default() += 1;
+        true
+    }
+
+    /// Adds `trellis_shard_fail_stops_total`: a series per cause for every
+    /// replica in `members` (group, address), at 0 until one is reported
+    /// (so that `increase()` sees the first one), and for every replica
+    /// that reported one.
+    pub fn render_fail_stops<'a>(
+        &self,
+        out: &mut Scrape,
+        members: impl IntoIterator<Item = (GroupId, &'a str)>,
+    ) {
+        let mut series = self
+            .fail_stops
+            .lock()
+            .expect("fail-stop counts lock poisoned")
+            .clone();
+        for (group, addr) in members {
+            for cause in FailStopCause::ALL {
+                series.entry((group, addr.to_string(), cause)).or_default();
+            }
+        }
+        out.counter_family(
+            "trellis_shard_fail_stops_total",
+            "Times a shard replica stopped because its log failed, as it reported to this coordinator, by group, replica (its address) and cause (fsync, disk_full, io).",
+            series
+                .into_iter()
+                .map(|((group, addr, cause), n)| {
+                    (
+                        vec![
+                            ("group".to_string(), group.to_string()),
+                            ("replica".to_string(), addr),
+                            ("cause".to_string(), cause.name().to_string()),
+                        ],
+                        n,
+                    )
+                })
+                .collect(),
+        );
     }
 
     /// Notes that a reshard job this coordinator runs saved progress now.
@@ -147,7 +217,7 @@ impl Metrics {
             .iter()
             .position(|n| *n == outcome)
             .expect("known outcome");
-        self.commits[path.index()][o].load(Relaxed)
+        self.commits[path.index()][o].get()
     }
 
     /// Every metric of this coordinator as of now, for one scrape.
@@ -164,7 +234,7 @@ impl Metrics {
                     OUTCOMES.iter().enumerate().map(move |(o, outcome)| {
                         (
                             vec![label("path", path), label("outcome", outcome)],
-                            self.commits[p][o].load(Relaxed),
+                            self.commits[p][o].get(),
                         )
                     })
                 })
@@ -176,7 +246,7 @@ impl Metrics {
             REASONS
                 .iter()
                 .enumerate()
-                .map(|(r, reason)| (vec![label("reason", reason)], self.aborts[r].load(Relaxed)))
+                .map(|(r, reason)| (vec![label("reason", reason)], self.aborts[r].get()))
                 .collect(),
         );
         // Was one family per path (trellis_coordinator_commit_seconds_1pc,
@@ -194,27 +264,27 @@ impl Metrics {
         out.counter(
             "trellis_coordinator_map_refreshes_total",
             "Shard map reloads from the catalog.",
-            self.map_refreshes.load(Relaxed),
+            self.map_refreshes.get(),
         );
         out.counter(
             "trellis_coordinator_read_lock_waits_total",
             "Reads that waited on a prepared transaction's lock.",
-            self.read_lock_waits.load(Relaxed),
+            self.read_lock_waits.get(),
         );
         out.counter(
             "trellis_coordinator_finalizes_total",
             "Participant finalizations sent.",
-            self.finalizes.load(Relaxed),
+            self.finalizes.get(),
         );
         out.counter(
             "trellis_coordinator_resolved_commit_total",
             "In-doubt transactions resolved as committed.",
-            self.resolved_commit.load(Relaxed),
+            self.resolved_commit.get(),
         );
         out.counter(
             "trellis_coordinator_resolved_abort_total",
             "In-doubt transactions resolved as aborted.",
-            self.resolved_abort.load(Relaxed),
+            self.resolved_abort.get(),
         );
         out.gauge(
             "trellis_coordinator_in_doubt",
@@ -246,17 +316,17 @@ impl Metrics {
         out.counter(
             "trellis_reshard_slots_moved_total",
             "Slots handed over to another group by jobs this coordinator ran.",
-            self.reshard_slots_moved.load(Relaxed),
+            self.reshard_slots_moved.get(),
         );
         out.counter(
             "trellis_reshard_keys_copied_total",
             "Keys (tombstones too) copied between groups by jobs this coordinator ran.",
-            self.reshard_keys_copied.load(Relaxed),
+            self.reshard_keys_copied.get(),
         );
         out.counter(
             "trellis_reshard_bytes_copied_total",
             "Key and value bytes copied between groups by jobs this coordinator ran.",
-            self.reshard_bytes_copied.load(Relaxed),
+            self.reshard_bytes_copied.get(),
         );
         out.histogram(
             "trellis_reshard_pause_seconds",
@@ -332,6 +402,48 @@ mod tests {
                 "trellis_coordinator_catalog_errors_total"
             ),
             2.0
+        );
+    }
+
+    /// Every member's series is there at 0 before any report (what
+    /// `increase()` needs to see the first); a report counts under its
+    /// cause, and a replica no longer in the map keeps its count.
+    #[test]
+    fn fail_stops_are_zero_per_member_until_reported() {
+        let metrics = Metrics::default();
+        let mut out = Scrape::new();
+        metrics.render_fail_stops(&mut out, [(1, "a:1"), (2, "b:2")]);
+        let text = out.text();
+        assert_eq!(
+            text.matches("trellis_shard_fail_stops_total{").count(),
+            6,
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "trellis_shard_fail_stops_total{group=\"1\",replica=\"a:1\",cause=\"fsync\"} 0\n"
+            ),
+            "{text}"
+        );
+
+        assert!(metrics.fail_stop(1, "a:1", FailStopCause::Fsync));
+        assert!(metrics.fail_stop(3, "gone:3", FailStopCause::DiskFull));
+        let mut out = Scrape::new();
+        metrics.render_fail_stops(&mut out, [(1, "a:1"), (2, "b:2")]);
+        let text = out.text();
+        assert!(
+            text.contains(
+                "trellis_shard_fail_stops_total{group=\"1\",replica=\"a:1\",cause=\"fsync\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_shard_fail_stops_total{group=\"1\",replica=\"a:1\",cause=\"disk_full\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_shard_fail_stops_total{group=\"3\",replica=\"gone:3\",cause=\"disk_full\"} 1\n"),
+            "{text}"
         );
     }
 }

@@ -410,7 +410,7 @@ impl Driver {
                 self.metrics.reshard_pause.observe(pause_ms as f64 / 1000.0);
                 self.metrics
                     .reshard_slots_moved
-                    .fetch_add(u64::from(batch.slots.len()), Relaxed);
+                    .add(u64::from(batch.slots.len()));
                 tracing::info!(job = id, %batch, pause_ms, "batch handed over");
             }
             record.job.done(&action, now, done)?;
@@ -684,8 +684,8 @@ impl Driver {
         };
         match timeout(DRIVER_RPC_TIMEOUT, target.ingest(request)).await {
             Ok(Ok(_)) => {
-                self.metrics.reshard_keys_copied.fetch_add(keys, Relaxed);
-                self.metrics.reshard_bytes_copied.fetch_add(bytes, Relaxed);
+                self.metrics.reshard_keys_copied.add(keys);
+                self.metrics.reshard_bytes_copied.add(bytes);
                 Ok(())
             }
             Ok(Err(status)) => Err(self.shard_error(batch.to, &map, &status).await),
@@ -1339,8 +1339,8 @@ mod tests {
             SlotSet::parse(&slot.to_string()).expect("slot").to_bytes()
         );
 
-        assert_eq!(metrics.reshard_slots_moved.load(Relaxed), 1);
-        assert_eq!(metrics.reshard_keys_copied.load(Relaxed), 6);
+        assert_eq!(metrics.reshard_slots_moved.get(), 1);
+        assert_eq!(metrics.reshard_keys_copied.get(), 6);
         assert!(
             metrics
                 .render()

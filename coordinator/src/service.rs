@@ -14,12 +14,13 @@ use tonic::{Request, Response, Status};
 use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
+use trellis_types::fail_stop::FailStopCause;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, TxnId, validate};
 
 use crate::catalog::{CatalogError, JobRow};
 use crate::map::{ClusterMap, Member};
-use crate::metrics::unix_ms;
+use crate::metrics::{FAIL_STOP_SERIES_MAX, unix_ms};
 use crate::reshard::{self, Batch, Job, PlanError};
 use crate::reshard_driver::map_after;
 use crate::reshard_job::{self, Asked, JobRecord};
@@ -1101,6 +1102,33 @@ impl shard_pb::membership_server::Membership for MembershipApi {
             map_epoch,
             slots: slots.to_bytes(),
         }))
+    }
+
+    async fn report_fail_stop(
+        &self,
+        request: Request<shard_pb::FailStopReport>,
+    ) -> Result<Response<shard_pb::FailStopAck>, Status> {
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(invalid("a fail-stop report needs the shard's address"));
+        }
+        let Some(cause) = FailStopCause::from_name(&req.cause) else {
+            return Err(invalid(format!(
+                "unknown fail-stop cause {:?} (known: fsync, disk_full, io)",
+                req.cause
+            )));
+        };
+        if !self
+            .txns
+            .metrics()
+            .fail_stop(req.group_id, &req.addr, cause)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "this coordinator keeps at most {FAIL_STOP_SERIES_MAX} fail-stop series"
+            )));
+        }
+        tracing::error!(group = req.group_id, addr = %req.addr, %cause, detail = %req.detail, "a shard replica fail-stopped: its log failed");
+        Ok(Response::new(shard_pb::FailStopAck {}))
     }
 
     async fn get_group(

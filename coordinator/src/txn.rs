@@ -179,7 +179,7 @@ impl TxnManager {
             };
             ambiguous |= matches!(fault, Fault::Ambiguous(_));
             last = retry_or_fail(fault)?;
-            self.metrics.map_refreshes.fetch_add(1, Ordering::Relaxed);
+            self.metrics.map_refreshes.inc();
             map = self.router.refresh(&map).await;
             if keys.iter().any(|k| map.group_of(k) != group) {
                 if ambiguous {
@@ -326,7 +326,7 @@ impl TxnManager {
                 }
                 waited = Duration::ZERO;
             } else {
-                self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.read_lock_waits.inc();
                 tokio::time::sleep(READ_LOCK_POLL).await;
                 waited += READ_LOCK_POLL;
             }
@@ -760,7 +760,7 @@ impl TxnManager {
             if let Err(err) = &ok {
                 tracing::warn!(group, %err, "finalize failed; the in-doubt sweeper will finish these transactions");
             }
-            self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+            self.metrics.finalizes.inc();
             (group, ok.is_ok())
         };
         let mut done: BTreeMap<GroupId, bool> = BTreeMap::new();
@@ -829,7 +829,7 @@ impl TxnManager {
                 async move { client.finalize(request).await.map(|r| r.into_inner()) }
             })
             .await?;
-        self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.finalizes.inc();
         Ok(match response.outcome {
             Some(pb::finalize_response::Outcome::Finalized(f))
                 if f.decision == pb::Decision::Commit as i32 =>
@@ -886,7 +886,7 @@ impl TxnManager {
         } else {
             &self.metrics.resolved_abort
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         tracing::info!(%txn, anchor, commit, "resolved an in-doubt transaction");
         Ok(commit)
     }

@@ -17,12 +17,18 @@
 //! `promtool check metrics` reads), whose only differences here are the
 //! `_total` on a counter's `# HELP`/`# TYPE` name and no `# EOF`.
 //!
+//! Recording can be switched off for the whole process ([`set_recording`],
+//! from `trellis --metrics-recording off`), to measure what it costs: then
+//! every [`Counter`] and [`Histogram`] skips its atomic adds after one
+//! relaxed load of a flag, so the hot paths do none of the recording work.
+//! The endpoint still serves what is computed at scrape time.
+//!
 //! This crate must never know a metric's name: the shard and the coordinator
 //! own theirs.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -52,6 +58,61 @@ const COUNTER_SUFFIX: &str = "_total";
 /// The line that ends an OpenMetrics exposition.
 const OPENMETRICS_EOF: &str = "# EOF";
 
+/// Whether hot paths record: on unless [`set_recording`] turned it off.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off for the whole process. Meant to be called
+/// once, at start, before any traffic (the CLI's `--metrics-recording`):
+/// counts made before a switch stay as they are.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Relaxed);
+}
+
+/// Whether [`Counter`]s and [`Histogram`]s record now (one relaxed load).
+#[inline]
+pub fn recording() -> bool {
+    RECORDING.load(Relaxed)
+}
+
+/// A counter, or an integer gauge, that a hot path keeps: a relaxed
+/// atomic, left alone while recording is off ([`set_recording`]).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+
+    /// Adds `n` (if recording).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        if recording() {
+            self.0.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Adds one (if recording).
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Sets a gauge to `value` (if recording).
+    #[inline]
+    pub fn set(&self, value: u64) {
+        if recording() {
+            self.0.store(value, Relaxed);
+        }
+    }
+
+    /// Its value now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// A histogram with fixed upper bounds, Prometheus-style (cumulative when
 /// encoded). Lock-free: an observation is three relaxed atomic adds.
 pub struct Histogram {
@@ -72,9 +133,13 @@ impl Histogram {
         }
     }
 
-    /// Records one observation; `value` is in the histogram's unit, and the
-    /// sum is kept in millionths of it.
+    /// Records one observation (if recording); `value` is in the
+    /// histogram's unit, and the sum is kept in millionths of it.
+    #[inline]
     pub fn observe(&self, value: f64) {
+        if !recording() {
+            return;
+        }
         let bucket = self
             .bounds
             .iter()

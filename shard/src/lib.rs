@@ -36,12 +36,15 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`membership`]: registering with the coordinator.
 //! - [`failpoint`]: named places where a test makes the disk fail.
+//! - [`fail_stop`]: the note a replica leaves when its log failed and it
+//!   stops, read back (and exported) when it starts again.
 //! - `sim_tests` (tests with feature `sim`): the shard under turmoil.
 //!
 //! This crate never talks to the catalog's database, and never decides a
 //! transaction's outcome on its own except by presumed abort at the anchor.
 
 pub mod engine;
+pub mod fail_stop;
 pub mod failpoint;
 pub mod fsio;
 pub mod membership;

@@ -7,15 +7,18 @@
 //! rules and the dashboard (`deploy/`) read, so a rename is listed in the
 //! README's "Renamed metrics".
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::time::Instant;
 use trellis_metrics::{COUNT_BOUNDS, Histogram, Labels, SECONDS_BOUNDS};
 use trellis_types::Lsn;
+use trellis_types::fail_stop::FailStopCause;
 
 use crate::repl::{CatchUp, Peer, Repl, Role};
-pub use trellis_metrics::{Scrape, bind, serve};
+pub use trellis_metrics::{Counter, Scrape, bind, serve};
 
 /// Milliseconds in a second: `catch_up_paced_ms` is kept in milliseconds
 /// and exposed in seconds.
@@ -23,71 +26,77 @@ const MILLIS_PER_SECOND: f64 = 1000.0;
 
 /// Every metric of a shard replica.
 pub struct Metrics {
-    pub appends: AtomicU64,
+    pub appends: Counter,
+    /// Bytes of framed records made durable. Also what triggers a snapshot
+    /// (`--snapshot-every-bytes`), so it is kept with recording off too.
     pub append_bytes: AtomicU64,
-    pub fsyncs: AtomicU64,
+    pub fsyncs: Counter,
     /// Batches written to the log (each is then synced: `batch_writes -
     /// fsyncs` is the batch written and not yet durable, 0 or 1).
-    pub batch_writes: AtomicU64,
+    pub batch_writes: Counter,
     pub fsync_seconds: Histogram,
     pub batch_records: Histogram,
-    pub commits_local: AtomicU64,
-    pub prepares: AtomicU64,
-    pub decisions: AtomicU64,
-    pub finalizes: AtomicU64,
-    pub refusals_conflict: AtomicU64,
-    pub refusals_locked: AtomicU64,
-    pub reads: AtomicU64,
-    pub read_lock_waits: AtomicU64,
-    pub wrong_shard: AtomicU64,
-    pub snapshots: AtomicU64,
-    pub keys: AtomicU64,
-    pub prepared: AtomicU64,
-    pub promotions: AtomicU64,
-    pub snapshot_installs: AtomicU64,
-    pub snapshots_sent: AtomicU64,
-    pub catch_up_bytes: AtomicU64,
+    pub commits_local: Counter,
+    pub prepares: Counter,
+    pub decisions: Counter,
+    pub finalizes: Counter,
+    pub refusals_conflict: Counter,
+    pub refusals_locked: Counter,
+    pub reads: Counter,
+    pub read_lock_waits: Counter,
+    pub wrong_shard: Counter,
+    pub snapshots: Counter,
+    pub keys: Counter,
+    pub prepared: Counter,
+    pub promotions: Counter,
+    pub snapshot_installs: Counter,
+    pub snapshots_sent: Counter,
+    pub catch_up_bytes: Counter,
     /// Milliseconds catch-up streams waited for the catch-up rate (exposed
     /// as `trellis_repl_catch_up_paced_seconds_total`).
-    pub catch_up_paced_ms: AtomicU64,
-    pub catch_up_log_records: AtomicU64,
-    pub backups_removed: AtomicU64,
-    pub backups_added: AtomicU64,
-    pub leases_lost: AtomicU64,
-    pub replicated_records: AtomicU64,
+    pub catch_up_paced_ms: Counter,
+    pub catch_up_log_records: Counter,
+    pub backups_removed: Counter,
+    pub backups_added: Counter,
+    pub leases_lost: Counter,
+    pub replicated_records: Counter,
+    /// The last fail-stop noted in the data directory (its cause and Unix
+    /// ms), read once at start (`fail_stop::prepare`).
+    pub last_fail_stop: OnceLock<(FailStopCause, u64)>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            appends: AtomicU64::new(0),
+            appends: Counter::new(),
             append_bytes: AtomicU64::new(0),
-            fsyncs: AtomicU64::new(0),
-            batch_writes: AtomicU64::new(0),
+            fsyncs: Counter::new(),
+            batch_writes: Counter::new(),
             fsync_seconds: Histogram::new(SECONDS_BOUNDS),
             batch_records: Histogram::new(COUNT_BOUNDS),
-            commits_local: AtomicU64::new(0),
-            prepares: AtomicU64::new(0),
-            decisions: AtomicU64::new(0),
-            finalizes: AtomicU64::new(0),
-            refusals_conflict: AtomicU64::new(0),
-            refusals_locked: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            read_lock_waits: AtomicU64::new(0),
-            wrong_shard: AtomicU64::new(0),
-            snapshots: AtomicU64::new(0),
-            keys: AtomicU64::new(0),
-            prepared: AtomicU64::new(0),
-            promotions: AtomicU64::new(0),
-            snapshot_installs: AtomicU64::new(0),
-            snapshots_sent: AtomicU64::new(0),
-            catch_up_bytes: AtomicU64::new(0),
-            catch_up_paced_ms: AtomicU64::new(0),
-            catch_up_log_records: AtomicU64::new(0),
-            backups_removed: AtomicU64::new(0),
-            backups_added: AtomicU64::new(0),
-            leases_lost: AtomicU64::new(0),
-            replicated_records: AtomicU64::new(0),
+            commits_local: Counter::new(),
+            prepares: Counter::new(),
+            decisions: Counter::new(),
+            finalizes: Counter::new(),
+            refusals_conflict: Counter::new(),
+            refusals_locked: Counter::new(),
+            reads: Counter::new(),
+            read_lock_waits: Counter::new(),
+            wrong_shard: Counter::new(),
+            snapshots: Counter::new(),
+            keys: Counter::new(),
+            prepared: Counter::new(),
+            promotions: Counter::new(),
+            snapshot_installs: Counter::new(),
+            snapshots_sent: Counter::new(),
+            catch_up_bytes: Counter::new(),
+            catch_up_paced_ms: Counter::new(),
+            catch_up_log_records: Counter::new(),
+            backups_removed: Counter::new(),
+            backups_added: Counter::new(),
+            leases_lost: Counter::new(),
+            replicated_records: Counter::new(),
+            last_fail_stop: OnceLock::new(),
         }
     }
 }
@@ -95,8 +104,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Called by the log writer after each durable batch.
     pub fn record_fsync(&self, took: Duration, records: u64, bytes: u64) {
-        self.fsyncs.fetch_add(1, Relaxed);
-        self.appends.fetch_add(records, Relaxed);
+        self.fsyncs.inc();
+        self.appends.add(records);
         self.append_bytes.fetch_add(bytes, Relaxed);
         self.fsync_seconds.observe(took.as_secs_f64());
         self.batch_records.observe(records as f64);
@@ -105,13 +114,13 @@ impl Metrics {
     /// Whether a batch is written to the log and not yet synced: a crash
     /// now loses (or tears) it.
     pub fn log_batch_unsynced(&self) -> bool {
-        self.batch_writes.load(Relaxed) > self.fsyncs.load(Relaxed)
+        self.batch_writes.get() > self.fsyncs.get()
     }
 
     /// Every counter, gauge and histogram of this replica as of now.
     pub fn render(&self) -> Scrape {
         let mut out = Scrape::new();
-        let counters: &[(&str, &str, &AtomicU64)] = &[
+        let counters: &[(&str, &str, &Counter)] = &[
             (
                 "trellis_repl_promotions_total",
                 "Times this replica became its group's primary (failovers and restarts).",
@@ -161,11 +170,6 @@ impl Metrics {
                 "trellis_wal_appends_total",
                 "Records appended to the write-ahead log.",
                 &self.appends,
-            ),
-            (
-                "trellis_wal_record_bytes_total",
-                "Bytes of framed records written.",
-                &self.append_bytes,
             ),
             (
                 "trellis_wal_batch_writes_total",
@@ -225,15 +229,20 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            out.counter(name, help, value.load(Relaxed));
+            out.counter(name, help, value.get());
         }
+        out.counter(
+            "trellis_wal_record_bytes_total",
+            "Bytes of framed records written.",
+            self.append_bytes.load(Relaxed),
+        );
         // Kept in milliseconds on the hot path; exposed in the base unit.
         out.counter_f64(
             "trellis_repl_catch_up_paced_seconds_total",
             "Seconds catch-up streams waited for the catch-up rate.",
-            self.catch_up_paced_ms.load(Relaxed) as f64 / MILLIS_PER_SECOND,
+            self.catch_up_paced_ms.get() as f64 / MILLIS_PER_SECOND,
         );
-        let gauges: &[(&str, &str, &AtomicU64)] = &[
+        let gauges: &[(&str, &str, &Counter)] = &[
             (
                 "trellis_shard_keys",
                 "Keys in the index (tombstones included).",
@@ -246,8 +255,22 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in gauges {
-            out.gauge(name, help, value.load(Relaxed));
+            out.gauge(name, help, value.get());
         }
+        out.gauge_family(
+            "trellis_shard_last_fail_stop_timestamp_seconds",
+            "When this replica last stopped because its log failed (Unix time), by cause (fsync, disk_full, io), as noted in its data directory; no series if it never did.",
+            self.last_fail_stop
+                .get()
+                .map(|(cause, unix_ms)| {
+                    (
+                        vec![("cause".to_string(), cause.name().to_string())],
+                        *unix_ms as f64 / MILLIS_PER_SECOND,
+                    )
+                })
+                .into_iter()
+                .collect(),
+        );
         out.histogram(
             "trellis_wal_fsync_seconds",
             "Latency of one write+fdatasync of a batch.",

@@ -445,10 +445,7 @@ async fn feed_backup(
             sent += piece.len() as u64;
             report.set(CatchUpMode::Snapshot, sent, total);
         }
-        shard
-            .metrics()
-            .snapshots_sent
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard.metrics().snapshots_sent.inc();
     }
     let mut feed = shard.repl.feed.subscribe();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -475,7 +472,7 @@ async fn feed_backup(
                 shard
                     .metrics()
                     .catch_up_log_records
-                    .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    .add(records.len() as u64);
                 catching_up = true;
                 (records, CatchUpMode::Log)
             }
@@ -525,13 +522,10 @@ async fn feed_backup(
 
 /// Waits for the catch-up rate to allow `bytes` more, and counts them.
 async fn pace(shard: &Arc<Shard>, bytes: usize) {
-    use std::sync::atomic::Ordering::Relaxed;
     let waited = shard.catch_up.take(bytes).await;
     let metrics = shard.metrics();
-    metrics.catch_up_bytes.fetch_add(bytes as u64, Relaxed);
-    metrics
-        .catch_up_paced_ms
-        .fetch_add(waited.as_millis() as u64, Relaxed);
+    metrics.catch_up_bytes.add(bytes as u64);
+    metrics.catch_up_paced_ms.add(waited.as_millis() as u64);
 }
 
 // ------------------------------------------------------------- backup side
@@ -656,10 +650,10 @@ async fn receive(
         let last = if batch.records.is_empty() {
             shard.last_lsn()
         } else {
-            shard.metrics().replicated_records.fetch_add(
-                batch.records.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            shard
+                .metrics()
+                .replicated_records
+                .add(batch.records.len() as u64);
             let records = batch
                 .records
                 .into_iter()
@@ -749,10 +743,7 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 }
                 let valid = shard.repl.serving(Instant::now());
                 if lease_was_valid && !valid {
-                    shard
-                        .metrics()
-                        .leases_lost
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    shard.metrics().leases_lost.inc();
                     tracing::warn!(
                         epoch = config.epoch,
                         "lease lapsed: serving nothing until the backups grant it again"
@@ -836,7 +827,6 @@ fn ensure_following(
 /// Primary: takes silent backups out of the configuration, adds learners
 /// that caught up ([`upkeep_changes`] decides).
 async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupConfig) {
-    use std::sync::atomic::Ordering::Relaxed;
     let now = Instant::now();
     let last = shard.last_lsn();
     let peers = shard.repl.peers();
@@ -850,7 +840,7 @@ async fn upkeep(shard: &Arc<Shard>, coordinator: &Coordinator, config: &GroupCon
             Change::Drop { .. } => &shard.metrics().backups_removed,
             Change::Admit { .. } => &shard.metrics().backups_added,
         };
-        counter.fetch_add(1, Relaxed);
+        counter.inc();
     }
     let members = apply_changes(config, &changes);
     match cas_group(coordinator, config, config.epoch, members, &reason).await {

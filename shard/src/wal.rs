@@ -38,6 +38,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use trellis_types::Lsn;
+use trellis_types::fail_stop::{FailStopCause, LogStep};
 
 use crate::fsio::{self, File, OpenOptions};
 use crate::metrics::Metrics;
@@ -85,6 +86,17 @@ pub enum WalError {
     Failed(String),
     #[error("record of {got} bytes is over RECORD_BYTES_MAX ({RECORD_BYTES_MAX} bytes)")]
     RecordTooLarge { got: usize },
+}
+
+impl WalError {
+    /// The kind of the IO error behind this one (`Other` for errors that
+    /// are not IO errors).
+    pub fn io_kind(&self) -> std::io::ErrorKind {
+        match self {
+            WalError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -558,6 +570,8 @@ pub struct Durable {
     pub lsn: Lsn,
     /// Set once an IO error stopped the writer; nothing more becomes durable.
     pub failed: Option<String>,
+    /// Why, set with `failed`.
+    pub failed_cause: Option<FailStopCause>,
 }
 
 struct Pending {
@@ -660,6 +674,7 @@ impl Wal {
         let (durable, _) = watch::channel(Durable {
             lsn: last_lsn,
             failed: None,
+            failed_cause: None,
         });
         let simulated = fsio::in_simulation();
         let shared = Arc::new(Shared {
@@ -942,10 +957,15 @@ fn write_round(
     sync_round(shared, segment, bytes, round, started)
 }
 
-/// Marks the log failed with `message`: nothing more becomes durable.
-fn fail(shared: &Shared, message: String) -> Stopped {
-    tracing::error!(%message, "write-ahead log failed; the shard stops acknowledging writes");
-    shared.durable.send_modify(|d| d.failed = Some(message));
+/// Marks the log failed with `message` (an IO error of kind `kind` at
+/// `step`): nothing more becomes durable.
+fn fail(shared: &Shared, step: LogStep, kind: std::io::ErrorKind, message: String) -> Stopped {
+    let cause = FailStopCause::classify(step, kind);
+    tracing::error!(%message, %cause, "write-ahead log failed; the shard stops acknowledging writes");
+    shared.durable.send_modify(|d| {
+        d.failed = Some(message);
+        d.failed_cause = Some(cause);
+    });
     Stopped
 }
 
@@ -954,13 +974,12 @@ fn write_batch(shared: &Shared, segment: &mut SegmentWriter, batch: &[u8]) -> Re
     segment.file.write_all(batch).map_err(|err| {
         fail(
             shared,
+            LogStep::Write,
+            err.kind(),
             format!("write of {} failed: {err}", segment.path.display()),
         )
     })?;
-    shared
-        .metrics
-        .batch_writes
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.batch_writes.inc();
     Ok(())
 }
 
@@ -981,6 +1000,8 @@ fn sync_round(
         // never reach the disk (fsyncgate): never retry, fail hard.
         return Err(fail(
             shared,
+            LogStep::Sync,
+            err.kind(),
             format!("fdatasync of {} failed: {err}", segment.path.display()),
         ));
     }
@@ -1000,7 +1021,14 @@ fn sync_round(
                     segment_bytes_max: segment.segment_bytes_max,
                 };
             }
-            Err(err) => return Err(fail(shared, format!("cannot start a new segment: {err}"))),
+            Err(err) => {
+                return Err(fail(
+                    shared,
+                    LogStep::NewSegment,
+                    err.io_kind(),
+                    format!("cannot start a new segment: {err}"),
+                ));
+            }
         }
     }
     Ok(())
@@ -1267,7 +1295,7 @@ mod tests {
         }
         lsns.sort();
         assert_eq!(lsns, (1..=64).collect::<Vec<_>>());
-        let fsyncs = metrics.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+        let fsyncs = metrics.fsyncs.get();
         assert!((1..=64).contains(&fsyncs), "fsyncs {fsyncs}");
         wal.shutdown();
 

@@ -1029,11 +1029,14 @@ impl LogProbes {
     }
 
     /// A counter summed over every boot of every replica.
-    fn total(&self, counter: impl Fn(&trellis_shard::metrics::Metrics) -> &AtomicU64) -> u64 {
+    fn total(
+        &self,
+        counter: impl Fn(&trellis_shard::metrics::Metrics) -> &trellis_shard::metrics::Counter,
+    ) -> u64 {
         self.lock()
             .values()
             .flatten()
-            .map(|m| counter(m).load(Ordering::Relaxed))
+            .map(|m| counter(m).get())
             .sum()
     }
 }

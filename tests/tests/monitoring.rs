@@ -8,14 +8,19 @@
 //! scrape must also pass `promtool check metrics` (Prometheus' lint of
 //! names, units and types). And the series that "a group without a serving
 //! primary" reads tell a failover (a new primary serves) from a group
-//! whose members are all killed.
+//! whose members are all killed. And a shard whose fsync fails stops, and
+//! the series "a shard fail-stopped" reads say so, with the cause. A
+//! shard started with `--metrics-recording off` counts nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use trellis_proto::v1 as pb;
-use trellis_tests::harness::{Proc, RPC_TIMEOUT, channel, http_get, signal_pid, wait_gone};
+use trellis_tests::cluster::TestCluster;
+use trellis_tests::harness::{
+    Proc, RPC_TIMEOUT, channel, http_get, shard_client, signal_pid, txn_id, wait_gone,
+};
 
 /// Shard groups of the dev cluster (with dev's default 3 replicas each).
 const GROUPS: usize = 2;
@@ -35,6 +40,11 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const FAILOVER_POLL: Duration = Duration::from_millis(200);
 /// How long a SIGKILLed process may take to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shard whose fsync fails may take to stop by itself (it
+/// notes the cause and tells its coordinator first, 2 s at most each).
+const FAIL_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The causes of a fail-stop, the `cause` label's values.
+const FAIL_STOP_CAUSES: [&str; 3] = ["fsync", "disk_full", "io"];
 
 /// One process listed in the service-discovery file.
 struct Target {
@@ -470,4 +480,189 @@ async fn a_group_whose_members_are_all_killed_is_without_a_primary_a_failover_is
     assert_eq!(serving.get("2"), Some(&1), "group 2 still has its primary");
 
     assert!(cluster.terminate(), "trellis dev exits cleanly on SIGTERM");
+}
+
+/// The coordinator's series of fail-stops of replica `addr` of `group`.
+fn fail_stops_series(group: u32, addr: &str, cause: &str) -> String {
+    format!(
+        "trellis_shard_fail_stops_total{{group=\"{group}\",replica=\"{addr}\",cause=\"{cause}\"}}"
+    )
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
+    // A coordinator and one shard. The coordinator serves the shard's
+    // fail-stop series at 0, for every cause, before anything happened.
+    // The shard is restarted with its log's fdatasync failing (the
+    // nemesis' failpoint): it fail-stops, and the coordinator's count for
+    // that replica and cause `fsync` (and only that one) is 1. Restarted
+    // without the fault, the replica exports the fail-stop it noted in
+    // its data directory: cause `fsync`, at a time between the injection
+    // and now.
+    let mut cluster = TestCluster::start(1).await.expect("cluster starts");
+    let coordinator = cluster.coordinator(0).field("metrics").to_string();
+    let replica = cluster
+        .shard(1, 1)
+        .expect("shard 1")
+        .field("grpc")
+        .to_string();
+    let before = scrape(&coordinator).await.expect("the coordinator answers");
+    for cause in FAIL_STOP_CAUSES {
+        assert_eq!(
+            sample(&before, &fail_stops_series(1, &replica, cause)),
+            Some(0.0),
+            "{cause}: {before}"
+        );
+    }
+
+    let injected = unix_now();
+    let registrar = cluster.addr(0).to_string();
+    cluster.kill9_shard(1, 1);
+    cluster
+        .start_shard(
+            1,
+            1,
+            &registrar,
+            &[(
+                "TRELLIS_FAILPOINTS",
+                trellis_shard::failpoint::WAL_SYNC_ERROR,
+            )],
+        )
+        .expect("the sick shard starts");
+    let sick = cluster.shard(1, 1).expect("shard 1").pid;
+    assert_eq!(
+        cluster.shard(1, 1).expect("shard 1").field("grpc"),
+        replica,
+        "a restarted replica keeps its address"
+    );
+    // A write makes it sync, if becoming primary did not already.
+    let mut txn = cluster.txn(0).await.expect("txn client");
+    let _ = txn
+        .commit(pb::CommitRequest {
+            txn_id: txn_id(),
+            reads: vec![],
+            writes: vec![pb::Write {
+                key: b"k".to_vec(),
+                op: Some(pb::write::Op::Put(b"v".to_vec())),
+            }],
+            durability: 0,
+        })
+        .await;
+    assert!(
+        wait_gone(&[sick], FAIL_STOP_TIMEOUT),
+        "a shard whose fsync failed stops by itself"
+    );
+
+    let after = scrape(&coordinator).await.expect("the coordinator answers");
+    for cause in FAIL_STOP_CAUSES {
+        let expected = if cause == "fsync" { 1.0 } else { 0.0 };
+        assert_eq!(
+            sample(&after, &fail_stops_series(1, &replica, cause)),
+            Some(expected),
+            "{cause}: {after}"
+        );
+    }
+
+    cluster.restart_shard(1).await.expect("restarts clean");
+    let shard = scrape(cluster.shard(1, 1).expect("shard 1").field("metrics"))
+        .await
+        .expect("the restarted shard answers");
+    let noted = sample(
+        &shard,
+        "trellis_shard_last_fail_stop_timestamp_seconds{cause=\"fsync\"}",
+    )
+    .unwrap_or_else(|| panic!("the restarted replica exports its fail-stop: {shard}"));
+    assert!(
+        noted >= injected.floor() && noted <= unix_now(),
+        "noted at {noted}, injected at {injected}"
+    );
+    assert_eq!(
+        shard
+            .lines()
+            .filter(|l| l.starts_with("trellis_shard_last_fail_stop_timestamp_seconds{"))
+            .count(),
+        1,
+        "one cause, the last: {shard}"
+    );
+    // The coordinator's count outlives the replica's restart.
+    let later = scrape(&coordinator).await.expect("the coordinator answers");
+    assert_eq!(
+        sample(&later, &fail_stops_series(1, &replica, "fsync")),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_off_counts_nothing_and_still_serves_metrics() {
+    // Two standalone shards take the same ten writes, one started with
+    // `--metrics-recording off`. The one that records counts the commits,
+    // the fsyncs and the fsync latencies; the one that does not shows
+    // every one of them at 0, while its /metrics still answers with every
+    // family (and with what a scrape computes: it serves).
+    const WRITES: u64 = 10;
+    let mut scraped = Vec::new();
+    for mode in ["on", "off"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Proc::start(&[
+            "shard",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-recording",
+            mode,
+        ])
+        .expect("shard starts");
+        let mut client = shard_client(&shard).await.expect("connect");
+        for i in 0..WRITES {
+            client
+                .commit_local(trellis_proto::shard::v1::CommitLocalRequest {
+                    durability: 0,
+                    map_epoch: 1,
+                    txn_id: txn_id(),
+                    reads: vec![],
+                    writes: vec![trellis_proto::shard::v1::WriteOp {
+                        key: format!("k{i}").into_bytes(),
+                        value: b"v".to_vec(),
+                        delete: false,
+                    }],
+                })
+                .await
+                .expect("commit");
+        }
+        let body = scrape(shard.field("metrics")).await.expect("it answers");
+        assert!(shard.terminate(), "SIGTERM exits cleanly");
+        scraped.push((mode, body));
+    }
+    for (mode, body) in &scraped {
+        let value =
+            |name: &str| sample(body, name).unwrap_or_else(|| panic!("{mode}: no {name}: {body}"));
+        let counted = [
+            value("trellis_shard_commits_local_total"),
+            value("trellis_wal_fsyncs_total"),
+            value("trellis_wal_fsync_seconds_count"),
+            value("trellis_shard_keys"),
+        ];
+        assert_eq!(
+            value("trellis_repl_serving"),
+            1.0,
+            "{mode}: computed at scrape time"
+        );
+        if *mode == "on" {
+            assert_eq!(counted[0], WRITES as f64, "{body}");
+            assert!(counted[1..].iter().all(|v| *v > 0.0), "{body}");
+        } else {
+            assert_eq!(counted, [0.0; 4], "recording off counted: {body}");
+        }
+    }
 }

@@ -9,6 +9,8 @@
 //!   ([`placement::assign_slots`]).
 //! - [`validate`]: input checks shared by the coordinator and the shard edge.
 //! - [`failpoint`]: which failpoints `TRELLIS_FAILPOINTS` arms.
+//! - [`fail_stop`]: why a shard fail-stopped (the `cause` of its note,
+//!   its report and the metrics).
 //! - [`rng`]: the randomness every process draws from, seedable per thread
 //!   for the simulator.
 //! - [`clock`]: the wall clock (Unix milliseconds), simulated per thread
@@ -18,6 +20,7 @@
 //! converted to these at the service edges.
 
 pub mod clock;
+pub mod fail_stop;
 pub mod failpoint;
 pub mod limits;
 pub mod placement;

@@ -34,13 +34,15 @@
 //! edge (`server`, `replica`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use trellis_types::fail_stop::FailStopCause;
 use trellis_types::{GroupId, Key, Lsn, MapEpoch, SlotSet, slot_of};
 
+use crate::fail_stop::LogFailure;
 use crate::fsio::File;
 use crate::metrics::Metrics;
 use crate::ownership::{OwnershipError, SlotState};
@@ -403,7 +405,7 @@ impl Shard {
     fn not_served(&self, not_served: NotServed) -> ShardError {
         match not_served.error {
             OwnershipError::WrongShard { map_epoch, .. } => {
-                self.metrics.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                self.metrics.wrong_shard.inc();
                 ShardError::WrongShard {
                     key: not_served.key,
                     slot: not_served.slot,
@@ -465,11 +467,12 @@ impl Shard {
         Ok(lsn)
     }
 
-    /// Refreshes the key-count gauge after a change.
+    /// Refreshes the key-count gauge after a change (counting the index's
+    /// keys is skipped too while recording is off).
     fn after_write(&self) {
-        self.metrics
-            .keys
-            .store(self.state.index.len() as u64, Ordering::Relaxed);
+        if trellis_metrics::recording() {
+            self.metrics.keys.set(self.state.index.len() as u64);
+        }
     }
 
     /// This replica's counters now, for status reports.
@@ -492,13 +495,18 @@ impl Shard {
     /// again; the process should stop (fail-stop) so that a supervisor
     /// restarts it and recovery decides what is durable, as PostgreSQL does
     /// after a failed fsync. Meanwhile the backups take over the group.
-    pub async fn log_failed(&self) -> String {
+    pub async fn log_failed(&self) -> LogFailure {
         loop {
             let mut durable = self.wal().subscribe();
             match tokio::time::timeout(LOG_WATCH_INTERVAL, durable.wait_for(|d| d.failed.is_some()))
                 .await
             {
-                Ok(Ok(seen)) => return seen.failed.clone().unwrap_or_default(),
+                Ok(Ok(seen)) => {
+                    return LogFailure {
+                        cause: seen.failed_cause.unwrap_or(FailStopCause::Io),
+                        message: seen.failed.clone().unwrap_or_default(),
+                    };
+                }
                 // That log was replaced (snapshot install): watch the new one.
                 Ok(Err(_)) => tokio::time::sleep(LOG_WATCH_INTERVAL).await,
                 Err(_) => {}

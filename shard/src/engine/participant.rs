@@ -4,7 +4,6 @@
 //! [`crate::state`] (`check_*`); this module only logs what they say and
 //! waits for durability.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,9 +37,7 @@ impl Shard {
     /// what it returns is durable.
     pub async fn read(&self, keys: &[Key]) -> Result<Vec<KeyView>, ShardError> {
         let views: Vec<KeyView> = keys.iter().map(|k| self.state.view(k)).collect();
-        self.metrics
-            .reads
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        self.metrics.reads.add(keys.len() as u64);
         let newest = views
             .iter()
             .filter_map(|v| v.entry.as_ref().map(|e| e.version()))
@@ -49,7 +46,7 @@ impl Shard {
         // Durability is by LSN: the smallest one whose version reaches it.
         let lsn = self.state.lsn_of(newest);
         if lsn > self.repl.marks().sync {
-            self.metrics.read_lock_waits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.read_lock_waits.inc();
         }
         // Never show a value a failover could lose.
         self.settle(lsn, Level::Sync).await?;
@@ -127,7 +124,7 @@ impl Shard {
                         writes,
                     });
                     self.log(&mut guard, &record)?;
-                    self.metrics.commits_local.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.commits_local.inc();
                     guard
                         .outcome(&txn)
                         .cloned()
@@ -158,7 +155,7 @@ impl Shard {
             crate::state::Refusal::Conflict => &self.metrics.refusals_conflict,
             _ => &self.metrics.refusals_locked,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
     }
 
     /// 2PC prepare, routed with `map_epoch`: check ownership, validate,
@@ -177,10 +174,10 @@ impl Shard {
             match guard.check_prepare(map_epoch, &txn, &rec.reads, &rec.writes) {
                 Check::Proceed => {
                     let lsn = self.log(&mut guard, &Record::Prepare(rec))?;
-                    self.metrics.prepares.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.prepares.inc();
                     self.metrics
                         .prepared
-                        .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+                        .set(guard.core().prepared.len() as u64);
                     let version = guard
                         .prepared(&txn)
                         .expect("apply records the prepared transaction")
@@ -227,7 +224,7 @@ impl Shard {
                         participants,
                     });
                     let lsn = self.log(&mut guard, &record)?;
-                    self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.decisions.inc();
                     (commit, lsn)
                 }
                 Err(refused) => return Err(ShardError::Busy(refused.message)),
@@ -285,7 +282,7 @@ impl Shard {
                         commit: *commit,
                     });
                     self.log(&mut guard, &record)?;
-                    self.metrics.finalizes.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.finalizes.inc();
                     guard.outcome(txn).cloned()
                 } else {
                     None
@@ -294,7 +291,7 @@ impl Shard {
             }
             self.metrics
                 .prepared
-                .store(guard.core().prepared.len() as u64, Ordering::Relaxed);
+                .set(guard.core().prepared.len() as u64);
             out
         };
         self.after_write();

@@ -4,7 +4,7 @@
 //! beyond cutting a torn tail.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -96,12 +96,10 @@ impl Shard {
         recovery.torn_bytes = replay.torn_bytes;
         recovery.took = started.elapsed();
 
-        metrics
-            .keys
-            .store(state.index.len() as u64, Ordering::Relaxed);
+        metrics.keys.set(state.index.len() as u64);
         metrics
             .prepared
-            .store(state.lock().core().prepared.len() as u64, Ordering::Relaxed);
+            .set(state.lock().core().prepared.len() as u64);
         let wal = Wal::open_with(
             dir,
             replay.last_lsn,

@@ -55,7 +55,7 @@ impl Shard {
             self.log(&mut guard, &Record::NewEpoch(NewEpochRec { epoch }))?;
         }
         drop(guard);
-        self.metrics.promotions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.promotions.inc();
         Ok(())
     }
 
@@ -94,10 +94,11 @@ impl Shard {
         }
         drop(guard);
         self.after_write();
-        self.metrics.prepared.store(
-            self.state.lock().core().prepared.len() as u64,
-            Ordering::Relaxed,
-        );
+        if trellis_metrics::recording() {
+            self.metrics
+                .prepared
+                .set(self.state.lock().core().prepared.len() as u64);
+        }
         Ok(last)
     }
 
@@ -156,9 +157,7 @@ impl Shard {
         self.repl.feed.reset(lsn);
         drop(guard);
         self.after_write();
-        self.metrics
-            .snapshot_installs
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.snapshot_installs.inc();
         tracing::info!(lsn, "installed a snapshot from the primary");
         Ok(())
     }

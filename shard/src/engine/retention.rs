@@ -117,7 +117,7 @@ impl Shard {
         .await
         .map_err(|e| ShardError::Invalid(format!("snapshot task failed: {e}")))??;
         self.snapshot_mark_bytes.store(mark, Ordering::Relaxed);
-        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.metrics.snapshots.inc();
         tracing::info!(lsn, "snapshot written");
         Ok(lsn)
     }
