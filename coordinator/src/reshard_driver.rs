@@ -453,7 +453,12 @@ impl Driver {
                 self.move_slots(batch.from, step(pb::SlotOp::Thaw, batch.to))
                     .await?;
             }
-            Action::CopyBase => return self.copy(batch, 0, false).await.map(Some),
+            Action::CopyBase => {
+                if trellis_types::failpoint::armed("reshard_copy_hold") {
+                    sleep(crate::failpoint::RESHARD_COPY_HOLD).await;
+                }
+                return self.copy(batch, 0, false).await.map(Some);
+            }
             Action::CopyDelta { above } => return self.copy(batch, *above, false).await.map(Some),
             Action::Drain { above, deadline_ms } => loop {
                 match self.copy(batch, *above, true).await {

@@ -21,6 +21,8 @@ pub const SETTLE_TIMEOUT: Duration = IN_SYNC_TIMEOUT;
 pub struct ReplicatedCluster {
     /// The processes.
     pub cluster: TestCluster,
+    /// Extra environment of the coordinator, at its start and restarts.
+    coordinator_env: Vec<(String, String)>,
 }
 
 impl ReplicatedCluster {
@@ -38,6 +40,23 @@ impl ReplicatedCluster {
             shard_args,
         )
         .await
+    }
+
+    /// Like [`Self::start`], with `env` (e.g. `TRELLIS_FAILPOINTS`) given
+    /// to the coordinator at its start and at every restart.
+    pub async fn start_with_coordinator_env(
+        groups: u32,
+        replicas: u32,
+        shard_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ReplicatedCluster> {
+        let builder = ClusterBuilder::new(tempfile::tempdir()?).coordinator_env(env);
+        let mut cluster = Self::build(builder, groups, replicas, shard_args).await?;
+        cluster.coordinator_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(cluster)
     }
 
     /// The same cluster with every process in its own node of `lab` (made
@@ -65,7 +84,10 @@ impl ReplicatedCluster {
             .ready(Ready::InSync)
             .start()
             .await?;
-        Ok(ReplicatedCluster { cluster })
+        Ok(ReplicatedCluster {
+            cluster,
+            coordinator_env: Vec::new(),
+        })
     }
 
     /// Replicas per group.
@@ -173,9 +195,14 @@ impl ReplicatedCluster {
         let old = self.cluster.coordinator_mut(0);
         old.signal(libc::SIGKILL);
         let _ = old.wait_exit_status();
+        let env: Vec<(&str, &str)> = self
+            .coordinator_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let how = CoordinatorStart {
             listen: Some(&addr),
-            ..CoordinatorStart::new(true, &[])
+            ..CoordinatorStart::new(true, &env)
         };
         self.cluster.start_coordinator(0, how)
     }

@@ -137,7 +137,15 @@ impl ReshardCluster {
     /// `groups` groups of `replicas` on loopback, plus one more added
     /// empty (no slots) before the workload starts.
     pub async fn start(groups: u32, replicas: u32) -> anyhow::Result<ReshardCluster> {
-        let mut cluster = ReplicatedCluster::start(groups, replicas, &[]).await?;
+        // Each batch's base copy waits RESHARD_COPY_HOLD, so that a kill
+        // aimed at a copy finds one.
+        let mut cluster = ReplicatedCluster::start_with_coordinator_env(
+            groups,
+            replicas,
+            &[],
+            &[("TRELLIS_FAILPOINTS", "reshard_copy_hold")],
+        )
+        .await?;
         cluster.cluster.add_group().await?;
         Ok(ReshardCluster {
             cluster,
