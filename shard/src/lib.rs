@@ -31,6 +31,8 @@
 //!   freeze, thaw, release) checked strictly on the primary and applied
 //!   leniently from the log, as a pure state machine. It lives in the
 //!   state core: commits and prepares check it under the state lock.
+//! - [`version_base`]: how versions follow LSNs and stay above every
+//!   imported version (pure; the state core keeps one).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -58,6 +60,7 @@ pub mod role;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod version_base;
 pub mod wal;
 
 #[cfg(all(test, feature = "sim"))]

@@ -272,7 +272,7 @@ pub struct SnapTrailer {
     /// Slots importing or frozen here (the map says the rest).
     #[prost(message, repeated, tag = "4")]
     pub moving: Vec<SnapSlot>,
-    /// Where the version base changed ([`crate::state::VersionBase`]).
+    /// Where the version base changed ([`crate::version_base::VersionBase`]).
     #[prost(message, repeated, tag = "5")]
     pub version_points: Vec<SnapVersionPoint>,
 }

@@ -9,7 +9,7 @@
 //!
 //! Readers never see a value before it is durable: a value's version is the
 //! LSN that wrote it plus the group's version base (0 until it imports
-//! data, [`crate::state::VersionBase`]), so a read maps the version back to
+//! data, [`crate::version_base::VersionBase`]), so a read maps the version back to
 //! that LSN and waits for it.
 //!
 //! # Layout
