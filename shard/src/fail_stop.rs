@@ -9,7 +9,7 @@
 //! is written with a best effort — the disk may be failing — and a replica
 //! that cannot write it still stops (its report to the coordinator and its
 //! log say why). [`Note::encode`] and [`Note::decode`] are pure; [`prepare`]
-//! and [`write`] are the IO around them, called by the process edge (`trellis
+//! and [`write()`] are the IO around them, called by the process edge (`trellis
 //! shard`) alone.
 
 use std::fmt;
@@ -28,7 +28,7 @@ pub const NOTE_BYTES: usize = 512;
 const NOTE_MAGIC: &str = "trellis-fail-stop-v1";
 /// Longest detail kept (the rest of the error message is cut): the note's
 /// other fields and padding fit in what is left.
-const NOTE_DETAIL_BYTES_MAX: usize = 384;
+pub const NOTE_DETAIL_BYTES_MAX: usize = 384;
 const _: () = assert!(NOTE_DETAIL_BYTES_MAX + 96 < NOTE_BYTES);
 
 /// Why the log failed, as the engine reports it: the classified cause
