@@ -177,11 +177,12 @@ impl ReshardCluster {
 
     /// Steps alternate: a resharding step, then a kill. Kills take turns:
     /// a primary aimed at a batch that cuts over, one aimed at a batch that
-    /// copies ([`Self::aim`]; a random group's primary when no batch is
-    /// in that phase within [`AIM_WAIT`]), then the coordinator. The resharding steps: first a rebalance onto the empty
-    /// group; at [`DRAIN_AT_PICK`] a drain of [`DRAINED_GROUP`]; otherwise
-    /// moves of random slots (and rebalances, until the drain; after it,
-    /// moves leave the drained group alone so that it stays empty).
+    /// copies ([`Self::aim`]; a random group's primary when no batch is in
+    /// that phase within [`AIM_WAIT`]), then the coordinator. The
+    /// resharding steps: first a rebalance onto the empty group; at
+    /// [`DRAIN_AT_PICK`] a drain of [`DRAINED_GROUP`]; otherwise moves of
+    /// random slots (and rebalances, until the drain; after it, moves leave
+    /// the drained group alone so that it stays empty).
     async fn pick_fault(&self, rng: &mut StdRng) -> Option<ReshardFault> {
         let pick = self.picks.fetch_add(1, Ordering::Relaxed);
         if pick == 0 {
