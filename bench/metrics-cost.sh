@@ -38,43 +38,9 @@ DOC=docs/benchmarks.md
 BEGIN_MARK='<!-- bench/metrics-cost.sh: begin (generated; edit the script, not this section) -->'
 END_MARK='<!-- bench/metrics-cost.sh: end -->'
 
-log() { printf '== %s\n' "$*" >&2; }
-
-PIDS=()
 WORK=$(mktemp -d /tmp/trellis-metrics-cost.XXXXXX)
-stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$?
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-if [[ -n ${TRELLIS_BIN:-} ]]; then
-    TRELLIS=$TRELLIS_BIN
-else
-    log "building the release binary"
-    cargo build --release --bin trellis >&2
-    TRELLIS=target/release/trellis
-fi
+# log, PIDS (stopped on exit), stop_pid, free_port, TRELLIS.
+source bench/lib.sh
 
 run() { # name mode: one fresh cluster, warm-up, measured w1-rmw, stop
     local name=$1 mode=$2

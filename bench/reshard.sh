@@ -39,39 +39,9 @@ DOC=docs/benchmarks.md
 BEGIN_MARK='<!-- bench/reshard.sh: begin (generated; edit the script, not this section) -->'
 END_MARK='<!-- bench/reshard.sh: end -->'
 
-log() { printf '== %s\n' "$*" >&2; }
-
-PIDS=()
 WORK=$(mktemp -d /tmp/trellis-reshard-bench.XXXXXX)
-cleanup() {
-    local rc=$?
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        local pid=${PIDS[i]}
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-if [[ -n ${TRELLIS_BIN:-} ]]; then
-    TRELLIS=$TRELLIS_BIN
-else
-    log "building the release binary"
-    cargo build --release --bin trellis >&2
-    TRELLIS=target/release/trellis
-fi
+# log, PIDS (stopped on exit), stop_pid, free_port, TRELLIS.
+source bench/lib.sh
 
 PORT=$(free_port)
 ADDR="127.0.0.1:$PORT"

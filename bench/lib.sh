@@ -1,0 +1,48 @@
+# Shared by the Trellis-only benchmarks (bench/reshard.sh,
+# bench/metrics-cost.sh): sourced after `cd` to the repository root and
+# after WORK is set to the run's scratch directory. Gives
+#   log TEXT          a progress line on stderr
+#   PIDS              append every process started; all are stopped on exit
+#   stop_pid PID      SIGTERM, up to 10 s, then SIGKILL; reaps it
+#   free_port         a port on 127.0.0.1 nothing listens on
+#   TRELLIS           the release binary ($TRELLIS_BIN, or built now)
+# and a trap that stops every process in PIDS (newest first) and removes
+# WORK on any exit. (bench/compare.sh stops each peer with a signal of its
+# own and keeps its own helpers.)
+
+log() { printf '== %s\n' "$*" >&2; }
+
+PIDS=()
+stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
+    local pid=$1
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[i]}"
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+if [[ -n ${TRELLIS_BIN:-} ]]; then
+    TRELLIS=$TRELLIS_BIN
+else
+    log "building the release binary"
+    cargo build --release --bin trellis >&2
+    TRELLIS=target/release/trellis
+fi
