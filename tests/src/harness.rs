@@ -334,6 +334,14 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// The value of the first series written exactly `series` (name and
+/// labels, as served) in a `/metrics` answer, if there is one.
+pub fn metric_sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Runs `trellis <args>` to its end (every admin command has its own
 /// deadline), with colours off.
 pub fn run_trellis(args: &[&str]) -> std::process::Output {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use trellis_proto::v1 as pb;
 use trellis_tests::cluster::TestCluster;
 use trellis_tests::harness::{
-    Proc, RPC_TIMEOUT, channel, http_get, shard_client, signal_pid, txn_id, wait_gone,
+    Proc, RPC_TIMEOUT, channel, http_get, metric_sample, shard_client, signal_pid, txn_id,
+    wait_gone,
 };
 
 /// Shard groups of the dev cluster (with dev's default 3 replicas each).
@@ -115,7 +116,7 @@ async fn groups_without_primary(targets: &[Target]) -> (BTreeSet<String>, BTreeM
         let Some(answer) = scrape(&target.addr).await else {
             continue;
         };
-        if sample(&answer, "trellis_repl_serving") == Some(1.0) {
+        if metric_sample(&answer, "trellis_repl_serving") == Some(1.0) {
             *serving.entry(group).or_default() += 1;
         }
     }
@@ -238,13 +239,6 @@ fn is_served(name: &str, served: &BTreeSet<String>) -> bool {
             .iter()
             .filter_map(|suffix| name.strip_suffix(suffix))
             .any(|family| served.contains(family))
-}
-
-/// A value of the first series of `name` in a `/metrics` answer.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
 }
 
 #[test]
@@ -517,7 +511,7 @@ async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
     let before = scrape(&coordinator).await.expect("the coordinator answers");
     for cause in FAIL_STOP_CAUSES {
         assert_eq!(
-            sample(&before, &fail_stops_series(1, &replica, cause)),
+            metric_sample(&before, &fail_stops_series(1, &replica, cause)),
             Some(0.0),
             "{cause}: {before}"
         );
@@ -565,7 +559,7 @@ async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
     for cause in FAIL_STOP_CAUSES {
         let expected = if cause == "fsync" { 1.0 } else { 0.0 };
         assert_eq!(
-            sample(&after, &fail_stops_series(1, &replica, cause)),
+            metric_sample(&after, &fail_stops_series(1, &replica, cause)),
             Some(expected),
             "{cause}: {after}"
         );
@@ -575,7 +569,7 @@ async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
     let shard = scrape(cluster.shard(1, 1).expect("shard 1").field("metrics"))
         .await
         .expect("the restarted shard answers");
-    let noted = sample(
+    let noted = metric_sample(
         &shard,
         "trellis_shard_last_fail_stop_timestamp_seconds{cause=\"fsync\"}",
     )
@@ -595,7 +589,7 @@ async fn a_shard_whose_fsync_fails_stops_and_the_metrics_say_why() {
     // The coordinator's count outlives the replica's restart.
     let later = scrape(&coordinator).await.expect("the coordinator answers");
     assert_eq!(
-        sample(&later, &fail_stops_series(1, &replica, "fsync")),
+        metric_sample(&later, &fail_stops_series(1, &replica, "fsync")),
         Some(1.0)
     );
 }
@@ -645,8 +639,9 @@ async fn recording_off_counts_nothing_and_still_serves_metrics() {
         scraped.push((mode, body));
     }
     for (mode, body) in &scraped {
-        let value =
-            |name: &str| sample(body, name).unwrap_or_else(|| panic!("{mode}: no {name}: {body}"));
+        let value = |name: &str| {
+            metric_sample(body, name).unwrap_or_else(|| panic!("{mode}: no {name}: {body}"))
+        };
         let counted = [
             value("trellis_shard_commits_local_total"),
             value("trellis_wal_fsyncs_total"),

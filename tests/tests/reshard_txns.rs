@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use trellis_client::Client;
-use trellis_tests::harness::{Cluster, admin_ok, http_get};
+use trellis_tests::harness::{Cluster, admin_ok, http_get, metric_sample};
 use trellis_types::placement::assign_slots;
 use trellis_types::slot_of;
 
@@ -42,13 +42,6 @@ fn balance(value: Option<Vec<u8>>) -> trellis_client::Result<i64> {
     let text = String::from_utf8(value.unwrap_or_default()).unwrap_or_default();
     text.parse()
         .map_err(|_| trellis_client::Error::Application(format!("balance {text:?}")))
-}
-
-/// The value of `series` in a Prometheus text page (0 if absent).
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Story: six clients move money between two accounts each, one account
@@ -144,7 +137,8 @@ async fn two_phase_transfers_keep_committing_while_their_slots_move() {
             assert!(out.contains("done"), "{out}");
         }
         rounds += 1;
-        moved_aborts = sample(&http_get(&metrics, "/metrics").await, SLOTS_MOVED_SERIES);
+        let page = http_get(&metrics, "/metrics").await;
+        moved_aborts = metric_sample(&page, SLOTS_MOVED_SERIES).unwrap_or(0.0);
         assert!(
             tasks.iter().all(|t| !t.is_finished()),
             "a transfer stopped during round {rounds}"
