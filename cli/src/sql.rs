@@ -64,6 +64,13 @@ pub struct Args {
     /// Output format (default: table on a terminal, tsv otherwise).
     #[arg(long, value_parser = ["table", "csv", "tsv", "json"])]
     format: Option<String>,
+    /// How statements reach the shards. direct: the shell caches the shard
+    /// map and sends reads and one-group commits straight to each group's
+    /// primary (multi-group writes go to the coordinator); coordinator:
+    /// everything through the coordinator (only its address need be
+    /// reachable).
+    #[arg(long, default_value = "direct", value_parser = clap::value_parser!(trellis_client::Route))]
+    route: trellis_client::Route,
 }
 
 /// What to check when the coordinator cannot be reached, at start-up or
@@ -113,7 +120,11 @@ fn run_shell(args: Args) -> Result<(), Stop> {
             eprintln!("ERROR: cannot start the runtime: {e}");
             Stop(EXIT_STATEMENT_FAILED)
         })?;
-    let client = match runtime.block_on(trellis_client::Client::connect(&args.addr)) {
+    let options = trellis_client::Options {
+        route: args.route,
+        ..Default::default()
+    };
+    let client = match runtime.block_on(trellis_client::Client::connect_with(&args.addr, options)) {
         Ok(client) => client,
         Err(e) => {
             // The same three lines as a connection lost mid-session.

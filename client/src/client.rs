@@ -1,15 +1,17 @@
 //! The typed client: one connection to a coordinator, a deadline on every
-//! call.
+//! call, and (by default, [`Route::Direct`]) its own routing to the shards.
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::txn_client::TxnClient;
+use trellis_proto::v1::txn_server::Txn as _;
 use trellis_types::limits::{
     GET_KEYS_MAX, KEY_BYTES_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX, TXN_ID_BYTES, VALUE_BYTES_MAX,
 };
 
+use crate::direct::Direct;
 use crate::error::{Error, Result};
 use crate::txn::Transaction;
 
@@ -148,6 +150,47 @@ pub enum TxnState {
     Unknown,
 }
 
+/// How a client's requests reach the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The client caches the shard map (from the coordinator's
+    /// `Txn.ClusterMap`) and sends reads, scans, `TxnStatus`, one-group
+    /// commits and read-only commits straight to each group's primary;
+    /// commits that write in several groups go to the coordinator. The
+    /// shards must be reachable from the client at the addresses they
+    /// registered.
+    #[default]
+    Direct,
+    /// Every call goes through the coordinator, as from any other
+    /// language's gRPC client: one more hop, and nothing to reach but the
+    /// coordinator.
+    Coordinator,
+}
+
+impl Route {
+    /// Its name on command lines (`--route`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Coordinator => "coordinator",
+        }
+    }
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Route, String> {
+        match text {
+            "direct" => Ok(Route::Direct),
+            "coordinator" => Ok(Route::Coordinator),
+            other => Err(format!(
+                "unknown route {other:?}: direct (the client routes to the shards itself) or coordinator (every call through the coordinator)"
+            )),
+        }
+    }
+}
+
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -155,6 +198,8 @@ pub struct Options {
     pub rpc_timeout: Duration,
     /// Deadline of connecting.
     pub connect_timeout: Duration,
+    /// How requests reach the shards.
+    pub route: Route,
 }
 
 impl Default for Options {
@@ -162,21 +207,28 @@ impl Default for Options {
         Options {
             rpc_timeout: RPC_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            route: Route::default(),
         }
     }
 }
 
-/// A client of one coordinator. Cloning is cheap (one shared connection).
+/// A client of one coordinator. Cloning is cheap (one shared connection,
+/// and with [`Route::Direct`] one shared map and set of shard connections).
 #[derive(Clone)]
 pub struct Client {
     inner: TxnClient<Channel>,
+    /// `Some` with [`Route::Direct`].
+    direct: Option<Direct>,
     addr: String,
     options: Options,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("addr", &self.addr).finish()
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("route", &self.options.route)
+            .finish()
     }
 }
 
@@ -231,8 +283,13 @@ impl Client {
         let inner = TxnClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let direct = match options.route {
+            Route::Direct => Some(Direct::start(inner.clone(), addr).await?),
+            Route::Coordinator => None,
+        };
         Ok(Client {
             inner,
+            direct,
             addr: addr.to_string(),
             options,
         })
@@ -241,6 +298,11 @@ impl Client {
     /// The coordinator address.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// How this client's requests reach the shards.
+    pub fn route(&self) -> Route {
+        self.options.route
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -260,16 +322,16 @@ impl Client {
         for key in keys {
             check_key(key)?;
         }
-        let response = self
-            .inner
-            .clone()
-            .get(self.request(pb::GetRequest {
-                keys: keys.to_vec(),
-                consistency: Some(consistency.to_pb()),
-            }))
-            .await
-            .map_err(|s| Error::from_status(&s))?
-            .into_inner();
+        let request = self.request(pb::GetRequest {
+            keys: keys.to_vec(),
+            consistency: Some(consistency.to_pb()),
+        });
+        let response = match &self.direct {
+            Some(direct) => direct.api().get(request).await,
+            None => self.inner.clone().get(request).await,
+        }
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
         if response.items.len() != keys.len() {
             return Err(Error::Server {
                 code: tonic::Code::Internal,
@@ -296,17 +358,17 @@ impl Client {
                 "scan limit {limit} is over SCAN_LIMIT_MAX ({SCAN_LIMIT_MAX})"
             )));
         }
-        let response = self
-            .inner
-            .clone()
-            .scan(self.request(pb::ScanRequest {
-                prefix: prefix.to_vec(),
-                limit,
-                consistency: Some(consistency.to_pb()),
-            }))
-            .await
-            .map_err(|s| Error::from_status(&s))?
-            .into_inner();
+        let request = self.request(pb::ScanRequest {
+            prefix: prefix.to_vec(),
+            limit,
+            consistency: Some(consistency.to_pb()),
+        });
+        let response = match &self.direct {
+            Some(direct) => direct.api().scan(request).await,
+            None => self.inner.clone().scan(request).await,
+        }
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
         Ok(ScanResult {
             items: response.items.into_iter().map(Item::from_pb).collect(),
             truncated: response.truncated,
@@ -338,14 +400,20 @@ impl Client {
                 .collect(),
             durability: request.durability.to_pb() as i32,
         };
+        // With Route::Direct, only a two-phase commit goes to the
+        // coordinator (see `direct`).
+        let here = self
+            .direct
+            .as_ref()
+            .filter(|direct| !direct.needs_coordinator(&message));
         let mut resends = 0;
         loop {
-            match self
-                .inner
-                .clone()
-                .commit(self.request(message.clone()))
-                .await
-            {
+            let sent = self.request(message.clone());
+            let answer = match here {
+                Some(direct) => direct.api().commit(sent).await,
+                None => self.inner.clone().commit(sent).await,
+            };
+            match answer {
                 Ok(response) => {
                     return match response.into_inner().outcome {
                         Some(pb::commit_response::Outcome::Committed(c)) => Ok(Committed {
@@ -393,15 +461,15 @@ impl Client {
 
     /// What the cluster knows of transaction `txn_id`.
     pub async fn txn_status(&self, txn_id: TxnId) -> Result<TxnState> {
-        let response = self
-            .inner
-            .clone()
-            .txn_status(self.request(pb::TxnStatusRequest {
-                txn_id: txn_id.to_vec(),
-            }))
-            .await
-            .map_err(|s| Error::from_status(&s))?
-            .into_inner();
+        let request = self.request(pb::TxnStatusRequest {
+            txn_id: txn_id.to_vec(),
+        });
+        let response = match &self.direct {
+            Some(direct) => direct.api().txn_status(request).await,
+            None => self.inner.clone().txn_status(request).await,
+        }
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
         Ok(match pb::TxnState::try_from(response.state) {
             Ok(pb::TxnState::Committed) => TxnState::Committed,
             Ok(pb::TxnState::Aborted) => TxnState::Aborted,
@@ -430,6 +498,19 @@ fn source_text(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_parse_by_their_names_and_direct_is_the_default() {
+        for route in [Route::Direct, Route::Coordinator] {
+            assert_eq!(route.name().parse::<Route>(), Ok(route));
+        }
+        let err = "shard".parse::<Route>().unwrap_err();
+        assert!(
+            err.contains("direct") && err.contains("coordinator"),
+            "{err}"
+        );
+        assert_eq!(Options::default().route, Route::Direct);
+    }
 
     #[test]
     fn commit_resends_back_off_by_doubling() {

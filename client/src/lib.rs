@@ -4,7 +4,10 @@
 //! # The client
 //!
 //! [`Client::connect`] opens one connection to a coordinator; every call
-//! carries a deadline ([`Options`]). [`Client::get`], [`Client::scan`],
+//! carries a deadline ([`Options`]). By default ([`Route::Direct`]) the
+//! client also caches the shard map and sends reads and one-group commits
+//! straight to the shards' primaries; [`Route::Coordinator`] sends every
+//! call through the coordinator. [`Client::get`], [`Client::scan`],
 //! [`Client::commit`] and [`Client::txn_status`] are the plain RPCs, typed.
 //! [`Client::begin`] starts a [`Transaction`]: reads record the version they
 //! saw, writes are buffered (a read of a key written earlier in the same
@@ -66,14 +69,15 @@
 //! - [`sql`]: the language of `trellis sql`: parser, session, formats.
 
 mod client;
+mod direct;
 mod error;
 pub mod sql;
 mod txn;
 
 pub use client::{
     COMMIT_RESEND_BACKOFF_BASE, COMMIT_RESENDS_MAX, CONNECT_TIMEOUT_DEFAULT, Client, CommitRequest,
-    Committed, Consistency, Durability, Item, Options, RPC_TIMEOUT_DEFAULT, ScanResult, TxnId,
-    TxnState, Write, new_txn_id,
+    Committed, Consistency, Durability, Item, Options, RPC_TIMEOUT_DEFAULT, Route, ScanResult,
+    TxnId, TxnState, Write, new_txn_id,
 };
 pub use error::{Error, Result, quote_key};
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

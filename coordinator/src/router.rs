@@ -1,5 +1,7 @@
-//! Where requests go: the current shard map (refreshed from the catalog)
-//! and one gRPC channel per shard address.
+//! Where requests go: the current shard map and one gRPC channel per shard
+//! address. A coordinator's router refreshes its map from the catalog; a
+//! client that routes its own requests (the Rust client's `Route::Direct`)
+//! refreshes it from a coordinator's `Txn.ClusterMap` ([`MapSource`]).
 //!
 //! The router never retries by itself; it classifies shard errors
 //! ([`classify`]) so the transaction manager can refresh and retry whole
@@ -12,12 +14,15 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_client::ShardClient;
+use trellis_proto::v1::txn_client::TxnClient;
 use trellis_types::GroupId;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
 
 use crate::catalog::Catalog;
 use crate::map::ClusterMap;
 
+/// Deadline of one `Txn.ClusterMap` call of a routing client.
+pub const MAP_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of every RPC to a shard.
 pub const SHARD_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline for opening a connection to a shard.
@@ -67,9 +72,36 @@ pub fn classify(group: GroupId, status: &tonic::Status) -> Fault {
     }
 }
 
+/// Where a router reads the map again.
+pub enum MapSource {
+    /// The catalog: a coordinator's router.
+    Catalog(Catalog),
+    /// A coordinator's `Txn.ClusterMap`: a routing client's router.
+    Coordinator(TxnClient<Channel>),
+}
+
+/// Asks a coordinator for its map (`Txn.ClusterMap`), saying which map the
+/// caller holds so that a coordinator holding the same one reads its
+/// catalog again. One call, [`MAP_RPC_TIMEOUT`].
+pub async fn fetch_map(
+    mut coordinator: TxnClient<Channel>,
+    known: Option<&ClusterMap>,
+) -> Result<ClusterMap, String> {
+    let mut request = tonic::Request::new(trellis_proto::v1::ClusterMapRequest {
+        known: known.map(ClusterMap::stamp),
+    });
+    request.set_timeout(MAP_RPC_TIMEOUT);
+    let answer = coordinator
+        .cluster_map(request)
+        .await
+        .map_err(|s| format!("Txn.ClusterMap: {}", s.message()))?
+        .into_inner();
+    ClusterMap::from_pb(answer).map_err(|e| format!("Txn.ClusterMap answered a bad map: {e}"))
+}
+
 /// The current map and the channels to shards.
 pub struct Router {
-    catalog: Catalog,
+    source: MapSource,
     map: RwLock<Arc<ClusterMap>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Serializes refreshes so a burst of route errors reads the catalog once.
@@ -77,17 +109,34 @@ pub struct Router {
 }
 
 impl Router {
+    /// A coordinator's router: the map comes from `catalog`.
     pub fn new(catalog: Catalog, map: ClusterMap) -> Router {
+        Self::with_source(MapSource::Catalog(catalog), map)
+    }
+
+    /// A router whose map comes from `source`.
+    pub fn with_source(source: MapSource, map: ClusterMap) -> Router {
         Router {
-            catalog,
+            source,
             map: RwLock::new(Arc::new(map)),
             channels: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// The catalog of a coordinator's router.
+    ///
+    /// # Panics
+    /// On a routing client's router, which has no catalog: only the
+    /// coordinator's services, sweeper and reshard driver ask for it, and
+    /// they never run in a client.
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        match &self.source {
+            MapSource::Catalog(catalog) => catalog,
+            MapSource::Coordinator(_) => {
+                panic!("a routing client's router has no catalog (it asks a coordinator)")
+            }
+        }
     }
 
     /// The map as last read.
@@ -107,11 +156,19 @@ impl Router {
         if *current != *seen {
             return current; // someone refreshed while we waited
         }
-        match self.catalog.load().await {
-            Ok(map) => {
-                self.install(map);
+        match &self.source {
+            MapSource::Catalog(catalog) => match catalog.load().await {
+                Ok(map) => self.install(map),
+                Err(err) => tracing::warn!(%err, "cannot refresh the shard map from the catalog"),
+            },
+            MapSource::Coordinator(coordinator) => {
+                match fetch_map(coordinator.clone(), Some(&current)).await {
+                    Ok(map) => self.install(map),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot refresh the shard map from the coordinator")
+                    }
+                }
             }
-            Err(err) => tracing::warn!(%err, "cannot refresh the shard map from the catalog"),
         }
         self.map()
     }

@@ -267,6 +267,21 @@ impl pb::txn_server::Txn for TxnApi {
             state: state as i32,
         }))
     }
+
+    async fn cluster_map(
+        &self,
+        request: Request<pb::ClusterMapRequest>,
+    ) -> Result<Response<pb::ClusterMapResponse>, Status> {
+        let router = self.txns.router();
+        let current = router.map();
+        // The caller found its map stale and holds ours: read the catalog
+        // (concurrent callers share one read). Otherwise ours is news to it.
+        let map = match request.into_inner().known {
+            Some(known) if current.has_stamp(&known) => router.refresh(&current).await,
+            _ => current,
+        };
+        Ok(Response::new(map.to_pb()))
+    }
 }
 
 /// Silence after which the status shows a member as down: nobody (the

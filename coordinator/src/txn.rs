@@ -111,7 +111,7 @@ impl TxnManager {
             finalize_queue: queue,
             swept_records: Default::default(),
         });
-        tokio::spawn(manager.clone().finalizer(jobs));
+        tokio::spawn(Self::finalizer(Arc::downgrade(&manager), jobs));
         manager
     }
 
@@ -713,7 +713,14 @@ impl TxnManager {
     /// [`FINALIZE_BATCH_MAX`]) and finalizes them with one `FinalizeBatch`
     /// per participant group, then forgets the anchors' records with one
     /// `Forget` per anchor. Batches grow by themselves under load.
-    async fn finalizer(self: Arc<Self>, mut jobs: tokio::sync::mpsc::Receiver<FinalizeJob>) {
+    ///
+    /// Holds the manager weakly, so that dropping the last handle (a
+    /// routing client that is dropped) closes the queue and ends the task;
+    /// jobs still queued then are left to the in-doubt sweeper.
+    async fn finalizer(
+        manager: std::sync::Weak<Self>,
+        mut jobs: tokio::sync::mpsc::Receiver<FinalizeJob>,
+    ) {
         let inflight = Arc::new(tokio::sync::Semaphore::new(FINALIZE_BATCHES_INFLIGHT_MAX));
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
@@ -726,7 +733,13 @@ impl TxnManager {
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 return;
             };
-            let this = self.clone();
+            let Some(this) = manager.upgrade() else {
+                tracing::warn!(
+                    left = batch.len(),
+                    "the transaction manager was dropped; the in-doubt sweeper will finish what it had queued"
+                );
+                return;
+            };
             tokio::spawn(async move {
                 this.finalize_batch(batch).await;
                 drop(permit);

@@ -100,6 +100,12 @@ pub struct Args {
     /// Read consistency: strong, or stale:DURATION (e.g. stale:500ms).
     #[arg(long, default_value = "strong")]
     pub consistency: String,
+    /// Trellis target: how requests reach the shards. direct: the client
+    /// caches the shard map and sends reads and one-group commits straight
+    /// to each group's primary (multi-group commits go to the
+    /// coordinator); coordinator: every call through the coordinator.
+    #[arg(long, default_value = "direct")]
+    pub route: String,
     /// Deadline of each call to the target.
     #[arg(long, default_value = "10s")]
     pub timeout: String,
@@ -458,6 +464,10 @@ impl Config {
             }
         };
         let consistency = parse_consistency(&args.consistency)?;
+        let route: trellis_client::Route = args
+            .route
+            .parse()
+            .map_err(|e| format!("--route `{}`: {e}", args.route))?;
         if args.attempts == 0 || args.attempts > ATTEMPTS_MAX {
             return Err(format!(
                 "--attempts {}: use 1 to {ATTEMPTS_MAX}",
@@ -488,6 +498,7 @@ impl Config {
                 timeout,
                 durability,
                 consistency,
+                route,
                 pg_table: args.pg_table.clone(),
             },
             workload: WorkloadConfig {
@@ -599,6 +610,7 @@ mod tests {
             ("--duration 1s --out csv=x", "json=FILE"),
             ("--duration 1s --durability maybe", "`maybe`"),
             ("--duration 1s --consistency stale:5q", "`5q`"),
+            ("--duration 1s --route shards", "--route `shards`"),
             (
                 "--duration 1s --workload bank --keys 1000",
                 "BANK_ACCOUNTS_MAX",

@@ -89,10 +89,12 @@ use trellis_types::SlotSet;
 
 pub mod reshard;
 
+use trellis_client::Route;
+
 use self::reshard::{JobsOutcome, Resharder, wait_for_jobs};
 use crate::workload::{
     ClientMode, Clock, Keys, Recorder, Workload, WorkloadMop, client_loop, connect, final_read,
-    open_accounts,
+    open_accounts, route_of,
 };
 
 /// The port every simulated node serves gRPC on.
@@ -514,7 +516,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         let mode = config.mode;
         sim.client(client_host(c).as_str(), async move {
             tokio::time::sleep(STARTUP).await;
-            let client = connect(&addr).await?;
+            let client = connect(&addr, route_of(c)).await?;
             if c == 0 && !ready.load(Ordering::Relaxed) {
                 open_accounts(&client).await?;
                 ready.store(true, Ordering::Relaxed);
@@ -600,7 +602,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
                 final_error.clone(),
             );
             sim.client("final", async move {
-                let client = connect(&addr).await?;
+                let client = connect(&addr, Route::Coordinator).await?;
                 let mut last = None;
                 for _ in 0..FINAL_READ_ROUNDS {
                     match final_read::<M>(&client, &recorder, &keys).await {

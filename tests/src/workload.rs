@@ -57,7 +57,9 @@ use trellis_checker::bank::{self, BankMop, BankOptions};
 use trellis_checker::format::{self, TextMop};
 use trellis_checker::list_append::{self, Model};
 use trellis_checker::{Mop, Op, OpKind, Report, Verdict};
-use trellis_client::{Client, CommitRequest, Consistency, Durability, Error, Options, Write};
+use trellis_client::{
+    Client, CommitRequest, Consistency, Durability, Error, Options, Route, Write,
+};
 
 use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule, run_schedule};
 
@@ -623,10 +625,22 @@ async fn run_bank_txn(
 
 // -------------------------------------------------------------------- run
 
-pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
+/// How client `worker` routes: even workers route to the shards
+/// themselves, odd ones through the coordinator, so that every history
+/// mixes both paths.
+pub(crate) fn route_of(worker: usize) -> Route {
+    if worker.is_multiple_of(2) {
+        Route::Direct
+    } else {
+        Route::Coordinator
+    }
+}
+
+pub(crate) async fn connect(addr: &str, route: Route) -> anyhow::Result<Client> {
     let options = Options {
         rpc_timeout: CLIENT_RPC_TIMEOUT,
         connect_timeout: Duration::from_secs(2),
+        route,
     };
     let mut last = None;
     for _ in 0..FINAL_ATTEMPTS_MAX {
@@ -852,7 +866,7 @@ async fn run_workload_on<M: WorkloadMop, C: NemesisCluster>(
     let dir = temp.path().to_path_buf();
     let mut clients = Vec::new();
     for c in 0..config.clients {
-        clients.push(connect(&cluster.client_addr(c)).await?);
+        clients.push(connect(&cluster.client_addr(c), route_of(c)).await?);
     }
     if config.workload == Workload::Bank {
         open_accounts(&clients[0]).await?;

@@ -429,47 +429,78 @@ async fn absent_keys_cut_scans_multi_line_text_and_a_lost_cluster() {
     assert_eq!(value(addr, "many:0000").as_deref(), Some("x"));
     assert_eq!(value(addr, "many:1000").as_deref(), Some("x"));
 
-    // The cluster goes away mid-session: a shell reading statements from a
-    // pipe answers one, the coordinator is killed (by its PID), and the
-    // next statement fails as a lost connection (exit 2) with the hint of
-    // the start-up path, not `server error (Unknown): transport error`.
-    let mut shell = Command::new(trellis_bin())
-        .args(["sql", "--addr", addr])
-        .env("TRELLIS_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the shell");
-    let mut input = shell.stdin.take().expect("stdin");
-    let output = shell.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    // The coordinator goes away mid-session. Two shells read statements
+    // from a pipe and answer one each; the coordinator is killed (by its
+    // PID). The one routed through the coordinator fails its next statement
+    // as a lost connection (exit 2) with the hint of the start-up path, not
+    // `server error (Unknown): transport error`. The one that routes
+    // itself (the default) still reads: its read goes to the shard alone.
+    let spawn_shell = |route: &str| {
+        let mut shell = Command::new(trellis_bin())
+            .args(["sql", "--addr", addr, "--route", route])
+            .env("TRELLIS_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the shell");
+        let mut input = shell.stdin.take().expect("stdin");
+        let output = shell.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        input.write_all(b"GET a;\n").expect("write to the shell");
+        input.flush().expect("flush");
+        for expected in ["v", "1"] {
+            let line = rx.recv_timeout(SHELL_TIMEOUT).expect("the shell answers");
+            assert_eq!(line, expected, "route {route}");
         }
-    });
-    input.write_all(b"GET a;\n").expect("write to the shell");
-    input.flush().expect("flush");
+        (shell, input, rx)
+    };
+    let finish = |shell: std::process::Child| {
+        let (done_tx, done_rx) = mpsc::channel();
+        let pid = shell.id();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(shell.wait_with_output());
+        });
+        done_rx
+            .recv_timeout(SHELL_TIMEOUT)
+            .unwrap_or_else(|_| {
+                panic!("trellis sql (pid {pid}) did not finish in {SHELL_TIMEOUT:?}")
+            })
+            .expect("the shell exits")
+    };
+    let (via_coordinator, mut via_input, _via_lines) = spawn_shell("coordinator");
+    let (direct, mut direct_input, direct_lines) = spawn_shell("direct");
+    cluster.kill9_coordinator(0);
+    direct_input
+        .write_all(b"GET a;\n")
+        .expect("write to the shell");
+    drop(direct_input);
+    let out = finish(direct);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for expected in ["v", "1"] {
-        let line = rx.recv_timeout(SHELL_TIMEOUT).expect("the shell answers");
+        let line = direct_lines
+            .recv_timeout(SHELL_TIMEOUT)
+            .expect("the direct shell reads without the coordinator");
         assert_eq!(line, expected);
     }
-    cluster.kill9_coordinator(0);
-    input.write_all(b"GET a;\n").expect("write to the shell");
-    drop(input);
-    let (done_tx, done_rx) = mpsc::channel();
-    let pid = shell.id();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(shell.wait_with_output());
-    });
-    let out = done_rx
-        .recv_timeout(SHELL_TIMEOUT)
-        .unwrap_or_else(|_| panic!("trellis sql (pid {pid}) did not finish in {SHELL_TIMEOUT:?}"))
-        .expect("the shell exits");
+    via_input
+        .write_all(b"GET a;\n")
+        .expect("write to the shell");
+    drop(via_input);
+    let out = finish(via_coordinator);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("CODE: 08006"), "{stderr}");

@@ -87,6 +87,8 @@ pub struct Options {
     pub timeout: Duration,
     pub durability: trellis_client::Durability,
     pub consistency: trellis_client::Consistency,
+    /// Trellis: how requests reach the shards.
+    pub route: trellis_client::Route,
     /// PostgreSQL table.
     pub pg_table: String,
 }

@@ -38,6 +38,7 @@ impl Trellis {
         let client_options = trellis_client::Options {
             rpc_timeout: options.timeout,
             connect_timeout: options.timeout,
+            route: options.route,
         };
         let mut clients = Vec::with_capacity(options.connections);
         for _ in 0..options.connections.max(1) {
@@ -112,9 +113,10 @@ fn of_commit(err: Error) -> TxnError {
 impl Target for Trellis {
     fn describe(&self) -> String {
         format!(
-            "trellis://{} ({} connection(s), {} group(s), commit path {})",
+            "trellis://{} ({} connection(s), route {}, {} group(s), commit path {})",
             self.addr,
             self.clients.len(),
+            self.options.route.name(),
             self.groups,
             if self.slots.is_some() {
                 "from the slot map"
