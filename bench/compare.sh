@@ -206,7 +206,7 @@ for _ in $(seq 1 $((READY_SECONDS * 2))); do
     sleep 0.5
 done
 [[ $link == up ]] || { echo "error: the Redis replica did not reach its primary ($link)" >&2; exit 1; }
-REDIS_VERSION=$(redis-server --version | awk '{print $3}')
+REDIS_VERSION=$(redis-server --version | awk '{print $3}' | sed 's/^v=//')
 TARGET_URL[redis]="redis://127.0.0.1:$REDIS_PRIMARY"
 TARGET_FLAGS[redis]=""
 
@@ -245,10 +245,10 @@ for target in $TARGETS; do
     for workload in $WORKLOADS; do
         log "$workload against $target: $VUS VUs for $DURATION"
         out="$WORK/result-$target-$workload"
-        # shellcheck disable=SC2086 # the flags are words
         read -r -a flags <<<"${TARGET_FLAGS[$target]}"
+        read -r -a servers <<<"${SERVER_PIDS[${target%%-*}]}"
         cut -d' ' -f1 /proc/loadavg >"$out.load"
-        before=$(tree_cpu_ticks ${SERVER_PIDS[${target%%-*}]})
+        before=$(tree_cpu_ticks "${servers[@]}")
         if ! client_cpu "$out.client" "$TRELLIS" load --quiet --target "${TARGET_URL[$target]}" \
             --workload "$workload" --vus "$VUS" --duration "$DURATION" "${flags[@]}" \
             --key-prefix "cmp$RUN_ID-$target-$workload" \
@@ -258,7 +258,7 @@ for target in $TARGETS; do
         # Let backends whose clients left exit and be reaped (their CPU
         # then shows in the parent's).
         sleep 0.5
-        after=$(tree_cpu_ticks ${SERVER_PIDS[${target%%-*}]})
+        after=$(tree_cpu_ticks "${servers[@]}")
         echo $((after - before)) >"$out.server"
         grep -E 'txn_duration\.|iterations\.|txn_failed|txn_conflicts' "$out.txt" >&2 || true
     done
