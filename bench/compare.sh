@@ -24,6 +24,7 @@
 #   bench/compare.sh                  # DURATION=30s VUS=64
 #   DURATION=10s bench/compare.sh
 #   TRELLIS_BIN=path/to/trellis bench/compare.sh   # skip the release build
+#   ORDER=reverse bench/compare.sh    # each workload's targets in the opposite order
 #
 # Needs: cargo (builds the release binary), redis-server, apt-get when etcd
 # or PostgreSQL is missing (installs etcd-server etcd-client / postgresql),
@@ -236,13 +237,20 @@ open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
 sys.exit(rc)' "$@"
 }
 
+# Workload by workload, every target in turn: the figures compared with
+# each other are measured within a minute or so of each other, so that a
+# machine whose other load drifts (it is shared) skews them less.
+# ORDER=reverse runs the targets of each workload in the opposite order,
+# to see whether going first or last moves a figure.
+RUN_ORDER=$TARGETS
+if [[ ${ORDER:-} == reverse ]]; then
+    RUN_ORDER=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
+fi
+[[ -z ${TARGET_URL[etcd]:-} ]] && log "etcd: not measured ($ETCD_NOTE)"
 RUN_ID=$(date +%s)
-for target in $TARGETS; do
-    if [[ -z ${TARGET_URL[$target]:-} ]]; then
-        log "$target: not measured ($ETCD_NOTE)"
-        continue
-    fi
-    for workload in $WORKLOADS; do
+for workload in $WORKLOADS; do
+    for target in $RUN_ORDER; do
+        [[ -z ${TARGET_URL[$target]:-} ]] && continue
         log "$workload against $target: $VUS VUs for $DURATION"
         out="$WORK/result-$target-$workload"
         read -r -a flags <<<"${TARGET_FLAGS[$target]}"
@@ -266,7 +274,7 @@ done
 
 # --- the table -----------------------------------------------------------------
 log "writing $DOC"
-export WORK WORKLOADS TARGETS DURATION VUS ETCD_VERSION ETCD_NOTE PG_VERSION REDIS_VERSION \
+export WORK WORKLOADS TARGETS RUN_ORDER DURATION VUS ETCD_VERSION ETCD_NOTE PG_VERSION REDIS_VERSION \
     GRPC_CONNECTIONS DOC BEGIN_MARK END_MARK
 export CLK_TCK="$(getconf CLK_TCK)"
 export MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
@@ -325,7 +333,9 @@ etcd_note = os.environ.get("ETCD_NOTE", "")
 lines = [os.environ["BEGIN_MARK"], "",
     "## Trellis vs PostgreSQL, Redis and etcd (`bench/compare.sh`)", "",
     f"Run of {datetime.date.today().isoformat()}, commit {os.environ['TRELLIS_COMMIT']}: "
-    f"`DURATION={os.environ['DURATION']} VUS={os.environ['VUS']} bench/compare.sh`.", "",
+    f"`DURATION={os.environ['DURATION']} VUS={os.environ['VUS']}"
+    f"{' ORDER=reverse' if os.environ['RUN_ORDER'].split() != targets else ''} bench/compare.sh` "
+    f"(each workload against every target in turn: {', '.join(NAMES[t] for t in os.environ['RUN_ORDER'].split())}).", "",
     f"- Machine: {os.environ['MACHINE']}; every server and the load tester share it, on loopback. "
     "`load` is the 1-minute load average when the run started.",
     f"- Trellis: release `trellis dev`, 3 groups, 2 replicas per group, SYNC commits; "
