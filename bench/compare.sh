@@ -330,6 +330,13 @@ def result(target, workload):
 
 res = {(t, w): result(t, w) for t in targets for w in workloads}
 etcd_note = os.environ.get("ETCD_NOTE", "")
+cores = os.cpu_count() or 1
+loads = [float(r["load"]) for r in res.values() if r]
+busy = []
+if loads and max(loads) > cores:
+    busy = [f"- **The machine was busy**: the load average reached {max(loads):.1f} on {cores} cores "
+            "during the runs; other work competed for the CPU, so these figures are not its capacity "
+            "and one run's ratios are not a verdict."]
 lines = [os.environ["BEGIN_MARK"], "",
     "## Trellis vs PostgreSQL, Redis and etcd (`bench/compare.sh`)", "",
     f"Run of {datetime.date.today().isoformat()}, commit {os.environ['TRELLIS_COMMIT']}: "
@@ -356,7 +363,7 @@ lines = [os.environ["BEGIN_MARK"], "",
     "processes; the PostgreSQL primary and standby with their backends; both `redis-server`s; the etcd "
     "members), from /proc before and after the run, per committed transaction. Client CPU: the load "
     "tester's own, per committed transaction.",
-    "",
+    ] + busy + ["",
     "| workload | target | it/s | p50 ms | p99 ms | failed | conflicts | server CPU ms/txn | client CPU ms/txn | load |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for w in workloads:
@@ -371,7 +378,7 @@ for w in workloads:
                      f"{r['client_ms']:.3f} | {r['load']} |")
 lines += ["",
     "Trellis against each peer's best figure in this run (for PostgreSQL, the better of its two clients):", "",
-    "| workload | peer (best) | Trellis/peer it/s | Trellis/peer server CPU per txn | goal (issue 20) | met? |",
+    "| workload | peer (best) | Trellis/peer it/s | Trellis/peer server CPU per txn | goal (issue 20) | met in this run? |",
     "|---|---|---:|---:|---|---|"]
 for w in workloads:
     tr = res[("trellis", w)]
