@@ -1,14 +1,17 @@
-# Shared by the Trellis-only benchmarks (bench/reshard.sh,
+# Shared by the benchmarks (bench/compare.sh, bench/reshard.sh,
 # bench/metrics-cost.sh): sourced after `cd` to the repository root and
 # after WORK is set to the run's scratch directory. Gives
 #   log TEXT          a progress line on stderr
 #   PIDS              append every process started; all are stopped on exit
 #   stop_pid PID      SIGTERM, up to 10 s, then SIGKILL; reaps it
 #   free_port         a port on 127.0.0.1 nothing listens on
+#   tree_cpu_ticks PID...  CPU ticks (user+system) used so far by these
+#                     processes and every process under them, including
+#                     children that exited and were reaped (a PostgreSQL
+#                     backend whose client left); getconf CLK_TCK per second
 #   TRELLIS           the release binary ($TRELLIS_BIN, or built now)
 # and a trap that stops every process in PIDS (newest first) and removes
-# WORK on any exit. (bench/compare.sh stops each peer with a signal of its
-# own and keeps its own helpers.)
+# WORK on any exit.
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -37,6 +40,31 @@ trap cleanup EXIT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+tree_cpu_ticks() {
+    python3 - "$@" <<'PY'
+import os, sys
+roots = {int(p) for p in sys.argv[1:]}
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    parent[int(pid)] = int(fields[1])
+    # utime, stime, cutime, cstime: a process's own time and that of the
+    # children it has reaped (which are gone from /proc).
+    ticks[int(pid)] = sum(int(f) for f in fields[11:15])
+def under(pid):
+    while pid > 1:
+        if pid in roots:
+            return True
+        pid = parent.get(pid, 0)
+    return False
+print(sum(t for pid, t in ticks.items() if under(pid)))
+PY
 }
 
 if [[ -n ${TRELLIS_BIN:-} ]]; then

@@ -20,9 +20,10 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Connections to Trellis or etcd when `--connections` is not given:
 /// gRPC channels multiplex many calls each.
 pub const GRPC_CONNECTIONS_DEFAULT: usize = 4;
-/// Most PostgreSQL sessions opened when `--connections` is not given (one
-/// per VU up to this; the server's default `max_connections` is 100).
-pub const PG_CONNECTIONS_DEFAULT_MAX: usize = 64;
+/// Most PostgreSQL sessions or Redis connections opened when
+/// `--connections` is not given (one per VU up to this: each runs one
+/// transaction at a time; PostgreSQL's default `max_connections` is 100).
+pub const SESSION_CONNECTIONS_DEFAULT_MAX: usize = 64;
 /// Default `--max-vus` of the open model.
 pub const MAX_VUS_DEFAULT: u64 = 100;
 /// Default deadline of each call.
@@ -38,7 +39,7 @@ pub struct Args {
     /// What to measure: a Trellis coordinator as HOST:PORT (as for every
     /// other command), or a URL whose scheme picks the system:
     /// trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...],
-    /// postgres://USER@HOST:PORT/DB.
+    /// postgres://USER@HOST:PORT/DB, redis://HOST:PORT.
     #[arg(
         long,
         visible_alias = "target",
@@ -76,7 +77,7 @@ pub struct Args {
     #[arg(long)]
     pub max_vus: Option<u64>,
     /// Connections to the target, shared by the VUs round robin (default:
-    /// 4 gRPC channels; for PostgreSQL one session per VU, at most 64).
+    /// 4 gRPC channels; for PostgreSQL and Redis one per VU, at most 64).
     #[arg(long)]
     pub connections: Option<usize>,
 
@@ -118,6 +119,13 @@ pub struct Args {
     /// PostgreSQL target: the table to use (created if missing).
     #[arg(long, default_value = "kv")]
     pub pg_table: String,
+    /// PostgreSQL target: how transactions run. serializable: BEGIN,
+    /// SELECT, upsert, COMMIT at SERIALIZABLE. occ: READ COMMITTED, the
+    /// reads in autocommit, then writes conditional on the version read
+    /// (w1-rmw: SELECT then one UPDATE; w2-transfer: one transaction of two
+    /// UPDATEs); a write that finds the version changed is a conflict.
+    #[arg(long, default_value = "serializable", value_name = "serializable|occ")]
+    pub pg_mode: String,
 
     /// Pass/fail criterion, e.g. 'txn_duration:p(99)<50ms' or
     /// 'txn_failed:rate<0.01'; repeatable. Exit code 99 when one fails.
@@ -216,13 +224,13 @@ fn host_port(text: &str) -> Result<(), String> {
 /// error, exit code 2): a bare `HOST:PORT` is a Trellis coordinator and
 /// becomes `trellis://HOST:PORT`; otherwise the scheme picks the system.
 pub fn target_url(text: &str) -> Result<String, String> {
-    const EXPECTED: &str = "use HOST:PORT (Trellis), trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...] or postgres://USER@HOST:PORT/DB";
+    const EXPECTED: &str = "use HOST:PORT (Trellis), trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...], postgres://USER@HOST:PORT/DB or redis://HOST:PORT";
     let Some((scheme, rest)) = text.split_once("://") else {
         host_port(text).map_err(|e| format!("{e}; {EXPECTED}"))?;
         return Ok(format!("trellis://{text}"));
     };
     match scheme {
-        "trellis" => host_port(rest)?,
+        "trellis" | "redis" => host_port(rest)?,
         "etcd" => {
             for endpoint in rest.split(',') {
                 host_port(endpoint)?;
@@ -435,8 +443,9 @@ impl Config {
             Model::Open { max_vus, .. } => *max_vus,
         } as usize;
         let is_pg = args.addr.starts_with("postgres://") || args.addr.starts_with("postgresql://");
-        let connections = args.connections.unwrap_or(if is_pg {
-            peak_vus.clamp(1, PG_CONNECTIONS_DEFAULT_MAX)
+        let is_session = is_pg || args.addr.starts_with("redis://");
+        let connections = args.connections.unwrap_or(if is_session {
+            peak_vus.clamp(1, SESSION_CONNECTIONS_DEFAULT_MAX)
         } else {
             GRPC_CONNECTIONS_DEFAULT
         });
@@ -477,6 +486,7 @@ impl Config {
         if is_pg {
             target::postgres::check_table(&args.pg_table)?;
         }
+        let pg_mode = target::postgres::PgMode::parse(&args.pg_mode)?;
         let thresholds = args
             .thresholds
             .iter()
@@ -500,6 +510,7 @@ impl Config {
                 consistency,
                 route,
                 pg_table: args.pg_table.clone(),
+                pg_mode,
             },
             workload: WorkloadConfig {
                 kind,
@@ -565,7 +576,23 @@ mod tests {
         );
         assert_eq!(c.target_options.connections, GRPC_CONNECTIONS_DEFAULT);
         let c = config("--target postgres://u@h/db --vus 200 --duration 1s").expect("pg");
-        assert_eq!(c.target_options.connections, PG_CONNECTIONS_DEFAULT_MAX);
+        assert_eq!(
+            c.target_options.connections,
+            SESSION_CONNECTIONS_DEFAULT_MAX
+        );
+        assert_eq!(
+            c.target_options.pg_mode,
+            target::postgres::PgMode::Serializable
+        );
+        let c = config("--target postgres://u@h/db --pg-mode occ --vus 8 --duration 1s")
+            .expect("pg occ");
+        assert_eq!(c.target_options.pg_mode, target::postgres::PgMode::Occ);
+        assert_eq!(c.target_options.connections, 8);
+        let c = config("--target redis://127.0.0.1:6379 --vus 200 --duration 1s").expect("redis");
+        assert_eq!(
+            c.target_options.connections,
+            SESSION_CONNECTIONS_DEFAULT_MAX
+        );
         let c = config("--workload bank --duration 1s").expect("bank");
         assert_eq!(c.workload.keys, workload::BANK_ACCOUNTS_DEFAULT);
     }
@@ -587,6 +614,7 @@ mod tests {
             "trellis://127.0.0.1",
             "etcd://a:1,b",
             "postgres://",
+            "redis://127.0.0.1",
         ] {
             let err = config(&format!("--addr {bad} --duration 1s")).expect_err(bad);
             assert!(err.contains("--addr"), "{bad}: {err}");
@@ -609,6 +637,7 @@ mod tests {
             ),
             ("--duration 1s --out csv=x", "json=FILE"),
             ("--duration 1s --durability maybe", "`maybe`"),
+            ("--duration 1s --pg-mode snapshot", "--pg-mode `snapshot`"),
             ("--duration 1s --consistency stale:5q", "`5q`"),
             ("--duration 1s --route shards", "--route `shards`"),
             (

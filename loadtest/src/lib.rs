@@ -1,6 +1,6 @@
 //! The k6-style load tester behind `trellis load`.
 //!
-//! A run drives one *target* (Trellis, etcd or PostgreSQL) with one
+//! A run drives one *target* (Trellis, etcd, PostgreSQL or Redis) with one
 //! *workload* under one *execution model*, measures every iteration, and
 //! ends with a k6-like summary, thresholds (exit code 99 when one is
 //! crossed) and correctness checks (the bank total, the list-append
@@ -13,7 +13,7 @@
 //!   arrival times (open model); pure functions of the elapsed time.
 //! - [`workload`]: what one iteration asks for ([`workload::TxnSpec`]:
 //!   keys to read, and the writes as a function of what was read).
-//! - [`target`]: the [`target::Target`] trait and its three systems.
+//! - [`target`]: the [`target::Target`] trait and its four systems.
 //! - [`runner`]: VUs, retries, histories, progress line, end checks.
 //! - [`metrics`]: HdrHistogram latencies, counters, per-second timeline.
 //! - [`threshold`]: parsing and evaluating `--threshold`.
@@ -72,6 +72,8 @@ Examples:
   trellis load --workload bank --vus 16 --duration 20s         # checks that the total is conserved
   trellis load --addr etcd://127.0.0.1:2379,127.0.0.1:22379 --vus 64 --duration 30s
   trellis load --addr postgres://postgres@127.0.0.1:5432/test --vus 64 --duration 30s
+  trellis load --addr postgres://postgres@127.0.0.1:5432/test --pg-mode occ --vus 64 --duration 30s
+  trellis load --addr redis://127.0.0.1:6379 --vus 64 --duration 30s   # WAIT 1: needs a replica
   trellis load --duration 30s --out json=points.jsonl --summary-export summary.json --report report.html
 
 Workloads (keys PREFIX:0000000042, PREFIX = --key-prefix or the workload's name):
@@ -93,7 +95,10 @@ Metrics: txn_duration is each iteration from its start (open model: its schedule
   On Trellis, path 1pc/2pc is predicted from the written keys' groups in the cluster's slot map.
 
 Targets: --addr HOST:PORT is a Trellis coordinator, as for every trellis command; a URL's
-  scheme picks another system (trellis://, etcd://, postgres://). --target is the same flag.
+  scheme picks another system (trellis://, etcd://, postgres://, redis://). --target is the same flag.
+  PostgreSQL: --pg-mode serializable (default) or occ (READ COMMITTED, writes conditional on the
+  version read). Redis: WATCH/MULTI/EXEC, then WAIT 1 (a commit no replica acknowledged fails;
+  --durability async sends no WAIT).
 
 Exit codes: 0 all passed, 1 the run could not be made, 2 bad flags, 98 a check failed,
   99 a threshold was crossed.";

@@ -3,7 +3,8 @@
 //! cannot hold exits 99 and names itself, bad flags exit 2 naming the bad
 //! part, the bank check catches a target that loses money, and the outputs
 //! (JSON lines, summary export, HTML report, history) are written. Then the
-//! same tool against PostgreSQL and etcd, when they are here.
+//! same tool against PostgreSQL (both `--pg-mode`s), Redis and etcd, when
+//! they are here.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -369,6 +370,355 @@ async fn postgres_target_smoke() {
         .execute(&pool)
         .await
         .expect("drop the test table");
+}
+
+/// The first 8 bytes of each value, as the workloads encode counters and
+/// balances (little-endian i64, padded).
+fn decode_i64(value: &[u8]) -> i64 {
+    i64::from_le_bytes(value[..8].try_into().expect("a counter is 8 bytes or more"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_occ_mode_loses_no_update() {
+    // `--pg-mode occ`: reads in autocommit, then writes conditional on the
+    // version read. Over 2 and 8 keys with 8 VUs, attempts meet: some
+    // conditional writes find the version changed and are retried as
+    // conflicts. If one of them were taken for a commit (or a lost update
+    // let through), the counters would sum to less than the iterations
+    // that committed, and the transfers would create or destroy money.
+    let url = match postgres_url() {
+        Ok(url) => url,
+        Err(reason) => {
+            eprintln!("SKIPPED postgres_occ_mode_loses_no_update: {reason}");
+            return;
+        }
+    };
+    let table = format!("load_occ_{}_{}", std::process::id(), rand::random::<u32>());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let export = dir.path().join("occ.json");
+    let export_path = export.to_str().expect("utf-8");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let sum = |prefix: &'static str| {
+        let pool = pool.clone();
+        let table = table.clone();
+        async move {
+            let rows: Vec<(Vec<u8>,)> =
+                sqlx::query_as(&format!("SELECT v FROM {table} WHERE k >= $1 AND k < $2"))
+                    .bind(format!("{prefix}:").into_bytes())
+                    .bind(format!("{prefix};").into_bytes())
+                    .fetch_all(&pool)
+                    .await
+                    .expect("read the table");
+            (
+                rows.len(),
+                rows.iter().map(|(v,)| decode_i64(v)).sum::<i64>(),
+            )
+        }
+    };
+
+    let run = load_ok(&[
+        "--target",
+        &url,
+        "--pg-table",
+        &table,
+        "--pg-mode",
+        "occ",
+        "--workload",
+        "w1-rmw",
+        "--iterations",
+        "300",
+        "--vus",
+        "8",
+        "--keys",
+        "2",
+        "--key-prefix",
+        "occ-rmw",
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    assert!(run.stdout.contains("version-conditional"), "{}", run.stdout);
+    let s = summary(&export);
+    assert_eq!(count(&s, "iterations"), 300, "{}", run.stdout);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 0,
+        "{}",
+        run.stdout
+    );
+    assert!(
+        count(&s, "txn_conflicts") > 0,
+        "8 VUs on 2 keys meet: {}",
+        run.stdout
+    );
+    assert_eq!(
+        sum("occ-rmw").await,
+        (2, 300),
+        "every committed increment counted once"
+    );
+
+    let run = load_ok(&[
+        "--target",
+        &url,
+        "--pg-table",
+        &table,
+        "--pg-mode",
+        "occ",
+        "--workload",
+        "w2-transfer",
+        "--iterations",
+        "300",
+        "--vus",
+        "8",
+        "--keys",
+        "8",
+        "--key-prefix",
+        "occ-transfer",
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    let s = summary(&export);
+    assert_eq!(count(&s, "iterations"), 300, "{}", run.stdout);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 0,
+        "{}",
+        run.stdout
+    );
+    let (accounts, total) = sum("occ-transfer").await;
+    assert_eq!(
+        total, 0,
+        "transfers move money, they never make it ({accounts} accounts)"
+    );
+    assert!(accounts > 2, "{accounts} accounts written");
+
+    // The bank workload checks its own total with full reads during the run.
+    let run = load_ok(&[
+        "--target",
+        &url,
+        "--pg-table",
+        &table,
+        "--pg-mode",
+        "occ",
+        "--workload",
+        "bank",
+        "--iterations",
+        "200",
+        "--vus",
+        "8",
+        "--key-prefix",
+        "occ-bank",
+        "-q",
+    ]);
+    assert!(
+        run.stdout
+            .contains("✓ bank: the final read sums to the opening total"),
+        "{}",
+        run.stdout
+    );
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await
+        .expect("drop the test table");
+}
+
+/// Keys under `prefix` on the system Redis, and their values.
+async fn redis_values(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<Vec<u8>> {
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .expect("KEYS");
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(conn)
+        .await
+        .expect("MGET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_target_against_the_system_redis() {
+    // The system Redis on 6379 has no replica. With `--durability async`
+    // (no WAIT) the WATCH/MULTI/EXEC transactions commit, conflicts are
+    // retried, and no increment or transfer is lost. With the default
+    // (sync: WAIT for one replica) every write must come back as not
+    // committed: a write no replica acknowledged is not a success. Keys
+    // under a prefix of our own, deleted at the end.
+    let addr: std::net::SocketAddr = "127.0.0.1:6379".parse().expect("addr");
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        eprintln!(
+            "SKIPPED redis_target_against_the_system_redis: nothing listens on 127.0.0.1:6379"
+        );
+        return;
+    }
+    let target = "redis://127.0.0.1:6379";
+    let prefix = format!(
+        "trellis-load-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let client = redis::Client::open(target).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the system Redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let export = dir.path().join("redis.json");
+    let export_path = export.to_str().expect("utf-8");
+
+    let rmw = format!("{prefix}-rmw");
+    let run = load_ok(&[
+        "--target",
+        target,
+        "--durability",
+        "async",
+        "--workload",
+        "w1-rmw",
+        "--iterations",
+        "300",
+        "--vus",
+        "8",
+        "--keys",
+        "2",
+        "--key-prefix",
+        &rmw,
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    let s = summary(&export);
+    assert_eq!(count(&s, "iterations"), 300, "{}", run.stdout);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 0,
+        "{}",
+        run.stdout
+    );
+    assert!(
+        count(&s, "txn_conflicts") > 0,
+        "8 VUs on 2 keys meet: {}",
+        run.stdout
+    );
+    let values = redis_values(&mut conn, &rmw).await;
+    assert_eq!(values.len(), 2);
+    assert_eq!(values.iter().map(|v| decode_i64(v)).sum::<i64>(), 300);
+
+    let transfer = format!("{prefix}-transfer");
+    let run = load_ok(&[
+        "--target",
+        target,
+        "--durability",
+        "async",
+        "--workload",
+        "w2-transfer",
+        "--iterations",
+        "300",
+        "--vus",
+        "8",
+        "--keys",
+        "8",
+        "--key-prefix",
+        &transfer,
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    let s = summary(&export);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 0,
+        "{}",
+        run.stdout
+    );
+    let values = redis_values(&mut conn, &transfer).await;
+    assert!(values.len() > 2, "{} accounts", values.len());
+    assert_eq!(values.iter().map(|v| decode_i64(v)).sum::<i64>(), 0);
+
+    let bank = format!("{prefix}-bank");
+    let run = load_ok(&[
+        "--target",
+        target,
+        "--durability",
+        "async",
+        "--workload",
+        "bank",
+        "--iterations",
+        "200",
+        "--vus",
+        "8",
+        "--key-prefix",
+        &bank,
+        "-q",
+    ]);
+    assert!(
+        run.stdout
+            .contains("✓ bank: the final read sums to the opening total"),
+        "{}",
+        run.stdout
+    );
+    let run = load_ok(&[
+        "--target",
+        target,
+        "--workload",
+        "w3-read",
+        "--iterations",
+        "100",
+        "--vus",
+        "4",
+        "--key-prefix",
+        &rmw,
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    let s = summary(&export);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 0,
+        "{}",
+        run.stdout
+    );
+
+    // Sync (the default): WAIT 1 answers 0 here, so nothing commits, and
+    // each is an unknown outcome (the primary has it), never retried.
+    let unacked = format!("{prefix}-unacked");
+    let run = load(&[
+        "--target",
+        target,
+        "--workload",
+        "w1-rmw",
+        "--iterations",
+        "20",
+        "--vus",
+        "2",
+        "--timeout",
+        "400ms",
+        "--key-prefix",
+        &unacked,
+        "--summary-export",
+        export_path,
+        "-q",
+    ]);
+    let s = summary(&export);
+    assert_eq!(
+        s["metrics"]["txn_failed"]["values"]["passes"], 20,
+        "{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(count(&s, "txn_outcome_unknown"), 20, "{}", run.stdout);
+    assert!(run.stdout.contains("WAIT 1"), "{}", run.stdout);
+
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
 }
 
 /// An etcd we started; killed (by its PID) when dropped.

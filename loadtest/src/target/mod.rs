@@ -9,14 +9,18 @@
 //! - [`trellis`]: the Trellis client library (`trellis://ADDR`).
 //! - [`etcd`]: etcd's KV gRPC API, compare-mod-revision-then-put
 //!   transactions (`etcd://ADDR[,ADDR...]`).
-//! - [`postgres`]: SERIALIZABLE transactions on a `kv(k bytea, v bytea)`
-//!   table (`postgres://...`).
+//! - [`postgres`]: SERIALIZABLE transactions, or version-conditional
+//!   writes at READ COMMITTED (`--pg-mode occ`), on a table of keys and
+//!   values (`postgres://...`).
+//! - [`redis`]: WATCH/MULTI/EXEC transactions, each commit followed by
+//!   `WAIT` for a replica (`redis://HOST:PORT`).
 //! - `broken-bank://URL` (hidden, for tests): wraps another target and
 //!   turns every bank transfer into a debit without its credit, so the bank
 //!   check has something to catch.
 
 pub mod etcd;
 pub mod postgres;
+pub mod redis;
 pub mod trellis;
 
 use std::sync::Arc;
@@ -80,8 +84,8 @@ impl Path {
 /// Settings every target takes.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Connections (gRPC channels, or PostgreSQL sessions), used round
-    /// robin by the VUs.
+    /// Connections (gRPC channels, PostgreSQL sessions or Redis
+    /// connections), used round robin by the VUs.
     pub connections: usize,
     /// Deadline of each call.
     pub timeout: Duration,
@@ -91,6 +95,8 @@ pub struct Options {
     pub route: trellis_client::Route,
     /// PostgreSQL table.
     pub pg_table: String,
+    /// PostgreSQL: how transactions run.
+    pub pg_mode: postgres::PgMode,
 }
 
 /// A system under test.
@@ -127,12 +133,15 @@ pub async fn connect(url: &str, options: &Options) -> anyhow::Result<Arc<dyn Tar
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(postgres::Postgres::connect(url, options).await?));
     }
+    if let Some(addr) = url.strip_prefix("redis://") {
+        return Ok(Arc::new(redis::Redis::connect(addr, options).await?));
+    }
     if let Some(inner) = url.strip_prefix("broken-bank://") {
         let inner = Box::pin(connect(inner, options)).await?;
         return Ok(Arc::new(BrokenBank { inner }));
     }
     anyhow::bail!(
-        "--target `{url}`: expected trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...] or postgres://USER@HOST:PORT/DB"
+        "--target `{url}`: expected trellis://HOST:PORT, etcd://HOST:PORT[,HOST:PORT...], postgres://USER@HOST:PORT/DB or redis://HOST:PORT"
     )
 }
 
