@@ -9,7 +9,7 @@ use anyhow::Context;
 use trellis_coordinator::catalog::Catalog;
 use trellis_coordinator::metrics::Metrics;
 use trellis_coordinator::reshard_driver::Driver;
-use trellis_coordinator::router::Router;
+use trellis_coordinator::router::{CatalogRouter, Router};
 use trellis_coordinator::txn::TxnManager;
 use trellis_coordinator::{refresher, service, sweeper};
 

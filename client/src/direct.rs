@@ -1,9 +1,9 @@
 //! `Route::Direct`: the client routes its own requests.
 //!
 //! The client keeps the coordinator's transaction manager in process (the
-//! same code, `trellis_coordinator::txn`, behind the same service,
-//! `trellis_coordinator::service::TxnApi`), with a router whose map comes
-//! from the coordinator's `Txn.ClusterMap` instead of the catalog. Reads,
+//! same code, `trellis_txn::txn`, behind the same service,
+//! `trellis_txn::service::TxnApi`), with a router whose map comes from the
+//! coordinator's `Txn.ClusterMap` instead of the catalog. Reads,
 //! scans, `TxnStatus`, one-group commits and read-only commits then go
 //! straight to the shards' primaries: one hop where the coordinator made
 //! two. A shard that answers WRONG_SHARD, STALE_MAP or NOT_PRIMARY makes the
@@ -25,12 +25,12 @@
 use std::sync::Arc;
 
 use tonic::transport::Channel;
-use trellis_coordinator::metrics::Metrics;
-use trellis_coordinator::router::{MapSource, Router, fetch_map};
-use trellis_coordinator::service::TxnApi;
-use trellis_coordinator::txn::TxnManager;
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::txn_client::TxnClient;
+use trellis_txn::metrics::Metrics;
+use trellis_txn::router::{Router, fetch_map};
+use trellis_txn::service::TxnApi;
+use trellis_txn::txn::TxnManager;
 use trellis_types::GroupId;
 
 use crate::error::{Error, Result};
@@ -53,10 +53,7 @@ impl Direct {
                 "cannot read the shard map from {addr} (Route::Direct needs a coordinator that serves Txn.ClusterMap): {e}"
             ))
         })?;
-        let router = Arc::new(Router::with_source(
-            MapSource::Coordinator(coordinator),
-            map,
-        ));
+        let router = Arc::new(Router::with_source(coordinator, map));
         // The client's own counters: nobody scrapes them, the
         // coordinator's count what passes through it.
         let txns = TxnManager::new(router, Arc::new(Metrics::default()));
@@ -79,7 +76,7 @@ impl Direct {
 
 /// Whether a commit is a two-phase one (it writes, and its keys span two
 /// groups or more), which a routing client leaves to the coordinator. The
-/// same rule as `trellis_coordinator::twopc::plan`: one group is a
+/// same rule as `trellis_txn::twopc::plan`: one group is a
 /// one-phase commit, no writes a read-only validation.
 pub(crate) fn needs_coordinator(
     commit: &pb::CommitRequest,

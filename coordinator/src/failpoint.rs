@@ -3,8 +3,9 @@
 //!
 //! `TRELLIS_FAILPOINTS=after_prepare` (comma-separated names) makes the
 //! process abort the first time it reaches that point. Names in use:
-//! `after_prepare`, `after_decide`, `during_finalize`. Without the variable a
-//! failpoint is one relaxed load (`trellis_types::failpoint`).
+//! `after_prepare`, `after_decide`, `during_finalize` (all three in the
+//! transaction manager, `trellis_txn`). Without the variable a failpoint is
+//! one relaxed load (`trellis_types::failpoint`).
 //!
 //! One name does not abort: `stale_map` makes the periodic refresher skip
 //! re-reading the shard map (it still heartbeats), so the coordinator
@@ -20,10 +21,6 @@
 /// the name is armed.
 pub const RESHARD_COPY_HOLD: std::time::Duration = std::time::Duration::from_millis(400);
 
-/// Aborts the process here if `name` is armed.
-pub fn failpoint(name: &str) {
-    if trellis_types::failpoint::armed(name) {
-        eprintln!("failpoint {name} hit: aborting the process");
-        std::process::abort();
-    }
-}
+/// Aborts the process here if `name` is armed (the transaction manager's
+/// points are in `trellis_txn::failpoint`, this same function).
+pub use trellis_txn::failpoint::failpoint;

@@ -2,12 +2,15 @@
 //! commits transactions across them. Any number can run over one catalog.
 //!
 //! # Layout
-//! - [`map`]: the shard map (the ring that fills it is
-//!   `trellis_types::placement`).
+//! The transaction core is the crate `trellis_txn` (no catalog, no sqlx:
+//! the Rust client runs it too); its modules are re-exported here under
+//! their old paths: [`map`], [`twopc`] (the commit's decisions, pure),
+//! [`txn`] (the IO of reads, commits, status, in-doubt resolution),
+//! [`metrics`], and the router and the `Txn` service inside [`router`] and
+//! [`service`].
+//!
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
-//! - [`router`]: the current map and channels to shards; classifies faults.
-//! - [`twopc`]: the commit's decisions, pure: plan (1PC, read-only or 2PC
-//!   and the anchor), vote tally, the answer, status, resolution, forget.
+//! - [`router`]: `trellis_txn`'s router over the catalog ([`router::CatalogRouter`]).
 //! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
 //!   move, drain, remove) and the job machine (import, copy, freeze,
 //!   drain, flip, release; pause and cancel).
@@ -16,34 +19,28 @@
 //!   stop (self-fencing), operators' requests, progress figures.
 //! - [`reshard_driver`]: the IO that runs jobs: one task per
 //!   coordinator doing what `Job::next` says against shards and catalog.
-//! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
-//!   resolution; retries with backoff.
 //! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
-//! - [`metrics`], [`failpoint`].
+//! - [`failpoint`].
 //!
 //! The coordinator never holds state that must survive it: prepared locks
 //! and decisions live on the shards.
 
 pub mod catalog;
 pub mod failpoint;
-pub mod map;
-pub mod metrics;
 pub mod reshard;
 pub mod reshard_driver;
 pub mod reshard_job;
 pub mod router;
 pub mod service;
-pub mod twopc;
-pub mod txn;
+
+pub use trellis_txn::{FINALIZE_DEADLINE, SWEEP_BATCH_MAX, map, metrics, twopc, txn};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Deadline for finishing one transaction's background finalization.
-pub const FINALIZE_DEADLINE: Duration = Duration::from_secs(10);
-/// Most in-doubt transactions one sweep asks each group for.
-pub const SWEEP_BATCH_MAX: u32 = 1000;
+use router::CatalogRouter;
+
 /// Pause between sweeps for in-doubt transactions.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Deadline of one sweep.

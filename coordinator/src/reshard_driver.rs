@@ -53,7 +53,7 @@ use crate::reshard::{Action, Batch, Control, Done, Job, JobError};
 use crate::reshard_job::{
     Claim, DecodeError, JobRecord, claim, decode, encode, may_act, state_name, take_asked,
 };
-use crate::router::{Fault, Router, classify};
+use crate::router::{CatalogRouter, Fault, Router, classify};
 
 /// How often the driver looks at the jobs when nobody wakes it.
 pub const DRIVER_TICK: Duration = Duration::from_secs(1);

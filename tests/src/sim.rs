@@ -881,7 +881,7 @@ async fn coordinator(catalog: Catalog, groups: u32, added_group: Option<u32>) ->
     use trellis_coordinator::catalog::CatalogError;
     use trellis_coordinator::metrics::Metrics;
     use trellis_coordinator::reshard_driver::Driver;
-    use trellis_coordinator::router::Router;
+    use trellis_coordinator::router::{CatalogRouter, Router};
     use trellis_coordinator::txn::TxnManager;
 
     let mut map = catalog.bootstrap(groups).await?;

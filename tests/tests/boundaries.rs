@@ -5,6 +5,11 @@
 //! any `Cargo.toml` fails `cargo test --workspace`, and the message names
 //! the chain that reaches it.
 //!
+//! The graph holds the workspace crates and the crates they name (external
+//! ones too, such as `sqlx`, as ends of chains: an external crate's own
+//! dependencies are not followed), so a rule may forbid an external crate
+//! that a workspace crate names, directly or through other workspace crates.
+//!
 //! Dev-dependencies are left out on purpose: a crate's own tests may start
 //! a coordinator; its product code may not depend on one.
 
@@ -33,18 +38,22 @@ const RULES: &[Rule] = &[
         why: "a shard reaches the catalog through the coordinator's Membership service, never its code",
     },
     // The client routes its own reads and one-group commits with the
-    // coordinator's transaction manager (ARCHITECTURE.md "One hop"), so it
-    // depends on trellis-coordinator for now; moving that core into a crate
-    // of its own, without the catalog, is the open step.
+    // transaction core (ARCHITECTURE.md "One hop"): trellis-txn, never the
+    // coordinator with its catalog.
     Rule {
         krate: "trellis-client",
-        forbidden: Forbidden::Crates(&["trellis-shard"]),
-        why: "the client talks to shards over gRPC, never through their code",
+        forbidden: Forbidden::Crates(&["trellis-coordinator", "trellis-shard"]),
+        why: "the client library speaks the public API, and routes with trellis-txn",
     },
     Rule {
         krate: "trellis-loadtest",
-        forbidden: Forbidden::Crates(&["trellis-shard"]),
-        why: "the load tester measures through the client and gRPC; placement is in trellis-types",
+        forbidden: Forbidden::Crates(&["trellis-coordinator", "trellis-shard"]),
+        why: "the load tester measures through the public API; placement is in trellis-types",
+    },
+    Rule {
+        krate: "trellis-txn",
+        forbidden: Forbidden::Crates(&["trellis-coordinator", "trellis-shard", "sqlx"]),
+        why: "the transaction core runs in clients too: no catalog, no sqlx, no shard code",
     },
     Rule {
         krate: "trellis-coordinator",
@@ -78,8 +87,8 @@ const RULES: &[Rule] = &[
     },
 ];
 
-/// Workspace crate → the workspace crates it depends on (normal and build
-/// dependencies), as the manifests say.
+/// Workspace crate → the crates it depends on (normal and build
+/// dependencies), as the manifests say. Only workspace crates are keys.
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 fn workspace_graph() -> Graph {
@@ -109,15 +118,6 @@ fn workspace_graph() -> Graph {
     let packages = metadata["packages"]
         .as_array()
         .expect("cargo metadata lists packages");
-    let members: BTreeSet<String> = packages
-        .iter()
-        .map(|p| {
-            p["name"]
-                .as_str()
-                .expect("a package has a name")
-                .to_string()
-        })
-        .collect();
     packages
         .iter()
         .map(|p| {
@@ -130,9 +130,12 @@ fn workspace_graph() -> Graph {
                 .expect("a package lists its dependencies")
                 .iter()
                 .filter(|d| d["kind"].as_str() != Some("dev"))
-                .map(|d| d["name"].as_str().expect("a dependency has a name"))
-                .filter(|d| members.contains(*d))
-                .map(str::to_string)
+                .map(|d| {
+                    d["name"]
+                        .as_str()
+                        .expect("a dependency has a name")
+                        .to_string()
+                })
                 .collect();
             (name, deps)
         })
@@ -172,7 +175,7 @@ fn violations(graph: &Graph, rules: &[Rule]) -> Vec<String> {
         for (target, chain) in reached(graph, rule.krate) {
             let forbidden = match &rule.forbidden {
                 Forbidden::Crates(names) => names.contains(&target.as_str()),
-                Forbidden::AnyWorkspaceCrate => true,
+                Forbidden::AnyWorkspaceCrate => graph.contains_key(&target),
             };
             if forbidden {
                 out.push(format!(
@@ -194,9 +197,10 @@ fn no_crate_reaches_what_its_layer_forbids() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
-/// The check can fail: the same graph with a forbidden dependency (the
-/// load tester on the shard's code) added, directly and through the client,
-/// is refused, and the message names the chain.
+/// The check can fail: the same graph with the dependency this rule was
+/// written against (loadtest on the coordinator, for `assign_slots`) added
+/// back, directly and through the client, is refused, and the message names
+/// the chain.
 #[test]
 fn a_forbidden_dependency_is_refused_with_its_chain() {
     let graph = workspace_graph();
@@ -204,25 +208,76 @@ fn a_forbidden_dependency_is_refused_with_its_chain() {
     direct
         .get_mut("trellis-loadtest")
         .expect("loadtest is a workspace crate")
-        .insert("trellis-shard".to_string());
+        .insert("trellis-coordinator".to_string());
     let broken = violations(&direct, RULES);
     assert!(
         broken
             .iter()
-            .any(|v| v.ends_with("trellis-loadtest -> trellis-shard")),
+            .any(|v| v.ends_with("trellis-loadtest -> trellis-coordinator")),
         "{broken:?}"
     );
 
     let mut indirect = graph;
     indirect
+        .get_mut("trellis-loadtest")
+        .expect("loadtest is a workspace crate")
+        .remove("trellis-coordinator");
+    indirect
         .get_mut("trellis-client")
         .expect("client is a workspace crate")
-        .insert("trellis-shard".to_string());
+        .insert("trellis-coordinator".to_string());
     let broken = violations(&indirect, RULES);
     assert!(
         broken
             .iter()
-            .any(|v| v.ends_with("trellis-loadtest -> trellis-client -> trellis-shard")),
+            .any(|v| v.ends_with("trellis-loadtest -> trellis-client -> trellis-coordinator")),
         "{broken:?}"
+    );
+}
+
+/// An external crate can be forbidden too: the transaction core naming
+/// sqlx, or reaching it through the coordinator (which names it), is
+/// refused with the chain; an external crate is not a workspace crate to
+/// the leaf rules.
+#[test]
+fn a_forbidden_external_crate_is_refused_with_its_chain() {
+    let graph = workspace_graph();
+    assert!(
+        graph["trellis-coordinator"].contains("sqlx"),
+        "the graph holds external crates: the coordinator names sqlx"
+    );
+    let mut direct = graph.clone();
+    direct
+        .get_mut("trellis-txn")
+        .expect("txn is a workspace crate")
+        .insert("sqlx".to_string());
+    let broken = violations(&direct, RULES);
+    assert!(
+        broken.iter().any(|v| v.ends_with("trellis-txn -> sqlx")),
+        "{broken:?}"
+    );
+
+    let mut indirect = graph.clone();
+    indirect
+        .get_mut("trellis-txn")
+        .expect("txn is a workspace crate")
+        .insert("trellis-coordinator".to_string());
+    let broken = violations(&indirect, RULES);
+    assert!(
+        broken
+            .iter()
+            .any(|v| v.ends_with("trellis-txn -> trellis-coordinator -> sqlx")),
+        "{broken:?}"
+    );
+
+    // The history checker is a leaf the transaction core does not reach.
+    let mut leaf = graph;
+    leaf.get_mut("trellis-checker")
+        .expect("checker is a workspace crate")
+        .insert("sqlx".to_string());
+    let broken = violations(&leaf, RULES);
+    assert!(
+        broken.is_empty(),
+        "a leaf crate may name external crates: {broken:?}"
     );
 }

@@ -1,0 +1,32 @@
+//! The Trellis transaction core: what a coordinator runs and what a client
+//! that routes its own requests (the Rust client's `Route::Direct`) runs in
+//! process. No catalog and no sqlx: where the shard map comes from is a
+//! [`router::MapSource`] (the coordinator's catalog, or a coordinator's
+//! `Txn.ClusterMap`).
+//!
+//! # Layout
+//! - [`map`]: the shard map (the ring that fills it is
+//!   `trellis_types::placement`).
+//! - [`router`]: the current map and channels to shards; classifies faults.
+//! - [`twopc`]: the commit's decisions, pure: plan (1PC, read-only or 2PC
+//!   and the anchor), vote tally, the answer, status, resolution, forget.
+//! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
+//!   resolution; retries with backoff.
+//! - [`service`]: the public `trellis.v1.Txn` service over a
+//!   [`txn::TxnManager`].
+//! - [`metrics`], [`failpoint`].
+
+pub mod failpoint;
+pub mod map;
+pub mod metrics;
+pub mod router;
+pub mod service;
+pub mod twopc;
+pub mod txn;
+
+use std::time::Duration;
+
+/// Deadline for finishing one transaction's background finalization.
+pub const FINALIZE_DEADLINE: Duration = Duration::from_secs(10);
+/// Most in-doubt transactions one sweep asks each group for.
+pub const SWEEP_BATCH_MAX: u32 = 1000;

@@ -1,0 +1,215 @@
+//! Where requests go: the current shard map and one gRPC channel per shard
+//! address. Where the map is read again is a [`MapSource`]: a coordinator's
+//! router reads its catalog (the coordinator implements the trait for it;
+//! this crate does not know the catalog), a client that routes its own
+//! requests (the Rust client's `Route::Direct`) asks a coordinator's
+//! `Txn.ClusterMap` (the [`MapSource`] of a `TxnClient`, [`fetch_map`]).
+//!
+//! The router never retries by itself; it classifies shard errors
+//! ([`classify`]) so the transaction manager can refresh and retry whole
+//! operations.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+use trellis_proto::shard::v1 as pb;
+use trellis_proto::shard::v1::shard_client::ShardClient;
+use trellis_proto::v1::txn_client::TxnClient;
+use trellis_types::GroupId;
+use trellis_types::limits::MESSAGE_BYTES_MAX;
+
+use crate::map::ClusterMap;
+
+/// Deadline of one `Txn.ClusterMap` call of a routing client.
+pub const MAP_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of every RPC to a shard.
+pub const SHARD_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline for opening a connection to a shard.
+pub const SHARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive on shard channels: a dead peer is noticed even when TCP
+/// says nothing.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a failed shard call means for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The shard does not own the key under its map, or knows an older map:
+    /// refresh the map and retry.
+    Route(String),
+    /// The shard could not be reached or is not serving: retry after a
+    /// backoff.
+    Unavailable(String),
+    /// The request reached the shard and may or may not have taken effect
+    /// (deadline passed in flight).
+    Ambiguous(String),
+    /// The shard refused the input (a bug in the coordinator if it
+    /// happens: input is validated before routing).
+    Invalid(String),
+    /// Anything else the shard answered.
+    Other(String),
+}
+
+/// Classifies a shard's gRPC error.
+pub fn classify(group: GroupId, status: &tonic::Status) -> Fault {
+    let reason = trellis_proto::error::error_info(status)
+        .and_then(|info| pb::ErrorReason::from_str_name(&info.reason));
+    let text = format!("group {group}: {}", status.message());
+    if matches!(
+        reason,
+        Some(pb::ErrorReason::WrongShard | pb::ErrorReason::StaleMap | pb::ErrorReason::NotPrimary)
+    ) {
+        return Fault::Route(text);
+    }
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted => Fault::Unavailable(text),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            Fault::Ambiguous(text)
+        }
+        tonic::Code::InvalidArgument => Fault::Invalid(text),
+        _ => Fault::Other(text),
+    }
+}
+
+/// Where a router reads the map again: a coordinator's catalog, or a
+/// coordinator's `Txn.ClusterMap` (a routing client's router).
+pub trait MapSource: Send + Sync + 'static {
+    /// Reads the map again; `seen` is the map the router holds (a source
+    /// may pass it on, as `Txn.ClusterMap`'s `known`). One read, within the
+    /// source's own deadline.
+    fn load<'a>(&'a self, seen: &'a ClusterMap) -> BoxFuture<'a, Result<ClusterMap, String>>;
+
+    /// What the source is, for logs: "the catalog", "the coordinator".
+    fn name(&self) -> &'static str;
+
+    /// The source itself, so that its owner can get its own type back (the
+    /// coordinator its catalog).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A coordinator's `Txn.ClusterMap`: a routing client's source.
+impl MapSource for TxnClient<Channel> {
+    fn load<'a>(&'a self, seen: &'a ClusterMap) -> BoxFuture<'a, Result<ClusterMap, String>> {
+        Box::pin(fetch_map(self.clone(), Some(seen)))
+    }
+
+    fn name(&self) -> &'static str {
+        "the coordinator"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Asks a coordinator for its map (`Txn.ClusterMap`), saying which map the
+/// caller holds so that a coordinator holding the same one reads its
+/// catalog again. One call, [`MAP_RPC_TIMEOUT`].
+pub async fn fetch_map(
+    mut coordinator: TxnClient<Channel>,
+    known: Option<&ClusterMap>,
+) -> Result<ClusterMap, String> {
+    let mut request = tonic::Request::new(trellis_proto::v1::ClusterMapRequest {
+        known: known.map(ClusterMap::stamp),
+    });
+    request.set_timeout(MAP_RPC_TIMEOUT);
+    let answer = coordinator
+        .cluster_map(request)
+        .await
+        .map_err(|s| format!("Txn.ClusterMap: {}", s.message()))?
+        .into_inner();
+    ClusterMap::from_pb(answer).map_err(|e| format!("Txn.ClusterMap answered a bad map: {e}"))
+}
+
+/// The current map and the channels to shards.
+pub struct Router {
+    source: Box<dyn MapSource>,
+    map: RwLock<Arc<ClusterMap>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Serializes refreshes so a burst of route errors reads the source once.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Router {
+    /// A router whose map comes from `source` (a coordinator's router over
+    /// its catalog is `trellis_coordinator::router::CatalogRouter::new`).
+    pub fn with_source(source: impl MapSource, map: ClusterMap) -> Router {
+        Router {
+            source: Box::new(source),
+            map: RwLock::new(Arc::new(map)),
+            channels: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where the map is read again.
+    pub fn source(&self) -> &dyn MapSource {
+        self.source.as_ref()
+    }
+
+    /// The map as last read.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.read().expect("map lock poisoned").clone()
+    }
+
+    /// Installs a map (newer or equal epoch, or new members).
+    pub fn install(&self, map: ClusterMap) {
+        *self.map.write().expect("map lock poisoned") = Arc::new(map);
+    }
+
+    /// Re-reads the map from its source. Concurrent callers share one read.
+    pub async fn refresh(&self, seen: &ClusterMap) -> Arc<ClusterMap> {
+        let _guard = self.refreshing.lock().await;
+        let current = self.map();
+        if *current != *seen {
+            return current; // someone refreshed while we waited
+        }
+        match self.source.load(&current).await {
+            Ok(map) => self.install(map),
+            Err(err) => tracing::warn!(
+                %err,
+                "cannot refresh the shard map from {}",
+                self.source.name()
+            ),
+        }
+        self.map()
+    }
+
+    /// A client for `group`'s primary under `map`.
+    pub fn client(&self, map: &ClusterMap, group: GroupId) -> Result<ShardClient<Channel>, Fault> {
+        let addr = map.primary(group).ok_or_else(|| {
+            Fault::Unavailable(format!("group {group} has no registered shard yet"))
+        })?;
+        self.client_at(addr)
+    }
+
+    /// A client for the replica at `addr` (any member, e.g. for status).
+    pub fn client_at(&self, addr: &str) -> Result<ShardClient<Channel>, Fault> {
+        let channel = {
+            let mut channels = self.channels.lock().expect("channel map poisoned");
+            match channels.get(addr) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| Fault::Other(format!("bad shard address {addr}: {e}")))?
+                        .connect_timeout(SHARD_CONNECT_TIMEOUT)
+                        .timeout(SHARD_RPC_TIMEOUT)
+                        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                        .keep_alive_while_idle(true)
+                        .tcp_nodelay(true);
+                    let channel = trellis_net::lazy(endpoint);
+                    channels.insert(addr.to_string(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(ShardClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+}
