@@ -5,9 +5,10 @@
 #   PIDS              append every process started; all are stopped on exit
 #   stop_pid PID      SIGTERM, up to 10 s, then SIGKILL; reaps it
 #   free_port         a port on 127.0.0.1 nothing listens on
+#   cpu_ticks PID     user+system CPU ticks of PID and every process under it
 #   TRELLIS           the release binary ($TRELLIS_BIN, or built now)
 # and a trap that stops every process in PIDS (newest first) and removes
-# WORK on any exit. (bench/compare.sh stops each peer with a signal of its
+# WORK on any exit (KEEP_WORK=1 keeps it, to look at). (bench/compare.sh stops each peer with a signal of its
 # own and keeps its own helpers.)
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -30,13 +31,43 @@ cleanup() {
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[i]}"
     done
-    rm -rf "$WORK"
+    if [[ -n ${KEEP_WORK:-} ]]; then
+        log "kept $WORK (KEEP_WORK)"
+    else
+        rm -rf "$WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# User+system CPU ticks (1/100 s on Linux) of a process and every process
+# under it (e.g. `trellis dev` and its members), children that already
+# exited not counted.
+cpu_ticks() {
+    python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+parent, ticks = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    parent[int(pid)] = int(fields[1])
+    ticks[int(pid)] = int(fields[11]) + int(fields[12])
+def under(pid):
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = parent.get(pid, 0)
+    return False
+print(sum(t for pid, t in ticks.items() if under(pid)))
+PY
 }
 
 if [[ -n ${TRELLIS_BIN:-} ]]; then

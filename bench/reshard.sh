@@ -57,37 +57,13 @@ grep -q '^READY ' "$WORK/dev.log" || { cat "$WORK/dev.log" >&2; exit 1; }
 
 DEV_PID=${PIDS[0]}
 
-# User+system CPU ticks of `trellis dev` and every process under it.
-cpu_ticks() {
-    python3 - "$DEV_PID" <<'PY'
-import os, sys
-root = int(sys.argv[1])
-parent, ticks = {}, {}
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        continue
-    fields = stat[stat.rindex(")") + 2:].split()
-    parent[int(pid)] = int(fields[1])
-    ticks[int(pid)] = int(fields[11]) + int(fields[12])
-def under(pid):
-    while pid > 1:
-        if pid == root:
-            return True
-        pid = parent.get(pid, 0)
-    return False
-print(sum(t for pid, t in ticks.items() if under(pid)))
-PY
-}
-
 load() { # name workload duration
     local before after
-    before=$(cpu_ticks)
+    before=$(cpu_ticks "$DEV_PID")
     "$TRELLIS" load --quiet --addr "$ADDR" --workload "$2" --keys "$KEYS" \
         --vus "$VUS" --duration "$3" --key-prefix "reshard-bench-$2" \
         --summary-export "$WORK/$1.json" >"$WORK/$1.txt"
-    after=$(cpu_ticks)
+    after=$(cpu_ticks "$DEV_PID")
     echo $((after - before)) >"$WORK/$1.cpu"
 }
 
