@@ -39,7 +39,7 @@
 # Stops exactly what it started, by PID, on any exit (trap EXIT).
 #
 #   bench/metrics-cost.sh       # ROUNDS=5 DURATION=20s WARMUP=5s VUS=64 KEYS=100000
-#                               # IORDER="on off off on" TXNS=3000 IWARMUP=200 IVUS=8
+#                               # IORDER="on off off on on off" TXNS=3000 IWARMUP=200 IVUS=8
 #   TRELLIS_BIN=target/release/trellis bench/metrics-cost.sh   # skip the build
 #   PARTS=instructions IORDER="on off" bench/metrics-cost.sh   # one part, doc untouched
 #
@@ -56,7 +56,7 @@ VUS=${VUS:-64}
 KEYS=${KEYS:-100000}
 # Under callgrind: the modes in order (each a fresh cluster), the
 # transactions measured in each, the warm-up before them, and the VUs.
-IORDER=${IORDER:-on off off on}
+IORDER=${IORDER:-on off off on on off}
 TXNS=${TXNS:-3000}
 IWARMUP=${IWARMUP:-200}
 IVUS=${IVUS:-8}
@@ -139,17 +139,19 @@ for t in json.load(open(sys.argv[1])):
     stop_pid "$dev_pid"
 }
 
-# callgrind_control on the given members, all at once (each answers when
-# its valgrind next polls).
-cg_control() { # args... -- pids...
-    local args=() jobs=() pid
-    while [[ $1 != -- ]]; do
-        args+=("$1")
-        shift
-    done
-    shift
+# Sends a callgrind monitor command (zero, instrumentation on|off, dump
+# DESC) to the given members at once, through vgdb, and notes in FILE
+# when each one had done it ("SECONDS PID COMMAND"): the measured windows
+# are timed per member from these notes.
+vg_monitor() { # file command -- pids...
+    local file=$1 command=$2 jobs=() pid
+    shift 3
     for pid in "$@"; do
-        callgrind_control --vgdb-prefix="$WORK/vgdb" "${args[@]}" "$pid" >>"$WORK/callgrind_control.log" 2>&1 &
+        (
+            # shellcheck disable=SC2086 # the command is words
+            vgdb --vgdb-prefix="$WORK/vgdb" --pid="$pid" $command >>"$WORK/vgdb.log" 2>&1
+            echo "$(date +%s.%N) $pid $command" >>"$file"
+        ) &
         jobs+=($!)
     done
     for pid in "${jobs[@]}"; do
@@ -159,7 +161,7 @@ cg_control() { # args... -- pids...
 
 instructions_run() { # name mode: a cluster under callgrind, a fixed load, an idle window
     local name=$1 mode=$2
-    local port addr dev_pid servers start end seconds pid
+    local port addr dev_pid servers start end seconds pid windows
     port=$(free_port)
     addr="127.0.0.1:$port"
     log "$name: valgrind --tool=callgrind trellis dev --groups 3 --replicas 2 --metrics-recording $mode on $addr"
@@ -179,24 +181,25 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
         --iterations "$IWARMUP" --seed 1 --key-prefix metrics-cost >/dev/null
     wait_in_sync "$addr" 3
     "$TRELLIS" status --addr "$addr" >"$WORK/$name-status-before.txt"
-    cg_control --zero -- "${servers[@]}"
-    cg_control --instr=on -- "${servers[@]}"
+    windows="$WORK/$name.windows"
+    vg_monitor "$windows" zero -- "${servers[@]}"
+    vg_monitor "$windows" "instrumentation on" -- "${servers[@]}"
     log "$name: $TXNS measured transactions"
     start=$(date +%s.%N)
     "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$IVUS" \
         --iterations "$TXNS" --seed 2 --key-prefix metrics-cost \
         --summary-export "$WORK/$name.json" >"$WORK/$name.txt"
     end=$(date +%s.%N)
-    cg_control --instr=off -- "${servers[@]}"
-    cg_control --dump=load -- "${servers[@]}"
+    vg_monitor "$windows" "instrumentation off" -- "${servers[@]}"
+    vg_monitor "$windows" "dump load" -- "${servers[@]}"
     seconds=$(python3 -c "print(f'{$end - $start:.1f}')")
     echo "$seconds" >"$WORK/$name.seconds"
     log "$name: load took ${seconds}s; the same time idle"
-    cg_control --zero -- "${servers[@]}"
-    cg_control --instr=on -- "${servers[@]}"
+    vg_monitor "$windows" zero -- "${servers[@]}"
+    vg_monitor "$windows" "instrumentation on" -- "${servers[@]}"
     sleep "$seconds"
-    cg_control --instr=off -- "${servers[@]}"
-    cg_control --dump=idle -- "${servers[@]}"
+    vg_monitor "$windows" "instrumentation off" -- "${servers[@]}"
+    vg_monitor "$windows" "dump idle" -- "${servers[@]}"
     "$TRELLIS" status --addr "$addr" >"$WORK/$name-status-after.txt"
     stop_pid "$dev_pid"
     # dev stops its members; wait for their valgrinds to finish too.
@@ -309,17 +312,28 @@ def dump_of(path):
     return label, total or 0
 
 def dumps(name, which):
-    """{label: instructions} of run `name`'s members for the dump named `which`."""
+    """{pid: (label, instructions)} of run `name`'s members for the dump named `which`."""
     out = {}
     for path in glob.glob(f"{work}/cg/{name}.*"):
         with open(path) as f:
             head = f.read(4096)
         if f"desc: Trigger: dump {which}\n" not in head:
             continue
-        label, total = dump_of(path)
-        if label == "dev" or "trellis dev" in label:
-            continue
-        out[label] = out.get(label, 0) + total
+        out[int(path.split(".")[-2])] = dump_of(path)
+    return out
+
+def windows(name):
+    """{pid: (load window, idle window)} in seconds, as each member saw
+    its instrumentation switched on and off (vg_monitor's notes)."""
+    seen = {}
+    for line in open(f"{work}/{name}.windows"):
+        at, pid, command = line.split(maxsplit=2)
+        seen.setdefault(int(pid), []).append((command.strip(), float(at)))
+    out = {}
+    for pid, events in seen.items():
+        on = [at for c, at in events if c == "instrumentation on"]
+        off = [at for c, at in events if c == "instrumentation off"]
+        out[pid] = (off[0] - on[0], off[1] - on[1])
     return out
 
 # Where the recording code is: the metrics crate, and each process's
@@ -330,6 +344,8 @@ METRICS_FNS = ("trellis_metrics::", "trellis_shard::metrics::", "trellis_coordin
 def metrics_code(row):
     """Whether an exclusive callgrind_annotate row (file:function) is recording code."""
     file, _, function = row.partition(":")
+    # callgrind_annotate names files under the current directory relatively.
+    file = "/" + file.lstrip("/")
     return any(m in file for m in METRICS_FILES) or any(function.startswith(m) for m in METRICS_FNS)
 
 def annotate(path, inclusive):
@@ -356,18 +372,25 @@ if "instructions" in parts:
     for i, mode in enumerate(os.environ["IORDER"].split(), start=1):
         name = f"i{i}-{mode}"
         r = load_summary(name)
-        load, idle = dumps(name, "load"), dumps(name, "idle")
         seconds = float(open(f"{work}/{name}.seconds").read())
+        load, idle, window = dumps(name, "load"), dumps(name, "idle"), windows(name)
+        # The timer-driven work in the load window, member by member: its
+        # idle window's count scaled to the length of its load window.
+        background = {pid: idle[pid][1] * window[pid][0] / window[pid][1] for pid in load}
+        coordinator = [pid for pid, (label, _) in load.items() if label == "coordinator"]
+        committed = r["committed"]
         runs.append({
             "name": name, "mode": mode, "seconds": seconds, **r,
-            "members": len(load), "load": sum(load.values()), "idle": sum(idle.values()),
-            "coord_load": load.get("coordinator", 0), "coord_idle": idle.get("coordinator", 0),
+            "window": statistics.mean(w[0] for w in window.values()),
+            "idle_window": statistics.mean(w[1] for w in window.values()),
+            "members": len(load),
+            "load": sum(t for _, t in load.values()),
+            "background": sum(background.values()),
+            "raw": sum(t for _, t in load.values()) / committed,
+            "net": sum(t - background[pid] for pid, (_, t) in load.items()) / committed,
+            "coord_net": sum(load[p][1] - background[p] for p in coordinator) / committed,
             "stable": stable(name),
         })
-    for r in runs:
-        r["raw"] = r["load"] / r["committed"]
-        r["net"] = (r["load"] - r["idle"]) / r["committed"]
-        r["coord_net"] = (r["coord_load"] - r["coord_idle"]) / r["committed"]
     # A run in which a member changed role or epoch (a lease that lapsed
     # under valgrind's slowness, a failover) did work no transaction
     # asked for: it is listed, not counted.
@@ -380,27 +403,41 @@ if "instructions" in parts:
               for m, rs in by_mode.items()}
     cost = (1 - mean["off"] / mean["on"]) * 100
     cost_raw = (1 - mean_raw["off"] / mean_raw["on"]) * 100
-    # Cross-check from the "on" load profiles: functions of the metrics crate
-    # (inclusive), and instructions whose source line is in metrics/src (the
-    # recording calls are #[inline]: their code sits in the callers).
+    # Cross-checks from the profiles of the load windows. (1) Functions of
+    # the metrics crate (inclusive), and instructions whose source line is
+    # recording code, in the "on" runs (the recording calls are #[inline]:
+    # their code sits in the callers). (2) The functions that recording
+    # code was inlined into, on against off: what recording adds to them
+    # (a lock taken for a gauge, a length counted, the adds), with the
+    # timer-driven work of the rest of the process left out.
     fn_incl, file_self, total_on = 0, 0, 0
-    for r in by_mode["on"]:
-        for path in glob.glob(f"{work}/cg/{r['name']}.*"):
-            with open(path) as f:
-                head = f.read(4096)
-            if "desc: Trigger: dump load\n" not in head or "trellis dev" in head.split("cmd:")[1].split("\n")[0]:
-                continue
-            total_on += dump_of(path)[1]
-            incl = [(n, f) for n, f in annotate(path, True) if re.search(r"(^|:|<)trellis_metrics::", f)]
-            # Nested metrics functions would count twice: keep the outermost
-            # by taking, per file, the largest (the inclusive cost of a
-            # caller covers its callees).
-            fn_incl += max((n for n, _ in incl), default=0)
-            file_self += sum(n for n, f in annotate(path, False) if metrics_code(f))
+    per_fn = {"on": {}, "off": {}}
+    hosts = set()
+    for mode in ("on", "off"):
+        for r in by_mode[mode]:
+            for pid, (label, total) in dumps(r["name"], "load").items():
+                path = f"{work}/cg/{r['name']}.{pid}.1"
+                exclusive = annotate(path, False)
+                for n, row in exclusive:
+                    function = re.sub(r" \[[^]]*\]$", "", row.partition(":")[2])
+                    per_fn[mode][function] = per_fn[mode].get(function, 0) + n / r["committed"] / len(by_mode[mode])
+                    if mode == "on" and metrics_code(row):
+                        hosts.add(function)
+                if mode != "on":
+                    continue
+                total_on += total
+                incl = [n for n, row in annotate(path, True) if re.search(r"(^|:|<)trellis_metrics::", row)]
+                # Nested metrics functions would count twice: keep the
+                # outermost (the largest inclusive cost covers its callees).
+                fn_incl += max(incl, default=0)
+                file_self += sum(n for n, row in exclusive if metrics_code(row))
+    hosts_delta = (sum(per_fn["on"].get(f, 0) - per_fn["off"].get(f, 0) for f in hosts)
+                   if counted else float("nan"))
     ins = {
         "runs": runs, "mean": mean, "spread": spread, "cost": cost, "cost_raw": cost_raw,
         "fn_share": fn_incl / total_on * 100 if total_on else 0,
         "file_share": file_self / total_on * 100 if total_on else 0,
+        "hosts": len(hosts), "hosts_delta": hosts_delta,
     }
 
 lines = [os.environ["BEGIN_MARK"], "",
@@ -430,8 +467,8 @@ if ins:
     rows = []
     for r in ins["runs"]:
         rows.append(
-            f"| {r['name']} | {r['mode']} | {r['seconds']:.1f} | {r['committed']:,} | "
-            f"{r['conflicts']:,} / {r['failed_rate']:.2%} | {r['load'] / 1e6:,.1f} | {r['idle'] / 1e6:,.1f} | "
+            f"| {r['name']} | {r['mode']} | {r['window']:.1f} / {r['idle_window']:.1f} | {r['committed']:,} | "
+            f"{r['conflicts']:,} / {r['failed_rate']:.2%} | {r['load'] / 1e6:,.1f} | {r['background'] / 1e6:,.1f} | "
             f"{r['raw'] / 1e3:,.1f} | **{r['net'] / 1e3:,.1f}** | {r['coord_net'] / 1e3:,.1f} | "
             f"{'yes' if r['stable'] else 'NO'} |")
     lines += ["### Instructions (callgrind)", "",
@@ -439,16 +476,20 @@ if ins:
         f"--trace-children=yes --fair-sched=yes --instr-atstart=no` ({os.environ['VALGRIND_VERSION']}), "
         "one fresh cluster per run, in the order listed. Instrumentation stays off through start-up, "
         "until every group has a primary and an in-sync backup, and through a warm-up of "
-        f"{os.environ['IWARMUP']} transactions; `callgrind_control` then zeroes the counters and switches "
+        f"{os.environ['IWARMUP']} transactions; then `vgdb` zeroes the counters and switches "
         f"instrumentation on in the seven members (coordinator and six replicas; not dev) for exactly "
         f"{os.environ['TXNS']} w1-rmw iterations at {os.environ['IVUS']} VUs (`trellis load --iterations`, "
         "same seed in every run, so every run touches the same keys), and dumps the counts; then again for "
         "an **idle window** as long as the load took. Under valgrind the cluster runs many times slower "
         f"({statistics.mean(r['committed'] / r['seconds'] for r in ins['runs']):,.0f} transactions/s here), "
         "so the timer-driven work (heartbeats every 100 ms, lease renewals, the coordinator's slot-map "
-        "refresh and sweeps, the replicas' membership polls) is a large share of the load window; the "
-        "idle window measures it, and **net** instructions per transaction are (load − idle) / committed.", "",
-        "| run | mode | load s | committed | conflicts / failed | load window Ir (M) | idle window Ir (M) | Ir/txn raw (K) | Ir/txn net (K) | coordinator net (K) | roles and epochs unchanged |",
+        "refresh and sweeps, the replicas' membership polls) is a sizeable share of the load window. "
+        "The idle window measures it: each member's idle count, scaled to the length of its own load "
+        "window (each window timed from when that member had switched instrumentation on to when it had "
+        "switched it off), is its **background**; **net** instructions per transaction are "
+        "(load − background) / committed, summed over the members; **raw** ones count the background "
+        "too.", "",
+        "| run | mode | windows s (load / idle) | committed | conflicts / failed | load window Ir (M) | of which background (M) | Ir/txn raw (K) | Ir/txn net (K) | coordinator net (K) | roles and epochs unchanged |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|", *rows, "",
         ("Runs in which a member changed role or epoch are listed but not counted. " if not all(r["stable"] for r in ins["runs"]) else "") +
         f"Mean net instructions per transaction: **{ins['mean']['on'] / 1e3:,.1f} K on, "
@@ -461,7 +502,11 @@ if ins:
         f"and is not a function of its own; the instructions whose source line is in the metrics code "
         f"(`metrics/src/`, `shard/src/metrics.rs`, `coordinator/src/metrics.rs`, or inlined into a "
         f"`metrics::` function) take {ins['file_share']:.3f}%. What recording costs beyond those lines "
-        "(a lock taken for a gauge, a length counted) shows only in the on/off difference.", ""]
+        "(a lock taken for a gauge, a length counted) shows in the on/off difference: the "
+        f"{ins['hosts']} functions that recording code is inlined into execute "
+        f"{ins['hosts_delta']:+,.0f} instructions per transaction with recording on against off "
+        f"({ins['hosts_delta'] / ins['mean']['on'] * 100:+.2f}% of the net count), the timer-driven work "
+        "of the rest of each process left out.", ""]
 # The verdict. Throughput is what the issue names; when its rounds spread
 # over more than twice the goal it cannot tell a cost of the goal's size
 # from the machine's noise, and the instruction counts decide: met if the
