@@ -65,6 +65,8 @@ GOAL_PERCENT=2
 # How long a server may take to come up; under valgrind, the cluster.
 READY_SECONDS=60
 VALGRIND_READY_SECONDS=600
+# Deadline of each call of `trellis load` to a cluster under valgrind.
+VALGRIND_CALL_TIMEOUT=30s
 DOC=docs/benchmarks.md
 BEGIN_MARK='<!-- bench/metrics-cost.sh: begin (generated; edit the script, not this section) -->'
 END_MARK='<!-- bench/metrics-cost.sh: end -->'
@@ -109,6 +111,16 @@ wait_in_sync() { # addr groups
     echo "$status" >&2
     log "the cluster at $1 did not get in sync"
     exit 1
+}
+
+# `trellis status` into a file, tried a few times (under valgrind a member
+# may miss the call's deadline).
+status_to() { # addr file
+    for _ in 1 2 3; do
+        "$TRELLIS" status --addr "$1" >"$2" 2>>"$WORK/status-errors.log" && return 0
+        sleep 1
+    done
+    log "trellis status at $1 failed 3 times (kept as failed: the run counts as unstable)"
 }
 
 throughput_run() { # name mode: one fresh cluster, warm-up, measured w1-rmw, stop
@@ -178,16 +190,16 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
     servers=($(members "$dev_pid"))
     log "$name: ${#servers[@]} members: ${servers[*]}; warm-up of $IWARMUP transactions"
     "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$IVUS" \
-        --iterations "$IWARMUP" --seed 1 --key-prefix metrics-cost >/dev/null
+        --iterations "$IWARMUP" --seed 1 --key-prefix metrics-cost --timeout "$VALGRIND_CALL_TIMEOUT" >/dev/null
     wait_in_sync "$addr" 3
-    "$TRELLIS" status --addr "$addr" >"$WORK/$name-status-before.txt"
+    status_to "$addr" "$WORK/$name-status-before.txt"
     windows="$WORK/$name.windows"
     vg_monitor "$windows" zero -- "${servers[@]}"
     vg_monitor "$windows" "instrumentation on" -- "${servers[@]}"
     log "$name: $TXNS measured transactions"
     start=$(date +%s.%N)
     "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$IVUS" \
-        --iterations "$TXNS" --seed 2 --key-prefix metrics-cost \
+        --iterations "$TXNS" --seed 2 --key-prefix metrics-cost --timeout "$VALGRIND_CALL_TIMEOUT" \
         --summary-export "$WORK/$name.json" >"$WORK/$name.txt"
     end=$(date +%s.%N)
     vg_monitor "$windows" "instrumentation off" -- "${servers[@]}"
@@ -200,7 +212,7 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
     sleep "$seconds"
     vg_monitor "$windows" "instrumentation off" -- "${servers[@]}"
     vg_monitor "$windows" "dump idle" -- "${servers[@]}"
-    "$TRELLIS" status --addr "$addr" >"$WORK/$name-status-after.txt"
+    status_to "$addr" "$WORK/$name-status-after.txt"
     stop_pid "$dev_pid"
     # dev stops its members; wait for their valgrinds to finish too.
     for pid in "${servers[@]}"; do
