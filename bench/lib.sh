@@ -11,7 +11,7 @@
 #                     backend whose client left); getconf CLK_TCK per second
 #   TRELLIS           the release binary ($TRELLIS_BIN, or built now)
 # and a trap that stops every process in PIDS (newest first) and removes
-# WORK on any exit.
+# WORK on any exit (KEEP_WORK=1 keeps it, to look at).
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -33,7 +33,11 @@ cleanup() {
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[i]}"
     done
-    rm -rf "$WORK"
+    if [[ -n ${KEEP_WORK:-} ]]; then
+        log "kept $WORK (KEEP_WORK)"
+    else
+        rm -rf "$WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT

@@ -57,16 +57,13 @@ grep -q '^READY ' "$WORK/dev.log" || { cat "$WORK/dev.log" >&2; exit 1; }
 
 DEV_PID=${PIDS[0]}
 
-# User+system CPU ticks of `trellis dev` and every process under it.
-cpu_ticks() { tree_cpu_ticks "$DEV_PID"; }
-
 load() { # name workload duration
     local before after
-    before=$(cpu_ticks)
+    before=$(tree_cpu_ticks "$DEV_PID")
     "$TRELLIS" load --quiet --addr "$ADDR" --workload "$2" --keys "$KEYS" \
         --vus "$VUS" --duration "$3" --key-prefix "reshard-bench-$2" \
         --summary-export "$WORK/$1.json" >"$WORK/$1.txt"
-    after=$(cpu_ticks)
+    after=$(tree_cpu_ticks "$DEV_PID")
     echo $((after - before)) >"$WORK/$1.cpu"
 }
 
