@@ -59,6 +59,12 @@ DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-5s}
 VUS=${VUS:-64}
 KEYS=${KEYS:-100000}
+# How the load reaches the shards. Through the coordinator by default: the
+# path with the most recording points (the coordinator's and the shards'),
+# the one the committed figures were measured on, and the one whose
+# coordinator commit counter shows that "off" recorded nothing. ROUTE=direct
+# measures the Rust client's default route instead.
+ROUTE=${ROUTE:-coordinator}
 # Under callgrind: the modes in order (each a fresh cluster), the
 # transactions measured in each, the warm-up before them, and the VUs.
 IORDER=${IORDER:-on off off on on off}
@@ -150,10 +156,10 @@ throughput_run() { # name mode: one fresh cluster, warm-up, measured w1-rmw, sto
     dev_pid=$!
     PIDS+=("$dev_pid")
     wait_ready "$WORK/$name-dev.log" "$READY_SECONDS"
-    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$VUS" \
+    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --route "$ROUTE" --keys "$KEYS" --vus "$VUS" \
         --duration "$WARMUP" --key-prefix metrics-cost >/dev/null
     before=$(tree_cpu_ticks "$dev_pid")
-    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$VUS" \
+    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --route "$ROUTE" --keys "$KEYS" --vus "$VUS" \
         --duration "$DURATION" --key-prefix metrics-cost \
         --summary-export "$WORK/$name.json" >"$WORK/$name.txt"
     after=$(tree_cpu_ticks "$dev_pid")
@@ -205,7 +211,7 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
     # shellcheck disable=SC2207
     servers=($(members "$dev_pid"))
     log "$name: ${#servers[@]} members: ${servers[*]}; warm-up of $IWARMUP transactions"
-    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$IVUS" \
+    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --route "$ROUTE" --keys "$KEYS" --vus "$IVUS" \
         --iterations "$IWARMUP" --seed 1 --key-prefix metrics-cost --timeout "$VALGRIND_CALL_TIMEOUT" >/dev/null
     wait_in_sync "$addr" 3
     status_to "$addr" "$WORK/$name-status-before.txt"
@@ -214,7 +220,7 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
     vg_monitor "$windows" "instrumentation on" -- "${servers[@]}"
     log "$name: $TXNS measured transactions"
     start=$(date +%s.%N)
-    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$IVUS" \
+    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --route "$ROUTE" --keys "$KEYS" --vus "$IVUS" \
         --iterations "$TXNS" --seed 2 --key-prefix metrics-cost --timeout "$VALGRIND_CALL_TIMEOUT" \
         --summary-export "$WORK/$name.json" >"$WORK/$name.txt"
     end=$(date +%s.%N)
