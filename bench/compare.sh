@@ -25,6 +25,7 @@
 #   DURATION=10s bench/compare.sh
 #   TRELLIS_BIN=path/to/trellis bench/compare.sh   # skip the release build
 #   ORDER=reverse bench/compare.sh    # each workload's targets in the opposite order
+#   ROUTE=coordinator bench/compare.sh # Trellis with every call through the coordinator
 #
 # Needs: cargo (builds the release binary), redis-server, apt-get when etcd
 # or PostgreSQL is missing (installs etcd-server etcd-client / postgresql),
@@ -36,6 +37,10 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30s}
 VUS=${VUS:-64}
 WORKLOADS=${WORKLOADS:-"w1-rmw w2-transfer w3-read"}
+# How the Trellis load reaches the shards: direct (the Rust client's
+# default: reads and one-group commits straight to the primaries) or
+# coordinator (every call through the coordinator).
+ROUTE=${ROUTE:-direct}
 # Connections of the load tester: gRPC channels for Trellis and etcd; one
 # PostgreSQL session or Redis connection per VU (each runs one transaction
 # at a time).
@@ -223,7 +228,7 @@ for _ in $(seq 1 $((READY_SECONDS * 10))); do
 done
 grep -q '^READY ' "$WORK/trellis.log" || { cat "$WORK/trellis.log" >&2; exit 1; }
 TARGET_URL[trellis]="trellis://127.0.0.1:$TRELLIS_PORT"
-TARGET_FLAGS[trellis]="--connections $GRPC_CONNECTIONS"
+TARGET_FLAGS[trellis]="--connections $GRPC_CONNECTIONS --route $ROUTE"
 
 # --- the runs ----------------------------------------------------------------
 # The load tester's own CPU (user+system seconds, from getrusage of its
@@ -274,7 +279,7 @@ done
 
 # --- the table -----------------------------------------------------------------
 log "writing $DOC"
-export WORK WORKLOADS TARGETS RUN_ORDER DURATION VUS ETCD_VERSION ETCD_NOTE PG_VERSION REDIS_VERSION \
+export ROUTE WORK WORKLOADS TARGETS RUN_ORDER DURATION VUS ETCD_VERSION ETCD_NOTE PG_VERSION REDIS_VERSION \
     GRPC_CONNECTIONS DOC BEGIN_MARK END_MARK
 export CLK_TCK="$(getconf CLK_TCK)"
 export MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
@@ -346,7 +351,7 @@ lines = [os.environ["BEGIN_MARK"], "",
     f"- Machine: {os.environ['MACHINE']}; every server and the load tester share it, on loopback. "
     "`load` is the 1-minute load average when the run started.",
     f"- Trellis: release `trellis dev`, 3 groups, 2 replicas per group, SYNC commits; "
-    f"load tester on {os.environ['GRPC_CONNECTIONS']} gRPC channels.",
+    f"load tester on {os.environ['GRPC_CONNECTIONS']} gRPC channels, `--route {os.environ['ROUTE']}`.",
     f"- PostgreSQL: primary + one synchronous standby (`synchronous_commit = on`), {os.environ['PG_VERSION']}; "
     "one session per VU. *serializable*: `BEGIN; SELECT; INSERT … ON CONFLICT DO UPDATE; COMMIT` at SERIALIZABLE. "
     "*occ*: READ COMMITTED, the read in autocommit, then writes conditional on the row's version "
