@@ -22,8 +22,9 @@
 //!
 //! A [`Job`] runs its batches one after another. For each batch the driver
 //! asks [`Job::next`] what to do, does it (RPCs to the two groups, a
-//! catalog compare-and-set), and reports the result with [`Job::done`] or
-//! [`Job::failed`]:
+//! catalog compare-and-set), and reports the result with [`Job::done`]
+//! (a step that did not complete is not reported: the driver errs out of
+//! its pass or asks [`Job::next`] again):
 //!
 //! ```text
 //! Import → CopyBase → CatchUp ⇄ (Freeze → Drain → Flip) → Release → next batch

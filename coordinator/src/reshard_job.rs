@@ -100,7 +100,7 @@ pub struct JobState {
     pub batches: Vec<BatchState>,
     #[prost(uint64, tag = "3")]
     pub batch: u64,
-    /// [`phase_code`].
+    /// The phase as `phase_code` numbers it.
     #[prost(uint32, tag = "4")]
     pub phase: u32,
     /// 0 running, 1 paused, 2 cancelled, 3 done.

@@ -25,7 +25,7 @@
 //!    to or from a replica, a client's to or from the coordinator), lets an operator move a group's primary
 //!    (transfer-primary), fills a replica's disk, and fails disks (torn
 //!    and lost writes, EIO: [`DiskFaults`]). Cuts hold messages and release
-//!    them when healed, as TCP would deliver them (see [`Fault`]).
+//!    them when healed, as TCP would deliver them (see `Fault`).
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
 //!
@@ -33,7 +33,7 @@
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
 //! (`Catalog::add_group`); the coordinator host runs the reshard driver
 //! (`trellis_coordinator::reshard_driver::Driver`) as `trellis
-//! coordinator` does; and an operator ([`reshard::Resharder`], from hosts
+//! coordinator` does; and an operator (`reshard::Resharder`, from hosts
 //! `reshard-N`, on an RNG of its own) calls `Admin.Rebalance` and then
 //! `Admin.MoveSlots` of a few random slots between random groups, with one
 //! `Admin.DrainGroup` of group 2 among them, while the nemesis strikes (the

@@ -1,5 +1,5 @@
 //! The SQL-ish language of `trellis sql`: parser ([`parse`]), session and
-//! executor ([`Session`]), output formats ([`format`]).
+//! executor ([`Session`]), output formats ([`mod@format`]).
 
 mod exec;
 pub mod format;

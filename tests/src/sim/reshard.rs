@@ -1,7 +1,7 @@
 //! The simulator's resharding ([`super::SimConfig::reshard`]): the
 //! operator who calls `Admin.Rebalance` and `Admin.MoveSlots` while the
-//! workload runs and the nemesis strikes ([`Resharder`]), and the waiter
-//! that, after healing, waits for every job to finish ([`wait_for_jobs`]).
+//! workload runs and the nemesis strikes (`Resharder`), and the waiter
+//! that, after healing, waits for every job to finish (`wait_for_jobs`).
 //! It never touches the cluster but through the coordinator's admin API
 //! and the catalog, as an operator would.
 
@@ -16,7 +16,7 @@ use trellis_coordinator::catalog::Catalog;
 use super::{HostResult, admin_client};
 use crate::reshard_nemesis::owned_sample;
 
-/// With [`SimConfig::reshard`]: when the operator's first call
+/// With [`super::SimConfig::reshard`]: when the operator's first call
 /// (`Admin.Rebalance` onto the added, empty group) is made.
 pub const RESHARD_START: Duration = Duration::from_secs(4);
 /// Pause between two of the operator's `Admin.MoveSlots` calls, drawn
