@@ -1,6 +1,8 @@
 //! The typed client: one connection to a coordinator, a deadline on every
 //! call, and (by default, [`Route::Direct`]) its own routing to the shards.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -115,6 +117,36 @@ pub struct ScanResult {
     pub items: Vec<Item>,
     /// More items matched than the limit allowed.
     pub truncated: bool,
+    /// Which replica answered each group, and how fresh.
+    pub sources: Vec<ReadSource>,
+}
+
+/// Which replica answered a group's part of a read, and how fresh its
+/// answer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSource {
+    pub group: u64,
+    /// The replica's address.
+    pub replica: String,
+    /// Whether a backup (not the group's primary) answered.
+    pub backup: bool,
+    /// The replica's log position when it read.
+    pub read_lsn: u64,
+    /// Every value was the committed one at some moment since this long
+    /// ago (zero from a primary).
+    pub staleness: Duration,
+}
+
+impl ReadSource {
+    fn from_public(s: &pb::ReadSource) -> ReadSource {
+        ReadSource {
+            group: s.group_id,
+            replica: s.replica.clone(),
+            backup: s.backup,
+            read_lsn: s.read_lsn,
+            staleness: Duration::from_millis(s.staleness_ms),
+        }
+    }
 }
 
 /// One buffered write.
@@ -221,6 +253,9 @@ pub struct Client {
     direct: Option<Direct>,
     addr: String,
     options: Options,
+    /// The session's floors (read-your-writes for STALE reads): the newest
+    /// version this client committed in each group. Shared by clones.
+    floors: Arc<Mutex<BTreeMap<u64, u64>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -292,7 +327,40 @@ impl Client {
             direct,
             addr: addr.to_string(),
             options,
+            floors: Arc::default(),
         })
+    }
+
+    /// The same connections as a new session: STALE reads of the returned
+    /// client are held to its own commits only (a client and its clones
+    /// share one session; see [`Client::get_from`]).
+    pub fn new_session(&self) -> Client {
+        Client {
+            floors: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The session's floors to send with a read.
+    fn session_floors(&self) -> Vec<pb::SessionFloor> {
+        self.floors
+            .lock()
+            .expect("session lock poisoned")
+            .iter()
+            .map(|(group_id, version)| pb::SessionFloor {
+                group_id: *group_id,
+                version: *version,
+            })
+            .collect()
+    }
+
+    /// Raises the session's floors to a commit's.
+    fn note_floors(&self, committed: &[pb::SessionFloor]) {
+        let mut floors = self.floors.lock().expect("session lock poisoned");
+        for f in committed {
+            let floor = floors.entry(f.group_id).or_insert(0);
+            *floor = (*floor).max(f.version);
+        }
     }
 
     /// The coordinator address.
@@ -313,6 +381,19 @@ impl Client {
 
     /// Reads `keys`: one item per key, in order (version 0 = absent).
     pub async fn get(&self, keys: &[Vec<u8>], consistency: Consistency) -> Result<Vec<Item>> {
+        Ok(self.get_from(keys, consistency).await?.0)
+    }
+
+    /// [`Client::get`], and which replica answered each group read and how
+    /// fresh its answer is. A STALE read may be answered by any in-sync
+    /// replica of a group that can prove its data within the bound, and
+    /// never older than what this session committed (read-your-writes);
+    /// several groups are read as a snapshot each, not one snapshot.
+    pub async fn get_from(
+        &self,
+        keys: &[Vec<u8>],
+        consistency: Consistency,
+    ) -> Result<(Vec<Item>, Vec<ReadSource>)> {
         if keys.len() > GET_KEYS_MAX {
             return Err(Error::InvalidArgument(format!(
                 "{} keys is over GET_KEYS_MAX ({GET_KEYS_MAX})",
@@ -325,6 +406,7 @@ impl Client {
         let request = self.request(pb::GetRequest {
             keys: keys.to_vec(),
             consistency: Some(consistency.to_pb()),
+            floors: self.session_floors(),
         });
         let response = match &self.direct {
             Some(direct) => direct.api().get(request).await,
@@ -342,7 +424,14 @@ impl Client {
                 ),
             });
         }
-        Ok(response.items.into_iter().map(Item::from_pb).collect())
+        Ok((
+            response.items.into_iter().map(Item::from_pb).collect(),
+            response
+                .sources
+                .iter()
+                .map(ReadSource::from_public)
+                .collect(),
+        ))
     }
 
     /// Items whose key starts with `prefix`, in key order; `limit` 0 means
@@ -362,6 +451,7 @@ impl Client {
             prefix: prefix.to_vec(),
             limit,
             consistency: Some(consistency.to_pb()),
+            floors: self.session_floors(),
         });
         let response = match &self.direct {
             Some(direct) => direct.api().scan(request).await,
@@ -372,6 +462,11 @@ impl Client {
         Ok(ScanResult {
             items: response.items.into_iter().map(Item::from_pb).collect(),
             truncated: response.truncated,
+            sources: response
+                .sources
+                .iter()
+                .map(ReadSource::from_public)
+                .collect(),
         })
     }
 
@@ -416,10 +511,13 @@ impl Client {
             match answer {
                 Ok(response) => {
                     return match response.into_inner().outcome {
-                        Some(pb::commit_response::Outcome::Committed(c)) => Ok(Committed {
-                            txn_id: request.txn_id,
-                            written: c.written.into_iter().map(Item::from_pb).collect(),
-                        }),
+                        Some(pb::commit_response::Outcome::Committed(c)) => {
+                            self.note_floors(&c.floors);
+                            Ok(Committed {
+                                txn_id: request.txn_id,
+                                written: c.written.into_iter().map(Item::from_pb).collect(),
+                            })
+                        }
                         Some(pb::commit_response::Outcome::Aborted(a)) => {
                             Err(Error::from_aborted(a))
                         }

@@ -76,8 +76,8 @@ mod txn;
 
 pub use client::{
     COMMIT_RESEND_BACKOFF_BASE, COMMIT_RESENDS_MAX, CONNECT_TIMEOUT_DEFAULT, Client, CommitRequest,
-    Committed, Consistency, Durability, Item, Options, RPC_TIMEOUT_DEFAULT, Route, ScanResult,
-    TxnId, TxnState, Write, new_txn_id,
+    Committed, Consistency, Durability, Item, Options, RPC_TIMEOUT_DEFAULT, ReadSource, Route,
+    ScanResult, TxnId, TxnState, Write, new_txn_id,
 };
 pub use error::{Error, Result, quote_key};
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

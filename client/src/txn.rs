@@ -183,7 +183,11 @@ impl Transaction {
             .collect();
         let truncated = fetched.truncated || items.len() > limit;
         items.truncate(limit);
-        Ok(ScanResult { items, truncated })
+        Ok(ScanResult {
+            items,
+            truncated,
+            sources: fetched.sources,
+        })
     }
 
     /// Buffers a put of `key`.

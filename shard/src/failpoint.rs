@@ -4,12 +4,20 @@
 //!
 //! `TRELLIS_FAILPOINTS=wal_sync_error` (comma-separated names, the same
 //! variable as the coordinator's) arms them. Names in use: `wal_sync_error`
-//! (the log's next `fdatasync` fails with EIO). Without the variable a
+//! (the log's next `fdatasync` fails with EIO), `backup_apply_lag` (a
+//! backup applies each batch of records [`BACKUP_APPLY_LAG`] late, so that
+//! it lags its primary as a loaded or distant one would). Without the variable a
 //! failpoint costs one load of an initialised `OnceLock`
 //! (`trellis_types::failpoint`).
 
 /// The log's `fdatasync` fails with EIO.
 pub const WAL_SYNC_ERROR: &str = "wal_sync_error";
+
+/// A backup applies each batch of records [`BACKUP_APPLY_LAG`] late.
+pub const BACKUP_APPLY_LAG_NAME: &str = "backup_apply_lag";
+
+/// How late a backup applies each batch under `backup_apply_lag`.
+pub const BACKUP_APPLY_LAG: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// An injected EIO if `name` is armed.
 pub fn io_error(name: &str) -> Option<std::io::Error> {

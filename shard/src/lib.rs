@@ -33,6 +33,9 @@
 //!   state core: commits and prepares check it under the state lock.
 //! - [`version_base`]: how versions follow LSNs and stay above every
 //!   imported version (pure; the state core keeps one).
+//! - [`freshness`]: reads on backups: the safe points a backup gets from
+//!   its primary, and whether a bounded-staleness read may be served here
+//!   (pure; the replica keeps one behind a lock).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -48,6 +51,7 @@
 pub mod engine;
 pub mod fail_stop;
 pub mod failpoint;
+pub mod freshness;
 pub mod fsio;
 pub mod membership;
 pub mod metrics;

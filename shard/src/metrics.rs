@@ -24,6 +24,13 @@ pub use trellis_metrics::{Counter, Scrape, bind, serve};
 /// and exposed in seconds.
 const MILLIS_PER_SECOND: f64 = 1000.0;
 
+/// [`Metrics::reads_by`]: a STRONG read (always on the primary).
+pub const READ_STRONG: usize = 0;
+/// [`Metrics::reads_by`]: a STALE read the primary served.
+pub const READ_STALE_PRIMARY: usize = 1;
+/// [`Metrics::reads_by`]: a STALE read a backup served.
+pub const READ_STALE_BACKUP: usize = 2;
+
 /// Every metric of a shard replica.
 pub struct Metrics {
     pub appends: Counter,
@@ -44,6 +51,13 @@ pub struct Metrics {
     pub refusals_locked: Counter,
     pub reads: Counter,
     pub read_lock_waits: Counter,
+    /// Read requests by consistency and the role that served them:
+    /// `[strong on the primary, stale on the primary, stale on a backup]`.
+    pub reads_by: [Counter; 3],
+    /// STALE reads a backup declined (the caller asks the primary).
+    pub stale_declines: Counter,
+    /// Staleness of the STALE reads a backup served, in seconds.
+    pub staleness_seconds: Histogram,
     pub wrong_shard: Counter,
     pub snapshots: Counter,
     pub keys: Counter,
@@ -82,6 +96,9 @@ impl Default for Metrics {
             refusals_locked: Counter::new(),
             reads: Counter::new(),
             read_lock_waits: Counter::new(),
+            reads_by: [Counter::new(), Counter::new(), Counter::new()],
+            stale_declines: Counter::new(),
+            staleness_seconds: Histogram::new(SECONDS_BOUNDS),
             wrong_shard: Counter::new(),
             snapshots: Counter::new(),
             keys: Counter::new(),
@@ -231,6 +248,31 @@ impl Metrics {
         for (name, help, value) in counters {
             out.counter(name, help, value.get());
         }
+        let by = |consistency: &str, role: &str| -> Labels {
+            vec![
+                ("consistency".to_string(), consistency.to_string()),
+                ("role".to_string(), role.to_string()),
+            ]
+        };
+        out.counter_family(
+            "trellis_reads_total",
+            "Read requests (Read and Scan) served, by consistency and by the role of the replica that served them.",
+            vec![
+                (by("strong", "primary"), self.reads_by[READ_STRONG].get()),
+                (by("stale", "primary"), self.reads_by[READ_STALE_PRIMARY].get()),
+                (by("stale", "backup"), self.reads_by[READ_STALE_BACKUP].get()),
+            ],
+        );
+        out.counter(
+            "trellis_stale_read_declines_total",
+            "STALE reads this replica, as a backup, could not prove fresh enough and declined (the caller falls back to the primary).",
+            self.stale_declines.get(),
+        );
+        out.histogram(
+            "trellis_stale_read_staleness_seconds",
+            "Staleness of the STALE reads this replica served as a backup: every value was the committed one at some moment since then.",
+            &self.staleness_seconds,
+        );
         out.counter(
             "trellis_wal_record_bytes_total",
             "Bytes of framed records written.",

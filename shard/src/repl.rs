@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use trellis_types::Lsn;
 
+use crate::freshness::{Decline, Fresh, Freshness, KeyAt, SafePoint};
 use crate::role::GroupConfig;
 
 /// How often a primary sends a batch (empty if need be) to each backup.
@@ -357,6 +358,12 @@ pub struct Repl {
     /// not yet on any backup (oldest first, at most
     /// [`AT_RISK_POINTS_MAX`]).
     durable_at: Mutex<VecDeque<(Lsn, Instant)>>,
+    /// Backup: how fresh its data provably is (reads on backups).
+    freshness: Mutex<Freshness>,
+    /// Bumped whenever `freshness` changes, for reads waiting on it.
+    fresh_tx: watch::Sender<u64>,
+    /// The origin of this replica's clock tokens (see [`Repl::clock_token`]).
+    clock_base: Instant,
 }
 
 /// Records durable on a primary and on none of its backups: what an ASYNC
@@ -394,7 +401,84 @@ impl Repl {
             metrics_addr: Mutex::new(String::new()),
             coordinator: Mutex::new(None),
             durable_at: Mutex::new(VecDeque::new()),
+            freshness: Mutex::new(Freshness::new()),
+            fresh_tx: watch::channel(0).0,
+            clock_base: now,
         }
+    }
+
+    // ------------------------------------------------- reads on backups
+
+    /// `now` on this replica's clock as a token a backup sends its primary
+    /// with each acknowledgement (microseconds since the replica started,
+    /// plus one: 0 means "no token"). Only this replica reads it back.
+    pub fn clock_token(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.clock_base).as_micros() as u64 + 1
+    }
+
+    /// The instant a token of this replica's stands for.
+    fn token_instant(&self, token: u64) -> Instant {
+        self.clock_base + Duration::from_micros(token.saturating_sub(1))
+    }
+
+    /// Backup: a batch was applied at `now` (the log ends at `applied`);
+    /// the primary's commit point and the safe point it sent, if any
+    /// (`safe_token` 0: none). See [`crate::freshness`].
+    pub fn on_batch(
+        &self,
+        now: Instant,
+        applied: Lsn,
+        commit_lsn: Lsn,
+        safe_lsn: Lsn,
+        safe_token: u64,
+    ) {
+        let safe = (safe_token > 0).then(|| SafePoint {
+            lsn: safe_lsn,
+            as_of: self.token_instant(safe_token),
+        });
+        self.freshness
+            .lock()
+            .expect("freshness lock poisoned")
+            .on_batch(now, applied, commit_lsn, safe);
+        self.fresh_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets every safe point (a new stream, a snapshot, a role change).
+    pub fn reset_freshness(&self) {
+        self.freshness
+            .lock()
+            .expect("freshness lock poisoned")
+            .reset();
+        self.fresh_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Whether this replica, as a backup, may serve a read of `keys` with
+    /// staleness bound `bound` and session floor `floor` (an LSN) at `now`.
+    pub fn check_fresh(
+        &self,
+        now: Instant,
+        bound: Duration,
+        floor: Lsn,
+        keys: &[KeyAt],
+    ) -> Result<Fresh, Decline> {
+        self.freshness
+            .lock()
+            .expect("freshness lock poisoned")
+            .check(now, bound, floor, keys)
+    }
+
+    /// Notified whenever what [`Repl::check_fresh`] answers may change.
+    pub fn subscribe_fresh(&self) -> watch::Receiver<u64> {
+        self.fresh_tx.subscribe()
+    }
+
+    /// How long ago the newest provable point was (backup), if there is one.
+    pub fn staleness(&self, now: Instant) -> Option<Duration> {
+        self.freshness
+            .lock()
+            .expect("freshness lock poisoned")
+            .as_of()
+            .map(|at| now.saturating_duration_since(at))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -523,6 +607,7 @@ impl Repl {
         let mut inner = self.lock();
         let changed = inner.role != role || inner.epoch != epoch;
         if changed {
+            self.reset_freshness();
             inner.handing_over = false;
             inner.role = role;
             inner.epoch = epoch;

@@ -6,6 +6,7 @@
 //! See [`crate::repl`] for the rules these follow.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -294,12 +295,16 @@ pub async fn serve_stream(
 
     let (tx, rx) = mpsc::channel(STREAM_QUEUE_MAX);
     let addr = hello.addr.clone();
+    // The newest clock token the backup sent: echoed in safe points.
+    let token = Arc::new(AtomicU64::new(0));
     // Acknowledgements.
     {
         let shard = shard.clone();
         let addr = addr.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             while let Some(Ok(ack)) = inbound.next().await {
+                token.fetch_max(ack.sent_at, Ordering::AcqRel);
                 shard.repl.ack(
                     &addr,
                     ack.durable_lsn,
@@ -318,9 +323,13 @@ pub async fn serve_stream(
             addr: &addr,
             stream: shard.repl.new_stream(),
         };
+        let link = BackupLink {
+            tx: &tx,
+            token: &token,
+        };
         if let Err(err) = feed_backup(
             &shard,
-            &tx,
+            link,
             epoch,
             hello.last_lsn,
             needs_snapshot,
@@ -398,9 +407,27 @@ async fn read_log(
         .collect())
 }
 
+/// The safe point a batch built now carries ([`crate::freshness`]): the
+/// newest token the backup sent, read first, then the last LSN appended;
+/// none unless this replica holds its lease (no other primary can append).
+fn safe_point(shard: &Shard, token: &AtomicU64) -> (Lsn, u64) {
+    let token = token.load(Ordering::Acquire);
+    if token == 0 || !shard.repl.serving(Instant::now()) {
+        return (0, 0);
+    }
+    (shard.last_lsn(), token)
+}
+
+/// Where a stream's batches go, and the newest clock token its backup
+/// sent (echoed in safe points).
+struct BackupLink<'a> {
+    tx: &'a mpsc::Sender<Result<pb::ReplicaBatch, Status>>,
+    token: &'a AtomicU64,
+}
+
 async fn feed_backup(
     shard: &Arc<Shard>,
-    tx: &mpsc::Sender<Result<pb::ReplicaBatch, Status>>,
+    link: BackupLink<'_>,
     epoch: u64,
     their_last: Lsn,
     needs_snapshot: bool,
@@ -437,9 +464,11 @@ async fn feed_backup(
                 snapshot_done: i + 1 == pieces,
                 records: Vec::new(),
                 commit_lsn: shard.repl.marks().sync,
+                safe_lsn: 0,
+                safe_token: 0,
             };
             pace(shard, piece.len()).await;
-            tx.send(Ok(batch))
+            link.tx.send(Ok(batch))
                 .await
                 .map_err(|_| ReplicaError::BackupGone)?;
             sent += piece.len() as u64;
@@ -495,6 +524,7 @@ async fn feed_backup(
         if catching_up {
             pace(shard, records.iter().map(|r| r.payload.len()).sum()).await;
         }
+        let (safe_lsn, safe_token) = safe_point(shard, link.token);
         let batch = pb::ReplicaBatch {
             epoch,
             heartbeat_seq: shard.repl.heartbeat(Instant::now()),
@@ -502,8 +532,10 @@ async fn feed_backup(
             snapshot_done: false,
             records: records.into_iter().map(record_to_wire).collect(),
             commit_lsn: shard.repl.marks().sync,
+            safe_lsn,
+            safe_token,
         };
-        tx.send(Ok(batch))
+        link.tx.send(Ok(batch))
             .await
             .map_err(|_| ReplicaError::BackupGone)?;
         if sent_records && shard.last_lsn() >= next {
@@ -550,6 +582,7 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Rep
             hello: Some(hello),
             durable_lsn: shard.durable_lsn(),
             heartbeat_seq: 0,
+            sent_at: shard.repl.clock_token(Instant::now()),
         })
         .await
         .map_err(|_| ReplicaError::AckQueueClosed)?;
@@ -566,6 +599,8 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Rep
         status,
     })?;
     let mut stream = opened.into_inner();
+    // Safe points of an earlier stream prove nothing about this one's log.
+    shard.repl.reset_freshness();
     // Acknowledgements go out from their own task, so receiving and
     // applying never waits for an fsync: whatever arrived meanwhile is
     // covered by the next wait (group commit on the backup too).
@@ -585,6 +620,7 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Rep
                     hello: None,
                     durable_lsn: shard.durable_lsn(),
                     heartbeat_seq: seq,
+                    sent_at: shard.repl.clock_token(Instant::now()),
                 };
                 if ack_tx.send(ack).await.is_err() {
                     return;
@@ -650,6 +686,9 @@ async fn receive(
         let last = if batch.records.is_empty() {
             shard.last_lsn()
         } else {
+            if trellis_types::failpoint::armed(crate::failpoint::BACKUP_APPLY_LAG_NAME) {
+                tokio::time::sleep(crate::failpoint::BACKUP_APPLY_LAG).await;
+            }
             shard
                 .metrics()
                 .replicated_records
@@ -661,6 +700,13 @@ async fn receive(
                 .collect::<Result<Vec<_>, _>>()?;
             shard.apply_replicated(&records)?
         };
+        shard.repl.on_batch(
+            Instant::now(),
+            last,
+            batch.commit_lsn,
+            batch.safe_lsn,
+            batch.safe_token,
+        );
         applied
             .send((last, batch.heartbeat_seq))
             .await

@@ -13,6 +13,8 @@ use trellis_types::limits::{GET_KEYS_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, SlotSet, TxnId, validate};
 
 use crate::engine::{EXPORT_CHUNK_BYTES, Shard, ShardError, Vote, export_chunks};
+use crate::freshness::STALENESS_MAX;
+use crate::metrics::{READ_STALE_PRIMARY, READ_STRONG};
 use crate::ownership::SlotStep;
 use crate::record::{PrepareRec, ReadRec, SnapEntry, WriteRec};
 use crate::repl::{Level, Role};
@@ -92,6 +94,7 @@ pub fn status_of(err: ShardError) -> Status {
             pb::ErrorReason::Unavailable,
             vec![],
         ),
+        ShardError::NotFresh(_) => (tonic::Code::Unavailable, pb::ErrorReason::NotFresh, vec![]),
         ShardError::Wal(_) | ShardError::Open { .. } => (
             tonic::Code::Unavailable,
             pb::ErrorReason::StorageFailed,
@@ -103,6 +106,29 @@ pub fn status_of(err: ShardError) -> Status {
 
 fn invalid(err: impl std::fmt::Display) -> Status {
     status_of(ShardError::Invalid(err.to_string()))
+}
+
+/// A STALE read's bound (`None`: a STRONG read), at most
+/// [`STALENESS_MAX`].
+fn stale_bound(ms: u64) -> Result<Option<Duration>, Status> {
+    if ms == 0 {
+        return Ok(None);
+    }
+    let bound = Duration::from_millis(ms);
+    if bound > STALENESS_MAX {
+        return Err(invalid(format!(
+            "max_staleness_ms {ms} is past the limit of {} ms",
+            STALENESS_MAX.as_millis()
+        )));
+    }
+    Ok(Some(bound))
+}
+
+/// A backup that cannot serve a STALE read's keys (a slot it does not
+/// serve under its map, a map older than the request's): it declines, and
+/// the primary answers with the authoritative error if there is one.
+fn declined(err: ShardError) -> Status {
+    status_of(ShardError::NotFresh(err.to_string()))
 }
 
 /// The other group of a slot step; 0 names none.
@@ -249,6 +275,31 @@ impl ShardApi {
         self.shard.check_owned(map_epoch, keys).map_err(status_of)
     }
 
+    /// Whether this replica is a backup (STALE reads are served here).
+    fn on_backup(&self) -> bool {
+        self.shard.repl.role().0 == Role::Backup
+    }
+
+    /// Which replica answered a read and how fresh.
+    fn source(&self, backup: bool, read_lsn: u64, staleness: Duration) -> pb::ReadSource {
+        pb::ReadSource {
+            replica: self.shard.repl.me(),
+            backup,
+            read_lsn,
+            staleness_ms: staleness.as_millis() as u64,
+        }
+    }
+
+    /// Counts a read the primary served, STRONG or (`bound`) STALE.
+    fn count_primary_read(&self, bound: Option<Duration>) {
+        let by = if bound.is_some() {
+            READ_STALE_PRIMARY
+        } else {
+            READ_STRONG
+        };
+        self.shard.metrics().reads_by[by].inc();
+    }
+
     /// The tonic service with message limits set.
     pub fn into_service(self) -> ShardServer<ShardApi> {
         ShardServer::new(self)
@@ -263,8 +314,8 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
+        let bound = stale_bound(req.max_staleness_ms)?;
         if req.keys.len() > GET_KEYS_MAX {
             return Err(invalid(validate::InputError::TooManyGetKeys {
                 got: req.keys.len(),
@@ -273,10 +324,32 @@ impl ShardService for ShardApi {
         for key in &req.keys {
             validate::key(key).map_err(invalid)?;
         }
+        let keys = req.keys.iter().map(Vec::as_slice);
+        if let Some(bound) = bound.filter(|_| self.on_backup()) {
+            self.shard
+                .check_owned(req.map_epoch, keys)
+                .map_err(declined)?;
+            let (views, fresh) = self
+                .shard
+                .read_on_backup(&req.keys, bound, req.floor_version)
+                .await
+                .map_err(status_of)?;
+            return Ok(Response::new(pb::ReadResponse {
+                results: req
+                    .keys
+                    .into_iter()
+                    .zip(views)
+                    .map(|(k, v)| view_pb(k, v))
+                    .collect(),
+                source: Some(self.source(true, fresh.read_lsn, fresh.staleness)),
+            }));
+        }
+        self.shard.check_serving().map_err(status_of)?;
         self.shard
-            .check_owned(req.map_epoch, req.keys.iter().map(Vec::as_slice))
+            .check_owned(req.map_epoch, keys)
             .map_err(status_of)?;
         let views = self.shard.read(&req.keys).await.map_err(status_of)?;
+        self.count_primary_read(bound);
         Ok(Response::new(pb::ReadResponse {
             results: req
                 .keys
@@ -284,6 +357,7 @@ impl ShardService for ShardApi {
                 .zip(views)
                 .map(|(k, v)| view_pb(k, v))
                 .collect(),
+            source: Some(self.source(false, self.shard.last_lsn(), Duration::ZERO)),
         }))
     }
 
@@ -291,8 +365,8 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
+        let bound = stale_bound(req.max_staleness_ms)?;
         if req.limit > SCAN_LIMIT_MAX {
             return Err(invalid(validate::InputError::ScanLimit { got: req.limit }));
         }
@@ -301,6 +375,30 @@ impl ShardService for ShardApi {
         } else {
             req.limit
         };
+        if let Some(bound) = bound.filter(|_| self.on_backup()) {
+            self.shard
+                .check_owned(req.map_epoch, [])
+                .map_err(declined)?;
+            let (keys, truncated) = self
+                .shard
+                .scan_keys(&req.prefix, limit as usize)
+                .map_err(declined)?;
+            let (views, fresh) = self
+                .shard
+                .read_on_backup(&keys, bound, req.floor_version)
+                .await
+                .map_err(status_of)?;
+            return Ok(Response::new(pb::ScanResponse {
+                results: keys
+                    .into_iter()
+                    .zip(views)
+                    .map(|(k, v)| view_pb(k, v))
+                    .collect(),
+                truncated,
+                source: Some(self.source(true, fresh.read_lsn, fresh.staleness)),
+            }));
+        }
+        self.shard.check_serving().map_err(status_of)?;
         self.shard
             .check_owned(req.map_epoch, [])
             .map_err(status_of)?;
@@ -309,9 +407,11 @@ impl ShardService for ShardApi {
             .scan(&req.prefix, limit as usize)
             .await
             .map_err(status_of)?;
+        self.count_primary_read(bound);
         Ok(Response::new(pb::ScanResponse {
             results: items.into_iter().map(|(k, v)| view_pb(k, v)).collect(),
             truncated,
+            source: Some(self.source(false, self.shard.last_lsn(), Duration::ZERO)),
         }))
     }
 

@@ -131,6 +131,8 @@ pub struct ClusterBuilder<'a> {
     proxies: bool,
     logs: bool,
     ready: Ready,
+    /// Environment of every shard at its first start.
+    shard_env: Vec<(String, String)>,
 }
 
 impl<'a> ClusterBuilder<'a> {
@@ -150,7 +152,18 @@ impl<'a> ClusterBuilder<'a> {
             proxies: false,
             logs: false,
             ready: Ready::Served,
+            shard_env: Vec::new(),
         }
+    }
+
+    /// Environment of every shard at its first start (e.g.
+    /// `TRELLIS_FAILPOINTS`).
+    pub fn shard_env(mut self, env: &[(&str, &str)]) -> Self {
+        self.shard_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
     }
 
     /// How many groups (from 1).
@@ -290,9 +303,14 @@ impl<'a> ClusterBuilder<'a> {
                 row.push(cluster.new_slot().await?);
             }
             cluster.shards.push(row);
+            let shard_env: Vec<(&str, &str)> = self
+                .shard_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             for r in 1..=replicas {
                 let registrar = cluster.registrar()?;
-                cluster.start_shard(g, r, &registrar, &[])?;
+                cluster.start_shard(g, r, &registrar, &shard_env)?;
             }
         }
         match self.ready {

@@ -59,6 +59,17 @@ impl ReplicatedCluster {
         Ok(cluster)
     }
 
+    /// Like [`Self::start`], with `env` (e.g. `TRELLIS_FAILPOINTS`) given
+    /// to every shard at its first start.
+    pub async fn start_with_shard_env(
+        groups: u32,
+        replicas: u32,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ReplicatedCluster> {
+        let builder = ClusterBuilder::new(tempfile::tempdir()?).shard_env(env);
+        Self::build(builder, groups, replicas, &[]).await
+    }
+
     /// The same cluster with every process in its own node of `lab` (made
     /// with [`lab_nodes`]); the caller runs inside [`CLIENT_NODE`].
     pub async fn start_in(

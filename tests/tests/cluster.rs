@@ -40,6 +40,7 @@ async fn get(client: &mut TxnClient<Channel>, keys: &[Vec<u8>]) -> Vec<pb::Item>
         .get(pb::GetRequest {
             keys: keys.to_vec(),
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -713,6 +714,7 @@ async fn bad_input_is_refused_at_the_coordinator() {
         .get(pb::GetRequest {
             keys: vec![Vec::new()],
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect_err("empty key read");
@@ -722,6 +724,7 @@ async fn bad_input_is_refused_at_the_coordinator() {
             prefix: vec![],
             limit: 1_000_000,
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect_err("limit");
@@ -749,6 +752,7 @@ async fn bad_input_is_refused_at_the_coordinator() {
                 prefix: b"aft".to_vec(),
                 limit: 10,
                 consistency: None,
+                ..Default::default()
             })
             .await
             .expect("scan")

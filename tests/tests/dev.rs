@@ -151,6 +151,7 @@ async fn dev_cluster_lifecycle() {
         .get(pb::GetRequest {
             keys: vec![b"hello".to_vec()],
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect("get")

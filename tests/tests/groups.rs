@@ -192,6 +192,7 @@ async fn add_and_remove_an_empty_group() {
     txn.get(trellis_proto::v1::GetRequest {
         keys: vec![b"still-serving".to_vec()],
         consistency: None,
+        ..Default::default()
     })
     .await
     .expect("a read after adding a group");
@@ -387,6 +388,7 @@ async fn a_drained_group_keeps_nothing_and_is_removed() {
         txn.get(v1::GetRequest {
             keys: keys.clone(),
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect("read before")
@@ -415,6 +417,7 @@ async fn a_drained_group_keeps_nothing_and_is_removed() {
         txn.get(v1::GetRequest {
             keys: keys.clone(),
             consistency: None,
+            ..Default::default()
         })
         .await
         .expect("read after the drain")

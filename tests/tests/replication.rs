@@ -130,6 +130,7 @@ async fn check_acked(cluster: &ReplicatedCluster, acked: &[(Vec<u8>, Vec<u8>)]) 
             .get(v1::GetRequest {
                 keys: batch.iter().map(|(k, _)| k.clone()).collect(),
                 consistency: None,
+                ..Default::default()
             })
             .await
             .expect("get")
@@ -417,6 +418,7 @@ async fn stopped_primary_is_fenced_and_rejoins() {
         .read(shard_pb::ReadRequest {
             map_epoch: 0,
             keys: vec![b"stop/k/0/1".to_vec()],
+            ..Default::default()
         })
         .await
         .expect_err("a fenced primary must not serve a read");
@@ -616,6 +618,7 @@ async fn async_writes_can_be_lost_by_a_failover_sync_writes_never() {
                 .get(v1::GetRequest {
                     keys: async_acked.clone(),
                     consistency: None,
+                    ..Default::default()
                 })
                 .await
                 .expect("get on the new primary")
@@ -672,6 +675,7 @@ async fn serving_members(cluster: &ReplicatedCluster, group: u32) -> Vec<String>
             .read(shard_pb::ReadRequest {
                 map_epoch: 0,
                 keys: vec![b"split/probe".to_vec()],
+                ..Default::default()
             })
             .await;
         if read.is_ok() {

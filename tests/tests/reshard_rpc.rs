@@ -235,6 +235,7 @@ async fn a_slot_moves_between_two_shard_processes() {
         .read(pb::ReadRequest {
             map_epoch: 2,
             keys: keys.clone(),
+            ..Default::default()
         })
         .await
         .expect("group 2 serves the slot")
@@ -260,6 +261,7 @@ async fn a_slot_moves_between_two_shard_processes() {
         .read(pb::ReadRequest {
             map_epoch: 2,
             keys: vec![keys[0].clone()],
+            ..Default::default()
         })
         .await
         .expect_err("moved away");

@@ -44,6 +44,7 @@ async fn read(
         .read(pb::ReadRequest {
             map_epoch: 1,
             keys: keys.to_vec(),
+            ..Default::default()
         })
         .await
         .expect("read")
@@ -476,6 +477,7 @@ async fn slot_ownership_is_enforced() {
         .read(pb::ReadRequest {
             map_epoch: 3,
             keys: vec![other.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("reads are checked too");

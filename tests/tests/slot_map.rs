@@ -145,6 +145,7 @@ async fn replicas_follow_a_new_map_and_the_coordinator_routes_by_it() {
         .read(shard_pb::ReadRequest {
             map_epoch: 2,
             keys: vec![key.clone()],
+            ..Default::default()
         })
         .await
         .expect_err("group 1 no longer serves the moved slot");

@@ -12,6 +12,8 @@
 //!   and the anchor), vote tally, the answer, status, resolution, forget.
 //! - [`txn`]: the IO of reads, 1PC/2PC commits, status, in-doubt
 //!   resolution; retries with backoff.
+//! - [`stale`]: STALE reads on any replica: read options (bound, session
+//!   floors), which replica answered, which replica a read goes to.
 //! - [`service`]: the public `trellis.v1.Txn` service over a
 //!   [`txn::TxnManager`].
 //! - [`metrics`], [`failpoint`].
@@ -21,6 +23,7 @@ pub mod map;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod stale;
 pub mod twopc;
 pub mod txn;
 

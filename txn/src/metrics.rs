@@ -51,6 +51,9 @@ pub struct Metrics {
     aborts: [Counter; REASONS.len()],
     latency: [Histogram; 3],
     pub map_refreshes: Counter,
+    /// STALE reads (or a group's part of one) a backup declined or did not
+    /// answer in time, so the primary answered.
+    pub stale_fallbacks: Counter,
     pub read_lock_waits: Counter,
     pub finalizes: Counter,
     pub resolved_commit: Counter,
@@ -99,6 +102,7 @@ impl Default for Metrics {
                 Histogram::new(SECONDS_BOUNDS),
             ],
             map_refreshes: Counter::new(),
+            stale_fallbacks: Counter::new(),
             read_lock_waits: Counter::new(),
             finalizes: Counter::new(),
             resolved_commit: Counter::new(),
@@ -265,6 +269,11 @@ impl Metrics {
             "trellis_coordinator_map_refreshes_total",
             "Shard map reloads from the catalog.",
             self.map_refreshes.get(),
+        );
+        out.counter(
+            "trellis_stale_read_fallbacks_total",
+            "STALE reads of a group a backup declined or did not answer in time, answered by the primary instead.",
+            self.stale_fallbacks.get(),
         );
         out.counter(
             "trellis_coordinator_read_lock_waits_total",

@@ -13,9 +13,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use trellis_proto::error;
 use trellis_proto::v1 as pb;
-use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, SCAN_LIMIT_MAX};
+use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, SCAN_LIMIT_MAX, STALENESS_MAX};
 use trellis_types::{TxnId, validate};
 
+use crate::stale::{ReadOptions, ReadSource, floors_of};
 use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
 
 /// Deadline of a request whose client set none (or a longer one).
@@ -84,17 +85,34 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-fn staleness(consistency: Option<&pb::Consistency>) -> Result<Option<Duration>, Status> {
-    match consistency {
-        None => Ok(None),
+/// A read's options from its consistency and session floors: STALE needs
+/// a bound above zero and at most [`STALENESS_MAX`].
+fn read_options(
+    consistency: Option<&pb::Consistency>,
+    floors: &[pb::SessionFloor],
+) -> Result<ReadOptions, Status> {
+    let max_staleness = match consistency {
+        None => None,
         Some(c) => match pb::consistency::Level::try_from(c.level) {
-            Ok(pb::consistency::Level::Strong) => Ok(None),
+            Ok(pb::consistency::Level::Strong) => None,
             Ok(pb::consistency::Level::Stale) => {
-                Ok(Some(Duration::from_millis(c.max_staleness_ms)))
+                let bound = Duration::from_millis(c.max_staleness_ms);
+                if bound.is_zero() || bound > STALENESS_MAX {
+                    return Err(invalid(format!(
+                        "STALE max_staleness_ms {}: must be from 1 to {} ms",
+                        c.max_staleness_ms,
+                        STALENESS_MAX.as_millis()
+                    )));
+                }
+                Some(bound)
             }
-            Err(_) => Err(invalid(format!("unknown consistency level {}", c.level))),
+            Err(_) => return Err(invalid(format!("unknown consistency level {}", c.level))),
         },
-    }
+    };
+    Ok(ReadOptions {
+        max_staleness,
+        floors: floors.iter().map(|f| (f.group_id, f.version)).collect(),
+    })
 }
 
 /// Converts and checks a Commit request.
@@ -169,14 +187,15 @@ impl pb::txn_server::Txn for TxnApi {
         for key in &req.keys {
             validate::key(key).map_err(invalid)?;
         }
-        let staleness = staleness(req.consistency.as_ref())?;
-        let items = self
+        let opts = read_options(req.consistency.as_ref(), &req.floors)?;
+        let (items, sources) = self
             .txns
-            .get(&req.keys, staleness, deadline)
+            .get(&req.keys, &opts, deadline)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::GetResponse {
             items: items.into_iter().map(item_pb).collect(),
+            sources: sources.iter().map(ReadSource::to_pb).collect(),
         }))
     }
 
@@ -194,20 +213,21 @@ impl pb::txn_server::Txn for TxnApi {
                 got: req.prefix.len(),
             }));
         }
-        staleness(req.consistency.as_ref())?;
+        let opts = read_options(req.consistency.as_ref(), &req.floors)?;
         let limit = if req.limit == 0 {
             SCAN_LIMIT_DEFAULT
         } else {
             req.limit
         };
-        let (items, truncated) = self
+        let (items, truncated, sources) = self
             .txns
-            .scan(&req.prefix, limit, deadline)
+            .scan(&req.prefix, limit, &opts, deadline)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::ScanResponse {
             items: items.into_iter().map(item_pb).collect(),
             truncated,
+            sources: sources.iter().map(ReadSource::to_pb).collect(),
         }))
     }
 
@@ -220,7 +240,15 @@ impl pb::txn_server::Txn for TxnApi {
         let outcome = self.txns.commit(req, deadline).await.map_err(status_of)?;
         let outcome = match outcome {
             CommitOutcome::Committed { written } => {
+                let map = self.txns.router().map();
+                let floors = floors_of(written.iter().map(|(k, v)| (k.as_slice(), *v)), |k| {
+                    map.group_of(k)
+                });
                 pb::commit_response::Outcome::Committed(pb::Committed {
+                    floors: floors
+                        .into_iter()
+                        .map(|(group_id, version)| pb::SessionFloor { group_id, version })
+                        .collect(),
                     written: written
                         .into_iter()
                         .map(|(key, version)| pb::Item {

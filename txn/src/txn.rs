@@ -36,6 +36,7 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Router};
+use crate::stale::{BACKUP_READ_TIMEOUT, ReadOptions, ReadSource};
 use crate::twopc::{FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
 // The commit vocabulary lives with the rules that decide it; it is named
 // from here too, as it was before those rules moved.
@@ -205,19 +206,24 @@ impl TxnManager {
 
     // ---------------------------------------------------------------- reads
 
-    /// Reads keys, one item per key in request order. STRONG reads never
-    /// return a value a decided commit overwrote: a key locked by a prepared
-    /// transaction is re-read until the lock goes (bounded), then the
-    /// transaction is resolved through its anchor. STALE reads return the
-    /// last committed value without waiting, unless the lock is older than
-    /// `max_staleness`.
+    /// Reads keys, one item per key in request order, and which replica
+    /// answered each group. STRONG reads never return a value a decided
+    /// commit overwrote: a key locked by a prepared transaction is re-read
+    /// until the lock goes (bounded), then the transaction is resolved
+    /// through its anchor. STALE reads (`opts.max_staleness`) go to a
+    /// replica drawn among the group's in-sync members
+    /// ([`crate::stale::pick_backup`]); a backup that cannot prove its data
+    /// fresh enough declines and the primary answers, where a STALE read
+    /// returns the last committed value without waiting unless the lock is
+    /// older than the bound.
     pub async fn get(
         &self,
         keys: &[Key],
-        max_staleness: Option<Duration>,
+        opts: &ReadOptions,
         deadline: Instant,
-    ) -> Result<Vec<Item>, TxnError> {
+    ) -> Result<(Vec<Item>, Vec<ReadSource>), TxnError> {
         let mut items: Vec<Option<Item>> = vec![None; keys.len()];
+        let mut sources: BTreeMap<GroupId, ReadSource> = BTreeMap::new();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let map = self.router.map();
@@ -226,29 +232,31 @@ impl TxnManager {
                 let idx: Vec<usize> = positions.iter().map(|p| pending[*p]).collect();
                 let group_keys: Vec<Key> = idx.iter().map(|i| keys[*i].clone()).collect();
                 async move {
-                    let result = self
-                        .read_group(group, group_keys, max_staleness, deadline)
-                        .await;
-                    (idx, result)
+                    let result = self.read_group(group, group_keys, opts, deadline).await;
+                    (group, idx, result)
                 }
             });
             let mut moved = Vec::new();
-            for (idx, result) in join_all(reads).await {
+            for (group, idx, result) in join_all(reads).await {
                 match result {
-                    Ok(found) => {
+                    Ok((found, source)) => {
                         for (i, item) in idx.iter().zip(found) {
                             items[*i] = Some(item);
                         }
+                        sources.insert(group, source);
                     }
                     Err(TxnError::Moved { .. }) => moved.extend(idx),
                     Err(err) => return Err(err),
                 }
             }
             if moved.is_empty() {
-                return Ok(items
-                    .into_iter()
-                    .map(|i| i.expect("every key read"))
-                    .collect());
+                return Ok((
+                    items
+                        .into_iter()
+                        .map(|i| i.expect("every key read"))
+                        .collect(),
+                    sources.into_values().collect(),
+                ));
             }
             moved.sort_unstable();
             pending = moved;
@@ -258,13 +266,67 @@ impl TxnManager {
         )))
     }
 
+    /// A STALE read of `keys` at a backup of `group`, if the draw falls on
+    /// one and it answers in time; `None` sends the read to the primary.
+    async fn read_backup(
+        &self,
+        group: GroupId,
+        keys: &[Key],
+        bound: Duration,
+        floor: Version,
+        deadline: Instant,
+    ) -> Option<(Vec<Item>, ReadSource)> {
+        let map = self.router.map();
+        let members = &map.groups.get(&group)?.members;
+        let addr = crate::stale::pick_backup(members, trellis_types::rng::u64())?;
+        let mut client = self.router.client_at(addr).ok()?;
+        let request = pb::ReadRequest {
+            map_epoch: map.map_epoch,
+            keys: keys.to_vec(),
+            max_staleness_ms: (bound.as_millis() as u64).max(1),
+            floor_version: floor,
+        };
+        let wait =
+            (deadline.saturating_duration_since(Instant::now()) / 2).min(BACKUP_READ_TIMEOUT);
+        match tokio::time::timeout(wait, client.read(request)).await {
+            Ok(Ok(answer)) => {
+                let answer = answer.into_inner();
+                // The backup proved every value fresh enough, locked ones
+                // included: all are taken.
+                let items = answer
+                    .results
+                    .into_iter()
+                    .map(|r| Item {
+                        key: r.key,
+                        value: r.value,
+                        version: r.version,
+                    })
+                    .collect();
+                Some((items, ReadSource::from_pb(group, answer.source)))
+            }
+            _ => {
+                self.metrics.stale_fallbacks.inc();
+                None
+            }
+        }
+    }
+
     async fn read_group(
         &self,
         group: GroupId,
         keys: Vec<Key>,
-        max_staleness: Option<Duration>,
+        opts: &ReadOptions,
         deadline: Instant,
-    ) -> Result<Vec<Item>, TxnError> {
+    ) -> Result<(Vec<Item>, ReadSource), TxnError> {
+        let max_staleness = opts.max_staleness;
+        if let Some(bound) = max_staleness
+            && let Some(found) = self
+                .read_backup(group, &keys, bound, opts.floor(group), deadline)
+                .await
+        {
+            return Ok(found);
+        }
+        let mut source = None;
         let mut items: Vec<Option<Item>> = vec![None; keys.len()];
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut waited = Duration::ZERO;
@@ -272,7 +334,7 @@ impl TxnManager {
         while !pending.is_empty() {
             let ask: Vec<Key> = pending.iter().map(|i| keys[*i].clone()).collect();
             let ask_keys: Vec<&[u8]> = ask.iter().map(Vec::as_slice).collect();
-            let results = self
+            let answer = self
                 .call_keys(group, &ask_keys, deadline, "read", |mut client, map| {
                     let ask = ask.clone();
                     async move {
@@ -280,12 +342,17 @@ impl TxnManager {
                             .read(pb::ReadRequest {
                                 map_epoch: map.map_epoch,
                                 keys: ask,
+                                max_staleness_ms: max_staleness
+                                    .map_or(0, |b| (b.as_millis() as u64).max(1)),
+                                floor_version: 0,
                             })
                             .await
-                            .map(|r| r.into_inner().results)
+                            .map(|r| r.into_inner())
                     }
                 })
                 .await?;
+            source = Some(ReadSource::from_pb(group, answer.source));
+            let results = answer.results;
             let mut still = Vec::new();
             let mut to_resolve: BTreeMap<Vec<u8>, GroupId> = BTreeMap::new();
             for (i, result) in pending.iter().zip(results) {
@@ -336,46 +403,39 @@ impl TxnManager {
                 )));
             }
         }
-        Ok(items
+        let items = items
             .into_iter()
             .map(|i| i.expect("every key read"))
-            .collect())
+            .collect();
+        let source = source.unwrap_or_else(|| ReadSource::from_pb(group, None));
+        Ok((items, source))
     }
 
     /// Keys with `prefix` from every group, merged in key order, at most
-    /// `limit`. Returns whether more matched.
+    /// `limit`, and which replica answered each group. Returns whether more
+    /// matched. STALE scans (`opts.max_staleness`) go to a replica as reads
+    /// do ([`Self::get`]).
     pub async fn scan(
         &self,
         prefix: &[u8],
         limit: u32,
+        opts: &ReadOptions,
         deadline: Instant,
-    ) -> Result<(Vec<Item>, bool), TxnError> {
+    ) -> Result<(Vec<Item>, bool, Vec<ReadSource>), TxnError> {
         let map = self.router.map();
         let groups: Vec<GroupId> = map.groups.keys().copied().collect();
-        let scans = groups.iter().map(|group| {
-            let prefix = prefix.to_vec();
-            self.call(*group, deadline, "scan", move |mut client, map| {
-                let prefix = prefix.clone();
-                async move {
-                    client
-                        .scan(pb::ScanRequest {
-                            map_epoch: map.map_epoch,
-                            prefix,
-                            limit,
-                        })
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-        });
+        let scans = groups
+            .iter()
+            .map(|group| self.scan_group(*group, prefix, limit, opts, deadline));
         let mut all = Vec::new();
         let mut truncated = false;
         let mut locked = Vec::new();
+        let mut sources = Vec::new();
         for result in join_all(scans).await {
-            let response = result?;
+            let (response, source) = result?;
             truncated |= response.truncated;
             for r in response.results {
-                if r.lock.is_some() {
+                if r.lock.is_some() && !source.backup {
                     locked.push(r.key);
                 } else if r.version != 0 {
                     all.push(Item {
@@ -385,21 +445,82 @@ impl TxnManager {
                     });
                 }
             }
+            sources.push(source);
         }
         if !locked.is_empty() {
             // Locked keys go through the read path: wait, then resolve.
-            for item in self.get(&locked, None, deadline).await? {
-                if item.version != 0 {
-                    all.push(item);
-                }
-            }
+            let (items, _) = self.get(&locked, opts, deadline).await?;
+            all.extend(items.into_iter().filter(|i| i.version != 0));
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
         if all.len() > limit as usize {
             all.truncate(limit as usize);
             truncated = true;
         }
-        Ok((all, truncated))
+        Ok((all, truncated, sources))
+    }
+
+    /// One group's part of a scan: at a backup for a STALE scan if the draw
+    /// falls on one and it answers in time (every value it returns, locked
+    /// keys' included, is proved fresh), else at the primary.
+    async fn scan_group(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        limit: u32,
+        opts: &ReadOptions,
+        deadline: Instant,
+    ) -> Result<(pb::ScanResponse, ReadSource), TxnError> {
+        let stale_ms = opts
+            .max_staleness
+            .map_or(0, |b| (b.as_millis() as u64).max(1));
+        if stale_ms > 0 {
+            let map = self.router.map();
+            let backup = map
+                .groups
+                .get(&group)
+                .and_then(|g| crate::stale::pick_backup(&g.members, trellis_types::rng::u64()))
+                .and_then(|addr| self.router.client_at(addr).ok());
+            if let Some(mut client) = backup {
+                let request = pb::ScanRequest {
+                    map_epoch: map.map_epoch,
+                    prefix: prefix.to_vec(),
+                    limit,
+                    max_staleness_ms: stale_ms,
+                    floor_version: opts.floor(group),
+                };
+                let wait = (deadline.saturating_duration_since(Instant::now()) / 2)
+                    .min(BACKUP_READ_TIMEOUT);
+                match tokio::time::timeout(wait, client.scan(request)).await {
+                    Ok(Ok(answer)) => {
+                        let mut answer = answer.into_inner();
+                        let source = ReadSource::from_pb(group, answer.source.take());
+                        return Ok((answer, source));
+                    }
+                    _ => self.metrics.stale_fallbacks.inc(),
+                }
+            }
+        }
+        let prefix = prefix.to_vec();
+        let mut answer = self
+            .call(group, deadline, "scan", move |mut client, map| {
+                let prefix = prefix.clone();
+                async move {
+                    client
+                        .scan(pb::ScanRequest {
+                            map_epoch: map.map_epoch,
+                            prefix,
+                            limit,
+                            max_staleness_ms: stale_ms,
+                            floor_version: 0,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        let source = ReadSource::from_pb(group, answer.source.take());
+        Ok((answer, source))
     }
 
     // -------------------------------------------------------------- commits

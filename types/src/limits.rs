@@ -20,6 +20,10 @@ pub const SCAN_LIMIT_MAX: u32 = 10_000;
 /// over several groups takes while it is validated. A hold older than this
 /// no longer blocks writers.
 pub const READ_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// The largest staleness bound a STALE read may ask for; past it (and at
+/// zero) the read is refused as INVALID_ARGUMENT: a bound this loose is a
+/// mistake, not a policy.
+pub const STALENESS_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 

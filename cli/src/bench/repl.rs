@@ -143,6 +143,7 @@ async fn rmw(
         .get(pb::GetRequest {
             keys: vec![key.to_vec()],
             consistency: None,
+            floors: Vec::new(),
         })
         .await?
         .into_inner()

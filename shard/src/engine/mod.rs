@@ -59,7 +59,7 @@ mod retention;
 #[cfg(test)]
 mod test_util;
 
-pub use participant::Vote;
+pub use participant::{BACKUP_READ_WAIT_MAX, Vote};
 pub use recovery::Recovery;
 pub use reshard::{
     ENTRY_OVERHEAD_BYTES, EXPORT_CHUNK_BYTES, IMPORTED_VERSION_MAX, INGEST_BYTES_MAX, entry_bytes,
@@ -182,6 +182,10 @@ pub enum ShardError {
     /// towards the peer): retry until the cutover's deadline.
     #[error("{0}")]
     NotDrained(String),
+    /// A STALE read this backup cannot prove fresh enough
+    /// ([`crate::freshness::Decline`]): the caller asks the primary.
+    #[error("this backup declines the STALE read: {0}")]
+    NotFresh(String),
     /// The request (or a record from the primary) is malformed or misused.
     #[error("{0}")]
     Invalid(String),

@@ -10,12 +10,18 @@ use tokio::time::Instant;
 use trellis_types::{GroupId, Key, MapEpoch, TxnId, Version, slot_of};
 
 use super::{Shard, ShardError};
+use crate::freshness::{Fresh, KeyAt};
+use crate::metrics::READ_STALE_BACKUP;
 use crate::ownership::{OwnershipError, SlotState};
 use crate::record::{
     CommitLocalRec, DecideRec, FinalizeRec, ForgetRec, PrepareRec, ReadRec, Record, WriteRec,
 };
-use crate::repl::Level;
+use crate::repl::{Level, Role};
 use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord};
+
+/// Longest a backup's STALE read waits for the primary's commit point or
+/// the session floor to reach it (about two heartbeats) before declining.
+pub const BACKUP_READ_WAIT_MAX: Duration = crate::repl::HEARTBEAT_INTERVAL.saturating_mul(2);
 
 /// A prepare's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,18 +59,77 @@ impl Shard {
         Ok(views)
     }
 
-    /// Keys starting with `prefix`, in key order, at most `limit`. Returns
-    /// whether more matched. Scans the whole index: O(keys).
+    /// Backup: a bounded-staleness read ([`crate::freshness`]): the
+    /// committed value of each key, if this replica can prove every one was
+    /// the committed value at some moment within `bound` of now, and has
+    /// applied and committed the session floor `floor_version` (0: none).
+    /// Waits at most [`BACKUP_READ_WAIT_MAX`] for the primary's commit point
+    /// or the floor to come; otherwise, and at once for anything else,
+    /// declines with [`ShardError::NotFresh`].
+    pub async fn read_on_backup(
+        &self,
+        keys: &[Key],
+        bound: Duration,
+        floor_version: Version,
+    ) -> Result<(Vec<KeyView>, Fresh), ShardError> {
+        let (role, epoch) = self.repl.role();
+        if role != Role::Backup {
+            return Err(ShardError::NotPrimary {
+                group: self.config.group_id,
+                role: role.name(),
+                epoch,
+            });
+        }
+        let floor = if floor_version == 0 {
+            0
+        } else {
+            self.state.lsn_of(floor_version)
+        };
+        let mut changes = self.repl.subscribe_fresh();
+        let until = Instant::now() + BACKUP_READ_WAIT_MAX;
+        loop {
+            changes.borrow_and_update();
+            let views: Vec<KeyView> = keys.iter().map(|k| self.state.view(k)).collect();
+            let at: Vec<KeyAt> = views
+                .iter()
+                .map(|v| KeyAt {
+                    lsn: v
+                        .entry
+                        .as_ref()
+                        .map_or(0, |e| self.state.lsn_of(e.version())),
+                    locked_since: v.lock.as_ref().map(|l| l.since),
+                })
+                .collect();
+            match self.repl.check_fresh(Instant::now(), bound, floor, &at) {
+                Ok(fresh) => {
+                    self.metrics.reads.add(keys.len() as u64);
+                    self.metrics.reads_by[READ_STALE_BACKUP].inc();
+                    self.metrics
+                        .staleness_seconds
+                        .observe(fresh.staleness.as_secs_f64());
+                    return Ok((views, fresh));
+                }
+                Err(decline) if decline.may_pass_soon() && Instant::now() < until => {
+                    // The next batch may bring it; a timeout or a closed
+                    // channel just reads again and then declines.
+                    let _ = tokio::time::timeout_at(until, changes.changed()).await;
+                }
+                Err(decline) => {
+                    self.metrics.stale_declines.inc();
+                    return Err(ShardError::NotFresh(decline.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The keys a scan for `prefix` returns, in key order, at most `limit`,
+    /// and whether more matched. Scans the whole index: O(keys).
     ///
     /// Only keys of slots served here count: the index also holds entries
     /// being copied in (importing slots) and, until a release, entries of
     /// slots the map took. A matching key in a frozen slot refuses the scan
     /// (`SlotMoving`, retried after the hand-over), as a read of it would.
-    pub async fn scan(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
+    pub fn scan_keys(&self, prefix: &[u8], limit: usize) -> Result<(Vec<Key>, bool), ShardError> {
         let mut keys: Vec<Key> = {
             let ownership = self.state.serving();
             let mut keys = Vec::new();
@@ -99,6 +164,18 @@ impl Shard {
         keys.dedup();
         let truncated = keys.len() > limit;
         keys.truncate(limit);
+        Ok((keys, truncated))
+    }
+
+    /// Keys starting with `prefix`, in key order, at most `limit`, read on
+    /// the primary ([`Shard::scan_keys`], [`Shard::read`]). Returns whether
+    /// more matched.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Key, KeyView)>, bool), ShardError> {
+        let (keys, truncated) = self.scan_keys(prefix, limit)?;
         let views = self.read(&keys).await?;
         Ok((keys.into_iter().zip(views).collect(), truncated))
     }

@@ -151,6 +151,8 @@ impl Shard {
         )?;
         drop(wal_slot);
         guard.reset();
+        // What was proved fresh was about the data being replaced.
+        self.repl.reset_freshness();
         guard
             .restore(capture, Instant::now())
             .map_err(|e| ShardError::Invalid(format!("snapshot from the primary: {e}")))?;
