@@ -13,8 +13,8 @@
 //!   whitespace.
 //! - `process` and `time_ns` are unsigned decimal integers; `kind` is one of
 //!   `invoke`, `ok`, `fail`, `info`.
-//! - Each micro-op starts with a one-letter tag that fixes how many fields
-//!   follow, so a line parses without lookahead.
+//! - Each micro-op starts with a short tag (one or two letters) that fixes
+//!   how many fields follow, so a line parses without lookahead.
 //! - Empty lines and lines starting with `#` are ignored; [`write()`] starts
 //!   with a `#` header naming the format.
 //!
@@ -24,6 +24,7 @@
 //! |---|---|---|
 //! | list-append | append | `a <key> <value>` |
 //! | list-append | read | `r <key> <list>`, list = `_`, `[]` or `[1,2,3]` (no spaces) |
+//! | list-append | stale read | `rs <key> <bound_ns> <list>`, list as for `r`: a read with consistency STALE(`bound_ns`) |
 //! | bank | transfer | `t <from> <to> <amount>` |
 //! | bank | read | `r <balances>`, balances = `_`, `[]` or `[0=10,1=-5]` (account=balance) |
 //! | register | write | `w <key> <value>` |
@@ -264,12 +265,15 @@ impl TextMop for Mop {
             }
             Mop::Read { key, value } => {
                 let _ = write!(out, "r {key} ");
-                match value {
-                    None => out.push('_'),
-                    Some(list) => write_list(out, list, |o, v| {
-                        let _ = write!(o, "{v}");
-                    }),
-                }
+                write_u64_list(out, value.as_deref());
+            }
+            Mop::StaleRead {
+                key,
+                bound_ns,
+                value,
+            } => {
+                let _ = write!(out, "rs {key} {bound_ns} ");
+                write_u64_list(out, value.as_deref());
             }
         }
     }
@@ -282,16 +286,41 @@ impl TextMop for Mop {
             }),
             "r" => {
                 let key = fields.take_u64("a key")?;
-                let value = parse_list(fields.take("a list")?, "a list", |v| {
-                    parse_number(v, "a list element")
-                })?;
+                let value = parse_u64_list(fields)?;
                 Ok(Mop::Read { key, value })
             }
+            "rs" => {
+                let key = fields.take_u64("a key")?;
+                let bound_ns = fields.take_u64("a staleness bound in ns")?;
+                let value = parse_u64_list(fields)?;
+                Ok(Mop::StaleRead {
+                    key,
+                    bound_ns,
+                    value,
+                })
+            }
             other => Err(format!(
-                "expected a list-append micro-op (a or r), found `{other}`"
+                "expected a list-append micro-op (a, r or rs), found `{other}`"
             )),
         }
     }
+}
+
+/// A list-append read's result: `_` or `[1,2,3]`.
+fn write_u64_list(out: &mut String, value: Option<&[u64]>) {
+    match value {
+        None => out.push('_'),
+        Some(list) => write_list(out, list, |o, v| {
+            let _ = write!(o, "{v}");
+        }),
+    }
+}
+
+/// The next field as a list-append read's result.
+fn parse_u64_list(fields: &mut Fields<'_>) -> Result<Option<Vec<u64>>, String> {
+    parse_list(fields.take("a list")?, "a list", |v| {
+        parse_number(v, "a list element")
+    })
 }
 
 impl TextMop for BankMop {
@@ -443,6 +472,50 @@ mod tests {
         assert!(text.contains("\n4 ok 1850 a 7 3 r 2 [1,5]\n"), "{text}");
         assert!(text.contains("\n5 ok 1901 r 9 []\n"), "{text}");
         assert_eq!(parse::<Mop>(&text).unwrap(), ops);
+    }
+
+    #[test]
+    fn stale_reads_round_trip() {
+        let rs = |key: u64, bound_ns: u64, value: Option<Vec<u64>>| Mop::StaleRead {
+            key,
+            bound_ns,
+            value,
+        };
+        let ops: Vec<Op<Mop>> = vec![
+            Op::invoke(3, 10, vec![rs(7, 500, None), rs(2, 0, None)]),
+            Op::ok(
+                3,
+                20,
+                vec![rs(7, 500, Some(vec![1, 2, 3])), rs(2, 0, Some(vec![]))],
+            ),
+            Op::invoke(4, 30, vec![rs(u64::MAX, u64::MAX, None)]),
+            Op::info(4, 40, vec![rs(u64::MAX, u64::MAX, None)]),
+        ];
+        let text = write(&ops);
+        assert!(
+            text.contains("\n3 invoke 10 rs 7 500 _ rs 2 0 _\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n3 ok 20 rs 7 500 [1,2,3] rs 2 0 []\n"),
+            "{text}"
+        );
+        assert_eq!(parse::<Mop>(&text).unwrap(), ops);
+        // A stale read and a strong read of the same list differ in text.
+        let strong = write(&[Op::ok(
+            3,
+            20,
+            vec![Mop::Read {
+                key: 7,
+                value: Some(vec![1, 2, 3]),
+            }],
+        )]);
+        assert!(strong.contains("\n3 ok 20 r 7 [1,2,3]\n"), "{strong}");
+
+        let bad = |text: &str| parse::<Mop>(text).unwrap_err().message;
+        assert!(bad("1 ok 5 rs 1 [1]\n").contains("bound"));
+        assert!(bad("1 ok 5 rs 1 100\n").contains("list"));
+        assert!(bad("1 ok 5 rs 1 x [1]\n").contains("`x`"));
     }
 
     #[test]

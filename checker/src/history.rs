@@ -118,15 +118,27 @@ pub enum Mop {
     /// the transaction behind each element.
     Append { key: u64, value: u64 },
     /// Read `key`'s whole list: `None` in an invocation (not known yet),
-    /// `Some(list)` in an `ok` completion.
+    /// `Some(list)` in an `ok` completion. Consistency STRONG: the read
+    /// belongs to the transaction's strictly serializable snapshot.
     Read { key: u64, value: Option<Vec<u64>> },
+    /// Read `key`'s whole list with consistency STALE(`bound_ns`), as a
+    /// backup replica may serve it: the list must have been the key's
+    /// committed value at some moment in `[invoke − bound_ns, complete]`,
+    /// and must hold the session's own committed appends. `value` as in
+    /// [`Mop::Read`]. A transaction holding one holds only stale reads
+    /// (see [`crate::list_append`]).
+    StaleRead {
+        key: u64,
+        bound_ns: u64,
+        value: Option<Vec<u64>>,
+    },
 }
 
 impl Mop {
     /// The key this micro-op touches.
     pub fn key(&self) -> u64 {
         match self {
-            Mop::Append { key, .. } | Mop::Read { key, .. } => *key,
+            Mop::Append { key, .. } | Mop::Read { key, .. } | Mop::StaleRead { key, .. } => *key,
         }
     }
 }
@@ -146,7 +158,7 @@ impl Micro for Mop {
     fn has_result(&self) -> bool {
         match self {
             Mop::Append { .. } => true,
-            Mop::Read { value, .. } => value.is_some(),
+            Mop::Read { value, .. } | Mop::StaleRead { value, .. } => value.is_some(),
         }
     }
 
@@ -156,6 +168,18 @@ impl Micro for Mop {
                 k1 == k2 && v1 == v2
             }
             (Mop::Read { key: k1, .. }, Mop::Read { key: k2, .. }) => k1 == k2,
+            (
+                Mop::StaleRead {
+                    key: k1,
+                    bound_ns: b1,
+                    ..
+                },
+                Mop::StaleRead {
+                    key: k2,
+                    bound_ns: b2,
+                    ..
+                },
+            ) => k1 == k2 && b1 == b2,
             _ => false,
         }
     }
@@ -215,6 +239,10 @@ pub enum HistoryError {
     DuplicateAppend { key: u64, value: u64 },
     /// A register operation with other than exactly one micro-op.
     NotOneMop { index: usize },
+    /// A list-append transaction (`txn` = its id, `T<txn>`; `index` = its
+    /// invocation's position) mixes stale reads with other micro-ops: a
+    /// transaction with a [`Mop::StaleRead`] must hold only stale reads.
+    MixedStaleRead { txn: usize, index: usize },
 }
 
 impl fmt::Display for HistoryError {
@@ -251,6 +279,10 @@ impl fmt::Display for HistoryError {
                     "op {index}: a register operation must have exactly one micro-op"
                 )
             }
+            HistoryError::MixedStaleRead { txn, index } => write!(
+                f,
+                "op {index}: T{txn} mixes stale reads with other micro-ops; a transaction with a stale read must hold only stale reads"
+            ),
         }
     }
 }
@@ -398,6 +430,48 @@ mod tests {
                 index: 1,
                 process: 1
             })
+        );
+    }
+
+    #[test]
+    fn stale_reads_pair_on_key_and_bound() {
+        let rs = |key: u64, bound_ns: u64, value: Option<Vec<u64>>| Mop::StaleRead {
+            key,
+            bound_ns,
+            value,
+        };
+        let ok = vec![
+            Op::invoke(1, 0, vec![rs(1, 50, None)]),
+            Op::ok(1, 1, vec![rs(1, 50, Some(vec![2]))]),
+        ];
+        let txns = pair(&ok).unwrap();
+        assert_eq!(txns[0].outcome, Outcome::Committed);
+        assert_eq!(txns[0].mops, vec![rs(1, 50, Some(vec![2]))]);
+        assert_eq!(txns[0].mops[0].key(), 1);
+
+        let other_bound = vec![
+            Op::invoke(1, 0, vec![rs(1, 50, None)]),
+            Op::ok(1, 1, vec![rs(1, 60, Some(vec![]))]),
+        ];
+        assert_eq!(
+            pair(&other_bound),
+            Err(HistoryError::CompletionMismatch { index: 1 })
+        );
+        let strong_for_stale = vec![
+            Op::invoke(1, 0, vec![rs(1, 50, None)]),
+            Op::ok(1, 1, vec![r(1, Some(vec![]))]),
+        ];
+        assert_eq!(
+            pair(&strong_for_stale),
+            Err(HistoryError::CompletionMismatch { index: 1 })
+        );
+        let no_result = vec![
+            Op::invoke(1, 0, vec![rs(1, 50, None)]),
+            Op::ok(1, 1, vec![rs(1, 50, None)]),
+        ];
+        assert_eq!(
+            pair(&no_result),
+            Err(HistoryError::MissingResult { index: 1 })
         );
     }
 }

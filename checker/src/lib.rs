@@ -10,7 +10,11 @@
 //!   dependency graph and looks for cycles (G0, G1c, G-single,
 //!   G-nonadjacent, G2-item, and their `-process` and `-realtime` variants)
 //!   and for anomalies visible without one (aborted and intermediate reads,
-//!   lost updates, incompatible orders, …).
+//!   lost updates, incompatible orders, …). Its bounded-staleness mode
+//!   checks STALE(bound) reads, as backup replicas serve them, apart from
+//!   the graph: each must return a state the key held at some moment in
+//!   `[invoke − bound, complete]`, and hold its session's own writes
+//!   (stale-read, future-read, read-your-writes).
 //! - **bank**: transfers between accounts and full reads; every committed
 //!   read must sum to the total.
 //! - **register**: per-key linearizability of reads, writes and
@@ -23,13 +27,13 @@
 //! # Layout
 //!
 //! - [`history`]: operations (`invoke`/`ok`/`fail`/`info`), list-append
-//!   micro-ops, and the pairing of invocations with completions into
-//!   transactions.
+//!   micro-ops (appends, STRONG and stale reads), and the pairing of
+//!   invocations with completions into transactions.
 //! - [`mod@format`]: the line-oriented text form of histories, and saving and
 //!   loading files.
 //! - [`report`]: verdicts, anomaly classes, cycle steps, reports.
-//! - [`list_append`]: the list-append checks and the dependency graph's
-//!   edges.
+//! - [`list_append`]: the list-append checks, the dependency graph's
+//!   edges, and the stale-read checks.
 //! - `graph` (private): the dependency graph, Tarjan's strongly connected
 //!   components, and the per-class shortest-cycle search.
 //! - [`bank`]: bank micro-ops and the total/negative-balance checks.

@@ -11,12 +11,12 @@
 //!
 //! 1. **internal**: within a committed transaction, a read of a key agrees
 //!    with its own earlier reads and appends of that key.
-//! 2. Per committed read: **duplicate-elements**, **unwritten-value** (a
-//!    value nobody appended), **G1a** (a value appended by a failed
-//!    transaction), **G1b** (the read ends at an append its transaction
-//!    followed with another append to the key).
-//! 3. Per key, the list order is the longest read; every other read must be
-//!    a prefix of it (**incompatible-order**).
+//! 2. Per committed read, STRONG or stale: **duplicate-elements**,
+//!    **unwritten-value** (a value nobody appended), **G1a** (a value
+//!    appended by a failed transaction), **G1b** (the read ends at an append
+//!    its transaction followed with another append to the key).
+//! 3. Per key, the list order is the longest STRONG read; every other
+//!    STRONG read must be a prefix of it (**incompatible-order**).
 //! 4. **lost-update**: two committed transactions read the same list of a
 //!    key and then both appended to it.
 //! 5. The dependency graph over committed transactions, and indeterminate
@@ -38,16 +38,63 @@
 //!    shortest G0, G1c, G-single, G-nonadjacent and G2-item cycle, each with
 //!    data edges alone, else with process edges (`-process`), else with
 //!    real-time edges (`-realtime`), as the [`Model`] allows.
+//! 7. Stale reads (below): **incompatible-order**, **stale-read**,
+//!    **future-read**, **read-your-writes**.
 //!
 //! A read found anomalous by checks 1–4 adds no edges: the fault is reported
 //! once, by its own class, and not again as the cycle it implies (an
-//! intermediate or lost-update read always closes one).
+//! intermediate or lost-update read always closes one). Likewise a stale
+//! read found anomalous by checks 2 or 7a is not judged by time.
+//!
+//! # Stale reads: the bounded-staleness mode
+//!
+//! A [`Mop::StaleRead`] is a read with consistency STALE(`bound_ns`), as a
+//! backup replica serves it. Its promise is weaker than strict
+//! serializability: the list it returns was the key's committed value at
+//! some moment in `[invoke − bound_ns, complete]` (the *window*; the
+//! subtraction saturates at 0), and it holds every append its own session
+//! (process) committed before the read began. A transaction holding a stale
+//! read holds nothing else (else [`HistoryError::MixedStaleRead`]): the
+//! workload never mixes them.
+//!
+//! Stale transactions stay out of the dependency graph — no ww, wr, rw,
+//! process or real-time edges, so no cycle runs through them: a stale read
+//! is *allowed* to return a state older than one a transaction that
+//! finished before it already saw, which in the graph would close a
+//! `-realtime` cycle. They are checked on their own instead:
+//!
+//! - Check 2 applies unchanged: a stale read must still be a state some
+//!   committed or indeterminate transactions made (no duplicates, unwritten
+//!   values, failed appends or intermediate states).
+//! - 7a, order: the list orders of check 3 come from STRONG reads alone, so
+//!   the graph is exactly what it would be without the stale reads. Each
+//!   stale read must be a prefix of its key's order or extend it
+//!   (**incompatible-order** otherwise), and stale reads that extend it
+//!   must be prefixes of the longest of them, which then serves as the
+//!   key's order for the checks below (never for the graph): a state any
+//!   replica committed is a state of the one list order.
+//! - 7b, **stale-read**: some committed append missing from the list (the
+//!   rest of the order, or an append no read saw, which lists growing puts
+//!   after every read) completed before the window opened. From its
+//!   completion on, the key held it, so the list was not the key's value at
+//!   any moment of the window. Only a committed (`ok`) append proves this:
+//!   an indeterminate (`info`) one may take effect at any time after its
+//!   invocation, or never, so its completion bounds nothing.
+//! - 7c, **future-read**: an element of the list was appended by a
+//!   transaction invoked only after the read completed. (A STRONG read
+//!   doing so closes a `-realtime` cycle instead.)
+//! - 7d, **read-your-writes**: an earlier committed transaction of the same
+//!   process appended to the key, and the list lacks that append. The
+//!   session's indeterminate appends are not required.
+//!
+//! Stale checks run under every [`Model`]: they are not graph relations.
 //!
 //! # Verdict
 //!
 //! Invalid if any anomaly is found. Unknown if none is found and no
-//! committed transaction read anything: then nothing about the order of the
-//! appends was observed and every history passes trivially. Valid otherwise.
+//! committed transaction read anything (STRONG or stale): then nothing
+//! about the order of the appends was observed and every history passes
+//! trivially. Valid otherwise.
 //!
 //! # Not checked
 //!
@@ -55,6 +102,10 @@
 //! whether a transaction's appends to one key sit together in the list
 //! order (only intermediate *reads* are caught). Reads of failed and
 //! indeterminate transactions are ignored: their results are not known.
+//! Stale reads: whether the reads of one stale transaction form one
+//! snapshot (or agree with each other at all), monotonic reads within a
+//! session, and the ww edges the order a stale read extends would give the
+//! graph.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -101,18 +152,23 @@ pub fn check(ops: &[Op<Mop>], model: Model) -> Result<Report, HistoryError> {
 }
 
 /// Checks already paired transactions (see [`history::pair`]); reports name
-/// them by their `id`. Fails only if a value is appended twice to one key.
+/// them by their `id`. Fails only if a value is appended twice to one key,
+/// or a transaction mixes stale reads with other micro-ops.
 pub fn check_txns(txns: &[Txn<Mop>], model: Model) -> Result<Report, HistoryError> {
+    let stale_txn = stale_txns(txns)?;
     let writers = index_writers(txns)?;
     let mut checker = Checker {
         txns,
         writers,
         reads: committed_reads(txns),
+        stale: committed_stale_reads(txns),
+        stale_txn,
         tainted: HashSet::new(),
         orders: BTreeMap::new(),
+        order_readers: BTreeMap::new(),
         out: ReportBuilder::new(),
     };
-    if checker.reads.is_empty() {
+    if checker.reads.is_empty() && checker.stale.is_empty() {
         checker.out.undecided(
             "no committed transaction read anything, so the order of appends was never observed"
                 .to_string(),
@@ -123,6 +179,7 @@ pub fn check_txns(txns: &[Txn<Mop>], model: Model) -> Result<Report, HistoryErro
     checker.infer_orders();
     checker.check_lost_updates();
     checker.check_cycles(model);
+    checker.check_stale_reads();
     Ok(checker.out.finish())
 }
 
@@ -142,12 +199,36 @@ struct Writer {
 }
 
 /// A read of a committed transaction.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct ReadRef<'h> {
     txn: usize,
     mop: usize,
     key: u64,
     list: &'h [u64],
+    /// `None` for a STRONG read ([`Mop::Read`]); the bound of a
+    /// [`Mop::StaleRead`].
+    bound_ns: Option<u64>,
+}
+
+/// An append as evidence about time: `(time_ns, value, transaction)`. The
+/// time is a completion or an invocation, depending on use; tuples compare
+/// by time first, so `min`/`max` pick the earliest or latest deterministically.
+type Stamped = (u64, u64, usize);
+
+/// What the stale-read checks know of one key.
+#[derive(Debug)]
+struct Timeline<'h> {
+    /// The list order, extended by stale reads longer than every STRONG read.
+    order: &'h [u64],
+    /// Element → its position in `order`.
+    position: HashMap<u64, usize>,
+    /// `first_committed_after[n]`: of the committed appends not in
+    /// `order[..n]` (the rest of `order`, and appends no read saw), the one
+    /// that completed first, stamped with its completion.
+    first_committed_after: Vec<Option<Stamped>>,
+    /// `last_invoked_in[n]`: of the appenders of `order[..n]`, the one
+    /// invoked last, stamped with its invocation.
+    last_invoked_in: Vec<Option<Stamped>>,
 }
 
 /// Why an edge exists; turned into words by [`explain`].
@@ -179,12 +260,40 @@ enum Why {
 struct Checker<'h> {
     txns: &'h [Txn<Mop>],
     writers: HashMap<(u64, u64), Writer>,
+    /// Committed STRONG reads.
     reads: Vec<ReadRef<'h>>,
+    /// Committed stale reads.
+    stale: Vec<ReadRef<'h>>,
+    /// Per transaction: whether it holds stale reads (then only those).
+    stale_txn: Vec<bool>,
     /// Reads (txn, mop) already reported; they add no edges.
     tainted: HashSet<ReadAt>,
-    /// Key → list order.
+    /// Key → list order, from STRONG reads.
     orders: BTreeMap<u64, &'h [u64]>,
+    /// Key → the transaction whose read is its list order.
+    order_readers: BTreeMap<u64, usize>,
     out: ReportBuilder,
+}
+
+/// Per transaction, whether it is a stale one; refuses a transaction that
+/// mixes stale reads with anything else.
+fn stale_txns(txns: &[Txn<Mop>]) -> Result<Vec<bool>, HistoryError> {
+    txns.iter()
+        .map(|txn| {
+            let stale = txn
+                .mops
+                .iter()
+                .filter(|m| matches!(m, Mop::StaleRead { .. }))
+                .count();
+            if stale > 0 && stale < txn.mops.len() {
+                return Err(HistoryError::MixedStaleRead {
+                    txn: txn.id,
+                    index: txn.invoke_index,
+                });
+            }
+            Ok(stale > 0)
+        })
+        .collect()
 }
 
 fn index_writers(txns: &[Txn<Mop>]) -> Result<HashMap<(u64, u64), Writer>, HistoryError> {
@@ -235,6 +344,33 @@ fn committed_reads(txns: &[Txn<Mop>]) -> Vec<ReadRef<'_>> {
                     mop: m,
                     key: *key,
                     list,
+                    bound_ns: None,
+                });
+            }
+        }
+    }
+    reads
+}
+
+fn committed_stale_reads(txns: &[Txn<Mop>]) -> Vec<ReadRef<'_>> {
+    let mut reads = Vec::new();
+    for (t, txn) in txns.iter().enumerate() {
+        if txn.outcome != Outcome::Committed {
+            continue;
+        }
+        for (m, mop) in txn.mops.iter().enumerate() {
+            if let Mop::StaleRead {
+                key,
+                bound_ns,
+                value: Some(list),
+            } = mop
+            {
+                reads.push(ReadRef {
+                    txn: t,
+                    mop: m,
+                    key: *key,
+                    list,
+                    bound_ns: Some(*bound_ns),
                 });
             }
         }
@@ -245,6 +381,18 @@ fn committed_reads(txns: &[Txn<Mop>]) -> Vec<ReadRef<'_>> {
 impl<'h> Checker<'h> {
     fn name(&self, t: usize) -> String {
         format!("T{}", self.txns[t].id)
+    }
+
+    /// "T3 read key 1", or "T3 read key 1 with STALE(100 ns)".
+    fn what_read(&self, read: &ReadRef<'_>) -> String {
+        match read.bound_ns {
+            None => format!("{} read key {}", self.name(read.txn), read.key),
+            Some(bound) => format!(
+                "{} read key {} with STALE({bound} ns)",
+                self.name(read.txn),
+                read.key
+            ),
+        }
     }
 
     fn report(&mut self, class: AnomalyClass, txns: &[usize], explanation: String) {
@@ -302,106 +450,108 @@ impl<'h> Checker<'h> {
                         }
                         known.insert(*key, Known::Exact(list.clone()));
                     }
-                    Mop::Read { value: None, .. } => {}
+                    // Stale transactions are checked on their own (check 7).
+                    Mop::Read { value: None, .. } | Mop::StaleRead { .. } => {}
                 }
             }
         }
     }
 
-    /// Check 2: each committed read on its own.
+    /// Check 2: each committed read on its own, STRONG and stale alike.
     fn check_reads(&mut self) {
-        for i in 0..self.reads.len() {
-            let ReadRef {
-                txn: t,
-                mop: m,
-                key,
-                list,
-            } = self.reads[i];
-            let reader = self.name(t);
-            let mut bad = false;
-
-            let mut seen = HashSet::new();
-            let mut repeated: Vec<u64> =
-                list.iter().copied().filter(|v| !seen.insert(*v)).collect();
-            repeated.dedup();
-            if !repeated.is_empty() {
-                bad = true;
-                let explanation = format!(
-                    "{reader} read key {key} = {}, in which {} appear more than once",
-                    show(list),
-                    show(&repeated)
-                );
-                self.report(AnomalyClass::DuplicateElements, &[t], explanation);
-            }
-
-            let unwritten: Vec<u64> = list
-                .iter()
-                .copied()
-                .filter(|v| !self.writers.contains_key(&(key, *v)))
-                .collect();
-            if !unwritten.is_empty() {
-                bad = true;
-                let explanation = format!(
-                    "{reader} read key {key} = {}, but no transaction appended {} to it",
-                    show(list),
-                    show(&unwritten)
-                );
-                self.report(AnomalyClass::UnwrittenValue, &[t], explanation);
-            }
-
-            let aborted: Vec<(u64, usize)> = list
-                .iter()
-                .filter_map(|v| self.writers.get(&(key, *v)).map(|w| (*v, w.txn)))
-                .filter(|&(_, w)| self.txns[w].outcome == Outcome::Aborted)
-                .collect();
-            if !aborted.is_empty() {
-                bad = true;
-                let mut explanation = format!("{reader} read key {key} = {}, but", show(list));
-                for (n, &(value, w)) in aborted.iter().enumerate() {
-                    let sep = if n == 0 { "" } else { ";" };
-                    let _ = write!(
-                        explanation,
-                        "{sep} {value} was appended by {}, which failed",
-                        self.name(w)
-                    );
-                }
-                explanation.push_str(" (aborted read)");
-                let mut involved = vec![t];
-                involved.extend(aborted.iter().map(|&(_, w)| w));
-                self.report(AnomalyClass::G1a, &involved, explanation);
-            }
-
-            if let Some(&last) = list.last()
-                && let Some(w) = self.writers.get(&(key, last)).copied()
-                && w.txn != t
-                && !w.last_for_key
-                && self.txns[w.txn].outcome != Outcome::Aborted
-            {
-                bad = true;
-                let later: Vec<u64> = self.txns[w.txn]
-                    .mops
-                    .iter()
-                    .filter_map(|mop| match *mop {
-                        Mop::Append { key: k, value } if k == key => Some(value),
-                        _ => None,
-                    })
-                    .skip_while(|&v| v != last)
-                    .skip(1)
-                    .collect();
-                let explanation = format!(
-                    "{reader} read key {key} = {}, which ends at {}'s append of {last}, but {} then appended {} to key {key} (intermediate read)",
-                    show(list),
-                    self.name(w.txn),
-                    self.name(w.txn),
-                    show(&later)
-                );
-                self.report(AnomalyClass::G1b, &[t, w.txn], explanation);
-            }
-
-            if bad {
-                self.tainted.insert((t, m));
+        let reads: Vec<ReadRef<'h>> = self.reads.iter().chain(&self.stale).copied().collect();
+        for read in reads {
+            if self.check_read(&read) {
+                self.tainted.insert((read.txn, read.mop));
             }
         }
+    }
+
+    /// Check 2 for one read; whether it found anything.
+    fn check_read(&mut self, read: &ReadRef<'h>) -> bool {
+        let ReadRef {
+            txn: t, key, list, ..
+        } = *read;
+        let what = self.what_read(read);
+        let mut bad = false;
+
+        let mut seen = HashSet::new();
+        let mut repeated: Vec<u64> = list.iter().copied().filter(|v| !seen.insert(*v)).collect();
+        repeated.dedup();
+        if !repeated.is_empty() {
+            bad = true;
+            let explanation = format!(
+                "{what} = {}, in which {} appear more than once",
+                show(list),
+                show(&repeated)
+            );
+            self.report(AnomalyClass::DuplicateElements, &[t], explanation);
+        }
+
+        let unwritten: Vec<u64> = list
+            .iter()
+            .copied()
+            .filter(|v| !self.writers.contains_key(&(key, *v)))
+            .collect();
+        if !unwritten.is_empty() {
+            bad = true;
+            let explanation = format!(
+                "{what} = {}, but no transaction appended {} to it",
+                show(list),
+                show(&unwritten)
+            );
+            self.report(AnomalyClass::UnwrittenValue, &[t], explanation);
+        }
+
+        let aborted: Vec<(u64, usize)> = list
+            .iter()
+            .filter_map(|v| self.writers.get(&(key, *v)).map(|w| (*v, w.txn)))
+            .filter(|&(_, w)| self.txns[w].outcome == Outcome::Aborted)
+            .collect();
+        if !aborted.is_empty() {
+            bad = true;
+            let mut explanation = format!("{what} = {}, but", show(list));
+            for (n, &(value, w)) in aborted.iter().enumerate() {
+                let sep = if n == 0 { "" } else { ";" };
+                let _ = write!(
+                    explanation,
+                    "{sep} {value} was appended by {}, which failed",
+                    self.name(w)
+                );
+            }
+            explanation.push_str(" (aborted read)");
+            let mut involved = vec![t];
+            involved.extend(aborted.iter().map(|&(_, w)| w));
+            self.report(AnomalyClass::G1a, &involved, explanation);
+        }
+
+        if let Some(&last) = list.last()
+            && let Some(w) = self.writers.get(&(key, last)).copied()
+            && w.txn != t
+            && !w.last_for_key
+            && self.txns[w.txn].outcome != Outcome::Aborted
+        {
+            bad = true;
+            let later: Vec<u64> = self.txns[w.txn]
+                .mops
+                .iter()
+                .filter_map(|mop| match *mop {
+                    Mop::Append { key: k, value } if k == key => Some(value),
+                    _ => None,
+                })
+                .skip_while(|&v| v != last)
+                .skip(1)
+                .collect();
+            let explanation = format!(
+                "{what} = {}, which ends at {}'s append of {last}, but {} then appended {} to key {key} (intermediate read)",
+                show(list),
+                self.name(w.txn),
+                self.name(w.txn),
+                show(&later)
+            );
+            self.report(AnomalyClass::G1b, &[t, w.txn], explanation);
+        }
+        bad
     }
 
     /// Check 3: per key, the longest untainted read is the list order and
@@ -458,6 +608,7 @@ impl<'h> Checker<'h> {
                 );
             }
             self.orders.insert(key, order);
+            self.order_readers.insert(key, longest_txn);
         }
     }
 
@@ -482,7 +633,7 @@ impl<'h> Checker<'h> {
                     } => {
                         first.entry(*key).or_insert(Some((m, list.as_slice())));
                     }
-                    Mop::Read { value: None, .. } => {}
+                    Mop::Read { value: None, .. } | Mop::StaleRead { .. } => {}
                     Mop::Append { key, .. } => {
                         first.entry(*key).or_insert(None);
                         appended.insert(*key);
@@ -521,9 +672,11 @@ impl<'h> Checker<'h> {
         let txns = self.txns;
         let n = txns.len();
         // Indeterminate transactions join once a committed read saw an append.
+        // Stale transactions never join: check 7 judges them by time instead.
         let mut in_graph: Vec<bool> = txns
             .iter()
-            .map(|t| t.outcome == Outcome::Committed)
+            .zip(&self.stale_txn)
+            .map(|(t, &stale)| t.outcome == Outcome::Committed && !stale)
             .collect();
         for read in &self.reads {
             for value in read.list {
@@ -675,6 +828,286 @@ impl<'h> Checker<'h> {
             }
         }
     }
+}
+
+/// Check 7: stale reads, judged by time rather than by the graph.
+impl<'h> Checker<'h> {
+    fn check_stale_reads(&mut self) {
+        if self.stale.is_empty() {
+            return;
+        }
+        let timelines = self.stale_orders();
+        let timelines = self.timelines(timelines);
+        for i in 0..self.stale.len() {
+            let read = self.stale[i];
+            if self.tainted.contains(&(read.txn, read.mop)) {
+                continue;
+            }
+            let timeline = timelines
+                .get(&read.key)
+                .expect("every untainted stale read's key has a timeline");
+            self.check_window(&read, timeline);
+        }
+        self.check_read_your_writes(&timelines);
+    }
+
+    /// Check 7a: each untainted stale read must be compatible with the
+    /// key's STRONG list order, and the stale reads with each other. Returns
+    /// per key the order the stale checks use: the STRONG order, or the
+    /// first longest stale read where that extends it.
+    fn stale_orders(&mut self) -> BTreeMap<u64, &'h [u64]> {
+        let mut by_key: BTreeMap<u64, Vec<ReadRef<'h>>> = BTreeMap::new();
+        for read in &self.stale {
+            if !self.tainted.contains(&(read.txn, read.mop)) {
+                by_key.entry(read.key).or_default().push(*read);
+            }
+        }
+        let mut orders = BTreeMap::new();
+        for (key, reads) in by_key {
+            let strong = self
+                .orders
+                .get(&key)
+                .copied()
+                .zip(self.order_readers.get(&key).copied());
+            let mut compatible = Vec::new();
+            for read in reads {
+                match strong {
+                    Some((order, reader)) if !prefix_compatible(read.list, order) => {
+                        self.report_incompatible(&read, reader, order);
+                    }
+                    _ => compatible.push(read),
+                }
+            }
+            let strong_len = strong.map_or(0, |(order, _)| order.len());
+            // The first of the longest: ties keep history order.
+            let longest = compatible.iter().copied().reduce(|best, read| {
+                if read.list.len() > best.list.len() {
+                    read
+                } else {
+                    best
+                }
+            });
+            let order = match (longest, strong) {
+                (Some(longest), _) if longest.list.len() > strong_len => {
+                    for read in &compatible {
+                        if !longest.list.starts_with(read.list) {
+                            self.report_incompatible(read, longest.txn, longest.list);
+                        }
+                    }
+                    longest.list
+                }
+                (_, Some((order, _))) => order,
+                // Every stale read of the key was incompatible: none needs
+                // a timeline.
+                (None, None) => continue,
+                (Some(longest), None) => longest.list,
+            };
+            orders.insert(key, order);
+        }
+        orders
+    }
+
+    fn report_incompatible(&mut self, read: &ReadRef<'h>, other_txn: usize, other: &[u64]) {
+        let at = read
+            .list
+            .iter()
+            .zip(other)
+            .position(|(a, b)| a != b)
+            .unwrap_or(other.len().min(read.list.len()));
+        let explanation = format!(
+            "{} = {}, which is incompatible with {}'s read {} (neither is a prefix of the other; they differ at position {at})",
+            self.what_read(read),
+            show(read.list),
+            self.name(other_txn),
+            show(other)
+        );
+        self.tainted.insert((read.txn, read.mop));
+        self.report(
+            AnomalyClass::IncompatibleOrder,
+            &[read.txn, other_txn],
+            explanation,
+        );
+    }
+
+    /// Per key with stale reads: positions, and the times of the appends
+    /// before and after each prefix of its order.
+    fn timelines(&self, orders: BTreeMap<u64, &'h [u64]>) -> BTreeMap<u64, Timeline<'h>> {
+        let mut timelines: BTreeMap<u64, Timeline<'h>> = orders
+            .into_iter()
+            .map(|(key, order)| {
+                let position = order.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+                let timeline = Timeline {
+                    order,
+                    position,
+                    first_committed_after: vec![None; order.len() + 1],
+                    last_invoked_in: vec![None; order.len() + 1],
+                };
+                (key, timeline)
+            })
+            .collect();
+        for (&(key, value), writer) in &self.writers {
+            let Some(timeline) = timelines.get_mut(&key) else {
+                continue;
+            };
+            let txn = &self.txns[writer.txn];
+            // Only a committed append is known to have taken effect by its
+            // completion; an indeterminate one may take effect at any time
+            // after its invocation, or never, and proves nothing here.
+            let done = match (txn.outcome, txn.complete_ns) {
+                (Outcome::Committed, Some(done)) => Some((done, value, writer.txn)),
+                _ => None,
+            };
+            match timeline.position.get(&value) {
+                Some(&i) => {
+                    timeline.first_committed_after[i] = done;
+                    timeline.last_invoked_in[i + 1] = Some((txn.invoke_ns, value, writer.txn));
+                }
+                // Seen by no read used here: it comes after the whole order.
+                None => {
+                    let unseen = &mut timeline.first_committed_after[timeline.order.len()];
+                    *unseen = earliest(*unseen, done);
+                }
+            }
+        }
+        for timeline in timelines.values_mut() {
+            // Suffix minimum of completions, prefix maximum of invocations.
+            let after = &mut timeline.first_committed_after;
+            for i in (0..after.len() - 1).rev() {
+                after[i] = earliest(after[i], after[i + 1]);
+            }
+            let within = &mut timeline.last_invoked_in;
+            for i in 1..within.len() {
+                within[i] = within[i].max(within[i - 1]);
+            }
+        }
+        timelines
+    }
+
+    /// Checks 7b and 7c: a stale read's list must be a committed state at
+    /// some moment of its window `[invoke − bound, complete]`.
+    fn check_window(&mut self, read: &ReadRef<'h>, timeline: &Timeline<'h>) {
+        let txn = &self.txns[read.txn];
+        let bound_ns = read.bound_ns.unwrap_or_default();
+        let opens_ns = txn.invoke_ns.saturating_sub(bound_ns);
+        let n = read.list.len();
+        // 7b, too stale: a committed append missing from the list completed
+        // before the window opened, so from then on the key held it.
+        if let Some((done_ns, value, w)) = timeline.first_committed_after[n]
+            && done_ns < opens_ns
+        {
+            let explanation = format!(
+                "{} = {}, but {}'s append of {value}, which that list lacks, committed at {done_ns} ns, before the read's window [{opens_ns}, {}] ns opened (invoked at {} ns, bound {bound_ns} ns): key {} no longer held {} by then",
+                self.what_read(read),
+                show(read.list),
+                self.name(w),
+                show_ns(txn.complete_ns),
+                txn.invoke_ns,
+                read.key,
+                show(read.list),
+            );
+            self.report(AnomalyClass::StaleRead, &[read.txn, w], explanation);
+        }
+        // 7c, from the future: an element whose appender began only after
+        // the read completed.
+        if let Some(complete_ns) = txn.complete_ns
+            && let Some((invoked_ns, value, w)) = timeline.last_invoked_in[n]
+            && invoked_ns > complete_ns
+        {
+            let explanation = format!(
+                "{} = {}, completing at {complete_ns} ns, but {value} was appended by {}, invoked only at {invoked_ns} ns",
+                self.what_read(read),
+                show(read.list),
+                self.name(w)
+            );
+            self.report(AnomalyClass::FutureRead, &[read.txn, w], explanation);
+        }
+    }
+
+    /// Check 7d, read-your-writes: sweeping each process's transactions in
+    /// program order, a stale read must hold every append to its key that
+    /// an earlier committed transaction of the same process made.
+    fn check_read_your_writes(&mut self, timelines: &BTreeMap<u64, Timeline<'h>>) {
+        // (process, key) → the own append the furthest into the key's order
+        // (`usize::MAX` if in no read used here): (rank, value, txn).
+        let mut own: HashMap<(u64, u64), (usize, u64, usize)> = HashMap::new();
+        let txns = self.txns;
+        // Transactions are in invocation order, and a process runs one at a
+        // time: each one's earlier transactions completed before it began.
+        for (t, txn) in txns.iter().enumerate() {
+            if txn.outcome != Outcome::Committed {
+                // An indeterminate append may never take effect: no read
+                // has to show it, not even its own session's.
+                continue;
+            }
+            for (m, mop) in txn.mops.iter().enumerate() {
+                match mop {
+                    Mop::Append { key, value } => {
+                        let Some(timeline) = timelines.get(key) else {
+                            continue;
+                        };
+                        let rank = timeline.position.get(value).copied().unwrap_or(usize::MAX);
+                        let entry = own.entry((txn.process, *key)).or_insert((rank, *value, t));
+                        if rank > entry.0 {
+                            *entry = (rank, *value, t);
+                        }
+                    }
+                    Mop::StaleRead {
+                        key,
+                        bound_ns,
+                        value: Some(list),
+                    } => {
+                        if self.tainted.contains(&(t, m)) {
+                            continue;
+                        }
+                        let Some(&(rank, value, w)) = own.get(&(txn.process, *key)) else {
+                            continue;
+                        };
+                        if rank < list.len() {
+                            continue;
+                        }
+                        let read = ReadRef {
+                            txn: t,
+                            mop: m,
+                            key: *key,
+                            list,
+                            bound_ns: Some(*bound_ns),
+                        };
+                        let explanation = format!(
+                            "{} = {}, which lacks {value}, appended by {} on the same process {}, committed at {} ns, before {} began at {} ns (read-your-writes)",
+                            self.what_read(&read),
+                            show(list),
+                            self.name(w),
+                            txn.process,
+                            show_ns(txns[w].complete_ns),
+                            self.name(t),
+                            txn.invoke_ns
+                        );
+                        self.report(AnomalyClass::ReadYourWrites, &[t, w], explanation);
+                    }
+                    Mop::Read { .. } | Mop::StaleRead { value: None, .. } => {}
+                }
+            }
+        }
+    }
+}
+
+/// Whether one list is a prefix of the other.
+fn prefix_compatible(a: &[u64], b: &[u64]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// The earlier of two stamped appends, either possibly absent.
+fn earliest(a: Option<Stamped>, b: Option<Stamped>) -> Option<Stamped> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// A completion time in explanations.
+fn show_ns(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "?".to_string(), |ns| ns.to_string())
 }
 
 /// Program order: each process's last committed transaction precedes its

@@ -117,6 +117,16 @@ pub enum AnomalyClass {
     /// Two committed transactions read the same state of a key and both
     /// appended to it: one of the appends was made on a stale read.
     LostUpdate,
+    /// A STALE(bound) read returned a list that had already been overwritten
+    /// by a committed append completed before the read's window
+    /// `[invoke − bound, complete]` opened.
+    StaleRead,
+    /// A STALE read returned a list an append could not yet have reached:
+    /// its appender was invoked only after the read completed.
+    FutureRead,
+    /// A STALE read missed an append that its own session (process)
+    /// committed before the read began.
+    ReadYourWrites,
     /// A dependency cycle.
     Cycle(CycleKind, CycleVia),
     /// Bank: a read whose balances do not sum to the total.
@@ -139,6 +149,9 @@ impl fmt::Display for AnomalyClass {
             AnomalyClass::UnwrittenValue => "unwritten-value",
             AnomalyClass::IncompatibleOrder => "incompatible-order",
             AnomalyClass::LostUpdate => "lost-update",
+            AnomalyClass::StaleRead => "stale-read",
+            AnomalyClass::FutureRead => "future-read",
+            AnomalyClass::ReadYourWrites => "read-your-writes",
             AnomalyClass::Cycle(kind, via) => {
                 return match via {
                     CycleVia::Data => write!(f, "{kind}"),
@@ -304,6 +317,9 @@ mod tests {
             "G2-item-process"
         );
         assert_eq!(name(AnomalyClass::LostUpdate), "lost-update");
+        assert_eq!(name(AnomalyClass::StaleRead), "stale-read");
+        assert_eq!(name(AnomalyClass::FutureRead), "future-read");
+        assert_eq!(name(AnomalyClass::ReadYourWrites), "read-your-writes");
     }
 
     #[test]
