@@ -468,7 +468,8 @@ async fn feed_backup(
                 safe_token: 0,
             };
             pace(shard, piece.len()).await;
-            link.tx.send(Ok(batch))
+            link.tx
+                .send(Ok(batch))
                 .await
                 .map_err(|_| ReplicaError::BackupGone)?;
             sent += piece.len() as u64;
@@ -535,7 +536,8 @@ async fn feed_backup(
             safe_lsn,
             safe_token,
         };
-        link.tx.send(Ok(batch))
+        link.tx
+            .send(Ok(batch))
             .await
             .map_err(|_| ReplicaError::BackupGone)?;
         if sent_records && shard.last_lsn() >= next {

@@ -65,6 +65,10 @@ use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule, run_sche
 
 /// Most micro-ops in one list-append transaction.
 pub const MOPS_MAX: usize = 4;
+/// Share of list-append transactions that are STALE reads instead.
+pub const STALE_READ_SHARE: f64 = 0.15;
+/// The bound of those STALE reads.
+pub const STALE_READ_BOUND: Duration = Duration::from_millis(300);
 /// Keys in use at once by list-append.
 pub const ACTIVE_KEYS: usize = 6;
 /// Appends to one key before it is retired for a fresh one.
@@ -501,6 +505,18 @@ impl Keys {
 fn random_list_txn(rng: &mut StdRng, keys: &Mutex<Keys>, values: &AtomicU64) -> Vec<Mop> {
     let n = rng.random_range(1..=MOPS_MAX);
     let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+    if rng.random_bool(STALE_READ_SHARE) {
+        // A STALE read of a few keys, in a transaction of its own: any
+        // in-sync replica may answer (checked for its bound and for the
+        // session's own writes, outside the serializability graph).
+        return (0..n)
+            .map(|_| Mop::StaleRead {
+                key: keys.pick(rng, false),
+                bound_ns: STALE_READ_BOUND.as_nanos() as u64,
+                value: None,
+            })
+            .collect();
+    }
     (0..n)
         .map(|_| {
             let append = rng.random_bool(0.5);
@@ -524,10 +540,16 @@ async fn run_list_txn(
     mode: ClientMode,
     mops: &[Mop],
 ) -> Result<Vec<Mop>, Failure> {
+    if let Some(Mop::StaleRead { bound_ns, .. }) = mops.first() {
+        return run_stale_reads(client, mops, Duration::from_nanos(*bound_ns)).await;
+    }
     let mut tx = Tx::begin(client, mode);
     let mut done = Vec::with_capacity(mops.len());
     for mop in mops {
         match *mop {
+            Mop::StaleRead { .. } => {
+                unreachable!("STALE reads run in transactions of their own")
+            }
             Mop::Read { key, .. } => {
                 let list = decode_list(tx.get(&list_key(key)).await?.as_deref());
                 done.push(Mop::Read {
@@ -545,6 +567,28 @@ async fn run_list_txn(
     }
     tx.commit().await?;
     Ok(done)
+}
+
+/// Runs a transaction of STALE reads (bound `bound`) as one Get.
+async fn run_stale_reads(
+    client: &Client,
+    mops: &[Mop],
+    bound: Duration,
+) -> Result<Vec<Mop>, Failure> {
+    let keys: Vec<Vec<u8>> = mops.iter().map(|m| list_key(m.key())).collect();
+    let items = client
+        .get(&keys, Consistency::Stale(bound))
+        .await
+        .map_err(Failure::BeforeCommit)?;
+    Ok(mops
+        .iter()
+        .zip(items)
+        .map(|(mop, item)| Mop::StaleRead {
+            key: mop.key(),
+            bound_ns: bound.as_nanos() as u64,
+            value: Some(decode_list(item.value())),
+        })
+        .collect())
 }
 
 // ------------------------------------------------------------------- bank

@@ -326,6 +326,9 @@ impl TxnManager {
         {
             return Ok(found);
         }
+        // Sent to the primary too: the replica the map names may have
+        // become a backup meanwhile, and then serves as one.
+        let floor = opts.floor(group);
         let mut source = None;
         let mut items: Vec<Option<Item>> = vec![None; keys.len()];
         let mut pending: Vec<usize> = (0..keys.len()).collect();
@@ -344,7 +347,7 @@ impl TxnManager {
                                 keys: ask,
                                 max_staleness_ms: max_staleness
                                     .map_or(0, |b| (b.as_millis() as u64).max(1)),
-                                floor_version: 0,
+                                floor_version: floor,
                             })
                             .await
                             .map(|r| r.into_inner())
@@ -360,7 +363,11 @@ impl TxnManager {
                     .lock
                     .as_ref()
                     .map(|l| Duration::from_millis(l.age_ms));
-                match (read_step(lock_age, max_staleness, waited), result.lock) {
+                // A session with a floor here may hold this very lock (its
+                // own commit, decided and not yet finalized): its STALE
+                // read waits for the lock as a STRONG one does.
+                let bound = if floor > 0 { None } else { max_staleness };
+                match (read_step(lock_age, bound, waited), result.lock) {
                     (ReadStep::Take, _) | (_, None) => {
                         items[*i] = Some(Item {
                             key: result.key,
@@ -474,6 +481,9 @@ impl TxnManager {
         let stale_ms = opts
             .max_staleness
             .map_or(0, |b| (b.as_millis() as u64).max(1));
+        // Sent to the primary too: the replica the map names may have
+        // become a backup meanwhile, and then serves as one.
+        let floor = opts.floor(group);
         if stale_ms > 0 {
             let map = self.router.map();
             let backup = map
@@ -512,7 +522,7 @@ impl TxnManager {
                             prefix,
                             limit,
                             max_staleness_ms: stale_ms,
-                            floor_version: 0,
+                            floor_version: floor,
                         })
                         .await
                         .map(|r| r.into_inner())
