@@ -39,6 +39,9 @@ Member columns:
   last lsn  the last log record it has
   lag       backups: records behind the primary / ms since the primary
             last heard from it
+  reads/s   read requests it served per second over the last second, and
+            how many were STALE (`120 (80 stale)`): backups serve STALE
+            reads only
   heard     when this coordinator or the group last heard from it (`now`:
             it answered this call; `never`: nobody here ever did)
   up        how long its process has had its data open (a restarted member
@@ -62,8 +65,9 @@ rows silent for 10 minutes are deleted.
 (false: down), `last_heard_ms` (null: never), `metrics_addr`, `uptime_s`;
 `lease_ms` is null unless the member is a live primary with a lease,
 `lag_records`/`lag_ms` are null for a member that is down, and its own
-numbers (epoch, last_lsn, keys, in_doubt, map_epoch, uptime_s) are null
-when it did not answer.
+numbers (epoch, last_lsn, keys, in_doubt, map_epoch, uptime_s,
+reads_per_second, stale_reads_per_second) are null when it did not
+answer.
 
 Examples:
   trellis status
@@ -150,6 +154,22 @@ fn or_dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { s.into() }
 }
 
+/// A member's reads per second (and how many of them STALE), `-` when it
+/// did not answer.
+fn reads(m: &pb::MemberStatus) -> String {
+    if !answered(m) {
+        return "-".into();
+    }
+    if m.stale_reads_per_second > 0.0 {
+        format!(
+            "{:.0} ({:.0} stale)",
+            m.reads_per_second, m.stale_reads_per_second
+        )
+    } else {
+        format!("{:.0}", m.reads_per_second)
+    }
+}
+
 /// The status as an aligned table.
 pub fn table(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
@@ -159,8 +179,8 @@ pub fn table(status: &pb::StatusResponse) -> String {
         status.map_epoch, status.catalog
     );
     let header = [
-        "group", "slots", "address", "pid", "role", "epoch", "lease", "last lsn", "lag", "keys",
-        "in doubt", "heard", "up", "metrics", "catch-up",
+        "group", "slots", "address", "pid", "role", "epoch", "lease", "last lsn", "lag", "reads/s",
+        "keys", "in doubt", "heard", "up", "metrics", "catch-up",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for g in &status.groups {
@@ -201,6 +221,7 @@ pub fn table(status: &pb::StatusResponse) -> String {
                 } else {
                     format!("{} rec / {} ms", m.lag_records, m.lag_ms)
                 },
+                reads(m),
                 own(m.keys),
                 own(m.in_doubt),
                 if unregistered {
@@ -330,6 +351,15 @@ fn number_or_null(n: Option<u64>) -> String {
     n.map_or_else(|| "null".into(), |n| n.to_string())
 }
 
+/// A rate with two decimals, `null` for a member that did not answer.
+fn rate(answered: bool, per_second: f64) -> String {
+    if answered {
+        format!("{per_second:.2}")
+    } else {
+        "null".into()
+    }
+}
+
 /// The status as one JSON object.
 pub fn json(status: &pb::StatusResponse) -> String {
     let groups: Vec<String> = status
@@ -343,7 +373,7 @@ pub fn json(status: &pb::StatusResponse) -> String {
                     let lag = |n: u64| number_or_null(m.alive.then_some(n));
                     let own = |n: u64| number_or_null(answered(m).then_some(n));
                     format!(
-                        "{{\"address\":{},\"pid\":{},\"role\":{},\"alive\":{},\"last_heard_ms\":{},\"uptime_s\":{},\"metrics_addr\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{},\"catch_up\":{},\"catch_up_done\":{},\"catch_up_total\":{}}}",
+                        "{{\"address\":{},\"pid\":{},\"role\":{},\"alive\":{},\"last_heard_ms\":{},\"uptime_s\":{},\"metrics_addr\":{},\"in_sync\":{},\"epoch\":{},\"lease_ms\":{},\"last_lsn\":{},\"lag_records\":{},\"lag_ms\":{},\"keys\":{},\"in_doubt\":{},\"map_epoch\":{},\"catch_up\":{},\"catch_up_done\":{},\"catch_up_total\":{},\"reads_per_second\":{},\"stale_reads_per_second\":{}}}",
                         quote(&m.address),
                         m.pid,
                         quote(&m.role),
@@ -362,7 +392,9 @@ pub fn json(status: &pb::StatusResponse) -> String {
                         own(m.map_epoch),
                         quote(&m.catch_up),
                         m.catch_up_done,
-                        m.catch_up_total
+                        m.catch_up_total,
+                        rate(answered(m), m.reads_per_second),
+                        rate(answered(m), m.stale_reads_per_second)
                     )
                 })
                 .collect();

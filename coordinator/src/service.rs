@@ -706,6 +706,8 @@ fn member_statuses(
                     member.last_heard_ms = Some(0);
                     member.metrics_addr = s.metrics_addr.clone();
                     member.uptime_s = s.uptime_ms / 1000;
+                    member.reads_per_second = s.reads_per_second;
+                    member.stale_reads_per_second = s.stale_reads_per_second;
                 }
                 Answer::Refused | Answer::Silent => {
                     // A primary that never heard from it since tracking it

@@ -31,6 +31,34 @@ pub const READ_STALE_PRIMARY: usize = 1;
 /// [`Metrics::reads_by`]: a STALE read a backup served.
 pub const READ_STALE_BACKUP: usize = 2;
 
+/// Events per second between the last two samples of a counter (pure:
+/// the time is passed in).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RateMeter {
+    last: Option<(Instant, u64)>,
+    per_second: f64,
+}
+
+impl RateMeter {
+    /// Samples `count` at `now`; returns the rate since the previous
+    /// sample (0 until there are two).
+    pub fn observe(&mut self, now: Instant, count: u64) -> f64 {
+        if let Some((at, before)) = self.last {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            if elapsed > 0.0 {
+                self.per_second = count.saturating_sub(before) as f64 / elapsed;
+            }
+        }
+        self.last = Some((now, count));
+        self.per_second
+    }
+
+    /// The rate at the last sample.
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
 /// Every metric of a shard replica.
 pub struct Metrics {
     pub appends: Counter,
@@ -58,6 +86,9 @@ pub struct Metrics {
     pub stale_declines: Counter,
     /// Staleness of the STALE reads a backup served, in seconds.
     pub staleness_seconds: Histogram,
+    /// Read requests per second, all and STALE, sampled once a second
+    /// ([`Metrics::sample_read_rates`]) for the cluster status.
+    pub read_rates: std::sync::Mutex<(RateMeter, RateMeter)>,
     pub wrong_shard: Counter,
     pub snapshots: Counter,
     pub keys: Counter,
@@ -99,6 +130,7 @@ impl Default for Metrics {
             reads_by: [Counter::new(), Counter::new(), Counter::new()],
             stale_declines: Counter::new(),
             staleness_seconds: Histogram::new(SECONDS_BOUNDS),
+            read_rates: std::sync::Mutex::new((RateMeter::default(), RateMeter::default())),
             wrong_shard: Counter::new(),
             snapshots: Counter::new(),
             keys: Counter::new(),
@@ -119,6 +151,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Samples the read counters for [`Metrics::read_rates`].
+    pub fn sample_read_rates(&self, now: Instant) {
+        let stale =
+            self.reads_by[READ_STALE_PRIMARY].get() + self.reads_by[READ_STALE_BACKUP].get();
+        let all = self.reads_by[READ_STRONG].get() + stale;
+        let mut rates = self.read_rates.lock().expect("rate lock poisoned");
+        rates.0.observe(now, all);
+        rates.1.observe(now, stale);
+    }
+
+    /// Read requests per second, all and STALE, at the last sample.
+    pub fn read_rates(&self) -> (f64, f64) {
+        let rates = self.read_rates.lock().expect("rate lock poisoned");
+        (rates.0.per_second(), rates.1.per_second())
+    }
+
     /// Called by the log writer after each durable batch.
     pub fn record_fsync(&self, took: Duration, records: u64, bytes: u64) {
         self.fsyncs.inc();
@@ -396,4 +444,25 @@ pub fn render_repl(out: &mut Scrape, repl: &Repl, local: Lsn, last: Lsn, now: In
         "Primary: how long the oldest at-risk record has been durable here (0 when none is).",
         vec![(Vec::new(), at_risk.oldest.as_secs_f64())],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_the_count_between_two_samples_over_their_interval() {
+        let t0 = Instant::now();
+        let mut meter = RateMeter::default();
+        assert_eq!(meter.observe(t0, 100), 0.0, "one sample gives no rate");
+        assert_eq!(meter.observe(t0 + Duration::from_secs(2), 300), 100.0);
+        // A sample at the same instant keeps the last rate.
+        assert_eq!(meter.observe(t0 + Duration::from_secs(2), 400), 100.0);
+        assert_eq!(
+            meter.observe(t0 + Duration::from_millis(2500), 400),
+            0.0,
+            "nothing read since the last sample"
+        );
+        assert_eq!(meter.per_second(), 0.0);
+    }
 }

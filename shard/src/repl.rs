@@ -35,6 +35,12 @@ use crate::role::GroupConfig;
 
 /// How often a primary sends a batch (empty if need be) to each backup.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a primary sends each backup a batch when nothing new is
+/// logged: a heartbeat for its lease and a safe point for reads on backups
+/// ([`crate::freshness`]), so an idle backup proves itself this fresh
+/// (plus a round trip). At most [`HEARTBEAT_INTERVAL`].
+pub const SAFE_POINT_INTERVAL: Duration = Duration::from_millis(50);
+const _: () = assert!(SAFE_POINT_INTERVAL.as_millis() <= HEARTBEAT_INTERVAL.as_millis());
 /// How long an acknowledged batch keeps the primary's lease.
 pub const LEASE: Duration = Duration::from_millis(800);
 /// Silence after which a backup asks for a new primary. Longer than

@@ -21,7 +21,7 @@ use trellis_types::limits::MESSAGE_BYTES_MAX;
 use trellis_types::{Lsn, MapEpoch, SlotSet};
 
 use crate::engine::{Shard, ShardError};
-use crate::repl::{FeedGap, FeedRecord, GRACE, HEARTBEAT_INTERVAL, Role, common_prefix};
+use crate::repl::{FeedGap, FeedRecord, GRACE, Role, SAFE_POINT_INTERVAL, common_prefix};
 use crate::role::{
     Change, GroupConfig, Member, PeerStatus, Step, apply_changes, choose_primary, failover_peers,
     hand_over, next_role, primary_still_serving, upkeep_changes,
@@ -478,7 +478,7 @@ async fn feed_backup(
         shard.metrics().snapshots_sent.inc();
     }
     let mut feed = shard.repl.feed.subscribe();
-    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut tick = tokio::time::interval(SAFE_POINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // First record of the backlog being caught up, while there is one, and
     // whether a catch-up (snapshot or backlog) is being reported.

@@ -124,6 +124,19 @@ fn stale_bound(ms: u64) -> Result<Option<Duration>, Status> {
     Ok(Some(bound))
 }
 
+/// A session floor no version of this group has reached, on its primary:
+/// a token from another cluster (or made up), never one of its commits.
+fn check_floor(shard: &Shard, floor_version: u64) -> Result<(), Status> {
+    let newest = shard.newest_version();
+    if floor_version > newest {
+        return Err(invalid(format!(
+            "session floor version {floor_version} is past group {}'s newest version {newest}: a session token from another cluster, or made up",
+            shard.group_id()
+        )));
+    }
+    Ok(())
+}
+
 /// A backup that cannot serve a STALE read's keys (a slot it does not
 /// serve under its map, a map older than the request's): it declines, and
 /// the primary answers with the authoritative error if there is one.
@@ -345,6 +358,7 @@ impl ShardService for ShardApi {
             }));
         }
         self.shard.check_serving().map_err(status_of)?;
+        check_floor(&self.shard, req.floor_version)?;
         self.shard
             .check_owned(req.map_epoch, keys)
             .map_err(status_of)?;
@@ -399,6 +413,7 @@ impl ShardService for ShardApi {
             }));
         }
         self.shard.check_serving().map_err(status_of)?;
+        check_floor(&self.shard, req.floor_version)?;
         self.shard
             .check_owned(req.map_epoch, [])
             .map_err(status_of)?;
@@ -875,6 +890,7 @@ impl ShardService for ShardApi {
             _ => 0,
         };
         let at_risk = self.shard.repl.at_risk(s.durable_lsn, now);
+        let (reads_per_second, stale_reads_per_second) = self.shard.metrics().read_rates();
         Ok(Response::new(pb::ShardStatusResponse {
             role: role.name().to_string(),
             epoch,
@@ -895,6 +911,8 @@ impl ShardService for ShardApi {
             metrics_addr: self.shard.repl.metrics_addr(),
             uptime_ms: self.shard.uptime(now).as_millis() as u64,
             primary_silent_ms,
+            reads_per_second,
+            stale_reads_per_second,
         }))
     }
 }

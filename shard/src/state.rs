@@ -420,6 +420,15 @@ impl State {
         self.serving.read().expect("ownership lock poisoned")
     }
 
+    /// The version the record at `lsn` has (or will have, for the next),
+    /// outside the state lock.
+    pub fn version_at(&self, lsn: Lsn) -> Version {
+        self.versions
+            .read()
+            .expect("version lock poisoned")
+            .version(lsn)
+    }
+
     /// The LSN a reader of an entry at `version` waits for
     /// ([`VersionBase::lsn_of`]).
     pub fn lsn_of(&self, version: Version) -> Lsn {

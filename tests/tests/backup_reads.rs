@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use trellis_client::{Client, Consistency, Durability, Error};
 use trellis_proto::shard::v1 as shard_pb;
+use trellis_proto::v1;
 use trellis_tests::harness::{channel, http_get};
 use trellis_tests::replicated::ReplicatedCluster;
 
@@ -97,6 +98,38 @@ async fn stale_reads_are_served_by_backups_within_their_bound_and_read_your_writ
         "the backups count {served_by_backups} STALE reads, the client saw {from_backups}"
     );
 
+    // The cluster status shows STALE reads per second on the backups,
+    // while a reader keeps reading.
+    let reader = {
+        let client = client.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.get(&keys, Consistency::Stale(BOUND)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let status = cluster
+        .wait_for("a backup showing STALE reads per second", |s| {
+            s.groups[0]
+                .members
+                .iter()
+                .any(|m| m.role == "backup" && m.stale_reads_per_second > 0.0)
+        })
+        .await;
+    reader.abort();
+    let status = status.expect("status");
+    for m in &status.groups[0].members {
+        assert!(m.stale_reads_per_second <= m.reads_per_second, "{m:?}");
+        if m.role == "backup" {
+            assert_eq!(
+                m.stale_reads_per_second, m.reads_per_second,
+                "a backup serves only STALE reads: {m:?}"
+            );
+        }
+    }
+
     // Bad bounds: zero, and past the named maximum.
     for bound in [
         Duration::ZERO,
@@ -111,6 +144,26 @@ async fn stale_reads_are_served_by_backups_within_their_bound_and_read_your_writ
             "{err:?}"
         );
     }
+    // A session floor no commit of this cluster made (another cluster's
+    // token, or a made-up one): refused, not waited for forever nor
+    // silently read past.
+    let mut txn = cluster.txn().await.expect("txn client");
+    let status = txn
+        .get(v1::GetRequest {
+            keys: keys[..1].to_vec(),
+            consistency: Some(v1::Consistency {
+                level: v1::consistency::Level::Stale as i32,
+                max_staleness_ms: BOUND.as_millis() as u64,
+            }),
+            floors: vec![v1::SessionFloor {
+                group_id: 1,
+                version: 1 << 60,
+            }],
+        })
+        .await
+        .expect_err("a floor from the future must be refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("session floor"), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,6 +370,12 @@ impl Shard {
         out
     }
 
+    /// The version of the last record in this replica's log: no write
+    /// here has a newer one.
+    pub fn newest_version(&self) -> trellis_types::Version {
+        self.state.version_at(self.last_lsn())
+    }
+
     /// The group this replica belongs to.
     pub fn group_id(&self) -> GroupId {
         self.config.group_id

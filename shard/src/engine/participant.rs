@@ -20,8 +20,8 @@ use crate::repl::{Level, Role};
 use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord};
 
 /// Longest a backup's STALE read waits for the primary's commit point or
-/// the session floor to reach it (about two heartbeats) before declining.
-pub const BACKUP_READ_WAIT_MAX: Duration = crate::repl::HEARTBEAT_INTERVAL.saturating_mul(2);
+/// the session floor to reach it (two safe points) before declining.
+pub const BACKUP_READ_WAIT_MAX: Duration = crate::repl::SAFE_POINT_INTERVAL.saturating_mul(2);
 
 /// A prepare's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -130,6 +130,7 @@ impl Shard {
         let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
         loop {
             tick.tick().await;
+            self.metrics.sample_read_rates(Instant::now());
             let purged = self.state.lock().purge_expired_holds(Instant::now());
             if purged > 0 {
                 tracing::debug!(purged, "dropped expired read holds");
