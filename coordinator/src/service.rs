@@ -99,7 +99,7 @@ impl pb::admin_server::Admin for AdminApi {
                         Ok(mut client) => {
                             let call = client.shard_status(shard_pb::ShardStatusRequest {});
                             match tokio::time::timeout(STATUS_RPC_TIMEOUT, call).await {
-                                Ok(Ok(answer)) => Answer::Status(answer.into_inner()),
+                                Ok(Ok(answer)) => Answer::Status(Box::new(answer.into_inner())),
                                 Ok(Err(status)) if refused(&status) => Answer::Refused,
                                 _ => Answer::Silent,
                             }
@@ -615,7 +615,7 @@ pub fn admin_status(err: CatalogError) -> Status {
 
 /// What a member said when asked for its status.
 enum Answer {
-    Status(shard_pb::ShardStatusResponse),
+    Status(Box<shard_pb::ShardStatusResponse>),
     /// Its address refused the connection: nothing listens there, so the
     /// process is gone (or not yet back), whatever its group last heard.
     Refused,
