@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reads on backups (issue 21), measured in one run on this machine: w3-read
 # (one single-key read per iteration) as STRONG and as STALE($BOUND) against
-# `trellis dev --groups 3 --replicas R` for R in $REPLICAS (1 2 3 by
-# default). For each R:
+# `trellis dev --groups $GROUP_COUNT --replicas R` for R in $REPLICAS (3
+# groups; 1, 2 and 3 replicas by default). For each R:
 #   1. a fresh dev cluster on free loopback ports, data under one temporary
 #      directory; the script waits until every group has its primary and
 #      R - 1 in-sync backups (`trellis status --format json`);
@@ -23,7 +23,9 @@
 # `trellis_stale_read_staleness_seconds` buckets, and its mean; the
 # fallback rate (`trellis_stale_read_declines_total` / (STALE reads
 # backups served + declines): the share of reads sent to a backup that
-# went on to the primary). It writes the table into docs/benchmarks.md,
+# went on to the primary); and the CPU anything else on the machine used
+# meanwhile (/proc/stat less the cluster and the load tester), to tell a
+# disturbed run. It writes the table into docs/benchmarks.md,
 # replacing its section. Nothing is asserted; a run in which a member's
 # role or pid changed is marked in the table.
 #
@@ -38,6 +40,8 @@
 #   TRELLIS_BIN=path/to/trellis bench/stale-reads.sh   # skip the release build
 #   TRELLIS_BIN=... TRELLIS_COMMIT=abc1234 bench/stale-reads.sh  # a binary of another commit
 #   REPLICAS=3 BOUND=200ms bench/stale-reads.sh # one cluster, another bound
+#   GROUP_COUNT=9 REPLICAS=1 bench/stale-reads.sh   # 9 primaries: as many shard
+#                                               # processes as 3 groups of 3
 #   KEEP_WORK=1 bench/stale-reads.sh            # keep logs, metrics and summaries
 #
 # Needs: cargo (builds the release binary), curl, python3 for the figures
@@ -52,7 +56,7 @@ BOUND=${BOUND:-500ms}
 # Replicas per group, one cluster each, in this order.
 REPLICAS=${REPLICAS:-"1 2 3"}
 # Shard groups of every cluster.
-GROUP_COUNT=3
+GROUP_COUNT=${GROUP_COUNT:-3}
 # Keys w3-read spreads over (trellis load's default) and their values'
 # size (trellis load's default for the values it writes).
 KEYS=${KEYS:-100000}
@@ -191,12 +195,18 @@ PY
         log "w3-read $consistency, $replicas replica(s): $VUS VUs for $DURATION"
         cut -d' ' -f1 /proc/loadavg >"$out.load"
         snapshot "$out.members-before" "$out.before"
+        # The whole machine's CPU counters and the cluster's whole tree:
+        # what else ran meanwhile is the difference.
+        sed -n 1p /proc/stat >"$out.before.stat"
+        tree_cpu_ticks "$dev_pid" >"$out.before.dev"
         if ! client_cpu "$out.client" "$TRELLIS" load --quiet --addr "$addr" --workload w3-read \
             --consistency "$consistency" --keys "$KEYS" --key-prefix "$KEY_PREFIX" \
             --vus "$VUS" --duration "$DURATION" --connections "$GRPC_CONNECTIONS" \
             --summary-export "$out.json" >"$out.txt" 2>"$out.err"; then
             log "w3-read $consistency with $replicas replica(s) failed: $(tail -1 "$out.err")"
         fi
+        sed -n 1p /proc/stat >"$out.after.stat"
+        tree_cpu_ticks "$dev_pid" >"$out.after.dev"
         snapshot "$out.members-before" "$out.after"
         "$TRELLIS" status --addr "$addr" --format json | members_of >"$out.members-after" || true
         grep -E 'txn_duration\.|iterations\.|txn_failed' "$out.txt" >&2 || true
@@ -219,7 +229,7 @@ CLK_TCK=$(getconf CLK_TCK)
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 # The commit the binary was built from (TRELLIS_COMMIT=... when
 # TRELLIS_BIN comes from another checkout), else this checkout's.
-TRELLIS_COMMIT=${TRELLIS_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"}
+TRELLIS_COMMIT=${TRELLIS_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+dirty')"}
 export CLK_TCK MACHINE TRELLIS_COMMIT
 python3 - <<'PY'
 import datetime, json, math, os, re
@@ -308,6 +318,15 @@ def result(replicas, name):
     cpu_primaries = sum(r["cpu_s"] for r in per if r["role"] == "primary")
     buckets = sorted(stale_buckets.items())
     client_s = float(open(base + ".client").read())
+    # /proc/stat's first line: user nice system idle iowait irq softirq
+    # steal ...; busy is all but idle and iowait.
+    stat = lambda p: [int(f) for f in open(p).read().split()[1:9]]
+    sb, sa = stat(base + ".before.stat"), stat(base + ".after.stat")
+    delta = [x - y for x, y in zip(sa, sb)]
+    busy_ticks = sum(delta) - delta[3] - delta[4]
+    elapsed_s = sum(delta) / tck / (os.cpu_count() or 1)
+    dev_ticks = int(open(base + ".after.dev").read()) - int(open(base + ".before.dev").read())
+    others_s = max(0.0, busy_ticks / tck - dev_ticks / tck - client_s)
     return {
         "rate": values["iterations"]["values"]["rate"],
         "p50": values["txn_duration"]["values"]["med"],
@@ -326,6 +345,7 @@ def result(replicas, name):
         "declines": declines,
         "fallback": declines / (backup_stale + declines) if backup_stale + declines else None,
         "load": open(base + ".load").read().strip(),
+        "others": others_s / elapsed_s if elapsed_s else float("nan"),
         "roles_changed": roles_changed,
         "per": per,
     }
@@ -348,7 +368,9 @@ lines = [os.environ["BEGIN_MARK"], "",
     "## Reads on backups: w3-read STRONG vs STALE (`bench/stale-reads.sh`)", "",
     f"Run of {datetime.date.today().isoformat()}, commit {os.environ['TRELLIS_COMMIT']}: "
     f"`DURATION={os.environ['DURATION']} VUS={os.environ['VUS']} BOUND={bound} "
-    f"REPLICAS=\"{os.environ['REPLICAS']}\" bench/stale-reads.sh`.", "",
+    f"REPLICAS=\"{os.environ['REPLICAS']}\""
+    f"{'' if os.environ['GROUP_COUNT'] == '3' else ' GROUP_COUNT=' + os.environ['GROUP_COUNT']}"
+    " bench/stale-reads.sh`.", "",
     f"- Machine: {os.environ['MACHINE']}; every replica of every group, the coordinator and the "
     "load tester share it, on loopback. `load` is the 1-minute load average when the run started.",
     f"- For each replica count a fresh release `trellis dev --groups {os.environ['GROUP_COUNT']} "
@@ -372,6 +394,9 @@ lines = [os.environ["BEGIN_MARK"], "",
     "point its applied log covers, so it is an upper bound on how old the value was.",
     "- *fallback*: STALE reads backups declined (`trellis_stale_read_declines_total`) over those "
     "sent to backups (served + declined); each went on to the primary.",
+    "- *others' CPU*: the machine's busy CPU time over the run (/proc/stat) less the cluster's "
+    "(`trellis dev`'s whole tree) and the load tester's, in cores: what else ran meanwhile "
+    f"(of {os.cpu_count()}). A run with much of it is not comparable with the others.",
     ]
 if loads and max(loads) > cores:
     lines.append(f"- **The machine was busy**: the load average reached {max(loads):.1f} on {cores} "
@@ -382,13 +407,13 @@ if any(r and r["roles_changed"] for r in res.values()):
 lines += ["",
     "| replicas | reads | it/s | p50 ms | p99 ms | failed | on primaries | primaries' CPU | "
     "shard CPU µs/read | client CPU µs/read | staleness p50 ms | staleness p99 ms | "
-    "staleness mean ms | fallback | load |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    "staleness mean ms | fallback | others' CPU | load |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for r in replica_counts:
     for name, label in RUNS:
         x = res[(r, name)]
         if x is None:
-            lines.append(f"| {r} | {label} | — | — | — | — | — | — | — | — | — | — | — | — | "
+            lines.append(f"| {r} | {label} | — | — | — | — | — | — | — | — | — | — | — | — | — | "
                          "run failed (see the log) |")
             continue
         mark = " ⚠" if x["roles_changed"] else ""
@@ -399,7 +424,7 @@ for r in replica_counts:
             f"{x['shard_us']:.1f} | {x['client_us']:.1f} | "
             f"{quantile_cell(x['st50']) if stale else '—'} | {quantile_cell(x['st99']) if stale else '—'} | "
             f"{ms(x['st_mean']) if stale and x['st_mean'] is not None else '—'} | "
-            f"{pct(x['fallback']) if stale else '—'} | {x['load']} |")
+            f"{pct(x['fallback']) if stale else '—'} | {x['others']:.2f} | {x['load']} |")
 
 lines += ["", f"STALE({bound}) runs, group by group: the share of the group's read requests each "
     "member served (primary first) and its CPU seconds over the run.", "",
