@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join(DESCRIPTOR_FILE), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Replicated records are shared buffers: a primary's feed hands the
+        // same bytes to every backup's stream without copying them.
+        .bytes(".trellis.shard.v1.ReplicaRecord.payload")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prost::bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use trellis_types::Lsn;
@@ -142,12 +143,14 @@ impl Marks {
     }
 }
 
-/// One record in the feed.
+/// One record in the feed. The payload is a shared buffer: batches for
+/// several backups (and the wire messages built from them) hold the same
+/// bytes, never copies.
 #[derive(Clone, Debug)]
 pub struct FeedRecord {
     pub lsn: Lsn,
     pub kind: u8,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 #[derive(Default)]
@@ -181,7 +184,7 @@ impl Feed {
     }
 
     /// Appends the record with the next LSN. Call in LSN order.
-    pub fn push(&self, lsn: Lsn, kind: u8, payload: &[u8]) {
+    pub fn push(&self, lsn: Lsn, kind: u8, payload: Bytes) {
         let mut inner = self.inner.lock().expect("feed lock poisoned");
         if inner.records.back().is_some_and(|r| r.lsn + 1 != lsn) {
             // Not contiguous (after a snapshot install): start afresh.
@@ -189,11 +192,7 @@ impl Feed {
             inner.bytes = 0;
         }
         inner.bytes += payload.len();
-        inner.records.push_back(FeedRecord {
-            lsn,
-            kind,
-            payload: payload.to_vec(),
-        });
+        inner.records.push_back(FeedRecord { lsn, kind, payload });
         while inner.bytes > self.bytes_max && inner.records.len() > 1 {
             let dropped = inner.records.pop_front().expect("not empty");
             inner.bytes -= dropped.payload.len();
@@ -896,7 +895,7 @@ mod tests {
     fn feed_serves_contiguous_batches_and_reports_trims() {
         let feed = Feed::new(FEED_BYTES_MAX);
         for lsn in 1..=10 {
-            feed.push(lsn, 1, &[0u8; 10]);
+            feed.push(lsn, 1, Bytes::from_static(&[0u8; 10]));
         }
         let batch = feed.batch(4).expect("batch");
         assert_eq!(batch.first().map(|r| r.lsn), Some(4));
@@ -908,6 +907,23 @@ mod tests {
         assert!(feed.batch(21).expect("empty").is_empty());
         assert!(!feed.can_feed_after(3));
         assert!(feed.can_feed_after(20));
+    }
+
+    #[test]
+    fn every_backup_s_batch_shares_the_feed_s_bytes() {
+        let feed = Feed::new(FEED_BYTES_MAX);
+        let payload = Bytes::from(vec![7u8; 64]);
+        feed.push(1, 1, payload.clone());
+        // Two streams (two backups) take the same record: neither copies.
+        for _ in 0..2 {
+            let batch = feed.batch(1).expect("batch");
+            assert_eq!(batch[0].payload, payload);
+            assert_eq!(
+                batch[0].payload.as_ptr(),
+                payload.as_ptr(),
+                "a batch copied the record's bytes"
+            );
+        }
     }
 
     fn config(members: &[(&str, bool)]) -> GroupConfig {

@@ -402,7 +402,7 @@ async fn read_log(
         .map(|r| crate::repl::FeedRecord {
             lsn: r.lsn,
             kind: r.kind,
-            payload: r.payload,
+            payload: r.payload.into(),
         })
         .collect())
 }
@@ -1151,7 +1151,7 @@ mod tests {
         let record = FeedRecord {
             lsn: 9,
             kind: 3,
-            payload: b"payload".to_vec(),
+            payload: prost::bytes::Bytes::from_static(b"payload"),
         };
         let back = record_from_wire(record_to_wire(record.clone())).expect("round trip");
         assert_eq!(
@@ -1161,7 +1161,7 @@ mod tests {
         let wide = pb::ReplicaRecord {
             lsn: 1,
             kind: 256,
-            payload: Vec::new(),
+            payload: prost::bytes::Bytes::new(),
         };
         assert!(matches!(
             record_from_wire(wide),

@@ -468,7 +468,7 @@ impl Shard {
     fn log(&self, guard: &mut StateGuard<'_>, record: &Record) -> Result<Lsn, ShardError> {
         let payload = record.encode();
         let lsn = self.wal().append(record.kind(), &payload)?;
-        self.repl.feed.push(lsn, record.kind(), &payload);
+        self.repl.feed.push(lsn, record.kind(), payload.into());
         if let Err(detail) = guard.apply(lsn, record, Instant::now()) {
             // The record was checked before it was logged; failing here is a
             // bug, and continuing would let memory and log disagree.

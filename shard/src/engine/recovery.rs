@@ -84,7 +84,11 @@ impl Shard {
                 let record = Record::decode(raw.kind, raw.payload)?;
                 guard.apply(raw.lsn, &record, now)?;
                 // What backups may need next is what was logged last.
-                repl.feed.push(raw.lsn, raw.kind, raw.payload);
+                repl.feed.push(
+                    raw.lsn,
+                    raw.kind,
+                    prost::bytes::Bytes::copy_from_slice(raw.payload),
+                );
                 Ok(())
             })?
         };

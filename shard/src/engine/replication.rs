@@ -89,7 +89,7 @@ impl Shard {
             if let Err(detail) = guard.apply(lsn, &record, Instant::now()) {
                 panic!("state machine refused replicated record {lsn}: {detail}");
             }
-            self.repl.feed.push(lsn, kind, &r.payload);
+            self.repl.feed.push(lsn, kind, r.payload.clone());
             last = lsn;
         }
         drop(guard);
