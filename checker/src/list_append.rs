@@ -157,11 +157,12 @@ pub fn check(ops: &[Op<Mop>], model: Model) -> Result<Report, HistoryError> {
 pub fn check_txns(txns: &[Txn<Mop>], model: Model) -> Result<Report, HistoryError> {
     let stale_txn = stale_txns(txns)?;
     let writers = index_writers(txns)?;
+    let (reads, stale) = committed_reads(txns);
     let mut checker = Checker {
         txns,
         writers,
-        reads: committed_reads(txns),
-        stale: committed_stale_reads(txns),
+        reads,
+        stale,
         stale_txn,
         tainted: HashSet::new(),
         orders: BTreeMap::new(),
@@ -327,55 +328,37 @@ fn index_writers(txns: &[Txn<Mop>]) -> Result<HashMap<(u64, u64), Writer>, Histo
     Ok(writers)
 }
 
-fn committed_reads(txns: &[Txn<Mop>]) -> Vec<ReadRef<'_>> {
-    let mut reads = Vec::new();
+/// The reads of committed transactions: STRONG ones, then STALE ones
+/// (with their bound).
+fn committed_reads(txns: &[Txn<Mop>]) -> (Vec<ReadRef<'_>>, Vec<ReadRef<'_>>) {
+    let (mut strong, mut stale) = (Vec::new(), Vec::new());
     for (t, txn) in txns.iter().enumerate() {
         if txn.outcome != Outcome::Committed {
             continue;
         }
         for (m, mop) in txn.mops.iter().enumerate() {
-            if let Mop::Read {
-                key,
-                value: Some(list),
-            } = mop
-            {
-                reads.push(ReadRef {
-                    txn: t,
-                    mop: m,
-                    key: *key,
-                    list,
-                    bound_ns: None,
-                });
-            }
-        }
-    }
-    reads
-}
-
-fn committed_stale_reads(txns: &[Txn<Mop>]) -> Vec<ReadRef<'_>> {
-    let mut reads = Vec::new();
-    for (t, txn) in txns.iter().enumerate() {
-        if txn.outcome != Outcome::Committed {
-            continue;
-        }
-        for (m, mop) in txn.mops.iter().enumerate() {
-            if let Mop::StaleRead {
-                key,
+            let (key, list, bound_ns, into) = match mop {
+                Mop::Read {
+                    key,
+                    value: Some(list),
+                } => (key, list, None, &mut strong),
+                Mop::StaleRead {
+                    key,
+                    bound_ns,
+                    value: Some(list),
+                } => (key, list, Some(*bound_ns), &mut stale),
+                _ => continue,
+            };
+            into.push(ReadRef {
+                txn: t,
+                mop: m,
+                key: *key,
+                list,
                 bound_ns,
-                value: Some(list),
-            } = mop
-            {
-                reads.push(ReadRef {
-                    txn: t,
-                    mop: m,
-                    key: *key,
-                    list,
-                    bound_ns: Some(*bound_ns),
-                });
-            }
+            });
         }
     }
-    reads
+    (strong, stale)
 }
 
 impl<'h> Checker<'h> {

@@ -85,6 +85,12 @@ impl ReadSource {
     }
 }
 
+/// A read's bound on the shard wire: 0 for STRONG, else milliseconds,
+/// at least 1 (a sub-millisecond bound is not a STRONG read).
+pub fn staleness_ms(bound: Option<Duration>) -> u64 {
+    bound.map_or(0, |b| (b.as_millis() as u64).max(1))
+}
+
 /// The backup a STALE read of a group goes to, drawn with `random` among
 /// its in-sync members (the first member is the primary): `None` when the
 /// draw falls on the primary or there is no in-sync backup.

@@ -15,7 +15,7 @@ use super::{
     Item, READ_LOCK_POLL, READ_LOCK_ROUNDS_MAX, READ_LOCK_WAIT_MAX, ROUTE_ATTEMPTS_MAX, TxnError,
     TxnManager,
 };
-use crate::stale::{BACKUP_READ_TIMEOUT, ReadOptions, ReadSource};
+use crate::stale::{BACKUP_READ_TIMEOUT, ReadOptions, ReadSource, staleness_ms};
 
 impl TxnManager {
     /// Reads keys, one item per key in request order, and which replica
@@ -78,6 +78,23 @@ impl TxnManager {
         )))
     }
 
+    /// A client of the backup of `group` a STALE read goes to, and the map
+    /// epoch to route with; `None` when the draw falls on the primary
+    /// ([`crate::stale::pick_backup`]).
+    fn backup_for(
+        &self,
+        group: GroupId,
+    ) -> Option<(
+        pb::shard_client::ShardClient<tonic::transport::Channel>,
+        u64,
+    )> {
+        let map = self.router.map();
+        let members = &map.groups.get(&group)?.members;
+        let addr = crate::stale::pick_backup(members, trellis_types::rng::u64())?;
+        let client = self.router.client_at(addr).ok()?;
+        Some((client, map.map_epoch))
+    }
+
     /// A STALE read of `keys` at a backup of `group`, if the draw falls on
     /// one and it answers in time; `None` sends the read to the primary.
     async fn read_backup(
@@ -88,19 +105,14 @@ impl TxnManager {
         floor: Version,
         deadline: Instant,
     ) -> Option<(Vec<Item>, ReadSource)> {
-        let map = self.router.map();
-        let members = &map.groups.get(&group)?.members;
-        let addr = crate::stale::pick_backup(members, trellis_types::rng::u64())?;
-        let mut client = self.router.client_at(addr).ok()?;
+        let (mut client, map_epoch) = self.backup_for(group)?;
         let request = pb::ReadRequest {
-            map_epoch: map.map_epoch,
+            map_epoch,
             keys: keys.to_vec(),
-            max_staleness_ms: (bound.as_millis() as u64).max(1),
+            max_staleness_ms: staleness_ms(Some(bound)),
             floor_version: floor,
         };
-        let wait =
-            (deadline.saturating_duration_since(Instant::now()) / 2).min(BACKUP_READ_TIMEOUT);
-        match tokio::time::timeout(wait, client.read(request)).await {
+        match tokio::time::timeout(backup_wait(deadline), client.read(request)).await {
             Ok(Ok(answer)) => {
                 let answer = answer.into_inner();
                 let source = ReadSource::from_pb(group, answer.source);
@@ -167,8 +179,7 @@ impl TxnManager {
                             .read(pb::ReadRequest {
                                 map_epoch: map.map_epoch,
                                 keys: ask,
-                                max_staleness_ms: max_staleness
-                                    .map_or(0, |b| (b.as_millis() as u64).max(1)),
+                                max_staleness_ms: staleness_ms(max_staleness),
                                 floor_version: floor,
                             })
                             .await
@@ -300,37 +311,27 @@ impl TxnManager {
         opts: &ReadOptions,
         deadline: Instant,
     ) -> Result<(pb::ScanResponse, ReadSource), TxnError> {
-        let stale_ms = opts
-            .max_staleness
-            .map_or(0, |b| (b.as_millis() as u64).max(1));
+        let stale_ms = staleness_ms(opts.max_staleness);
         // Sent to the primary too: the replica the map names may have
         // become a backup meanwhile, and then serves as one.
         let floor = opts.floor(group);
-        if stale_ms > 0 {
-            let map = self.router.map();
-            let backup = map
-                .groups
-                .get(&group)
-                .and_then(|g| crate::stale::pick_backup(&g.members, trellis_types::rng::u64()))
-                .and_then(|addr| self.router.client_at(addr).ok());
-            if let Some(mut client) = backup {
-                let request = pb::ScanRequest {
-                    map_epoch: map.map_epoch,
-                    prefix: prefix.to_vec(),
-                    limit,
-                    max_staleness_ms: stale_ms,
-                    floor_version: opts.floor(group),
-                };
-                let wait = (deadline.saturating_duration_since(Instant::now()) / 2)
-                    .min(BACKUP_READ_TIMEOUT);
-                match tokio::time::timeout(wait, client.scan(request)).await {
-                    Ok(Ok(answer)) => {
-                        let mut answer = answer.into_inner();
-                        let source = ReadSource::from_pb(group, answer.source.take());
-                        return Ok((answer, source));
-                    }
-                    _ => self.metrics.stale_fallbacks.inc(),
+        if stale_ms > 0
+            && let Some((mut client, map_epoch)) = self.backup_for(group)
+        {
+            let request = pb::ScanRequest {
+                map_epoch,
+                prefix: prefix.to_vec(),
+                limit,
+                max_staleness_ms: stale_ms,
+                floor_version: floor,
+            };
+            match tokio::time::timeout(backup_wait(deadline), client.scan(request)).await {
+                Ok(Ok(answer)) => {
+                    let mut answer = answer.into_inner();
+                    let source = ReadSource::from_pb(group, answer.source.take());
+                    return Ok((answer, source));
                 }
+                _ => self.metrics.stale_fallbacks.inc(),
             }
         }
         let prefix = prefix.to_vec();
@@ -384,6 +385,12 @@ fn read_step(
         _ if waited >= READ_LOCK_WAIT_MAX => ReadStep::Resolve,
         _ => ReadStep::Wait,
     }
+}
+
+/// How long a STALE read waits for a backup before asking the primary:
+/// at most half of what is left of its deadline.
+fn backup_wait(deadline: Instant) -> Duration {
+    (deadline.saturating_duration_since(Instant::now()) / 2).min(BACKUP_READ_TIMEOUT)
 }
 
 #[cfg(test)]
