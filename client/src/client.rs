@@ -249,6 +249,8 @@ impl Default for Options {
 #[derive(Clone)]
 pub struct Client {
     inner: TxnClient<Channel>,
+    /// The connection to the coordinator (the change feed's client).
+    pub(crate) channel: Channel,
     /// `Some` with [`Route::Direct`].
     direct: Option<Direct>,
     addr: String,
@@ -315,7 +317,7 @@ impl Client {
         let channel = trellis_net::connect(endpoint).await.map_err(|e| {
             Error::Unavailable(format!("cannot connect to {addr}: {}", source_text(&e)))
         })?;
-        let inner = TxnClient::new(channel)
+        let inner = TxnClient::new(channel.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let direct = match options.route {
@@ -324,6 +326,7 @@ impl Client {
         };
         Ok(Client {
             inner,
+            channel,
             direct,
             addr: addr.to_string(),
             options,
@@ -373,7 +376,7 @@ impl Client {
         self.options.route
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.options.rpc_timeout);
         request

@@ -66,11 +66,14 @@
 //!   [`Client::run_txn`] retry loop with its [`backoff`].
 //! - `error` (private, re-exported): [`Error`] and how a gRPC status maps
 //!   to it.
+//! - `feed` (private, re-exported): the change feed: [`Client::watch`],
+//!   [`Watch`], [`Cursor`], cursors kept in the catalog.
 //! - [`sql`]: the language of `trellis sql`: parser, session, formats.
 
 mod client;
 mod direct;
 mod error;
+mod feed;
 pub mod sql;
 mod txn;
 
@@ -80,4 +83,5 @@ pub use client::{
     ScanResult, TxnId, TxnState, Write, new_txn_id,
 };
 pub use error::{Error, Result, quote_key};
+pub use feed::{Cursor, FeedEvent, FeedMessage, Watch};
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

@@ -20,12 +20,15 @@
 //! - [`reshard_driver`]: the IO that runs jobs: one task per
 //!   coordinator doing what `Job::next` says against shards and catalog.
 //! - [`service`]: the gRPC edge (`Txn`, `Admin`, `Membership`).
+//! - [`changefeed`]: the public `Changefeed` service: `Watch` over
+//!   `trellis_txn::feed`, cursors kept in the catalog.
 //! - [`failpoint`].
 //!
 //! The coordinator never holds state that must survive it: prepared locks
 //! and decisions live on the shards.
 
 pub mod catalog;
+pub mod changefeed;
 pub mod failpoint;
 pub mod reshard;
 pub mod reshard_driver;

@@ -25,6 +25,7 @@ pub use trellis_txn::service::{
 };
 
 use crate::catalog::{CatalogError, JobRow};
+pub use crate::changefeed::ChangefeedApi;
 use crate::map::{ClusterMap, Member};
 use crate::metrics::{FAIL_STOP_SERIES_MAX, unix_ms};
 use crate::reshard::{self, Batch, Job, PlanError};
@@ -457,7 +458,7 @@ impl AdminApi {
 }
 
 /// A catalog read (or a single CAS) within the request's deadline.
-async fn catalog_read<T>(
+pub(crate) async fn catalog_read<T>(
     deadline: Instant,
     call: impl std::future::Future<Output = Result<T, CatalogError>>,
 ) -> Result<T, Status> {
@@ -994,22 +995,27 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
     })
 }
 
-/// The three services with message limits set.
-pub fn services(
-    txns: Arc<TxnManager>,
-    reshard_wake: Arc<Notify>,
-) -> (
-    pb::txn_server::TxnServer<TxnApi>,
-    pb::admin_server::AdminServer<AdminApi>,
-    shard_pb::membership_server::MembershipServer<MembershipApi>,
-) {
-    (
-        pb::txn_server::TxnServer::new(TxnApi::new(txns.clone()))
+/// The services a coordinator serves, with message limits set.
+pub struct Services {
+    pub txn: pb::txn_server::TxnServer<TxnApi>,
+    pub admin: pb::admin_server::AdminServer<AdminApi>,
+    pub membership: shard_pb::membership_server::MembershipServer<MembershipApi>,
+    pub changefeed: pb::changefeed_server::ChangefeedServer<ChangefeedApi>,
+}
+
+/// The four services with message limits set.
+pub fn services(txns: Arc<TxnManager>, reshard_wake: Arc<Notify>) -> Services {
+    Services {
+        txn: pb::txn_server::TxnServer::new(TxnApi::new(txns.clone()))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        pb::admin_server::AdminServer::new(AdminApi::new(txns.clone(), reshard_wake)),
-        shard_pb::membership_server::MembershipServer::new(MembershipApi::new(txns)),
-    )
+        admin: pb::admin_server::AdminServer::new(AdminApi::new(txns.clone(), reshard_wake)),
+        membership: shard_pb::membership_server::MembershipServer::new(MembershipApi::new(
+            txns.clone(),
+        )),
+        changefeed: pb::changefeed_server::ChangefeedServer::new(ChangefeedApi::new(txns))
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+    }
 }
 
 /// HTTP/2 keep-alive towards clients and shards.
@@ -1018,7 +1024,7 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most concurrent requests per client connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
-/// Serves the `Txn`, `Admin` and `Membership` services, and gRPC server
+/// Serves the `Txn`, `Admin`, `Membership` and `Changefeed` services, and gRPC server
 /// reflection (v1 and v1alpha) describing them, on already accepted
 /// connections (real sockets, or the simulator's) until `shutdown`
 /// resolves. `reshard_wake` wakes the reshard driver (if one runs) when a
@@ -1037,21 +1043,23 @@ where
         + Send
         + 'static,
 {
-    let (txn_service, admin_service, membership_service) = services(txns, reshard_wake);
+    let services = services(txns, reshard_wake);
     // Reflection lets tools (`grpcurl`, Postman) call Trellis without its
     // `.proto` files; it lists only the services served here.
     let (reflection_v1, reflection_v1alpha) = trellis_proto::reflection::services(&[
         pb::txn_server::SERVICE_NAME,
         pb::admin_server::SERVICE_NAME,
         shard_pb::membership_server::SERVICE_NAME,
+        pb::changefeed_server::SERVICE_NAME,
     ]);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
-        .add_service(txn_service)
-        .add_service(admin_service)
-        .add_service(membership_service)
+        .add_service(services.txn)
+        .add_service(services.admin)
+        .add_service(services.membership)
+        .add_service(services.changefeed)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -36,6 +36,9 @@
 //! - [`freshness`]: reads on backups: the safe points a backup gets from
 //!   its primary, and whether a bounded-staleness read may be served here
 //!   (pure; the replica keeps one behind a lock).
+//! - [`feed`]: the change feed's assembly: log records in, committed
+//!   transactions in position order and the resolved position out (pure;
+//!   the engine reads the log, the server streams).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
@@ -51,6 +54,7 @@
 pub mod engine;
 pub mod fail_stop;
 pub mod failpoint;
+pub mod feed;
 pub mod freshness;
 pub mod fsio;
 pub mod membership;

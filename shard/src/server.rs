@@ -12,7 +12,12 @@ use trellis_proto::shard::v1::shard_server::{Shard as ShardService, ShardServer}
 use trellis_types::limits::{GET_KEYS_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, SlotSet, TxnId, validate};
 
-use crate::engine::{EXPORT_CHUNK_BYTES, Shard, ShardError, Vote, export_chunks};
+use tokio_stream::StreamExt as _;
+
+use crate::engine::{
+    EXPORT_CHUNK_BYTES, FEED_BATCHES_BUFFERED_MAX, Shard, ShardError, Vote, export_chunks,
+};
+use crate::feed::{FeedTxn, KeyRange};
 use crate::freshness::STALENESS_MAX;
 use crate::metrics::{READ_STALE_PRIMARY, READ_STRONG};
 use crate::ownership::SlotStep;
@@ -95,6 +100,11 @@ pub fn status_of(err: ShardError) -> Status {
             vec![],
         ),
         ShardError::NotFresh(_) => (tonic::Code::Unavailable, pb::ErrorReason::NotFresh, vec![]),
+        ShardError::FeedHistoryGone { group, .. } => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::FeedHistoryGone,
+            vec![(meta::GROUP, group.to_string())],
+        ),
         ShardError::Wal(_) | ShardError::Open { .. } => (
             tonic::Code::Unavailable,
             pb::ErrorReason::StorageFailed,
@@ -102,6 +112,24 @@ pub fn status_of(err: ShardError) -> Status {
         ),
     };
     trellis_proto::error::status(code, err.to_string(), reason.as_str_name(), metadata)
+}
+
+fn feed_txn(t: FeedTxn) -> pb::FeedTxn {
+    pb::FeedTxn {
+        position: t.position,
+        version: t.version,
+        txn_id: t.txn.0.to_vec(),
+        participants: t.participants,
+        writes: t
+            .writes
+            .into_iter()
+            .map(|w| pb::WriteOp {
+                key: w.key,
+                delete: w.value.is_none(),
+                value: w.value.unwrap_or_default(),
+            })
+            .collect(),
+    }
 }
 
 fn invalid(err: impl std::fmt::Display) -> Status {
@@ -814,6 +842,36 @@ impl ShardService for ShardApi {
             })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    type FeedStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::FeedBatch, Status>> + Send + 'static>,
+    >;
+
+    async fn feed(
+        &self,
+        request: Request<pb::FeedRequest>,
+    ) -> Result<Response<Self::FeedStream>, Status> {
+        let req = request.into_inner();
+        validate::key_range(&req.start, &req.end).map_err(invalid)?;
+        let range = KeyRange {
+            start: req.start,
+            end: (!req.end.is_empty()).then_some(req.end),
+        };
+        let start = self
+            .shard
+            .feed_start((!req.from_now).then_some(req.after))
+            .map_err(status_of)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_BATCHES_BUFFERED_MAX);
+        tokio::spawn(self.shard.clone().run_feed(range, start, tx));
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(|batch| {
+            batch.map_err(status_of).map(|b| pb::FeedBatch {
+                txns: b.txns.into_iter().map(feed_txn).collect(),
+                resolved: b.resolved,
+                head: b.head,
+            })
+        });
+        Ok(Response::new(Box::pin(batches)))
     }
 
     async fn ingest(

@@ -429,6 +429,12 @@ impl State {
             .version(lsn)
     }
 
+    /// A copy of the version base (the change feed maps the LSNs it reads
+    /// with it).
+    pub fn version_base(&self) -> VersionBase {
+        self.versions.read().expect("version lock poisoned").clone()
+    }
+
     /// The LSN a reader of an entry at `version` waits for
     /// ([`VersionBase::lsn_of`]).
     pub fn lsn_of(&self, version: Version) -> Lsn {

@@ -16,9 +16,13 @@
 //!   floors), which replica answered, which replica a read goes to.
 //! - [`service`]: the public `trellis.v1.Txn` service over a
 //!   [`txn::TxnManager`].
+//! - [`feed`]: the change feed's fan-in: every group's `Shard.Feed` into
+//!   one `trellis.v1.Changefeed.Watch` stream, followed across failover
+//!   and map changes.
 //! - [`metrics`], [`failpoint`].
 
 pub mod failpoint;
+pub mod feed;
 pub mod map;
 pub mod metrics;
 pub mod router;

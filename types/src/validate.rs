@@ -44,6 +44,25 @@ pub fn key(key: &[u8]) -> Result<(), InputError> {
     Ok(())
 }
 
+/// Checks a watched key range `[start, end)` (an empty `end`: no end):
+/// each bound within the key limit, and `start` before `end`.
+pub fn key_range(start: &[u8], end: &[u8]) -> Result<(), InputError> {
+    for (name, bound) in [("start", start), ("end", end)] {
+        if bound.len() > KEY_BYTES_MAX {
+            return Err(InputError::Other(format!(
+                "range {name} of {} bytes is over KEY_BYTES_MAX ({KEY_BYTES_MAX} bytes)",
+                bound.len()
+            )));
+        }
+    }
+    if !end.is_empty() && start >= end {
+        return Err(InputError::Other(
+            "the range is empty: its start is not before its end".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one value against the value limit.
 pub fn value(value: &[u8]) -> Result<(), InputError> {
     if value.len() > VALUE_BYTES_MAX {

@@ -51,6 +51,7 @@ use crate::repl::{Level, Repl};
 use crate::state::{Misuse, NotServed, State, StateGuard};
 use crate::wal::{self, Wal, WalError};
 
+mod feed;
 mod participant;
 mod recovery;
 mod replication;
@@ -59,6 +60,9 @@ mod retention;
 #[cfg(test)]
 mod test_util;
 
+pub use feed::{
+    FEED_BATCHES_BUFFERED_MAX, FEED_READ_BYTES_MAX, FEED_RESOLVED_INTERVAL, FeedBatch, FeedStart,
+};
 pub use participant::{BACKUP_READ_WAIT_MAX, Vote};
 pub use recovery::Recovery;
 pub use reshard::{
@@ -216,6 +220,13 @@ pub enum ShardError {
     /// replication stopped) or the operation must wait; ask again.
     #[error("{0}")]
     Unavailable(String),
+    /// A feed asked for records after `after`, and the log (or the version
+    /// history that gives their versions) no longer reaches back that far.
+    #[error(
+        "group {group} no longer keeps its log after position {after}; start the feed from now \
+         or from a newer cursor (the log keeps --log-retain-bytes past each snapshot)"
+    )]
+    FeedHistoryGone { group: GroupId, after: Lsn },
 }
 
 impl From<Misuse> for ShardError {

@@ -84,12 +84,21 @@ impl Shard {
 
     async fn snapshot_inner(self: &Arc<Self>) -> Result<Lsn, ShardError> {
         let mark = self.metrics.append_bytes.load(Ordering::Relaxed);
+        // The change feed maps every record the log still holds to its
+        // version: the points those need stay.
+        let dir = self.config.data_dir.clone();
+        let log_start = fsio::blocking(move || crate::wal::list_segments(&dir))
+            .await
+            .map_err(|e| ShardError::Invalid(format!("log listing task failed: {e}")))??
+            .first()
+            .map_or(Lsn::MAX, |s| s.first_lsn);
         let capture = {
             let mut guard = self.state.lock();
             // The version base's points below what the group holds at SYNC
-            // are no reader's concern any more (see VersionBase).
+            // (and below the log's start) are no reader's concern any more
+            // (see VersionBase).
             let durable = self.repl.marks().sync.min(guard.core().applied_lsn);
-            guard.prune_versions(durable);
+            guard.prune_versions(durable.min(log_start));
             guard.capture()
         };
         let lsn = capture.lsn;

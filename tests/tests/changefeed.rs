@@ -1,0 +1,468 @@
+//! The change feed over real processes (issue 22): `Changefeed.Watch`
+//! gives every committed transaction once per group it wrote in, in
+//! position order with versions rising, never an aborted one, through a
+//! primary's SIGKILL; a cursor (kept in the catalog) resumes exactly after
+//! what was handled; bad cursors and ranges are refused.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage, TxnState};
+use trellis_tests::replicated::ReplicatedCluster;
+
+/// Concurrent writers.
+const WRITERS: usize = 3;
+/// How long the writers run before and after the kill.
+const LOAD_PHASE: Duration = Duration::from_secs(3);
+/// How long the feed may take to deliver everything after the load.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Transactions written before the resume test's first watch, and after.
+const RESUME_FIRST: usize = 20;
+const RESUME_MORE: usize = 10;
+
+/// What the writers know of their transactions.
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged: id → (key → (value, version)).
+    committed: HashMap<[u8; 16], BTreeMap<Vec<u8>, (Vec<u8>, u64)>>,
+    /// Refused with an abort: never in the feed.
+    aborted: BTreeSet<[u8; 16]>,
+    /// Outcome not known to the writer: id → keys.
+    uncertain: HashMap<[u8; 16], Vec<Vec<u8>>>,
+}
+
+/// Writers of fresh keys (every third transaction writes three keys, so
+/// usually two or three groups: two-phase commit), and now and then a
+/// transaction made to abort on a conflict.
+fn start_writers(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|w| {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let client = Client::connect(&addr).await.expect("writer client");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    if i.is_multiple_of(10) {
+                        doomed(&client, w, i, &ledger).await;
+                        continue;
+                    }
+                    let keys: Vec<Vec<u8>> = if i.is_multiple_of(3) {
+                        (0..3)
+                            .map(|k| format!("feed/m/{w}/{i}/{k}").into_bytes())
+                            .collect()
+                    } else {
+                        vec![format!("feed/s/{w}/{i}").into_bytes()]
+                    };
+                    let txn = client.begin();
+                    for k in &keys {
+                        txn.put(k, format!("v{i}").as_bytes()).expect("put");
+                    }
+                    let id = txn.id();
+                    match txn.commit().await {
+                        Ok(c) => {
+                            let written = acked(c, format!("v{i}").as_bytes());
+                            ledger.lock().unwrap().committed.insert(id, written);
+                        }
+                        Err(e) if is_abort(&e) => {
+                            ledger.lock().unwrap().aborted.insert(id);
+                        }
+                        Err(_) => {
+                            ledger.lock().unwrap().uncertain.insert(id, keys);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// An acknowledged commit's writes (all of `value`) with their versions.
+fn acked(c: trellis_client::Committed, value: &[u8]) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+    c.written
+        .into_iter()
+        .map(|item| (item.key, (value.to_vec(), item.version)))
+        .collect()
+}
+
+fn is_abort(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Conflict { .. }
+            | Error::Locked { .. }
+            | Error::ResolvedAbort { .. }
+            | Error::ParticipantUnavailable { .. }
+            | Error::SlotsMoved { .. }
+    )
+}
+
+/// A transaction that reads a key, loses it to another commit, and so
+/// aborts with a conflict; it also writes a key of its own, which must
+/// never reach the feed.
+async fn doomed(client: &Client, w: usize, i: u64, ledger: &Mutex<Ledger>) {
+    let hot = format!("feed/hot/{w}").into_bytes();
+    let loser = client.begin();
+    if loser.get(&hot).await.is_err() {
+        return;
+    }
+    loser
+        .put(format!("feed/lost/{w}/{i}").as_bytes(), b"never")
+        .expect("put");
+    let winner = client.begin();
+    winner.put(&hot, format!("{i}").as_bytes()).expect("put");
+    let winner_id = winner.id();
+    match winner.commit().await {
+        Ok(c) => {
+            let written = acked(c, format!("{i}").as_bytes());
+            ledger.lock().unwrap().committed.insert(winner_id, written);
+        }
+        Err(_) => {
+            ledger
+                .lock()
+                .unwrap()
+                .uncertain
+                .insert(winner_id, vec![hot.clone()]);
+            return;
+        }
+    }
+    loser.put(&hot, b"loser").expect("put");
+    let id = loser.id();
+    match loser.commit().await {
+        Err(e) if is_abort(&e) => {
+            ledger.lock().unwrap().aborted.insert(id);
+        }
+        Ok(_) => panic!("a transaction whose read was overwritten committed"),
+        Err(_) => {
+            ledger
+                .lock()
+                .unwrap()
+                .uncertain
+                .insert(id, vec![hot.clone()]);
+        }
+    }
+}
+
+/// Everything a watch handed out, in order.
+#[derive(Default)]
+struct Seen {
+    messages: Vec<FeedMessage>,
+}
+
+impl Seen {
+    fn events(&self) -> impl Iterator<Item = &FeedEvent> {
+        self.messages.iter().filter_map(|m| match m {
+            FeedMessage::Event(e) => Some(e),
+            FeedMessage::Resolved { .. } => None,
+        })
+    }
+}
+
+fn id_of(event: &FeedEvent) -> [u8; 16] {
+    event.txn_id.as_slice().try_into().expect("16-byte txn id")
+}
+
+/// Every group's messages obey the feed's order: events' positions and
+/// versions rise, and no event is at or below a position already resolved.
+fn check_order(seen: &Seen) {
+    let mut resolved: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut last: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for m in &seen.messages {
+        match m {
+            FeedMessage::Event(e) => {
+                let r = resolved.get(&e.group).copied().unwrap_or(0);
+                assert!(
+                    e.position > r,
+                    "group {}: event at {} after resolved {r}",
+                    e.group,
+                    e.position
+                );
+                if let Some(&(position, version)) = last.get(&e.group) {
+                    assert!(
+                        e.position > position && e.version > version,
+                        "group {}: event ({}, v{}) after ({position}, v{version})",
+                        e.group,
+                        e.position,
+                        e.version
+                    );
+                }
+                last.insert(e.group, (e.position, e.version));
+            }
+            FeedMessage::Resolved {
+                group, position, ..
+            } => {
+                let r = resolved.entry(*group).or_insert(0);
+                assert!(*position >= *r, "group {group}: resolved went back");
+                *r = *position;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_gives_every_committed_transaction_once_in_order_through_a_failover() {
+    let mut cluster = ReplicatedCluster::start(3, 2, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let watcher = Client::connect(&addr).await.expect("watch client");
+    let mut watch = watcher
+        .watch(b"feed/", b"feed0", None)
+        .await
+        .expect("watch");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                match watch.next().await {
+                    Ok(Some(m)) => seen.lock().unwrap().messages.push(m),
+                    Ok(None) => panic!("the watch ended"),
+                    Err(e) => panic!("the watch failed: {e}"),
+                }
+            }
+        })
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let writers = start_writers(addr.clone(), stop.clone(), ledger.clone());
+    tokio::time::sleep(LOAD_PHASE).await;
+    let primary = cluster.primary(1).await.expect("primary of group 1");
+    cluster.kill9(1, primary);
+    tokio::time::sleep(LOAD_PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // What the writers could not tell: ask.
+    let uncertain: Vec<([u8; 16], Vec<Vec<u8>>)> =
+        ledger.lock().unwrap().uncertain.drain().collect();
+    let checker = Client::connect(&addr).await.expect("client");
+    let mut maybe = BTreeSet::new();
+    for (id, _keys) in uncertain {
+        match checker.txn_status(id).await.expect("txn status") {
+            TxnState::Aborted => {
+                ledger.lock().unwrap().aborted.insert(id);
+            }
+            TxnState::Committed | TxnState::Unknown => {
+                maybe.insert(id);
+            }
+        }
+    }
+    let ledger = ledger.lock().unwrap();
+    assert!(
+        ledger.committed.len() > 20 && !ledger.aborted.is_empty(),
+        "the load did too little to check: {} committed, {} aborted",
+        ledger.committed.len(),
+        ledger.aborted.len()
+    );
+
+    // Every acknowledged write reaches the feed.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let missing = {
+            let seen = seen.lock().unwrap();
+            let mut got: HashMap<[u8; 16], usize> = HashMap::new();
+            for e in seen.events() {
+                *got.entry(id_of(e)).or_default() += e.changes.len();
+            }
+            ledger
+                .committed
+                .iter()
+                .filter(|(id, writes)| got.get(*id).copied().unwrap_or(0) < writes.len())
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged transactions never reached the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    reader.abort();
+
+    let seen = seen.lock().unwrap();
+    check_order(&seen);
+    let mut by_txn: HashMap<[u8; 16], Vec<&FeedEvent>> = HashMap::new();
+    for e in seen.events() {
+        by_txn.entry(id_of(e)).or_default().push(e);
+    }
+    for (id, events) in &by_txn {
+        let groups: BTreeSet<u64> = events.iter().map(|e| e.group).collect();
+        assert_eq!(
+            groups.len(),
+            events.len(),
+            "transaction {} appears twice in one group",
+            hex::encode(id)
+        );
+        assert!(
+            !ledger.aborted.contains(id),
+            "aborted transaction {} is in the feed",
+            hex::encode(id)
+        );
+        if events.len() > 1 || !events[0].participants.is_empty() {
+            for e in events {
+                assert!(
+                    e.participants.contains(&e.group),
+                    "a 2PC event's participants {:?} lack its group {}",
+                    e.participants,
+                    e.group
+                );
+            }
+        }
+        match ledger.committed.get(id) {
+            Some(writes) => {
+                let mut changed = BTreeMap::new();
+                for e in events {
+                    for c in &e.changes {
+                        let value = c.value.clone().expect("the load deletes nothing");
+                        assert!(
+                            changed.insert(c.key.clone(), (value, e.version)).is_none(),
+                            "a key twice in one transaction's events"
+                        );
+                    }
+                }
+                assert_eq!(
+                    &changed,
+                    writes,
+                    "transaction {}: the feed's writes differ from the acknowledged ones",
+                    hex::encode(id)
+                );
+            }
+            None => assert!(
+                maybe.contains(id),
+                "transaction {} is in the feed but no writer committed it",
+                hex::encode(id)
+            ),
+        }
+    }
+}
+
+async fn put(client: &Client, key: &str, value: &str) -> [u8; 16] {
+    let txn = client.begin();
+    txn.put(key.as_bytes(), value.as_bytes()).expect("put");
+    let id = txn.id();
+    txn.commit().await.expect("commit");
+    id
+}
+
+/// Reads events until `count` were handed out.
+async fn take_events(watch: &mut trellis_client::Watch, count: usize) -> Vec<FeedEvent> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let next = tokio::time::timeout(DRAIN_TIMEOUT, watch.next())
+            .await
+            .expect("the feed went quiet")
+            .expect("watch")
+            .expect("the watch ended");
+        if let FeedMessage::Event(e) = next {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_cursor_resumes_exactly_after_what_was_handled() {
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    let mut ids = Vec::new();
+    for i in 0..RESUME_FIRST {
+        ids.push(put(&client, &format!("r/{i:03}"), &format!("{i}")).await);
+    }
+    // From the log's beginning: the writes so far, in order.
+    let start = Cursor([(1, 0)].into_iter().collect());
+    let mut watch = client.watch(b"r/", b"", Some(&start)).await.expect("watch");
+    let first = take_events(&mut watch, RESUME_FIRST / 2).await;
+    assert_eq!(
+        first.iter().map(id_of).collect::<Vec<_>>(),
+        ids[..RESUME_FIRST / 2],
+        "the feed from the beginning gives the commits in order"
+    );
+    client
+        .save_cursor("resume-test", watch.cursor())
+        .await
+        .expect("save cursor");
+    drop(watch);
+    for i in RESUME_FIRST..RESUME_FIRST + RESUME_MORE {
+        ids.push(put(&client, &format!("r/{i:03}"), &format!("{i}")).await);
+    }
+    let saved = client
+        .load_cursor("resume-test")
+        .await
+        .expect("load cursor")
+        .expect("a saved cursor");
+    let mut watch = client.watch(b"r/", b"", Some(&saved)).await.expect("watch");
+    let rest = take_events(&mut watch, RESUME_FIRST / 2 + RESUME_MORE).await;
+    assert_eq!(
+        rest.iter().map(id_of).collect::<Vec<_>>(),
+        ids[RESUME_FIRST / 2..],
+        "the resumed feed gives exactly what came after the cursor"
+    );
+    // Values and deletes come through.
+    let txn = client.begin();
+    txn.delete(b"r/000").expect("delete");
+    txn.commit().await.expect("commit");
+    let deleted = take_events(&mut watch, 1).await;
+    assert_eq!(deleted[0].changes[0].key, b"r/000");
+    assert_eq!(deleted[0].changes[0].value, None, "a delete has no value");
+    assert_eq!(client.load_cursor("never-saved").await.expect("load"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cursors_ranges_and_names_are_refused() {
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    put(&client, "b/1", "x").await;
+
+    let other_cluster = Cursor([(7, 3)].into_iter().collect());
+    let err = client
+        .watch(b"", b"", Some(&other_cluster))
+        .await
+        .err()
+        .expect("a cursor naming an unknown group is refused");
+    assert!(err.to_string().contains("group 7"), "{err}");
+
+    let past_end = Cursor([(1, 1_000_000)].into_iter().collect());
+    let mut watch = client
+        .watch(b"", b"", Some(&past_end))
+        .await
+        .expect("opens; the group refuses");
+    let err = tokio::time::timeout(DRAIN_TIMEOUT, watch.next())
+        .await
+        .expect("the refusal comes")
+        .err()
+        .expect("a position past the log's end is refused");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("past the end"), "{err}");
+
+    let err = client
+        .watch(b"z", b"a", None)
+        .await
+        .err()
+        .expect("an empty range is refused");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    let err = client
+        .watch(&vec![b'k'; 5000], b"", None)
+        .await
+        .err()
+        .expect("a range start over the key limit is refused");
+    assert!(err.to_string().contains("KEY_BYTES_MAX"), "{err}");
+
+    let err = client
+        .save_cursor("no spaces/allowed", &Cursor::default())
+        .await
+        .expect_err("a bad feed name is refused");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+}

@@ -1,0 +1,353 @@
+//! The change feed's fan-in (DESIGN.md §11): one `trellis.v1.Changefeed`
+//! stream made of every group's `Shard.Feed`, each read from its group's
+//! primary and followed across failover and map changes: a group's stream
+//! that breaks is opened again at the new primary after the last position
+//! it gave, so nothing is skipped and nothing before that position comes
+//! twice. Groups that join the map while a watch runs are read from their
+//! log's beginning. The gRPC `Status`es a watch ends with are built here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::Status;
+use trellis_proto::error;
+use trellis_proto::shard::v1 as shard_pb;
+use trellis_proto::v1 as pb;
+use trellis_types::{GroupId, Lsn};
+
+use crate::router::{Fault, Router, classify};
+
+/// Messages a watch holds for its client (across groups); a slow client
+/// slows every group's stream, nothing is dropped.
+pub const WATCH_BUFFER_MAX: usize = 256;
+/// A group's feed that sent nothing for this long is opened again (a
+/// shard's feed sends at least every `FEED_RESOLVED_INTERVAL`, 200 ms).
+pub const FEED_SILENCE_MAX: Duration = Duration::from_secs(5);
+/// Backoff between attempts to open a group's feed.
+pub const FEED_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const FEED_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a watch looks for groups that joined the map.
+pub const FEED_MAP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Deadline for opening one group's feed (the stream itself has none).
+pub const FEED_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a watch covers and where it starts.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub start: Vec<u8>,
+    /// Empty: no end.
+    pub end: Vec<u8>,
+    /// `None`: from now. Else after these positions; a group not named is
+    /// read from its log's beginning.
+    pub cursor: Option<BTreeMap<GroupId, Lsn>>,
+}
+
+/// Checks a watch request and turns it into a spec. Errors: the range (see
+/// `trellis_types::validate::key_range`), a cursor naming a group twice or
+/// one the map does not have.
+pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<WatchSpec, Status> {
+    trellis_types::validate::key_range(&req.start, &req.end)
+        .map_err(|e| invalid(format!("watch range: {e}")))?;
+    let cursor = match req.cursor {
+        None => None,
+        Some(c) => {
+            let mut positions = BTreeMap::new();
+            for p in c.groups {
+                if !groups.contains(&p.group) {
+                    return Err(error::status(
+                        tonic::Code::NotFound,
+                        format!(
+                            "the cursor names group {}, which this cluster does not have \
+                             (a cursor of another cluster, or of a removed group)",
+                            p.group
+                        ),
+                        pb::ErrorReason::UnknownGroup.as_str_name(),
+                        [(error::key::GROUP, p.group.to_string())],
+                    ));
+                }
+                if positions.insert(p.group, p.position).is_some() {
+                    return Err(invalid(format!("the cursor names group {} twice", p.group)));
+                }
+            }
+            Some(positions)
+        }
+    };
+    Ok(WatchSpec {
+        start: req.start,
+        end: req.end,
+        cursor,
+    })
+}
+
+fn invalid(message: String) -> Status {
+    error::status(
+        tonic::Code::InvalidArgument,
+        message,
+        pb::ErrorReason::InvalidInput.as_str_name(),
+        None,
+    )
+}
+
+type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+/// Runs a watch into `out` until its receiver goes away or a group's feed
+/// fails for good (then the last item is that error).
+pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
+    let mut running: BTreeSet<GroupId> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        let map = router.map();
+        for &group in map.groups.keys() {
+            if running.insert(group) {
+                // Groups present at the start follow the cursor (or start
+                // now); later ones start at their beginning.
+                let from = match (&spec.cursor, first) {
+                    (None, true) => None,
+                    (Some(cursor), true) => Some(cursor.get(&group).copied().unwrap_or(0)),
+                    (_, false) => Some(0),
+                };
+                tokio::spawn(group_feed(
+                    router.clone(),
+                    spec.clone(),
+                    group,
+                    from,
+                    out.clone(),
+                ));
+            }
+        }
+        first = false;
+        tokio::select! {
+            () = tokio::time::sleep(FEED_MAP_CHECK_INTERVAL) => {}
+            () = out.closed() => return,
+        }
+    }
+}
+
+/// Follows one group's feed from `from` (`None`: now).
+async fn group_feed(
+    router: Arc<Router>,
+    spec: WatchSpec,
+    group: GroupId,
+    mut from: Option<Lsn>,
+    out: Out,
+) {
+    let mut backoff = FEED_RETRY_BACKOFF_MIN;
+    loop {
+        let map = router.map();
+        if !map.groups.contains_key(&group) {
+            tracing::info!(group, "the group left the map; its feed ends");
+            return;
+        }
+        let opened = match router.client(&map, group) {
+            Ok(mut client) => {
+                let mut request = tonic::Request::new(shard_pb::FeedRequest {
+                    start: spec.start.clone(),
+                    end: spec.end.clone(),
+                    after: from.unwrap_or(0),
+                    from_now: from.is_none(),
+                });
+                request.set_timeout(FEED_OPEN_TIMEOUT);
+                client
+                    .feed(request)
+                    .await
+                    .map_err(|s| (classify(group, &s), s))
+            }
+            Err(fault) => Err((fault.clone(), Status::unavailable(format!("{fault:?}")))),
+        };
+        let fault = match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                match follow(&mut stream, group, &mut from, &out).await {
+                    Followed::ClientGone => return,
+                    Followed::Broke(fault, status) => (fault, status),
+                }
+            }
+            Err(fault) => fault,
+        };
+        match fault {
+            (Fault::Invalid(_) | Fault::Other(_), status) => {
+                // History gone, a position past the log: no retry helps.
+                let _ = out.send(Err(public_status(group, &status))).await;
+                return;
+            }
+            (fault, _) => {
+                tracing::debug!(group, ?fault, "a group's feed broke; opening it again");
+                router.refresh(&map).await;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = out.closed() => return,
+        }
+        backoff = (backoff * 2).min(FEED_RETRY_BACKOFF_MAX);
+    }
+}
+
+enum Followed {
+    ClientGone,
+    Broke(Fault, Status),
+}
+
+/// Passes a group's batches on until the stream breaks or goes silent;
+/// `from` follows what was passed on.
+async fn follow(
+    stream: &mut tonic::Streaming<shard_pb::FeedBatch>,
+    group: GroupId,
+    from: &mut Option<Lsn>,
+    out: &Out,
+) -> Followed {
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(FEED_SILENCE_MAX, stream.message()) => next,
+            () = out.closed() => return Followed::ClientGone,
+        };
+        let batch = match next {
+            Ok(Ok(Some(batch))) => batch,
+            Ok(Ok(None)) => {
+                let status = Status::unavailable(format!("group {group}'s feed ended"));
+                return Followed::Broke(Fault::Unavailable(status.message().into()), status);
+            }
+            Ok(Err(status)) => return Followed::Broke(classify(group, &status), status),
+            Err(_) => {
+                let status = Status::unavailable(format!(
+                    "group {group}'s feed sent nothing for {FEED_SILENCE_MAX:?}"
+                ));
+                return Followed::Broke(Fault::Unavailable(status.message().into()), status);
+            }
+        };
+        for txn in batch.txns {
+            let position = txn.position;
+            if from.is_some_and(|f| position <= f) {
+                continue; // never before the resumed position
+            }
+            let event = pb::WatchResponse {
+                kind: Some(pb::watch_response::Kind::Event(event_pb(group, txn))),
+            };
+            if out.send(Ok(event)).await.is_err() {
+                return Followed::ClientGone;
+            }
+            *from = Some(position);
+        }
+        let resolved = pb::WatchResponse {
+            kind: Some(pb::watch_response::Kind::Resolved(pb::FeedResolved {
+                group,
+                position: batch.resolved.max(from.unwrap_or(0)),
+                head: batch.head,
+            })),
+        };
+        if out.send(Ok(resolved)).await.is_err() {
+            return Followed::ClientGone;
+        }
+        *from = Some(batch.resolved.max(from.unwrap_or(0)));
+    }
+}
+
+fn event_pb(group: GroupId, txn: shard_pb::FeedTxn) -> pb::FeedEvent {
+    pb::FeedEvent {
+        group,
+        position: txn.position,
+        version: txn.version,
+        txn_id: txn.txn_id,
+        participants: txn.participants,
+        changes: txn
+            .writes
+            .into_iter()
+            .map(|w| pb::FeedChange {
+                key: w.key,
+                value: (!w.delete).then_some(w.value),
+            })
+            .collect(),
+    }
+}
+
+/// The public status for a shard's final feed error.
+fn public_status(group: GroupId, status: &Status) -> Status {
+    let reason = error::error_info(status)
+        .and_then(|info| shard_pb::ErrorReason::from_str_name(&info.reason));
+    let message = format!("group {group}: {}", status.message());
+    match reason {
+        Some(shard_pb::ErrorReason::FeedHistoryGone) => error::status(
+            tonic::Code::FailedPrecondition,
+            message,
+            pb::ErrorReason::FeedHistoryGone.as_str_name(),
+            [(error::key::GROUP, group.to_string())],
+        ),
+        Some(shard_pb::ErrorReason::InvalidArgument) => invalid(message),
+        _ => error::status(
+            tonic::Code::Internal,
+            message,
+            pb::ErrorReason::Internal.as_str_name(),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups() -> BTreeSet<GroupId> {
+        [1, 2, 3].into_iter().collect()
+    }
+
+    fn cursor(positions: &[(u64, u64)]) -> Option<pb::FeedCursor> {
+        Some(pb::FeedCursor {
+            groups: positions
+                .iter()
+                .map(|&(group, position)| pb::GroupPosition { group, position })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_watch_request_is_checked() {
+        let ok = watch_spec(
+            pb::WatchRequest {
+                start: b"a".to_vec(),
+                end: b"b".to_vec(),
+                cursor: cursor(&[(1, 10), (3, 4)]),
+            },
+            &groups(),
+        )
+        .expect("valid");
+        assert_eq!(
+            ok.cursor,
+            Some([(1, 10), (3, 4)].into_iter().collect::<BTreeMap<_, _>>())
+        );
+        let unknown = watch_spec(
+            pb::WatchRequest {
+                cursor: cursor(&[(9, 1)]),
+                ..Default::default()
+            },
+            &groups(),
+        )
+        .expect_err("group 9 is not in the cluster");
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert!(
+            unknown.message().contains("group 9"),
+            "{}",
+            unknown.message()
+        );
+        let twice = watch_spec(
+            pb::WatchRequest {
+                cursor: cursor(&[(1, 1), (1, 2)]),
+                ..Default::default()
+            },
+            &groups(),
+        )
+        .expect_err("group 1 twice");
+        assert_eq!(twice.code(), tonic::Code::InvalidArgument);
+        let empty = watch_spec(
+            pb::WatchRequest {
+                start: b"b".to_vec(),
+                end: b"a".to_vec(),
+                cursor: None,
+            },
+            &groups(),
+        )
+        .expect_err("start after end");
+        assert!(empty.message().contains("range"), "{}", empty.message());
+    }
+}
