@@ -21,6 +21,10 @@ pub(super) type CoordinatorListed = (String, String, String, i64, i64);
 /// creation and since the last save.
 pub(super) type JobListed = (i64, i64, Vec<u8>, i64, i64);
 
+/// Rows as `list_feed_cursors` returns them: feed name, cursor,
+/// milliseconds since the last save.
+pub(super) type FeedListed = (String, Vec<u8>, i64);
+
 /// The row of `cluster`: map epoch, encoded slot map.
 pub(super) type ClusterRow = (i64, Vec<u8>);
 /// One row of `shard_groups`: id, version, epoch.

@@ -1,7 +1,8 @@
 //! The SQL text that differs between SQLite and PostgreSQL, one [`Dialect`]
 //! each. Every other statement is written once, in `mod.rs`; the
-//! coordinator-row and reshard-job statements are written once here
-//! (`dialect!`) and differ only in the expression for the database's clock.
+//! coordinator-row, reshard-job and feed-cursor statements are written
+//! once here (`dialect!`) and differ only in the expression for the
+//! database's clock.
 
 /// The statements whose text differs between the two dialects. Everything
 /// else is written once: SQLite accepts PostgreSQL's `$n` placeholders.
@@ -38,6 +39,14 @@ pub(super) struct Dialect {
     /// Lists jobs by id: id, version, state, and the milliseconds since
     /// their creation and their last save, by the database's clock.
     pub(super) list_jobs: &'static str,
+    /// Upserts feed $1's cursor $2, updated now. A feed not yet stored is
+    /// inserted only while fewer than $3 feeds are: one statement, so the
+    /// bound needs no transaction (PostgreSQL writers racing to add the
+    /// last feeds may pass it by at most their number).
+    pub(super) save_feed_cursor: &'static str,
+    /// Lists feeds by name: name, cursor, and the milliseconds since its
+    /// last save, by the database's clock.
+    pub(super) list_feed_cursors: &'static str,
 }
 
 /// The upsert of a coordinator's row ($1 id, $2 address, $3 metrics
@@ -108,6 +117,19 @@ macro_rules! dialect {
                 " - created_unix_ms, ",
                 $now_ms,
                 " - updated_unix_ms FROM reshard_jobs ORDER BY id"
+            ),
+            save_feed_cursor: concat!(
+                "INSERT INTO feed_cursors (feed, cursor, updated_unix_ms) SELECT $1, $2, ",
+                $now_ms,
+                " WHERE EXISTS (SELECT 1 FROM feed_cursors WHERE feed = $1) \
+                 OR (SELECT COUNT(*) FROM feed_cursors) < $3 \
+                 ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor, \
+                 updated_unix_ms = excluded.updated_unix_ms"
+            ),
+            list_feed_cursors: concat!(
+                "SELECT feed, cursor, ",
+                $now_ms,
+                " - updated_unix_ms FROM feed_cursors ORDER BY feed"
             ),
         }
     };

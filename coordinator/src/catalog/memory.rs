@@ -13,7 +13,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use trellis_types::GroupId;
 
-use super::codec::{ClusterRow, CoordinatorListed, JobListed, MapRows, check_groups_exist};
+use super::codec::{
+    ClusterRow, CoordinatorListed, FeedListed, JobListed, MapRows, check_groups_exist,
+};
 use super::{COORDINATOR_ROW_EXPIRY, CatalogError, CoordinatorWrite};
 use crate::map::Member;
 
@@ -43,6 +45,8 @@ pub(super) struct MemoryDb {
     pub(super) coordinators: BTreeMap<String, MemoryCoordinator>,
     /// `reshard_jobs`: id → its row, times by tokio's clock.
     pub(super) jobs: BTreeMap<i64, MemoryJob>,
+    /// `feed_cursors`: feed name → (cursor, last save by tokio's clock).
+    pub(super) feed_cursors: BTreeMap<String, (Vec<u8>, tokio::time::Instant)>,
 }
 
 /// A row of the in-memory `reshard_jobs` table.
@@ -322,6 +326,37 @@ impl MemoryDb {
                     job.state.clone(),
                     ms(job.created),
                     ms(job.updated),
+                )
+            })
+            .collect()
+    }
+
+    /// The storage step of `save_feed_cursor`: replaces feed `feed`'s
+    /// cursor, or inserts it while fewer than `feeds_max` feeds are kept.
+    /// Returns whether it stored it.
+    pub(super) fn save_feed_cursor(&mut self, feed: &str, cursor: &[u8], feeds_max: u64) -> bool {
+        if !self.feed_cursors.contains_key(feed) && self.feed_cursors.len() as u64 >= feeds_max {
+            return false;
+        }
+        self.feed_cursors.insert(
+            feed.to_string(),
+            (cursor.to_vec(), tokio::time::Instant::now()),
+        );
+        true
+    }
+
+    /// Feeds by name with their cursor and the milliseconds since their
+    /// last save, by tokio's clock.
+    pub(super) fn list_feed_cursors(&self) -> Vec<FeedListed> {
+        let now = tokio::time::Instant::now();
+        self.feed_cursors
+            .iter()
+            .map(|(feed, (cursor, updated))| {
+                let age = now.saturating_duration_since(*updated).as_millis();
+                (
+                    feed.clone(),
+                    cursor.clone(),
+                    i64::try_from(age).unwrap_or(i64::MAX),
                 )
             })
             .collect()

@@ -1,6 +1,8 @@
 //! The catalog: cluster metadata in SQL through sqlx, or in process memory.
 //! It owns the shard groups and their members, the slot map and its epoch,
-//! and the list of coordinators with their heartbeats. SQLite (a file,
+//! the list of coordinators with their heartbeats, the reshard jobs' state
+//! and the change feeds' cursors (opaque bytes by feed name, last writer
+//! wins). SQLite (a file,
 //! `sqlite://PATH`) serves one coordinator; PostgreSQL (`postgres://...`)
 //! serves several that share it; memory (`memory:`, [`Catalog::in_memory`])
 //! serves the coordinators of one process, and exists for the deterministic
@@ -58,8 +60,8 @@ use trellis_types::GroupId;
 use trellis_types::placement::assign_slots;
 
 use self::codec::{
-    ClusterRow, CoordinatorListed, GroupRow, JobListed, MemberRow, build_map, check_groups_exist,
-    check_text, encode_slots, to_i64, to_u64,
+    ClusterRow, CoordinatorListed, FeedListed, GroupRow, JobListed, MemberRow, build_map,
+    check_groups_exist, check_text, encode_slots, to_i64, to_u64,
 };
 use self::memory::MemoryDb;
 use crate::map::{ClusterMap, Member};
@@ -102,6 +104,19 @@ pub const JOB_STATE_BYTES_MAX: usize = 64 * 1024;
 /// Most reshard jobs the catalog keeps. No job is deleted yet (finished
 /// ones stay for the status); past this, `create_job` refuses.
 pub const JOBS_MAX: u64 = 1024;
+
+/// Longest feed name, in characters (all ASCII: see [`check_feed_name`]);
+/// the tables' CHECK says the same.
+pub const FEED_NAME_CHARS_MAX: usize = 128;
+/// Largest encoded feed cursor, in bytes (the tables' CHECK says the
+/// same). A `trellis.v1.FeedCursor` holds one (group, position) pair per
+/// group, at most 24 bytes each encoded, so every cluster's fits.
+pub const FEED_CURSOR_BYTES_MAX: usize = 64 * 1024;
+const _: () = assert!(GROUPS_MAX as usize * 24 <= FEED_CURSOR_BYTES_MAX);
+/// Most feeds whose cursors the catalog keeps; past this, saving a new
+/// feed's cursor is refused (saving an existing one is not) until one is
+/// deleted. Bounds `trellis status`'s list of feeds.
+pub const FEEDS_MAX: u64 = 1024;
 
 /// The URL of an in-memory catalog (nothing may follow it).
 pub const MEMORY_URL: &str = "memory:";
@@ -235,6 +250,17 @@ pub struct JobRow {
     /// Milliseconds since it was created and since it was last saved (the
     /// database's clock; in memory, tokio's).
     pub created_age_ms: u64,
+    pub updated_age_ms: u64,
+}
+
+/// A feed's cursor as the catalog stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedCursorRow {
+    pub feed: String,
+    /// The cursor as the caller encoded it.
+    pub cursor: Vec<u8>,
+    /// Milliseconds since it was last saved (the database's clock; in
+    /// memory, tokio's).
     pub updated_age_ms: u64,
 }
 
@@ -1126,6 +1152,129 @@ impl Catalog {
             })
             .collect()
     }
+
+    /// Stores `cursor` as feed `feed`'s, replacing the one saved before
+    /// (last writer wins: two `trellis cdc` of one feed name would take
+    /// turns). Refuses a bad name ([`check_feed_name`]), a cursor over
+    /// [`FEED_CURSOR_BYTES_MAX`], and a new feed while the catalog holds
+    /// [`FEEDS_MAX`]. One statement, no transaction: nothing is left open
+    /// if the caller is dropped midway.
+    pub async fn save_feed_cursor(&self, feed: &str, cursor: &[u8]) -> Result<(), CatalogError> {
+        check_feed_name(feed).map_err(CatalogError::Invalid)?;
+        if cursor.len() > FEED_CURSOR_BYTES_MAX {
+            return Err(CatalogError::Invalid(format!(
+                "refusing a cursor of {} bytes for feed {feed}: at most {FEED_CURSOR_BYTES_MAX}",
+                cursor.len()
+            )));
+        }
+        let feeds_max = to_i64(FEEDS_MAX, "the most feeds kept")?;
+        let saved = with_pool!(self, pool, dialect => {
+            sqlx::query(dialect.save_feed_cursor)
+                .bind(feed)
+                .bind(cursor)
+                .bind(feeds_max)
+                .execute(pool)
+                .await
+                .map_err(db(format!("saving the cursor of feed {feed}")))?
+                .rows_affected()
+                == 1
+        }, memory => memory.save_feed_cursor(feed, cursor, FEEDS_MAX));
+        if !saved {
+            return Err(CatalogError::Invalid(format!(
+                "refusing a new feed {feed}: the catalog holds the cursors of {FEEDS_MAX} feeds, \
+                 the most it keeps; delete one that is no longer used"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Feed `feed`'s saved cursor; `None` if none was saved under that
+    /// name. Refuses a bad name ([`check_feed_name`]).
+    pub async fn load_feed_cursor(&self, feed: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        check_feed_name(feed).map_err(CatalogError::Invalid)?;
+        let cursor: Option<Vec<u8>> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT cursor FROM feed_cursors WHERE feed = $1")
+                .bind(feed)
+                .fetch_optional(pool)
+                .await
+                .map_err(db(format!("loading the cursor of feed {feed}")))?
+        }, memory => memory.feed_cursors.get(feed).map(|(cursor, _)| cursor.clone()));
+        if let Some(cursor) = &cursor
+            && cursor.len() > FEED_CURSOR_BYTES_MAX
+        {
+            return Err(CatalogError::Corrupt(format!(
+                "the cursor of feed {feed} is {} bytes, more than {FEED_CURSOR_BYTES_MAX}",
+                cursor.len()
+            )));
+        }
+        Ok(cursor)
+    }
+
+    /// Forgets feed `feed`'s cursor; whether there was one. Refuses a bad
+    /// name ([`check_feed_name`]).
+    pub async fn delete_feed_cursor(&self, feed: &str) -> Result<bool, CatalogError> {
+        check_feed_name(feed).map_err(CatalogError::Invalid)?;
+        let deleted = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM feed_cursors WHERE feed = $1")
+                .bind(feed)
+                .execute(pool)
+                .await
+                .map_err(db(format!("deleting the cursor of feed {feed}")))?
+                .rows_affected()
+                == 1
+        }, memory => memory.feed_cursors.remove(feed).is_some());
+        if deleted {
+            tracing::info!(feed, "deleted a feed's cursor from the catalog");
+        }
+        Ok(deleted)
+    }
+
+    /// Every feed's cursor, by name (at most [`FEEDS_MAX`]).
+    pub async fn feed_cursors(&self) -> Result<Vec<FeedCursorRow>, CatalogError> {
+        let rows: Vec<FeedListed> = with_pool!(self, pool, dialect => {
+            sqlx::query_as(dialect.list_feed_cursors)
+                .fetch_all(pool)
+                .await
+                .map_err(db("listing the feed cursors"))?
+        }, memory => memory.list_feed_cursors());
+        Ok(rows
+            .into_iter()
+            .map(|(feed, cursor, updated_ms)| FeedCursorRow {
+                feed,
+                cursor,
+                // An age "in the future" means the database clock stepped
+                // back; it is as fresh as can be.
+                updated_age_ms: u64::try_from(updated_ms).unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+/// Checks a feed name: 1 to [`FEED_NAME_CHARS_MAX`] characters of
+/// `[A-Za-z0-9._-]`, so that it is safe in a log line, a metric label and
+/// a command line alike. The error says what is wrong and what is allowed.
+pub fn check_feed_name(feed: &str) -> Result<(), String> {
+    const ALLOWED: &str = "1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'";
+    const _: () = assert!(FEED_NAME_CHARS_MAX == 128, "ALLOWED names the limit");
+    if feed.is_empty() {
+        return Err(format!("the feed name is empty: use {ALLOWED}"));
+    }
+    if let Some(bad) = feed
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "the feed name {feed:?} has the character {bad:?}: use {ALLOWED}"
+        ));
+    }
+    // All ASCII now, so bytes are characters.
+    if feed.len() > FEED_NAME_CHARS_MAX {
+        return Err(format!(
+            "the feed name is {} characters long: use {ALLOWED}",
+            feed.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a job state larger than [`JOB_STATE_BYTES_MAX`].

@@ -1137,6 +1137,157 @@ mod cases {
         assert_eq!((job.version, job.state), (2, vec![winners[0] as u8]));
     }
 
+    /// A feed's cursor is saved, read back (also by a new connection: a
+    /// restarted `trellis cdc`), replaced, listed and deleted; feeds are
+    /// independent, and a feed never saved has none. Saving needs no
+    /// cluster: the catalog may be empty.
+    pub async fn feed_cursors_are_saved_loaded_and_replaced(place: &Place) {
+        let catalog = place.connect().await;
+        assert_eq!(
+            catalog.load_feed_cursor("orders").await.expect("load"),
+            None
+        );
+        assert!(catalog.feed_cursors().await.expect("list").is_empty());
+        catalog
+            .save_feed_cursor("orders", b"\x0a\x04\x08\x01\x10\x78")
+            .await
+            .expect("save");
+        catalog
+            .save_feed_cursor("cache.sync-2", b"")
+            .await
+            .expect("an empty cursor is a cursor");
+        assert_eq!(
+            catalog.load_feed_cursor("orders").await.expect("load"),
+            Some(b"\x0a\x04\x08\x01\x10\x78".to_vec())
+        );
+        catalog
+            .save_feed_cursor("orders", b"later")
+            .await
+            .expect("replace");
+        let again = place.connect().await;
+        assert_eq!(
+            again.load_feed_cursor("orders").await.expect("reload"),
+            Some(b"later".to_vec()),
+            "the last save wins and survives a reconnect"
+        );
+        assert_eq!(
+            again.load_feed_cursor("cache.sync-2").await.expect("load"),
+            Some(vec![])
+        );
+        assert_eq!(
+            again.load_feed_cursor("Orders").await.expect("load"),
+            None,
+            "names are case-sensitive"
+        );
+        let rows = again.feed_cursors().await.expect("list");
+        let seen: Vec<(&str, &[u8])> = rows
+            .iter()
+            .map(|r| (r.feed.as_str(), r.cursor.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("cache.sync-2", &b""[..]), ("orders", &b"later"[..])]
+        );
+        assert!(rows.iter().all(|r| r.updated_age_ms <= 5000), "{rows:?}");
+        assert!(again.delete_feed_cursor("orders").await.expect("delete"));
+        assert!(
+            !again
+                .delete_feed_cursor("orders")
+                .await
+                .expect("delete again")
+        );
+        assert_eq!(
+            catalog.load_feed_cursor("orders").await.expect("load"),
+            None
+        );
+        let largest = vec![0xab; FEED_CURSOR_BYTES_MAX];
+        catalog
+            .save_feed_cursor("orders", &largest)
+            .await
+            .expect("the largest cursor");
+        assert_eq!(
+            catalog.load_feed_cursor("orders").await.expect("load"),
+            Some(largest)
+        );
+    }
+
+    /// Bad names and oversized cursors are refused with what is wrong, and
+    /// change nothing.
+    pub async fn feed_cursors_refuse_bad_names_and_sizes(place: &Place) {
+        let catalog = place.connect().await;
+        catalog.save_feed_cursor("f", b"kept").await.expect("save");
+        let long = "x".repeat(FEED_NAME_CHARS_MAX + 1);
+        for name in ["", "a b", "feed/1", "caf\u{e9}", long.as_str()] {
+            for err in [
+                catalog.save_feed_cursor(name, b"x").await.expect_err(name),
+                catalog.load_feed_cursor(name).await.expect_err(name),
+                catalog.delete_feed_cursor(name).await.expect_err(name),
+            ] {
+                assert!(matches!(err, CatalogError::Invalid(_)), "{name:?}: {err:?}");
+                assert!(err.to_string().contains("A-Z, a-z, 0-9"), "{err}");
+            }
+        }
+        let big = vec![1; FEED_CURSOR_BYTES_MAX + 1];
+        let err = catalog.save_feed_cursor("f", &big).await.expect_err("big");
+        assert!(
+            matches!(err, CatalogError::Invalid(_)) && err.to_string().contains("65536"),
+            "{err}"
+        );
+        assert_eq!(
+            catalog.load_feed_cursor("f").await.expect("load"),
+            Some(b"kept".to_vec()),
+            "refusals change nothing"
+        );
+        assert_eq!(catalog.feed_cursors().await.expect("list").len(), 1);
+    }
+
+    /// Past FEEDS_MAX a new feed is refused with a way out, while the feeds
+    /// kept can still save; deleting one makes room.
+    pub async fn feed_cursors_are_bounded(place: &Place) {
+        let catalog = place.connect().await;
+        for i in 0..FEEDS_MAX {
+            catalog
+                .save_feed_cursor(&format!("feed-{i:04}"), &i.to_le_bytes())
+                .await
+                .expect("save");
+        }
+        let err = catalog
+            .save_feed_cursor("one-too-many", b"x")
+            .await
+            .expect_err("full");
+        assert!(
+            matches!(err, CatalogError::Invalid(_))
+                && err.to_string().contains(&FEEDS_MAX.to_string())
+                && err.to_string().contains("delete"),
+            "{err}"
+        );
+        assert_eq!(
+            catalog
+                .load_feed_cursor("one-too-many")
+                .await
+                .expect("load"),
+            None
+        );
+        catalog
+            .save_feed_cursor("feed-0007", b"moved on")
+            .await
+            .expect("a kept feed still saves");
+        assert!(
+            catalog
+                .delete_feed_cursor("feed-0000")
+                .await
+                .expect("delete")
+        );
+        catalog
+            .save_feed_cursor("one-too-many", b"x")
+            .await
+            .expect("room again");
+        let rows = catalog.feed_cursors().await.expect("list");
+        assert_eq!(rows.len() as u64, FEEDS_MAX);
+        assert_eq!(rows[6].feed, "feed-0007");
+        assert_eq!(rows[6].cursor, b"moved on");
+    }
+
     pub async fn load_refuses_corrupt_rows(place: &Place) {
         let catalog = place.connect().await;
         catalog.bootstrap(3).await.expect("bootstrap");
@@ -1205,6 +1356,9 @@ macro_rules! backend_suite {
                 remove_group_races_slot_map_change,
                 jobs_are_created_saved_and_listed,
                 concurrent_jobs_get_ids_and_one_save_wins,
+                feed_cursors_are_saved_loaded_and_replaced,
+                feed_cursors_refuse_bad_names_and_sizes,
+                feed_cursors_are_bounded,
             );
         }
     };
@@ -1223,6 +1377,32 @@ macro_rules! backend_suite {
 backend_suite!(sqlite, Place::sqlite());
 backend_suite!(postgres, Place::postgres());
 backend_suite!(memory, Place::memory());
+
+#[test]
+fn feed_names_are_checked() {
+    for good in [
+        "a",
+        "orders",
+        "cache.sync-2",
+        "A_b.C-9",
+        &"x".repeat(FEED_NAME_CHARS_MAX),
+    ] {
+        assert_eq!(check_feed_name(good), Ok(()), "{good:?}");
+    }
+    let long = "x".repeat(FEED_NAME_CHARS_MAX + 1);
+    for (bad, says) in [
+        ("", "empty"),
+        ("a b", "' '"),
+        ("feed/1", "'/'"),
+        ("caf\u{e9}", "'\u{e9}'"),
+        ("tab\t", "'\\t'"),
+        (long.as_str(), "129 characters"),
+    ] {
+        let err = check_feed_name(bad).expect_err(bad);
+        assert!(err.contains(says), "{bad:?}: {err}");
+        assert!(err.contains("1 to 128 characters"), "{err}");
+    }
+}
 
 #[tokio::test]
 async fn bad_urls_name_the_accepted_forms() {
