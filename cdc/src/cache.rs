@@ -40,9 +40,10 @@ use crate::{CONNECT_TIMEOUT, DELIVER_TIMEOUT, SinkError};
 /// How long a tombstone (a deleted key's version) is kept.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The version guard. KEYS: the event's keys. ARGV[1]: the version
-/// (decimal, no leading zeros); ARGV[2]: the tombstone TTL in ms; then per
-/// key two arguments: `s` and the value (a set) or `d` and `` (a delete).
+/// The version guard. `KEYS`: the event's keys. `ARGV[1]`: the version
+/// (decimal, no leading zeros); `ARGV[2]`: the tombstone TTL in ms; then
+/// per key two arguments: `s` and the value (a set) or `d` and an empty
+/// string (a delete).
 /// Versions are compared as decimal text (longer is larger, then
 /// bytewise), never as Lua numbers, which are doubles and would lose
 /// versions above 2^53. Returns how many keys it wrote.

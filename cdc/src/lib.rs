@@ -41,13 +41,14 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`Sink`] (connect, deliver) and the limits.
-//! - [`url`]: [`SinkUrl`], parsing and checking a sink URL.
-//! - [`json`]: the JSON form of an event, pure.
-//! - [`error`]: [`SinkError`].
-//! - `stdout`: JSON lines to standard output (or any writer).
-//! - [`nats`]: NATS JetStream.
-//! - [`amqp`]: RabbitMQ.
-//! - [`cache`]: the Redis cache: its layout, the Lua guard, [`cache::cached`].
+//! - [`url`] parses and checks a sink URL into a [`SinkUrl`].
+//! - [`json`] is the JSON form of an event, pure.
+//! - [`error`] holds [`SinkError`].
+//! - `stdout` writes JSON lines to standard output (or any writer).
+//! - [`nats`] publishes to NATS JetStream.
+//! - [`amqp`] publishes to RabbitMQ.
+//! - [`cache`] keeps the Redis cache: its layout, the Lua guard, and
+//!   [`cache::cached`], what a reader sees.
 
 use std::time::Duration;
 
