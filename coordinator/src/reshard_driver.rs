@@ -1139,6 +1139,15 @@ mod tests {
                 .push((request.entries.len(), bytes));
             Ok(tonic::Response::new(pb::IngestResponse { version: 100 }))
         }
+
+        type FeedStream = tokio_stream::Empty<Result<pb::FeedBatch, tonic::Status>>;
+
+        async fn feed(
+            &self,
+            _request: tonic::Request<pb::FeedRequest>,
+        ) -> Result<tonic::Response<Self::FeedStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
     }
 
     /// Serves `fake` on 127.0.0.1:0; its address.

@@ -51,6 +51,11 @@ const RULES: &[Rule] = &[
         why: "the load tester measures through the public API; placement is in trellis-types",
     },
     Rule {
+        krate: "trellis-cdc",
+        forbidden: Forbidden::Crates(&["trellis-coordinator", "trellis-shard", "sqlx"]),
+        why: "the change feed's sinks take the public API's events; the feed and its cursor are the caller's",
+    },
+    Rule {
         krate: "trellis-txn",
         forbidden: Forbidden::Crates(&["trellis-coordinator", "trellis-shard", "sqlx"]),
         why: "the transaction core runs in clients too: no catalog, no sqlx, no shard code",

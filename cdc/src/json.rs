@@ -1,0 +1,186 @@
+//! The JSON form of a change-feed event, the payload every message sink
+//! sends (one object per event; the stdout sink writes one per line).
+//! Pure.
+//!
+//! ```json
+//! {"group":1,"position":120,"version":4711,
+//!  "txn_id":"0123456789abcdef0123456789abcdef","participants":[1,2],
+//!  "changes":[
+//!    {"key":"user:7","key_b64":"dXNlcjo3","deleted":false,
+//!     "value":"ada","value_b64":"YWRh"},
+//!    {"key_b64":"/w==","deleted":true,"value_b64":null}]}
+//! ```
+//!
+//! - `group`, `position`: where the event sits in its group's log;
+//!   `(group, position)` identifies it (resume after it, deduplicate by
+//!   it). `version`: the commit version of every change in it.
+//! - `txn_id`: the transaction id, lowercase hex (32 digits for Trellis's
+//!   16 bytes). `participants`: the groups of a two-phase transaction
+//!   (this one included), empty for a one-group commit: a consumer
+//!   assembles the whole transaction from one event per participant.
+//! - Keys and values are bytes, so each is sent losslessly as standard
+//!   base64 (`key_b64`, `value_b64`), and also as text (`key`, `value`)
+//!   when it is valid UTF-8; the text field is left out otherwise.
+//!   `deleted: true` marks a delete, whose `value_b64` is `null` and which
+//!   has no `value`.
+//!
+//! Field order is fixed (as listed), so the same event always encodes to
+//! the same bytes.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use trellis_proto::v1::{FeedChange, FeedEvent};
+
+/// The JSON of one event, as bytes (no trailing newline).
+pub fn encode_event(event: &FeedEvent) -> Vec<u8> {
+    let json = EventJson {
+        group: event.group,
+        position: event.position,
+        version: event.version,
+        txn_id: hex_lower(&event.txn_id),
+        participants: &event.participants,
+        changes: event.changes.iter().map(ChangeJson::of).collect(),
+    };
+    serde_json::to_vec(&json).expect("numbers, strings and lists always encode as JSON")
+}
+
+/// The message id under which the queues deduplicate an event:
+/// `trellis-<group>-<position>`.
+pub fn message_id(event: &FeedEvent) -> String {
+    format!("trellis-{}-{}", event.group, event.position)
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    group: u64,
+    position: u64,
+    version: u64,
+    txn_id: String,
+    participants: &'a [u64],
+    changes: Vec<ChangeJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ChangeJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    key_b64: String,
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    /// `null` for a delete.
+    value_b64: Option<String>,
+}
+
+impl<'a> ChangeJson<'a> {
+    fn of(change: &'a FeedChange) -> ChangeJson<'a> {
+        ChangeJson {
+            key: std::str::from_utf8(&change.key).ok(),
+            key_b64: STANDARD.encode(&change.key),
+            deleted: change.value.is_none(),
+            value: change
+                .value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok()),
+            value_b64: change.value.as_deref().map(|v| STANDARD.encode(v)),
+        }
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            write!(s, "{b:02x}").expect("writing to a String cannot fail");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> FeedEvent {
+        FeedEvent {
+            group: 1,
+            position: 120,
+            version: 4711,
+            txn_id: (0..16).map(|i| i * 17).collect(),
+            participants: vec![1, 2],
+            changes: vec![
+                FeedChange {
+                    key: b"user:7".to_vec(),
+                    value: Some(b"ada".to_vec()),
+                },
+                FeedChange {
+                    key: vec![0xff],
+                    value: None,
+                },
+                FeedChange {
+                    key: "caf\u{e9}".as_bytes().to_vec(),
+                    value: Some(vec![0, 0xfe]),
+                },
+                FeedChange {
+                    key: b"empty".to_vec(),
+                    value: Some(vec![]),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn an_event_encodes_as_documented() {
+        let json = String::from_utf8(encode_event(&event())).expect("utf-8");
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"group":1,"position":120,"version":4711,"#,
+                r#""txn_id":"00112233445566778899aabbccddeeff","participants":[1,2],"changes":["#,
+                r#"{"key":"user:7","key_b64":"dXNlcjo3","deleted":false,"value":"ada","value_b64":"YWRh"},"#,
+                r#"{"key_b64":"/w==","deleted":true,"value_b64":null},"#,
+                r#"{"key":"café","key_b64":"Y2Fmw6k=","deleted":false,"value_b64":"AP4="},"#,
+                r#"{"key":"empty","key_b64":"ZW1wdHk=","deleted":false,"value":"","value_b64":""}]}"#,
+            )
+        );
+    }
+
+    /// Whatever the bytes, the base64 fields give them back exactly.
+    #[test]
+    fn keys_and_values_round_trip_through_base64() {
+        let event = event();
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_event(&event)).expect("valid JSON");
+        let changes = json["changes"].as_array().expect("changes");
+        assert_eq!(changes.len(), event.changes.len());
+        for (got, want) in changes.iter().zip(&event.changes) {
+            let key = STANDARD
+                .decode(got["key_b64"].as_str().expect("key_b64"))
+                .expect("base64");
+            assert_eq!(key, want.key);
+            let value = got["value_b64"]
+                .as_str()
+                .map(|v| STANDARD.decode(v).expect("base64"));
+            assert_eq!(value, want.value);
+            assert_eq!(got["deleted"], want.value.is_none());
+        }
+    }
+
+    #[test]
+    fn a_one_group_commit_has_no_participants_and_no_change_is_fine() {
+        let event = FeedEvent {
+            group: 3,
+            position: 9,
+            version: 9,
+            txn_id: vec![0xab; 16],
+            participants: vec![],
+            changes: vec![],
+        };
+        assert_eq!(
+            String::from_utf8(encode_event(&event)).expect("utf-8"),
+            r#"{"group":3,"position":9,"version":9,"txn_id":"abababababababababababababababab","participants":[],"changes":[]}"#
+        );
+        assert_eq!(message_id(&event), "trellis-3-9");
+    }
+}
