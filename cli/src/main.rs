@@ -14,6 +14,8 @@
 //! - `admin`: `trellis admin`, operator commands (transfer-primary,
 //!   add-group, remove-group, rebalance, move-slots, drain-group, reshard
 //!   list|pause|resume|cancel).
+//! - `cdc`: `trellis cdc`, a change feed into a sink (`trellis-cdc`),
+//!   its cursor kept in the catalog.
 //! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
 //!   own.
 //! - `flags`: value checks shared by the subcommands' flags.
@@ -31,6 +33,7 @@
 
 mod admin;
 mod bench;
+mod cdc;
 mod coordinator;
 mod dev;
 mod flags;
@@ -98,6 +101,9 @@ enum Command {
     /// Operator commands on a running cluster (transfer-primary, add-group,
     /// remove-group, rebalance, move-slots, drain-group, reshard).
     Admin(admin::Args),
+    /// Run a change feed into a sink (stdout, NATS JetStream, RabbitMQ, a
+    /// Redis cache), resuming from a cursor kept in the catalog.
+    Cdc(cdc::Args),
     /// A k6-style load tester: closed and open models, workloads,
     /// thresholds, summaries and reports, against Trellis, etcd or
     /// PostgreSQL.
@@ -130,6 +136,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Cdc(args) => cdc::run(args),
         // Its own exit codes (99: a threshold was crossed).
         Command::Load(args) => return trellis_loadtest::main(*args),
     };

@@ -1063,16 +1063,6 @@ mod tests {
             }))
         }
 
-        type FeedStream =
-            tokio_stream::Iter<std::vec::IntoIter<Result<pb::FeedBatch, tonic::Status>>>;
-
-        async fn feed(
-            &self,
-            _request: tonic::Request<pb::FeedRequest>,
-        ) -> Result<tonic::Response<Self::FeedStream>, tonic::Status> {
-            Err(tonic::Status::unimplemented("fake shard"))
-        }
-
         type ExportSlotsStream =
             tokio_stream::Iter<std::vec::IntoIter<Result<pb::ExportChunk, tonic::Status>>>;
 

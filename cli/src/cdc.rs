@@ -1,0 +1,367 @@
+//! `trellis cdc`: runs a change feed (`Changefeed.Watch`) into a sink
+//! (`trellis-cdc`: stdout, NATS JetStream, RabbitMQ, a Redis cache) and,
+//! with `--feed NAME`, keeps its cursor in the catalog so that a restarted
+//! `trellis cdc` resumes where the last one stopped. A cursor is saved only
+//! after the sink accepted every event up to it: nothing is acknowledged
+//! upstream that was not delivered downstream. A sink that fails is
+//! connected to again with backoff and given the same events (the sinks
+//! are idempotent); the feed's lag grows meanwhile, no event is dropped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::time::Instant;
+use trellis_cdc::{DELIVER_EVENTS_MAX, Sink, SinkUrl};
+use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage};
+
+/// Backoff between attempts to deliver to a failing sink, or to watch
+/// again after the coordinator went away.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At most this often the cursor is saved in the catalog (and on exit).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often progress is logged.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Events held before they are delivered, at most (a batch goes out
+/// earlier at every resolved position).
+const BATCH_EVENTS_DEFAULT: usize = 256;
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+What a consumer gets: one message (or JSON line, or cache update) per
+committed transaction per group, in each group's commit order, never one of
+an aborted transaction; a transaction that wrote in several groups has one
+per group, each naming all its groups (`participants`). Each carries its
+group and position: `trellis-<group>-<position>` is the message id (NATS
+`Nats-Msg-Id`, AMQP `message_id`) to deduplicate by.
+
+Resuming: with --feed NAME the cursor is saved in the catalog after each
+delivered batch (at most once a second) and on exit; the next
+`trellis cdc --feed NAME` starts after it. Events delivered but not yet
+checkpointed come again after a crash (at least once).
+
+Examples:
+  trellis cdc --sink stdout
+  trellis cdc --sink nats://127.0.0.1:4222/trellis.changes --feed orders --prefix order:
+  trellis cdc --sink amqp://guest:guest@127.0.0.1:5672/trellis --feed audit
+  trellis cdc --sink redis://127.0.0.1:6379 --feed cache --from beginning")]
+pub struct Args {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
+    addr: String,
+    /// Where events go: `stdout` (JSON lines), `nats://HOST:PORT/SUBJECT`
+    /// (JetStream; a stream is created if none captures SUBJECT),
+    /// `amqp://[USER:PASS@]HOST:PORT/EXCHANGE` (RabbitMQ, publisher
+    /// confirms; bind a queue to the exchange with `trellis.#`), or
+    /// `redis://HOST:PORT[/DB]` (a cache kept by version: never older).
+    #[arg(long, value_parser = parse_sink)]
+    sink: SinkUrl,
+    /// The feed's name (1 to 128 of A-Z a-z 0-9 . _ -): its cursor is kept
+    /// in the catalog under it and a restart resumes from it. Without it
+    /// nothing is kept.
+    #[arg(long, value_parser = feed_name)]
+    feed: Option<String>,
+    /// Only keys that start with this prefix (default: every key).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Where to start when --feed has no saved cursor: `now`, `beginning`
+    /// (each group's whole log, as far as it is kept), or a cursor
+    /// `GROUP:POSITION,...` (as the log lines print it). Given with a feed
+    /// that has a saved cursor, it replaces it.
+    #[arg(long, value_parser = parse_from)]
+    from: Option<From>,
+    /// Events delivered per batch, at most.
+    #[arg(long, default_value_t = BATCH_EVENTS_DEFAULT, value_parser = batch_events)]
+    batch_events: usize,
+}
+
+fn parse_sink(text: &str) -> Result<SinkUrl, String> {
+    SinkUrl::parse(text).map_err(|e| e.to_string())
+}
+
+fn feed_name(text: &str) -> Result<String, String> {
+    trellis_coordinator::catalog::check_feed_name(text)?;
+    Ok(text.to_string())
+}
+
+fn batch_events(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || n > DELIVER_EVENTS_MAX {
+        return Err(format!("must be 1 to {DELIVER_EVENTS_MAX}"));
+    }
+    Ok(n)
+}
+
+/// Where a feed starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum From {
+    Now,
+    Cursor(Cursor),
+    /// Every group from its log's beginning (the groups are known only
+    /// once connected).
+    Beginning,
+}
+
+fn parse_from(text: &str) -> Result<From, String> {
+    match text {
+        "now" => Ok(From::Now),
+        "beginning" => Ok(From::Beginning),
+        cursor => cursor
+            .parse::<Cursor>()
+            .map(From::Cursor)
+            .map_err(|e| format!("{e} (now, beginning, or GROUP:POSITION,...)")),
+    }
+}
+
+/// The end of the keys starting with `prefix` (exclusive; empty: none).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let signals = crate::signals::Signals::install();
+        let delivered: Delivered = Arc::default();
+        let (addr, name) = (args.addr.clone(), args.feed.clone());
+        tokio::select! {
+            result = feed(args, delivered.clone()) => result,
+            () = signals.wait(false) => {
+                // The last cursor whose events the sink took.
+                let last = delivered.lock().expect("cursor lock poisoned").clone();
+                if let (Some(name), Some(cursor)) = (name, last) {
+                    let client = Client::connect(&addr).await?;
+                    client
+                        .save_cursor(&name, &cursor)
+                        .await
+                        .with_context(|| format!("saving feed {name:?}'s cursor on exit"))?;
+                    tracing::info!(%cursor, "stopped; cursor saved");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// The cursor up to which the sink took every event.
+type Delivered = Arc<Mutex<Option<Cursor>>>;
+
+async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
+    let from = args.from.clone();
+    let client = Client::connect(&args.addr)
+        .await
+        .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
+    let mut sink = Sink::connect(&args.sink)
+        .await
+        .with_context(|| format!("connecting to the sink {}", args.sink))?;
+    let saved = match &args.feed {
+        Some(name) => client
+            .load_cursor(name)
+            .await
+            .with_context(|| format!("loading feed {name:?}'s cursor"))?,
+        None => None,
+    };
+    let mut delivered: Option<Cursor> = match (from, saved) {
+        (Some(From::Now), _) => None,
+        (Some(From::Cursor(c)), _) => Some(c),
+        (Some(From::Beginning), _) => Some(Cursor::default()),
+        (None, Some(saved)) => {
+            tracing::info!(cursor = %saved, "resuming from the saved cursor");
+            Some(saved)
+        }
+        (None, None) => None,
+    };
+    let start = args.prefix.as_bytes().to_vec();
+    let end = prefix_end(&start);
+    let mut progress = Progress::new();
+    let mut backoff = RETRY_BACKOFF_MIN;
+    loop {
+        let mut watch = match client.watch(&start, &end, delivered.as_ref()).await {
+            Ok(watch) => watch,
+            Err(e) if retryable(&e) => {
+                tracing::warn!(error = %e, ?backoff, "cannot watch; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => bail!("the feed was refused: {e}"),
+        };
+        let mut batch: Vec<FeedEvent> = Vec::new();
+        let mut checkpointed_at = Instant::now();
+        loop {
+            let message = match watch.next().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    tracing::warn!("the coordinator ended the feed; watching again");
+                    break;
+                }
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(error = %e, "the feed broke; watching again");
+                    break;
+                }
+                Err(e) => bail!("the feed failed: {e}"),
+            };
+            backoff = RETRY_BACKOFF_MIN;
+            let flush = match message {
+                FeedMessage::Event(event) => {
+                    batch.push(event);
+                    batch.len() >= args.batch_events
+                }
+                FeedMessage::Resolved {
+                    group,
+                    position,
+                    head,
+                } => {
+                    progress.lag(group, head.saturating_sub(position));
+                    true
+                }
+            };
+            if !flush {
+                continue;
+            }
+            deliver(&mut sink, &args.sink, &batch).await;
+            progress.delivered(batch.len());
+            batch.clear();
+            // Everything the watch handed out is delivered: its cursor is
+            // safe to keep.
+            delivered = Some(watch.cursor().clone());
+            *last_delivered.lock().expect("cursor lock poisoned") = delivered.clone();
+            if let Some(name) = &args.feed
+                && checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL
+            {
+                let cursor = watch.cursor();
+                match client.save_cursor(name, cursor).await {
+                    Ok(()) => checkpointed_at = Instant::now(),
+                    // Not fatal: the next checkpoint saves a newer one;
+                    // a crash meanwhile only repeats events.
+                    Err(e) => tracing::warn!(error = %e, "cannot save the cursor"),
+                }
+            }
+            progress.maybe_log(delivered.as_ref());
+        }
+        // Batches are delivered before the cursor moves past them; a
+        // broken watch drops only undelivered events, which the next watch
+        // sends again (it starts after the last delivered cursor).
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+/// Delivers `events`, trying again (a new connection each time) until the
+/// sink takes them: the feed waits, it never drops an event.
+async fn deliver(sink: &mut Sink, url: &SinkUrl, events: &[FeedEvent]) {
+    let mut backoff = RETRY_BACKOFF_MIN;
+    let mut attempt = 0u32;
+    loop {
+        match sink.deliver(events).await {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!(attempts = attempt + 1, "the sink took the batch again");
+                }
+                return;
+            }
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, ?backoff, "the sink failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                match Sink::connect(url).await {
+                    Ok(fresh) => *sink = fresh,
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect to the sink"),
+                }
+            }
+        }
+    }
+}
+
+/// Errors after which watching again may help.
+fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_))
+}
+
+/// What the log lines report.
+struct Progress {
+    since: Instant,
+    logged_at: Instant,
+    events: u64,
+    events_at_log: u64,
+    lag: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            since: Instant::now(),
+            logged_at: Instant::now(),
+            events: 0,
+            events_at_log: 0,
+            lag: Default::default(),
+        }
+    }
+
+    fn lag(&mut self, group: u64, records: u64) {
+        self.lag.insert(group, records);
+    }
+
+    fn delivered(&mut self, events: usize) {
+        self.events += events as u64;
+    }
+
+    fn maybe_log(&mut self, cursor: Option<&Cursor>) {
+        let elapsed = self.logged_at.elapsed();
+        if elapsed < PROGRESS_INTERVAL {
+            return;
+        }
+        let rate = (self.events - self.events_at_log) as f64 / elapsed.as_secs_f64();
+        let lag: Vec<String> = self.lag.iter().map(|(g, l)| format!("{g}:{l}")).collect();
+        tracing::info!(
+            events = self.events,
+            events_per_second = format!("{rate:.0}"),
+            lag_records = lag.join(","),
+            cursor = %cursor.map(ToString::to_string).unwrap_or_default(),
+            running_s = self.since.elapsed().as_secs(),
+            "delivered"
+        );
+        self.events_at_log = self.events;
+        self.logged_at = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_cover_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), b"ac");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"");
+        assert_eq!(prefix_end(b""), b"");
+    }
+
+    #[test]
+    fn from_values_are_checked() {
+        assert_eq!(parse_from("now"), Ok(From::Now));
+        assert_eq!(parse_from("beginning"), Ok(From::Beginning));
+        assert_eq!(
+            parse_from("1:5,2:7"),
+            Ok(From::Cursor(Cursor([(1, 5), (2, 7)].into_iter().collect())))
+        );
+        let err = parse_from("yesterday").unwrap_err();
+        assert!(err.contains("now, beginning"), "{err}");
+        assert!(batch_events("0").is_err());
+        assert!(batch_events("100000").is_err());
+        assert_eq!(batch_events("10"), Ok(10));
+    }
+}

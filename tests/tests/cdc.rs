@@ -1,0 +1,566 @@
+//! `trellis cdc` over real processes and the real brokers on 127.0.0.1
+//! (issue 22): a Redis cache that follows the store never goes back in
+//! time and ends equal to it, through a SIGKILL of `trellis cdc`; NATS
+//! JetStream gets every committed transaction exactly once (after its
+//! message-id deduplication) through a primary's SIGKILL and a SIGKILL of
+//! `trellis cdc`, which resumes from its cursor in the catalog; RabbitMQ
+//! gets confirmed messages; bad sinks and unreachable brokers fail clearly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use tokio::time::Instant;
+use trellis_client::{Client, Consistency};
+use trellis_tests::harness::{printed, run_trellis, trellis_bin};
+use trellis_tests::replicated::ReplicatedCluster;
+
+const REDIS: &str = "127.0.0.1:6379";
+const NATS: &str = "127.0.0.1:4222";
+const AMQP: &str = "127.0.0.1:5672";
+/// Keys the cache test's writers update again and again.
+const CACHE_KEYS: usize = 16;
+/// Writers of each load.
+const WRITERS: usize = 2;
+/// How long a load phase runs.
+const PHASE: Duration = Duration::from_secs(2);
+/// How long the sink may take to catch up after the load.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+/// A `trellis cdc` child, killed (SIGKILL, by its PID) when dropped.
+struct Cdc {
+    child: Child,
+}
+
+impl Cdc {
+    fn start(args: &[&str]) -> Cdc {
+        let child = Command::new(trellis_bin())
+            .arg("cdc")
+            .args(args)
+            .env(
+                "TRELLIS_LOG",
+                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start trellis cdc");
+        Cdc { child }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Cdc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{REDIS}"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cache_follows_the_store_and_never_goes_back_through_a_cdc_kill() {
+    let cluster = ReplicatedCluster::start(2, 1, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let prefix = format!("{}/", unique("cache"));
+    let keys: Vec<Vec<u8>> = (0..CACHE_KEYS)
+        .map(|i| format!("{prefix}{i:02}").into_bytes())
+        .collect();
+    let feed = unique("cache");
+    let sink = format!("redis://{REDIS}");
+    let cdc_args = |from: bool| {
+        let mut args = vec![
+            "--addr".to_string(),
+            addr.clone(),
+            "--sink".into(),
+            sink.clone(),
+            "--feed".into(),
+            feed.clone(),
+            "--prefix".into(),
+            prefix.clone(),
+        ];
+        if from {
+            args.extend(["--from".into(), "beginning".into()]);
+        }
+        args
+    };
+    let args: Vec<String> = cdc_args(true);
+    let cdc = Cdc::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Writers: overwrite and now and then delete the same few keys.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = Client::connect(&addr).await.expect("client");
+        let keys = keys.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let txn = client.begin();
+                let key = &keys[(i * 7 + w) % keys.len()];
+                if i.is_multiple_of(9) {
+                    txn.delete(key).expect("delete");
+                } else {
+                    txn.put(key, format!("w{w}-{i}").as_bytes()).expect("put");
+                    // And a second key, often in the other group (2PC).
+                    txn.put(
+                        &keys[(i * 3 + 1) % keys.len()],
+                        format!("w{w}-{i}b").as_bytes(),
+                    )
+                    .expect("put");
+                }
+                let _ = txn.commit().await;
+            }
+        }));
+    }
+    // A reader of the cache: no key's version ever goes back.
+    let reader = {
+        let keys = keys.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = redis().await;
+            let mut newest: HashMap<Vec<u8>, u64> = HashMap::new();
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for key in &keys {
+                    if let Some((version, _)) = trellis_cdc::cache::cached(&mut conn, key)
+                        .await
+                        .expect("read the cache")
+                    {
+                        let seen = newest.entry(key.clone()).or_insert(0);
+                        assert!(
+                            version >= *seen,
+                            "the cache went back for {}: version {version} after {seen}",
+                            String::from_utf8_lossy(key)
+                        );
+                        *seen = version;
+                        reads += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            reads
+        })
+    };
+    tokio::time::sleep(PHASE).await;
+    cdc.kill9();
+    tokio::time::sleep(PHASE).await;
+    // Restarted without --from: it resumes from the saved cursor.
+    let args: Vec<String> = cdc_args(false);
+    let _cdc = Cdc::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    tokio::time::sleep(PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let reads = reader.await.expect("the cache reader");
+    assert!(reads > 0, "the reader never saw a cached key");
+
+    // After the writers: the cache equals the store.
+    let client = Client::connect(&addr).await.expect("client");
+    let store = client
+        .get(&keys, Consistency::Strong)
+        .await
+        .expect("read the store");
+    let mut conn = redis().await;
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let mut differ = Vec::new();
+        for item in &store {
+            let cached = trellis_cdc::cache::cached(&mut conn, &item.key)
+                .await
+                .expect("read the cache");
+            let same = match (item.value(), &cached) {
+                (Some(value), Some((version, Some(held)))) => {
+                    *version == item.version && held.as_slice() == value
+                }
+                // Deleted in the store: a tombstone, or never cached.
+                (None, Some((_, None)) | None) => true,
+                _ => false,
+            };
+            if !same {
+                differ.push((String::from_utf8_lossy(&item.key).into_owned(), cached));
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache still differs from the store: {differ:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut del = redis::cmd("DEL");
+    for key in &keys {
+        del.arg(key);
+    }
+    let _: i64 = del.query_async(&mut conn).await.expect("clean up");
+}
+
+/// Acknowledged transactions: id → keys written.
+type Acked = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+
+fn start_load(
+    addr: &str,
+    prefix: &str,
+    stop: &Arc<AtomicBool>,
+    acked: &Acked,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|w| {
+            let (addr, prefix, stop, acked) = (
+                addr.to_string(),
+                prefix.to_string(),
+                stop.clone(),
+                acked.clone(),
+            );
+            tokio::spawn(async move {
+                let client = Client::connect(&addr).await.expect("client");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let keys: Vec<Vec<u8>> = (0..if i.is_multiple_of(3) { 3 } else { 1 })
+                        .map(|k| format!("{prefix}{w}/{i}/{k}").into_bytes())
+                        .collect();
+                    let txn = client.begin();
+                    for k in &keys {
+                        txn.put(k, b"v").expect("put");
+                    }
+                    let id = hex::encode(txn.id());
+                    if txn.commit().await.is_ok() {
+                        acked.lock().unwrap().insert(id, keys);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// One message's JSON, the parts this test checks.
+fn parse_event(payload: &[u8]) -> (u64, u64, String, Vec<Vec<u8>>) {
+    let v: serde_json::Value = serde_json::from_slice(payload).expect("JSON event");
+    let keys = v["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["key"].as_str().expect("a UTF-8 key").as_bytes().to_vec())
+        .collect();
+    (
+        v["group"].as_u64().expect("group"),
+        v["position"].as_u64().expect("position"),
+        v["txn_id"].as_str().expect("txn_id").to_string(),
+        keys,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_gets_every_committed_transaction_once_through_a_primary_and_a_cdc_kill() {
+    let mut cluster = ReplicatedCluster::start(3, 2, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let prefix = format!("{}/", unique("nats"));
+    let subject = format!("trellis-test.{}", unique("feed"));
+    let feed = unique("nats");
+    let args = |from: bool| {
+        let mut args = vec![
+            "--addr".to_string(),
+            addr.clone(),
+            "--sink".into(),
+            format!("nats://{NATS}/{subject}"),
+            "--feed".into(),
+            feed.clone(),
+            "--prefix".into(),
+            prefix.clone(),
+            "--batch-events".into(),
+            "16".into(),
+        ];
+        if from {
+            args.extend(["--from".into(), "beginning".into()]);
+        }
+        args
+    };
+    let first: Vec<String> = args(true);
+    let cdc = Cdc::start(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let writers = start_load(&addr, &prefix, &stop, &acked);
+    tokio::time::sleep(PHASE).await;
+    let primary = cluster.primary(2).await.expect("primary of group 2");
+    cluster.kill9(2, primary);
+    tokio::time::sleep(PHASE).await;
+    cdc.kill9();
+    tokio::time::sleep(PHASE).await;
+    let again: Vec<String> = args(false);
+    let _cdc = Cdc::start(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    tokio::time::sleep(PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "the load did too little: {}", acked.len());
+
+    // Read the stream until every acknowledged transaction is there.
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.expect("NATS"));
+    let stream_name = trellis_cdc::nats::stream_name_for(&subject);
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    let stream = loop {
+        match js.get_stream(&stream_name).await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no stream {stream_name}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .expect("a consumer");
+    let mut by_txn: HashMap<String, Vec<(u64, Vec<Vec<u8>>)>> = HashMap::new();
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    loop {
+        let missing = acked
+            .iter()
+            .filter(|(id, keys)| {
+                by_txn.get(*id).is_none_or(|events| {
+                    events.iter().map(|e| e.1.len()).sum::<usize>() < keys.len()
+                })
+            })
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged transactions never reached NATS"
+        );
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(message) = batch.next().await {
+            let message = message.expect("a message");
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .expect("a message id");
+            let (group, position, txn, keys) = parse_event(&message.payload);
+            assert_eq!(id, format!("trellis-{group}-{position}"));
+            assert!(
+                ids.insert(id.clone()),
+                "{id} stored twice: deduplication failed"
+            );
+            let before = last.insert(group, position).unwrap_or(0);
+            assert!(
+                position > before,
+                "group {group}: {position} after {before}"
+            );
+            by_txn.entry(txn).or_default().push((group, keys));
+            message.ack().await.expect("ack");
+        }
+    }
+    for (txn, events) in &by_txn {
+        let keys = acked
+            .get(txn)
+            .unwrap_or_else(|| panic!("transaction {txn} in NATS was never acknowledged"));
+        let mut got: Vec<Vec<u8>> = events.iter().flat_map(|e| e.1.clone()).collect();
+        got.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(got, want, "transaction {txn}: keys differ");
+        let groups: std::collections::BTreeSet<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(
+            groups.len(),
+            events.len(),
+            "transaction {txn} twice in a group"
+        );
+    }
+    let _ = js.delete_stream(&stream_name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_gets_confirmed_messages_with_their_ids() {
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let cluster = ReplicatedCluster::start(2, 1, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let exchange = unique("trellis-test");
+    let prefix = format!("{}/", unique("amqp"));
+    // The consumer's side first: a queue bound to every group's events.
+    let connection = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{AMQP}/%2f"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the exchange");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare a queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            "trellis.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let _cdc = Cdc::start(&[
+        "--addr",
+        &addr,
+        "--sink",
+        &format!("amqp://{AMQP}/{exchange}"),
+        "--prefix",
+        &prefix,
+        "--from",
+        "beginning",
+    ]);
+    let client = Client::connect(&addr).await.expect("client");
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let txn = client.begin();
+        txn.put(format!("{prefix}{i}").as_bytes(), b"v")
+            .expect("put");
+        written.push(hex::encode(txn.id()));
+        txn.commit().await.expect("commit");
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while got.len() < written.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 10 messages came",
+            got.len()
+        );
+        match channel
+            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            Some(message) => {
+                let (group, position, txn, _) = parse_event(&message.delivery.data);
+                let id = message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string());
+                assert_eq!(id, Some(format!("trellis-{group}-{position}")));
+                got.push(txn);
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    got.sort();
+    written.sort();
+    assert_eq!(got, written);
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sinks_and_unreachable_brokers_fail_clearly() {
+    let out = run_trellis(&["cdc", "--sink", "kafka://127.0.0.1:9092/t"]);
+    assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nats://HOST:PORT/SUBJECT"),
+        "{}",
+        printed(&out)
+    );
+    let out = run_trellis(&["cdc", "--sink", "stdout", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
+    let out = run_trellis(&["cdc", "--sink", "stdout", "--feed", "no spaces"]);
+    assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
+
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let out = run_trellis(&[
+        "cdc",
+        "--addr",
+        cluster.addr(),
+        "--sink",
+        "nats://127.0.0.1:1/nowhere",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "{}",
+        printed(&out)
+    );
+    // A cursor of another cluster.
+    let out = run_trellis(&[
+        "cdc",
+        "--addr",
+        cluster.addr(),
+        "--sink",
+        "stdout",
+        "--from",
+        "9:100",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group 9"),
+        "{}",
+        printed(&out)
+    );
+}
