@@ -248,6 +248,23 @@ pub fn table(status: &pb::StatusResponse) -> String {
         let _ = writeln!(out, "reshard jobs:");
         let _ = write!(out, "{}", indent(&jobs_table(&status.reshard_jobs), "  "));
     }
+    if !status.feeds.is_empty() {
+        let _ = writeln!(out, "feeds:");
+        let header = ["feed", "saved", "lag (records by group)", "cursor"];
+        let rows: Vec<Vec<String>> = status
+            .feeds
+            .iter()
+            .map(|f| {
+                vec![
+                    f.feed.clone(),
+                    format!("{}s ago", f.saved_age_s),
+                    feed_lag_text(f),
+                    feed_cursor_text(f),
+                ]
+            })
+            .collect();
+        write_aligned(&mut out, "  ", &header, &rows);
+    }
     if !status.coordinators.is_empty() {
         let _ = writeln!(out, "coordinators:");
         let header = ["id", "address", "state", "heartbeat", "up", "metrics"];
@@ -421,14 +438,59 @@ pub fn json(status: &pb::StatusResponse) -> String {
             )
         })
         .collect();
+    let feeds: Vec<String> = status
+        .feeds
+        .iter()
+        .map(|f| {
+            let lag: Vec<String> = f
+                .lag
+                .iter()
+                .map(|l| format!("\"{}\":{}", l.group, l.records))
+                .collect();
+            format!(
+                "{{\"feed\":{},\"saved_age_s\":{},\"cursor\":{},\"lag_records\":{{{}}}}}",
+                quote(&f.feed),
+                f.saved_age_s,
+                quote(&feed_cursor_text(f)),
+                lag.join(",")
+            )
+        })
+        .collect();
     format!(
-        "{{\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}],\"reshard_jobs\":{}}}\n",
+        "{{\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}],\"reshard_jobs\":{},\"feeds\":[{}]}}\n",
         status.map_epoch,
         quote(&status.catalog),
         groups.join(","),
         coordinators.join(","),
-        jobs_json(&status.reshard_jobs)
+        jobs_json(&status.reshard_jobs),
+        feeds.join(",")
     )
+}
+
+/// `1:0 2:15`: a feed's lag in records, by group.
+fn feed_lag_text(f: &pb::FeedStatus) -> String {
+    if f.lag.is_empty() {
+        return "-".into();
+    }
+    f.lag
+        .iter()
+        .map(|l| format!("{}:{}", l.group, l.records))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `1:120,2:88`: a feed's cursor as `trellis cdc --from` takes it.
+fn feed_cursor_text(f: &pb::FeedStatus) -> String {
+    f.cursor
+        .as_ref()
+        .map(|c| {
+            c.groups
+                .iter()
+                .map(|p| format!("{}:{}", p.group, p.position))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn indent(text: &str, prefix: &str) -> String {
@@ -611,6 +673,7 @@ mod tests {
             map_epoch: 1,
             catalog: "sqlite".into(),
             reshard_jobs: Vec::new(),
+            feeds: Vec::new(),
             groups: vec![pb::GroupStatus {
                 group_id: 1,
                 slots_owned: 1365,
@@ -753,6 +816,54 @@ mod tests {
         status.groups[0].members[0].lease_ms = 0;
         assert!(table(&status).contains("LAPSED"));
         assert!(super::json(&status).contains("\"lease_ms\":0"));
+    }
+
+    #[test]
+    fn feeds_show_their_lag_and_cursor() {
+        let mut status = sample();
+        assert!(!table(&status).contains("feeds:"));
+        assert!(json(&status).contains("\"feeds\":[]"));
+        status.feeds.push(pb::FeedStatus {
+            feed: "orders".into(),
+            cursor: Some(pb::FeedCursor {
+                groups: vec![
+                    pb::GroupPosition {
+                        group: 1,
+                        position: 120,
+                    },
+                    pb::GroupPosition {
+                        group: 2,
+                        position: 88,
+                    },
+                ],
+            }),
+            saved_age_s: 3,
+            lag: vec![
+                pb::FeedLag {
+                    group: 1,
+                    records: 0,
+                },
+                pb::FeedLag {
+                    group: 2,
+                    records: 15,
+                },
+            ],
+        });
+        let text = table(&status);
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("orders"))
+            .expect("a feed row");
+        assert!(row.contains("3s ago"), "{text}");
+        assert!(row.contains("1:0 2:15"), "{text}");
+        assert!(row.contains("1:120,2:88"), "{text}");
+        assert!(
+            json(&status).contains(
+                "\"feeds\":[{\"feed\":\"orders\",\"saved_age_s\":3,\"cursor\":\"1:120,2:88\",\"lag_records\":{\"1\":0,\"2\":15}}]"
+            ),
+            "{}",
+            json(&status)
+        );
     }
 
     #[test]

@@ -150,7 +150,6 @@ impl pb::admin_server::Admin for AdminApi {
             .unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             map_epoch: map.map_epoch,
-            groups,
             coordinators,
             catalog: router.catalog().backend().to_string(),
             // Unfinished jobs, oldest first; none if the catalog cannot
@@ -167,6 +166,11 @@ impl pb::admin_server::Admin for AdminApi {
                 }
                 Err(_) => Vec::new(),
             },
+            feeds: match router.catalog().feed_cursors().await {
+                Ok(rows) => feed_statuses(rows, &groups),
+                Err(_) => Vec::new(),
+            },
+            groups,
         }))
     }
 
@@ -969,6 +973,41 @@ fn catalog_status(e: crate::catalog::CatalogError) -> Status {
         crate::catalog::CatalogError::Database { .. } => Status::unavailable(e.to_string()),
         other => Status::failed_precondition(other.to_string()),
     }
+}
+
+/// The registered feeds with their lag: by group, the records its primary
+/// (as the status found it) holds past the feed's position.
+fn feed_statuses(
+    rows: Vec<crate::catalog::FeedCursorRow>,
+    groups: &[pb::GroupStatus],
+) -> Vec<pb::FeedStatus> {
+    use prost::Message as _;
+    rows.into_iter()
+        .map(|row| {
+            let cursor = pb::FeedCursor::decode(row.cursor.as_slice()).unwrap_or_default();
+            let lag = groups
+                .iter()
+                .filter_map(|g| {
+                    let head = g.members.iter().find(|m| m.role == "primary")?.last_lsn;
+                    let position = cursor
+                        .groups
+                        .iter()
+                        .find(|p| p.group == g.group_id)
+                        .map_or(0, |p| p.position);
+                    Some(pb::FeedLag {
+                        group: g.group_id,
+                        records: head.saturating_sub(position),
+                    })
+                })
+                .collect();
+            pb::FeedStatus {
+                feed: row.feed,
+                cursor: Some(cursor),
+                saved_age_s: row.updated_age_ms / 1000,
+                lag,
+            }
+        })
+        .collect()
 }
 
 /// A group's configuration as the shard-internal message.

@@ -395,6 +395,19 @@ async fn a_saved_cursor_resumes_exactly_after_what_was_handled() {
         .await
         .expect("save cursor");
     drop(watch);
+    // The status lists the feed, its cursor and how far behind it is: the
+    // group's log holds the ten commits the watch did not hand out.
+    let status = cluster.status().await.expect("status");
+    let feed = status
+        .feeds
+        .iter()
+        .find(|f| f.feed == "resume-test")
+        .expect("the status lists the saved feed");
+    assert_eq!(feed.lag.len(), 1, "{feed:?}");
+    assert!(
+        feed.lag[0].records >= (RESUME_FIRST / 2) as u64,
+        "{feed:?}: lag below the transactions not handed out"
+    );
     for i in RESUME_FIRST..RESUME_FIRST + RESUME_MORE {
         ids.push(put(&client, &format!("r/{i:03}"), &format!("{i}")).await);
     }
