@@ -7,6 +7,7 @@
 //! connected to again with backoff and given the same events (the sinks
 //! are idempotent); the feed's lag grows meanwhile, no event is dropped.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use anyhow::{Context, bail};
 use tokio::time::Instant;
 use trellis_cdc::{DELIVER_EVENTS_MAX, Sink, SinkUrl};
 use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage};
+use trellis_metrics::{Counter, Scrape};
 
 /// Backoff between attempts to deliver to a failing sink, or to watch
 /// again after the coordinator went away.
@@ -74,6 +76,96 @@ pub struct Args {
     /// Events delivered per batch, at most.
     #[arg(long, default_value_t = BATCH_EVENTS_DEFAULT, value_parser = batch_events)]
     batch_events: usize,
+    /// Address for Prometheus metrics at /metrics (port 0 picks a free
+    /// port; the log says which): events delivered, lag by group in
+    /// records and seconds, sink errors, checkpoints.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: std::net::SocketAddr,
+}
+
+/// The metrics of one `trellis cdc`, read at each scrape.
+#[derive(Default)]
+struct CdcMetrics {
+    feed: String,
+    events: Counter,
+    batches: Counter,
+    sink_errors: Counter,
+    watch_restarts: Counter,
+    checkpoints: Counter,
+    checkpoint_errors: Counter,
+    /// By group: records behind, and since when it was last caught up
+    /// (`None`: caught up at the last resolved message).
+    lag: Mutex<BTreeMap<u64, (u64, Option<Instant>)>>,
+}
+
+impl CdcMetrics {
+    fn lag(&self, group: u64, records: u64) {
+        let mut lag = self.lag.lock().expect("lag lock poisoned");
+        let entry = lag.entry(group).or_insert((0, None));
+        entry.0 = records;
+        if records == 0 {
+            entry.1 = None;
+        } else if entry.1.is_none() {
+            entry.1 = Some(Instant::now());
+        }
+    }
+
+    fn render(&self) -> Scrape {
+        let mut out = Scrape::new();
+        let feed = || vec![("feed".to_string(), self.feed.clone())];
+        let one = |c: &Counter| vec![(feed(), c.get())];
+        out.counter_family(
+            "trellis_cdc_events_total",
+            "Events the sink accepted.",
+            one(&self.events),
+        );
+        out.counter_family(
+            "trellis_cdc_batches_total",
+            "Batches the sink accepted.",
+            one(&self.batches),
+        );
+        out.counter_family(
+            "trellis_cdc_sink_errors_total",
+            "Deliveries that failed (each is retried with backoff).",
+            one(&self.sink_errors),
+        );
+        out.counter_family(
+            "trellis_cdc_watch_restarts_total",
+            "Times the feed was watched again after its stream broke.",
+            one(&self.watch_restarts),
+        );
+        out.counter_family(
+            "trellis_cdc_checkpoints_total",
+            "Cursors saved in the catalog.",
+            one(&self.checkpoints),
+        );
+        out.counter_family(
+            "trellis_cdc_checkpoint_errors_total",
+            "Cursor saves that failed (the next one saves a newer cursor).",
+            one(&self.checkpoint_errors),
+        );
+        let lag = self.lag.lock().expect("lag lock poisoned");
+        let series = |value: &dyn Fn(&(u64, Option<Instant>)) -> f64| {
+            lag.iter()
+                .map(|(group, l)| {
+                    let mut labels = feed();
+                    labels.push(("group".to_string(), group.to_string()));
+                    (labels, value(l))
+                })
+                .collect::<Vec<_>>()
+        };
+        out.gauge_family(
+            "trellis_cdc_lag_records",
+            "Log records the group's primary holds past the feed's resolved position.",
+            series(&|l| l.0 as f64),
+        );
+        out.gauge_family(
+            "trellis_cdc_lag_seconds",
+            "Seconds since the feed was last caught up with the group (0: caught up).",
+            series(&|l| l.1.map_or(0.0, |since| since.elapsed().as_secs_f64())),
+        );
+        out
+    }
 }
 
 fn parse_sink(text: &str) -> Result<SinkUrl, String> {
@@ -159,6 +251,16 @@ type Delivered = Arc<Mutex<Option<Cursor>>>;
 
 async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
     let from = args.from.clone();
+    let metrics = Arc::new(CdcMetrics {
+        feed: args.feed.clone().unwrap_or_else(|| "-".into()),
+        ..CdcMetrics::default()
+    });
+    let (metrics_addr, listener) = trellis_metrics::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
+    let render = metrics.clone();
+    tokio::spawn(trellis_metrics::serve(listener, move || render.render()));
+    tracing::info!(%metrics_addr, "metrics at /metrics");
     let client = Client::connect(&args.addr)
         .await
         .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
@@ -186,7 +288,12 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
     let end = prefix_end(&start);
     let mut progress = Progress::new();
     let mut backoff = RETRY_BACKOFF_MIN;
+    let mut first = true;
     loop {
+        if !first {
+            metrics.watch_restarts.inc();
+        }
+        first = false;
         let mut watch = match client.watch(&start, &end, delivered.as_ref()).await {
             Ok(watch) => watch,
             Err(e) if retryable(&e) => {
@@ -224,14 +331,19 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     head,
                 } => {
                     progress.lag(group, head.saturating_sub(position));
+                    metrics.lag(group, head.saturating_sub(position));
                     true
                 }
             };
             if !flush {
                 continue;
             }
-            deliver(&mut sink, &args.sink, &batch).await;
+            deliver(&mut sink, &args.sink, &batch, &metrics).await;
             progress.delivered(batch.len());
+            if !batch.is_empty() {
+                metrics.events.add(batch.len() as u64);
+                metrics.batches.inc();
+            }
             batch.clear();
             // Everything the watch handed out is delivered: its cursor is
             // safe to keep.
@@ -242,10 +354,16 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             {
                 let cursor = watch.cursor();
                 match client.save_cursor(name, cursor).await {
-                    Ok(()) => checkpointed_at = Instant::now(),
+                    Ok(()) => {
+                        checkpointed_at = Instant::now();
+                        metrics.checkpoints.inc();
+                    }
                     // Not fatal: the next checkpoint saves a newer one;
                     // a crash meanwhile only repeats events.
-                    Err(e) => tracing::warn!(error = %e, "cannot save the cursor"),
+                    Err(e) => {
+                        metrics.checkpoint_errors.inc();
+                        tracing::warn!(error = %e, "cannot save the cursor");
+                    }
                 }
             }
             progress.maybe_log(delivered.as_ref());
@@ -260,7 +378,7 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
 
 /// Delivers `events`, trying again (a new connection each time) until the
 /// sink takes them: the feed waits, it never drops an event.
-async fn deliver(sink: &mut Sink, url: &SinkUrl, events: &[FeedEvent]) {
+async fn deliver(sink: &mut Sink, url: &SinkUrl, events: &[FeedEvent], metrics: &CdcMetrics) {
     let mut backoff = RETRY_BACKOFF_MIN;
     let mut attempt = 0u32;
     loop {
@@ -273,6 +391,7 @@ async fn deliver(sink: &mut Sink, url: &SinkUrl, events: &[FeedEvent]) {
             }
             Err(e) => {
                 attempt += 1;
+                metrics.sink_errors.inc();
                 tracing::warn!(error = %e, attempt, ?backoff, "the sink failed; trying again");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt as _;
 use tokio::time::Instant;
 use trellis_client::{Client, Consistency};
-use trellis_tests::harness::{printed, run_trellis, trellis_bin};
+use trellis_tests::harness::{http_get, metric_sample, printed, run_trellis, trellis_bin};
 use trellis_tests::replicated::ReplicatedCluster;
 
 const REDIS: &str = "127.0.0.1:6379";
@@ -36,6 +36,12 @@ fn unique(tag: &str) -> String {
         .expect("clock after 1970")
         .as_nanos();
     format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+/// A loopback address with a port free now.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
 }
 
 /// A `trellis cdc` child, killed (SIGKILL, by its PID) when dropped.
@@ -170,7 +176,9 @@ async fn a_redis_cache_follows_the_store_and_never_goes_back_through_a_cdc_kill(
     cdc.kill9();
     tokio::time::sleep(PHASE).await;
     // Restarted without --from: it resumes from the saved cursor.
-    let args: Vec<String> = cdc_args(false);
+    let metrics_addr = free_addr();
+    let mut args: Vec<String> = cdc_args(false);
+    args.extend(["--metrics-listen".into(), metrics_addr.clone()]);
     let _cdc = Cdc::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     tokio::time::sleep(PHASE).await;
     stop.store(true, Ordering::Relaxed);
@@ -214,6 +222,24 @@ async fn a_redis_cache_follows_the_store_and_never_goes_back_through_a_cdc_kill(
             "the cache still differs from the store: {differ:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its metrics: events delivered, and every group's lag.
+    let page = http_get(&metrics_addr, "/metrics").await;
+    let events = metric_sample(
+        &page,
+        &format!("trellis_cdc_events_total{{feed=\"{feed}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no events counter in {page}"));
+    assert!(events > 0.0, "{page}");
+    for group in 1..=2 {
+        assert!(
+            metric_sample(
+                &page,
+                &format!("trellis_cdc_lag_records{{feed=\"{feed}\",group=\"{group}\"}}")
+            )
+            .is_some(),
+            "no lag for group {group} in {page}"
+        );
     }
     let mut del = redis::cmd("DEL");
     for key in &keys {
