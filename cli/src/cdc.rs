@@ -93,10 +93,13 @@ struct CdcMetrics {
     watch_restarts: Counter,
     checkpoints: Counter,
     checkpoint_errors: Counter,
-    /// By group: records behind, and since when it was last caught up
-    /// (`None`: caught up at the last resolved message).
-    lag: Mutex<BTreeMap<u64, (u64, Option<Instant>)>>,
+    /// By group.
+    lag: Mutex<BTreeMap<u64, GroupLag>>,
 }
+
+/// How far a feed is behind one group: records, and since when it was
+/// last caught up (`None`: caught up at the last resolved message).
+type GroupLag = (u64, Option<Instant>);
 
 impl CdcMetrics {
     fn lag(&self, group: u64, records: u64) {
@@ -145,7 +148,7 @@ impl CdcMetrics {
             one(&self.checkpoint_errors),
         );
         let lag = self.lag.lock().expect("lag lock poisoned");
-        let series = |value: &dyn Fn(&(u64, Option<Instant>)) -> f64| {
+        let series = |value: &dyn Fn(&GroupLag) -> f64| {
             lag.iter()
                 .map(|(group, l)| {
                     let mut labels = feed();
