@@ -114,6 +114,17 @@ it first: `trellis admin drain-group --group N --wait`).")]
         #[arg(long, value_parser = crate::flags::u64_in(1, u64::from(GROUPS_MAX)))]
         group: u64,
     },
+    /// Forget a registered change feed (`trellis cdc --feed NAME`): its
+    /// saved cursor is deleted, and the groups no longer keep their logs
+    /// for it. A `trellis cdc --feed NAME` started later begins anew.
+    ForgetFeed {
+        /// Coordinator address, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
+        addr: String,
+        /// The feed's name, as `trellis status` lists it.
+        #[arg(long)]
+        feed: String,
+    },
     /// Move slots so that every group holds an even share (the ring's
     /// assignment over the groups the catalog holds).
     ///
@@ -214,6 +225,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         AdminCommand::AddGroup { addr, group } => runtime.block_on(add_group(&addr, group)),
         AdminCommand::RemoveGroup { addr, group } => runtime.block_on(remove_group(&addr, group)),
+        AdminCommand::ForgetFeed { addr, feed } => runtime.block_on(async {
+            let client = trellis_client::Client::connect(&addr)
+                .await
+                .with_context(|| format!("connecting to the coordinator at {addr}"))?;
+            let existed = client
+                .delete_cursor(&feed)
+                .await
+                .with_context(|| format!("forgetting feed {feed:?}"))?;
+            if !existed {
+                bail!("no feed named {feed:?}: `trellis status` lists the registered feeds");
+            }
+            println!("feed {feed:?} forgotten: its cursor is deleted and the logs are no longer kept for it");
+            Ok(())
+        }),
         AdminCommand::Rebalance { addr, wait } => runtime.block_on(async {
             let mut client = admin_client(&addr).await?;
             let created = client

@@ -202,6 +202,21 @@ impl Client {
             .into_inner();
         Ok(answer.cursor.as_ref().map(Cursor::from_pb))
     }
+
+    /// Forgets the cursor kept under `feed` (the cluster stops keeping
+    /// its log for that feed); whether there was one.
+    pub async fn delete_cursor(&self, feed: &str) -> Result<bool> {
+        let request = self.request(pb::DeleteCursorRequest {
+            feed: feed.to_string(),
+        });
+        let answer = self
+            .changefeed()
+            .delete_cursor(request)
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        Ok(answer.existed)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The public `trellis.v1.Changefeed` service (DESIGN.md §11): `Watch` runs
 //! `trellis_txn::feed`'s fan-in over this coordinator's router;
 //! `SaveCursor` and `LoadCursor` keep a feed's cursor in the catalog (as
-//! the encoded `FeedCursor`), so a restarted `trellis cdc` resumes.
+//! the encoded `FeedCursor`), so a restarted `trellis cdc` resumes, and
+//! `DeleteCursor` forgets one (the groups' logs are kept for registered
+//! feeds: see `GroupConfig.feed_keep_from`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -95,5 +97,18 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
             })?),
         };
         Ok(Response::new(pb::LoadCursorResponse { cursor }))
+    }
+
+    async fn delete_cursor(
+        &self,
+        request: Request<pb::DeleteCursorRequest>,
+    ) -> Result<Response<pb::DeleteCursorResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        crate::catalog::check_feed_name(&req.feed).map_err(invalid)?;
+        let catalog = self.txns.router().catalog();
+        let existed =
+            crate::service::catalog_read(deadline, catalog.delete_feed_cursor(&req.feed)).await?;
+        Ok(Response::new(pb::DeleteCursorResponse { existed }))
     }
 }

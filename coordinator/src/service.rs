@@ -753,6 +753,37 @@ fn member_statuses(
 mod status_tests {
     use super::*;
 
+    #[test]
+    fn registered_feeds_pin_each_group_from_their_slowest_position() {
+        use prost::Message as _;
+        let row = |feed: &str, positions: &[(u64, u64)]| crate::catalog::FeedCursorRow {
+            feed: feed.into(),
+            cursor: pb::FeedCursor {
+                groups: positions
+                    .iter()
+                    .map(|&(group, position)| pb::GroupPosition { group, position })
+                    .collect(),
+            }
+            .encode_to_vec(),
+            updated_age_ms: 0,
+        };
+        assert_eq!(feed_keep_from(&[], 1), 0, "no feed, no pin");
+        let rows = [row("a", &[(1, 50), (2, 9)]), row("b", &[(1, 70)])];
+        assert_eq!(
+            feed_keep_from(&rows, 1),
+            51,
+            "the slowest feed's next record"
+        );
+        assert_eq!(
+            feed_keep_from(&rows, 2),
+            1,
+            "a feed without the group needs its whole log"
+        );
+        let statuses = feed_statuses(rows.to_vec(), &[]);
+        assert_eq!(statuses.len(), 2);
+        assert!(statuses[0].lag.is_empty(), "no group answered: no lag");
+    }
+
     /// Each refusal of an Admin group change has its code, its reason and
     /// the group in the `ErrorInfo`, and keeps the catalog's message.
     #[test]
@@ -912,7 +943,17 @@ impl shard_pb::membership_server::Membership for MembershipApi {
         let group = request.into_inner().group_id;
         let router = self.txns.router();
         let map = router.catalog().load().await.map_err(catalog_status)?;
-        let config = group_config(&map, group)?;
+        let mut config = group_config(&map, group)?;
+        // Registered feeds' pin: the catalog's cursors decide what the
+        // group's logs keep (a read that fails leaves the pin unset this
+        // time; the next poll sets it again).
+        config.feed_keep_from = match router.catalog().feed_cursors().await {
+            Ok(rows) => feed_keep_from(&rows, group),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the feed cursors for the log pin");
+                0
+            }
+        };
         router.install(map);
         Ok(Response::new(config))
     }
@@ -1010,6 +1051,28 @@ fn feed_statuses(
         .collect()
 }
 
+/// The first record of `group` the registered feeds still need: the
+/// lowest position any cursor holds for it, plus one (a cursor without the
+/// group needs its log from the start); 0 with no feed.
+fn feed_keep_from(rows: &[crate::catalog::FeedCursorRow], group: GroupId) -> u64 {
+    use prost::Message as _;
+    rows.iter()
+        .map(|row| {
+            pb::FeedCursor::decode(row.cursor.as_slice())
+                .ok()
+                .and_then(|c| {
+                    c.groups
+                        .iter()
+                        .find(|p| p.group == group)
+                        .map(|p| p.position)
+                })
+                .unwrap_or(0)
+                + 1
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 /// A group's configuration as the shard-internal message.
 fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfig, Status> {
     let g = map
@@ -1031,6 +1094,8 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
             .collect(),
         map_epoch: map.map_epoch,
         slots: map.slots_of(group).to_bytes(),
+        // Filled by GetGroup from the catalog's feed cursors.
+        feed_keep_from: 0,
     })
 }
 

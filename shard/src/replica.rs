@@ -737,7 +737,12 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
     loop {
         tick.tick().await;
         let config = match get_group(&coordinator, shard.group_id()).await {
-            Ok((config, slots)) => {
+            Ok(Polled {
+                config,
+                slots,
+                feed_keep_from,
+            }) => {
+                shard.pin_log_for_feeds(feed_keep_from);
                 if let Some((map_epoch, slots)) = slots {
                     let owned = slots.len();
                     if shard.set_slots(map_epoch, slots) {
@@ -1037,12 +1042,18 @@ async fn peer_status(addr: &str) -> Option<PeerStatus> {
     }
 }
 
-/// The group's configuration, and the slot map's epoch with the group's
-/// slots under it when the coordinator gave them.
-async fn get_group(
-    coordinator: &Coordinator,
-    group: u64,
-) -> Result<(GroupConfig, Option<(MapEpoch, SlotSet)>), ReplicaError> {
+/// What a configuration poll learns.
+struct Polled {
+    config: GroupConfig,
+    /// The slot map's epoch with the group's slots under it, when the
+    /// coordinator gave them.
+    slots: Option<(MapEpoch, SlotSet)>,
+    /// The first record registered feeds still need (0: none).
+    feed_keep_from: Lsn,
+}
+
+/// The group's configuration, its slots, and the registered feeds' pin.
+async fn get_group(coordinator: &Coordinator, group: u64) -> Result<Polled, ReplicaError> {
     let mut client = coordinator.clone();
     let wire = client
         .get_group(pb::GetGroupRequest { group_id: group })
@@ -1055,7 +1066,12 @@ async fn get_group(
         let slots = SlotSet::from_bytes(&wire.slots).map_err(ReplicaError::SlotMap)?;
         Some((wire.map_epoch, slots))
     };
-    Ok((GroupConfig::from(wire), slots))
+    let feed_keep_from = wire.feed_keep_from;
+    Ok(Polled {
+        config: GroupConfig::from(wire),
+        slots,
+        feed_keep_from,
+    })
 }
 
 async fn register(coordinator: &Coordinator, group: u64, addr: &str) -> Result<(), ReplicaError> {

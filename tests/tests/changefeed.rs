@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage, TxnState};
+use trellis_tests::harness::{printed, run_trellis};
 use trellis_tests::replicated::ReplicatedCluster;
 
 /// Concurrent writers.
@@ -431,6 +432,28 @@ async fn a_saved_cursor_resumes_exactly_after_what_was_handled() {
     assert_eq!(deleted[0].changes[0].key, b"r/000");
     assert_eq!(deleted[0].changes[0].value, None, "a delete has no value");
     assert_eq!(client.load_cursor("never-saved").await.expect("load"), None);
+    // Forgotten: gone from the catalog and the status; a second time is
+    // an error that says where to look.
+    let forget = [
+        "admin",
+        "forget-feed",
+        "--addr",
+        cluster.addr(),
+        "--feed",
+        "resume-test",
+    ];
+    let out = run_trellis(&forget);
+    assert!(out.status.success(), "{}", printed(&out));
+    assert_eq!(client.load_cursor("resume-test").await.expect("load"), None);
+    let status = cluster.status().await.expect("status");
+    assert!(status.feeds.is_empty(), "{:?}", status.feeds);
+    let out = run_trellis(&forget);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no feed named"),
+        "{}",
+        printed(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

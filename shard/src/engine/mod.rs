@@ -88,6 +88,10 @@ pub const LOG_RETAIN_BYTES: u64 = 256 * 1024 * 1024;
 /// older records gets a snapshot instead. Bounds the disk a slow backup can
 /// cost its primary.
 pub const LOG_PINNED_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+const _: () = assert!(
+    LOG_PINNED_BYTES_MAX == 1 << 30,
+    "FeedHistoryGone's message names the bound"
+);
 
 /// How a replica's log is cut into segments, snapshotted and kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +228,8 @@ pub enum ShardError {
     /// history that gives their versions) no longer reaches back that far.
     #[error(
         "group {group} no longer keeps its log after position {after}; start the feed from now \
-         or from a newer cursor (the log keeps --log-retain-bytes past each snapshot)"
+         or from a newer cursor (a group's log keeps --log-retain-bytes past each snapshot, and \
+         up to 1 GiB more (LOG_PINNED_BYTES_MAX) for registered feeds and running streams)"
     )]
     FeedHistoryGone { group: GroupId, after: Lsn },
 }
@@ -274,6 +279,9 @@ pub struct Shard {
     pub catch_up: crate::pacer::Pacer,
     /// Log positions streams to backups still need from disk.
     log_pins: std::sync::Mutex<LogPins>,
+    /// The first record registered change feeds still need (0: none), as
+    /// the coordinator last said.
+    feed_keep_from: std::sync::atomic::AtomicU64,
     /// When recovery finished (the process's uptime in the cluster status).
     opened_at: Instant,
     _lock: File,

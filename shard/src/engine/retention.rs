@@ -64,10 +64,23 @@ impl Shard {
         }
     }
 
-    /// The first record any stream still needs from disk.
+    /// Registered change feeds need the log from `keep_from` on (0: none):
+    /// kept like a stream's pin, within [`LOG_PINNED_BYTES_MAX`]; past it
+    /// a feed that comes back finds its history gone and is told so.
+    pub fn pin_log_for_feeds(&self, keep_from: Lsn) {
+        self.feed_keep_from.store(keep_from, Ordering::Relaxed);
+    }
+
+    /// The first record any stream or registered feed still needs from
+    /// disk.
     fn lowest_log_pin(&self) -> Option<Lsn> {
         let pins = self.log_pins.lock().expect("log pins lock poisoned");
-        pins.from.values().copied().min()
+        let feeds = self.feed_keep_from.load(Ordering::Relaxed);
+        pins.from
+            .values()
+            .copied()
+            .chain((feeds > 0).then_some(feeds))
+            .min()
     }
 
     /// Writes a snapshot of the current state, then deletes older snapshots
@@ -207,11 +220,20 @@ mod tests {
         shard.snapshot().await.expect("snapshot");
         assert!(shard.log_reader(150).await.expect("reader").is_some());
         assert!(shard.log_reader(50).await.expect("reader").is_none());
+        // A registered feed's position pins the log like a stream does.
+        shard.pin_log_for_feeds(160);
         drop(pin);
+        write(50).await;
         shard.snapshot().await.expect("snapshot");
         assert!(
-            shard.log_reader(150).await.expect("reader").is_none(),
-            "the log was kept after its pin was dropped"
+            shard.log_reader(160).await.expect("reader").is_some(),
+            "a snapshot deleted records a registered feed still needs"
+        );
+        shard.pin_log_for_feeds(0);
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(160).await.expect("reader").is_none(),
+            "the log was kept after its pins were dropped"
         );
     }
 }
