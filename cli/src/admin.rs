@@ -2,7 +2,8 @@
 //! primary over (`transfer-primary`), add an empty shard group
 //! (`add-group`), forget one that owns no slots (`remove-group`), and move
 //! slots between groups (`rebalance`, `move-slots`, `drain-group`, watched
-//! and controlled with `reshard list|pause|resume|cancel`).
+//! and controlled with `reshard list|pause|resume|cancel`), and forget a
+//! registered change feed (`forget-feed`).
 
 use std::time::{Duration, Instant};
 

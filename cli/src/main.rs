@@ -99,7 +99,8 @@ enum Command {
     /// statements from -c, -f or standard input.
     Sql(sql::Args),
     /// Operator commands on a running cluster (transfer-primary, add-group,
-    /// remove-group, rebalance, move-slots, drain-group, reshard).
+    /// remove-group, rebalance, move-slots, drain-group, reshard,
+    /// forget-feed).
     Admin(admin::Args),
     /// Run a change feed into a sink (stdout, NATS JetStream, RabbitMQ, a
     /// Redis cache), resuming from a cursor kept in the catalog.
