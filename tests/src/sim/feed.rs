@@ -1,0 +1,361 @@
+//! The simulator's change-feed consumer: a host (`feed`) that watches the
+//! whole key space through the coordinator's `Changefeed.Watch` from every
+//! group's log beginning, keeps every message it handles, and when its
+//! stream breaks (a coordinator crash or cut, a silent stream) watches
+//! again from its [`Cursor`], so its record has no gap. After the final
+//! read it waits (at most [`FEED_CATCH_UP_MAX`]) until every group's feed
+//! is resolved past the log's head as it was then; the run then judges
+//! the record against the history (`trellis_checker::feed`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trellis_checker::feed::{FeedEvent, FeedMessage, FeedReport, ListWrite};
+use trellis_checker::{Mop, Op};
+use trellis_client::{Client, Cursor, Options, Route};
+
+use super::{COORDINATOR, PORT};
+use crate::workload::{CLIENT_RPC_TIMEOUT, decode_list_value, parse_list_key};
+
+/// The consumer's host name.
+pub const FEED_HOST: &str = "feed";
+/// A watch that hands out nothing for this long is opened again (every
+/// group resolves at least every 200 ms when it is healthy).
+pub const FEED_SILENCE_MAX: Duration = Duration::from_secs(3);
+/// Pause before watching again after a stream broke or could not open.
+pub const FEED_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest simulated time from the final read's end to the feed resolved
+/// past every group's head; past it the run fails if events are missing.
+pub const FEED_CATCH_UP_MAX: Duration = Duration::from_secs(8);
+/// The consumer waits at least this long after the final read, so that
+/// every group still fed has sent a resolved position since.
+pub const FEED_CATCH_UP_MIN: Duration = Duration::from_secs(1);
+/// Most messages kept (a run has a few thousand); past it the run fails.
+pub const FEED_MESSAGES_MAX: usize = 1_000_000;
+
+/// What the consumer saw, shared with the run.
+#[derive(Default)]
+pub struct FeedState {
+    /// Every message handled, in order, across watches.
+    pub messages: Vec<trellis_client::FeedMessage>,
+    /// Watches opened.
+    pub watches: u64,
+    /// Why watches ended or could not open, with simulated times.
+    pub breaks: Vec<String>,
+    /// Set by the run when the final read is over: the consumer catches up
+    /// and stops.
+    pub final_done_at: Option<Duration>,
+    /// Set by the consumer: it caught up (or gave up) and stopped.
+    pub finished: Option<Result<Duration, String>>,
+    /// Something no retry fixes (too many messages).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct Feed(pub Arc<Mutex<FeedState>>);
+
+impl Feed {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the final read's host when it is done; waits (at most
+    /// [`FEED_CATCH_UP_MAX`] plus a step) for the consumer to catch up.
+    pub async fn final_done(&self) {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.lock().final_done_at = Some(now);
+        let deadline = now + FEED_CATCH_UP_MAX + Duration::from_secs(1);
+        while self.lock().finished.is_none()
+            && turmoil::sim_elapsed().unwrap_or_default() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// The consumer host's software.
+pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
+    let options = Options {
+        rpc_timeout: CLIENT_RPC_TIMEOUT,
+        connect_timeout: Duration::from_secs(2),
+        route: Route::Coordinator,
+    };
+    let addr = format!("{COORDINATOR}:{PORT}");
+    // No group named: every group from its log's beginning.
+    let mut cursor = Cursor::default();
+    let mut catch_up = CatchUp::default();
+    // One client for the whole run: its channel reconnects by itself.
+    let client = loop {
+        match Client::connect_with(&addr, options.clone()).await {
+            Ok(client) => break client,
+            Err(err) => {
+                feed.lock()
+                    .breaks
+                    .push(format!("{:?} connect: {err}", now()));
+                tokio::time::sleep(FEED_RETRY_PAUSE).await;
+            }
+        }
+    };
+    loop {
+        if let Some(done) = catch_up.done(&feed) {
+            feed.lock().finished = Some(done);
+            return Ok(());
+        }
+        let mut watch = match client.watch(b"", b"", Some(&cursor)).await {
+            Ok(watch) => watch,
+            Err(err) => {
+                let text = err.to_string();
+                feed.lock()
+                    .breaks
+                    .push(format!("{:?} watch from {cursor}: {text}", now()));
+                // A group removed (resharding) is no longer watched.
+                if let Some(group) = removed_group(&text) {
+                    cursor.0.remove(&group);
+                }
+                tokio::time::sleep(FEED_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        feed.lock().watches += 1;
+        loop {
+            if let Some(done) = catch_up.done(&feed) {
+                feed.lock().finished = Some(done);
+                return Ok(());
+            }
+            let why = match tokio::time::timeout(FEED_SILENCE_MAX, watch.next()).await {
+                Ok(Ok(Some(message))) => {
+                    cursor = watch.cursor().clone();
+                    let mut state = feed.lock();
+                    catch_up.saw(&message, state.final_done_at);
+                    if state.messages.len() >= FEED_MESSAGES_MAX {
+                        state.error = Some(format!(
+                            "the consumer got more than {FEED_MESSAGES_MAX} messages"
+                        ));
+                        state.finished = Some(Err("too many messages".into()));
+                        return Ok(());
+                    }
+                    state.messages.push(message);
+                    continue;
+                }
+                Ok(Ok(None)) => "the server ended the stream".to_string(),
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("nothing for {FEED_SILENCE_MAX:?}"),
+            };
+            feed.lock()
+                .breaks
+                .push(format!("{:?} stream broke at {cursor}: {why}", now()));
+            break;
+        }
+        tokio::time::sleep(FEED_RETRY_PAUSE).await;
+    }
+}
+
+/// The group an UNKNOWN_GROUP refusal names ("the cursor names group N,
+/// which this cluster does not have").
+fn removed_group(text: &str) -> Option<u64> {
+    let rest = text.split("the cursor names group ").nth(1)?;
+    let (group, tail) = rest.split_once(',')?;
+    tail.contains("does not have")
+        .then(|| group.trim().parse().ok())
+        .flatten()
+}
+
+/// Whether the consumer has caught up after the final read: every group
+/// that sent a resolved position since is resolved at or past the head its
+/// first such message named.
+#[derive(Default)]
+struct CatchUp {
+    /// group → (head when first resolved after the final read, resolved
+    /// position since)
+    groups: std::collections::BTreeMap<u64, (u64, u64)>,
+}
+
+impl CatchUp {
+    fn saw(&mut self, message: &trellis_client::FeedMessage, final_done: Option<Duration>) {
+        if final_done.is_none() {
+            return;
+        }
+        if let trellis_client::FeedMessage::Resolved {
+            group,
+            position,
+            head,
+        } = *message
+        {
+            let at = self.groups.entry(group).or_insert((head, position));
+            at.1 = at.1.max(position);
+        }
+    }
+
+    fn done(&self, feed: &Feed) -> Option<Result<Duration, String>> {
+        let since = feed.lock().final_done_at?;
+        let now = now();
+        let waited = now.saturating_sub(since);
+        if waited < FEED_CATCH_UP_MIN {
+            return None;
+        }
+        let behind: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, (head, resolved))| resolved < head)
+            .map(|(g, (head, resolved))| format!("group {g} resolved to {resolved} of {head}"))
+            .collect();
+        if behind.is_empty() && !self.groups.is_empty() {
+            return Some(Ok(waited));
+        }
+        if waited >= FEED_CATCH_UP_MAX {
+            return Some(Err(if self.groups.is_empty() {
+                format!("no group resolved anything in the {waited:?} after the final read")
+            } else {
+                format!(
+                    "not caught up {waited:?} after the final read: {}",
+                    behind.join(", ")
+                )
+            }));
+        }
+        None
+    }
+}
+
+/// The consumer's record with list-append writes decoded; a write the
+/// workload cannot have made is an error.
+fn decode_list_append(
+    messages: &[trellis_client::FeedMessage],
+) -> Result<Vec<FeedMessage<ListWrite>>, String> {
+    messages
+        .iter()
+        .map(|m| {
+            Ok(match m {
+                trellis_client::FeedMessage::Resolved {
+                    group, position, ..
+                } => FeedMessage::Resolved {
+                    group: *group,
+                    position: *position,
+                },
+                trellis_client::FeedMessage::Event(e) => FeedMessage::Event(FeedEvent {
+                    group: e.group,
+                    position: e.position,
+                    version: e.version,
+                    txn_id: e.txn_id.clone(),
+                    writes: e
+                        .changes
+                        .iter()
+                        .map(|c| {
+                            let key = parse_list_key(&c.key).ok_or_else(|| {
+                                format!(
+                                    "group {} position {}: the feed has a write to {}, not a list-append key",
+                                    e.group,
+                                    e.position,
+                                    trellis_client::quote_key(&c.key)
+                                )
+                            })?;
+                            let list = match &c.value {
+                                None => None,
+                                Some(v) => Some(decode_list_value(v).ok_or_else(|| {
+                                    format!(
+                                        "group {} position {}: key {key}'s value {:?} is not a list",
+                                        e.group,
+                                        e.position,
+                                        String::from_utf8_lossy(v)
+                                    )
+                                })?),
+                            };
+                            Ok((key, list))
+                        })
+                        .collect::<Result<_, String>>()?,
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Events of the record, as the order check takes them (bank: writes not
+/// judged).
+fn undecoded(messages: &[trellis_client::FeedMessage]) -> Vec<FeedMessage<()>> {
+    messages
+        .iter()
+        .map(|m| match m {
+            trellis_client::FeedMessage::Resolved {
+                group, position, ..
+            } => FeedMessage::Resolved {
+                group: *group,
+                position: *position,
+            },
+            trellis_client::FeedMessage::Event(e) => FeedMessage::Event(FeedEvent {
+                group: e.group,
+                position: e.position,
+                version: e.version,
+                txn_id: e.txn_id.clone(),
+                writes: Vec::new(),
+            }),
+        })
+        .collect()
+}
+
+/// What a workload's feed check is.
+pub(crate) trait FeedCheck: Sized {
+    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport;
+}
+
+impl FeedCheck for Mop {
+    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
+        let decoded = match decode_list_append(messages) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                return FeedReport {
+                    problems: vec![why],
+                    ..FeedReport::default()
+                };
+            }
+        };
+        match trellis_checker::feed::check_list_append(ops, &decoded) {
+            Ok(report) => report,
+            Err(err) => FeedReport {
+                problems: vec![format!("the history cannot be checked: {err}")],
+                ..FeedReport::default()
+            },
+        }
+    }
+}
+
+impl FeedCheck for trellis_checker::bank::BankMop {
+    /// Bank transfers write values that do not name their transaction:
+    /// only the order rules.
+    fn check_feed(_ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
+        trellis_checker::feed::check_order(&undecoded(messages))
+    }
+}
+
+/// The feed's verdict for a run: the check's problems, and the consumer's
+/// own (it never caught up, it gave up).
+pub(crate) fn judge<M: FeedCheck>(ops: &[Op<M>], feed: &Feed) -> (FeedReport, Vec<String>) {
+    let state = feed.lock();
+    let mut report = M::check_feed(ops, &state.messages);
+    if let Some(err) = &state.error {
+        report.problems.push(err.clone());
+    }
+    match &state.finished {
+        None => report
+            .problems
+            .push("the feed consumer never finished (the run ended first)".to_string()),
+        Some(Err(why)) => report.problems.push(format!("the feed consumer: {why}")),
+        Some(Ok(_)) => {}
+    }
+    (report, state.breaks.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_group_is_read_from_the_refusal() {
+        let text = "server error (NotFound): the cursor names group 2, which this cluster \
+                    does not have (a cursor of another cluster, or of a removed group)";
+        assert_eq!(removed_group(text), Some(2));
+        assert_eq!(removed_group("unavailable: down"), None);
+    }
+}
