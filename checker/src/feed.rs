@@ -16,6 +16,13 @@
 //!   in its appends to that key (in order) and equal to the longest
 //!   committed read of the key up to there; no event comes from a `fail`
 //!   transaction; an `info` one may appear or not, but whole if at all.
+//! - **Bank** ([`check_bank`]): a transfer's values do not name it, so
+//!   each account's writes are replayed in version order into deltas, and
+//!   a transaction's deltas (over its events) must be one transfer: two
+//!   accounts, `-a` and `+a`. The transfers the feed holds, as a multiset
+//!   of (from, to, amount), must hold every `ok` transfer and nothing
+//!   beyond the `ok` and `info` ones (a failed transfer, or one twice,
+//!   would be); a transaction raising every account is the opening one.
 //!
 //! Why here and not in the harness: the rules need only the history's
 //! micro-ops and a decoded feed, so they are pure and tested beside the
@@ -24,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::bank::BankMop;
 use crate::history::{self, HistoryError, Mop, Op, Outcome};
 
 /// One transaction's writes in one group, as the feed sent it, its writes
@@ -41,6 +49,10 @@ pub struct FeedEvent<W> {
 /// A list-append write: the key and the list written (`None`: a delete,
 /// which the workload never does).
 pub type ListWrite = (u64, Option<Vec<u64>>);
+
+/// A bank write: the account and the balance written (`None`: a delete,
+/// which the workload never does).
+pub type BankWrite = (u64, Option<i64>);
 
 /// One message a consumer handled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,6 +367,155 @@ pub fn check_list_append(
     Ok(report)
 }
 
+/// A transfer as the feed shows it, or as the history asked for it.
+type Transfer = (u64, u64, u64);
+
+/// The order rules and the bank rules (see the module doc) for `feed`
+/// against the history `ops` of transfers among `accounts`.
+pub fn check_bank(
+    ops: &[Op<BankMop>],
+    feed: &[FeedMessage<BankWrite>],
+    accounts: &BTreeSet<u64>,
+) -> Result<FeedReport, HistoryError> {
+    let txns = history::pair(ops)?;
+    let mut report = check_order(feed);
+    let mut problems = std::mem::take(&mut report.problems);
+    let mut omitted = 0;
+
+    // account → (version, balance, txn id), then replayed in version order
+    // into txn id → account → delta.
+    let mut writes: BTreeMap<u64, Vec<(u64, i64, Vec<u8>)>> = BTreeMap::new();
+    for message in feed {
+        let FeedMessage::Event(e) = message else {
+            continue;
+        };
+        for (account, balance) in &e.writes {
+            let Some(balance) = balance else {
+                push(
+                    &mut problems,
+                    &mut omitted,
+                    format!(
+                        "group {} position {} deletes account {account}; the workload never deletes",
+                        e.group, e.position
+                    ),
+                );
+                continue;
+            };
+            writes
+                .entry(*account)
+                .or_default()
+                .push((e.version, *balance, e.txn_id.clone()));
+        }
+    }
+    let mut deltas: BTreeMap<Vec<u8>, BTreeMap<u64, i64>> = BTreeMap::new();
+    for (account, mut list) in writes {
+        list.sort_by_key(|w| w.0);
+        let mut before = 0;
+        let mut last_version = None;
+        for (version, balance, txn_id) in list {
+            if last_version == Some(version) {
+                push(
+                    &mut problems,
+                    &mut omitted,
+                    format!(
+                        "account {account} is written twice at version {version} (duplicate event)"
+                    ),
+                );
+                continue;
+            }
+            last_version = Some(version);
+            if deltas
+                .entry(txn_id.clone())
+                .or_default()
+                .insert(account, balance - before)
+                .is_some()
+            {
+                push(
+                    &mut problems,
+                    &mut omitted,
+                    format!(
+                        "txn {} writes account {account} twice (a duplicate event)",
+                        hex(&txn_id)
+                    ),
+                );
+            }
+            before = balance;
+        }
+    }
+
+    let mut feed_transfers: BTreeMap<Transfer, usize> = BTreeMap::new();
+    for (txn_id, moved) in &deltas {
+        let touched: BTreeSet<u64> = moved.keys().copied().collect();
+        if &touched == accounts && moved.values().all(|&d| d > 0) {
+            continue; // the opening balances
+        }
+        let pairs: Vec<(u64, i64)> = moved.iter().map(|(&a, &d)| (a, d)).collect();
+        let transfer = match *pairs.as_slice() {
+            [(a, da), (b, db)] if da == -db && da != 0 => {
+                let (from, to, amount) = if da < 0 { (a, b, db) } else { (b, a, da) };
+                Some((from, to, amount.unsigned_abs()))
+            }
+            _ => None,
+        };
+        match transfer {
+            Some(t) => *feed_transfers.entry(t).or_insert(0) += 1,
+            None => push(
+                &mut problems,
+                &mut omitted,
+                format!(
+                    "txn {}'s writes move {moved:?} (account → change): not one transfer (a part missing, or not the transaction's writes)",
+                    hex(txn_id)
+                ),
+            ),
+        }
+    }
+
+    let mut committed: BTreeMap<Transfer, usize> = BTreeMap::new();
+    let mut unknown: BTreeMap<Transfer, usize> = BTreeMap::new();
+    for txn in &txns {
+        let into = match txn.outcome {
+            Outcome::Committed => &mut committed,
+            Outcome::Indeterminate => &mut unknown,
+            Outcome::Aborted => continue,
+        };
+        for mop in &txn.mops {
+            if let BankMop::Transfer { from, to, amount } = *mop {
+                *into.entry((from, to, amount)).or_insert(0) += 1;
+            }
+        }
+    }
+    let all: BTreeSet<&Transfer> = committed.keys().chain(feed_transfers.keys()).collect();
+    for t in all {
+        let ok = committed.get(t).copied().unwrap_or(0);
+        let info = unknown.get(t).copied().unwrap_or(0);
+        let got = feed_transfers.get(t).copied().unwrap_or(0);
+        let (from, to, amount) = t;
+        if got < ok {
+            push(
+                &mut problems,
+                &mut omitted,
+                format!(
+                    "{ok} transfers of {amount} from {from} to {to} committed, the feed has {got}"
+                ),
+            );
+        } else if got > ok + info {
+            push(
+                &mut problems,
+                &mut omitted,
+                format!(
+                    "the feed has {got} transfers of {amount} from {from} to {to}; only {ok} committed and {info} may have (a failed transfer, or one twice)"
+                ),
+            );
+        }
+    }
+    if omitted > 0 {
+        problems.push(format!("… and {omitted} more feed problems"));
+    }
+    report.problems = problems;
+    report.txns_seen = deltas.len();
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +705,100 @@ mod tests {
             found.iter().any(|p| p.contains("mixes the writes")),
             "{found:?}"
         );
+    }
+
+    fn bank_event(
+        group: u64,
+        position: u64,
+        txn: u8,
+        writes: Vec<BankWrite>,
+    ) -> FeedMessage<BankWrite> {
+        FeedMessage::Event(FeedEvent {
+            group,
+            position,
+            version: position * 10,
+            txn_id: vec![txn; 16],
+            writes,
+        })
+    }
+
+    /// Accounts 0 and 1 open at 10 (group 1 holds 0, group 2 holds 1);
+    /// T0 moves 3 from 0 to 1 (ok), T1 moves 2 from 1 to 0 (fail), T2
+    /// moves 1 from 0 to 1 (info).
+    fn bank_history() -> Vec<Op<BankMop>> {
+        let t = |from, to, amount| vec![BankMop::Transfer { from, to, amount }];
+        vec![
+            Op::invoke(0, 0, t(0, 1, 3)),
+            Op::ok(0, 1, t(0, 1, 3)),
+            Op::invoke(1, 2, t(1, 0, 2)),
+            Op::fail(1, 3, vec![]),
+            Op::invoke(2, 4, t(0, 1, 1)),
+            Op::info(2, 5, vec![]),
+        ]
+    }
+
+    fn bank_feed() -> Vec<FeedMessage<BankWrite>> {
+        vec![
+            bank_event(1, 1, 9, vec![(0, Some(10))]),
+            bank_event(2, 1, 9, vec![(1, Some(10))]),
+            bank_event(1, 2, 0, vec![(0, Some(7))]),
+            bank_event(2, 2, 0, vec![(1, Some(13))]),
+        ]
+    }
+
+    fn bank_problems(feed: &[FeedMessage<BankWrite>]) -> Vec<String> {
+        let accounts = BTreeSet::from([0, 1]);
+        check_bank(&bank_history(), feed, &accounts)
+            .expect("history")
+            .problems
+    }
+
+    #[test]
+    fn a_bank_feed_with_every_committed_transfer_passes() {
+        assert_eq!(bank_problems(&bank_feed()), Vec::<String>::new());
+        // The info transfer may be there.
+        let mut feed = bank_feed();
+        feed.push(bank_event(1, 3, 2, vec![(0, Some(6))]));
+        feed.push(bank_event(2, 3, 2, vec![(1, Some(14))]));
+        assert_eq!(bank_problems(&feed), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_bank_feed_missing_a_transfer_or_half_of_one_fails() {
+        let mut feed = bank_feed();
+        feed.truncate(3);
+        let found = bank_problems(&feed);
+        assert!(
+            found.iter().any(|p| p.contains("not one transfer")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("committed, the feed has 0")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_bank_feed_with_a_failed_transfer_fails() {
+        let mut feed = bank_feed();
+        feed.push(bank_event(1, 3, 1, vec![(0, Some(9))]));
+        feed.push(bank_event(2, 3, 1, vec![(1, Some(11))]));
+        let found = bank_problems(&feed);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("only 0 committed and 0 may have")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_bank_feed_with_a_duplicate_event_fails() {
+        let mut feed = bank_feed();
+        feed.push(bank_event(2, 5, 0, vec![(1, Some(13))]));
+        let found = bank_problems(&feed);
+        assert!(found.iter().any(|p| p.contains("twice")), "{found:?}");
     }
 }

@@ -617,6 +617,20 @@ fn account_key(account: u64) -> Vec<u8> {
     format!("bank:{account}").into_bytes()
 }
 
+/// The account a bank key names (`bank:{account}`), if it is one.
+pub(crate) fn parse_account_key(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("bank:")?
+        .parse()
+        .ok()
+}
+
+/// A balance as the workload writes it, or `None` if it is not one.
+pub(crate) fn parse_balance(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 fn balance(value: Option<&[u8]>) -> i64 {
     value
         .map(|v| {

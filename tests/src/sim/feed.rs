@@ -7,15 +7,20 @@
 //! is resolved past the log's head as it was then; the run then judges
 //! the record against the history (`trellis_checker::feed`).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use trellis_checker::feed::{FeedEvent, FeedMessage, FeedReport, ListWrite};
+use trellis_checker::bank::BankMop;
+use trellis_checker::feed::{BankWrite, FeedEvent, FeedMessage, FeedReport, ListWrite};
 use trellis_checker::{Mop, Op};
 use trellis_client::{Client, Cursor, Options, Route};
 
 use super::{COORDINATOR, PORT};
-use crate::workload::{CLIENT_RPC_TIMEOUT, decode_list_value, parse_list_key};
+use crate::workload::{
+    ACCOUNTS, CLIENT_RPC_TIMEOUT, decode_list_value, parse_account_key, parse_balance,
+    parse_list_key,
+};
 
 /// The consumer's host name.
 pub const FEED_HOST: &str = "feed";
@@ -220,11 +225,13 @@ impl CatchUp {
     }
 }
 
-/// The consumer's record with list-append writes decoded; a write the
-/// workload cannot have made is an error.
-fn decode_list_append(
+/// The consumer's record with each write decoded by `decode` (key,
+/// value → the checker's write); a write the workload cannot have made is
+/// an error.
+fn decode<W>(
     messages: &[trellis_client::FeedMessage],
-) -> Result<Vec<FeedMessage<ListWrite>>, String> {
+    decode: impl Fn(&[u8], Option<&[u8]>) -> Result<W, String>,
+) -> Result<Vec<FeedMessage<W>>, String> {
     messages
         .iter()
         .map(|m| {
@@ -244,26 +251,9 @@ fn decode_list_append(
                         .changes
                         .iter()
                         .map(|c| {
-                            let key = parse_list_key(&c.key).ok_or_else(|| {
-                                format!(
-                                    "group {} position {}: the feed has a write to {}, not a list-append key",
-                                    e.group,
-                                    e.position,
-                                    trellis_client::quote_key(&c.key)
-                                )
-                            })?;
-                            let list = match &c.value {
-                                None => None,
-                                Some(v) => Some(decode_list_value(v).ok_or_else(|| {
-                                    format!(
-                                        "group {} position {}: key {key}'s value {:?} is not a list",
-                                        e.group,
-                                        e.position,
-                                        String::from_utf8_lossy(v)
-                                    )
-                                })?),
-                            };
-                            Ok((key, list))
+                            decode(&c.key, c.value.as_deref()).map_err(|why| {
+                                format!("group {} position {}: {why}", e.group, e.position)
+                            })
                         })
                         .collect::<Result<_, String>>()?,
                 }),
@@ -272,27 +262,53 @@ fn decode_list_append(
         .collect()
 }
 
-/// Events of the record, as the order check takes them (bank: writes not
-/// judged).
-fn undecoded(messages: &[trellis_client::FeedMessage]) -> Vec<FeedMessage<()>> {
-    messages
-        .iter()
-        .map(|m| match m {
-            trellis_client::FeedMessage::Resolved {
-                group, position, ..
-            } => FeedMessage::Resolved {
-                group: *group,
-                position: *position,
-            },
-            trellis_client::FeedMessage::Event(e) => FeedMessage::Event(FeedEvent {
-                group: e.group,
-                position: e.position,
-                version: e.version,
-                txn_id: e.txn_id.clone(),
-                writes: Vec::new(),
-            }),
+/// A list-append write: `la:K` and a list.
+fn list_write(key: &[u8], value: Option<&[u8]>) -> Result<ListWrite, String> {
+    let key_n = parse_list_key(key).ok_or_else(|| {
+        format!(
+            "the feed has a write to {}, not a list-append key",
+            trellis_client::quote_key(key)
+        )
+    })?;
+    let list = value
+        .map(|v| {
+            decode_list_value(v).ok_or_else(|| {
+                format!(
+                    "key {key_n}'s value {:?} is not a list",
+                    String::from_utf8_lossy(v)
+                )
+            })
         })
-        .collect()
+        .transpose()?;
+    Ok((key_n, list))
+}
+
+/// A bank write: `bank:A` and a balance.
+fn bank_write(key: &[u8], value: Option<&[u8]>) -> Result<BankWrite, String> {
+    let account = parse_account_key(key).ok_or_else(|| {
+        format!(
+            "the feed has a write to {}, not an account",
+            trellis_client::quote_key(key)
+        )
+    })?;
+    let balance = value
+        .map(|v| {
+            parse_balance(v).ok_or_else(|| {
+                format!(
+                    "account {account}'s value {:?} is not a balance",
+                    String::from_utf8_lossy(v)
+                )
+            })
+        })
+        .transpose()?;
+    Ok((account, balance))
+}
+
+fn problem(why: String) -> FeedReport {
+    FeedReport {
+        problems: vec![why],
+        ..FeedReport::default()
+    }
 }
 
 /// What a workload's feed check is.
@@ -302,30 +318,22 @@ pub(crate) trait FeedCheck: Sized {
 
 impl FeedCheck for Mop {
     fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
-        let decoded = match decode_list_append(messages) {
-            Ok(decoded) => decoded,
-            Err(why) => {
-                return FeedReport {
-                    problems: vec![why],
-                    ..FeedReport::default()
-                };
-            }
-        };
-        match trellis_checker::feed::check_list_append(ops, &decoded) {
-            Ok(report) => report,
-            Err(err) => FeedReport {
-                problems: vec![format!("the history cannot be checked: {err}")],
-                ..FeedReport::default()
-            },
+        match decode(messages, list_write) {
+            Ok(decoded) => trellis_checker::feed::check_list_append(ops, &decoded)
+                .unwrap_or_else(|err| problem(format!("the history cannot be checked: {err}"))),
+            Err(why) => problem(why),
         }
     }
 }
 
-impl FeedCheck for trellis_checker::bank::BankMop {
-    /// Bank transfers write values that do not name their transaction:
-    /// only the order rules.
-    fn check_feed(_ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
-        trellis_checker::feed::check_order(&undecoded(messages))
+impl FeedCheck for BankMop {
+    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
+        let accounts: BTreeSet<u64> = (0..ACCOUNTS).collect();
+        match decode(messages, bank_write) {
+            Ok(decoded) => trellis_checker::feed::check_bank(ops, &decoded, &accounts)
+                .unwrap_or_else(|err| problem(format!("the history cannot be checked: {err}"))),
+            Err(why) => problem(why),
+        }
     }
 }
 
