@@ -34,7 +34,10 @@
 //!    after the final read it catches up, and its record is judged against
 //!    the history (`trellis_checker::feed`): every committed transaction's
 //!    writes once per group, none of a failed one, positions and versions
-//!    rising per group.
+//!    rising per group. A group that no longer keeps its log after the
+//!    consumer's cursor (its retention pin lives on one primary only) makes
+//!    a gap: the consumer watches again from now and completeness is not
+//!    judged for that run (`SimResult::feed_gaps`).
 //!
 //! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
@@ -326,6 +329,9 @@ pub struct SimResult {
     pub feed_watches: u64,
     /// Why the consumer's watches broke, with simulated times.
     pub feed_breaks: Vec<String>,
+    /// History a group no longer kept for the consumer (see
+    /// `feed::HISTORY_GONE`): completeness was not judged.
+    pub feed_gaps: Vec<String>,
 }
 
 impl SimResult {
@@ -367,6 +373,9 @@ impl SimResult {
             ));
             for problem in &self.feed.problems {
                 out.push_str(&format!("  {problem}\n"));
+            }
+            for gap in &self.feed_gaps {
+                out.push_str(&format!("  (not judged for completeness: a gap) {gap}\n"));
             }
             out.push_str("feed breaks:\n");
             for why in &self.feed_breaks {
@@ -732,7 +741,7 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
     let counts = [OpKind::Ok, OpKind::Fail, OpKind::Info]
         .map(|k| ops.iter().filter(|op| op.kind == k).count());
     let history = format::write(&ops);
-    let (feed_report, feed_breaks) = feed::judge(&ops, &feed);
+    let (feed_report, feed_breaks, feed_gaps) = feed::judge(&ops, &feed);
     let (feed_watches, final_done_at) = {
         let state = feed.lock();
         (state.watches, state.final_done_at)
@@ -744,6 +753,7 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
     for message in &feed.lock().messages {
         format!("{message:?}").hash(&mut hasher);
     }
+    // (The gaps are among the breaks.)
     feed_breaks.hash(&mut hasher);
     let final_read_error = final_error.lock().unwrap_or_else(|p| p.into_inner()).take();
     let disk_restarts = log.iter().filter(|l| l.contains(" restart ")).count() as u64;
@@ -778,6 +788,7 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
         feed: feed_report,
         feed_watches,
         feed_breaks,
+        feed_gaps,
     })
 }
 

@@ -47,6 +47,11 @@ pub struct FeedState {
     pub watches: u64,
     /// Why watches ended or could not open, with simulated times.
     pub breaks: Vec<String>,
+    /// Times a group no longer kept its log after the consumer's cursor
+    /// (FEED_HISTORY_GONE; see [`HISTORY_GONE`]): the consumer watched
+    /// again from now, so its record has a gap and completeness is not
+    /// judged.
+    pub gaps: Vec<String>,
     /// Set by the run when the final read is over: the consumer catches up
     /// and stops.
     pub final_done_at: Option<Duration>,
@@ -82,6 +87,15 @@ fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
+/// What FEED_HISTORY_GONE says. A group's log is kept for a feed only by
+/// the primary that serves it (`Shard::pin_log`, in memory): while the
+/// coordinator is down, or after a failover to a backup that cut its log
+/// past the cursor, the simulator's tiny logs (`SIM_LOG`) lose what the
+/// consumer has not read yet. A known gap of the feed's retention, not of
+/// the consumer: it is counted and reported, and only the rules that a gap
+/// cannot break are judged then.
+pub const HISTORY_GONE: &str = "no longer keeps its log after position";
+
 /// The consumer host's software.
 pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
     let options = Options {
@@ -92,6 +106,8 @@ pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
     let addr = format!("{COORDINATOR}:{PORT}");
     // No group named: every group from its log's beginning.
     let mut cursor = Cursor::default();
+    // After a gap: watch from now (every group), then resume as before.
+    let mut from_now = false;
     let mut catch_up = CatchUp::default();
     // One client for the whole run: its channel reconnects by itself.
     let client = loop {
@@ -110,10 +126,20 @@ pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
             feed.lock().finished = Some(done);
             return Ok(());
         }
-        let mut watch = match client.watch(b"", b"", Some(&cursor)).await {
-            Ok(watch) => watch,
+        let from = (!from_now).then_some(&cursor);
+        let mut watch = match client.watch(b"", b"", from).await {
+            Ok(watch) => {
+                from_now = false;
+                watch
+            }
             Err(err) => {
                 let text = err.to_string();
+                if text.contains(HISTORY_GONE) {
+                    from_now = true;
+                    feed.lock()
+                        .gaps
+                        .push(format!("{:?} watch from {cursor}: {text}", now()));
+                }
                 feed.lock()
                     .breaks
                     .push(format!("{:?} watch from {cursor}: {text}", now()));
@@ -147,7 +173,16 @@ pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 }
                 Ok(Ok(None)) => "the server ended the stream".to_string(),
-                Ok(Err(err)) => err.to_string(),
+                Ok(Err(err)) => {
+                    let text = err.to_string();
+                    if text.contains(HISTORY_GONE) {
+                        from_now = true;
+                        feed.lock()
+                            .gaps
+                            .push(format!("{:?} stream at {cursor}: {text}", now()));
+                    }
+                    text
+                }
                 Err(_) => format!("nothing for {FEED_SILENCE_MAX:?}"),
             };
             feed.lock()
@@ -313,13 +348,22 @@ fn problem(why: String) -> FeedReport {
 
 /// What a workload's feed check is.
 pub(crate) trait FeedCheck: Sized {
-    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport;
+    /// `complete`: the record has no gap, so completeness is judged too.
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport;
 }
 
 impl FeedCheck for Mop {
-    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport {
         match decode(messages, list_write) {
-            Ok(decoded) => trellis_checker::feed::check_list_append(ops, &decoded)
+            Ok(decoded) => trellis_checker::feed::check_list_append(ops, &decoded, complete)
                 .unwrap_or_else(|err| problem(format!("the history cannot be checked: {err}"))),
             Err(why) => problem(why),
         }
@@ -327,7 +371,18 @@ impl FeedCheck for Mop {
 }
 
 impl FeedCheck for BankMop {
-    fn check_feed(ops: &[Op<Self>], messages: &[trellis_client::FeedMessage]) -> FeedReport {
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport {
+        if !complete {
+            // A gap breaks the replay of balances: order rules only.
+            return match decode(messages, bank_write) {
+                Ok(decoded) => trellis_checker::feed::check_order(&decoded),
+                Err(why) => problem(why),
+            };
+        }
         let accounts: BTreeSet<u64> = (0..ACCOUNTS).collect();
         match decode(messages, bank_write) {
             Ok(decoded) => trellis_checker::feed::check_bank(ops, &decoded, &accounts)
@@ -339,9 +394,12 @@ impl FeedCheck for BankMop {
 
 /// The feed's verdict for a run: the check's problems, and the consumer's
 /// own (it never caught up, it gave up).
-pub(crate) fn judge<M: FeedCheck>(ops: &[Op<M>], feed: &Feed) -> (FeedReport, Vec<String>) {
+pub(crate) fn judge<M: FeedCheck>(
+    ops: &[Op<M>],
+    feed: &Feed,
+) -> (FeedReport, Vec<String>, Vec<String>) {
     let state = feed.lock();
-    let mut report = M::check_feed(ops, &state.messages);
+    let mut report = M::check_feed(ops, &state.messages, state.gaps.is_empty());
     if let Some(err) = &state.error {
         report.problems.push(err.clone());
     }
@@ -352,7 +410,7 @@ pub(crate) fn judge<M: FeedCheck>(ops: &[Op<M>], feed: &Feed) -> (FeedReport, Ve
         Some(Err(why)) => report.problems.push(format!("the feed consumer: {why}")),
         Some(Ok(_)) => {}
     }
-    (report, state.breaks.clone())
+    (report, state.breaks.clone(), state.gaps.clone())
 }
 
 #[cfg(test)]
