@@ -37,6 +37,8 @@
 //! - `graph` (private): the dependency graph, Tarjan's strongly connected
 //!   components, and the per-class shortest-cycle search.
 //! - [`bank`]: bank micro-ops and the total/negative-balance checks.
+//! - [`feed`]: a change-feed consumer's record judged against the history
+//!   (order, completeness, no aborted writes).
 //! - [`register`]: register micro-ops and the bounded linearizability search.
 //!
 //! # What this crate never does
@@ -59,6 +61,7 @@
 //! key's LSN).
 
 pub mod bank;
+pub mod feed;
 pub mod format;
 mod graph;
 pub mod history;

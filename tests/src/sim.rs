@@ -28,6 +28,16 @@
 //!    them when healed, as TCP would deliver them (see `Fault`).
 //! 3. Everything is healed and restarted; a final read of every key
 //!    commits; the checker judges the history.
+//! 4. All along, a feed consumer (host `feed`, [`feed`]) watches every
+//!    group's change feed through the coordinator from the logs'
+//!    beginning, resuming from its cursor whenever its stream breaks;
+//!    after the final read it catches up, and its record is judged against
+//!    the history (`trellis_checker::feed`): every committed transaction's
+//!    writes once per group, none of a failed one, positions and versions
+//!    rising per group. A group that no longer keeps its log after the
+//!    consumer's cursor (its retention pin lives on one primary only) makes
+//!    a gap: the consumer watches again from now and completeness is not
+//!    judged for that run (`SimResult::feed_gaps`).
 //!
 //! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
@@ -87,10 +97,12 @@ use trellis_shard::wal::WalError;
 use trellis_shard::{Shard, ShardConfig, ShardError};
 use trellis_types::SlotSet;
 
+pub mod feed;
 pub mod reshard;
 
 use trellis_client::Route;
 
+use self::feed::{FEED_HOST, Feed, FeedCheck};
 use self::reshard::{JobsOutcome, Resharder, wait_for_jobs};
 use crate::workload::{
     ClientMode, Clock, Keys, Recorder, Workload, WorkloadMop, client_loop, connect, final_read,
@@ -311,6 +323,15 @@ pub struct SimResult {
     /// With [`SimConfig::reshard`]: why resharding failed (a job that
     /// never finished, no slot moved).
     pub reshard_error: Option<String>,
+    /// The feed consumer's record judged against the history.
+    pub feed: trellis_checker::feed::FeedReport,
+    /// Watches the feed consumer opened (one more after each break).
+    pub feed_watches: u64,
+    /// Why the consumer's watches broke, with simulated times.
+    pub feed_breaks: Vec<String>,
+    /// History a group no longer kept for the consumer (see
+    /// `feed::HISTORY_GONE`): completeness was not judged.
+    pub feed_gaps: Vec<String>,
 }
 
 impl SimResult {
@@ -320,6 +341,7 @@ impl SimResult {
             && self.final_read_error.is_none()
             && self.reshard_error.is_none()
             && self.unexpected_exits.is_empty()
+            && self.feed.valid()
             && self.settle_time <= SETTLE_MAX
     }
 
@@ -343,6 +365,22 @@ impl SimResult {
         }
         for exit in &self.unexpected_exits {
             out.push_str(&format!("host stopped by itself: {exit}\n"));
+        }
+        if !self.feed.valid() {
+            out.push_str(&format!(
+                "the change feed disagrees with the history ({} events, {} transactions, {} watches):\n",
+                self.feed.events, self.feed.txns_seen, self.feed_watches
+            ));
+            for problem in &self.feed.problems {
+                out.push_str(&format!("  {problem}\n"));
+            }
+            for gap in &self.feed_gaps {
+                out.push_str(&format!("  (not judged for completeness: a gap) {gap}\n"));
+            }
+            out.push_str("feed breaks:\n");
+            for why in &self.feed_breaks {
+                out.push_str(&format!("  {why}\n"));
+            }
         }
         out.push_str("faults:\n");
         for fault in &self.faults {
@@ -400,7 +438,7 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimResult> {
 /// Why a host's software ended, by host (set by the host itself).
 type Exits = Arc<Mutex<BTreeMap<String, String>>>;
 
-fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult> {
+fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Result<SimResult> {
     trellis_types::rng::seed_thread(config.seed);
     trellis_types::clock::simulate_thread(simulated_unix_ms);
     // One-way cuts live with the thread; an earlier run that ended early
@@ -493,6 +531,13 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
             members.push(name);
         }
         shard_hosts.push(members);
+    }
+
+    // The feed consumer, from the start: before any write.
+    let feed = Feed::default();
+    {
+        let feed = feed.clone();
+        sim.host(FEED_HOST, move || feed::consume(feed.clone()));
     }
 
     // The clients.
@@ -606,11 +651,12 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
                 break;
             }
             final_started = true;
-            let (recorder, keys, addr, final_error) = (
+            let (recorder, keys, addr, final_error, feed) = (
                 recorder.clone(),
                 keys.clone(),
                 coordinator_addr.clone(),
                 final_error.clone(),
+                feed.clone(),
             );
             sim.client("final", async move {
                 let client = connect(&addr, Route::Coordinator).await?;
@@ -625,6 +671,7 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
                     }
                 }
                 *final_error.lock().unwrap_or_else(|p| p.into_inner()) = last;
+                feed.final_done().await;
                 Ok(())
             });
         }
@@ -694,10 +741,20 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
     let counts = [OpKind::Ok, OpKind::Fail, OpKind::Info]
         .map(|k| ops.iter().filter(|op| op.kind == k).count());
     let history = format::write(&ops);
+    let (feed_report, feed_breaks, feed_gaps) = feed::judge(&ops, &feed);
+    let (feed_watches, final_done_at) = {
+        let state = feed.lock();
+        (state.watches, state.final_done_at)
+    };
     let mut hasher = std::hash::DefaultHasher::new();
     history.hash(&mut hasher);
     log.hash(&mut hasher);
     sim_time.hash(&mut hasher);
+    for message in &feed.lock().messages {
+        format!("{message:?}").hash(&mut hasher);
+    }
+    // (The gaps are among the breaks.)
+    feed_breaks.hash(&mut hasher);
     let final_read_error = final_error.lock().unwrap_or_else(|p| p.into_inner()).take();
     let disk_restarts = log.iter().filter(|l| l.contains(" restart ")).count() as u64;
     let full_disk_restarts = log
@@ -710,7 +767,11 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         counts,
         faults: log,
         final_read_error,
-        settle_time: sim_time.saturating_sub(settle_from),
+        // Up to the final read's end: the feed's catch-up after it has a
+        // bound of its own (`feed::FEED_CATCH_UP_MAX`).
+        settle_time: final_done_at
+            .unwrap_or(sim_time)
+            .saturating_sub(settle_from),
         history,
         unexpected_exits,
         sim_time,
@@ -724,6 +785,10 @@ fn run_workload<M: WorkloadMop>(config: &SimConfig) -> anyhow::Result<SimResult>
         one_way_holds,
         slots_moved,
         reshard_error,
+        feed: feed_report,
+        feed_watches,
+        feed_breaks,
+        feed_gaps,
     })
 }
 

@@ -457,6 +457,26 @@ fn decode_list(value: Option<&[u8]>) -> Vec<u64> {
     }
 }
 
+/// The list-append key `key` names (`la:{key}`), if it is one.
+pub(crate) fn parse_list_key(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("la:")?
+        .parse()
+        .ok()
+}
+
+/// A list-append value as the workload writes it, or `None` if it is not
+/// one (for values that did not come from the workload, e.g. a feed's).
+pub(crate) fn decode_list_value(value: &[u8]) -> Option<Vec<u64>> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect()
+}
+
 fn encode_list(list: &[u64]) -> Vec<u8> {
     list.iter()
         .map(u64::to_string)
@@ -595,6 +615,20 @@ async fn run_stale_reads(
 
 fn account_key(account: u64) -> Vec<u8> {
     format!("bank:{account}").into_bytes()
+}
+
+/// The account a bank key names (`bank:{account}`), if it is one.
+pub(crate) fn parse_account_key(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("bank:")?
+        .parse()
+        .ok()
+}
+
+/// A balance as the workload writes it, or `None` if it is not one.
+pub(crate) fn parse_balance(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn balance(value: Option<&[u8]>) -> i64 {

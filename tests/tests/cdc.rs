@@ -248,6 +248,9 @@ async fn a_redis_cache_follows_the_store_and_never_goes_back_through_a_cdc_kill(
     let _: i64 = del.query_async(&mut conn).await.expect("clean up");
 }
 
+/// One event's group and keys.
+type GroupKeys = (u64, Vec<Vec<u8>>);
+
 /// Acknowledged transactions: id → keys written.
 type Acked = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
 
@@ -279,7 +282,7 @@ fn start_load(
                     }
                     let id = hex::encode(txn.id());
                     if txn.commit().await.is_ok() {
-                        acked.lock().unwrap().insert(id, keys);
+                        acked.lock().expect("lock").insert(id, keys);
                     } else {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -349,7 +352,7 @@ async fn nats_gets_every_committed_transaction_once_through_a_primary_and_a_cdc_
     for w in writers {
         w.await.expect("writer");
     }
-    let acked = acked.lock().unwrap().clone();
+    let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() > 20, "the load did too little: {}", acked.len());
 
     // Read the stream until every acknowledged transaction is there.
@@ -369,7 +372,8 @@ async fn nats_gets_every_committed_transaction_once_through_a_primary_and_a_cdc_
         .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
         .await
         .expect("a consumer");
-    let mut by_txn: HashMap<String, Vec<(u64, Vec<Vec<u8>>)>> = HashMap::new();
+    // By transaction: (group, keys) of each of its events.
+    let mut by_txn: HashMap<String, Vec<GroupKeys>> = HashMap::new();
     let mut last: BTreeMap<u64, u64> = BTreeMap::new();
     let mut ids = std::collections::HashSet::new();
     loop {

@@ -24,11 +24,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const RESUME_FIRST: usize = 20;
 const RESUME_MORE: usize = 10;
 
+/// A transaction's writes: key → (value, version).
+type Writes = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
 /// What the writers know of their transactions.
 #[derive(Default)]
 struct Ledger {
-    /// Acknowledged: id → (key → (value, version)).
-    committed: HashMap<[u8; 16], BTreeMap<Vec<u8>, (Vec<u8>, u64)>>,
+    /// Acknowledged: id → its writes.
+    committed: HashMap<[u8; 16], Writes>,
     /// Refused with an abort: never in the feed.
     aborted: BTreeSet<[u8; 16]>,
     /// Outcome not known to the writer: id → keys.
@@ -72,13 +75,13 @@ fn start_writers(
                     match txn.commit().await {
                         Ok(c) => {
                             let written = acked(c, format!("v{i}").as_bytes());
-                            ledger.lock().unwrap().committed.insert(id, written);
+                            ledger.lock().expect("lock").committed.insert(id, written);
                         }
                         Err(e) if is_abort(&e) => {
-                            ledger.lock().unwrap().aborted.insert(id);
+                            ledger.lock().expect("lock").aborted.insert(id);
                         }
                         Err(_) => {
-                            ledger.lock().unwrap().uncertain.insert(id, keys);
+                            ledger.lock().expect("lock").uncertain.insert(id, keys);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -89,7 +92,7 @@ fn start_writers(
 }
 
 /// An acknowledged commit's writes (all of `value`) with their versions.
-fn acked(c: trellis_client::Committed, value: &[u8]) -> BTreeMap<Vec<u8>, (Vec<u8>, u64)> {
+fn acked(c: trellis_client::Committed, value: &[u8]) -> Writes {
     c.written
         .into_iter()
         .map(|item| (item.key, (value.to_vec(), item.version)))
@@ -125,12 +128,16 @@ async fn doomed(client: &Client, w: usize, i: u64, ledger: &Mutex<Ledger>) {
     match winner.commit().await {
         Ok(c) => {
             let written = acked(c, format!("{i}").as_bytes());
-            ledger.lock().unwrap().committed.insert(winner_id, written);
+            ledger
+                .lock()
+                .expect("lock")
+                .committed
+                .insert(winner_id, written);
         }
         Err(_) => {
             ledger
                 .lock()
-                .unwrap()
+                .expect("lock")
                 .uncertain
                 .insert(winner_id, vec![hot.clone()]);
             return;
@@ -140,13 +147,13 @@ async fn doomed(client: &Client, w: usize, i: u64, ledger: &Mutex<Ledger>) {
     let id = loser.id();
     match loser.commit().await {
         Err(e) if is_abort(&e) => {
-            ledger.lock().unwrap().aborted.insert(id);
+            ledger.lock().expect("lock").aborted.insert(id);
         }
         Ok(_) => panic!("a transaction whose read was overwritten committed"),
         Err(_) => {
             ledger
                 .lock()
-                .unwrap()
+                .expect("lock")
                 .uncertain
                 .insert(id, vec![hot.clone()]);
         }
@@ -224,7 +231,7 @@ async fn a_feed_gives_every_committed_transaction_once_in_order_through_a_failov
         tokio::spawn(async move {
             loop {
                 match watch.next().await {
-                    Ok(Some(m)) => seen.lock().unwrap().messages.push(m),
+                    Ok(Some(m)) => seen.lock().expect("lock").messages.push(m),
                     Ok(None) => panic!("the watch ended"),
                     Err(e) => panic!("the watch failed: {e}"),
                 }
@@ -246,20 +253,20 @@ async fn a_feed_gives_every_committed_transaction_once_in_order_through_a_failov
 
     // What the writers could not tell: ask.
     let uncertain: Vec<([u8; 16], Vec<Vec<u8>>)> =
-        ledger.lock().unwrap().uncertain.drain().collect();
+        ledger.lock().expect("lock").uncertain.drain().collect();
     let checker = Client::connect(&addr).await.expect("client");
     let mut maybe = BTreeSet::new();
     for (id, _keys) in uncertain {
         match checker.txn_status(id).await.expect("txn status") {
             TxnState::Aborted => {
-                ledger.lock().unwrap().aborted.insert(id);
+                ledger.lock().expect("lock").aborted.insert(id);
             }
             TxnState::Committed | TxnState::Unknown => {
                 maybe.insert(id);
             }
         }
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().expect("lock"));
     assert!(
         ledger.committed.len() > 20 && !ledger.aborted.is_empty(),
         "the load did too little to check: {} committed, {} aborted",
@@ -271,7 +278,7 @@ async fn a_feed_gives_every_committed_transaction_once_in_order_through_a_failov
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         let missing = {
-            let seen = seen.lock().unwrap();
+            let seen = seen.lock().expect("lock");
             let mut got: HashMap<[u8; 16], usize> = HashMap::new();
             for e in seen.events() {
                 *got.entry(id_of(e)).or_default() += e.changes.len();
@@ -293,7 +300,7 @@ async fn a_feed_gives_every_committed_transaction_once_in_order_through_a_failov
     }
     reader.abort();
 
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().expect("lock");
     check_order(&seen);
     let mut by_txn: HashMap<[u8; 16], Vec<&FeedEvent>> = HashMap::new();
     for e in seen.events() {
@@ -478,8 +485,7 @@ async fn bad_cursors_ranges_and_names_are_refused() {
     let err = tokio::time::timeout(DRAIN_TIMEOUT, watch.next())
         .await
         .expect("the refusal comes")
-        .err()
-        .expect("a position past the log's end is refused");
+        .expect_err("a position past the log's end is refused");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     assert!(err.to_string().contains("past the end"), "{err}");
 

@@ -184,7 +184,8 @@ fn config(args: &Args, seed: u64) -> SimConfig {
 
 /// Runs one seed in this process. Ends with the result line:
 /// `result: seed=N passed=true|false fingerprint=HEX ok=N torn_tails=N
-/// disk_restarts=N ... slots_moved=N`.
+/// disk_restarts=N ... slots_moved=N feed_events=N feed_watches=N
+/// feed_gaps=N`.
 fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     if let Some(filter) = &args.trace {
         tracing_subscriber::fmt()
@@ -209,7 +210,8 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             "seed {seed}: ok={} fail={} info={}, {:?} simulated in {:.1?}; \
              torn log tails recovered: {}, restarts after disk failures: {} ({} full); \
              catch-up: {} records from logs on disk, {} snapshots installed; \
-             reads, writes and dials held by one-way cuts: {}; slots moved: {}",
+             reads, writes and dials held by one-way cuts: {}; slots moved: {}; \
+             change feed: {} events, {} transactions, {} watches, {} gaps",
             result.counts[0],
             result.counts[1],
             result.counts[2],
@@ -222,7 +224,14 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             result.snapshot_installs,
             result.one_way_holds,
             result.slots_moved,
+            result.feed.events,
+            result.feed.txns_seen,
+            result.feed_watches,
+            result.feed_gaps.len(),
         );
+        for why in &result.feed_breaks {
+            println!("  feed: {why}");
+        }
         println!("history: {}", history.display());
         if passed {
             println!("{}", result.report);
@@ -234,7 +243,7 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
     println!(
         "{RESULT_PREFIX} seed={seed} passed={passed} fingerprint={:016x} ok={} \
          torn_tails={} disk_restarts={} log_catch_up={} snapshot_installs={} one_way_holds={} \
-         slots_moved={}",
+         slots_moved={} feed_events={} feed_watches={} feed_gaps={}",
         result.fingerprint,
         result.counts[0],
         result.torn_tails,
@@ -242,7 +251,10 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
         result.log_catch_up_records,
         result.snapshot_installs,
         result.one_way_holds,
-        result.slots_moved
+        result.slots_moved,
+        result.feed.events,
+        result.feed_watches,
+        result.feed_gaps.len()
     );
     Ok(if passed { 0 } else { 1 })
 }

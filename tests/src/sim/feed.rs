@@ -1,0 +1,427 @@
+//! The simulator's change-feed consumer: a host (`feed`) that watches the
+//! whole key space through the coordinator's `Changefeed.Watch` from every
+//! group's log beginning, keeps every message it handles, and when its
+//! stream breaks (a coordinator crash or cut, a silent stream) watches
+//! again from its [`Cursor`], so its record has no gap. After the final
+//! read it waits (at most [`FEED_CATCH_UP_MAX`]) until every group's feed
+//! is resolved past the log's head as it was then; the run then judges
+//! the record against the history (`trellis_checker::feed`).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trellis_checker::bank::BankMop;
+use trellis_checker::feed::{BankWrite, FeedEvent, FeedMessage, FeedReport, ListWrite};
+use trellis_checker::{Mop, Op};
+use trellis_client::{Client, Cursor, Options, Route};
+
+use super::{COORDINATOR, PORT};
+use crate::workload::{
+    ACCOUNTS, CLIENT_RPC_TIMEOUT, decode_list_value, parse_account_key, parse_balance,
+    parse_list_key,
+};
+
+/// The consumer's host name.
+pub const FEED_HOST: &str = "feed";
+/// A watch that hands out nothing for this long is opened again (every
+/// group resolves at least every 200 ms when it is healthy).
+pub const FEED_SILENCE_MAX: Duration = Duration::from_secs(3);
+/// Pause before watching again after a stream broke or could not open.
+pub const FEED_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest simulated time from the final read's end to the feed resolved
+/// past every group's head; past it the run fails if events are missing.
+pub const FEED_CATCH_UP_MAX: Duration = Duration::from_secs(8);
+/// The consumer waits at least this long after the final read, so that
+/// every group still fed has sent a resolved position since.
+pub const FEED_CATCH_UP_MIN: Duration = Duration::from_secs(1);
+/// Most messages kept (a run has a few thousand); past it the run fails.
+pub const FEED_MESSAGES_MAX: usize = 1_000_000;
+
+/// What the consumer saw, shared with the run.
+#[derive(Default)]
+pub struct FeedState {
+    /// Every message handled, in order, across watches.
+    pub messages: Vec<trellis_client::FeedMessage>,
+    /// Watches opened.
+    pub watches: u64,
+    /// Why watches ended or could not open, with simulated times.
+    pub breaks: Vec<String>,
+    /// Times a group no longer kept its log after the consumer's cursor
+    /// (FEED_HISTORY_GONE; see [`HISTORY_GONE`]): the consumer watched
+    /// again from now, so its record has a gap and completeness is not
+    /// judged.
+    pub gaps: Vec<String>,
+    /// Set by the run when the final read is over: the consumer catches up
+    /// and stops.
+    pub final_done_at: Option<Duration>,
+    /// Set by the consumer: it caught up (or gave up) and stopped.
+    pub finished: Option<Result<Duration, String>>,
+    /// Something no retry fixes (too many messages).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct Feed(pub Arc<Mutex<FeedState>>);
+
+impl Feed {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the final read's host when it is done; waits (at most
+    /// [`FEED_CATCH_UP_MAX`] plus a step) for the consumer to catch up.
+    pub async fn final_done(&self) {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        self.lock().final_done_at = Some(now);
+        let deadline = now + FEED_CATCH_UP_MAX + Duration::from_secs(1);
+        while self.lock().finished.is_none()
+            && turmoil::sim_elapsed().unwrap_or_default() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// What FEED_HISTORY_GONE says. A group's log is kept for a feed only by
+/// the primary that serves it (`Shard::pin_log`, in memory): while the
+/// coordinator is down, or after a failover to a backup that cut its log
+/// past the cursor, the simulator's tiny logs (`SIM_LOG`) lose what the
+/// consumer has not read yet. A known gap of the feed's retention, not of
+/// the consumer: it is counted and reported, and only the rules that a gap
+/// cannot break are judged then.
+pub const HISTORY_GONE: &str = "no longer keeps its log after position";
+
+/// The consumer host's software.
+pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
+    let options = Options {
+        rpc_timeout: CLIENT_RPC_TIMEOUT,
+        connect_timeout: Duration::from_secs(2),
+        route: Route::Coordinator,
+    };
+    let addr = format!("{COORDINATOR}:{PORT}");
+    // No group named: every group from its log's beginning.
+    let mut cursor = Cursor::default();
+    // After a gap: watch from now (every group), then resume as before.
+    let mut from_now = false;
+    let mut catch_up = CatchUp::default();
+    // One client for the whole run: its channel reconnects by itself.
+    let client = loop {
+        match Client::connect_with(&addr, options.clone()).await {
+            Ok(client) => break client,
+            Err(err) => {
+                feed.lock()
+                    .breaks
+                    .push(format!("{:?} connect: {err}", now()));
+                tokio::time::sleep(FEED_RETRY_PAUSE).await;
+            }
+        }
+    };
+    loop {
+        if let Some(done) = catch_up.done(&feed) {
+            feed.lock().finished = Some(done);
+            return Ok(());
+        }
+        let from = (!from_now).then_some(&cursor);
+        let mut watch = match client.watch(b"", b"", from).await {
+            Ok(watch) => {
+                from_now = false;
+                watch
+            }
+            Err(err) => {
+                let text = err.to_string();
+                if text.contains(HISTORY_GONE) {
+                    from_now = true;
+                    feed.lock()
+                        .gaps
+                        .push(format!("{:?} watch from {cursor}: {text}", now()));
+                }
+                feed.lock()
+                    .breaks
+                    .push(format!("{:?} watch from {cursor}: {text}", now()));
+                // A group removed (resharding) is no longer watched.
+                if let Some(group) = removed_group(&text) {
+                    cursor.0.remove(&group);
+                }
+                tokio::time::sleep(FEED_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        feed.lock().watches += 1;
+        loop {
+            if let Some(done) = catch_up.done(&feed) {
+                feed.lock().finished = Some(done);
+                return Ok(());
+            }
+            let why = match tokio::time::timeout(FEED_SILENCE_MAX, watch.next()).await {
+                Ok(Ok(Some(message))) => {
+                    cursor = watch.cursor().clone();
+                    let mut state = feed.lock();
+                    catch_up.saw(&message, state.final_done_at);
+                    if state.messages.len() >= FEED_MESSAGES_MAX {
+                        state.error = Some(format!(
+                            "the consumer got more than {FEED_MESSAGES_MAX} messages"
+                        ));
+                        state.finished = Some(Err("too many messages".into()));
+                        return Ok(());
+                    }
+                    state.messages.push(message);
+                    continue;
+                }
+                Ok(Ok(None)) => "the server ended the stream".to_string(),
+                Ok(Err(err)) => {
+                    let text = err.to_string();
+                    if text.contains(HISTORY_GONE) {
+                        from_now = true;
+                        feed.lock()
+                            .gaps
+                            .push(format!("{:?} stream at {cursor}: {text}", now()));
+                    }
+                    text
+                }
+                Err(_) => format!("nothing for {FEED_SILENCE_MAX:?}"),
+            };
+            feed.lock()
+                .breaks
+                .push(format!("{:?} stream broke at {cursor}: {why}", now()));
+            break;
+        }
+        tokio::time::sleep(FEED_RETRY_PAUSE).await;
+    }
+}
+
+/// The group an UNKNOWN_GROUP refusal names ("the cursor names group N,
+/// which this cluster does not have").
+fn removed_group(text: &str) -> Option<u64> {
+    let rest = text.split("the cursor names group ").nth(1)?;
+    let (group, tail) = rest.split_once(',')?;
+    tail.contains("does not have")
+        .then(|| group.trim().parse().ok())
+        .flatten()
+}
+
+/// Whether the consumer has caught up after the final read: every group
+/// that sent a resolved position since is resolved at or past the head its
+/// first such message named.
+#[derive(Default)]
+struct CatchUp {
+    /// group → (head when first resolved after the final read, resolved
+    /// position since)
+    groups: std::collections::BTreeMap<u64, (u64, u64)>,
+}
+
+impl CatchUp {
+    fn saw(&mut self, message: &trellis_client::FeedMessage, final_done: Option<Duration>) {
+        if final_done.is_none() {
+            return;
+        }
+        if let trellis_client::FeedMessage::Resolved {
+            group,
+            position,
+            head,
+        } = *message
+        {
+            let at = self.groups.entry(group).or_insert((head, position));
+            at.1 = at.1.max(position);
+        }
+    }
+
+    fn done(&self, feed: &Feed) -> Option<Result<Duration, String>> {
+        let since = feed.lock().final_done_at?;
+        let now = now();
+        let waited = now.saturating_sub(since);
+        if waited < FEED_CATCH_UP_MIN {
+            return None;
+        }
+        let behind: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, (head, resolved))| resolved < head)
+            .map(|(g, (head, resolved))| format!("group {g} resolved to {resolved} of {head}"))
+            .collect();
+        if behind.is_empty() && !self.groups.is_empty() {
+            return Some(Ok(waited));
+        }
+        if waited >= FEED_CATCH_UP_MAX {
+            return Some(Err(if self.groups.is_empty() {
+                format!("no group resolved anything in the {waited:?} after the final read")
+            } else {
+                format!(
+                    "not caught up {waited:?} after the final read: {}",
+                    behind.join(", ")
+                )
+            }));
+        }
+        None
+    }
+}
+
+/// The consumer's record with each write decoded by `decode` (key,
+/// value → the checker's write); a write the workload cannot have made is
+/// an error.
+fn decode<W>(
+    messages: &[trellis_client::FeedMessage],
+    decode: impl Fn(&[u8], Option<&[u8]>) -> Result<W, String>,
+) -> Result<Vec<FeedMessage<W>>, String> {
+    messages
+        .iter()
+        .map(|m| {
+            Ok(match m {
+                trellis_client::FeedMessage::Resolved {
+                    group, position, ..
+                } => FeedMessage::Resolved {
+                    group: *group,
+                    position: *position,
+                },
+                trellis_client::FeedMessage::Event(e) => FeedMessage::Event(FeedEvent {
+                    group: e.group,
+                    position: e.position,
+                    version: e.version,
+                    txn_id: e.txn_id.clone(),
+                    writes: e
+                        .changes
+                        .iter()
+                        .map(|c| {
+                            decode(&c.key, c.value.as_deref()).map_err(|why| {
+                                format!("group {} position {}: {why}", e.group, e.position)
+                            })
+                        })
+                        .collect::<Result<_, String>>()?,
+                }),
+            })
+        })
+        .collect()
+}
+
+/// A list-append write: `la:K` and a list.
+fn list_write(key: &[u8], value: Option<&[u8]>) -> Result<ListWrite, String> {
+    let key_n = parse_list_key(key).ok_or_else(|| {
+        format!(
+            "the feed has a write to {}, not a list-append key",
+            trellis_client::quote_key(key)
+        )
+    })?;
+    let list = value
+        .map(|v| {
+            decode_list_value(v).ok_or_else(|| {
+                format!(
+                    "key {key_n}'s value {:?} is not a list",
+                    String::from_utf8_lossy(v)
+                )
+            })
+        })
+        .transpose()?;
+    Ok((key_n, list))
+}
+
+/// A bank write: `bank:A` and a balance.
+fn bank_write(key: &[u8], value: Option<&[u8]>) -> Result<BankWrite, String> {
+    let account = parse_account_key(key).ok_or_else(|| {
+        format!(
+            "the feed has a write to {}, not an account",
+            trellis_client::quote_key(key)
+        )
+    })?;
+    let balance = value
+        .map(|v| {
+            parse_balance(v).ok_or_else(|| {
+                format!(
+                    "account {account}'s value {:?} is not a balance",
+                    String::from_utf8_lossy(v)
+                )
+            })
+        })
+        .transpose()?;
+    Ok((account, balance))
+}
+
+fn problem(why: String) -> FeedReport {
+    FeedReport {
+        problems: vec![why],
+        ..FeedReport::default()
+    }
+}
+
+/// What a workload's feed check is.
+pub(crate) trait FeedCheck: Sized {
+    /// `complete`: the record has no gap, so completeness is judged too.
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport;
+}
+
+impl FeedCheck for Mop {
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport {
+        match decode(messages, list_write) {
+            Ok(decoded) => trellis_checker::feed::check_list_append(ops, &decoded, complete)
+                .unwrap_or_else(|err| problem(format!("the history cannot be checked: {err}"))),
+            Err(why) => problem(why),
+        }
+    }
+}
+
+impl FeedCheck for BankMop {
+    fn check_feed(
+        ops: &[Op<Self>],
+        messages: &[trellis_client::FeedMessage],
+        complete: bool,
+    ) -> FeedReport {
+        if !complete {
+            // A gap breaks the replay of balances: order rules only.
+            return match decode(messages, bank_write) {
+                Ok(decoded) => trellis_checker::feed::check_order(&decoded),
+                Err(why) => problem(why),
+            };
+        }
+        let accounts: BTreeSet<u64> = (0..ACCOUNTS).collect();
+        match decode(messages, bank_write) {
+            Ok(decoded) => trellis_checker::feed::check_bank(ops, &decoded, &accounts)
+                .unwrap_or_else(|err| problem(format!("the history cannot be checked: {err}"))),
+            Err(why) => problem(why),
+        }
+    }
+}
+
+/// The feed's verdict for a run: the check's problems, and the consumer's
+/// own (it never caught up, it gave up).
+pub(crate) fn judge<M: FeedCheck>(
+    ops: &[Op<M>],
+    feed: &Feed,
+) -> (FeedReport, Vec<String>, Vec<String>) {
+    let state = feed.lock();
+    let mut report = M::check_feed(ops, &state.messages, state.gaps.is_empty());
+    if let Some(err) = &state.error {
+        report.problems.push(err.clone());
+    }
+    match &state.finished {
+        None => report
+            .problems
+            .push("the feed consumer never finished (the run ended first)".to_string()),
+        Some(Err(why)) => report.problems.push(format!("the feed consumer: {why}")),
+        Some(Ok(_)) => {}
+    }
+    (report, state.breaks.clone(), state.gaps.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_group_is_read_from_the_refusal() {
+        let text = "server error (NotFound): the cursor names group 2, which this cluster \
+                    does not have (a cursor of another cluster, or of a removed group)";
+        assert_eq!(removed_group(text), Some(2));
+        assert_eq!(removed_group("unavailable: down"), None);
+    }
+}
