@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The change feed's cost and pace (issue 22), measured in one run on this
+# machine: w1-rmw against a release `trellis dev --groups 3 --replicas 2`
+# (SYNC), in rounds alternating without a feed and with one `trellis cdc`
+# into NATS JetStream (127.0.0.1:4222, a subject of its own) started before
+# the load, from now. For each round: throughput and p99 of the load, the
+# CPU of the dev tree and of `trellis cdc`; with the feed, the events the
+# sink took (`trellis_cdc_events_total`) against the transactions the load
+# committed, the feed's rate during the load, how long it took after the
+# load to catch up (`trellis_cdc_lag_records` 0 on every group), and the
+# highest `trellis_cdc_lag_seconds` seen (sampled every 0.2 s). It writes
+# the table into docs/benchmarks.md, replacing its section. Nothing is
+# asserted. Commit-to-emit latency per event is not measured (the events
+# carry no commit time): the lag seconds bound it from above at the
+# resolution of the sampling and of the feed's resolved messages (200 ms).
+#
+# Stops exactly what it started, by PID, on any exit (bench/lib.sh); the
+# JetStream stream it made is deleted by the python helper at the end.
+#
+#   bench/cdc.sh                     # DURATION=10s VUS=64 ROUNDS="off on off on"
+#   DURATION=5s ROUNDS="off on" bench/cdc.sh
+#   TRELLIS_BIN=target/release/trellis bench/cdc.sh
+#
+# Needs: cargo (builds the release binary), curl, python3, NATS with
+# JetStream on 127.0.0.1:4222.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+VUS=${VUS:-64}
+ROUNDS=${ROUNDS:-"off on off on"}
+KEYS=${KEYS:-100000}
+NATS=${NATS:-127.0.0.1:4222}
+# How long a cluster may take to come up; how long the feed may take to
+# catch up after a load.
+READY_SECONDS=60
+CATCH_UP_SECONDS=60
+DOC=docs/benchmarks.md
+BEGIN_MARK='<!-- bench/cdc.sh: begin (generated; edit the script, not this section) -->'
+END_MARK='<!-- bench/cdc.sh: end -->'
+
+WORK=$(mktemp -d /tmp/trellis-cdc-bench.XXXXXX)
+source bench/lib.sh
+command -v curl >/dev/null || { echo "error: curl is needed" >&2; exit 1; }
+
+# A metric's value (sum over the series whose name and labels start with
+# PREFIX) from /metrics at ADDR.
+metric_sum() { # addr prefix
+    curl -sf --max-time 5 "http://$1/metrics" |
+        awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%.0f\n", s }'
+}
+metric_max() { # addr prefix
+    curl -sf --max-time 5 "http://$1/metrics" |
+        awk -v p="$2" 'index($0, p) == 1 && $NF > m { m = $NF } END { printf "%.3f\n", m + 0 }'
+}
+
+port=$(free_port)
+addr="127.0.0.1:$port"
+log "trellis dev --groups 3 --replicas 2 on $addr"
+"$TRELLIS" dev --data-dir "$WORK/data" --listen "$addr" --groups 3 --replicas 2 >"$WORK/dev.log" 2>&1 &
+dev_pid=$!
+PIDS+=("$dev_pid")
+for _ in $(seq 1 $((READY_SECONDS * 10))); do
+    grep -q '^READY ' "$WORK/dev.log" && break
+    sleep 0.1
+done
+grep -q '^READY ' "$WORK/dev.log" || { cat "$WORK/dev.log" >&2; exit 1; }
+subject="trellis-bench-cdc.$$"
+n=0
+for round in $ROUNDS; do
+    n=$((n + 1))
+    out="$WORK/round$n"
+    cdc_pid=""
+    if [[ $round == on ]]; then
+        mport=$(free_port)
+        maddr="127.0.0.1:$mport"
+        "$TRELLIS" cdc --addr "$addr" --sink "nats://$NATS/$subject" --from now \
+            --metrics-listen "$maddr" >/dev/null 2>"$out.cdc.log" &
+        cdc_pid=$!
+        PIDS+=("$cdc_pid")
+        for _ in $(seq 1 50); do
+            curl -sf --max-time 1 "http://$maddr/metrics" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        echo "$maddr" >"$out.maddr"
+        # The highest lag in seconds, sampled while the load runs.
+        (while kill -0 "$cdc_pid" 2>/dev/null; do
+            metric_max "$maddr" 'trellis_cdc_lag_seconds' || true
+            sleep 0.2
+        done) >"$out.lag" 2>/dev/null &
+        PIDS+=("$!")
+        sleep 1
+        metric_sum "$maddr" 'trellis_cdc_events_total' >"$out.events-before"
+    fi
+    log "round $n: w1-rmw, feed $round, $VUS VUs for $DURATION"
+    tree_cpu_ticks "$dev_pid" >"$out.dev-before"
+    [[ -n $cdc_pid ]] && tree_cpu_ticks "$cdc_pid" >"$out.cdc-before"
+    "$TRELLIS" load --quiet --addr "$addr" --workload w1-rmw --keys "$KEYS" --vus "$VUS" \
+        --duration "$DURATION" --summary-export "$out.json" >"$out.txt" 2>"$out.err" ||
+        log "round $n failed: $(tail -1 "$out.err")"
+    tree_cpu_ticks "$dev_pid" >"$out.dev-after"
+    if [[ -n $cdc_pid ]]; then
+        tree_cpu_ticks "$cdc_pid" >"$out.cdc-after"
+        metric_sum "$maddr" 'trellis_cdc_events_total' >"$out.events-load"
+        start=$(date +%s.%N)
+        caught=""
+        for _ in $(seq 1 $((CATCH_UP_SECONDS * 10))); do
+            lag=$(metric_sum "$maddr" 'trellis_cdc_lag_records' || echo 1)
+            if [[ $lag == 0 ]]; then caught=1; break; fi
+            sleep 0.1
+        done
+        end=$(date +%s.%N)
+        [[ -n $caught ]] && python3 -c "print($end - $start)" >"$out.catch-up"
+        metric_sum "$maddr" 'trellis_cdc_events_total' >"$out.events-after"
+        stop_pid "$cdc_pid"
+    fi
+done
+
+export WORK ROUNDS DURATION VUS DOC BEGIN_MARK END_MARK NATS subject
+COMMIT=${TRELLIS_COMMIT:-$(git rev-parse --short HEAD)} python3 - <<'PY'
+import json, os, subprocess
+work, rounds = os.environ["WORK"], os.environ["ROUNDS"].split()
+hz = os.sysconf("SC_CLK_TCK")
+def num(path, default=None):
+    try:
+        return float(open(path).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+rows = []
+for n, feed in enumerate(rounds, start=1):
+    base = f"{work}/round{n}"
+    try:
+        m = json.load(open(base + ".json"))["metrics"]
+    except (OSError, ValueError):
+        rows.append((n, feed, None)); continue
+    it = m["iterations"]["values"]
+    txns = it["count"]
+    dev_cpu = (num(base + ".dev-after") - num(base + ".dev-before")) / hz
+    r = {"rate": it["rate"], "p99": m["txn_duration"]["values"].get("p(99)", 0.0),
+         "txns": txns, "dev_cpu_ms": dev_cpu * 1000 / txns if txns else 0}
+    if feed == "on":
+        cdc_cpu = (num(base + ".cdc-after", 0) - num(base + ".cdc-before", 0)) / hz
+        before = num(base + ".events-before", 0)
+        r["events"] = num(base + ".events-after", 0) - before
+        r["events_load"] = num(base + ".events-load", 0) - before
+        r["catch_up"] = num(base + ".catch-up")
+        lags = [float(x) for x in open(base + ".lag").read().split() if x.strip()] if os.path.exists(base + ".lag") else []
+        r["lag_max"] = max(lags) if lags else None
+        r["cdc_cpu_ms"] = cdc_cpu * 1000 / txns if txns else 0
+    rows.append((n, feed, r))
+dur = os.environ["DURATION"]
+lines = [os.environ["BEGIN_MARK"], "", "## The change feed's cost and pace (`bench/cdc.sh`)", "",
+         f"Run of {subprocess.run(['date', '+%Y-%m-%d'], capture_output=True, text=True).stdout.strip()}, "
+         f"commit {os.environ['COMMIT']}: `DURATION={dur} VUS={os.environ['VUS']} ROUNDS=\"{os.environ['ROUNDS']}\" bench/cdc.sh`.",
+         "",
+         f"- Machine: {os.cpu_count()} cores; every process (the dev cluster, `trellis load`, `trellis cdc`, "
+         "NATS) shares it, on loopback.",
+         "- Release `trellis dev --groups 3 --replicas 2`, SYNC; w1-rmw (one read-modify-write of one key "
+         f"per iteration: one one-group transaction, one feed event), {os.environ['VUS']} VUs, {dur} per round. "
+         "*feed on*: one `trellis cdc --sink nats://…` (JetStream, publish acks awaited) from now, started "
+         "1 s before the load.",
+         "- *events*: what the sink took for the round's transactions, during the load and in all; "
+         "*catch-up*: seconds after the load until every group's lag in records was 0; *lag max*: the "
+         "highest `trellis_cdc_lag_seconds` sampled every 0.2 s (an upper bound of commit-to-emit time "
+         "at that resolution). CPU: user+system of the process trees over the load, per transaction.",
+         "",
+         "| round | feed | w1-rmw it/s | p99 ms | dev CPU ms/txn | cdc CPU ms/txn | events / txns | events/s during load | catch-up s | lag max s |",
+         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+secs = float(dur.rstrip("s"))
+for n, feed, r in rows:
+    if r is None:
+        lines.append(f"| {n} | {feed} | failed | | | | | | | |"); continue
+    if feed == "on":
+        cu = "-" if r["catch_up"] is None else f"{r['catch_up']:.1f}"
+        lm = "-" if r["lag_max"] is None else f"{r['lag_max']:.2f}"
+        lines.append(f"| {n} | on | {r['rate']:,.0f} | {r['p99']:.1f} | {r['dev_cpu_ms']:.3f} | {r['cdc_cpu_ms']:.3f} | "
+                     f"{r['events']:,.0f} / {r['txns']:,.0f} | {r['events_load'] / secs:,.0f} | {cu} | {lm} |")
+    else:
+        lines.append(f"| {n} | off | {r['rate']:,.0f} | {r['p99']:.1f} | {r['dev_cpu_ms']:.3f} | | | | | |")
+off = [r["rate"] for _, f, r in rows if f == "off" and r]
+on = [r["rate"] for _, f, r in rows if f == "on" and r]
+if off and on:
+    ratio = (sum(on) / len(on)) / (sum(off) / len(off))
+    lines += ["", f"w1-rmw with the feed / without (mean of the rounds): {ratio:.2f}× "
+              f"(issue 22's goal: at most 10% lower, i.e. ≥ 0.90×: {'met' if ratio >= 0.9 else '**not met**'})."]
+lines += ["", os.environ["END_MARK"]]
+section = "\n".join(lines)
+doc = os.environ["DOC"]
+text = open(doc).read()
+begin, end = os.environ["BEGIN_MARK"], os.environ["END_MARK"]
+if begin in text and end in text:
+    text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(doc, "w").write(text)
+print(section)
+# The JetStream stream `trellis cdc` made for this run's subject.
+try:
+    import socket
+    host, port = os.environ["NATS"].split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.recv(4096)
+    name = "TRELLIS_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in os.environ["subject"])
+    s.sendall(f"CONNECT {{\"verbose\":false}}\r\nPUB $JS.API.STREAM.DELETE.{name} 0\r\n\r\nPING\r\n".encode())
+    s.recv(4096)
+    s.close()
+except OSError:
+    pass
+PY
