@@ -333,7 +333,6 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     position,
                     head,
                 } => {
-                    progress.lag(group, head.saturating_sub(position));
                     metrics.lag(group, head.saturating_sub(position));
                     true
                 }
@@ -342,7 +341,6 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                 continue;
             }
             deliver(&mut sink, &args.sink, &batch, &metrics).await;
-            progress.delivered(batch.len());
             if !batch.is_empty() {
                 metrics.events.add(batch.len() as u64);
                 metrics.batches.inc();
@@ -369,7 +367,7 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     }
                 }
             }
-            progress.maybe_log(delivered.as_ref());
+            progress.maybe_log(&metrics, delivered.as_ref());
         }
         // Batches are delivered before the cursor moves past them; a
         // broken watch drops only undelivered events, which the next watch
@@ -412,13 +410,12 @@ fn retryable(e: &Error) -> bool {
     matches!(e, Error::Unavailable(_))
 }
 
-/// What the log lines report.
+/// When progress was last logged, and the events delivered by then (the
+/// figures themselves are the metrics').
 struct Progress {
     since: Instant,
     logged_at: Instant,
-    events: u64,
     events_at_log: u64,
-    lag: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Progress {
@@ -426,36 +423,33 @@ impl Progress {
         Progress {
             since: Instant::now(),
             logged_at: Instant::now(),
-            events: 0,
             events_at_log: 0,
-            lag: Default::default(),
         }
     }
 
-    fn lag(&mut self, group: u64, records: u64) {
-        self.lag.insert(group, records);
-    }
-
-    fn delivered(&mut self, events: usize) {
-        self.events += events as u64;
-    }
-
-    fn maybe_log(&mut self, cursor: Option<&Cursor>) {
+    fn maybe_log(&mut self, metrics: &CdcMetrics, cursor: Option<&Cursor>) {
         let elapsed = self.logged_at.elapsed();
         if elapsed < PROGRESS_INTERVAL {
             return;
         }
-        let rate = (self.events - self.events_at_log) as f64 / elapsed.as_secs_f64();
-        let lag: Vec<String> = self.lag.iter().map(|(g, l)| format!("{g}:{l}")).collect();
+        let events = metrics.events.get();
+        let rate = (events - self.events_at_log) as f64 / elapsed.as_secs_f64();
+        let lag: Vec<String> = metrics
+            .lag
+            .lock()
+            .expect("lag lock poisoned")
+            .iter()
+            .map(|(g, l)| format!("{g}:{}", l.0))
+            .collect();
         tracing::info!(
-            events = self.events,
+            events,
             events_per_second = format!("{rate:.0}"),
             lag_records = lag.join(","),
             cursor = %cursor.map(ToString::to_string).unwrap_or_default(),
             running_s = self.since.elapsed().as_secs(),
             "delivered"
         );
-        self.events_at_log = self.events;
+        self.events_at_log = events;
         self.logged_at = Instant::now();
     }
 }

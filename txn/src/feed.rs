@@ -18,6 +18,7 @@ use trellis_proto::v1 as pb;
 use trellis_types::{GroupId, Lsn};
 
 use crate::router::{Fault, Router, classify};
+use crate::service::invalid;
 
 /// Messages a watch holds for its client (across groups); a slow client
 /// slows every group's stream, nothing is dropped.
@@ -79,15 +80,6 @@ pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<W
         end: req.end,
         cursor,
     })
-}
-
-fn invalid(message: String) -> Status {
-    error::status(
-        tonic::Code::InvalidArgument,
-        message,
-        pb::ErrorReason::InvalidInput.as_str_name(),
-        None,
-    )
 }
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
