@@ -7,10 +7,13 @@
 //! - [`storage`]: `trellis bench storage`, the storage engine on this disk
 //!   (fdatasync baseline, WAL appends, replay, memory per key).
 //! - [`txn`]: `trellis bench txn`, 1PC vs 2PC commits on a running cluster.
+//! - [`feed`]: `trellis bench feed`, the change feed's commit-to-emit
+//!   latency and pace on a running cluster.
 //! - [`repl`]: `trellis bench replication`, what replication costs and how
 //!   long a failover takes, on clusters it starts itself.
 //! - [`percentile`]: the latency summary the cluster benchmarks share.
 
+mod feed;
 mod repl;
 mod storage;
 mod txn;
@@ -22,6 +25,8 @@ use std::time::Duration;
 const SECONDS_MAX: u64 = 3600;
 /// Most `--keys` of the storage benchmark's replay and memory measurement.
 const KEYS_MAX: u64 = 100_000_000;
+/// Highest `--rate` of the feed benchmark, commits per second.
+const RATE_MAX: u64 = 100_000;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -40,6 +45,14 @@ Kinds (the first argument; storage when omitted):
                p50 and p99 at 1 and at 64 concurrent clients, and the
                2PC/1PC latency ratio. It writes keys bench:*.
 
+  feed         The change feed on a running cluster at --addr: one watch from
+               now over keys of its own (bench:feed:*), and one-key commits
+               started on a clock at each --rate (default 1000 then 5000 a
+               second) for --seconds; each event is matched to its commit by
+               transaction id. Prints commits/s reached, events/s, and
+               commit-to-emit latency p50/p99/max: from the commit's
+               acknowledgement to its event at the watcher.
+
   replication  What replication costs and how long a failover takes, on
                clusters it starts itself (a coordinator and one group of 1,
                2 and 3 replicas as child processes on 127.0.0.1, data under
@@ -55,13 +68,14 @@ Examples:
   trellis bench storage --dir /path/on/that/disk
   trellis bench storage --seconds 10 --keys 5000000
   trellis dev &   trellis bench txn --addr 127.0.0.1:50051 --seconds 5
+  trellis bench feed --addr 127.0.0.1:50051 --seconds 10 --rate 1000,5000
   trellis bench replication --dir /tmp/trellis-bench
   cargo run --release -p trellis -- bench storage --dir .")]
 pub struct Args {
-    /// What to measure: storage, txn or replication (see below).
-    #[arg(value_parser = ["storage", "txn", "replication"], default_value = "storage")]
+    /// What to measure: storage, txn, feed or replication (see below).
+    #[arg(value_parser = ["storage", "txn", "feed", "replication"], default_value = "storage")]
     what: String,
-    /// txn: the coordinator of the cluster to measure, HOST:PORT.
+    /// txn and feed: the coordinator of the cluster to measure, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
     addr: String,
     /// storage and replication: the directory to work in (a fresh
@@ -71,6 +85,10 @@ pub struct Args {
     /// Seconds each throughput measurement runs.
     #[arg(long, default_value_t = 3, value_parser = crate::flags::u64_in(1, SECONDS_MAX))]
     seconds: u64,
+    /// feed: commits per second to measure at, one after the other
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = crate::flags::u64_in(1, RATE_MAX))]
+    rate: Vec<u64>,
     /// storage: keys written for the replay and memory measurement.
     #[arg(long, default_value_t = 1_000_000, value_parser = crate::flags::u64_in(1, KEYS_MAX))]
     keys: u64,
@@ -78,9 +96,16 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.seconds);
+    anyhow::ensure!(
+        args.rate.is_empty() || args.what == "feed",
+        "--rate belongs to `trellis bench feed`; `{}` runs at full speed",
+        args.what
+    );
     match args.what.as_str() {
         "replication" => repl::run(&args.dir, seconds),
         "txn" => txn::run(&args.addr, seconds),
+        "feed" if args.rate.is_empty() => feed::run(&args.addr, seconds, &feed::RATES_DEFAULT),
+        "feed" => feed::run(&args.addr, seconds, &args.rate),
         // "storage", the default: clap admits only the three names.
         _ => storage::run(&args.dir, seconds, args.keys),
     }

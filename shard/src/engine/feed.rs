@@ -24,6 +24,15 @@ pub const FEED_RESOLVED_INTERVAL: Duration = Duration::from_millis(200);
 /// About this many bytes of log are read per step (at least one record).
 pub const FEED_READ_BYTES_MAX: usize = 256 * 1024;
 
+/// Least time between two reads of the log by one feed. Under load the
+/// SYNC mark moves with about every commit; reading at each move made the
+/// feed's cost per commit (a blocking-pool hop, a log read, a batch on the
+/// wire). Waiting out the rest of this interval after a read gathers the
+/// commits of the interval into one read and one batch; an idle group's
+/// first commit is read at once, so only a loaded group's events wait (at
+/// most this long).
+pub const FEED_READ_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
 /// Batches a feed has made that its stream has not sent yet.
 pub const FEED_BATCHES_BUFFERED_MAX: usize = 4;
 
@@ -115,6 +124,7 @@ impl Shard {
             return Ok(());
         }
         let mut sent_at = Instant::now();
+        let mut read_at: Option<Instant> = None;
         loop {
             let mark = *marks.borrow_and_update();
             if mark.generation != generation {
@@ -127,6 +137,15 @@ impl Shard {
             self.check_serving()?;
             let mut txns = Vec::new();
             if assembler.next_lsn() <= mark.sync {
+                if let Some(wait) = read_at.and_then(|at| read_wait(at, Instant::now())) {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = out.closed() => return Ok(()),
+                    }
+                    // Take the mark as it is after the wait.
+                    continue;
+                }
+                let started = Instant::now();
                 let next = assembler.next_lsn();
                 let open = match reader.take() {
                     Some(r) if r.next_lsn() == next => r,
@@ -155,6 +174,9 @@ impl Shard {
                 // A stream started again resumes after the resolved position.
                 pin.advance(assembler.resolved() + 1);
                 txns = assembler.drain();
+                // Only a read that caught up makes the next one wait: a
+                // feed behind reads on at full speed.
+                read_at = (assembler.next_lsn() > mark.sync).then_some(started);
             }
             let caught_up = assembler.next_lsn() > mark.sync;
             if !txns.is_empty() || sent_at.elapsed() >= FEED_RESOLVED_INTERVAL {
@@ -184,11 +206,36 @@ impl Shard {
     }
 }
 
+/// How much longer a feed waits before reading the log again, having last
+/// read it at `last` (`None`: read now). See [`FEED_READ_INTERVAL_MIN`].
+fn read_wait(last: Instant, now: Instant) -> Option<Duration> {
+    let since = now.saturating_duration_since(last);
+    (since < FEED_READ_INTERVAL_MIN).then(|| FEED_READ_INTERVAL_MIN - since)
+}
+
 fn feed_error(err: feed::FeedError) -> ShardError {
     match err {
         feed::FeedError::HeldTooMuch { .. } => ShardError::Busy(err.to_string()),
         feed::FeedError::OutOfOrder { .. } | feed::FeedError::BadRecord(_) => {
             ShardError::Invalid(err.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_at_least_the_interval_apart() {
+        let start = Instant::now();
+        assert_eq!(read_wait(start, start), Some(FEED_READ_INTERVAL_MIN));
+        let half = FEED_READ_INTERVAL_MIN / 2;
+        assert_eq!(
+            read_wait(start, start + half),
+            Some(FEED_READ_INTERVAL_MIN - half)
+        );
+        assert_eq!(read_wait(start, start + FEED_READ_INTERVAL_MIN), None);
+        assert_eq!(read_wait(start + half, start), Some(FEED_READ_INTERVAL_MIN));
     }
 }
