@@ -945,15 +945,15 @@ impl shard_pb::membership_server::Membership for MembershipApi {
         let map = router.catalog().load().await.map_err(catalog_status)?;
         let mut config = group_config(&map, group)?;
         // Registered feeds' pin: the catalog's cursors decide what the
-        // group's logs keep (a read that fails leaves the pin unset this
-        // time; the next poll sets it again).
-        config.feed_keep_from = match router.catalog().feed_cursors().await {
-            Ok(rows) => feed_keep_from(&rows, group),
-            Err(err) => {
-                tracing::warn!(%err, "cannot read the feed cursors for the log pin");
-                0
-            }
-        };
+        // group's logs keep. A read that fails fails the poll: a config
+        // without the pin would let the replicas cut log a saved cursor
+        // still needs; they keep the config they have until a poll works.
+        let rows = router
+            .catalog()
+            .feed_cursors()
+            .await
+            .map_err(catalog_status)?;
+        config.feed_keep_from = feed_keep_from(&rows, group);
         router.install(map);
         Ok(Response::new(config))
     }
