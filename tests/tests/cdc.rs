@@ -268,18 +268,28 @@ async fn an_initial_scan_fills_an_empty_cache_with_what_was_written_before() {
         .map(|i| format!("{prefix}{i:04}").into_bytes())
         .collect();
     let client = Client::connect(&addr).await.expect("client");
+    // Retried: a 2PC's keys stay locked until every group finalized it.
     for chunk in keys.chunks(50) {
-        let txn = client.begin();
-        for key in chunk {
-            txn.put(key, b"before").expect("put");
-        }
-        txn.commit().await.expect("write before the feed");
+        client
+            .run_txn(|txn| async move {
+                for key in chunk {
+                    txn.put(key, b"before")?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("write before the feed");
     }
-    let txn = client.begin();
-    for key in keys.iter().step_by(5) {
-        txn.delete(key).expect("delete");
-    }
-    txn.commit().await.expect("delete before the feed");
+    let deleted = &keys;
+    client
+        .run_txn(|txn| async move {
+            for key in deleted.iter().step_by(5) {
+                txn.delete(key)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("delete before the feed");
 
     let feed = unique("scan");
     let sink = format!("redis://{REDIS}");
