@@ -9,12 +9,12 @@
 //! checkpointed as delivered and be lost. Returned, it is an error, and
 //! `trellis cdc` retries until a queue is bound.
 
+use crate::SinkError;
+use crate::json::Message;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use crate::SinkError;
-use crate::json::Message;
 
 /// The virtual host the sink connects to.
 pub const VHOST: &str = "/";

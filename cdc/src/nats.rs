@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, message::PublishMessage};
 use crate::json::Message;
 use crate::{CONNECT_TIMEOUT, DELIVER_TIMEOUT, SinkError};
+use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, message::PublishMessage};
 
 /// The duplicate window of a stream this sink creates: a replayed event
 /// (after `trellis cdc` restarts from its last checkpoint) published

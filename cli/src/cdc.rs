@@ -344,7 +344,10 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 continue;
             }
-            Err(e) => bail!("the feed was refused: {}", explain(&e, args.feed.as_deref())),
+            Err(e) => bail!(
+                "the feed was refused: {}",
+                explain(&e, args.feed.as_deref())
+            ),
         };
         let mut batch: Vec<FeedEvent> = Vec::new();
         let mut checkpointed_at = Instant::now();

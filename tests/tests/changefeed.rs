@@ -533,7 +533,10 @@ async fn store_state(client: &Client, prefix: &[u8]) -> BTreeMap<Vec<u8>, (u64, 
         .scan(prefix, 10_000, trellis_client::Consistency::Strong)
         .await
         .expect("scan the store");
-    assert!(!scan.truncated, "the test writes fewer keys than one scan takes");
+    assert!(
+        !scan.truncated,
+        "the test writes fewer keys than one scan takes"
+    );
     scan.items
         .into_iter()
         .map(|item| (item.key, (item.version, item.value)))
@@ -592,7 +595,10 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
         client
             .run_txn(|txn| async move {
                 for i in first..first + SCAN_FILL_BATCH {
-                    txn.put(format!("scan/k/{i:05}").as_bytes(), format!("f{i}").as_bytes())?;
+                    txn.put(
+                        format!("scan/k/{i:05}").as_bytes(),
+                        format!("f{i}").as_bytes(),
+                    )?;
                 }
                 Ok(())
             })
@@ -717,14 +723,20 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
                 rows,
                 done: finished,
             } => {
-                assert!(!done.contains(group), "group {group}: a scan after it was done");
+                assert!(
+                    !done.contains(group),
+                    "group {group}: a scan after it was done"
+                );
                 if rows.is_empty() && !finished {
                     assert_eq!(*position, 0, "a scan's begin message has no position");
                     *began.entry(*group).or_default() += 1;
                     last_key.remove(group);
                     continue;
                 }
-                assert!(began.contains_key(group), "group {group}: rows before its begin");
+                assert!(
+                    began.contains_key(group),
+                    "group {group}: rows before its begin"
+                );
                 for r in rows {
                     rows_seen += 1;
                     assert!(r.key.starts_with(b"scan/"), "a row outside the range");
@@ -754,10 +766,17 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
                 }
             }
             FeedMessage::Event(e) => {
-                assert!(done.contains(&e.group), "group {}: an event before its scan was done", e.group);
+                assert!(
+                    done.contains(&e.group),
+                    "group {}: an event before its scan was done",
+                    e.group
+                );
             }
             FeedMessage::Resolved { group, .. } => {
-                assert!(done.contains(group), "group {group}: resolved before its scan was done");
+                assert!(
+                    done.contains(group),
+                    "group {group}: resolved before its scan was done"
+                );
             }
         }
         assert_eq!(

@@ -122,7 +122,11 @@ impl Shard {
         let pin = self.pin_log(start.after + 1);
         let mut marks = self.repl.subscribe_marks();
         let generation = marks.borrow().generation;
-        if initial_scan && !self.feed_scan(&range, start.after, &mut marks, generation, out).await? {
+        if initial_scan
+            && !self
+                .feed_scan(&range, start.after, &mut marks, generation, out)
+                .await?
+        {
             return Ok(());
         }
         let mut assembler = Assembler::new(range, start.after, start.versions);
