@@ -97,7 +97,7 @@ impl Shard {
     /// Runs a feed of `range` from `start` into `out` until the receiver
     /// goes away or this replica stops being the serving primary (then the
     /// last item is the error). With `initial_scan`, the range's committed
-    /// state comes first ([`Shard::feed_scan`]). Keeps the log it still
+    /// state comes first (`Shard::feed_scan`). Keeps the log it still
     /// needs from deletion meanwhile.
     pub async fn run_feed(
         self: Arc<Self>,
