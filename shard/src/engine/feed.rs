@@ -302,6 +302,9 @@ impl Shard {
                     return Ok(false);
                 }
                 sent_at = Instant::now();
+                if trellis_types::failpoint::armed(crate::failpoint::FEED_SCAN_LAG_NAME) {
+                    tokio::time::sleep(crate::failpoint::FEED_SCAN_LAG).await;
+                }
             }
         }
         Ok(out.send(Ok(batch(Vec::new(), true))).await.is_ok())
