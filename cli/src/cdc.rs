@@ -283,6 +283,10 @@ type Delivered = Arc<Mutex<Option<Cursor>>>;
 
 async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
     let from = args.from.clone();
+    if args.initial_scan {
+        // --from first, before connecting anywhere; the saved cursor below.
+        check_initial_scan(args.from.as_ref(), None, args.feed.as_deref())?;
+    }
     let metrics = Arc::new(CdcMetrics {
         feed: args.feed.clone().unwrap_or_else(|| "-".into()),
         ..CdcMetrics::default()
