@@ -9,14 +9,12 @@
 //! checkpointed as delivered and be lost. Returned, it is an error, and
 //! `trellis cdc` retries until a queue is bound.
 
+use crate::SinkError;
+use crate::json::Message;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use trellis_proto::v1::FeedEvent;
-
-use crate::SinkError;
-use crate::json::{encode_event, message_id};
 
 /// The virtual host the sink connects to.
 pub const VHOST: &str = "/";
@@ -24,10 +22,11 @@ pub const VHOST: &str = "/";
 /// (in a durable queue) before confirming it.
 const DELIVERY_MODE_PERSISTENT: u8 = 2;
 
-/// The routing key of an event: `trellis.<group>`, so a consumer may bind
-/// `trellis.#` for every group or `trellis.3` for one.
-pub fn routing_key(event: &FeedEvent) -> String {
-    format!("trellis.{}", event.group)
+/// The routing key of a group's events and scan rows: `trellis.<group>`,
+/// so a consumer may bind `trellis.#` for every group or `trellis.3` for
+/// one.
+pub fn routing_key(group: u64) -> String {
+    format!("trellis.{group}")
 }
 
 /// An open RabbitMQ sink. The connection is held so that it lives as long
@@ -101,24 +100,24 @@ impl AmqpSink {
         &self.name
     }
 
-    pub(crate) async fn deliver(&mut self, events: &[FeedEvent]) -> Result<(), SinkError> {
-        let mut confirms = Vec::with_capacity(events.len());
-        for event in events {
-            let what = format!("event (group {}, position {})", event.group, event.position);
+    pub(crate) async fn deliver(&mut self, messages: &[Message]) -> Result<(), SinkError> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let what = m.what.clone();
             let properties = BasicProperties::default()
                 .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
                 .with_content_type("application/json".into())
-                .with_message_id(message_id(event).into());
+                .with_message_id(m.id.clone().into());
             let confirm = self
                 .channel
                 .basic_publish(
                     self.exchange.as_str().into(),
-                    routing_key(event).into(),
+                    routing_key(m.group).into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &encode_event(event),
+                    &m.payload,
                     properties,
                 )
                 .await

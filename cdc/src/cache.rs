@@ -22,6 +22,13 @@
 //! something other than a hash (written by someone else) fails the
 //! delivery with Redis's WRONGTYPE error naming the script.
 //!
+//! An initial scan's row is applied as a one-key event at the row's
+//! version ([`scan_as_events`]): the same guard, so a row older than the
+//! cached version (the cache already took a newer event) changes nothing.
+//! Scan rows never delete: a key deleted while the cache was not followed
+//! stays cached until written again. Empty the cache (or its Redis db)
+//! before filling it anew with an initial scan.
+//!
 //! Versions grow per key across groups (a key moved by resharding keeps
 //! growing above what it had), so the guard needs no group.
 //!
@@ -33,7 +40,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, ServerErrorKind};
-use trellis_proto::v1::FeedEvent;
+use trellis_proto::v1::{FeedChange, FeedEvent, FeedScan};
 
 use crate::{CONNECT_TIMEOUT, DELIVER_TIMEOUT, SinkError};
 
@@ -129,6 +136,26 @@ impl RedisCache {
             Err(err) => Err(SinkError::broker(&self.name, guard_what(events))(err)),
         }
     }
+}
+
+/// An initial scan's rows as one-key events at each row's version (what
+/// the guard applies; group and position are the scan's, the transaction
+/// id empty).
+pub fn scan_as_events(scan: &FeedScan) -> Vec<FeedEvent> {
+    scan.rows
+        .iter()
+        .map(|row| FeedEvent {
+            group: scan.group,
+            position: scan.position,
+            version: row.version,
+            txn_id: Vec::new(),
+            participants: Vec::new(),
+            changes: vec![FeedChange {
+                key: row.key.clone(),
+                value: Some(row.value.clone()),
+            }],
+        })
+        .collect()
 }
 
 fn guard_what(events: &[FeedEvent]) -> String {

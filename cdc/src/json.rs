@@ -26,11 +26,100 @@
 //!
 //! Field order is fixed (as listed), so the same event always encodes to
 //! the same bytes.
+//!
+//! A row of an initial scan (`trellis cdc --initial-scan`) is one message
+//! of its own ([`encode_scan_row`]), told apart by `"scan":true`:
+//!
+//! ```json
+//! {"scan":true,"group":1,"position":118,"version":4690,
+//!  "key":"user:7","key_b64":"dXNlcjo3","value":"ada","value_b64":"YWRh"}
+//! ```
+//!
+//! `position` is where the group's events resume after the scan; the
+//! row's `version` may be above it (the write then comes again as an
+//! event): keep the highest version per key. Its message id is
+//! `scan-<group>-<position>-<key as lowercase hex>` ([`scan_message_id`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
-use trellis_proto::v1::{FeedChange, FeedEvent};
+use trellis_proto::v1::{FeedChange, FeedEvent, FeedScan, FeedScanRow};
+
+/// One message for a queue sink: its payload, its id (to deduplicate by),
+/// its group, and what it is (for error messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    pub id: String,
+    pub group: u64,
+    pub what: String,
+}
+
+impl Message {
+    /// The message of one event.
+    pub fn of_event(event: &FeedEvent) -> Message {
+        Message {
+            payload: encode_event(event),
+            id: message_id(event),
+            group: event.group,
+            what: format!("event (group {}, position {})", event.group, event.position),
+        }
+    }
+
+    /// The messages of a scan chunk: one per row, in key order.
+    pub fn of_scan(scan: &FeedScan) -> Vec<Message> {
+        scan.rows
+            .iter()
+            .map(|row| Message {
+                payload: encode_scan_row(scan.group, scan.position, row),
+                id: scan_message_id(scan.group, scan.position, &row.key),
+                group: scan.group,
+                what: format!(
+                    "scan row (group {}, position {}, key {})",
+                    scan.group,
+                    scan.position,
+                    hex_lower(&row.key)
+                ),
+            })
+            .collect()
+    }
+}
+
+/// The JSON of one scan row (see the module doc), as bytes.
+pub fn encode_scan_row(group: u64, position: u64, row: &FeedScanRow) -> Vec<u8> {
+    let json = ScanRowJson {
+        scan: true,
+        group,
+        position,
+        version: row.version,
+        key: std::str::from_utf8(&row.key).ok(),
+        key_b64: STANDARD.encode(&row.key),
+        value: std::str::from_utf8(&row.value).ok(),
+        value_b64: STANDARD.encode(&row.value),
+    };
+    serde_json::to_vec(&json).expect("numbers, strings and booleans always encode as JSON")
+}
+
+/// The message id of a scan row: `scan-<group>-<position>-<key hex>`. A
+/// scan started again (after a failover) has another position, so its
+/// rows are new messages.
+pub fn scan_message_id(group: u64, position: u64, key: &[u8]) -> String {
+    format!("scan-{group}-{position}-{}", hex_lower(key))
+}
+
+#[derive(Serialize)]
+struct ScanRowJson<'a> {
+    scan: bool,
+    group: u64,
+    position: u64,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    key_b64: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    value_b64: String,
+}
 
 /// The JSON of one event, as bytes (no trailing newline).
 pub fn encode_event(event: &FeedEvent) -> Vec<u8> {
@@ -165,6 +254,43 @@ mod tests {
             assert_eq!(value, want.value);
             assert_eq!(got["deleted"], want.value.is_none());
         }
+    }
+
+    #[test]
+    fn a_scan_row_encodes_as_documented_with_its_own_id() {
+        let scan = FeedScan {
+            group: 1,
+            position: 118,
+            rows: vec![
+                FeedScanRow {
+                    key: b"user:7".to_vec(),
+                    value: b"ada".to_vec(),
+                    version: 4690,
+                },
+                FeedScanRow {
+                    key: vec![0xff, 0x01],
+                    value: vec![0xfe],
+                    version: 12,
+                },
+            ],
+            done: false,
+        };
+        let messages = Message::of_scan(&scan);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            String::from_utf8(messages[0].payload.clone()).expect("utf-8"),
+            concat!(
+                r#"{"scan":true,"group":1,"position":118,"version":4690,"#,
+                r#""key":"user:7","key_b64":"dXNlcjo3","value":"ada","value_b64":"YWRh"}"#
+            )
+        );
+        assert_eq!(messages[0].id, "scan-1-118-757365723a37");
+        assert_eq!(
+            String::from_utf8(messages[1].payload.clone()).expect("utf-8"),
+            r#"{"scan":true,"group":1,"position":118,"version":12,"key_b64":"/wE=","value_b64":"/g=="}"#
+        );
+        assert_eq!(messages[1].id, "scan-1-118-ff01");
+        assert_eq!(messages[1].group, 1);
     }
 
     #[test]

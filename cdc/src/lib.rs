@@ -35,6 +35,12 @@
 //! - `redis://HOST:PORT[/DB]`: a cache that follows the store, guarded by
 //!   version so that it never goes back in time ([`cache`] says how).
 //!
+//! An initial scan's chunk ([`Sink::deliver_scan`]) goes out as one
+//! message per row (JSON in [`json`], message id
+//! `scan-<group>-<position>-<key hex>`), or, into the cache, as one guarded
+//! update per row at the row's version: a row older than what the cache
+//! holds changes nothing.
+//!
 //! Consumers of the queues see each event at least once (exactly once
 //! within a duplicate window on NATS); `(group, position)` identifies an
 //! event for deduplication beyond it.
@@ -52,7 +58,9 @@
 
 use std::time::Duration;
 
-use trellis_proto::v1::FeedEvent;
+use trellis_proto::v1::{FeedEvent, FeedScan};
+
+use crate::json::Message;
 
 pub mod amqp;
 pub mod cache;
@@ -163,12 +171,13 @@ impl Sink {
         if events.is_empty() {
             return Ok(());
         }
+        let messages = || events.iter().map(Message::of_event).collect::<Vec<_>>();
         let name = self.name().to_string();
         let delivering = async {
             match self {
-                Sink::Stdout(s) => s.deliver(events).await,
-                Sink::Nats(s) => s.deliver(events).await,
-                Sink::Amqp(s) => s.deliver(events).await,
+                Sink::Stdout(s) => s.deliver(&messages()).await,
+                Sink::Nats(s) => s.deliver(&messages()).await,
+                Sink::Amqp(s) => s.deliver(&messages()).await,
                 Sink::Redis(s) => s.deliver(events).await,
             }
         };
@@ -177,6 +186,44 @@ impl Sink {
             Err(_) => Err(SinkError::TimedOut {
                 sink: name,
                 what: format!("delivering {} events", events.len()),
+                after: DELIVER_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Delivers an initial scan's chunk (at most [`DELIVER_EVENTS_MAX`]
+    /// rows): one message per row, or into the cache one guarded update
+    /// per row at its version. `Ok` as for [`Sink::deliver`]; safe to
+    /// deliver again.
+    pub async fn deliver_scan(&mut self, scan: &FeedScan) -> Result<(), SinkError> {
+        if scan.rows.len() > DELIVER_EVENTS_MAX {
+            return Err(SinkError::TooMany {
+                sink: self.name().to_string(),
+                events: scan.rows.len(),
+            });
+        }
+        if scan.rows.is_empty() {
+            return Ok(());
+        }
+        let messages = || Message::of_scan(scan);
+        let name = self.name().to_string();
+        let delivering = async {
+            match self {
+                Sink::Stdout(s) => s.deliver(&messages()).await,
+                Sink::Nats(s) => s.deliver(&messages()).await,
+                Sink::Amqp(s) => s.deliver(&messages()).await,
+                Sink::Redis(s) => s.deliver(&cache::scan_as_events(scan)).await,
+            }
+        };
+        match tokio::time::timeout(DELIVER_TIMEOUT, delivering).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::TimedOut {
+                sink: name,
+                what: format!(
+                    "delivering {} scan rows of group {}",
+                    scan.rows.len(),
+                    scan.group
+                ),
                 after: DELIVER_TIMEOUT,
             }),
         }

@@ -12,11 +12,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, message::PublishMessage};
-use trellis_proto::v1::FeedEvent;
-
-use crate::json::{encode_event, message_id};
+use crate::json::Message;
 use crate::{CONNECT_TIMEOUT, DELIVER_TIMEOUT, SinkError};
+use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, message::PublishMessage};
 
 /// The duplicate window of a stream this sink creates: a replayed event
 /// (after `trellis cdc` restarts from its last checkpoint) published
@@ -93,12 +91,12 @@ impl NatsSink {
         &self.stream
     }
 
-    pub(crate) async fn deliver(&mut self, events: &[FeedEvent]) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&mut self, messages: &[Message]) -> Result<(), SinkError> {
         let limit = self.max_payload.saturating_sub(HEADER_BYTES_MAX);
-        let mut acks = Vec::with_capacity(events.len());
-        for event in events {
-            let what = || format!("event (group {}, position {})", event.group, event.position);
-            let payload = encode_event(event);
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in messages {
+            let what = || m.what.clone();
+            let payload = m.payload.clone();
             if payload.len() > limit {
                 return Err(SinkError::Refused {
                     sink: self.name.clone(),
@@ -114,7 +112,7 @@ impl NatsSink {
             }
             let message = PublishMessage::build()
                 .payload(payload.into())
-                .message_id(message_id(event));
+                .message_id(m.id.clone());
             let ack = self
                 .jetstream
                 .send_publish(self.subject.clone(), message)

@@ -1,11 +1,11 @@
-//! The `stdout` sink: one JSON line per event ([`crate::json`]), flushed
-//! before `deliver` returns. Writes to any writer for tests.
+//! The `stdout` sink: one JSON line per message (an event or a scan row,
+//! [`crate::json`]), flushed before `deliver` returns. Writes to any writer
+//! for tests.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use trellis_proto::v1::FeedEvent;
 
 use crate::SinkError;
-use crate::json::encode_event;
+use crate::json::Message;
 
 /// JSON lines into a writer.
 pub struct JsonLines {
@@ -29,10 +29,10 @@ impl JsonLines {
         &self.name
     }
 
-    pub(crate) async fn deliver(&mut self, events: &[FeedEvent]) -> Result<(), SinkError> {
+    pub(crate) async fn deliver(&mut self, messages: &[Message]) -> Result<(), SinkError> {
         let mut lines = Vec::new();
-        for event in events {
-            lines.extend_from_slice(&encode_event(event));
+        for message in messages {
+            lines.extend_from_slice(&message.payload);
             lines.push(b'\n');
         }
         self.writer

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use trellis_cdc::{Sink, SinkError, SinkUrl};
-use trellis_proto::v1::{FeedChange, FeedEvent};
+use trellis_proto::v1::{FeedChange, FeedEvent, FeedScan, FeedScanRow};
 
 const NATS: &str = "127.0.0.1:4222";
 const AMQP: &str = "127.0.0.1:5672";
@@ -121,6 +121,46 @@ async fn json_lines_are_one_event_a_line() {
     let lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     assert_eq!(positions(&lines), [(1, 10), (2, 11)], "{text}");
     assert!(text.ends_with('\n'));
+}
+
+fn scan(group: u64, position: u64, rows: &[(&str, &str, u64)]) -> FeedScan {
+    FeedScan {
+        group,
+        position,
+        rows: rows
+            .iter()
+            .map(|&(key, value, version)| FeedScanRow {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                version,
+            })
+            .collect(),
+        done: false,
+    }
+}
+
+/// A scan chunk is one JSON line per row, marked `"scan":true`.
+#[tokio::test]
+async fn scan_rows_are_one_json_line_each() {
+    let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+    let mut sink = Sink::json_lines(writer, "test writer");
+    sink.deliver_scan(&scan(2, 40, &[("a", "1", 12), ("b", "2", 41)]))
+        .await
+        .expect("deliver a scan chunk");
+    drop(sink);
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut text)
+        .await
+        .expect("read");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["scan"], true);
+    assert_eq!(lines[0]["key"], "a");
+    assert_eq!(lines[1]["version"], 41);
+    assert_eq!(lines[1]["position"], 40);
 }
 
 mod nats {
@@ -494,6 +534,47 @@ mod cache {
         );
         assert_eq!(seen(&mut conn, &b).await, Some((5, Some(b"b5".to_vec()))));
         clean(&mut conn, &[&a, &b]).await;
+    }
+
+    /// A scan row is applied at its own version through the same guard: it
+    /// fills an absent key, and never replaces a newer value or tombstone
+    /// the cache took from an event.
+    #[tokio::test]
+    async fn scan_rows_fill_the_cache_only_where_it_is_older() {
+        let prefix = unique("trellis-test");
+        let (a, b, c) = (
+            format!("{prefix}:a"),
+            format!("{prefix}:b"),
+            format!("{prefix}:c"),
+        );
+        let mut sink = connect(&format!("redis://{REDIS}")).await;
+        let mut conn = redis().await;
+        sink.deliver(&[event(1, 20, 20, vec![set(&b, "b20"), delete(&c)])])
+            .await
+            .expect("deliver v20");
+        sink.deliver_scan(&scan(
+            1,
+            15,
+            &[
+                (a.as_str(), "a12", 12),
+                (b.as_str(), "b18", 18),
+                (c.as_str(), "c9", 9),
+            ],
+        ))
+        .await
+        .expect("deliver a scan chunk");
+        assert_eq!(seen(&mut conn, &a).await, Some((12, Some(b"a12".to_vec()))));
+        assert_eq!(
+            seen(&mut conn, &b).await,
+            Some((20, Some(b"b20".to_vec()))),
+            "an older scan row does not replace a newer event's value"
+        );
+        assert_eq!(
+            seen(&mut conn, &c).await,
+            Some((20, None)),
+            "nor a newer delete"
+        );
+        clean(&mut conn, &[&a, &b, &c]).await;
     }
 
     /// Within one delivery, events may come in any order and touch a key

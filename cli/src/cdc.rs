@@ -6,6 +6,10 @@
 //! upstream that was not delivered downstream. A sink that fails is
 //! connected to again with backoff and given the same events (the sinks
 //! are idempotent); the feed's lag grows meanwhile, no event is dropped.
+//!
+//! With `--initial-scan` the range's committed state goes to the sink
+//! first (scan rows), then the tail; no cursor is saved until every
+//! group's scan is done, and a watch that breaks before that scans again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::time::Instant;
 use trellis_cdc::{DELIVER_EVENTS_MAX, Sink, SinkUrl};
-use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage};
+use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage, ScanRow};
 use trellis_metrics::{Counter, Scrape};
 
 /// Backoff between attempts to deliver to a failing sink, or to watch
@@ -43,11 +47,25 @@ delivered batch (at most once a second) and on exit; the next
 `trellis cdc --feed NAME` starts after it. Events delivered but not yet
 checkpointed come again after a crash (at least once).
 
+Initial scan: --initial-scan first sends every key's committed value in the
+range (one message or cache update per key, with its version; JSON
+`\"scan\":true`, message id `scan-<group>-<position>-<key hex>`), then the
+changes after it. A scanned value may be newer than where the changes
+resume: keep the highest version per key (the Redis sink does). Deleted keys
+are not sent: fill an empty cache. The cursor is saved only once every
+group's scan is done; stopped before that, it scans again.
+
+History gone: if a saved cursor points into log no group keeps any more
+(FEED_HISTORY_GONE), start over with a scan:
+  trellis admin forget-feed --feed NAME
+  trellis cdc --feed NAME --initial-scan --sink ...
+
 Examples:
   trellis cdc --sink stdout
   trellis cdc --sink nats://127.0.0.1:4222/trellis.changes --feed orders --prefix order:
   trellis cdc --sink amqp://guest:guest@127.0.0.1:5672/trellis --feed audit
-  trellis cdc --sink redis://127.0.0.1:6379 --feed cache --from beginning")]
+  trellis cdc --sink redis://127.0.0.1:6379 --feed cache --from beginning
+  trellis cdc --sink redis://127.0.0.1:6379/2 --feed cache --initial-scan")]
 pub struct Args {
     /// Coordinator address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:50051", value_parser = crate::flags::addr)]
@@ -73,6 +91,11 @@ pub struct Args {
     /// that has a saved cursor, it replaces it.
     #[arg(long, value_parser = parse_from)]
     from: Option<From>,
+    /// Send the range's committed state first (every key's value and
+    /// version), then the changes after it. Only for a start from now: with
+    /// no --from or `--from now`, and no cursor saved under --feed.
+    #[arg(long)]
+    initial_scan: bool,
     /// Events delivered per batch, at most.
     #[arg(long, default_value_t = BATCH_EVENTS_DEFAULT, value_parser = batch_events)]
     batch_events: usize,
@@ -88,6 +111,7 @@ pub struct Args {
 struct CdcMetrics {
     feed: String,
     events: Counter,
+    scan_rows: Counter,
     batches: Counter,
     sink_errors: Counter,
     watch_restarts: Counter,
@@ -121,6 +145,11 @@ impl CdcMetrics {
             "trellis_cdc_events_total",
             "Events the sink accepted.",
             one(&self.events),
+        );
+        out.counter_family(
+            "trellis_cdc_scan_rows_total",
+            "Initial-scan rows the sink accepted.",
+            one(&self.scan_rows),
         );
         out.counter_family(
             "trellis_cdc_batches_total",
@@ -254,6 +283,10 @@ type Delivered = Arc<Mutex<Option<Cursor>>>;
 
 async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
     let from = args.from.clone();
+    if args.initial_scan {
+        // --from first, before connecting anywhere; the saved cursor below.
+        check_initial_scan(args.from.as_ref(), None, args.feed.as_deref())?;
+    }
     let metrics = Arc::new(CdcMetrics {
         feed: args.feed.clone().unwrap_or_else(|| "-".into()),
         ..CdcMetrics::default()
@@ -277,6 +310,9 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             .with_context(|| format!("loading feed {name:?}'s cursor"))?,
         None => None,
     };
+    if args.initial_scan {
+        check_initial_scan(args.from.as_ref(), saved.as_ref(), args.feed.as_deref())?;
+    }
     let mut delivered: Option<Cursor> = match (from, saved) {
         (Some(From::Now), _) => None,
         (Some(From::Cursor(c)), _) => Some(c),
@@ -297,7 +333,14 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             metrics.watch_restarts.inc();
         }
         first = false;
-        let mut watch = match client.watch(&start, &end, delivered.as_ref()).await {
+        // Until every group's scan was delivered there is no cursor: a
+        // watch that broke before scans again.
+        let watching = if args.initial_scan && delivered.is_none() {
+            client.watch_with_scan(&start, &end).await
+        } else {
+            client.watch(&start, &end, delivered.as_ref()).await
+        };
+        let mut watch = match watching {
             Ok(watch) => watch,
             Err(e) if retryable(&e) => {
                 tracing::warn!(error = %e, ?backoff, "cannot watch; trying again");
@@ -305,7 +348,10 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 continue;
             }
-            Err(e) => bail!("the feed was refused: {e}"),
+            Err(e) => bail!(
+                "the feed was refused: {}",
+                explain(&e, args.feed.as_deref())
+            ),
         };
         let mut batch: Vec<FeedEvent> = Vec::new();
         let mut checkpointed_at = Instant::now();
@@ -320,7 +366,7 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "the feed broke; watching again");
                     break;
                 }
-                Err(e) => bail!("the feed failed: {e}"),
+                Err(e) => bail!("the feed failed: {}", explain(&e, args.feed.as_deref())),
             };
             backoff = RETRY_BACKOFF_MIN;
             let flush = match message {
@@ -336,6 +382,21 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     metrics.lag(group, head.saturating_sub(position));
                     true
                 }
+                FeedMessage::Scan {
+                    group,
+                    position,
+                    rows,
+                    done,
+                } => {
+                    // The chunk at once (other groups' events held in the
+                    // batch go out right after it: order across groups is
+                    // not kept anyway).
+                    deliver_scan(&mut sink, &args.sink, group, position, rows, &metrics).await;
+                    if done {
+                        tracing::info!(group, position, "the group's initial scan is delivered");
+                    }
+                    true
+                }
             };
             if !flush {
                 continue;
@@ -347,13 +408,15 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             }
             batch.clear();
             // Everything the watch handed out is delivered: its cursor is
-            // safe to keep.
-            delivered = Some(watch.cursor().clone());
+            // safe to keep (there is none until every scan is done).
+            let Some(cursor) = watch.cursor() else {
+                continue;
+            };
+            delivered = Some(cursor.clone());
             *last_delivered.lock().expect("cursor lock poisoned") = delivered.clone();
             if let Some(name) = &args.feed
                 && checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL
             {
-                let cursor = watch.cursor();
                 match client.save_cursor(name, cursor).await {
                     Ok(()) => {
                         checkpointed_at = Instant::now();
@@ -402,6 +465,80 @@ async fn deliver(sink: &mut Sink, url: &SinkUrl, events: &[FeedEvent], metrics: 
                 }
             }
         }
+    }
+}
+
+/// Delivers a scan chunk's rows in pieces the sink takes, retrying as
+/// [`deliver`] does.
+async fn deliver_scan(
+    sink: &mut Sink,
+    url: &SinkUrl,
+    group: u64,
+    position: u64,
+    rows: Vec<ScanRow>,
+    metrics: &CdcMetrics,
+) {
+    for piece in rows.chunks(DELIVER_EVENTS_MAX) {
+        let scan = trellis_proto::v1::FeedScan {
+            group,
+            position,
+            rows: piece.to_vec(),
+            done: false,
+        };
+        let mut backoff = RETRY_BACKOFF_MIN;
+        while let Err(e) = sink.deliver_scan(&scan).await {
+            metrics.sink_errors.inc();
+            tracing::warn!(error = %e, ?backoff, "the sink failed a scan chunk; trying again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            match Sink::connect(url).await {
+                Ok(fresh) => *sink = fresh,
+                Err(e) => tracing::warn!(error = %e, "cannot reconnect to the sink"),
+            }
+        }
+        metrics.scan_rows.add(piece.len() as u64);
+    }
+}
+
+/// `--initial-scan` starts a feed from now: refused with a cursor to
+/// resume from (given or saved).
+fn check_initial_scan(
+    from: Option<&From>,
+    saved: Option<&Cursor>,
+    feed: Option<&str>,
+) -> anyhow::Result<()> {
+    match from {
+        None | Some(From::Now) => {}
+        Some(From::Beginning | From::Cursor(_)) => bail!(
+            "--initial-scan starts from now; it cannot be given with --from beginning or a \
+             cursor (leave --from out, or give --from now)"
+        ),
+    }
+    if saved.is_some() && from.is_none() {
+        let name = feed.unwrap_or_default();
+        bail!(
+            "feed {name:?} has a saved cursor, so it resumes without a scan; to fill the sink \
+             anew, forget it first (`trellis admin forget-feed --feed {name}`) or give \
+             --from now to replace it"
+        );
+    }
+    Ok(())
+}
+
+/// An error for the user, with the way out when a feed's history is gone.
+fn explain(e: &Error, feed: Option<&str>) -> String {
+    match e {
+        Error::FeedHistoryGone { group, .. } => {
+            let name = feed.unwrap_or("NAME");
+            format!(
+                "{e}. Group {group} no longer keeps its log after this feed's cursor: the \
+                 changes in between cannot be sent. Start the feed over with a scan of the \
+                 current state: `trellis admin forget-feed --feed {name}`, then \
+                 `trellis cdc --feed {name} --initial-scan --sink ...` (a cache sink: empty \
+                 it first, deleted keys are not scanned)"
+            )
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -476,6 +613,26 @@ mod tests {
         );
         let err = parse_from("yesterday").unwrap_err();
         assert!(err.contains("now, beginning"), "{err}");
+        assert!(check_initial_scan(None, None, None).is_ok());
+        assert!(check_initial_scan(Some(&From::Now), None, Some("f")).is_ok());
+        let saved = Cursor([(1, 5)].into_iter().collect());
+        assert!(
+            check_initial_scan(Some(&From::Now), Some(&saved), Some("f")).is_ok(),
+            "--from now replaces a saved cursor"
+        );
+        let err = check_initial_scan(None, Some(&saved), Some("f")).unwrap_err();
+        assert!(err.to_string().contains("forget-feed"), "{err}");
+        let err = check_initial_scan(Some(&From::Beginning), None, None).unwrap_err();
+        assert!(err.to_string().contains("--from"), "{err}");
+        let gone = Error::FeedHistoryGone {
+            group: 2,
+            message: "group 2: gone".into(),
+        };
+        let text = explain(&gone, Some("orders"));
+        assert!(
+            text.contains("forget-feed --feed orders") && text.contains("--initial-scan"),
+            "{text}"
+        );
         assert!(batch_events("0").is_err());
         assert!(batch_events("100000").is_err());
         assert_eq!(batch_events("10"), Ok(10));

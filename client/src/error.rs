@@ -44,6 +44,13 @@ pub enum Error {
     /// retried.
     #[error("{0}")]
     Application(String),
+    /// A change feed's cursor points into history a group no longer keeps
+    /// (its log after the cursor was deleted). No retry helps: start a new
+    /// feed with an initial scan ([`Client::watch_with_scan`]).
+    ///
+    /// [`Client::watch_with_scan`]: crate::Client::watch_with_scan
+    #[error("feed history gone in group {group}: {message}")]
+    FeedHistoryGone { group: u64, message: String },
     /// Anything else the server answered.
     #[error("server error ({code:?}): {message}")]
     Server { code: tonic::Code, message: String },
@@ -139,6 +146,14 @@ impl Error {
             }
             return Error::OutcomeUnknown { txn_id, message };
         }
+        if reason == Some(pb::ErrorReason::FeedHistoryGone) {
+            let group = info
+                .as_ref()
+                .and_then(|i| i.metadata.get(error::key::GROUP))
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            return Error::FeedHistoryGone { group, message };
+        }
         match (reason, status.code()) {
             (Some(pb::ErrorReason::InvalidInput), _) | (_, tonic::Code::InvalidArgument) => {
                 Error::InvalidArgument(message)
@@ -159,6 +174,21 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feed_history_gone_names_its_group() {
+        let status = error::status(
+            tonic::Code::FailedPrecondition,
+            "group 2: the log is gone",
+            pb::ErrorReason::FeedHistoryGone.as_str_name(),
+            [(error::key::GROUP, "2".to_string())],
+        );
+        let err = Error::from_status(&status);
+        assert!(
+            matches!(err, Error::FeedHistoryGone { group: 2, .. }),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn outcome_unknown_detail_is_decoded() {

@@ -2,9 +2,10 @@
 //! `Changefeed.Watch` stream and [`Watch`] hands out its events and
 //! resolved positions while keeping the [`Cursor`] to resume with;
 //! [`Client::save_cursor`] and [`Client::load_cursor`] keep a cursor in the
-//! catalog under a feed name.
+//! catalog under a feed name. [`Client::watch_with_scan`] starts with the
+//! range's committed state ([`FeedMessage::Scan`]) before the tail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::changefeed_client::ChangefeedClient;
@@ -17,6 +18,10 @@ use crate::error::{Error, Result};
 /// (`group`, `position`, `version`, `txn_id`, `participants`, `changes`;
 /// see `trellis.v1.FeedEvent`).
 pub type FeedEvent = pb::FeedEvent;
+
+/// A key's committed value from an initial scan (`key`, `value`,
+/// `version`; see `trellis.v1.FeedScanRow`).
+pub type ScanRow = pb::FeedScanRow;
 
 /// Where a feed is: by group, the position after which it resumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,12 +107,29 @@ pub enum FeedMessage {
         position: u64,
         head: u64,
     },
+    /// A chunk of `group`'s initial scan: rows in key order (after the
+    /// previous chunk's), each key's committed value and version. With no
+    /// rows and `position` 0 it says the group's scan begins (again, if it
+    /// broke: rows from the first key come anew). A row may be newer than
+    /// `position`: keep the highest version per key. The `done` chunk
+    /// ends the scan; the group's events after `position` follow.
+    Scan {
+        group: u64,
+        position: u64,
+        rows: Vec<ScanRow>,
+        done: bool,
+    },
 }
 
 /// An open watch.
 pub struct Watch {
     stream: tonic::Streaming<pb::WatchResponse>,
     cursor: Cursor,
+    /// Groups whose initial scan is not done yet.
+    scanning: BTreeSet<u64>,
+    /// A scan was asked for and no message came yet (the server names the
+    /// scanning groups first of all).
+    scan_unseen: bool,
 }
 
 impl Watch {
@@ -121,10 +143,25 @@ impl Watch {
         let Some(message) = message else {
             return Ok(None);
         };
+        self.scan_unseen = false;
         Ok(Some(match message.kind {
             Some(pb::watch_response::Kind::Event(event)) => {
                 self.cursor.advance(event.group, event.position);
                 FeedMessage::Event(event)
+            }
+            Some(pb::watch_response::Kind::Scan(scan)) => {
+                if scan.done {
+                    self.scanning.remove(&scan.group);
+                    self.cursor.advance(scan.group, scan.position);
+                } else {
+                    self.scanning.insert(scan.group);
+                }
+                FeedMessage::Scan {
+                    group: scan.group,
+                    position: scan.position,
+                    rows: scan.rows,
+                    done: scan.done,
+                }
             }
             Some(pb::watch_response::Kind::Resolved(r)) => {
                 self.cursor.advance(r.group, r.position);
@@ -144,9 +181,16 @@ impl Watch {
     }
 
     /// Where this watch is: resume with it to get what comes after the
-    /// messages handed out so far.
-    pub fn cursor(&self) -> &Cursor {
-        &self.cursor
+    /// messages handed out so far. `None` while an initial scan is not done
+    /// in every group: until then no cursor resumes it without a gap (watch
+    /// with a scan again).
+    pub fn cursor(&self) -> Option<&Cursor> {
+        (!self.scanning()).then_some(&self.cursor)
+    }
+
+    /// Whether an initial scan is still running in some group.
+    pub fn scanning(&self) -> bool {
+        self.scan_unseen || !self.scanning.is_empty()
     }
 }
 
@@ -158,11 +202,29 @@ impl Client {
     /// Watches the committed writes to keys in `[start, end)` (`end` empty:
     /// no end), after `cursor` (`None`: from now). See `Changefeed.Watch`.
     pub async fn watch(&self, start: &[u8], end: &[u8], cursor: Option<&Cursor>) -> Result<Watch> {
+        self.open_watch(start, end, cursor, false).await
+    }
+
+    /// Watches keys in `[start, end)` from now, starting with every
+    /// group's committed state in the range ([`FeedMessage::Scan`]), then
+    /// its tail. [`Watch::cursor`] is `None` until every scan is done.
+    pub async fn watch_with_scan(&self, start: &[u8], end: &[u8]) -> Result<Watch> {
+        self.open_watch(start, end, None, true).await
+    }
+
+    async fn open_watch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        cursor: Option<&Cursor>,
+        initial_scan: bool,
+    ) -> Result<Watch> {
         // The stream has no deadline; opening it has the client's.
         let request = self.request(pb::WatchRequest {
             start: start.to_vec(),
             end: end.to_vec(),
             cursor: cursor.map(Cursor::to_pb),
+            initial_scan,
         });
         let stream = self
             .changefeed()
@@ -173,6 +235,8 @@ impl Client {
         Ok(Watch {
             stream,
             cursor: cursor.cloned().unwrap_or_default(),
+            scanning: BTreeSet::new(),
+            scan_unseen: initial_scan,
         })
     }
 

@@ -83,5 +83,5 @@ pub use client::{
     ScanResult, TxnId, TxnState, Write, new_txn_id,
 };
 pub use error::{Error, Result, quote_key};
-pub use feed::{Cursor, FeedEvent, FeedMessage, Watch};
+pub use feed::{Cursor, FeedEvent, FeedMessage, ScanRow, Watch};
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

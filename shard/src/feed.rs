@@ -16,8 +16,13 @@
 //! none, the last record taken. A cursor resumes after it (or after the
 //! last transaction handled): the records after that position hold every
 //! transaction not yet given out, PREPARE included.
+//!
+//! An **initial scan** ([`Scan`]) gives a range's committed state before
+//! the tail: keys in key order, a window of them at a time, in chunks; the
+//! engine reads each chunk under the state lock and sends it once the
+//! group's SYNC mark covers what it read ([`scan_chunk_durable`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use trellis_types::{Lsn, TxnId, Version};
 
@@ -250,6 +255,163 @@ impl Assembler {
     }
 }
 
+/// Most keys an initial scan lists at once (one walk of the index per
+/// window: the index is a hash map, so key order costs a walk).
+pub const FEED_SCAN_WINDOW_KEYS: usize = 64 * 1024;
+/// Most rows in one scan chunk (one read under the state lock, one batch).
+pub const FEED_SCAN_CHUNK_ROWS: usize = 512;
+/// About this many bytes of keys and values per scan chunk (a chunk may
+/// pass it by one row, which is within the key and value limits).
+pub const FEED_SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+const _: () = assert!(
+    FEED_SCAN_CHUNK_BYTES
+        + trellis_types::limits::KEY_BYTES_MAX
+        + trellis_types::limits::VALUE_BYTES_MAX
+        < trellis_types::limits::MESSAGE_BYTES_MAX / 2
+);
+const _: () = assert!(FEED_SCAN_CHUNK_ROWS <= FEED_SCAN_WINDOW_KEYS);
+
+/// A key's committed value as the scan read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanRow {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: Version,
+}
+
+/// The smallest keys of a range after a key, gathered from keys offered in
+/// any order (a walk of the index): at most `max`, and whether more remain.
+#[derive(Debug)]
+pub struct ScanWindow<'r> {
+    range: &'r KeyRange,
+    after: Option<&'r [u8]>,
+    max: usize,
+    /// A max-heap: its top is the key to drop when a smaller one comes.
+    keys: BinaryHeap<Vec<u8>>,
+    more: bool,
+}
+
+impl ScanWindow<'_> {
+    pub fn offer(&mut self, key: &[u8]) {
+        if !self.range.contains(key) || self.after.is_some_and(|after| key <= after) {
+            return;
+        }
+        if self.keys.len() < self.max {
+            self.keys.push(key.to_vec());
+            return;
+        }
+        self.more = true;
+        if self.keys.peek().is_some_and(|top| key < top.as_slice()) {
+            self.keys.pop();
+            self.keys.push(key.to_vec());
+        }
+    }
+}
+
+/// An initial scan's progress through its range: windows of keys (listed
+/// by a walk of the index, [`Scan::window`]), each given out in chunks
+/// ([`Scan::next_chunk`]) read from the index at the time of the chunk.
+///
+/// Why no key is missed: the window lists every key in range that was
+/// live when walked; a key that was not (absent, or deleted) and is live
+/// later was written after the walk, so after the tail's start position,
+/// and its write comes in the tail. A listed key deleted before its chunk
+/// is read is skipped: its delete, too, is after the walk and in the tail.
+#[derive(Debug)]
+pub struct Scan {
+    range: KeyRange,
+    /// The last key given out (or skipped) by a chunk.
+    after: Option<Vec<u8>>,
+    window: VecDeque<Vec<u8>>,
+    /// Keys in range after the window remain (or no window was walked yet).
+    more: bool,
+}
+
+impl Scan {
+    pub fn new(range: KeyRange) -> Scan {
+        Scan {
+            range,
+            after: None,
+            window: VecDeque::new(),
+            more: true,
+        }
+    }
+
+    /// Whether every key was given out: the scan's last chunk was taken.
+    pub fn done(&self) -> bool {
+        self.window.is_empty() && !self.more
+    }
+
+    /// Whether the next chunk needs a new window walked first.
+    pub fn needs_window(&self) -> bool {
+        self.window.is_empty() && self.more
+    }
+
+    /// A window to offer every live key of the index to, then
+    /// [`Scan::set_window`].
+    pub fn window(&self) -> ScanWindow<'_> {
+        ScanWindow {
+            range: &self.range,
+            after: self.after.as_deref(),
+            max: FEED_SCAN_WINDOW_KEYS,
+            keys: BinaryHeap::new(),
+            more: false,
+        }
+    }
+
+    /// Takes a walked window's keys.
+    pub fn set_window(&mut self, keys: Vec<Vec<u8>>, more: bool) {
+        debug_assert!(self.window.is_empty());
+        let mut keys = keys;
+        keys.sort_unstable();
+        self.window = keys.into();
+        self.more = more;
+    }
+
+    /// The next chunk: the window's next keys, as `lookup` finds them now
+    /// (`None`: deleted, or no longer this group's: skipped), up to
+    /// [`FEED_SCAN_CHUNK_ROWS`] rows and about [`FEED_SCAN_CHUNK_BYTES`].
+    pub fn next_chunk(
+        &mut self,
+        mut lookup: impl FnMut(&[u8]) -> Option<(Version, Vec<u8>)>,
+    ) -> Vec<ScanRow> {
+        let mut rows = Vec::new();
+        let mut bytes = 0;
+        while rows.len() < FEED_SCAN_CHUNK_ROWS && bytes < FEED_SCAN_CHUNK_BYTES {
+            let Some(key) = self.window.pop_front() else {
+                break;
+            };
+            if let Some((version, value)) = lookup(&key) {
+                bytes += key.len() + value.len();
+                rows.push(ScanRow {
+                    key: key.clone(),
+                    value,
+                    version,
+                });
+            }
+            self.after = Some(key);
+        }
+        rows
+    }
+}
+
+impl ScanWindow<'_> {
+    /// The window's keys (unsorted) and whether keys in range remain after
+    /// them.
+    pub fn finish(self) -> (Vec<Vec<u8>>, bool) {
+        (self.keys.into_vec(), self.more)
+    }
+}
+
+/// The sync-wait rule: a chunk read under the state lock when the last
+/// applied record was `read_at` may be sent once the SYNC mark reaches
+/// it. Every row it holds was then durable on every in-sync member, so no
+/// failover takes back a value the scan gave out (a row read from a record
+/// above the mark could be one a new primary never had).
+pub fn scan_chunk_durable(read_at: Lsn, sync: Lsn) -> bool {
+    read_at <= sync
+}
+
 fn parse_txn(bytes: &[u8]) -> Result<TxnId, FeedError> {
     TxnId::from_bytes(bytes).map_err(|e| FeedError::BadRecord(e.to_string()))
 }
@@ -433,6 +595,116 @@ mod tests {
         .unwrap();
         a.take(2, &local(1, vec![put("k", "w")])).unwrap();
         assert_eq!(a.drain()[0].version, 501, "above the imported version");
+    }
+
+    fn range(start: &str, end: &str) -> KeyRange {
+        KeyRange {
+            start: start.as_bytes().to_vec(),
+            end: (!end.is_empty()).then(|| end.as_bytes().to_vec()),
+        }
+    }
+
+    /// Runs a whole scan over `index` (a live key's value is its name)
+    /// with windows of `window_max` keys: the keys in order.
+    fn scan_all(range: KeyRange, index: &[&str], window_max: usize) -> (Vec<String>, usize) {
+        let mut scan = Scan::new(range);
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while !scan.done() {
+            if scan.needs_window() {
+                let mut window = scan.window();
+                window.max = window_max;
+                // Offered in an order unlike key order.
+                for key in index.iter().rev() {
+                    window.offer(key.as_bytes());
+                }
+                let (keys, more) = window.finish();
+                scan.set_window(keys, more);
+                continue;
+            }
+            let rows = scan.next_chunk(|k| Some((7, k.to_vec())));
+            chunks += 1;
+            got.extend(
+                rows.into_iter()
+                    .map(|r| String::from_utf8(r.value).expect("utf-8")),
+            );
+        }
+        (got, chunks)
+    }
+
+    #[test]
+    fn a_scan_gives_every_key_in_range_once_in_key_order_across_windows() {
+        let index = ["d", "a", "c", "e", "b", "ca", "z"];
+        for window_max in [1, 2, 3, 100] {
+            let (got, _) = scan_all(range("b", "e"), &index, window_max);
+            assert_eq!(got, ["b", "c", "ca", "d"], "windows of {window_max}");
+        }
+        let (got, _) = scan_all(range("", ""), &index, 2);
+        assert_eq!(got, ["a", "b", "c", "ca", "d", "e", "z"]);
+        let (got, chunks) = scan_all(range("x", "y"), &index, 2);
+        assert!(got.is_empty());
+        assert_eq!(chunks, 0, "an empty range has no chunk");
+    }
+
+    #[test]
+    fn a_window_keeps_the_smallest_keys_after_the_last_and_says_more_remain() {
+        let r = range("", "");
+        let mut window = ScanWindow {
+            range: &r,
+            after: Some(b"b"),
+            max: 2,
+            keys: BinaryHeap::new(),
+            more: false,
+        };
+        for key in ["e", "a", "d", "b", "c"] {
+            window.offer(key.as_bytes());
+        }
+        let (mut keys, more) = window.finish();
+        keys.sort();
+        assert_eq!(keys, [b"c".to_vec(), b"d".to_vec()]);
+        assert!(more, "e remains");
+        let mut window = ScanWindow {
+            range: &r,
+            after: Some(b"c"),
+            max: 2,
+            keys: BinaryHeap::new(),
+            more: false,
+        };
+        for key in ["e", "d"] {
+            window.offer(key.as_bytes());
+        }
+        assert!(!window.finish().1, "exactly full is not more");
+    }
+
+    #[test]
+    fn chunks_are_bounded_and_skip_deleted_keys() {
+        let mut scan = Scan::new(KeyRange::default());
+        let keys: Vec<Vec<u8>> = (0..2 * FEED_SCAN_CHUNK_ROWS + 10)
+            .map(|i| format!("k{i:05}").into_bytes())
+            .collect();
+        scan.set_window(keys, false);
+        // Every other key deleted.
+        let first = scan.next_chunk(|k| (k[5] % 2 == 0).then(|| (1, vec![])));
+        assert_eq!(first.len(), FEED_SCAN_CHUNK_ROWS);
+        assert!(first.iter().all(|r| r.key[5] % 2 == 0));
+        assert!(first.windows(2).all(|w| w[0].key < w[1].key));
+        let rest = scan.next_chunk(|k| (k[5] % 2 == 0).then(|| (1, vec![])));
+        assert!(rest.len() < FEED_SCAN_CHUNK_ROWS);
+        assert!(first.last().expect("rows").key < rest[0].key);
+        assert!(scan.done());
+
+        let mut scan = Scan::new(KeyRange::default());
+        scan.set_window((0..8).map(|i| vec![i]).collect(), false);
+        let big = vec![0u8; FEED_SCAN_CHUNK_BYTES / 3];
+        let chunk = scan.next_chunk(|_| Some((1, big.clone())));
+        assert_eq!(chunk.len(), 3, "the row past the byte bound ends the chunk");
+    }
+
+    #[test]
+    fn a_chunk_waits_for_the_sync_mark_to_cover_what_it_read() {
+        assert!(!scan_chunk_durable(10, 9));
+        assert!(scan_chunk_durable(10, 10));
+        assert!(scan_chunk_durable(10, 11));
     }
 
     #[test]

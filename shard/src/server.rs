@@ -858,17 +858,46 @@ impl ShardService for ShardApi {
             start: req.start,
             end: (!req.end.is_empty()).then_some(req.end),
         };
+        if req.initial_scan && !req.from_now {
+            return Err(invalid(
+                "an initial scan starts from now: ask for it with from_now",
+            ));
+        }
         let start = self
             .shard
             .feed_start((!req.from_now).then_some(req.after))
             .map_err(status_of)?;
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_BATCHES_BUFFERED_MAX);
-        tokio::spawn(self.shard.clone().run_feed(range, start, tx));
+        tokio::spawn(
+            self.shard
+                .clone()
+                .run_feed(range, start, req.initial_scan, tx),
+        );
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(|batch| {
-            batch.map_err(status_of).map(|b| pb::FeedBatch {
-                txns: b.txns.into_iter().map(feed_txn).collect(),
-                resolved: b.resolved,
-                head: b.head,
+            batch.map_err(status_of).map(|b| {
+                let (scanning, scan_rows, scan_done) = match b.scan {
+                    Some(scan) => (
+                        true,
+                        scan.rows
+                            .into_iter()
+                            .map(|r| pb::FeedScanRow {
+                                key: r.key,
+                                value: r.value,
+                                version: r.version,
+                            })
+                            .collect(),
+                        scan.done,
+                    ),
+                    None => (false, Vec::new(), false),
+                };
+                pb::FeedBatch {
+                    txns: b.txns.into_iter().map(feed_txn).collect(),
+                    resolved: b.resolved,
+                    head: b.head,
+                    scanning,
+                    scan_rows,
+                    scan_done,
+                }
             })
         });
         Ok(Response::new(Box::pin(batches)))

@@ -309,6 +309,7 @@ fn reason(failure: &Failure) -> String {
         Error::Unavailable(_) => "unavailable",
         Error::InvalidArgument(_) => "invalid-argument",
         Error::Application(_) => "refused by the workload",
+        Error::FeedHistoryGone { .. } => "feed-history-gone",
         Error::Server { code, .. } => return format!("server error {code:?}{stage}"),
     };
     format!("{what}{stage}")
@@ -325,7 +326,9 @@ fn completion(failure: &Failure) -> OpKind {
             | Error::ParticipantUnavailable { .. }
             | Error::SlotsMoved { .. }
             | Error::InvalidArgument(_)
-            | Error::Application(_) => OpKind::Fail,
+            | Error::Application(_)
+            // Only a feed answers it, never a commit.
+            | Error::FeedHistoryGone { .. } => OpKind::Fail,
             Error::OutcomeUnknown { .. } | Error::Unavailable(_) | Error::Server { .. } => {
                 OpKind::Info
             }

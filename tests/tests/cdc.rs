@@ -5,6 +5,8 @@
 //! message-id deduplication) through a primary's SIGKILL and a SIGKILL of
 //! `trellis cdc`, which resumes from its cursor in the catalog; RabbitMQ
 //! gets confirmed messages; bad sinks and unreachable brokers fail clearly.
+//! `--initial-scan` fills an empty cache with what was written before
+//! `trellis cdc` started.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -241,6 +243,177 @@ async fn a_redis_cache_follows_the_store_and_never_goes_back_through_a_cdc_kill(
             "no lag for group {group} in {page}"
         );
     }
+    let mut del = redis::cmd("DEL");
+    for key in &keys {
+        del.arg(key);
+    }
+    let _: i64 = del.query_async(&mut conn).await.expect("clean up");
+}
+
+/// Keys written before the initial-scan test's `trellis cdc` starts.
+const SCAN_KEYS: usize = 300;
+
+/// Keys are written (and some deleted) before `trellis cdc --initial-scan`
+/// starts into an empty Redis prefix, then writers keep changing some of
+/// them: once they stop, the cache equals the store for every key, those
+/// written before the start included; the cursor is saved once the scan
+/// is done, and asking for a scan again with that saved cursor is refused
+/// with the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_scan_fills_an_empty_cache_with_what_was_written_before() {
+    let cluster = ReplicatedCluster::start(2, 1, &[]).await.expect("cluster");
+    let addr = cluster.addr().to_string();
+    let prefix = format!("{}/", unique("scan"));
+    let keys: Vec<Vec<u8>> = (0..SCAN_KEYS)
+        .map(|i| format!("{prefix}{i:04}").into_bytes())
+        .collect();
+    let client = Client::connect(&addr).await.expect("client");
+    // Retried: a 2PC's keys stay locked until every group finalized it.
+    for chunk in keys.chunks(50) {
+        client
+            .run_txn(|txn| async move {
+                for key in chunk {
+                    txn.put(key, b"before")?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("write before the feed");
+    }
+    let deleted = &keys;
+    client
+        .run_txn(|txn| async move {
+            for key in deleted.iter().step_by(5) {
+                txn.delete(key)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("delete before the feed");
+
+    let feed = unique("scan");
+    let sink = format!("redis://{REDIS}");
+    let metrics_addr = free_addr();
+    let args = [
+        "--addr",
+        addr.as_str(),
+        "--sink",
+        sink.as_str(),
+        "--feed",
+        feed.as_str(),
+        "--prefix",
+        prefix.as_str(),
+        "--initial-scan",
+        "--metrics-listen",
+        metrics_addr.as_str(),
+    ];
+    let cdc = Cdc::start(&args);
+    // Writers change the first quarter of the keys meanwhile; the rest
+    // reach the cache only through the scan.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = Client::connect(&addr).await.expect("client");
+        let keys = keys[..SCAN_KEYS / 4].to_vec();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let txn = client.begin();
+                let key = &keys[(i * 13 + w) % keys.len()];
+                if i.is_multiple_of(7) {
+                    txn.delete(key).expect("delete");
+                } else {
+                    txn.put(key, format!("w{w}-{i}").as_bytes()).expect("put");
+                }
+                let _ = txn.commit().await;
+            }
+        }));
+    }
+    tokio::time::sleep(PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    let store: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = client
+        .scan(prefix.as_bytes(), 10_000, Consistency::Strong)
+        .await
+        .expect("read the store")
+        .items
+        .into_iter()
+        .map(|item| (item.key, (item.version, item.value)))
+        .collect();
+    let untouched_before = store
+        .values()
+        .filter(|(_, value)| value.as_slice() == b"before")
+        .count();
+    assert!(
+        untouched_before > SCAN_KEYS / 2,
+        "too few keys left as written before the feed to check the scan: {untouched_before}"
+    );
+    let mut conn = redis().await;
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let mut differ = Vec::new();
+        for key in &keys {
+            let cached = trellis_cdc::cache::cached(&mut conn, key)
+                .await
+                .expect("read the cache");
+            let same = match (store.get(key), &cached) {
+                (Some((version, value)), Some((held_version, Some(held)))) => {
+                    held_version == version && held == value
+                }
+                // Deleted in the store: a tombstone, or never cached.
+                (None, Some((_, None)) | None) => true,
+                _ => false,
+            };
+            if !same {
+                differ.push((String::from_utf8_lossy(key).into_owned(), cached));
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache still differs from the store in {} keys, e.g. {:?}",
+            differ.len(),
+            &differ[..differ.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let page = http_get(&metrics_addr, "/metrics").await;
+    let rows = metric_sample(
+        &page,
+        &format!("trellis_cdc_scan_rows_total{{feed=\"{feed}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no scan rows counter in {page}"));
+    assert!(rows >= untouched_before as f64, "{page}");
+
+    // Once the scan is done a cursor is saved; a scan is then refused for
+    // that feed, with the way out.
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while client.load_cursor(&feed).await.expect("load").is_none() {
+        assert!(Instant::now() < deadline, "no cursor was ever saved");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cdc.kill9();
+    let mut again = vec!["cdc"];
+    again.extend(
+        args.iter()
+            .filter(|a| !a.starts_with("--metrics") && **a != metrics_addr),
+    );
+    let out = run_trellis(&again);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("forget-feed") && stderr.contains("saved cursor"),
+        "{}",
+        printed(&out)
+    );
+
     let mut del = redis::cmd("DEL");
     for key in &keys {
         del.arg(key);

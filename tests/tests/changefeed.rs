@@ -170,7 +170,7 @@ impl Seen {
     fn events(&self) -> impl Iterator<Item = &FeedEvent> {
         self.messages.iter().filter_map(|m| match m {
             FeedMessage::Event(e) => Some(e),
-            FeedMessage::Resolved { .. } => None,
+            FeedMessage::Resolved { .. } | FeedMessage::Scan { .. } => None,
         })
     }
 }
@@ -212,6 +212,7 @@ fn check_order(seen: &Seen) {
                 assert!(*position >= *r, "group {group}: resolved went back");
                 *r = *position;
             }
+            FeedMessage::Scan { group, .. } => panic!("group {group}: a scan nobody asked for"),
         }
     }
 }
@@ -399,7 +400,7 @@ async fn a_saved_cursor_resumes_exactly_after_what_was_handled() {
         "the feed from the beginning gives the commits in order"
     );
     client
-        .save_cursor("resume-test", watch.cursor())
+        .save_cursor("resume-test", watch.cursor().expect("no scan: a cursor"))
         .await
         .expect("save cursor");
     drop(watch);
@@ -507,4 +508,363 @@ async fn bad_cursors_ranges_and_names_are_refused() {
         .await
         .expect_err("a bad feed name is refused");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+}
+
+/// Keys written before the scanning watch opens.
+const SCAN_KEYS: usize = 3000;
+/// Keys written per transaction while filling.
+const SCAN_FILL_BATCH: usize = 50;
+/// Every this many of those keys is deleted again before the watch.
+const SCAN_DELETE_EVERY: usize = 7;
+
+/// A key's state as a consumer keeps it: the highest version wins.
+type Applied = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+
+fn apply_newer(applied: &mut Applied, key: &[u8], version: u64, value: Option<Vec<u8>>) {
+    let newer = applied.get(key).is_none_or(|(held, _)| version > *held);
+    if newer {
+        applied.insert(key.to_vec(), (version, value));
+    }
+}
+
+/// The store's keys under `prefix` (values, versions), read strongly.
+async fn store_state(client: &Client, prefix: &[u8]) -> BTreeMap<Vec<u8>, (u64, Vec<u8>)> {
+    let scan = client
+        .scan(prefix, 10_000, trellis_client::Consistency::Strong)
+        .await
+        .expect("scan the store");
+    assert!(
+        !scan.truncated,
+        "the test writes fewer keys than one scan takes"
+    );
+    scan.items
+        .into_iter()
+        .map(|item| (item.key, (item.version, item.value)))
+        .collect()
+}
+
+/// Writers that keep overwriting, deleting and creating keys under
+/// `scan/` while the scan runs.
+fn start_scan_writers(addr: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|w| {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = Client::connect(&addr).await.expect("writer client");
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let txn = client.begin();
+                    let old = format!("scan/k/{:05}", (i * 37 + w * 11) % SCAN_KEYS);
+                    if i.is_multiple_of(5) {
+                        txn.delete(old.as_bytes()).expect("delete");
+                    } else {
+                        txn.put(old.as_bytes(), format!("w{w}-{i}").as_bytes())
+                            .expect("put");
+                    }
+                    if i.is_multiple_of(3) {
+                        txn.put(format!("scan/n/{w}/{i:05}").as_bytes(), b"new")
+                            .expect("put");
+                    }
+                    // Aborts and unknown outcomes are fine: the store's
+                    // final state is the truth the feed must reach.
+                    if txn.commit().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// A new feed asks for an initial scan: each group's committed state in
+/// the range comes first (in key order, no deleted key, each row's version
+/// at or below what the store holds at the end), then its tail. While
+/// writers keep overwriting, deleting and creating keys, and a primary is
+/// SIGKILLed in the middle of its scan, the scan and the tail applied with
+/// highest-version-wins end equal to the store; no cursor is handed out
+/// before every group's scan is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failover() {
+    // Each scan chunk is followed by a pause (failpoint), so the kill below
+    // lands mid-scan.
+    let mut cluster =
+        ReplicatedCluster::start_with_shard_env(3, 2, &[("TRELLIS_FAILPOINTS", "feed_scan_lag")])
+            .await
+            .expect("cluster");
+    let addr = cluster.addr().to_string();
+    let client = Client::connect(&addr).await.expect("client");
+    // Retried: a 2PC's keys stay locked until every group finalized it.
+    for first in (0..SCAN_KEYS).step_by(SCAN_FILL_BATCH) {
+        client
+            .run_txn(|txn| async move {
+                for i in first..first + SCAN_FILL_BATCH {
+                    txn.put(
+                        format!("scan/k/{i:05}").as_bytes(),
+                        format!("f{i}").as_bytes(),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("fill");
+    }
+    client
+        .run_txn(|txn| async move {
+            for i in (0..SCAN_KEYS).step_by(SCAN_DELETE_EVERY) {
+                txn.delete(format!("scan/k/{i:05}").as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("delete some");
+    // Outside the watched range: never in the scan.
+    put(&client, "scam/outside", "x").await;
+    let deleted_before: BTreeSet<Vec<u8>> = (0..SCAN_KEYS)
+        .step_by(SCAN_DELETE_EVERY)
+        .map(|i| format!("scan/k/{i:05}").into_bytes())
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_scan_writers(addr.clone(), stop.clone());
+    let primary = cluster.primary(1).await.expect("primary of group 1");
+    let mut watch = client
+        .watch_with_scan(b"scan/", b"scan0")
+        .await
+        .expect("watch with a scan");
+    let seen: Arc<Mutex<Vec<FeedMessage>>> = Arc::default();
+    // After each message: whether the watch offered a cursor.
+    let cursors: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        let cursors = cursors.clone();
+        tokio::spawn(async move {
+            loop {
+                match watch.next().await {
+                    Ok(Some(m)) => {
+                        let mut seen = seen.lock().expect("lock");
+                        cursors.lock().expect("lock").push(watch.cursor().is_some());
+                        seen.push(m);
+                    }
+                    Ok(None) => panic!("the watch ended"),
+                    Err(e) => panic!("the watch failed: {e}"),
+                }
+            }
+        })
+    };
+    // Kill group 1's primary once its first scan rows came: its stream
+    // breaks mid-scan and the scan starts over at the new primary.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|m| matches!(m, FeedMessage::Scan { group: 1, rows, .. } if !rows.is_empty()))
+    {
+        assert!(Instant::now() < deadline, "group 1 sent no scan row");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cluster.kill9(1, primary);
+    tokio::time::sleep(LOAD_PHASE).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // The store's final state; the feed must reach it.
+    let store = store_state(&client, b"scan/").await;
+    assert!(
+        store.len() > SCAN_KEYS / 2,
+        "the store holds too few keys to check: {}",
+        store.len()
+    );
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let applied = loop {
+        let mut applied = Applied::new();
+        for m in seen.lock().expect("lock").iter() {
+            match m {
+                FeedMessage::Scan { rows, .. } => {
+                    for r in rows {
+                        apply_newer(&mut applied, &r.key, r.version, Some(r.value.clone()));
+                    }
+                }
+                FeedMessage::Event(e) => {
+                    for c in &e.changes {
+                        apply_newer(&mut applied, &c.key, e.version, c.value.clone());
+                    }
+                }
+                FeedMessage::Resolved { .. } => {}
+            }
+        }
+        let live: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = applied
+            .iter()
+            .filter_map(|(k, (v, value))| value.clone().map(|value| (k.clone(), (*v, value))))
+            .collect();
+        if live == store {
+            break applied;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scan and the tail never reached the store: {} keys applied live, {} in the \
+             store, first difference {:?}",
+            live.len(),
+            store.len(),
+            store
+                .iter()
+                .find(|(k, v)| live.get(*k) != Some(v))
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v, live.get(k)))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    reader.abort();
+    assert!(!applied.is_empty());
+
+    let seen = seen.lock().expect("lock");
+    let cursors = cursors.lock().expect("lock");
+    // Per group: scan rows in key order (from the start again after a
+    // "begins" message), every row's version at or below the store's, no
+    // row of a key deleted before the watch and not written since, no key
+    // outside the range; a group's events only after its scan is done.
+    let mut last_key: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut done: BTreeSet<u64> = BTreeSet::new();
+    let mut began: BTreeMap<u64, usize> = BTreeMap::new();
+    // Groups whose scan began again after it had sent rows.
+    let mut broken_mid_scan: BTreeSet<u64> = BTreeSet::new();
+    let mut rows_seen = 0;
+    for (i, m) in seen.iter().enumerate() {
+        match m {
+            FeedMessage::Scan {
+                group,
+                position,
+                rows,
+                done: finished,
+            } => {
+                assert!(
+                    !done.contains(group),
+                    "group {group}: a scan after it was done"
+                );
+                if rows.is_empty() && !finished {
+                    assert_eq!(*position, 0, "a scan's begin message has no position");
+                    *began.entry(*group).or_default() += 1;
+                    if last_key.remove(group).is_some() {
+                        broken_mid_scan.insert(*group);
+                    }
+                    continue;
+                }
+                assert!(
+                    began.contains_key(group),
+                    "group {group}: rows before its begin"
+                );
+                for r in rows {
+                    rows_seen += 1;
+                    assert!(r.key.starts_with(b"scan/"), "a row outside the range");
+                    if let Some(last) = last_key.get(group) {
+                        assert!(r.key > *last, "group {group}: scan rows out of key order");
+                    }
+                    last_key.insert(*group, r.key.clone());
+                    if let Some((version, _)) = store.get(&r.key) {
+                        assert!(
+                            r.version <= *version,
+                            "a scan row's version {} is above the store's {version}",
+                            r.version
+                        );
+                    }
+                    let rewritten = seen.iter().any(|m| match m {
+                        FeedMessage::Event(e) => e.changes.iter().any(|c| c.key == r.key),
+                        _ => false,
+                    });
+                    assert!(
+                        !deleted_before.contains(&r.key) || rewritten,
+                        "a row for {:?}, deleted before the watch and not written since",
+                        String::from_utf8_lossy(&r.key)
+                    );
+                }
+                if *finished {
+                    done.insert(*group);
+                }
+            }
+            FeedMessage::Event(e) => {
+                assert!(
+                    done.contains(&e.group),
+                    "group {}: an event before its scan was done",
+                    e.group
+                );
+            }
+            FeedMessage::Resolved { group, .. } => {
+                assert!(
+                    done.contains(group),
+                    "group {group}: resolved before its scan was done"
+                );
+            }
+        }
+        assert_eq!(
+            cursors[i],
+            done.len() == 3,
+            "message {i}: a cursor exactly once every group's scan is done"
+        );
+    }
+    assert_eq!(done.len(), 3, "every group's scan is done");
+    assert!(rows_seen >= SCAN_KEYS / 2, "the scan gave {rows_seen} rows");
+    assert!(
+        broken_mid_scan.contains(&1),
+        "group 1's scan did not start over after rows came (the kill missed the scan): \
+         {began:?}"
+    );
+    eprintln!("scan test: {rows_seen} rows, scans begun by group {began:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_scan_with_a_cursor_is_refused() {
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    put(&client, "s/1", "x").await;
+    // The client's API offers no such request; the service refuses a raw one.
+    let mut raw = trellis_proto::v1::changefeed_client::ChangefeedClient::connect(format!(
+        "http://{}",
+        cluster.addr()
+    ))
+    .await
+    .expect("connect");
+    let err = raw
+        .watch(trellis_proto::v1::WatchRequest {
+            cursor: Some(Cursor([(1, 0)].into_iter().collect()).to_pb()),
+            initial_scan: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a scan with a cursor is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("initial scan"), "{}", err.message());
+    // An empty range's scan is done at once and the tail follows.
+    let mut watch = client
+        .watch_with_scan(b"nothing/", b"nothing0")
+        .await
+        .expect("watch");
+    assert!(
+        watch.cursor().is_none() && watch.scanning(),
+        "no cursor before the scan's first message"
+    );
+    let mut done = false;
+    while !done {
+        let m = tokio::time::timeout(DRAIN_TIMEOUT, watch.next())
+            .await
+            .expect("the scan ends")
+            .expect("watch")
+            .expect("open");
+        match m {
+            FeedMessage::Scan { rows, done: d, .. } => {
+                assert!(rows.is_empty(), "no key in range");
+                if !d {
+                    assert!(watch.cursor().is_none(), "no cursor while scanning");
+                }
+                done = d;
+            }
+            other => panic!("before the scan is done: {other:?}"),
+        }
+    }
+    assert!(watch.cursor().is_some(), "a cursor once the scan is done");
+    put(&client, "nothing/1", "y").await;
+    let events = take_events(&mut watch, 1).await;
+    assert_eq!(events[0].changes[0].key, b"nothing/1");
 }

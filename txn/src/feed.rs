@@ -5,6 +5,14 @@
 //! it gave, so nothing is skipped and nothing before that position comes
 //! twice. Groups that join the map while a watch runs are read from their
 //! log's beginning. The gRPC `Status`es a watch ends with are built here.
+//!
+//! A watch with an initial scan first says, for every group of the map,
+//! that its scan begins (an empty `FeedScan`), then passes each group's
+//! scan chunks on; a group's stream that breaks before its scan is done
+//! starts the scan again from the range's first key at a new position
+//! (rows may come twice; consumers keep the highest version per key). Once
+//! a group's scan is done its tail follows as for any watch, resumed after
+//! the scan's position if the stream breaks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -43,6 +51,8 @@ pub struct WatchSpec {
     /// `None`: from now. Else after these positions; a group not named is
     /// read from its log's beginning.
     pub cursor: Option<BTreeMap<GroupId, Lsn>>,
+    /// Each group's committed state first (only from now).
+    pub initial_scan: bool,
 }
 
 /// Checks a watch request and turns it into a spec. Errors: the range (see
@@ -51,6 +61,12 @@ pub struct WatchSpec {
 pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<WatchSpec, Status> {
     trellis_types::validate::key_range(&req.start, &req.end)
         .map_err(|e| invalid(format!("watch range: {e}")))?;
+    if req.initial_scan && req.cursor.is_some() {
+        return Err(invalid(
+            "an initial scan starts from now: give no cursor (a cursor resumes a feed whose \
+             scan was done)",
+        ));
+    }
     let cursor = match req.cursor {
         None => None,
         Some(c) => {
@@ -79,6 +95,7 @@ pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<W
         start: req.start,
         end: req.end,
         cursor,
+        initial_scan: req.initial_scan,
     })
 }
 
@@ -91,6 +108,23 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
     let mut first = true;
     loop {
         let map = router.map();
+        if first && spec.initial_scan {
+            // Before any group's message: the client learns which groups
+            // it waits for before the scan is done.
+            for &group in map.groups.keys() {
+                let begins = pb::WatchResponse {
+                    kind: Some(pb::watch_response::Kind::Scan(pb::FeedScan {
+                        group,
+                        position: 0,
+                        rows: Vec::new(),
+                        done: false,
+                    })),
+                };
+                if out.send(Ok(begins)).await.is_err() {
+                    return;
+                }
+            }
+        }
         for &group in map.groups.keys() {
             if running.insert(group) {
                 // Groups present at the start follow the cursor (or start
@@ -100,11 +134,13 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
                     (Some(cursor), true) => Some(cursor.get(&group).copied().unwrap_or(0)),
                     (_, false) => Some(0),
                 };
+                let scan = first && spec.initial_scan;
                 tokio::spawn(group_feed(
                     router.clone(),
                     spec.clone(),
                     group,
                     from,
+                    scan,
                     out.clone(),
                 ));
             }
@@ -117,16 +153,36 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
     }
 }
 
-/// Follows one group's feed from `from` (`None`: now).
+/// Follows one group's feed from `from` (`None`: now), after its initial
+/// scan if `scan`.
 async fn group_feed(
     router: Arc<Router>,
     spec: WatchSpec,
     group: GroupId,
     mut from: Option<Lsn>,
+    scan: bool,
     out: Out,
 ) {
+    // Until the scan is done, every attempt scans from the start.
+    let mut scanning = scan;
+    let mut attempts = 0u64;
     let mut backoff = FEED_RETRY_BACKOFF_MIN;
     loop {
+        attempts += 1;
+        if scanning && attempts > 1 {
+            // The scan begins again: rows from the range's first key.
+            let again = pb::WatchResponse {
+                kind: Some(pb::watch_response::Kind::Scan(pb::FeedScan {
+                    group,
+                    position: 0,
+                    rows: Vec::new(),
+                    done: false,
+                })),
+            };
+            if out.send(Ok(again)).await.is_err() {
+                return;
+            }
+        }
         let map = router.map();
         if !map.groups.contains_key(&group) {
             tracing::info!(group, "the group left the map; its feed ends");
@@ -139,6 +195,7 @@ async fn group_feed(
                     end: spec.end.clone(),
                     after: from.unwrap_or(0),
                     from_now: from.is_none(),
+                    initial_scan: scanning,
                 });
                 request.set_timeout(FEED_OPEN_TIMEOUT);
                 client
@@ -151,7 +208,7 @@ async fn group_feed(
         let fault = match opened {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                match follow(&mut stream, group, &mut from, &out).await {
+                match follow(&mut stream, group, &mut from, &mut scanning, &out).await {
                     Followed::ClientGone => return,
                     Followed::Broke(fault, status) => (fault, status),
                 }
@@ -183,11 +240,12 @@ enum Followed {
 }
 
 /// Passes a group's batches on until the stream breaks or goes silent;
-/// `from` follows what was passed on.
+/// `from` follows what was passed on, and `scanning` ends with the scan.
 async fn follow(
     stream: &mut tonic::Streaming<shard_pb::FeedBatch>,
     group: GroupId,
     from: &mut Option<Lsn>,
+    scanning: &mut bool,
     out: &Out,
 ) -> Followed {
     loop {
@@ -209,6 +267,50 @@ async fn follow(
                 return Followed::Broke(Fault::Unavailable(status.message().into()), status);
             }
         };
+        if batch.scanning {
+            if !*scanning {
+                let status = Status::internal(format!(
+                    "group {group}'s feed sent a scan that was not asked for"
+                ));
+                return Followed::Broke(Fault::Other(status.message().into()), status);
+            }
+            if batch.scan_rows.is_empty() && !batch.scan_done {
+                continue; // a keep-alive while the chunk becomes durable
+            }
+            let scan = pb::WatchResponse {
+                kind: Some(pb::watch_response::Kind::Scan(pb::FeedScan {
+                    group,
+                    position: batch.resolved,
+                    rows: batch
+                        .scan_rows
+                        .into_iter()
+                        .map(|r| pb::FeedScanRow {
+                            key: r.key,
+                            value: r.value,
+                            version: r.version,
+                        })
+                        .collect(),
+                    done: batch.scan_done,
+                })),
+            };
+            if out.send(Ok(scan)).await.is_err() {
+                return Followed::ClientGone;
+            }
+            if batch.scan_done {
+                // The tail starts after the scan's position, whatever
+                // breaks from now on.
+                *scanning = false;
+                *from = Some(batch.resolved);
+            }
+            continue;
+        }
+        if *scanning {
+            let status = Status::internal(format!(
+                "group {group}'s feed sent its tail before an initial scan (a shard too old \
+                 to scan?)"
+            ));
+            return Followed::Broke(Fault::Other(status.message().into()), status);
+        }
         for txn in batch.txns {
             let position = txn.position;
             if from.is_some_and(|f| position <= f) {
@@ -300,6 +402,7 @@ mod tests {
                 start: b"a".to_vec(),
                 end: b"b".to_vec(),
                 cursor: cursor(&[(1, 10), (3, 4)]),
+                initial_scan: false,
             },
             &groups(),
         )
@@ -336,10 +439,35 @@ mod tests {
                 start: b"b".to_vec(),
                 end: b"a".to_vec(),
                 cursor: None,
+                initial_scan: false,
             },
             &groups(),
         )
         .expect_err("start after end");
         assert!(empty.message().contains("range"), "{}", empty.message());
+        let scan_with_cursor = watch_spec(
+            pb::WatchRequest {
+                cursor: cursor(&[(1, 1)]),
+                initial_scan: true,
+                ..Default::default()
+            },
+            &groups(),
+        )
+        .expect_err("a scan only starts from now");
+        assert_eq!(scan_with_cursor.code(), tonic::Code::InvalidArgument);
+        assert!(
+            scan_with_cursor.message().contains("initial scan"),
+            "{}",
+            scan_with_cursor.message()
+        );
+        let scan = watch_spec(
+            pb::WatchRequest {
+                initial_scan: true,
+                ..Default::default()
+            },
+            &groups(),
+        )
+        .expect("a scan from now");
+        assert!(scan.initial_scan && scan.cursor.is_none());
     }
 }

@@ -151,7 +151,9 @@ impl SqlError {
                 hint: None,
                 connection: true,
             },
-            Error::Server { .. } => SqlError::new("XX000 internal_error", err.to_string()),
+            Error::Server { .. } | Error::FeedHistoryGone { .. } => {
+                SqlError::new("XX000 internal_error", err.to_string())
+            }
         }
     }
 }

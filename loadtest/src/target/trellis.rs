@@ -101,7 +101,8 @@ fn of_commit(err: Error) -> TxnError {
         Error::ResolvedAbort { .. }
         | Error::ParticipantUnavailable { .. }
         | Error::InvalidArgument(_)
-        | Error::Application(_) => TxnError::Failed(err.to_string()),
+        | Error::Application(_)
+        | Error::FeedHistoryGone { .. } => TxnError::Failed(err.to_string()),
         // Lost answers, timeouts and server errors after the request left:
         // the commit may have happened.
         Error::OutcomeUnknown { .. } | Error::Unavailable(_) | Error::Server { .. } => {

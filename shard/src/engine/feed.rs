@@ -11,10 +11,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use trellis_types::Lsn;
 
+use trellis_types::slot_of;
+
 use super::{Shard, ShardError};
-use crate::feed::{self, Assembler, FeedTxn, KeyRange};
+use crate::feed::{self, Assembler, FeedTxn, KeyRange, Scan, ScanRow};
 use crate::fsio;
+use crate::ownership::{Ownership, SlotState};
 use crate::record::Record;
+use crate::repl::Marks;
 use crate::version_base::VersionBase;
 
 /// At least this often a feed sends its resolved position, new
@@ -37,13 +41,24 @@ pub const FEED_READ_INTERVAL_MIN: Duration = Duration::from_millis(10);
 pub const FEED_BATCHES_BUFFERED_MAX: usize = 4;
 
 /// What a feed sends: transactions in position order, then the resolved
-/// position after them.
+/// position after them; or, first, an initial scan's rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedBatch {
     pub txns: Vec<FeedTxn>,
     pub resolved: Lsn,
     /// The last record in the log when the batch was made.
     pub head: Lsn,
+    /// `Some` for a batch of the initial scan (no txns; `resolved` is the
+    /// position the tail starts after).
+    pub scan: Option<ScanBatch>,
+}
+
+/// A chunk of an initial scan: rows in key order, after the previous
+/// chunk's; `done` on the last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanBatch {
+    pub rows: Vec<ScanRow>,
+    pub done: bool,
 }
 
 /// Where a feed starts: after `after`, with the version base that maps
@@ -90,15 +105,17 @@ impl Shard {
 
     /// Runs a feed of `range` from `start` into `out` until the receiver
     /// goes away or this replica stops being the serving primary (then the
-    /// last item is the error). Keeps the log it still needs from deletion
-    /// meanwhile.
+    /// last item is the error). With `initial_scan`, the range's committed
+    /// state comes first (`Shard::feed_scan`). Keeps the log it still
+    /// needs from deletion meanwhile.
     pub async fn run_feed(
         self: Arc<Self>,
         range: KeyRange,
         start: FeedStart,
+        initial_scan: bool,
         out: mpsc::Sender<Result<FeedBatch, ShardError>>,
     ) {
-        if let Err(err) = self.feed_loop(range, start, &out).await {
+        if let Err(err) = self.feed_loop(range, start, initial_scan, &out).await {
             let _ = out.send(Err(err)).await;
         }
     }
@@ -107,18 +124,28 @@ impl Shard {
         self: &Arc<Self>,
         range: KeyRange,
         start: FeedStart,
+        initial_scan: bool,
         out: &mpsc::Sender<Result<FeedBatch, ShardError>>,
     ) -> Result<(), ShardError> {
+        // Pinned before the scan: the tail after `start.after` stays.
         let pin = self.pin_log(start.after + 1);
-        let mut assembler = Assembler::new(range, start.after, start.versions);
         let mut marks = self.repl.subscribe_marks();
         let generation = marks.borrow().generation;
+        if initial_scan
+            && !self
+                .feed_scan(&range, start.after, &mut marks, generation, out)
+                .await?
+        {
+            return Ok(());
+        }
+        let mut assembler = Assembler::new(range, start.after, start.versions);
         let mut reader: Option<crate::wal::LogReader> = None;
         // The first batch says where the stream starts.
         let first = FeedBatch {
             txns: Vec::new(),
             resolved: start.after,
             head: self.last_lsn(),
+            scan: None,
         };
         if out.send(Ok(first)).await.is_err() {
             return Ok(());
@@ -184,6 +211,7 @@ impl Shard {
                     txns,
                     resolved: assembler.resolved(),
                     head: self.last_lsn(),
+                    scan: None,
                 };
                 if out.send(Ok(batch)).await.is_err() {
                     return Ok(());
@@ -211,6 +239,115 @@ impl Shard {
 fn read_wait(last: Instant, now: Instant) -> Option<Duration> {
     let since = now.saturating_duration_since(last);
     (since < FEED_READ_INTERVAL_MIN).then(|| FEED_READ_INTERVAL_MIN - since)
+}
+
+impl Shard {
+    /// The initial scan of `range` (the rules: [`Scan`]), sent before the
+    /// tail that starts after `tail_after`: a window of keys listed by a
+    /// walk of the index (outside the state lock), then chunk by chunk,
+    /// each read under the state lock and sent once the SYNC mark covers
+    /// the last record applied when it was read
+    /// ([`feed::scan_chunk_durable`]). Only slots this group serves (or
+    /// holds frozen for a move) are read. Returns `false` if the receiver
+    /// went away.
+    async fn feed_scan(
+        &self,
+        range: &KeyRange,
+        tail_after: Lsn,
+        marks: &mut tokio::sync::watch::Receiver<Marks>,
+        generation: u64,
+        out: &mpsc::Sender<Result<FeedBatch, ShardError>>,
+    ) -> Result<bool, ShardError> {
+        let mut scan = Scan::new(range.clone());
+        let mut sent_at = Instant::now();
+        let batch = |rows: Vec<ScanRow>, done: bool| FeedBatch {
+            txns: Vec::new(),
+            resolved: tail_after,
+            head: self.last_lsn(),
+            scan: Some(ScanBatch { rows, done }),
+        };
+        loop {
+            if scan.needs_window() {
+                let (keys, more) = {
+                    let ownership = self.state.serving();
+                    let mut window = scan.window();
+                    for entry in self.state.index.iter() {
+                        if entry.value().value().is_some() && scanned(&ownership, entry.key()) {
+                            window.offer(entry.key());
+                        }
+                    }
+                    window.finish()
+                };
+                scan.set_window(keys, more);
+            }
+            if scan.done() {
+                break;
+            }
+            let (rows, read_at) = {
+                let guard = self.state.lock();
+                let ownership = self.state.serving();
+                let rows = scan.next_chunk(|key| {
+                    let entry = self.state.index.get(key)?.value().clone();
+                    let value = entry.value()?;
+                    scanned(&ownership, key).then(|| (entry.version(), value.to_vec()))
+                });
+                (rows, guard.core().applied_lsn)
+            };
+            // The sync-wait: what the chunk read must be durable on every
+            // in-sync member first. Keep-alives meanwhile.
+            loop {
+                let mark = *marks.borrow_and_update();
+                if mark.generation != generation {
+                    self.check_serving()?;
+                    return Err(ShardError::Unavailable(format!(
+                        "group {}'s primary changed role or epoch during a feed's scan; \
+                         scan again at its primary",
+                        self.config.group_id
+                    )));
+                }
+                self.check_serving()?;
+                if feed::scan_chunk_durable(read_at, mark.sync) {
+                    break;
+                }
+                if sent_at.elapsed() >= FEED_RESOLVED_INTERVAL {
+                    if out.send(Ok(batch(Vec::new(), false))).await.is_err() {
+                        return Ok(false);
+                    }
+                    sent_at = Instant::now();
+                }
+                let wait = FEED_RESOLVED_INTERVAL.saturating_sub(sent_at.elapsed());
+                tokio::select! {
+                    changed = marks.changed() => {
+                        if changed.is_err() {
+                            return Err(ShardError::Unavailable("the replica is stopping".into()));
+                        }
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                    () = out.closed() => return Ok(false),
+                }
+            }
+            if !rows.is_empty() {
+                if out.send(Ok(batch(rows, false))).await.is_err() {
+                    return Ok(false);
+                }
+                sent_at = Instant::now();
+                if trellis_types::failpoint::armed(crate::failpoint::FEED_SCAN_LAG_NAME) {
+                    tokio::time::sleep(crate::failpoint::FEED_SCAN_LAG).await;
+                }
+            }
+        }
+        Ok(out.send(Ok(batch(Vec::new(), true))).await.is_ok())
+    }
+}
+
+/// Whether the scan reads `key`: its slot is this group's (owned, or
+/// frozen while it moves away; an importing slot's entries are the
+/// source's until the flip).
+fn scanned(ownership: &Ownership, key: &[u8]) -> bool {
+    matches!(
+        ownership.state(slot_of(key)),
+        SlotState::Owned | SlotState::Frozen { .. }
+    )
 }
 
 fn feed_error(err: feed::FeedError) -> ShardError {

@@ -159,7 +159,11 @@ pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
             }
             let why = match tokio::time::timeout(FEED_SILENCE_MAX, watch.next()).await {
                 Ok(Ok(Some(message))) => {
-                    cursor = watch.cursor().clone();
+                    // The simulator never asks for a scan: a cursor is always there.
+                    cursor = watch
+                        .cursor()
+                        .expect("a watch without an initial scan has a cursor")
+                        .clone();
                     let mut state = feed.lock();
                     catch_up.saw(&message, state.final_done_at);
                     if state.messages.len() >= FEED_MESSAGES_MAX {
@@ -292,6 +296,11 @@ fn decode<W>(
                         })
                         .collect::<Result<_, String>>()?,
                 }),
+                trellis_client::FeedMessage::Scan { group, .. } => {
+                    return Err(format!(
+                        "group {group} sent an initial scan the consumer never asked for"
+                    ));
+                }
             })
         })
         .collect()
