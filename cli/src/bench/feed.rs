@@ -149,6 +149,7 @@ async fn measure(
             start: prefix.clone(),
             end,
             cursor: None,
+            initial_scan: false,
         })
         .await
         .context("opening the watch")?
