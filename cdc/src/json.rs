@@ -108,6 +108,7 @@ mod tests {
             position: 120,
             version: 4711,
             txn_id: (0..16).map(|i| i * 17).collect(),
+            cluster: 7,
             participants: vec![1, 2],
             changes: vec![
                 FeedChange {
@@ -174,6 +175,7 @@ mod tests {
             position: 9,
             version: 9,
             txn_id: vec![0xab; 16],
+            cluster: 7,
             participants: vec![],
             changes: vec![],
         };

@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
-use trellis_types::GroupId;
 use trellis_types::fail_stop::FailStopCause;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
+use trellis_types::{ClusterId, GroupId};
 
 pub use trellis_txn::service::{
     REQUEST_DEADLINE_DEFAULT, REQUEST_DEADLINE_MAX, SCAN_LIMIT_DEFAULT, TxnApi, deadline_of,
@@ -148,8 +148,11 @@ impl pb::admin_server::Admin for AdminApi {
                     .collect()
             })
             .unwrap_or_default();
+        // 0 (unknown) if the catalog cannot be read, like the lists below.
+        let cluster = router.catalog().cluster_id().await.ok();
         Ok(Response::new(pb::StatusResponse {
             map_epoch: map.map_epoch,
+            cluster: cluster.map_or(0, ClusterId::get),
             coordinators,
             catalog: router.catalog().backend().to_string(),
             // Unfinished jobs, oldest first; none if the catalog cannot
@@ -167,7 +170,7 @@ impl pb::admin_server::Admin for AdminApi {
                 Err(_) => Vec::new(),
             },
             feeds: match router.catalog().feed_cursors().await {
-                Ok(rows) => feed_statuses(rows, &groups),
+                Ok(rows) => feed_statuses(rows, &groups, cluster),
                 Err(_) => Vec::new(),
             },
             groups,
@@ -763,6 +766,8 @@ mod status_tests {
                     .iter()
                     .map(|&(group, position)| pb::GroupPosition { group, position })
                     .collect(),
+                // "b" was saved before cursors named their cluster.
+                cluster: if feed == "b" { 0 } else { 9 },
             }
             .encode_to_vec(),
             updated_age_ms: 0,
@@ -779,8 +784,14 @@ mod status_tests {
             1,
             "a feed without the group needs its whole log"
         );
-        let statuses = feed_statuses(rows.to_vec(), &[]);
+        let statuses = feed_statuses(rows.to_vec(), &[], ClusterId::new(9));
         assert_eq!(statuses.len(), 2);
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.cursor.as_ref().map(|c| c.cluster) == Some(9)),
+            "a cursor saved without its cluster is shown as this cluster's: {statuses:?}"
+        );
         assert!(statuses[0].lag.is_empty(), "no group answered: no lag");
     }
 
@@ -1021,11 +1032,15 @@ fn catalog_status(e: crate::catalog::CatalogError) -> Status {
 fn feed_statuses(
     rows: Vec<crate::catalog::FeedCursorRow>,
     groups: &[pb::GroupStatus],
+    cluster: Option<ClusterId>,
 ) -> Vec<pb::FeedStatus> {
     use prost::Message as _;
     rows.into_iter()
         .map(|row| {
-            let cursor = pb::FeedCursor::decode(row.cursor.as_slice()).unwrap_or_default();
+            let mut cursor = pb::FeedCursor::decode(row.cursor.as_slice()).unwrap_or_default();
+            if let Some(cluster) = cluster {
+                cursor = crate::changefeed::stored_cursor(cursor, cluster);
+            }
             let lag = groups
                 .iter()
                 .filter_map(|g| {

@@ -464,7 +464,10 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
         fs.block_size(block);
     }
     let mut sim = builder.build();
-    let catalog = Catalog::in_memory();
+    // Named from the seed, not drawn: a draw would shift every later one.
+    let cluster = trellis_types::ClusterId::new((config.seed >> 1).max(1))
+        .expect("a positive 63-bit id is in range");
+    let catalog = Catalog::in_memory_of(cluster);
     let exits: Exits = Arc::default();
     let disk_exits: Exits = Arc::default();
     let torn_tails = Arc::new(AtomicU64::new(0));

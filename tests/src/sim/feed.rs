@@ -145,7 +145,7 @@ pub async fn consume(feed: Feed) -> Result<(), Box<dyn std::error::Error>> {
                     .push(format!("{:?} watch from {cursor}: {text}", now()));
                 // A group removed (resharding) is no longer watched.
                 if let Some(group) = removed_group(&text) {
-                    cursor.0.remove(&group);
+                    cursor.groups.remove(&group);
                 }
                 tokio::time::sleep(FEED_RETRY_PAUSE).await;
                 continue;
@@ -420,7 +420,7 @@ mod tests {
     #[test]
     fn a_removed_group_is_read_from_the_refusal() {
         let text = "server error (NotFound): the cursor names group 2, which this cluster \
-                    does not have (a cursor of another cluster, or of a removed group)";
+                    does not have (a removed group?)";
         assert_eq!(removed_group(text), Some(2));
         assert_eq!(removed_group("unavailable: down"), None);
     }
