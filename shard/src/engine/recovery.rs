@@ -123,6 +123,7 @@ impl Shard {
             recovery,
             log_pins: std::sync::Mutex::new(LogPins::default()),
             feed_keep_from: std::sync::atomic::AtomicU64::new(0),
+            restored_at: std::sync::atomic::AtomicU64::new(0),
             opened_at: Instant::now(),
             _lock: lock,
         }))
