@@ -756,6 +756,49 @@ fn member_statuses(
 mod status_tests {
     use super::*;
 
+    /// GetGroup carries the registered feeds' pin; when the cursors cannot
+    /// be read it says "not known", never "no feed" (which would let the
+    /// replicas' next snapshot cut what a feed still needs).
+    #[tokio::test]
+    async fn get_group_says_when_the_feed_pin_is_not_known() {
+        use prost::Message as _;
+        use shard_pb::membership_server::Membership as _;
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let catalog = crate::catalog::Catalog::connect(&url)
+            .await
+            .expect("catalog");
+        let map = catalog.bootstrap(1).await.expect("bootstrap");
+        let cursor = pb::FeedCursor {
+            groups: vec![pb::GroupPosition {
+                group: 1,
+                position: 41,
+            }],
+            cluster: catalog.cluster_id().await.expect("cluster id").get(),
+        };
+        catalog
+            .save_feed_cursor("f", &cursor.encode_to_vec())
+            .await
+            .expect("save");
+        let router = <crate::router::Router as CatalogRouter>::new(catalog, map);
+        let txns = TxnManager::new(Arc::new(router), Arc::default());
+        let api = MembershipApi::new(txns);
+        let ask = || shard_pb::GetGroupRequest { group_id: 1 };
+        let config = api.get_group(Request::new(ask())).await.expect("get group");
+        assert_eq!(config.get_ref().feed_keep_from, Some(42));
+        // Behind the catalog's back, the cursors become unreadable.
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("DROP TABLE feed_cursors")
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        let config = api.get_group(Request::new(ask())).await.expect("get group");
+        assert_eq!(config.get_ref().feed_keep_from, None, "not known, not 0");
+    }
+
     #[test]
     fn registered_feeds_pin_each_group_from_their_slowest_position() {
         use prost::Message as _;
@@ -956,13 +999,14 @@ impl shard_pb::membership_server::Membership for MembershipApi {
         let map = router.catalog().load().await.map_err(catalog_status)?;
         let mut config = group_config(&map, group)?;
         // Registered feeds' pin: the catalog's cursors decide what the
-        // group's logs keep (a read that fails leaves the pin unset this
-        // time; the next poll sets it again).
+        // group's logs keep. A read that fails says "not known", never
+        // "no feed": the replicas keep the pin they had (0 would let their
+        // next snapshot cut a registered feed's history).
         config.feed_keep_from = match router.catalog().feed_cursors().await {
-            Ok(rows) => feed_keep_from(&rows, group),
+            Ok(rows) => Some(feed_keep_from(&rows, group)),
             Err(err) => {
                 tracing::warn!(%err, "cannot read the feed cursors for the log pin");
-                0
+                None
             }
         };
         router.install(map);
@@ -1110,7 +1154,7 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
         map_epoch: map.map_epoch,
         slots: map.slots_of(group).to_bytes(),
         // Filled by GetGroup from the catalog's feed cursors.
-        feed_keep_from: 0,
+        feed_keep_from: None,
     })
 }
 
