@@ -145,6 +145,7 @@ pub fn scan_as_events(scan: &FeedScan) -> Vec<FeedEvent> {
     scan.rows
         .iter()
         .map(|row| FeedEvent {
+            cluster: scan.cluster,
             group: scan.group,
             position: scan.position,
             version: row.version,

@@ -197,6 +197,7 @@ mod tests {
             position: 120,
             version: 4711,
             txn_id: (0..16).map(|i| i * 17).collect(),
+            cluster: 7,
             participants: vec![1, 2],
             changes: vec![
                 FeedChange {
@@ -259,6 +260,7 @@ mod tests {
     #[test]
     fn a_scan_row_encodes_as_documented_with_its_own_id() {
         let scan = FeedScan {
+            cluster: 1,
             group: 1,
             position: 118,
             rows: vec![
@@ -300,6 +302,7 @@ mod tests {
             position: 9,
             version: 9,
             txn_id: vec![0xab; 16],
+            cluster: 7,
             participants: vec![],
             changes: vec![],
         };

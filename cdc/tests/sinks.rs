@@ -46,6 +46,7 @@ fn event(group: u64, position: u64, version: u64, changes: Vec<FeedChange>) -> F
         position,
         version,
         txn_id: position.to_be_bytes().repeat(2),
+        cluster: 1,
         participants: vec![],
         changes,
     }
@@ -136,6 +137,7 @@ fn scan(group: u64, position: u64, rows: &[(&str, &str, u64)]) -> FeedScan {
             })
             .collect(),
         done: false,
+        cluster: 1,
     }
 }
 

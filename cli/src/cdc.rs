@@ -87,8 +87,9 @@ pub struct Args {
     prefix: String,
     /// Where to start when --feed has no saved cursor: `now`, `beginning`
     /// (each group's whole log, as far as it is kept), or a cursor
-    /// `GROUP:POSITION,...` (as the log lines print it). Given with a feed
-    /// that has a saved cursor, it replaces it.
+    /// `CLUSTER/GROUP:POSITION,...` (as the log lines print it; CLUSTER is
+    /// the id `trellis status` shows: another cluster's cursor is refused).
+    /// Given with a feed that has a saved cursor, it replaces it.
     #[arg(long, value_parser = parse_from)]
     from: Option<From>,
     /// Send the range's committed state first (every key's value and
@@ -234,7 +235,7 @@ fn parse_from(text: &str) -> Result<From, String> {
         cursor => cursor
             .parse::<Cursor>()
             .map(From::Cursor)
-            .map_err(|e| format!("{e} (now, beginning, or GROUP:POSITION,...)")),
+            .map_err(|e| format!("{e} (--from takes now, beginning, or a cursor)")),
     }
 }
 
@@ -484,6 +485,8 @@ async fn deliver_scan(
             position,
             rows: piece.to_vec(),
             done: false,
+            // The sinks' messages do not carry the cluster.
+            cluster: 0,
         };
         let mut backoff = RETRY_BACKOFF_MIN;
         while let Err(e) = sink.deliver_scan(&scan).await {
@@ -607,15 +610,19 @@ mod tests {
     fn from_values_are_checked() {
         assert_eq!(parse_from("now"), Ok(From::Now));
         assert_eq!(parse_from("beginning"), Ok(From::Beginning));
+        let cluster = trellis_client::ClusterId::new(0x2a).expect("in range");
         assert_eq!(
-            parse_from("1:5,2:7"),
-            Ok(From::Cursor(Cursor([(1, 5), (2, 7)].into_iter().collect())))
+            parse_from("000000000000002a/1:5,2:7"),
+            Ok(From::Cursor(Cursor::new(cluster, [(1, 5), (2, 7)])))
         );
         let err = parse_from("yesterday").unwrap_err();
         assert!(err.contains("now, beginning"), "{err}");
         assert!(check_initial_scan(None, None, None).is_ok());
         assert!(check_initial_scan(Some(&From::Now), None, Some("f")).is_ok());
-        let saved = Cursor([(1, 5)].into_iter().collect());
+        let saved = Cursor::new(
+            trellis_client::ClusterId::new(7).expect("a cluster id"),
+            [(1, 5)],
+        );
         assert!(
             check_initial_scan(Some(&From::Now), Some(&saved), Some("f")).is_ok(),
             "--from now replaces a saved cursor"
@@ -633,6 +640,8 @@ mod tests {
             text.contains("forget-feed --feed orders") && text.contains("--initial-scan"),
             "{text}"
         );
+        let err = parse_from("1:5,2:7").unwrap_err();
+        assert!(err.contains("names no cluster"), "{err}");
         assert!(batch_events("0").is_err());
         assert!(batch_events("100000").is_err());
         assert_eq!(batch_events("10"), Ok(10));

@@ -12,8 +12,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `trellis status --help` adds below the flags. Its numbers are the
 /// coordinator's bounds; `help_states_the_bounds` keeps them in step.
 const HELP: &str = "\
-Shows the slot-map epoch, the catalog backend, every shard group with its
-members, and the coordinators registered in the catalog. The coordinator
+Shows the cluster's id (16 hex digits, drawn once when its catalog was
+created: every change-feed cursor starts with it), the slot-map epoch, the
+catalog backend, every shard group with its members, and the coordinators
+registered in the catalog. The coordinator
 you ask calls every member itself (2 s deadline each).
 
 Member columns:
@@ -175,8 +177,10 @@ pub fn table(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "map epoch {}   catalog {}",
-        status.map_epoch, status.catalog
+        "cluster {}   map epoch {}   catalog {}",
+        cluster_text(status).unwrap_or_else(|| "unknown".into()),
+        status.map_epoch,
+        status.catalog
     );
     let header = [
         "group", "slots", "address", "pid", "role", "epoch", "lease", "last lsn", "lag", "reads/s",
@@ -457,7 +461,8 @@ pub fn json(status: &pb::StatusResponse) -> String {
         })
         .collect();
     format!(
-        "{{\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}],\"reshard_jobs\":{},\"feeds\":[{}]}}\n",
+        "{{\"cluster\":{},\"map_epoch\":{},\"catalog\":{},\"groups\":[{}],\"coordinators\":[{}],\"reshard_jobs\":{},\"feeds\":[{}]}}\n",
+        cluster_text(status).map_or_else(|| "null".into(), |c| quote(&c)),
         status.map_epoch,
         quote(&status.catalog),
         groups.join(","),
@@ -479,17 +484,18 @@ fn feed_lag_text(f: &pb::FeedStatus) -> String {
         .join(" ")
 }
 
-/// `1:120,2:88`: a feed's cursor as `trellis cdc --from` takes it.
+/// The cluster's id as 16 hex digits; `None` if the coordinator could not
+/// read it (0).
+fn cluster_text(status: &pb::StatusResponse) -> Option<String> {
+    trellis_client::ClusterId::new(status.cluster).map(|c| c.to_string())
+}
+
+/// `1f0c3a9e5b7d2468/1:120,2:88`: a feed's cursor as `trellis cdc --from`
+/// takes it.
 fn feed_cursor_text(f: &pb::FeedStatus) -> String {
     f.cursor
         .as_ref()
-        .map(|c| {
-            c.groups
-                .iter()
-                .map(|p| format!("{}:{}", p.group, p.position))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|c| trellis_client::Cursor::from_pb(c).to_string())
         .unwrap_or_default()
 }
 
@@ -670,6 +676,7 @@ mod tests {
 
     fn sample() -> pb::StatusResponse {
         pb::StatusResponse {
+            cluster: 0x1f0c_3a9e_5b7d_2468,
             map_epoch: 1,
             catalog: "sqlite".into(),
             reshard_jobs: Vec::new(),
@@ -819,6 +826,32 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_id_is_shown_or_said_unknown() {
+        let mut status = sample();
+        assert!(
+            table(&status).starts_with("cluster 1f0c3a9e5b7d2468   map epoch 1"),
+            "{}",
+            table(&status)
+        );
+        assert!(
+            json(&status).starts_with("{\"cluster\":\"1f0c3a9e5b7d2468\",\"map_epoch\":1,"),
+            "{}",
+            json(&status)
+        );
+        status.cluster = 0;
+        assert!(
+            table(&status).starts_with("cluster unknown   "),
+            "{}",
+            table(&status)
+        );
+        assert!(
+            json(&status).starts_with("{\"cluster\":null,"),
+            "{}",
+            json(&status)
+        );
+    }
+
+    #[test]
     fn feeds_show_their_lag_and_cursor() {
         let mut status = sample();
         assert!(!table(&status).contains("feeds:"));
@@ -836,6 +869,7 @@ mod tests {
                         position: 88,
                     },
                 ],
+                cluster: 0x1f0c_3a9e_5b7d_2468,
             }),
             saved_age_s: 3,
             lag: vec![
@@ -856,10 +890,10 @@ mod tests {
             .expect("a feed row");
         assert!(row.contains("3s ago"), "{text}");
         assert!(row.contains("1:0 2:15"), "{text}");
-        assert!(row.contains("1:120,2:88"), "{text}");
+        assert!(row.contains("1f0c3a9e5b7d2468/1:120,2:88"), "{text}");
         assert!(
             json(&status).contains(
-                "\"feeds\":[{\"feed\":\"orders\",\"saved_age_s\":3,\"cursor\":\"1:120,2:88\",\"lag_records\":{\"1\":0,\"2\":15}}]"
+                "\"feeds\":[{\"feed\":\"orders\",\"saved_age_s\":3,\"cursor\":\"1f0c3a9e5b7d2468/1:120,2:88\",\"lag_records\":{\"1\":0,\"2\":15}}]"
             ),
             "{}",
             json(&status)

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::changefeed_client::ChangefeedClient;
+use trellis_types::ClusterId;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
 
 use crate::client::Client;
@@ -23,43 +24,74 @@ pub type FeedEvent = pb::FeedEvent;
 /// `version`; see `trellis.v1.FeedScanRow`).
 pub type ScanRow = pb::FeedScanRow;
 
-/// Where a feed is: by group, the position after which it resumes.
+/// Where a feed is: the cluster, and by group the position after which it
+/// resumes. A cluster refuses another's cursor (`WRONG_CLUSTER`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cursor(pub BTreeMap<u64, u64>);
+pub struct Cursor {
+    /// The cluster the positions are of. `None` only while no position is
+    /// known: a cursor naming no group (every group from its log's
+    /// beginning) may be taken by any cluster; a watch fills it in from
+    /// its first message.
+    pub cluster: Option<ClusterId>,
+    /// By group, the position after which the feed resumes.
+    pub groups: BTreeMap<u64, u64>,
+}
 
 impl Cursor {
+    /// The cursor of `cluster` at `groups`' positions.
+    pub fn new(cluster: ClusterId, groups: impl IntoIterator<Item = (u64, u64)>) -> Cursor {
+        Cursor {
+            cluster: Some(cluster),
+            groups: groups.into_iter().collect(),
+        }
+    }
+
     /// Moves `group` on to `position` (never back).
     pub fn advance(&mut self, group: u64, position: u64) {
-        let at = self.0.entry(group).or_insert(0);
+        let at = self.groups.entry(group).or_insert(0);
         *at = (*at).max(position);
     }
 
     pub fn to_pb(&self) -> pb::FeedCursor {
         pb::FeedCursor {
             groups: self
-                .0
+                .groups
                 .iter()
                 .map(|(&group, &position)| pb::GroupPosition { group, position })
                 .collect(),
+            cluster: self.cluster.map_or(0, ClusterId::get),
         }
     }
 
+    /// The cursor in a `FeedCursor` (a cluster of 0 or out of range is
+    /// none: the server refuses such a cursor if it names groups).
     pub fn from_pb(cursor: &pb::FeedCursor) -> Cursor {
-        Cursor(
-            cursor
+        Cursor {
+            cluster: ClusterId::new(cursor.cluster),
+            groups: cursor
                 .groups
                 .iter()
                 .map(|p| (p.group, p.position))
                 .collect(),
-        )
+        }
     }
 }
 
+/// How a cursor is written, for the messages that refuse one.
+const CURSOR_FORM: &str = "CLUSTER/GROUP:POSITION,... (e.g. 1f0c3a9e5b7d2468/1:120,2:88: \
+     the cluster's 16 hex digits as `trellis status` shows them, then a position per group; \
+     `trellis cdc` logs its cursor in this form)";
+
 impl std::fmt::Display for Cursor {
-    /// `1:120,2:88`: group:position, by group.
+    /// `1f0c3a9e5b7d2468/1:120,2:88`: the cluster, then group:position by
+    /// group (`/` alone: no cluster, no group).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(cluster) = self.cluster {
+            write!(f, "{cluster}")?;
+        }
+        f.write_str("/")?;
         let mut first = true;
-        for (group, position) in &self.0 {
+        for (group, position) in &self.groups {
             if !first {
                 f.write_str(",")?;
             }
@@ -73,23 +105,45 @@ impl std::fmt::Display for Cursor {
 impl std::str::FromStr for Cursor {
     type Err = String;
 
-    /// Parses `1:120,2:88` (the [`Display`](std::fmt::Display) form).
+    /// Parses `1f0c3a9e5b7d2468/1:120,2:88` (the
+    /// [`Display`](std::fmt::Display) form). Positions without a cluster
+    /// are refused: they mean nothing outside their cluster.
     fn from_str(text: &str) -> std::result::Result<Cursor, String> {
-        let mut cursor = Cursor::default();
-        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-            let (group, position) = part
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| format!("cursor part {part:?} is not GROUP:POSITION"))?;
+        let Some((cluster, groups)) = text.trim().split_once('/') else {
+            return Err(format!(
+                "cursor {text:?} names no cluster: write it as {CURSOR_FORM}"
+            ));
+        };
+        let mut cursor = Cursor {
+            cluster: match cluster.trim() {
+                "" => None,
+                hex => Some(
+                    hex.parse::<ClusterId>()
+                        .map_err(|e| format!("cursor {text:?}: {e}"))?,
+                ),
+            },
+            groups: BTreeMap::new(),
+        };
+        for part in groups.split(',').filter(|p| !p.trim().is_empty()) {
+            let (group, position) = part.trim().split_once(':').ok_or_else(|| {
+                format!(
+                    "cursor part {part:?} is not GROUP:POSITION: write a cursor as {CURSOR_FORM}"
+                )
+            })?;
             let group: u64 = group
                 .parse()
                 .map_err(|e| format!("cursor group {group:?}: {e}"))?;
             let position: u64 = position
                 .parse()
                 .map_err(|e| format!("cursor position {position:?}: {e}"))?;
-            if cursor.0.insert(group, position).is_some() {
+            if cursor.groups.insert(group, position).is_some() {
                 return Err(format!("the cursor names group {group} twice"));
             }
+        }
+        if cursor.cluster.is_none() && !cursor.groups.is_empty() {
+            return Err(format!(
+                "cursor {text:?} names no cluster: write it as {CURSOR_FORM}"
+            ));
         }
         Ok(cursor)
     }
@@ -146,6 +200,7 @@ impl Watch {
         self.scan_unseen = false;
         Ok(Some(match message.kind {
             Some(pb::watch_response::Kind::Event(event)) => {
+                self.learn_cluster(event.cluster);
                 self.cursor.advance(event.group, event.position);
                 FeedMessage::Event(event)
             }
@@ -164,6 +219,7 @@ impl Watch {
                 }
             }
             Some(pb::watch_response::Kind::Resolved(r)) => {
+                self.learn_cluster(r.cluster);
                 self.cursor.advance(r.group, r.position);
                 FeedMessage::Resolved {
                     group: r.group,
@@ -178,6 +234,14 @@ impl Watch {
                 });
             }
         }))
+    }
+
+    /// Every message names the cluster; a cursor that started without one
+    /// (from the beginning) takes it from the first.
+    fn learn_cluster(&mut self, cluster: u64) {
+        if self.cursor.cluster.is_none() {
+            self.cursor.cluster = ClusterId::new(cluster);
+        }
     }
 
     /// Where this watch is: resume with it to get what comes after the
@@ -289,18 +353,28 @@ mod tests {
 
     #[test]
     fn a_cursor_prints_and_parses_back() {
-        let cursor: Cursor = "1:120, 3:7,2:0".parse().expect("parse");
-        assert_eq!(cursor.to_string(), "1:120,2:0,3:7");
+        let cursor: Cursor = "000000000000abcd/1:120, 3:7,2:0".parse().expect("parse");
+        assert_eq!(cursor.cluster, ClusterId::new(0xabcd));
+        assert_eq!(cursor.to_string(), "000000000000abcd/1:120,2:0,3:7");
         assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor.clone()));
         assert_eq!(Cursor::from_pb(&cursor.to_pb()), cursor);
-        assert!("1:2,1:3".parse::<Cursor>().unwrap_err().contains("twice"));
-        assert!(
-            "1-2"
-                .parse::<Cursor>()
-                .unwrap_err()
-                .contains("GROUP:POSITION")
-        );
-        assert!("x:2".parse::<Cursor>().is_err());
+        assert_eq!(cursor.to_pb().cluster, 0xabcd);
+        // No cluster and no group: from every log's beginning, any cluster.
+        let empty: Cursor = "/".parse().expect("parse");
+        assert_eq!(empty, Cursor::default());
+        assert_eq!(empty.to_string(), "/");
+        let refused = |text: &str| text.parse::<Cursor>().expect_err(text);
+        assert!(refused("000000000000abcd/1:2,1:3").contains("twice"));
+        assert!(refused("000000000000abcd/1-2").contains("GROUP:POSITION"));
+        assert!(refused("000000000000abcd/x:2").contains("cursor group"));
+        // Positions without a cluster: the form before clusters had ids.
+        for old in ["1:120,2:88", "/1:120"] {
+            let err = refused(old);
+            assert!(err.contains("names no cluster"), "{old}: {err}");
+            assert!(err.contains("CLUSTER/GROUP:POSITION"), "{old}: {err}");
+        }
+        assert!(refused("abcd/1:2").contains("16 hex digits"));
+        assert!(refused("0000000000000000/1:2").contains("out of range"));
     }
 
     #[test]
@@ -308,6 +382,6 @@ mod tests {
         let mut cursor = Cursor::default();
         cursor.advance(1, 10);
         cursor.advance(1, 4);
-        assert_eq!(cursor.0[&1], 10);
+        assert_eq!(cursor.groups[&1], 10);
     }
 }

@@ -84,4 +84,5 @@ pub use client::{
 };
 pub use error::{Error, Result, quote_key};
 pub use feed::{Cursor, FeedEvent, FeedMessage, ScanRow, Watch};
+pub use trellis_types::ClusterId;
 pub use txn::{TXN_ATTEMPTS_MAX, TXN_BACKOFF_MAX, TXN_BACKOFF_START, Transaction, backoff};

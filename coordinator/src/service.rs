@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
-use trellis_types::GroupId;
 use trellis_types::fail_stop::FailStopCause;
 use trellis_types::limits::MESSAGE_BYTES_MAX;
+use trellis_types::{ClusterId, GroupId};
 
 pub use trellis_txn::service::{
     REQUEST_DEADLINE_DEFAULT, REQUEST_DEADLINE_MAX, SCAN_LIMIT_DEFAULT, TxnApi, deadline_of,
@@ -148,8 +148,11 @@ impl pb::admin_server::Admin for AdminApi {
                     .collect()
             })
             .unwrap_or_default();
+        // 0 (unknown) if the catalog cannot be read, like the lists below.
+        let cluster = router.catalog().cluster_id().await.ok();
         Ok(Response::new(pb::StatusResponse {
             map_epoch: map.map_epoch,
+            cluster: cluster.map_or(0, ClusterId::get),
             coordinators,
             catalog: router.catalog().backend().to_string(),
             // Unfinished jobs, oldest first; none if the catalog cannot
@@ -167,7 +170,7 @@ impl pb::admin_server::Admin for AdminApi {
                 Err(_) => Vec::new(),
             },
             feeds: match router.catalog().feed_cursors().await {
-                Ok(rows) => feed_statuses(rows, &groups),
+                Ok(rows) => feed_statuses(rows, &groups, cluster),
                 Err(_) => Vec::new(),
             },
             groups,
@@ -753,6 +756,49 @@ fn member_statuses(
 mod status_tests {
     use super::*;
 
+    /// GetGroup carries the registered feeds' pin; when the cursors cannot
+    /// be read it says "not known", never "no feed" (which would let the
+    /// replicas' next snapshot cut what a feed still needs).
+    #[tokio::test]
+    async fn get_group_says_when_the_feed_pin_is_not_known() {
+        use prost::Message as _;
+        use shard_pb::membership_server::Membership as _;
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let catalog = crate::catalog::Catalog::connect(&url)
+            .await
+            .expect("catalog");
+        let map = catalog.bootstrap(1).await.expect("bootstrap");
+        let cursor = pb::FeedCursor {
+            groups: vec![pb::GroupPosition {
+                group: 1,
+                position: 41,
+            }],
+            cluster: catalog.cluster_id().await.expect("cluster id").get(),
+        };
+        catalog
+            .save_feed_cursor("f", &cursor.encode_to_vec())
+            .await
+            .expect("save");
+        let router = <crate::router::Router as CatalogRouter>::new(catalog, map);
+        let txns = TxnManager::new(Arc::new(router), Arc::default());
+        let api = MembershipApi::new(txns);
+        let ask = || shard_pb::GetGroupRequest { group_id: 1 };
+        let config = api.get_group(Request::new(ask())).await.expect("get group");
+        assert_eq!(config.get_ref().feed_keep_from, Some(42));
+        // Behind the catalog's back, the cursors become unreadable.
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("DROP TABLE feed_cursors")
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        let config = api.get_group(Request::new(ask())).await.expect("get group");
+        assert_eq!(config.get_ref().feed_keep_from, None, "not known, not 0");
+    }
+
     #[test]
     fn registered_feeds_pin_each_group_from_their_slowest_position() {
         use prost::Message as _;
@@ -763,6 +809,8 @@ mod status_tests {
                     .iter()
                     .map(|&(group, position)| pb::GroupPosition { group, position })
                     .collect(),
+                // "b" was saved before cursors named their cluster.
+                cluster: if feed == "b" { 0 } else { 9 },
             }
             .encode_to_vec(),
             updated_age_ms: 0,
@@ -779,8 +827,14 @@ mod status_tests {
             1,
             "a feed without the group needs its whole log"
         );
-        let statuses = feed_statuses(rows.to_vec(), &[]);
+        let statuses = feed_statuses(rows.to_vec(), &[], ClusterId::new(9));
         assert_eq!(statuses.len(), 2);
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.cursor.as_ref().map(|c| c.cluster) == Some(9)),
+            "a cursor saved without its cluster is shown as this cluster's: {statuses:?}"
+        );
         assert!(statuses[0].lag.is_empty(), "no group answered: no lag");
     }
 
@@ -945,15 +999,16 @@ impl shard_pb::membership_server::Membership for MembershipApi {
         let map = router.catalog().load().await.map_err(catalog_status)?;
         let mut config = group_config(&map, group)?;
         // Registered feeds' pin: the catalog's cursors decide what the
-        // group's logs keep. A read that fails fails the poll: a config
-        // without the pin would let the replicas cut log a saved cursor
-        // still needs; they keep the config they have until a poll works.
-        let rows = router
-            .catalog()
-            .feed_cursors()
-            .await
-            .map_err(catalog_status)?;
-        config.feed_keep_from = feed_keep_from(&rows, group);
+        // group's logs keep. A read that fails says "not known", never
+        // "no feed": the replicas keep the pin they had (0 would let their
+        // next snapshot cut a registered feed's history).
+        config.feed_keep_from = match router.catalog().feed_cursors().await {
+            Ok(rows) => Some(feed_keep_from(&rows, group)),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the feed cursors for the log pin");
+                None
+            }
+        };
         router.install(map);
         Ok(Response::new(config))
     }
@@ -1021,11 +1076,15 @@ fn catalog_status(e: crate::catalog::CatalogError) -> Status {
 fn feed_statuses(
     rows: Vec<crate::catalog::FeedCursorRow>,
     groups: &[pb::GroupStatus],
+    cluster: Option<ClusterId>,
 ) -> Vec<pb::FeedStatus> {
     use prost::Message as _;
     rows.into_iter()
         .map(|row| {
-            let cursor = pb::FeedCursor::decode(row.cursor.as_slice()).unwrap_or_default();
+            let mut cursor = pb::FeedCursor::decode(row.cursor.as_slice()).unwrap_or_default();
+            if let Some(cluster) = cluster {
+                cursor = crate::changefeed::stored_cursor(cursor, cluster);
+            }
             let lag = groups
                 .iter()
                 .filter_map(|g| {
@@ -1095,7 +1154,7 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
         map_epoch: map.map_epoch,
         slots: map.slots_of(group).to_bytes(),
         // Filled by GetGroup from the catalog's feed cursors.
-        feed_keep_from: 0,
+        feed_keep_from: None,
     })
 }
 

@@ -50,6 +50,8 @@ pub mod key {
     /// The reshard job an Admin call was about, or the one holding the
     /// slots (`SLOTS_BUSY`, `UNKNOWN_JOB`), decimal.
     pub const JOB: &str = "job";
+    /// The refusing cluster's id, 16 hex digits (`WRONG_CLUSTER`).
+    pub const CLUSTER: &str = "cluster";
 }
 
 /// An error status: `code` and `message` for every gRPC client, and an

@@ -742,7 +742,9 @@ pub async fn run(shard: Arc<Shard>, coordinator: String) {
                 slots,
                 feed_keep_from,
             }) => {
-                shard.pin_log_for_feeds(feed_keep_from);
+                if let Some(keep_from) = feed_keep_from {
+                    shard.pin_log_for_feeds(keep_from);
+                }
                 if let Some((map_epoch, slots)) = slots {
                     let owned = slots.len();
                     if shard.set_slots(map_epoch, slots) {
@@ -1048,8 +1050,9 @@ struct Polled {
     /// The slot map's epoch with the group's slots under it, when the
     /// coordinator gave them.
     slots: Option<(MapEpoch, SlotSet)>,
-    /// The first record registered feeds still need (0: none).
-    feed_keep_from: Lsn,
+    /// The first record registered feeds still need (0: none; `None`: the
+    /// coordinator could not tell, so the pin stays as it was).
+    feed_keep_from: Option<Lsn>,
 }
 
 /// The group's configuration, its slots, and the registered feeds' pin.

@@ -34,10 +34,13 @@
 //!    after the final read it catches up, and its record is judged against
 //!    the history (`trellis_checker::feed`): every committed transaction's
 //!    writes once per group, none of a failed one, positions and versions
-//!    rising per group. A group that no longer keeps its log after the
-//!    consumer's cursor (its retention pin lives on one primary only) makes
-//!    a gap: the consumer watches again from now and completeness is not
-//!    judged for that run (`SimResult::feed_gaps`).
+//!    rising per group. The consumer registers its feed and saves its
+//!    cursor every second, so every replica keeps its log from there: a
+//!    group that no longer keeps its log after the consumer's cursor
+//!    (FEED_HISTORY_GONE) fails the seed (`SimResult::feed_gaps`; the
+//!    consumer watches again from now so that the other rules are judged),
+//!    but for one known gap the shard names: a replica restored from its
+//!    primary's snapshot past the cursor (`feed::RESTORED_BY_SNAPSHOT`).
 //!
 //! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
@@ -330,7 +333,8 @@ pub struct SimResult {
     /// Why the consumer's watches broke, with simulated times.
     pub feed_breaks: Vec<String>,
     /// History a group no longer kept for the consumer (see
-    /// `feed::HISTORY_GONE`): completeness was not judged.
+    /// `feed::HISTORY_GONE`): completeness was not judged, and each but
+    /// the known gap (`feed::RESTORED_BY_SNAPSHOT`) is a problem of `feed`.
     pub feed_gaps: Vec<String>,
 }
 
@@ -375,7 +379,7 @@ impl SimResult {
                 out.push_str(&format!("  {problem}\n"));
             }
             for gap in &self.feed_gaps {
-                out.push_str(&format!("  (not judged for completeness: a gap) {gap}\n"));
+                out.push_str(&format!("  (a gap: completeness not judged) {gap}\n"));
             }
             out.push_str("feed breaks:\n");
             for why in &self.feed_breaks {
@@ -464,7 +468,10 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
         fs.block_size(block);
     }
     let mut sim = builder.build();
-    let catalog = Catalog::in_memory();
+    // Named from the seed, not drawn: a draw would shift every later one.
+    let cluster = trellis_types::ClusterId::new((config.seed >> 1).max(1))
+        .expect("a positive 63-bit id is in range");
+    let catalog = Catalog::in_memory_of(cluster);
     let exits: Exits = Arc::default();
     let disk_exits: Exits = Arc::default();
     let torn_tails = Arc::new(AtomicU64::new(0));

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use tokio::time::Instant;
-use trellis_client::{Client, Consistency};
+use trellis_client::{Client, ClusterId, Consistency};
 use trellis_tests::harness::{http_get, metric_sample, printed, run_trellis, trellis_bin};
 use trellis_tests::replicated::ReplicatedCluster;
 
@@ -750,7 +750,11 @@ async fn bad_sinks_and_unreachable_brokers_fail_clearly() {
         "{}",
         printed(&out)
     );
-    // A cursor of another cluster.
+    // A cursor of another cluster: its group is this one's, only the
+    // cluster id tells them apart.
+    let status = cluster.status().await.expect("status");
+    let this = ClusterId::new(status.cluster).expect("the status names the cluster");
+    let other = ClusterId::new(this.get() ^ 1).expect("in range");
     let out = run_trellis(&[
         "cdc",
         "--addr",
@@ -758,12 +762,16 @@ async fn bad_sinks_and_unreachable_brokers_fail_clearly() {
         "--sink",
         "stdout",
         "--from",
-        "9:100",
+        &format!("{other}/1:100"),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("group 9"),
+        stderr.contains(&format!("of cluster {other}, not of this cluster {this}")),
         "{}",
         printed(&out)
     );
+    // A cursor written without its cluster: refused before connecting.
+    let out = run_trellis(&["cdc", "--sink", "stdout", "--from", "1:100"]);
+    assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
 }

@@ -2,7 +2,8 @@
 //! gives every committed transaction once per group it wrote in, in
 //! position order with versions rising, never an aborted one, through a
 //! primary's SIGKILL; a cursor (kept in the catalog) resumes exactly after
-//! what was handled; bad cursors and ranges are refused.
+//! what was handled; bad cursors and ranges are refused, and so is a cursor
+//! of another cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage, TxnState};
+use trellis_client::{Client, ClusterId, Cursor, Error, FeedEvent, FeedMessage, TxnState};
 use trellis_tests::harness::{printed, run_trellis};
 use trellis_tests::replicated::ReplicatedCluster;
 
@@ -391,9 +392,14 @@ async fn a_saved_cursor_resumes_exactly_after_what_was_handled() {
         ids.push(put(&client, &format!("r/{i:03}"), &format!("{i}")).await);
     }
     // From the log's beginning: the writes so far, in order.
-    let start = Cursor([(1, 0)].into_iter().collect());
+    let this = cluster_id(&cluster).await;
+    let start = Cursor::new(this, [(1, 0)]);
     let mut watch = client.watch(b"r/", b"", Some(&start)).await.expect("watch");
     let first = take_events(&mut watch, RESUME_FIRST / 2).await;
+    assert!(
+        first.iter().all(|e| e.cluster == this.get()),
+        "every event names the cluster"
+    );
     assert_eq!(
         first.iter().map(id_of).collect::<Vec<_>>(),
         ids[..RESUME_FIRST / 2],
@@ -470,15 +476,16 @@ async fn bad_cursors_ranges_and_names_are_refused() {
     let client = Client::connect(cluster.addr()).await.expect("client");
     put(&client, "b/1", "x").await;
 
-    let other_cluster = Cursor([(7, 3)].into_iter().collect());
+    let this = cluster_id(&cluster).await;
+    let unknown_group = Cursor::new(this, [(7, 3)]);
     let err = client
-        .watch(b"", b"", Some(&other_cluster))
+        .watch(b"", b"", Some(&unknown_group))
         .await
         .err()
         .expect("a cursor naming an unknown group is refused");
     assert!(err.to_string().contains("group 7"), "{err}");
 
-    let past_end = Cursor([(1, 1_000_000)].into_iter().collect());
+    let past_end = Cursor::new(this, [(1, 1_000_000)]);
     let mut watch = client
         .watch(b"", b"", Some(&past_end))
         .await
@@ -828,7 +835,7 @@ async fn an_initial_scan_with_a_cursor_is_refused() {
     .expect("connect");
     let err = raw
         .watch(trellis_proto::v1::WatchRequest {
-            cursor: Some(Cursor([(1, 0)].into_iter().collect()).to_pb()),
+            cursor: Some(Cursor::new(cluster_id(&cluster).await, [(1, 0)]).to_pb()),
             initial_scan: true,
             ..Default::default()
         })
@@ -867,4 +874,115 @@ async fn an_initial_scan_with_a_cursor_is_refused() {
     put(&client, "nothing/1", "y").await;
     let events = take_events(&mut watch, 1).await;
     assert_eq!(events[0].changes[0].key, b"nothing/1");
+}
+
+/// This cluster's id, as `trellis status` shows it.
+async fn cluster_id(cluster: &ReplicatedCluster) -> ClusterId {
+    let status = cluster.status().await.expect("status");
+    ClusterId::new(status.cluster).expect("the status names the cluster")
+}
+
+/// A cursor is a position in one cluster's logs. Another cluster's cursor
+/// (here forged: this cluster's groups, another id, so only the id tells
+/// them apart) is refused by Watch, by SaveCursor and by `trellis cdc
+/// --from`, each naming both clusters; this cluster's own cursor, the one
+/// a watch hands out, is taken and names the id `trellis status` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_of_another_cluster_is_refused() {
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    put(&client, "c/1", "x").await;
+    let this = cluster_id(&cluster).await;
+    let shown = run_trellis(&["status", "--addr", cluster.addr()]);
+    assert!(shown.status.success(), "{}", printed(&shown));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).starts_with(&format!("cluster {this} ")),
+        "{}",
+        printed(&shown)
+    );
+
+    // From the beginning (no cluster named yet): the watch's cursor takes
+    // the cluster from its messages.
+    let mut watch = client
+        .watch(b"c/", b"", Some(&Cursor::default()))
+        .await
+        .expect("an empty cursor is any cluster's");
+    let first = take_events(&mut watch, 1).await;
+    assert_eq!(first[0].changes[0].key, b"c/1");
+    let ours = watch.cursor().expect("no scan: a cursor").clone();
+    assert_eq!(ours.cluster, Some(this), "{ours}");
+    drop(watch);
+    client
+        .save_cursor("ours", &ours)
+        .await
+        .expect("this cluster's cursor is saved");
+    assert_eq!(
+        client.load_cursor("ours").await.expect("load"),
+        Some(ours.clone())
+    );
+
+    let other = ClusterId::new(this.get() ^ 0x5a5a).expect("in range");
+    let foreign = Cursor {
+        cluster: Some(other),
+        ..ours.clone()
+    };
+    let says_both = |text: &str| {
+        assert!(text.contains(&other.to_string()), "names theirs: {text}");
+        assert!(text.contains(&this.to_string()), "names ours: {text}");
+    };
+    let err = client
+        .watch(b"c/", b"", Some(&foreign))
+        .await
+        .err()
+        .expect("another cluster's cursor is refused");
+    assert!(
+        matches!(
+            &err,
+            Error::Server {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    says_both(&err.to_string());
+    let err = client
+        .save_cursor("theirs", &foreign)
+        .await
+        .expect_err("another cluster's cursor is not saved");
+    says_both(&err.to_string());
+    assert_eq!(client.load_cursor("theirs").await.expect("load"), None);
+    // Positions without a cluster are refused too (the server's check, not
+    // only the text form's).
+    let nameless = Cursor {
+        cluster: None,
+        ..ours.clone()
+    };
+    let err = client
+        .watch(b"c/", b"", Some(&nameless))
+        .await
+        .err()
+        .expect("positions without a cluster are refused");
+    assert!(err.to_string().contains("no cluster"), "{err}");
+
+    // `trellis cdc --from` another cluster's cursor: refused, non-zero.
+    let out = run_trellis(&[
+        "cdc",
+        "--addr",
+        cluster.addr(),
+        "--sink",
+        "stdout",
+        "--from",
+        &foreign.to_string(),
+    ]);
+    assert!(!out.status.success(), "{}", printed(&out));
+    says_both(&String::from_utf8_lossy(&out.stderr));
+    // And its text form without the cluster, before anything is sent.
+    let out = run_trellis(&["cdc", "--sink", "stdout", "--from", "1:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("names no cluster"),
+        "{}",
+        printed(&out)
+    );
 }

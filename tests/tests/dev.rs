@@ -120,7 +120,9 @@ async fn dev_cluster_lifecycle() {
         .expect("status runs");
     let json = String::from_utf8_lossy(&json.stdout);
     assert!(
-        json.starts_with("{\"map_epoch\":1,") && json.contains("\"role\":\"primary\""),
+        json.starts_with("{\"cluster\":\"")
+            && json.contains("\"map_epoch\":1,")
+            && json.contains("\"role\":\"primary\""),
         "{json}"
     );
     // Cannot connect: a clear error and a failing exit code.

@@ -23,7 +23,7 @@ use tonic::Status;
 use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
-use trellis_types::{GroupId, Lsn};
+use trellis_types::{ClusterId, GroupId, Lsn};
 
 use crate::router::{Fault, Router, classify};
 use crate::service::invalid;
@@ -45,6 +45,8 @@ pub const FEED_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a watch covers and where it starts.
 #[derive(Clone, Debug)]
 pub struct WatchSpec {
+    /// The cluster watched: every message names it.
+    pub cluster: ClusterId,
     pub start: Vec<u8>,
     /// Empty: no end.
     pub end: Vec<u8>,
@@ -55,10 +57,45 @@ pub struct WatchSpec {
     pub initial_scan: bool,
 }
 
-/// Checks a watch request and turns it into a spec. Errors: the range (see
-/// `trellis_types::validate::key_range`), a cursor naming a group twice or
+/// Checks that `cursor` is of `cluster`: it names that cluster, or no
+/// cluster and no group (each group from its log's beginning, which any
+/// cluster may take). Else `WRONG_CLUSTER`, naming both ids. Watch and
+/// SaveCursor both check it.
+pub fn check_cursor_cluster(cursor: &pb::FeedCursor, cluster: ClusterId) -> Result<(), Status> {
+    if cursor.cluster == cluster.get() || (cursor.cluster == 0 && cursor.groups.is_empty()) {
+        return Ok(());
+    }
+    let message = if cursor.cluster == 0 {
+        format!(
+            "the cursor names groups but no cluster: positions mean something only in their \
+             cluster (this is cluster {cluster}; `trellis status` shows it, and every event \
+             and resolved message of a watch names it)"
+        )
+    } else {
+        let theirs = ClusterId::new(cursor.cluster)
+            .map_or_else(|| format!("{:016x}", cursor.cluster), |c| c.to_string());
+        format!(
+            "the cursor is of cluster {theirs}, not of this cluster {cluster}: its positions \
+             mean nothing here; use a cursor of this cluster, or start from now"
+        )
+    };
+    Err(error::status(
+        tonic::Code::FailedPrecondition,
+        message,
+        pb::ErrorReason::WrongCluster.as_str_name(),
+        [(error::key::CLUSTER, cluster.to_string())],
+    ))
+}
+
+/// Checks a watch request on `cluster` and turns it into a spec. Errors:
+/// the range (see `trellis_types::validate::key_range`), a cursor of
+/// another cluster ([`check_cursor_cluster`]), one naming a group twice or
 /// one the map does not have.
-pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<WatchSpec, Status> {
+pub fn watch_spec(
+    req: pb::WatchRequest,
+    groups: &BTreeSet<GroupId>,
+    cluster: ClusterId,
+) -> Result<WatchSpec, Status> {
     trellis_types::validate::key_range(&req.start, &req.end)
         .map_err(|e| invalid(format!("watch range: {e}")))?;
     if req.initial_scan && req.cursor.is_some() {
@@ -70,6 +107,7 @@ pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<W
     let cursor = match req.cursor {
         None => None,
         Some(c) => {
+            check_cursor_cluster(&c, cluster)?;
             let mut positions = BTreeMap::new();
             for p in c.groups {
                 if !groups.contains(&p.group) {
@@ -77,7 +115,7 @@ pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<W
                         tonic::Code::NotFound,
                         format!(
                             "the cursor names group {}, which this cluster does not have \
-                             (a cursor of another cluster, or of a removed group)",
+                             (a removed group?)",
                             p.group
                         ),
                         pb::ErrorReason::UnknownGroup.as_str_name(),
@@ -92,6 +130,7 @@ pub fn watch_spec(req: pb::WatchRequest, groups: &BTreeSet<GroupId>) -> Result<W
         }
     };
     Ok(WatchSpec {
+        cluster,
         start: req.start,
         end: req.end,
         cursor,
@@ -118,6 +157,7 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
                         position: 0,
                         rows: Vec::new(),
                         done: false,
+                        cluster: spec.cluster.get(),
                     })),
                 };
                 if out.send(Ok(begins)).await.is_err() {
@@ -177,6 +217,7 @@ async fn group_feed(
                     position: 0,
                     rows: Vec::new(),
                     done: false,
+                    cluster: spec.cluster.get(),
                 })),
             };
             if out.send(Ok(again)).await.is_err() {
@@ -208,7 +249,16 @@ async fn group_feed(
         let fault = match opened {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                match follow(&mut stream, group, &mut from, &mut scanning, &out).await {
+                match follow(
+                    &mut stream,
+                    spec.cluster,
+                    group,
+                    &mut from,
+                    &mut scanning,
+                    &out,
+                )
+                .await
+                {
                     Followed::ClientGone => return,
                     Followed::Broke(fault, status) => (fault, status),
                 }
@@ -243,6 +293,7 @@ enum Followed {
 /// `from` follows what was passed on, and `scanning` ends with the scan.
 async fn follow(
     stream: &mut tonic::Streaming<shard_pb::FeedBatch>,
+    cluster: ClusterId,
     group: GroupId,
     from: &mut Option<Lsn>,
     scanning: &mut bool,
@@ -291,6 +342,7 @@ async fn follow(
                         })
                         .collect(),
                     done: batch.scan_done,
+                    cluster: cluster.get(),
                 })),
             };
             if out.send(Ok(scan)).await.is_err() {
@@ -317,7 +369,9 @@ async fn follow(
                 continue; // never before the resumed position
             }
             let event = pb::WatchResponse {
-                kind: Some(pb::watch_response::Kind::Event(event_pb(group, txn))),
+                kind: Some(pb::watch_response::Kind::Event(event_pb(
+                    cluster, group, txn,
+                ))),
             };
             if out.send(Ok(event)).await.is_err() {
                 return Followed::ClientGone;
@@ -329,6 +383,7 @@ async fn follow(
                 group,
                 position: batch.resolved.max(from.unwrap_or(0)),
                 head: batch.head,
+                cluster: cluster.get(),
             })),
         };
         if out.send(Ok(resolved)).await.is_err() {
@@ -338,8 +393,9 @@ async fn follow(
     }
 }
 
-fn event_pb(group: GroupId, txn: shard_pb::FeedTxn) -> pb::FeedEvent {
+fn event_pb(cluster: ClusterId, group: GroupId, txn: shard_pb::FeedTxn) -> pb::FeedEvent {
     pb::FeedEvent {
+        cluster: cluster.get(),
         group,
         position: txn.position,
         version: txn.version,
@@ -386,8 +442,15 @@ mod tests {
         [1, 2, 3].into_iter().collect()
     }
 
+    const CLUSTER: u64 = 0x5eed;
+
+    fn this() -> ClusterId {
+        ClusterId::new(CLUSTER).expect("in range")
+    }
+
     fn cursor(positions: &[(u64, u64)]) -> Option<pb::FeedCursor> {
         Some(pb::FeedCursor {
+            cluster: CLUSTER,
             groups: positions
                 .iter()
                 .map(|&(group, position)| pb::GroupPosition { group, position })
@@ -405,6 +468,7 @@ mod tests {
                 initial_scan: false,
             },
             &groups(),
+            this(),
         )
         .expect("valid");
         assert_eq!(
@@ -417,6 +481,7 @@ mod tests {
                 ..Default::default()
             },
             &groups(),
+            this(),
         )
         .expect_err("group 9 is not in the cluster");
         assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -431,6 +496,7 @@ mod tests {
                 ..Default::default()
             },
             &groups(),
+            this(),
         )
         .expect_err("group 1 twice");
         assert_eq!(twice.code(), tonic::Code::InvalidArgument);
@@ -442,6 +508,7 @@ mod tests {
                 initial_scan: false,
             },
             &groups(),
+            this(),
         )
         .expect_err("start after end");
         assert!(empty.message().contains("range"), "{}", empty.message());
@@ -452,6 +519,7 @@ mod tests {
                 ..Default::default()
             },
             &groups(),
+            this(),
         )
         .expect_err("a scan only starts from now");
         assert_eq!(scan_with_cursor.code(), tonic::Code::InvalidArgument);
@@ -466,8 +534,53 @@ mod tests {
                 ..Default::default()
             },
             &groups(),
+            this(),
         )
         .expect("a scan from now");
         assert!(scan.initial_scan && scan.cursor.is_none());
+    }
+
+    #[test]
+    fn a_cursor_of_another_cluster_is_refused() {
+        let reason = |s: &Status| error::error_info(s).map(|i| i.reason);
+        // Same groups, another cluster: refused before the groups are
+        // looked at, naming both clusters.
+        let mut foreign = cursor(&[(1, 10)]).expect("cursor");
+        foreign.cluster = 0x7ab;
+        let err = watch_spec(
+            pb::WatchRequest {
+                cursor: Some(foreign.clone()),
+                ..Default::default()
+            },
+            &groups(),
+            this(),
+        )
+        .expect_err("another cluster's cursor");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(reason(&err).as_deref(), Some("WRONG_CLUSTER"));
+        assert!(
+            err.message().contains("00000000000007ab"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("0000000000005eed"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(
+            error::error_info(&err).expect("info").metadata[error::key::CLUSTER],
+            "0000000000005eed"
+        );
+        assert!(check_cursor_cluster(&foreign, this()).is_err());
+        // Positions without a cluster are refused too ...
+        foreign.cluster = 0;
+        let err = check_cursor_cluster(&foreign, this()).expect_err("no cluster");
+        assert_eq!(reason(&err).as_deref(), Some("WRONG_CLUSTER"));
+        assert!(err.message().contains("no cluster"), "{}", err.message());
+        // ... but an empty cursor (every group from its beginning) needs none.
+        foreign.groups.clear();
+        check_cursor_cluster(&foreign, this()).expect("an empty cursor is any cluster's");
+        check_cursor_cluster(&cursor(&[(2, 3)]).expect("cursor"), this()).expect("ours");
     }
 }

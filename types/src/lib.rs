@@ -1,5 +1,5 @@
 //! The vocabulary of Trellis, shared by every crate: domain types (`Key`,
-//! `Version`, `TxnId`, `Lsn`, `Slot`, `GroupId`, `MapEpoch`), the limits every
+//! `Version`, `TxnId`, `Lsn`, `Slot`, `GroupId`, `MapEpoch`, `ClusterId`), the limits every
 //! edge enforces, the key → slot hash and the slot → group ring.
 //!
 //! # Layout
@@ -103,6 +103,53 @@ impl fmt::Debug for TxnId {
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// A cluster's identity: drawn at random once, when its catalog is
+/// created, and never changed. Every change-feed cursor carries it, so a
+/// cursor of one cluster is refused by another even when both have the
+/// same groups. 1 to 2^63 - 1 (it is stored in a signed 64-bit column;
+/// 0 on the wire means "no cluster"). Written as 16 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterId(u64);
+
+/// Hex digits of a [`ClusterId`]'s text form.
+pub const CLUSTER_ID_HEX_DIGITS: usize = 16;
+
+impl ClusterId {
+    /// `None` for 0 and for values past `i64::MAX`, which no catalog draws.
+    pub fn new(id: u64) -> Option<ClusterId> {
+        (id != 0 && i64::try_from(id).is_ok()).then_some(ClusterId(id))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:0width$x}", self.0, width = CLUSTER_ID_HEX_DIGITS)
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = String;
+
+    /// Exactly 16 hex digits, as [`Display`](fmt::Display) writes them and
+    /// `trellis status` shows them.
+    fn from_str(text: &str) -> Result<ClusterId, String> {
+        if text.len() != CLUSTER_ID_HEX_DIGITS || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "cluster id {text:?} is not {CLUSTER_ID_HEX_DIGITS} hex digits \
+                 (`trellis status` shows the cluster's)"
+            ));
+        }
+        let id = u64::from_str_radix(text, 16).map_err(|e| format!("cluster id {text:?}: {e}"))?;
+        ClusterId::new(id).ok_or_else(|| {
+            format!("cluster id {text:?} is out of range: 0000000000000001 to 7fffffffffffffff")
+        })
     }
 }
 
@@ -216,6 +263,28 @@ impl fmt::Debug for SlotSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_id_prints_and_parses_back() {
+        let id = ClusterId::new(0x1f).expect("in range");
+        assert_eq!(id.to_string(), "000000000000001f");
+        assert_eq!("000000000000001F".parse::<ClusterId>(), Ok(id));
+        assert_eq!(ClusterId::new(0), None);
+        assert_eq!(ClusterId::new(u64::MAX), None);
+        assert!(
+            "1f".parse::<ClusterId>()
+                .unwrap_err()
+                .contains("16 hex digits")
+        );
+        assert!(
+            "0000000000000000"
+                .parse::<ClusterId>()
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!("8000000000000000".parse::<ClusterId>().is_err());
+        assert!("00000000000000g1".parse::<ClusterId>().is_err());
+    }
 
     #[test]
     fn slot_hash_is_stable() {

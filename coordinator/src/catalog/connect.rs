@@ -43,7 +43,7 @@ pub(super) async fn open(url: &str) -> Result<Pool, CatalogError> {
         if !rest.is_empty() {
             return Err(bad("an in-memory catalog takes nothing after `memory:`"));
         }
-        Ok(Pool::memory())
+        Ok(Pool::memory(super::draw_cluster_id()))
     } else {
         Err(bad("it names neither SQLite, PostgreSQL nor memory"))
     }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
-use trellis_types::GroupId;
+use trellis_types::{ClusterId, GroupId};
 
 use super::codec::{
     ClusterRow, CoordinatorListed, FeedListed, JobListed, MapRows, check_groups_exist,
@@ -29,8 +29,11 @@ use crate::map::Member;
 /// Every method is synchronous and checks before it changes anything, so a
 /// call either happens whole or not at all; the lock is held for one method
 /// call and never across an `.await` (a std `Mutex`: nothing inside waits).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct MemoryDb {
+    /// `cluster_identity.id`: drawn by the caller (the SQL backends draw it
+    /// in their migration), so this stays free of randomness.
+    pub(super) cluster_id: i64,
     /// `cluster`: the map epoch and the encoded slot map; `None` until
     /// bootstrapped.
     pub(super) cluster: Option<ClusterRow>,
@@ -68,6 +71,20 @@ pub(super) struct MemoryCoordinator {
 }
 
 impl MemoryDb {
+    /// An empty catalog of cluster `cluster`.
+    pub(super) fn new(cluster: ClusterId) -> MemoryDb {
+        MemoryDb {
+            cluster_id: i64::try_from(cluster.get()).expect("a ClusterId fits in i64"),
+            cluster: None,
+            groups_created: 0,
+            groups: BTreeMap::new(),
+            members: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            feed_cursors: BTreeMap::new(),
+        }
+    }
+
     /// Creates the cluster row and `groups` (version 1, epoch 0) unless the
     /// cluster row exists. Returns whether it created them.
     pub(super) fn bootstrap(

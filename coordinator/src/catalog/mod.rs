@@ -1,8 +1,8 @@
 //! The catalog: cluster metadata in SQL through sqlx, or in process memory.
 //! It owns the shard groups and their members, the slot map and its epoch,
-//! the list of coordinators with their heartbeats, the reshard jobs' state
-//! and the change feeds' cursors (opaque bytes by feed name, last writer
-//! wins). SQLite (a file,
+//! the list of coordinators with their heartbeats, the reshard jobs' state,
+//! the change feeds' cursors (opaque bytes by feed name, last writer
+//! wins) and the cluster's identity (a random id drawn once). SQLite (a file,
 //! `sqlite://PATH`) serves one coordinator; PostgreSQL (`postgres://...`)
 //! serves several that share it; memory (`memory:`, [`Catalog::in_memory`])
 //! serves the coordinators of one process, and exists for the deterministic
@@ -56,8 +56,8 @@ use std::time::Duration;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
-use trellis_types::GroupId;
 use trellis_types::placement::assign_slots;
+use trellis_types::{ClusterId, GroupId};
 
 use self::codec::{
     ClusterRow, CoordinatorListed, FeedListed, GroupRow, JobListed, MemberRow, build_map,
@@ -198,6 +198,13 @@ fn groups_text(count: u64, first: GroupId, last: GroupId) -> String {
     }
 }
 
+/// A random cluster id for a new in-memory catalog (63 bits, never 0, as
+/// the SQL migration draws one).
+fn draw_cluster_id() -> ClusterId {
+    let id = (1..).find_map(|_| ClusterId::new(trellis_types::rng::u64() >> 1));
+    id.expect("an endless range ends only with an id")
+}
+
 /// Wraps an sqlx error with what we were doing.
 fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> CatalogError {
     move |source| CatalogError::Database {
@@ -217,9 +224,9 @@ enum Pool {
 }
 
 impl Pool {
-    /// A new, empty in-memory catalog.
-    fn memory() -> Pool {
-        Pool::Memory(Arc::new(Mutex::new(MemoryDb::default())))
+    /// A new, empty in-memory catalog of cluster `cluster`.
+    fn memory(cluster: ClusterId) -> Pool {
+        Pool::Memory(Arc::new(Mutex::new(MemoryDb::new(cluster))))
     }
 }
 
@@ -359,10 +366,17 @@ impl Catalog {
     /// A new, empty catalog in process memory, independent of every other;
     /// its clones share it. Needs no database and no thread of its own: the
     /// backend of the deterministic simulator. Lost when the last clone is
-    /// dropped.
+    /// dropped. Its cluster id is drawn like the SQL migration draws one
+    /// (from `trellis_types::rng`: on a seeded thread, from the seed).
     pub fn in_memory() -> Catalog {
+        Catalog::in_memory_of(draw_cluster_id())
+    }
+
+    /// [`Catalog::in_memory`] of a given cluster id (the simulator names
+    /// its cluster without drawing from the run's randomness).
+    pub fn in_memory_of(cluster: ClusterId) -> Catalog {
         Catalog {
-            pool: Pool::memory(),
+            pool: Pool::memory(cluster),
         }
     }
 
@@ -1227,6 +1241,24 @@ impl Catalog {
             tracing::info!(feed, "deleted a feed's cursor from the catalog");
         }
         Ok(deleted)
+    }
+
+    /// The cluster's identity, drawn once when the catalog was created
+    /// (migration 0006 for SQL; [`Catalog::in_memory`]) and never changed.
+    /// Exists before the cluster is bootstrapped.
+    pub async fn cluster_id(&self) -> Result<ClusterId, CatalogError> {
+        let id: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT id FROM cluster_identity WHERE one = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(db("reading the cluster id"))?
+        }, memory => Some(memory.cluster_id));
+        let id = id.ok_or_else(|| {
+            CatalogError::Corrupt("the cluster_identity table holds no row".to_string())
+        })?;
+        let id = to_u64(id, "the cluster id")?;
+        ClusterId::new(id)
+            .ok_or_else(|| CatalogError::Corrupt(format!("the cluster id {id} is out of range")))
     }
 
     /// Every feed's cursor, by name (at most [`FEEDS_MAX`]).

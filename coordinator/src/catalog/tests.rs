@@ -1141,6 +1141,47 @@ mod cases {
     /// restarted `trellis cdc`), replaced, listed and deleted; feeds are
     /// independent, and a feed never saved has none. Saving needs no
     /// cluster: the catalog may be empty.
+    /// The cluster id exists from the first connect (before a bootstrap),
+    /// is the one id every racing first connect sees, survives reopening
+    /// and a bootstrap, and is not another catalog's.
+    pub async fn cluster_id_is_drawn_once_and_kept(place: &Place) {
+        let racing: Vec<ClusterId> = futures::future::join_all((0..4).map(|_| async {
+            place
+                .connect()
+                .await
+                .cluster_id()
+                .await
+                .expect("cluster id")
+        }))
+        .await;
+        let id = racing[0];
+        assert!(racing.iter().all(|r| *r == id), "{racing:?}");
+        let catalog = place.connect().await;
+        catalog.bootstrap(2).await.expect("bootstrap");
+        drop(catalog);
+        let reopened = place.connect().await;
+        assert_eq!(reopened.cluster_id().await.expect("cluster id"), id);
+        // Another catalog of the same backend (kept alive while read).
+        let other_place = match &place.target {
+            Target::Memory(_) => Place::memory().await,
+            Target::Url(url) if url.starts_with("sqlite:") => Place::sqlite().await,
+            Target::Url(_) => Place::postgres().await,
+        }
+        .expect("another catalog of a backend that answered");
+        let other = other_place.connect().await;
+        assert_ne!(
+            other.cluster_id().await.expect("cluster id"),
+            id,
+            "each catalog draws its own"
+        );
+        // A missing row is an error that says so, never a new id.
+        tamper(&reopened, "DELETE FROM cluster_identity", |_| {}).await;
+        if reopened.backend() != "memory" {
+            let err = reopened.cluster_id().await.expect_err("no row");
+            assert!(matches!(err, CatalogError::Corrupt(_)), "{err:?}");
+        }
+    }
+
     pub async fn feed_cursors_are_saved_loaded_and_replaced(place: &Place) {
         let catalog = place.connect().await;
         assert_eq!(
@@ -1359,6 +1400,7 @@ macro_rules! backend_suite {
                 feed_cursors_are_saved_loaded_and_replaced,
                 feed_cursors_refuse_bad_names_and_sizes,
                 feed_cursors_are_bounded,
+                cluster_id_is_drawn_once_and_kept,
             );
         }
     };

@@ -70,6 +70,18 @@ pub struct FeedStart {
 }
 
 impl Shard {
+    /// FEED_HISTORY_GONE for a feed after `after`: `restored` when this
+    /// replica was restored from its primary's snapshot past `after`, so it
+    /// never held those records (else retention cut them).
+    fn history_gone(&self, after: Lsn) -> ShardError {
+        let restored = self.restored_at.load(std::sync::atomic::Ordering::Relaxed);
+        ShardError::FeedHistoryGone {
+            group: self.config.group_id,
+            after,
+            restored: (after < restored).then_some(restored),
+        }
+    }
+
     /// Where a feed starts: after `after`, or (`None`) from now: the
     /// group's SYNC mark, or just before the oldest prepare still
     /// undecided (so a transaction decided later is not missed). Only the
@@ -95,10 +107,7 @@ impl Shard {
         let versions = self.state.version_base();
         let known_from = versions.points().first().map_or(0, |p| p.0);
         if after + 1 < known_from {
-            return Err(ShardError::FeedHistoryGone {
-                group: self.config.group_id,
-                after,
-            });
+            return Err(self.history_gone(after));
         }
         Ok(FeedStart { after, versions })
     }
@@ -179,10 +188,7 @@ impl Shard {
                     _ => self
                         .log_reader(next)
                         .await?
-                        .ok_or(ShardError::FeedHistoryGone {
-                            group: self.config.group_id,
-                            after: next - 1,
-                        })?,
+                        .ok_or_else(|| self.history_gone(next - 1))?,
                 };
                 let upto = mark.sync;
                 let (open, read) = fsio::blocking(move || {

@@ -226,12 +226,33 @@ pub enum ShardError {
     Unavailable(String),
     /// A feed asked for records after `after`, and the log (or the version
     /// history that gives their versions) no longer reaches back that far.
-    #[error(
+    /// `restored`: this replica was restored from its primary's snapshot
+    /// at that position, after `after`, so it never held those records
+    /// (not retention: a known gap, see ARCHITECTURE.md "Change feed").
+    #[error("{}", history_gone_text(*group, *after, *restored))]
+    FeedHistoryGone {
+        group: GroupId,
+        after: Lsn,
+        restored: Option<Lsn>,
+    },
+}
+
+/// FeedHistoryGone's message: why the records are gone and what to do.
+fn history_gone_text(group: GroupId, after: Lsn, restored: Option<Lsn>) -> String {
+    let why = match restored {
+        Some(at) => format!(
+            "this replica was restored from its primary's snapshot at {at} and never held the \
+             records before it (a replica restored by snapshot lacks the history feeds still \
+             need: a known gap)"
+        ),
+        None => "a group's log keeps --log-retain-bytes past each snapshot, and up to 1 GiB \
+                 more (LOG_PINNED_BYTES_MAX) for registered feeds and running streams"
+            .to_string(),
+    };
+    format!(
         "group {group} no longer keeps its log after position {after}; start the feed from now \
-         or from a newer cursor (a group's log keeps --log-retain-bytes past each snapshot, and \
-         up to 1 GiB more (LOG_PINNED_BYTES_MAX) for registered feeds and running streams)"
-    )]
-    FeedHistoryGone { group: GroupId, after: Lsn },
+         or from a newer cursor ({why})"
+    )
 }
 
 impl From<Misuse> for ShardError {
@@ -282,6 +303,9 @@ pub struct Shard {
     /// The first record registered change feeds still need (0: none), as
     /// the coordinator last said.
     feed_keep_from: std::sync::atomic::AtomicU64,
+    /// The position of the last snapshot installed from the primary since
+    /// this process started (0: none): the log before it was never here.
+    restored_at: std::sync::atomic::AtomicU64,
     /// When recovery finished (the process's uptime in the cluster status).
     opened_at: Instant,
     _lock: File,
@@ -573,6 +597,32 @@ mod tests {
     use super::test_util::config;
     use super::{Shard, ShardError};
     use crate::metrics::Metrics;
+
+    #[test]
+    fn history_gone_says_whether_retention_or_a_snapshot_install_lost_it() {
+        let cut = ShardError::FeedHistoryGone {
+            group: 2,
+            after: 75,
+            restored: None,
+        }
+        .to_string();
+        assert!(
+            cut.contains("group 2 no longer keeps its log after position 75"),
+            "{cut}"
+        );
+        assert!(cut.contains("LOG_PINNED_BYTES_MAX"), "{cut}");
+        let restored = ShardError::FeedHistoryGone {
+            group: 2,
+            after: 75,
+            restored: Some(78),
+        }
+        .to_string();
+        assert!(restored.contains("after position 75"), "{restored}");
+        assert!(
+            restored.contains("restored from its primary's snapshot at 78"),
+            "{restored}"
+        );
+    }
 
     #[tokio::test]
     async fn ownership_is_checked() {

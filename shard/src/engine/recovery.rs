@@ -122,7 +122,8 @@ impl Shard {
             snapshot_mark_bytes: AtomicU64::new(0),
             recovery,
             log_pins: std::sync::Mutex::new(LogPins::default()),
-            feed_keep_from: std::sync::atomic::AtomicU64::new(0),
+            feed_keep_from: std::sync::atomic::AtomicU64::new(super::retention::FEED_PIN_NOT_KNOWN),
+            restored_at: std::sync::atomic::AtomicU64::new(0),
             opened_at: Instant::now(),
             _lock: lock,
         }))

@@ -157,6 +157,7 @@ impl Shard {
             .restore(capture, Instant::now())
             .map_err(|e| ShardError::Invalid(format!("snapshot from the primary: {e}")))?;
         self.repl.feed.reset(lsn);
+        self.restored_at.store(lsn, Ordering::Relaxed);
         drop(guard);
         self.after_write();
         self.metrics.snapshot_installs.inc();

@@ -14,6 +14,10 @@ use super::{LOG_PINNED_BYTES_MAX, SNAPSHOT_CHECK_INTERVAL, Shard, ShardError};
 use crate::fsio;
 use crate::snapshot;
 
+/// `feed_keep_from` before the coordinator first said what registered
+/// feeds need (at start): keep the whole log, within the bound.
+pub(super) const FEED_PIN_NOT_KNOWN: Lsn = Lsn::MAX;
+
 #[derive(Default)]
 pub(super) struct LogPins {
     next_id: u64,
@@ -66,7 +70,10 @@ impl Shard {
 
     /// Registered change feeds need the log from `keep_from` on (0: none):
     /// kept like a stream's pin, within [`LOG_PINNED_BYTES_MAX`]; past it
-    /// a feed that comes back finds its history gone and is told so.
+    /// a feed that comes back finds its history gone and is told so. Until
+    /// the first call (`FEED_PIN_NOT_KNOWN`) the whole log is kept, within
+    /// the same bound: a replica that restarts while its coordinator is
+    /// down must not cut what a registered feed still needs.
     pub fn pin_log_for_feeds(&self, keep_from: Lsn) {
         self.feed_keep_from.store(keep_from, Ordering::Relaxed);
     }
@@ -75,12 +82,12 @@ impl Shard {
     /// disk.
     fn lowest_log_pin(&self) -> Option<Lsn> {
         let pins = self.log_pins.lock().expect("log pins lock poisoned");
-        let feeds = self.feed_keep_from.load(Ordering::Relaxed);
-        pins.from
-            .values()
-            .copied()
-            .chain((feeds > 0).then_some(feeds))
-            .min()
+        let feeds = match self.feed_keep_from.load(Ordering::Relaxed) {
+            0 => None,
+            FEED_PIN_NOT_KNOWN => Some(1),
+            keep_from => Some(keep_from),
+        };
+        pins.from.values().copied().chain(feeds).min()
     }
 
     /// Writes a snapshot of the current state, then deletes older snapshots
@@ -205,6 +212,14 @@ mod tests {
             }
         };
         write(100).await;
+        // Until its coordinator says which feeds are registered, a replica
+        // keeps its whole log (within the bound).
+        shard.snapshot().await.expect("snapshot");
+        assert!(
+            shard.log_reader(1).await.expect("reader").is_some(),
+            "a snapshot cut the log before the feeds' pin was known"
+        );
+        shard.pin_log_for_feeds(0);
         let pin = shard.pin_log(50);
         write(100).await;
         shard.snapshot().await.expect("snapshot");
