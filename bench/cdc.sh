@@ -183,8 +183,8 @@ lines = [os.environ["BEGIN_MARK"], "", "## The change feed's cost and pace (`ben
          "cost, no broker).",
          "- *events*: what the sink took for the round's transactions, during the load and in all; "
          "*catch-up*: seconds after the load until every group's lag in records was 0; *lag max*: the "
-         "highest `trellis_cdc_lag_seconds` sampled every 0.2 s (an upper bound of commit-to-emit time "
-         "at that resolution). CPU: user+system of the process trees over the load, per transaction "
+         "highest `trellis_cdc_lag_seconds` sampled every 0.2 s (seconds since a group was last fully "
+         "caught up; not a latency: see `trellis bench feed` below). CPU: user+system of the process trees over the load, per transaction "
          "(the NATS server's too, which runs in every round).",
          "",
          "| round | feed | w1-rmw it/s | p99 ms | dev CPU ms/txn | cdc CPU ms/txn | NATS CPU ms/txn | events / txns | events/s during load | catch-up s | lag max s |",
