@@ -6,7 +6,9 @@
 //! `trellis cdc`, which resumes from its cursor in the catalog; RabbitMQ
 //! gets confirmed messages; bad sinks and unreachable brokers fail clearly.
 //! `--initial-scan` fills an empty cache with what was written before
-//! `trellis cdc` started.
+//! `trellis cdc` started. A cursor past the kept history is refused
+//! (FEED_HISTORY_GONE, `trellis cdc` exit 1 naming the way out) and the way
+//! out, an initial scan, gives every key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -774,4 +776,128 @@ async fn bad_sinks_and_unreachable_brokers_fail_clearly() {
     // A cursor written without its cluster: refused before connecting.
     let out = run_trellis(&["cdc", "--sink", "stdout", "--from", "1:100"]);
     assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
+}
+
+/// Bytes of each value the history test writes (so the log rolls quickly).
+const HISTORY_VALUE_BYTES: usize = 512;
+/// How long the history test may write before the group's first records
+/// are gone from its log.
+const HISTORY_CUT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause with no watch open before each look at the history (a shard
+/// checks for a snapshot every second).
+const HISTORY_SNAPSHOT_WAIT: Duration = Duration::from_millis(2500);
+
+/// A cursor from before what the group's log still keeps: the watch is
+/// refused with FEED_HISTORY_GONE, `trellis cdc --from` that cursor stops
+/// with exit 1 and names the way out (`forget-feed`, `--initial-scan`),
+/// and that way out works: an initial scan gives every key written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_no_longer_kept_is_refused_clearly_and_an_initial_scan_recovers() {
+    // Small segments, frequent snapshots, nothing kept past a snapshot:
+    // the first records go soon.
+    let cluster = ReplicatedCluster::start(
+        1,
+        1,
+        &[
+            "--log-retain-bytes",
+            "0",
+            "--segment-bytes",
+            "4096",
+            "--snapshot-every-bytes",
+            "4096",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    let status = cluster.status().await.expect("status");
+    let this = ClusterId::new(status.cluster).expect("the status names the cluster");
+    let group = status.groups[0].group_id;
+    let old = trellis_client::Cursor::new(this, [(group, 1)]);
+    let value = vec![b'v'; HISTORY_VALUE_BYTES];
+    let deadline = Instant::now() + HISTORY_CUT_TIMEOUT;
+    let mut written = 0usize;
+    let gone = loop {
+        for _ in 0..32 {
+            let txn = client.begin();
+            txn.put(format!("hist/{written:05}").as_bytes(), &value)
+                .expect("put");
+            txn.commit().await.expect("commit");
+            written += 1;
+        }
+        // A watch from the old cursor pins the log while it runs: give a
+        // snapshot (checked every second) time with no watch open.
+        tokio::time::sleep(HISTORY_SNAPSHOT_WAIT).await;
+        let mut watch = client
+            .watch(b"hist/", b"", Some(&old))
+            .await
+            .expect("the watch opens; the group's refusal comes on the stream");
+        // The stream says where it starts (a resolved message at the
+        // cursor) before it reads the log: an event means the history is
+        // still there, the refusal that it is gone.
+        let refused = loop {
+            match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+                Ok(Err(trellis_client::Error::FeedHistoryGone { group: g, message })) => {
+                    assert_eq!(g, group);
+                    break Some(message);
+                }
+                Ok(Ok(Some(trellis_client::FeedMessage::Event(_)))) => break None,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("after a cursor at position 1: {other:?}"),
+            }
+        };
+        drop(watch);
+        if let Some(message) = refused {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log still held position 2 after {written} writes"
+        );
+    };
+    assert!(gone.contains(&format!("group {group}")), "{gone}");
+
+    // `trellis cdc` from that cursor: exit 1, with the way out.
+    let out = run_trellis(&[
+        "cdc",
+        "--addr",
+        cluster.addr(),
+        "--sink",
+        "stdout",
+        "--from",
+        &old.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FEED_HISTORY_GONE") || stderr.contains("no longer"),
+        "{}",
+        printed(&out)
+    );
+    assert!(stderr.contains("--initial-scan"), "{}", printed(&out));
+
+    // The way out: a scan of the range, then the tail.
+    let mut watch = client
+        .watch_with_scan(b"hist/", b"hist0")
+        .await
+        .expect("watch with a scan");
+    let mut keys = std::collections::BTreeSet::new();
+    let scan_deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while watch.cursor().is_none() {
+        let message = tokio::time::timeout_at(scan_deadline, watch.next())
+            .await
+            .expect("the scan ends in time")
+            .expect("watch")
+            .expect("open");
+        if let trellis_client::FeedMessage::Scan { rows, .. } = message {
+            for row in rows {
+                assert_eq!(row.value, value);
+                keys.insert(row.key);
+            }
+        }
+    }
+    let expected: std::collections::BTreeSet<Vec<u8>> = (0..written)
+        .map(|i| format!("hist/{i:05}").into_bytes())
+        .collect();
+    assert_eq!(keys, expected, "the scan gives every key written");
 }
