@@ -92,8 +92,9 @@ enum Command {
     /// Run one shard replica: its storage engine and gRPC server.
     Shard(shard::Args),
     /// Measure this machine: the storage engine on its disk (storage),
-    /// 1PC vs 2PC commits on a running cluster (txn), or replication and
-    /// failover on clusters it starts (replication).
+    /// 1PC vs 2PC commits on a running cluster (txn), the change feed's
+    /// commit-to-emit latency on a running cluster (feed), or replication
+    /// and failover on clusters it starts (replication).
     Bench(bench::Args),
     /// A psql-like SQL shell over the table kv(k, v): interactive, or
     /// statements from -c, -f or standard input.
@@ -134,7 +135,15 @@ fn main() -> std::process::ExitCode {
         Command::Coordinator(args) => coordinator::run(args),
         Command::Status(args) => status::run(args),
         Command::Shard(args) => shard::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => {
+            if let Some(misuse) = args.misuse() {
+                use clap::CommandFactory as _;
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, misuse)
+                    .exit();
+            }
+            bench::run(args)
+        }
         Command::Sql(args) => sql::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Cdc(args) => cdc::run(args),

@@ -108,6 +108,8 @@ fn bad_flags_exit_2_with_a_message_in_every_subcommand() {
         (&["bench", "storage", "--seconds", "0"], "--seconds"),
         (&["bench", "storage", "--keys", "0"], "--keys"),
         (&["bench", "txn", "--addr", "127.0.0.1"], "--addr"),
+        (&["bench", "feed", "--rate", "0"], "--rate"),
+        (&["bench", "storage", "--rate", "1000"], "bench feed"),
         // admin
         (&["admin", "transfer-primary", "--group", "0"], "--group"),
         (&["admin", "transfer-primary", "--group", "x"], "--group"),
@@ -207,6 +209,8 @@ fn help_teaches_every_bench_kind() {
         "storage ",
         "txn ",
         "replication ",
+        "feed ",
+        "trellis bench feed --addr",
         "trellis bench storage --dir",
         "trellis bench txn --addr",
         "trellis bench replication",

@@ -94,13 +94,20 @@ pub struct Args {
     keys: u64,
 }
 
+impl Args {
+    /// A flag given to a kind that does not take it (a usage error).
+    pub fn misuse(&self) -> Option<String> {
+        (!self.rate.is_empty() && self.what != "feed").then(|| {
+            format!(
+                "--rate belongs to `trellis bench feed`; `trellis bench {}` runs at full speed",
+                self.what
+            )
+        })
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.seconds);
-    anyhow::ensure!(
-        args.rate.is_empty() || args.what == "feed",
-        "--rate belongs to `trellis bench feed`; `{}` runs at full speed",
-        args.what
-    );
     match args.what.as_str() {
         "replication" => repl::run(&args.dir, seconds),
         "txn" => txn::run(&args.addr, seconds),
