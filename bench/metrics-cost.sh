@@ -602,12 +602,6 @@ lines += ["### Verdict", "",
 section = "\n".join(lines)
 print(section)
 if tp and ins:
-    doc = os.environ["DOC"]
-    text = open(doc).read()
-    begin, end = os.environ["BEGIN_MARK"], os.environ["END_MARK"]
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    open(doc, "w").write(text)
+    import sys; sys.path.insert(0, "bench"); from doc_section import write_section
+    write_section(section)
 PY

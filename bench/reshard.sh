@@ -218,14 +218,8 @@ lines = [os.environ["BEGIN_MARK"], "",
     "w2-transfer during a move would include any two-phase commit that met a moved slot "
     "and was not retried; `trellis load` retries `SLOTS_MOVED` as a conflict.", "",
     os.environ["END_MARK"]]
-doc = os.environ["DOC"]
-text = open(doc).read()
-begin, end = os.environ["BEGIN_MARK"], os.environ["END_MARK"]
 section = "\n".join(lines)
-if begin in text and end in text:
-    text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(doc, "w").write(text)
+import sys; sys.path.insert(0, "bench"); from doc_section import write_section
+write_section(section)
 print(section)
 PY

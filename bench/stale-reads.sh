@@ -454,13 +454,7 @@ if three is not None:
               "the reads backups declined, which the primary then serves)."]
 lines += ["", os.environ["END_MARK"]]
 section = "\n".join(lines)
-doc = os.environ["DOC"]
-text = open(doc).read()
-begin, end = os.environ["BEGIN_MARK"], os.environ["END_MARK"]
-if begin in text and end in text:
-    text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(doc, "w").write(text)
+import sys; sys.path.insert(0, "bench"); from doc_section import write_section
+write_section(section)
 print(section)
 PY
