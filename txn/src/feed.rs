@@ -460,29 +460,22 @@ mod tests {
 
     #[test]
     fn a_watch_request_is_checked() {
-        let ok = watch_spec(
-            pb::WatchRequest {
-                start: b"a".to_vec(),
-                end: b"b".to_vec(),
-                cursor: cursor(&[(1, 10), (3, 4)]),
-                initial_scan: false,
-            },
-            &groups(),
-            this(),
-        )
+        let check = |req| watch_spec(req, &groups(), this());
+        let ok = check(pb::WatchRequest {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+            cursor: cursor(&[(1, 10), (3, 4)]),
+            initial_scan: false,
+        })
         .expect("valid");
         assert_eq!(
             ok.cursor,
             Some([(1, 10), (3, 4)].into_iter().collect::<BTreeMap<_, _>>())
         );
-        let unknown = watch_spec(
-            pb::WatchRequest {
-                cursor: cursor(&[(9, 1)]),
-                ..Default::default()
-            },
-            &groups(),
-            this(),
-        )
+        let unknown = check(pb::WatchRequest {
+            cursor: cursor(&[(9, 1)]),
+            ..Default::default()
+        })
         .expect_err("group 9 is not in the cluster");
         assert_eq!(unknown.code(), tonic::Code::NotFound);
         assert!(
@@ -490,37 +483,25 @@ mod tests {
             "{}",
             unknown.message()
         );
-        let twice = watch_spec(
-            pb::WatchRequest {
-                cursor: cursor(&[(1, 1), (1, 2)]),
-                ..Default::default()
-            },
-            &groups(),
-            this(),
-        )
+        let twice = check(pb::WatchRequest {
+            cursor: cursor(&[(1, 1), (1, 2)]),
+            ..Default::default()
+        })
         .expect_err("group 1 twice");
         assert_eq!(twice.code(), tonic::Code::InvalidArgument);
-        let empty = watch_spec(
-            pb::WatchRequest {
-                start: b"b".to_vec(),
-                end: b"a".to_vec(),
-                cursor: None,
-                initial_scan: false,
-            },
-            &groups(),
-            this(),
-        )
+        let empty = check(pb::WatchRequest {
+            start: b"b".to_vec(),
+            end: b"a".to_vec(),
+            cursor: None,
+            initial_scan: false,
+        })
         .expect_err("start after end");
         assert!(empty.message().contains("range"), "{}", empty.message());
-        let scan_with_cursor = watch_spec(
-            pb::WatchRequest {
-                cursor: cursor(&[(1, 1)]),
-                initial_scan: true,
-                ..Default::default()
-            },
-            &groups(),
-            this(),
-        )
+        let scan_with_cursor = check(pb::WatchRequest {
+            cursor: cursor(&[(1, 1)]),
+            initial_scan: true,
+            ..Default::default()
+        })
         .expect_err("a scan only starts from now");
         assert_eq!(scan_with_cursor.code(), tonic::Code::InvalidArgument);
         assert!(
@@ -528,14 +509,10 @@ mod tests {
             "{}",
             scan_with_cursor.message()
         );
-        let scan = watch_spec(
-            pb::WatchRequest {
-                initial_scan: true,
-                ..Default::default()
-            },
-            &groups(),
-            this(),
-        )
+        let scan = check(pb::WatchRequest {
+            initial_scan: true,
+            ..Default::default()
+        })
         .expect("a scan from now");
         assert!(scan.initial_scan && scan.cursor.is_none());
     }

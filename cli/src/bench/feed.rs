@@ -27,6 +27,9 @@ const INFLIGHT_MAX: usize = 512;
 const KEYS: u64 = 10_000;
 /// Deadline of each commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for connecting and for opening the watch (the stream itself
+/// runs as long as the measurement).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the watch may take to deliver the last events after the
 /// commits stop.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
@@ -85,6 +88,7 @@ pub fn run(addr: &str, seconds: Duration, rates: &[u64]) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(OPEN_TIMEOUT)
             .connect()
             .await
             .with_context(|| format!("connecting to {addr}"))?;
@@ -144,14 +148,15 @@ async fn measure(
     let mut end = prefix.clone();
     *end.last_mut().expect("a prefix") += 1;
     let mut feed = pb::changefeed_client::ChangefeedClient::new(channel.clone());
-    let mut stream = feed
-        .watch(pb::WatchRequest {
-            start: prefix.clone(),
-            end,
-            cursor: None,
-            initial_scan: false,
-        })
+    let opened = feed.watch(pb::WatchRequest {
+        start: prefix.clone(),
+        end,
+        cursor: None,
+        initial_scan: false,
+    });
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, opened)
         .await
+        .map_err(|_| anyhow::anyhow!("the watch did not open within {OPEN_TIMEOUT:?}"))?
         .context("opening the watch")?
         .into_inner();
     let matches = Arc::new(Mutex::new(Matches::default()));
