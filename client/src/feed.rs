@@ -5,7 +5,7 @@
 //! catalog under a feed name. [`Client::watch_with_scan`] starts with the
 //! range's committed state ([`FeedMessage::Scan`]) before the tail.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::changefeed_client::ChangefeedClient;
@@ -184,21 +184,44 @@ pub struct Watch {
     /// A scan was asked for and no message came yet (the server names the
     /// scanning groups first of all).
     scan_unseen: bool,
+    /// The rest of a `FeedEvents` message, handed out one by one.
+    pending: VecDeque<pb::watch_response::Kind>,
 }
 
 impl Watch {
     /// The next message; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<FeedMessage>> {
-        let message = self
-            .stream
-            .message()
-            .await
-            .map_err(|s| Error::from_status(&s))?;
-        let Some(message) = message else {
-            return Ok(None);
+        let kind = loop {
+            if let Some(kind) = self.pending.pop_front() {
+                break Some(kind);
+            }
+            let message = self
+                .stream
+                .message()
+                .await
+                .map_err(|s| Error::from_status(&s))?;
+            let Some(message) = message else {
+                return Ok(None);
+            };
+            self.scan_unseen = false;
+            match message.kind {
+                // The events, then the resolved position, one by one.
+                Some(pb::watch_response::Kind::Events(events)) => {
+                    self.pending.extend(
+                        events
+                            .events
+                            .into_iter()
+                            .map(pb::watch_response::Kind::Event)
+                            .chain(events.resolved.map(pb::watch_response::Kind::Resolved)),
+                    );
+                }
+                kind => break kind,
+            }
         };
-        self.scan_unseen = false;
-        Ok(Some(match message.kind {
+        Ok(Some(match kind {
+            Some(pb::watch_response::Kind::Events(_)) => {
+                unreachable!("a FeedEvents message is unpacked above")
+            }
             Some(pb::watch_response::Kind::Event(event)) => {
                 self.learn_cluster(event.cluster);
                 self.cursor.advance(event.group, event.position);
@@ -289,6 +312,7 @@ impl Client {
             end: end.to_vec(),
             cursor: cursor.map(Cursor::to_pb),
             initial_scan,
+            batch: true,
         });
         let stream = self
             .changefeed()
@@ -301,6 +325,7 @@ impl Client {
             cursor: cursor.cloned().unwrap_or_default(),
             scanning: BTreeSet::new(),
             scan_unseen: initial_scan,
+            pending: VecDeque::new(),
         })
     }
 

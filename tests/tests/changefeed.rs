@@ -551,12 +551,18 @@ async fn store_state(client: &Client, prefix: &[u8]) -> BTreeMap<Vec<u8>, (u64, 
 }
 
 /// Writers that keep overwriting, deleting and creating keys under
-/// `scan/` while the scan runs.
-fn start_scan_writers(addr: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+/// `scan/` while the scan runs; every `scan/k/` key they try to write
+/// (whatever the outcome) goes into `touched` first.
+fn start_scan_writers(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    touched: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..WRITERS)
         .map(|w| {
             let addr = addr.clone();
             let stop = stop.clone();
+            let touched = touched.clone();
             tokio::spawn(async move {
                 let client = Client::connect(&addr).await.expect("writer client");
                 let mut i = 0usize;
@@ -564,6 +570,10 @@ fn start_scan_writers(addr: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::J
                     i += 1;
                     let txn = client.begin();
                     let old = format!("scan/k/{:05}", (i * 37 + w * 11) % SCAN_KEYS);
+                    touched
+                        .lock()
+                        .expect("lock")
+                        .insert(old.clone().into_bytes());
                     if i.is_multiple_of(5) {
                         txn.delete(old.as_bytes()).expect("delete");
                     } else {
@@ -634,7 +644,11 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_scan_writers(addr.clone(), stop.clone());
+    // A key a writer wrote before a group's feed started is in its scan
+    // only (never an event): such a row is right even for a key deleted
+    // before the watch.
+    let touched: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
+    let writers = start_scan_writers(addr.clone(), stop.clone(), touched.clone());
     let primary = cluster.primary(1).await.expect("primary of group 1");
     let mut watch = client
         .watch_with_scan(b"scan/", b"scan0")
@@ -781,8 +795,9 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
                         FeedMessage::Event(e) => e.changes.iter().any(|c| c.key == r.key),
                         _ => false,
                     });
+                    let written = rewritten || touched.lock().expect("lock").contains(&r.key);
                     assert!(
-                        !deleted_before.contains(&r.key) || rewritten,
+                        !deleted_before.contains(&r.key) || written,
                         "a row for {:?}, deleted before the watch and not written since",
                         String::from_utf8_lossy(&r.key)
                     );
@@ -985,4 +1000,73 @@ async fn a_cursor_of_another_cluster_is_refused() {
         "{}",
         printed(&out)
     );
+}
+
+/// The events of a raw watch (as another language's client sees them):
+/// in `FeedEvents` messages when the request asks for batches, one
+/// message per event otherwise; the same events in the same order either
+/// way, each batch followed by the resolved position after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sends_the_same_events_batched_or_one_by_one() {
+    use trellis_proto::v1::watch_response::Kind;
+    const PUTS: usize = 12;
+    let cluster = ReplicatedCluster::start(1, 1, &[]).await.expect("cluster");
+    let client = Client::connect(cluster.addr()).await.expect("client");
+    let mut ids = Vec::new();
+    for i in 0..PUTS {
+        ids.push(put(&client, &format!("b/{i:02}"), "x").await);
+    }
+    let this = cluster_id(&cluster).await;
+    let mut seen_by_mode = Vec::new();
+    for batch in [false, true] {
+        let mut raw = trellis_proto::v1::changefeed_client::ChangefeedClient::connect(format!(
+            "http://{}",
+            cluster.addr()
+        ))
+        .await
+        .expect("connect");
+        let mut stream = raw
+            .watch(trellis_proto::v1::WatchRequest {
+                start: b"b/".to_vec(),
+                end: b"b0".to_vec(),
+                cursor: Some(Cursor::new(this, [(1, 0)]).to_pb()),
+                batch,
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut seen: Vec<[u8; 16]> = Vec::new();
+        let mut batches = 0;
+        while seen.len() < PUTS {
+            let message = tokio::time::timeout(DRAIN_TIMEOUT, stream.message())
+                .await
+                .expect("the feed went quiet")
+                .expect("watch")
+                .expect("open");
+            match message.kind.expect("a kind") {
+                Kind::Event(e) => {
+                    assert!(!batch, "one message per event only when not batched");
+                    seen.push(id_of(&e));
+                }
+                Kind::Events(events) => {
+                    assert!(batch, "FeedEvents only when asked for");
+                    assert!(!events.events.is_empty(), "a batch holds events");
+                    let resolved = events.resolved.expect("a batch ends resolved");
+                    let last = events.events.last().expect("events").position;
+                    assert!(resolved.position >= last, "{resolved:?} before {last}");
+                    seen.extend(events.events.iter().map(id_of));
+                    batches += 1;
+                }
+                Kind::Resolved(_) => {}
+                Kind::Scan(s) => panic!("no scan was asked for: {s:?}"),
+            }
+        }
+        if batch {
+            assert!((1..=PUTS).contains(&batches), "{batches} batches");
+        }
+        seen_by_mode.push(seen);
+    }
+    assert_eq!(seen_by_mode[0], ids, "one by one: every put, in order");
+    assert_eq!(seen_by_mode[1], ids, "batched: every put, in order");
 }

@@ -55,6 +55,8 @@ pub struct WatchSpec {
     pub cursor: Option<BTreeMap<GroupId, Lsn>>,
     /// Each group's committed state first (only from now).
     pub initial_scan: bool,
+    /// Each shard batch's events as one `FeedEvents` message.
+    pub batch: bool,
 }
 
 /// Checks that `cursor` is of `cluster`: it names that cluster, or no
@@ -135,6 +137,7 @@ pub fn watch_spec(
         end: req.end,
         cursor,
         initial_scan: req.initial_scan,
+        batch: req.batch,
     })
 }
 
@@ -249,16 +252,7 @@ async fn group_feed(
         let fault = match opened {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                match follow(
-                    &mut stream,
-                    spec.cluster,
-                    group,
-                    &mut from,
-                    &mut scanning,
-                    &out,
-                )
-                .await
-                {
+                match follow(&mut stream, &spec, group, &mut from, &mut scanning, &out).await {
                     Followed::ClientGone => return,
                     Followed::Broke(fault, status) => (fault, status),
                 }
@@ -293,7 +287,7 @@ enum Followed {
 /// `from` follows what was passed on, and `scanning` ends with the scan.
 async fn follow(
     stream: &mut tonic::Streaming<shard_pb::FeedBatch>,
-    cluster: ClusterId,
+    spec: &WatchSpec,
     group: GroupId,
     from: &mut Option<Lsn>,
     scanning: &mut bool,
@@ -304,6 +298,7 @@ async fn follow(
             next = tokio::time::timeout(FEED_SILENCE_MAX, stream.message()) => next,
             () = out.closed() => return Followed::ClientGone,
         };
+        let cluster = spec.cluster;
         let batch = match next {
             Ok(Ok(Some(batch))) => batch,
             Ok(Ok(None)) => {
@@ -363,34 +358,52 @@ async fn follow(
             ));
             return Followed::Broke(Fault::Other(status.message().into()), status);
         }
-        for txn in batch.txns {
-            let position = txn.position;
-            if from.is_some_and(|f| position <= f) {
-                continue; // never before the resumed position
-            }
-            let event = pb::WatchResponse {
-                kind: Some(pb::watch_response::Kind::Event(event_pb(
-                    cluster, group, txn,
-                ))),
-            };
-            if out.send(Ok(event)).await.is_err() {
+        // Never before the resumed position.
+        let events: Vec<pb::FeedEvent> = batch
+            .txns
+            .into_iter()
+            .filter(|txn| from.is_none_or(|f| txn.position > f))
+            .map(|txn| event_pb(cluster, group, txn))
+            .collect();
+        let last = events.last().map_or(0, |e| e.position);
+        let resolved = pb::FeedResolved {
+            group,
+            position: batch.resolved.max(last).max(from.unwrap_or(0)),
+            head: batch.head,
+            cluster: cluster.get(),
+        };
+        let position = resolved.position;
+        for message in responses(spec.batch, events, resolved) {
+            if out.send(Ok(message)).await.is_err() {
                 return Followed::ClientGone;
             }
-            *from = Some(position);
         }
-        let resolved = pb::WatchResponse {
-            kind: Some(pb::watch_response::Kind::Resolved(pb::FeedResolved {
-                group,
-                position: batch.resolved.max(from.unwrap_or(0)),
-                head: batch.head,
-                cluster: cluster.get(),
-            })),
-        };
-        if out.send(Ok(resolved)).await.is_err() {
-            return Followed::ClientGone;
-        }
-        *from = Some(batch.resolved.max(from.unwrap_or(0)));
+        *from = Some(position);
     }
+}
+
+/// A shard batch's events and the resolved position after them, as the
+/// watch sends them: one `FeedEvents` message (`batch`; only the resolved
+/// one when there is no event), else a message per event, then the
+/// resolved one.
+fn responses(
+    batch: bool,
+    events: Vec<pb::FeedEvent>,
+    resolved: pb::FeedResolved,
+) -> Vec<pb::WatchResponse> {
+    use pb::watch_response::Kind;
+    let message = |kind| pb::WatchResponse { kind: Some(kind) };
+    if batch && !events.is_empty() {
+        return vec![message(Kind::Events(pb::FeedEvents {
+            events,
+            resolved: Some(resolved),
+        }))];
+    }
+    events
+        .into_iter()
+        .map(|e| message(Kind::Event(e)))
+        .chain([message(Kind::Resolved(resolved))])
+        .collect()
 }
 
 fn event_pb(cluster: ClusterId, group: GroupId, txn: shard_pb::FeedTxn) -> pb::FeedEvent {
@@ -466,8 +479,10 @@ mod tests {
             end: b"b".to_vec(),
             cursor: cursor(&[(1, 10), (3, 4)]),
             initial_scan: false,
+            batch: true,
         })
         .expect("valid");
+        assert!(ok.batch);
         assert_eq!(
             ok.cursor,
             Some([(1, 10), (3, 4)].into_iter().collect::<BTreeMap<_, _>>())
@@ -494,6 +509,7 @@ mod tests {
             end: b"a".to_vec(),
             cursor: None,
             initial_scan: false,
+            batch: false,
         })
         .expect_err("start after end");
         assert!(empty.message().contains("range"), "{}", empty.message());
@@ -515,6 +531,47 @@ mod tests {
         })
         .expect("a scan from now");
         assert!(scan.initial_scan && scan.cursor.is_none());
+    }
+
+    #[test]
+    fn a_batch_is_one_message_or_one_per_event_then_the_resolved_one() {
+        use pb::watch_response::Kind;
+        let event = |position| pb::FeedEvent {
+            group: 2,
+            position,
+            ..Default::default()
+        };
+        let resolved = pb::FeedResolved {
+            group: 2,
+            position: 9,
+            head: 12,
+            cluster: CLUSTER,
+        };
+        let kinds = |batch, events| -> Vec<Kind> {
+            responses(batch, events, resolved)
+                .into_iter()
+                .map(|m| m.kind.expect("a kind"))
+                .collect()
+        };
+        assert_eq!(
+            kinds(false, vec![event(4), event(7)]),
+            vec![
+                Kind::Event(event(4)),
+                Kind::Event(event(7)),
+                Kind::Resolved(resolved)
+            ]
+        );
+        assert_eq!(
+            kinds(true, vec![event(4), event(7)]),
+            vec![Kind::Events(pb::FeedEvents {
+                events: vec![event(4), event(7)],
+                resolved: Some(resolved),
+            })]
+        );
+        // Nothing new: the resolved position alone, batched or not.
+        for batch in [false, true] {
+            assert_eq!(kinds(batch, vec![]), vec![Kind::Resolved(resolved)]);
+        }
     }
 
     #[test]

@@ -153,6 +153,7 @@ async fn measure(
         end,
         cursor: None,
         initial_scan: false,
+        batch: true,
     });
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, opened)
         .await
@@ -166,10 +167,16 @@ async fn measure(
         let events = events.clone();
         tokio::spawn(async move {
             while let Ok(Some(message)) = stream.message().await {
-                if let Some(pb::watch_response::Kind::Event(event)) = message.kind {
-                    let at = Instant::now();
-                    events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    matches.lock().expect("matches lock").emit(event.txn_id, at);
+                let emitted = match message.kind {
+                    Some(pb::watch_response::Kind::Events(batch)) => batch.events,
+                    Some(pb::watch_response::Kind::Event(event)) => vec![event],
+                    _ => continue,
+                };
+                let at = Instant::now();
+                events.fetch_add(emitted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let mut matches = matches.lock().expect("matches lock");
+                for event in emitted {
+                    matches.emit(event.txn_id, at);
                 }
             }
         })
