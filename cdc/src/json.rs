@@ -3,7 +3,7 @@
 //! Pure.
 //!
 //! ```json
-//! {"group":1,"position":120,"version":4711,
+//! {"cluster":"1f0c3a9e5b7d2468","group":1,"position":120,"version":4711,
 //!  "txn_id":"0123456789abcdef0123456789abcdef","participants":[1,2],
 //!  "changes":[
 //!    {"key":"user:7","key_b64":"dXNlcjo3","deleted":false,
@@ -11,6 +11,9 @@
 //!    {"key_b64":"/w==","deleted":true,"value_b64":null}]}
 //! ```
 //!
+//! - `cluster`: the cluster the event came from, its id in 16 lowercase
+//!   hex digits as `trellis status` shows it (positions mean something
+//!   only in their cluster).
 //! - `group`, `position`: where the event sits in its group's log;
 //!   `(group, position)` identifies it (resume after it, deduplicate by
 //!   it). `version`: the commit version of every change in it.
@@ -31,7 +34,7 @@
 //! of its own ([`encode_scan_row`]), told apart by `"scan":true`:
 //!
 //! ```json
-//! {"scan":true,"group":1,"position":118,"version":4690,
+//! {"scan":true,"cluster":"1f0c3a9e5b7d2468","group":1,"position":118,"version":4690,
 //!  "key":"user:7","key_b64":"dXNlcjo3","value":"ada","value_b64":"YWRh"}
 //! ```
 //!
@@ -71,7 +74,7 @@ impl Message {
         scan.rows
             .iter()
             .map(|row| Message {
-                payload: encode_scan_row(scan.group, scan.position, row),
+                payload: encode_scan_row(scan.cluster, scan.group, scan.position, row),
                 id: scan_message_id(scan.group, scan.position, &row.key),
                 group: scan.group,
                 what: format!(
@@ -86,9 +89,10 @@ impl Message {
 }
 
 /// The JSON of one scan row (see the module doc), as bytes.
-pub fn encode_scan_row(group: u64, position: u64, row: &FeedScanRow) -> Vec<u8> {
+pub fn encode_scan_row(cluster: u64, group: u64, position: u64, row: &FeedScanRow) -> Vec<u8> {
     let json = ScanRowJson {
         scan: true,
+        cluster: cluster_hex(cluster),
         group,
         position,
         version: row.version,
@@ -110,6 +114,7 @@ pub fn scan_message_id(group: u64, position: u64, key: &[u8]) -> String {
 #[derive(Serialize)]
 struct ScanRowJson<'a> {
     scan: bool,
+    cluster: String,
     group: u64,
     position: u64,
     version: u64,
@@ -124,6 +129,7 @@ struct ScanRowJson<'a> {
 /// The JSON of one event, as bytes (no trailing newline).
 pub fn encode_event(event: &FeedEvent) -> Vec<u8> {
     let json = EventJson {
+        cluster: cluster_hex(event.cluster),
         group: event.group,
         position: event.position,
         version: event.version,
@@ -142,6 +148,7 @@ pub fn message_id(event: &FeedEvent) -> String {
 
 #[derive(Serialize)]
 struct EventJson<'a> {
+    cluster: String,
     group: u64,
     position: u64,
     version: u64,
@@ -175,6 +182,12 @@ impl<'a> ChangeJson<'a> {
             value_b64: change.value.as_deref().map(|v| STANDARD.encode(v)),
         }
     }
+}
+
+/// A cluster id as `trellis status` and cursors write it: 16 lowercase
+/// hex digits.
+fn cluster_hex(cluster: u64) -> String {
+    format!("{cluster:016x}")
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -226,7 +239,7 @@ mod tests {
         assert_eq!(
             json,
             concat!(
-                r#"{"group":1,"position":120,"version":4711,"#,
+                r#"{"cluster":"0000000000000007","group":1,"position":120,"version":4711,"#,
                 r#""txn_id":"00112233445566778899aabbccddeeff","participants":[1,2],"changes":["#,
                 r#"{"key":"user:7","key_b64":"dXNlcjo3","deleted":false,"value":"ada","value_b64":"YWRh"},"#,
                 r#"{"key_b64":"/w==","deleted":true,"value_b64":null},"#,
@@ -282,14 +295,14 @@ mod tests {
         assert_eq!(
             String::from_utf8(messages[0].payload.clone()).expect("utf-8"),
             concat!(
-                r#"{"scan":true,"group":1,"position":118,"version":4690,"#,
+                r#"{"scan":true,"cluster":"0000000000000001","group":1,"position":118,"version":4690,"#,
                 r#""key":"user:7","key_b64":"dXNlcjo3","value":"ada","value_b64":"YWRh"}"#
             )
         );
         assert_eq!(messages[0].id, "scan-1-118-757365723a37");
         assert_eq!(
             String::from_utf8(messages[1].payload.clone()).expect("utf-8"),
-            r#"{"scan":true,"group":1,"position":118,"version":12,"key_b64":"/wE=","value_b64":"/g=="}"#
+            r#"{"scan":true,"cluster":"0000000000000001","group":1,"position":118,"version":12,"key_b64":"/wE=","value_b64":"/g=="}"#
         );
         assert_eq!(messages[1].id, "scan-1-118-ff01");
         assert_eq!(messages[1].group, 1);
@@ -308,7 +321,7 @@ mod tests {
         };
         assert_eq!(
             String::from_utf8(encode_event(&event)).expect("utf-8"),
-            r#"{"group":3,"position":9,"version":9,"txn_id":"abababababababababababababababab","participants":[],"changes":[]}"#
+            r#"{"cluster":"0000000000000007","group":3,"position":9,"version":9,"txn_id":"abababababababababababababababab","participants":[],"changes":[]}"#
         );
         assert_eq!(message_id(&event), "trellis-3-9");
     }

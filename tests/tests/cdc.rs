@@ -467,8 +467,9 @@ fn start_load(
         .collect()
 }
 
-/// One message's JSON, the parts this test checks.
-fn parse_event(payload: &[u8]) -> (u64, u64, String, Vec<Vec<u8>>) {
+/// One message's JSON, the parts this test checks; it must name `cluster`
+/// as `trellis status` does.
+fn parse_event(payload: &[u8], cluster: ClusterId) -> (u64, u64, String, Vec<Vec<u8>>) {
     let v: serde_json::Value = serde_json::from_slice(payload).expect("JSON event");
     let keys = v["changes"]
         .as_array()
@@ -476,6 +477,11 @@ fn parse_event(payload: &[u8]) -> (u64, u64, String, Vec<Vec<u8>>) {
         .iter()
         .map(|c| c["key"].as_str().expect("a UTF-8 key").as_bytes().to_vec())
         .collect();
+    assert_eq!(
+        v["cluster"].as_str(),
+        Some(cluster.to_string().as_str()),
+        "the event names its cluster"
+    );
     (
         v["group"].as_u64().expect("group"),
         v["position"].as_u64().expect("position"),
@@ -488,6 +494,7 @@ fn parse_event(payload: &[u8]) -> (u64, u64, String, Vec<Vec<u8>>) {
 async fn nats_gets_every_committed_transaction_once_through_a_primary_and_a_cdc_kill() {
     let mut cluster = ReplicatedCluster::start(3, 2, &[]).await.expect("cluster");
     let addr = cluster.addr().to_string();
+    let this = cluster_id(&cluster).await;
     let prefix = format!("{}/", unique("nats"));
     let subject = format!("trellis-test.{}", unique("feed"));
     let feed = unique("nats");
@@ -582,7 +589,7 @@ async fn nats_gets_every_committed_transaction_once_through_a_primary_and_a_cdc_
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.to_string())
                 .expect("a message id");
-            let (group, position, txn, keys) = parse_event(&message.payload);
+            let (group, position, txn, keys) = parse_event(&message.payload, this);
             assert_eq!(id, format!("trellis-{group}-{position}"));
             assert!(
                 ids.insert(id.clone()),
@@ -626,6 +633,7 @@ async fn rabbitmq_gets_confirmed_messages_with_their_ids() {
 
     let cluster = ReplicatedCluster::start(2, 1, &[]).await.expect("cluster");
     let addr = cluster.addr().to_string();
+    let this = cluster_id(&cluster).await;
     let exchange = unique("trellis-test");
     let prefix = format!("{}/", unique("amqp"));
     // The consumer's side first: a queue bound to every group's events.
@@ -703,7 +711,7 @@ async fn rabbitmq_gets_confirmed_messages_with_their_ids() {
             .expect("get")
         {
             Some(message) => {
-                let (group, position, txn, _) = parse_event(&message.delivery.data);
+                let (group, position, txn, _) = parse_event(&message.delivery.data, this);
                 let id = message
                     .delivery
                     .properties
@@ -900,4 +908,10 @@ async fn history_no_longer_kept_is_refused_clearly_and_an_initial_scan_recovers(
         .map(|i| format!("hist/{i:05}").into_bytes())
         .collect();
     assert_eq!(keys, expected, "the scan gives every key written");
+}
+
+/// This cluster's id, as `trellis status` shows it.
+async fn cluster_id(cluster: &ReplicatedCluster) -> ClusterId {
+    let status = cluster.status().await.expect("status");
+    ClusterId::new(status.cluster).expect("the status names the cluster")
 }
