@@ -875,7 +875,7 @@ impl ShardService for ShardApi {
         );
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(|batch| {
             batch.map_err(status_of).map(|b| {
-                let (scanning, scan_rows, scan_done) = match b.scan {
+                let (scanning, scan_rows, scan_done, epochs) = match b.scan {
                     Some(scan) => (
                         true,
                         scan.rows
@@ -887,9 +887,11 @@ impl ShardService for ShardApi {
                             })
                             .collect(),
                         scan.done,
+                        scan.epochs,
                     ),
-                    None => (false, Vec::new(), false),
+                    None => (false, Vec::new(), false, None),
                 };
+                let (scan_epoch_min, scan_epoch_max) = epochs.map_or((0, 0), |e| (e.min, e.max));
                 pb::FeedBatch {
                     txns: b.txns.into_iter().map(feed_txn).collect(),
                     resolved: b.resolved,
@@ -897,6 +899,8 @@ impl ShardService for ShardApi {
                     scanning,
                     scan_rows,
                     scan_done,
+                    scan_epoch_min,
+                    scan_epoch_max,
                 }
             })
         });

@@ -1070,3 +1070,181 @@ async fn a_watch_sends_the_same_events_batched_or_one_by_one() {
     assert_eq!(seen_by_mode[0], ids, "one by one: every put, in order");
     assert_eq!(seen_by_mode[1], ids, "batched: every put, in order");
 }
+
+/// Key prefixes of the moving-map scan test (one store read each).
+const MOVING_PREFIXES: usize = 4;
+/// Keys under each.
+const MOVING_KEYS: usize = 5000;
+/// Keys written per transaction while filling.
+const MOVING_FILL_BATCH: usize = 250;
+/// Slots of group 1 moved to group 2 and back while the scans run.
+const MOVING_SLOTS: usize = 24;
+/// Move rounds (there and back) at most before a rescan must have shown.
+const MOVING_ROUNDS_MAX: usize = 10;
+/// How long the scans, with their rescans, may take to settle.
+const MOVING_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An initial scan while slots move between the groups: each group scans
+/// the slots it owns, so a slot that flips from group 1 to group 2 could
+/// be read by neither (1 reads after it heard of the flip, 2 before). The
+/// groups whose scan read an older map epoch than another's must scan
+/// again (a "begins" after their `done`), and the scans and tails applied
+/// highest-version-wins end equal to the store, every key there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_scan_while_slots_move_scans_again_and_misses_nothing() {
+    use trellis_types::placement::assign_slots;
+    let cluster =
+        ReplicatedCluster::start_with_shard_env(2, 1, &[("TRELLIS_FAILPOINTS", "feed_scan_lag")])
+            .await
+            .expect("cluster");
+    let addr = cluster.addr().to_string();
+    let client = Client::connect(&addr).await.expect("client");
+    for d in 0..MOVING_PREFIXES {
+        for first in (0..MOVING_KEYS).step_by(MOVING_FILL_BATCH) {
+            client
+                .run_txn(|txn| async move {
+                    for i in first..first + MOVING_FILL_BATCH {
+                        txn.put(format!("mv/{d}/{i:04}").as_bytes(), b"v")?;
+                    }
+                    Ok(())
+                })
+                .await
+                .expect("fill");
+        }
+    }
+    let ring = assign_slots(&[1, 2]);
+    let slots: Vec<String> = (0..ring.len())
+        .filter(|s| ring[*s] == 1)
+        .take(MOVING_SLOTS)
+        .map(|s| s.to_string())
+        .collect();
+    let slots = slots.join(",");
+
+    let mut watch = client
+        .watch_with_scan(b"mv/", b"mv0")
+        .await
+        .expect("watch with a scan");
+    let seen: Arc<Mutex<Vec<FeedMessage>>> = Arc::default();
+    let complete = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, complete) = (seen.clone(), complete.clone());
+        tokio::spawn(async move {
+            loop {
+                match watch.next().await {
+                    Ok(Some(m)) => {
+                        seen.lock().expect("lock").push(m);
+                        complete.store(watch.cursor().is_some(), Ordering::Relaxed);
+                    }
+                    Ok(None) => panic!("the watch ended"),
+                    Err(e) => panic!("the watch failed: {e}"),
+                }
+            }
+        })
+    };
+    // Whether some group's scan began again after it was done.
+    let rescanned = |seen: &[FeedMessage]| {
+        let mut done = BTreeSet::new();
+        seen.iter().any(|m| match m {
+            FeedMessage::Scan {
+                group,
+                rows,
+                done: d,
+                ..
+            } => {
+                if *d {
+                    done.insert(*group);
+                    false
+                } else {
+                    rows.is_empty() && done.contains(group)
+                }
+            }
+            _ => false,
+        })
+    };
+    // Slots there and back until a rescan shows (the first flip lands
+    // while the scans still run: each takes seconds under the failpoint).
+    let mut rounds = 0;
+    while !rescanned(&seen.lock().expect("lock")) {
+        assert!(
+            rounds < MOVING_ROUNDS_MAX,
+            "no group scanned again in {rounds} rounds of moves during the scans"
+        );
+        rounds += 1;
+        for (from, to) in [("1", "2"), ("2", "1")] {
+            let args: Vec<String> = [
+                "admin",
+                "move-slots",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--slots",
+                &slots,
+                "--wait",
+                "--addr",
+                &addr,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let out = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                trellis_tests::harness::admin_ok(&args)
+            })
+            .await
+            .expect("move-slots");
+            assert!(out.contains("done"), "{out}");
+        }
+    }
+
+    // The store, read prefix by prefix (each fits one scan).
+    let mut store = BTreeMap::new();
+    for d in 0..MOVING_PREFIXES {
+        store.extend(store_state(&client, format!("mv/{d}/").as_bytes()).await);
+    }
+    assert_eq!(
+        store.len(),
+        MOVING_PREFIXES * MOVING_KEYS,
+        "every key stays"
+    );
+    let deadline = Instant::now() + MOVING_SETTLE_TIMEOUT;
+    loop {
+        let mut applied = Applied::new();
+        for m in seen.lock().expect("lock").iter() {
+            match m {
+                FeedMessage::Scan { rows, .. } => {
+                    for r in rows {
+                        apply_newer(&mut applied, &r.key, r.version, Some(r.value.clone()));
+                    }
+                }
+                FeedMessage::Event(e) => {
+                    for c in &e.changes {
+                        apply_newer(&mut applied, &c.key, e.version, c.value.clone());
+                    }
+                }
+                FeedMessage::Resolved { .. } => {}
+            }
+        }
+        let live: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = applied
+            .into_iter()
+            .filter_map(|(k, (v, value))| value.map(|value| (k, (v, value))))
+            .collect();
+        if complete.load(Ordering::Relaxed) && live == store {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scans never settled on the store (scans done: {}): {} keys live, {} in the \
+             store, first missing {:?}",
+            complete.load(Ordering::Relaxed),
+            live.len(),
+            store.len(),
+            store
+                .keys()
+                .find(|k| !live.contains_key(*k))
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    reader.abort();
+}

@@ -23,7 +23,7 @@ use tonic::Status;
 use trellis_proto::error;
 use trellis_proto::shard::v1 as shard_pb;
 use trellis_proto::v1 as pb;
-use trellis_types::{ClusterId, GroupId, Lsn};
+use trellis_types::{ClusterId, GroupId, Lsn, MapEpoch};
 
 use crate::router::{Fault, Router, classify};
 use crate::service::invalid;
@@ -41,6 +41,114 @@ pub const FEED_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const FEED_MAP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Deadline for opening one group's feed (the stream itself has none).
 pub const FEED_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rounds of initial scans a watch runs before it gives up on a range
+/// whose slots keep moving (each round scans again only the groups that
+/// read an older map epoch than another group).
+pub const SCAN_ROUNDS_MAX: u32 = 32;
+/// How long a group waits before it scans again for a newer map epoch (a
+/// shard hears of a new map within about a second).
+pub const SCAN_AGAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// The map epochs, lowest and highest, by whose slot ownership one group's
+/// scan chose its keys (`FeedBatch.scan_epoch_min` / `_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochSpan {
+    pub min: MapEpoch,
+    pub max: MapEpoch,
+}
+
+/// What the watch does once a group's scan is done or the group left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanVerdict {
+    /// Other groups are still scanning.
+    Wait,
+    /// Every group read one and the same epoch: together the scans took
+    /// every slot's keys exactly once. Nothing more to check.
+    Complete,
+    /// Scan these groups again: each read (partly) an epoch older than
+    /// another group's, so a slot that moved between them in the meantime
+    /// may have been read by neither.
+    Rescan(BTreeSet<GroupId>),
+    /// The slots kept moving for `SCAN_ROUNDS_MAX` rounds.
+    GiveUp,
+}
+
+/// The initial scans of one watch, judged together (DESIGN.md §11,
+/// ARCHITECTURE.md "Change feed"): a shard scans the slots it owns (or
+/// holds frozen for a move), so one group's scan under map epoch E and
+/// another's under E + 1 can both skip a slot that moved between them.
+/// Scans that all read one epoch cover each slot exactly once. Pure.
+#[derive(Debug)]
+pub struct ScanBook {
+    /// By scanning group: its scan's epochs once done.
+    groups: BTreeMap<GroupId, Option<EpochSpan>>,
+    rounds: u32,
+    complete: bool,
+}
+
+impl ScanBook {
+    /// The scans of `groups`, all begun.
+    pub fn new(groups: impl IntoIterator<Item = GroupId>) -> ScanBook {
+        ScanBook {
+            groups: groups.into_iter().map(|g| (g, None)).collect(),
+            rounds: 1,
+            complete: false,
+        }
+    }
+
+    /// `group`'s scan began again (its stream broke): no epochs yet.
+    pub fn restarted(&mut self, group: GroupId) {
+        if let Some(epochs) = self.groups.get_mut(&group) {
+            *epochs = None;
+        }
+    }
+
+    /// `group`'s scan is done, having read `epochs`.
+    pub fn done(&mut self, group: GroupId, epochs: EpochSpan) -> ScanVerdict {
+        if let Some(held) = self.groups.get_mut(&group) {
+            *held = Some(epochs);
+        }
+        self.judge()
+    }
+
+    /// `group` left the map: its scan no longer counts.
+    pub fn left(&mut self, group: GroupId) -> ScanVerdict {
+        self.groups.remove(&group);
+        self.judge()
+    }
+
+    fn judge(&mut self) -> ScanVerdict {
+        if self.complete {
+            return ScanVerdict::Complete;
+        }
+        let mut done = Vec::with_capacity(self.groups.len());
+        for (&group, epochs) in &self.groups {
+            match epochs {
+                None => return ScanVerdict::Wait,
+                Some(e) => done.push((group, *e)),
+            }
+        }
+        let newest = done.iter().map(|(_, e)| e.max).max().unwrap_or(0);
+        let behind: BTreeSet<GroupId> = done
+            .iter()
+            .filter(|(_, e)| e.min < newest)
+            .map(|(g, _)| *g)
+            .collect();
+        if behind.is_empty() {
+            self.complete = true;
+            return ScanVerdict::Complete;
+        }
+        if self.rounds >= SCAN_ROUNDS_MAX {
+            return ScanVerdict::GiveUp;
+        }
+        self.rounds += 1;
+        for group in &behind {
+            self.groups.insert(*group, None);
+        }
+        ScanVerdict::Rescan(behind)
+    }
+}
 
 /// What a watch covers and where it starts.
 #[derive(Clone, Debug)]
@@ -148,9 +256,11 @@ type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
     let mut running: BTreeSet<GroupId> = BTreeSet::new();
     let mut first = true;
+    let mut scans: Option<Arc<Scans>> = None;
     loop {
         let map = router.map();
         if first && spec.initial_scan {
+            scans = Some(Arc::new(Scans::new(map.groups.keys().copied())));
             // Before any group's message: the client learns which groups
             // it waits for before the scan is done.
             for &group in map.groups.keys() {
@@ -177,7 +287,8 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
                     (Some(cursor), true) => Some(cursor.get(&group).copied().unwrap_or(0)),
                     (_, false) => Some(0),
                 };
-                let scan = first && spec.initial_scan;
+                // Only the groups of the first map scan.
+                let scan = scans.clone().filter(|_| first);
                 tokio::spawn(group_feed(
                     router.clone(),
                     spec.clone(),
@@ -196,23 +307,88 @@ pub async fn watch(router: Arc<Router>, spec: WatchSpec, out: Out) {
     }
 }
 
+/// The initial scans of one watch: judged together ([`ScanBook`]), and a
+/// way to tell a group whose scan is done to scan again.
+struct Scans {
+    book: std::sync::Mutex<ScanBook>,
+    again: BTreeMap<GroupId, tokio::sync::Notify>,
+}
+
+impl Scans {
+    fn new(groups: impl IntoIterator<Item = GroupId>) -> Scans {
+        let groups: BTreeSet<GroupId> = groups.into_iter().collect();
+        Scans {
+            book: std::sync::Mutex::new(ScanBook::new(groups.iter().copied())),
+            again: groups
+                .into_iter()
+                .map(|g| (g, tokio::sync::Notify::new()))
+                .collect(),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, ScanBook> {
+        self.book.lock().expect("scan book lock poisoned")
+    }
+
+    /// Acts on a verdict: tells the groups to scan again, or ends the
+    /// watch if the slots kept moving.
+    async fn act(&self, verdict: ScanVerdict, out: &Out) {
+        match verdict {
+            ScanVerdict::Wait | ScanVerdict::Complete => {}
+            ScanVerdict::Rescan(groups) => {
+                tracing::info!(
+                    ?groups,
+                    "slots moved while the initial scans ran; scanning these groups again"
+                );
+                for group in groups {
+                    if let Some(again) = self.again.get(&group) {
+                        again.notify_one();
+                    }
+                }
+            }
+            ScanVerdict::GiveUp => {
+                let _ = out
+                    .send(Err(Status::unavailable(format!(
+                        "slots kept moving between groups during the initial scan \
+                         ({SCAN_ROUNDS_MAX} rounds of scans read different map epochs): \
+                         start the watch with a scan again once the resharding job is \
+                         done (`trellis admin reshard list`)"
+                    ))))
+                    .await;
+            }
+        }
+    }
+
+    /// Waits until `group` is told to scan again (never, for a group that
+    /// does not scan).
+    async fn again(&self, group: GroupId) {
+        match self.again.get(&group) {
+            Some(again) => again.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Follows one group's feed from `from` (`None`: now), after its initial
-/// scan if `scan`.
+/// scan if `scan` (the watch's scans, judged together).
 async fn group_feed(
     router: Arc<Router>,
     spec: WatchSpec,
     group: GroupId,
     mut from: Option<Lsn>,
-    scan: bool,
+    scan: Option<Arc<Scans>>,
     out: Out,
 ) {
     // Until the scan is done, every attempt scans from the start.
-    let mut scanning = scan;
+    let mut scanning = scan.is_some();
     let mut attempts = 0u64;
     let mut backoff = FEED_RETRY_BACKOFF_MIN;
     loop {
         attempts += 1;
         if scanning && attempts > 1 {
+            if let Some(scans) = &scan {
+                scans.book().restarted(group);
+            }
             // The scan begins again: rows from the range's first key.
             let again = pb::WatchResponse {
                 kind: Some(pb::watch_response::Kind::Scan(pb::FeedScan {
@@ -230,6 +406,10 @@ async fn group_feed(
         let map = router.map();
         if !map.groups.contains_key(&group) {
             tracing::info!(group, "the group left the map; its feed ends");
+            if let Some(scans) = &scan {
+                let verdict = scans.book().left(group);
+                scans.act(verdict, &out).await;
+            }
             return;
         }
         let opened = match router.client(&map, group) {
@@ -252,9 +432,29 @@ async fn group_feed(
         let fault = match opened {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                match follow(&mut stream, &spec, group, &mut from, &mut scanning, &out).await {
+                let followed = follow(
+                    &mut stream,
+                    &spec,
+                    group,
+                    &mut from,
+                    &mut scanning,
+                    scan.as_deref(),
+                    &out,
+                )
+                .await;
+                match followed {
                     Followed::ClientGone => return,
                     Followed::Broke(fault, status) => (fault, status),
+                    Followed::ScanAgain => {
+                        // From now, after a wait for the newer map.
+                        scanning = true;
+                        from = None;
+                        tokio::select! {
+                            () = tokio::time::sleep(SCAN_AGAIN_WAIT) => {}
+                            () = out.closed() => return,
+                        }
+                        continue;
+                    }
                 }
             }
             Err(fault) => fault,
@@ -281,6 +481,9 @@ async fn group_feed(
 enum Followed {
     ClientGone,
     Broke(Fault, Status),
+    /// The watch's scans read different map epochs: this group's must be
+    /// done again.
+    ScanAgain,
 }
 
 /// Passes a group's batches on until the stream breaks or goes silent;
@@ -291,12 +494,20 @@ async fn follow(
     group: GroupId,
     from: &mut Option<Lsn>,
     scanning: &mut bool,
+    scans: Option<&Scans>,
     out: &Out,
 ) -> Followed {
     loop {
+        let again = async {
+            match scans {
+                Some(scans) => scans.again(group).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             next = tokio::time::timeout(FEED_SILENCE_MAX, stream.message()) => next,
             () = out.closed() => return Followed::ClientGone,
+            () = again => return Followed::ScanAgain,
         };
         let cluster = spec.cluster;
         let batch = match next {
@@ -345,9 +556,17 @@ async fn follow(
             }
             if batch.scan_done {
                 // The tail starts after the scan's position, whatever
-                // breaks from now on.
+                // breaks from now on (unless the scans must be done again).
                 *scanning = false;
                 *from = Some(batch.resolved);
+                if let Some(scans) = scans {
+                    let epochs = EpochSpan {
+                        min: batch.scan_epoch_min,
+                        max: batch.scan_epoch_max,
+                    };
+                    let verdict = scans.book().done(group, epochs);
+                    scans.act(verdict, out).await;
+                }
             }
             continue;
         }
@@ -572,6 +791,85 @@ mod tests {
         for batch in [false, true] {
             assert_eq!(kinds(batch, vec![]), vec![Kind::Resolved(resolved)]);
         }
+    }
+
+    fn span(min: u64, max: u64) -> EpochSpan {
+        EpochSpan { min, max }
+    }
+
+    #[test]
+    fn scans_of_one_epoch_are_complete() {
+        let mut book = ScanBook::new([1, 2, 3]);
+        assert_eq!(book.done(1, span(4, 4)), ScanVerdict::Wait);
+        assert_eq!(book.done(3, span(4, 4)), ScanVerdict::Wait);
+        assert_eq!(book.done(2, span(4, 4)), ScanVerdict::Complete);
+        // Judged once: later news changes nothing.
+        assert_eq!(book.done(2, span(9, 9)), ScanVerdict::Complete);
+    }
+
+    #[test]
+    fn a_group_that_read_an_older_epoch_scans_again_until_all_agree() {
+        let mut book = ScanBook::new([1, 2, 3]);
+        // Group 1 read epoch 4, then heard of 5 mid-scan; group 2 read 5
+        // only; group 3 read 4 only. A slot that moved at 5 may be in
+        // neither 1's later chunks nor 3's.
+        book.done(1, span(4, 5));
+        book.done(2, span(5, 5));
+        assert_eq!(
+            book.done(3, span(4, 4)),
+            ScanVerdict::Rescan([1, 3].into_iter().collect())
+        );
+        // Group 1 scans again at 5; group 3 has not heard of 5 yet.
+        assert_eq!(book.done(1, span(5, 5)), ScanVerdict::Wait);
+        assert_eq!(
+            book.done(3, span(4, 4)),
+            ScanVerdict::Rescan([3].into_iter().collect())
+        );
+        // A restarted scan (failover) forgets what it had read.
+        book.restarted(3);
+        assert_eq!(book.done(3, span(5, 5)), ScanVerdict::Complete);
+    }
+
+    #[test]
+    fn a_group_that_left_no_longer_counts() {
+        let mut book = ScanBook::new([1, 2]);
+        assert_eq!(book.done(1, span(3, 3)), ScanVerdict::Wait);
+        assert_eq!(book.left(2), ScanVerdict::Complete);
+        // Had group 2 stayed, its newer epoch would have made 1 scan again.
+        let mut book = ScanBook::new([1, 2]);
+        book.done(1, span(2, 2));
+        assert_eq!(
+            book.done(2, span(3, 3)),
+            ScanVerdict::Rescan([1].into_iter().collect())
+        );
+        let mut book = ScanBook::new([1, 2]);
+        book.done(1, span(2, 2));
+        assert_eq!(book.left(2), ScanVerdict::Complete);
+    }
+
+    #[test]
+    fn slots_that_keep_moving_give_up_after_the_bound() {
+        let mut book = ScanBook::new([1, 2]);
+        let mut epoch = 1;
+        let mut rounds = 1;
+        book.done(1, span(epoch, epoch));
+        loop {
+            epoch += 1;
+            match book.done(2, span(epoch, epoch)) {
+                ScanVerdict::Rescan(groups) => {
+                    assert_eq!(groups, [1].into_iter().collect());
+                    rounds += 1;
+                    // Group 2's stream broke (its scan starts over), then
+                    // group 1 scans again; by then the epoch moved on.
+                    book.restarted(2);
+                    assert_eq!(book.done(1, span(epoch, epoch)), ScanVerdict::Wait);
+                    assert!(rounds <= SCAN_ROUNDS_MAX, "past the bound");
+                }
+                ScanVerdict::GiveUp => break,
+                other => panic!("slots move every round: {other:?}"),
+            }
+        }
+        assert_eq!(rounds, SCAN_ROUNDS_MAX);
     }
 
     #[test]

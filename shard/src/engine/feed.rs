@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use trellis_types::Lsn;
+use trellis_types::{Lsn, MapEpoch};
 
 use trellis_types::slot_of;
 
@@ -54,11 +54,38 @@ pub struct FeedBatch {
 }
 
 /// A chunk of an initial scan: rows in key order, after the previous
-/// chunk's; `done` on the last.
+/// chunk's; `done` on the last, which also says by which map epochs'
+/// slot ownership the whole scan chose its keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanBatch {
     pub rows: Vec<ScanRow>,
     pub done: bool,
+    /// On the last chunk only.
+    pub epochs: Option<EpochSpan>,
+}
+
+/// The lowest and highest of the map epochs seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochSpan {
+    pub min: MapEpoch,
+    pub max: MapEpoch,
+}
+
+impl EpochSpan {
+    fn at(epoch: MapEpoch) -> EpochSpan {
+        EpochSpan {
+            min: epoch,
+            max: epoch,
+        }
+    }
+
+    /// `span` widened to take in `epoch` (`None`: just `epoch`).
+    fn with(span: Option<EpochSpan>, epoch: MapEpoch) -> EpochSpan {
+        span.map_or(EpochSpan::at(epoch), |s| EpochSpan {
+            min: s.min.min(epoch),
+            max: s.max.max(epoch),
+        })
+    }
 }
 
 /// Where a feed starts: after `after`, with the version base that maps
@@ -266,16 +293,23 @@ impl Shard {
     ) -> Result<bool, ShardError> {
         let mut scan = Scan::new(range.clone());
         let mut sent_at = Instant::now();
-        let batch = |rows: Vec<ScanRow>, done: bool| FeedBatch {
+        // The epochs of the ownership every key choice was made by.
+        let mut epochs: Option<EpochSpan> = None;
+        let batch = |rows: Vec<ScanRow>, done: Option<EpochSpan>| FeedBatch {
             txns: Vec::new(),
             resolved: tail_after,
             head: self.last_lsn(),
-            scan: Some(ScanBatch { rows, done }),
+            scan: Some(ScanBatch {
+                rows,
+                done: done.is_some(),
+                epochs: done,
+            }),
         };
         loop {
             if scan.needs_window() {
                 let (keys, more) = {
                     let ownership = self.state.serving();
+                    epochs = Some(EpochSpan::with(epochs, ownership.map_epoch()));
                     let mut window = scan.window();
                     for entry in self.state.index.iter() {
                         if entry.value().value().is_some() && scanned(&ownership, entry.key()) {
@@ -292,6 +326,7 @@ impl Shard {
             let (rows, read_at) = {
                 let guard = self.state.lock();
                 let ownership = self.state.serving();
+                epochs = Some(EpochSpan::with(epochs, ownership.map_epoch()));
                 let rows = scan.next_chunk(|key| {
                     let entry = self.state.index.get(key)?.value().clone();
                     let value = entry.value()?;
@@ -316,7 +351,7 @@ impl Shard {
                     break;
                 }
                 if sent_at.elapsed() >= FEED_RESOLVED_INTERVAL {
-                    if out.send(Ok(batch(Vec::new(), false))).await.is_err() {
+                    if out.send(Ok(batch(Vec::new(), None))).await.is_err() {
                         return Ok(false);
                     }
                     sent_at = Instant::now();
@@ -333,7 +368,7 @@ impl Shard {
                 }
             }
             if !rows.is_empty() {
-                if out.send(Ok(batch(rows, false))).await.is_err() {
+                if out.send(Ok(batch(rows, None))).await.is_err() {
                     return Ok(false);
                 }
                 sent_at = Instant::now();
@@ -342,7 +377,9 @@ impl Shard {
                 }
             }
         }
-        Ok(out.send(Ok(batch(Vec::new(), true))).await.is_ok())
+        // A scan of nothing chose by the ownership it has now.
+        let epochs = epochs.unwrap_or_else(|| EpochSpan::at(self.state.serving().map_epoch()));
+        Ok(out.send(Ok(batch(Vec::new(), Some(epochs)))).await.is_ok())
     }
 }
 
