@@ -17,7 +17,7 @@ use trellis_proto::v1 as pb;
 
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use trellis_txn::feed::{WATCH_BUFFER_MAX, check_cursor_cluster, watch, watch_spec};
+use trellis_txn::feed::{check_cursor_cluster, watch, watch_spec};
 use trellis_types::ClusterId;
 
 use crate::router::CatalogRouter;
@@ -89,7 +89,7 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
         }
         let groups: BTreeSet<u64> = map.groups.keys().copied().collect();
         let spec = watch_spec(request.into_inner(), &groups, cluster)?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER_MAX);
+        let (tx, rx) = mpsc::channel(spec.buffer());
         tokio::spawn(watch(router, spec, tx));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,

@@ -31,6 +31,21 @@ use crate::service::invalid;
 /// Messages a watch holds for its client (across groups); a slow client
 /// slows every group's stream, nothing is dropped.
 pub const WATCH_BUFFER_MAX: usize = 256;
+/// The same for a watch that asked for batches: each message holds up to
+/// a shard's read of its log (`FEED_READ_BYTES_MAX`, 256 KiB, in the
+/// shard crate), so fewer of them.
+pub const WATCH_BATCHES_BUFFERED_MAX: usize = 16;
+
+impl WatchSpec {
+    /// How many messages the watch holds for its client.
+    pub fn buffer(&self) -> usize {
+        if self.batch {
+            WATCH_BATCHES_BUFFERED_MAX
+        } else {
+            WATCH_BUFFER_MAX
+        }
+    }
+}
 /// A group's feed that sent nothing for this long is opened again (a
 /// shard's feed sends at least every `FEED_RESOLVED_INTERVAL`, 200 ms).
 pub const FEED_SILENCE_MAX: Duration = Duration::from_secs(5);
