@@ -621,8 +621,9 @@ async fn send_log_prefix(
             .send(Ok(batch))
             .await
             .map_err(|_| ReplicaError::BackupGone)?;
+        // In records, as a backlog read from the log is reported.
         report.set(
-            crate::repl::CatchUpMode::Snapshot,
+            crate::repl::CatchUpMode::Log,
             reader.next_lsn() - start,
             total,
         );
