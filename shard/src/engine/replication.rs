@@ -332,6 +332,76 @@ mod tests {
         assert_feed_reads_all(&backup, 62).await;
     }
 
+    /// The story: a crash in the middle of an install's renames (newest
+    /// segment first) leaves the newest segments of the prefix in place
+    /// and the rest still staged. The replica opens: the staged files are
+    /// deleted, and the log is whole (no gap) from the oldest segment in
+    /// place through what it appends after the snapshot.
+    #[tokio::test]
+    async fn a_crash_during_the_renames_leaves_a_whole_shorter_log() {
+        let primary_dir = tempfile::tempdir().expect("tempdir");
+        let backup_dir = tempfile::tempdir().expect("tempdir");
+        let primary =
+            Shard::open(small_log(primary_dir.path()), Arc::new(Metrics::default())).expect("open");
+        primary.pin_log_for_feeds(1);
+        for n in 1..=60 {
+            commit(&primary, n).await;
+        }
+        let capture = primary.capture();
+        let snapshot_lsn = capture.lsn;
+        let mut reader = primary.log_reader(1).await.expect("reader").expect("kept");
+        let prefix: Vec<FeedRecord> = reader
+            .read(snapshot_lsn, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|r| FeedRecord {
+                lsn: r.lsn,
+                kind: r.kind,
+                payload: r.payload.into(),
+            })
+            .collect();
+        let backup =
+            Shard::open(small_log(backup_dir.path()), Arc::new(Metrics::default())).expect("open");
+        let mut stage = backup.stage_prefix().expect("stage");
+        stage.append(&prefix).expect("append");
+        let staged = stage.finish(snapshot_lsn).expect("whole").expect("some");
+        backup
+            .install_snapshot(capture, Some(staged))
+            .expect("install");
+        backup.shutdown();
+        drop(backup);
+        // What the crash left: the older segments not yet renamed (still
+        // staged), the newer ones in place.
+        let dir = backup_dir.path();
+        let segments = crate::wal::list_segments(dir).expect("list");
+        assert!(segments.len() >= 3, "{segments:?}");
+        let kept_from = segments[segments.len() / 2].first_lsn;
+        for s in &segments[..segments.len() / 2] {
+            let staged = dir.join(format!("prefix-{:020}.tmp", s.first_lsn));
+            std::fs::rename(&s.path, staged).expect("unrename");
+        }
+        let backup = Shard::open(small_log(dir), Arc::new(Metrics::default())).expect("open");
+        assert_eq!(backup.recovery().snapshot_lsn, snapshot_lsn);
+        assert!(
+            std::fs::read_dir(dir).expect("dir").all(|e| !e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")),
+            "staged files were left"
+        );
+        commit(&backup, 61).await;
+        let mut reader = backup
+            .log_reader(kept_from)
+            .await
+            .expect("reader")
+            .expect("the log starts there");
+        let read = reader.read(snapshot_lsn + 1, usize::MAX).expect("whole");
+        assert_eq!(read.first().map(|r| r.lsn), Some(kept_from));
+        assert_eq!(read.last().map(|r| r.lsn), Some(snapshot_lsn + 1));
+        assert!(backup.log_reader(1).await.expect("reader").is_none());
+    }
+
     /// A feed of everything from the log's beginning on `shard` yields
     /// transactions 1..=`last` (txn(n) wrote kn), in order.
     async fn assert_feed_reads_all(shard: &Arc<Shard>, last: u32) {
