@@ -10,6 +10,9 @@
 //!   outcome memory, and the rules that check each operation (`check_*`,
 //!   among them the anchor's decide and resolve). No IO, no clock.
 //! - [`snapshot`]: writing and reading snapshots.
+//! - [`log_prefix`]: the log records below a snapshot that registered
+//!   feeds still pin, shipped with it to a backup: which ones (pure), what
+//!   a backup accepts (pure), and the backup's staging files.
 //! - [`engine`]: one replica's [`Shard`], each change durable before it
 //!   answers, by concern: recovery (opening the data directory), the
 //!   participant operations, retention (snapshots, log pins),
@@ -57,6 +60,7 @@ pub mod failpoint;
 pub mod feed;
 pub mod freshness;
 pub mod fsio;
+pub mod log_prefix;
 pub mod membership;
 pub mod metrics;
 pub mod ownership;

@@ -152,6 +152,9 @@ pub enum ReplicaError {
     /// Backup: the epoch changed (here or in what the primary sent).
     #[error("the epoch changed")]
     EpochChanged,
+    /// Backup: the log prefix before a snapshot was refused.
+    #[error(transparent)]
+    Prefix(#[from] crate::log_prefix::PrefixError),
     /// Backup: the primary's snapshot is larger than [`SNAPSHOT_BYTES_MAX`].
     #[error("snapshot larger than SNAPSHOT_BYTES_MAX")]
     SnapshotTooLarge,
@@ -441,8 +444,13 @@ async fn feed_backup(
     // Snapshots taken meanwhile keep the log this stream still needs.
     let pin = shard.pin_log(next.min(shard.last_lsn() + 1));
     if needs_snapshot {
+        // What registered feeds pin stays on disk while it is sent.
+        if let Some(feeds_from) = shard.feeds_need_from() {
+            pin.advance(feeds_from.min(next).min(shard.last_lsn() + 1));
+        }
         let capture = shard.capture();
         next = capture.lsn + 1;
+        send_log_prefix(shard, &link, epoch, capture.lsn, report).await?;
         pin.advance(next);
         let mut bytes = Vec::new();
         crate::snapshot::encode(&mut bytes, &capture)?;
@@ -466,6 +474,7 @@ async fn feed_backup(
                 commit_lsn: shard.repl.marks().sync,
                 safe_lsn: 0,
                 safe_token: 0,
+                prefix: Vec::new(),
             };
             pace(shard, piece.len()).await;
             link.tx
@@ -535,6 +544,7 @@ async fn feed_backup(
             commit_lsn: shard.repl.marks().sync,
             safe_lsn,
             safe_token,
+            prefix: Vec::new(),
         };
         link.tx
             .send(Ok(batch))
@@ -552,6 +562,74 @@ async fn feed_backup(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// Sends, before a snapshot at `snapshot_lsn`, the log prefix registered
+/// feeds pin below it ([`crate::log_prefix`]): batches of at most
+/// [`crate::repl::BATCH_BYTES_MAX`] read from the log on disk, paced like
+/// any catch-up. The caller pinned the log from the feeds' pin. Sends
+/// nothing when no feed is registered or the feeds need nothing below the
+/// snapshot.
+async fn send_log_prefix(
+    shard: &Arc<Shard>,
+    link: &BackupLink<'_>,
+    epoch: u64,
+    snapshot_lsn: Lsn,
+    report: &CatchUpReport<'_>,
+) -> Result<(), ReplicaError> {
+    let Some(start) = shard.snapshot_prefix_start(snapshot_lsn).await? else {
+        return Ok(());
+    };
+    // Only durable records are read back from the log.
+    shard.wait_durable(snapshot_lsn).await?;
+    let Some(mut reader) = shard.log_reader(start).await? else {
+        // Pinned, so never cut meanwhile; a log that did not reach back
+        // (the primary restored by snapshot itself) sends no prefix.
+        return Ok(());
+    };
+    let total = snapshot_lsn + 1 - start;
+    while reader.next_lsn() <= snapshot_lsn {
+        let (back, read) = crate::fsio::blocking(move || {
+            let read = reader.read(snapshot_lsn, crate::repl::BATCH_BYTES_MAX);
+            (reader, read)
+        })
+        .await
+        .map_err(ReplicaError::LogReadTask)?;
+        reader = back;
+        let records = read.map_err(ReplicaError::LogRead)?;
+        let bytes = records.iter().map(|r| r.payload.len()).sum();
+        let batch = pb::ReplicaBatch {
+            epoch,
+            heartbeat_seq: shard.repl.heartbeat(Instant::now()),
+            snapshot: Vec::new(),
+            snapshot_done: false,
+            records: Vec::new(),
+            commit_lsn: shard.repl.marks().sync,
+            safe_lsn: 0,
+            safe_token: 0,
+            prefix: records
+                .into_iter()
+                .map(|r| pb::ReplicaRecord {
+                    lsn: r.lsn,
+                    kind: u32::from(r.kind),
+                    payload: r.payload.into(),
+                })
+                .collect(),
+        };
+        pace(shard, bytes).await;
+        link.tx
+            .send(Ok(batch))
+            .await
+            .map_err(|_| ReplicaError::BackupGone)?;
+        // In records, as a backlog read from the log is reported.
+        report.set(
+            crate::repl::CatchUpMode::Log,
+            reader.next_lsn() - start,
+            total,
+        );
+    }
+    shard.metrics().catch_up_log_records.add(total);
+    Ok(())
 }
 
 /// Waits for the catch-up rate to allow `bytes` more, and counts them.
@@ -645,6 +723,8 @@ async fn receive(
     applied: &mpsc::Sender<(Lsn, u64)>,
 ) -> Result<(), ReplicaError> {
     let mut snapshot: Vec<u8> = Vec::new();
+    // The log prefix that comes before a snapshot, staged as it comes.
+    let mut prefix: Option<crate::log_prefix::PrefixStage> = None;
     loop {
         let batch = match tokio::time::timeout(GRACE, stream.next()).await {
             Err(_) => {
@@ -665,6 +745,28 @@ async fn receive(
             return Err(ReplicaError::EpochChanged);
         }
         shard.repl.heard(Instant::now());
+        if !batch.prefix.is_empty() {
+            let records = batch
+                .prefix
+                .into_iter()
+                .map(record_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            let stage = match prefix.take() {
+                Some(stage) => stage,
+                None => {
+                    let shard = shard.clone();
+                    crate::fsio::blocking(move || shard.stage_prefix()).await??
+                }
+            };
+            let stage = crate::fsio::blocking(move || {
+                let mut stage = stage;
+                stage.append(&records).map(|()| stage)
+            })
+            .await??;
+            prefix = Some(stage);
+            // Like snapshot pieces, renews no lease.
+            continue;
+        }
         if !batch.snapshot.is_empty() || batch.snapshot_done {
             if snapshot.len() + batch.snapshot.len() > SNAPSHOT_BYTES_MAX {
                 return Err(ReplicaError::SnapshotTooLarge);
@@ -677,7 +779,17 @@ async fn receive(
                     std::path::Path::new("(snapshot from the primary)"),
                 )?;
                 let shard2 = shard.clone();
-                crate::fsio::blocking(move || shard2.install_snapshot(capture)).await??;
+                let stage = prefix.take();
+                crate::fsio::blocking(move || {
+                    let prefix = match stage {
+                        Some(stage) => stage.finish(capture.lsn)?,
+                        None => None,
+                    };
+                    shard2
+                        .install_snapshot(capture, prefix)
+                        .map_err(ReplicaError::from)
+                })
+                .await??;
             }
             // Snapshot pieces renew no lease (nothing is acknowledged
             // until it is installed).

@@ -177,7 +177,8 @@ pub struct Segment {
     pub path: PathBuf,
 }
 
-fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+/// The path of the segment whose first record is `first_lsn`.
+pub fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
     dir.join(format!("{SEGMENT_PREFIX}{first_lsn:020}{SEGMENT_SUFFIX}"))
 }
 

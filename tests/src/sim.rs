@@ -38,9 +38,7 @@
 //!    cursor every second, so every replica keeps its log from there: a
 //!    group that no longer keeps its log after the consumer's cursor
 //!    (FEED_HISTORY_GONE) fails the seed (`SimResult::feed_gaps`; the
-//!    consumer watches again from now so that the other rules are judged),
-//!    but for one known gap the shard names: a replica restored from its
-//!    primary's snapshot past the cursor (`feed::RESTORED_BY_SNAPSHOT`).
+//!    consumer watches again from now so that the other rules are judged).
 //!
 //! With [`SimConfig::reshard`] (`trellis-sim --reshard`) the cluster has
 //! one more group, `g{groups+1}r{R}`, added empty by the coordinator
@@ -333,8 +331,8 @@ pub struct SimResult {
     /// Why the consumer's watches broke, with simulated times.
     pub feed_breaks: Vec<String>,
     /// History a group no longer kept for the consumer (see
-    /// `feed::HISTORY_GONE`): completeness was not judged, and each but
-    /// the known gap (`feed::RESTORED_BY_SNAPSHOT`) is a problem of `feed`.
+    /// `feed::HISTORY_GONE`): completeness was not judged, and each is a
+    /// problem of `feed`.
     pub feed_gaps: Vec<String>,
 }
 

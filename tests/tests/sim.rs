@@ -122,8 +122,11 @@ fn replay_with(seed: u64, out: &Path, extra: &[&str]) -> (String, String) {
 /// late decide recorded COMMIT at the anchor after a sweeper had resolved,
 /// finalized (aborted) and forgotten the transaction; 2033 found the first
 /// fix incomplete — a late resolve then found no record to answer with and
-/// the anchor panicked.
-const REGRESSION_SEEDS: [u64; 2] = [1035, 2033];
+/// the anchor panicked; 10009 and 10038 promoted a backup restored from
+/// its primary's snapshot a moment before, which lacked the log the
+/// registered feed still pinned (FEED_HISTORY_GONE), until a snapshot
+/// carried that log prefix.
+const REGRESSION_SEEDS: [u64; 4] = [1035, 2033, 10009, 10038];
 
 #[test]
 fn seeds_that_found_bugs_pass() {

@@ -98,14 +98,17 @@ pub struct FeedStart {
 
 impl Shard {
     /// FEED_HISTORY_GONE for a feed after `after`: `restored` when this
-    /// replica was restored from its primary's snapshot past `after`, so it
-    /// never held those records (else retention cut them).
+    /// replica was restored from its primary's snapshot and its log
+    /// started past `after + 1` then, so it never held those records (else
+    /// retention cut them).
     fn history_gone(&self, after: Lsn) -> ShardError {
-        let restored = self.restored_at.load(std::sync::atomic::Ordering::Relaxed);
+        let log_from = self
+            .restored_log_from
+            .load(std::sync::atomic::Ordering::Relaxed);
         ShardError::FeedHistoryGone {
             group: self.config.group_id,
             after,
-            restored: (after < restored).then_some(restored),
+            restored: (after + 1 < log_from).then_some(log_from),
         }
     }
 

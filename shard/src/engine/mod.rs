@@ -227,8 +227,9 @@ pub enum ShardError {
     /// A feed asked for records after `after`, and the log (or the version
     /// history that gives their versions) no longer reaches back that far.
     /// `restored`: this replica was restored from its primary's snapshot
-    /// at that position, after `after`, so it never held those records
-    /// (not retention: a known gap, see ARCHITECTURE.md "Change feed").
+    /// and its log started at that record then, past `after + 1`, so it
+    /// never held the records before it (the log prefix shipped with the
+    /// snapshot was cut short: see ARCHITECTURE.md "Change feed").
     #[error("{}", history_gone_text(*group, *after, *restored))]
     FeedHistoryGone {
         group: GroupId,
@@ -241,9 +242,10 @@ pub enum ShardError {
 fn history_gone_text(group: GroupId, after: Lsn, restored: Option<Lsn>) -> String {
     let why = match restored {
         Some(at) => format!(
-            "this replica was restored from its primary's snapshot at {at} and never held the \
-             records before it (a replica restored by snapshot lacks the history feeds still \
-             need: a known gap)"
+            "this replica was restored from its primary's snapshot and its log starts at record \
+             {at}: it never held the records before it (a snapshot carries the log registered \
+             feeds pin, within LOG_PINNED_BYTES_MAX; a crash during its install, or a feed \
+             registered after it, can leave part out)"
         ),
         None => "a group's log keeps --log-retain-bytes past each snapshot, and up to 1 GiB \
                  more (LOG_PINNED_BYTES_MAX) for registered feeds and running streams"
@@ -303,9 +305,11 @@ pub struct Shard {
     /// The first record registered change feeds still need (0: none), as
     /// the coordinator last said.
     feed_keep_from: std::sync::atomic::AtomicU64,
-    /// The position of the last snapshot installed from the primary since
-    /// this process started (0: none): the log before it was never here.
-    restored_at: std::sync::atomic::AtomicU64,
+    /// Where the log started after the last snapshot installed from the
+    /// primary since this process started (0: none): the first record of
+    /// the log prefix that came with it, or the record after the snapshot.
+    /// The log before it was never here.
+    restored_log_from: std::sync::atomic::AtomicU64,
     /// When recovery finished (the process's uptime in the cluster status).
     opened_at: Instant,
     _lock: File,
@@ -619,7 +623,8 @@ mod tests {
         .to_string();
         assert!(restored.contains("after position 75"), "{restored}");
         assert!(
-            restored.contains("restored from its primary's snapshot at 78"),
+            restored
+                .contains("restored from its primary's snapshot and its log starts at record 78"),
             "{restored}"
         );
     }

@@ -65,6 +65,9 @@ impl Shard {
             )
         })?;
         check_meta(dir, config.group_id)?;
+        // A snapshot's log prefix staged but not installed is not part of
+        // the log (see log_prefix, "Crash safety").
+        crate::log_prefix::discard_staged(dir)?;
 
         let state = State::new(Ownership::new(config.map_epoch, &config.slots));
         let now = Instant::now();
@@ -123,7 +126,7 @@ impl Shard {
             recovery,
             log_pins: std::sync::Mutex::new(LogPins::default()),
             feed_keep_from: std::sync::atomic::AtomicU64::new(super::retention::FEED_PIN_NOT_KNOWN),
-            restored_at: std::sync::atomic::AtomicU64::new(0),
+            restored_log_from: std::sync::atomic::AtomicU64::new(0),
             opened_at: Instant::now(),
             _lock: lock,
         }))

@@ -78,15 +78,22 @@ impl Shard {
         self.feed_keep_from.store(keep_from, Ordering::Relaxed);
     }
 
-    /// The first record any stream or registered feed still needs from
-    /// disk.
-    fn lowest_log_pin(&self) -> Option<Lsn> {
-        let pins = self.log_pins.lock().expect("log pins lock poisoned");
-        let feeds = match self.feed_keep_from.load(Ordering::Relaxed) {
+    /// The first record registered change feeds still need from disk
+    /// (`None`: no feed is registered; the whole log while that is not
+    /// known yet).
+    pub fn feeds_need_from(&self) -> Option<Lsn> {
+        match self.feed_keep_from.load(Ordering::Relaxed) {
             0 => None,
             FEED_PIN_NOT_KNOWN => Some(1),
             keep_from => Some(keep_from),
-        };
+        }
+    }
+
+    /// The first record any stream or registered feed still needs from
+    /// disk.
+    fn lowest_log_pin(&self) -> Option<Lsn> {
+        let feeds = self.feeds_need_from();
+        let pins = self.log_pins.lock().expect("log pins lock poisoned");
         pins.from.values().copied().chain(feeds).min()
     }
 

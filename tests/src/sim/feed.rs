@@ -105,19 +105,13 @@ fn now() -> Duration {
 /// every replica keeps its group's log from the saved cursor on, within
 /// `LOG_PINNED_BYTES_MAX` (1 GiB) past `--log-retain-bytes`: more than a
 /// simulated disk holds (`SIM_DISK_BYTES`, 1 MiB), so the bound is never
-/// what cut the log here. History gone is therefore a retention bug: it is
-/// recorded as a gap (the consumer watches again from now, so the other
-/// rules are still judged) and fails the seed, unless the shard proves the
-/// one known gap ([`RESTORED_BY_SNAPSHOT`]).
+/// what cut the log here; and a backup restored from its primary's
+/// snapshot gets the log prefix the feed pins with it (list-append seeds
+/// 10009 and 10038 promoted such a backup before the prefix was shipped).
+/// History gone is therefore a bug: it is recorded as a gap (the consumer
+/// watches again from now, so the other rules are still judged) and fails
+/// the seed.
 pub const HISTORY_GONE: &str = "no longer keeps its log after position";
-/// What FEED_HISTORY_GONE adds when the serving replica was restored from
-/// its primary's snapshot after the cursor's position (a backup whose
-/// tail diverged, or that fell behind the primary's log): it never held
-/// those records, and a snapshot install does not bring the log a
-/// registered feed pins. A known gap (ARCHITECTURE.md, "Change feed",
-/// Left; list-append seeds 10009 and 10038 meet it): counted, listed,
-/// completeness not judged, but not a failure of the seed.
-pub const RESTORED_BY_SNAPSHOT: &str = "was restored from its primary's snapshot";
 const _: () = assert!(
     super::SIM_DISK_BYTES < trellis_shard::engine::LOG_PINNED_BYTES_MAX,
     "a registered feed's pin can never reach its bound in the simulator"
@@ -479,11 +473,7 @@ pub(crate) fn judge<M: FeedCheck>(
     if let Some(err) = &state.error {
         report.problems.push(err.clone());
     }
-    for gap in state
-        .gaps
-        .iter()
-        .filter(|g| !g.contains(RESTORED_BY_SNAPSHOT))
-    {
+    for gap in &state.gaps {
         report.problems.push(format!(
             "a group lost history the registered feed still needed (FEED_HISTORY_GONE): {gap}"
         ));
