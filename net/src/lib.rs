@@ -11,6 +11,13 @@
 //! Turmoil's TCP has no retransmission or connection timeout of its own: a
 //! peer behind a partition is noticed only through HTTP/2 keep-alives and
 //! per-call deadlines, which every long-lived channel sets anyway.
+//!
+//! With a TLS identity installed ([`tls::install`], the `--tls-*` flags),
+//! every channel made here speaks mutual TLS, and [`tls::accept::incoming`]
+//! terminates TLS for servers (see [`tls`]). URIs keep the `http://`
+//! scheme: the TLS is ours, below tonic.
+
+pub mod tls;
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,7 +27,12 @@ pub fn lazy(endpoint: Endpoint) -> Channel {
     if turmoil::in_simulation() {
         return endpoint.connect_with_connector_lazy(sim::connector());
     }
-    endpoint.connect_lazy()
+    match tls::current() {
+        Some(identity) => {
+            endpoint.connect_with_connector_lazy(tls::dial::connector(identity.client_config()))
+        }
+        None => endpoint.connect_lazy(),
+    }
 }
 
 /// A channel connected now: fails if the peer cannot be reached within the
@@ -30,7 +42,14 @@ pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Er
     if turmoil::in_simulation() {
         return endpoint.connect_with_connector(sim::connector()).await;
     }
-    endpoint.connect().await
+    match tls::current() {
+        Some(identity) => {
+            endpoint
+                .connect_with_connector(tls::dial::connector(identity.client_config()))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
 }
 
 /// Turmoil's simulated TCP, shaped for tonic.
