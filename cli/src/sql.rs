@@ -77,7 +77,8 @@ pub struct Args {
 /// after it went away mid-session.
 fn connection_hint(addr: &str) -> String {
     format!(
-        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there?"
+        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there? {}",
+        trellis_net::tls::hint()
     )
 }
 

@@ -373,7 +373,9 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 /// handshake (TLS 1.3), as a reset.
 pub fn hint() -> &'static str {
     if current().is_some() {
-        "TLS is on: both ends need certificates of one cluster CA (--tls-ca, --tls-cert, --tls-key)"
+        "TLS is on: both ends need certificates of one cluster CA (--tls-ca, --tls-cert, \
+         --tls-key), and a server's certificate must name the host it is dialled by (--host of \
+         `trellis cert create-node`)"
     } else {
         "TLS is off here: if the cluster runs TLS, give --tls-ca, --tls-cert and --tls-key"
     }

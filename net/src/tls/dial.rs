@@ -11,11 +11,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
-/// What a failed handshake tells the user to check.
-const HINT: &str = "check that both ends use certificates of the same cluster CA \
-                    (--tls-ca, --tls-cert, --tls-key) and that the server's certificate \
-                    names this host (--host of `trellis cert create-node`)";
-
 /// A connector for `Endpoint::connect_with_connector`: TLS with `config`.
 pub(crate) fn connector(
     config: Arc<rustls::ClientConfig>,
@@ -55,7 +50,7 @@ pub(crate) fn connector(
                 .map_err(|e| {
                     io::Error::new(
                         e.kind(),
-                        format!("TLS handshake with {host}:{port} failed: {e}; {HINT}"),
+                        format!("TLS handshake with {host}:{port} failed: {e}"),
                     )
                 })?;
             Ok(TokioIo::new(tls))
