@@ -21,6 +21,26 @@ pub mod tls;
 
 use tonic::transport::{Channel, Endpoint};
 
+/// An error with its sources, `: `-separated: a failed dial's cause (a
+/// refused TLS handshake, say) is in its sources, not in tonic's
+/// "transport error". A source that repeats its parent's text is shown
+/// once.
+pub fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut last = text.clone();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !last.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        last = next;
+        source = s.source();
+    }
+    text
+}
+
 /// A channel that connects on first use (and reconnects after failures).
 pub fn lazy(endpoint: Endpoint) -> Channel {
     #[cfg(feature = "sim")]
