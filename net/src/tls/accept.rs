@@ -22,8 +22,9 @@ use super::{Peer, role_of};
 
 /// How long a peer has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait to start
-/// theirs (in the kernel's accept queue).
+/// Connections between accept and the server at once (handshaking, or
+/// handshaken and waiting to be taken); further connections wait in the
+/// kernel's accept queue.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
 /// Connections ready for the server but not yet taken by it.
 pub const ACCEPTED_QUEUE_MAX: usize = 64;
@@ -102,9 +103,11 @@ async fn accept_loop(listener: TcpListener, ready: mpsc::Sender<io::Result<Conn>
                     return;
                 }
             };
-            drop(permit);
-            // The server may be gone; the connection goes with it.
+            // The server may be gone; the connection goes with it. The
+            // permit is held until the server has the connection, so that
+            // handshaken connections waiting for it are bounded too.
             let _ = ready.send(Ok(conn)).await;
+            drop(permit);
         });
     }
 }
