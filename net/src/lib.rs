@@ -41,6 +41,21 @@ pub fn error_text(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// A gRPC status's message with its sources (where a failed connection's
+/// cause is: tonic's message alone says "transport error").
+pub fn status_text(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_string();
+    if let Some(source) = status.source() {
+        let cause = error_text(source);
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// A channel that connects on first use (and reconnects after failures).
 pub fn lazy(endpoint: Endpoint) -> Channel {
     #[cfg(feature = "sim")]

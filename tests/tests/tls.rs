@@ -276,3 +276,62 @@ async fn strangers_cannot_connect_or_join() {
         .any(|m| m.address == stranger.field("grpc"));
     assert!(!listed, "a shard of another CA joined");
 }
+
+/// The story: `trellis dev` given node files runs its whole cluster with
+/// them (it hands them to every process it starts): its replicas
+/// replicate, and `alice` commits through it; without a certificate,
+/// `trellis sql` is refused and told about TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_dev_runs_its_cluster_with_the_files_it_is_given() {
+    let certs = certs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = vec![
+        "dev".to_string(),
+        "--data-dir".into(),
+        dir.path().join("dev").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(tls_flags(&files(&certs.ours, "node")));
+    let log = dir.path().join("dev.log");
+    let dev = Proc::start_logged(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("TRELLIS_LOG", "info")],
+        Some(&log),
+    )
+    .expect("trellis dev with TLS starts");
+    let addr = dev.field("grpc").to_string();
+
+    let sql = |flags: Vec<String>| {
+        let mut sql = vec!["sql".to_string(), "--addr".into(), addr.clone()];
+        sql.extend(flags);
+        sql.extend(["--route".into(), "coordinator".into()]);
+        sql.extend(["-c".into(), "PUT devkey 'via-dev'; GET devkey".into()]);
+        run(&sql)
+    };
+    let out = sql(tls_flags(&files(&certs.ours, "alice")));
+    assert!(
+        out.status.success(),
+        "{}\ndev's log:\n{}",
+        printed(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via-dev"),
+        "{}",
+        printed(&out)
+    );
+    let out = sql(Vec::new());
+    assert!(
+        !out.status.success(),
+        "{}\ndev's log:\n{}",
+        printed(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{}\ndev's log:\n{}",
+        printed(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
