@@ -24,9 +24,8 @@
 //!
 //! # One identity per process
 //! A process has one identity, installed once at start ([`install`]) and
-//! read by every dial and every accept. Nothing captures the configs for
-//! longer than one connection's handshake, except channels (which capture
-//! the client config when made): swapping the installed identity is how a
+//! read by every dial and every accept (each handshake reads the identity
+//! installed at that moment): swapping the installed identity is how a
 //! later reload will rotate certificates and CAs for new connections.
 //!
 //! This module never decides anything about transactions, and the

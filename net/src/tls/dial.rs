@@ -11,7 +11,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
-/// A connector for `Endpoint::connect_with_connector`: TLS with `config`.
+/// A connector for `Endpoint::connect_with_connector`: TLS with the
+/// process's installed identity as of each dial (so that installing a new
+/// one reaches long-lived channels at their next reconnect), `config`
+/// when none is installed (the tests' own servers and clients).
 pub(crate) fn connector(
     config: Arc<rustls::ClientConfig>,
 ) -> impl tower::Service<
@@ -23,7 +26,9 @@ pub(crate) fn connector(
 + Send
 + 'static {
     tower::service_fn(move |uri: Uri| {
-        let config = config.clone();
+        let config = super::current()
+            .map(|identity| identity.client_config())
+            .unwrap_or_else(|| config.clone());
         async move {
             let host = uri
                 .host()
