@@ -429,12 +429,13 @@ async fn reshard(command: ReshardCommand) -> anyhow::Result<()> {
 pub(crate) async fn admin_client(
     addr: &str,
 ) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(GROUP_CHANGE_TIMEOUT)
-        .timeout(GROUP_CHANGE_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the coordinator at {addr}"))?;
+    let channel = trellis_net::connect(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(GROUP_CHANGE_TIMEOUT)
+            .timeout(GROUP_CHANGE_TIMEOUT),
+    )
+    .await
+    .with_context(|| format!("connecting to the coordinator at {addr}"))?;
     Ok(pb::admin_client::AdminClient::new(channel))
 }
 
@@ -503,12 +504,13 @@ async fn transfer_primary(addr: &str, group: u64, to: Option<String>) -> anyhow:
         bail!("{to} is already the primary of group {group}");
     }
     let started = Instant::now();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", primary.address))?
-        .connect_timeout(TRANSFER_TIMEOUT)
-        .timeout(TRANSFER_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the primary {}", primary.address))?;
+    let channel = trellis_net::connect(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", primary.address))?
+            .connect_timeout(TRANSFER_TIMEOUT)
+            .timeout(TRANSFER_TIMEOUT),
+    )
+    .await
+    .with_context(|| format!("connecting to the primary {}", primary.address))?;
     let mut client = shard_pb::shard_client::ShardClient::new(channel);
     let epoch = client
         .transfer_primary(shard_pb::TransferPrimaryRequest { to: to.clone() })

@@ -162,7 +162,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let serving = service::serve_incoming(
         txns,
         reshard_wake,
-        trellis_shard::server::nodelay_incoming(listener),
+        trellis_net::tls::accept::incoming(listener),
         async {
             let _ = stop_rx.await;
         },

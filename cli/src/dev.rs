@@ -298,6 +298,8 @@ fn spawn(label: &str, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<
             "--metrics-recording",
             crate::metrics_recording_arg(trellis_metrics::recording()),
         ])
+        // And speak TLS with dev's own files, when it was given them.
+        .args(crate::tls::child_args())
         .env(
             "TRELLIS_LOG",
             std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn".into()),

@@ -18,6 +18,10 @@
 //!   its cursor kept in the catalog.
 //! - `bench`: `trellis bench storage|txn|replication`, a module tree of its
 //!   own.
+//! - `cert`: `trellis cert create-ca|create-node|create-client`, the files
+//!   of a TLS cluster.
+//! - `tls`: `--tls-ca`, `--tls-cert`, `--tls-key` (global: one set for every
+//!   subcommand that serves or connects), installed before the command runs.
 //! - `flags`: value checks shared by the subcommands' flags.
 //! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
 //!   the root spans that put a process's identity on its every line.
@@ -34,6 +38,7 @@
 mod admin;
 mod bench;
 mod cdc;
+mod cert;
 mod coordinator;
 mod dev;
 mod flags;
@@ -42,6 +47,7 @@ mod shard;
 mod signals;
 mod sql;
 mod status;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +82,8 @@ struct Cli {
         default_value_t = MetricsRecording::On
     )]
     metrics_recording: MetricsRecording,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +118,28 @@ enum Command {
     /// thresholds, summaries and reports, against Trellis, etcd or
     /// PostgreSQL.
     Load(Box<trellis_loadtest::Args>),
+    /// Make the certificates of a TLS cluster: a CA, node certificates for
+    /// coordinators and shards, client certificates for users.
+    ///
+    /// A cluster has one CA (`create-ca`); every coordinator and shard gets
+    /// a node certificate signed by it (`create-node`, naming the hosts and
+    /// IP addresses peers dial it by) and every user or tool a client
+    /// certificate (`create-client`). Each process then runs with
+    /// `--tls-ca ca.pem --tls-cert NAME.pem --tls-key NAME-key.pem`.
+    ///
+    /// Example, one machine:
+    ///
+    ///   trellis cert create-ca --dir certs
+    ///
+    ///   trellis cert create-node --dir certs --name node1 --host 127.0.0.1 --host localhost
+    ///
+    ///   trellis cert create-client --dir certs --name alice
+    ///
+    /// writes certs/ca.pem, certs/ca-key.pem, certs/node1.pem,
+    /// certs/node1-key.pem, certs/alice.pem and certs/alice-key.pem (keys
+    /// mode 0600; an existing file is kept unless --force). Keep ca-key.pem
+    /// off the cluster's machines: only `trellis cert` needs it.
+    Cert(cert::Args),
 }
 
 /// The values of `--metrics-recording`.
@@ -130,23 +160,42 @@ fn main() -> std::process::ExitCode {
     logs::init(cli.log_format);
     // Once, before any traffic: the hot paths read it with a relaxed load.
     trellis_metrics::set_recording(cli.metrics_recording == MetricsRecording::On);
+    let misuse = |message: String| -> ! {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit()
+    };
+    match (cli.tls.files(), &cli.command) {
+        (Err(message), _) => misuse(message),
+        (Ok(Some(_)), Command::Cert(_)) => misuse(
+            "`trellis cert` makes the TLS files and takes no --tls-* flag (nor TRELLIS_TLS_* \
+             variable)"
+                .to_string(),
+        ),
+        (Ok(Some(files)), _) => {
+            if let Err(err) = tls::install(files) {
+                eprintln!("error: {err:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        (Ok(None), _) => {}
+    }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Coordinator(args) => coordinator::run(args),
         Command::Status(args) => status::run(args),
         Command::Shard(args) => shard::run(args),
         Command::Bench(args) => {
-            if let Some(misuse) = args.misuse() {
-                use clap::CommandFactory as _;
-                Cli::command()
-                    .error(clap::error::ErrorKind::ArgumentConflict, misuse)
-                    .exit();
+            if let Some(message) = args.misuse() {
+                misuse(message);
             }
             bench::run(args)
         }
         Command::Sql(args) => sql::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Cdc(args) => cdc::run(args),
+        Command::Cert(args) => cert::run(args),
         // Its own exit codes (99: a threshold was crossed).
         Command::Load(args) => return trellis_loadtest::main(*args),
     };

@@ -77,7 +77,8 @@ pub struct Args {
 /// after it went away mid-session.
 fn connection_hint(addr: &str) -> String {
     format!(
-        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there?"
+        "cannot reach the coordinator at {addr}; is `trellis dev` (or a coordinator) running there? {}",
+        trellis_net::tls::hint()
     )
 }
 
@@ -124,7 +125,14 @@ fn run_shell(args: Args) -> Result<(), Stop> {
         route: args.route,
         ..Default::default()
     };
-    let client = match runtime.block_on(trellis_client::Client::connect_with(&args.addr, options)) {
+    let connected = runtime.block_on(async {
+        let client = trellis_client::Client::connect_with(&args.addr, options).await?;
+        if client.route() == trellis_client::Route::Coordinator {
+            client.ping().await?;
+        }
+        Ok::<_, trellis_client::Error>(client)
+    });
+    let client = match connected {
         Ok(client) => client,
         Err(e) => {
             // The same three lines as a connection lost mid-session.

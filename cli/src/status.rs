@@ -101,19 +101,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Asks the coordinator at `addr` for the cluster status.
 pub async fn fetch(addr: &str) -> anyhow::Result<pb::StatusResponse> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(STATUS_TIMEOUT)
-        .timeout(STATUS_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| {
-            format!("connecting to the coordinator at {addr} (is `trellis dev` running?)")
-        })?;
+    let channel = trellis_net::connect(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(STATUS_TIMEOUT)
+            .timeout(STATUS_TIMEOUT),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting to the coordinator at {addr} (is `trellis dev` running? {})",
+            trellis_net::tls::hint()
+        )
+    })?;
     let mut client = pb::admin_client::AdminClient::new(channel);
     Ok(client
         .status(pb::StatusRequest {})
         .await
-        .with_context(|| format!("asking {addr} for the cluster status"))?
+        .with_context(|| {
+            format!(
+                "asking {addr} for the cluster status ({})",
+                trellis_net::tls::hint()
+            )
+        })?
         .into_inner())
 }
 

@@ -334,6 +334,25 @@ impl Client {
         })
     }
 
+    /// Proves the link to the coordinator with one cheap call
+    /// (`Txn.ClusterMap`). An HTTP/2 connection counts as made before the
+    /// server has answered anything, so without it a plaintext client of a
+    /// TLS cluster (or one of another CA) would learn of it only as the
+    /// unknown outcome of its first commit. `Route::Direct` has made this
+    /// call already at connect.
+    pub async fn ping(&self) -> Result<()> {
+        trellis_txn::router::fetch_map(self.inner.clone(), None)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot reach the coordinator at {}: {e} ({})",
+                    self.addr,
+                    trellis_net::tls::hint()
+                ))
+            })
+    }
+
     /// The same connections as a new session: STALE reads of the returned
     /// client are held to its own commits only (a client and its clones
     /// share one session; see [`Client::get_from`]).

@@ -50,7 +50,8 @@ impl Direct {
     pub(crate) async fn start(coordinator: TxnClient<Channel>, addr: &str) -> Result<Direct> {
         let map = fetch_map(coordinator.clone(), None).await.map_err(|e| {
             Error::Unavailable(format!(
-                "cannot read the shard map from {addr} (Route::Direct needs a coordinator that serves Txn.ClusterMap): {e}"
+                "cannot read the shard map from {addr} (Route::Direct needs a coordinator that serves Txn.ClusterMap): {e} ({})",
+                trellis_net::tls::hint()
             ))
         })?;
         let router = Arc::new(Router::with_source(coordinator, map));

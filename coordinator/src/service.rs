@@ -1221,7 +1221,12 @@ where
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(services.txn)
         .add_service(services.admin)
-        .add_service(services.membership)
+        // Registration and fail-stop reports come from shards: node
+        // certificates only (when TLS is on).
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            services.membership,
+            trellis_net::tls::node_only,
+        ))
         .add_service(services.changefeed)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

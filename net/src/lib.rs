@@ -11,8 +11,50 @@
 //! Turmoil's TCP has no retransmission or connection timeout of its own: a
 //! peer behind a partition is noticed only through HTTP/2 keep-alives and
 //! per-call deadlines, which every long-lived channel sets anyway.
+//!
+//! With a TLS identity installed ([`tls::install`], the `--tls-*` flags),
+//! every channel made here speaks mutual TLS, and [`tls::accept::incoming`]
+//! terminates TLS for servers (see [`tls`]). URIs keep the `http://`
+//! scheme: the TLS is ours, below tonic.
+
+pub mod tls;
 
 use tonic::transport::{Channel, Endpoint};
+
+/// An error with its sources, `: `-separated: a failed dial's cause (a
+/// refused TLS handshake, say) is in its sources, not in tonic's
+/// "transport error". A source that repeats its parent's text is shown
+/// once.
+pub fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut last = text.clone();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !last.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        last = next;
+        source = s.source();
+    }
+    text
+}
+
+/// A gRPC status's message with its sources (where a failed connection's
+/// cause is: tonic's message alone says "transport error").
+pub fn status_text(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_string();
+    if let Some(source) = status.source() {
+        let cause = error_text(source);
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
 
 /// A channel that connects on first use (and reconnects after failures).
 pub fn lazy(endpoint: Endpoint) -> Channel {
@@ -20,7 +62,12 @@ pub fn lazy(endpoint: Endpoint) -> Channel {
     if turmoil::in_simulation() {
         return endpoint.connect_with_connector_lazy(sim::connector());
     }
-    endpoint.connect_lazy()
+    match tls::current() {
+        Some(identity) => {
+            endpoint.connect_with_connector_lazy(tls::dial::connector(identity.client_config()))
+        }
+        None => endpoint.connect_lazy(),
+    }
 }
 
 /// A channel connected now: fails if the peer cannot be reached within the
@@ -30,7 +77,14 @@ pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Er
     if turmoil::in_simulation() {
         return endpoint.connect_with_connector(sim::connector()).await;
     }
-    endpoint.connect().await
+    match tls::current() {
+        Some(identity) => {
+            endpoint
+                .connect_with_connector(tls::dial::connector(identity.client_config()))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
 }
 
 /// Turmoil's simulated TCP, shaped for tonic.

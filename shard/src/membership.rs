@@ -53,9 +53,12 @@ async fn attempt(coordinator: &str, group: u64, advertise: &str) -> Result<(u64,
         .map_err(|e| format!("bad coordinator address {coordinator}: {e}"))?
         .connect_timeout(REGISTER_TIMEOUT)
         .timeout(REGISTER_TIMEOUT);
-    let channel = trellis_net::connect(endpoint)
-        .await
-        .map_err(|e| format!("cannot reach {coordinator}: {e}"))?;
+    let channel = trellis_net::connect(endpoint).await.map_err(|e| {
+        format!(
+            "cannot reach {coordinator}: {}",
+            trellis_net::error_text(&e)
+        )
+    })?;
     let mut client = pb::membership_client::MembershipClient::new(channel);
     let response = client
         .register(pb::RegisterRequest {
@@ -110,9 +113,12 @@ async fn report_once(coordinator: &str, report: pb::FailStopReport) -> Result<()
         .map_err(|e| format!("bad coordinator address {coordinator}: {e}"))?
         .connect_timeout(FAIL_STOP_REPORT_TIMEOUT)
         .timeout(FAIL_STOP_REPORT_TIMEOUT);
-    let channel = trellis_net::connect(endpoint)
-        .await
-        .map_err(|e| format!("cannot reach {coordinator}: {e}"))?;
+    let channel = trellis_net::connect(endpoint).await.map_err(|e| {
+        format!(
+            "cannot reach {coordinator}: {}",
+            trellis_net::error_text(&e)
+        )
+    })?;
     pb::membership_client::MembershipClient::new(channel)
         .report_fail_stop(report)
         .await

@@ -1014,7 +1014,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming(shard, nodelay_incoming(listener), shutdown).await
+    serve_incoming(
+        shard,
+        trellis_net::tls::accept::incoming(listener),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves the shard service, and gRPC server reflection (v1 and v1alpha)
@@ -1041,24 +1046,15 @@ where
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
-        .add_service(ShardApi::new(shard).into_service())
+        // Internal to the cluster: node certificates only (when TLS is on).
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ShardApi::new(shard).into_service(),
+            trellis_net::tls::node_only,
+        ))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-}
-
-/// Accepted connections with Nagle's algorithm off: small responses must
-/// not wait for the peer's delayed ACK (tens of milliseconds per commit).
-pub fn nodelay_incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// Binds the gRPC listener; the address is what the process reports.

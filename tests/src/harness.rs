@@ -268,13 +268,13 @@ fn unsafe_kill(pid: u32, signal: i32) -> i32 {
     unsafe { libc::kill(pid as libc::pid_t, signal) }
 }
 
-/// A gRPC channel to `addr` with connect and request deadlines.
+/// A gRPC channel to `addr` with connect and request deadlines (mutual
+/// TLS when the test installed an identity, `trellis_net::tls::install`).
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect()
-        .await?)
+        .timeout(RPC_TIMEOUT);
+    Ok(trellis_net::connect(endpoint).await?)
 }
 
 /// A shard client for the process's gRPC address.

@@ -95,6 +95,40 @@ fn bad_flags_exit_2_with_a_message_in_every_subcommand() {
             "`nope`",
         ),
         (&["load", "--vus", "many", "--duration", "1s"], "--vus"),
+        // TLS: all three files or none, in every subcommand.
+        (
+            &["status", "--tls-ca", "ca.pem"],
+            "--tls-cert and --tls-key missing",
+        ),
+        (
+            &[
+                "shard",
+                "--data-dir",
+                "d",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+            ],
+            "--tls-ca missing",
+        ),
+        (
+            &["load", "--duration", "1s", "--tls-key", "k.pem"],
+            "--tls-ca and --tls-cert missing",
+        ),
+        (
+            &[
+                "cert",
+                "create-ca",
+                "--tls-ca",
+                "a",
+                "--tls-cert",
+                "b",
+                "--tls-key",
+                "c",
+            ],
+            "takes no --tls-*",
+        ),
         (&["load", "--duration", "1s", "--zipf", "1.5"], "--zipf"),
         (&["load", "--duration", "1s", "--workload", "w9"], "w9"),
         (&["load", "--duration", "soon"], "--duration"),

@@ -120,7 +120,7 @@ pub async fn fetch_map(
     let answer = coordinator
         .cluster_map(request)
         .await
-        .map_err(|s| format!("Txn.ClusterMap: {}", s.message()))?
+        .map_err(|s| format!("Txn.ClusterMap: {}", trellis_net::status_text(&s)))?
         .into_inner();
     ClusterMap::from_pb(answer).map_err(|e| format!("Txn.ClusterMap answered a bad map: {e}"))
 }

@@ -87,11 +87,12 @@ pub fn run(addr: &str, seconds: Duration, rates: &[u64]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(OPEN_TIMEOUT)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let channel = trellis_net::connect(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(OPEN_TIMEOUT),
+        )
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
         println!(
             "trellis bench feed: {addr}, {} s per rate, one-key commits, one watch from now",
             seconds.as_secs()

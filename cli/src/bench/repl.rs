@@ -115,12 +115,12 @@ impl BenchCluster {
     }
 
     async fn client(&self) -> anyhow::Result<pb::txn_client::TxnClient<tonic::transport::Channel>> {
-        let channel =
+        let channel = trellis_net::connect(
             tonic::transport::Endpoint::from_shared(format!("http://{}", self.coordinator))?
-                .timeout(RPC_TIMEOUT)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", self.coordinator))?;
+                .timeout(RPC_TIMEOUT),
+        )
+        .await
+        .with_context(|| format!("connecting to {}", self.coordinator))?;
         Ok(pb::txn_client::TxnClient::new(channel))
     }
 }

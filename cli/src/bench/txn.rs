@@ -37,11 +37,12 @@ pub fn run(addr: &str, seconds: Duration) -> anyhow::Result<()> {
         );
         let slots = trellis_types::placement::assign_slots(&groups);
         let group_of = |key: &[u8]| slots[slot_of(key) as usize];
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .timeout(COMMIT_TIMEOUT)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let channel = trellis_net::connect(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .timeout(COMMIT_TIMEOUT),
+        )
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
         let client = pb::txn_client::TxnClient::new(channel);
         println!(
             "trellis bench txn: {addr}, {} groups, {} s per measurement",

@@ -68,12 +68,13 @@ impl Trellis {
 }
 
 async fn fetch_status(addr: &str, timeout: Duration) -> anyhow::Result<pb::StatusResponse> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to trellis://{addr}: {e}"))?;
+    let channel = trellis_net::connect(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("connecting to trellis://{addr}: {e}"))?;
     let mut request = tonic::Request::new(pb::StatusRequest {});
     request.set_timeout(timeout);
     Ok(pb::admin_client::AdminClient::new(channel)

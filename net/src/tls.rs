@@ -1,0 +1,404 @@
+//! Mutual TLS on every Trellis link: loading a process's identity, the
+//! roles certificates carry, and who may call what.
+//!
+//! # Layout
+//! - this module: [`TlsFiles`] → [`Identity`] (the rustls server and
+//!   client configs of one process), the process's installed identity
+//!   ([`install`], [`current`]), the role a certificate carries
+//!   ([`role_of`]) and the rule that internal RPCs need a node certificate
+//!   ([`require_node`], [`node_only`]).
+//! - [`accept`]: accepted connections, TLS-terminated when an identity is
+//!   installed, each tagged with its peer's role ([`accept::ConnectInfo`]).
+//! - `dial`: the client half, used by [`crate::lazy`] and
+//!   [`crate::connect`].
+//! - [`issue`]: making a cluster CA and node/client certificates
+//!   (`trellis cert`).
+//!
+//! # Roles
+//! Every certificate of a cluster is signed by the cluster CA and carries
+//! exactly one role as a SAN URI: `trellis://node/NAME` for coordinators
+//! and shards, `trellis://client/NAME` for users and tools. Both roles may
+//! call the client-facing services (Txn, Admin, Changefeed); only nodes may
+//! call the internal ones (Shard, Membership). A peer without a
+//! certificate of the CA never gets past the handshake.
+//!
+//! # One identity per process
+//! A process has one identity, installed once at start ([`install`]) and
+//! read by every dial and every accept (each handshake reads the identity
+//! installed at that moment): swapping the installed identity is how a
+//! later reload will rotate certificates and CAs for new connections.
+//!
+//! This module never decides anything about transactions, and the
+//! deterministic simulator never installs an identity (it stays
+//! plaintext).
+
+pub mod accept;
+pub(crate) mod dial;
+pub mod issue;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+
+/// The scheme of the SAN URI that names a certificate's role.
+pub const ROLE_URI_SCHEME: &str = "trellis://";
+/// The longest node or client name a certificate may carry.
+pub const NAME_BYTES_MAX: usize = 64;
+/// The protocol both ends offer in the TLS handshake (gRPC is HTTP/2).
+const ALPN_H2: &[u8] = b"h2";
+
+/// Where a process finds its CA bundle, certificate and key (the
+/// `--tls-ca`, `--tls-cert` and `--tls-key` flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificates of the cluster CA(s): peers must present a
+    /// certificate one of them signed.
+    pub ca: PathBuf,
+    /// PEM certificate chain of this process, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The role a certificate carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A coordinator or shard: may call every service.
+    Node(String),
+    /// A user or tool: may call the client-facing services only.
+    Client(String),
+}
+
+impl std::fmt::Display for PeerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerRole::Node(name) => write!(f, "node `{name}`"),
+            PeerRole::Client(name) => write!(f, "client `{name}`"),
+        }
+    }
+}
+
+impl PeerRole {
+    /// The SAN URI that marks this role in a certificate.
+    pub fn uri(&self) -> String {
+        match self {
+            PeerRole::Node(name) => format!("{ROLE_URI_SCHEME}node/{name}"),
+            PeerRole::Client(name) => format!("{ROLE_URI_SCHEME}client/{name}"),
+        }
+    }
+}
+
+/// Why a certificate has no usable role.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    #[error("the certificate cannot be parsed: {0}")]
+    Unparsable(String),
+    #[error(
+        "the certificate carries no Trellis role (a SAN URI {ROLE_URI_SCHEME}node/NAME or \
+         {ROLE_URI_SCHEME}client/NAME); make it with `trellis cert create-node` or \
+         `trellis cert create-client`"
+    )]
+    NoRole,
+    #[error("the certificate carries {0} Trellis roles; it must carry exactly one")]
+    SeveralRoles(usize),
+    #[error(
+        "the certificate's role URI `{0}` is not {ROLE_URI_SCHEME}node/NAME or {ROLE_URI_SCHEME}client/NAME"
+    )]
+    BadUri(String),
+}
+
+/// Checks a node or client name: 1 to [`NAME_BYTES_MAX`] bytes of ASCII
+/// letters, digits, `.`, `_` and `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(format!(
+            "name `{name}` must be 1 to {NAME_BYTES_MAX} bytes long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "name `{name}` has `{bad}`: use ASCII letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the role from one SAN URI: `None` when the URI is not a Trellis
+/// role at all (other URIs are allowed and ignored).
+pub fn parse_role_uri(uri: &str) -> Option<Result<PeerRole, RoleError>> {
+    let rest = uri.strip_prefix(ROLE_URI_SCHEME)?;
+    let role = match rest.split_once('/') {
+        Some(("node", name)) if check_name(name).is_ok() => Ok(PeerRole::Node(name.to_string())),
+        Some(("client", name)) if check_name(name).is_ok() => {
+            Ok(PeerRole::Client(name.to_string()))
+        }
+        _ => Err(RoleError::BadUri(uri.to_string())),
+    };
+    Some(role)
+}
+
+/// The role a DER certificate carries: exactly one `trellis://` SAN URI.
+/// Only meaningful for a certificate the cluster CA has verified.
+pub fn role_of(cert_der: &[u8]) -> Result<PeerRole, RoleError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| RoleError::Unparsable(e.to_string()))?;
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|e| RoleError::Unparsable(e.to_string()))?;
+    let mut roles = names
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => parse_role_uri(uri),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    match roles.len() {
+        0 => Err(RoleError::NoRole),
+        1 => roles.pop().expect("one role"),
+        n => Err(RoleError::SeveralRoles(n)),
+    }
+}
+
+/// Who is at the other end of an accepted connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// The server runs without TLS (`--tls-*` not given): anyone.
+    Plaintext,
+    /// A certificate of the cluster CA carrying this role.
+    Verified(PeerRole),
+    /// A certificate of the cluster CA without a usable role.
+    NoRole(RoleError),
+}
+
+/// Whether `peer` may call an internal RPC (the Shard and Membership
+/// services): nodes only. `None` is a connection made outside
+/// [`accept::incoming`] (the simulator, in-process test servers), which
+/// is plaintext. The error names what is missing.
+pub fn check_node(peer: Option<&Peer>) -> Result<(), String> {
+    const NEED: &str = "this RPC is internal to the cluster and needs a node certificate \
+                        (SAN URI trellis://node/NAME, made by `trellis cert create-node`); \
+                        clients reach the cluster through a coordinator (--route coordinator)";
+    match peer {
+        None | Some(Peer::Plaintext) | Some(Peer::Verified(PeerRole::Node(_))) => Ok(()),
+        Some(Peer::Verified(client @ PeerRole::Client(_))) => Err(format!(
+            "{NEED}; the caller presented the certificate of {client}"
+        )),
+        Some(Peer::NoRole(why)) => Err(format!("{NEED}; the caller's certificate: {why}")),
+    }
+}
+
+/// [`check_node`] for a gRPC request (reads the peer from its
+/// extensions); PERMISSION_DENIED when refused.
+pub fn require_node<T>(request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    let peer = request
+        .extensions()
+        .get::<accept::ConnectInfo>()
+        .map(|info| &info.peer);
+    check_node(peer).map_err(tonic::Status::permission_denied)
+}
+
+/// A tonic interceptor admitting only nodes ([`require_node`]): wrap the
+/// internal services with it.
+pub fn node_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    require_node(&request)?;
+    Ok(request)
+}
+
+/// Why a process's TLS files cannot be used. Each message names the file
+/// and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what} {path} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("the CA bundle {path} holds a certificate that is not a usable CA: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the certificate {path}: {source}")]
+    NoRole { path: PathBuf, source: RoleError },
+    #[error(
+        "the certificate {cert} is not signed by a CA of {ca} (or has expired): {source}; \
+         make it with `trellis cert create-node`/`create-client` from that CA"
+    )]
+    NotFromCa {
+        cert: PathBuf,
+        ca: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the key {key} does not fit the certificate {cert}: {source}")]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(String),
+}
+
+/// One process's TLS identity: its role, and the rustls configs it
+/// accepts and dials with.
+#[derive(Debug)]
+pub struct Identity {
+    role: PeerRole,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Identity {
+    /// Loads and checks the files: the CA bundle parses, the certificate
+    /// carries a role and is signed by the CA, the key fits it. Servers
+    /// require a client certificate of the CA; clients verify the server
+    /// against the CA and present the certificate.
+    pub fn load(files: &TlsFiles) -> Result<Identity, TlsError> {
+        // ring, as the project builds without cmake (aws-lc needs it);
+        // rustls deprecates ring's provider for lacking post-quantum key
+        // exchange, which a later switch of provider would bring.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = |e: rustls::Error| TlsError::Config(e.to_string());
+
+        let ca = read_certs("CA bundle", &files.ca)?;
+        let mut roots = RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert).map_err(|source| TlsError::BadCa {
+                path: files.ca.clone(),
+                source,
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let chain = read_certs("certificate", &files.cert)?;
+        let role = role_of(&chain[0]).map_err(|source| TlsError::NoRole {
+            path: files.cert.clone(),
+            source,
+        })?;
+        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Read {
+            what: "key",
+            path: files.key.clone(),
+            source,
+        })?;
+
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        // Our own certificate must pass the check our peers will make:
+        // said at start, not as a handshake failure on every peer.
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map_err(|source| TlsError::NotFromCa {
+                cert: files.cert.clone(),
+                ca: files.ca.clone(),
+                source,
+            })?;
+        let mismatch = |source| TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            source,
+        };
+
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        server.alpn_protocols = vec![ALPN_H2.to_vec()];
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(mismatch)?;
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+
+        Ok(Identity {
+            role,
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+
+    /// The role this process's certificate carries.
+    pub fn role(&self) -> &PeerRole {
+        &self.role
+    }
+
+    pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
+    }
+
+    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client.clone()
+    }
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// What to check when a connection to a Trellis process fails, for error
+/// messages: a plaintext client meeting a TLS server sees only a broken
+/// connection, and a refused client certificate shows after the
+/// handshake (TLS 1.3), as a reset.
+pub fn hint() -> &'static str {
+    if current().is_some() {
+        "TLS is on: both ends need certificates of one cluster CA (--tls-ca, --tls-cert, \
+         --tls-key), and a server's certificate must name the host it is dialled by (--host of \
+         `trellis cert create-node`)"
+    } else {
+        "TLS is off here: if the cluster runs TLS, give --tls-ca, --tls-cert and --tls-key"
+    }
+}
+
+/// The identity every dial and accept of this process uses; `None` is
+/// plaintext.
+static CURRENT: RwLock<Option<Arc<Identity>>> = RwLock::new(None);
+
+/// Makes `identity` the process's identity: connections accepted and
+/// channels made from now on speak TLS with it.
+pub fn install(identity: Identity) {
+    *CURRENT
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(identity));
+}
+
+/// The process's identity, if TLS is on.
+pub fn current() -> Option<Arc<Identity>> {
+    CURRENT
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+#[cfg(test)]
+mod tests;
