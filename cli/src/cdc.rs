@@ -296,7 +296,11 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     let render = metrics.clone();
-    tokio::spawn(trellis_metrics::serve(listener, move || render.render()));
+    tokio::spawn(trellis_metrics::serve(listener, move || {
+        let mut out = render.render();
+        crate::tls::render_expiry(&mut out);
+        out
+    }));
     tracing::info!(%metrics_addr, "metrics at /metrics");
     let client = Client::connect(&args.addr)
         .await

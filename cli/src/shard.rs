@@ -251,7 +251,9 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     shard.repl.set_metrics_addr(&metrics_addr.to_string());
     let render_shard = shard.clone();
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, move || {
-        render_shard.render_metrics()
+        let mut out = render_shard.render_metrics();
+        crate::tls::render_expiry(&mut out);
+        out
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());
 

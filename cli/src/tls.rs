@@ -71,6 +71,28 @@ pub fn install(files: TlsFiles) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS gauges of this process's `/metrics`, if TLS is on:
+/// `trellis_tls_expiry_timestamp_seconds{certificate="own"|"ca"}`, when its
+/// own certificate and the first certificate of its CA bundle expire (alert
+/// on `... - time() < 30 * 86400`).
+pub fn render_expiry(out: &mut trellis_metrics::Scrape) {
+    let Some(identity) = trellis_net::tls::current() else {
+        return;
+    };
+    let expiry = identity.expiry();
+    let series = |which: &str, at: i64| {
+        (
+            vec![("certificate".to_string(), which.to_string())],
+            at as f64,
+        )
+    };
+    out.gauge_family(
+        "trellis_tls_expiry_timestamp_seconds",
+        "When this process's TLS certificate (own) and the first certificate of its CA bundle (ca) expire, in seconds since the Unix epoch.",
+        vec![series("own", expiry.cert), series("ca", expiry.ca)],
+    );
+}
+
 /// The flags that give a child process this process's TLS files (none
 /// when TLS is off).
 pub fn child_args() -> Vec<std::ffi::OsString> {

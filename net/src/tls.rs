@@ -167,6 +167,23 @@ pub fn role_of(cert_der: &[u8]) -> Result<PeerRole, RoleError> {
     }
 }
 
+/// When a certificate stops being valid: its `notAfter`, in seconds since
+/// the Unix epoch.
+pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// When an identity's certificates expire, in seconds since the Unix
+/// epoch (for the `trellis_tls_expiry_timestamp_seconds` gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// This process's own certificate.
+    pub cert: i64,
+    /// The first of the CA bundle's certificates to expire.
+    pub ca: i64,
+}
+
 /// Who is at the other end of an accepted connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
@@ -255,6 +272,7 @@ pub enum TlsError {
 #[derive(Debug)]
 pub struct Identity {
     role: PeerRole,
+    expiry: Expiry,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
 }
@@ -273,6 +291,17 @@ impl Identity {
         let config = |e: rustls::Error| TlsError::Config(e.to_string());
 
         let ca = read_certs("CA bundle", &files.ca)?;
+        let unparsable = |path: &PathBuf| {
+            let path = path.clone();
+            move |e: String| TlsError::Config(format!("{}: {e}", path.display()))
+        };
+        let ca_expiry = ca
+            .iter()
+            .map(|c| not_after(c).map_err(unparsable(&files.ca)))
+            .collect::<Result<Vec<i64>, TlsError>>()?
+            .into_iter()
+            .min()
+            .unwrap_or(i64::MAX);
         let mut roots = RootCertStore::empty();
         for cert in ca {
             roots.add(cert).map_err(|source| TlsError::BadCa {
@@ -286,6 +315,10 @@ impl Identity {
             path: files.cert.clone(),
             source,
         })?;
+        let expiry = Expiry {
+            cert: not_after(&chain[0]).map_err(unparsable(&files.cert))?,
+            ca: ca_expiry,
+        };
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Read {
             what: "key",
             path: files.key.clone(),
@@ -328,6 +361,7 @@ impl Identity {
 
         Ok(Identity {
             role,
+            expiry,
             server: Arc::new(server),
             client: Arc::new(client),
         })
@@ -336,6 +370,11 @@ impl Identity {
     /// The role this process's certificate carries.
     pub fn role(&self) -> &PeerRole {
         &self.role
+    }
+
+    /// When its certificate and its CA bundle expire.
+    pub fn expiry(&self) -> Expiry {
+        self.expiry
     }
 
     pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -53,6 +53,19 @@ fn identity(ca: &Pem, leaf: &Pem) -> Identity {
 }
 
 #[test]
+fn an_identity_knows_when_its_certificates_expire() {
+    let at = now().replace_nanosecond(0).expect("whole seconds");
+    let ca = issue::create_ca("ours", at, 90).expect("CA");
+    let leaf = issue::create_client(&ca, "alice", at, 7).expect("client cert");
+    let expiry = identity(&ca, &leaf).expiry();
+    let day = 86_400;
+    assert_eq!(expiry.cert, at.unix_timestamp() + 7 * day);
+    assert_eq!(expiry.ca, at.unix_timestamp() + 90 * day);
+    assert_eq!(not_after(&der(&leaf)), Ok(expiry.cert));
+    assert!(not_after(b"not a certificate").is_err());
+}
+
+#[test]
 fn certificates_carry_the_role_they_were_made_for() {
     let ca = ca("test");
     assert_eq!(
