@@ -535,6 +535,27 @@ fn apply_newer(applied: &mut Applied, key: &[u8], version: u64, value: Option<Ve
     }
 }
 
+/// Scan rows and events applied highest-version-wins, as a consumer does.
+fn apply_all(seen: &[FeedMessage]) -> Applied {
+    let mut applied = Applied::new();
+    for m in seen {
+        match m {
+            FeedMessage::Scan { rows, .. } => {
+                for r in rows {
+                    apply_newer(&mut applied, &r.key, r.version, Some(r.value.clone()));
+                }
+            }
+            FeedMessage::Event(e) => {
+                for c in &e.changes {
+                    apply_newer(&mut applied, &c.key, e.version, c.value.clone());
+                }
+            }
+            FeedMessage::Resolved { .. } => {}
+        }
+    }
+    applied
+}
+
 /// The store's keys under `prefix` (values, versions), read strongly.
 async fn store_state(client: &Client, prefix: &[u8]) -> BTreeMap<Vec<u8>, (u64, Vec<u8>)> {
     let scan = client
@@ -703,22 +724,7 @@ async fn an_initial_scan_then_the_tail_ends_equal_to_the_store_through_a_failove
     );
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let applied = loop {
-        let mut applied = Applied::new();
-        for m in seen.lock().expect("lock").iter() {
-            match m {
-                FeedMessage::Scan { rows, .. } => {
-                    for r in rows {
-                        apply_newer(&mut applied, &r.key, r.version, Some(r.value.clone()));
-                    }
-                }
-                FeedMessage::Event(e) => {
-                    for c in &e.changes {
-                        apply_newer(&mut applied, &c.key, e.version, c.value.clone());
-                    }
-                }
-                FeedMessage::Resolved { .. } => {}
-            }
-        }
+        let applied = apply_all(&seen.lock().expect("lock"));
         let live: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = applied
             .iter()
             .filter_map(|(k, (v, value))| value.clone().map(|value| (k.clone(), (*v, value))))
@@ -1210,22 +1216,7 @@ async fn an_initial_scan_while_slots_move_scans_again_and_misses_nothing() {
     );
     let deadline = Instant::now() + MOVING_SETTLE_TIMEOUT;
     loop {
-        let mut applied = Applied::new();
-        for m in seen.lock().expect("lock").iter() {
-            match m {
-                FeedMessage::Scan { rows, .. } => {
-                    for r in rows {
-                        apply_newer(&mut applied, &r.key, r.version, Some(r.value.clone()));
-                    }
-                }
-                FeedMessage::Event(e) => {
-                    for c in &e.changes {
-                        apply_newer(&mut applied, &c.key, e.version, c.value.clone());
-                    }
-                }
-                FeedMessage::Resolved { .. } => {}
-            }
-        }
+        let applied = apply_all(&seen.lock().expect("lock"));
         let live: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = applied
             .into_iter()
             .filter_map(|(k, (v, value))| value.map(|value| (k, (v, value))))
