@@ -18,10 +18,12 @@ use trellis_tests::sim::{SimConfig, run};
 use trellis_tests::workload::ClientMode;
 
 /// Seeds in the CI sweep, all workloads together (3/4 list-append, 1/4
-/// bank). Bounded so that CI stays well under 35 minutes on 2 cores (about
-/// 3 s of CPU a seed in a debug build); the soak (`trellis-sim --soak`) is
-/// where thousands of seeds run.
-const SWEEP_SEEDS: u64 = 200;
+/// bank). Bounded so that CI stays under 35 minutes on 2 cores (about
+/// 3 s of CPU a seed in a debug build; 200 seeds put the whole run at
+/// 35.6 minutes, so 160 since issue 23's TLS tests arrived); the soak
+/// (`trellis-sim --soak`, docs/correctness.md) is where thousands of seeds
+/// run.
+const SWEEP_SEEDS: u64 = 160;
 /// Seeds run at once (each simulation is one thread).
 const SWEEP_JOBS: &str = "2";
 /// Wall-clock bound a sweep may not reach: the sweep must run every seed.
