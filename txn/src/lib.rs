@@ -19,8 +19,11 @@
 //! - [`feed`]: the change feed's fan-in: every group's `Shard.Feed` into
 //!   one `trellis.v1.Changefeed.Watch` stream, followed across failover
 //!   and map changes.
+//! - [`authz`]: whether a user's grants allow a request, pure.
+//! - [`token`]: session tokens (HMAC-SHA256), pure.
 //! - [`metrics`], [`failpoint`].
 
+pub mod authz;
 pub mod failpoint;
 pub mod feed;
 pub mod map;
@@ -28,6 +31,7 @@ pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod stale;
+pub mod token;
 pub mod twopc;
 pub mod txn;
 
