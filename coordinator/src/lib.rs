@@ -9,6 +9,8 @@
 //! [`metrics`], and the router and the `Txn` service inside [`router`] and
 //! [`service`].
 //!
+//! - [`auth`]: passwords (argon2id) and the lock-out rules of user
+//!   management, pure but for hashing.
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
 //! - [`router`]: `trellis_txn`'s router over the catalog ([`router::CatalogRouter`]).
 //! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
@@ -27,6 +29,7 @@
 //! The coordinator never holds state that must survive it: prepared locks
 //! and decisions live on the shards.
 
+pub mod auth;
 pub mod catalog;
 pub mod changefeed;
 pub mod failpoint;
