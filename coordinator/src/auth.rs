@@ -81,16 +81,20 @@ pub fn check_password(phc: &str, password: &str) -> bool {
 /// user holds `admin` (nobody could manage the cluster afterwards).
 pub fn check_enable(tls_on: bool, users: &[UserRow]) -> Result<(), String> {
     if !tls_on {
-        return Err("refusing to enable auth on a coordinator without TLS: passwords and tokens \
+        return Err(
+            "refusing to enable auth on a coordinator without TLS: passwords and tokens \
                     would cross the network in plaintext; start the coordinators with \
                     --tls-ca, --tls-cert and --tls-key"
-            .to_string());
+                .to_string(),
+        );
     }
     if !users.iter().any(holds_admin) {
-        return Err("refusing to enable auth: no user holds admin, so nobody could manage the \
+        return Err(
+            "refusing to enable auth: no user holds admin, so nobody could manage the \
                     cluster afterwards; first `trellis user add NAME` and `trellis user grant \
                     NAME admin`"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(())
 }
@@ -113,10 +117,7 @@ pub fn check_keeps_an_admin(
     let target = match removal {
         Removal::User(name) | Removal::Admin(name) => name,
     };
-    let others = users
-        .iter()
-        .filter(|u| u.name != target)
-        .any(holds_admin);
+    let others = users.iter().filter(|u| u.name != target).any(holds_admin);
     let target_is_admin = users.iter().any(|u| u.name == target && holds_admin(u));
     if enabled && target_is_admin && !others {
         return Err(format!(
@@ -179,11 +180,23 @@ mod tests {
     fn the_last_admin_stays_while_auth_is_on() {
         let one = [user("root", &[Role::Admin]), user("bob", &[Role::Read])];
         let err = check_keeps_an_admin(true, &one, Removal::User("root")).expect_err("last");
-        assert!(err.contains("`root` is the last user holding admin"), "{err}");
+        assert!(
+            err.contains("`root` is the last user holding admin"),
+            "{err}"
+        );
         assert!(check_keeps_an_admin(true, &one, Removal::Admin("root")).is_err());
-        assert_eq!(check_keeps_an_admin(false, &one, Removal::User("root")), Ok(()));
-        assert_eq!(check_keeps_an_admin(true, &one, Removal::User("bob")), Ok(()));
+        assert_eq!(
+            check_keeps_an_admin(false, &one, Removal::User("root")),
+            Ok(())
+        );
+        assert_eq!(
+            check_keeps_an_admin(true, &one, Removal::User("bob")),
+            Ok(())
+        );
         let two = [user("root", &[Role::Admin]), user("ops", &[Role::Admin])];
-        assert_eq!(check_keeps_an_admin(true, &two, Removal::User("root")), Ok(()));
+        assert_eq!(
+            check_keeps_an_admin(true, &two, Removal::User("root")),
+            Ok(())
+        );
     }
 }

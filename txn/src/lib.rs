@@ -21,11 +21,13 @@
 //!   and map changes.
 //! - [`authz`]: whether a user's grants allow a request, pure.
 //! - [`token`]: session tokens (HMAC-SHA256), pure.
+//! - [`gate`]: who is asking and whether they may, per request.
 //! - [`metrics`], [`failpoint`].
 
 pub mod authz;
 pub mod failpoint;
 pub mod feed;
+pub mod gate;
 pub mod map;
 pub mod metrics;
 pub mod router;
