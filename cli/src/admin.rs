@@ -3,7 +3,8 @@
 //! (`add-group`), forget one that owns no slots (`remove-group`), and move
 //! slots between groups (`rebalance`, `move-slots`, `drain-group`, watched
 //! and controlled with `reshard list|pause|resume|cancel`), and forget a
-//! registered change feed (`forget-feed`).
+//! registered change feed (`forget-feed`), and turn auth on or off
+//! (`auth enable|disable|status`, in `user`).
 
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,10 @@ it first: `trellis admin drain-group --group N --wait`).")]
     /// Watch and control resharding jobs: list, pause, resume, cancel.
     #[command(subcommand)]
     Reshard(ReshardCommand),
+    /// Turn authentication and authorization on or off, or see whether
+    /// they are on (users and grants: `trellis user`).
+    #[command(subcommand)]
+    Auth(crate::user::AuthCommand),
 }
 
 #[derive(clap::Subcommand)]
@@ -281,6 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             created_then_wait(&addr, &created, wait).await
         }),
         AdminCommand::Reshard(command) => runtime.block_on(reshard(command)),
+        AdminCommand::Auth(command) => runtime.block_on(crate::user::admin_auth(command)),
     }
 }
 

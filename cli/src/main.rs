@@ -22,6 +22,8 @@
 //!   of a TLS cluster.
 //! - `tls`: `--tls-ca`, `--tls-cert`, `--tls-key` (global: one set for every
 //!   subcommand that serves or connects), installed before the command runs.
+//! - `user`: `trellis user add|passwd|rm|grant|revoke|list` and `trellis
+//!   admin auth enable|disable|status`.
 //! - `flags`: value checks shared by the subcommands' flags.
 //! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
 //!   the root spans that put a process's identity on its every line.
@@ -48,6 +50,7 @@ mod signals;
 mod sql;
 mod status;
 mod tls;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -140,6 +143,7 @@ enum Command {
     /// mode 0600; an existing file is kept unless --force). Keep ca-key.pem
     /// off the cluster's machines: only `trellis cert` needs it.
     Cert(cert::Args),
+    User(user::Args),
 }
 
 /// The values of `--metrics-recording`.
@@ -196,6 +200,7 @@ fn main() -> std::process::ExitCode {
         Command::Admin(args) => admin::run(args),
         Command::Cdc(args) => cdc::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::User(args) => user::run(args),
         // Its own exit codes (99: a threshold was crossed).
         Command::Load(args) => return trellis_loadtest::main(*args),
     };

@@ -11,6 +11,8 @@
 //!
 //! - [`auth`]: passwords (argon2id) and the lock-out rules of user
 //!   management, pure but for hashing.
+//! - [`auth_service`]: the `Auth` service (users, grants, login) and the
+//!   loop keeping the gate in step with the catalog.
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
 //! - [`router`]: `trellis_txn`'s router over the catalog ([`router::CatalogRouter`]).
 //! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
@@ -30,6 +32,7 @@
 //! and decisions live on the shards.
 
 pub mod auth;
+pub mod auth_service;
 pub mod catalog;
 pub mod changefeed;
 pub mod failpoint;
@@ -39,7 +42,7 @@ pub mod reshard_job;
 pub mod router;
 pub mod service;
 
-pub use trellis_txn::{FINALIZE_DEADLINE, SWEEP_BATCH_MAX, map, metrics, twopc, txn};
+pub use trellis_txn::{FINALIZE_DEADLINE, SWEEP_BATCH_MAX, authz, gate, map, metrics, token, twopc, txn};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
