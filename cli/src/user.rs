@@ -114,7 +114,9 @@ pub enum AuthCommand {
     },
 }
 
-async fn client(addr: &str) -> anyhow::Result<pb::auth_client::AuthClient<tonic::transport::Channel>> {
+async fn client(
+    addr: &str,
+) -> anyhow::Result<pb::auth_client::AuthClient<tonic::transport::Channel>> {
     let channel = trellis_net::connect(
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(AUTH_CALL_TIMEOUT)

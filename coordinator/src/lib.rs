@@ -42,7 +42,9 @@ pub mod reshard_job;
 pub mod router;
 pub mod service;
 
-pub use trellis_txn::{FINALIZE_DEADLINE, SWEEP_BATCH_MAX, authz, gate, map, metrics, token, twopc, txn};
+pub use trellis_txn::{
+    FINALIZE_DEADLINE, SWEEP_BATCH_MAX, authz, gate, map, metrics, token, twopc, txn,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
