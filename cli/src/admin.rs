@@ -232,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         AdminCommand::AddGroup { addr, group } => runtime.block_on(add_group(&addr, group)),
         AdminCommand::RemoveGroup { addr, group } => runtime.block_on(remove_group(&addr, group)),
         AdminCommand::ForgetFeed { addr, feed } => runtime.block_on(async {
-            let client = trellis_client::Client::connect(&addr)
+            let client = crate::login::coordinator_client(&addr)
                 .await
                 .with_context(|| format!("connecting to the coordinator at {addr}"))?;
             let existed = client
@@ -434,7 +434,7 @@ async fn reshard(command: ReshardCommand) -> anyhow::Result<()> {
 /// [`GROUP_CHANGE_TIMEOUT`].
 pub(crate) async fn admin_client(
     addr: &str,
-) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+) -> anyhow::Result<pb::admin_client::AdminClient<trellis_client::auth::Authed>> {
     let channel = trellis_net::connect(
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(GROUP_CHANGE_TIMEOUT)
@@ -442,7 +442,10 @@ pub(crate) async fn admin_client(
     )
     .await
     .with_context(|| format!("connecting to the coordinator at {addr}"))?;
-    Ok(pb::admin_client::AdminClient::new(channel))
+    trellis_client::auth::login(&channel).await?;
+    Ok(pb::admin_client::AdminClient::new(
+        trellis_client::auth::authed(channel),
+    ))
 }
 
 async fn add_group(addr: &str, group: u64) -> anyhow::Result<()> {

@@ -24,6 +24,8 @@
 //!   subcommand that serves or connects), installed before the command runs.
 //! - `user`: `trellis user add|passwd|rm|grant|revoke|list` and `trellis
 //!   admin auth enable|disable|status`.
+//! - `login`: `--user` and `--password-stdin` (global), a password login
+//!   for the commands that talk to a coordinator.
 //! - `flags`: value checks shared by the subcommands' flags.
 //! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
 //!   the root spans that put a process's identity on its every line.
@@ -44,6 +46,7 @@ mod cert;
 mod coordinator;
 mod dev;
 mod flags;
+mod login;
 mod logs;
 mod shard;
 mod signals;
@@ -87,6 +90,8 @@ struct Cli {
     metrics_recording: MetricsRecording,
     #[command(flatten)]
     tls: tls::TlsArgs,
+    #[command(flatten)]
+    login: login::LoginArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -184,6 +189,29 @@ fn main() -> std::process::ExitCode {
             }
         }
         (Ok(None), _) => {}
+    }
+    if let Some(message) = cli.login.misuse() {
+        misuse(message);
+    }
+    if cli.login.user.is_some() {
+        if !matches!(
+            cli.command,
+            Command::Sql(_)
+                | Command::Status(_)
+                | Command::Admin(_)
+                | Command::Cdc(_)
+                | Command::User(_)
+        ) {
+            misuse(
+                "--user logs in to a coordinator: only `trellis sql`, `status`, `admin`, `cdc` \
+                 and `user` take it (`trellis load` does not yet)"
+                    .to_string(),
+            );
+        }
+        if let Err(err) = cli.login.install() {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),

@@ -2,7 +2,7 @@
 //! enable|disable|status`: the `trellis.v1.Auth` service from the command
 //! line.
 //!
-//! A new password is read from standard input (`--password-stdin`, first
+//! A new password is read from standard input (`--new-password-stdin`, first
 //! line) or from `TRELLIS_NEW_PASSWORD`, never from a flag's value (which
 //! `ps` and shell histories show), and never printed or logged.
 //! `TRELLIS_NEW_PASSWORD` is not `TRELLIS_PASSWORD`: that one is the
@@ -34,11 +34,12 @@ pub struct Args {
 /// Where a new password comes from.
 #[derive(clap::Args, Clone, Debug)]
 struct NewPassword {
-    /// Read the password from the first line of standard input (else from
-    /// TRELLIS_NEW_PASSWORD; with neither, the user logs in by client
-    /// certificate only).
+    /// Read the new password from the first line of standard input (else
+    /// from TRELLIS_NEW_PASSWORD; with neither, the user logs in by client
+    /// certificate only). Not --password-stdin: that one is the password
+    /// of --user, who runs the command.
     #[arg(long)]
-    password_stdin: bool,
+    new_password_stdin: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -48,7 +49,7 @@ enum UserCommand {
     #[command(after_help = "\
 Examples:
   trellis user add alice                          (client certificate only)
-  printf '%s\\n' \"$PW\" | trellis user add bob --password-stdin
+  printf '%s\\n' \"$PW\" | trellis user add bob --new-password-stdin
   TRELLIS_NEW_PASSWORD=... trellis user add bob")]
     Add {
         name: String,
@@ -116,7 +117,7 @@ pub enum AuthCommand {
 
 async fn client(
     addr: &str,
-) -> anyhow::Result<pb::auth_client::AuthClient<tonic::transport::Channel>> {
+) -> anyhow::Result<pb::auth_client::AuthClient<trellis_client::auth::Authed>> {
     let channel = trellis_net::connect(
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(AUTH_CALL_TIMEOUT)
@@ -124,7 +125,10 @@ async fn client(
     )
     .await
     .with_context(|| format!("connecting to the coordinator at {addr}"))?;
-    Ok(pb::auth_client::AuthClient::new(channel))
+    trellis_client::auth::login(&channel).await?;
+    Ok(pb::auth_client::AuthClient::new(
+        trellis_client::auth::authed(channel),
+    ))
 }
 
 /// A refused call's message, with what was being done.
@@ -133,7 +137,7 @@ fn refused(doing: String) -> impl FnOnce(tonic::Status) -> anyhow::Error {
 }
 
 fn new_password(from: &NewPassword) -> anyhow::Result<String> {
-    if from.password_stdin {
+    if from.new_password_stdin {
         let mut line = String::new();
         std::io::stdin()
             .lock()
@@ -142,7 +146,7 @@ fn new_password(from: &NewPassword) -> anyhow::Result<String> {
             .context("reading the password from standard input")?;
         let password = line.trim_end_matches(['\r', '\n']).to_string();
         if password.is_empty() {
-            bail!("--password-stdin: standard input held no password");
+            bail!("--new-password-stdin: standard input held no password");
         }
         return Ok(password);
     }

@@ -7,8 +7,9 @@
 //!
 //! This test process speaks TLS as the client `root` (the harness's
 //! status polls go through it), who becomes the cluster's admin. The
-//! other users run `trellis` with their own client certificates, or log
-//! in with a password over gRPC (`Auth.Login`) and send the token.
+//! other users run `trellis` with their own client certificates or with
+//! `--user` (a password login), or log in over gRPC (`Auth.Login`) and
+//! send the token.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -190,7 +191,9 @@ async fn metric(cluster: &TestCluster, name: &str) -> f64 {
 /// adds itself as admin, a `reader` (read on every key, a password) and a
 /// `writer` (write on `a/`, a password), and turns auth on. The reader
 /// reads but cannot write; the writer writes `a/x` but not `b/x`, and a
-/// commit of `a/y` and `b/y` is refused whole (root finds neither); a
+/// commit of `a/y` and `b/y` is refused whole (root finds neither); the
+/// CLI's `--user` logs in by password (a wrong one is refused and writes
+/// nothing; the direct route says to use the coordinator); a
 /// stranger's certificate names no user; a wrong password, an unknown
 /// user, an expired token and another cluster's token are
 /// UNAUTHENTICATED saying why; the reader cannot run admin commands nor
@@ -215,7 +218,14 @@ async fn users_read_and_write_only_what_their_grants_allow() {
     // Passwords from standard input and from the environment.
     ok(trellis_as(
         "root",
-        &["user", "add", "reader", "--password-stdin", "--addr", &addr],
+        &[
+            "user",
+            "add",
+            "reader",
+            "--new-password-stdin",
+            "--addr",
+            &addr,
+        ],
         &[],
         &format!("{READER_PASSWORD}\n"),
     ));
@@ -324,6 +334,82 @@ async fn users_read_and_write_only_what_their_grants_allow() {
         read_as_root(&cluster, "a/z").await.as_deref(),
         Some(&b"ok"[..])
     );
+
+    // The CLI logs in with --user (a certificate that names no user: the
+    // token speaks for the writer), password from the environment or
+    // standard input.
+    let as_writer = |statement: &str, password: &str| {
+        trellis_as(
+            "stranger",
+            &[
+                "sql",
+                "--addr",
+                &addr,
+                "--route",
+                "coordinator",
+                "--user",
+                "writer",
+                "-c",
+                statement,
+            ],
+            &[("TRELLIS_PASSWORD", password)],
+            "",
+        )
+    };
+    ok(as_writer("PUT a/cli 'by-password'", WRITER_PASSWORD));
+    assert_eq!(
+        read_as_root(&cluster, "a/cli").await.as_deref(),
+        Some(&b"by-password"[..])
+    );
+    let out = as_writer("PUT b/cli 'no'", WRITER_PASSWORD);
+    assert!(!out.status.success(), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("user `writer` lacks `write` on key `b/cli`"),
+        "{}",
+        printed(&out)
+    );
+    let out = as_writer("PUT a/cli2 'no'", WRONG_PASSWORD);
+    assert!(!out.status.success(), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown user `writer` or wrong password"),
+        "{}",
+        printed(&out)
+    );
+    assert_eq!(read_as_root(&cluster, "a/cli2").await, None);
+    let out = trellis_as(
+        "stranger",
+        &[
+            "sql",
+            "--addr",
+            &addr,
+            "--user",
+            "writer",
+            "-c",
+            "GET a/cli",
+        ],
+        &[("TRELLIS_PASSWORD", WRITER_PASSWORD)],
+        "",
+    );
+    assert!(!out.status.success(), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--route coordinator"),
+        "the direct route under --user: {}",
+        printed(&out)
+    );
+    let err = refused(trellis_as(
+        "stranger",
+        &[
+            "status",
+            "--addr",
+            &addr,
+            "--user",
+            "reader",
+            "--password-stdin",
+        ],
+        &[],
+        &format!("{READER_PASSWORD}\n"),
+    ));
+    assert!(err.contains("user `reader` lacks `admin`"), "{err}");
 
     // Who is not a user, and bad passwords.
     let err = refused(trellis_as(
