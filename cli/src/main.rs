@@ -240,3 +240,28 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every subcommand's flags fit together: a global flag (`--user`,
+    /// `--password-stdin`, `--tls-*`) never clashes with a subcommand's.
+    #[test]
+    fn the_flags_of_every_subcommand_fit_together() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn password_stdin_without_user_is_a_usage_error() {
+        let cli = Cli::try_parse_from(["trellis", "status", "--password-stdin"]).expect("parses");
+        let message = cli.login.misuse().expect("misuse");
+        assert!(message.contains("give --user too"), "{message}");
+        let cli = Cli::try_parse_from(["trellis", "sql", "--user", "bob", "--password-stdin"])
+            .expect("parses");
+        assert_eq!(cli.login.misuse(), None);
+        assert_eq!(cli.login.user.as_deref(), Some("bob"));
+    }
+}
