@@ -1,6 +1,7 @@
 //! `--user` and `--password-stdin`: one pair of flags, global to every
 //! subcommand, next to the TLS flags. With `--user NAME`, the commands
-//! that talk to a coordinator (`sql`, `status`, `admin`, `cdc`, `user`)
+//! that talk to a coordinator (`sql`, `status`, `admin`, `cdc`, `user`,
+//! `load`)
 //! log in as NAME once (`trellis.v1.Auth/Login`) and send the token on
 //! every request, renewing it before it expires (`trellis_client::auth`).
 //!

@@ -201,10 +201,11 @@ fn main() -> std::process::ExitCode {
                 | Command::Admin(_)
                 | Command::Cdc(_)
                 | Command::User(_)
+                | Command::Load(_)
         ) {
             misuse(
-                "--user logs in to a coordinator: only `trellis sql`, `status`, `admin`, `cdc` \
-                 and `user` take it (`trellis load` does not yet)"
+                "--user logs in to a coordinator: only `trellis sql`, `status`, `admin`, `cdc`, \
+                 `user` and `load` take it"
                     .to_string(),
             );
         }

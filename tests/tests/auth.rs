@@ -29,6 +29,7 @@ use trellis_tests::harness::{self, printed, trellis_bin};
 const READER_PASSWORD: &str = "reader-secret-7f3a9c";
 const WRITER_PASSWORD: &str = "writer-secret-1b2e8d";
 const WRONG_PASSWORD: &str = "not-the-password-44";
+const ROOT_PASSWORD: &str = "root-secret-5c6d0e";
 
 /// Our CA, a node certificate, and the clients `root`, `reader`, `writer`
 /// and `stranger` (who never becomes a user).
@@ -411,6 +412,33 @@ async fn users_read_and_write_only_what_their_grants_allow() {
     ));
     assert!(err.contains("user `reader` lacks `admin`"), "{err}");
 
+    // `trellis load` as root by password (it reads the status: admin).
+    ok(trellis_as(
+        "root",
+        &["user", "passwd", "root", "--addr", &addr],
+        &[("TRELLIS_NEW_PASSWORD", ROOT_PASSWORD)],
+        "",
+    ));
+    ok(trellis_as(
+        "stranger",
+        &[
+            "load",
+            "--addr",
+            &addr,
+            "--route",
+            "coordinator",
+            "--user",
+            "root",
+            "--vus",
+            "1",
+            "--duration",
+            "1s",
+            "-q",
+        ],
+        &[("TRELLIS_PASSWORD", ROOT_PASSWORD)],
+        "",
+    ));
+
     // Who is not a user, and bad passwords.
     let err = refused(trellis_as(
         "stranger",
@@ -528,7 +556,12 @@ async fn users_read_and_write_only_what_their_grants_allow() {
         if path.extension().is_some_and(|e| e == "log") {
             logs += 1;
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            for password in [READER_PASSWORD, WRITER_PASSWORD, WRONG_PASSWORD] {
+            for password in [
+                READER_PASSWORD,
+                WRITER_PASSWORD,
+                WRONG_PASSWORD,
+                ROOT_PASSWORD,
+            ] {
                 assert!(
                     !text.contains(password),
                     "{} holds a password",
