@@ -194,7 +194,8 @@ async fn metric(cluster: &TestCluster, name: &str) -> f64 {
 /// reads but cannot write; the writer writes `a/x` but not `b/x`, and a
 /// commit of `a/y` and `b/y` is refused whole (root finds neither); the
 /// CLI's `--user` logs in by password (a wrong one is refused and writes
-/// nothing; the direct route says to use the coordinator); a
+/// nothing; the direct route says to use the coordinator), and so does
+/// `trellis load`; a change feed needs read on its whole range; a
 /// stranger's certificate names no user; a wrong password, an unknown
 /// user, an expired token and another cluster's token are
 /// UNAUTHENTICATED saying why; the reader cannot run admin commands nor
@@ -411,6 +412,30 @@ async fn users_read_and_write_only_what_their_grants_allow() {
         &format!("{READER_PASSWORD}\n"),
     ));
     assert!(err.contains("user `reader` lacks `admin`"), "{err}");
+
+    // A change feed needs read on its whole range.
+    let mut feed = pb::changefeed_client::ChangefeedClient::new(
+        harness::channel(&addr).await.expect("channel"),
+    );
+    let watch = |start: &str, end: &str| pb::WatchRequest {
+        start: start.as_bytes().to_vec(),
+        end: end.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    feed.watch(bearer(watch("a/", "a0"), &token))
+        .await
+        .expect("the writer watches a/");
+    let denied = feed
+        .watch(bearer(watch("a/", ""), &token))
+        .await
+        .expect_err("a/ to the end of the key space");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("lacks `read` on the keys from `a/` to the end (from `a0`)"),
+        "{denied:?}"
+    );
 
     // `trellis load` as root by password (it reads the status: admin).
     ok(trellis_as(
