@@ -3,7 +3,8 @@
 //! (`add-group`), forget one that owns no slots (`remove-group`), and move
 //! slots between groups (`rebalance`, `move-slots`, `drain-group`, watched
 //! and controlled with `reshard list|pause|resume|cancel`), and forget a
-//! registered change feed (`forget-feed`).
+//! registered change feed (`forget-feed`), and turn auth on or off
+//! (`auth enable|disable|status`, in `user`).
 
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,10 @@ it first: `trellis admin drain-group --group N --wait`).")]
     /// Watch and control resharding jobs: list, pause, resume, cancel.
     #[command(subcommand)]
     Reshard(ReshardCommand),
+    /// Turn authentication and authorization on or off, or see whether
+    /// they are on (users and grants: `trellis user`).
+    #[command(subcommand)]
+    Auth(crate::user::AuthCommand),
 }
 
 #[derive(clap::Subcommand)]
@@ -227,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         AdminCommand::AddGroup { addr, group } => runtime.block_on(add_group(&addr, group)),
         AdminCommand::RemoveGroup { addr, group } => runtime.block_on(remove_group(&addr, group)),
         AdminCommand::ForgetFeed { addr, feed } => runtime.block_on(async {
-            let client = trellis_client::Client::connect(&addr)
+            let client = crate::login::coordinator_client(&addr)
                 .await
                 .with_context(|| format!("connecting to the coordinator at {addr}"))?;
             let existed = client
@@ -281,6 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             created_then_wait(&addr, &created, wait).await
         }),
         AdminCommand::Reshard(command) => runtime.block_on(reshard(command)),
+        AdminCommand::Auth(command) => runtime.block_on(crate::user::admin_auth(command)),
     }
 }
 
@@ -428,7 +434,7 @@ async fn reshard(command: ReshardCommand) -> anyhow::Result<()> {
 /// [`GROUP_CHANGE_TIMEOUT`].
 pub(crate) async fn admin_client(
     addr: &str,
-) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+) -> anyhow::Result<pb::admin_client::AdminClient<trellis_client::auth::Authed>> {
     let channel = trellis_net::connect(
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(GROUP_CHANGE_TIMEOUT)
@@ -436,7 +442,10 @@ pub(crate) async fn admin_client(
     )
     .await
     .with_context(|| format!("connecting to the coordinator at {addr}"))?;
-    Ok(pb::admin_client::AdminClient::new(channel))
+    trellis_client::auth::login(&channel).await?;
+    Ok(pb::admin_client::AdminClient::new(
+        trellis_client::auth::authed(channel),
+    ))
 }
 
 async fn add_group(addr: &str, group: u64) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::time::Instant;
 use trellis_cdc::{DELIVER_EVENTS_MAX, Sink, SinkUrl};
-use trellis_client::{Client, Cursor, Error, FeedEvent, FeedMessage, ScanRow};
+use trellis_client::{Cursor, Error, FeedEvent, FeedMessage, ScanRow};
 use trellis_metrics::{Counter, Scrape};
 
 /// Backoff between attempts to deliver to a failing sink, or to watch
@@ -266,7 +266,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 // The last cursor whose events the sink took.
                 let last = delivered.lock().expect("cursor lock poisoned").clone();
                 if let (Some(name), Some(cursor)) = (name, last) {
-                    let client = Client::connect(&addr).await?;
+                    let client = crate::login::coordinator_client(&addr).await?;
                     client
                         .save_cursor(&name, &cursor)
                         .await
@@ -302,7 +302,7 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
         out
     }));
     tracing::info!(%metrics_addr, "metrics at /metrics");
-    let client = Client::connect(&args.addr)
+    let client = crate::login::coordinator_client(&args.addr)
         .await
         .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
     let mut sink = Sink::connect(&args.sink)

@@ -156,6 +156,17 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         metrics_addr.to_string(),
     ));
 
+    // Users, grants and the auth switch: read before serving, so a
+    // cluster with auth on never serves a request unchecked.
+    let gate = Arc::new(trellis_coordinator::gate::Gate::new(metrics.clone()));
+    trellis_coordinator::auth_service::refresh_gate(txns.router().catalog(), &gate)
+        .await
+        .context("reading users, grants and the auth switch from the catalog")?;
+    let gate_task = tokio::spawn(trellis_coordinator::auth_service::gate_refresher(
+        txns.router().catalog().clone(),
+        gate.clone(),
+    ));
+
     println!("READY grpc={grpc_addr} metrics={metrics_addr}");
     tracing::info!(%grpc_addr, %metrics_addr, "coordinator serving");
 
@@ -163,6 +174,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let serving = service::serve_incoming(
         txns,
         reshard_wake,
+        gate,
         trellis_net::tls::accept::incoming(listener),
         async {
             let _ = stop_rx.await;
@@ -179,6 +191,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     metrics_task.abort();
     sweeper_task.abort();
     refresher_task.abort();
+    gate_task.abort();
     driver_task.abort();
     tracing::info!("coordinator stopped");
     served.context("serving gRPC")

@@ -22,6 +22,10 @@
 //!   of a TLS cluster.
 //! - `tls`: `--tls-ca`, `--tls-cert`, `--tls-key` (global: one set for every
 //!   subcommand that serves or connects), installed before the command runs.
+//! - `user`: `trellis user add|passwd|rm|grant|revoke|list` and `trellis
+//!   admin auth enable|disable|status`.
+//! - `login`: `--user` and `--password-stdin` (global), a password login
+//!   for the commands that talk to a coordinator.
 //! - `flags`: value checks shared by the subcommands' flags.
 //! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
 //!   the root spans that put a process's identity on its every line.
@@ -42,12 +46,14 @@ mod cert;
 mod coordinator;
 mod dev;
 mod flags;
+mod login;
 mod logs;
 mod shard;
 mod signals;
 mod sql;
 mod status;
 mod tls;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -84,6 +90,8 @@ struct Cli {
     metrics_recording: MetricsRecording,
     #[command(flatten)]
     tls: tls::TlsArgs,
+    #[command(flatten)]
+    login: login::LoginArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +148,7 @@ enum Command {
     /// mode 0600; an existing file is kept unless --force). Keep ca-key.pem
     /// off the cluster's machines: only `trellis cert` needs it.
     Cert(cert::Args),
+    User(user::Args),
 }
 
 /// The values of `--metrics-recording`.
@@ -181,6 +190,30 @@ fn main() -> std::process::ExitCode {
         }
         (Ok(None), _) => {}
     }
+    if let Some(message) = cli.login.misuse() {
+        misuse(message);
+    }
+    if cli.login.user.is_some() {
+        if !matches!(
+            cli.command,
+            Command::Sql(_)
+                | Command::Status(_)
+                | Command::Admin(_)
+                | Command::Cdc(_)
+                | Command::User(_)
+                | Command::Load(_)
+        ) {
+            misuse(
+                "--user logs in to a coordinator: only `trellis sql`, `status`, `admin`, `cdc`, \
+                 `user` and `load` take it"
+                    .to_string(),
+            );
+        }
+        if let Err(err) = cli.login.install() {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Coordinator(args) => coordinator::run(args),
@@ -196,6 +229,7 @@ fn main() -> std::process::ExitCode {
         Command::Admin(args) => admin::run(args),
         Command::Cdc(args) => cdc::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::User(args) => user::run(args),
         // Its own exit codes (99: a threshold was crossed).
         Command::Load(args) => return trellis_loadtest::main(*args),
     };
@@ -205,5 +239,30 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every subcommand's flags fit together: a global flag (`--user`,
+    /// `--password-stdin`, `--tls-*`) never clashes with a subcommand's.
+    #[test]
+    fn the_flags_of_every_subcommand_fit_together() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn password_stdin_without_user_is_a_usage_error() {
+        let cli = Cli::try_parse_from(["trellis", "status", "--password-stdin"]).expect("parses");
+        let message = cli.login.misuse().expect("misuse");
+        assert!(message.contains("give --user too"), "{message}");
+        let cli = Cli::try_parse_from(["trellis", "sql", "--user", "bob", "--password-stdin"])
+            .expect("parses");
+        assert_eq!(cli.login.misuse(), None);
+        assert_eq!(cli.login.user.as_deref(), Some("bob"));
     }
 }

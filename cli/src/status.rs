@@ -113,7 +113,8 @@ pub async fn fetch(addr: &str) -> anyhow::Result<pb::StatusResponse> {
             trellis_net::tls::hint()
         )
     })?;
-    let mut client = pb::admin_client::AdminClient::new(channel);
+    trellis_client::auth::login(&channel).await?;
+    let mut client = pb::admin_client::AdminClient::new(trellis_client::auth::authed(channel));
     Ok(client
         .status(pb::StatusRequest {})
         .await

@@ -248,7 +248,8 @@ impl Default for Options {
 /// and with [`Route::Direct`] one shared map and set of shard connections).
 #[derive(Clone)]
 pub struct Client {
-    inner: TxnClient<Channel>,
+    /// Through [`crate::auth::Bearer`]: carries the login token, if any.
+    inner: TxnClient<crate::auth::Authed>,
     /// The connection to the coordinator (the change feed's client).
     pub(crate) channel: Channel,
     /// `Some` with [`Route::Direct`].
@@ -317,11 +318,25 @@ impl Client {
         let channel = trellis_net::connect(endpoint).await.map_err(|e| {
             Error::Unavailable(format!("cannot connect to {addr}: {}", source_text(&e)))
         })?;
-        let inner = TxnClient::new(channel.clone())
+        if let Some(user) = crate::auth::user() {
+            if options.route == Route::Direct {
+                return Err(Error::InvalidArgument(format!(
+                    "--user {user}: a password login works through the coordinator only (the \
+                     shards serve nodes); use --route coordinator"
+                )));
+            }
+            crate::auth::login(&channel).await?;
+        }
+        let inner = TxnClient::new(crate::auth::authed(channel.clone()))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let direct = match options.route {
-            Route::Direct => Some(Direct::start(inner.clone(), addr).await?),
+            Route::Direct => {
+                let coordinator = TxnClient::new(channel.clone())
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX);
+                Some(Direct::start(coordinator, addr).await?)
+            }
             Route::Coordinator => None,
         };
         Ok(Client {
@@ -341,10 +356,15 @@ impl Client {
     /// unknown outcome of its first commit. `Route::Direct` has made this
     /// call already at connect.
     pub async fn ping(&self) -> Result<()> {
-        trellis_txn::router::fetch_map(self.inner.clone(), None)
+        let mut request = tonic::Request::new(trellis_proto::v1::ClusterMapRequest { known: None });
+        request.set_timeout(self.options.rpc_timeout);
+        self.inner
+            .clone()
+            .cluster_map(request)
             .await
             .map(drop)
             .map_err(|e| {
+                let e = e.message().to_string();
                 Error::Unavailable(format!(
                     "cannot reach the coordinator at {}: {e} ({})",
                     self.addr,

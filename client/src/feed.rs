@@ -282,8 +282,9 @@ impl Watch {
 }
 
 impl Client {
-    fn changefeed(&self) -> ChangefeedClient<tonic::transport::Channel> {
-        ChangefeedClient::new(self.channel.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX)
+    fn changefeed(&self) -> ChangefeedClient<crate::auth::Authed> {
+        ChangefeedClient::new(crate::auth::authed(self.channel.clone()))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
     }
 
     /// Watches the committed writes to keys in `[start, end)` (`end` empty:

@@ -17,6 +17,10 @@
 //! body* again in a fresh transaction, at most [`TXN_ATTEMPTS_MAX`] times
 //! with backoff, so old writes are never re-applied blindly.
 //!
+//! With auth on, [`auth::configure`] makes every client of the process log
+//! in as one user (a password login; the token travels on every request
+//! and is renewed before it expires).
+//!
 //! Errors are [`Error`]: `Conflict { keys }`, `Locked { keys }`,
 //! `OutcomeUnknown { txn_id }` (ask [`Client::txn_status`]), `Unavailable`,
 //! `InvalidArgument`, and the other abort reasons.
@@ -70,6 +74,7 @@
 //!   [`Watch`], [`Cursor`], cursors kept in the catalog.
 //! - [`sql`]: the language of `trellis sql`: parser, session, formats.
 
+pub mod auth;
 mod client;
 mod direct;
 mod error;

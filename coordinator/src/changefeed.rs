@@ -17,7 +17,9 @@ use trellis_proto::v1 as pb;
 
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
+use trellis_txn::authz::Access;
 use trellis_txn::feed::{check_cursor_cluster, watch, watch_spec};
+use trellis_txn::gate::Gate;
 use trellis_types::ClusterId;
 
 use crate::router::CatalogRouter;
@@ -30,14 +32,29 @@ pub struct ChangefeedApi {
     txns: Arc<TxnManager>,
     /// This cluster's id, read from the catalog once (it never changes).
     cluster: Arc<OnceCell<ClusterId>>,
+    /// Who may watch what: `read` on the watched range; the cursor RPCs
+    /// need `read` on every key (a cursor is the feed's, not a range's).
+    gate: Arc<Gate>,
 }
 
 impl ChangefeedApi {
-    pub fn new(txns: Arc<TxnManager>) -> Self {
+    pub fn new(txns: Arc<TxnManager>, gate: Arc<Gate>) -> Self {
         ChangefeedApi {
             txns,
             cluster: Arc::default(),
+            gate,
         }
+    }
+
+    /// `read` on every key.
+    fn check_every_key<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.gate.check_request(
+            request,
+            &Access::Watch {
+                start: b"",
+                end: b"",
+            },
+        )
     }
 
     /// This cluster's id: the catalog's, read on first use.
@@ -68,6 +85,13 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.gate.check_request(
+            &request,
+            &Access::Watch {
+                start: &request.get_ref().start,
+                end: &request.get_ref().end,
+            },
+        )?;
         let cluster = self.cluster(deadline_of(&request)).await?;
         if let Some(cursor) = &request.get_ref().cursor {
             // Before the groups: another cluster's cursor may well name
@@ -101,6 +125,7 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
         request: Request<pb::SaveCursorRequest>,
     ) -> Result<Response<pb::SaveCursorResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.check_every_key(&request)?;
         let req = request.into_inner();
         crate::catalog::check_feed_name(&req.feed).map_err(invalid)?;
         let cursor = req
@@ -120,6 +145,7 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
         request: Request<pb::LoadCursorRequest>,
     ) -> Result<Response<pb::LoadCursorResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.check_every_key(&request)?;
         let req = request.into_inner();
         crate::catalog::check_feed_name(&req.feed).map_err(invalid)?;
         let catalog = self.txns.router().catalog();
@@ -144,6 +170,7 @@ impl pb::changefeed_server::Changefeed for ChangefeedApi {
         request: Request<pb::DeleteCursorRequest>,
     ) -> Result<Response<pb::DeleteCursorResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.check_every_key(&request)?;
         let req = request.into_inner();
         crate::catalog::check_feed_name(&req.feed).map_err(invalid)?;
         let catalog = self.txns.router().catalog();

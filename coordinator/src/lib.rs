@@ -9,6 +9,10 @@
 //! [`metrics`], and the router and the `Txn` service inside [`router`] and
 //! [`service`].
 //!
+//! - [`auth`]: passwords (argon2id) and the lock-out rules of user
+//!   management, pure but for hashing.
+//! - [`auth_service`]: the `Auth` service (users, grants, login) and the
+//!   loop keeping the gate in step with the catalog.
 //! - [`catalog`]: cluster metadata in SQL (sqlx: SQLite or PostgreSQL).
 //! - [`router`]: `trellis_txn`'s router over the catalog ([`router::CatalogRouter`]).
 //! - [`reshard`]: resharding decisions, pure: the planner (rebalance,
@@ -27,6 +31,8 @@
 //! The coordinator never holds state that must survive it: prepared locks
 //! and decisions live on the shards.
 
+pub mod auth;
+pub mod auth_service;
 pub mod catalog;
 pub mod changefeed;
 pub mod failpoint;
@@ -36,7 +42,9 @@ pub mod reshard_job;
 pub mod router;
 pub mod service;
 
-pub use trellis_txn::{FINALIZE_DEADLINE, SWEEP_BATCH_MAX, map, metrics, twopc, txn};
+pub use trellis_txn::{
+    FINALIZE_DEADLINE, SWEEP_BATCH_MAX, authz, gate, map, metrics, token, twopc, txn,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,6 @@
 //! The coordinator's gRPC edge: the public `trellis.v1.Txn` service (from
-//! `trellis_txn::service`, re-exported here) and the `Admin` and
+//! `trellis_txn::service`, re-exported here), the `Auth` service
+//! ([`crate::auth_service`]), and the `Admin` and
 //! shard-facing `Membership` services. Wire types become domain types here,
 //! input is checked against the limits here, and every gRPC `Status` is
 //! built here or by the Txn service's helpers ([`status_of`]).
@@ -24,6 +25,9 @@ pub use trellis_txn::service::{
     invalid, status_of,
 };
 
+use trellis_txn::gate::Gate;
+
+pub use crate::auth_service::AuthApi;
 use crate::catalog::{CatalogError, JobRow};
 pub use crate::changefeed::ChangefeedApi;
 use crate::map::{ClusterMap, Member};
@@ -1161,22 +1165,24 @@ fn group_config(map: &ClusterMap, group: GroupId) -> Result<shard_pb::GroupConfi
 /// The services a coordinator serves, with message limits set.
 pub struct Services {
     pub txn: pb::txn_server::TxnServer<TxnApi>,
+    pub auth: pb::auth_server::AuthServer<AuthApi>,
     pub admin: pb::admin_server::AdminServer<AdminApi>,
     pub membership: shard_pb::membership_server::MembershipServer<MembershipApi>,
     pub changefeed: pb::changefeed_server::ChangefeedServer<ChangefeedApi>,
 }
 
-/// The four services with message limits set.
-pub fn services(txns: Arc<TxnManager>, reshard_wake: Arc<Notify>) -> Services {
+/// The services with message limits set, behind `gate`.
+pub fn services(txns: Arc<TxnManager>, reshard_wake: Arc<Notify>, gate: Arc<Gate>) -> Services {
     Services {
-        txn: pb::txn_server::TxnServer::new(TxnApi::new(txns.clone()))
+        auth: pb::auth_server::AuthServer::new(AuthApi::new(txns.clone(), gate.clone())),
+        txn: pb::txn_server::TxnServer::new(TxnApi::with_gate(txns.clone(), gate.clone()))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
         admin: pb::admin_server::AdminServer::new(AdminApi::new(txns.clone(), reshard_wake)),
         membership: shard_pb::membership_server::MembershipServer::new(MembershipApi::new(
             txns.clone(),
         )),
-        changefeed: pb::changefeed_server::ChangefeedServer::new(ChangefeedApi::new(txns))
+        changefeed: pb::changefeed_server::ChangefeedServer::new(ChangefeedApi::new(txns, gate))
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
     }
 }
@@ -1191,10 +1197,13 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// reflection (v1 and v1alpha) describing them, on already accepted
 /// connections (real sockets, or the simulator's) until `shutdown`
 /// resolves. `reshard_wake` wakes the reshard driver (if one runs) when a
-/// job is created or controlled.
+/// job is created or controlled. `gate` decides who may call what (the
+/// Admin service: admins only); its caller keeps it in step with the
+/// catalog ([`crate::auth_service::gate_refresher`]).
 pub async fn serve_incoming<IO>(
     txns: Arc<TxnManager>,
     reshard_wake: Arc<Notify>,
+    gate: Arc<Gate>,
     incoming: impl tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error>
@@ -1206,11 +1215,13 @@ where
         + Send
         + 'static,
 {
-    let services = services(txns, reshard_wake);
+    let admin_only = trellis_txn::gate::admin_only(gate.clone());
+    let services = services(txns, reshard_wake, gate);
     // Reflection lets tools (`grpcurl`, Postman) call Trellis without its
     // `.proto` files; it lists only the services served here.
     let (reflection_v1, reflection_v1alpha) = trellis_proto::reflection::services(&[
         pb::txn_server::SERVICE_NAME,
+        pb::auth_server::SERVICE_NAME,
         pb::admin_server::SERVICE_NAME,
         shard_pb::membership_server::SERVICE_NAME,
         pb::changefeed_server::SERVICE_NAME,
@@ -1220,7 +1231,12 @@ where
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(services.txn)
-        .add_service(services.admin)
+        .add_service(services.auth)
+        // With auth on, the Admin service is for admins.
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            services.admin,
+            admin_only,
+        ))
         // Registration and fail-stop reports come from shards: node
         // certificates only (when TLS is on).
         .add_service(tonic::service::interceptor::InterceptedService::new(

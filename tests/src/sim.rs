@@ -987,9 +987,13 @@ async fn coordinator(catalog: Catalog, groups: u32, added_group: Option<u32>) ->
     ));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     // Without resharding no driver runs: no job is ever created.
+    // The simulator runs without auth: the gate stays open (never
+    // refreshed from the catalog).
+    let gate = Arc::new(trellis_coordinator::gate::Gate::new(txns.metrics().clone()));
     trellis_coordinator::service::serve_incoming(
         txns,
         reshard_wake,
+        gate,
         trellis_net::sim::incoming(listener),
         std::future::pending(),
     )

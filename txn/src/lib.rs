@@ -19,15 +19,21 @@
 //! - [`feed`]: the change feed's fan-in: every group's `Shard.Feed` into
 //!   one `trellis.v1.Changefeed.Watch` stream, followed across failover
 //!   and map changes.
+//! - [`authz`]: whether a user's grants allow a request, pure.
+//! - [`token`]: session tokens (HMAC-SHA256), pure.
+//! - [`gate`]: who is asking and whether they may, per request.
 //! - [`metrics`], [`failpoint`].
 
+pub mod authz;
 pub mod failpoint;
 pub mod feed;
+pub mod gate;
 pub mod map;
 pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod stale;
+pub mod token;
 pub mod twopc;
 pub mod txn;
 

@@ -81,6 +81,14 @@ pub struct Metrics {
     /// address, cause); at most [`FAIL_STOP_SERIES_MAX`] entries. Not on a
     /// hot path: counted whether or not recording is on.
     fail_stops: Mutex<BTreeMap<(GroupId, String, FailStopCause), u64>>,
+    /// Authorization checks made (one per request or transaction, never
+    /// per key), and those refused.
+    pub auth_checks: Counter,
+    pub auth_denied: Counter,
+    /// Failed password logins, and requests refused as unauthenticated
+    /// (bad, expired or foreign tokens; no credentials; unknown users).
+    pub login_failures: Counter,
+    pub unauthenticated: Counter,
 }
 
 /// Most (group, replica, cause) series of `trellis_shard_fail_stops_total`
@@ -117,6 +125,10 @@ impl Default for Metrics {
             reshard_pause: Histogram::new(SECONDS_BOUNDS),
             reshard_progress_unix_ms: AtomicU64::new(0),
             fail_stops: Mutex::new(BTreeMap::new()),
+            auth_checks: Counter::new(),
+            auth_denied: Counter::new(),
+            login_failures: Counter::new(),
+            unauthenticated: Counter::new(),
         }
     }
 }
@@ -228,6 +240,26 @@ impl Metrics {
     pub fn render(&self) -> Scrape {
         let mut out = Scrape::new();
         let label = |name: &str, value: &str| (name.to_string(), value.to_string());
+        out.counter(
+            "trellis_auth_checks_total",
+            "Authorization checks made: one per request or transaction, never per key.",
+            self.auth_checks.get(),
+        );
+        out.counter(
+            "trellis_auth_denied_total",
+            "Requests refused with PERMISSION_DENIED by a user's grants.",
+            self.auth_denied.get(),
+        );
+        out.counter(
+            "trellis_auth_login_failures_total",
+            "Password logins refused (unknown user or wrong password).",
+            self.login_failures.get(),
+        );
+        out.counter(
+            "trellis_auth_unauthenticated_total",
+            "Requests refused with UNAUTHENTICATED (no, bad, expired or foreign credentials).",
+            self.unauthenticated.get(),
+        );
         out.counter_family(
             "trellis_coordinator_commits_total",
             "Commit requests by path and outcome.",

@@ -16,6 +16,8 @@ use trellis_proto::v1 as pb;
 use trellis_types::limits::{GET_KEYS_MAX, KEY_BYTES_MAX, SCAN_LIMIT_MAX, STALENESS_MAX};
 use trellis_types::{TxnId, validate};
 
+use crate::authz::Access;
+use crate::gate::Gate;
 use crate::stale::{ReadOptions, ReadSource, floors_of};
 use crate::txn::{AbortReason, CommitOutcome, CommitRequest, TxnError, TxnManager, TxnState};
 
@@ -163,11 +165,40 @@ fn abort_reason_pb(reason: AbortReason) -> pb::AbortReason {
 #[derive(Clone)]
 pub struct TxnApi {
     txns: Arc<TxnManager>,
+    /// Who may do what; `None`: everyone everything (the client's
+    /// in-process service of the direct route, the simulator).
+    gate: Option<Arc<Gate>>,
 }
 
 impl TxnApi {
     pub fn new(txns: Arc<TxnManager>) -> Self {
-        TxnApi { txns }
+        TxnApi { txns, gate: None }
+    }
+
+    /// The service behind `gate`: each request is authenticated and
+    /// authorized once, before anything is read or prepared.
+    pub fn with_gate(txns: Arc<TxnManager>, gate: Arc<Gate>) -> Self {
+        TxnApi {
+            txns,
+            gate: Some(gate),
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>, access: &Access<'_>) -> Result<(), Status> {
+        match &self.gate {
+            Some(gate) => gate.check_request(request, access),
+            None => Ok(()),
+        }
+    }
+
+    /// Only that the sender is someone the cluster knows.
+    fn known<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.gate {
+            Some(gate) => gate
+                .principal(request.metadata(), request.extensions())
+                .map(|_| ()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -178,6 +209,12 @@ impl pb::txn_server::Txn for TxnApi {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.check(
+            &request,
+            &Access::Get {
+                keys: &request.get_ref().keys,
+            },
+        )?;
         let req = request.into_inner();
         if req.keys.len() > GET_KEYS_MAX {
             return Err(invalid(validate::InputError::TooManyGetKeys {
@@ -204,6 +241,12 @@ impl pb::txn_server::Txn for TxnApi {
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.check(
+            &request,
+            &Access::Scan {
+                prefix: &request.get_ref().prefix,
+            },
+        )?;
         let req = request.into_inner();
         if req.limit > SCAN_LIMIT_MAX {
             return Err(invalid(validate::InputError::ScanLimit { got: req.limit }));
@@ -236,6 +279,20 @@ impl pb::txn_server::Txn for TxnApi {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let deadline = deadline_of(&request);
+        {
+            // Every key at once, before anything is prepared: a commit
+            // touching one key outside the user's grants is refused whole.
+            let req = request.get_ref();
+            let reads: Vec<&[u8]> = req.reads.iter().map(|r| r.key.as_slice()).collect();
+            let writes: Vec<&[u8]> = req.writes.iter().map(|w| w.key.as_slice()).collect();
+            self.check(
+                &request,
+                &Access::Commit {
+                    reads: &reads,
+                    writes: &writes,
+                },
+            )?;
+        }
         let req = commit_request(request.into_inner())?;
         let outcome = self.txns.commit(req, deadline).await.map_err(status_of)?;
         let outcome = match outcome {
@@ -275,6 +332,7 @@ impl pb::txn_server::Txn for TxnApi {
         request: Request<pb::TxnStatusRequest>,
     ) -> Result<Response<pb::TxnStatusResponse>, Status> {
         let deadline = deadline_of(&request);
+        self.known(&request)?;
         let txn = TxnId::from_bytes(&request.into_inner().txn_id).map_err(invalid)?;
         let state = match self.txns.status(txn, deadline).await.map_err(status_of)? {
             TxnState::Committed => pb::TxnState::Committed,
@@ -290,6 +348,7 @@ impl pb::txn_server::Txn for TxnApi {
         &self,
         request: Request<pb::ClusterMapRequest>,
     ) -> Result<Response<pb::ClusterMapResponse>, Status> {
+        self.known(&request)?;
         let router = self.txns.router();
         let current = router.map();
         // The caller found its map stale and holds ours: read the catalog

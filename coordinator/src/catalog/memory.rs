@@ -50,6 +50,12 @@ pub(super) struct MemoryDb {
     pub(super) jobs: BTreeMap<i64, MemoryJob>,
     /// `feed_cursors`: feed name → (cursor, last save by tokio's clock).
     pub(super) feed_cursors: BTreeMap<String, (Vec<u8>, tokio::time::Instant)>,
+    /// `users`: name → password hash.
+    pub(super) users: BTreeMap<String, Option<String>>,
+    /// `grants`: (user, role, prefix).
+    pub(super) grants: BTreeSet<(String, String, Vec<u8>)>,
+    /// `auth_settings`: (enabled as 0 or 1, secret); `None` until written.
+    pub(super) auth: Option<(i64, Vec<u8>)>,
 }
 
 /// A row of the in-memory `reshard_jobs` table.
@@ -82,6 +88,9 @@ impl MemoryDb {
             coordinators: BTreeMap::new(),
             jobs: BTreeMap::new(),
             feed_cursors: BTreeMap::new(),
+            users: BTreeMap::new(),
+            grants: BTreeSet::new(),
+            auth: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! It owns the shard groups and their members, the slot map and its epoch,
 //! the list of coordinators with their heartbeats, the reshard jobs' state,
 //! the change feeds' cursors (opaque bytes by feed name, last writer
-//! wins) and the cluster's identity (a random id drawn once). SQLite (a file,
+//! wins), the cluster's identity (a random id drawn once), and its users,
+//! their grants and the auth switch with the token secret. SQLite (a file,
 //! `sqlite://PATH`) serves one coordinator; PostgreSQL (`postgres://...`)
 //! serves several that share it; memory (`memory:`, [`Catalog::in_memory`])
 //! serves the coordinators of one process, and exists for the deterministic
@@ -40,6 +41,7 @@
 //! - `connect`: the URL, the SQLite and PostgreSQL pools, migrations.
 //! - `dialect`: the SQL text that differs between SQLite and PostgreSQL.
 //! - `memory`: the in-memory backend's tables and storage steps.
+//! - `auth`: users, grants, the auth switch.
 //! - `codec`: pure conversions between rows and the map: the slot-map
 //!   encoding, `BIGINT` conversions, text checks, `build_map`.
 //! - `tests`: the suite every backend runs.
@@ -351,6 +353,10 @@ macro_rules! with_pool {
         }
     };
 }
+
+// After `with_pool!`, which it uses.
+mod auth;
+pub use self::auth::{AuthSettings, PASSWORD_HASH_BYTES_MAX, USERS_MAX, UserRow};
 
 impl Catalog {
     /// Connects and runs the migrations. Accepts `sqlite://PATH` (relative

@@ -1366,6 +1366,125 @@ mod cases {
             "{err}"
         );
     }
+
+    /// Users come and go with their grants; every refusal names what is
+    /// wrong and changes nothing; the auth row is written once, with one
+    /// secret that stays.
+    pub async fn users_grants_and_the_auth_switch(place: &Place) {
+        use trellis_txn::authz::{GRANTS_PER_USER_MAX, Grant, Role};
+        let catalog = place.connect().await;
+        let read_a = Grant::new(Role::Read, b"a/".to_vec()).expect("grant");
+        let admin = Grant::new(Role::Admin, Vec::new()).expect("grant");
+        assert_eq!(catalog.users().await.expect("users"), []);
+        catalog
+            .add_user("root", Some("$argon2id$fake"))
+            .await
+            .expect("add root");
+        catalog.add_user("bob", None).await.expect("add bob");
+        let err = catalog.add_user("bob", None).await.expect_err("twice");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let err = catalog
+            .add_user("bad name", None)
+            .await
+            .expect_err("a space");
+        assert!(err.to_string().contains("has ` `"), "{err}");
+        catalog.grant("root", &admin).await.expect("grant admin");
+        catalog.grant("bob", &read_a).await.expect("grant read");
+        catalog
+            .grant("bob", &read_a)
+            .await
+            .expect("granting again changes nothing");
+        let err = catalog.grant("carol", &read_a).await.expect_err("unknown");
+        assert!(
+            err.to_string().contains("user `carol` does not exist"),
+            "{err}"
+        );
+        let users = catalog.users().await.expect("users");
+        assert_eq!(
+            users
+                .iter()
+                .map(|u| (
+                    u.name.as_str(),
+                    u.password_hash.as_deref(),
+                    u.grants.clone()
+                ))
+                .collect::<Vec<_>>(),
+            [
+                ("bob", None, vec![read_a.clone()]),
+                ("root", Some("$argon2id$fake"), vec![admin.clone()]),
+            ]
+        );
+        assert!(
+            !format!("{users:?}").contains("argon2"),
+            "Debug shows no hash"
+        );
+        catalog
+            .set_password("bob", Some("$argon2id$other"))
+            .await
+            .expect("passwd");
+        assert_eq!(
+            catalog
+                .user("bob")
+                .await
+                .expect("bob")
+                .expect("exists")
+                .password_hash
+                .as_deref(),
+            Some("$argon2id$other")
+        );
+        assert!(catalog.set_password("carol", None).await.is_err());
+
+        // Bounded grants.
+        for i in 1..GRANTS_PER_USER_MAX {
+            let g = Grant::new(Role::Write, vec![b'p', i as u8]).expect("grant");
+            catalog.grant("bob", &g).await.expect("within the bound");
+        }
+        let over = Grant::new(Role::Write, b"over".to_vec()).expect("grant");
+        let err = catalog.grant("bob", &over).await.expect_err("too many");
+        assert!(
+            err.to_string().contains("the most one user may hold"),
+            "{err}"
+        );
+        let err = catalog.revoke("bob", &over).await.expect_err("not held");
+        assert!(
+            err.to_string()
+                .contains("does not hold write on prefix `over`"),
+            "{err}"
+        );
+        catalog.revoke("bob", &read_a).await.expect("revoke");
+        let bob = catalog.user("bob").await.expect("bob").expect("exists");
+        assert_eq!(bob.grants.len(), GRANTS_PER_USER_MAX - 1);
+        assert!(!bob.grants.contains(&read_a));
+
+        // Removing a user takes its grants: a new user of that name holds none.
+        catalog.remove_user("bob").await.expect("rm");
+        assert!(catalog.remove_user("bob").await.is_err());
+        catalog.add_user("bob", None).await.expect("add again");
+        assert_eq!(
+            catalog
+                .user("bob")
+                .await
+                .expect("bob")
+                .expect("exists")
+                .grants,
+            []
+        );
+
+        let first = catalog.auth_settings().await.expect("settings");
+        assert!(!first.enabled);
+        assert_ne!(first.secret, [0; 32]);
+        catalog.set_auth_enabled(true).await.expect("enable");
+        let again = place
+            .connect()
+            .await
+            .auth_settings()
+            .await
+            .expect("settings");
+        assert!(again.enabled);
+        assert_eq!(again.secret, first.secret, "one secret, kept");
+        catalog.set_auth_enabled(false).await.expect("disable");
+        assert!(!catalog.auth_settings().await.expect("settings").enabled);
+    }
 }
 
 /// One test per case and backend, so each failure names both.
@@ -1401,6 +1520,7 @@ macro_rules! backend_suite {
                 feed_cursors_refuse_bad_names_and_sizes,
                 feed_cursors_are_bounded,
                 cluster_id_is_drawn_once_and_kept,
+                users_grants_and_the_auth_switch,
             );
         }
     };

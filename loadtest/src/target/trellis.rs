@@ -75,13 +75,21 @@ async fn fetch_status(addr: &str, timeout: Duration) -> anyhow::Result<pb::Statu
     )
     .await
     .map_err(|e| anyhow::anyhow!("connecting to trellis://{addr}: {e}"))?;
+    // With `--user`, a password login (once per process).
+    trellis_client::auth::login(&channel)
+        .await
+        .map_err(|e| anyhow::anyhow!("trellis://{addr}: {e}"))?;
     let mut request = tonic::Request::new(pb::StatusRequest {});
     request.set_timeout(timeout);
-    Ok(pb::admin_client::AdminClient::new(channel)
-        .status(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("asking trellis://{addr} for its status: {}", s.message()))?
-        .into_inner())
+    Ok(
+        pb::admin_client::AdminClient::new(trellis_client::auth::authed(channel))
+            .status(request)
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!("asking trellis://{addr} for its status: {}", s.message())
+            })?
+            .into_inner(),
+    )
 }
 
 /// An error before Commit was sent: nothing was written.
