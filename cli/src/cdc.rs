@@ -298,7 +298,7 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
     let render = metrics.clone();
     tokio::spawn(trellis_metrics::serve(listener, move || {
         let mut out = render.render();
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     tracing::info!(%metrics_addr, "metrics at /metrics");

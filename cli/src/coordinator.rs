@@ -137,7 +137,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
                 .values()
                 .flat_map(|g| g.members.iter().map(move |m| (g.id, m.addr.as_str()))),
         );
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));

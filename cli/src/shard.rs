@@ -252,7 +252,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let render_shard = shard.clone();
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, move || {
         let mut out = render_shard.render_metrics();
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());
