@@ -178,7 +178,7 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     assert_eq!(members, 2, "the refused registration added a member");
 
     // Every process says when its certificate and its CA expire: exactly
-    // the files' notAfter.
+    // the files' notAfter, and which certificates those are.
     let expiry = Identity::load(&files(&certs.ours, "node"))
         .expect("the node's identity")
         .expiry();
@@ -186,19 +186,24 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     assert!(own <= ca, "the node certificate outlives its CA");
     for proc in [cluster.coordinator(0), shard] {
         let page = harness::http_get(proc.field("metrics"), "/metrics").await;
-        for (which, want) in [("own", own), ("ca", ca)] {
-            let series =
-                format!("trellis_tls_expiry_timestamp_seconds{{certificate=\"{which}\"}} ");
-            let got: f64 = page
-                .lines()
-                .find_map(|l| l.strip_prefix(series.as_str()))
-                .unwrap_or_else(|| panic!("no {series}in:\n{page}"))
-                .trim()
-                .parse()
-                .expect("a number");
+        for (which, want, subject) in [
+            ("own", own, &expiry.cert_subject),
+            ("ca", ca, &expiry.ca_subject),
+        ] {
+            let series = format!(
+                "trellis_tls_expiry_timestamp_seconds{{certificate=\"{which}\",subject=\"{subject}\"}}"
+            );
+            let got = harness::metric_sample(&page, &series)
+                .unwrap_or_else(|| panic!("no {series} in:\n{page}"));
             assert_eq!(got, want as f64, "{series}");
         }
+        assert_eq!(
+            harness::metric_sample(&page, "trellis_tls_ca_certificates"),
+            Some(1.0),
+            "{page}"
+        );
     }
+    assert!(expiry.ca_subject.contains("Trellis CA ours"), "{expiry:?}");
 }
 
 /// The story: against a TLS cluster, a client without a certificate and

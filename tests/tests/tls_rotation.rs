@@ -13,12 +13,18 @@
 //! happen, and commits go on after each step. The load reports no failed
 //! transaction; afterwards a certificate of the old CA is refused and one
 //! of the new CA is served.
+//!
+//! Then what a reload refuses, what the poll finds without SIGHUP, and the
+//! rate limit on failed handshakes, against a one-replica cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tonic::Code;
+use trellis_net::tls::limit::{HANDSHAKE_FAILURE_BACKOFF, HANDSHAKE_FAILURES_MAX};
 use trellis_net::tls::{Identity, TlsFiles};
+use trellis_proto::shard::v1 as shard_pb;
 use trellis_tests::cluster::{ClusterBuilder, Ready, TestCluster};
 use trellis_tests::harness::{self, Proc, metric_sample, printed, run_trellis, trellis_bin};
 
@@ -226,7 +232,7 @@ fn wait_exit(mut child: Child) -> (std::process::ExitStatus, String) {
     }
 }
 
-async fn tls_cluster(dir: &Path, live: &Path) -> TestCluster {
+async fn tls_cluster(dir: &Path, live: &Path, replicas: u32) -> TestCluster {
     let node = files(live, "node");
     let env = [
         ("TRELLIS_TLS_CA", node.ca.display().to_string()),
@@ -234,8 +240,10 @@ async fn tls_cluster(dir: &Path, live: &Path) -> TestCluster {
         ("TRELLIS_TLS_KEY", node.key.display().to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    std::fs::create_dir_all(dir).expect("the cluster's directory");
     ClusterBuilder::new(dir)
-        .replicas(2)
+        .replicas(replicas)
+        .logs()
         .coordinator_env(&env)
         .shard_env(&env)
         .ready(Ready::InSync)
@@ -267,7 +275,7 @@ async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
     }
     install_alice(&live);
 
-    let cluster = tls_cluster(&dir.path().join("cluster"), &live).await;
+    let cluster = tls_cluster(&dir.path().join("cluster"), &live, 2).await;
     let coordinator = cluster.coordinator(0);
     let nodes: Vec<&Proc> = std::iter::once(coordinator)
         .chain((1..=2).filter_map(|r| cluster.shard(1, r)))
@@ -381,4 +389,210 @@ async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
     // And one of the new CA is served, by a fresh connection.
     let out = status_with(&files(&live, "alice"));
     assert!(out.status.success(), "{}", printed(&out));
+}
+
+/// Waits until `proc`'s reloads are `ok` installed and `error` refused.
+async fn wait_reloads(proc: &Proc, ok: u64, error: u64) -> String {
+    let started = Instant::now();
+    loop {
+        let page = page(proc).await;
+        let got = (
+            metric_sample(&page, "trellis_tls_reloads_total{result=\"ok\"}"),
+            metric_sample(&page, "trellis_tls_reloads_total{result=\"error\"}"),
+        );
+        let want = (Some(ok as f64), Some(error as f64));
+        if got == want {
+            return page;
+        }
+        assert!(
+            got.0 <= want.0 && got.1 <= want.1 && started.elapsed() < PROGRESS_TIMEOUT,
+            "pid {}: reloads (ok, error) {got:?}, waiting for {want:?}\n{page}",
+            proc.pid
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// `trellis sql` as `alice` of `certs` through the coordinator: a fresh connection,
+/// so a fresh handshake with whatever identity the coordinator has.
+fn put_get(addr: &str, certs: &Path, value: &str) {
+    let mut args = vec!["sql".to_string(), "--addr".into(), addr.to_string()];
+    args.extend(tls_flags(&files(certs, "alice")));
+    args.extend(["--route".into(), "coordinator".into()]);
+    args.extend([
+        "-c".into(),
+        format!("PUT reloadkey '{value}'; GET reloadkey"),
+    ]);
+    let out = run_trellis(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", printed(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(value),
+        "{}",
+        printed(&out)
+    );
+}
+
+/// One connection that speaks plain HTTP to a TLS port: a failed
+/// handshake (or, once the address is over the limit, closed at once).
+async fn not_tls(addr: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(PROGRESS_TIMEOUT, stream.read_to_end(&mut sink))
+        .await
+        .expect("the server closes the connection");
+}
+
+/// The story: a node certificate replaced by a client's (SIGHUP) and a CA
+/// bundle replaced by garbage (found by the poll, no signal) are each
+/// refused once — an ERROR naming the file and why, counted as
+/// `result="error"` — and the processes keep serving with the identity
+/// they had. A renewed certificate is then found by the poll and
+/// installed, and the expiry gauge follows it. Last, an address that
+/// fails `HANDSHAKE_FAILURES_MAX` handshakes has its connections closed
+/// at once (counted) until the backoff ends, and is served again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_keep_the_identity_and_failed_handshakes_are_rate_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, live) = (dir.path().join("ours"), dir.path().join("live"));
+    make_certs(&ours, "prod");
+    std::fs::create_dir(&live).expect("mkdir");
+    for name in [
+        "ca.pem",
+        "node.pem",
+        "node-key.pem",
+        "alice.pem",
+        "alice-key.pem",
+    ] {
+        std::fs::copy(ours.join(name), live.join(name)).expect("copy");
+    }
+    install_alice(&live);
+    let cluster = tls_cluster(&dir.path().join("cluster"), &live, 1).await;
+    let addr = cluster.addr(0).to_string();
+    let (coordinator, shard) = (
+        cluster.coordinator(0),
+        cluster.shard(1, 1).expect("the replica runs"),
+    );
+    let procs = [coordinator, shard];
+    let shard_log = cluster.dir().join("g1r1.log");
+
+    // A client certificate in the node's place, with SIGHUP.
+    for (to, from) in [("node.pem", "alice.pem"), ("node-key.pem", "alice-key.pem")] {
+        replace(&live.join(to), &read(&ours.join(from)));
+    }
+    hangup(&[coordinator.pid, shard.pid]);
+    for proc in procs {
+        wait_reloads(proc, 0, 1).await;
+    }
+    let log = std::fs::read_to_string(&shard_log).unwrap_or_default();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("refused to reload the TLS files"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        refusal.contains("ERROR")
+            && refusal.contains("node.pem")
+            && refusal.contains("client `alice`")
+            && refusal.contains("node `node`"),
+        "{refusal}"
+    );
+    put_get(&addr, &ours, "kept-after-a-role-change");
+
+    // The node's files back, and garbage for a CA bundle: no signal, the
+    // poll finds it.
+    for name in ["node.pem", "node-key.pem"] {
+        replace(&live.join(name), &read(&ours.join(name)));
+    }
+    replace(&live.join("ca.pem"), b"not a certificate");
+    for proc in procs {
+        wait_reloads(proc, 0, 2).await;
+    }
+    let log = std::fs::read_to_string(&shard_log).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("refused to reload")
+            && l.contains("ca.pem")
+            && l.contains("no PEM certificate")),
+        "{log}"
+    );
+    put_get(&addr, &ours, "kept-after-garbage");
+
+    // A renewed node certificate (30 days) and the CA back: the poll
+    // installs them, and the gauge says when the new one expires.
+    harness::admin_ok(&[
+        "cert",
+        "create-node",
+        "--dir",
+        ours.to_str().expect("utf-8"),
+        "--name",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--days",
+        "30",
+        "--force",
+    ]);
+    for name in ["node.pem", "node-key.pem", "ca.pem"] {
+        replace(&live.join(name), &read(&ours.join(name)));
+    }
+    let renewed = Identity::load(&files(&live, "node"))
+        .expect("the renewed identity")
+        .expiry();
+    for proc in procs {
+        let page = wait_reloads(proc, 1, 2).await;
+        let own = page
+            .lines()
+            .find(|l| l.starts_with("trellis_tls_expiry_timestamp_seconds{certificate=\"own\""))
+            .and_then(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok());
+        assert_eq!(own, Some(renewed.cert as f64), "{page}");
+    }
+    put_get(&addr, &ours, "after-a-renewal");
+
+    // Failed handshakes from this address, as fast as it can.
+    let grpc = shard.field("grpc").to_string();
+    for _ in 0..HANDSHAKE_FAILURES_MAX {
+        not_tls(&grpc).await;
+    }
+    let blocked_at = Instant::now();
+    // Now even alice's good certificate is turned away, unhandshaken (a
+    // machine slow enough to take the whole backoff to get here may see
+    // it served: that alone is not a failure).
+    let during = harness::shard_client(shard).await;
+    let page_after = page(shard).await;
+    assert!(
+        metric_sample(&page_after, "trellis_tls_handshake_failures_total")
+            >= Some(f64::from(HANDSHAKE_FAILURES_MAX)),
+        "{page_after}"
+    );
+    if during.is_ok() {
+        assert!(
+            blocked_at.elapsed() >= HANDSHAKE_FAILURE_BACKOFF,
+            "served during the backoff:\n{page_after}"
+        );
+    } else {
+        assert!(
+            metric_sample(&page_after, "trellis_tls_handshakes_refused_total") >= Some(1.0),
+            "{page_after}"
+        );
+    }
+    // After the backoff, served again (and refused for what it is: a
+    // client certificate on the Shard service, past the handshake).
+    loop {
+        let answer = match harness::shard_client(shard).await {
+            Ok(mut client) => client
+                .shard_status(shard_pb::ShardStatusRequest {})
+                .await
+                .map(|_| ()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match answer {
+            Err(status) if status.code() == Code::PermissionDenied => break,
+            other => assert!(
+                blocked_at.elapsed() < HANDSHAKE_FAILURE_BACKOFF + PROGRESS_TIMEOUT,
+                "still refused long after the backoff: {other:?}"
+            ),
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    put_get(&addr, &ours, "after-the-backoff");
 }
