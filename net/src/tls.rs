@@ -13,6 +13,10 @@
 //!   [`crate::connect`].
 //! - [`issue`]: making a cluster CA and node/client certificates
 //!   (`trellis cert`).
+//! - [`reload`]: whether changed files replace the installed identity
+//!   (pure), and the reload that reads, checks, installs and counts.
+//! - [`limit`]: the rate limit on failed handshakes per peer address
+//!   (pure), which the acceptor applies.
 //!
 //! # Roles
 //! Every certificate of a cluster is signed by the cluster CA and carries
@@ -23,10 +27,12 @@
 //! certificate of the CA never gets past the handshake.
 //!
 //! # One identity per process
-//! A process has one identity, installed once at start ([`install`]) and
-//! read by every dial and every accept (each handshake reads the identity
-//! installed at that moment): swapping the installed identity is how a
-//! later reload will rotate certificates and CAs for new connections.
+//! A process has one identity, installed at start ([`install`]) and read
+//! by every dial and every accept (each handshake reads the identity
+//! installed at that moment): a reload ([`reload`]) installs a new one,
+//! so new connections use the new certificate and CA bundle while
+//! established ones keep theirs. A CA bundle of several CAs is trusted
+//! whole (the overlap of a CA rotation).
 //!
 //! This module never decides anything about transactions, and the
 //! deterministic simulator never installs an identity (it stays
