@@ -174,6 +174,7 @@ fn main() -> std::process::ExitCode {
                 .to_string(),
         ),
         (Ok(Some(files)), _) => {
+            tls::set_metrics_tls(cli.tls.metrics_tls);
             if let Err(err) = tls::install(files) {
                 eprintln!("error: {err:#}");
                 return std::process::ExitCode::FAILURE;

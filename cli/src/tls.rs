@@ -6,8 +6,9 @@
 //! With TLS on, a thread of its own reloads the files on SIGHUP and when
 //! its poll (`TLS_RELOAD_POLL`) finds them changed
 //! (`trellis_net::tls::reload` decides); this module owns that thread, the
-//! SIGHUP handler and the TLS series of `/metrics`. It never decides
-//! whether files are acceptable.
+//! SIGHUP handler, the TLS series of `/metrics` and `--metrics-tls`
+//! (`/metrics` over HTTPS). It never decides whether files are
+//! acceptable.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -32,6 +33,11 @@ pub struct TlsArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, global = true, env = "TRELLIS_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Serve /metrics over HTTPS with this process's certificate (no
+    /// client certificate asked: scrape it trusting the CA). Needs the
+    /// --tls-* flags.
+    #[arg(long, global = true, env = "TRELLIS_METRICS_TLS")]
+    pub metrics_tls: bool,
 }
 
 impl TlsArgs {
@@ -39,6 +45,11 @@ impl TlsArgs {
     /// the three flags are given.
     pub fn files(&self) -> Result<Option<TlsFiles>, String> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) if self.metrics_tls => Err(
+                "--metrics-tls serves /metrics with this process's certificate: give --tls-ca, \
+                 --tls-cert and --tls-key too"
+                    .to_string(),
+            ),
             (None, None, None) => Ok(None),
             (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
                 ca: ca.clone(),
@@ -67,6 +78,35 @@ impl TlsArgs {
 /// The files this process was started with, for `trellis dev` to hand to
 /// the processes it starts.
 static FILES: OnceLock<TlsFiles> = OnceLock::new();
+/// Whether `/metrics` is served over HTTPS (`--metrics-tls`).
+static METRICS_TLS: OnceLock<bool> = OnceLock::new();
+
+/// Records `--metrics-tls` (checked by [`TlsArgs::files`] to come with the
+/// TLS files).
+pub fn set_metrics_tls(on: bool) {
+    let _ = METRICS_TLS.set(on);
+}
+
+/// Serves `/metrics` on `listener`: over HTTPS with the identity
+/// installed at each connection when `--metrics-tls` asks (so a reload
+/// reaches the next scrape), else plain HTTP.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    scrape: impl Fn() -> trellis_metrics::Scrape + Send + Sync + 'static,
+) {
+    let identity = trellis_net::tls::current();
+    match (METRICS_TLS.get().copied().unwrap_or(false), identity) {
+        (true, Some(first)) => {
+            let config = move || {
+                trellis_net::tls::current()
+                    .unwrap_or_else(|| first.clone())
+                    .metrics_server_config()
+            };
+            trellis_metrics::serve_tls(listener, config, scrape).await
+        }
+        _ => trellis_metrics::serve(listener, scrape).await,
+    }
+}
 
 /// Loads and installs the identity: every dial and accept from now on is
 /// TLS. Then starts the reload thread: from here on SIGHUP reloads the
@@ -180,14 +220,18 @@ pub fn child_args() -> Vec<std::ffi::OsString> {
     let Some(files) = FILES.get() else {
         return Vec::new();
     };
-    vec![
+    let mut args: Vec<std::ffi::OsString> = vec![
         "--tls-ca".into(),
         files.ca.clone().into(),
         "--tls-cert".into(),
         files.cert.clone().into(),
         "--tls-key".into(),
         files.key.clone().into(),
-    ]
+    ];
+    if METRICS_TLS.get().copied().unwrap_or(false) {
+        args.push("--metrics-tls".into());
+    }
+    args
 }
 
 #[cfg(test)]
@@ -201,6 +245,7 @@ mod tests {
             tls_ca: Some("ca.pem".into()),
             tls_cert: Some("c.pem".into()),
             tls_key: Some("k.pem".into()),
+            metrics_tls: true,
         };
         assert!(matches!(all.files(), Ok(Some(_))));
         let some = TlsArgs {
@@ -210,5 +255,14 @@ mod tests {
         };
         let err = some.files().expect_err("partial");
         assert!(err.contains("--tls-ca and --tls-key missing"), "{err}");
+        let metrics_only = TlsArgs {
+            metrics_tls: true,
+            ..TlsArgs::default()
+        };
+        let err = metrics_only.files().expect_err("no files");
+        assert!(
+            err.contains("--metrics-tls") && err.contains("--tls-ca"),
+            "{err}"
+        );
     }
 }

@@ -58,6 +58,8 @@ pub const ROLE_URI_SCHEME: &str = "trellis://";
 pub const NAME_BYTES_MAX: usize = 64;
 /// The protocol both ends offer in the TLS handshake (gRPC is HTTP/2).
 const ALPN_H2: &[u8] = b"h2";
+/// The protocol `/metrics` offers over HTTPS.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Where a process finds its CA bundle, certificate and key (the
 /// `--tls-ca`, `--tls-cert` and `--tls-key` flags).
@@ -297,6 +299,7 @@ pub struct Identity {
     expiry: Expiry,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    metrics: Arc<rustls::ServerConfig>,
 }
 
 impl Identity {
@@ -390,6 +393,16 @@ impl Identity {
             .map_err(mismatch)?;
         server.alpn_protocols = vec![ALPN_H2.to_vec()];
 
+        // `/metrics` over HTTPS: server authentication only, so that a
+        // scraper needs the CA and no certificate of its own.
+        let mut metrics = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        metrics.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(config)?
@@ -403,6 +416,7 @@ impl Identity {
             expiry,
             server: Arc::new(server),
             client: Arc::new(client),
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -414,6 +428,12 @@ impl Identity {
     /// When its certificate and its CA bundle expire.
     pub fn expiry(&self) -> Expiry {
         self.expiry.clone()
+    }
+
+    /// The server config of `/metrics` over HTTPS (`--metrics-tls`): this
+    /// identity's certificate, no client certificate asked.
+    pub fn metrics_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.metrics.clone()
     }
 
     pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {

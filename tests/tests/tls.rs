@@ -363,3 +363,94 @@ async fn trellis_dev_runs_its_cluster_with_the_files_it_is_given() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// `GET /metrics` over HTTPS to `addr`, trusting the CA bundle `ca` and
+/// presenting no certificate: the answer, or why it failed.
+async fn https_get_metrics(addr: &str, ca: &Path) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA bundle") {
+        roots.add(cert.expect("a CA")).expect("a usable CA");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let (host, _) = addr.rsplit_once(':').expect("host:port");
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).expect("a name");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let fetch = async {
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(harness::RPC_TIMEOUT, fetch)
+        .await
+        .expect("answered in time")
+        .map_err(|e| e.to_string())
+}
+
+/// The story: a coordinator started with `--metrics-tls` (here
+/// `TRELLIS_METRICS_TLS`) serves `/metrics` over HTTPS with its node
+/// certificate to a scraper that trusts the CA and has no certificate of
+/// its own; a scraper trusting another CA is refused, and plain HTTP gets
+/// no metrics. Its shard, without the flag, keeps plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_https_when_asked() {
+    let certs = certs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = tls_env(&files(&certs.ours, "node"));
+    coordinator.push(("TRELLIS_METRICS_TLS", "true".into()));
+    let coordinator: Vec<(&str, &str)> =
+        coordinator.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = tls_env(&files(&certs.ours, "node"));
+    let shard: Vec<(&str, &str)> = node.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = ClusterBuilder::new(dir.path())
+        .coordinator_env(&coordinator)
+        .shard_env(&shard)
+        .ready(Ready::InSync)
+        .start()
+        .await
+        .expect("a TLS cluster");
+    let metrics = cluster.coordinator(0).field("metrics").to_string();
+
+    let page = https_get_metrics(&metrics, &certs.ours.join("ca.pem"))
+        .await
+        .expect("HTTPS trusting the CA");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("trellis_tls_reloads_total{result=\"ok\"} 0"),
+        "{page}"
+    );
+
+    let refused = https_get_metrics(&metrics, &certs.other.join("ca.pem"))
+        .await
+        .expect_err("a scraper trusting another CA");
+    assert!(refused.contains("certificate"), "{refused}");
+
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&metrics)
+            .await
+            .expect("connect");
+        let _ = tcp
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(harness::RPC_TIMEOUT, tcp.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(!plain.contains("200 OK"), "plain HTTP got metrics: {plain}");
+
+    let shard = cluster.shard(1, 1).expect("the replica runs");
+    let page = harness::http_get(shard.field("metrics"), "/metrics").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+}
