@@ -37,6 +37,10 @@ const LOAD_DURATION: &str = "40s";
 const LOAD_EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
+/// This process has one TLS identity, which each test installs for its
+/// own CA: the tests take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `trellis cert` in `dir`: a CA for `cluster`, the node certificate
 /// `node` (127.0.0.1) and the client `alice`.
 fn make_certs(dir: &Path, cluster: &str) {
@@ -255,6 +259,7 @@ async fn tls_cluster(dir: &Path, live: &Path, replicas: u32) -> TestCluster {
 /// The story in the module doc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (old, new, live) = (
         dir.path().join("old"),
@@ -454,6 +459,7 @@ async fn not_tls(addr: &str) {
 /// at once (counted) until the backoff ends, and is served again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_keep_the_identity_and_failed_handshakes_are_rate_limited() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (ours, live) = (dir.path().join("ours"), dir.path().join("live"));
     make_certs(&ours, "prod");
