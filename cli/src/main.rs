@@ -21,7 +21,8 @@
 //! - `cert`: `trellis cert create-ca|create-node|create-client`, the files
 //!   of a TLS cluster.
 //! - `tls`: `--tls-ca`, `--tls-cert`, `--tls-key` (global: one set for every
-//!   subcommand that serves or connects), installed before the command runs.
+//!   subcommand that serves or connects), installed before the command runs;
+//!   the thread that reloads them (SIGHUP, a poll); `--metrics-tls`.
 //! - `flags`: value checks shared by the subcommands' flags.
 //! - `logs`: `--log-format` (text or JSON lines), the log subscriber, and
 //!   the root spans that put a process's identity on its every line.

@@ -22,7 +22,9 @@ use trellis_net::tls::{Identity, PemFiles, TlsFiles};
 pub struct TlsArgs {
     /// PEM certificate(s) of the cluster CA: peers must present a
     /// certificate it signed. With --tls-cert and --tls-key, every link
-    /// this process makes or accepts is mutual TLS.
+    /// this process makes or accepts is mutual TLS. The three files are
+    /// reloaded on SIGHUP and when they change (read every 5 s); new
+    /// connections use them.
     #[arg(long, global = true, env = "TRELLIS_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// PEM certificate of this process: a node certificate for
