@@ -602,3 +602,93 @@ async fn bad_files_keep_the_identity_and_failed_handshakes_are_rate_limited() {
     }
     put_get(&addr, &ours, "after-the-backoff");
 }
+
+/// The story: `trellis dev` runs its cluster with the TLS files it is
+/// given and passes SIGHUP on: after the node certificate is renewed, one
+/// SIGHUP to dev makes dev and every process it runs reload at once (their
+/// logs, relayed by dev, say the signal did it, not the poll), and a
+/// client is served by the renewed cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_dev_passes_sighup_on_to_its_processes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, live) = (dir.path().join("ours"), dir.path().join("live"));
+    make_certs(&ours, "prod");
+    std::fs::create_dir(&live).expect("mkdir");
+    for name in ["ca.pem", "node.pem", "node-key.pem"] {
+        std::fs::copy(ours.join(name), live.join(name)).expect("copy");
+    }
+    let mut args = vec![
+        "dev".to_string(),
+        "--data-dir".into(),
+        dir.path().join("dev").display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--groups".into(),
+        "1".into(),
+        "--replicas".into(),
+        "2".into(),
+    ];
+    args.extend(tls_flags(&files(&live, "node")));
+    let log = dir.path().join("dev.log");
+    let dev = Proc::start_logged(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("TRELLIS_LOG", "warn,trellis_net::tls::reload=info")],
+        Some(&log),
+    )
+    .expect("trellis dev with TLS starts");
+    let addr = dev.field("grpc").to_string();
+    put_get(&addr, &ours, "before-the-renewal");
+
+    harness::admin_ok(&[
+        "cert",
+        "create-node",
+        "--dir",
+        ours.to_str().expect("utf-8"),
+        "--name",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--days",
+        "30",
+        "--force",
+    ]);
+    for name in ["node.pem", "node-key.pem"] {
+        replace(&live.join(name), &read(&ours.join(name)));
+    }
+    dev.signal(libc::SIGHUP);
+
+    // dev itself, and each of the processes it says it told.
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let told = text.lines().find_map(|l| {
+            l.strip_prefix("SIGHUP: ")?
+                .split_once(" processes asked")?
+                .0
+                .parse::<usize>()
+                .ok()
+        });
+        let by_signal = text
+            .lines()
+            .filter(|l| l.contains("reloaded the TLS files") && l.contains("Signal"))
+            .count();
+        assert!(
+            !text.contains("trigger=Poll") && !text.contains("refused to reload"),
+            "{text}"
+        );
+        if let Some(told) = told {
+            // A coordinator and two replicas.
+            assert_eq!(told, 3, "{text}");
+            if by_signal == told + 1 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < PROGRESS_TIMEOUT,
+            "not every process reloaded on SIGHUP:\n{text}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    put_get(&addr, &ours, "after-the-renewal");
+}
