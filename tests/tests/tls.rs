@@ -4,6 +4,9 @@
 //! another CA, not a client calling the internal services, not a shard of
 //! another CA.
 //!
+//! With `--metrics-tls`, `/metrics` is HTTPS for scrapers that trust the
+//! CA. (Reloads, CA rotation and the handshake rate limit: `tls_rotation`.)
+//!
 //! The certificates are made once per test process with `trellis cert`
 //! (itself under test), and this process speaks TLS as the client
 //! `alice` (`trellis_net::tls::install`): the harness's status polls and

@@ -442,3 +442,15 @@ async fn a_bundle_of_two_cas_trusts_both_and_then_only_the_one_left() {
         .expect_err("the old CA's client");
     assert!(accept.contains("TLS handshake failed"), "{accept}");
 }
+
+#[test]
+fn what_a_reload_read_never_shows_the_key_in_debug() {
+    let ours = ca("ours");
+    let leaf = node(&ours, "n1");
+    let read = pem_files(&[&ours], &leaf);
+    let shown = format!("{read:?} {:?}", reload::Watch::new(read.clone()));
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let body = leaf.key.lines().nth(1).expect("a key line");
+    assert!(!shown.contains(body), "{shown}");
+    assert!(shown.contains("bytes"), "{shown}");
+}
