@@ -296,9 +296,9 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     let render = metrics.clone();
-    tokio::spawn(trellis_metrics::serve(listener, move || {
+    tokio::spawn(crate::tls::serve_metrics(listener, move || {
         let mut out = render.render();
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     tracing::info!(%metrics_addr, "metrics at /metrics");

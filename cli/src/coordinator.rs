@@ -126,7 +126,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let txns = TxnManager::new(router, metrics.clone());
     let render = metrics.clone();
     let members_of = txns.router().clone();
-    let metrics_task = tokio::spawn(trellis_metrics::serve(metrics_listener, move || {
+    let metrics_task = tokio::spawn(crate::tls::serve_metrics(metrics_listener, move || {
         let mut out = render.render();
         // Every member the map knows has its fail-stop series, at 0 until
         // one is reported.
@@ -137,7 +137,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
                 .values()
                 .flat_map(|g| g.members.iter().map(move |m| (g.id, m.addr.as_str()))),
         );
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));

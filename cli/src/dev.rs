@@ -441,13 +441,17 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-#[allow(unsafe_code)]
 fn terminate(pid: u32) {
+    signal_child(pid, libc::SIGTERM);
+}
+
+/// Sends `signal` to `pid`, our own child not yet reaped; whether it was
+/// delivered.
+#[allow(unsafe_code)]
+fn signal_child(pid: u32, signal: libc::c_int) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
     // child, not yet reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
 
 /// SIGTERM to every child, then SIGKILL to those still there after
@@ -1207,6 +1211,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _entered = runtime.enter();
         crate::signals::Signals::install()
     };
+    // With TLS on, SIGHUP is a reload (crate::tls): dev passes it on to
+    // every process it runs. Without TLS, SIGHUP keeps its default action.
+    let mut hangup = if crate::tls::child_args().is_empty() {
+        None
+    } else {
+        let _entered = runtime.enter();
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?,
+        )
+    };
     // A ready file left by a dev that was killed is not this one's.
     remove_ready_file(&data_dir)?;
     let catalog = format!("sqlite://{}", path_str(&data_dir.join("catalog.db"))?);
@@ -1312,9 +1327,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let poll = tokio::spawn(poll_groups(addr.clone(), listed_tx));
         let mut listed = groups;
         loop {
+            let hangup_received = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                Some(()) = hangup_received => {
+                    let told = members
+                        .iter()
+                        .filter_map(|m| m.field("pid").parse::<u32>().ok())
+                        .filter(|pid| signal_child(*pid, libc::SIGHUP))
+                        .count();
+                    eprintln!("SIGHUP: {told} processes asked to reload their TLS files");
+                }
                 () = tokio::time::sleep(SUPERVISE_INTERVAL) => {
                     if listed_rx.has_changed().unwrap_or(false) {
                         listed = listed_rx.borrow_and_update().clone();

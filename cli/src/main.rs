@@ -21,7 +21,8 @@
 //! - `cert`: `trellis cert create-ca|create-node|create-client`, the files
 //!   of a TLS cluster.
 //! - `tls`: `--tls-ca`, `--tls-cert`, `--tls-key` (global: one set for every
-//!   subcommand that serves or connects), installed before the command runs.
+//!   subcommand that serves or connects), installed before the command runs;
+//!   the thread that reloads them (SIGHUP, a poll); `--metrics-tls`.
 //! - `user`: `trellis user add|passwd|rm|grant|revoke|list` and `trellis
 //!   admin auth enable|disable|status`.
 //! - `login`: `--user` and `--password-stdin` (global), a password login
@@ -183,6 +184,7 @@ fn main() -> std::process::ExitCode {
                 .to_string(),
         ),
         (Ok(Some(files)), _) => {
+            tls::set_metrics_tls(cli.tls.metrics_tls);
             if let Err(err) = tls::install(files) {
                 eprintln!("error: {err:#}");
                 return std::process::ExitCode::FAILURE;

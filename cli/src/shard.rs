@@ -250,9 +250,9 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         .with_context(|| format!("binding metrics on {}", args.metrics_listen))?;
     shard.repl.set_metrics_addr(&metrics_addr.to_string());
     let render_shard = shard.clone();
-    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, move || {
+    let metrics_task = tokio::spawn(crate::tls::serve_metrics(metrics_listener, move || {
         let mut out = render_shard.render_metrics();
-        crate::tls::render_expiry(&mut out);
+        crate::tls::render(&mut out);
         out
     }));
     let snapshot_task = tokio::spawn(shard.clone().snapshot_loop());

@@ -1,7 +1,7 @@
 //! Prometheus metrics for Trellis processes: a lock-free fixed-bucket
 //! histogram, a [`Scrape`] that gathers every value at scrape time and is
 //! encoded by the `prometheus-client` crate, and the small HTTP endpoint that
-//! serves `GET /metrics`.
+//! serves `GET /metrics` (over HTTPS with [`serve_tls`]).
 //!
 //! Recording never blocks: a few relaxed atomic adds. Hot paths keep their
 //! own `AtomicU64`s and [`Histogram`]s; nothing is registered with a
@@ -28,6 +28,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -411,55 +412,92 @@ fn wants_openmetrics(head: &str) -> bool {
 /// in the text format 0.0.4. Any other path gets 404. Requests are bounded in
 /// size, time and concurrency.
 pub async fn serve(listener: TcpListener, scrape: impl Fn() -> Scrape + Send + Sync + 'static) {
-    let scrape = std::sync::Arc::new(scrape);
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS_MAX));
+    serve_with(listener, None::<fn() -> Arc<rustls::ServerConfig>>, scrape).await
+}
+
+/// [`serve`] over HTTPS: each connection's TLS handshake uses the config
+/// `tls` returns at that moment (so a reloaded certificate serves the next
+/// scrape), within [`METRICS_REQUEST_TIMEOUT`] like the request itself.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
+    scrape: impl Fn() -> Scrape + Send + Sync + 'static,
+) {
+    serve_with(listener, Some(tls), scrape).await
+}
+
+async fn serve_with<T>(
+    listener: TcpListener,
+    tls: Option<T>,
+    scrape: impl Fn() -> Scrape + Send + Sync + 'static,
+) where
+    T: Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
+{
+    let scrape = Arc::new(scrape);
+    let tls = tls.map(Arc::new);
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS_MAX));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let scrape = scrape.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tokio::time::timeout(METRICS_REQUEST_TIMEOUT, async {
-                let mut buf = vec![0u8; METRICS_REQUEST_BYTES_MAX];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    let n = stream.read(&mut buf[filled..]).await?;
-                    if n == 0 {
-                        break;
+                match tls {
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config());
+                        answer(acceptor.accept(stream).await?, &*scrape).await
                     }
-                    filled += n;
-                    if buf[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+                    None => answer(stream, &*scrape).await,
                 }
-                let head = String::from_utf8_lossy(&buf[..filled]);
-                let line = head.lines().next().unwrap_or_default();
-                let (status, content_type, body) = if !line.starts_with("GET /metrics") {
-                    (
-                        "404 Not Found",
-                        CONTENT_TYPE_TEXT,
-                        "try GET /metrics\n".to_string(),
-                    )
-                } else if wants_openmetrics(&head) {
-                    ("200 OK", CONTENT_TYPE_OPENMETRICS, scrape().openmetrics())
-                } else {
-                    ("200 OK", CONTENT_TYPE_TEXT, scrape().text())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                stream.write_all(response.as_bytes()).await?;
-                stream.shutdown().await
             })
             .await;
         });
     }
+}
+
+/// Reads one request's head from `stream` and answers it.
+async fn answer<S>(mut stream: S, scrape: &(impl Fn() -> Scrape + ?Sized)) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; METRICS_REQUEST_BYTES_MAX];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if buf[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..filled]);
+    let line = head.lines().next().unwrap_or_default();
+    let (status, content_type, body) = if !line.starts_with("GET /metrics") {
+        (
+            "404 Not Found",
+            CONTENT_TYPE_TEXT,
+            "try GET /metrics\n".to_string(),
+        )
+    } else if wants_openmetrics(&head) {
+        ("200 OK", CONTENT_TYPE_OPENMETRICS, scrape().openmetrics())
+    } else {
+        ("200 OK", CONTENT_TYPE_TEXT, scrape().text())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 /// Binds the metrics endpoint; returns the bound address and the listener

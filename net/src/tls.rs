@@ -13,6 +13,10 @@
 //!   [`crate::connect`].
 //! - [`issue`]: making a cluster CA and node/client certificates
 //!   (`trellis cert`).
+//! - [`reload`]: whether changed files replace the installed identity
+//!   (pure), and the reload that reads, checks, installs and counts.
+//! - [`limit`]: the rate limit on failed handshakes per peer address
+//!   (pure), which the acceptor applies.
 //!
 //! # Roles
 //! Every certificate of a cluster is signed by the cluster CA and carries
@@ -23,10 +27,12 @@
 //! certificate of the CA never gets past the handshake.
 //!
 //! # One identity per process
-//! A process has one identity, installed once at start ([`install`]) and
-//! read by every dial and every accept (each handshake reads the identity
-//! installed at that moment): swapping the installed identity is how a
-//! later reload will rotate certificates and CAs for new connections.
+//! A process has one identity, installed at start ([`install`]) and read
+//! by every dial and every accept (each handshake reads the identity
+//! installed at that moment): a reload ([`reload`]) installs a new one,
+//! so new connections use the new certificate and CA bundle while
+//! established ones keep theirs. A CA bundle of several CAs is trusted
+//! whole (the overlap of a CA rotation).
 //!
 //! This module never decides anything about transactions, and the
 //! deterministic simulator never installs an identity (it stays
@@ -35,6 +41,8 @@
 pub mod accept;
 pub(crate) mod dial;
 pub mod issue;
+pub mod limit;
+pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -50,6 +58,8 @@ pub const ROLE_URI_SCHEME: &str = "trellis://";
 pub const NAME_BYTES_MAX: usize = 64;
 /// The protocol both ends offer in the TLS handshake (gRPC is HTTP/2).
 const ALPN_H2: &[u8] = b"h2";
+/// The protocol `/metrics` offers over HTTPS.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Where a process finds its CA bundle, certificate and key (the
 /// `--tls-ca`, `--tls-cert` and `--tls-key` flags).
@@ -174,14 +184,28 @@ pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// The subject of a certificate, as `CN=…, O=…` (for metrics and logs).
+pub fn subject(cert_der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    Ok(cert.subject().to_string())
+}
+
 /// When an identity's certificates expire, in seconds since the Unix
-/// epoch (for the `trellis_tls_expiry_timestamp_seconds` gauge).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// epoch (for the `trellis_tls_expiry_timestamp_seconds` gauge), and which
+/// certificates those are.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expiry {
     /// This process's own certificate.
     pub cert: i64,
-    /// The first of the CA bundle's certificates to expire.
+    /// Its subject.
+    pub cert_subject: String,
+    /// The first of the CA bundle's certificates to expire (during a CA
+    /// rotation the bundle holds the old and the new CA: the old one).
     pub ca: i64,
+    /// That CA's subject.
+    pub ca_subject: String,
+    /// How many CA certificates the bundle holds (all trusted).
+    pub ca_count: usize,
 }
 
 /// Who is at the other end of an accepted connection.
@@ -233,11 +257,11 @@ pub fn node_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, toni
 /// and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}: {error}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: rustls::pki_types::pem::Error,
+        error: String,
     },
     #[error("{what} {path} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")]
     NoCertificate { what: &'static str, path: PathBuf },
@@ -275,6 +299,7 @@ pub struct Identity {
     expiry: Expiry,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    metrics: Arc<rustls::ServerConfig>,
 }
 
 impl Identity {
@@ -283,6 +308,13 @@ impl Identity {
     /// require a client certificate of the CA; clients verify the server
     /// against the CA and present the certificate.
     pub fn load(files: &TlsFiles) -> Result<Identity, TlsError> {
+        Identity::from_pem(files, &PemFiles::read(files))
+    }
+
+    /// [`Identity::load`] from the files' contents as read at one moment
+    /// (`files` names them in errors): a reload checks exactly the bytes it
+    /// compared.
+    pub fn from_pem(files: &TlsFiles, pem: &PemFiles) -> Result<Identity, TlsError> {
         // ring, as the project builds without cmake (aws-lc needs it);
         // rustls deprecates ring's provider for lacking post-quantum key
         // exchange, which a later switch of provider would bring.
@@ -290,18 +322,22 @@ impl Identity {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = |e: rustls::Error| TlsError::Config(e.to_string());
 
-        let ca = read_certs("CA bundle", &files.ca)?;
+        let ca = parse_certs("CA bundle", &files.ca, &pem.ca)?;
         let unparsable = |path: &PathBuf| {
             let path = path.clone();
             move |e: String| TlsError::Config(format!("{}: {e}", path.display()))
         };
-        let ca_expiry = ca
+        // The whole bundle is trusted; the gauge names its first CA to
+        // expire (`ca` is never empty: parse_certs refuses that).
+        let (ca_expiry, ca_subject) = ca
             .iter()
-            .map(|c| not_after(c).map_err(unparsable(&files.ca)))
-            .collect::<Result<Vec<i64>, TlsError>>()?
+            .map(|c| Ok((not_after(c)?, subject(c)?)))
+            .collect::<Result<Vec<(i64, String)>, String>>()
+            .map_err(unparsable(&files.ca))?
             .into_iter()
             .min()
-            .unwrap_or(i64::MAX);
+            .expect("a CA bundle holds a certificate");
+        let ca_count = ca.len();
         let mut roots = RootCertStore::empty();
         for cert in ca {
             roots.add(cert).map_err(|source| TlsError::BadCa {
@@ -310,20 +346,26 @@ impl Identity {
             })?;
         }
         let roots = Arc::new(roots);
-        let chain = read_certs("certificate", &files.cert)?;
+        let chain = parse_certs("certificate", &files.cert, &pem.cert)?;
         let role = role_of(&chain[0]).map_err(|source| TlsError::NoRole {
             path: files.cert.clone(),
             source,
         })?;
         let expiry = Expiry {
             cert: not_after(&chain[0]).map_err(unparsable(&files.cert))?,
+            cert_subject: subject(&chain[0]).map_err(unparsable(&files.cert))?,
             ca: ca_expiry,
+            ca_subject,
+            ca_count,
         };
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Read {
+        let key_read = |error: String| TlsError::Read {
             what: "key",
             path: files.key.clone(),
-            source,
-        })?;
+            error,
+        };
+        let key_pem = pem.key.as_ref().map_err(|e| key_read(e.clone()))?;
+        // The parser's error never quotes the key's bytes.
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_read(e.to_string()))?;
 
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -351,6 +393,16 @@ impl Identity {
             .map_err(mismatch)?;
         server.alpn_protocols = vec![ALPN_H2.to_vec()];
 
+        // `/metrics` over HTTPS: server authentication only, so that a
+        // scraper needs the CA and no certificate of its own.
+        let mut metrics = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        metrics.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(config)?
@@ -364,6 +416,7 @@ impl Identity {
             expiry,
             server: Arc::new(server),
             client: Arc::new(client),
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -374,7 +427,13 @@ impl Identity {
 
     /// When its certificate and its CA bundle expire.
     pub fn expiry(&self) -> Expiry {
-        self.expiry
+        self.expiry.clone()
+    }
+
+    /// The server config of `/metrics` over HTTPS (`--metrics-tls`): this
+    /// identity's certificate, no client certificate asked.
+    pub fn metrics_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.metrics.clone()
     }
 
     pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -386,16 +445,72 @@ impl Identity {
     }
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read = |source| TlsError::Read {
+/// The contents of a process's three TLS files as read at one moment, or
+/// why a file could not be read. Compared whole to tell whether a reload
+/// has anything new; its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFiles {
+    pub ca: Result<Vec<u8>, String>,
+    pub cert: Result<Vec<u8>, String>,
+    pub key: Result<Vec<u8>, String>,
+}
+
+impl std::fmt::Debug for PemFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = |r: &Result<Vec<u8>, String>| match r {
+            Ok(bytes) => format!("{} bytes", bytes.len()),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        f.debug_struct("PemFiles")
+            .field("ca", &len(&self.ca))
+            .field("cert", &len(&self.cert))
+            .field("key", &len(&self.key))
+            .finish()
+    }
+}
+
+impl PemFiles {
+    /// Reads the three files (each at most [`PEM_FILE_BYTES_MAX`]).
+    pub fn read(files: &TlsFiles) -> PemFiles {
+        PemFiles {
+            ca: read_bounded(&files.ca),
+            cert: read_bounded(&files.cert),
+            key: read_bounded(&files.key),
+        }
+    }
+}
+
+/// The largest CA bundle, certificate chain or key file read: far above a
+/// bundle of a few CAs, and a bound on what a poll reads every few seconds.
+pub const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(PEM_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
+        return Err(format!("larger than {PEM_FILE_BYTES_MAX} bytes"));
+    }
+    Ok(bytes)
+}
+
+fn parse_certs(
+    what: &'static str,
+    path: &Path,
+    pem: &Result<Vec<u8>, String>,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |error: String| TlsError::Read {
         what,
         path: path.to_path_buf(),
-        source,
+        error,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(read)?
+    let bytes = pem.as_ref().map_err(|e| read(e.clone()))?;
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(read)?;
+        .map_err(|e| read(e.to_string()))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             what,

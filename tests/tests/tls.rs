@@ -4,6 +4,9 @@
 //! another CA, not a client calling the internal services, not a shard of
 //! another CA.
 //!
+//! With `--metrics-tls`, `/metrics` is HTTPS for scrapers that trust the
+//! CA. (Reloads, CA rotation and the handshake rate limit: `tls_rotation`.)
+//!
 //! The certificates are made once per test process with `trellis cert`
 //! (itself under test), and this process speaks TLS as the client
 //! `alice` (`trellis_net::tls::install`): the harness's status polls and
@@ -178,7 +181,7 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     assert_eq!(members, 2, "the refused registration added a member");
 
     // Every process says when its certificate and its CA expire: exactly
-    // the files' notAfter.
+    // the files' notAfter, and which certificates those are.
     let expiry = Identity::load(&files(&certs.ours, "node"))
         .expect("the node's identity")
         .expiry();
@@ -186,19 +189,24 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     assert!(own <= ca, "the node certificate outlives its CA");
     for proc in [cluster.coordinator(0), shard] {
         let page = harness::http_get(proc.field("metrics"), "/metrics").await;
-        for (which, want) in [("own", own), ("ca", ca)] {
-            let series =
-                format!("trellis_tls_expiry_timestamp_seconds{{certificate=\"{which}\"}} ");
-            let got: f64 = page
-                .lines()
-                .find_map(|l| l.strip_prefix(series.as_str()))
-                .unwrap_or_else(|| panic!("no {series}in:\n{page}"))
-                .trim()
-                .parse()
-                .expect("a number");
+        for (which, want, subject) in [
+            ("own", own, &expiry.cert_subject),
+            ("ca", ca, &expiry.ca_subject),
+        ] {
+            let series = format!(
+                "trellis_tls_expiry_timestamp_seconds{{certificate=\"{which}\",subject=\"{subject}\"}}"
+            );
+            let got = harness::metric_sample(&page, &series)
+                .unwrap_or_else(|| panic!("no {series} in:\n{page}"));
             assert_eq!(got, want as f64, "{series}");
         }
+        assert_eq!(
+            harness::metric_sample(&page, "trellis_tls_ca_certificates"),
+            Some(1.0),
+            "{page}"
+        );
     }
+    assert!(expiry.ca_subject.contains("Trellis CA ours"), "{expiry:?}");
 }
 
 /// The story: against a TLS cluster, a client without a certificate and
@@ -357,4 +365,95 @@ async fn trellis_dev_runs_its_cluster_with_the_files_it_is_given() {
         printed(&out),
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// `GET /metrics` over HTTPS to `addr`, trusting the CA bundle `ca` and
+/// presenting no certificate: the answer, or why it failed.
+async fn https_get_metrics(addr: &str, ca: &Path) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA bundle") {
+        roots.add(cert.expect("a CA")).expect("a usable CA");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let (host, _) = addr.rsplit_once(':').expect("host:port");
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).expect("a name");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let fetch = async {
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(harness::RPC_TIMEOUT, fetch)
+        .await
+        .expect("answered in time")
+        .map_err(|e| e.to_string())
+}
+
+/// The story: a coordinator started with `--metrics-tls` (here
+/// `TRELLIS_METRICS_TLS`) serves `/metrics` over HTTPS with its node
+/// certificate to a scraper that trusts the CA and has no certificate of
+/// its own; a scraper trusting another CA is refused, and plain HTTP gets
+/// no metrics. Its shard, without the flag, keeps plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_https_when_asked() {
+    let certs = certs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut coordinator = tls_env(&files(&certs.ours, "node"));
+    coordinator.push(("TRELLIS_METRICS_TLS", "true".into()));
+    let coordinator: Vec<(&str, &str)> =
+        coordinator.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = tls_env(&files(&certs.ours, "node"));
+    let shard: Vec<(&str, &str)> = node.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = ClusterBuilder::new(dir.path())
+        .coordinator_env(&coordinator)
+        .shard_env(&shard)
+        .ready(Ready::InSync)
+        .start()
+        .await
+        .expect("a TLS cluster");
+    let metrics = cluster.coordinator(0).field("metrics").to_string();
+
+    let page = https_get_metrics(&metrics, &certs.ours.join("ca.pem"))
+        .await
+        .expect("HTTPS trusting the CA");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("trellis_tls_reloads_total{result=\"ok\"} 0"),
+        "{page}"
+    );
+
+    let refused = https_get_metrics(&metrics, &certs.other.join("ca.pem"))
+        .await
+        .expect_err("a scraper trusting another CA");
+    assert!(refused.contains("certificate"), "{refused}");
+
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&metrics)
+            .await
+            .expect("connect");
+        let _ = tcp
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(harness::RPC_TIMEOUT, tcp.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(!plain.contains("200 OK"), "plain HTTP got metrics: {plain}");
+
+    let shard = cluster.shard(1, 1).expect("the replica runs");
+    let page = harness::http_get(shard.field("metrics"), "/metrics").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
 }

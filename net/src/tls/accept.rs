@@ -3,21 +3,25 @@
 //!
 //! Handshakes run concurrently (a slow or silent peer never holds up the
 //! next accept), each within [`HANDSHAKE_TIMEOUT`], at most
-//! [`HANDSHAKES_IN_FLIGHT_MAX`] at once; a failed handshake is logged and
-//! dropped, never handed to the server.
+//! [`HANDSHAKES_IN_FLIGHT_MAX`] at once; a failed handshake is logged,
+//! counted against its peer's address ([`super::limit`]) and dropped,
+//! never handed to the server. A connection from an address over the
+//! limit is closed at once, before any handshake work.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::limit::{HANDSHAKE_FAILURE_BACKOFF, HANDSHAKE_FAILURES_MAX, Limiter, Verdict};
 use super::{Peer, role_of};
 
 /// How long a peer has to complete the TLS handshake.
@@ -31,6 +35,21 @@ pub const ACCEPTED_QUEUE_MAX: usize = 64;
 /// How long accepting pauses after the listener fails (out of file
 /// descriptors), rather than spinning.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// TLS handshakes that failed (a bad or missing certificate, not TLS at
+/// all, no handshake within [`HANDSHAKE_TIMEOUT`]).
+static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Connections closed at once because their address failed too often.
+static HANDSHAKES_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// This process's failed handshakes and the connections the rate limit
+/// closed unhandshaken: `(failed, refused)`.
+pub fn handshake_failures() -> (u64, u64) {
+    (
+        HANDSHAKE_FAILURES.load(Relaxed),
+        HANDSHAKES_REFUSED.load(Relaxed),
+    )
+}
 
 /// What a request learns of its connection (in its extensions).
 #[derive(Clone, Debug)]
@@ -75,8 +94,17 @@ pub fn incoming(
     ReceiverStream::new(taken)
 }
 
+/// The failure table of one listener; held for a lookup or an update,
+/// never across an await.
+fn lock(limiter: &Mutex<Limiter>) -> std::sync::MutexGuard<'_, Limiter> {
+    limiter
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 async fn accept_loop(listener: TcpListener, ready: mpsc::Sender<io::Result<Conn>>) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+    let limiter = Arc::new(Mutex::new(Limiter::new()));
     loop {
         let permit = tokio::select! {
             () = ready.closed() => return,
@@ -94,12 +122,31 @@ async fn accept_loop(listener: TcpListener, ready: mpsc::Sender<io::Result<Conn>
                 continue;
             }
         };
+        let identity = super::current();
+        if identity.is_some()
+            && lock(&limiter).check(remote.ip(), Instant::now()) == Verdict::Refuse
+        {
+            HANDSHAKES_REFUSED.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        }
         let ready = ready.clone();
+        let limiter = limiter.clone();
         tokio::spawn(async move {
-            let conn = match handshake(stream, remote, super::current().as_deref()).await {
+            let conn = match handshake(stream, remote, identity.as_deref()).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "refused a connection");
+                    if identity.is_some() {
+                        HANDSHAKE_FAILURES.fetch_add(1, Relaxed);
+                        if lock(&limiter).failed(remote.ip(), Instant::now()) {
+                            tracing::warn!(
+                                peer = %remote.ip(),
+                                "{HANDSHAKE_FAILURES_MAX} failed TLS handshakes from this \
+                                 address: closing its connections for {HANDSHAKE_FAILURE_BACKOFF:?}"
+                            );
+                        }
+                    }
                     return;
                 }
             };

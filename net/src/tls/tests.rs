@@ -264,3 +264,193 @@ async fn nodes_and_clients_of_the_ca_connect_and_others_do_not() {
     let (dial, _) = handshake(&impostor, &client).await.expect_err("another CA");
     assert!(dial.contains("TLS handshake with 127.0.0.1"), "{dial}");
 }
+
+/// The files' contents, as a reload would read them.
+fn pem_files(ca: &[&Pem], leaf: &Pem) -> PemFiles {
+    let bundle = ca.iter().map(|c| c.cert.as_str()).collect::<String>();
+    PemFiles {
+        ca: Ok(bundle.into_bytes()),
+        cert: Ok(leaf.cert.clone().into_bytes()),
+        key: Ok(leaf.key.clone().into_bytes()),
+    }
+}
+
+#[test]
+fn a_poll_loads_new_files_once_they_have_settled_and_a_signal_at_once() {
+    use reload::{Plan, Trigger, Watch};
+    let ours = ca("ours");
+    let (old, new) = (node(&ours, "n1"), node(&ours, "n1"));
+    let installed = pem_files(&[&ours], &old);
+    let mut watch = Watch::new(installed.clone());
+    assert_eq!(watch.observe(Trigger::Poll, &installed), Plan::Unchanged);
+    assert_eq!(watch.observe(Trigger::Signal, &installed), Plan::Unchanged);
+
+    // The certificate is written, not yet its key: a poll waits, and
+    // loads only what two polls in a row read.
+    let half = PemFiles {
+        cert: Ok(new.cert.clone().into_bytes()),
+        ..installed.clone()
+    };
+    assert_eq!(watch.observe(Trigger::Poll, &half), Plan::Settling);
+    let whole = pem_files(&[&ours], &new);
+    assert_eq!(watch.observe(Trigger::Poll, &whole), Plan::Settling);
+    assert_eq!(watch.observe(Trigger::Poll, &whole), Plan::Load);
+    watch.loaded(whole.clone(), true);
+    assert_eq!(watch.observe(Trigger::Poll, &whole), Plan::Unchanged);
+
+    // SIGHUP: the operator says the files are ready.
+    let again = pem_files(&[&ours], &old);
+    assert_eq!(watch.plan(Trigger::Signal, &again), Plan::Load);
+}
+
+#[test]
+fn refused_files_are_said_once_until_they_change_or_a_signal_asks() {
+    use reload::{Plan, Trigger, Watch};
+    let ours = ca("ours");
+    let good = node(&ours, "n1");
+    let installed = pem_files(&[&ours], &good);
+    let mut watch = Watch::new(installed.clone());
+    let missing = PemFiles {
+        key: Err("No such file or directory".into()),
+        ..installed.clone()
+    };
+    assert_eq!(watch.observe(Trigger::Poll, &missing), Plan::Settling);
+    assert_eq!(watch.observe(Trigger::Poll, &missing), Plan::Load);
+    watch.loaded(missing.clone(), false);
+    for _ in 0..3 {
+        assert_eq!(watch.observe(Trigger::Poll, &missing), Plan::AlreadyRefused);
+    }
+    assert_eq!(watch.observe(Trigger::Signal, &missing), Plan::Load);
+    // Fixed: loaded at the next settled poll.
+    let fixed = pem_files(&[&ours], &node(&ours, "n1"));
+    assert_eq!(watch.observe(Trigger::Poll, &fixed), Plan::Settling);
+    assert_eq!(watch.observe(Trigger::Poll, &fixed), Plan::Load);
+    // Put back as they were: nothing to do, and nothing remembered.
+    assert_eq!(watch.observe(Trigger::Poll, &installed), Plan::Unchanged);
+}
+
+#[test]
+fn a_reload_keeps_the_role_and_names_the_file_it_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, theirs) = (ca("ours"), ca("theirs"));
+    let n1 = PeerRole::Node("n1".into());
+    let files = files(dir.path(), &ours, &node(&ours, "n1"));
+    let load = |pem: &PemFiles| Identity::from_pem(&files, pem);
+
+    let renewed = load(&pem_files(&[&ours], &node(&ours, "n1")));
+    let identity = reload::check_replacement(&n1, &files, renewed).expect("a renewal");
+    assert_eq!(identity.role(), &n1);
+
+    // A client certificate in a node's place.
+    let client = load(&pem_files(&[&ours], &client(&ours, "alice")));
+    let err = reload::check_replacement(&n1, &files, client)
+        .expect_err("node to client")
+        .to_string();
+    assert!(
+        err.contains("cert.pem") && err.contains("client `alice`"),
+        "{err}"
+    );
+    assert!(err.contains("runs as node `n1`"), "{err}");
+
+    // Another node's name is another role too.
+    let other = load(&pem_files(&[&ours], &node(&ours, "n2")));
+    assert!(reload::check_replacement(&n1, &files, other).is_err());
+
+    // Signed by a CA the bundle does not hold.
+    let stranger = load(&pem_files(&[&ours], &node(&theirs, "n1")));
+    let err = reload::check_replacement(&n1, &files, stranger)
+        .expect_err("another CA")
+        .to_string();
+    assert!(
+        err.contains("is not signed by a CA of") && err.contains("ca.pem"),
+        "{err}"
+    );
+
+    // A key that is not the certificate's.
+    let mut mixed = pem_files(&[&ours], &node(&ours, "n1"));
+    mixed.key = Ok(node(&ours, "n1").key.into_bytes());
+    let err = reload::check_replacement(&n1, &files, load(&mixed))
+        .expect_err("wrong key")
+        .to_string();
+    assert!(
+        err.contains("does not fit") && err.contains("key.pem"),
+        "{err}"
+    );
+
+    // Garbage, and a file that cannot be read.
+    let mut garbage = pem_files(&[&ours], &node(&ours, "n1"));
+    garbage.ca = Ok(b"not PEM".to_vec());
+    let err = reload::check_replacement(&n1, &files, load(&garbage))
+        .expect_err("garbage")
+        .to_string();
+    assert!(
+        err.contains("ca.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    garbage.ca = Err("Permission denied".into());
+    let err = reload::check_replacement(&n1, &files, load(&garbage))
+        .expect_err("unreadable")
+        .to_string();
+    assert!(
+        err.contains("ca.pem") && err.contains("Permission denied"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bundle_of_two_cas_names_the_first_to_expire() {
+    let at = now().replace_nanosecond(0).expect("whole seconds");
+    let old = issue::create_ca("old", at, 30).expect("CA");
+    let new = issue::create_ca("new", at, 3650).expect("CA");
+    let leaf = issue::create_node(&new, "n1", &["127.0.0.1".into()], at, 7).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = files(dir.path(), &new, &leaf);
+    for bundle in [[&new, &old], [&old, &new]] {
+        let identity = Identity::from_pem(&files, &pem_files(&bundle, &leaf)).expect("load");
+        let expiry = identity.expiry();
+        assert_eq!(expiry.ca_count, 2);
+        assert_eq!(expiry.ca, at.unix_timestamp() + 30 * 86_400);
+        assert!(expiry.ca_subject.contains("old"), "{expiry:?}");
+        assert!(expiry.cert_subject.contains("n1"), "{expiry:?}");
+    }
+}
+
+/// During a CA rotation a server trusts a bundle of the old and the new
+/// CA: clients of either connect; once the bundle is the new CA alone, a
+/// client of the old one is refused.
+#[tokio::test]
+async fn a_bundle_of_two_cas_trusts_both_and_then_only_the_one_left() {
+    let (old, new) = (ca("old"), ca("new"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_leaf = node(&new, "coordinator");
+    let files = files(dir.path(), &new, &server_leaf);
+    let both = Identity::from_pem(&files, &pem_files(&[&old, &new], &server_leaf)).expect("both");
+    let trusting =
+        |leaf: &Pem| Identity::from_pem(&files, &pem_files(&[&old, &new], leaf)).expect("a client");
+    let old_client = trusting(&client(&old, "alice"));
+    let new_client = trusting(&client(&new, "alice"));
+    for client in [&old_client, &new_client] {
+        let peer = handshake(&both, client).await.expect("trusted");
+        assert_eq!(peer, Peer::Verified(PeerRole::Client("alice".into())));
+    }
+    let only_new = identity(&new, &server_leaf);
+    handshake(&only_new, &new_client)
+        .await
+        .expect("the new CA's client");
+    let (_, accept) = handshake(&only_new, &old_client)
+        .await
+        .expect_err("the old CA's client");
+    assert!(accept.contains("TLS handshake failed"), "{accept}");
+}
+
+#[test]
+fn what_a_reload_read_never_shows_the_key_in_debug() {
+    let ours = ca("ours");
+    let leaf = node(&ours, "n1");
+    let read = pem_files(&[&ours], &leaf);
+    let shown = format!("{read:?} {:?}", reload::Watch::new(read.clone()));
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let body = leaf.key.lines().nth(1).expect("a key line");
+    assert!(!shown.contains(body), "{shown}");
+    assert!(shown.contains("bytes"), "{shown}");
+}
