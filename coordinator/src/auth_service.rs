@@ -8,10 +8,13 @@
 //! logged; neither are tokens nor the secret.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
+use trellis_net::tls::accept::ConnectInfo;
+use trellis_net::tls::limit::{Bounds, Limiter, Verdict};
 use trellis_proto::v1 as pb;
 use trellis_txn::authz::{Access, Grant, Grants, Role};
 use trellis_txn::gate::{Gate, GateState};
@@ -30,6 +33,26 @@ use crate::txn::TxnManager;
 pub const GATE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Deadline of one refresh's catalog reads.
 pub const GATE_REFRESH_DEADLINE: Duration = Duration::from_secs(5);
+/// Failed password logins from one address, within
+/// [`LOGIN_FAILURE_WINDOW`], after which its logins are refused unheard
+/// for [`LOGIN_FAILURE_BACKOFF`]: a person mistyping stays under it, a
+/// guesser gets 10 tries a minute.
+pub const LOGIN_FAILURES_MAX: u32 = 10;
+pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub const LOGIN_FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+/// Addresses the login limiter remembers (the oldest is forgotten).
+pub const LOGIN_FAILURE_PEERS_MAX: usize = 4096;
+/// Passwords hashed at once by one coordinator (each argon2id hash takes
+/// `auth::ARGON2_MEMORY_KIB` of memory and tens of milliseconds of a
+/// core): more logins wait for a turn, within their deadline.
+pub const LOGIN_HASHES_INFLIGHT_MAX: usize = 4;
+
+const LOGIN_FAILURES: Bounds = Bounds {
+    failures_max: LOGIN_FAILURES_MAX,
+    window: LOGIN_FAILURE_WINDOW,
+    backoff: LOGIN_FAILURE_BACKOFF,
+    peers_max: LOGIN_FAILURE_PEERS_MAX,
+};
 
 /// What the gate should know, from the catalog.
 pub async fn gate_state(catalog: &Catalog) -> Result<GateState, CatalogError> {
@@ -87,11 +110,28 @@ pub async fn gate_refresher(catalog: Catalog, gate: Arc<Gate>) {
 pub struct AuthApi {
     txns: Arc<TxnManager>,
     gate: Arc<Gate>,
+    /// Failed logins per address ([`LOGIN_FAILURES_MAX`]).
+    login_failures: Arc<Mutex<Limiter>>,
+    /// Turns to hash a password ([`LOGIN_HASHES_INFLIGHT_MAX`]).
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AuthApi {
     pub fn new(txns: Arc<TxnManager>, gate: Arc<Gate>) -> Self {
-        AuthApi { txns, gate }
+        AuthApi {
+            txns,
+            gate,
+            login_failures: Arc::new(Mutex::new(Limiter::with_bounds(LOGIN_FAILURES))),
+            hashing: Arc::new(tokio::sync::Semaphore::new(LOGIN_HASHES_INFLIGHT_MAX)),
+        }
+    }
+
+    fn login_failures(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        // The limiter's state is a table of counts: one a panicking
+        // holder left is still a table of counts.
+        self.login_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn catalog(&self) -> &Catalog {
@@ -189,6 +229,24 @@ impl pb::auth_server::Auth for AuthApi {
                  status`)",
             ));
         }
+        // The caller's address, when the connection came through the
+        // acceptor (every process serving on a socket; not the simulator).
+        let remote: Option<IpAddr> = request
+            .extensions()
+            .get::<ConnectInfo>()
+            .and_then(|info| info.remote)
+            .map(|addr| addr.ip());
+        if let Some(ip) = remote
+            && self.login_failures().check(ip, Instant::now()) == Verdict::Refuse
+        {
+            self.gate.metrics().logins_refused.inc();
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins from {ip}: logins from it are refused for up to {}s \
+                 (more than {LOGIN_FAILURES_MAX} failures within {}s)",
+                LOGIN_FAILURE_BACKOFF.as_secs(),
+                LOGIN_FAILURE_WINDOW.as_secs()
+            )));
+        }
         let pb::LoginRequest { user, password } = request.into_inner();
         let row = match trellis_net::tls::check_name(&user) {
             Ok(()) => catalog_read(deadline, self.catalog().user(&user)).await?,
@@ -202,13 +260,30 @@ impl pb::auth_server::Auth for AuthApi {
             }) => (phc.clone(), Some(grants.clone())),
             _ => (decoy_hash().to_string(), None),
         };
-        let matches = tokio::task::spawn_blocking(move || auth::check_password(&phc, &password))
+        let turn = tokio::time::timeout_at(deadline, self.hashing.clone().acquire_owned())
             .await
-            .map_err(|e| Status::internal(format!("checking the password: {e}")))?;
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the coordinator is checking {LOGIN_HASHES_INFLIGHT_MAX} passwords already; \
+                     none finished within the login's deadline"
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        let matches = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            auth::check_password(&phc, &password)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("checking the password: {e}")))?;
         let grants = match (matches, grants) {
             (true, Some(grants)) => grants,
             _ => {
                 self.gate.metrics().login_failures.inc();
+                if let Some(ip) = remote
+                    && self.login_failures().failed(ip, Instant::now())
+                {
+                    tracing::warn!(%ip, "too many failed logins: refusing this address's logins for a while");
+                }
                 tracing::info!(user = %user, "refused a login");
                 return Err(Status::unauthenticated(format!(
                     "unknown user `{user}` or wrong password"

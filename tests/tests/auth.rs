@@ -200,7 +200,8 @@ async fn metric(cluster: &TestCluster, name: &str) -> f64 {
 /// user, an expired token and another cluster's token are
 /// UNAUTHENTICATED saying why; the reader cannot run admin commands nor
 /// switch auth off. Failed logins are counted, checks are one per
-/// request, and no log file holds a password.
+/// request; a guesser's address is refused unheard after too many failed
+/// logins, even with the right password; and no log file holds a password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_read_and_write_only_what_their_grants_allow() {
     let _ = certs();
@@ -572,6 +573,41 @@ async fn users_read_and_write_only_what_their_grants_allow() {
     assert_eq!(
         metric(&cluster, "trellis_auth_checks_total").await,
         checks + 1.0
+    );
+
+    // A guesser: failed logins from one address are refused unheard once
+    // there were LOGIN_FAILURES_MAX within the window (the wrong passwords
+    // above count too), and then even the right password is refused, with
+    // RESOURCE_EXHAUSTED naming the address, until the backoff ends.
+    let refused_before = metric(&cluster, "trellis_auth_logins_refused_total").await;
+    let mut tries = 0;
+    let limited = loop {
+        tries += 1;
+        assert!(
+            tries <= trellis_coordinator::auth_service::LOGIN_FAILURES_MAX + 1,
+            "{tries} wrong passwords in a row and no login refused unheard"
+        );
+        let err = login(&addr, "writer", WRONG_PASSWORD)
+            .await
+            .expect_err("a wrong password");
+        if err.code() == Code::ResourceExhausted {
+            break err;
+        }
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    };
+    assert!(
+        limited
+            .message()
+            .contains("too many failed logins from 127.0.0.1"),
+        "{limited:?}"
+    );
+    let right = login(&addr, "writer", WRITER_PASSWORD)
+        .await
+        .expect_err("the right password, from a blocked address");
+    assert_eq!(right.code(), Code::ResourceExhausted, "{right:?}");
+    assert_eq!(
+        metric(&cluster, "trellis_auth_logins_refused_total").await,
+        refused_before + 2.0
     );
 
     // No password in any log of the cluster.

@@ -89,6 +89,8 @@ pub struct Metrics {
     /// (bad, expired or foreign tokens; no credentials; unknown users).
     pub login_failures: Counter,
     pub unauthenticated: Counter,
+    /// Logins refused unheard because their address failed too often.
+    pub logins_refused: Counter,
 }
 
 /// Most (group, replica, cause) series of `trellis_shard_fail_stops_total`
@@ -129,6 +131,7 @@ impl Default for Metrics {
             auth_denied: Counter::new(),
             login_failures: Counter::new(),
             unauthenticated: Counter::new(),
+            logins_refused: Counter::new(),
         }
     }
 }
@@ -254,6 +257,11 @@ impl Metrics {
             "trellis_auth_login_failures_total",
             "Password logins refused (unknown user or wrong password).",
             self.login_failures.get(),
+        );
+        out.counter(
+            "trellis_auth_logins_refused_total",
+            "Password logins refused without checking the password: their address failed too many logins lately.",
+            self.logins_refused.get(),
         );
         out.counter(
             "trellis_auth_unauthenticated_total",

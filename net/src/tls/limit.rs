@@ -1,7 +1,9 @@
 //! The rate limit on failed TLS handshakes, per peer IP address: after
 //! [`HANDSHAKE_FAILURES_MAX`] failures within [`HANDSHAKE_FAILURE_WINDOW`],
 //! new connections from that address are closed at once, before any
-//! handshake work, for [`HANDSHAKE_FAILURE_BACKOFF`].
+//! handshake work, for [`HANDSHAKE_FAILURE_BACKOFF`]. The same machine,
+//! with [`Bounds`] of its own, limits failed password logins per address
+//! (the coordinator's `Auth.Login`).
 //!
 //! A pure state machine: the caller passes `now`; no clock and no IO here.
 //! The table is bounded ([`HANDSHAKE_FAILURE_PEERS_MAX`] addresses); when
@@ -36,6 +38,25 @@ pub const HANDSHAKE_FAILURE_PEERS_MAX: usize = 4096;
 const _: () = assert!(HANDSHAKE_FAILURES_MAX >= 2);
 const _: () = assert!(HANDSHAKE_FAILURE_PEERS_MAX >= 1);
 
+/// The limits of one [`Limiter`]: `failures_max` failures from one address
+/// within `window` close it for `backoff`; at most `peers_max` addresses
+/// are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub failures_max: u32,
+    pub window: Duration,
+    pub backoff: Duration,
+    pub peers_max: usize,
+}
+
+/// The failed-handshake limits (the acceptor's).
+pub const HANDSHAKES: Bounds = Bounds {
+    failures_max: HANDSHAKE_FAILURES_MAX,
+    window: HANDSHAKE_FAILURE_WINDOW,
+    backoff: HANDSHAKE_FAILURE_BACKOFF,
+    peers_max: HANDSHAKE_FAILURE_PEERS_MAX,
+};
+
 /// One address's failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Peer {
@@ -58,15 +79,39 @@ pub enum Verdict {
     Refuse,
 }
 
-/// Failed handshakes per address, bounded.
-#[derive(Debug, Default)]
+/// Failures per address, bounded.
+#[derive(Debug)]
 pub struct Limiter {
+    bounds: Bounds,
     peers: HashMap<IpAddr, Peer>,
 }
 
+impl Default for Limiter {
+    fn default() -> Limiter {
+        Limiter::new()
+    }
+}
+
 impl Limiter {
+    /// A limiter of failed handshakes ([`HANDSHAKES`]).
     pub fn new() -> Limiter {
-        Limiter::default()
+        Limiter::with_bounds(HANDSHAKES)
+    }
+
+    /// A limiter of other failures, with `bounds` (at least 2 failures, at
+    /// least one address).
+    pub fn with_bounds(bounds: Bounds) -> Limiter {
+        assert!(bounds.failures_max >= 2, "one failure never blocks");
+        assert!(bounds.peers_max >= 1, "a limiter remembers an address");
+        Limiter {
+            bounds,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Its limits.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
     }
 
     /// Whether a connection from `ip` at `now` may handshake.
@@ -88,7 +133,7 @@ impl Limiter {
     /// Records a failed handshake from `ip` at `now`; returns whether
     /// this failure started a backoff.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if !self.peers.contains_key(&ip) && self.peers.len() >= HANDSHAKE_FAILURE_PEERS_MAX {
+        if !self.peers.contains_key(&ip) && self.peers.len() >= self.bounds.peers_max {
             self.evict_oldest();
         }
         let peer = self.peers.entry(ip).or_insert(Peer {
@@ -102,13 +147,13 @@ impl Limiter {
             // A handshake admitted before the backoff began, failing late.
             return false;
         }
-        if now.saturating_duration_since(peer.window_start) >= HANDSHAKE_FAILURE_WINDOW {
+        if now.saturating_duration_since(peer.window_start) >= self.bounds.window {
             peer.window_start = now;
             peer.failures = 0;
         }
         peer.failures += 1;
-        if peer.failures >= HANDSHAKE_FAILURES_MAX {
-            peer.blocked_until = Some(now + HANDSHAKE_FAILURE_BACKOFF);
+        if peer.failures >= self.bounds.failures_max {
+            peer.blocked_until = Some(now + self.bounds.backoff);
             return true;
         }
         false
@@ -171,6 +216,37 @@ mod tests {
         assert!(limiter.is_empty());
         assert!(!limiter.failed(ip(1), after));
         assert_eq!(limiter.check(ip(1), after), Verdict::Admit);
+    }
+
+    #[test]
+    fn other_bounds_are_kept() {
+        let bounds = Bounds {
+            failures_max: 3,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_secs(30),
+            peers_max: 2,
+        };
+        let mut limiter = Limiter::with_bounds(bounds);
+        assert_eq!(limiter.bounds(), bounds);
+        let t0 = Instant::now();
+        // Spread over most of a minute, three failures still count together.
+        assert!(!limiter.failed(ip(1), t0));
+        assert!(!limiter.failed(ip(1), t0 + Duration::from_secs(50)));
+        assert!(limiter.failed(ip(1), t0 + Duration::from_secs(59)));
+        let blocked = t0 + Duration::from_secs(59);
+        assert_eq!(
+            limiter.check(ip(1), blocked + Duration::from_secs(29)),
+            Verdict::Refuse
+        );
+        assert_eq!(
+            limiter.check(ip(1), blocked + Duration::from_secs(30)),
+            Verdict::Admit
+        );
+        // Two addresses at most.
+        limiter.failed(ip(2), t0);
+        limiter.failed(ip(3), t0 + Duration::from_secs(1));
+        limiter.failed(ip(4), t0 + Duration::from_secs(2));
+        assert_eq!(limiter.len(), 2);
     }
 
     #[test]
