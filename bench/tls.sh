@@ -96,6 +96,8 @@ for round in $ROUNDS; do
             "$TRELLIS" $step "${NODE_TLS[@]}" --addr "$addr" >>"$dir/auth.log" 2>&1 ||
                 { cat "$dir/auth.log" >&2; exit 1; }
         done
+        "$TRELLIS" admin auth status "${NODE_TLS[@]}" --addr "$addr" 2>&1 | tee -a "$dir/auth.log" |
+            grep -q 'auth on' || { echo "error: auth is not on:" >&2; cat "$dir/auth.log" >&2; exit 1; }
     fi
     for workload in w1-rmw w3-read; do
         out="$dir/$workload"
