@@ -382,3 +382,25 @@ pub fn admin_refused(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The TLS files `trellis cert` wrote in `dir` for certificate `name`:
+/// the CA bundle `ca.pem`, `NAME.pem` and `NAME-key.pem`.
+pub fn tls_files(dir: &Path, name: &str) -> trellis_net::tls::TlsFiles {
+    trellis_net::tls::TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    }
+}
+
+/// `files` as the `--tls-*` flags of a command.
+pub fn tls_flags(files: &trellis_net::tls::TlsFiles) -> Vec<String> {
+    [
+        ("--tls-ca", &files.ca),
+        ("--tls-cert", &files.cert),
+        ("--tls-key", &files.key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect()
+}

@@ -20,7 +20,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use trellis_coordinator::catalog::Catalog;
 use trellis_coordinator::token::{Claims, TOKEN_LIFETIME, mint};
-use trellis_net::tls::{Identity, TlsFiles};
+use trellis_net::tls::Identity;
 use trellis_proto::v1 as pb;
 use trellis_tests::cluster::{ClusterBuilder, Ready, TestCluster};
 use trellis_tests::harness::{self, printed, trellis_bin};
@@ -58,23 +58,17 @@ fn certs() -> &'static Certs {
         for client in ["root", "reader", "writer", "stranger"] {
             harness::admin_ok(&["cert", "create-client", "--dir", at, "--name", client]);
         }
-        trellis_net::tls::install(Identity::load(&files(&ours, "root")).expect("root's identity"));
+        trellis_net::tls::install(
+            Identity::load(&harness::tls_files(&ours, "root")).expect("root's identity"),
+        );
         Certs { _dir: dir, ours }
     })
-}
-
-fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    }
 }
 
 /// `trellis <args>` as client `who` (its certificate), with `env`, and
 /// `stdin` on its standard input.
 fn trellis_as(who: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> std::process::Output {
-    let f = files(&certs().ours, who);
+    let f = harness::tls_files(&certs().ours, who);
     let mut child = std::process::Command::new(trellis_bin())
         .args(args)
         .env("NO_COLOR", "1")
@@ -108,7 +102,7 @@ fn refused(out: std::process::Output) -> String {
 }
 
 async fn tls_cluster(dir: &Path) -> TestCluster {
-    let node = files(&certs().ours, "node");
+    let node = harness::tls_files(&certs().ours, "node");
     let env = [
         ("TRELLIS_TLS_CA", node.ca.display().to_string()),
         ("TRELLIS_TLS_CERT", node.cert.display().to_string()),

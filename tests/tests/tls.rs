@@ -58,7 +58,7 @@ fn certs() -> &'static Certs {
             ]);
             harness::admin_ok(&["cert", "create-client", "--dir", at, "--name", client]);
         }
-        let alice = files(&ours, "alice");
+        let alice = harness::tls_files(&ours, "alice");
         trellis_net::tls::install(Identity::load(&alice).expect("alice's identity"));
         Certs {
             _dir: dir,
@@ -66,15 +66,6 @@ fn certs() -> &'static Certs {
             other,
         }
     })
-}
-
-/// The CA of `dir` with the certificate `name` from it.
-fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    }
 }
 
 /// `files` as the TRELLIS_TLS_* environment of a process.
@@ -86,25 +77,13 @@ fn tls_env(files: &TlsFiles) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `files` as the `--tls-*` flags of a command.
-fn tls_flags(files: &TlsFiles) -> Vec<String> {
-    vec![
-        "--tls-ca".into(),
-        files.ca.display().to_string(),
-        "--tls-cert".into(),
-        files.cert.display().to_string(),
-        "--tls-key".into(),
-        files.key.display().to_string(),
-    ]
-}
-
 fn run(args: &[String]) -> std::process::Output {
     run_trellis(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A TLS cluster: every coordinator and shard with our node certificate.
 async fn tls_cluster(dir: &Path, replicas: u32) -> TestCluster {
-    let node = tls_env(&files(&certs().ours, "node"));
+    let node = tls_env(&harness::tls_files(&certs().ours, "node"));
     let env: Vec<(&str, &str)> = node.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ClusterBuilder::new(dir)
         .replicas(replicas)
@@ -128,7 +107,7 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = tls_cluster(dir.path(), 2).await;
     let addr = cluster.addr(0).to_string();
-    let alice = tls_flags(&files(&certs.ours, "alice"));
+    let alice = harness::tls_flags(&harness::tls_files(&certs.ours, "alice"));
 
     let mut sql = vec!["sql".to_string(), "--addr".into(), addr.clone()];
     sql.extend(alice.iter().cloned());
@@ -182,7 +161,7 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
 
     // Every process says when its certificate and its CA expire: exactly
     // the files' notAfter, and which certificates those are.
-    let expiry = Identity::load(&files(&certs.ours, "node"))
+    let expiry = Identity::load(&harness::tls_files(&certs.ours, "node"))
         .expect("the node's identity")
         .expiry();
     let (own, ca) = (expiry.cert, expiry.ca);
@@ -235,7 +214,10 @@ async fn strangers_cannot_connect_or_join() {
         printed(&out)
     );
 
-    let out = status(tls_flags(&files(&certs.other, "mallory")));
+    let out = status(harness::tls_flags(&harness::tls_files(
+        &certs.other,
+        "mallory",
+    )));
     assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("TLS"),
@@ -245,9 +227,9 @@ async fn strangers_cannot_connect_or_join() {
 
     let mixed = TlsFiles {
         ca: certs.ours.join("ca.pem"),
-        ..files(&certs.other, "mallory")
+        ..harness::tls_files(&certs.other, "mallory")
     };
-    let out = status(tls_flags(&mixed));
+    let out = status(harness::tls_flags(&mixed));
     assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is not signed by a CA of"),
@@ -255,7 +237,7 @@ async fn strangers_cannot_connect_or_join() {
         printed(&out)
     );
 
-    let mut partial = tls_flags(&files(&certs.ours, "alice"));
+    let mut partial = harness::tls_flags(&harness::tls_files(&certs.ours, "alice"));
     partial.truncate(4);
     let out = status(partial);
     assert_eq!(out.status.code(), Some(2), "{}", printed(&out));
@@ -268,7 +250,7 @@ async fn strangers_cannot_connect_or_join() {
     // A shard of another CA: serving, never registered.
     let log = dir.path().join("stranger.log");
     let data = dir.path().join("stranger");
-    let stranger_env = tls_env(&files(&certs.other, "node"));
+    let stranger_env = tls_env(&harness::tls_files(&certs.other, "node"));
     let env: Vec<(&str, &str)> = stranger_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let stranger = Proc::start_logged(
         &[
@@ -323,7 +305,7 @@ async fn trellis_dev_runs_its_cluster_with_the_files_it_is_given() {
         "--listen".into(),
         "127.0.0.1:0".into(),
     ];
-    args.extend(tls_flags(&files(&certs.ours, "node")));
+    args.extend(harness::tls_flags(&harness::tls_files(&certs.ours, "node")));
     let log = dir.path().join("dev.log");
     let dev = Proc::start_logged(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -340,7 +322,10 @@ async fn trellis_dev_runs_its_cluster_with_the_files_it_is_given() {
         sql.extend(["-c".into(), "PUT devkey 'via-dev'; GET devkey".into()]);
         run(&sql)
     };
-    let out = sql(tls_flags(&files(&certs.ours, "alice")));
+    let out = sql(harness::tls_flags(&harness::tls_files(
+        &certs.ours,
+        "alice",
+    )));
     assert!(
         out.status.success(),
         "{}\ndev's log:\n{}",
@@ -410,11 +395,11 @@ async fn https_get_metrics(addr: &str, ca: &Path) -> Result<String, String> {
 async fn metrics_are_served_over_https_when_asked() {
     let certs = certs();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut coordinator = tls_env(&files(&certs.ours, "node"));
+    let mut coordinator = tls_env(&harness::tls_files(&certs.ours, "node"));
     coordinator.push(("TRELLIS_METRICS_TLS", "true".into()));
     let coordinator: Vec<(&str, &str)> =
         coordinator.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let node = tls_env(&files(&certs.ours, "node"));
+    let node = tls_env(&harness::tls_files(&certs.ours, "node"));
     let shard: Vec<(&str, &str)> = node.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cluster = ClusterBuilder::new(dir.path())
         .coordinator_env(&coordinator)

@@ -59,15 +59,6 @@ fn make_certs(dir: &Path, cluster: &str) {
     harness::admin_ok(&["cert", "create-client", "--dir", at, "--name", "alice"]);
 }
 
-/// The CA bundle of `dir` with its certificate `name`.
-fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    }
-}
-
 /// Replaces `to` with `contents` at once (a rename), as an operator's
 /// tooling would.
 fn replace(to: &Path, contents: &[u8]) {
@@ -82,19 +73,9 @@ fn read(path: &Path) -> Vec<u8> {
 
 /// Installs `alice`'s certificate from `live` as this process's identity.
 fn install_alice(live: &Path) {
-    trellis_net::tls::install(Identity::load(&files(live, "alice")).expect("alice's identity"));
-}
-
-/// `files` as the `--tls-*` flags of a command.
-fn tls_flags(files: &TlsFiles) -> Vec<String> {
-    [
-        ("--tls-ca", &files.ca),
-        ("--tls-cert", &files.cert),
-        ("--tls-key", &files.key),
-    ]
-    .into_iter()
-    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
-    .collect()
+    trellis_net::tls::install(
+        Identity::load(&harness::tls_files(live, "alice")).expect("alice's identity"),
+    );
 }
 
 /// The sum of a counter's series on a `/metrics` page.
@@ -201,7 +182,7 @@ fn start_load(addr: &str, live: &Path, dir: &Path) -> (Child, PathBuf, PathBuf) 
         export.display().to_string(),
         "-q".into(),
     ];
-    args.extend(tls_flags(&files(live, "alice")));
+    args.extend(harness::tls_flags(&harness::tls_files(live, "alice")));
     let child = Command::new(trellis_bin())
         .args(&args)
         .env("TRELLIS_LOG", "warn,trellis_net::tls::reload=info")
@@ -237,7 +218,7 @@ fn wait_exit(mut child: Child) -> (std::process::ExitStatus, String) {
 }
 
 async fn tls_cluster(dir: &Path, live: &Path, replicas: u32) -> TestCluster {
-    let node = files(live, "node");
+    let node = harness::tls_files(live, "node");
     let env = [
         ("TRELLIS_TLS_CA", node.ca.display().to_string()),
         ("TRELLIS_TLS_CERT", node.cert.display().to_string()),
@@ -363,7 +344,7 @@ async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
     let addr = cluster.addr(0).to_string();
     let status_with = |files: &TlsFiles| {
         let mut args = vec!["status".to_string(), "--addr".into(), addr.clone()];
-        args.extend(tls_flags(files));
+        args.extend(harness::tls_flags(files));
         run_trellis(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let trusting_both = dir.path().join("both.pem");
@@ -374,7 +355,7 @@ async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
     );
     let old_alice = TlsFiles {
         ca: trusting_both,
-        ..files(&old, "alice")
+        ..harness::tls_files(&old, "alice")
     };
     let out = status_with(&old_alice);
     assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
@@ -392,7 +373,7 @@ async fn a_ca_rotates_under_load_without_a_restart_or_a_failed_transaction() {
         "the coordinator counted the refused handshake: {refused_before} → {refused_after}"
     );
     // And one of the new CA is served, by a fresh connection.
-    let out = status_with(&files(&live, "alice"));
+    let out = status_with(&harness::tls_files(&live, "alice"));
     assert!(out.status.success(), "{}", printed(&out));
 }
 
@@ -422,7 +403,7 @@ async fn wait_reloads(proc: &Proc, ok: u64, error: u64) -> String {
 /// so a fresh handshake with whatever identity the coordinator has.
 fn put_get(addr: &str, certs: &Path, value: &str) {
     let mut args = vec!["sql".to_string(), "--addr".into(), addr.to_string()];
-    args.extend(tls_flags(&files(certs, "alice")));
+    args.extend(harness::tls_flags(&harness::tls_files(certs, "alice")));
     args.extend(["--route".into(), "coordinator".into()]);
     args.extend([
         "-c".into(),
@@ -541,7 +522,7 @@ async fn bad_files_keep_the_identity_and_failed_handshakes_are_rate_limited() {
     for name in ["node.pem", "node-key.pem", "ca.pem"] {
         replace(&live.join(name), &read(&ours.join(name)));
     }
-    let renewed = Identity::load(&files(&live, "node"))
+    let renewed = Identity::load(&harness::tls_files(&live, "node"))
         .expect("the renewed identity")
         .expiry();
     for proc in procs {
@@ -629,7 +610,7 @@ async fn trellis_dev_passes_sighup_on_to_its_processes() {
         "--replicas".into(),
         "2".into(),
     ];
-    args.extend(tls_flags(&files(&live, "node")));
+    args.extend(harness::tls_flags(&harness::tls_files(&live, "node")));
     let log = dir.path().join("dev.log");
     let dev = Proc::start_logged(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
