@@ -242,17 +242,6 @@ TARGET_URL[trellis]="trellis://127.0.0.1:$TRELLIS_PORT"
 TARGET_FLAGS[trellis]="--connections $GRPC_CONNECTIONS --route $ROUTE"
 
 # --- the runs ----------------------------------------------------------------
-# The load tester's own CPU (user+system seconds, from getrusage of its
-# child) to FILE; its exit code is the command's.
-client_cpu() { # file command...
-    python3 -c '
-import resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
-sys.exit(rc)' "$@"
-}
-
 # Workload by workload, every target in turn: the figures compared with
 # each other are measured within a minute or so of each other, so that a
 # machine whose other load drifts (it is shared) skews them less.

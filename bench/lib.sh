@@ -5,6 +5,8 @@
 #   PIDS              append every process started; all are stopped on exit
 #   stop_pid PID      SIGTERM, up to 10 s, then SIGKILL; reaps it
 #   free_port         a port on 127.0.0.1 nothing listens on
+#   client_cpu FILE COMMAND...  runs COMMAND; its user+system seconds
+#                     (children included) go to FILE; its exit status is kept
 #   tree_cpu_ticks PID...  CPU ticks (user+system) used so far by these
 #                     processes and every process under them, including
 #                     children that exited and were reaped (a PostgreSQL
@@ -44,6 +46,15 @@ trap cleanup EXIT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+client_cpu() { # file command...
+    python3 -c '
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
+sys.exit(rc)' "$@"
 }
 
 tree_cpu_ticks() {

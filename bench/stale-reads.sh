@@ -141,17 +141,6 @@ snapshot() { # members-file prefix
     done <"$1"
 }
 
-# The load tester's own CPU (user+system seconds, from getrusage of its
-# child) to FILE; its exit code is the command's.
-client_cpu() { # file command...
-    python3 -c '
-import resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
-sys.exit(rc)' "$@"
-}
-
 for replicas in $REPLICAS; do
     dir="$WORK/r$replicas"
     mkdir -p "$dir"

@@ -54,17 +54,6 @@ log "certificates for this run in $WORK/certs"
 NODE_TLS=(--tls-ca "$WORK/certs/ca.pem" --tls-cert "$WORK/certs/node.pem" --tls-key "$WORK/certs/node-key.pem")
 CLIENT_TLS=(--tls-ca "$WORK/certs/ca.pem" --tls-cert "$WORK/certs/bench.pem" --tls-key "$WORK/certs/bench-key.pem")
 
-# Runs the load tester under a CPU meter: its user+system seconds go to
-# the file named first.
-client_cpu() { # cpu-file command...
-    python3 -c '
-import resource, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
-sys.exit(rc)' "$@"
-}
-
 n=0
 for round in $ROUNDS; do
     n=$((n + 1))
