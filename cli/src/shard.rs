@@ -252,6 +252,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     let render_shard = shard.clone();
     let metrics_task = tokio::spawn(crate::tls::serve_metrics(metrics_listener, move || {
         let mut out = render_shard.render_metrics();
+        render_shard.gate.render(&mut out);
         crate::tls::render(&mut out);
         out
     }));
@@ -263,6 +264,16 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
     root.record("replica", advertise.as_str());
+    // With TLS, clients that route their own requests call this shard
+    // too: keep the cluster's auth settings here to judge them (without
+    // TLS every caller is served as a cluster process).
+    let auth_task = args
+        .coordinator
+        .clone()
+        .filter(|_| trellis_net::tls::current().is_some())
+        .map(|coordinator| {
+            tokio::spawn(trellis_shard::gate::follow(shard.gate.clone(), coordinator))
+        });
     let register_task = args.coordinator.clone().map(|coordinator| {
         shard.repl.set_me(&advertise);
         shard.repl.set_coordinator(&coordinator);
@@ -320,7 +331,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     };
     metrics_task.abort();
     snapshot_task.abort();
-    if let Some(task) = register_task {
+    for task in [register_task, auth_task].into_iter().flatten() {
         task.abort();
     }
     shard.shutdown();

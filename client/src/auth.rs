@@ -1,6 +1,7 @@
 //! Password login for the client side (`--user`): log in once with
 //! `trellis.v1.Auth/Login`, attach `authorization: Bearer <token>` to every
-//! request made through a [`Bearer`] interceptor, and log in again before
+//! request made through an [`authed`] channel (and every shard request of
+//! the direct route, [`credentials`]), and log in again before
 //! the token expires.
 //!
 //! One user per process ([`configure`], like the process's TLS identity):
@@ -12,9 +13,9 @@ use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use trellis_proto::v1 as pb;
+use trellis_txn::router::{Credentials, Link};
 use trellis_txn::token::TOKEN_REFRESH_BEFORE;
 
 use crate::{Error, Result};
@@ -26,12 +27,12 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 /// Who the process logs in as.
-struct Credentials {
+struct Login {
     user: String,
     password: String,
 }
 
-static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+static CREDENTIALS: OnceLock<Login> = OnceLock::new();
 /// The `authorization` header's value and when its token expires (Unix
 /// seconds).
 static TOKEN: RwLock<Option<(MetadataValue<tonic::metadata::Ascii>, u64)>> = RwLock::new(None);
@@ -47,7 +48,7 @@ pub fn configure(user: &str, password: String) -> Result<()> {
         ));
     }
     CREDENTIALS
-        .set(Credentials {
+        .set(Login {
             user: user.to_string(),
             password,
         })
@@ -96,7 +97,7 @@ pub async fn login(channel: &Channel) -> Result<()> {
     Ok(())
 }
 
-async fn login_now(channel: &Channel, credentials: &Credentials) -> Result<u64> {
+async fn login_now(channel: &Channel, credentials: &Login) -> Result<u64> {
     let mut auth = pb::auth_client::AuthClient::new(channel.clone());
     let mut request = tonic::Request::new(pb::LoginRequest {
         user: credentials.user.clone(),
@@ -141,30 +142,26 @@ async fn refresh(channel: Channel, mut expires: u64) {
     }
 }
 
-/// Attaches the process's token (if any) to each request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Bearer;
+/// The `authorization` header of the process's token, if it holds one.
+pub fn bearer_header() -> Option<MetadataValue<tonic::metadata::Ascii>> {
+    TOKEN
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|(header, _)| header.clone())
+}
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some((header, _)) = TOKEN.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            request
-                .metadata_mut()
-                .insert(trellis_txn::gate::AUTHORIZATION, header.clone());
-        }
-        Ok(request)
-    }
+/// What every request of the process carries: the token, if any.
+pub fn credentials() -> Credentials {
+    Credentials::bearer(bearer_header)
 }
 
 /// A channel whose requests carry the token.
-pub type Authed = InterceptedService<Channel, Bearer>;
+pub type Authed = Link;
 
 /// `channel` with the token attached to every request.
 pub fn authed(channel: Channel) -> Authed {
-    InterceptedService::new(channel, Bearer)
+    trellis_txn::router::link(channel, credentials())
 }
 
 #[cfg(test)]

@@ -318,13 +318,7 @@ impl Client {
         let channel = trellis_net::connect(endpoint).await.map_err(|e| {
             Error::Unavailable(format!("cannot connect to {addr}: {}", source_text(&e)))
         })?;
-        if let Some(user) = crate::auth::user() {
-            if options.route == Route::Direct {
-                return Err(Error::InvalidArgument(format!(
-                    "--user {user}: a password login works through the coordinator only (the \
-                     shards serve nodes); use --route coordinator"
-                )));
-            }
+        if crate::auth::user().is_some() {
             crate::auth::login(&channel).await?;
         }
         let inner = TxnClient::new(crate::auth::authed(channel.clone()))
@@ -332,10 +326,7 @@ impl Client {
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let direct = match options.route {
             Route::Direct => {
-                let coordinator = TxnClient::new(channel.clone())
-                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(MESSAGE_BYTES_MAX);
-                Some(Direct::start(coordinator, addr).await?)
+                Some(Direct::start(inner.clone(), addr, crate::auth::credentials()).await?)
             }
             Route::Coordinator => None,
         };

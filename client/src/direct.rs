@@ -8,8 +8,14 @@
 //! straight to the shards' primaries: one hop where the coordinator made
 //! two. A shard that answers WRONG_SHARD, STALE_MAP or NOT_PRIMARY makes the
 //! router ask the coordinator for its map again and the call is retried,
-//! as in the coordinator. A key locked by a prepared transaction is
-//! resolved through the transaction's anchor, as in the coordinator.
+//! as in the coordinator. A key locked by a prepared transaction that
+//! stays locked is resolved by the coordinator (`Txn.ResolveLock`): only
+//! cluster processes may finalize at a shard.
+//!
+//! Under TLS the shards serve the client's certificate on the methods
+//! this route calls, and with auth on they check its user (certificate or
+//! token: the router sends the process's token on every shard request)
+//! as the coordinator would.
 //!
 //! A commit that writes in two groups or more goes to the coordinator
 //! ([`needs_coordinator`]): a two-phase commit is answered before it is
@@ -24,13 +30,12 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
 use trellis_proto::v1 as pb;
 use trellis_proto::v1::txn_client::TxnClient;
 use trellis_txn::metrics::Metrics;
-use trellis_txn::router::{Router, fetch_map};
+use trellis_txn::router::{Credentials, Link, Router, fetch_map};
 use trellis_txn::service::TxnApi;
-use trellis_txn::txn::TxnManager;
+use trellis_txn::txn::{Settle, TxnManager};
 use trellis_types::GroupId;
 
 use crate::error::{Error, Result};
@@ -46,18 +51,28 @@ pub(crate) struct Direct {
 impl Direct {
     /// Reads the map from the coordinator behind `coordinator` and starts
     /// the transaction manager (its finalizer task ends when the last
-    /// clone of the client is dropped).
-    pub(crate) async fn start(coordinator: TxnClient<Channel>, addr: &str) -> Result<Direct> {
+    /// clone of the client is dropped); `credentials` go with every shard
+    /// request.
+    pub(crate) async fn start(
+        coordinator: TxnClient<Link>,
+        addr: &str,
+        credentials: Credentials,
+    ) -> Result<Direct> {
         let map = fetch_map(coordinator.clone(), None).await.map_err(|e| {
             Error::Unavailable(format!(
                 "cannot read the shard map from {addr} (Route::Direct needs a coordinator that serves Txn.ClusterMap): {e} ({})",
                 trellis_net::tls::hint()
             ))
         })?;
-        let router = Arc::new(Router::with_source(coordinator, map));
+        let router =
+            Arc::new(Router::with_source(coordinator.clone(), map).with_credentials(credentials));
         // The client's own counters: nobody scrapes them, the
         // coordinator's count what passes through it.
-        let txns = TxnManager::new(router, Arc::new(Metrics::default()));
+        let txns = TxnManager::with_settle(
+            router,
+            Arc::new(Metrics::default()),
+            Settle::Through(coordinator),
+        );
         Ok(Direct {
             api: TxnApi::new(txns.clone()),
             txns,

@@ -41,9 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
-use tonic::transport::Channel;
 use trellis_proto::shard::v1 as pb;
-use trellis_proto::shard::v1::shard_client::ShardClient;
 use trellis_types::{GroupId, SLOTS};
 
 use crate::catalog::{CatalogError, CoordinatorRow};
@@ -53,7 +51,7 @@ use crate::reshard::{Action, Batch, Control, Done, Job, JobError};
 use crate::reshard_job::{
     Claim, DecodeError, JobRecord, claim, decode, encode, may_act, state_name, take_asked,
 };
-use crate::router::{CatalogRouter, Fault, Router, classify};
+use crate::router::{CatalogRouter, Fault, Router, ShardRpc, classify};
 
 /// How often the driver looks at the jobs when nobody wakes it.
 pub const DRIVER_TICK: Duration = Duration::from_secs(1);
@@ -542,10 +540,7 @@ impl Driver {
     }
 
     /// A client for `group`'s primary.
-    fn client(
-        &self,
-        group: GroupId,
-    ) -> Result<(Arc<ClusterMap>, ShardClient<Channel>), DriverError> {
+    fn client(&self, group: GroupId) -> Result<(Arc<ClusterMap>, ShardRpc), DriverError> {
         let map = self.router.map();
         match self.router.client(&map, group) {
             Ok(client) => Ok((map, client)),
@@ -725,6 +720,7 @@ fn fault_text(fault: &Fault) -> String {
         | Fault::Unavailable(t)
         | Fault::Ambiguous(t)
         | Fault::Invalid(t)
+        | Fault::Denied(_, t)
         | Fault::Other(t) => t.clone(),
     }
 }

@@ -787,7 +787,7 @@ mod status_tests {
             .expect("save");
         let router = <crate::router::Router as CatalogRouter>::new(catalog, map);
         let txns = TxnManager::new(Arc::new(router), Arc::default());
-        let api = MembershipApi::new(txns);
+        let api = MembershipApi::new(txns, Arc::new(Gate::new(Arc::default())));
         let ask = || shard_pb::GetGroupRequest { group_id: 1 };
         let config = api.get_group(Request::new(ask())).await.expect("get group");
         assert_eq!(config.get_ref().feed_keep_from, Some(42));
@@ -926,16 +926,37 @@ mod status_tests {
 #[derive(Clone)]
 pub struct MembershipApi {
     txns: Arc<TxnManager>,
+    /// What `GetAuth` hands to shards.
+    gate: Arc<Gate>,
 }
 
 impl MembershipApi {
-    pub fn new(txns: Arc<TxnManager>) -> Self {
-        MembershipApi { txns }
+    pub fn new(txns: Arc<TxnManager>, gate: Arc<Gate>) -> Self {
+        MembershipApi { txns, gate }
     }
 }
 
 #[tonic::async_trait]
 impl shard_pb::membership_server::Membership for MembershipApi {
+    async fn get_auth(
+        &self,
+        request: Request<shard_pb::GetAuthRequest>,
+    ) -> Result<Response<shard_pb::GetAuthResponse>, Status> {
+        // The gate was read from the catalog before this coordinator
+        // served its first request, so a shard never hears "auth off"
+        // from a coordinator that has not looked.
+        let known = request.into_inner().known;
+        let (state, fingerprint) = self.gate.state_and_fingerprint();
+        if known == *fingerprint {
+            return Ok(Response::new(shard_pb::GetAuthResponse {
+                fingerprint: known,
+                unchanged: true,
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(state.to_pb(fingerprint.to_vec())))
+    }
+
     async fn register(
         &self,
         request: Request<shard_pb::RegisterRequest>,
@@ -1181,6 +1202,7 @@ pub fn services(txns: Arc<TxnManager>, reshard_wake: Arc<Notify>, gate: Arc<Gate
         admin: pb::admin_server::AdminServer::new(AdminApi::new(txns.clone(), reshard_wake)),
         membership: shard_pb::membership_server::MembershipServer::new(MembershipApi::new(
             txns.clone(),
+            gate.clone(),
         )),
         changefeed: pb::changefeed_server::ChangefeedServer::new(ChangefeedApi::new(txns, gate))
             .max_encoding_message_size(MESSAGE_BYTES_MAX),

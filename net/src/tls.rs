@@ -226,7 +226,8 @@ pub enum Peer {
 pub fn check_node(peer: Option<&Peer>) -> Result<(), String> {
     const NEED: &str = "this RPC is internal to the cluster and needs a node certificate \
                         (SAN URI trellis://node/NAME, made by `trellis cert create-node`); \
-                        clients reach the cluster through a coordinator (--route coordinator)";
+                        clients call a coordinator's services, and a shard's reads and \
+                        one-group commits only";
     match peer {
         None | Some(Peer::Plaintext) | Some(Peer::Verified(PeerRole::Node(_))) => Ok(()),
         Some(Peer::Verified(client @ PeerRole::Client(_))) => Err(format!(

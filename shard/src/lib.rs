@@ -44,6 +44,8 @@
 //!   the engine reads the log, the server streams).
 //! - [`pacer`]: the rate limit on what catching-up backups are sent.
 //! - [`server`]: the gRPC edge (wire ↔ domain types, input limits, status).
+//! - [`gate`]: which `Shard` methods clients may call, and with auth on,
+//!   the cluster's settings (from the coordinator) they are checked with.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`membership`]: registering with the coordinator.
 //! - [`failpoint`]: named places where a test makes the disk fail.
@@ -60,6 +62,7 @@ pub mod failpoint;
 pub mod feed;
 pub mod freshness;
 pub mod fsio;
+pub mod gate;
 pub mod log_prefix;
 pub mod membership;
 pub mod metrics;

@@ -90,6 +90,12 @@ pub struct Metrics {
     /// ([`Metrics::sample_read_rates`]) for the cluster status.
     pub read_rates: std::sync::Mutex<(RateMeter, RateMeter)>,
     pub wrong_shard: Counter,
+    /// Client calls checked against a user's grants (once per call).
+    pub auth_checks: Counter,
+    /// Client calls refused for a missing grant.
+    pub auth_denied: Counter,
+    /// Client calls from nobody the cluster knows.
+    pub auth_unauthenticated: Counter,
     pub snapshots: Counter,
     pub keys: Counter,
     pub prepared: Counter,
@@ -132,6 +138,9 @@ impl Default for Metrics {
             staleness_seconds: Histogram::new(SECONDS_BOUNDS),
             read_rates: std::sync::Mutex::new((RateMeter::default(), RateMeter::default())),
             wrong_shard: Counter::new(),
+            auth_checks: Counter::new(),
+            auth_denied: Counter::new(),
+            auth_unauthenticated: Counter::new(),
             snapshots: Counter::new(),
             keys: Counter::new(),
             prepared: Counter::new(),
@@ -186,6 +195,21 @@ impl Metrics {
     pub fn render(&self) -> Scrape {
         let mut out = Scrape::new();
         let counters: &[(&str, &str, &Counter)] = &[
+            (
+                "trellis_auth_checks_total",
+                "Client calls (routed by the client) checked against the user's grants: one per call, never per key.",
+                &self.auth_checks,
+            ),
+            (
+                "trellis_auth_denied_total",
+                "Client calls refused PERMISSION_DENIED for a grant the user lacks.",
+                &self.auth_denied,
+            ),
+            (
+                "trellis_auth_unauthenticated_total",
+                "Client calls refused UNAUTHENTICATED: no user the cluster knows.",
+                &self.auth_unauthenticated,
+            ),
             (
                 "trellis_repl_promotions_total",
                 "Times this replica became its group's primary (failovers and restarts).",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_server::{Shard as ShardService, ShardServer};
+use trellis_txn::authz::Access;
 use trellis_types::limits::{GET_KEYS_MAX, MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX};
 use trellis_types::{GroupId, SlotSet, TxnId, validate};
 
@@ -316,6 +317,12 @@ impl ShardApi {
         self.shard.check_owned(map_epoch, keys).map_err(status_of)
     }
 
+    /// Whether the caller may make this call ([`crate::gate`]): nodes
+    /// always, clients as the cluster's auth says.
+    fn admit<T>(&self, request: &Request<T>, access: Option<&Access<'_>>) -> Result<(), Status> {
+        self.shard.gate.admit(request, access, self.shard.metrics())
+    }
+
     /// Whether this replica is a backup (STALE reads are served here).
     fn on_backup(&self) -> bool {
         self.shard.repl.role().0 == Role::Backup
@@ -355,6 +362,12 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
+        self.admit(
+            &request,
+            Some(&Access::Get {
+                keys: &request.get_ref().keys,
+            }),
+        )?;
         let req = request.into_inner();
         let bound = stale_bound(req.max_staleness_ms)?;
         if req.keys.len() > GET_KEYS_MAX {
@@ -407,6 +420,12 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        self.admit(
+            &request,
+            Some(&Access::Scan {
+                prefix: &request.get_ref().prefix,
+            }),
+        )?;
         let req = request.into_inner();
         let bound = stale_bound(req.max_staleness_ms)?;
         if req.limit > SCAN_LIMIT_MAX {
@@ -462,6 +481,20 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::CommitLocalRequest>,
     ) -> Result<Response<pb::CommitLocalResponse>, Status> {
+        {
+            // Every key at once: one key outside the user's grants and
+            // the whole commit is refused.
+            let req = request.get_ref();
+            let reads: Vec<&[u8]> = req.reads.iter().map(|r| r.key.as_slice()).collect();
+            let writes: Vec<&[u8]> = req.writes.iter().map(|w| w.key.as_slice()).collect();
+            self.admit(
+                &request,
+                Some(&Access::Commit {
+                    reads: &reads,
+                    writes: &writes,
+                }),
+            )?;
+        }
         self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
@@ -689,6 +722,8 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        // A transaction's outcome, as `Txn.TxnStatus` answers anyone known.
+        self.admit(&request, None)?;
         self.shard.check_serving().map_err(status_of)?;
         let txn = txn_id(&request.into_inner().txn_id)?;
         let (record, outcome, prepared) = self.shard.lookup(txn).await.map_err(status_of)?;
@@ -704,6 +739,21 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
+        {
+            let reads: Vec<&[u8]> = request
+                .get_ref()
+                .reads
+                .iter()
+                .map(|r| r.key.as_slice())
+                .collect();
+            self.admit(
+                &request,
+                Some(&Access::Commit {
+                    reads: &reads,
+                    writes: &[],
+                }),
+            )?;
+        }
         self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
@@ -725,6 +775,12 @@ impl ShardService for ShardApi {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.admit(
+            &request,
+            Some(&Access::Get {
+                keys: &request.get_ref().keys,
+            }),
+        )?;
         self.shard.check_serving().map_err(status_of)?;
         let req = request.into_inner();
         let txn = txn_id(&req.txn_id)?;
@@ -1046,10 +1102,11 @@ where
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
-        // Internal to the cluster: node certificates only (when TLS is on).
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+        // Internal to the cluster (node certificates only, when TLS is on)
+        // except the methods a routing client calls, which check their
+        // callers themselves (crate::gate).
+        .add_service(crate::gate::NodeOnlyExcept::new(
             ShardApi::new(shard).into_service(),
-            trellis_net::tls::node_only,
         ))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

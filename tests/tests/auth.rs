@@ -25,6 +25,10 @@ use trellis_proto::v1 as pb;
 use trellis_tests::cluster::{ClusterBuilder, Ready, TestCluster};
 use trellis_tests::harness::{self, printed, trellis_bin};
 
+/// How long the shards may take to read a change of the auth settings
+/// (they ask the coordinator every second).
+const SHARDS_LEARN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The passwords of this story: each must appear in no log.
 const READER_PASSWORD: &str = "reader-secret-7f3a9c";
 const WRITER_PASSWORD: &str = "writer-secret-1b2e8d";
@@ -182,14 +186,37 @@ async fn metric(cluster: &TestCluster, name: &str) -> f64 {
         .expect("a number")
 }
 
+/// A scalar of every shard's /metrics, summed.
+async fn shards_metric(cluster: &TestCluster, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for group in 1..=cluster.groups() {
+        for replica in 1..=cluster.replicas() {
+            let Some(shard) = cluster.shard(group, replica) else {
+                continue;
+            };
+            let page = harness::http_get(shard.field("metrics"), "/metrics").await;
+            sum += page
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{page}"))
+                .trim()
+                .parse::<f64>()
+                .expect("a number");
+        }
+    }
+    sum
+}
+
 /// The story: root cannot turn auth on before anyone holds admin; then
 /// adds itself as admin, a `reader` (read on every key, a password) and a
 /// `writer` (write on `a/`, a password), and turns auth on. The reader
 /// reads but cannot write; the writer writes `a/x` but not `b/x`, and a
 /// commit of `a/y` and `b/y` is refused whole (root finds neither); the
 /// CLI's `--user` logs in by password (a wrong one is refused and writes
-/// nothing; the direct route says to use the coordinator), and so does
-/// `trellis load`; a change feed needs read on its whole range; a
+/// nothing), and so does `trellis load`; the shards judge the clients
+/// that route their own reads and commits as the coordinator does (by
+/// certificate or token), and still keep their internal methods for
+/// nodes; a change feed needs read on its whole range; a
 /// stranger's certificate names no user; a wrong password, an unknown
 /// user, an expired token and another cluster's token are
 /// UNAUTHENTICATED saying why; the reader cannot run admin commands nor
@@ -251,23 +278,24 @@ async fn users_read_and_write_only_what_their_grants_allow() {
     );
     let on = ok(root(&["admin", "auth", "enable"]));
     assert!(on.contains("auth on") && on.contains("1 admins"), "{on}");
+    // The shards learn it from the coordinator within a poll or two.
+    let shards = (cluster.groups() * cluster.replicas()) as f64;
+    let deadline = std::time::Instant::now() + SHARDS_LEARN_TIMEOUT;
+    while shards_metric(&cluster, "trellis_auth_enabled").await < shards {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shards never read that auth is on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
-    // The reader, by certificate: reads, cannot write.
+    // The reader, by certificate: reads, cannot write. `trellis sql`
+    // routes its own reads and one-group commits to the shards (the
+    // direct route): they check the certificate's user themselves.
+    let shard_checks = shards_metric(&cluster, "trellis_auth_checks_total").await;
+    let shard_denials = shards_metric(&cluster, "trellis_auth_denied_total").await;
     let sql = |who: &str, statement: &str| {
-        trellis_as(
-            who,
-            &[
-                "sql",
-                "--addr",
-                &addr,
-                "--route",
-                "coordinator",
-                "-c",
-                statement,
-            ],
-            &[],
-            "",
-        )
+        trellis_as(who, &["sql", "--addr", &addr, "-c", statement], &[], "")
     };
     ok(root(&[
         "sql",
@@ -301,6 +329,32 @@ async fn users_read_and_write_only_what_their_grants_allow() {
         printed(&out)
     );
     assert_eq!(read_as_root(&cluster, "b/x").await, None);
+    // Those four statements went to the shards, which checked each once
+    // and refused two.
+    assert!(
+        shards_metric(&cluster, "trellis_auth_checks_total").await >= shard_checks + 4.0,
+        "the shards checked the direct route's calls"
+    );
+    assert_eq!(
+        shards_metric(&cluster, "trellis_auth_denied_total").await,
+        shard_denials + 2.0
+    );
+    // A client certificate, even an admin's, is no node: a shard's
+    // internal methods stay closed to it.
+    let shard = cluster.shard(1, 1).expect("g1r1");
+    let mut internal = harness::shard_client(shard).await.expect("a shard client");
+    let denied = internal
+        .finalize(trellis_proto::shard::v1::FinalizeRequest {
+            txn_id: harness::txn_id(),
+            decision: trellis_proto::shard::v1::Decision::Commit as i32,
+        })
+        .await
+        .expect_err("Finalize is for nodes");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("needs a node certificate"),
+        "{denied:?}"
+    );
 
     // The writer, by password: one commit with a key outside is refused
     // whole, before anything is prepared.
@@ -373,26 +427,30 @@ async fn users_read_and_write_only_what_their_grants_allow() {
         printed(&out)
     );
     assert_eq!(read_as_root(&cluster, "a/cli2").await, None);
-    let out = trellis_as(
-        "stranger",
-        &[
-            "sql",
-            "--addr",
-            &addr,
-            "--user",
-            "writer",
-            "-c",
-            "GET a/cli",
-        ],
-        &[("TRELLIS_PASSWORD", WRITER_PASSWORD)],
-        "",
+    // The direct route with a password: the token goes to the shards too.
+    let direct_as_writer = |statement: &str| {
+        trellis_as(
+            "stranger",
+            &["sql", "--addr", &addr, "--user", "writer", "-c", statement],
+            &[("TRELLIS_PASSWORD", WRITER_PASSWORD)],
+            "",
+        )
+    };
+    assert!(ok(direct_as_writer("GET a/cli")).contains("by-password"));
+    ok(direct_as_writer("PUT a/direct 'by-token'"));
+    assert_eq!(
+        read_as_root(&cluster, "a/direct").await.as_deref(),
+        Some(&b"by-token"[..])
     );
+    let out = direct_as_writer("PUT b/direct 'no'");
     assert!(!out.status.success(), "{}", printed(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--route coordinator"),
-        "the direct route under --user: {}",
+        String::from_utf8_lossy(&out.stderr)
+            .contains("user `writer` lacks `write` on key `b/direct`"),
+        "{}",
         printed(&out)
     );
+    assert_eq!(read_as_root(&cluster, "b/direct").await, None);
     let err = refused(trellis_as(
         "stranger",
         &[
@@ -445,8 +503,6 @@ async fn users_read_and_write_only_what_their_grants_allow() {
             "load",
             "--addr",
             &addr,
-            "--route",
-            "coordinator",
             "--user",
             "root",
             "--vus",

@@ -406,12 +406,36 @@ async fn coordinator_crash_at_each_step_of_two_phase_commit() {
 
         // A STRONG read right away meets the dead coordinator's locks (when
         // it left any), waits, resolves through the anchor, and never
-        // returns a value that a decided commit overwrote.
+        // returns a value that a decided commit overwrote. First through a
+        // client that routes its own reads: it may not finalize at the
+        // shards, so it has the survivor resolve (Txn.ResolveLock), well
+        // before the survivor's sweeper would come by.
         let expected = if commits {
             vec![70, 130]
         } else {
             vec![100, 100]
         };
+        let direct = trellis_client::Client::connect(cluster.addr(0))
+            .await
+            .expect("a routing client");
+        assert_eq!(direct.route(), trellis_client::Route::Direct);
+        let items = direct
+            .get(&[a.clone(), b.clone()], trellis_client::Consistency::Strong)
+            .await
+            .expect("a direct read through the dead coordinator's locks");
+        let balances: Vec<i64> = items
+            .iter()
+            .map(|i| {
+                std::str::from_utf8(&i.value)
+                    .expect("utf-8")
+                    .parse()
+                    .expect("a balance")
+            })
+            .collect();
+        assert_eq!(
+            balances, expected,
+            "{failpoint}: direct read after the crash"
+        );
         let items = get(&mut healthy, &[a.clone(), b.clone()]).await;
         assert_eq!(
             items.iter().map(balance).collect::<Vec<_>>(),

@@ -98,9 +98,9 @@ async fn tls_cluster(dir: &Path, replicas: u32) -> TestCluster {
 /// The story: a cluster whose every process holds a node certificate
 /// starts, replicates (two replicas) and registers over TLS; `alice`
 /// writes and reads through `trellis sql` with her client certificate and
-/// sees `trellis status`. Her certificate cannot call the Shard service
-/// nor register as a shard: PERMISSION_DENIED, naming the node
-/// certificate she lacks.
+/// sees `trellis status`. Her certificate cannot call the Shard service's
+/// internal methods nor register as a shard: PERMISSION_DENIED, naming
+/// the node certificate she lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
     let certs = certs();
@@ -111,8 +111,8 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
 
     let mut sql = vec!["sql".to_string(), "--addr".into(), addr.clone()];
     sql.extend(alice.iter().cloned());
-    // The shards admit nodes only: a client goes through the coordinator.
-    sql.extend(["--route".into(), "coordinator".into()]);
+    // The default direct route: the shards serve a client certificate on
+    // their reads and one-group commits.
     sql.extend(["-c".into(), "PUT tlskey 'over-tls'; GET tlskey".into()]);
     let out = run(&sql);
     assert!(out.status.success(), "{}", printed(&out));
@@ -153,6 +153,12 @@ async fn a_tls_cluster_serves_its_clients_and_keeps_internal_rpcs_to_nodes() {
         })
         .await
         .expect_err("a client certificate registering");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Nor read the cluster's auth settings (its token secret among them).
+    let refused = membership
+        .get_auth(shard_pb::GetAuthRequest::default())
+        .await
+        .expect_err("a client certificate asking for the auth settings");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let members = cluster.status(0).await.expect("status").groups[0]
         .members

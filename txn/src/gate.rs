@@ -11,17 +11,24 @@
 //! last read from the catalog; anything else is refused UNAUTHENTICATED.
 //! With auth off everyone may do everything.
 //!
+//! Shards apply the same rules to the clients that route their own reads
+//! and one-group commits ([`admit_at_shard`], pure), with the state a
+//! coordinator hands them over `Membership.GetAuth` ([`GateState::to_pb`],
+//! [`GateState::from_pb`], [`GateState::fingerprint`]).
+//!
 //! This module never reads the catalog, never hashes a password, and
 //! never logs a token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use sha2::{Digest, Sha256};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use trellis_net::tls::{Peer, PeerRole, accept::ConnectInfo};
+use trellis_proto::shard::v1 as shard_pb;
 
-use crate::authz::{Access, Grants, authorize};
+use crate::authz::{Access, Grant, Grants, Role, authorize};
 use crate::metrics::Metrics;
 use crate::token::{self, SECRET_BYTES};
 
@@ -49,6 +56,156 @@ impl std::fmt::Debug for GateState {
             .field("cluster", &self.cluster)
             .field("users", &self.users.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl GateState {
+    /// A digest of everything in the state: equal states, equal
+    /// fingerprints (users in name order), whatever the map's order.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut hash = Sha256::new();
+        hash.update([u8::from(self.enabled)]);
+        hash.update(self.cluster.to_be_bytes());
+        hash.update(self.secret);
+        let mut names: Vec<&String> = self.users.keys().collect();
+        names.sort();
+        for name in names {
+            let grants = &self.users[name];
+            hash.update((name.len() as u64).to_be_bytes());
+            hash.update(name.as_bytes());
+            hash.update((grants.grants().len() as u64).to_be_bytes());
+            for grant in grants.grants() {
+                hash.update([grant.role() as u8]);
+                hash.update((grant.prefix().len() as u64).to_be_bytes());
+                hash.update(grant.prefix());
+            }
+        }
+        hash.finalize().to_vec()
+    }
+
+    /// The state on the wire (`Membership.GetAuth`), under `fingerprint`.
+    pub fn to_pb(&self, fingerprint: Vec<u8>) -> shard_pb::GetAuthResponse {
+        shard_pb::GetAuthResponse {
+            fingerprint,
+            unchanged: false,
+            enabled: self.enabled,
+            cluster: self.cluster,
+            secret: self.secret.to_vec(),
+            users: self
+                .users
+                .iter()
+                .map(|(name, grants)| shard_pb::UserGrants {
+                    name: name.clone(),
+                    grants: grants
+                        .grants()
+                        .iter()
+                        .map(|g| shard_pb::UserGrant {
+                            role: g.role().as_str().to_string(),
+                            prefix: g.prefix().to_vec(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The state a coordinator sent; an error names what is malformed.
+    pub fn from_pb(wire: &shard_pb::GetAuthResponse) -> Result<GateState, String> {
+        let secret: [u8; SECRET_BYTES] = wire.secret.as_slice().try_into().map_err(|_| {
+            format!(
+                "the token secret is {} bytes, not {SECRET_BYTES}",
+                wire.secret.len()
+            )
+        })?;
+        let users = wire
+            .users
+            .iter()
+            .map(|user| {
+                let grants = user
+                    .grants
+                    .iter()
+                    .map(|g| {
+                        let role: Role = g.role.parse()?;
+                        Grant::new(role, g.prefix.clone())
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+                    .and_then(|grants| Grants::new(user.name.clone(), grants))
+                    .map_err(|why| format!("user `{}`: {why}", user.name))?;
+                Ok((user.name.clone(), grants))
+            })
+            .collect::<Result<HashMap<_, _>, String>>()?;
+        Ok(GateState {
+            enabled: wire.enabled,
+            cluster: wire.cluster,
+            secret,
+            users,
+        })
+    }
+}
+
+/// How a shard admitted a call of one of its client-facing methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// A cluster process (node certificate), or no TLS at all: as the
+    /// shard's internal methods admit it.
+    Node,
+    /// A client while auth is off.
+    Open,
+    /// A user whose grants allow the call (checked once).
+    Checked,
+}
+
+/// Why a shard refused a client's call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The shard has not yet read the cluster's auth settings: it cannot
+    /// tell who may do what (UNAVAILABLE: retry).
+    NotYet,
+    /// Nobody the cluster knows (UNAUTHENTICATED).
+    Unauthenticated(String),
+    /// A user who lacks a grant (PERMISSION_DENIED).
+    Denied(String),
+}
+
+impl Refused {
+    /// The gRPC status of the refusal.
+    pub fn status(&self) -> Status {
+        match self {
+            Refused::NotYet => Status::unavailable(
+                "this shard has not yet read the cluster's auth settings from its coordinator; \
+                 retry",
+            ),
+            Refused::Unauthenticated(why) => Status::unauthenticated(why.clone()),
+            Refused::Denied(why) => Status::permission_denied(why.clone()),
+        }
+    }
+}
+
+/// Whether a shard serves a call of one of its client-facing methods
+/// (reads, scans, one-group commits, read validation, lookups): a node
+/// as always; a client by the cluster's auth as the coordinator would
+/// judge it, with `state` as last read (`None`: not yet, refused rather
+/// than served unchecked). `access` is what the call touches (`None`:
+/// only that the caller is someone the cluster knows).
+pub fn admit_at_shard(
+    state: Option<&GateState>,
+    peer: Option<&Peer>,
+    bearer: Option<&str>,
+    now_unix_s: u64,
+    access: Option<&Access<'_>>,
+) -> Result<Admitted, Refused> {
+    if trellis_net::tls::check_node(peer).is_ok() {
+        return Ok(Admitted::Node);
+    }
+    let state = state.ok_or(Refused::NotYet)?;
+    match authenticate(state, peer, bearer, now_unix_s).map_err(Refused::Unauthenticated)? {
+        Principal::Superuser => Ok(Admitted::Open),
+        Principal::User(grants) => match access {
+            None => Ok(Admitted::Checked),
+            Some(access) => authorize(&grants, access)
+                .map(|()| Admitted::Checked)
+                .map_err(|denied| Refused::Denied(denied.to_string())),
+        },
     }
 }
 
@@ -103,29 +260,42 @@ pub fn authenticate(
 /// The gate of one coordinator: the state last read from the catalog,
 /// and the counters.
 pub struct Gate {
-    state: RwLock<Arc<GateState>>,
+    /// The state and its [`GateState::fingerprint`], swapped together.
+    state: RwLock<(Arc<GateState>, Arc<Vec<u8>>)>,
     metrics: Arc<Metrics>,
 }
 
 impl Gate {
     /// A gate with auth off until [`Gate::set`].
     pub fn new(metrics: Arc<Metrics>) -> Gate {
+        let state = GateState::default();
+        let fingerprint = Arc::new(state.fingerprint());
         Gate {
-            state: RwLock::new(Arc::new(GateState::default())),
+            state: RwLock::new((Arc::new(state), fingerprint)),
             metrics,
         }
     }
 
     /// Replaces what the gate knows.
     pub fn set(&self, state: GateState) {
+        let fingerprint = Arc::new(state.fingerprint());
         *self
             .state
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(state);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (Arc::new(state), fingerprint);
     }
 
     /// What the gate knows now.
     pub fn state(&self) -> Arc<GateState> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .clone()
+    }
+
+    /// What the gate knows now, with its fingerprint.
+    pub fn state_and_fingerprint(&self) -> (Arc<GateState>, Arc<Vec<u8>>) {
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -286,5 +456,113 @@ mod tests {
         assert!(err.contains("another cluster"), "{err}");
         let err = authenticate(&state, None, Some("Basic abc"), NOW).expect_err("not bearer");
         assert!(err.contains("Bearer"), "{err}");
+    }
+
+    #[test]
+    fn the_state_crosses_the_wire_whole_and_its_fingerprint_follows_every_change() {
+        let state = on();
+        let fingerprint = state.fingerprint();
+        let back = GateState::from_pb(&state.to_pb(fingerprint.clone())).expect("decodes");
+        assert_eq!(back.fingerprint(), fingerprint);
+        assert_eq!(back.users, state.users);
+        assert_eq!(
+            (back.enabled, back.cluster, back.secret),
+            (true, 7, [9; SECRET_BYTES])
+        );
+        let changes = [
+            GateState {
+                enabled: false,
+                ..on()
+            },
+            GateState {
+                secret: [8; SECRET_BYTES],
+                ..on()
+            },
+            GateState {
+                users: HashMap::new(),
+                ..on()
+            },
+            {
+                let mut more = on();
+                let grants = Grants::new(
+                    "bob",
+                    vec![Grant::new(Role::Write, b"a/".to_vec()).expect("grant")],
+                )
+                .expect("grants");
+                more.users.insert("bob".into(), grants);
+                more
+            },
+        ];
+        for changed in changes {
+            assert_ne!(changed.fingerprint(), fingerprint, "{changed:?}");
+        }
+        let mut wire = state.to_pb(fingerprint);
+        wire.secret.pop();
+        let err = GateState::from_pb(&wire).expect_err("short secret");
+        assert!(err.contains("31 bytes"), "{err}");
+        let mut wire = state.to_pb(Vec::new());
+        wire.users[0].grants[0].role = "owner".into();
+        let err = GateState::from_pb(&wire).expect_err("bad role");
+        assert!(err.contains("user `bob`"), "{err}");
+    }
+
+    #[test]
+    fn a_shard_admits_nodes_always_and_clients_only_by_the_state_it_has_read() {
+        let node = Peer::Verified(PeerRole::Node("n".into()));
+        let bob = Peer::Verified(PeerRole::Client("bob".into()));
+        let keys = [b"k".to_vec()];
+        let get = Access::Get { keys: &keys };
+        let write = Access::Commit {
+            reads: &[],
+            writes: &[b"k"],
+        };
+        // Nodes and plaintext (TLS off): as the internal methods, whatever
+        // the shard knows.
+        for peer in [Some(&node), Some(&Peer::Plaintext), None] {
+            assert_eq!(
+                admit_at_shard(None, peer, None, NOW, Some(&write)),
+                Ok(Admitted::Node)
+            );
+        }
+        // A client before the shard has read the settings: refused, not
+        // served unchecked.
+        assert_eq!(
+            admit_at_shard(None, Some(&bob), None, NOW, Some(&get)),
+            Err(Refused::NotYet)
+        );
+        assert_eq!(Refused::NotYet.status().code(), tonic::Code::Unavailable);
+        // Auth off: every client may.
+        let off = GateState::default();
+        assert_eq!(
+            admit_at_shard(Some(&off), Some(&bob), None, NOW, Some(&write)),
+            Ok(Admitted::Open)
+        );
+        // Auth on: bob reads everything and writes nothing.
+        let state = on();
+        assert_eq!(
+            admit_at_shard(Some(&state), Some(&bob), None, NOW, Some(&get)),
+            Ok(Admitted::Checked)
+        );
+        assert_eq!(
+            admit_at_shard(Some(&state), Some(&bob), None, NOW, None),
+            Ok(Admitted::Checked)
+        );
+        let denied = admit_at_shard(Some(&state), Some(&bob), None, NOW, Some(&write))
+            .expect_err("bob may not write");
+        assert!(
+            matches!(&denied, Refused::Denied(why) if why.contains("lacks `write`")),
+            "{denied:?}"
+        );
+        assert_eq!(denied.status().code(), tonic::Code::PermissionDenied);
+        // A token speaks for its user; a client certificate of nobody is
+        // refused.
+        let token = bearer_of(&state, "carol", NOW + 60);
+        let err = admit_at_shard(Some(&state), Some(&bob), Some(&token), NOW, Some(&get))
+            .expect_err("carol holds nothing");
+        assert!(matches!(err, Refused::Denied(_)), "{err:?}");
+        let eve = Peer::Verified(PeerRole::Client("eve".into()));
+        let err = admit_at_shard(Some(&state), Some(&eve), None, NOW, Some(&get))
+            .expect_err("unknown user");
+        assert_eq!(err.status().code(), tonic::Code::Unauthenticated);
     }
 }

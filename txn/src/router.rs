@@ -5,6 +5,11 @@
 //! requests (the Rust client's `Route::Direct`) asks a coordinator's
 //! `Txn.ClusterMap` (the [`MapSource`] of a `TxnClient`, [`fetch_map`]).
 //!
+//! Every channel carries the process's [`Credentials`]: nothing for a
+//! cluster process (its node certificate speaks for it), a password
+//! user's bearer token for a routing client (the shards check it as the
+//! coordinator does).
+//!
 //! The router never retries by itself; it classifies shard errors
 //! ([`classify`]) so the transaction manager can refresh and retry whole
 //! operations.
@@ -15,6 +20,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::shard::v1 as pb;
 use trellis_proto::shard::v1::shard_client::ShardClient;
@@ -35,6 +42,63 @@ pub const SHARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Where a process's bearer token comes from: the `authorization`
+/// header's value (`Bearer <token>`) as of now, if it holds one.
+pub type BearerSource = fn() -> Option<MetadataValue<Ascii>>;
+
+/// What a process sends on every request to say who it is, besides its
+/// certificate: nothing, or the token of the user it logged in as.
+#[derive(Clone, Copy, Default)]
+pub struct Credentials {
+    bearer: Option<BearerSource>,
+}
+
+impl Credentials {
+    /// Nothing but the connection's certificate (if any).
+    pub const NONE: Credentials = Credentials { bearer: None };
+
+    /// The token `source` gives at each request.
+    pub fn bearer(source: BearerSource) -> Credentials {
+        Credentials {
+            bearer: Some(source),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never prints a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("bearer", &self.bearer.is_some())
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = self.bearer.and_then(|source| source()) {
+            request
+                .metadata_mut()
+                .insert(crate::gate::AUTHORIZATION, header);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry [`Credentials`].
+pub type Link = InterceptedService<Channel, Credentials>;
+
+/// `channel` with `credentials` on every request.
+pub fn link(channel: Channel, credentials: Credentials) -> Link {
+    InterceptedService::new(channel, credentials)
+}
+
+/// A client of one shard replica.
+pub type ShardRpc = ShardClient<Link>;
+
 /// What a failed shard call means for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -50,6 +114,10 @@ pub enum Fault {
     /// The shard refused the input (a bug in the coordinator if it
     /// happens: input is validated before routing).
     Invalid(String),
+    /// The shard refused the caller (a routing client): UNAUTHENTICATED
+    /// or PERMISSION_DENIED with the shard's words. Final: the same
+    /// request would be refused again.
+    Denied(tonic::Code, String),
     /// Anything else the shard answered.
     Other(String),
 }
@@ -71,6 +139,9 @@ pub fn classify(group: GroupId, status: &tonic::Status) -> Fault {
             Fault::Ambiguous(text)
         }
         tonic::Code::InvalidArgument => Fault::Invalid(text),
+        code @ (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+            Fault::Denied(code, status.message().to_string())
+        }
         _ => Fault::Other(text),
     }
 }
@@ -92,7 +163,7 @@ pub trait MapSource: Send + Sync + 'static {
 }
 
 /// A coordinator's `Txn.ClusterMap`: a routing client's source.
-impl MapSource for TxnClient<Channel> {
+impl MapSource for TxnClient<Link> {
     fn load<'a>(&'a self, seen: &'a ClusterMap) -> BoxFuture<'a, Result<ClusterMap, String>> {
         Box::pin(fetch_map(self.clone(), Some(seen)))
     }
@@ -110,7 +181,7 @@ impl MapSource for TxnClient<Channel> {
 /// caller holds so that a coordinator holding the same one reads its
 /// catalog again. One call, [`MAP_RPC_TIMEOUT`].
 pub async fn fetch_map(
-    mut coordinator: TxnClient<Channel>,
+    mut coordinator: TxnClient<Link>,
     known: Option<&ClusterMap>,
 ) -> Result<ClusterMap, String> {
     let mut request = tonic::Request::new(trellis_proto::v1::ClusterMapRequest {
@@ -130,6 +201,8 @@ pub struct Router {
     source: Box<dyn MapSource>,
     map: RwLock<Arc<ClusterMap>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Sent on every shard request.
+    credentials: Credentials,
     /// Serializes refreshes so a burst of route errors reads the source once.
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -142,8 +215,16 @@ impl Router {
             source: Box::new(source),
             map: RwLock::new(Arc::new(map)),
             channels: Mutex::new(HashMap::new()),
+            credentials: Credentials::NONE,
             refreshing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The router with `credentials` sent on every shard request (a
+    /// routing client logged in with a password).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Router {
+        self.credentials = credentials;
+        self
     }
 
     /// Where the map is read again.
@@ -180,7 +261,7 @@ impl Router {
     }
 
     /// A client for `group`'s primary under `map`.
-    pub fn client(&self, map: &ClusterMap, group: GroupId) -> Result<ShardClient<Channel>, Fault> {
+    pub fn client(&self, map: &ClusterMap, group: GroupId) -> Result<ShardRpc, Fault> {
         let addr = map.primary(group).ok_or_else(|| {
             Fault::Unavailable(format!("group {group} has no registered shard yet"))
         })?;
@@ -188,7 +269,7 @@ impl Router {
     }
 
     /// A client for the replica at `addr` (any member, e.g. for status).
-    pub fn client_at(&self, addr: &str) -> Result<ShardClient<Channel>, Fault> {
+    pub fn client_at(&self, addr: &str) -> Result<ShardRpc, Fault> {
         let channel = {
             let mut channels = self.channels.lock().expect("channel map poisoned");
             match channels.get(addr) {
@@ -208,7 +289,7 @@ impl Router {
                 }
             }
         };
-        Ok(ShardClient::new(channel)
+        Ok(ShardClient::new(link(channel, self.credentials))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }

@@ -40,6 +40,9 @@ pub fn status_of(err: TxnError) -> Status {
         TxnError::OutcomeUnknown { .. } => (tonic::Code::Unknown, pb::ErrorReason::OutcomeUnknown),
         TxnError::Deadline(_) => (tonic::Code::DeadlineExceeded, pb::ErrorReason::Unavailable),
         TxnError::Internal(_) => (tonic::Code::Internal, pb::ErrorReason::Internal),
+        // As the coordinator's gate answers them (no ErrorInfo).
+        TxnError::Unauthenticated(message) => return Status::unauthenticated(message.clone()),
+        TxnError::PermissionDenied(message) => return Status::permission_denied(message.clone()),
     };
     let metadata = match &err {
         TxnError::OutcomeUnknown { txn, .. } => {
@@ -358,6 +361,51 @@ impl pb::txn_server::Txn for TxnApi {
             _ => current,
         };
         Ok(Response::new(map.to_pb()))
+    }
+
+    async fn resolve_lock(
+        &self,
+        request: Request<pb::ResolveLockRequest>,
+    ) -> Result<Response<pb::ResolveLockResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.check(
+            &request,
+            &Access::Get {
+                keys: std::slice::from_ref(&request.get_ref().key),
+            },
+        )?;
+        let req = request.into_inner();
+        validate::key(&req.key).map_err(invalid)?;
+        let txn = TxnId::from_bytes(&req.txn_id).map_err(invalid)?;
+        let map = self.txns.router().map();
+        // Every group named must be one of the map's: a group nobody knows
+        // would only be retried until the deadline.
+        if let Some(group) = std::iter::once(&req.anchor_group)
+            .chain(&req.participants)
+            .find(|g| !map.groups.contains_key(g))
+        {
+            return Err(invalid(format!(
+                "group {group} is not in the cluster's map (groups: {:?})",
+                map.groups.keys().collect::<Vec<_>>()
+            )));
+        }
+        let mut participants = req.participants;
+        participants.push(map.group_of(&req.key));
+        participants.sort_unstable();
+        participants.dedup();
+        let commit = self
+            .txns
+            .resolve(txn, req.anchor_group, &participants, deadline)
+            .await
+            .map_err(status_of)?;
+        let state = if commit {
+            pb::TxnState::Committed
+        } else {
+            pb::TxnState::Aborted
+        };
+        Ok(Response::new(pb::ResolveLockResponse {
+            state: state as i32,
+        }))
     }
 }
 

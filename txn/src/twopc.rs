@@ -88,6 +88,12 @@ pub enum TxnError {
     Deadline(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A shard did not know the caller (a routing client with auth on).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A shard refused the caller's user a grant it lacks.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Keys routed to `group` belong to another group under the newer map
     /// `map_epoch`: nothing was done at `group`; route them again. Never
     /// sent to a client (the coordinator re-plans; past its attempts it

@@ -35,8 +35,9 @@ use trellis_types::{GroupId, Key, TxnId, Value, Version};
 use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
-use crate::router::{Fault, Router};
+use crate::router::{Fault, Link, Router};
 use crate::twopc::{FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+use trellis_proto::v1::txn_client::TxnClient;
 // The commit vocabulary lives with the rules that decide it; it is named
 // from here too, as it was before those rules moved.
 pub use crate::twopc::{Abort, AbortReason, CommitOutcome, CommitRequest, TxnError, TxnState};
@@ -96,6 +97,8 @@ fn decision_pb(commit: bool) -> i32 {
 pub struct TxnManager {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
+    /// Where the in-doubt transactions this manager meets are settled.
+    settle: Settle,
     finalize_queue: tokio::sync::mpsc::Sender<FinalizeJob>,
     /// Per anchor group, the transaction records the last sweep listed
     /// there (at most [`crate::SWEEP_BATCH_MAX`] each): a record listed by
@@ -103,13 +106,39 @@ pub struct TxnManager {
     swept_records: std::sync::Mutex<BTreeMap<GroupId, std::collections::BTreeSet<TxnId>>>,
 }
 
+/// Where the in-doubt transactions a manager meets (a lock on a key it
+/// reads or commits) are settled.
+#[derive(Clone)]
+pub enum Settle {
+    /// Here: resolve at the anchor, finalize at the participants. A
+    /// coordinator's manager.
+    Here,
+    /// Through a coordinator's `Txn.ResolveLock`: a routing client's
+    /// manager. Only cluster processes may finalize at a shard (a client
+    /// could otherwise apply COMMIT where the anchor recorded ABORT), so a
+    /// client asks a coordinator, which settles it [`Settle::Here`].
+    Through(TxnClient<Link>),
+}
+
 impl TxnManager {
-    /// Creates the manager and starts its background finalizer.
+    /// Creates a coordinator's manager ([`Settle::Here`]) and starts its
+    /// background finalizer.
     pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Arc<TxnManager> {
+        Self::with_settle(router, metrics, Settle::Here)
+    }
+
+    /// Creates a manager that settles in-doubt transactions as `settle`
+    /// says, and starts its background finalizer.
+    pub fn with_settle(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        settle: Settle,
+    ) -> Arc<TxnManager> {
         let (queue, jobs) = tokio::sync::mpsc::channel(FINALIZE_QUEUE_MAX);
         let manager = Arc::new(TxnManager {
             router,
             metrics,
+            settle,
             finalize_queue: queue,
             swept_records: Default::default(),
         });
@@ -136,7 +165,7 @@ impl TxnManager {
         op: F,
     ) -> Result<T, TxnError>
     where
-        F: FnMut(pb::shard_client::ShardClient<tonic::transport::Channel>, Arc<ClusterMap>) -> Fut,
+        F: FnMut(crate::router::ShardRpc, Arc<ClusterMap>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         self.call_keys(group, &[], deadline, what, op).await
@@ -158,7 +187,7 @@ impl TxnManager {
         mut op: F,
     ) -> Result<T, TxnError>
     where
-        F: FnMut(pb::shard_client::ShardClient<tonic::transport::Channel>, Arc<ClusterMap>) -> Fut,
+        F: FnMut(crate::router::ShardRpc, Arc<ClusterMap>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut backoff = BACKOFF_FIRST;
@@ -329,7 +358,10 @@ impl TxnManager {
             }
             let txn =
                 TxnId::from_bytes(&holder.txn_id).map_err(|e| TxnError::Internal(e.to_string()))?;
-            self.resolve(txn, holder.anchor_group, &[group], deadline)
+            // The refusal names the locked keys and their holders, not
+            // which holds which: any locked key stands for the lock met.
+            let key = refused.keys.first().map(Vec::as_slice).unwrap_or_default();
+            self.settle(txn, holder.anchor_group, group, key, deadline)
                 .await?;
             any = true;
         }
@@ -670,6 +702,58 @@ impl TxnManager {
         }
     }
 
+    /// Settles an in-doubt transaction met locking `key` at `group`, as
+    /// [`Settle`] says: here ([`Self::resolve`]) or through a
+    /// coordinator's `Txn.ResolveLock`. Returns whether it committed.
+    pub(crate) async fn settle(
+        &self,
+        txn: TxnId,
+        anchor: GroupId,
+        group: GroupId,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let coordinator = match &self.settle {
+            Settle::Here => return self.resolve(txn, anchor, &[group], deadline).await,
+            Settle::Through(coordinator) => coordinator,
+        };
+        let mut backoff = BACKOFF_FIRST;
+        let mut last = String::new();
+        for _attempt in 0..ATTEMPTS_MAX {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut request = tonic::Request::new(trellis_proto::v1::ResolveLockRequest {
+                txn_id: txn.as_bytes().to_vec(),
+                anchor_group: anchor,
+                participants: vec![group],
+                key: key.to_vec(),
+            });
+            request.set_timeout(remaining);
+            let mut client = coordinator.clone();
+            let status = match tokio::time::timeout(remaining, client.resolve_lock(request)).await {
+                Ok(Ok(answer)) => {
+                    let commit =
+                        answer.into_inner().state == trellis_proto::v1::TxnState::Committed as i32;
+                    tracing::debug!(%txn, anchor, commit, "a coordinator resolved an in-doubt transaction");
+                    return Ok(commit);
+                }
+                Ok(Err(status)) => status,
+                Err(_) => return Err(TxnError::Deadline(format!("resolving {txn}"))),
+            };
+            if status.code() != tonic::Code::Unavailable {
+                return Err(settle_error(txn, &status));
+            }
+            last = trellis_net::status_text(&status);
+            if Instant::now() + backoff >= deadline {
+                return Err(TxnError::Deadline(format!("resolving {txn}: {last}")));
+            }
+            tokio::time::sleep(pause(backoff, trellis_types::rng::u64())).await;
+            backoff = next_backoff(backoff);
+        }
+        Err(TxnError::Unavailable(format!(
+            "resolving {txn} through the coordinator: {last} (gave up after {ATTEMPTS_MAX} attempts)"
+        )))
+    }
+
     /// Settles an in-doubt transaction: asks its anchor (which records ABORT
     /// if nothing was decided), then finalizes `participants` and any the
     /// record names. Forgets the record once every participant it names has
@@ -830,6 +914,22 @@ impl TxnManager {
     }
 }
 
+/// What a coordinator's refusal to resolve a lock means here.
+fn settle_error(txn: TxnId, status: &tonic::Status) -> TxnError {
+    let text = format!(
+        "resolving {txn} through the coordinator: {}",
+        trellis_net::status_text(status)
+    );
+    match status.code() {
+        tonic::Code::DeadlineExceeded => TxnError::Deadline(text),
+        tonic::Code::InvalidArgument => TxnError::Invalid(text),
+        tonic::Code::Unavailable => TxnError::Unavailable(text),
+        tonic::Code::Unauthenticated => TxnError::Unauthenticated(text),
+        tonic::Code::PermissionDenied => TxnError::PermissionDenied(text),
+        _ => TxnError::Internal(text),
+    }
+}
+
 /// Writes as the shard's wire type.
 fn write_ops<'a>(writes: impl IntoIterator<Item = &'a (Key, Option<Value>)>) -> Vec<pb::WriteOp> {
     writes
@@ -901,6 +1001,8 @@ fn retry_or_fail(fault: Fault) -> Result<String, TxnError> {
     match fault {
         Fault::Route(m) | Fault::Unavailable(m) | Fault::Ambiguous(m) => Ok(m),
         Fault::Invalid(m) => Err(TxnError::Invalid(m)),
+        Fault::Denied(tonic::Code::Unauthenticated, m) => Err(TxnError::Unauthenticated(m)),
+        Fault::Denied(_, m) => Err(TxnError::PermissionDenied(m)),
         Fault::Other(m) => Err(TxnError::Internal(m)),
     }
 }

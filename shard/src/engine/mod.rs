@@ -312,6 +312,9 @@ pub struct Shard {
     restored_log_from: std::sync::atomic::AtomicU64,
     /// When recovery finished (the process's uptime in the cluster status).
     opened_at: Instant,
+    /// Who may call the client-facing methods (the cluster's auth
+    /// settings as a coordinator last handed them over).
+    pub gate: Arc<crate::gate::ShardGate>,
     _lock: File,
 }
 

@@ -128,6 +128,7 @@ impl Shard {
             feed_keep_from: std::sync::atomic::AtomicU64::new(super::retention::FEED_PIN_NOT_KNOWN),
             restored_log_from: std::sync::atomic::AtomicU64::new(0),
             opened_at: Instant::now(),
+            gate: Arc::default(),
             _lock: lock,
         }))
     }

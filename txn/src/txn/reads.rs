@@ -81,13 +81,7 @@ impl TxnManager {
     /// A client of the backup of `group` a STALE read goes to, and the map
     /// epoch to route with; `None` when the draw falls on the primary
     /// ([`crate::stale::pick_backup`]).
-    fn backup_for(
-        &self,
-        group: GroupId,
-    ) -> Option<(
-        pb::shard_client::ShardClient<tonic::transport::Channel>,
-        u64,
-    )> {
+    fn backup_for(&self, group: GroupId) -> Option<(crate::router::ShardRpc, u64)> {
         let map = self.router.map();
         let members = &map.groups.get(&group)?.members;
         let addr = crate::stale::pick_backup(members, trellis_types::rng::u64())?;
@@ -190,7 +184,8 @@ impl TxnManager {
             source = Some(ReadSource::from_pb(group, answer.source));
             let results = answer.results;
             let mut still = Vec::new();
-            let mut to_resolve: BTreeMap<Vec<u8>, GroupId> = BTreeMap::new();
+            // Each lock's transaction, with its anchor and a key it locks.
+            let mut to_resolve: BTreeMap<Vec<u8>, (GroupId, Vec<u8>)> = BTreeMap::new();
             for (i, result) in pending.iter().zip(results) {
                 let lock_age = result
                     .lock
@@ -211,7 +206,7 @@ impl TxnManager {
                     (ReadStep::Wait, Some(_)) => still.push(*i),
                     (ReadStep::Resolve, Some(lock)) => {
                         still.push(*i);
-                        to_resolve.insert(lock.txn_id, lock.anchor_group);
+                        to_resolve.insert(lock.txn_id, (lock.anchor_group, result.key));
                     }
                 }
             }
@@ -226,10 +221,10 @@ impl TxnManager {
                         "keys at group {group} stayed locked by prepared transactions after {READ_LOCK_ROUNDS_MAX} resolutions"
                     )));
                 }
-                for (txn, anchor) in to_resolve {
+                for (txn, (anchor, key)) in to_resolve {
                     let txn =
                         TxnId::from_bytes(&txn).map_err(|e| TxnError::Internal(e.to_string()))?;
-                    self.resolve(txn, anchor, &[group], deadline).await?;
+                    self.settle(txn, anchor, group, &key, deadline).await?;
                 }
                 waited = Duration::ZERO;
             } else {
