@@ -257,6 +257,21 @@ impl TxnManager {
                     Path::ReadOnly,
                     self.validate_read_only(&reads, &req, deadline).await,
                 ),
+                // A routing client's commit that became two-phase while it
+                // ran (its keys moved apart): a client may not prepare at
+                // shards, so it ends here, nothing done, as a 2PC that
+                // meets a moved slot ends; retried, it goes to a
+                // coordinator under the newer map.
+                Plan::TwoPhase(_) if matches!(self.settle, Settle::Through(_)) => (
+                    Path::TwoPhase,
+                    Ok(CommitOutcome::Aborted(Abort {
+                        reason: AbortReason::SlotsMoved,
+                        keys: Vec::new(),
+                        message: "the commit's keys moved to several groups while it was \
+                                  routed; a coordinator commits it when it is retried"
+                            .into(),
+                    })),
+                ),
                 Plan::TwoPhase(plan) => (
                     Path::TwoPhase,
                     self.commit_two_phase(&plan, &req, deadline).await,
