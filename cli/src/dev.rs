@@ -1462,7 +1462,7 @@ fn banner_tools(tls: certs::DevTls, data_dir: &Path, found_here: bool, addr: &st
                 "  TLS: mutual TLS with dev's own CA; CA, node and client certificates in {}\n  \
                  SQL shell: {env}trellis sql{addr_flag}   ({whence})\n  \
                  cluster status: {env}trellis status{addr_flag}\n  \
-                 from anywhere: --tls-ca {} --tls-cert {} --tls-key {}\n",
+                 other clients (grpcurl, your own): CA {}, certificate {}, key {}\n",
                 certs::Layout::new(data_dir).dir.display(),
                 client.ca.display(),
                 client.cert.display(),
