@@ -204,7 +204,11 @@ fn main() -> std::process::ExitCode {
             // very address this command dials, if one runs (dev::certs).
             if let Some(dialled) = dialled(command) {
                 let choice = dev::certs::for_tool(false, Some(&dialled));
-                tracing::info!("TLS: {choice}");
+                if choice.about_the_dev() {
+                    tracing::info!("TLS: {choice}");
+                } else {
+                    tracing::debug!("TLS: {choice}");
+                }
                 if let dev::certs::Choice::Dev(files) = choice
                     && let Err(err) = tls::install(files)
                 {

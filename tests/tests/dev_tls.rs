@@ -220,11 +220,11 @@ async fn dev_serves_tls_by_default_and_the_tools_find_its_certificates() {
     );
 
     // Another address, from the dev's directory: plaintext (an HTTP/2
-    // preface, not a TLS ClientHello), and the log says why.
+    // preface, not a TLS ClientHello), and the log says why (at debug).
     let (other, first) = first_bytes_listener();
     let out = trellis_in(
         here,
-        &[("TRELLIS_LOG", "info")],
+        &[("TRELLIS_LOG", "trellis=debug")],
         &["status", "--addr", &other],
     );
     assert!(!out.status.success(), "{}", printed(&out));

@@ -297,6 +297,26 @@ pub(crate) enum Why {
     DevGivenFiles { dir: PathBuf, dev: String },
 }
 
+impl Choice {
+    /// Is it about a dev serving the address dialled (its files used, or
+    /// plaintext because of how it runs)? Worth a line in every run's log
+    /// (info); the rest (no dev, another address) only at debug, since
+    /// most runs against other clusters are that.
+    pub(crate) fn about_the_dev(&self) -> bool {
+        match self {
+            Choice::Dev(_)
+            | Choice::Plaintext(Why::DevInsecure { .. } | Why::DevGivenFiles { .. }) => true,
+            Choice::Flags
+            | Choice::Plaintext(
+                Why::DialsNothing
+                | Why::NoDev { .. }
+                | Why::NotUp { .. }
+                | Why::OtherAddress { .. },
+            ) => false,
+        }
+    }
+}
+
 impl fmt::Display for Choice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
