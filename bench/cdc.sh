@@ -59,7 +59,7 @@ metric_max() { # addr prefix
 port=$(free_port)
 addr="127.0.0.1:$port"
 log "trellis dev --groups 3 --replicas 2 on $addr"
-"$TRELLIS" dev --data-dir "$WORK/data" --listen "$addr" --groups 3 --replicas 2 >"$WORK/dev.log" 2>&1 &
+"$TRELLIS" dev --insecure --data-dir "$WORK/data" --listen "$addr" --groups 3 --replicas 2 >"$WORK/dev.log" 2>&1 &
 dev_pid=$!
 PIDS+=("$dev_pid")
 for _ in $(seq 1 $((READY_SECONDS * 10))); do

@@ -230,7 +230,7 @@ TARGET_FLAGS[redis]=""
 # --- trellis dev -------------------------------------------------------------
 log "starting trellis dev --groups 3 --replicas 2"
 TRELLIS_PORT=$(free_port)
-"$TRELLIS" dev --data-dir "$WORK/trellis" --listen "127.0.0.1:$TRELLIS_PORT" --groups 3 --replicas 2 \
+"$TRELLIS" dev --insecure --data-dir "$WORK/trellis" --listen "127.0.0.1:$TRELLIS_PORT" --groups 3 --replicas 2 \
     >"$WORK/trellis.log" 2>&1 &
 started trellis $!
 for _ in $(seq 1 $((READY_SECONDS * 10))); do

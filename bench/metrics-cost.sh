@@ -151,7 +151,7 @@ throughput_run() { # name mode: one fresh cluster, warm-up, measured w1-rmw, sto
     port=$(free_port)
     addr="127.0.0.1:$port"
     log "$name: trellis dev --groups 3 --replicas 2 --metrics-recording $mode on $addr"
-    "$TRELLIS" dev --data-dir "$WORK/$name-data" --listen "$addr" --groups 3 --replicas 2 \
+    "$TRELLIS" dev --insecure --data-dir "$WORK/$name-data" --listen "$addr" --groups 3 --replicas 2 \
         --metrics-recording "$mode" >"$WORK/$name-dev.log" 2>&1 &
     dev_pid=$!
     PIDS+=("$dev_pid")
@@ -203,7 +203,7 @@ instructions_run() { # name mode: a cluster under callgrind, a fixed load, an id
     # with instrumentation off until the measured window.
     valgrind --tool=callgrind --trace-children=yes --fair-sched=yes --instr-atstart=no \
         --vgdb-prefix="$WORK/vgdb" --callgrind-out-file="$WORK/cg/$name.%p" \
-        "$TRELLIS" dev --data-dir "$WORK/$name-data" --listen "$addr" --groups 3 --replicas 2 \
+        "$TRELLIS" dev --insecure --data-dir "$WORK/$name-data" --listen "$addr" --groups 3 --replicas 2 \
         --metrics-recording "$mode" >"$WORK/$name-dev.log" 2>&1 &
     dev_pid=$!
     PIDS+=("$dev_pid")

@@ -46,7 +46,7 @@ source bench/lib.sh
 PORT=$(free_port)
 ADDR="127.0.0.1:$PORT"
 log "trellis dev --groups 3 --replicas 2 on $ADDR"
-"$TRELLIS" dev --data-dir "$WORK/data" --listen "$ADDR" --groups 3 --replicas 2 \
+"$TRELLIS" dev --insecure --data-dir "$WORK/data" --listen "$ADDR" --groups 3 --replicas 2 \
     >"$WORK/dev.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 $((READY_SECONDS * 10))); do

@@ -147,7 +147,7 @@ for replicas in $REPLICAS; do
     port=$(free_port)
     addr="127.0.0.1:$port"
     log "trellis dev --groups $GROUP_COUNT --replicas $replicas on $addr"
-    "$TRELLIS" dev --data-dir "$dir/data" --listen "$addr" --groups "$GROUP_COUNT" \
+    "$TRELLIS" dev --insecure --data-dir "$dir/data" --listen "$addr" --groups "$GROUP_COUNT" \
         --replicas "$replicas" >"$dir/dev.log" 2>&1 &
     dev_pid=$!
     PIDS+=("$dev_pid")

@@ -59,7 +59,9 @@ for round in $ROUNDS; do
     n=$((n + 1))
     dir="$WORK/round$n"
     mkdir -p "$dir"
-    server_tls=()
+    # dev runs TLS with its own CA unless told otherwise: plaintext rounds
+    # say --insecure, the others give the bench CA's files.
+    server_tls=(--insecure)
     client_tls=()
     if [[ $round != plain ]]; then
         server_tls=("${NODE_TLS[@]}")

@@ -221,6 +221,29 @@ struct JobArgs {
     job: Option<u64>,
 }
 
+impl Args {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        match &self.command {
+            AdminCommand::TransferPrimary { addr, .. }
+            | AdminCommand::AddGroup { addr, .. }
+            | AdminCommand::RemoveGroup { addr, .. }
+            | AdminCommand::ForgetFeed { addr, .. }
+            | AdminCommand::Rebalance { addr, .. }
+            | AdminCommand::MoveSlots { addr, .. }
+            | AdminCommand::DrainGroup { addr, .. }
+            | AdminCommand::Reshard(ReshardCommand::List { addr, .. })
+            | AdminCommand::Reshard(
+                ReshardCommand::Pause(JobArgs { addr, .. })
+                | ReshardCommand::Resume(JobArgs { addr, .. })
+                | ReshardCommand::Cancel(JobArgs { addr, .. }),
+            ) => addr,
+            AdminCommand::Auth(command) => command.addr(),
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

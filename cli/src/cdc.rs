@@ -251,6 +251,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+impl Args {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -156,9 +156,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .key_out
         .clone()
         .unwrap_or_else(|| out.dir.join(format!("{stem}-key.pem")));
-    // Both refused before either is written: never half a pair.
-    if !out.force {
-        for path in [&cert, &key] {
+    write_pair(&cert, &key, &pem, out.force)?;
+    println!("wrote {} and {}", cert.display(), key.display());
+    Ok(())
+}
+
+/// Writes a certificate and its key (mode 0600), making their directories;
+/// without `force`, an existing file at either path refuses both before
+/// either is written (never half a pair). `trellis dev` writes its own
+/// files with it too.
+pub(crate) fn write_pair(cert: &Path, key: &Path, pem: &Pem, force: bool) -> anyhow::Result<()> {
+    if !force {
+        for path in [cert, key] {
             if path.exists() {
                 anyhow::bail!(
                     "{} exists; pass --force to replace it (every certificate made with the old \
@@ -168,16 +177,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    for path in [&cert, &key] {
+    for path in [cert, key] {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("making the directory {}", parent.display()))?;
         }
     }
-    write(&key, &pem.key, KEY_FILE_MODE)?;
-    write(&cert, &pem.cert, CERT_FILE_MODE)?;
-    println!("wrote {} and {}", cert.display(), key.display());
-    Ok(())
+    write(key, &pem.key, KEY_FILE_MODE)?;
+    write(cert, &pem.cert, CERT_FILE_MODE)
 }
 
 /// Writes `text` to `path` with `mode` (also when replacing a file that had

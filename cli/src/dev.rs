@@ -33,13 +33,19 @@
 //!   those of a group the catalog no longer has (SIGTERM, SIGKILL after
 //!   [`STOP_GRACE`]).
 //! - **Found by its data directory.** Once the cluster is up dev writes its
-//!   READY fields and `--replicas` to `<data-dir>/dev.ready`, which
-//!   `trellis dev add-group` reads while `dev.lock` shows dev running.
+//!   READY fields, `--replicas` and how it runs TLS to
+//!   `<data-dir>/dev.ready`, which `trellis dev add-group` and the tools
+//!   read while `dev.lock` shows dev running.
+//! - **TLS by default.** Without `--tls-*` flags dev runs mutual TLS with
+//!   a CA and certificates of its own in `<data-dir>/tls`, made on the
+//!   first start (the [`certs`] module, which also holds the rule by which
+//!   the tools find them); `--insecure` runs plaintext and says so loudly.
 //!
 //! Children leave with `trellis dev`: SIGTERM on Ctrl-C, and by themselves
 //! (`--exit-with-parent`) if it is killed. Dev never touches a member's data.
 
 mod add_group;
+pub(crate) mod certs;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -102,6 +108,9 @@ const LOCK_FILE: &str = "dev.lock";
 /// READY line and its `--replicas` (`KEY=VALUE ...`) for
 /// `trellis dev add-group`; removed when dev stops.
 const READY_FILE: &str = "dev.ready";
+/// What dev says, at its start and in its banner, when it runs plaintext.
+const INSECURE_WARNING: &str = "WARN --insecure: this dev cluster runs in plaintext: anyone who \
+    can reach its ports can read and write every key and run admin commands";
 /// How often the running dev asks the coordinator which groups the catalog
 /// has.
 const GROUP_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -155,8 +164,20 @@ replicas like the others. `trellis admin add-group --group N` works too;
 after `trellis admin remove-group --group N` dev stops that group's
 replicas (their data directories stay).
 
+TLS: by default every link is mutual TLS. On the first start dev makes a CA,
+a node certificate (for 127.0.0.1, localhost and the --listen host) and a
+client certificate `dev` in <data-dir>/tls (keys mode 0600); later starts
+reuse them. `trellis sql`, `status`, `admin`, `user`, `cdc`, `load` and
+`bench txn|feed` given no --tls-* flag use the dev's CA and client
+certificate when they dial the address of a dev running on
+./trellis-dev-data (or on $TRELLIS_DEV_DATA_DIR); any other address is
+dialled as before. --tls-ca/--tls-cert/--tls-key run dev with your own
+files instead. --insecure runs plaintext: anyone who can reach the ports
+can read and write.
+
 Examples:
   cargo run --release -- dev
+  trellis dev --insecure                        # plaintext, no certificates
   trellis dev --groups 5 --replicas 1 --data-dir /tmp/trellis --listen 127.0.0.1:7000
   trellis dev --metrics-listen 127.0.0.1:9100   # coordinator :9100, g1r1 :9101, g2r1 :9106
   trellis dev --no-restart                      # watch failures without restarts
@@ -164,8 +185,9 @@ Examples:
 pub struct Args {
     #[command(subcommand)]
     command: Option<DevCommand>,
-    /// Where the catalog and every shard keep their data.
-    #[arg(long, default_value = "./trellis-dev-data")]
+    /// Where the catalog and every shard keep their data, and dev its TLS
+    /// files (tls/).
+    #[arg(long, env = certs::DATA_DIR_ENV, default_value = certs::DATA_DIR_DEFAULT)]
     data_dir: PathBuf,
     /// Number of shard groups the cluster is created with; only matters on
     /// the first start (later starts run every group the catalog has).
@@ -186,6 +208,19 @@ pub struct Args {
     /// Report a member that exits, but do not restart it.
     #[arg(long)]
     no_restart: bool,
+    /// Run plaintext, with no certificates: anyone who can reach the ports
+    /// can read and write every key. (Default: mutual TLS with dev's own
+    /// CA, see below.)
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl Args {
+    /// `--insecure` was given to `trellis dev` itself (not to a
+    /// subcommand): with `--tls-*` flags too, a usage error.
+    pub(crate) fn insecure(&self) -> bool {
+        self.command.is_none() && self.insecure
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -1199,6 +1234,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // First of all: nothing may start on a directory another dev uses.
     let _lock = lock_data_dir(&data_dir)?;
+    // Then TLS, which every child is started with: the given files (main
+    // installed them), none, or dev's own, made on a first start.
+    let tls = if args.insecure {
+        eprintln!("{INSECURE_WARNING}");
+        certs::DevTls::Off
+    } else if crate::tls::child_args().is_empty() {
+        let files = certs::prepare(&data_dir, args.listen.ip())?;
+        crate::tls::install(files)?;
+        certs::DevTls::Own
+    } else {
+        certs::DevTls::Given
+    };
     // The signal handlers exist before any child starts: a Ctrl-C or
     // SIGTERM during start-up, or as soon as READY is read, stops the
     // cluster cleanly once it is up instead of killing dev with the
@@ -1299,7 +1346,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = members[0].field("grpc");
     let ready = format!("grpc={addr} metrics={}", members[0].field("metrics"));
     println!("READY {ready}");
-    if let Err(err) = write_ready_file(&data_dir, &format!("{ready} replicas={}", args.replicas)) {
+    let ready_fields = format!(
+        "{ready} replicas={} {}={}",
+        args.replicas,
+        certs::READY_TLS_FIELD,
+        tls.name()
+    );
+    if let Err(err) = write_ready_file(&data_dir, &ready_fields) {
         eprintln!("`trellis dev add-group` will not find this dev: {err:#}");
     }
     let restarts = if args.no_restart {
@@ -1307,16 +1360,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         "a member that exits is restarted (--no-restart: only reported)"
     };
+    let found_here = certs::data_dir(std::env::var_os(certs::DATA_DIR_ENV))
+        .canonicalize()
+        .is_ok_and(|dir| dir == data_dir);
     eprintln!(
         "\nTrellis dev cluster is up: {} of {}, data in {}\n  \
-         clients connect to {addr} (gRPC, trellis.v1.Txn)\n  \
-         cluster status: trellis status --addr {addr}\n  \
+         clients connect to {addr} (gRPC, trellis.v1.Txn)\n{}  \
          one more group: trellis dev add-group --data-dir {}\n  \
          {restarts}\n  \
          Ctrl-C stops everything; data stays for the next run.",
         counted(groups.len() as u32, "group"),
         counted(args.replicas, "replica"),
         data_dir.display(),
+        banner_tools(tls, &data_dir, found_here, &addr),
         data_dir.display()
     );
 
@@ -1378,6 +1434,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stop_members(&mut members);
     Ok(())
 }
+
+/// The banner's lines on TLS and on what a person types to reach the
+/// cluster (each ends in a newline): `tls` as dev runs it, `data_dir`
+/// (canonical), whether a tool run where dev was started finds it
+/// (`found_here`), and the coordinator's address.
+fn banner_tools(tls: certs::DevTls, data_dir: &Path, found_here: bool, addr: &str) -> String {
+    let addr_flag = if certs::same_address(DEFAULT_TOOL_ADDR, addr) {
+        String::new()
+    } else {
+        format!(" --addr {addr}")
+    };
+    match tls {
+        certs::DevTls::Own => {
+            let client = certs::Layout::new(data_dir).client();
+            let env = if found_here {
+                String::new()
+            } else {
+                format!("{}={} ", certs::DATA_DIR_ENV, data_dir.display())
+            };
+            let whence = if found_here {
+                "run here, tools find the dev's CA and client certificate"
+            } else {
+                "with that variable, tools find the dev's CA and client certificate"
+            };
+            format!(
+                "  TLS: mutual TLS with dev's own CA; CA, node and client certificates in {}\n  \
+                 SQL shell: {env}trellis sql{addr_flag}   ({whence})\n  \
+                 cluster status: {env}trellis status{addr_flag}\n  \
+                 other clients (grpcurl, your own): CA {}, certificate {}, key {}\n",
+                certs::Layout::new(data_dir).dir.display(),
+                client.ca.display(),
+                client.cert.display(),
+                client.key.display()
+            )
+        }
+        certs::DevTls::Given => format!(
+            "  TLS: mutual TLS with the --tls-* files given; tools need a client certificate of \
+             that CA (trellis cert create-client):\n  \
+             SQL shell: trellis sql{addr_flag} --tls-ca CA.pem --tls-cert NAME.pem --tls-key \
+             NAME-key.pem\n  \
+             cluster status: trellis status{addr_flag} --tls-ca CA.pem --tls-cert NAME.pem \
+             --tls-key NAME-key.pem\n"
+        ),
+        certs::DevTls::Off => format!(
+            "  {INSECURE_WARNING}\n  \
+             SQL shell: trellis sql{addr_flag}\n  \
+             cluster status: trellis status{addr_flag}\n"
+        ),
+    }
+}
+
+/// The coordinator address every tool dials by default.
+const DEFAULT_TOOL_ADDR: &str = "127.0.0.1:50051";
 
 /// Writes [`READY_FILE`] whole (a rename: a reader never sees half).
 fn write_ready_file(dir: &Path, fields: &str) -> anyhow::Result<()> {

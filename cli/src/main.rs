@@ -176,6 +176,15 @@ fn main() -> std::process::ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit()
     };
+    if let (Command::Dev(args), Ok(Some(_))) = (&cli.command, cli.tls.files())
+        && args.insecure()
+    {
+        misuse(
+            "--insecure runs dev in plaintext: give it no --tls-* flag (nor TRELLIS_TLS_* \
+             variable)"
+                .to_string(),
+        );
+    }
     match (cli.tls.files(), &cli.command) {
         (Err(message), _) => misuse(message),
         (Ok(Some(_)), Command::Cert(_)) => misuse(
@@ -190,7 +199,24 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         }
-        (Ok(None), _) => {}
+        (Ok(None), command) => {
+            // No --tls-* flag: the files of a `trellis dev` serving the
+            // very address this command dials, if one runs (dev::certs).
+            if let Some(dialled) = dialled(command) {
+                let choice = dev::certs::for_tool(false, Some(&dialled));
+                if choice.about_the_dev() {
+                    tracing::info!("TLS: {choice}");
+                } else {
+                    tracing::debug!("TLS: {choice}");
+                }
+                if let dev::certs::Choice::Dev(files) = choice
+                    && let Err(err) = tls::install(files)
+                {
+                    eprintln!("error: using the TLS files of the running trellis dev: {err:#}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
     }
     if let Some(message) = cli.login.misuse() {
         misuse(message);
@@ -241,6 +267,24 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The coordinator address a command dials, if it dials one: what a
+/// running `trellis dev`'s TLS files are offered for (`dev::certs`).
+/// `trellis dev add-group` reads its dev's address itself.
+fn dialled(command: &Command) -> Option<String> {
+    match command {
+        Command::Status(args) => Some(args.addr().to_string()),
+        Command::Sql(args) => Some(args.addr().to_string()),
+        Command::Admin(args) => Some(args.addr().to_string()),
+        Command::Cdc(args) => Some(args.addr().to_string()),
+        Command::User(args) => Some(args.addr().to_string()),
+        Command::Bench(args) => args.addr().map(str::to_string),
+        // A bare HOST:PORT is parsed into trellis://HOST:PORT; other
+        // schemes are other systems.
+        Command::Load(args) => args.addr.strip_prefix("trellis://").map(str::to_string),
+        Command::Dev(_) | Command::Coordinator(_) | Command::Shard(_) | Command::Cert(_) => None,
     }
 }
 

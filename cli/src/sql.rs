@@ -104,6 +104,14 @@ struct Shell {
     buffer: String,
 }
 
+impl Args {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let code = match run_shell(args) {
         Ok(()) => return Ok(()),

@@ -86,6 +86,14 @@ pub struct Args {
     format: String,
 }
 
+impl Args {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -253,6 +253,26 @@ async fn user(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Args {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl AuthCommand {
+    /// The coordinator address this command dials (for the TLS files a
+    /// running `trellis dev` offers, `crate::dev::certs`).
+    pub(crate) fn addr(&self) -> &str {
+        match self {
+            AuthCommand::Enable { addr }
+            | AuthCommand::Disable { addr }
+            | AuthCommand::Status { addr } => addr,
+        }
+    }
+}
+
 /// `trellis admin auth enable|disable|status`.
 pub async fn admin_auth(command: AuthCommand) -> anyhow::Result<()> {
     let (addr, change) = match &command {

@@ -7,7 +7,7 @@ the standard way: gRPC's richer error model, a google.rpc.Status holding a
 google.rpc.ErrorInfo (grpc_status.rpc_status.from_call).
 
     python3 -m pip install -r examples/python/requirements.txt
-    cargo run --release -- dev                      # in another terminal
+    cargo run --release -- dev --insecure           # in another terminal (this example is plaintext)
     python3 examples/python/trellis_example.py --addr 127.0.0.1:50051
 
 The Python code for trellis.v1 is generated from proto/ into a temporary

@@ -51,8 +51,11 @@ async fn member_pids(addr: &str) -> (Vec<u32>, pb::StatusResponse) {
 
 fn dev(dir: &std::path::Path) -> Proc {
     let dir = dir.to_str().expect("utf-8 path");
+    // Plaintext: these tests speak to dev with an in-process client
+    // without certificates (dev's TLS: dev_tls.rs).
     Proc::start(&[
         "dev",
+        "--insecure",
         "--data-dir",
         dir,
         "--listen",
@@ -208,6 +211,7 @@ fn dev_logged(data: &Path, replicas: u32, extra: &[&str], log: &Path) -> Proc {
     let replicas = replicas.to_string();
     let mut args = vec![
         "dev",
+        "--insecure",
         "--data-dir",
         data,
         "--listen",
@@ -511,6 +515,7 @@ async fn a_second_dev_on_the_same_directory_refuses_and_starts_nothing() {
     let mut second = Command::new(trellis_bin())
         .args([
             "dev",
+            "--insecure",
             "--listen",
             "127.0.0.1:0",
             "--groups",

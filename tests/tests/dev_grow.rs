@@ -25,6 +25,9 @@ fn dev(data: &Path, log: &Path) -> Proc {
     Proc::start_logged(
         &[
             "dev",
+            // Plaintext: the test's own clients carry no certificate
+            // (dev's TLS, add-group included: dev_tls.rs).
+            "--insecure",
             "--data-dir",
             data,
             "--listen",

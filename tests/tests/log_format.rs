@@ -175,6 +175,7 @@ fn dev_relays_its_childrens_json_lines_whole_with_their_label() {
     let dev = Proc::start_logged(
         &[
             "dev",
+            "--insecure",
             "--log-format",
             "json",
             "--data-dir",

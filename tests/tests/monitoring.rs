@@ -132,6 +132,7 @@ fn dev(dir: &Path, groups: usize, extra: &[&str]) -> Proc {
     let groups = groups.to_string();
     let mut args = vec![
         "dev",
+        "--insecure",
         "--data-dir",
         dir.to_str().expect("utf-8 path"),
         "--listen",

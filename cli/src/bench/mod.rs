@@ -106,6 +106,14 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The coordinator address `txn` and `feed` dial; none for the
+    /// others (for the TLS files a running `trellis dev` offers).
+    pub(crate) fn addr(&self) -> Option<&str> {
+        matches!(self.what.as_str(), "txn" | "feed").then_some(self.addr.as_str())
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.seconds);
     match args.what.as_str() {

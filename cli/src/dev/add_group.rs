@@ -45,7 +45,7 @@ Examples:
   trellis dev add-group --group 7")]
 pub struct Args {
     /// The data directory of the running `trellis dev`.
-    #[arg(long, default_value = "./trellis-dev-data")]
+    #[arg(long, env = super::certs::DATA_DIR_ENV, default_value = super::certs::DATA_DIR_DEFAULT)]
     data_dir: PathBuf,
     /// The id of the new group (default: one more than the highest the
     /// cluster has).
@@ -93,6 +93,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("{} has no {key}=", ready_path.display()))
         };
         let addr = field("grpc")?;
+        // The dev's own certificates, unless --tls-* flags were given
+        // (main installed them then).
+        let seen = super::certs::Seen {
+            dir: dir.clone(),
+            running: true,
+            ready: Some(ready.clone()),
+        };
+        let flags = trellis_net::tls::current().is_some();
+        if let super::certs::Choice::Dev(files) = super::certs::decide(flags, Some(&addr), &seen) {
+            crate::tls::install(files)?;
+        }
         let replicas: usize = field("replicas")?
             .parse()
             .with_context(|| format!("reading replicas= in {}", ready_path.display()))?;
