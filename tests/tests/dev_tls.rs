@@ -191,15 +191,31 @@ async fn dev_serves_tls_by_default_and_the_tools_find_its_certificates() {
             "sql",
             "--addr",
             &addr,
-            // The shards admit nodes only, for now: through the coordinator.
-            "--route",
-            "coordinator",
+            // The default direct route: the shards serve the dev's client
+            // certificate on their reads and one-group commits.
             "-c",
             "PUT devtls 'found'; GET devtls",
         ],
     );
     assert!(out.status.success(), "{}", printed(&out));
     assert!(stdout(&out).contains("found"), "{}", printed(&out));
+    let out = trellis_in(
+        here,
+        &[],
+        &[
+            "load",
+            "--addr",
+            &addr,
+            "--workload",
+            "w1-rmw",
+            "--vus",
+            "2",
+            "--duration",
+            "1s",
+            "-q",
+        ],
+    );
+    assert!(out.status.success(), "{}", printed(&out));
 
     // Elsewhere: with the variable, and not without it.
     let elsewhere = here.join("elsewhere");
