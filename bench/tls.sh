@@ -10,10 +10,10 @@
 # on (README "Security: users, roles and auth"): the load tester's client
 # certificate is user `bench`, holding `admin` (`trellis load` reads the
 # cluster's status, which needs it), so every request is authenticated and
-# every Get and Commit authorized. Both modes route through the
-# coordinator (`--route coordinator`): with TLS a client certificate may
-# not call the shards' internal service, so that is the route a TLS client
-# has; the plaintext rounds take it too, so the two differ by TLS alone.
+# every Get and Commit authorized — at the shards, on the default direct
+# route, as at the coordinator. Every mode takes the same route (ROUTE:
+# `direct`, the default, or `coordinator`), so they differ by TLS and
+# auth alone.
 # It writes the table into docs/benchmarks.md, replacing its section.
 # Nothing is asserted.
 #
@@ -21,6 +21,7 @@
 #
 #   bench/tls.sh                          # DURATION=10s VUS=64 ROUNDS="plain tls+auth tls tls+auth plain tls"
 #   DURATION=5s ROUNDS="plain tls" bench/tls.sh
+#   ROUTE=coordinator bench/tls.sh        # every request through the coordinator
 #   TRELLIS_BIN=target/release/trellis bench/tls.sh
 #
 # Needs: cargo (builds the release binary), python3.
@@ -31,6 +32,8 @@ DURATION=${DURATION:-10s}
 VUS=${VUS:-64}
 ROUNDS=${ROUNDS:-"plain tls+auth tls tls+auth plain tls"}
 KEYS=${KEYS:-100000}
+ROUTE=${ROUTE:-direct}
+case "$ROUTE" in direct | coordinator) ;; *) echo "error: ROUTE is direct or coordinator, not $ROUTE" >&2; exit 2 ;; esac
 # How long a cluster may take to come up.
 READY_SECONDS=60
 DOC=docs/benchmarks.md
@@ -95,7 +98,7 @@ for round in $ROUNDS; do
         log "round $n ($round): $workload, $VUS VUs for $DURATION"
         tree_cpu_ticks "$dev_pid" >"$out.dev-before"
         client_cpu "$out.client-cpu" "$TRELLIS" load "${client_tls[@]}" --quiet --addr "$addr" \
-            --route coordinator --workload "$workload" --keys "$KEYS" --vus "$VUS" \
+            --route "$ROUTE" --workload "$workload" --keys "$KEYS" --vus "$VUS" \
             --duration "$DURATION" --summary-export "$out.json" >"$out.txt" 2>"$out.err" ||
             log "round $n $workload failed: $(tail -1 "$out.err")"
         tree_cpu_ticks "$dev_pid" >"$out.dev-after"
@@ -103,7 +106,7 @@ for round in $ROUNDS; do
     stop_pid "$dev_pid"
 done
 
-export WORK ROUNDS DURATION VUS KEYS DOC BEGIN_MARK END_MARK
+export WORK ROUNDS DURATION VUS KEYS ROUTE DOC BEGIN_MARK END_MARK
 COMMIT=${TRELLIS_COMMIT:-$(git rev-parse --short HEAD)} python3 - <<'PY'
 import json, os, statistics, subprocess
 work, rounds = os.environ["WORK"], os.environ["ROUNDS"].split()
@@ -137,14 +140,16 @@ date = subprocess.run(["date", "+%Y-%m-%d"], capture_output=True, text=True).std
 load = open("/proc/loadavg").read().split()[:3]
 lines = [os.environ["BEGIN_MARK"], "", "## What TLS costs (`bench/tls.sh`)", "",
          f"Run of {date}, commit {os.environ['COMMIT']}: `DURATION={dur} VUS={os.environ['VUS']} "
-         f"ROUNDS=\"{os.environ['ROUNDS']}\" bench/tls.sh`.", "",
+         f"ROUNDS=\"{os.environ['ROUNDS']}\" ROUTE={os.environ['ROUTE']} bench/tls.sh`.", "",
          f"- Machine: {os.cpu_count()} cores; the dev cluster and `trellis load` share it, on loopback "
          f"(load average at the end: {' '.join(load)}).",
          "- Each round: a fresh release `trellis dev --groups 3 --replicas 2` (SYNC), plaintext, with "
          "mutual TLS on every link (`trellis cert` files made for the run: one node certificate for every "
          "member, a client certificate for the load tester), or with TLS and auth on; w1-rmw (which writes the keys as it goes), "
          f"then w3-read over the same {int(os.environ['KEYS']):,} keys, {os.environ['VUS']} VUs and {dur} "
-         "each, both through the coordinator (`--route coordinator`, the route a TLS client has).",
+         "each, every round on the same route: " + ("the default direct route (reads and one-group commits "
+         "straight to the shards' primaries, which check TLS and auth themselves)" if os.environ["ROUTE"] == "direct"
+         else "through the coordinator (`--route coordinator`)") + ".",
          "- CPU per transaction: user+system of the whole `trellis dev` tree (dev CPU) and of the load "
          "tester (client CPU) over the workload's run, divided by its transactions.", ""]
 verdicts = []
