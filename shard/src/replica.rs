@@ -31,12 +31,14 @@ use crate::wal::WalError;
 /// How often every replica re-reads its group's configuration.
 pub const CONFIG_POLL: Duration = Duration::from_millis(250);
 // A replica whose certificate the coordinator refuses fails a handshake
-// at every poll (and a few registrations besides): with room to spare,
-// that must stay under the coordinator's rate limit on failed handshakes,
-// which would otherwise close new connections from every process on the
-// replica's machine.
+// at every poll of its configuration and of the auth settings (and a few
+// registrations besides): with room to spare, that must stay under the
+// coordinator's rate limit on failed handshakes, which would otherwise
+// close new connections from every process on the replica's machine.
 const _: () = assert!(
     2 * (trellis_net::tls::limit::HANDSHAKE_FAILURE_WINDOW.as_millis() / CONFIG_POLL.as_millis())
+        + trellis_net::tls::limit::HANDSHAKE_FAILURE_WINDOW.as_millis()
+            / crate::gate::AUTH_POLL.as_millis()
         <= trellis_net::tls::limit::HANDSHAKE_FAILURES_MAX as u128
 );
 /// Deadline of one call to the coordinator.
