@@ -216,8 +216,7 @@ mod tests {
     #[test]
     fn the_last_admin_stays_while_auth_is_on() {
         let one = [user("root", &[Role::Admin]), user("bob", &[Role::Read])];
-        let err =
-            check_keeps_an_admin(true, &one, Change::RemoveUser("root")).expect_err("last");
+        let err = check_keeps_an_admin(true, &one, Change::RemoveUser("root")).expect_err("last");
         assert_eq!(
             err,
             LockOut::LastAdmin {

@@ -1513,10 +1513,18 @@ mod cases {
                 .contains("`root` is the last user holding admin"),
             "{err}"
         );
-        let err = catalog.revoke("root", &admin).await.expect_err("last admin");
+        let err = catalog
+            .revoke("root", &admin)
+            .await
+            .expect_err("last admin");
         assert_last_admin(&err, "root");
         assert_eq!(
-            catalog.user("root").await.expect("root").expect("kept").grants,
+            catalog
+                .user("root")
+                .await
+                .expect("root")
+                .expect("kept")
+                .grants,
             [write.clone(), admin.clone()]
         );
         // What cannot lock anyone out still goes through.
