@@ -428,13 +428,15 @@ impl pb::auth_server::Auth for AuthApi {
             auth::check_enable_over_tls(trellis_net::tls::current().is_some())
                 .map_err(|why| Status::failed_precondition(why.to_string()))?;
         }
+        // Read for the answer's counts only, before the switch: a read
+        // failing after it would report a change that was made as failed.
+        let users = catalog_read(deadline, self.catalog().users()).await?;
         // The catalog refuses to turn auth on with no admin, in the
-        // switch's transaction.
+        // switch's transaction (whatever `users` said).
         catalog_read(deadline, self.catalog().set_auth_enabled(enabled)).await?;
         if let Err(err) = refresh_gate(self.catalog(), &self.gate).await {
             tracing::warn!(%err, "cannot refresh users and grants after switching auth");
         }
-        let (enabled, users) = self.settings_and_users(deadline).await?;
         Ok(Response::new(status_pb(enabled, &users)))
     }
 
