@@ -4,8 +4,12 @@
 //! on only over TLS and only while some user holds `admin`, and the last
 //! admin cannot be removed or lose `admin` while auth is on.
 //!
-//! The decisions are pure functions; hashing is CPU work (tens of
-//! milliseconds by design) that callers run off the async workers. This
+//! The decisions are pure functions. The catalog applies
+//! [`check_keeps_an_admin`] inside the one transaction that reads the
+//! users and the switch and makes the change, so racing changes (two
+//! admins removing each other through two coordinators) are judged one
+//! after the other. Hashing is CPU work (tens of milliseconds by design)
+//! that callers run off the async workers. This
 //! module never logs a password or a hash, and never decides a request's
 //! permissions ([`trellis_txn::authz`] does).
 
@@ -76,55 +80,83 @@ pub fn check_password(phc: &str, password: &str) -> bool {
         .is_ok()
 }
 
-/// Whether auth may be turned on: only over TLS (passwords and tokens
-/// would otherwise cross the network in the clear) and only while some
-/// user holds `admin` (nobody could manage the cluster afterwards).
-pub fn check_enable(tls_on: bool, users: &[UserRow]) -> Result<(), String> {
-    if !tls_on {
-        return Err(
-            "refusing to enable auth on a coordinator without TLS: passwords and tokens \
-                    would cross the network in plaintext; start the coordinators with \
-                    --tls-ca, --tls-cert and --tls-key"
-                .to_string(),
-        );
-    }
-    if !users.iter().any(holds_admin) {
-        return Err(
-            "refusing to enable auth: no user holds admin, so nobody could manage the \
-                    cluster afterwards; first `trellis user add NAME` and `trellis user grant \
-                    NAME admin`"
-                .to_string(),
-        );
-    }
-    Ok(())
+/// Why a change to users, grants or the auth switch is refused: it would
+/// lock everyone out of managing the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockOut {
+    /// `auth enable` asked of a coordinator without TLS.
+    #[error(
+        "refusing to enable auth on a coordinator without TLS: passwords and tokens would cross \
+         the network in plaintext; start the coordinators with --tls-ca, --tls-cert and --tls-key"
+    )]
+    Plaintext,
+    /// `auth enable` while no user holds `admin`.
+    #[error(
+        "refusing to enable auth: no user holds admin, so nobody could manage the cluster \
+         afterwards; first `trellis user add NAME` and `trellis user grant NAME admin`"
+    )]
+    NoAdmin,
+    /// Removing the last admin, or its `admin`, while auth is on.
+    #[error(
+        "refusing: `{user}` is the last user holding admin and auth is on, so nobody could \
+         manage the cluster afterwards; grant admin to another user first (or `trellis admin \
+         auth disable`)"
+    )]
+    LastAdmin { user: String },
 }
 
-/// What a user-management call would take away.
+/// Whether the coordinator asked may turn auth on: only over TLS
+/// (passwords and tokens would otherwise cross the network in the clear).
+/// A property of the coordinator, checked before the catalog is asked.
+pub fn check_enable_over_tls(tls_on: bool) -> Result<(), LockOut> {
+    if tls_on {
+        Ok(())
+    } else {
+        Err(LockOut::Plaintext)
+    }
+}
+
+/// A change to the catalog that could leave auth on with no admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Removal<'a> {
+pub enum Change<'a> {
     /// `user rm NAME`.
-    User(&'a str),
-    /// `user revoke NAME admin`.
-    Admin(&'a str),
+    RemoveUser(&'a str),
+    /// `user revoke NAME ROLE` (only `admin` can lock anyone out).
+    Revoke(&'a str, Role),
+    /// `auth enable`.
+    Enable,
 }
 
-/// Whether the removal leaves some admin while auth is on.
+/// Whether `change`, made to the catalog holding `users` with auth
+/// `enabled`, keeps some admin while auth is on. The catalog calls this
+/// inside the transaction that makes the change, on what that transaction
+/// read, so two changes racing each other are judged one after the other.
+///
+/// Refuses only a change that takes away the last admin or turns auth on
+/// without one: removing someone else from a catalog that (against this
+/// rule, by hand) has auth on and no admin stays possible.
 pub fn check_keeps_an_admin(
     enabled: bool,
     users: &[UserRow],
-    removal: Removal<'_>,
-) -> Result<(), String> {
-    let target = match removal {
-        Removal::User(name) | Removal::Admin(name) => name,
+    change: Change<'_>,
+) -> Result<(), LockOut> {
+    let target = match change {
+        Change::Enable => {
+            return if users.iter().any(holds_admin) {
+                Ok(())
+            } else {
+                Err(LockOut::NoAdmin)
+            };
+        }
+        Change::Revoke(_, role) if role != Role::Admin => return Ok(()),
+        Change::RemoveUser(name) | Change::Revoke(name, _) => name,
     };
     let others = users.iter().filter(|u| u.name != target).any(holds_admin);
     let target_is_admin = users.iter().any(|u| u.name == target && holds_admin(u));
     if enabled && target_is_admin && !others {
-        return Err(format!(
-            "refusing: `{target}` is the last user holding admin and auth is on, so nobody could \
-             manage the cluster afterwards; grant admin to another user first (or `trellis admin \
-             auth disable`)"
-        ));
+        return Err(LockOut::LastAdmin {
+            user: target.to_string(),
+        });
     }
     Ok(())
 }
@@ -168,34 +200,65 @@ mod tests {
     #[test]
     fn auth_is_enabled_only_over_tls_with_an_admin() {
         let admin = [user("root", &[Role::Admin])];
-        assert_eq!(check_enable(true, &admin), Ok(()));
-        let err = check_enable(false, &admin).expect_err("plaintext");
-        assert!(err.contains("without TLS"), "{err}");
-        let err = check_enable(true, &[user("bob", &[Role::Write])]).expect_err("no admin");
-        assert!(err.contains("no user holds admin"), "{err}");
-        assert!(check_enable(true, &[]).is_err());
+        assert_eq!(check_enable_over_tls(true), Ok(()));
+        let err = check_enable_over_tls(false).expect_err("plaintext");
+        assert!(err.to_string().contains("without TLS"), "{err}");
+        assert_eq!(check_keeps_an_admin(false, &admin, Change::Enable), Ok(()));
+        let err = check_keeps_an_admin(false, &[user("bob", &[Role::Write])], Change::Enable)
+            .expect_err("no admin");
+        assert_eq!(err, LockOut::NoAdmin);
+        assert!(err.to_string().contains("no user holds admin"), "{err}");
+        assert!(check_keeps_an_admin(false, &[], Change::Enable).is_err());
+        // Enabling again asks the same.
+        assert!(check_keeps_an_admin(true, &[], Change::Enable).is_err());
     }
 
     #[test]
     fn the_last_admin_stays_while_auth_is_on() {
         let one = [user("root", &[Role::Admin]), user("bob", &[Role::Read])];
-        let err = check_keeps_an_admin(true, &one, Removal::User("root")).expect_err("last");
+        let err = check_keeps_an_admin(true, &one, Change::RemoveUser("root")).expect_err("last");
+        assert_eq!(
+            err,
+            LockOut::LastAdmin {
+                user: "root".to_string()
+            }
+        );
         assert!(
-            err.contains("`root` is the last user holding admin"),
+            err.to_string()
+                .contains("`root` is the last user holding admin"),
             "{err}"
         );
-        assert!(check_keeps_an_admin(true, &one, Removal::Admin("root")).is_err());
+        assert!(check_keeps_an_admin(true, &one, Change::Revoke("root", Role::Admin)).is_err());
+        // Taking away less than admin, or from someone else, or with auth off.
         assert_eq!(
-            check_keeps_an_admin(false, &one, Removal::User("root")),
+            check_keeps_an_admin(true, &one, Change::Revoke("root", Role::Write)),
             Ok(())
         );
         assert_eq!(
-            check_keeps_an_admin(true, &one, Removal::User("bob")),
+            check_keeps_an_admin(false, &one, Change::RemoveUser("root")),
+            Ok(())
+        );
+        assert_eq!(
+            check_keeps_an_admin(true, &one, Change::RemoveUser("bob")),
+            Ok(())
+        );
+        assert_eq!(
+            check_keeps_an_admin(true, &one, Change::RemoveUser("nobody")),
             Ok(())
         );
         let two = [user("root", &[Role::Admin]), user("ops", &[Role::Admin])];
         assert_eq!(
-            check_keeps_an_admin(true, &two, Removal::User("root")),
+            check_keeps_an_admin(true, &two, Change::RemoveUser("root")),
+            Ok(())
+        );
+        assert_eq!(
+            check_keeps_an_admin(true, &two, Change::Revoke("ops", Role::Admin)),
+            Ok(())
+        );
+        // Auth on with no admin at all (made by hand): others may still go.
+        let none = [user("bob", &[Role::Read])];
+        assert_eq!(
+            check_keeps_an_admin(true, &none, Change::RemoveUser("bob")),
             Ok(())
         );
     }

@@ -20,7 +20,7 @@ use trellis_txn::authz::{Access, Grant, Grants, Role};
 use trellis_txn::gate::{Gate, GateState};
 use trellis_txn::token::{self, Claims, TOKEN_LIFETIME};
 
-use crate::auth::{self, Removal};
+use crate::auth;
 use crate::catalog::{Catalog, CatalogError, UserRow};
 use crate::metrics::unix_ms;
 use crate::router::CatalogRouter;
@@ -349,9 +349,7 @@ impl pb::auth_server::Auth for AuthApi {
         self.admin(&request)?;
         let deadline = deadline_of(&request);
         let user = request.into_inner().user;
-        let (enabled, users) = self.settings_and_users(deadline).await?;
-        auth::check_keeps_an_admin(enabled, &users, Removal::User(&user))
-            .map_err(Status::failed_precondition)?;
+        // The catalog refuses the last admin in the removal's transaction.
         catalog_read(deadline, self.catalog().remove_user(&user)).await?;
         self.refreshed(format!(
             "removed user `{user}` (a token it holds works until it expires, {} s at most)",
@@ -381,11 +379,8 @@ impl pb::auth_server::Auth for AuthApi {
         let deadline = deadline_of(&request);
         let req = request.into_inner();
         let grant = grant_of(&req)?;
-        if grant.role() == Role::Admin {
-            let (enabled, users) = self.settings_and_users(deadline).await?;
-            auth::check_keeps_an_admin(enabled, &users, Removal::Admin(&req.user))
-                .map_err(Status::failed_precondition)?;
-        }
+        // The catalog refuses the last admin's `admin` in the revocation's
+        // transaction.
         catalog_read(deadline, self.catalog().revoke(&req.user, &grant)).await?;
         self.refreshed(format!(
             "revoked {grant} from user `{}` (a token it holds keeps it until it expires, {} s \
@@ -429,11 +424,15 @@ impl pb::auth_server::Auth for AuthApi {
         self.admin(&request)?;
         let deadline = deadline_of(&request);
         let enabled = request.into_inner().enabled;
-        let (_, users) = self.settings_and_users(deadline).await?;
         if enabled {
-            auth::check_enable(trellis_net::tls::current().is_some(), &users)
-                .map_err(Status::failed_precondition)?;
+            auth::check_enable_over_tls(trellis_net::tls::current().is_some())
+                .map_err(|why| Status::failed_precondition(why.to_string()))?;
         }
+        // Read for the answer's counts only, before the switch: a read
+        // failing after it would report a change that was made as failed.
+        let users = catalog_read(deadline, self.catalog().users()).await?;
+        // The catalog refuses to turn auth on with no admin, in the
+        // switch's transaction (whatever `users` said).
         catalog_read(deadline, self.catalog().set_auth_enabled(enabled)).await?;
         if let Err(err) = refresh_gate(self.catalog(), &self.gate).await {
             tracing::warn!(%err, "cannot refresh users and grants after switching auth");

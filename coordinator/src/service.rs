@@ -598,6 +598,13 @@ pub fn admin_status(err: CatalogError) -> Status {
             pb::ErrorReason::GroupOwnsSlots,
             Some(*group),
         ),
+        // The change would lock everyone out: the message says what to
+        // do first.
+        CatalogError::LockOut(_) => (
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::InvalidInput,
+            None,
+        ),
         CatalogError::Invalid(_) => (
             tonic::Code::InvalidArgument,
             pb::ErrorReason::InvalidInput,

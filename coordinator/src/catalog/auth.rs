@@ -5,7 +5,14 @@
 //!
 //! Stores what it is given: it never hashes or checks a password, never
 //! decides a request ([`trellis_txn::authz`] does), and never logs a
-//! password hash or the secret.
+//! password hash or the secret. It keeps one invariant of its own, by
+//! [`crate::auth`]'s pure rule: auth is never left on with no user holding
+//! `admin`. Removing a user, revoking a grant and turning auth on each
+//! run in one transaction that holds the auth switch's row (see
+//! `Dialect::lock_auth_settings`; in memory, the catalog's lock), reads
+//! the switch and every user with its grants, applies
+//! [`check_keeps_an_admin`], and only then writes — so two such changes
+//! racing through two coordinators are judged one after the other.
 
 use rand::RngCore as _;
 use trellis_txn::authz::{GRANTS_PER_USER_MAX, Grant, Role};
@@ -13,6 +20,7 @@ use trellis_txn::token::SECRET_BYTES;
 
 use super::codec::to_i64;
 use super::{Catalog, CatalogError, db, to_completion};
+use crate::auth::{Change, check_keeps_an_admin};
 
 /// Most users the catalog keeps; past this, adding one is refused.
 pub const USERS_MAX: u64 = 1024;
@@ -128,6 +136,73 @@ fn join(
     Ok(rows)
 }
 
+/// The rows a change's transaction read: the auth switch (`None`: no
+/// row), the users and the grants.
+type ChangeRows = (
+    Option<i64>,
+    Vec<(String, Option<String>)>,
+    Vec<(String, String, Vec<u8>)>,
+);
+
+/// Judges `change` by the lock-out rule on what its transaction read.
+fn judge((enabled, users, grants): ChangeRows, change: Change<'_>) -> Result<(), CatalogError> {
+    // The caller wrote the row before it began (`auth_settings`), and no
+    // one deletes it.
+    let enabled = enabled
+        .ok_or_else(|| CatalogError::Corrupt("the auth_settings row vanished".to_string()))?;
+    check_keeps_an_admin(enabled != 0, &join(users, grants)?, change)?;
+    Ok(())
+}
+
+/// In SQL transaction `$tx` begun with `$dialect.begin_write`: holds the
+/// auth switch's row until `$tx` ends, reads it with every user and grant,
+/// and judges `$change`; a refused change rolls `$tx` back and returns the
+/// refusal from the enclosing function.
+macro_rules! judge_in_tx {
+    ($tx:ident, $dialect:ident, $change:expr) => {{
+        let enabled: Option<i64> = sqlx::query_scalar($dialect.lock_auth_settings)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err(db("locking the auth settings"))?;
+        let users: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT name, password_hash FROM users ORDER BY name")
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(db("listing the users"))?;
+        let grants: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT user_name, role, prefix FROM grants ORDER BY user_name, role, prefix",
+        )
+        .fetch_all(&mut *$tx)
+        .await
+        .map_err(db("listing the grants"))?;
+        if let Err(refused) = judge((enabled, users, grants), $change) {
+            $tx.rollback()
+                .await
+                .map_err(db("rolling back a refused change"))?;
+            return Err(refused);
+        }
+    }};
+}
+
+/// The same as [`judge_in_tx!`] on the in-memory tables, under their lock.
+fn judge_in_memory(
+    memory: &super::memory::MemoryDb,
+    change: Change<'_>,
+) -> Result<(), CatalogError> {
+    judge(
+        (
+            memory.auth.as_ref().map(|(enabled, _)| *enabled),
+            memory
+                .users
+                .iter()
+                .map(|(n, h)| (n.clone(), h.clone()))
+                .collect(),
+            memory.grants.iter().cloned().collect(),
+        ),
+        change,
+    )
+}
+
 impl Catalog {
     /// Adds user `name` with the password hash `password_hash` (a PHC
     /// string; `None`: certificate login only) and no grant. Refuses a
@@ -208,20 +283,25 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes user `name` and its grants, in one transaction.
+    /// Removes user `name` and its grants, in one transaction that
+    /// refuses ([`CatalogError::LockOut`]) to remove the last admin while
+    /// auth is on.
     pub async fn remove_user(&self, name: &str) -> Result<(), CatalogError> {
         check_user(name)?;
+        self.auth_settings().await?;
         let this = self.clone();
         let owned = name.to_string();
         to_completion(async move { this.remove_user_now(&owned).await }).await
     }
 
     async fn remove_user_now(&self, name: &str) -> Result<(), CatalogError> {
+        let change = Change::RemoveUser(name);
         let removed = with_pool!(self, pool, dialect => {
             let mut tx = pool
                 .begin_with(dialect.begin_write)
                 .await
                 .map_err(db(format!("starting to remove user `{name}`")))?;
+            judge_in_tx!(tx, dialect, change);
             sqlx::query("DELETE FROM grants WHERE user_name = $1")
                 .bind(name)
                 .execute(&mut *tx)
@@ -245,6 +325,7 @@ impl Catalog {
             }
             removed
         }, memory => {
+            judge_in_memory(memory, change)?;
             let removed = memory.users.remove(name).is_some();
             if removed {
                 memory.grants.retain(|(user, _, _)| user != name);
@@ -310,25 +391,18 @@ impl Catalog {
         }
     }
 
-    /// Takes `grant` from user `name`. Refuses an unknown user and a
-    /// grant it does not hold (naming what it holds).
+    /// Takes `grant` from user `name`, in one transaction that refuses
+    /// ([`CatalogError::LockOut`]) to take `admin` from the last admin
+    /// while auth is on. Refuses an unknown user and a grant it does not
+    /// hold (naming what it holds).
     pub async fn revoke(&self, name: &str, grant: &Grant) -> Result<(), CatalogError> {
         check_user(name)?;
-        let role = grant.role().as_str();
-        let prefix = grant.prefix();
-        let revoked = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM grants WHERE user_name = $1 AND role = $2 AND prefix = $3")
-                .bind(name)
-                .bind(role)
-                .bind(prefix)
-                .execute(pool)
-                .await
-                .map_err(db(format!("revoking {grant} from user `{name}`")))?
-                .rows_affected()
-                == 1
-        }, memory => memory.grants.remove(&(name.to_string(), role.to_string(), prefix.to_vec())));
+        self.auth_settings().await?;
+        let this = self.clone();
+        let owned = name.to_string();
+        let held = grant.clone();
+        let revoked = to_completion(async move { this.revoke_now(&owned, &held).await }).await?;
         if revoked {
-            tracing::info!(user = name, %grant, "revoked");
             return Ok(());
         }
         match self.user(name).await? {
@@ -346,6 +420,42 @@ impl Catalog {
                 }
             ))),
         }
+    }
+
+    /// Whether the grant was held (and is now gone).
+    async fn revoke_now(&self, name: &str, grant: &Grant) -> Result<bool, CatalogError> {
+        let change = Change::Revoke(name, grant.role());
+        let role = grant.role().as_str();
+        let prefix = grant.prefix();
+        let revoked = with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db(format!("starting to revoke {grant} from user `{name}`")))?;
+            judge_in_tx!(tx, dialect, change);
+            let revoked = sqlx::query(
+                "DELETE FROM grants WHERE user_name = $1 AND role = $2 AND prefix = $3",
+            )
+            .bind(name)
+            .bind(role)
+            .bind(prefix)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format!("revoking {grant} from user `{name}`")))?
+            .rows_affected()
+                == 1;
+            tx.commit()
+                .await
+                .map_err(db(format!("committing the revocation of {grant} from `{name}`")))?;
+            revoked
+        }, memory => {
+            judge_in_memory(memory, change)?;
+            memory.grants.remove(&(name.to_string(), role.to_string(), prefix.to_vec()))
+        });
+        if revoked {
+            tracing::info!(user = name, %grant, "revoked");
+        }
+        Ok(revoked)
     }
 
     /// Every user with its grants, by name (at most [`USERS_MAX`]).
@@ -444,23 +554,43 @@ impl Catalog {
         .transpose()
     }
 
-    /// Turns auth on or off. Decides nothing: whether it may be turned on
-    /// is the caller's ([`crate::auth::check_enable`]).
+    /// Turns auth on or off. Turning it on is one transaction that refuses
+    /// ([`CatalogError::LockOut`]) while no user holds admin; whether this
+    /// coordinator may turn it on at all (TLS) is the caller's
+    /// ([`crate::auth::check_enable_over_tls`]). Turning it off is always
+    /// allowed.
     pub async fn set_auth_enabled(&self, enabled: bool) -> Result<(), CatalogError> {
         self.auth_settings().await?;
+        let this = self.clone();
+        to_completion(async move { this.set_auth_enabled_now(enabled).await }).await?;
+        tracing::info!(enabled, "switched auth");
+        Ok(())
+    }
+
+    async fn set_auth_enabled_now(&self, enabled: bool) -> Result<(), CatalogError> {
         let value = i64::from(enabled);
-        with_pool!(self, pool => {
+        with_pool!(self, pool, dialect => {
+            let mut tx = pool
+                .begin_with(dialect.begin_write)
+                .await
+                .map_err(db("starting to switch auth"))?;
+            if enabled {
+                judge_in_tx!(tx, dialect, Change::Enable);
+            }
             sqlx::query("UPDATE auth_settings SET enabled = $1 WHERE one = 1")
                 .bind(value)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(db("switching auth"))?;
+            tx.commit().await.map_err(db("committing the auth switch"))?;
         }, memory => {
+            if enabled {
+                judge_in_memory(memory, Change::Enable)?;
+            }
             if let Some(row) = memory.auth.as_mut() {
                 row.0 = value;
             }
         });
-        tracing::info!(enabled, "switched auth");
         Ok(())
     }
 }

@@ -17,6 +17,14 @@ pub(super) struct Dialect {
     /// snapshot per statement, so a map read as three SELECTs could mix a
     /// group's old version with its new members.
     pub(super) begin_read: &'static str,
+    /// In a transaction begun with `begin_write`, reads the auth switch
+    /// (`enabled`, no row if it was never written) and holds it against
+    /// every other change that could leave auth on with no admin, until
+    /// the transaction ends. PostgreSQL: `FOR UPDATE` locks the row (under
+    /// READ COMMITTED each later statement sees what the previous holder
+    /// committed). SQLite: a plain read, as `BEGIN IMMEDIATE` holds the
+    /// database's one write lock already.
+    pub(super) lock_auth_settings: &'static str,
     /// Upserts a coordinator ($1 id, $2 address, $3 metrics address) with
     /// the database's clock as its heartbeat and start.
     pub(super) start_coordinator: &'static str,
@@ -74,10 +82,16 @@ macro_rules! upsert_coordinator {
 /// between dialects only in that expression (a literal, so that `concat!`
 /// can build each statement at compile time).
 macro_rules! dialect {
-    (begin_write: $begin_write:literal, begin_read: $begin_read:literal, now_ms: $now_ms:literal $(,)?) => {
+    (
+        begin_write: $begin_write:literal,
+        begin_read: $begin_read:literal,
+        lock_auth_settings: $lock_auth_settings:literal,
+        now_ms: $now_ms:literal $(,)?
+    ) => {
         Dialect {
             begin_write: $begin_write,
             begin_read: $begin_read,
+            lock_auth_settings: $lock_auth_settings,
             start_coordinator: concat!(
                 upsert_coordinator!($now_ms),
                 ", started_unix_ms = excluded.started_unix_ms"
@@ -140,6 +154,7 @@ macro_rules! dialect {
 pub(super) static SQLITE: Dialect = dialect! {
     begin_write: "BEGIN IMMEDIATE",
     begin_read: "BEGIN",
+    lock_auth_settings: "SELECT enabled FROM auth_settings WHERE one = 1",
     now_ms: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
 };
 
@@ -148,5 +163,6 @@ pub(super) static SQLITE: Dialect = dialect! {
 pub(super) static POSTGRES: Dialect = dialect! {
     begin_write: "BEGIN",
     begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    lock_auth_settings: "SELECT enabled FROM auth_settings WHERE one = 1 FOR UPDATE",
     now_ms: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
 };

@@ -183,6 +183,11 @@ pub enum CatalogError {
     /// `save_job` of a job that does not exist.
     #[error("reshard job {id} does not exist")]
     UnknownJob { id: u64 },
+    /// A change to users, grants or the auth switch that would leave auth
+    /// on with no admin, refused inside the transaction that would have
+    /// made it.
+    #[error(transparent)]
+    LockOut(#[from] crate::auth::LockOut),
     /// A stored row breaks an invariant. Never repaired silently.
     #[error("the catalog holds invalid data: {0}")]
     Corrupt(String),

@@ -1485,6 +1485,237 @@ mod cases {
         catalog.set_auth_enabled(false).await.expect("disable");
         assert!(!catalog.auth_settings().await.expect("settings").enabled);
     }
+
+    /// Sequentially: the catalog itself keeps an admin while auth is on,
+    /// whoever calls it, and a refusal changes nothing.
+    pub async fn the_catalog_keeps_the_last_admin(place: &Place) {
+        use crate::auth::LockOut;
+        use trellis_txn::authz::{Grant, Role};
+        let catalog = place.connect().await;
+        let admin = Grant::new(Role::Admin, Vec::new()).expect("grant");
+        let write = Grant::new(Role::Write, Vec::new()).expect("grant");
+        catalog.add_user("root", None).await.expect("add root");
+        catalog.grant("root", &write).await.expect("grant write");
+        let err = catalog.set_auth_enabled(true).await.expect_err("no admin");
+        assert!(
+            matches!(err, CatalogError::LockOut(LockOut::NoAdmin)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no user holds admin"), "{err}");
+        assert!(!catalog.auth_settings().await.expect("settings").enabled);
+
+        catalog.grant("root", &admin).await.expect("grant admin");
+        catalog.set_auth_enabled(true).await.expect("enable");
+        let err = catalog.remove_user("root").await.expect_err("last admin");
+        assert_last_admin(&err, "root");
+        assert!(
+            err.to_string()
+                .contains("`root` is the last user holding admin"),
+            "{err}"
+        );
+        let err = catalog
+            .revoke("root", &admin)
+            .await
+            .expect_err("last admin");
+        assert_last_admin(&err, "root");
+        assert_eq!(
+            catalog
+                .user("root")
+                .await
+                .expect("root")
+                .expect("kept")
+                .grants,
+            [write.clone(), admin.clone()]
+        );
+        // What cannot lock anyone out still goes through.
+        catalog.revoke("root", &write).await.expect("revoke write");
+        catalog.set_auth_enabled(true).await.expect("enable again");
+        // With auth off, the last admin may go.
+        catalog.set_auth_enabled(false).await.expect("disable");
+        catalog.revoke("root", &admin).await.expect("revoke admin");
+        catalog.remove_user("root").await.expect("rm root");
+        assert_eq!(catalog.users().await.expect("users"), []);
+    }
+
+    /// Two admins, each through its own coordinator (a pool of its own on
+    /// the same database), remove each other at the same moment, round
+    /// after round: one removal wins, the other is refused as the last
+    /// admin's, and exactly one admin is left.
+    pub async fn concurrent_removals_of_the_last_two_admins_leave_one(place: &Place) {
+        use trellis_txn::authz::{Grant, Role};
+        let admin = Grant::new(Role::Admin, Vec::new()).expect("grant");
+        let setup = place.connect().await;
+        let (one, two) = (place.connect().await, place.connect().await);
+        for user in ["root", "ops"] {
+            setup.add_user(user, None).await.expect("add");
+            setup.grant(user, &admin).await.expect("grant admin");
+        }
+        setup.set_auth_enabled(true).await.expect("enable");
+        for round in 0..LOCK_OUT_ROUNDS {
+            let (by_root, by_ops) = race(
+                {
+                    let one = one.clone();
+                    async move { one.remove_user("ops").await }
+                },
+                {
+                    let two = two.clone();
+                    async move { two.remove_user("root").await }
+                },
+            )
+            .await;
+            let (removed, kept) = match (by_root, by_ops) {
+                (Ok(()), Err(err)) => {
+                    assert_last_admin(&err, "root");
+                    ("ops", "root")
+                }
+                (Err(err), Ok(())) => {
+                    assert_last_admin(&err, "ops");
+                    ("root", "ops")
+                }
+                other => panic!("round {round}: exactly one removal must win: {other:?}"),
+            };
+            assert_eq!(admins(&setup).await, [kept], "round {round}");
+            assert!(setup.auth_settings().await.expect("settings").enabled);
+            setup.add_user(removed, None).await.expect("add back");
+            setup.grant(removed, &admin).await.expect("grant back");
+        }
+    }
+
+    /// The same race by revoking `admin` instead of removing the user.
+    pub async fn concurrent_revokes_of_the_last_two_admins_leave_one(place: &Place) {
+        use trellis_txn::authz::{Grant, Role};
+        let admin = Grant::new(Role::Admin, Vec::new()).expect("grant");
+        let setup = place.connect().await;
+        let (one, two) = (place.connect().await, place.connect().await);
+        for user in ["root", "ops"] {
+            setup.add_user(user, None).await.expect("add");
+            setup.grant(user, &admin).await.expect("grant admin");
+        }
+        setup.set_auth_enabled(true).await.expect("enable");
+        for round in 0..LOCK_OUT_ROUNDS {
+            let (by_root, by_ops) = race(
+                {
+                    let (one, admin) = (one.clone(), admin.clone());
+                    async move { one.revoke("ops", &admin).await }
+                },
+                {
+                    let (two, admin) = (two.clone(), admin.clone());
+                    async move { two.revoke("root", &admin).await }
+                },
+            )
+            .await;
+            let (revoked, kept) = match (by_root, by_ops) {
+                (Ok(()), Err(err)) => {
+                    assert_last_admin(&err, "root");
+                    ("ops", "root")
+                }
+                (Err(err), Ok(())) => {
+                    assert_last_admin(&err, "ops");
+                    ("root", "ops")
+                }
+                other => panic!("round {round}: exactly one revocation must win: {other:?}"),
+            };
+            assert_eq!(admins(&setup).await, [kept], "round {round}");
+            setup.grant(revoked, &admin).await.expect("grant back");
+        }
+    }
+
+    /// `auth enable` through one coordinator while the only admin's
+    /// `admin` is revoked through another: one wins and the other is
+    /// refused, never both — auth is never on with no admin.
+    pub async fn enable_races_revoking_the_only_admin(place: &Place) {
+        use crate::auth::LockOut;
+        use trellis_txn::authz::{Grant, Role};
+        let admin = Grant::new(Role::Admin, Vec::new()).expect("grant");
+        let setup = place.connect().await;
+        let (one, two) = (place.connect().await, place.connect().await);
+        setup.add_user("root", None).await.expect("add");
+        setup.grant("root", &admin).await.expect("grant admin");
+        let mut seen = [0usize; 2];
+        for round in 0..LOCK_OUT_ROUNDS {
+            let (enabled, revoked) = race(
+                {
+                    let one = one.clone();
+                    async move { one.set_auth_enabled(true).await }
+                },
+                {
+                    let (two, admin) = (two.clone(), admin.clone());
+                    async move { two.revoke("root", &admin).await }
+                },
+            )
+            .await;
+            let on = setup.auth_settings().await.expect("settings").enabled;
+            match (enabled, revoked) {
+                (Ok(()), Err(err)) => {
+                    assert_last_admin(&err, "root");
+                    assert!(on, "round {round}");
+                    assert_eq!(admins(&setup).await, ["root"], "round {round}");
+                    seen[0] += 1;
+                    setup.set_auth_enabled(false).await.expect("disable");
+                }
+                (Err(err), Ok(())) => {
+                    assert!(
+                        matches!(err, CatalogError::LockOut(LockOut::NoAdmin)),
+                        "round {round}: {err:?}"
+                    );
+                    assert!(!on, "round {round}");
+                    assert_eq!(admins(&setup).await, [""; 0], "round {round}");
+                    seen[1] += 1;
+                    setup.grant("root", &admin).await.expect("grant back");
+                }
+                other => panic!("round {round}: exactly one change must win: {other:?}"),
+            }
+        }
+        assert_eq!(seen.iter().sum::<usize>(), LOCK_OUT_ROUNDS, "{seen:?}");
+    }
+}
+
+/// Rounds of each lock-out race: each round is a fresh race of two tasks
+/// released together.
+const LOCK_OUT_ROUNDS: usize = 8;
+
+/// Runs `a` and `b` at once, each in a task of its own, released together
+/// by a barrier; returns both results.
+async fn race<A, B>(a: A, b: B) -> (A::Output, B::Output)
+where
+    A: std::future::Future + Send + 'static,
+    A::Output: Send + 'static,
+    B: std::future::Future + Send + 'static,
+    B::Output: Send + 'static,
+{
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let (at_a, at_b) = (barrier.clone(), barrier);
+    let a = tokio::spawn(async move {
+        at_a.wait().await;
+        a.await
+    });
+    let b = tokio::spawn(async move {
+        at_b.wait().await;
+        b.await
+    });
+    (a.await.expect("racer a"), b.await.expect("racer b"))
+}
+
+/// Asserts that `err` refuses to take away `user` as the last admin.
+fn assert_last_admin(err: &CatalogError, user: &str) {
+    use crate::auth::LockOut;
+    assert!(
+        matches!(err, CatalogError::LockOut(LockOut::LastAdmin { user: u }) if u == user),
+        "expected `{user}` refused as the last admin: {err:?}"
+    );
+}
+
+/// The names of the users holding `admin`, by name.
+async fn admins(catalog: &Catalog) -> Vec<String> {
+    use trellis_txn::authz::Role;
+    catalog
+        .users()
+        .await
+        .expect("users")
+        .into_iter()
+        .filter(|u| u.grants.iter().any(|g| g.role() == Role::Admin))
+        .map(|u| u.name)
+        .collect()
 }
 
 /// One test per case and backend, so each failure names both.
@@ -1521,6 +1752,10 @@ macro_rules! backend_suite {
                 feed_cursors_are_bounded,
                 cluster_id_is_drawn_once_and_kept,
                 users_grants_and_the_auth_switch,
+                the_catalog_keeps_the_last_admin,
+                concurrent_removals_of_the_last_two_admins_leave_one,
+                concurrent_revokes_of_the_last_two_admins_leave_one,
+                enable_races_revoking_the_only_admin,
             );
         }
     };
