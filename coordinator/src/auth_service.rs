@@ -65,7 +65,7 @@ pub async fn gate_state(catalog: &Catalog) -> Result<GateState, CatalogError> {
         .map(|u| {
             let grants = Grants::new(u.name.clone(), u.grants)
                 .map_err(|why| CatalogError::Corrupt(format!("user `{}`: {why}", u.name)))?;
-            Ok((u.name, grants))
+            Ok((u.name, Arc::new(grants)))
         })
         .collect::<Result<HashMap<_, _>, CatalogError>>()?;
     Ok(GateState {

@@ -44,8 +44,9 @@ pub struct GateState {
     pub enabled: bool,
     pub cluster: u64,
     pub secret: [u8; SECRET_BYTES],
-    /// Every user's grants, by name: for client certificates.
-    pub users: HashMap<String, Grants>,
+    /// Every user's grants, by name: for client certificates (shared,
+    /// so a request takes them without a copy).
+    pub users: HashMap<String, Arc<Grants>>,
 }
 
 impl std::fmt::Debug for GateState {
@@ -131,7 +132,7 @@ impl GateState {
                     .collect::<Result<Vec<_>, String>>()
                     .and_then(|grants| Grants::new(user.name.clone(), grants))
                     .map_err(|why| format!("user `{}`: {why}", user.name))?;
-                Ok((user.name.clone(), grants))
+                Ok((user.name.clone(), Arc::new(grants)))
             })
             .collect::<Result<HashMap<_, _>, String>>()?;
         Ok(GateState {
@@ -215,7 +216,7 @@ pub enum Principal {
     /// Auth is off, or a node certificate: may do everything.
     Superuser,
     /// A user, with its grants.
-    User(Grants),
+    User(Arc<Grants>),
 }
 
 /// Who is asking: see the module doc for the order. `bearer` is the
@@ -235,7 +236,7 @@ pub fn authenticate(
             "the authorization header is not `Bearer <token>`: log in with --user".to_string()
         })?;
         return token::verify(&state.secret, state.cluster, now_unix_s, token)
-            .map(|claims| Principal::User(claims.grants))
+            .map(|claims| Principal::User(Arc::new(claims.grants)))
             .map_err(|e| e.to_string());
     }
     match peer {
@@ -389,7 +390,7 @@ mod tests {
             enabled: true,
             cluster: 7,
             secret: [9; SECRET_BYTES],
-            users: HashMap::from([("bob".to_string(), bob)]),
+            users: HashMap::from([("bob".to_string(), Arc::new(bob))]),
         }
     }
 
@@ -441,9 +442,9 @@ mod tests {
         let node = Peer::Verified(PeerRole::Node("n".into()));
         assert_eq!(
             authenticate(&state, Some(&node), Some(&token), NOW),
-            Ok(Principal::User(
+            Ok(Principal::User(Arc::new(
                 Grants::new("carol", Vec::new()).expect("grants")
-            ))
+            )))
         );
         let err = authenticate(&state, None, Some(&token), expires).expect_err("expired");
         assert!(err.contains("expired"), "{err}");
@@ -489,7 +490,7 @@ mod tests {
                     vec![Grant::new(Role::Write, b"a/".to_vec()).expect("grant")],
                 )
                 .expect("grants");
-                more.users.insert("bob".into(), grants);
+                more.users.insert("bob".into(), Arc::new(grants));
                 more
             },
         ];
