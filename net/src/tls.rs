@@ -184,6 +184,34 @@ pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// The host names and IP addresses the first certificate of `pem` is
+/// valid for (its DNS and IP subject alternative names), as text.
+pub fn hosts_of_pem(pem: &[u8]) -> Result<Vec<String>, String> {
+    let der = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or("no PEM certificate")?
+        .map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let names = cert.subject_alternative_name().map_err(|e| e.to_string())?;
+    Ok(names
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                4 => <[u8; 4]>::try_from(*ip)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*ip)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
 /// The subject of a certificate, as `CN=…, O=…` (for metrics and logs).
 pub fn subject(cert_der: &[u8]) -> Result<String, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;

@@ -176,8 +176,20 @@ pub(crate) fn node_hosts(listen: IpAddr) -> Vec<String> {
     hosts
 }
 
+/// The hosts of `wanted` that a certificate naming `named` lacks.
+pub(crate) fn missing_hosts(named: &[String], wanted: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|w| !named.contains(w))
+        .cloned()
+        .collect()
+}
+
 /// Makes dev's files in `data_dir` on a first start, or checks those of an
-/// earlier one; says which in one line. Returns the node files.
+/// earlier one; says which in one line. A node certificate that does not
+/// name this start's `--listen` host (an earlier start listened
+/// elsewhere) is made again from the kept CA, or refused naming the host
+/// when the CA's key is gone. Returns the node files.
 pub(crate) fn prepare(data_dir: &Path, listen: IpAddr) -> anyhow::Result<TlsFiles> {
     let layout = Layout::new(data_dir);
     let exists = |path: PathBuf| {
@@ -198,10 +210,20 @@ pub(crate) fn prepare(data_dir: &Path, listen: IpAddr) -> anyhow::Result<TlsFile
                     )
                 })?;
             }
-            eprintln!(
-                "TLS: reusing the CA and certificates in {}",
-                layout.dir.display()
-            );
+            let node = layout.node();
+            let named = std::fs::read(&node.cert)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| trellis_net::tls::hosts_of_pem(&pem))
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", node.cert.display()))?;
+            let missing = missing_hosts(&named, &node_hosts(listen));
+            if missing.is_empty() {
+                eprintln!(
+                    "TLS: reusing the CA and certificates in {}",
+                    layout.dir.display()
+                );
+            } else {
+                remake_node(&layout, listen, &missing)?;
+            }
         }
         Plan::Make => {
             make(&layout, listen)?;
@@ -224,6 +246,45 @@ pub(crate) fn prepare(data_dir: &Path, listen: IpAddr) -> anyhow::Result<TlsFile
         }
     }
     Ok(layout.node())
+}
+
+/// Makes the node certificate again, for `listen`, from the CA kept in the
+/// directory; `missing` are the hosts the old one lacked.
+fn remake_node(layout: &Layout, listen: IpAddr, missing: &[String]) -> anyhow::Result<()> {
+    let node = layout.node();
+    if !layout.ca_key().exists() {
+        anyhow::bail!(
+            "dev's node certificate {} does not name {} (an earlier start listened elsewhere) \
+             and the CA's key {} is not there to make a new one: put it back, or remove {} to \
+             start over with a new CA (tools holding the old CA must then be given the new one)",
+            node.cert.display(),
+            missing.join(", "),
+            layout.ca_key().display(),
+            layout.dir.display()
+        );
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca = issue::Pem {
+        cert: read(&node.ca)?,
+        key: read(&layout.ca_key())?,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let made = issue::create_node(
+        &ca,
+        NODE_NAME,
+        &node_hosts(listen),
+        now,
+        issue::LEAF_VALIDITY_DAYS,
+    )?;
+    crate::cert::write_pair(&node.cert, &node.key, &made, true)?;
+    eprintln!(
+        "TLS: the node certificate in {} did not name {}; made a new one from the dev's CA",
+        layout.dir.display(),
+        missing.join(", ")
+    );
+    Ok(())
 }
 
 /// Makes the CA and the two certificates and writes them, keys 0600, in a
@@ -632,6 +693,26 @@ mod tests {
             node
         );
         assert_eq!(std::fs::read(&node.ca).expect("ca"), ca, "the same CA");
+
+        // Another --listen host: a new node certificate from the same CA;
+        // without the CA's key, refused naming the host.
+        let hosts = |path: &Path| {
+            trellis_net::tls::hosts_of_pem(&std::fs::read(path).expect("node cert")).expect("hosts")
+        };
+        assert_eq!(hosts(&node.cert), ["127.0.0.1", "localhost"]);
+        prepare(dir.path(), "10.1.2.3".parse().expect("ip")).expect("remade");
+        assert_eq!(hosts(&node.cert), ["127.0.0.1", "localhost", "10.1.2.3"]);
+        assert_eq!(std::fs::read(&node.ca).expect("ca"), ca, "the same CA");
+        trellis_net::tls::Identity::load(&node).expect("the new node certificate loads");
+        let ca_key = std::fs::read(layout.ca_key()).expect("ca key");
+        std::fs::remove_file(layout.ca_key()).expect("remove");
+        let err = prepare(dir.path(), "10.9.9.9".parse().expect("ip")).expect_err("no CA key");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("does not name 10.9.9.9") && message.contains("ca-key.pem"),
+            "{message}"
+        );
+        std::fs::write(layout.ca_key(), ca_key).expect("put back");
 
         // One file gone: named, and nothing made over the others.
         std::fs::remove_file(&layout.client().cert).expect("remove");
