@@ -137,7 +137,13 @@ impl ShardGate {
                 None => None,
             };
         let state = self.state();
-        match admit_at_shard(state.as_deref(), peer, bearer, unix_s(), access) {
+        match admit_at_shard(
+            state.as_deref(),
+            peer,
+            bearer,
+            trellis_txn::metrics::unix_ms() / 1000,
+            access,
+        ) {
             Ok(Admitted::Node | Admitted::Open) => Ok(()),
             Ok(Admitted::Checked) => {
                 metrics.auth_checks.inc();
@@ -156,13 +162,6 @@ impl ShardGate {
             }
         }
     }
-}
-
-fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Keeps `gate` up to date from the coordinator at `coordinator`, every

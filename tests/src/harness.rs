@@ -352,6 +352,32 @@ pub fn run_trellis(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run trellis {args:?}: {e}"))
 }
 
+/// Runs `command` to its end with its output captured (standard input
+/// closed), or SIGKILLs it by pid and fails the test after `timeout`.
+pub fn output_within(
+    mut command: std::process::Command,
+    timeout: Duration,
+) -> std::process::Output {
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {command:?}: {e}")),
+        Err(_) => {
+            signal_pid(pid, libc::SIGKILL);
+            panic!("{command:?} (pid {pid}) did not finish within {timeout:?}");
+        }
+    }
+}
+
 /// What a command printed, for assertion messages.
 pub fn printed(out: &std::process::Output) -> String {
     format!(

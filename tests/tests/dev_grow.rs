@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trellis_tests::harness::{Proc, alive, signal_pid, trellis_bin, wait_gone};
+use trellis_tests::harness::{Proc, alive, trellis_bin, wait_gone};
 
 /// How long dev may take to stop a removed group's replicas (it polls every
 /// second, acts on two agreeing answers, and gives each 10 s after SIGTERM).
@@ -46,25 +46,9 @@ fn dev(data: &Path, log: &Path) -> Proc {
 /// Runs `trellis <args>` to its end (bounded), killing it by pid if it
 /// overruns.
 fn trellis(args: &[&str]) -> Output {
-    let child = Command::new(trellis_bin())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("trellis runs");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(output) => output.expect("trellis ran"),
-        Err(_) => {
-            signal_pid(pid, libc::SIGKILL);
-            panic!("trellis {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-    }
+    let mut command = Command::new(trellis_bin());
+    command.args(args);
+    trellis_tests::harness::output_within(command, COMMAND_TIMEOUT)
 }
 
 /// `trellis status --format json` of the coordinator at `addr`.

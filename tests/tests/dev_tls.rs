@@ -12,11 +12,11 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use trellis_proto::v1 as pb;
-use trellis_tests::harness::{Proc, RPC_TIMEOUT, channel, printed, signal_pid, trellis_bin};
+use trellis_tests::harness::{self, Proc, RPC_TIMEOUT, channel, printed, trellis_bin};
 
 /// How long a command (add-group waits at most 90 s itself) may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,7 +49,8 @@ fn dev(data: &Path, extra: &[&str], log: &Path) -> Proc {
 /// that name TLS files or the dev directory from ours), to its end or
 /// killed by pid after [`COMMAND_TIMEOUT`].
 fn trellis_in(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let child = Command::new(trellis_bin())
+    let mut command = Command::new(trellis_bin());
+    command
         .args(args)
         .current_dir(cwd)
         .env("NO_COLOR", "1")
@@ -57,24 +58,8 @@ fn trellis_in(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         .env_remove("TRELLIS_TLS_CA")
         .env_remove("TRELLIS_TLS_CERT")
         .env_remove("TRELLIS_TLS_KEY")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("trellis runs");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(output) => output.expect("trellis ran"),
-        Err(_) => {
-            signal_pid(pid, libc::SIGKILL);
-            panic!("trellis {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-    }
+        .envs(env.iter().copied());
+    harness::output_within(command, COMMAND_TIMEOUT)
 }
 
 fn stdout(out: &Output) -> String {
@@ -162,17 +147,18 @@ async fn dev_serves_tls_by_default_and_the_tools_find_its_certificates() {
     }
     let mode = std::fs::metadata(&tls).expect("tls").permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
-    let text = wait_for_log(&log, "Trellis dev cluster is up");
-    assert!(text.contains("TLS: made a CA"), "{text}");
-    assert!(!text.contains("WARN --insecure"), "{text}");
     // The banner says what to type from where dev was started (not
-    // `here`): the variable, and the address.
+    // `here`): the variable, and the address. Waited for itself: the
+    // banner's lines follow "cluster is up" and may reach the log later.
     let canonical = data.canonicalize().expect("canonical data dir");
     let typed = format!(
         "TRELLIS_DEV_DATA_DIR={} trellis status --addr {addr}",
         canonical.display()
     );
-    assert!(text.contains(&typed), "{typed:?} not in:\n{text}");
+    let text = wait_for_log(&log, &typed);
+    assert!(text.contains("Trellis dev cluster is up"), "{text}");
+    assert!(text.contains("TLS: made a CA"), "{text}");
+    assert!(!text.contains("WARN --insecure"), "{text}");
 
     // TLS only: a plaintext client is refused.
     let plain = tokio::time::timeout(RPC_TIMEOUT * 3, plaintext_status(&addr))

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use trellis_tests::harness::{Cluster, trellis_bin};
@@ -25,24 +25,9 @@ struct Run {
 }
 
 fn load(args: &[&str]) -> Run {
-    let child = Command::new(trellis_bin())
-        .arg("load")
-        .args(args)
-        .env("TRELLIS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn trellis load");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let output = rx
-        .recv_timeout(LOAD_TIMEOUT)
-        .unwrap_or_else(|_| panic!("trellis load (pid {pid}) did not finish in {LOAD_TIMEOUT:?}"))
-        .expect("wait for trellis load");
+    let mut command = Command::new(trellis_bin());
+    command.arg("load").args(args).env("TRELLIS_LOG", "warn");
+    let output = trellis_tests::harness::output_within(command, LOAD_TIMEOUT);
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
