@@ -3,7 +3,7 @@
 //!
 //! `TRELLIS_FAILPOINTS=after_prepare` (comma-separated names) makes the
 //! process abort the first time it reaches that point. Names in use:
-//! `after_prepare`, `after_decide`, `during_finalize` (all three in the
+//! `during_prepare`, `after_prepare`, `after_decide`, `during_finalize` (all in the
 //! transaction manager, `trellis_txn`). Without the variable a failpoint is
 //! one relaxed load (`trellis_types::failpoint`).
 //!

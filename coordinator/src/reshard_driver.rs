@@ -980,6 +980,13 @@ mod tests {
             Err(tonic::Status::unimplemented("fake shard"))
         }
 
+        async fn fence(
+            &self,
+            _request: tonic::Request<pb::FenceRequest>,
+        ) -> Result<tonic::Response<pb::FenceResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake shard"))
+        }
+
         async fn forget(
             &self,
             _request: tonic::Request<pb::ForgetRequest>,

@@ -446,6 +446,7 @@ mod tests {
             writes,
             anchor: 1,
             participants: vec![1, 2],
+            exec: 7,
         })
     }
 

@@ -296,6 +296,7 @@ mod tests {
             "Finalize",
             "FinalizeBatch",
             "Resolve",
+            "Fence",
             "Forget",
             "ListPrepared",
             "ShardStatus",

@@ -67,6 +67,12 @@ pub struct PrepareRec {
     pub anchor: u64,
     #[prost(uint64, repeated, tag = "5")]
     pub participants: Vec<u64>,
+    /// The execution of the commit whose PREPARE this is (random per
+    /// attempt; 0 in records written before executions were named). At the
+    /// anchor it names the one execution that may commit in parallel
+    /// (answer once every participant voted YES) and abort without fencing.
+    #[prost(uint64, tag = "6")]
+    pub exec: u64,
 }
 
 /// The transaction record at the anchor: the outcome, decided once.
@@ -344,6 +350,7 @@ mod tests {
                 }],
                 anchor: 3,
                 participants: vec![1, 3],
+                exec: 11,
             }),
             Record::Decide(DecideRec {
                 txn_id: vec![3; 16],

@@ -16,7 +16,8 @@ use trellis_types::{GroupId, SlotSet, TxnId, validate};
 use tokio_stream::StreamExt as _;
 
 use crate::engine::{
-    EXPORT_CHUNK_BYTES, FEED_BATCHES_BUFFERED_MAX, Shard, ShardError, Vote, export_chunks,
+    Decided, EXPORT_CHUNK_BYTES, FEED_BATCHES_BUFFERED_MAX, Fenced, Resolved, Shard, ShardError,
+    Vote, export_chunks,
 };
 use crate::feed::{FeedTxn, KeyRange};
 use crate::freshness::STALENESS_MAX;
@@ -559,13 +560,16 @@ impl ShardService for ShardApi {
                     writes,
                     anchor: req.anchor_group,
                     participants: req.participants,
+                    exec: req.exec,
                 },
                 Level::from_durability(req.durability),
             )
             .await
             .map_err(status_of)?;
         let vote = match vote {
-            Vote::Yes { version } => pb::prepare_response::Vote::Yes(pb::Prepared { version }),
+            Vote::Yes { version, owner } => {
+                pb::prepare_response::Vote::Yes(pb::Prepared { version, owner })
+            }
             Vote::No(refused) => pb::prepare_response::Vote::No(refused_pb(refused)),
             Vote::Finalized(outcome) => {
                 pb::prepare_response::Vote::Finalized(finalized_pb(outcome))
@@ -589,11 +593,20 @@ impl ShardService for ShardApi {
                 commit,
                 req.participants,
                 Level::from_durability(req.durability),
+                req.exec,
+                req.fenced,
             )
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::DecideResponse {
-            decision: decision_pb(recorded),
+        Ok(Response::new(match recorded {
+            Decided::Stands(commit) => pb::DecideResponse {
+                decision: decision_pb(commit),
+                fence_first: false,
+            },
+            Decided::FenceFirst => pb::DecideResponse {
+                decision: pb::Decision::Unspecified as i32,
+                fence_first: true,
+            },
         }))
     }
 
@@ -652,11 +665,38 @@ impl ShardService for ShardApi {
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         self.shard.check_serving().map_err(status_of)?;
         let txn = txn_id(&request.into_inner().txn_id)?;
-        let record = self.shard.resolve(txn).await.map_err(status_of)?;
-        Ok(Response::new(pb::ResolveResponse {
-            decision: decision_pb(record.commit),
-            participants: record.participants,
-        }))
+        Ok(Response::new(
+            match self.shard.resolve(txn).await.map_err(status_of)? {
+                Resolved::Decided(record) => pb::ResolveResponse {
+                    decision: decision_pb(record.commit),
+                    participants: record.participants,
+                    pending: false,
+                },
+                Resolved::Pending { participants } => pb::ResolveResponse {
+                    decision: pb::Decision::Unspecified as i32,
+                    participants,
+                    pending: true,
+                },
+            },
+        ))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<pb::FenceRequest>,
+    ) -> Result<Response<pb::FenceResponse>, Status> {
+        self.shard.check_serving().map_err(status_of)?;
+        let txn = txn_id(&request.into_inner().txn_id)?;
+        let state = match self.shard.fence(txn).await.map_err(status_of)? {
+            Fenced::Prepared { version } => pb::fence_response::State::Prepared(pb::Prepared {
+                version,
+                owner: false,
+            }),
+            Fenced::Finalized(outcome) => {
+                pb::fence_response::State::Finalized(finalized_pb(outcome))
+            }
+        };
+        Ok(Response::new(pb::FenceResponse { state: Some(state) }))
     }
 
     async fn forget(

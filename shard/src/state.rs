@@ -370,8 +370,14 @@ pub enum Check {
     NotServed(NotServed),
     /// Already done (a retry): answer this.
     Done(Outcome),
-    /// Prepare only: already prepared here (a retry): vote YES again.
-    AlreadyPrepared { lsn: Lsn, version: Version },
+    /// Prepare only: already prepared here (a retry, or another execution
+    /// of the same transaction): vote YES again. `exec` is the execution
+    /// whose PREPARE made the prepared state.
+    AlreadyPrepared {
+        lsn: Lsn,
+        version: Version,
+        exec: u64,
+    },
     /// Refused.
     Refused(Refused),
 }
@@ -384,17 +390,42 @@ pub enum Decide {
     /// A decision stands already: answer it once `lsn` is durable, and log
     /// nothing. It may differ from the one asked for.
     Stands { commit: bool, lsn: Lsn },
+    /// Nothing recorded: ABORT was asked, unfenced, while the transaction is
+    /// prepared here by another execution, which may have committed it in
+    /// parallel (every participant voted YES to it). The caller fences the
+    /// participants that did not vote YES and asks again.
+    FenceFirst,
 }
 
 /// What the anchor does with a resolve ([`StateGuard::check_resolve`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolve {
     /// Committed and finalized here, its record forgotten: answer COMMIT once
     /// `lsn` is durable on every in-sync member.
     Committed { lsn: Lsn },
+    /// Prepared here and nothing decided: a parallel commit in flight or
+    /// abandoned. It committed iff every one of `participants` prepared it;
+    /// the resolver fences the others and decides. Answer once `lsn` (the
+    /// PREPARE) is durable.
+    Pending {
+        lsn: Lsn,
+        participants: Vec<GroupId>,
+    },
     /// Decide ABORT (presumed abort) through [`StateGuard::check_decide`],
     /// which keeps any decision that stands.
     PresumeAbort,
+}
+
+/// What a participant does with a fence ([`StateGuard::check_fence`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// Prepared here: answer so once `lsn` is durable; nothing changes.
+    Prepared { lsn: Lsn, version: Version },
+    /// Finalized here before: answer its outcome.
+    Done(Outcome),
+    /// Unknown here: log a FINALIZE ABORT, so that its PREPARE is refused
+    /// from now on (while the outcome is remembered, [`OUTCOMES_MAX`]).
+    Record,
 }
 
 /// Misuse by the caller (not a conflict): answered as INVALID_ARGUMENT or
@@ -915,15 +946,8 @@ impl StateGuard<'_> {
         reads: &[ReadRec],
         writes: &[WriteRec],
     ) -> Check {
-        if let Some(prepared) = self.core.prepared.get(txn) {
-            return Check::AlreadyPrepared {
-                lsn: prepared.lsn,
-                version: prepared.version,
-            };
-        }
-        if let Some(outcome) = self.core.outcomes.get(txn) {
-            return Check::Done(outcome.clone());
-        }
+        // A recorded ABORT refuses first, even a transaction still prepared
+        // here: no execution may count this YES towards a parallel commit.
         if self.core.records.get(txn).is_some_and(|r| !r.commit) {
             return Check::Refused(Refused {
                 reason: Refusal::AlreadyAborted,
@@ -931,6 +955,16 @@ impl StateGuard<'_> {
                 message: format!("transaction {txn} was already decided ABORT"),
                 holders: Vec::new(),
             });
+        }
+        if let Some(prepared) = self.core.prepared.get(txn) {
+            return Check::AlreadyPrepared {
+                lsn: prepared.lsn,
+                version: prepared.version,
+                exec: prepared.rec.exec,
+            };
+        }
+        if let Some(outcome) = self.core.outcomes.get(txn) {
+            return Check::Done(outcome.clone());
         }
         if self.core.prepared.len() >= PREPARED_MAX {
             return Check::Refused(Refused {
@@ -962,10 +996,21 @@ impl StateGuard<'_> {
     ///    transaction, must not record the opposite decision (simulator seed
     ///    1035: a COMMIT recorded after the participants had discarded the
     ///    writes).
-    /// 3. Otherwise the decision asked for is recorded, unless it is COMMIT
+    /// 3. An unfenced ABORT from anyone but the execution that prepared the
+    ///    transaction here is not recorded ([`Decide::FenceFirst`]): that
+    ///    execution may have seen every participant vote YES and answered
+    ///    COMMIT (parallel commit). `exec` 0 (a resolver) is never that
+    ///    execution.
+    /// 4. Otherwise the decision asked for is recorded, unless it is COMMIT
     ///    and [`TXN_RECORDS_MAX`] records are held (ABORT always may: it is
     ///    what frees the anchor).
-    pub fn check_decide(&self, txn: &TxnId, commit: bool) -> Result<Decide, Refused> {
+    pub fn check_decide(
+        &self,
+        txn: &TxnId,
+        commit: bool,
+        exec: u64,
+        fenced: bool,
+    ) -> Result<Decide, Refused> {
         if let Some(record) = self.core.records.get(txn) {
             return Ok(Decide::Stands {
                 commit: record.commit,
@@ -981,6 +1026,16 @@ impl StateGuard<'_> {
                 commit: false,
                 lsn: *lsn,
             }),
+            None if !commit
+                && !fenced
+                && self
+                    .core
+                    .prepared
+                    .get(txn)
+                    .is_some_and(|p| p.rec.exec == 0 || p.rec.exec != exec) =>
+            {
+                Ok(Decide::FenceFirst)
+            }
             None if commit && self.records_full() => Err(Refused {
                 reason: Refusal::Busy,
                 keys: Vec::new(),
@@ -999,10 +1054,37 @@ impl StateGuard<'_> {
     /// which stays committed (simulator seed 2033: a late resolve of such a
     /// transaction). A committed transaction is never presumed aborted
     /// while this replica remembers its outcome ([`OUTCOMES_MAX`]).
+    ///
+    /// Prepared here with nothing decided is [`Resolve::Pending`]: under
+    /// parallel commit every participant's YES may already have been
+    /// answered as COMMIT, so the anchor cannot presume abort for it.
     pub fn check_resolve(&self, txn: &TxnId) -> Resolve {
         match (self.core.records.get(txn), self.core.outcomes.get(txn)) {
             (None, Some(Outcome::Committed { lsn, .. })) => Resolve::Committed { lsn: *lsn },
+            (None, None) => match self.core.prepared.get(txn) {
+                Some(prepared) => Resolve::Pending {
+                    lsn: prepared.lsn,
+                    participants: prepared.rec.participants.clone(),
+                },
+                None => Resolve::PresumeAbort,
+            },
             _ => Resolve::PresumeAbort,
+        }
+    }
+
+    /// What a fence of `txn` does at a participant (for a resolver of a
+    /// pending parallel commit): prepared stays prepared, a finalized one
+    /// answers its outcome, an unknown one is aborted here for good.
+    pub fn check_fence(&self, txn: &TxnId) -> Fence {
+        if let Some(prepared) = self.core.prepared.get(txn) {
+            return Fence::Prepared {
+                lsn: prepared.lsn,
+                version: prepared.version,
+            };
+        }
+        match self.core.outcomes.get(txn) {
+            Some(outcome) => Fence::Done(outcome.clone()),
+            None => Fence::Record,
         }
     }
 
@@ -1558,6 +1640,7 @@ mod tests {
             writes,
             anchor: 1,
             participants: vec![1, 2],
+            exec: 7,
         })
     }
 
@@ -1690,7 +1773,7 @@ mod tests {
         let now = Instant::now();
         let mut g = state.lock();
         assert_eq!(
-            g.check_decide(&txn(1), true),
+            g.check_decide(&txn(1), true, 0, true),
             Ok(Decide::Record { commit: true })
         );
         g.apply(1, &decide_rec(txn(1), true), now).expect("apply");
@@ -1698,7 +1781,7 @@ mod tests {
         // the recorded decision stands and nothing more is logged.
         for asked in [true, false] {
             assert_eq!(
-                g.check_decide(&txn(1), asked),
+                g.check_decide(&txn(1), asked, 0, true),
                 Ok(Decide::Stands {
                     commit: true,
                     lsn: 1
@@ -1717,9 +1800,20 @@ mod tests {
         let mut g = state.lock();
         g.apply(1, &prepare(txn(1), vec![], vec![put("a", "1")]), now)
             .expect("apply");
-        assert_eq!(g.check_resolve(&txn(1)), Resolve::PresumeAbort);
+        // Prepared here, nothing decided: pending (it may have committed in
+        // parallel). The sweeper fences the other participant, finds it not
+        // prepared, and decides ABORT, fenced.
+        assert!(matches!(
+            g.check_resolve(&txn(1)),
+            Resolve::Pending { lsn: 1, .. }
+        ));
         assert_eq!(
-            g.check_decide(&txn(1), false),
+            g.check_decide(&txn(1), false, 0, false),
+            Ok(Decide::FenceFirst),
+            "unfenced"
+        );
+        assert_eq!(
+            g.check_decide(&txn(1), false, 0, true),
             Ok(Decide::Record { commit: false })
         );
         g.apply(2, &decide_rec(txn(1), false), now).expect("apply");
@@ -1728,7 +1822,7 @@ mod tests {
         g.apply(4, &forget_rec(txn(1)), now).expect("apply");
         assert!(g.record(&txn(1)).is_none());
         assert_eq!(
-            g.check_decide(&txn(1), true),
+            g.check_decide(&txn(1), true, 0, true),
             Ok(Decide::Stands {
                 commit: false,
                 lsn: 3
@@ -1764,7 +1858,7 @@ mod tests {
         g.apply(4, &forget_rec(txn(2)), now).expect("apply");
         assert_eq!(g.check_resolve(&txn(2)), Resolve::Committed { lsn: 3 });
         assert_eq!(
-            g.check_decide(&txn(2), false),
+            g.check_decide(&txn(2), false, 0, true),
             Ok(Decide::Stands {
                 commit: true,
                 lsn: 3
@@ -1778,7 +1872,7 @@ mod tests {
         let g = state.lock();
         assert_eq!(g.check_resolve(&txn(3)), Resolve::PresumeAbort);
         assert_eq!(
-            g.check_decide(&txn(3), false),
+            g.check_decide(&txn(3), false, 0, true),
             Ok(Decide::Record { commit: false })
         );
         assert_eq!(
@@ -1808,11 +1902,11 @@ mod tests {
                 },
             );
         }
-        let refused = g.check_decide(&txn(9), true).expect_err("full");
+        let refused = g.check_decide(&txn(9), true, 0, true).expect_err("full");
         assert_eq!(refused.reason, Refusal::Busy);
         assert!(refused.message.contains("TXN_RECORDS_MAX"));
         assert_eq!(
-            g.check_decide(&txn(9), false),
+            g.check_decide(&txn(9), false, 0, true),
             Ok(Decide::Record { commit: false })
         );
     }

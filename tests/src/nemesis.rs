@@ -113,7 +113,12 @@ pub enum Fault {
 }
 
 /// The coordinator's failpoints (see `coordinator/src/failpoint.rs`).
-pub const FAILPOINTS: [&str; 3] = ["after_prepare", "after_decide", "during_finalize"];
+pub const FAILPOINTS: [&str; 4] = [
+    "during_prepare",
+    "after_prepare",
+    "after_decide",
+    "during_finalize",
+];
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -367,13 +367,16 @@ async fn wait_no_prepared(cluster: &Cluster) {
 
 /// The coordinator dies (abort at a failpoint, as SIGKILL would) at each
 /// step of two-phase commit; a fresh coordinator over the same catalog
-/// takes over. Killed after prepare: the transaction aborts and its locks
-/// go. Killed after decide or during finalize: it commits everywhere. No
-/// transfer is ever half-applied, and TxnStatus agrees with the data.
+/// takes over. Killed with one participant prepared and the other not: the
+/// transaction aborts and its locks go. Killed once every participant
+/// prepared (parallel commit: that is the commit point), after the decision,
+/// or during finalize: it commits everywhere. No transfer is ever
+/// half-applied, and TxnStatus agrees with the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_crash_at_each_step_of_two_phase_commit() {
     for (failpoint, commits) in [
-        ("after_prepare", false),
+        ("during_prepare", false),
+        ("after_prepare", true),
         ("after_decide", true),
         ("during_finalize", true),
     ] {
@@ -393,7 +396,7 @@ async fn coordinator_crash_at_each_step_of_two_phase_commit() {
         let answer = commit(&mut client, request).await;
         match (failpoint, &answer) {
             // Died before answering: the client sees a transport error.
-            ("after_prepare" | "after_decide", Err(_)) => {}
+            ("during_prepare" | "after_prepare" | "after_decide", Err(_)) => {}
             // Finalize runs after the answer: the client saw the commit.
             ("during_finalize", Ok(pb::commit_response::Outcome::Committed(_))) => {}
             (_, other) => panic!("{failpoint}: unexpected answer {other:?}"),
@@ -608,6 +611,7 @@ async fn a_decided_commit_is_never_reported_unavailable() {
                 .collect(),
             anchor_group: anchor,
             participants: participants.clone(),
+            exec: 1,
         };
         let shard = cluster.shard(*group as u32, 1).expect("shard");
         let vote = shard_client(shard)
@@ -632,6 +636,8 @@ async fn a_decided_commit_is_never_reported_unavailable() {
             txn_id: transfer.txn_id.clone(),
             decision: shard_pb::Decision::Commit as i32,
             participants: participants.clone(),
+            exec: 1,
+            fenced: false,
         })
         .await
         .expect("decide");

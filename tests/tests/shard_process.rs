@@ -175,6 +175,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
                 writes: vec![put(&key, b"new")],
                 anchor_group: 7,
                 participants: vec![7, 8],
+                exec: 1,
             })
             .await
             .expect("prepare")
@@ -225,13 +226,19 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
         other => panic!("write to a locked key: {other:?}"),
     }
 
-    // The anchor decides commit for one; resolve of the other presumes abort.
+    // The anchor decides commit for one. The other is pending: prepared
+    // here with nothing decided, it may have committed in parallel, so a
+    // resolve does not presume abort, and an unfenced ABORT from another
+    // execution is not recorded; once the resolver fenced the other
+    // participant (not prepared there), its ABORT is.
     let decided = client
         .decide(pb::DecideRequest {
             durability: 0,
             txn_id: committed.clone(),
             decision: pb::Decision::Commit as i32,
             participants: vec![7, 8],
+            exec: 1,
+            fenced: false,
         })
         .await
         .expect("decide")
@@ -244,7 +251,59 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
         .await
         .expect("resolve")
         .into_inner();
-    assert_eq!(resolved.decision, pb::Decision::Abort as i32);
+    assert!(resolved.pending, "{resolved:?}");
+    assert_eq!(resolved.decision, pb::Decision::Unspecified as i32);
+    assert_eq!(resolved.participants, vec![7, 8]);
+    for (exec, fenced, want_fence) in [(2, false, true), (0, true, false)] {
+        let answer = client
+            .decide(pb::DecideRequest {
+                durability: 0,
+                txn_id: aborted.clone(),
+                decision: pb::Decision::Abort as i32,
+                participants: vec![7, 8],
+                exec,
+                fenced,
+            })
+            .await
+            .expect("decide")
+            .into_inner();
+        assert_eq!(answer.fence_first, want_fence, "exec {exec}: {answer:?}");
+        if !want_fence {
+            assert_eq!(answer.decision, pb::Decision::Abort as i32);
+        }
+    }
+    // A fence of a transaction never prepared here aborts it here for good:
+    // its PREPARE, arriving late, is answered with that outcome.
+    let unseen = txn_id();
+    let fenced = client
+        .fence(pb::FenceRequest {
+            txn_id: unseen.clone(),
+        })
+        .await
+        .expect("fence")
+        .into_inner();
+    assert!(
+        matches!(&fenced.state, Some(pb::fence_response::State::Finalized(f)) if f.decision == pb::Decision::Abort as i32),
+        "{fenced:?}"
+    );
+    let late_prepare = client
+        .prepare(pb::PrepareRequest {
+            durability: 0,
+            map_epoch: 1,
+            txn_id: unseen.clone(),
+            reads: vec![],
+            writes: vec![put(b"pu", b"late")],
+            anchor_group: 8,
+            participants: vec![7, 8],
+            exec: 3,
+        })
+        .await
+        .expect("late prepare")
+        .into_inner();
+    assert!(
+        matches!(&late_prepare.vote, Some(pb::prepare_response::Vote::Finalized(f)) if f.decision == pb::Decision::Abort as i32),
+        "a fenced transaction prepared after all: {late_prepare:?}"
+    );
     // A late COMMIT decision loses to the recorded ABORT.
     let late = client
         .decide(pb::DecideRequest {
@@ -252,6 +311,8 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
             txn_id: aborted.clone(),
             decision: pb::Decision::Commit as i32,
             participants: vec![7, 8],
+            exec: 1,
+            fenced: false,
         })
         .await
         .expect("decide")
@@ -405,6 +466,8 @@ async fn bad_input_is_refused_with_the_limit_named() {
             txn_id: txn_id(),
             decision: 0,
             participants: vec![],
+            exec: 1,
+            fenced: false,
         })
         .await
         .expect_err("no decision");

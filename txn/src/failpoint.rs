@@ -4,8 +4,10 @@
 //!
 //! `TRELLIS_FAILPOINTS=after_prepare` (comma-separated names) makes the
 //! process abort the first time it reaches that point. Names in use here:
-//! `after_prepare`, `after_decide`, `during_finalize` (the coordinator has
-//! more). Without the variable a failpoint is one relaxed load
+//! `during_prepare` (one participant prepared, the others not yet),
+//! `after_prepare` (every vote in; with all YES that is the commit point
+//! of a parallel commit), `after_decide` (the outcome decided, not yet
+//! answered), `during_finalize` (the coordinator has more). Without the variable a failpoint is one relaxed load
 //! (`trellis_types::failpoint`).
 
 /// Aborts the process here if `name` is armed.

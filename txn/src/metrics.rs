@@ -56,6 +56,12 @@ pub struct Metrics {
     pub stale_fallbacks: Counter,
     pub read_lock_waits: Counter,
     pub finalizes: Counter,
+    /// Two-phase commits answered COMMITTED once every participant voted
+    /// YES, without waiting for the anchor's record (parallel commit).
+    pub parallel_commits: Counter,
+    /// Participants fenced by a resolver or a second execution of a
+    /// pending parallel commit.
+    pub fences: Counter,
     pub resolved_commit: Counter,
     pub resolved_abort: Counter,
     /// Prepared transactions older than the in-doubt age, as of the last sweep.
@@ -115,6 +121,8 @@ impl Default for Metrics {
             stale_fallbacks: Counter::new(),
             read_lock_waits: Counter::new(),
             finalizes: Counter::new(),
+            parallel_commits: Counter::new(),
+            fences: Counter::new(),
             resolved_commit: Counter::new(),
             resolved_abort: Counter::new(),
             in_doubt: AtomicU64::new(0),
@@ -324,6 +332,16 @@ impl Metrics {
             "trellis_coordinator_finalizes_total",
             "Participant finalizations sent.",
             self.finalizes.get(),
+        );
+        out.counter(
+            "trellis_coordinator_parallel_commits_total",
+            "Two-phase commits answered once every participant voted YES, before the anchor's record (parallel commit).",
+            self.parallel_commits.get(),
+        );
+        out.counter(
+            "trellis_coordinator_fences_total",
+            "Participants fenced while resolving a pending parallel commit.",
+            self.fences.get(),
         );
         out.counter(
             "trellis_coordinator_resolved_commit_total",

@@ -19,6 +19,12 @@
 //!   order gives the abort reason; later refusals for the same reason add
 //!   their keys. A participant that gave no vote aborts the transaction as
 //!   `PARTICIPANT_UNAVAILABLE` unless a refusal came first.
+//! - [`Tally::committed_in_parallel`]: every participant voted YES and the
+//!   anchor's YES says this execution's PREPARE made its prepared state:
+//!   the transaction is committed now (parallel commit); the anchor's
+//!   record is not waited for. Anyone else who would ABORT it first fences
+//!   the participants that did not vote YES ([`Tally::to_fence`],
+//!   [`fenced_commit`]): a fenced participant can never prepare it.
 //! - [`decided`]: the anchor's answer is the outcome, whatever was asked
 //!   (first decision wins); a decide whose answer was lost is *outcome
 //!   unknown*, never success or failure.
@@ -208,7 +214,8 @@ pub fn plan(req: &CommitRequest, group_of: impl Fn(&[u8]) -> GroupId) -> Plan<'_
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Vote {
     /// Prepared: its writes get `version` if the transaction commits.
-    Yes { version: Version },
+    /// `owner`: this execution's PREPARE made the prepared state there.
+    Yes { version: Version, owner: bool },
     /// Refused (conflict, lock, or an earlier abort of this transaction).
     No(Abort),
     /// Already finalized there (this is a retry).
@@ -225,6 +232,10 @@ pub struct Tally {
     /// The version each participant's writes get if the transaction
     /// commits, as far as known.
     pub versions: BTreeMap<GroupId, Version>,
+    /// The participants that voted YES.
+    pub prepared: BTreeSet<GroupId>,
+    /// Those whose YES said this execution made their prepared state.
+    pub owned: BTreeSet<GroupId>,
 }
 
 impl Tally {
@@ -234,10 +245,16 @@ impl Tally {
         let mut commit = true;
         let mut abort: Option<Abort> = None;
         let mut versions = BTreeMap::new();
+        let mut prepared = BTreeSet::new();
+        let mut owned = BTreeSet::new();
         for (group, reply) in replies {
             match reply {
-                Ok(Vote::Yes { version }) => {
+                Ok(Vote::Yes { version, owner }) => {
                     versions.insert(*group, *version);
+                    prepared.insert(*group);
+                    if *owner {
+                        owned.insert(*group);
+                    }
                 }
                 Ok(Vote::Finalized {
                     commit: finalized,
@@ -282,7 +299,28 @@ impl Tally {
             commit,
             abort,
             versions,
+            prepared,
+            owned,
         }
+    }
+
+    /// Committed now, without the anchor's record: every participant voted
+    /// YES, and the anchor's YES was this execution's own. No one else can
+    /// record ABORT at the anchor without first fencing a participant that
+    /// had not prepared — and there is none.
+    pub fn committed_in_parallel(&self, anchor: GroupId, participants: &[GroupId]) -> bool {
+        self.owned.contains(&anchor) && participants.iter().all(|g| self.prepared.contains(g))
+    }
+
+    /// The participants to fence before this execution may ABORT at an
+    /// anchor another execution prepared: those whose vote did not say
+    /// prepared or committed.
+    pub fn to_fence(&self, participants: &[GroupId]) -> Vec<GroupId> {
+        participants
+            .iter()
+            .copied()
+            .filter(|g| !self.versions.contains_key(g))
+            .collect()
     }
 
     /// The participants to finalize now, in order, to learn the versions
@@ -324,6 +362,29 @@ impl Tally {
             ),
         }))
     }
+}
+
+/// What a participant said to a fence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// Prepared there: its writes get `version` if it commits.
+    Prepared { version: Version },
+    /// Finalized there (ABORT if by this fence).
+    Finalized { commit: bool, version: Version },
+}
+
+/// The decision a fencer asks for once every participant it had to fence
+/// answered: COMMIT if any had committed it (a decision stands somewhere)
+/// or every one had prepared it (it may have committed in parallel); ABORT
+/// otherwise — one of them can now never prepare it, so it never committed
+/// in parallel.
+pub fn fenced_commit(answers: &[(GroupId, Fenced)]) -> bool {
+    answers
+        .iter()
+        .any(|(_, a)| matches!(a, Fenced::Finalized { commit: true, .. }))
+        || answers
+            .iter()
+            .all(|(_, a)| matches!(a, Fenced::Prepared { .. }))
 }
 
 /// The decision that stands, from the anchor's answer to DECIDE. A lost
@@ -474,14 +535,23 @@ pub struct FinalizeJob {
     pub anchor: GroupId,
     pub participants: Vec<GroupId>,
     pub commit: bool,
+    /// Committed in parallel: the anchor holds no record, its own prepared
+    /// state stands for one. It is finalized last, only once every other
+    /// participant has finalized (a resolver finds it pending until then),
+    /// and there is nothing to forget.
+    pub anchor_last: bool,
 }
 
 /// A batch of decided transactions as one finalize per participant group:
-/// for each group, its transactions and decisions in batch order.
+/// for each group, its transactions and decisions in batch order. The
+/// anchors of parallel commits wait for [`anchor_round`].
 pub fn finalize_batches(jobs: &[FinalizeJob]) -> BTreeMap<GroupId, Vec<(TxnId, bool)>> {
     let mut by_group: BTreeMap<GroupId, Vec<(TxnId, bool)>> = BTreeMap::new();
     for job in jobs {
         for group in &job.participants {
+            if job.anchor_last && *group == job.anchor {
+                continue;
+            }
             by_group
                 .entry(*group)
                 .or_default()
@@ -489,6 +559,31 @@ pub fn finalize_batches(jobs: &[FinalizeJob]) -> BTreeMap<GroupId, Vec<(TxnId, b
         }
     }
     by_group
+}
+
+/// The second round of a batch: the anchor of each parallel commit whose
+/// other participants all finalized in the first (`finalized[group]`).
+/// One left out stays prepared at its anchor; the in-doubt sweeper finds
+/// it pending there and finishes it.
+pub fn anchor_round(
+    jobs: &[FinalizeJob],
+    finalized: &BTreeMap<GroupId, bool>,
+) -> BTreeMap<GroupId, Vec<(TxnId, bool)>> {
+    let mut by_anchor: BTreeMap<GroupId, Vec<(TxnId, bool)>> = BTreeMap::new();
+    for job in jobs.iter().filter(|j| j.anchor_last) {
+        let others_done = job
+            .participants
+            .iter()
+            .filter(|g| **g != job.anchor)
+            .all(|g| finalized.get(g).copied().unwrap_or(false));
+        if others_done {
+            by_anchor
+                .entry(job.anchor)
+                .or_default()
+                .push((job.txn, job.commit));
+        }
+    }
+    by_anchor
 }
 
 /// Whether the record of `txn` lingers: the previous sweep listed it at
@@ -514,7 +609,7 @@ pub fn forgettable(
     finalized: &BTreeMap<GroupId, bool>,
 ) -> BTreeMap<GroupId, Vec<TxnId>> {
     let mut forget: BTreeMap<GroupId, Vec<TxnId>> = BTreeMap::new();
-    for job in jobs {
+    for job in jobs.iter().filter(|j| !j.anchor_last) {
         if job
             .participants
             .iter()
@@ -648,8 +743,20 @@ mod tests {
         let r = req(&[], &["b1", "a1", "a2"]);
         let p = two_phase(&r);
         let tally = Tally::of(&[
-            (1, Ok(Vote::Yes { version: 10 })),
-            (2, Ok(Vote::Yes { version: 20 })),
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 10,
+                    owner: true,
+                }),
+            ),
+            (
+                2,
+                Ok(Vote::Yes {
+                    version: 20,
+                    owner: true,
+                }),
+            ),
         ]);
         assert!(tally.commit);
         assert_eq!(tally.abort, None);
@@ -676,7 +783,13 @@ mod tests {
                     version: 5,
                 }),
             ),
-            (2, Ok(Vote::Yes { version: 6 })),
+            (
+                2,
+                Ok(Vote::Yes {
+                    version: 6,
+                    owner: true,
+                }),
+            ),
         ]);
         assert!(tally.commit);
         assert_eq!(tally.versions, BTreeMap::from([(1, 5), (2, 6)]));
@@ -694,7 +807,13 @@ mod tests {
                     version: 0,
                 }),
             ),
-            (2, Ok(Vote::Yes { version: 6 })),
+            (
+                2,
+                Ok(Vote::Yes {
+                    version: 6,
+                    owner: true,
+                }),
+            ),
         ]);
         assert!(!tally.commit);
         assert_eq!(tally.abort, None);
@@ -726,7 +845,13 @@ mod tests {
         let r = req(&[], &["a1", "b1"]);
         let p = two_phase(&r);
         let tally = Tally::of(&[
-            (1, Ok(Vote::Yes { version: 3 })),
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 3,
+                    owner: true,
+                }),
+            ),
             (2, no(AbortReason::Locked, &["b1"])),
         ]);
         assert!(!tally.commit);
@@ -763,7 +888,16 @@ mod tests {
             group: 2,
             map_epoch: 3,
         });
-        let tally = Tally::of(&[(1, Ok(Vote::Yes { version: 5 })), (2, moved)]);
+        let tally = Tally::of(&[
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 5,
+                    owner: true,
+                }),
+            ),
+            (2, moved),
+        ]);
         assert!(!tally.commit);
         let abort = tally.abort.expect("an abort");
         assert_eq!(abort.reason, AbortReason::SlotsMoved);
@@ -782,7 +916,16 @@ mod tests {
     #[test]
     fn an_unavailable_participant_aborts_unless_a_refusal_came_first() {
         let down = || Err(TxnError::Unavailable("gone".into()));
-        let tally = Tally::of(&[(1, Ok(Vote::Yes { version: 3 })), (2, down())]);
+        let tally = Tally::of(&[
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 3,
+                    owner: true,
+                }),
+            ),
+            (2, down()),
+        ]);
         assert!(!tally.commit);
         let abort = tally.abort.expect("unavailable");
         assert_eq!(abort.reason, AbortReason::ParticipantUnavailable);
@@ -808,7 +951,13 @@ mod tests {
         let r = req(&[], &["a1", "b1", "c1"]);
         let p = two_phase(&r);
         let mut tally = Tally::of(&[
-            (1, Ok(Vote::Yes { version: 3 })),
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 3,
+                    owner: true,
+                }),
+            ),
             (2, Err(TxnError::Deadline("slow".into()))),
             (
                 3,
@@ -841,7 +990,13 @@ mod tests {
         let r = req(&[], &["a1", "b1"]);
         let p = two_phase(&r);
         let tally = Tally::of(&[
-            (1, Ok(Vote::Yes { version: 3 })),
+            (
+                1,
+                Ok(Vote::Yes {
+                    version: 3,
+                    owner: true,
+                }),
+            ),
             (2, no(AbortReason::Locked, &[])),
         ]);
         assert_eq!(
@@ -973,7 +1128,95 @@ mod tests {
             anchor,
             participants: participants.to_vec(),
             commit,
+            anchor_last: false,
         }
+    }
+
+    fn parallel(id: u8, anchor: GroupId, participants: &[GroupId]) -> FinalizeJob {
+        FinalizeJob {
+            anchor_last: true,
+            ..job(id, anchor, participants, true)
+        }
+    }
+
+    #[test]
+    fn only_every_yes_with_the_anchors_own_commits_in_parallel() {
+        let yes = |version, owner| Ok(Vote::Yes { version, owner });
+        let all = Tally::of(&[(1, yes(3, true)), (2, yes(4, false))]);
+        assert!(all.committed_in_parallel(1, &[1, 2]));
+        assert!(
+            !all.committed_in_parallel(2, &[1, 2]),
+            "the anchor's prepared state was another execution's"
+        );
+        assert!(
+            !all.committed_in_parallel(1, &[1, 2, 3]),
+            "a participant that gave no vote"
+        );
+        let finalized = Tally::of(&[
+            (1, yes(3, true)),
+            (
+                2,
+                Ok(Vote::Finalized {
+                    commit: true,
+                    version: 9,
+                }),
+            ),
+        ]);
+        assert!(finalized.commit);
+        assert!(
+            !finalized.committed_in_parallel(1, &[1, 2]),
+            "decided elsewhere: the anchor's record answers"
+        );
+        let refused = Tally::of(&[(1, yes(3, true)), (2, no(AbortReason::Conflict, &["b"]))]);
+        assert!(!refused.committed_in_parallel(1, &[1, 2]));
+        assert_eq!(refused.to_fence(&[1, 2]), vec![2]);
+        let down = Tally::of(&[
+            (1, Err(TxnError::Unavailable("down".into()))),
+            (2, yes(4, true)),
+        ]);
+        assert_eq!(down.to_fence(&[1, 2]), vec![1]);
+        assert_eq!(finalized.to_fence(&[1, 2]), Vec::<GroupId>::new());
+    }
+
+    #[test]
+    fn a_fencer_commits_only_if_every_fenced_participant_had_prepared_or_committed() {
+        let prepared = Fenced::Prepared { version: 4 };
+        let aborted = Fenced::Finalized {
+            commit: false,
+            version: 0,
+        };
+        let committed = Fenced::Finalized {
+            commit: true,
+            version: 7,
+        };
+        assert!(fenced_commit(&[(2, prepared), (3, prepared)]));
+        assert!(!fenced_commit(&[(2, prepared), (3, aborted)]));
+        assert!(fenced_commit(&[(2, committed), (3, prepared)]));
+        assert!(fenced_commit(&[]), "nothing to fence: all prepared");
+    }
+
+    #[test]
+    fn a_parallel_commit_finalizes_its_anchor_last_and_forgets_nothing() {
+        let jobs = [parallel(1, 1, &[1, 2, 3]), job(2, 2, &[1, 2], true)];
+        let first = finalize_batches(&jobs);
+        assert_eq!(first[&1], vec![(jobs[1].txn, true)], "anchor 1 waits");
+        assert_eq!(first[&2], vec![(jobs[0].txn, true), (jobs[1].txn, true)]);
+        assert_eq!(first[&3], vec![(jobs[0].txn, true)]);
+        let all = BTreeMap::from([(1, true), (2, true), (3, true)]);
+        assert_eq!(
+            anchor_round(&jobs, &all),
+            BTreeMap::from([(1, vec![(jobs[0].txn, true)])])
+        );
+        let three_failed = BTreeMap::from([(1, true), (2, true), (3, false)]);
+        assert!(
+            anchor_round(&jobs, &three_failed).is_empty(),
+            "left prepared at its anchor for the sweeper"
+        );
+        assert_eq!(
+            forgettable(&jobs, &all),
+            BTreeMap::from([(2, vec![jobs[1].txn])]),
+            "no record to forget for the parallel commit"
+        );
     }
 
     #[test]

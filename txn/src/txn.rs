@@ -6,9 +6,13 @@
 //! - One group: `CommitLocal` (validate + write in one record).
 //! - Several groups, no writes: `Validate` at each (nothing is logged).
 //! - Several groups with writes: two-phase commit. The anchor is the group of
-//!   the smallest written key. Prepare everywhere in parallel; decide at the
-//!   anchor (first decision wins); answer; finalize in the background; then
-//!   forget the anchor's record.
+//!   the smallest written key. Prepare everywhere in parallel. If every
+//!   participant voted YES and the anchor's prepared state is this
+//!   execution's own, the transaction is committed (parallel commit):
+//!   answer, then finalize in the background, the anchor last. Otherwise
+//!   decide at the anchor (first decision wins; an ABORT over another
+//!   execution's prepared anchor fences first); answer; finalize in the
+//!   background; then forget the anchor's record.
 //!
 //! Every shard operation is idempotent by transaction id, so a failed call is
 //! retried (bounded, with backoff, within the request's deadline). When the
@@ -36,7 +40,7 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Link, Router};
-use crate::twopc::{FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+use crate::twopc::{Fenced, FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
 use trellis_proto::v1::txn_client::TxnClient;
 // The commit vocabulary lives with the rules that decide it; it is named
 // from here too, as it was before those rules moved.
@@ -455,67 +459,101 @@ impl TxnManager {
             })
             .collect();
         let participants = plan.participants();
+        // This execution, as the anchor will remember it (never 0).
+        let exec = trellis_types::rng::u64() | 1;
 
         // 1. Prepare everywhere in parallel. A participant whose keys moved
         // to another group since the plan answers `Moved` at once (nothing
         // was prepared there), and the attempt aborts: the transaction id
         // is spent at the anchor, so it cannot be re-planned under it.
-        let prepares = parts.iter().map(|(group, (reads, writes))| {
-            let participants = participants.clone();
-            let keys: Vec<&[u8]> = plan.parts[group]
-                .reads
-                .iter()
-                .map(|(k, _)| k.as_slice())
-                .chain(plan.parts[group].writes.iter().map(|(k, _)| k.as_slice()))
-                .collect();
-            async move {
-                let vote = self
-                    .call_keys(*group, &keys, deadline, "prepare", |mut client, map| {
-                        let request = pb::PrepareRequest {
-                            durability,
-                            map_epoch: map.map_epoch,
-                            txn_id: txn.as_bytes().to_vec(),
-                            reads: reads.clone(),
-                            writes: writes.clone(),
-                            anchor_group: anchor,
-                            participants: participants.clone(),
-                        };
-                        async move { client.prepare(request).await.map(|r| r.into_inner()) }
-                    })
-                    .await
-                    .and_then(|r| match r.vote {
-                        Some(pb::prepare_response::Vote::Yes(p)) => {
-                            Ok(Vote::Yes { version: p.version })
-                        }
-                        Some(pb::prepare_response::Vote::No(refused)) => {
-                            Ok(Vote::No(abort_of(&refused)))
-                        }
-                        Some(pb::prepare_response::Vote::Finalized(f)) => Ok(Vote::Finalized {
-                            commit: f.decision == pb::Decision::Commit as i32,
-                            version: f.version,
-                        }),
-                        None => Err(TxnError::Internal("prepare answered no vote".into())),
-                    });
-                (*group, vote)
-            }
-        });
-        let votes: Vec<(GroupId, Result<Vote, TxnError>)> = join_all(prepares).await;
+        let mut prepares: Vec<_> = parts
+            .iter()
+            .map(|(group, (reads, writes))| {
+                let participants = participants.clone();
+                let keys: Vec<&[u8]> = plan.parts[group]
+                    .reads
+                    .iter()
+                    .map(|(k, _)| k.as_slice())
+                    .chain(plan.parts[group].writes.iter().map(|(k, _)| k.as_slice()))
+                    .collect();
+                async move {
+                    let vote = self
+                        .call_keys(*group, &keys, deadline, "prepare", |mut client, map| {
+                            let request = pb::PrepareRequest {
+                                durability,
+                                map_epoch: map.map_epoch,
+                                txn_id: txn.as_bytes().to_vec(),
+                                reads: reads.clone(),
+                                writes: writes.clone(),
+                                anchor_group: anchor,
+                                participants: participants.clone(),
+                                exec,
+                            };
+                            async move { client.prepare(request).await.map(|r| r.into_inner()) }
+                        })
+                        .await
+                        .and_then(|r| match r.vote {
+                            Some(pb::prepare_response::Vote::Yes(p)) => Ok(Vote::Yes {
+                                version: p.version,
+                                owner: p.owner,
+                            }),
+                            Some(pb::prepare_response::Vote::No(refused)) => {
+                                Ok(Vote::No(abort_of(&refused)))
+                            }
+                            Some(pb::prepare_response::Vote::Finalized(f)) => Ok(Vote::Finalized {
+                                commit: f.decision == pb::Decision::Commit as i32,
+                                version: f.version,
+                            }),
+                            None => Err(TxnError::Internal("prepare answered no vote".into())),
+                        });
+                    (*group, vote)
+                }
+            })
+            .collect();
+        let votes: Vec<(GroupId, Result<Vote, TxnError>)> =
+            if trellis_types::failpoint::armed("during_prepare") {
+                // The first participant alone, so a crash here leaves some
+                // participants prepared and others not.
+                let first = prepares.remove(0).await;
+                failpoint("during_prepare");
+                let mut rest = join_all(prepares).await;
+                rest.insert(0, first);
+                rest
+            } else {
+                join_all(prepares).await
+            };
         failpoint("after_prepare");
         let mut tally = Tally::of(&votes);
 
-        // 2. Decide at the anchor: first decision wins.
-        let answer = self
-            .call(anchor, deadline, "decide", |mut client, _map| {
-                let request = pb::DecideRequest {
-                    durability,
-                    txn_id: txn.as_bytes().to_vec(),
-                    decision: decision_pb(tally.commit),
-                    participants: participants.clone(),
-                };
-                async move { client.decide(request).await.map(|r| r.into_inner()) }
+        // 2a. Every participant prepared, the anchor by this execution:
+        // committed (parallel commit). The anchor's own prepared state
+        // stands for the record until the finalizer finishes it, last.
+        if tally.committed_in_parallel(anchor, &participants) {
+            failpoint("after_decide");
+            self.metrics.parallel_commits.inc();
+            self.finalize_later(FinalizeJob {
+                txn,
+                anchor,
+                participants,
+                commit: true,
+                anchor_last: true,
             })
-            .await
-            .map(|d| d.decision == pb::Decision::Commit as i32);
+            .await;
+            return Ok(tally.outcome(txn, plan, true));
+        }
+
+        // 2b. Decide at the anchor: first decision wins.
+        let answer = self
+            .decide_at_anchor(
+                txn,
+                anchor,
+                &participants,
+                durability,
+                exec,
+                &mut tally,
+                deadline,
+            )
+            .await;
         let commit = crate::twopc::decided(txn, anchor, answer)?;
         failpoint("after_decide");
 
@@ -532,28 +570,152 @@ impl TxnManager {
                 }
             }
         }
-        self.finalize_later(txn, anchor, participants, commit).await;
+        self.finalize_later(FinalizeJob {
+            txn,
+            anchor,
+            participants,
+            commit,
+            anchor_last: false,
+        })
+        .await;
         if let Some(err) = unlearned {
             return Err(err);
         }
         Ok(tally.outcome(txn, plan, commit))
     }
 
-    /// Queues a decided transaction for finalization and forgetting. Waits
-    /// only when [`FINALIZE_QUEUE_MAX`] transactions already wait.
-    async fn finalize_later(
+    /// Asks the anchor to record what `tally` says. An ABORT the anchor
+    /// will not record unfenced (another execution prepared it there and may
+    /// have committed in parallel) is asked again after fencing the
+    /// participants that did not vote YES: COMMIT instead if every one of
+    /// them turns out prepared. Returns the decision that stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_at_anchor(
         &self,
         txn: TxnId,
         anchor: GroupId,
-        participants: Vec<GroupId>,
-        commit: bool,
-    ) {
-        let job = FinalizeJob {
+        participants: &[GroupId],
+        durability: u32,
+        exec: u64,
+        tally: &mut Tally,
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let first = self
+            .decide(
+                txn,
+                anchor,
+                participants,
+                durability,
+                tally.commit,
+                exec,
+                false,
+                deadline,
+            )
+            .await?;
+        if let Some(commit) = first {
+            return Ok(commit);
+        }
+        let fenced = self
+            .fence_all(txn, &tally.to_fence(participants), deadline)
+            .await?;
+        for (group, answer) in &fenced {
+            match answer {
+                Fenced::Prepared { version }
+                | Fenced::Finalized {
+                    commit: true,
+                    version,
+                } => tally.learned(*group, *version),
+                Fenced::Finalized { commit: false, .. } => {}
+            }
+        }
+        let commit = crate::twopc::fenced_commit(&fenced);
+        self.decide(
             txn,
             anchor,
             participants,
+            durability,
             commit,
-        };
+            exec,
+            !commit,
+            deadline,
+        )
+        .await?
+        .ok_or_else(|| {
+            TxnError::Internal(format!(
+                "anchor group {anchor} asked to fence again after a fence of {txn}"
+            ))
+        })
+    }
+
+    /// One DECIDE at the anchor: the decision that stands, or `None` when
+    /// the anchor asks to fence first.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        txn: TxnId,
+        anchor: GroupId,
+        participants: &[GroupId],
+        durability: u32,
+        commit: bool,
+        exec: u64,
+        fenced: bool,
+        deadline: Instant,
+    ) -> Result<Option<bool>, TxnError> {
+        let answer = self
+            .call(anchor, deadline, "decide", |mut client, _map| {
+                let request = pb::DecideRequest {
+                    durability,
+                    txn_id: txn.as_bytes().to_vec(),
+                    decision: decision_pb(commit),
+                    participants: participants.to_vec(),
+                    exec,
+                    fenced,
+                };
+                async move { client.decide(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        if answer.fence_first {
+            return Ok(None);
+        }
+        Ok(Some(answer.decision == pb::Decision::Commit as i32))
+    }
+
+    /// Fences `groups` in parallel (see `Shard.Fence`): what each said.
+    async fn fence_all(
+        &self,
+        txn: TxnId,
+        groups: &[GroupId],
+        deadline: Instant,
+    ) -> Result<Vec<(GroupId, Fenced)>, TxnError> {
+        let fences = groups.iter().map(|group| async move {
+            let answer = self
+                .call(*group, deadline, "fence", |mut client, _map| {
+                    let request = pb::FenceRequest {
+                        txn_id: txn.as_bytes().to_vec(),
+                    };
+                    async move { client.fence(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            self.metrics.fences.inc();
+            let fenced = match answer.state {
+                Some(pb::fence_response::State::Prepared(p)) => {
+                    Fenced::Prepared { version: p.version }
+                }
+                Some(pb::fence_response::State::Finalized(f)) => Fenced::Finalized {
+                    commit: f.decision == pb::Decision::Commit as i32,
+                    version: f.version,
+                },
+                None => return Err(TxnError::Internal("fence answered no state".into())),
+            };
+            Ok((*group, fenced))
+        });
+        join_all(fences).await.into_iter().collect()
+    }
+
+    /// Queues a decided transaction for finalization and forgetting. Waits
+    /// only when [`FINALIZE_QUEUE_MAX`] transactions already wait.
+    async fn finalize_later(&self, job: FinalizeJob) {
+        let txn = job.txn;
         if self.finalize_queue.send(job).await.is_err() {
             tracing::warn!(%txn, "finalizer stopped; the in-doubt sweeper will finish this transaction");
         }
@@ -597,20 +759,53 @@ impl TxnManager {
         }
     }
 
+    /// Finalizes a batch: every participant but the anchors of parallel
+    /// commits, then those anchors (where every other participant
+    /// finalized), then forgets the recorded decisions whose participants
+    /// all finalized.
     async fn finalize_batch(&self, jobs: Vec<FinalizeJob>) {
         let deadline = Instant::now() + crate::FINALIZE_DEADLINE;
-        let mut groups = crate::twopc::finalize_batches(&jobs)
-            .into_iter()
-            .map(|(group, items)| {
-                let items: Vec<pb::FinalizeRequest> = items
-                    .into_iter()
-                    .map(|(txn, commit)| pb::FinalizeRequest {
-                        txn_id: txn.as_bytes().to_vec(),
-                        decision: decision_pb(commit),
-                    })
-                    .collect();
-                (group, items)
-            });
+        let done = self
+            .finalize_round(crate::twopc::finalize_batches(&jobs), deadline, true)
+            .await;
+        let anchors = crate::twopc::anchor_round(&jobs, &done);
+        if !anchors.is_empty() {
+            self.finalize_round(anchors, deadline, false).await;
+        }
+        let forget = crate::twopc::forgettable(&jobs, &done);
+        join_all(forget.into_iter().map(|(anchor, txns)| async move {
+            let txn_ids: Vec<Vec<u8>> = txns.iter().map(|t| t.as_bytes().to_vec()).collect();
+            let result = self
+                .call(anchor, deadline, "forget", |mut client, _map| {
+                    let request = pb::ForgetRequest { txn_ids: txn_ids.clone() };
+                    async move { client.forget(request).await.map(|r| r.into_inner()) }
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::debug!(anchor, %err, "forget failed; the records stay until a later forget");
+            }
+        }))
+        .await;
+    }
+
+    /// One `FinalizeBatch` per group of `batches`, in parallel (with
+    /// `failpoint`, the first group alone first): which groups succeeded.
+    async fn finalize_round(
+        &self,
+        batches: BTreeMap<GroupId, Vec<(TxnId, bool)>>,
+        deadline: Instant,
+        failpoint_first: bool,
+    ) -> BTreeMap<GroupId, bool> {
+        let mut groups = batches.into_iter().map(|(group, items)| {
+            let items: Vec<pb::FinalizeRequest> = items
+                .into_iter()
+                .map(|(txn, commit)| pb::FinalizeRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                    decision: decision_pb(commit),
+                })
+                .collect();
+            (group, items)
+        });
         let send = |group: GroupId, items: Vec<pb::FinalizeRequest>| async move {
             let ok = self
                 .call(group, deadline, "finalize batch", |mut client, _map| {
@@ -629,7 +824,7 @@ impl TxnManager {
         let mut done: BTreeMap<GroupId, bool> = BTreeMap::new();
         // The first group alone, so a crash here leaves some participants
         // finalized and others not.
-        if let Some((group, items)) = groups.next() {
+        if failpoint_first && let Some((group, items)) = groups.next() {
             let (group, ok) = send(group, items).await;
             done.insert(group, ok);
             failpoint("during_finalize");
@@ -637,20 +832,7 @@ impl TxnManager {
         for (group, ok) in join_all(groups.map(|(group, items)| send(group, items))).await {
             done.insert(group, ok);
         }
-        let forget = crate::twopc::forgettable(&jobs, &done);
-        join_all(forget.into_iter().map(|(anchor, txns)| async move {
-            let txn_ids: Vec<Vec<u8>> = txns.iter().map(|t| t.as_bytes().to_vec()).collect();
-            let result = self
-                .call(anchor, deadline, "forget", |mut client, _map| {
-                    let request = pb::ForgetRequest { txn_ids: txn_ids.clone() };
-                    async move { client.forget(request).await.map(|r| r.into_inner()) }
-                })
-                .await;
-            if let Err(err) = result {
-                tracing::debug!(anchor, %err, "forget failed; the records stay until a later forget");
-            }
-        }))
-        .await;
+        done
     }
 
     /// Finalizes at every participant; true if all succeeded.
@@ -788,7 +970,12 @@ impl TxnManager {
                 async move { client.resolve(request).await.map(|r| r.into_inner()) }
             })
             .await?;
-        let commit = record.decision == pb::Decision::Commit as i32;
+        let commit = if record.pending {
+            self.settle_pending(txn, anchor, &record.participants, deadline)
+                .await?
+        } else {
+            record.decision == pb::Decision::Commit as i32
+        };
         let resolution = Resolution::of(participants, &record.participants);
         let finished = self
             .finalize_all(txn, &resolution.finalize, commit, deadline)
@@ -804,6 +991,44 @@ impl TxnManager {
         counter.inc();
         tracing::info!(%txn, anchor, commit, "resolved an in-doubt transaction");
         Ok(commit)
+    }
+
+    /// Decides a transaction its anchor holds prepared with nothing decided
+    /// (a parallel commit in flight, or abandoned by a dead coordinator):
+    /// fences every other participant, then records COMMIT if every one had
+    /// prepared it (or committed it), ABORT otherwise. First decision wins.
+    async fn settle_pending(
+        &self,
+        txn: TxnId,
+        anchor: GroupId,
+        participants: &[GroupId],
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let others: Vec<GroupId> = participants
+            .iter()
+            .copied()
+            .filter(|g| *g != anchor)
+            .collect();
+        let fenced = self.fence_all(txn, &others, deadline).await?;
+        let commit = crate::twopc::fenced_commit(&fenced);
+        // As a PREPARE: never less than SEMI_SYNC.
+        let durability = trellis_proto::v1::Durability::SemiSync as u32;
+        self.decide(
+            txn,
+            anchor,
+            participants,
+            durability,
+            commit,
+            0,
+            !commit,
+            deadline,
+        )
+        .await?
+        .ok_or_else(|| {
+            TxnError::Internal(format!(
+                "anchor group {anchor} asked to fence again after a fence of {txn}"
+            ))
+        })
     }
 
     /// COMMITTED, ABORTED or UNKNOWN, from the anchor's record or the

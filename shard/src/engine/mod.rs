@@ -63,7 +63,7 @@ mod test_util;
 pub use feed::{
     FEED_BATCHES_BUFFERED_MAX, FEED_READ_BYTES_MAX, FEED_RESOLVED_INTERVAL, FeedBatch, FeedStart,
 };
-pub use participant::{BACKUP_READ_WAIT_MAX, Vote};
+pub use participant::{BACKUP_READ_WAIT_MAX, Decided, Fenced, Resolved, Vote};
 pub use recovery::Recovery;
 pub use reshard::{
     ENTRY_OVERHEAD_BYTES, EXPORT_CHUNK_BYTES, IMPORTED_VERSION_MAX, INGEST_BYTES_MAX, entry_bytes,

@@ -17,7 +17,35 @@ use crate::record::{
     CommitLocalRec, DecideRec, FinalizeRec, ForgetRec, PrepareRec, ReadRec, Record, WriteRec,
 };
 use crate::repl::{Level, Role};
-use crate::state::{Check, Decide, KeyView, Outcome, Refused, Resolve, TxnRecord};
+use crate::state::{Check, Decide, Fence, KeyView, Outcome, Refused, Resolve, TxnRecord};
+
+/// The anchor's answer to a resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// A decision stands (recorded, remembered, or presumed ABORT now).
+    Decided(TxnRecord),
+    /// Prepared here, nothing decided: committed iff every one of
+    /// `participants` prepared it. The resolver fences and decides.
+    Pending { participants: Vec<GroupId> },
+}
+
+/// The anchor's answer to a decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// The decision that stands (true = commit), durable.
+    Stands(bool),
+    /// Nothing recorded: fence first ([`Decide::FenceFirst`]).
+    FenceFirst,
+}
+
+/// A participant's answer to a fence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// Prepared here (durable).
+    Prepared { version: Version },
+    /// Finalized here, before or by this fence (ABORT).
+    Finalized(Outcome),
+}
 
 /// Longest a backup's STALE read waits for the primary's commit point or
 /// the session floor to reach it (two safe points) before declining.
@@ -30,6 +58,8 @@ pub enum Vote {
     Yes {
         /// The version (of the PREPARE record) its writes get.
         version: Version,
+        /// The asking execution's PREPARE made the prepared state here.
+        owner: bool,
     },
     /// Refused: why (a conflict or a lock), and on which keys.
     No(Refused),
@@ -245,6 +275,7 @@ impl Shard {
         level: Level,
     ) -> Result<Vote, ShardError> {
         let txn = TxnId::from_bytes(&rec.txn_id).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        let exec = rec.exec;
         self.wal().reserve().await?;
         let (vote, lsn) = {
             let mut guard = self.state.lock_at(Instant::now());
@@ -259,9 +290,17 @@ impl Shard {
                         .prepared(&txn)
                         .expect("apply records the prepared transaction")
                         .version;
-                    (Vote::Yes { version }, lsn)
+                    let owner = exec != 0;
+                    (Vote::Yes { version, owner }, lsn)
                 }
-                Check::AlreadyPrepared { lsn, version } => (Vote::Yes { version }, lsn),
+                Check::AlreadyPrepared {
+                    lsn,
+                    version,
+                    exec: first,
+                } => {
+                    let owner = exec != 0 && first == exec;
+                    (Vote::Yes { version, owner }, lsn)
+                }
                 Check::NotServed(not_served) => return Err(self.not_served(not_served)),
                 Check::Done(outcome) => {
                     let lsn = outcome.lsn();
@@ -288,11 +327,14 @@ impl Shard {
         commit: bool,
         participants: Vec<GroupId>,
         level: Level,
-    ) -> Result<bool, ShardError> {
+        exec: u64,
+        fenced: bool,
+    ) -> Result<Decided, ShardError> {
         self.wal().reserve().await?;
         let (commit, lsn) = {
             let mut guard = self.state.lock();
-            match guard.check_decide(&txn, commit) {
+            match guard.check_decide(&txn, commit, exec, fenced) {
+                Ok(Decide::FenceFirst) => return Ok(Decided::FenceFirst),
                 Ok(Decide::Stands { commit, lsn }) => (commit, lsn),
                 Ok(Decide::Record { commit }) => {
                     let record = Record::Decide(DecideRec {
@@ -308,7 +350,7 @@ impl Shard {
             }
         };
         self.settle(lsn, level.max(Level::Semi)).await?;
-        Ok(commit)
+        Ok(Decided::Stands(commit))
     }
 
     /// The anchor's answer for an in-doubt transaction: the recorded
@@ -318,18 +360,101 @@ impl Shard {
     /// key), so once its record is forgotten its own finalized outcome still
     /// answers: a committed transaction is never presumed aborted while this
     /// replica remembers it ([`crate::state::OUTCOMES_MAX`]).
-    pub async fn resolve(&self, txn: TxnId) -> Result<TxnRecord, ShardError> {
-        let check = self.state.lock().check_resolve(&txn);
-        if let Resolve::Committed { lsn } = check {
-            self.settle(lsn, Level::Sync).await?;
-            return Ok(TxnRecord {
-                commit: true,
-                participants: Vec::new(),
-                lsn,
-            });
-        }
-        let commit = self.decide(txn, false, Vec::new(), Level::Semi).await?;
-        Ok(self.state.lock().resolved(&txn, commit))
+    ///
+    /// Prepared here with nothing decided is [`Resolved::Pending`]: it may
+    /// have committed in parallel. The check and a presumed ABORT are one
+    /// step under the state lock, so a PREPARE can never slip in between.
+    pub async fn resolve(&self, txn: TxnId) -> Result<Resolved, ShardError> {
+        self.wal().reserve().await?;
+        // As before parallel commit: a remembered COMMIT is answered once
+        // durable on every in-sync member, an ABORT (and a pending PREPARE)
+        // once on at least one backup, as a decide is.
+        let (answer, lsn, level) = {
+            let mut guard = self.state.lock();
+            match guard.check_resolve(&txn) {
+                Resolve::Committed { lsn } => (
+                    Resolved::Decided(TxnRecord {
+                        commit: true,
+                        participants: Vec::new(),
+                        lsn,
+                    }),
+                    lsn,
+                    Level::Sync,
+                ),
+                Resolve::Pending { lsn, participants } => {
+                    (Resolved::Pending { participants }, lsn, Level::Semi)
+                }
+                Resolve::PresumeAbort => {
+                    let lsn = match guard.check_decide(&txn, false, 0, false) {
+                        Ok(Decide::Stands { lsn, .. }) => lsn,
+                        Ok(Decide::Record { commit }) => {
+                            let record = Record::Decide(DecideRec {
+                                txn_id: txn.as_bytes().to_vec(),
+                                commit,
+                                participants: Vec::new(),
+                            });
+                            let lsn = self.log(&mut guard, &record)?;
+                            self.metrics.decisions.inc();
+                            lsn
+                        }
+                        Ok(Decide::FenceFirst) => {
+                            unreachable!("presumed abort only for a transaction not prepared here")
+                        }
+                        Err(refused) => return Err(ShardError::Busy(refused.message)),
+                    };
+                    let decided = guard
+                        .record(&txn)
+                        .map(|r| r.commit)
+                        .or_else(|| {
+                            guard
+                                .outcome(&txn)
+                                .map(|o| matches!(o, Outcome::Committed { .. }))
+                        })
+                        .unwrap_or(false);
+                    (
+                        Resolved::Decided(guard.resolved(&txn, decided)),
+                        lsn,
+                        Level::Semi,
+                    )
+                }
+            }
+        };
+        self.settle(lsn, level).await?;
+        Ok(answer)
+    }
+
+    /// For a resolver of a pending parallel commit: whether `txn` is
+    /// prepared here, or its outcome here; unknown here, it is aborted here
+    /// for good (a FINALIZE ABORT), so its PREPARE can never succeed here
+    /// later and an ABORT decision cannot contradict a parallel commit.
+    pub async fn fence(&self, txn: TxnId) -> Result<Fenced, ShardError> {
+        self.wal().reserve().await?;
+        let (answer, lsn) = {
+            let mut guard = self.state.lock();
+            match guard.check_fence(&txn) {
+                Fence::Prepared { lsn, version } => (Fenced::Prepared { version }, lsn),
+                Fence::Done(outcome) => {
+                    let lsn = outcome.lsn();
+                    (Fenced::Finalized(outcome), lsn)
+                }
+                Fence::Record => {
+                    let record = Record::Finalize(FinalizeRec {
+                        txn_id: txn.as_bytes().to_vec(),
+                        commit: false,
+                    });
+                    self.log(&mut guard, &record)?;
+                    self.metrics.finalizes.inc();
+                    let outcome = guard
+                        .outcome(&txn)
+                        .cloned()
+                        .expect("a FINALIZE ABORT is remembered");
+                    let lsn = outcome.lsn();
+                    (Fenced::Finalized(outcome), lsn)
+                }
+            }
+        };
+        self.settle(lsn, Level::Semi).await?;
+        Ok(answer)
     }
 
     /// Applies (commit) or discards (abort) a prepared transaction and
@@ -509,7 +634,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::test_util::{config, put, txn, value_of};
-    use super::super::{Shard, Vote};
+    use super::super::{Decided, Fenced, Resolved, Shard, Vote};
     use crate::metrics::Metrics;
     use crate::record::{PrepareRec, ReadRec};
     use crate::repl::Level;
@@ -570,35 +695,49 @@ mod tests {
                 writes: vec![put(&format!("late{n}"), "v")],
                 anchor: 1,
                 participants: vec![1, 2],
+                exec: 7,
             };
             shard.prepare(1, rec, Level::Sync).await.expect("prepare");
             if first {
-                assert!(
+                assert_eq!(
                     shard
-                        .decide(txn(n), true, vec![1, 2], Level::Sync)
+                        .decide(txn(n), true, vec![1, 2], Level::Sync, 7, false)
                         .await
-                        .expect("decide")
+                        .expect("decide"),
+                    Decided::Stands(true)
                 );
             } else {
-                assert!(
-                    !shard.resolve(txn(n)).await.expect("resolve").commit,
-                    "presumed abort"
+                // Prepared here, nothing decided: pending. The resolver
+                // fenced group 2 (not prepared there) and decides ABORT.
+                assert_eq!(
+                    shard.resolve(txn(n)).await.expect("resolve"),
+                    Resolved::Pending {
+                        participants: vec![1, 2]
+                    }
+                );
+                assert_eq!(
+                    shard
+                        .decide(txn(n), false, vec![1, 2], Level::Sync, 0, true)
+                        .await
+                        .expect("decide"),
+                    Decided::Stands(false)
                 );
             }
             shard.finalize(txn(n), first).await.expect("finalize");
             assert_eq!(shard.forget(vec![txn(n)]).await.expect("forget"), 1);
             let late = shard
-                .decide(txn(n), !first, vec![1, 2], Level::Sync)
+                .decide(txn(n), !first, vec![1, 2], Level::Sync, 7, false)
                 .await
                 .expect("late decide");
             assert_eq!(
-                late, first,
+                late,
+                Decided::Stands(first),
                 "txn {n}: a late decide overturned the finalized decision"
             );
             let resolved = shard.resolve(txn(n)).await.expect("late resolve");
-            assert_eq!(
-                resolved.commit, first,
-                "txn {n}: a late resolve overturned it"
+            assert!(
+                matches!(resolved, Resolved::Decided(ref r) if r.commit == first),
+                "txn {n}: a late resolve overturned it: {resolved:?}"
             );
             let written = value_of(&shard, &format!("late{n}")).await.is_some();
             assert_eq!(
@@ -618,12 +757,17 @@ mod tests {
             writes: vec![put("x", "1")],
             anchor: 1,
             participants: vec![1, 2],
+            exec: 7,
         };
         let first = shard
             .prepare(1, rec.clone(), Level::Sync)
             .await
             .expect("prepare");
-        let Vote::Yes { version } = first else {
+        let Vote::Yes {
+            version,
+            owner: true,
+        } = first
+        else {
             panic!("voted {first:?}")
         };
         assert_eq!(
@@ -645,20 +789,25 @@ mod tests {
             }
             other => panic!("locked key written: {other:?}"),
         }
-        assert!(
+        assert_eq!(
             shard
-                .decide(txn(7), true, vec![1, 2], Level::Sync)
+                .decide(txn(7), true, vec![1, 2], Level::Sync, 7, false)
                 .await
-                .expect("decide")
+                .expect("decide"),
+            Decided::Stands(true)
         );
-        assert!(
+        assert_eq!(
             shard
-                .decide(txn(7), false, vec![], Level::Sync)
+                .decide(txn(7), false, vec![], Level::Sync, 7, false)
                 .await
                 .expect("decide again"),
+            Decided::Stands(true),
             "first decision wins"
         );
-        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
+        assert!(matches!(
+            shard.resolve(txn(7)).await.expect("resolve"),
+            Resolved::Decided(r) if r.commit
+        ));
         let outcome = shard
             .finalize(txn(7), true)
             .await
@@ -671,18 +820,152 @@ mod tests {
             Some(outcome)
         );
         // Resolve of an unknown transaction records ABORT: presumed abort.
-        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
-        assert!(
-            !shard
-                .decide(txn(9), true, vec![], Level::Sync)
+        assert!(!committed(shard.resolve(txn(9)).await.expect("resolve")));
+        assert_eq!(
+            shard
+                .decide(txn(9), true, vec![], Level::Sync, 9, false)
                 .await
-                .expect("late decide")
+                .expect("late decide"),
+            Decided::Stands(false)
         );
         assert_eq!(shard.forget(vec![txn(7), txn(9)]).await.expect("forget"), 2);
         assert_eq!(shard.finalize(txn(99), true).await.expect("unknown"), None);
         // Its record forgotten, the anchor's own finalized outcome still
         // answers COMMIT: a late resolve never presumes a commit aborted.
-        assert!(shard.resolve(txn(7)).await.expect("resolve").commit);
-        assert!(!shard.resolve(txn(9)).await.expect("resolve").commit);
+        assert!(committed(shard.resolve(txn(7)).await.expect("resolve")));
+        assert!(!committed(shard.resolve(txn(9)).await.expect("resolve")));
+    }
+
+    fn committed(resolved: Resolved) -> bool {
+        match resolved {
+            Resolved::Decided(record) => record.commit,
+            Resolved::Pending { .. } => panic!("pending: {resolved:?}"),
+        }
+    }
+
+    fn prepare_rec(n: u32, key: &str, exec: u64) -> PrepareRec {
+        PrepareRec {
+            txn_id: txn(n).0.to_vec(),
+            reads: vec![],
+            writes: vec![put(key, "v")],
+            anchor: 1,
+            participants: vec![1, 2],
+            exec,
+        }
+    }
+
+    /// Parallel commit at the anchor: only the execution that prepared it
+    /// owns it; an ABORT from anyone else must fence first; a resolve finds
+    /// it pending; a recorded ABORT refuses a later PREPARE even of the
+    /// same transaction.
+    #[tokio::test]
+    async fn the_anchor_keeps_a_parallel_commit_from_a_silent_abort() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        let yes = |vote: Vote| match vote {
+            Vote::Yes { owner, .. } => owner,
+            other => panic!("voted {other:?}"),
+        };
+        assert!(yes(shard
+            .prepare(1, prepare_rec(31, "p31", 5), Level::Sync)
+            .await
+            .expect("prepare")));
+        assert!(
+            !yes(shard
+                .prepare(1, prepare_rec(31, "p31", 6), Level::Sync)
+                .await
+                .expect("second execution")),
+            "a second execution is not the owner"
+        );
+        assert!(
+            yes(shard
+                .prepare(1, prepare_rec(31, "p31", 5), Level::Sync)
+                .await
+                .expect("retry")),
+            "a retry of the owner still owns it"
+        );
+        for (exec, fenced) in [(6, false), (0, false)] {
+            assert_eq!(
+                shard
+                    .decide(txn(31), false, vec![1, 2], Level::Sync, exec, fenced)
+                    .await
+                    .expect("decide"),
+                Decided::FenceFirst,
+                "exec {exec}: an unfenced ABORT over another's prepared anchor"
+            );
+        }
+        assert_eq!(
+            shard.resolve(txn(31)).await.expect("resolve"),
+            Resolved::Pending {
+                participants: vec![1, 2]
+            }
+        );
+        assert_eq!(
+            shard
+                .decide(txn(31), false, vec![1, 2], Level::Sync, 0, true)
+                .await
+                .expect("fenced abort"),
+            Decided::Stands(false)
+        );
+        match shard
+            .prepare(1, prepare_rec(31, "p31", 5), Level::Sync)
+            .await
+            .expect("late prepare")
+        {
+            Vote::No(refused) => {
+                assert_eq!(refused.reason, crate::state::Refusal::AlreadyAborted)
+            }
+            other => panic!("a YES after a recorded ABORT: {other:?}"),
+        }
+        // The owner itself may abort without fencing.
+        shard
+            .prepare(1, prepare_rec(32, "p32", 8), Level::Sync)
+            .await
+            .expect("prepare");
+        assert_eq!(
+            shard
+                .decide(txn(32), false, vec![1, 2], Level::Sync, 8, false)
+                .await
+                .expect("owner's abort"),
+            Decided::Stands(false)
+        );
+    }
+
+    /// A fence leaves a prepared transaction prepared, answers a finalized
+    /// one's outcome, and aborts an unknown one for good: its PREPARE is
+    /// refused afterwards, also after a restart.
+    #[tokio::test]
+    async fn a_fence_aborts_an_unprepared_transaction_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("open");
+        shard
+            .prepare(1, prepare_rec(41, "f41", 5), Level::Sync)
+            .await
+            .expect("prepare");
+        assert!(matches!(
+            shard.fence(txn(41)).await.expect("fence"),
+            Fenced::Prepared { .. }
+        ));
+        assert!(matches!(
+            shard.fence(txn(42)).await.expect("fence"),
+            Fenced::Finalized(Outcome::Aborted { .. })
+        ));
+        shard.shutdown();
+        drop(shard);
+        let shard = Shard::open(config(dir.path()), Arc::new(Metrics::default())).expect("reopen");
+        assert!(matches!(
+            shard
+                .prepare(1, prepare_rec(42, "f42", 5), Level::Sync)
+                .await
+                .expect("late prepare"),
+            Vote::Finalized(Outcome::Aborted { .. })
+        ));
+        shard.finalize(txn(41), true).await.expect("finalize");
+        assert!(matches!(
+            shard.fence(txn(41)).await.expect("fence"),
+            Fenced::Finalized(Outcome::Committed { .. })
+        ));
+        assert!(value_of(&shard, "f41").await.is_some());
+        assert!(value_of(&shard, "f42").await.is_none());
     }
 }

@@ -208,6 +208,7 @@ mod tests {
             writes: vec![put("k2", "prepared")],
             anchor: 1,
             participants: vec![1, 2],
+            exec: 7,
         };
         assert!(matches!(
             shard

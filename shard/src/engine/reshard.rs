@@ -518,6 +518,7 @@ mod tests {
             writes: vec![put(&keys[0], "w")],
             anchor: 1,
             participants: vec![1, 2],
+            exec: 7,
         };
         assert!(matches!(
             shard.prepare(1, prepare, Level::Sync).await,
