@@ -1564,6 +1564,15 @@ mod tests {
             mut driver,
             ..
         } = setup_slots(0, (batches * SLOTS_PER_BATCH) as usize).await;
+        // Heartbeats as the refresher would: the ticks take real time on a
+        // busy machine, and a driver with an old heartbeat fences itself.
+        let beating = catalog.clone();
+        let heartbeats = tokio::spawn(async move {
+            loop {
+                let _ = beating.heartbeat_coordinator("me", "127.0.0.1:1", "").await;
+                sleep(Duration::from_millis(200)).await;
+            }
+        });
 
         let wait = driver.tick().await;
 
@@ -1586,6 +1595,7 @@ mod tests {
         let row = catalog.jobs().await.expect("jobs").remove(0);
         let record = decode(id, &row.state).expect("decode");
         assert_eq!(record.job.control, Control::Done, "{record:?}");
+        heartbeats.abort();
     }
 
     const FREEZE_MAX_MS: u64 = crate::reshard::FREEZE_MAX.as_millis() as u64 + 1_000;
