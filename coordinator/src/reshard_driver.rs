@@ -381,10 +381,13 @@ impl Driver {
         if more {
             return Duration::ZERO;
         }
+        // Only retries still to come: one already due belongs to a job this
+        // driver left (another owns it now) and must not make it spin.
         let now = Instant::now();
         self.retries
             .values()
-            .map(|r| r.at.saturating_duration_since(now))
+            .filter(|r| r.at > now)
+            .map(|r| r.at - now)
             .fold(DRIVER_TICK, Duration::min)
     }
 
