@@ -46,6 +46,10 @@ source bench/lib.sh
 PORT=$(free_port)
 ADDR="127.0.0.1:$PORT"
 log "trellis dev --groups 3 --replicas 2 on $ADDR"
+# The driver logs each handed-over batch with where its pause went
+# ("batch handed over": freeze, saves, drain, flip, between); kept in
+# dev.log for the per-step table.
+TRELLIS_LOG=${TRELLIS_LOG:-warn,trellis_coordinator::reshard_driver=info} \
 "$TRELLIS" dev --insecure --data-dir "$WORK/data" --listen "$ADDR" --groups 3 --replicas 2 \
     >"$WORK/dev.log" 2>&1 &
 PIDS+=($!)
@@ -92,6 +96,7 @@ for w in w1-rmw w2-transfer; do
     load "before-$w" "$w" "$DURATION"
 done
 
+cat /proc/loadavg >"$WORK/loadavg-before.txt"
 log "adding group 4"
 "$TRELLIS" dev add-group --data-dir "$WORK/data" >&2
 log "w1-rmw while group 4 takes its share (trellis admin rebalance --wait)"
@@ -113,6 +118,7 @@ for t in json.load(open(sys.argv[1])):
     if t["labels"]["job"] == "trellis-coordinator":
         print(t["targets"][0])' "$WORK/data/prometheus-targets.json")
 curl -s "http://$METRICS/metrics" >"$WORK/metrics.txt"
+cat /proc/loadavg >"$WORK/loadavg-after.txt"
 
 log "the disk's raw sequential write rate (dd, 256 MiB, fsync)"
 dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=256 conv=fsync 2>"$WORK/dd.txt"
@@ -124,7 +130,7 @@ export WORK DURATION VUS KEYS DOC BEGIN_MARK END_MARK
 export MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 export TRELLIS_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 python3 - <<'PY'
-import json, os, datetime, re
+import json, os, datetime, re, math
 work = os.environ["WORK"]
 tck = int(os.environ["CLK_TCK"])
 
@@ -173,6 +179,37 @@ def ms(seconds):
     return "≤ %g ms" % (seconds * 1000)
 pause_max = max(j["pause_max_ms"] for j in all_jobs)
 
+# Every handed-over batch as the driver logged it, by job (the first
+# rebalance under w1-rmw, the drain with no load, the second rebalance
+# under w2-transfer), with where its pause went.
+handed = {}
+for line in open(f"{work}/dev.log", errors="replace"):
+    if "batch handed over" in line:
+        f = {k: int(v) for k, v in re.findall(r"\b(\w+)=(\d+)\b", line)}
+        if "job" in f and "pause_ms" in f:
+            handed.setdefault(f["job"], []).append(f)
+def exact(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(len(v) * q) - 1))] if v else float("nan")
+STEPS = [("pause_ms", "pause (freeze to flip)"), ("freeze_ms", "freeze call"),
+         ("saves_ms", "job saves while frozen"), ("drain_ms", "drained copy, every try"),
+         ("flip_ms", "flip (map CAS, tell both groups)"), ("between_ms", "between steps (ticks, backoffs)")]
+def step_rows():
+    names = {first["id"]: "first rebalance (w1-rmw)", last["id"]: "second rebalance (w2-transfer)"}
+    out = ["| job | batches | step | p50 (ms) | p99 (ms) | max (ms) |", "|---|---:|---|---:|---:|---:|"]
+    for job in sorted(handed):
+        batches = handed[job]
+        name = names.get(job, "drain of group 4 (no load)")
+        for key, label in STEPS:
+            vals = [b.get(key, 0) for b in batches]
+            out.append(f"| {name} | {len(batches)} | {label} | {exact(vals, 0.5)} | {exact(vals, 0.99)} | {max(vals)} |")
+        tries = [b.get("drain_tries", 0) for b in batches]
+        fails = sum(b.get("failures", 0) for b in batches)
+        out.append(f"| {name} | {len(batches)} | drained-copy tries (NOT_DRAINED retries + 1); failed steps | {exact(tries, 0.5)} | {exact(tries, 0.99)} | {max(tries)}; {fails} failed |")
+    return out
+all_pauses = [b["pause_ms"] for bs in handed.values() for b in bs]
+loadavg = " → ".join(open(f"{work}/loadavg-{w}.txt").read().split()[0] for w in ("before", "after"))
+
 def rows(w, during_name):
     b, d, a = result(f"before-{w}"), result(during_name), result(f"after-{w}")
     out = [f"| {w} | before (3 groups) | during the rebalance | after (4 groups) | during / before | after / before |",
@@ -205,9 +242,13 @@ lines = [os.environ["BEGIN_MARK"], "",
     f"| disk's raw sequential write rate (dd, fsync) | {disk_mb_s:,.0f} MB/s |",
     f"| copy rate / disk rate | {copy_mb_s / disk_mb_s:.4f} |", "",
     f"| pause per batch (freeze to flip), {int(count)} batches of every job | value |", "|---|---:|",
-    f"| p50 | {ms(quantile(0.5))} |",
-    f"| p99 | {ms(quantile(0.99))} |",
-    f"| max | {pause_max} ms |", "",
+    f"| p50 | {ms(quantile(0.5))} (exact, from the driver's log: {exact(all_pauses, 0.5)} ms) |",
+    f"| p99 | {ms(quantile(0.99))} (exact: {exact(all_pauses, 0.99)} ms) |",
+    f"| max | {pause_max} ms |",
+    f"| load average (1 min) at the first rebalance → at the end | {loadavg} |", "",
+    "Where each batch's pause went (the driver's `batch handed over` log lines; "
+    "`trellis_reshard_cutover_step_seconds` has the same by step):", "",
+    *step_rows(), "",
     *rows("w1-rmw", "during-w1-rmw"), "",
     *rows("w2-transfer", "during-w2-transfer"), "",
     "The pause quantiles are the upper bounds of the histogram buckets they fall in "

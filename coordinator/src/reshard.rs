@@ -466,6 +466,13 @@ impl Job {
         }
     }
 
+    /// Whether the current batch's source is frozen by this job and its
+    /// flip is not stored yet: the write pause is running. A driver never
+    /// leaves a job there by choice (a step budget, a long backoff).
+    pub fn frozen(&self) -> bool {
+        matches!(self.phase, Phase::Drain | Phase::Flip)
+    }
+
     /// Whether the target may hold copied data of the current batch.
     fn importing(&self) -> bool {
         self.phase != Phase::Import
@@ -932,6 +939,40 @@ mod tests {
             Control::Done,
             "nothing to move"
         );
+    }
+
+    /// The pause runs from the stored freeze to the stored flip: exactly
+    /// the steps a driver must not leave a job at.
+    #[test]
+    fn a_job_is_frozen_from_its_freeze_to_its_flip_only() {
+        let mut job = one_slot_job(1);
+        let mut frozen = Vec::new();
+        while let Some(action) = job.next(0) {
+            frozen.push((action.clone(), job.frozen()));
+            let done = match action {
+                Action::CopyBase | Action::CopyDelta { .. } | Action::Drain { .. } => {
+                    copied(100, 0)
+                }
+                _ => Done::Ok,
+            };
+            job.done(&action, 0, done).expect("report");
+        }
+        let frozen_at: Vec<bool> = frozen.iter().map(|(_, f)| *f).collect();
+        assert_eq!(
+            frozen_at,
+            [false, false, false, true, true, false],
+            "{frozen:?}"
+        );
+        assert!(!job.frozen(), "done");
+
+        // A thawed drain is no longer frozen.
+        let mut job = one_slot_job(2);
+        freeze(&mut job);
+        assert!(job.frozen());
+        let deadline = FREEZE_MAX.as_millis() as u64;
+        assert_eq!(job.next(deadline), Some(Action::Thaw));
+        job.done(&Action::Thaw, deadline, Done::Ok).expect("thaw");
+        assert!(!job.frozen());
     }
 
     #[test]

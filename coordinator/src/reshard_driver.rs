@@ -76,6 +76,15 @@ pub const STEPS_PER_TICK: u32 = 64;
 /// Backoff after a job's step failed: doubles per failure up to the max.
 pub const RETRY_BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// First backoff after a step failed while the batch is frozen (its
+/// drained copy saved, its flip not): the write pause runs meanwhile, so
+/// it is retried sooner; it doubles as [`RETRY_BACKOFF_MIN`]'s does.
+pub const FROZEN_RETRY_MIN: Duration = Duration::from_millis(20);
+/// Actions a job may take past [`STEPS_PER_TICK`] to leave a frozen batch
+/// (drain, flip): a tick never ends with the source frozen for want of
+/// steps (the next tick may be [`DRIVER_TICK`] away), yet a flip that
+/// keeps losing the map's compare-and-set still yields.
+pub const FROZEN_STEPS_MAX: u32 = 16;
 /// Tries to save progress over operators' requests that keep arriving.
 pub const SAVE_ATTEMPTS_MAX: u32 = 8;
 
@@ -130,10 +139,49 @@ struct Retry {
     at: Instant,
 }
 
-/// The backoff after `failures` failures in a row (1 or more).
-pub fn backoff(failures: u32) -> Duration {
-    let doubled = RETRY_BACKOFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(16));
+/// The backoff after `failures` failures in a row (1 or more), of a job
+/// whose batch is `frozen` ([`Job::frozen`]) or not.
+pub fn backoff(failures: u32, frozen: bool) -> Duration {
+    let first = if frozen {
+        FROZEN_RETRY_MIN
+    } else {
+        RETRY_BACKOFF_MIN
+    };
+    let doubled = first.saturating_mul(1 << failures.saturating_sub(1).min(16));
     doubled.min(RETRY_BACKOFF_MAX)
+}
+
+/// Where one job's run in a tick ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    /// Nothing left to do now (done, paused, waiting).
+    Idle,
+    /// Out of steps with work left: the next tick comes at once.
+    More,
+}
+
+/// What the driver measured of the cutover it is running (freeze to
+/// flip), logged with the flip and observed in
+/// `trellis_reshard_cutover_step_seconds`. Lost on a restart: a
+/// cutover resumed by another driver logs only what that one saw.
+#[derive(Clone, Debug, Default)]
+struct Cutover {
+    job: u64,
+    batch: usize,
+    /// The Freeze call (the source logging FREEZE at SYNC).
+    freeze_ms: u64,
+    /// Catalog saves of the job while frozen.
+    saves_ms: u64,
+    /// The drained copy, every try (waiting for prepared transactions).
+    drain_ms: u64,
+    drain_tries: u32,
+    /// Keys the drained copy moved (the last delta).
+    delta_keys: u64,
+    /// The flip: the map's compare-and-set and telling both groups.
+    flip_ms: u64,
+    flip_tries: u32,
+    /// Steps that failed while frozen (each then waited a backoff).
+    failures: u32,
 }
 
 /// The job driver of one coordinator.
@@ -150,6 +198,10 @@ pub struct Driver {
     retries: BTreeMap<u64, Retry>,
     /// Jobs whose state could not be read, logged once each.
     unreadable: BTreeSet<u64>,
+    /// The cutover in progress, as this driver saw it.
+    cutover: Option<Cutover>,
+    /// Drained copies tried by the last `Drain` action.
+    drain_tries: u32,
 }
 
 impl Driver {
@@ -163,17 +215,20 @@ impl Driver {
             alive_at_ms: None,
             retries: BTreeMap::new(),
             unreadable: BTreeSet::new(),
+            cutover: None,
+            drain_tries: 0,
         }
     }
 
     /// Runs forever.
     pub async fn run(mut self) {
+        let mut wait = DRIVER_TICK;
         loop {
             tokio::select! {
-                () = sleep(DRIVER_TICK) => {}
+                () = sleep(wait) => {}
                 () = self.wake.notified() => {}
             }
-            self.tick().await;
+            wait = self.tick().await;
         }
     }
 
@@ -219,13 +274,15 @@ impl Driver {
         }
     }
 
-    /// One look at every job.
-    pub async fn tick(&mut self) {
+    /// One look at every job. Answers how long to wait before the next:
+    /// [`DRIVER_TICK`], nothing if a job ran out of steps with work left,
+    /// less if a job's retry comes sooner.
+    pub async fn tick(&mut self) -> Duration {
         let coordinators = match self.coordinators().await {
             Ok(rows) => rows,
             Err(err) => {
                 tracing::warn!(%err, "reshard driver cannot read the catalog; acting on no job");
-                return;
+                return DRIVER_TICK;
             }
         };
         let rows =
@@ -233,7 +290,7 @@ impl Driver {
                 Ok(rows) => rows,
                 Err(err) => {
                     tracing::warn!(%err, "reshard driver cannot list the jobs");
-                    return;
+                    return DRIVER_TICK;
                 }
             };
         let mut counts = [0u64; 4];
@@ -262,6 +319,7 @@ impl Driver {
         let silence_ms = crate::COORDINATOR_SILENCE_MAX.as_millis() as u64;
         self.retries
             .retain(|id, _| runnable.iter().any(|(job, _, _)| job == id));
+        let mut more = false;
         for (id, mut version, mut record) in runnable {
             // Backing off after a failure: only an operator's request is
             // applied (it needs no shard), no action is tried.
@@ -296,15 +354,20 @@ impl Driver {
                     }
                 }
             }
-            match self.run_job(id, version, record, !backing_off).await {
-                Ok(()) if backing_off => {}
-                Ok(()) => {
+            match self.run_job(id, version, &mut record, !backing_off).await {
+                Ok(_) if backing_off => {}
+                Ok(ran) => {
+                    more |= ran == Ran::More;
                     self.retries.remove(&id);
                 }
                 Err(err) => {
                     let failures = self.retries.get(&id).map_or(1, |r| r.failures + 1);
-                    let wait = backoff(failures);
-                    tracing::warn!(%err, job = id, failures, retry_in = ?wait, "reshard step failed; retrying later");
+                    let frozen = record.job.frozen();
+                    let wait = backoff(failures, frozen);
+                    if frozen && let Some(cutover) = &mut self.cutover {
+                        cutover.failures += 1;
+                    }
+                    tracing::warn!(%err, job = id, failures, frozen, retry_in = ?wait, "reshard step failed; retrying later");
                     self.retries.insert(
                         id,
                         Retry {
@@ -315,6 +378,17 @@ impl Driver {
                 }
             }
         }
+        if more {
+            return Duration::ZERO;
+        }
+        // Only retries still to come: one already due belongs to a job this
+        // driver left (another owns it now) and must not make it spin.
+        let now = Instant::now();
+        self.retries
+            .values()
+            .filter(|r| r.at > now)
+            .map(|r| r.at - now)
+            .fold(DRIVER_TICK, Duration::min)
     }
 
     /// CAS save; `Some(new version)` if it won.
@@ -363,39 +437,53 @@ impl Driver {
         Err(DriverError::Lost(id))
     }
 
-    /// Runs one owned job for up to [`STEPS_PER_TICK`] actions; with
-    /// `act` false, only applies an operator's waiting request.
+    /// Runs one owned job for up to [`STEPS_PER_TICK`] actions (more to
+    /// leave a frozen batch, up to [`FROZEN_STEPS_MAX`]); with `act`
+    /// false, only applies an operator's waiting request. `record` is left
+    /// as last changed (saved or not), for the caller's backoff.
     async fn run_job(
         &mut self,
         id: u64,
         mut version: u64,
-        mut record: JobRecord,
+        record: &mut JobRecord,
         act: bool,
-    ) -> Result<(), DriverError> {
-        for _ in 0..STEPS_PER_TICK {
+    ) -> Result<Ran, DriverError> {
+        let mut steps = 0;
+        loop {
+            if steps >= STEPS_PER_TICK + FROZEN_STEPS_MAX
+                || (steps >= STEPS_PER_TICK && !record.job.frozen())
+            {
+                return Ok(Ran::More);
+            }
+            steps += 1;
             let before = record.clone();
-            if let Some(applied) = take_asked(&mut record) {
+            if let Some(applied) = take_asked(record) {
                 match applied {
                     Ok(asked) => tracing::info!(job = id, ?asked, "applying an operator's request"),
                     Err(err) => tracing::info!(%err, job = id, "dropping an operator's request"),
                 }
-                self.save_progress(id, &mut version, &before, &mut record)
+                self.save_progress(id, &mut version, &before, record)
                     .await?;
                 continue;
             }
             if !act {
-                return Ok(());
+                return Ok(Ran::Idle);
             }
             let Some(action) = record.job.next(unix_ms()) else {
-                log_end(&record);
-                return Ok(());
+                log_end(record);
+                return Ok(Ran::Idle);
             };
             let Some(batch) = record.job.current().cloned() else {
                 return Err(DriverError::Invalid(format!(
                     "job {id} asks {action:?} past its last batch"
                 )));
             };
-            let Some(done) = self.act(&record.job, &batch, &action).await? else {
+            let started_ms = unix_ms();
+            let started = Instant::now();
+            let done = self.act(&record.job, &batch, &action).await?;
+            let took_ms = started.elapsed().as_millis() as u64;
+            self.note_step(&record.job, &action, done, took_ms);
+            let Some(done) = done else {
                 continue; // nothing to report: ask `next` again
             };
             let now = unix_ms();
@@ -409,13 +497,102 @@ impl Driver {
                 self.metrics
                     .reshard_slots_moved
                     .add(u64::from(batch.slots.len()));
-                tracing::info!(job = id, %batch, pause_ms, "batch handed over");
+                self.log_cutover(&record.job, &batch, pause_ms);
             }
-            record.job.done(&action, now, done)?;
-            self.save_progress(id, &mut version, &before, &mut record)
+            // The pause starts when the freeze is asked: the source may
+            // refuse writes from then on.
+            let at = if action == Action::Freeze {
+                started_ms
+            } else {
+                now
+            };
+            record.job.done(&action, at, done)?;
+            let saving = Instant::now();
+            self.save_progress(id, &mut version, &before, record)
                 .await?;
+            if record.job.frozen()
+                && let Some(cutover) = &mut self.cutover
+            {
+                cutover.saves_ms += saving.elapsed().as_millis() as u64;
+            }
         }
-        Ok(())
+    }
+
+    /// Notes how long a cutover's step took ([`Cutover`]).
+    fn note_step(&mut self, job: &Job, action: &Action, done: Option<Done>, took_ms: u64) {
+        if *action == Action::Freeze {
+            if done.is_some() {
+                self.cutover = Some(Cutover {
+                    job: job.id,
+                    batch: job.batch,
+                    freeze_ms: took_ms,
+                    ..Cutover::default()
+                });
+                self.metrics.reshard_cutover_steps[0].observe(took_ms as f64 / 1000.0);
+            }
+            return;
+        }
+        if !matches!(action, Action::Drain { .. } | Action::Flip) {
+            return;
+        }
+        if self
+            .cutover
+            .as_ref()
+            .is_none_or(|c| c.job != job.id || c.batch != job.batch)
+        {
+            // Frozen by another driver (or before a restart).
+            self.cutover = Some(Cutover {
+                job: job.id,
+                batch: job.batch,
+                ..Cutover::default()
+            });
+        }
+        let Some(cutover) = &mut self.cutover else {
+            return;
+        };
+        match action {
+            Action::Drain { .. } => {
+                cutover.drain_ms += took_ms;
+                cutover.drain_tries += self.drain_tries;
+                if let Some(Done::Copied { keys, .. }) = done {
+                    cutover.delta_keys += keys;
+                    self.metrics.reshard_cutover_steps[1].observe(cutover.drain_ms as f64 / 1000.0);
+                }
+            }
+            _ => {
+                cutover.flip_ms += took_ms;
+                cutover.flip_tries += 1;
+                if done.is_some() {
+                    self.metrics.reshard_cutover_steps[2].observe(cutover.flip_ms as f64 / 1000.0);
+                }
+            }
+        }
+    }
+
+    /// Logs a handed-over batch with where its pause went.
+    fn log_cutover(&mut self, job: &Job, batch: &Batch, pause_ms: u64) {
+        let c = self
+            .cutover
+            .take()
+            .filter(|c| c.job == job.id && c.batch == job.batch)
+            .unwrap_or_default();
+        let accounted = c.freeze_ms + c.saves_ms + c.drain_ms + c.flip_ms;
+        tracing::info!(
+            job = job.id,
+            index = job.batch,
+            %batch,
+            pause_ms,
+            freeze_ms = c.freeze_ms,
+            saves_ms = c.saves_ms,
+            drain_ms = c.drain_ms,
+            drain_tries = c.drain_tries,
+            delta_keys = c.delta_keys,
+            flip_ms = c.flip_ms,
+            flip_tries = c.flip_tries,
+            failures = c.failures,
+            between_ms = pause_ms.saturating_sub(accounted),
+            "batch handed over"
+        );
     }
 
     /// Does one action; `None` when there is nothing to report (a flip
@@ -427,6 +604,7 @@ impl Driver {
         action: &Action,
     ) -> Result<Option<Done>, DriverError> {
         let slots = batch.slots.to_bytes();
+        self.drain_tries = 0;
         let step = |op: pb::SlotOp, peer: GroupId| pb::MoveSlotsRequest {
             op: op as i32,
             slots: slots.clone(),
@@ -459,6 +637,7 @@ impl Driver {
             }
             Action::CopyDelta { above } => return self.copy(batch, *above, false).await.map(Some),
             Action::Drain { above, deadline_ms } => loop {
+                self.drain_tries += 1;
                 match self.copy(batch, *above, true).await {
                     Ok(done) => return Ok(Some(done)),
                     Err(err) => {
@@ -755,13 +934,19 @@ pub fn map_after(current: &[GroupId], batches: &[Batch]) -> Vec<GroupId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reshard::SLOTS_PER_BATCH;
     use trellis_types::SlotSet;
 
     #[test]
     fn backoff_doubles_to_its_bound() {
-        assert_eq!(backoff(1), RETRY_BACKOFF_MIN);
-        assert_eq!(backoff(2), RETRY_BACKOFF_MIN * 2);
-        assert_eq!(backoff(40), RETRY_BACKOFF_MAX);
+        assert_eq!(backoff(1, false), RETRY_BACKOFF_MIN);
+        assert_eq!(backoff(2, false), RETRY_BACKOFF_MIN * 2);
+        assert_eq!(backoff(40, false), RETRY_BACKOFF_MAX);
+        // While frozen the pause runs: retried sooner, to the same bound.
+        assert_eq!(backoff(1, true), FROZEN_RETRY_MIN);
+        assert_eq!(backoff(3, true), FROZEN_RETRY_MIN * 4);
+        assert!(backoff(1, true) < backoff(1, false));
+        assert_eq!(backoff(40, true), RETRY_BACKOFF_MAX);
     }
 
     /// Story, over an in-memory catalog in tokio's paused time, with no
@@ -1176,6 +1361,11 @@ mod tests {
     }
 
     async fn setup(not_drained: u32) -> Setup {
+        setup_slots(not_drained, 1).await
+    }
+
+    /// [`setup`] with a job moving the first `slots` slots of group 1.
+    async fn setup_slots(not_drained: u32, slots: usize) -> Setup {
         use crate::catalog::Catalog;
         use crate::reshard::plan_move;
 
@@ -1195,17 +1385,15 @@ mod tests {
             .await
             .expect("register");
         let map = catalog.load().await.expect("load");
+        let mut moving = SlotSet::empty();
+        (0..SLOTS)
+            .filter(|s| map.slots[*s as usize] == 1)
+            .take(slots)
+            .for_each(|s| moving.insert(s));
         let slot = (0..SLOTS)
-            .find(|s| map.slots[*s as usize] == 1)
+            .find(|s| moving.contains(*s))
             .expect("a slot of 1");
-        let batches = plan_move(
-            &map.slots,
-            &[1, 2],
-            1,
-            2,
-            &SlotSet::parse(&slot.to_string()).expect("slot"),
-        )
-        .expect("plan");
+        let batches = plan_move(&map.slots, &[1, 2], 1, 2, &moving).expect("plan");
         let id = catalog
             .create_job(&encode(&JobRecord::new(Job::new(0, batches), unix_ms())))
             .await
@@ -1364,6 +1552,60 @@ mod tests {
                 .text()
                 .contains("trellis_reshard_pause_seconds_count 1")
         );
+    }
+
+    /// Story: a job of many batches runs out of its tick's steps with a
+    /// batch frozen (every batch takes six actions: the budget ends just
+    /// after a drained copy). The tick still flips that batch before it
+    /// stops, and asks for the next tick at once: no cutover waits for a
+    /// later tick, where it used to wait a whole `DRIVER_TICK` frozen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tick_out_of_steps_never_leaves_a_batch_frozen() {
+        const ACTIONS_PER_BATCH: u32 = 6;
+        let batches = STEPS_PER_TICK / ACTIONS_PER_BATCH + 1;
+        assert_eq!(
+            STEPS_PER_TICK % ACTIONS_PER_BATCH,
+            4,
+            "the budget ends after a batch's fourth action, its drain"
+        );
+        let Setup {
+            catalog,
+            id,
+            mut driver,
+            ..
+        } = setup_slots(0, (batches * SLOTS_PER_BATCH) as usize).await;
+        // Heartbeats as the refresher would: the ticks take real time on a
+        // busy machine, and a driver with an old heartbeat fences itself.
+        let beating = catalog.clone();
+        let heartbeats = tokio::spawn(async move {
+            loop {
+                let _ = beating.heartbeat_coordinator("me", "127.0.0.1:1", "").await;
+                sleep(Duration::from_millis(200)).await;
+            }
+        });
+
+        let wait = driver.tick().await;
+
+        let row = catalog.jobs().await.expect("jobs").remove(0);
+        let record = decode(id, &row.state).expect("decode");
+        assert!(
+            !record.job.frozen(),
+            "stored at {:?} of batch {}",
+            record.job.phase,
+            record.job.batch
+        );
+        assert_eq!(record.job.control, Control::Running, "batches are left");
+        assert_eq!(
+            record.job.batch as u32,
+            STEPS_PER_TICK / ACTIONS_PER_BATCH,
+            "every batch begun was flipped"
+        );
+        assert_eq!(wait, Duration::ZERO, "the next tick comes at once");
+        driver.tick().await;
+        let row = catalog.jobs().await.expect("jobs").remove(0);
+        let record = decode(id, &row.state).expect("decode");
+        assert_eq!(record.job.control, Control::Done, "{record:?}");
+        heartbeats.abort();
     }
 
     const FREEZE_MAX_MS: u64 = crate::reshard::FREEZE_MAX.as_millis() as u64 + 1_000;

@@ -81,6 +81,9 @@ pub struct Metrics {
     pub reshard_bytes_copied: Counter,
     /// Write pause per batch, freeze to flip.
     pub reshard_pause: Histogram,
+    /// Parts of that pause by step ([`CUTOVER_STEPS`]): the freeze call,
+    /// the drained copy (all its tries), the flip.
+    pub reshard_cutover_steps: [Histogram; 3],
     /// When a job this driver runs last saved progress, Unix ms (0: never).
     reshard_progress_unix_ms: AtomicU64,
     /// Fail-stops shards reported to this coordinator, by (group, replica
@@ -103,6 +106,10 @@ pub struct Metrics {
 /// a coordinator keeps beyond the members of the current map; a report
 /// past it is logged and refused.
 pub const FAIL_STOP_SERIES_MAX: usize = 4096;
+
+/// Steps of a cutover, the `step` label of
+/// `trellis_reshard_cutover_step_seconds`.
+pub const CUTOVER_STEPS: [&str; 3] = ["freeze", "drain", "flip"];
 
 /// Reshard job states, the `state` label of `trellis_reshard_jobs`.
 pub const RESHARD_STATES: [&str; 4] = ["running", "paused", "cancelled", "done"];
@@ -133,6 +140,11 @@ impl Default for Metrics {
             reshard_keys_copied: Counter::new(),
             reshard_bytes_copied: Counter::new(),
             reshard_pause: Histogram::new(SECONDS_BOUNDS),
+            reshard_cutover_steps: [
+                Histogram::new(SECONDS_BOUNDS),
+                Histogram::new(SECONDS_BOUNDS),
+                Histogram::new(SECONDS_BOUNDS),
+            ],
             reshard_progress_unix_ms: AtomicU64::new(0),
             fail_stops: Mutex::new(BTreeMap::new()),
             auth_checks: Counter::new(),
@@ -399,6 +411,16 @@ impl Metrics {
             "trellis_reshard_pause_seconds",
             "Write pause of each cutover, from the source's freeze to the stored flip.",
             &self.reshard_pause,
+        );
+        let steps: Vec<(Labels, &Histogram)> = CUTOVER_STEPS
+            .iter()
+            .zip(&self.reshard_cutover_steps)
+            .map(|(step, h)| (vec![label("step", step)], h))
+            .collect();
+        out.histogram_family(
+            "trellis_reshard_cutover_step_seconds",
+            "Parts of each cutover's pause: the freeze call, the drained copy (every try), the flip (map compare-and-set, telling both groups).",
+            &steps,
         );
         out.gauge_family(
             "trellis_reshard_last_progress_timestamp_seconds",

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -41,6 +42,12 @@ pub const SHARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// says nothing.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Shortest time between two reads of the map's source by one router
+/// ([`Router::refresh`]). Callers that find the map stale meanwhile wait
+/// for the next read and share it: a burst of refusals (a frozen slot
+/// refuses every request for the length of a cutover) costs the source,
+/// a coordinator's catalog, one read per interval, not one per caller.
+pub const REFRESH_INTERVAL_MIN: Duration = Duration::from_millis(20);
 
 /// Where a process's bearer token comes from: the `authorization`
 /// header's value (`Bearer <token>`) as of now, if it holds one.
@@ -203,8 +210,38 @@ pub struct Router {
     channels: Mutex<HashMap<String, Channel>>,
     /// Sent on every shard request.
     credentials: Credentials,
-    /// Serializes refreshes so a burst of route errors reads the source once.
-    refreshing: tokio::sync::Mutex<()>,
+    /// Serializes refreshes so a burst of route errors reads the source
+    /// once; holds when the last read of the source began.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// What a caller of [`Router::refresh`] does once it has its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshTurn {
+    /// Take the map the router holds: it changed since the caller saw it,
+    /// or a read that began after the caller asked has finished.
+    Share,
+    /// Read the source at `at` (now, or [`REFRESH_INTERVAL_MIN`] after the
+    /// last read began).
+    ReadAt(Instant),
+}
+
+/// The rule of [`Router::refresh`], pure: a caller that asked at `asked`
+/// and finds the map unchanged shares any read begun since it asked, and
+/// otherwise reads, no sooner than [`REFRESH_INTERVAL_MIN`] after the last
+/// read (`last_read`) began.
+pub fn refresh_turn(
+    asked: Instant,
+    now: Instant,
+    last_read: Option<Instant>,
+    map_changed: bool,
+) -> RefreshTurn {
+    match last_read {
+        _ if map_changed => RefreshTurn::Share,
+        Some(last) if last >= asked => RefreshTurn::Share,
+        Some(last) => RefreshTurn::ReadAt(now.max(last + REFRESH_INTERVAL_MIN)),
+        None => RefreshTurn::ReadAt(now),
+    }
 }
 
 impl Router {
@@ -216,7 +253,7 @@ impl Router {
             map: RwLock::new(Arc::new(map)),
             channels: Mutex::new(HashMap::new()),
             credentials: Credentials::NONE,
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -242,13 +279,18 @@ impl Router {
         *self.map.write().expect("map lock poisoned") = Arc::new(map);
     }
 
-    /// Re-reads the map from its source. Concurrent callers share one read.
+    /// Re-reads the map from its source, `seen` being the map the caller
+    /// found stale. Concurrent callers share one read, and the source is
+    /// read at most once per [`REFRESH_INTERVAL_MIN`] ([`refresh_turn`]).
     pub async fn refresh(&self, seen: &ClusterMap) -> Arc<ClusterMap> {
-        let _guard = self.refreshing.lock().await;
+        let asked = Instant::now();
+        let mut last_read = self.refreshing.lock().await;
         let current = self.map();
-        if *current != *seen {
-            return current; // someone refreshed while we waited
+        match refresh_turn(asked, Instant::now(), *last_read, *current != *seen) {
+            RefreshTurn::Share => return current,
+            RefreshTurn::ReadAt(at) => tokio::time::sleep_until(at).await,
         }
+        *last_read = Some(Instant::now());
         match self.source.load(&current).await {
             Ok(map) => self.install(map),
             Err(err) => tracing::warn!(
@@ -292,5 +334,94 @@ impl Router {
         Ok(ShardClient::new(link(channel, self.credentials))
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+    use trellis_types::placement::assign_slots;
+
+    use super::*;
+
+    #[test]
+    fn a_refresh_shares_a_read_begun_after_it_asked_and_else_waits_the_interval() {
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            refresh_turn(t0, t0, None, false),
+            RefreshTurn::ReadAt(t0),
+            "the first read is at once"
+        );
+        assert_eq!(
+            refresh_turn(t0, t0 + ms(50), Some(t0 - ms(5)), true),
+            RefreshTurn::Share,
+            "a map that changed since the caller saw it is news enough"
+        );
+        assert_eq!(
+            refresh_turn(t0, t0 + ms(3), Some(t0 + ms(1)), false),
+            RefreshTurn::Share,
+            "a read begun after the caller asked answers it"
+        );
+        assert_eq!(
+            refresh_turn(t0, t0 + ms(3), Some(t0 - ms(1)), false),
+            RefreshTurn::ReadAt(t0 - ms(1) + REFRESH_INTERVAL_MIN),
+            "a read begun before it asked does not, and the next waits the interval"
+        );
+        assert_eq!(
+            refresh_turn(t0, t0 + ms(500), Some(t0 - ms(1)), false),
+            RefreshTurn::ReadAt(t0 + ms(500)),
+            "an interval long past asks no wait"
+        );
+    }
+
+    /// A source that counts its reads and always answers the same map.
+    struct Counting {
+        map: ClusterMap,
+        loads: Arc<AtomicU32>,
+    }
+
+    impl MapSource for Counting {
+        fn load<'a>(&'a self, _seen: &'a ClusterMap) -> BoxFuture<'a, Result<ClusterMap, String>> {
+            Box::pin(async move {
+                self.loads.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok(self.map.clone())
+            })
+        }
+
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    /// Story: 64 callers find the map stale at once (a frozen slot refused
+    /// them all) and the source still has the same map. They share reads
+    /// instead of each reading it again in turn: at most two (one begun
+    /// before some of them asked, one after), where each used to read.
+    #[tokio::test]
+    async fn concurrent_refreshes_of_an_unchanged_map_share_their_reads() {
+        let map = ClusterMap {
+            map_epoch: 3,
+            slots: assign_slots(&[1, 2]),
+            groups: Default::default(),
+        };
+        let loads = Arc::new(AtomicU32::new(0));
+        let router = Router::with_source(
+            Counting {
+                map: map.clone(),
+                loads: loads.clone(),
+            },
+            map.clone(),
+        );
+        let refreshed = futures::future::join_all((0..64).map(|_| router.refresh(&map))).await;
+        assert!(refreshed.iter().all(|m| **m == map));
+        let loads = loads.load(Relaxed);
+        assert!((1..=2).contains(&loads), "{loads} reads for 64 callers");
     }
 }
