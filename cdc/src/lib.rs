@@ -4,6 +4,10 @@
 //! [`Sink::connect`], and given events with [`Sink::deliver`], which
 //! returns `Ok` only once every event it was given is durably accepted
 //! downstream: that is what lets the caller then checkpoint its cursor.
+//! [`Sink::send`] does the same in two steps, so that a caller can send
+//! more while earlier events await their acks ([`Accepted`], at most
+//! [`IN_FLIGHT_EVENTS_MAX`] events in flight): NATS publishes are
+//! pipelined so.
 //!
 //! This crate never talks to Trellis, keeps no cursor and never retries:
 //! the caller owns the feed, the checkpoint and the backoff. After an
@@ -18,7 +22,8 @@
 //! - `nats://HOST:PORT/SUBJECT`: NATS JetStream. Each event's JSON is
 //!   published to SUBJECT with the header `Nats-Msg-Id:
 //!   trellis-<group>-<position>`, so the stream drops a replayed event
-//!   within its duplicate window; every publish ack is awaited. If no
+//!   within its duplicate window; every publish ack is awaited (pipelined:
+//!   [`Sink::send`]). If no
 //!   stream captures SUBJECT, one is created: `TRELLIS_<SUBJECT>` (every
 //!   character outside `[A-Za-z0-9_-]` made `_`) on file storage with a
 //!   duplicate window of [`nats::DUPLICATE_WINDOW`], and a log line says
@@ -56,6 +61,8 @@
 //! - [`cache`] keeps the Redis cache: its layout, the Lua guard, and
 //!   [`cache::cached`], what a reader sees.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use trellis_proto::v1::{FeedEvent, FeedScan};
@@ -84,6 +91,19 @@ pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// (published, then every ack awaited), so this bounds what a broker must
 /// hold unacknowledged and what one deadline covers.
 pub const DELIVER_EVENTS_MAX: usize = 1024;
+/// Most events sent to a sink and not yet known accepted, over every
+/// [`Sink::send`] whose [`Accepted`] is still pending: what a broker holds
+/// unacknowledged for one `trellis cdc`, and what its caller keeps to
+/// send again after a failure. The NATS sink allows its client exactly
+/// this many unacknowledged publishes.
+pub const IN_FLIGHT_EVENTS_MAX: usize = 4096;
+const _: () = assert!(DELIVER_EVENTS_MAX <= IN_FLIGHT_EVENTS_MAX);
+
+/// What [`Sink::send`] leaves to await: `Ok` once every event it sent is
+/// durably accepted downstream (as [`Sink::deliver`] says). Awaiting it is
+/// cancel-safe (poll it again later); dropping it forgets the events' fate
+/// (send them again to know).
+pub type Accepted = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 
 /// An open sink. See the crate doc for what each kind does.
 pub enum Sink {
@@ -162,33 +182,58 @@ impl Sink {
     /// than what is cached) by the cache. Within [`DELIVER_TIMEOUT`]. On an
     /// error any subset may have arrived; delivering them again is safe.
     pub async fn deliver(&mut self, events: &[FeedEvent]) -> Result<(), SinkError> {
+        self.send(events).await?.await
+    }
+
+    /// Sends `events` (at most [`DELIVER_EVENTS_MAX`]) and returns what
+    /// says when they are accepted, as [`Sink::deliver`] does, without
+    /// waiting for it where the sink can: NATS returns once they are
+    /// published, its acks still on their way, so the caller may send
+    /// more meanwhile (at most [`IN_FLIGHT_EVENTS_MAX`] events unaccepted
+    /// in all, the caller's to keep); every other sink returns once they
+    /// are accepted. The acceptances of successive sends come in order:
+    /// await them oldest first. On an error, of the send or of its
+    /// [`Accepted`], any subset of these and of every later send may have
+    /// arrived: send them again (it is safe), after reconnecting.
+    pub async fn send(&mut self, events: &[FeedEvent]) -> Result<Accepted, SinkError> {
         if events.len() > DELIVER_EVENTS_MAX {
             return Err(SinkError::TooMany {
                 sink: self.name().to_string(),
                 events: events.len(),
             });
         }
+        let accepted = || -> Accepted { Box::pin(std::future::ready(Ok(()))) };
         if events.is_empty() {
-            return Ok(());
+            return Ok(accepted());
         }
         let messages = || events.iter().map(Message::of_event).collect::<Vec<_>>();
         let name = self.name().to_string();
-        let delivering = async {
+        let timed_out = || SinkError::TimedOut {
+            sink: name.clone(),
+            what: format!("delivering {} events", events.len()),
+            after: DELIVER_TIMEOUT,
+        };
+        let sending = async {
             match self {
-                Sink::Stdout(s) => s.deliver(&messages()).await,
-                Sink::Nats(s) => s.deliver(&messages()).await,
-                Sink::Amqp(s) => s.deliver(&messages()).await,
-                Sink::Redis(s) => s.deliver(events).await,
+                Sink::Stdout(s) => s.deliver(&messages()).await.map(|()| accepted()),
+                Sink::Nats(s) => s.send(messages()).await,
+                Sink::Amqp(s) => s.deliver(&messages()).await.map(|()| accepted()),
+                Sink::Redis(s) => s.deliver(events).await.map(|()| accepted()),
             }
         };
-        match tokio::time::timeout(DELIVER_TIMEOUT, delivering).await {
-            Ok(result) => result,
-            Err(_) => Err(SinkError::TimedOut {
-                sink: name,
-                what: format!("delivering {} events", events.len()),
-                after: DELIVER_TIMEOUT,
-            }),
-        }
+        // One deadline from the first write to the last acknowledgement.
+        let deadline = tokio::time::Instant::now() + DELIVER_TIMEOUT;
+        let pending = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(result) => result?,
+            Err(_) => return Err(timed_out()),
+        };
+        let timed_out = timed_out();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout_at(deadline, pending).await {
+                Ok(result) => result,
+                Err(_) => Err(timed_out),
+            }
+        }))
     }
 
     /// Delivers an initial scan's chunk (at most [`DELIVER_EVENTS_MAX`]
@@ -210,7 +255,7 @@ impl Sink {
         let delivering = async {
             match self {
                 Sink::Stdout(s) => s.deliver(&messages()).await,
-                Sink::Nats(s) => s.deliver(&messages()).await,
+                Sink::Nats(s) => s.send(messages()).await?.await,
                 Sink::Amqp(s) => s.deliver(&messages()).await,
                 Sink::Redis(s) => s.deliver(&cache::scan_as_events(scan)).await,
             }

@@ -1,6 +1,9 @@
 //! The NATS JetStream sink: each event's JSON published to one subject
-//! with the `Nats-Msg-Id` header `trellis-<group>-<position>`, all of a
-//! delivery published before any ack is awaited, and every ack awaited.
+//! with the `Nats-Msg-Id` header `trellis-<group>-<position>`, pipelined:
+//! [`NatsSink::send`] publishes and hands back the acks to await, so the
+//! caller can publish the next events while earlier acks are on their way
+//! (at most [`IN_FLIGHT_EVENTS_MAX`] unacknowledged), and every ack is
+//! awaited.
 //!
 //! On connect it finds the stream that captures the subject, or creates
 //! one ([`stream_name_for`], file storage, [`DUPLICATE_WINDOW`]) and says
@@ -13,7 +16,7 @@
 use std::time::Duration;
 
 use crate::json::Message;
-use crate::{CONNECT_TIMEOUT, DELIVER_TIMEOUT, SinkError};
+use crate::{Accepted, CONNECT_TIMEOUT, DELIVER_TIMEOUT, IN_FLIGHT_EVENTS_MAX, SinkError};
 use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, message::PublishMessage};
 
 /// The duplicate window of a stream this sink creates: a replayed event
@@ -71,6 +74,11 @@ impl NatsSink {
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .ack_timeout(DELIVER_TIMEOUT)
+            // The caller keeps at most this many unacknowledged; a
+            // publish past it fails at once rather than wait for a permit
+            // (which its own caller's unawaited acks would hold).
+            .max_ack_inflight(IN_FLIGHT_EVENTS_MAX)
+            .backpressure_on_inflight(false)
             .build(client);
         let stream = ensure_stream(&jetstream, subject, &name).await?;
         Ok(NatsSink {
@@ -91,45 +99,51 @@ impl NatsSink {
         &self.stream
     }
 
-    pub(crate) async fn deliver(&mut self, messages: &[Message]) -> Result<(), SinkError> {
+    /// Publishes every message, in order, without waiting for an ack, and
+    /// returns what awaits their acks (each within [`DELIVER_TIMEOUT`] of
+    /// its publish): publishes of later calls may go out while these acks
+    /// are on their way. Every publish of one call is awaited in order; a
+    /// failed publish or ack fails the whole call.
+    pub(crate) async fn send(&mut self, messages: Vec<Message>) -> Result<Accepted, SinkError> {
         let limit = self.max_payload.saturating_sub(HEADER_BYTES_MAX);
         let mut acks = Vec::with_capacity(messages.len());
         for m in messages {
-            let what = || m.what.clone();
-            let payload = m.payload.clone();
-            if payload.len() > limit {
+            if m.payload.len() > limit {
                 return Err(SinkError::Refused {
                     sink: self.name.clone(),
                     what: format!(
                         "{} is {} bytes of JSON; this server takes messages of at most {} bytes \
                          (its max_payload, less {HEADER_BYTES_MAX} for headers): raise max_payload \
                          in the NATS server's configuration",
-                        what(),
-                        payload.len(),
+                        m.what,
+                        m.payload.len(),
                         self.max_payload
                     ),
                 });
             }
             let message = PublishMessage::build()
-                .payload(payload.into())
-                .message_id(m.id.clone());
+                .payload(m.payload.into())
+                .message_id(m.id);
             let ack = self
                 .jetstream
                 .send_publish(self.subject.clone(), message)
                 .await
                 .map_err(SinkError::broker(
                     &self.name,
-                    format!("publishing {}", what()),
+                    format!("publishing {}", m.what),
                 ))?;
-            acks.push((what(), ack));
+            acks.push((m.what, ack));
         }
-        for (what, ack) in acks {
-            ack.await.map_err(SinkError::broker(
-                &self.name,
-                format!("awaiting stream {}'s ack of {what}", self.stream),
-            ))?;
-        }
-        Ok(())
+        let (name, stream) = (self.name.clone(), self.stream.clone());
+        Ok(Box::pin(async move {
+            for (what, ack) in acks {
+                ack.await.map_err(SinkError::broker(
+                    &name,
+                    format!("awaiting stream {stream}'s ack of {what}"),
+                ))?;
+            }
+            Ok(())
+        }))
     }
 }
 

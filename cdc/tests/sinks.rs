@@ -262,6 +262,44 @@ mod nats {
         js.delete_stream(&stream).await.expect("clean up");
     }
 
+    /// Sends pipelined: many sends go out before any acceptance is
+    /// awaited, each send's acceptance then comes oldest first, and the
+    /// stream holds every event once, in the order sent.
+    #[tokio::test]
+    async fn pipelined_sends_land_in_order_once_each() {
+        let subject = format!("trellis-test.{}", unique("pipelined"));
+        let mut sink = connect(&format!("nats://{NATS}/{subject}")).await;
+        let stream = trellis_cdc::nats::stream_name_for(&subject);
+        let batches: Vec<Vec<FeedEvent>> = (0..20u64)
+            .map(|b| {
+                (0..5u64)
+                    .map(|i| {
+                        let position = b * 5 + i + 1;
+                        event(1 + position % 3, position, position, vec![set("k", "v")])
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut pending = Vec::new();
+        for batch in &batches {
+            pending.push(sink.send(batch).await.expect("send"));
+        }
+        for accepted in pending {
+            accepted.await.expect("accepted");
+        }
+        let js = jetstream().await;
+        let seen = read_stream(&js, &stream).await;
+        let (payloads, ids): (Vec<_>, Vec<_>) = seen.into_iter().unzip();
+        let sent: Vec<(u64, u64)> = batches
+            .iter()
+            .flatten()
+            .map(|e| (e.group, e.position))
+            .collect();
+        assert_eq!(positions(&payloads), sent);
+        assert_eq!(ids.len(), 100);
+        js.delete_stream(&stream).await.expect("clean up");
+    }
+
     /// A stream made by hand for the subject is used as it is.
     #[tokio::test]
     async fn an_existing_stream_is_used() {

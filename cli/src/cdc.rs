@@ -11,13 +11,13 @@
 //! first (scan rows), then the tail; no cursor is saved until every
 //! group's scan is done, and a watch that breaks before that scans again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::time::Instant;
-use trellis_cdc::{DELIVER_EVENTS_MAX, Sink, SinkUrl};
+use trellis_cdc::{Accepted, DELIVER_EVENTS_MAX, IN_FLIGHT_EVENTS_MAX, Sink, SinkUrl};
 use trellis_client::{Cursor, Error, FeedEvent, FeedMessage, ScanRow};
 use trellis_metrics::{Counter, Scrape};
 
@@ -367,9 +367,40 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             ),
         };
         let mut batch: Vec<FeedEvent> = Vec::new();
+        let mut in_flight = InFlight::default();
         let mut checkpointed_at = Instant::now();
         loop {
-            let message = match watch.next().await {
+            // The oldest batch accepted, or the watch's next message.
+            let message = tokio::select! {
+                biased;
+                accepted = in_flight.accept_oldest(), if !in_flight.is_empty() => {
+                    let settled = match accepted {
+                        Ok(sent) => vec![sent],
+                        Err(e) => recover(&mut sink, &args.sink, &mut in_flight, e, &metrics).await,
+                    };
+                    accept(settled, &mut delivered, &last_delivered, &metrics);
+                    if let (Some(name), Some(cursor)) = (&args.feed, &delivered)
+                        && checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL
+                    {
+                        match client.save_cursor(name, cursor).await {
+                            Ok(()) => {
+                                checkpointed_at = Instant::now();
+                                metrics.checkpoints.inc();
+                            }
+                            // Not fatal: the next checkpoint saves a newer
+                            // one; a crash meanwhile only repeats events.
+                            Err(e) => {
+                                metrics.checkpoint_errors.inc();
+                                tracing::warn!(error = %e, "cannot save the cursor");
+                            }
+                        }
+                    }
+                    progress.maybe_log(&metrics, delivered.as_ref());
+                    continue;
+                }
+                message = watch.next() => message,
+            };
+            let message = match message {
                 Ok(Some(message)) => message,
                 Ok(None) => {
                     tracing::warn!("the coordinator ended the feed; watching again");
@@ -401,9 +432,12 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
                     rows,
                     done,
                 } => {
-                    // The chunk at once (other groups' events held in the
-                    // batch go out right after it: order across groups is
-                    // not kept anyway).
+                    // The events sent before it first, then the chunk at
+                    // once (other groups' events held in the batch go out
+                    // right after it: order across groups is not kept
+                    // anyway).
+                    let settled = settle_all(&mut sink, &args.sink, &mut in_flight, &metrics).await;
+                    accept(settled, &mut delivered, &last_delivered, &metrics);
                     deliver_scan(&mut sink, &args.sink, group, position, rows, &metrics).await;
                     if done {
                         tracing::info!(group, position, "the group's initial scan is delivered");
@@ -414,43 +448,193 @@ async fn feed(args: Args, last_delivered: Delivered) -> anyhow::Result<()> {
             if !flush {
                 continue;
             }
-            deliver(&mut sink, &args.sink, &batch, &metrics).await;
-            if !batch.is_empty() {
-                metrics.events.add(batch.len() as u64);
-                metrics.batches.inc();
+            // Sent, its acceptance awaited above with the oldest first;
+            // the window full, the oldest are awaited now. The watch's
+            // cursor covers this batch and what was sent before (there is
+            // none until every scan is done).
+            let cursor = watch.cursor().cloned();
+            let events = std::mem::take(&mut batch);
+            while !in_flight.has_room(events.len()) {
+                let settled = match in_flight.accept_oldest().await {
+                    Ok(sent) => vec![sent],
+                    Err(e) => recover(&mut sink, &args.sink, &mut in_flight, e, &metrics).await,
+                };
+                accept(settled, &mut delivered, &last_delivered, &metrics);
             }
-            batch.clear();
-            // Everything the watch handed out is delivered: its cursor is
-            // safe to keep (there is none until every scan is done).
-            let Some(cursor) = watch.cursor() else {
+            if events.is_empty() && in_flight.is_empty() {
+                // Nothing to wait for: the cursor moves at once.
+                let sent = Sent { events: 0, cursor };
+                accept(vec![sent], &mut delivered, &last_delivered, &metrics);
                 continue;
-            };
-            delivered = Some(cursor.clone());
-            *last_delivered.lock().expect("cursor lock poisoned") = delivered.clone();
-            if let Some(name) = &args.feed
-                && checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL
-            {
-                match client.save_cursor(name, cursor).await {
-                    Ok(()) => {
-                        checkpointed_at = Instant::now();
-                        metrics.checkpoints.inc();
-                    }
-                    // Not fatal: the next checkpoint saves a newer one;
-                    // a crash meanwhile only repeats events.
-                    Err(e) => {
-                        metrics.checkpoint_errors.inc();
-                        tracing::warn!(error = %e, "cannot save the cursor");
-                    }
+            }
+            if events.is_empty() {
+                in_flight.move_cursor(cursor);
+                continue;
+            }
+            match sink.send(&events).await {
+                Ok(accepted) => in_flight.push(events, cursor, accepted),
+                Err(e) => {
+                    in_flight.push(events, cursor, Box::pin(std::future::ready(Err(e))));
                 }
             }
-            progress.maybe_log(&metrics, delivered.as_ref());
         }
-        // Batches are delivered before the cursor moves past them; a
-        // broken watch drops only undelivered events, which the next watch
-        // sends again (it starts after the last delivered cursor).
+        // Batches are accepted before the cursor moves past them; a broken
+        // watch drops only undelivered events, which the next watch sends
+        // again (it starts after the last delivered cursor). Those in
+        // flight are delivered first, so the cursor is as far as it goes.
+        let settled = settle_all(&mut sink, &args.sink, &mut in_flight, &metrics).await;
+        accept(settled, &mut delivered, &last_delivered, &metrics);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
     }
+}
+
+/// Batches sent to the sink and not yet known accepted, oldest first: at
+/// most [`IN_FLIGHT_EVENTS_MAX`] events, kept to send again if the sink
+/// fails. A batch's cursor is safe to keep only once it and every batch
+/// before it are accepted, so acceptances are awaited oldest first.
+#[derive(Default)]
+struct InFlight {
+    batches: VecDeque<Sending>,
+    events: usize,
+}
+
+/// One batch in flight.
+struct Sending {
+    events: Vec<FeedEvent>,
+    /// Where the feed is once this batch (and every one before) is
+    /// accepted; `None` during an initial scan.
+    cursor: Option<Cursor>,
+    accepted: Accepted,
+}
+
+/// A batch the sink accepted.
+#[derive(Debug, PartialEq)]
+struct Sent {
+    events: usize,
+    cursor: Option<Cursor>,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Whether `events` more fit in the window.
+    fn has_room(&self, events: usize) -> bool {
+        self.is_empty() || self.events + events <= IN_FLIGHT_EVENTS_MAX
+    }
+
+    fn push(&mut self, events: Vec<FeedEvent>, cursor: Option<Cursor>, accepted: Accepted) {
+        self.events += events.len();
+        self.batches.push_back(Sending {
+            events,
+            cursor,
+            accepted,
+        });
+    }
+
+    /// The feed moved on with no event to send (a resolved position): the
+    /// newest batch's acceptance covers the new cursor too.
+    fn move_cursor(&mut self, cursor: Option<Cursor>) {
+        if let (Some(newest), Some(cursor)) = (self.batches.back_mut(), cursor) {
+            newest.cursor = Some(cursor);
+        }
+    }
+
+    /// Awaits the oldest batch's acceptance (cancel-safe: the batch stays
+    /// until it is accepted). On an error the batch stays too: take every
+    /// batch with [`InFlight::take`] and send them again.
+    async fn accept_oldest(&mut self) -> Result<Sent, trellis_cdc::SinkError> {
+        let oldest = self
+            .batches
+            .front_mut()
+            .expect("accept_oldest is called only with batches in flight");
+        (&mut oldest.accepted).await?;
+        let sent = self.batches.pop_front().expect("the batch just accepted");
+        self.events -= sent.events.len();
+        Ok(Sent {
+            events: sent.events.len(),
+            cursor: sent.cursor,
+        })
+    }
+
+    /// Every batch in flight, oldest first, their acceptances forgotten.
+    fn take(&mut self) -> Vec<(Vec<FeedEvent>, Option<Cursor>)> {
+        self.events = 0;
+        self.batches
+            .drain(..)
+            .map(|b| (b.events, b.cursor))
+            .collect()
+    }
+}
+
+/// After the sink failed with `error`: delivers every batch in flight
+/// again, in order, on a new connection, trying until the sink takes them
+/// (the feed waits, it never drops an event); returns them as accepted.
+async fn recover(
+    sink: &mut Sink,
+    url: &SinkUrl,
+    in_flight: &mut InFlight,
+    error: trellis_cdc::SinkError,
+    metrics: &CdcMetrics,
+) -> Vec<Sent> {
+    metrics.sink_errors.inc();
+    tracing::warn!(error = %error, ?RETRY_BACKOFF_MIN, "the sink failed; trying again");
+    tokio::time::sleep(RETRY_BACKOFF_MIN).await;
+    match Sink::connect(url).await {
+        Ok(fresh) => *sink = fresh,
+        Err(e) => tracing::warn!(error = %e, "cannot reconnect to the sink"),
+    }
+    let mut sent = Vec::new();
+    for (events, cursor) in in_flight.take() {
+        deliver(sink, url, &events, metrics).await;
+        sent.push(Sent {
+            events: events.len(),
+            cursor,
+        });
+    }
+    tracing::info!(batches = sent.len(), "the sink took the batches again");
+    sent
+}
+
+/// Awaits every batch in flight (sending them again if the sink fails);
+/// returns them as accepted, oldest first.
+async fn settle_all(
+    sink: &mut Sink,
+    url: &SinkUrl,
+    in_flight: &mut InFlight,
+    metrics: &CdcMetrics,
+) -> Vec<Sent> {
+    let mut settled = Vec::new();
+    while !in_flight.is_empty() {
+        match in_flight.accept_oldest().await {
+            Ok(sent) => settled.push(sent),
+            Err(e) => settled.extend(recover(sink, url, in_flight, e, metrics).await),
+        }
+    }
+    settled
+}
+
+/// Batches the sink accepted, oldest first: counted, and the feed's
+/// cursor moved past them (everything up to it is accepted downstream, so
+/// it is safe to keep).
+fn accept(
+    settled: Vec<Sent>,
+    delivered: &mut Option<Cursor>,
+    last: &Delivered,
+    metrics: &CdcMetrics,
+) {
+    for sent in settled {
+        if sent.events > 0 {
+            metrics.events.add(sent.events as u64);
+            metrics.batches.inc();
+        }
+        if let Some(cursor) = sent.cursor {
+            *delivered = Some(cursor);
+        }
+    }
+    *last.lock().expect("cursor lock poisoned") = delivered.clone();
 }
 
 /// Delivers `events`, trying again (a new connection each time) until the
@@ -609,6 +793,104 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `future` once: its output if it is ready.
+    fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// A batch whose acceptance comes when the returned sender says.
+    fn batch(
+        events: usize,
+    ) -> (
+        Vec<FeedEvent>,
+        Accepted,
+        tokio::sync::oneshot::Sender<Result<(), trellis_cdc::SinkError>>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let accepted: Accepted = Box::pin(async move { rx.await.expect("sender kept") });
+        (vec![FeedEvent::default(); events], accepted, tx)
+    }
+
+    /// Pipelined batches: a later batch accepted first moves no cursor;
+    /// the cursor moves only when every batch before it is accepted, and a
+    /// resolved position with nothing to send rides on the newest batch.
+    #[test]
+    fn a_cursor_moves_only_past_batches_accepted_with_every_earlier_one() {
+        let cluster = trellis_client::ClusterId::new(9).expect("a cluster id");
+        let at = |p: u64| Some(Cursor::new(cluster, [(1, p)]));
+        let mut in_flight = InFlight::default();
+        let (events_a, accepted_a, ack_a) = batch(2);
+        let (events_b, accepted_b, ack_b) = batch(1);
+        in_flight.push(events_a, at(10), accepted_a);
+        in_flight.push(events_b, at(11), accepted_b);
+        in_flight.move_cursor(at(14));
+        assert_eq!(in_flight.events, 3);
+        ack_b.send(Ok(())).expect("receiver kept");
+        assert!(
+            poll_once(in_flight.accept_oldest()).is_none(),
+            "the later batch's ack does not settle the earlier one"
+        );
+        ack_a.send(Ok(())).expect("receiver kept");
+        let first = poll_once(in_flight.accept_oldest()).expect("ready");
+        assert_eq!(
+            first.expect("accepted"),
+            Sent {
+                events: 2,
+                cursor: at(10)
+            }
+        );
+        let second = poll_once(in_flight.accept_oldest()).expect("ready");
+        assert_eq!(
+            second.expect("accepted"),
+            Sent {
+                events: 1,
+                cursor: at(14)
+            }
+        );
+        assert!(in_flight.is_empty());
+        assert_eq!(in_flight.events, 0);
+    }
+
+    /// A failed batch stays in flight with every later one, all of them
+    /// to be sent again in order; the window is bounded.
+    #[test]
+    fn a_failed_batch_and_every_later_one_are_kept_to_send_again() {
+        let cluster = trellis_client::ClusterId::new(9).expect("a cluster id");
+        let at = |p: u64| Some(Cursor::new(cluster, [(2, p)]));
+        let mut in_flight = InFlight::default();
+        let (events_a, accepted_a, ack_a) = batch(3);
+        let (events_b, accepted_b, _ack_b) = batch(4);
+        in_flight.push(events_a, at(5), accepted_a);
+        in_flight.push(events_b, at(9), accepted_b);
+        ack_a
+            .send(Err(trellis_cdc::SinkError::TooMany {
+                sink: "test".into(),
+                events: 3,
+            }))
+            .expect("receiver kept");
+        let failed = poll_once(in_flight.accept_oldest()).expect("ready");
+        assert!(failed.is_err());
+        let again = in_flight.take();
+        let kept: Vec<(usize, Option<Cursor>)> =
+            again.iter().map(|(e, c)| (e.len(), c.clone())).collect();
+        assert_eq!(kept, [(3, at(5)), (4, at(9))]);
+        assert!(in_flight.is_empty() && in_flight.events == 0);
+
+        assert!(
+            in_flight.has_room(DELIVER_EVENTS_MAX),
+            "an empty window takes a batch"
+        );
+        let (events, accepted, _ack) = batch(IN_FLIGHT_EVENTS_MAX - 1);
+        in_flight.push(events, None, accepted);
+        assert!(in_flight.has_room(1));
+        assert!(!in_flight.has_room(2));
+    }
 
     #[test]
     fn prefix_ends_cover_exactly_the_prefix() {

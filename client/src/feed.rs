@@ -190,6 +190,8 @@ pub struct Watch {
 
 impl Watch {
     /// The next message; `None` when the server ended the stream.
+    /// Cancel-safe: dropped before it is ready, it loses no message
+    /// (`trellis cdc` races it against its sink's acks).
     pub async fn next(&mut self) -> Result<Option<FeedMessage>> {
         let kind = loop {
             if let Some(kind) = self.pending.pop_front() {
