@@ -652,13 +652,25 @@ impl Wal {
     ) -> Result<Wal, WalError> {
         let segments = list_segments(dir)?;
         let (file, path, size) = match segments.last() {
-            Some(segment) => {
+            Some(segment) if !misnamed_empty(segment, last_lsn)? => {
                 let file = OpenOptions::new()
                     .append(true)
                     .open(&segment.path)
                     .map_err(io_err(&segment.path))?;
                 let size = file.len_bytes().map_err(io_err(&segment.path))?;
                 (file, segment.path.clone(), size)
+            }
+            Some(segment) => {
+                // An empty segment named for another first record (a roll
+                // whose first write never landed, on a full disk, before the
+                // replica was restored from a snapshot past it; simulator
+                // seed 56). It holds nothing; writing the records after
+                // `last_lsn` into it would misname them all, and the next
+                // recovery would refuse the log.
+                fsio::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+                let path = segment_path(dir, last_lsn + 1);
+                let file = create_segment(dir, &path)?;
+                (file, path, 0)
             }
             None => {
                 let path = segment_path(dir, last_lsn + 1);
@@ -891,6 +903,18 @@ struct SegmentWriter {
     path: PathBuf,
     size: u64,
     segment_bytes_max: u64,
+}
+
+/// Whether `segment`, the log's last, is empty and named for a first
+/// record other than the next one (`last_lsn + 1`).
+fn misnamed_empty(segment: &Segment, last_lsn: Lsn) -> Result<bool, WalError> {
+    if segment.first_lsn == last_lsn + 1 {
+        return Ok(false);
+    }
+    let len = File::open(&segment.path)
+        .and_then(|f| f.len_bytes())
+        .map_err(io_err(&segment.path))?;
+    Ok(len == 0)
 }
 
 fn create_segment(dir: &Path, path: &Path) -> Result<File, WalError> {
@@ -1307,6 +1331,29 @@ mod tests {
         assert_eq!(wal.append(1, b"next").expect("append"), 65);
         wal.wait_durable(65).await.expect("durable");
         wal.shutdown();
+    }
+
+    /// Simulator seed 56: a roll on a full disk left an empty segment named
+    /// for LSN 46; the replica was then restored from a snapshot at 63. The
+    /// log must go on in a segment named for 64, not write 64 into the
+    /// segment named 46 (which the next recovery refuses as corrupt).
+    #[tokio::test]
+    async fn an_empty_segment_named_for_another_lsn_is_replaced_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(segment_path(dir.path(), 46), b"").expect("write");
+        let wal = Wal::open(dir.path(), 63, Arc::new(Metrics::default())).expect("open");
+        assert_eq!(wal.append(1, b"after the snapshot").expect("append"), 64);
+        wal.wait_durable(64).await.expect("durable");
+        wal.shutdown();
+        assert!(!segment_path(dir.path(), 46).exists(), "the empty one went");
+        let mut lsns = Vec::new();
+        let replay = replay(dir.path(), 63, |r| {
+            lsns.push(r.lsn);
+            Ok(())
+        })
+        .expect("the log after the snapshot reads back");
+        assert_eq!(lsns, vec![64]);
+        assert_eq!(replay.last_lsn, 64);
     }
 
     #[tokio::test]
