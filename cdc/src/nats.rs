@@ -1,6 +1,6 @@
 //! The NATS JetStream sink: each event's JSON published to one subject
 //! with the `Nats-Msg-Id` header `trellis-<group>-<position>`, pipelined:
-//! [`NatsSink::send`] publishes and hands back the acks to await, so the
+//! `NatsSink::send` publishes and hands back the acks to await, so the
 //! caller can publish the next events while earlier acks are on their way
 //! (at most [`IN_FLIGHT_EVENTS_MAX`] unacknowledged), and every ack is
 //! awaited.
