@@ -628,7 +628,33 @@ impl TxnManager {
                 Fenced::Finalized { commit: false, .. } => {}
             }
         }
-        let commit = crate::twopc::fenced_commit(&fenced);
+        self.decide_fenced(
+            txn,
+            anchor,
+            participants,
+            durability,
+            exec,
+            &fenced,
+            deadline,
+        )
+        .await
+    }
+
+    /// The DECIDE after fencing: COMMIT if every fenced participant had
+    /// prepared or committed ([`crate::twopc::fenced_commit`]), else a
+    /// fenced ABORT. Returns the decision that stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_fenced(
+        &self,
+        txn: TxnId,
+        anchor: GroupId,
+        participants: &[GroupId],
+        durability: u32,
+        exec: u64,
+        fenced: &[(GroupId, Fenced)],
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let commit = crate::twopc::fenced_commit(fenced);
         self.decide(
             txn,
             anchor,
@@ -1010,25 +1036,10 @@ impl TxnManager {
             .filter(|g| *g != anchor)
             .collect();
         let fenced = self.fence_all(txn, &others, deadline).await?;
-        let commit = crate::twopc::fenced_commit(&fenced);
         // As a PREPARE: never less than SEMI_SYNC.
         let durability = trellis_proto::v1::Durability::SemiSync as u32;
-        self.decide(
-            txn,
-            anchor,
-            participants,
-            durability,
-            commit,
-            0,
-            !commit,
-            deadline,
-        )
-        .await?
-        .ok_or_else(|| {
-            TxnError::Internal(format!(
-                "anchor group {anchor} asked to fence again after a fence of {txn}"
-            ))
-        })
+        self.decide_fenced(txn, anchor, participants, durability, 0, &fenced, deadline)
+            .await
     }
 
     /// COMMITTED, ABORTED or UNKNOWN, from the anchor's record or the
