@@ -2,9 +2,12 @@
 //! pool, and running the migrations embedded from
 //! `coordinator/migrations/<backend>/`.
 
+use std::borrow::Cow;
 use std::path::Path;
 
-use sqlx::migrate::Migrator;
+use futures::future::BoxFuture;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, Postgres};
 use sqlx::sqlite::{
@@ -16,8 +19,82 @@ use super::{
     SQLITE_BUSY_TIMEOUT, db,
 };
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+/// One backend's migrations, embedded in the binary: for each file
+/// `migrations/<backend>/NNNN_name.sql`, its version, its description (the
+/// name with `_` as spaces) and its SQL, as `sqlx::migrate!` would read
+/// them. Listed by hand instead of by that macro: the macro needs sqlx's
+/// `macros` feature, which builds a second copy of sqlx and of SQLite's C
+/// sources for the compiler, in every profile, for this one list. The test
+/// `embedded_migrations_are_the_directory` keeps the list and the files
+/// the same (a forgotten file, a reordered one, a changed checksum).
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+macro_rules! embedded {
+    ($backend:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {
+        Embedded(&[$((
+            $version,
+            $description,
+            include_str!(concat!("../../migrations/", $backend, "/", $file)),
+        )),+])
+    };
+}
+
+const SQLITE_MIGRATIONS: Embedded = embedded!("sqlite":
+    1 "0001_catalog.sql" "catalog",
+    2 "0002_replication.sql" "replication",
+    3 "0003_coordinator_status.sql" "coordinator status",
+    4 "0004_groups.sql" "groups",
+    5 "0005_feed_cursors.sql" "feed cursors",
+    6 "0006_cluster_id.sql" "cluster id",
+    7 "0007_auth.sql" "auth",
+);
+
+const POSTGRES_MIGRATIONS: Embedded = embedded!("postgres":
+    1 "0001_catalog.sql" "catalog",
+    2 "0002_replication.sql" "replication",
+    3 "0003_coordinator_status.sql" "coordinator status",
+    4 "0004_groups.sql" "groups",
+    5 "0005_feed_cursors.sql" "feed cursors",
+    6 "0006_cluster_id.sql" "cluster id",
+    7 "0007_auth.sql" "auth",
+);
+
+impl Embedded {
+    /// The migrations as sqlx runs them (checksums computed here).
+    fn migrations(&self) -> Vec<Migration> {
+        self.0
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    // sqlx's own opt-out of the per-migration transaction.
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect()
+    }
+
+    async fn migrator(self) -> Result<Migrator, sqlx::migrate::MigrateError> {
+        Migrator::new(self).await
+    }
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let versions: Vec<i64> = self.0.iter().map(|m| m.0).collect();
+        f.debug_tuple("Embedded").field(&versions).finish()
+    }
+}
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        let migrations = self.migrations();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
 
 /// Opens the catalog `url` names (see [`super::Catalog::connect`] for the
 /// accepted forms); refuses any other with [`CatalogError::BadUrl`].
@@ -81,9 +158,16 @@ async fn connect_sqlite(path: &Path) -> Result<SqlitePool, CatalogError> {
         .connect_with(options)
         .await
         .map_err(db(format!("opening the SQLite catalog {}", path.display())))?;
+    let migrator = SQLITE_MIGRATIONS
+        .migrator()
+        .await
+        .map_err(|source| CatalogError::Migrate {
+            context: "reading the SQLite catalog's migrations".into(),
+            source,
+        })?;
     let mut attempt = 1;
     loop {
-        match SQLITE_MIGRATIONS.run(&pool).await {
+        match migrator.run(&pool).await {
             Ok(()) => return Ok(pool),
             Err(err) if attempt < MIGRATE_ATTEMPTS_MAX => {
                 tracing::debug!(%err, attempt, "migrating the SQLite catalog failed; retrying");
@@ -119,7 +203,15 @@ async fn connect_postgres(url: &str) -> Result<PgPool, CatalogError> {
         .connect_with(options)
         .await
         .map_err(db(format!("connecting to the PostgreSQL catalog {place}")))?;
-    POSTGRES_MIGRATIONS
+    let migrator =
+        POSTGRES_MIGRATIONS
+            .migrator()
+            .await
+            .map_err(|source| CatalogError::Migrate {
+                context: "reading the PostgreSQL catalog's migrations".into(),
+                source,
+            })?;
+    migrator
         .run(&pool)
         .await
         .map_err(|source| CatalogError::Migrate {
@@ -127,4 +219,48 @@ async fn connect_postgres(url: &str) -> Result<PgPool, CatalogError> {
             source,
         })?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What sqlx records of a migration (and checks on every later run).
+    fn recorded(m: &Migration) -> (i64, String, Vec<u8>, bool, bool) {
+        (
+            m.version,
+            m.description.to_string(),
+            m.checksum.to_vec(),
+            m.no_tx,
+            m.migration_type == MigrationType::Simple,
+        )
+    }
+
+    /// The embedded lists equal what sqlx reads from the directories (what
+    /// `sqlx::migrate!` embedded before): same files, order, descriptions
+    /// and checksums, so catalogs migrated by earlier binaries stay valid.
+    #[tokio::test]
+    async fn embedded_migrations_are_the_directory() {
+        for (backend, embedded) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let from_dir = Migrator::new(dir.as_path())
+                .await
+                .expect("read the directory");
+            let from_binary = embedded.migrator().await.expect("embedded migrations");
+            let want: Vec<_> = from_dir.iter().map(recorded).collect();
+            let got: Vec<_> = from_binary.iter().map(recorded).collect();
+            assert!(!want.is_empty(), "no migrations in {}", dir.display());
+            assert_eq!(
+                got,
+                want,
+                "{backend}: the embedded list in connect.rs differs from {}",
+                dir.display()
+            );
+        }
+    }
 }
