@@ -29,27 +29,24 @@ use super::{
 /// the same (a forgotten file, a reordered one, a changed checksum).
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
 
+/// Both backends' lists from one table of files (each backend has the same
+/// files, in its own SQL dialect).
 macro_rules! embedded {
-    ($backend:literal: $($version:literal $file:literal $description:literal),+ $(,)?) => {
-        Embedded(&[$((
+    ($($version:literal $file:literal $description:literal),+ $(,)?) => {
+        const SQLITE_MIGRATIONS: Embedded = Embedded(&[$((
             $version,
             $description,
-            include_str!(concat!("../../migrations/", $backend, "/", $file)),
-        )),+])
+            include_str!(concat!("../../migrations/sqlite/", $file)),
+        )),+]);
+        const POSTGRES_MIGRATIONS: Embedded = Embedded(&[$((
+            $version,
+            $description,
+            include_str!(concat!("../../migrations/postgres/", $file)),
+        )),+]);
     };
 }
 
-const SQLITE_MIGRATIONS: Embedded = embedded!("sqlite":
-    1 "0001_catalog.sql" "catalog",
-    2 "0002_replication.sql" "replication",
-    3 "0003_coordinator_status.sql" "coordinator status",
-    4 "0004_groups.sql" "groups",
-    5 "0005_feed_cursors.sql" "feed cursors",
-    6 "0006_cluster_id.sql" "cluster id",
-    7 "0007_auth.sql" "auth",
-);
-
-const POSTGRES_MIGRATIONS: Embedded = embedded!("postgres":
+embedded!(
     1 "0001_catalog.sql" "catalog",
     2 "0002_replication.sql" "replication",
     3 "0003_coordinator_status.sql" "coordinator status",
