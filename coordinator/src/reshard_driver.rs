@@ -42,7 +42,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 use trellis_proto::shard::v1 as pb;
-use trellis_types::{GroupId, SLOTS};
+use trellis_types::{GroupId, SLOTS, TxnId};
 
 use crate::catalog::{CatalogError, CoordinatorRow};
 use crate::map::ClusterMap;
@@ -52,6 +52,7 @@ use crate::reshard_job::{
     Claim, DecodeError, JobRecord, claim, decode, encode, may_act, state_name, take_asked,
 };
 use crate::router::{CatalogRouter, Fault, Router, ShardRpc, classify};
+use crate::txn::TxnManager;
 
 /// How often the driver looks at the jobs when nobody wakes it.
 pub const DRIVER_TICK: Duration = Duration::from_secs(1);
@@ -71,6 +72,15 @@ pub const INGEST_ENTRIES_MAX: usize = 10_000;
 /// Pause between two tries of the cutover's drained copy while prepared
 /// transactions remain (`NOT_DRAINED`); the freeze's deadline bounds them.
 pub const DRAIN_RETRY: Duration = Duration::from_millis(10);
+/// While the drained copy is refused, the prepared transactions on the
+/// frozen slots at least this old are settled at their anchors (a decided
+/// one finalized, an undecided one aborted there), as a reader settles an
+/// in-doubt lock: the pause then waits for the anchors, not for each
+/// transaction's coordinator to finalize it. Younger ones are left to
+/// finish on their own: most are a commit in flight.
+pub const DRAIN_RESOLVE_AGE: Duration = Duration::from_millis(20);
+/// Most prepared transactions one try of the drained copy settles.
+pub const DRAIN_RESOLVE_MAX: u32 = 256;
 /// Actions one job may take in one tick before the next job's turn.
 pub const STEPS_PER_TICK: u32 = 64;
 /// Backoff after a job's step failed: doubles per failure up to the max.
@@ -175,6 +185,8 @@ struct Cutover {
     /// The drained copy, every try (waiting for prepared transactions).
     drain_ms: u64,
     drain_tries: u32,
+    /// Prepared transactions the driver settled to drain the batch.
+    drain_resolved: u32,
     /// Keys the drained copy moved (the last delta).
     delta_keys: u64,
     /// The flip: the map's compare-and-set and telling both groups.
@@ -202,10 +214,15 @@ pub struct Driver {
     cutover: Option<Cutover>,
     /// Drained copies tried by the last `Drain` action.
     drain_tries: u32,
+    /// Prepared transactions the last `Drain` action settled.
+    drain_resolved: u32,
+    /// Settles the prepared transactions that keep a batch from draining.
+    txns: Arc<TxnManager>,
 }
 
 impl Driver {
     pub fn new(me: String, router: Arc<Router>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
+        let txns = TxnManager::new(router.clone(), metrics.clone());
         Driver {
             me,
             router,
@@ -217,6 +234,8 @@ impl Driver {
             unreadable: BTreeSet::new(),
             cutover: None,
             drain_tries: 0,
+            drain_resolved: 0,
+            txns,
         }
     }
 
@@ -554,6 +573,7 @@ impl Driver {
             Action::Drain { .. } => {
                 cutover.drain_ms += took_ms;
                 cutover.drain_tries += self.drain_tries;
+                cutover.drain_resolved += self.drain_resolved;
                 if let Some(Done::Copied { keys, .. }) = done {
                     cutover.delta_keys += keys;
                     self.metrics.reshard_cutover_steps[1].observe(cutover.drain_ms as f64 / 1000.0);
@@ -586,6 +606,7 @@ impl Driver {
             saves_ms = c.saves_ms,
             drain_ms = c.drain_ms,
             drain_tries = c.drain_tries,
+            drain_resolved = c.drain_resolved,
             delta_keys = c.delta_keys,
             flip_ms = c.flip_ms,
             flip_tries = c.flip_tries,
@@ -605,6 +626,8 @@ impl Driver {
     ) -> Result<Option<Done>, DriverError> {
         let slots = batch.slots.to_bytes();
         self.drain_tries = 0;
+        self.drain_resolved = 0;
+        let mut settled_before = false;
         let step = |op: pb::SlotOp, peer: GroupId| pb::MoveSlotsRequest {
             op: op as i32,
             slots: slots.clone(),
@@ -638,14 +661,45 @@ impl Driver {
             Action::CopyDelta { above } => return self.copy(batch, *above, false).await.map(Some),
             Action::Drain { above, deadline_ms } => loop {
                 self.drain_tries += 1;
+                // The try after a settle comes at once, but only once in a
+                // row: a lock a settle cannot lift (a read hold, an anchor
+                // that does not answer) is waited for at DRAIN_RETRY.
+                let settled_last = std::mem::take(&mut settled_before);
                 match self.copy(batch, *above, true).await {
                     Ok(done) => return Ok(Some(done)),
                     Err(err) => {
-                        if unix_ms() + DRAIN_RETRY.as_millis() as u64 >= *deadline_ms {
+                        let now_ms = unix_ms();
+                        if now_ms + DRAIN_RETRY.as_millis() as u64 >= *deadline_ms {
                             tracing::info!(job = job.id, %err, "the cutover did not drain in time; thawing");
+                            // Past the deadline, so that the job's next
+                            // action is the thaw: another drain action in
+                            // the last DRAIN_RETRY would spend a step each
+                            // try, and the tick's steps could run out with
+                            // the batch still frozen.
+                            sleep(Duration::from_millis(
+                                deadline_ms.saturating_sub(now_ms) + 1,
+                            ))
+                            .await;
                             return Ok(None);
                         }
-                        if !matches!(err, DriverError::NotDrained) {
+                        if matches!(err, DriverError::NotDrained) {
+                            let until = Instant::now()
+                                + Duration::from_millis(deadline_ms.saturating_sub(unix_ms()))
+                                    .min(DRIVER_RPC_TIMEOUT);
+                            match self.settle_frozen(batch, until).await {
+                                Ok(0) => {}
+                                Ok(settled) => {
+                                    self.drain_resolved += settled;
+                                    if !settled_last {
+                                        settled_before = true;
+                                        continue; // try again at once
+                                    }
+                                }
+                                Err(err) => {
+                                    tracing::debug!(job = job.id, %err, "could not settle the frozen slots' prepared transactions");
+                                }
+                            }
+                        } else {
                             tracing::debug!(job = job.id, %err, "drained copy failed; retrying");
                         }
                         sleep(DRAIN_RETRY).await;
@@ -662,6 +716,53 @@ impl Driver {
             }
         }
         Ok(Some(Done::Ok))
+    }
+
+    /// Settles the prepared transactions on `batch`'s frozen slots that are
+    /// at least [`DRAIN_RESOLVE_AGE`] old, at most [`DRAIN_RESOLVE_MAX`],
+    /// by `until`. Returns how many it settled. Safe at any time: it is
+    /// what a reader meeting an in-doubt lock does (the anchor's record
+    /// decides; an undecided transaction is aborted there first).
+    async fn settle_frozen(&self, batch: &Batch, until: Instant) -> Result<u32, DriverError> {
+        let (source_map, mut source) = self.client(batch.from)?;
+        let request = pb::ListPreparedRequest {
+            older_than_ms: DRAIN_RESOLVE_AGE.as_millis() as u64,
+            limit: DRAIN_RESOLVE_MAX,
+            records: false,
+            slots: batch.slots.to_bytes(),
+        };
+        let listed = match timeout(DRIVER_RPC_TIMEOUT, source.list_prepared(request)).await {
+            Ok(Ok(response)) => response.into_inner().txns,
+            Ok(Err(status)) => {
+                return Err(self.shard_error(batch.from, &source_map, &status).await);
+            }
+            Err(_) => {
+                return Err(DriverError::Timeout {
+                    what: format!("ListPrepared at group {}", batch.from),
+                });
+            }
+        };
+        let settles = listed.iter().filter_map(|prepared| {
+            let txn = TxnId::from_bytes(&prepared.txn_id).ok()?;
+            let participants = prepared.participants.clone();
+            Some(async move {
+                let settled = self
+                    .txns
+                    .resolve(txn, prepared.anchor_group, &participants, until)
+                    .await;
+                if let Err(err) = &settled {
+                    tracing::debug!(%txn, %err, "could not settle a prepared transaction on a frozen slot");
+                }
+                settled.is_ok()
+            })
+        });
+        let settled = futures::future::join_all(settles)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        self.metrics.reshard_drain_settled.add(settled as u64);
+        Ok(settled as u32)
     }
 
     /// The catalog's map, installed in the router.

@@ -75,6 +75,16 @@ pub struct PrepareRec {
     pub exec: u64,
 }
 
+impl PrepareRec {
+    /// Whether the transaction reads or writes a key in `slots` (it then
+    /// holds a lock there while prepared).
+    pub fn touches(&self, slots: &trellis_types::SlotSet) -> bool {
+        let keys = self.reads.iter().map(|r| &r.key);
+        keys.chain(self.writes.iter().map(|w| &w.key))
+            .any(|key| slots.contains(trellis_types::slot_of(key)))
+    }
+}
+
 /// The transaction record at the anchor: the outcome, decided once.
 #[derive(Clone, PartialEq, Eq, Message)]
 pub struct DecideRec {
@@ -321,6 +331,41 @@ pub struct SnapChunk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prepare_touches_the_slots_of_its_reads_and_its_writes() {
+        let key_in = |slot: u32| {
+            (0u32..)
+                .map(|i| format!("k{i}").into_bytes())
+                .find(|k| trellis_types::slot_of(k) == slot)
+                .expect("some key hashes to every slot")
+        };
+        let rec = PrepareRec {
+            txn_id: vec![1; 16],
+            reads: vec![ReadRec {
+                key: key_in(3),
+                version: 1,
+            }],
+            writes: vec![WriteRec {
+                key: key_in(5),
+                value: None,
+            }],
+            anchor: 1,
+            participants: vec![1],
+            exec: 0,
+        };
+        let set = |slots: &[u32]| {
+            let mut set = trellis_types::SlotSet::empty();
+            for s in slots {
+                set.insert(*s);
+            }
+            set
+        };
+        assert!(rec.touches(&set(&[3])), "a read's slot");
+        assert!(rec.touches(&set(&[5, 9])), "a write's slot");
+        assert!(!rec.touches(&set(&[4, 6])), "neither");
+        assert!(!rec.touches(&set(&[])), "no slot");
+    }
 
     #[test]
     fn records_round_trip() {

@@ -731,9 +731,18 @@ impl ShardService for ShardApi {
         } else {
             req.limit.min(LIST_PREPARED_MAX)
         };
+        let slots = if req.slots.is_empty() {
+            None
+        } else {
+            Some(SlotSet::from_bytes(&req.slots).map_err(invalid)?)
+        };
         let txns = self
             .shard
-            .list_prepared(Duration::from_millis(req.older_than_ms), limit as usize)
+            .list_prepared(
+                Duration::from_millis(req.older_than_ms),
+                limit as usize,
+                slots.as_ref(),
+            )
             .into_iter()
             .map(|(txn, rec, age)| pb::PreparedTxn {
                 txn_id: txn.as_bytes().to_vec(),

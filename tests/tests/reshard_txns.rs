@@ -169,3 +169,108 @@ async fn two_phase_transfers_keep_committing_while_their_slots_move() {
     }
     drop(cluster);
 }
+
+/// The coordinator's counter of prepared transactions its reshard driver
+/// settled to drain a frozen batch.
+const DRAIN_SETTLED_SERIES: &str = "trellis_reshard_drain_settled_total";
+
+/// Story: a two-phase commit prepared a write at group 1 and its
+/// coordinator vanished before deciding (the PREPARE is sent to the shard
+/// directly, and nobody ever finalizes it), so its lock sits on a key
+/// whose slot then moves to group 2. The cutover cannot drain while the
+/// lock is there; the driver settles the transaction at its anchor rather
+/// than wait for the sweeper (which takes only transactions older than
+/// `IN_DOUBT_AGE`) — `trellis_reshard_drain_settled_total` counts it. The
+/// move completes, the undecided write was aborted, and group 2 serves the
+/// key's committed value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_settles_an_abandoned_prepare_that_holds_a_moving_slot() {
+    use trellis_proto::shard::v1 as spb;
+
+    let cluster = Cluster::start(2).await.expect("cluster of two groups");
+    let addr = cluster.addr(0).to_string();
+    let metrics = cluster.coordinator(0).field("metrics").to_string();
+    let client = Client::connect(&addr).await.expect("client");
+    let ring = assign_slots(&[1, 2]);
+    let key = key_in(&ring, 1, "stuck");
+    client
+        .run_txn(|txn| {
+            let key = key.clone();
+            async move { txn.put(&key, b"committed") }
+        })
+        .await
+        .expect("the committed value");
+
+    let map_epoch = cluster.status(0).await.expect("status").map_epoch;
+    let mut shard = trellis_tests::harness::shard_client(cluster.shard(1, 1).expect("group 1"))
+        .await
+        .expect("group 1's shard");
+    let txn = trellis_tests::harness::txn_id();
+    let vote = shard
+        .prepare(spb::PrepareRequest {
+            durability: 0,
+            map_epoch,
+            txn_id: txn.clone(),
+            reads: vec![],
+            writes: vec![spb::WriteOp {
+                key: key.clone(),
+                value: b"never decided".to_vec(),
+                delete: false,
+            }],
+            anchor_group: 2,
+            participants: vec![1, 2],
+            exec: 1,
+        })
+        .await
+        .expect("prepare")
+        .into_inner();
+    assert!(
+        matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
+        "{vote:?}"
+    );
+
+    let out = admin_ok(&[
+        "admin",
+        "move-slots",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--slots",
+        &slot_of(&key).to_string(),
+        "--wait",
+        "--addr",
+        &addr,
+    ]);
+    assert!(out.contains("done"), "{out}");
+
+    let page = http_get(&metrics, "/metrics").await;
+    let settled = metric_sample(&page, DRAIN_SETTLED_SERIES).unwrap_or(0.0);
+    assert!(
+        settled >= 1.0,
+        "the driver settled no prepared transaction ({DRAIN_SETTLED_SERIES} = {settled})"
+    );
+    let mut txns = cluster.txn(0).await.expect("txn client");
+    let state = txns
+        .txn_status(trellis_proto::v1::TxnStatusRequest { txn_id: txn })
+        .await
+        .expect("txn status")
+        .into_inner()
+        .state;
+    assert_ne!(
+        state,
+        trellis_proto::v1::TxnState::Committed as i32,
+        "an undecided transaction was settled as committed"
+    );
+    let items = client
+        .get(std::slice::from_ref(&key), Default::default())
+        .await
+        .expect("read the moved key");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        items[0].value,
+        b"committed".to_vec(),
+        "group 2 serves the committed value"
+    );
+    drop(cluster);
+}

@@ -200,6 +200,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
             older_than_ms: 0,
             limit: 10,
             records: false,
+            slots: Vec::new(),
         })
         .await
         .expect("list")
@@ -358,6 +359,7 @@ async fn prepared_transactions_survive_restart_and_resolve_later() {
             older_than_ms: 0,
             limit: 10,
             records: true,
+            slots: Vec::new(),
         })
         .await
         .expect("list records")

@@ -79,6 +79,9 @@ pub struct Metrics {
     /// Keys and bytes this coordinator's driver copied between groups.
     pub reshard_keys_copied: Counter,
     pub reshard_bytes_copied: Counter,
+    /// Prepared transactions this coordinator's driver settled at their
+    /// anchors because they held a frozen batch's keys.
+    pub reshard_drain_settled: Counter,
     /// Write pause per batch, freeze to flip.
     pub reshard_pause: Histogram,
     /// Parts of that pause by step ([`CUTOVER_STEPS`]): the freeze call,
@@ -139,6 +142,7 @@ impl Default for Metrics {
             reshard_slots_moved: Counter::new(),
             reshard_keys_copied: Counter::new(),
             reshard_bytes_copied: Counter::new(),
+            reshard_drain_settled: Counter::new(),
             reshard_pause: Histogram::new(SECONDS_BOUNDS),
             reshard_cutover_steps: [
                 Histogram::new(SECONDS_BOUNDS),
@@ -406,6 +410,11 @@ impl Metrics {
             "trellis_reshard_bytes_copied_total",
             "Key and value bytes copied between groups by jobs this coordinator ran.",
             self.reshard_bytes_copied.get(),
+        );
+        out.counter(
+            "trellis_reshard_drain_settled_total",
+            "Prepared transactions settled at their anchors (finalized, or aborted if undecided) because they held the keys of a batch frozen for its cutover.",
+            self.reshard_drain_settled.get(),
         );
         out.histogram(
             "trellis_reshard_pause_seconds",

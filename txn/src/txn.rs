@@ -1079,6 +1079,7 @@ impl TxnManager {
                         older_than_ms: IN_DOUBT_AGE.as_millis() as u64,
                         limit: crate::SWEEP_BATCH_MAX,
                         records: true,
+                        slots: Vec::new(),
                     };
                     async move { client.list_prepared(request).await.map(|r| r.into_inner()) }
                 })

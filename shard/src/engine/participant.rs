@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_types::{GroupId, Key, MapEpoch, TxnId, Version, slot_of};
+use trellis_types::{GroupId, Key, MapEpoch, SlotSet, TxnId, Version, slot_of};
 
 use super::{Shard, ShardError};
 use crate::freshness::{Fresh, KeyAt};
@@ -528,11 +528,13 @@ impl Shard {
         Ok(count)
     }
 
-    /// Prepared transactions at least `older_than` old, oldest first.
+    /// Prepared transactions at least `older_than` old, oldest first; with
+    /// `slots`, only those that read or write a key in them.
     pub fn list_prepared(
         &self,
         older_than: Duration,
         limit: usize,
+        slots: Option<&SlotSet>,
     ) -> Vec<(TxnId, PrepareRec, Duration)> {
         let now = Instant::now();
         let guard = self.state.lock();
@@ -540,6 +542,7 @@ impl Shard {
             .core()
             .prepared
             .iter()
+            .filter(|(_, p)| slots.is_none_or(|slots| p.rec.touches(slots)))
             .map(|(txn, p)| (*txn, p.rec.clone(), now.saturating_duration_since(p.since)))
             .filter(|(_, _, age)| *age >= older_than)
             .collect();
