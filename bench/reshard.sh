@@ -257,7 +257,7 @@ lines = [os.environ["BEGIN_MARK"], "",
     "bytes over its whole time, batches' freezes and catalog writes included: with a few MB "
     "to move it measures the per-batch steps, not the disk. Failed transactions in "
     "w2-transfer during a move would include any two-phase commit that met a moved slot "
-    "and was not retried; `trellis load` retries `SLOTS_MOVED` as a conflict.", "",
+    "and was not retried; `trellis load` retries `SLOTS_MOVED` and `RESOLVED_ABORT` (a drain settled it first) as conflicts.", "",
     os.environ["END_MARK"]]
 section = "\n".join(lines)
 import sys; sys.path.insert(0, "bench"); from doc_section import write_section

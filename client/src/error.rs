@@ -16,7 +16,10 @@ pub enum Error {
     /// A key is locked by another prepared transaction. Retryable.
     #[error("transaction aborted: {} locked by another transaction", keys_text(.keys))]
     Locked { keys: Vec<Vec<u8>>, message: String },
-    /// Another decision (usually a recovery's presumed abort) came first.
+    /// Another decision came first: a resolver's (a reader that met the
+    /// transaction's lock, the sweeper, the reshard driver draining a
+    /// moving slot, a TxnStatus) abort of a transaction nobody had decided.
+    /// Nothing was committed. Retryable: re-run the whole transaction.
     #[error("transaction aborted by recovery: {message}")]
     ResolvedAbort { keys: Vec<Vec<u8>>, message: String },
     /// A participant could not be reached in time; the transaction did not
@@ -82,12 +85,15 @@ pub fn quote_key(key: &[u8]) -> String {
 }
 
 impl Error {
-    /// Re-running the whole transaction may succeed (CONFLICT, LOCKED, or
-    /// SLOTS_MOVED).
+    /// Re-running the whole transaction may succeed (CONFLICT, LOCKED,
+    /// RESOLVED_ABORT or SLOTS_MOVED).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Conflict { .. } | Error::Locked { .. } | Error::SlotsMoved { .. }
+            Error::Conflict { .. }
+                | Error::Locked { .. }
+                | Error::ResolvedAbort { .. }
+                | Error::SlotsMoved { .. }
         )
     }
 
@@ -219,7 +225,10 @@ mod tests {
             keys: vec![],
             message: "x".into(),
         });
-        assert!(!err.is_retryable());
+        assert!(
+            err.is_retryable(),
+            "a definite abort decided by a resolver: nothing committed"
+        );
         // Keys that moved under the commit: nothing committed, run again.
         let err = Error::from_aborted(pb::Aborted {
             reason: pb::AbortReason::SlotsMoved as i32,

@@ -13,7 +13,7 @@
 //! saw, writes are buffered (a read of a key written earlier in the same
 //! transaction returns the buffered value), and [`Transaction::commit`] sends
 //! them in one Commit. [`Client::run_txn`] runs a transaction body and
-//! commits it; on a retryable abort (CONFLICT, LOCKED, SLOTS_MOVED) it runs the *whole
+//! commits it; on a retryable abort (CONFLICT, LOCKED, RESOLVED_ABORT, SLOTS_MOVED) it runs the *whole
 //! body* again in a fresh transaction, at most [`TXN_ATTEMPTS_MAX`] times
 //! with backoff, so old writes are never re-applied blindly.
 //!

@@ -307,7 +307,7 @@ pub fn backoff(attempt: u32) -> Duration {
 
 impl Client {
     /// Runs `body` in a transaction and commits it. On a retryable abort
-    /// (CONFLICT, LOCKED, SLOTS_MOVED), from the commit or from the body, the *whole
+    /// (CONFLICT, LOCKED, RESOLVED_ABORT, SLOTS_MOVED), from the commit or from the body, the *whole
     /// body* is run again in a fresh transaction (new id, new reads; the old
     /// buffered writes are dropped, never re-applied), at most
     /// [`TXN_ATTEMPTS_MAX`] times with exponential backoff. Any other error

@@ -110,7 +110,9 @@ impl SqlError {
                     "another transaction holds {keys} while it commits; {again}"
                 )),
             Error::ResolvedAbort { .. } => {
-                SqlError::new("40000 transaction_rollback", err.to_string())
+                SqlError::new("40000 transaction_rollback", err.to_string()).hint(format!(
+                    "another party (a resolver, or a slot move draining the keys) decided it before its own commit did; {again}"
+                ))
             }
             Error::SlotsMoved { .. } => {
                 SqlError::new("40001 serialization_failure", err.to_string()).hint(format!(

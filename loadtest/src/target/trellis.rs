@@ -104,11 +104,11 @@ fn before_commit(err: Error) -> TxnError {
 /// An error of Commit.
 fn of_commit(err: Error) -> TxnError {
     match err {
-        Error::Conflict { .. } | Error::Locked { .. } | Error::SlotsMoved { .. } => {
-            TxnError::Conflict(err.to_string())
-        }
-        Error::ResolvedAbort { .. }
-        | Error::ParticipantUnavailable { .. }
+        Error::Conflict { .. }
+        | Error::Locked { .. }
+        | Error::ResolvedAbort { .. }
+        | Error::SlotsMoved { .. } => TxnError::Conflict(err.to_string()),
+        Error::ParticipantUnavailable { .. }
         | Error::InvalidArgument(_)
         | Error::Application(_)
         | Error::FeedHistoryGone { .. } => TxnError::Failed(err.to_string()),
