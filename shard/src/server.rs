@@ -780,7 +780,9 @@ impl ShardService for ShardApi {
         Ok(Response::new(pb::LookupResponse {
             record: decision(record),
             outcome: decision(outcome),
-            prepared,
+            prepared: prepared.is_some(),
+            anchor_group: prepared.as_ref().map_or(0, |p| p.anchor),
+            participants: prepared.map(|p| p.participants).unwrap_or_default(),
         }))
     }
 

@@ -290,6 +290,9 @@ pub struct SimResult {
     pub report: Report,
     /// Completions: ok, fail, info.
     pub counts: [usize; 3],
+    /// Why operations did not commit, one line per completion and reason
+    /// (OUTCOME_UNKNOWN ones with what TxnStatus then said).
+    pub reasons: String,
     /// What the nemesis did, with simulated times.
     pub faults: Vec<String>,
     pub final_read_error: Option<String>,
@@ -741,6 +744,7 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
     let one_way_holds = trellis_net::sim::one_way_holds();
     trellis_net::sim::heal_all_oneway();
 
+    let reasons = recorder.reasons();
     let ops = recorder.take();
     let report = M::check(&ops)?;
     let counts = [OpKind::Ok, OpKind::Fail, OpKind::Info]
@@ -770,6 +774,7 @@ fn run_workload<M: WorkloadMop + FeedCheck>(config: &SimConfig) -> anyhow::Resul
         seed: config.seed,
         report,
         counts,
+        reasons,
         faults: log,
         final_read_error,
         // Up to the final read's end: the feed's catch-up after it has a

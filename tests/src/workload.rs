@@ -27,6 +27,11 @@
 //!   unavailable or timed-out Commit, an operation that overran its
 //!   deadline. The process then takes a new id (as in Jepsen), since its
 //!   old transaction may still take effect.
+//! - An OUTCOME_UNKNOWN is followed by a `TxnStatus` of its id (which
+//!   settles a transaction found prepared and undecided): ABORTED makes
+//!   the operation `fail`, so the checker holds the cluster to it (a value
+//!   of it read later is an aborted read, G1a); COMMITTED or UNKNOWN leave
+//!   it `info` (a committed operation's reads are not known).
 //!
 //! # Client modes
 //!
@@ -58,7 +63,7 @@ use trellis_checker::format::{self, TextMop};
 use trellis_checker::list_append::{self, Model};
 use trellis_checker::{Mop, Op, OpKind, Report, Verdict};
 use trellis_client::{
-    Client, CommitRequest, Consistency, Durability, Error, Options, Route, Write,
+    Client, CommitRequest, Consistency, Durability, Error, Options, Route, TxnState, Write,
 };
 
 use crate::nemesis::{FaultCluster, FaultKind, NemesisCluster, Schedule, run_schedule};
@@ -88,6 +93,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FINAL_ATTEMPTS_MAX: u32 = 20;
 /// Pause of a client after an operation that did not commit.
 pub const FAIL_PAUSE: Duration = Duration::from_millis(20);
+/// Deadline of the TxnStatus asked after an OUTCOME_UNKNOWN.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The process id of the final read.
 pub const FINAL_PROCESS: u64 = 1_000_000;
 
@@ -760,8 +767,27 @@ pub(crate) async fn client_loop<M, G, R, Fut>(
                 continue;
             }
             Ok(Err(failure)) => {
-                let kind = completion(&failure);
-                recorder.count(kind, &reason(&failure));
+                let (kind, why) = match &failure {
+                    Failure::AtCommit(Error::OutcomeUnknown { txn_id, .. }) => {
+                        let asked =
+                            tokio::time::timeout(STATUS_TIMEOUT, client.txn_status(*txn_id)).await;
+                        match asked {
+                            Ok(Ok(TxnState::Aborted)) => {
+                                (OpKind::Fail, "outcome-unknown, then TxnStatus aborted")
+                            }
+                            Ok(Ok(TxnState::Committed)) => {
+                                (OpKind::Info, "outcome-unknown, then TxnStatus committed")
+                            }
+                            _ => (OpKind::Info, "outcome-unknown, TxnStatus not known"),
+                        }
+                    }
+                    _ => (completion(&failure), ""),
+                };
+                if why.is_empty() {
+                    recorder.count(kind, &reason(&failure));
+                } else {
+                    recorder.count(kind, why);
+                }
                 kind
             }
             Err(_) => {

@@ -957,3 +957,106 @@ async fn read_only_validation_across_groups() {
         "read holds were released"
     );
 }
+
+/// A PREPARE sent straight to `group`'s shard, as a coordinator that then
+/// vanished would have sent it: nobody decides or finalizes it.
+async fn abandoned_prepare(
+    cluster: &Cluster,
+    group: u32,
+    txn: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> trellis_proto::shard::v1::PrepareResponse {
+    use trellis_proto::shard::v1 as spb;
+    let map_epoch = cluster.status(0).await.expect("status").map_epoch;
+    let mut shard = shard_client(cluster.shard(group, 1).expect("the group's shard"))
+        .await
+        .expect("shard client");
+    shard
+        .prepare(spb::PrepareRequest {
+            durability: 0,
+            map_epoch,
+            txn_id: txn.to_vec(),
+            reads: vec![],
+            writes: vec![spb::WriteOp {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                delete: false,
+            }],
+            anchor_group: 1,
+            participants: vec![1, 2],
+            exec: 1,
+        })
+        .await
+        .expect("prepare")
+        .into_inner()
+}
+
+/// Story: two transactions over groups 1 and 2 (anchor 1) whose
+/// coordinator vanished right after sending its PREPAREs. The first
+/// prepared at both — a parallel commit whose client may have been told
+/// COMMITTED — the second only at group 1. Nothing is decided or
+/// finalized anywhere, so what the groups remember alone would say
+/// UNKNOWN. TxnStatus settles each at its anchor instead, long before the
+/// sweeper would (it takes only transactions older than 2 s): the first is
+/// COMMITTED (asked of the coordinator) and its writes are then visible;
+/// the second ABORTED (asked by the Rust client, which routes by itself
+/// and has a coordinator decide), and group 2, fenced, refuses its
+/// PREPARE for good. Asking again gives the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_status_settles_a_transaction_nobody_decided() {
+    use trellis_proto::shard::v1 as spb;
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let mut coordinator = cluster.txn(0).await.expect("txn client");
+    let (a, b) = cross_group_pair(&cluster).await;
+
+    let committed = txn_id();
+    for (group, key) in [(1, &a), (2, &b)] {
+        let vote = abandoned_prepare(&cluster, group, &committed, key, b"first").await;
+        assert!(
+            matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
+            "{vote:?}"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            txn_state(&mut coordinator, &committed).await,
+            pb::TxnState::Committed as i32,
+            "prepared at every participant: committed"
+        );
+    }
+    let items = get(&mut coordinator, &[a.clone(), b.clone()]).await;
+    assert!(
+        items.iter().all(|i| i.value == b"first"),
+        "the settled commit is visible: {items:?}"
+    );
+
+    let aborted = txn_id();
+    let vote = abandoned_prepare(&cluster, 1, &aborted, &a, b"second").await;
+    assert!(
+        matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
+        "{vote:?}"
+    );
+    let client = trellis_client::Client::connect(cluster.addr(0))
+        .await
+        .expect("client");
+    let id: trellis_client::TxnId = aborted.as_slice().try_into().expect("a transaction id");
+    for _ in 0..2 {
+        assert_eq!(
+            client.txn_status(id).await.expect("txn status"),
+            trellis_client::TxnState::Aborted,
+            "group 2 never prepared it: aborted"
+        );
+    }
+    let late = abandoned_prepare(&cluster, 2, &aborted, &b, b"second").await;
+    assert!(
+        matches!(&late.vote, Some(spb::prepare_response::Vote::Finalized(f)) if f.decision == spb::Decision::Abort as i32),
+        "group 2 was fenced: {late:?}"
+    );
+    let items = get(&mut coordinator, &[a.clone(), b.clone()]).await;
+    assert!(
+        items.iter().all(|i| i.value == b"first"),
+        "the aborted write left no trace: {items:?}"
+    );
+    wait_no_prepared(&cluster).await;
+}

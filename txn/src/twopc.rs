@@ -466,13 +466,49 @@ pub fn read_only_outcome(
 // ------------------------------------------------- status, resolution
 
 /// What one group knows of a transaction, for TxnStatus.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lookup {
     /// The anchor's record, if this group holds one: COMMIT (`true`) or
     /// ABORT.
     pub record: Option<bool>,
     /// The outcome this group applied, if it remembers one.
     pub outcome: Option<bool>,
+    /// Prepared here (not finalized): the anchor and participants its
+    /// PREPARE names.
+    pub prepared: Option<(GroupId, Vec<GroupId>)>,
+}
+
+/// What TxnStatus answers once every group said what it knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusStep {
+    /// The answer ([`state_of`]).
+    Known(TxnState),
+    /// Nothing decided or applied anywhere, but prepared somewhere: a
+    /// commit in flight, or a parallel commit whose client may already
+    /// have been told COMMITTED (every participant prepared, nothing
+    /// finalized yet). Only the anchor can say which, by deciding it if
+    /// nobody has (first decision wins): settle it there, as a resolver
+    /// does, and answer that. Reading "every participant prepared" alone
+    /// would not do: the execution that prepared it may still record
+    /// ABORT at the anchor without fencing.
+    Settle {
+        anchor: GroupId,
+        participants: Vec<GroupId>,
+    },
+}
+
+/// TxnStatus's rule: [`state_of`], unless that is UNKNOWN while some group
+/// holds the transaction prepared ([`StatusStep::Settle`], naming the
+/// first such group's view of the anchor and the participants).
+pub fn status_step(lookups: Vec<Lookup>) -> StatusStep {
+    let prepared = lookups.iter().find_map(|l| l.prepared.clone());
+    match (state_of(lookups), prepared) {
+        (TxnState::Unknown, Some((anchor, participants))) => StatusStep::Settle {
+            anchor,
+            participants,
+        },
+        (state, _) => StatusStep::Known(state),
+    }
 }
 
 /// A transaction's state from every group's [`Lookup`]: an anchor's record
@@ -1082,7 +1118,11 @@ mod tests {
 
     #[test]
     fn status_prefers_the_record_then_any_commit_then_any_abort() {
-        let l = |record, outcome| Lookup { record, outcome };
+        let l = |record, outcome| Lookup {
+            record,
+            outcome,
+            prepared: None,
+        };
         assert_eq!(state_of([]), TxnState::Unknown);
         assert_eq!(state_of([l(None, None), l(None, None)]), TxnState::Unknown);
         assert_eq!(
@@ -1103,6 +1143,41 @@ mod tests {
             state_of([l(None, Some(false)), l(Some(true), None)]),
             TxnState::Committed
         );
+    }
+
+    #[test]
+    fn status_settles_only_what_is_prepared_with_nothing_known() {
+        let known = |record, outcome| Lookup {
+            record,
+            outcome,
+            prepared: None,
+        };
+        let prepared = Lookup {
+            prepared: Some((2, vec![1, 2])),
+            ..Lookup::default()
+        };
+        assert_eq!(
+            status_step(vec![known(None, None), known(None, None)]),
+            StatusStep::Known(TxnState::Unknown),
+            "found nowhere: unknown, nothing to settle"
+        );
+        assert_eq!(
+            status_step(vec![known(None, None), prepared.clone()]),
+            StatusStep::Settle {
+                anchor: 2,
+                participants: vec![1, 2]
+            }
+        );
+        // Anything decided or applied answers by itself, even with a
+        // participant still prepared (its finalize is on its way).
+        for decided in [
+            known(Some(true), None),
+            known(None, Some(true)),
+            known(None, Some(false)),
+        ] {
+            let step = status_step(vec![prepared.clone(), decided.clone()]);
+            assert_eq!(step, StatusStep::Known(state_of([decided])));
+        }
     }
 
     #[test]

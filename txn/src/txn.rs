@@ -40,7 +40,9 @@ use crate::failpoint::failpoint;
 use crate::map::ClusterMap;
 use crate::metrics::{Metrics, Path};
 use crate::router::{Fault, Link, Router};
-use crate::twopc::{Fenced, FinalizeJob, Lookup, Plan, Resolution, Tally, TwoPhase, Vote};
+use crate::twopc::{
+    Fenced, FinalizeJob, Lookup, Plan, Resolution, StatusStep, Tally, TwoPhase, Vote,
+};
 use trellis_proto::v1::txn_client::TxnClient;
 // The commit vocabulary lives with the rules that decide it; it is named
 // from here too, as it was before those rules moved.
@@ -1044,6 +1046,9 @@ impl TxnManager {
 
     /// COMMITTED, ABORTED or UNKNOWN, from the anchor's record or the
     /// outcome the shards remember. "Not found" is UNKNOWN, never committed.
+    /// A transaction prepared somewhere with nothing decided is settled
+    /// first ([`crate::twopc::status_step`]): asking decides it if nobody
+    /// has, so the answer never changes afterwards.
     pub async fn status(&self, txn: TxnId, deadline: Instant) -> Result<TxnState, TxnError> {
         let map = self.router.map();
         let lookups = map.groups.keys().map(|group| {
@@ -1059,7 +1064,42 @@ impl TxnManager {
             .into_iter()
             .map(|result| result.map(|r| lookup_of(&r)))
             .collect::<Result<Vec<Lookup>, TxnError>>()?;
-        Ok(crate::twopc::state_of(lookups))
+        let (anchor, participants) = match crate::twopc::status_step(lookups) {
+            StatusStep::Known(state) => return Ok(state),
+            StatusStep::Settle {
+                anchor,
+                participants,
+            } => (anchor, participants),
+        };
+        let commit = match &self.settle {
+            Settle::Here => self.resolve(txn, anchor, &participants, deadline).await?,
+            // Only a coordinator may decide at an anchor: a routing
+            // client asks one for the whole answer.
+            Settle::Through(coordinator) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let mut request = tonic::Request::new(trellis_proto::v1::TxnStatusRequest {
+                    txn_id: txn.as_bytes().to_vec(),
+                });
+                request.set_timeout(remaining);
+                let answer =
+                    tokio::time::timeout(remaining, coordinator.clone().txn_status(request))
+                        .await
+                        .map_err(|_| TxnError::Deadline(format!("the status of {txn}")))?
+                        .map_err(|status| settle_error(txn, &status))?;
+                return Ok(
+                    match trellis_proto::v1::TxnState::try_from(answer.into_inner().state) {
+                        Ok(trellis_proto::v1::TxnState::Committed) => TxnState::Committed,
+                        Ok(trellis_proto::v1::TxnState::Aborted) => TxnState::Aborted,
+                        _ => TxnState::Unknown,
+                    },
+                );
+            }
+        };
+        Ok(if commit {
+            TxnState::Committed
+        } else {
+            TxnState::Aborted
+        })
     }
 
     /// One sweep: every group's transactions prepared longer than
@@ -1221,6 +1261,7 @@ fn lookup_of(r: &pb::LookupResponse) -> Lookup {
         record: (r.record != pb::Decision::Unspecified as i32)
             .then_some(r.record == pb::Decision::Commit as i32),
         outcome: decision(r.outcome),
+        prepared: r.prepared.then(|| (r.anchor_group, r.participants.clone())),
     }
 }
 

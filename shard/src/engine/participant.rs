@@ -572,23 +572,27 @@ impl Shard {
     pub async fn lookup(
         &self,
         txn: TxnId,
-    ) -> Result<(Option<bool>, Option<bool>, bool), ShardError> {
+    ) -> Result<(Option<bool>, Option<bool>, Option<PrepareRec>), ShardError> {
         let (record, outcome, prepared, lsn) = {
             let guard = self.state.lock();
             let record = guard.record(&txn).map(|r| (r.commit, r.lsn));
             let outcome = guard
                 .outcome(&txn)
                 .map(|o| (matches!(o, Outcome::Committed { .. }), o.lsn()));
-            let prepared = guard.prepared(&txn).map(|p| p.lsn);
-            let lsn = [record.map(|r| r.1), outcome.map(|o| o.1), prepared]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(0);
+            let prepared = guard.prepared(&txn).map(|p| (p.lsn, p.rec.clone()));
+            let lsn = [
+                record.map(|r| r.1),
+                outcome.map(|o| o.1),
+                prepared.as_ref().map(|p| p.0),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
             (
                 record.map(|r| r.0),
                 outcome.map(|o| o.0),
-                prepared.is_some(),
+                prepared.map(|p| p.1),
                 lsn,
             )
         };

@@ -229,6 +229,9 @@ fn one_seed(args: &Args, seed: u64) -> anyhow::Result<i32> {
             result.feed_watches,
             result.feed_gaps.len(),
         );
+        if !result.reasons.is_empty() {
+            print!("why operations did not commit:\n{}", result.reasons);
+        }
         for why in &result.feed_breaks {
             println!("  feed: {why}");
         }
