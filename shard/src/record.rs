@@ -19,6 +19,16 @@ pub mod kind {
     pub const INGEST: u8 = 8;
 }
 
+/// Whether a record of `kind` is appended lazily ([`crate::wal::Wal::append_lazy`]):
+/// a FINALIZE or FORGET of the background finalizer need not take an
+/// `fdatasync` of its own — the PREPARE it follows is durable, and a lost
+/// one is redone by resolution (its sender waits for its durability before
+/// forgetting anything). Whoever waits for one with urgency (a fence, a
+/// read of what it wrote) urges the writer.
+pub fn is_lazy(kind: u8) -> bool {
+    matches!(kind, kind::FINALIZE | kind::FORGET)
+}
+
 /// The `op` of a [`SlotsRec`]. Never reuse a number.
 pub mod slot_op {
     pub const BEGIN_IMPORT: i32 = 1;

@@ -704,8 +704,35 @@ async fn follow(shard: &Arc<Shard>, primary: &str, epoch: u64) -> Result<(), Rep
                     lsn = lsn.max(l);
                     seq = seq.max(s);
                 }
-                if shard.wait_durable(lsn).await.is_err() {
-                    return;
+                // Unurged: an eager record syncs at once anyway, and a
+                // lazy one (the finalizer's) waits at most LAZY_SYNC_DELAY.
+                // Each step of durability is acknowledged as it comes, so
+                // a lazy record that arrived last (the previous
+                // transaction's FINALIZE after the next one's PREPARE)
+                // never holds back the acknowledgement of an eager one
+                // before it. Those steps carry no heartbeat (0 is none):
+                // the lease follows only the full acknowledgement below.
+                loop {
+                    let durable = shard.durable_lsn();
+                    if durable >= lsn {
+                        break;
+                    }
+                    if shard.wait_durable_unurged(durable + 1).await.is_err() {
+                        return;
+                    }
+                    let durable = shard.durable_lsn();
+                    if durable >= lsn {
+                        break;
+                    }
+                    let step = pb::ReplicaAck {
+                        hello: None,
+                        durable_lsn: durable,
+                        heartbeat_seq: 0,
+                        sent_at: shard.repl.clock_token(Instant::now()),
+                    };
+                    if ack_tx.send(step).await.is_err() {
+                        return;
+                    }
                 }
                 let ack = pb::ReplicaAck {
                     hello: None,

@@ -575,11 +575,45 @@ pub struct Durable {
     pub failed_cause: Option<FailStopCause>,
 }
 
+/// Longest a record appended with [`Wal::append_lazy`] waits for an eager
+/// record (or a waiter's urge) to share its `fdatasync` before the writer
+/// syncs it on its own. Short: a replica's acknowledgements wait for it.
+pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+
 struct Pending {
     bytes: Vec<u8>,
     next_lsn: Lsn,
     records: u64,
     shutdown: bool,
+    /// An eager record is pending, or a waiter urged: sync at once.
+    eager: bool,
+    /// When the first lazy record still pending was appended.
+    lazy_since: Option<Instant>,
+    /// [`LAZY_SYNC_DELAY`], except in tests.
+    lazy_delay: std::time::Duration,
+}
+
+/// When the writer should take what is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Now: an eager record, an urge, or shutdown.
+    Now,
+    /// Only lazy records: at this instant, unless woken sooner.
+    At(Instant),
+    /// Nothing pending: when woken.
+    Idle,
+}
+
+impl Pending {
+    fn due(&self) -> Due {
+        if self.shutdown || (self.eager && !self.bytes.is_empty()) {
+            return Due::Now;
+        }
+        match self.lazy_since {
+            Some(since) if !self.bytes.is_empty() => Due::At(since + self.lazy_delay),
+            _ => Due::Idle,
+        }
+    }
 }
 
 struct Shared {
@@ -697,6 +731,9 @@ impl Wal {
                 next_lsn: last_lsn + 1,
                 records: 0,
                 shutdown: false,
+                eager: false,
+                lazy_since: None,
+                lazy_delay: LAZY_SYNC_DELAY,
             }),
             wake_writer: Condvar::new(),
             #[cfg(feature = "sim")]
@@ -744,10 +781,25 @@ impl Wal {
     }
 
     /// Sequences one record: gives it the next LSN and queues its frame for
-    /// the writer. Returns at once; the record is durable only once
-    /// [`Wal::wait_durable`] says so. Callers that need LSN order to match
-    /// the order of their state changes call this under their own lock.
+    /// the writer, which syncs at once. Returns at once; the record is
+    /// durable only once [`Wal::wait_durable`] says so. Callers that need
+    /// LSN order to match the order of their state changes call this under
+    /// their own lock.
     pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.append_as(kind, payload, false)
+    }
+
+    /// [`Wal::append`] for a record nobody waits on at once (a FINALIZE, a
+    /// FORGET): the writer syncs it with the next eager record, when a
+    /// waiter urges it ([`Wal::wait_durable`]), or after
+    /// [`LAZY_SYNC_DELAY`] — so it does not take an `fdatasync` of its own
+    /// just before the next commit's record needs one. Order and
+    /// durability rules are [`Wal::append`]'s.
+    pub fn append_lazy(&self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.append_as(kind, payload, true)
+    }
+
+    fn append_as(&self, kind: u8, payload: &[u8], lazy: bool) -> Result<Lsn, WalError> {
         if payload.len() > RECORD_BYTES_MAX {
             return Err(WalError::RecordTooLarge { got: payload.len() });
         }
@@ -766,9 +818,51 @@ impl Wal {
         pending.next_lsn += 1;
         pending.records += 1;
         encode_frame(&mut pending.bytes, kind, lsn, payload);
+        // The writer learns of an eager record at once, and of the first
+        // lazy one too (to arm its deadline); later lazy ones change
+        // nothing it waits for.
+        let wake = if lazy {
+            let first = pending.lazy_since.is_none();
+            if first {
+                pending.lazy_since = Some(Instant::now());
+            }
+            first && !pending.eager
+        } else {
+            let was = pending.eager;
+            pending.eager = true;
+            !was
+        };
+        drop(pending);
+        if wake {
+            self.shared.wake();
+        }
+        Ok(lsn)
+    }
+
+    /// Sets how long lazy records may wait (tests: a long delay makes
+    /// "synced only with an eager record or an urge" deterministic).
+    #[cfg(test)]
+    fn set_lazy_delay(&self, delay: std::time::Duration) {
+        self.shared
+            .pending
+            .lock()
+            .expect("wal pending lock poisoned")
+            .lazy_delay = delay;
+    }
+
+    /// Asks the writer to sync what is pending now (lazy records too).
+    fn urge(&self) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .expect("wal pending lock poisoned");
+        if pending.bytes.is_empty() || pending.eager {
+            return;
+        }
+        pending.eager = true;
         drop(pending);
         self.shared.wake();
-        Ok(lsn)
     }
 
     /// Waits until fewer than [`PENDING_BYTES_MAX`] bytes wait for the
@@ -795,8 +889,18 @@ impl Wal {
         }
     }
 
-    /// Waits until every record up to `lsn` is durable.
+    /// Waits until every record up to `lsn` is durable, urging the writer
+    /// if `lsn` is still pending (a lazy record is then synced at once).
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        if self.durable_lsn() < lsn {
+            self.urge();
+        }
+        self.wait_durable_unurged(lsn).await
+    }
+
+    /// [`Wal::wait_durable`] without urging: a lazy record becomes durable
+    /// at its own pace ([`Wal::append_lazy`]).
+    pub async fn wait_durable_unurged(&self, lsn: Lsn) -> Result<(), WalError> {
         let mut durable = self.shared.durable.subscribe();
         let seen = durable
             .wait_for(|d| d.lsn >= lsn || d.failed.is_some())
@@ -951,6 +1055,8 @@ fn take_pending(shared: &Shared, batch: &mut Vec<u8>) -> Round {
 
 fn take_locked(pending: &mut Pending, batch: &mut Vec<u8>) -> Round {
     std::mem::swap(batch, &mut pending.bytes);
+    pending.eager = false;
+    pending.lazy_since = None;
     Round {
         last_lsn: pending.next_lsn - 1,
         records: std::mem::take(&mut pending.records),
@@ -1065,11 +1171,27 @@ fn writer_loop(shared: &Shared, mut segment: SegmentWriter) {
     loop {
         let round = {
             let mut pending = shared.pending.lock().expect("wal pending lock poisoned");
-            while pending.bytes.is_empty() && !pending.shutdown {
-                pending = shared
-                    .wake_writer
-                    .wait(pending)
-                    .expect("wal pending lock poisoned");
+            loop {
+                match pending.due() {
+                    Due::Now => break,
+                    Due::At(at) => {
+                        let now = Instant::now();
+                        if at <= now {
+                            break;
+                        }
+                        pending = shared
+                            .wake_writer
+                            .wait_timeout(pending, at - now)
+                            .expect("wal pending lock poisoned")
+                            .0;
+                    }
+                    Due::Idle => {
+                        pending = shared
+                            .wake_writer
+                            .wait(pending)
+                            .expect("wal pending lock poisoned");
+                    }
+                }
             }
             take_locked(&mut pending, &mut batch)
         };
@@ -1131,6 +1253,22 @@ async fn writer_task(shared: Arc<Shared>, segment: Arc<Mutex<Option<TaskSegment>
     };
     let mut batch = Vec::new();
     loop {
+        // Only lazy records pending: sleep until their deadline or a wake
+        // (a `Notify` permit kept from an append in between ends it at once).
+        let due = shared
+            .pending
+            .lock()
+            .expect("wal pending lock poisoned")
+            .due();
+        if let Due::At(at) = due
+            && at > Instant::now()
+        {
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep_until(at) => {}
+            }
+            continue;
+        }
         let written = {
             let mut slot = segment.lock().expect("wal segment lock poisoned");
             let Some(task) = slot.as_mut() else {
@@ -1331,6 +1469,74 @@ mod tests {
         assert_eq!(wal.append(1, b"next").expect("append"), 65);
         wal.wait_durable(65).await.expect("durable");
         wal.shutdown();
+    }
+
+    #[test]
+    fn pending_records_are_due_at_once_if_eager_at_the_deadline_if_lazy() {
+        let start = Instant::now();
+        let delay = std::time::Duration::from_millis(7);
+        let mut p = Pending {
+            bytes: Vec::new(),
+            next_lsn: 1,
+            records: 0,
+            shutdown: false,
+            eager: false,
+            lazy_since: None,
+            lazy_delay: delay,
+        };
+        assert_eq!(p.due(), Due::Idle, "nothing pending");
+        p.eager = true;
+        assert_eq!(p.due(), Due::Idle, "an urge with nothing pending");
+        p.eager = false;
+        p.bytes.push(0);
+        p.lazy_since = Some(start);
+        assert_eq!(p.due(), Due::At(start + delay), "only lazy records");
+        p.eager = true;
+        assert_eq!(p.due(), Due::Now, "an eager record or an urge");
+        p.eager = false;
+        p.shutdown = true;
+        assert_eq!(p.due(), Due::Now, "shutdown");
+    }
+
+    /// A lazy record waits for an eager one and both take one `fdatasync`;
+    /// a waiter that urges gets a lazy record synced at once; alone, one
+    /// is synced at its deadline.
+    #[tokio::test]
+    async fn lazy_records_ride_the_next_sync_or_are_urged_or_time_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::default());
+        let wal = Wal::open(dir.path(), 0, metrics.clone()).expect("open");
+        // Far longer than the test: only an eager record or an urge syncs.
+        wal.set_lazy_delay(std::time::Duration::from_secs(3600));
+        let lazy = wal.append_lazy(1, b"finalize").expect("append");
+        let unsynced = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            wal.wait_durable_unurged(lazy),
+        )
+        .await;
+        assert!(unsynced.is_err(), "a lazy record alone is not synced early");
+        assert_eq!(metrics.fsyncs.get(), 0);
+        let eager = wal.append(1, b"prepare").expect("append");
+        wal.wait_durable_unurged(eager).await.expect("durable");
+        assert!(wal.durable_lsn() >= lazy);
+        assert_eq!(metrics.fsyncs.get(), 1, "one fdatasync for both");
+
+        let lazy = wal.append_lazy(1, b"forget").expect("append");
+        wal.wait_durable(lazy).await.expect("urged");
+        assert_eq!(metrics.fsyncs.get(), 2);
+
+        wal.set_lazy_delay(std::time::Duration::from_millis(20));
+        let lazy = wal.append_lazy(1, b"finalize").expect("append");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            wal.wait_durable_unurged(lazy),
+        )
+        .await
+        .expect("synced at its deadline")
+        .expect("durable");
+        wal.shutdown();
+        let (records, _) = read_all(dir.path()).expect("replay");
+        assert_eq!(records.len(), 4);
     }
 
     /// Simulator seed 56: a roll on a full disk left an empty segment named

@@ -361,9 +361,24 @@ impl Shard {
     /// Waits until the change at `lsn` is durable at `level`, and checks
     /// that this replica is still the serving primary it was.
     async fn settle(&self, lsn: Lsn, level: Level) -> Result<(), ShardError> {
+        self.settle_as(lsn, level, true).await
+    }
+
+    /// [`Shard::settle`] that does not urge the log writer: for answers
+    /// nobody waits on at once (the background finalizer's FINALIZE and
+    /// FORGET, appended lazily).
+    async fn settle_unurged(&self, lsn: Lsn, level: Level) -> Result<(), ShardError> {
+        self.settle_as(lsn, level, false).await
+    }
+
+    async fn settle_as(&self, lsn: Lsn, level: Level, urge: bool) -> Result<(), ShardError> {
         let mut marks = self.repl.subscribe_marks();
         let generation = marks.borrow().generation;
-        self.wal().wait_durable(lsn).await?;
+        if urge {
+            self.wal().wait_durable(lsn).await?;
+        } else {
+            self.wal().wait_durable_unurged(lsn).await?;
+        }
         if level == Level::Local {
             self.repl
                 .note_durable(self.wal().durable_lsn(), Instant::now());
@@ -517,8 +532,13 @@ impl Shard {
     /// releasing the lock.
     fn log(&self, guard: &mut StateGuard<'_>, record: &Record) -> Result<Lsn, ShardError> {
         let payload = record.encode();
-        let lsn = self.wal().append(record.kind(), &payload)?;
-        self.repl.feed.push(lsn, record.kind(), payload.into());
+        let kind = record.kind();
+        let lsn = if crate::record::is_lazy(kind) {
+            self.wal().append_lazy(kind, &payload)?
+        } else {
+            self.wal().append(kind, &payload)?
+        };
+        self.repl.feed.push(lsn, kind, payload.into());
         if let Err(detail) = guard.apply(lsn, record, Instant::now()) {
             // The record was checked before it was logged; failing here is a
             // bug, and continuing would let memory and log disagree.

@@ -503,7 +503,9 @@ impl Shard {
             .map(Outcome::lsn)
             .max()
             .unwrap_or(0);
-        self.settle(newest, Level::Semi).await?;
+        // Unurged: FINALIZE is appended lazily and its sender (the
+        // finalizer, a resolver) needs it durable only before forgetting.
+        self.settle_unurged(newest, Level::Semi).await?;
         Ok(outcomes)
     }
 
@@ -524,7 +526,7 @@ impl Shard {
             });
             (known.len() as u32, self.log(&mut guard, &record)?)
         };
-        self.settle(lsn, Level::Local).await?;
+        self.settle_unurged(lsn, Level::Local).await?;
         Ok(count)
     }
 

@@ -85,7 +85,11 @@ impl Shard {
             }
             let kind = r.kind;
             let record = Record::decode(kind, &r.payload).map_err(ShardError::Invalid)?;
-            let lsn = wal.append(kind, &r.payload)?;
+            let lsn = if crate::record::is_lazy(kind) {
+                wal.append_lazy(kind, &r.payload)?
+            } else {
+                wal.append(kind, &r.payload)?
+            };
             debug_assert_eq!(lsn, r.lsn, "appends happen only under the state lock");
             if let Err(detail) = guard.apply(lsn, &record, Instant::now()) {
                 panic!("state machine refused replicated record {lsn}: {detail}");
@@ -106,6 +110,13 @@ impl Shard {
     /// Backup: waits until `lsn` is durable here.
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), ShardError> {
         Ok(self.wal().wait_durable(lsn).await?)
+    }
+
+    /// Backup: waits until `lsn` is durable here without urging the log
+    /// writer, so lazily appended records (FINALIZE, FORGET) share the
+    /// `fdatasync` of the next eager one, as on the primary.
+    pub async fn wait_durable_unurged(&self, lsn: Lsn) -> Result<(), ShardError> {
+        Ok(self.wal().wait_durable_unurged(lsn).await?)
     }
 
     /// The whole state, for a backup that needs a snapshot.
