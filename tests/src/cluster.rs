@@ -778,6 +778,43 @@ impl TestCluster {
             .map_err(|_| anyhow::anyhow!("cluster not ready within {CLUSTER_READY_TIMEOUT:?}"))
     }
 
+    /// Sends a PREPARE of `txn` writing `key = value` straight to `group`'s
+    /// first replica under the current map, as a coordinator that then
+    /// vanished would have: nobody decides or finalizes it. The vote.
+    pub async fn abandoned_prepare(
+        &self,
+        group: u32,
+        txn: &[u8],
+        key: &[u8],
+        value: &[u8],
+        anchor_group: u64,
+        participants: Vec<u64>,
+    ) -> anyhow::Result<trellis_proto::shard::v1::PrepareResponse> {
+        use trellis_proto::shard::v1 as spb;
+        let map_epoch = self.status(0).await?.map_epoch;
+        let shard = self
+            .shard(group, 1)
+            .ok_or_else(|| anyhow::anyhow!("group {group} has no first replica running"))?;
+        let mut client = crate::harness::shard_client(shard).await?;
+        let vote = client
+            .prepare(spb::PrepareRequest {
+                durability: 0,
+                map_epoch,
+                txn_id: txn.to_vec(),
+                reads: vec![],
+                writes: vec![spb::WriteOp {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    delete: false,
+                }],
+                anchor_group,
+                participants,
+                exec: 1,
+            })
+            .await?;
+        Ok(vote.into_inner())
+    }
+
     /// Transactions prepared and not finalized, summed over every member of
     /// every group, as coordinator 0 sees them.
     pub async fn prepared_total(&self) -> anyhow::Result<u64> {

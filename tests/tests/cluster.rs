@@ -958,40 +958,6 @@ async fn read_only_validation_across_groups() {
     );
 }
 
-/// A PREPARE sent straight to `group`'s shard, as a coordinator that then
-/// vanished would have sent it: nobody decides or finalizes it.
-async fn abandoned_prepare(
-    cluster: &Cluster,
-    group: u32,
-    txn: &[u8],
-    key: &[u8],
-    value: &[u8],
-) -> trellis_proto::shard::v1::PrepareResponse {
-    use trellis_proto::shard::v1 as spb;
-    let map_epoch = cluster.status(0).await.expect("status").map_epoch;
-    let mut shard = shard_client(cluster.shard(group, 1).expect("the group's shard"))
-        .await
-        .expect("shard client");
-    shard
-        .prepare(spb::PrepareRequest {
-            durability: 0,
-            map_epoch,
-            txn_id: txn.to_vec(),
-            reads: vec![],
-            writes: vec![spb::WriteOp {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                delete: false,
-            }],
-            anchor_group: 1,
-            participants: vec![1, 2],
-            exec: 1,
-        })
-        .await
-        .expect("prepare")
-        .into_inner()
-}
-
 /// Story: two transactions over groups 1 and 2 (anchor 1) whose
 /// coordinator vanished right after sending its PREPAREs. The first
 /// prepared at both — a parallel commit whose client may have been told
@@ -1012,7 +978,10 @@ async fn txn_status_settles_a_transaction_nobody_decided() {
 
     let committed = txn_id();
     for (group, key) in [(1, &a), (2, &b)] {
-        let vote = abandoned_prepare(&cluster, group, &committed, key, b"first").await;
+        let vote = cluster
+            .abandoned_prepare(group, &committed, key, b"first", 1, vec![1, 2])
+            .await
+            .expect("prepare");
         assert!(
             matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
             "{vote:?}"
@@ -1032,7 +1001,10 @@ async fn txn_status_settles_a_transaction_nobody_decided() {
     );
 
     let aborted = txn_id();
-    let vote = abandoned_prepare(&cluster, 1, &aborted, &a, b"second").await;
+    let vote = cluster
+        .abandoned_prepare(1, &aborted, &a, b"second", 1, vec![1, 2])
+        .await
+        .expect("prepare");
     assert!(
         matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
         "{vote:?}"
@@ -1048,7 +1020,10 @@ async fn txn_status_settles_a_transaction_nobody_decided() {
             "group 2 never prepared it: aborted"
         );
     }
-    let late = abandoned_prepare(&cluster, 2, &aborted, &b, b"second").await;
+    let late = cluster
+        .abandoned_prepare(2, &aborted, &b, b"second", 1, vec![1, 2])
+        .await
+        .expect("prepare");
     assert!(
         matches!(&late.vote, Some(spb::prepare_response::Vote::Finalized(f)) if f.decision == spb::Decision::Abort as i32),
         "group 2 was fenced: {late:?}"

@@ -201,29 +201,11 @@ async fn the_driver_settles_an_abandoned_prepare_that_holds_a_moving_slot() {
         .await
         .expect("the committed value");
 
-    let map_epoch = cluster.status(0).await.expect("status").map_epoch;
-    let mut shard = trellis_tests::harness::shard_client(cluster.shard(1, 1).expect("group 1"))
-        .await
-        .expect("group 1's shard");
     let txn = trellis_tests::harness::txn_id();
-    let vote = shard
-        .prepare(spb::PrepareRequest {
-            durability: 0,
-            map_epoch,
-            txn_id: txn.clone(),
-            reads: vec![],
-            writes: vec![spb::WriteOp {
-                key: key.clone(),
-                value: b"never decided".to_vec(),
-                delete: false,
-            }],
-            anchor_group: 2,
-            participants: vec![1, 2],
-            exec: 1,
-        })
+    let vote = cluster
+        .abandoned_prepare(1, &txn, &key, b"never decided", 2, vec![1, 2])
         .await
-        .expect("prepare")
-        .into_inner();
+        .expect("prepare");
     assert!(
         matches!(vote.vote, Some(spb::prepare_response::Vote::Yes(_))),
         "{vote:?}"
