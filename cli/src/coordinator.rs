@@ -142,12 +142,7 @@ async fn serve(args: Args, root: tracing::Span) -> anyhow::Result<()> {
     }));
     let sweeper_task = tokio::spawn(sweeper(txns.clone()));
     let reshard_wake = Arc::new(tokio::sync::Notify::new());
-    let driver = Driver::new(
-        id.clone(),
-        txns.router().clone(),
-        metrics.clone(),
-        reshard_wake.clone(),
-    );
+    let driver = Driver::new(id.clone(), txns.clone(), reshard_wake.clone());
     let driver_task = tokio::spawn(driver.run());
     let refresher_task = tokio::spawn(refresher(
         txns.clone(),

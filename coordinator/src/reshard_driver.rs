@@ -216,17 +216,19 @@ pub struct Driver {
     drain_tries: u32,
     /// Prepared transactions the last `Drain` action settled.
     drain_resolved: u32,
-    /// Settles the prepared transactions that keep a batch from draining.
+    /// The coordinator's transaction manager: settles the prepared
+    /// transactions that keep a batch from draining.
     txns: Arc<TxnManager>,
 }
 
 impl Driver {
-    pub fn new(me: String, router: Arc<Router>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
-        let txns = TxnManager::new(router.clone(), metrics.clone());
+    /// A driver acting through the coordinator's transaction manager
+    /// (its router, its metrics, and its resolver for the drain).
+    pub fn new(me: String, txns: Arc<TxnManager>, wake: Arc<Notify>) -> Self {
         Driver {
             me,
-            router,
-            metrics,
+            router: txns.router().clone(),
+            metrics: txns.metrics().clone(),
             wake,
             origin: Instant::now(),
             alive_at_ms: None,
@@ -1088,8 +1090,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut driver = Driver::new(
             "me".into(),
-            router,
-            metrics.clone(),
+            TxnManager::new(router, metrics.clone()),
             Arc::new(Notify::new()),
         );
         let stored = |catalog: Catalog, id: u64| async move {
@@ -1171,8 +1172,7 @@ mod tests {
         let router = Arc::new(Router::new(catalog.clone(), map));
         let mut driver = Driver::new(
             "me".into(),
-            router,
-            Arc::new(Metrics::default()),
+            TxnManager::new(router, Arc::new(Metrics::default())),
             Arc::new(Notify::new()),
         );
         tokio::time::advance(crate::COORDINATOR_SILENCE_MAX).await;
@@ -1503,8 +1503,7 @@ mod tests {
         let router = Arc::new(Router::new(catalog.clone(), map.clone()));
         let driver = Driver::new(
             "me".into(),
-            router,
-            metrics.clone(),
+            TxnManager::new(router, metrics.clone()),
             Arc::new(Notify::new()),
         );
         Setup {

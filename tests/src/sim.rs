@@ -971,16 +971,10 @@ async fn coordinator(catalog: Catalog, groups: u32, added_group: Option<u32>) ->
     // The simulated coordinator serves no metrics.
     catalog.register_coordinator(COORDINATOR, &addr, "").await?;
     let router = Arc::new(Router::new(catalog, map));
-    let metrics = Arc::new(Metrics::default());
-    let txns = TxnManager::new(router, metrics.clone());
+    let txns = TxnManager::new(router, Arc::new(Metrics::default()));
     let reshard_wake = Arc::new(tokio::sync::Notify::new());
     if added_group.is_some() {
-        let driver = Driver::new(
-            COORDINATOR.to_string(),
-            txns.router().clone(),
-            metrics,
-            reshard_wake.clone(),
-        );
+        let driver = Driver::new(COORDINATOR.to_string(), txns.clone(), reshard_wake.clone());
         tokio::spawn(driver.run());
     }
     tokio::spawn(trellis_coordinator::sweeper(txns.clone()));
