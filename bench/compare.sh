@@ -26,6 +26,9 @@
 #   TRELLIS_BIN=path/to/trellis bench/compare.sh   # skip the release build
 #   ORDER=reverse bench/compare.sh    # each workload's targets in the opposite order
 #   ROUTE=coordinator bench/compare.sh # Trellis with every call through the coordinator
+#   WORKLOADS="w2-transfer w2-transfer:zipf=0.99" bench/compare.sh
+#                                     # NAME:zipf=S: keys drawn Zipf(S) (hot keys), beside
+#                                     # the uniform run of NAME for the skew table
 #
 # Needs: cargo (builds the release binary), redis-server, apt-get when etcd
 # or PostgreSQL is missing (installs etcd-server etcd-client / postgresql),
@@ -254,6 +257,12 @@ fi
 [[ -z ${TARGET_URL[etcd]:-} ]] && log "etcd: not measured ($ETCD_NOTE)"
 RUN_ID=$(date +%s)
 for workload in $WORKLOADS; do
+    # NAME or NAME:zipf=S (the load tester's --zipf S).
+    skew=()
+    case $workload in
+        *:zipf=*) skew=(--zipf "${workload#*:zipf=}") ;;
+        *:*) echo "error: WORKLOADS: '$workload' is neither NAME nor NAME:zipf=S" >&2; exit 2 ;;
+    esac
     for target in $RUN_ORDER; do
         [[ -z ${TARGET_URL[$target]:-} ]] && continue
         log "$workload against $target: $VUS VUs for $DURATION"
@@ -263,8 +272,8 @@ for workload in $WORKLOADS; do
         cut -d' ' -f1 /proc/loadavg >"$out.load"
         before=$(tree_cpu_ticks "${servers[@]}")
         if ! client_cpu "$out.client" "$TRELLIS" load --quiet --target "${TARGET_URL[$target]}" \
-            --workload "$workload" --vus "$VUS" --duration "$DURATION" "${flags[@]}" \
-            --key-prefix "cmp$RUN_ID-$target-$workload" \
+            --workload "${workload%%:*}" "${skew[@]}" --vus "$VUS" --duration "$DURATION" "${flags[@]}" \
+            --key-prefix "cmp$RUN_ID-$target-${workload//[:=.]/-}" \
             --summary-export "$out.json" >"$out.txt" 2>"$out.err"; then
             log "$workload against $target failed: $(tail -1 "$out.err")"
         fi
@@ -306,6 +315,14 @@ PEERS = {
 GOALS = {("w1-rmw", "PostgreSQL"): 1.2, ("w2-transfer", "PostgreSQL"): 1.0,
          ("w3-read", "PostgreSQL"): 1.0}
 CPU_GOAL_MS = ("w1-rmw", 0.15)
+# Under skew (NAME:zipf=S beside NAME), issue 20 asks Trellis to lose no
+# more of its uniform throughput than PostgreSQL loses of its own.
+SKEW_GOAL_PEER = "PostgreSQL"
+
+def label(workload):
+    """w2-transfer:zipf=0.99 -> 'w2-transfer, zipf 0.99'."""
+    name, _, skew = workload.partition(":zipf=")
+    return f"{name}, zipf {skew}" if skew else name
 
 def result(target, workload):
     base = f"{work}/result-{target}-{workload}"
@@ -362,7 +379,8 @@ lines = [os.environ["BEGIN_MARK"], "",
     (f"- etcd: 3 members ({os.environ['ETCD_VERSION']}), linearizable reads, compare-mod-revision-then-put "
      f"transactions; {os.environ['GRPC_CONNECTIONS']} gRPC channels spread over the members."
      if not etcd_note else f"- etcd: {etcd_note}."),
-    "- Same workload code for all (`trellis load`), uniform over 100,000 keys, 100-byte values; "
+    "- Same workload code for all (`trellis load`), uniform over 100,000 keys (a *zipf S* row: keys "
+    "drawn Zipf(S), a few hot keys taking most transactions), 100-byte values; "
     "conflicts retried up to 10 attempts. it/s is committed transactions per second; p50/p99 of `txn_duration`.",
     "- Server CPU: user+system time of the system's whole server process tree (`trellis dev` and its "
     "processes; the PostgreSQL primary and standby with their backends; both `redis-server`s; the etcd "
@@ -376,9 +394,9 @@ for w in workloads:
         r = res[(t, w)]
         if r is None:
             why = etcd_note if t == "etcd" and etcd_note else "run failed (see the log)"
-            lines.append(f"| {w} | {NAMES[t]} | — | — | — | — | — | — | — | {why} |")
+            lines.append(f"| {label(w)} | {NAMES[t]} | — | — | — | — | — | — | — | {why} |")
             continue
-        lines.append(f"| {w} | {NAMES[t]} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+        lines.append(f"| {label(w)} | {NAMES[t]} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                      f"{r['failed']*100:.2f}% | {r['conflicts']} | {r['server_ms']:.3f} | "
                      f"{r['client_ms']:.3f} | {r['load']} |")
 lines += ["",
@@ -395,8 +413,8 @@ for w in workloads:
         ratio = tr["rate"] / best["rate"] if best["rate"] else float("inf")
         cpu = tr["server_ms"] / best["server_ms"] if best["server_ms"] else float("inf")
         goal = GOALS.get((w, peer))
-        label = f"{peer} ({NAMES[mode].split(' ', 1)[1]})" if len(modes) > 1 else peer
-        lines.append(f"| {w} | {label} | {ratio:.2f}× | {cpu:.2f}× | "
+        name = f"{peer} ({NAMES[mode].split(' ', 1)[1]})" if len(modes) > 1 else peer
+        lines.append(f"| {label(w)} | {name} | {ratio:.2f}× | {cpu:.2f}× | "
                      f"{'≥ %.1f×' % goal if goal else '—'} | "
                      f"{('yes' if ratio >= goal else '**no**') if goal else '—'} |")
 w, bound = CPU_GOAL_MS
@@ -404,6 +422,33 @@ if res.get(("trellis", w)):
     ms = res[("trellis", w)]["server_ms"]
     lines += ["", f"Trellis server CPU per {w}: {ms:.3f} ms (goal ≤ {bound} ms: "
               f"{'met' if ms <= bound else '**not met**'})."]
+# Skewed against uniform: each system's best figure under skew over its
+# best uniform figure, measured in this run.
+def best_rate(system_modes, w):
+    got = [res[(m, w)]["rate"] for m in system_modes if res.get((m, w))]
+    return max(got) if got else None
+skewed = [w for w in workloads if ":zipf=" in w and w.split(":")[0] in workloads]
+if skewed:
+    lines += ["", "Under skew: each system's throughput with the hot keys over its uniform throughput "
+              "(both its best mode, this run):", "",
+              "| workload | system | uniform it/s | skewed it/s | skewed/uniform | goal (issue 20) | met in this run? |",
+              "|---|---|---:|---:|---:|---|---|"]
+    for w in skewed:
+        base = w.split(":")[0]
+        systems = [("Trellis", ["trellis"])] + list(PEERS.items())
+        kept = {}
+        for system, modes in systems:
+            u, z = best_rate(modes, base), best_rate(modes, w)
+            if u and z is not None:
+                kept[system] = z / u
+        for system, modes in systems:
+            if system not in kept:
+                continue
+            u, z = best_rate(modes, base), best_rate(modes, w)
+            goal = kept.get(SKEW_GOAL_PEER) if system == "Trellis" else None
+            lines.append(f"| {label(w)} | {system} | {u:,.0f} | {z:,.0f} | {kept[system]:.2f} | "
+                         f"{f'≥ {SKEW_GOAL_PEER} ({goal:.2f})' if goal is not None else '—'} | "
+                         f"{('yes' if kept[system] >= goal else '**no**') if goal is not None else '—'} |")
 lines += ["", os.environ["END_MARK"]]
 section = "\n".join(lines) + "\n"
 doc = os.environ["DOC"]
