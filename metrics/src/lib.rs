@@ -151,6 +151,11 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
+    /// Observations recorded so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
     /// Its values now: the sum, the count, and each bucket's upper bound
     /// with the observations in it alone (not cumulative), `+Inf` last.
     fn snapshot(&self) -> HistogramValue {

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub finalizes: Counter,
     pub refusals_conflict: Counter,
     pub refusals_locked: Counter,
+    /// How long a transaction stayed prepared here (its locks held), from
+    /// its PREPARE applied to its FINALIZE applied, on the replica that
+    /// finalized it as primary.
+    pub prepared_hold_seconds: Histogram,
     pub reads: Counter,
     pub read_lock_waits: Counter,
     /// Read requests by consistency and the role that served them:
@@ -131,6 +135,7 @@ impl Default for Metrics {
             finalizes: Counter::new(),
             refusals_conflict: Counter::new(),
             refusals_locked: Counter::new(),
+            prepared_hold_seconds: Histogram::new(SECONDS_BOUNDS),
             reads: Counter::new(),
             read_lock_waits: Counter::new(),
             reads_by: [Counter::new(), Counter::new(), Counter::new()],
@@ -384,6 +389,11 @@ impl Metrics {
                 })
                 .into_iter()
                 .collect(),
+        );
+        out.histogram(
+            "trellis_shard_prepared_hold_seconds",
+            "How long each finalized transaction stayed prepared here, its keys locked: from its PREPARE to its FINALIZE (on the primary that finalized it).",
+            &self.prepared_hold_seconds,
         );
         out.histogram(
             "trellis_wal_fsync_seconds",
